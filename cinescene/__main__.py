@@ -1,0 +1,5 @@
+import sys
+
+from cinescene.launch.cli import main
+
+sys.exit(main())

@@ -1,0 +1,52 @@
+"""Shared pieces of the structured configs: the error type and field checks.
+
+Every component owns a dataclass in this package. A dataclass may define
+``validate(self)``; it raises :class:`ConfigError` naming the field relative to
+itself, and :func:`cinescene.config.loading.validate_tree` prefixes the full key
+path (``train.lr``) before the CLI prints it. Nothing here imports torch: the
+whole config layer must run before any heavy import.
+"""
+from __future__ import annotations
+
+from typing import Any, Iterable, Optional
+
+
+class ConfigError(ValueError):
+    """A config value a user got wrong; ``key`` is the dotted path to it."""
+
+    def __init__(self, key: str, message: str):
+        self.key = key
+        self.message = message
+        super().__init__(f"{key}: {message}" if key else message)
+
+    def prefixed(self, prefix: str) -> "ConfigError":
+        key = f"{prefix}.{self.key}" if prefix and self.key else (prefix or self.key)
+        return ConfigError(key, self.message)
+
+
+def require(condition: bool, key: str, expected: str, value: Any = None) -> None:
+    """Raise ``ConfigError(key, 'expected <expected>, got <value>')`` unless true."""
+    if not condition:
+        raise ConfigError(key, f"expected {expected}, got {value!r}")
+
+
+def positive(value: Any, key: str) -> None:
+    require(value is not None and value > 0, key, "a value > 0", value)
+
+
+def non_negative(value: Any, key: str) -> None:
+    require(value is not None and value >= 0, key, "a value >= 0", value)
+
+
+def in_range(value: Any, key: str, low: float, high: float) -> None:
+    require(value is not None and low <= value <= high, key, f"a value in [{low}, {high}]", value)
+
+
+def one_of(value: Any, key: str, choices: Iterable[Any]) -> None:
+    choices = list(choices)
+    require(value in choices, key, f"one of {choices}", value)
+
+
+def optional_positive(value: Optional[float], key: str) -> None:
+    if value is not None:
+        positive(value, key)

@@ -1,0 +1,27 @@
+"""Checkpoint cadence, retention and resume policy."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Optional
+
+from .base import non_negative, require
+
+
+@dataclass
+class CheckpointConfig:
+    # Directory for step dirs and the `latest` pointer; default <run.dir>/checkpoints.
+    dir: Optional[str] = None
+    every_steps: int = 100
+    # Retention: keep the newest `keep_last` plus every step divisible by `keep_every` (0 = none).
+    keep_last: int = 2
+    keep_every: int = 0
+    # "auto": resume from <dir>/latest when present; "never"; or a path to a step dir.
+    resume: str = "auto"
+    # Also save when training finishes.
+    save_final: bool = True
+
+    def validate(self) -> None:
+        non_negative(self.every_steps, "every_steps")
+        require(self.keep_last >= 1, "keep_last", "a value >= 1", self.keep_last)
+        non_negative(self.keep_every, "keep_every")
+        require(bool(self.resume), "resume", "'auto', 'never' or a checkpoint path", self.resume)

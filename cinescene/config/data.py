@@ -1,0 +1,52 @@
+"""Training data: shard locations, loader behaviour, and on-the-fly synthetic data."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import List, Optional
+
+from .base import non_negative, positive, require
+
+
+@dataclass
+class SynthDataConfig:
+    """`cinescene data synth` settings, used when `data.generate` is on and shards are absent."""
+
+    clips: int = 32
+    frames: int = 17
+    size: List[int] = field(default_factory=lambda: [64, 64])
+    scene_images: int = 6
+    seed: int = 0
+    workers: int = 1
+
+    def validate(self) -> None:
+        positive(self.clips, "clips")
+        require(self.frames >= 1 and (self.frames - 1) % 4 == 0, "frames",
+                "1 + 4k frames (Wan's causal VAE stride)", self.frames)
+        require(len(self.size) == 2 and all(s >= 16 and s % 16 == 0 for s in self.size), "size",
+                "[H, W], multiples of 16", list(self.size))
+        positive(self.scene_images, "scene_images")
+        positive(self.workers, "workers")
+
+
+@dataclass
+class DataConfig:
+    # Webdataset shards: a directory holding manifest.json + *.tar.
+    train_shards: str = "???"
+    val_shards: Optional[str] = None
+    # Generate synthetic clips and prepare shards when train_shards is absent.
+    generate: bool = False
+    synth: SynthDataConfig = field(default_factory=SynthDataConfig)
+    num_workers: int = 0
+    shuffle_buffer: int = 64
+    # Scene images used per sample (<= the number stored); shuffled per sample in training.
+    scene_images: int = 6
+    shuffle_scene_images: bool = True
+    # encoder=none shards keep pixels; the loader maps them to a latent-shaped proxy
+    # (average pool by this factor, Wan's 4x temporal stride) for CPU-scale runs.
+    pixel_pool: int = 4
+
+    def validate(self) -> None:
+        non_negative(self.num_workers, "num_workers")
+        non_negative(self.shuffle_buffer, "shuffle_buffer")
+        positive(self.scene_images, "scene_images")
+        positive(self.pixel_pool, "pixel_pool")

@@ -1,0 +1,33 @@
+"""Experiment tracking: Weights & Biases and the plain metrics.jsonl."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import List, Optional
+
+from .base import one_of, positive
+
+
+@dataclass
+class WandbConfig:
+    # "offline" writes the run under <run.dir>/wandb for a later `wandb sync`.
+    mode: str = "offline"
+    project: str = "cinescene"
+    entity: Optional[str] = None
+    group: Optional[str] = None
+    name: Optional[str] = None
+    tags: List[str] = field(default_factory=list)
+    notes: Optional[str] = None
+
+    def validate(self) -> None:
+        one_of(self.mode, "mode", ["online", "offline", "disabled"])
+
+
+@dataclass
+class TrackingConfig:
+    wandb: WandbConfig = field(default_factory=WandbConfig)
+    # One JSON object per logged step in <run.dir>/metrics.jsonl.
+    jsonl: bool = True
+    log_every_steps: int = 1
+
+    def validate(self) -> None:
+        positive(self.log_every_steps, "log_every_steps")

@@ -1,0 +1,1 @@
+"""Command line (`cinescene ...`) and launchers. Installed as ``cinescene.launch``."""

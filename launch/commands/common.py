@@ -1,0 +1,41 @@
+"""Arguments every config-driven subcommand shares: CONFIG, overrides, --print-config."""
+from __future__ import annotations
+
+import argparse
+import sys
+from typing import Callable
+
+from cinescene.errors import NotLandedError
+
+
+def add_config_args(parser: argparse.ArgumentParser, required: bool = True) -> None:
+    parser.add_argument("config", nargs=None if required else "?", metavar="CONFIG",
+                        help="YAML config (see configs/); sections compose via `defaults:`")
+    parser.add_argument("overrides", nargs="*", metavar="KEY=VALUE",
+                        help="OmegaConf dotlist overrides, e.g. train.lr=1e-4 run.dir=runs/a")
+    parser.add_argument("--print-config", action="store_true",
+                        help="print the resolved, validated config and exit")
+
+
+def load(args: argparse.Namespace):
+    """Validate the config named on the command line; handle --print-config.
+
+    Returns the typed config and the DictConfig, or None after printing.
+    """
+    from cinescene.config import load_config, to_yaml
+
+    cfg, raw = load_config(args.config, args.overrides)
+    if getattr(args, "print_config", False):
+        sys.stdout.write(to_yaml(raw))
+        return None
+    return cfg, raw
+
+
+def not_landed(what: str, needs: str) -> Callable[[argparse.Namespace], int]:
+    """A handler for a subcommand that is not built yet: says so and fails."""
+
+    def handler(args: argparse.Namespace) -> int:
+        raise NotLandedError(f"{what} is not available yet: it arrives with {needs}. "
+                             "Nothing was run.")
+
+    return handler

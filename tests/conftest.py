@@ -1,0 +1,54 @@
+"""Test-wide setup: markers that skip cleanly, CPU-only determinism, shared fixtures."""
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+
+pytest_plugins = ["tests.fixtures.slurm"]
+
+# Tests never talk to W&B servers and never touch a GPU unless marked `gpu`.
+os.environ.setdefault("WANDB_MODE", "offline")
+os.environ.setdefault("WANDB_SILENT", "true")
+
+
+def _has_cuda() -> bool:
+    try:
+        import torch
+
+        return torch.cuda.is_available()
+    except Exception:
+        return False
+
+
+def pytest_collection_modifyitems(config, items):
+    if _has_cuda():
+        return
+    skip_gpu = pytest.mark.skip(reason="needs a CUDA GPU")
+    for item in items:
+        if "gpu" in item.keywords:
+            item.add_marker(skip_gpu)
+
+
+@pytest.fixture
+def repo_root() -> Path:
+    return REPO
+
+
+@pytest.fixture
+def cli_env(tmp_path) -> dict:
+    """Environment for running `cinescene` as a subprocess from a test."""
+    env = dict(os.environ)
+    env["WANDB_MODE"] = "offline"
+    env["PYTHONUNBUFFERED"] = "1"
+    env.pop("CUDA_VISIBLE_DEVICES", None)
+    return env
+
+
+@pytest.fixture
+def cinescene_cmd() -> list:
+    return [sys.executable, "-m", "cinescene"]
