@@ -1,0 +1,222 @@
+"""CineSceneModel: the Wan2.1 DiT over [video ++ scene context] with camera conditioning.
+
+Sequence. Video latents are patch-embedded into ``num_video`` tokens
+(F, Hp, Wp grid). Scene context tokens follow them: first the projected VGGT
+features of the S scene images (S*Hp*Wp tokens, ``scene.vggt_tokens``), then,
+with ``scene.pixel_context``, the scene latents through the DiT's own
+``patch_embedding`` (S*h'*w' tokens). Only video tokens reach the output, so
+the loss never sees context tokens.
+
+Positions (3D RoPE). Video token (f, h, w); every token of scene image s,
+VGGT or pixel, gets frame index F + s and its own grid's (h, w).
+
+Timesteps. Video tokens use ``timestep``; context tokens use it too with
+``scene.timestep = "shared"`` or t = 0 with ``"clean"`` (their own adaLN
+parameters from the time embedding of 0; the head only sees video tokens).
+
+Camera. ``cameras`` (B, F, 4, 4) -> 12-d [R|t] relative to the first latent
+frame (see :mod:`.camera`); each block adds ``cam_encoder`` of a frame's
+camera to that frame's tokens after adaLN, before self-attention, and
+applies ``projector`` to the self-attention output (ReCamMaster). Context
+tokens get no camera term. Zero / identity initialisation makes the fresh
+modules a no-op.
+
+Attention. ``model.attention.mask`` ("full" | "context_readonly") and
+``backend`` go to :func:`cinescene.models.attention.attention`; under
+sequence parallelism (:meth:`set_sequence_parallel`) self-attention runs
+through DeepSpeed's Ulysses all-to-all (:mod:`.sequence_parallel`).
+"""
+from __future__ import annotations
+
+import fnmatch
+from typing import Dict, List, Optional, Sequence, Tuple
+
+import torch
+import torch.nn as nn
+
+from cinescene.config.model import ModelConfig
+from cinescene.log import get_logger
+
+from .attention import attention
+from .camera import relative_camera_features
+from .layers import SegmentedModulation
+from .rope import rope_cos_sin, sequence_positions
+from .scene_encoder import SceneEncoder
+from .sequence_parallel import SequenceShard, check_group, ensure_deepspeed_comm, ulysses_self_attention
+from .wan import BlockContext, WanDiT
+from .zero import full_numel
+
+_log = get_logger("models")
+ContextGrid = Tuple[int, int, int]  # (frame index, rows, cols) of one context image's tokens
+
+
+class CineSceneModel(WanDiT):
+    def __init__(self, cfg: ModelConfig):
+        super().__init__(dim=cfg.dim, ffn_dim=cfg.ffn_dim, num_heads=cfg.num_heads, num_layers=cfg.num_layers,
+                         in_dim=cfg.in_dim, out_dim=cfg.out_dim, patch_size=cfg.patch_size,
+                         freq_dim=cfg.freq_dim, text_len=cfg.text_len, text_dim=cfg.text_dim,
+                         qk_norm=cfg.qk_norm, cross_attn_norm=cfg.cross_attn_norm, eps=cfg.eps,
+                         camera=cfg.camera.enabled, camera_projector=cfg.camera.enabled and cfg.camera.projector)
+        self.cfg = cfg
+        self.activation_checkpointing = cfg.activation_checkpointing
+        if cfg.scene.enabled:
+            self.scene_encoder = SceneEncoder(cfg.scene, cfg.dim, cfg.attention.backend)
+        self.sequence_group = None
+
+    # ------------------------------------------------------------------ setup
+    def set_sequence_parallel(self, group) -> None:
+        """Shard the token sequence over ``group`` (a torch.distributed process group), or None for off."""
+        if group is not None:
+            check_group(group, self.num_heads)
+            ensure_deepspeed_comm()
+        self.sequence_group = group
+
+    def apply_trainable(self, cfg: Optional[ModelConfig] = None) -> Dict[str, int]:
+        """Set requires_grad from the ``trainable`` then ``frozen`` glob patterns over parameter names.
+
+        Returns parameter counts {"trainable": n, "frozen": m}. A trainable
+        pattern that matches nothing is a warning (a typo would freeze silently).
+        """
+        cfg = cfg or self.cfg
+        names = [name for name, _ in self.named_parameters()]
+        for pattern in cfg.trainable:  # a typo here would freeze silently
+            if not any(fnmatch.fnmatchcase(n, pattern) for n in names):
+                _log.warning("model.trainable pattern %r matches no parameter", pattern)
+        for pattern in cfg.frozen:  # e.g. the default VGGT pattern when the scene is off
+            if not any(fnmatch.fnmatchcase(n, pattern) for n in names):
+                _log.debug("model.frozen pattern %r matches no parameter", pattern)
+        counts = {"trainable": 0, "frozen": 0}
+        for name, param in self.named_parameters():
+            trains = (any(fnmatch.fnmatchcase(name, p) for p in cfg.trainable)
+                      and not any(fnmatch.fnmatchcase(name, p) for p in cfg.frozen))
+            param.requires_grad_(trains)
+            counts["trainable" if trains else "frozen"] += full_numel(param)
+        return counts
+
+    def trainable_parameters(self) -> List[nn.Parameter]:
+        return [p for p in self.parameters() if p.requires_grad]
+
+    # ---------------------------------------------------------------- forward
+    def forward(self, x: torch.Tensor, timestep: torch.Tensor, text: torch.Tensor, *,
+                cameras: Optional[torch.Tensor] = None, scene_images: Optional[torch.Tensor] = None,
+                scene_latents: Optional[torch.Tensor] = None, scene_tokens: Optional[torch.Tensor] = None,
+                drop_scene: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """Predict the flow target for the video latents ``x`` (B, C, T, H, W); returns that shape in fp32.
+
+        ``timestep`` (B,) in [0, 1000]; ``text`` (B, text_len, text_dim);
+        ``cameras`` (B, T/pt, 4, 4) camera-to-world per latent frame;
+        ``scene_images`` (B, S, 3, Hs, Ws) in [0, 1] or precomputed
+        ``scene_tokens`` = ``scene_encoder.extract_features(scene_images)``;
+        ``scene_latents`` (B, S, C, h, w) for pixel context; ``drop_scene``
+        (B,) bool replaces a sample's context tokens by the learned null token.
+        With no scene inputs there are no context tokens (the base DiT).
+        """
+        video, grid = self.patchify(x)
+        context, context_grids = self._scene_context(grid, scene_images, scene_latents, scene_tokens, drop_scene)
+        tokens = video if context is None else torch.cat([video, context.to(video.dtype)], dim=1)
+        num_video = video.shape[1]
+
+        t = timestep.reshape(-1).float()
+        if context is not None and self.cfg.scene.timestep == "clean":
+            t = torch.stack([t, torch.zeros_like(t)], dim=1)  # groups: video, context
+        else:
+            t = t[:, None]
+        e, e0 = self.embed_time(t)
+
+        camera = None
+        if self.cfg.camera.enabled and cameras is not None:
+            if cameras.shape[:2] != (x.shape[0], grid[0]):
+                raise ValueError(f"cameras {tuple(cameras.shape)} must be (B, {grid[0]}, 4, 4): one per latent frame")
+            camera = relative_camera_features(cameras, self.cfg.camera.reference).to(x.device)
+
+        positions = sequence_positions(grid, context_grids, device=x.device)
+        cos, sin = rope_cos_sin(positions, self.head_dim)
+        frame_of_token = torch.arange(num_video, device=x.device) // (grid[1] * grid[2])
+        text_emb = self.embed_text(text)
+        mask, backend = self.cfg.attention.mask, self.cfg.attention.backend
+
+        def cross_attend(q, k, v):
+            return attention(q, k, v, backend=backend)
+
+        if self.sequence_group is None:
+            def self_attend(q, k, v):
+                return attention(q, k, v, num_video=num_video, mask=mask, backend=backend)
+
+            ctx = BlockContext(e0=e0, text=text_emb, rope=(cos, sin), self_attention=self_attend,
+                               cross_attention=cross_attend, num_local_video=num_video, camera=camera,
+                               camera_frame=frame_of_token)
+            hidden = self.run_blocks(tokens, ctx)
+            out = self.head(hidden[:, :num_video], e[:, :1], SegmentedModulation(None))
+        else:
+            shard = SequenceShard(tokens.shape[1], self.sequence_group)
+            local_video = shard.local_count(num_video)
+            ctx = BlockContext(e0=e0, text=text_emb, rope=(shard.split(cos, 0), shard.split(sin, 0)),
+                               self_attention=ulysses_self_attention(shard, num_video, mask, backend),
+                               cross_attention=cross_attend, num_local_video=local_video, camera=camera,
+                               camera_frame=frame_of_token[shard.start: shard.start + local_video])
+            hidden = self.run_blocks(shard.split(tokens), ctx)
+            out = shard.gather(self.head(hidden, e, ctx.modulation))[:, :num_video]
+        return self.unpatchify(out, grid).float()
+
+    def _scene_context(self, grid: Sequence[int], images, latents, features, drop
+                       ) -> Tuple[Optional[torch.Tensor], List[ContextGrid]]:
+        """Context tokens (B, N_ctx, dim) and their per-image grids, or (None, []) without scene inputs."""
+        if not hasattr(self, "scene_encoder") or all(v is None for v in (images, latents, features)):
+            return None, []
+        scene = self.cfg.scene
+        frames, rows, cols = grid
+        grids: List[ContextGrid] = []
+        num_images = None
+        if scene.vggt_tokens:
+            if features is None:
+                if images is None:
+                    raise ValueError("scene.vggt_tokens is on: pass scene_images or scene_tokens")
+                features = self.scene_encoder.extract_features(images)
+            num_images = features.shape[1]
+            grids += [(frames + s, rows, cols) for s in range(num_images)]
+        pixel_tokens = None
+        if scene.pixel_context:
+            if latents is None:
+                raise ValueError("scene.pixel_context is on: pass scene_latents")
+            b, s = latents.shape[:2]
+            if num_images is not None and s != num_images:
+                raise ValueError(f"{s} scene latents for {num_images} scene images")
+            embedded, (_, h, w) = self.patchify(latents.reshape(b * s, latents.shape[2], 1, *latents.shape[3:]))
+            pixel_tokens = embedded.reshape(b, s * h * w, -1)
+            grids += [(frames + i, h, w) for i in range(s)]
+        return self.scene_encoder(features if scene.vggt_tokens else None, (rows, cols), pixel_tokens, drop), grids
+
+
+def build_model(cfg: ModelConfig, *, device=None, dtype: Optional[torch.dtype] = None,
+                load_weights: bool = True) -> CineSceneModel:
+    """Build the model from its config.
+
+    ``device="meta"`` builds without allocating (parameter counts, FLOPs).
+    Big sizes: call inside ``deepspeed.zero.Init(config_dict_or_path=...)``;
+    every module initialises its own parameters in its constructor, so the
+    partitioned model holds exactly what an unpartitioned one would, and no
+    rank ever materialises the whole model. With ``load_weights`` (and a
+    real device), ``cfg.pretrained`` and ``cfg.scene.vggt.weights`` are loaded
+    (ZeRO-3 aware). Trainable flags follow ``cfg.trainable`` / ``cfg.frozen``.
+    """
+    if device is not None:
+        with torch.device(device):
+            model = CineSceneModel(cfg)
+    else:
+        model = CineSceneModel(cfg)
+    if dtype is not None:
+        model.to(dtype)
+    on_meta = next(model.parameters()).is_meta
+    if load_weights and not on_meta:
+        from .weights import load_pretrained
+        from .vggt import load_vggt_weights
+
+        if cfg.pretrained:
+            load_pretrained(model, cfg.pretrained, fmt=cfg.pretrained_format, strict=cfg.strict_load)
+        if cfg.scene.enabled and cfg.scene.vggt_tokens and cfg.scene.vggt.weights:
+            load_vggt_weights(model.scene_encoder.vggt, cfg.scene.vggt.weights, strict=True)
+    model.apply_trainable(cfg)
+    return model
+
+
+__all__ = ["CineSceneModel", "build_model"]

@@ -1,0 +1,56 @@
+"""Helpers for the model tests: tiny configs, randomised weights, sample batches."""
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+
+import torch
+
+from cinescene.config import load_config
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def tiny_config(**changes):
+    """The tiny model's config (configs/model/tiny.yaml via the smoke experiment), with dotted changes."""
+    cfg, _ = load_config(REPO / "configs/experiments/smoke.yaml")
+    model = copy.deepcopy(cfg.model)
+    for dotted, value in changes.items():
+        target = model
+        *parents, leaf = dotted.split("__")
+        for name in parents:
+            target = getattr(target, name)
+        setattr(target, leaf, value)
+    return model
+
+
+@torch.no_grad()
+def randomize(module: torch.nn.Module, seed: int = 0, std: float = 0.1, skip=()) -> None:
+    """Give every parameter random values, so zero/identity-initialised parts do something."""
+    gen = torch.Generator().manual_seed(seed)
+    for name, param in module.named_parameters():
+        if any(s in name for s in skip):
+            continue
+        param.copy_(torch.randn(param.shape, generator=gen) * std)
+
+
+def tiny_batch(batch: int = 2, seed: int = 0, scene_images: int = 3):
+    """Inputs shaped like the contract's batch for the tiny model (pixel proxy 3x5x16x16)."""
+    gen = torch.Generator().manual_seed(seed)
+    frames = 5
+    cameras = torch.eye(4).repeat(batch, frames, 1, 1)
+    angles = torch.rand(batch, frames, generator=gen)
+    cameras[:, :, 0, 0] = torch.cos(angles)
+    cameras[:, :, 0, 2] = torch.sin(angles)
+    cameras[:, :, 2, 0] = -torch.sin(angles)
+    cameras[:, :, 2, 2] = torch.cos(angles)
+    cameras[:, :, :3, 3] = torch.randn(batch, frames, 3, generator=gen)
+    return dict(
+        x=torch.randn(batch, 3, frames, 16, 16, generator=gen),
+        timestep=torch.rand(batch, generator=gen) * 1000,
+        text=torch.randn(batch, 32, 64, generator=gen),
+        cameras=cameras,
+        scene_images=torch.rand(batch, scene_images, 3, 64, 64, generator=gen),
+        scene_latents=torch.randn(batch, scene_images, 3, 16, 16, generator=gen),
+    )
+
