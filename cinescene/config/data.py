@@ -1,10 +1,15 @@
-"""Training data: shard locations, loader behaviour, and on-the-fly synthetic data."""
+"""Training data: shard locations, loader behaviour, and on-the-fly synthetic data.
+
+What the loader does with these settings is documented in
+``cinescene/data/loader.py`` (cursor, resume, corrupt samples) and
+``cinescene/data/order.py`` (the shuffle orders).
+"""
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 from typing import List, Optional
 
-from .base import non_negative, positive, require
+from .base import non_negative, one_of, positive, require
 
 
 @dataclass
@@ -17,6 +22,8 @@ class SynthDataConfig:
     scene_images: int = 6
     seed: int = 0
     workers: int = 1
+    # Where the rendered clip directories go; default: "<train_shards>_clips" beside the shards.
+    out: Optional[str] = None
 
     def validate(self) -> None:
         positive(self.clips, "clips")
@@ -30,13 +37,19 @@ class SynthDataConfig:
 
 @dataclass
 class DataConfig:
-    # Webdataset shards: a directory holding manifest.json + *.tar.
-    train_shards: str = "???"
+    # Webdataset shards: a directory holding manifest.json + *.tar. Required to train;
+    # model-only configs (e.g. for `cinescene model info`) leave it unset.
+    train_shards: Optional[str] = None
     val_shards: Optional[str] = None
     # Generate synthetic clips and prepare shards when train_shards is absent.
     generate: bool = False
     synth: SynthDataConfig = field(default_factory=SynthDataConfig)
+    # DataLoader worker processes per rank (0: load in the training process).
     num_workers: int = 0
+    # Global sample order per epoch: "global" (seeded permutation of every sample: best mixing,
+    # one seek per sample), "block" (shards in seeded order, samples permuted within blocks of
+    # shuffle_buffer: sequential-ish reads), "none" (manifest order). All resume exactly.
+    shuffle: str = "global"
     shuffle_buffer: int = 64
     # Scene images used per sample (<= the number stored); shuffled per sample in training.
     scene_images: int = 6
@@ -47,6 +60,7 @@ class DataConfig:
 
     def validate(self) -> None:
         non_negative(self.num_workers, "num_workers")
-        non_negative(self.shuffle_buffer, "shuffle_buffer")
+        one_of(self.shuffle, "shuffle", ["global", "block", "none"])
+        positive(self.shuffle_buffer, "shuffle_buffer")
         positive(self.scene_images, "scene_images")
         positive(self.pixel_pool, "pixel_pool")

@@ -2,10 +2,43 @@
 from __future__ import annotations
 
 import argparse
+import json
 
-from .common import not_landed
+from .common import add_config_args, load
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("loader", help="loader samples/s against the training step's rate")
-    p.set_defaults(func=not_landed("`cinescene bench loader`", "the data pipeline"))
+    p = sub.add_parser("loader", help="loader samples/s against the training step's rate",
+                       description="Times the training loader of CONFIG (rank 0) for several DataLoader worker "
+                                   "counts and compares with micro_batch_size x grad_accum / step time. Prepares "
+                                   "synthetic data first when data.generate is on.")
+    add_config_args(p)
+    p.add_argument("--workers", type=int, nargs="+", default=[0, 1, 2], help="worker counts to time")
+    p.add_argument("--batches", type=int, default=20, help="micro-batches timed per worker count")
+    p.add_argument("--step-time", type=float, default=None,
+                   help="seconds per optimizer step (default: measure the model's forward+backward)")
+    p.add_argument("--world", type=int, default=None, help="data-parallel ranks (default: launch.nproc)")
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from cinescene.config import ConfigError
+
+    loaded = load(args)
+    if loaded is None:
+        return 0
+    cfg, _ = loaded
+    if args.batches < 1:
+        raise ConfigError("--batches", f"expected a value >= 1, got {args.batches}")
+    if any(w < 0 for w in args.workers):
+        raise ConfigError("--workers", f"expected values >= 0, got {args.workers}")
+    if args.step_time is not None and args.step_time <= 0:
+        raise ConfigError("--step-time", f"expected a value > 0, got {args.step_time}")
+    from cinescene.data.bench import bench_loader, format_bench
+    from cinescene.log import setup_logging
+
+    setup_logging(cfg.run.log_level)
+    result = bench_loader(cfg, args.workers, args.batches, args.step_time, args.world)
+    print(json.dumps(result, sort_keys=True) if args.json else format_bench(result))
+    return 0

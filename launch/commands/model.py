@@ -23,19 +23,6 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     info.set_defaults(func=run_info)
 
 
-def _load_for_model(args: argparse.Namespace):
-    """Validate the config; a model-only YAML has no data.train_shards, which model info never reads."""
-    from cinescene.config import ConfigError
-
-    try:
-        return load(args)
-    except ConfigError as exc:
-        if exc.key != "data.train_shards" or "required" not in exc.message:
-            raise
-        args.overrides = list(args.overrides) + ["data.train_shards=unused-by-model-info"]
-        return load(args)
-
-
 def _human(n: float, unit: str = "") -> str:
     for scale, suffix in ((1e15, "P"), (1e12, "T"), (1e9, "G"), (1e6, "M"), (1e3, "k")):
         if abs(n) >= scale:
@@ -44,7 +31,7 @@ def _human(n: float, unit: str = "") -> str:
 
 
 def run_info(args: argparse.Namespace) -> int:
-    loaded = _load_for_model(args)
+    loaded = load(args)
     if loaded is None:  # --print-config
         return 0
     cfg, _ = loaded

@@ -1,0 +1,282 @@
+"""`cinescene data prepare`: clip directories -> encoded samples -> size-bounded webdataset shards.
+
+Splitting work. Clips (sorted by name) are dealt round-robin: rank ``r`` of
+``W`` takes clips ``r, r + W, ...`` and writes shards ``shard-r<r>-<k>.tar``.
+``--rank/--world`` default to ``SLURM_ARRAY_TASK_ID - SLURM_ARRAY_TASK_MIN``
+and ``SLURM_ARRAY_TASK_COUNT``, so ``sbatch --array=0-7 ... data prepare``
+just works. Each rank ends by writing ``manifest.rank<r>-of-<W>.json``; the
+rank that finds all W of them merges them into ``manifest.json`` (under a
+file lock). If ranks finish on different machines without a shared view at
+the time, ``cinescene data prepare --out SHARDS --merge`` does the merge.
+
+Resuming. A shard is written to ``.tmp`` and renamed; then a done marker
+``<shard>.done.json`` records its sha256, sample index and clips. A restarted
+rank keeps every shard whose marker and checksum agree and re-encodes from
+the first one that does not, so shards come out exactly as in an
+uninterrupted run.
+"""
+from __future__ import annotations
+
+import json
+import os
+import time
+from pathlib import Path
+from typing import Dict, List, Optional, Sequence, Tuple
+
+import numpy as np
+from PIL import Image
+
+from cinescene.config import ConfigError
+from cinescene.errors import CineSceneError
+from cinescene.log import get_logger, progress
+
+from .clips import Clip, list_clips, read_clip
+from .encoders import make_encoder, wan_model_dirs
+from .manifest import MANIFEST, SUMMARY_KEYS, merge_rank_manifests, rank_manifest_name, write_json_atomic
+from .shards import BLOCK, ShardWriter, file_sha256, npy_bytes
+
+TEMPORAL_STRIDE = 4  # Wan VAE: latent frame i covers source frames 4i-3 .. 4i; its camera is frame 4i
+SETTINGS = "prepare.json"
+log = get_logger("data.prepare")
+
+
+def resolve_rank(rank: Optional[int], world: Optional[int]) -> Tuple[int, int]:
+    """Explicit values win; else the SLURM array task; else a single process."""
+    env = os.environ
+    if world is None and "SLURM_ARRAY_TASK_COUNT" in env:
+        world = int(env["SLURM_ARRAY_TASK_COUNT"])
+    if rank is None and "SLURM_ARRAY_TASK_ID" in env:
+        rank = int(env["SLURM_ARRAY_TASK_ID"]) - int(env.get("SLURM_ARRAY_TASK_MIN", 0))
+    rank, world = rank or 0, world or 1
+    if world < 1:
+        raise ConfigError("--world", f"expected a value >= 1, got {world}")
+    if not 0 <= rank < world:
+        raise ConfigError("--rank", f"expected 0 <= rank < world ({world}), got {rank}")
+    return rank, world
+
+
+def _fit(images: np.ndarray, size: Optional[Sequence[int]]):
+    """Centre-crop to the target aspect and resize (bilinear); returns images and the K transform."""
+    height, width = images.shape[1:3]
+    if size is None or (height, width) == tuple(size):
+        return images, np.eye(3)
+    th, tw = size
+    scale = max(th / height, tw / width)
+    ch, cw = int(round(th / scale)), int(round(tw / scale))
+    top, left = (height - ch) // 2, (width - cw) // 2
+    out = np.stack([np.asarray(Image.fromarray(im[top:top + ch, left:left + cw]).resize((tw, th), Image.BILINEAR))
+                    for im in images])
+    transform = np.array([[tw / cw, 0, -left * tw / cw], [0, th / ch, -top * th / ch], [0, 0, 1.0]])
+    return out, transform
+
+
+def sample_arrays(clip: Clip, frames: Optional[int], size: Optional[Sequence[int]]) -> Dict[str, np.ndarray]:
+    """The encoder-independent part of a sample: pixels, per-latent-frame cameras, scene views."""
+    available = len(clip.video)
+    count = frames or 1 + (available - 1) // TEMPORAL_STRIDE * TEMPORAL_STRIDE
+    if count > available:
+        raise CineSceneError(f"clip {clip.clip_id}: has {available} frames, --frames asks for {count}")
+    video, transform = _fit(clip.video[:count], size)
+    latent = np.arange(0, count, TEMPORAL_STRIDE)
+    arrays = {
+        "video.npy": video,
+        "cameras.npy": clip.c2w[latent].astype(np.float32),
+        "intrinsics.npy": (transform @ clip.K[latent]).astype(np.float32),
+        "scene.npy": clip.scene_images.astype(np.uint8),
+        "scene_cameras.npy": clip.scene_c2w.astype(np.float32),
+        "scene_intrinsics.npy": clip.scene_K.astype(np.float32),
+    }
+    if clip.video_bg is not None:
+        arrays["video_bg.npy"] = _fit(clip.video_bg[:count], size)[0]
+    return arrays
+
+
+class _RankState:
+    """This rank's finished shards (from done markers), verified against their files."""
+
+    def __init__(self, out: Path, rank: int):
+        self.out, self.rank = out, rank
+        self.records: List[dict] = []
+        self.done_clips: set = set()
+        k = 0
+        while (marker := out / f"{self.shard_name(k)}.done.json").is_file():
+            record = json.loads(marker.read_text())
+            shard = out / record["name"]
+            if not shard.is_file() or file_sha256(shard) != record["sha256"]:
+                log.warning("%s does not match its done marker; re-encoding from it", record["name"])
+                self._discard_from(k)
+                break
+            self.records.append(record)
+            self.done_clips.update(record["clips"])
+            k += 1
+
+    def shard_name(self, k: int) -> str:
+        return f"shard-r{self.rank:05d}-{k:06d}.tar"
+
+    def _discard_from(self, k: int) -> None:
+        while (self.out / f"{self.shard_name(k)}.done.json").exists() or (self.out / self.shard_name(k)).exists():
+            (self.out / f"{self.shard_name(k)}.done.json").unlink(missing_ok=True)
+            (self.out / self.shard_name(k)).unlink(missing_ok=True)
+            k += 1
+
+
+def _describe(arrays: Dict[str, np.ndarray]) -> dict:
+    return {name: {"shape": list(a.shape), "dtype": a.dtype.name} for name, a in arrays.items()}
+
+
+def _add_fields(total: dict, sample: dict, where: str) -> None:
+    """Accumulate field descriptions; shapes must agree (text.npy may vary in length).
+
+    ``count`` says how many samples have the field: fields missing from some
+    samples (video_bg of a clip without a pair) are optional to the loader.
+    """
+    for name, desc in sample.items():
+        shape = [-1] + desc["shape"][1:] if name == "text.npy" else desc["shape"]
+        ref = total.setdefault(name, {"shape": shape, "dtype": desc["dtype"], "count": 0})
+        if (ref["shape"], ref["dtype"]) != (shape, desc["dtype"]):
+            raise CineSceneError(f"{where}: {name} is {desc['dtype']} {shape}, other samples {ref['dtype']} "
+                                 f"{ref['shape']} (use --frames/--size to make clips uniform)")
+        ref["count"] += desc.get("count", 1)
+
+
+def _shape_summary(arrays: Dict[str, np.ndarray]) -> dict:
+    video, scene = arrays["video.npy"], arrays["scene.npy"]
+    return {"frames": int(video.shape[0]), "latent_frames": int(len(arrays["cameras.npy"])),
+            "size": [int(video.shape[1]), int(video.shape[2])], "scene_images": int(scene.shape[0]),
+            "scene_size": [int(scene.shape[1]), int(scene.shape[2])]}
+
+
+def _rank_manifest(records: List[dict]) -> dict:
+    """This rank's part of the manifest, from its shard records alone (so resumed runs need no re-encoding)."""
+    fields: dict = {}
+    summary = records[0]["summary"] if records else {k: None for k in SUMMARY_KEYS}
+    for record in records:
+        _add_fields(fields, record["fields"], record["name"])
+        if record["summary"] != summary:
+            raise CineSceneError(f"{record['name']}: samples of shape {record['summary']}, earlier shards {summary} "
+                                 "(use --frames/--size to make clips uniform)")
+    shards = [{k: r[k] for k in ("name", "bytes", "sha256", "num_samples", "samples")} for r in records]
+    return {"encoder": records[0]["encoder"] if records else None, "fields": fields, "shards": shards,
+            "num_samples": sum(r["num_samples"] for r in records), **summary}
+
+
+def prepare(src, out, encoder: str = "none", vae: Optional[str] = None, text_encoder: Optional[str] = None,
+            tokenizer: Optional[str] = None, rank: Optional[int] = None, world: Optional[int] = None,
+            shard_size_mb: float = 512, frames: Optional[int] = None, size: Optional[Sequence[int]] = None,
+            dtype: str = "float16", device: str = "cpu", show_progress: bool = True) -> Optional[Path]:
+    """Encode this rank's clips into shards. Returns manifest.json's path once every rank is done."""
+    rank, world = resolve_rank(rank, world)
+    if shard_size_mb <= 0:
+        raise ConfigError("--shard-size-mb", f"expected a value > 0, got {shard_size_mb}")
+    if frames is not None and (frames < 1 or (frames - 1) % TEMPORAL_STRIDE):
+        raise ConfigError("--frames", f"expected 1 + 4k frames, got {frames}")
+    if size is not None and (len(size) != 2 or any(s < 8 or s % 8 for s in size)):
+        raise ConfigError("--size", f"expected H W, multiples of 8, got {list(size)}")
+    if encoder not in ("none", "wan"):
+        raise ConfigError("--encoder", f"expected 'wan' or 'none', got {encoder!r}")
+    if dtype not in ("float16", "float32"):
+        raise ConfigError("--dtype", f"expected 'float16' or 'float32', got {dtype!r}")
+    if encoder == "wan":
+        wan_model_dirs(vae, text_encoder, tokenizer)  # fail before writing anything
+    clips = list_clips(Path(src))
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    settings = {"encoder": encoder, "world": world, "shard_size_mb": shard_size_mb, "frames": frames,
+                "size": None if size is None else list(size), "dtype": dtype, "num_clips": len(clips)}
+    _check_settings(out, settings)
+    state = _RankState(out, rank)
+    mine = clips[rank::world]
+    todo = [c for c in mine if c.name.replace(".", "_") not in state.done_clips]
+    log.info("rank %d/%d: %d clips (%d already in %d finished shards) -> %s [encoder=%s]", rank, world, len(mine),
+             len(mine) - len(todo), len(state.records), out, encoder)
+    start = time.perf_counter()
+    if todo:
+        enc = make_encoder(encoder, vae, text_encoder, tokenizer, device, dtype)
+        _write_shards(out, state, todo, enc, frames, size, int(shard_size_mb * 2 ** 20), show_progress)
+    manifest = _rank_manifest(state.records)
+    write_json_atomic(out / rank_manifest_name(rank, world), manifest)
+    log.info("rank %d/%d: %d samples in %d shards (%.1f s)", rank, world, manifest["num_samples"],
+             len(state.records), time.perf_counter() - start)
+    return merge_if_complete(out, world)
+
+
+def _write_shards(out: Path, state: _RankState, todo: List[Path], enc, frames, size, limit: int,
+                  show_progress: bool) -> None:
+    writer: Optional[ShardWriter] = None
+    keys: List[str] = []
+    fields_seen: dict = {}
+    shard_summary: dict = {}
+
+    def finish():
+        nonlocal writer, keys, fields_seen
+        record = writer.close()
+        record.update(clips=keys, encoder=enc.info(), summary=shard_summary, fields=fields_seen)
+        write_json_atomic(out / f"{record['name']}.done.json", record)
+        state.records.append(record)
+        writer, keys, fields_seen = None, [], {}
+
+    try:
+        for path in progress(todo, enabled=show_progress, desc="prepare", unit="clip"):
+            clip = read_clip(path)
+            key = clip.clip_id.replace(".", "_")
+            arrays = sample_arrays(clip, frames, size)
+            summary = _shape_summary(arrays)
+            arrays.update(enc.encode(arrays["video.npy"], arrays["scene.npy"], clip.prompt))
+            if enc.name == "wan":  # latents replace the frames; scene pixels stay for VGGT
+                arrays.pop("video.npy")
+                arrays.pop("video_bg.npy", None)
+            fields = {name: npy_bytes(a) for name, a in arrays.items()}
+            fields["prompt.txt"] = (clip.prompt + "\n").encode()
+            fields["meta.json"] = json.dumps(dict(clip.meta, clip_id=clip.clip_id), sort_keys=True).encode()
+            need = sum(BLOCK + -(-len(b) // BLOCK) * BLOCK for b in fields.values())
+            if writer is not None and len(writer) and writer.size + need > limit:
+                finish()
+            if writer is None:
+                writer = ShardWriter(out / state.shard_name(len(state.records)))
+                shard_summary = summary
+            elif summary != shard_summary:
+                raise CineSceneError(f"clip {key}: {summary} differs from earlier clips {shard_summary} "
+                                     "(use --frames/--size to make clips uniform)")
+            _add_fields(fields_seen, _describe(arrays), f"clip {key}")
+            writer.write(key, fields)
+            keys.append(key)
+        if writer is not None and len(writer):
+            finish()
+    except BaseException:
+        if writer is not None:
+            writer.abort()
+        raise
+
+
+def _check_settings(out: Path, settings: dict) -> None:
+    path = out / SETTINGS
+    if path.is_file():
+        previous = json.loads(path.read_text())
+        if previous != settings:
+            diff = {k: (previous.get(k), v) for k, v in settings.items() if previous.get(k) != v}
+            raise CineSceneError(f"{out} was prepared with other settings {diff} (old, new); use another --out "
+                                 "or the same options")
+    else:
+        write_json_atomic(path, settings, compact=False)
+
+
+def merge_if_complete(out: Path, world: int) -> Optional[Path]:
+    """Merge the rank manifests when all are present (safe if several ranks try at once)."""
+    if not all((out / rank_manifest_name(r, world)).is_file() for r in range(world)):
+        return None
+    from filelock import FileLock
+
+    with FileLock(str(out / ".merge.lock")):
+        merge_rank_manifests(out, world)
+    return out / MANIFEST
+
+
+def merge(out) -> Path:
+    """``data prepare --merge``: merge the rank manifests named by ``prepare.json``'s world size."""
+    out = Path(out)
+    path = out / SETTINGS
+    if not path.is_file():
+        raise CineSceneError(f"{out}: no {SETTINGS}; was `cinescene data prepare` run into it?")
+    world = int(json.loads(path.read_text())["world"])
+    merge_rank_manifests(out, world)
+    return out / MANIFEST

@@ -1,0 +1,118 @@
+"""Turn a shard sample's raw fields into the training sample of docs/CONTRACTS.md, and collate batches."""
+from __future__ import annotations
+
+import io
+from dataclasses import dataclass
+from typing import Dict, List, Optional
+
+import numpy as np
+import torch
+
+from cinescene.errors import CineSceneError
+
+from .manifest import Manifest
+from .order import scene_permutation
+from .proxy import hashed_text, pad_text, pool, video_proxy
+from .shards import SampleError
+
+TENSOR_KEYS = ("video", "text", "scene_images", "scene_latents", "cameras", "intrinsics", "scene_cameras")
+LIST_KEYS = ("prompt", "key")
+
+
+@dataclass
+class LoaderDims:
+    """What the loader needs from the model config."""
+
+    text_dim: int
+    text_len: int
+    channels: Optional[int] = None  # model.in_dim; checked against the shards' latent channels
+
+    @classmethod
+    def of(cls, model_cfg_or_dims) -> "LoaderDims":
+        if isinstance(model_cfg_or_dims, LoaderDims):
+            return model_cfg_or_dims
+        if isinstance(model_cfg_or_dims, dict):
+            return cls(**model_cfg_or_dims)
+        return cls(model_cfg_or_dims.text_dim, model_cfg_or_dims.text_len, getattr(model_cfg_or_dims, "in_dim", None))
+
+
+def _npy(fields: Dict[str, bytes], name: str) -> np.ndarray:
+    if name not in fields:
+        raise SampleError(f"missing field {name}")
+    try:
+        return np.load(io.BytesIO(fields[name]), allow_pickle=False)
+    except ValueError as exc:
+        raise SampleError(f"undecodable {name} ({exc})") from None
+
+
+class SampleDecoder:
+    """Raw fields -> per-sample tensors. Checks the manifest against the model once, at construction."""
+
+    def __init__(self, manifest: Manifest, scene_images: int, pixel_pool: int, dims: LoaderDims, seed: int,
+                 shuffle_scene_images: bool):
+        self.encoder = manifest.encoder
+        self.pool = pixel_pool
+        self.dims = dims
+        self.seed = seed
+        self.shuffle = shuffle_scene_images
+        fields = manifest.fields
+        stored = fields["scene.npy"]["shape"][0]
+        where = manifest.root
+        if scene_images > stored:
+            raise CineSceneError(f"data.scene_images={scene_images} but the samples in {where} hold {stored}")
+        self.scene_images = scene_images
+        if self.encoder == "none":
+            height, width = fields["video.npy"]["shape"][1:3]
+            scene_h, scene_w = fields["scene.npy"]["shape"][1:3]
+            if any(s % pixel_pool for s in (height, width, scene_h, scene_w)):
+                raise CineSceneError(f"data.pixel_pool={pixel_pool} must divide the frame size {height}x{width} "
+                                     f"and the scene image size {scene_h}x{scene_w} of {where}")
+            channels = 3
+        else:
+            channels = fields["latents.npy"]["shape"][0]
+            text_dim = fields["text.npy"]["shape"][1]
+            if text_dim != dims.text_dim:
+                raise CineSceneError(f"{where} holds {text_dim}-d text embeddings, model.text_dim={dims.text_dim}")
+        if dims.channels is not None and dims.channels != channels:
+            raise CineSceneError(f"{where} ({self.encoder} shards) gives {channels}-channel latents, "
+                                 f"model.in_dim={dims.channels}")
+
+    def decode(self, fields: Dict[str, bytes], key: str, position: int, training: bool) -> dict:
+        try:
+            prompt = fields["prompt.txt"].decode("utf-8").strip()
+        except (KeyError, UnicodeDecodeError):
+            raise SampleError("missing or undecodable prompt.txt") from None
+        scene = _npy(fields, "scene.npy")
+        if training and self.shuffle:
+            pick = scene_permutation(self.seed, position, len(scene))[: self.scene_images]
+        else:
+            pick = np.arange(self.scene_images)
+        if self.encoder == "none":
+            video = video_proxy(_npy(fields, "video.npy"), self.pool)
+            scene_latents = pool(scene[pick], self.pool)
+            text = hashed_text(prompt, self.dims.text_dim, self.dims.text_len)
+        else:
+            video = _npy(fields, "latents.npy").astype(np.float32)
+            scene_latents = _npy(fields, "scene_latents.npy")[pick].astype(np.float32)
+            text = pad_text(_npy(fields, "text.npy").astype(np.float32), self.dims.text_len)
+        sample = {
+            "video": video,
+            "text": text,
+            "scene_images": np.moveaxis(scene[pick], -1, 1).astype(np.float32) / 255.0,
+            "scene_latents": scene_latents,
+            "cameras": _npy(fields, "cameras.npy").astype(np.float32),
+            "intrinsics": _npy(fields, "intrinsics.npy").astype(np.float32),
+            "scene_cameras": _npy(fields, "scene_cameras.npy")[pick].astype(np.float32),
+            "prompt": prompt,
+            "key": key,
+        }
+        if not all(np.isfinite(sample[k]).all() for k in ("video", "text", "cameras")):
+            raise SampleError("non-finite values")
+        return sample
+
+
+def collate(samples: List[dict]) -> dict:
+    """Stack per-sample arrays into batch-first float32 tensors; prompts and keys stay lists."""
+    batch = {k: torch.from_numpy(np.stack([s[k] for s in samples])) for k in TENSOR_KEYS}
+    batch.update({k: [s[k] for s in samples] for k in LIST_KEYS})
+    return batch

@@ -1,0 +1,155 @@
+"""Webdataset tar shards: a deterministic writer and a byte-range sample reader.
+
+A shard is a plain tar in webdataset's layout (members ``<key>.<field>``,
+one sample's members adjacent), readable by ``webdataset.WebDataset``. Headers
+are fixed (mtime 0, uid/gid 0, mode 0644, no user names), so the same samples
+give byte-identical shards. While writing we record each sample's byte range
+(from its first header to the end of its last member's padding); the
+manifest stores ``[key, offset, length, crc32]`` per sample, so the loader
+can read any sample with one seek and detect a corrupt or truncated one.
+"""
+from __future__ import annotations
+
+import hashlib
+import io
+import os
+import tarfile
+import zlib
+from pathlib import Path
+from typing import Dict, List, Tuple
+
+import numpy as np
+
+BLOCK = 512
+
+
+class SampleError(Exception):
+    """A sample that cannot be used (truncated, corrupt, undecodable); the loader skips it."""
+
+
+def npy_bytes(array: np.ndarray) -> bytes:
+    buffer = io.BytesIO()
+    np.save(buffer, np.ascontiguousarray(array), allow_pickle=False)
+    return buffer.getvalue()
+
+
+class ShardWriter:
+    """Writes one shard to ``<path>.tmp``; :meth:`close` renames it and returns its record."""
+
+    def __init__(self, path: Path):
+        self.path = Path(path)
+        self.tmp = self.path.with_name(self.path.name + ".tmp")
+        self._file = open(self.tmp, "wb")
+        self._tar = tarfile.open(fileobj=self._file, mode="w", format=tarfile.USTAR_FORMAT)
+        self.ranges: List[Tuple[str, int, int]] = []
+
+    @property
+    def size(self) -> int:
+        return self._tar.offset
+
+    def __len__(self) -> int:
+        return len(self.ranges)
+
+    def write(self, key: str, fields: Dict[str, bytes]) -> None:
+        if "." in key or "/" in key:
+            raise ValueError(f"sample key {key!r} must not contain '.' or '/' (webdataset splits on them)")
+        start = self._tar.offset
+        for name in sorted(fields):
+            data = fields[name]
+            info = tarfile.TarInfo(f"{key}.{name}")
+            info.size, info.mtime, info.mode = len(data), 0, 0o644
+            info.uid = info.gid = 0
+            info.uname = info.gname = ""
+            self._tar.addfile(info, io.BytesIO(data))
+        self.ranges.append((key, start, self._tar.offset - start))
+
+    def close(self) -> dict:
+        """Finish the tar, fsync, rename into place; returns the shard's manifest record."""
+        self._tar.close()
+        self._file.flush()
+        os.fsync(self._file.fileno())
+        self._file.close()
+        digest = hashlib.sha256()
+        samples = []
+        with open(self.tmp, "rb") as f:
+            data = f.read()
+        digest.update(data)
+        for key, offset, length in self.ranges:
+            samples.append([key, offset, length, zlib.crc32(data[offset:offset + length])])
+        os.replace(self.tmp, self.path)
+        return {"name": self.path.name, "bytes": len(data), "sha256": digest.hexdigest(),
+                "num_samples": len(samples), "samples": samples}
+
+    def abort(self) -> None:
+        try:
+            self._tar.close()
+            self._file.close()
+        finally:
+            self.tmp.unlink(missing_ok=True)
+
+
+def file_sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def parse_members(blob: bytes, key: str) -> Dict[str, bytes]:
+    """Split one sample's tar bytes into ``{field: data}``; raises SampleError on any inconsistency."""
+    fields, pos = {}, 0
+    while pos + BLOCK <= len(blob):
+        header = blob[pos:pos + BLOCK]
+        if header == b"\0" * BLOCK:
+            break
+        stored = header[148:156].split(b"\0")[0].strip()
+        computed = sum(header[:148]) + 8 * 32 + sum(header[156:])
+        try:
+            if int(stored or b"-1", 8) != computed:
+                raise SampleError("bad tar header checksum")
+            size = int(header[124:136].split(b"\0")[0].strip() or b"0", 8)
+        except ValueError:
+            raise SampleError("unreadable tar header") from None
+        name = header[:100].split(b"\0")[0].decode("utf-8", "replace")
+        prefix, dot, field = name.partition(".")
+        if prefix != key or not dot:
+            raise SampleError(f"member {name!r} does not belong to sample {key!r}")
+        start = pos + BLOCK
+        if start + size > len(blob):
+            raise SampleError(f"member {name!r} is truncated")
+        fields[field] = blob[start:start + size]
+        pos = start + (size + BLOCK - 1) // BLOCK * BLOCK
+    if not fields:
+        raise SampleError("no members")
+    return fields
+
+
+class ShardReader:
+    """Reads samples by byte range, keeping a few shard files open (per process)."""
+
+    def __init__(self, max_open: int = 8):
+        self.max_open = max_open
+        self._files: Dict[Path, object] = {}
+
+    def read(self, path: Path, key: str, offset: int, length: int, crc: int) -> Dict[str, bytes]:
+        try:
+            handle = self._files.get(path)
+            if handle is None:
+                if len(self._files) >= self.max_open:
+                    self._files.pop(next(iter(self._files))).close()
+                handle = self._files[path] = open(path, "rb")
+            handle.seek(offset)
+            blob = handle.read(length)
+        except OSError as exc:
+            raise SampleError(f"unreadable ({exc.strerror or exc})") from None
+        if len(blob) != length:
+            raise SampleError(f"truncated shard (sample needs bytes {offset}-{offset + length}, file ends earlier)")
+        if zlib.crc32(blob) != crc:
+            raise SampleError("checksum mismatch (corrupt bytes)")
+        return parse_members(blob, key)
+
+    def close(self) -> None:
+        for handle in self._files.values():
+            handle.close()
+        self._files.clear()
