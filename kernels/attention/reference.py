@@ -1,0 +1,58 @@
+"""Plain softmax attention in float64: the ground truth every kernel test compares against.
+
+Deliberately naive (explicit scores, a dense boolean mask, one sequence at a
+time for packed inputs) so that it is obviously right; it is only run at test
+and benchmark-check sizes.
+"""
+from __future__ import annotations
+
+import math
+from typing import Optional, Sequence
+
+import torch
+
+
+def readonly_mask(seqlen_q: int, seqlen_k: int, num_video: int, device=None) -> torch.Tensor:
+    """(Lq, Lk) bool "may attend": query i sees key j iff i < num_video or j >= num_video."""
+    q_pos = torch.arange(seqlen_q, device=device)[:, None]
+    k_pos = torch.arange(seqlen_k, device=device)[None, :]
+    return (q_pos < num_video) | (k_pos >= num_video)
+
+
+def reference_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, num_video: Optional[int] = None,
+                        mask: str = "full", softmax_scale: Optional[float] = None) -> torch.Tensor:
+    """q (B, Lq, H, D), k/v (B, Lk, H, D) -> (B, Lq, H, D) float64.
+
+    Rows that may see no key (possible only for degenerate masks) are 0, the
+    convention of the fused kernel.
+    """
+    scale = 1.0 / math.sqrt(q.shape[-1]) if softmax_scale is None else softmax_scale
+    qd, kd, vd = q.double(), k.double(), v.double()
+    scores = torch.einsum("bqhd,bkhd->bhqk", qd, kd) * scale
+    if mask == "context_readonly":
+        if num_video is None:
+            raise ValueError("mask='context_readonly' needs num_video")
+        allowed = readonly_mask(q.shape[1], k.shape[1], num_video, device=q.device)
+        scores = scores.masked_fill(~allowed, float("-inf"))
+    elif mask != "full":
+        raise ValueError(f"unknown mask {mask!r}")
+    probs = torch.softmax(scores, dim=-1).nan_to_num(0.0)
+    return torch.einsum("bhqk,bkhd->bqhd", probs, vd)
+
+
+def reference_attention_varlen(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
+                               cu_seqlens_q: torch.Tensor, cu_seqlens_k: torch.Tensor,
+                               context_start: Optional[Sequence[int]] = None,
+                               softmax_scale: Optional[float] = None) -> torch.Tensor:
+    """Packed q (total_q, H, D), k/v (total_k, H, D): each sequence on its own; float64 output."""
+    cq, ck = cu_seqlens_q.tolist(), cu_seqlens_k.tolist()
+    outs = []
+    for i in range(len(cq) - 1):
+        qi, ki, vi = (t.unsqueeze(0) for t in (q[cq[i]:cq[i + 1]], k[ck[i]:ck[i + 1]], v[ck[i]:ck[i + 1]]))
+        if context_start is None:
+            out = reference_attention(qi, ki, vi, softmax_scale=softmax_scale)
+        else:
+            out = reference_attention(qi, ki, vi, num_video=int(context_start[i]), mask="context_readonly",
+                                      softmax_scale=softmax_scale)
+        outs.append(out[0])
+    return torch.cat(outs, dim=0)

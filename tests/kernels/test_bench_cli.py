@@ -1,0 +1,77 @@
+"""`cinescene bench attention`: argument handling, the no-GPU message, the --check plumbing, table helpers."""
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from cinescene.kernels.attention import bench
+from cinescene.launch import cli
+from cinescene.launch.commands import bench_attention
+
+
+def test_parses_the_documented_options():
+    args = cli.build_parser().parse_args(
+        ["bench", "attention", "--heads", "12,40", "--context", "0,15600,31200", "--video", "32760",
+         "--iters", "3", "--out", "x.json"])
+    assert args.heads == [12, 40] and args.context == [0, 15600, 31200] and args.iters == 3
+
+
+def test_rejects_a_malformed_list(capsys):
+    with pytest.raises(SystemExit) as exc:
+        cli.main(["bench", "attention", "--heads", "12,x"])
+    assert exc.value.code == 2
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the message shown without a GPU")
+def test_benchmark_without_gpu_says_so(capsys):
+    assert cli.main(["bench", "attention"]) == 1
+    err = capsys.readouterr().err
+    assert "needs a CUDA GPU" in err and "--check" in err
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="the CPU plumbing of --check")
+def test_check_runs_the_sweep_in_the_interpreter_and_compiles_for_hopper(monkeypatch, capsys):
+    """--check starts the sweep with TRITON_INTERPRET=1 and the sm_90 compile without it (both real runs
+    are CI steps of their own; here the two subprocesses are recorded, not run)."""
+    calls = []
+    monkeypatch.setattr(bench_attention, "_run_module", lambda module, args, env: calls.append(
+        (module, env.get("TRITON_INTERPRET"))) or 0)
+    assert cli.main(["bench", "attention", "--check"]) == 0
+    assert calls == [("cinescene.kernels.attention.check", "1"),
+                     ("cinescene.kernels.attention.hopper_compile", None)]
+    monkeypatch.setattr(bench_attention, "_run_module", lambda module, args, env: 1)
+    assert cli.main(["bench", "attention", "--check"]) == 1
+    assert "FAILED" in capsys.readouterr().out
+
+
+def test_flop_conventions():
+    full = bench.Shape(12, 32760, 15600, "full")
+    readonly = bench.Shape(12, 32760, 15600, "context_readonly")
+    n = 32760 + 15600
+    assert full.dense_flops() == 4 * n * n * 128 * 12 == readonly.dense_flops()
+    assert readonly.effective_flops() == 4 * (32760 * n + 15600 ** 2) * 128 * 12
+    assert full.effective_flops() == full.dense_flops()
+
+
+def test_shapes_pair_each_context_with_both_masks():
+    found = bench.shapes([12, 40], [0, 15600], 32760)
+    assert [(s.heads, s.num_context, s.mask) for s in found] == [
+        (12, 0, "full"), (12, 15600, "full"), (12, 15600, "context_readonly"),
+        (40, 0, "full"), (40, 15600, "full"), (40, 15600, "context_readonly")]
+
+
+def test_table_and_goal_lines():
+    rows = [bench.Row("cinescene-triton", 12, 15600, "full", 10.0, 25.0, 600.0),
+            bench.Row("sdpa-flash", 12, 15600, "full", 12.0, 30.0, 500.0),
+            bench.Row("cinescene-triton", 12, 15600, "context_readonly", 7.0, 18.0, 850.0),
+            bench.Row("sdpa-cudnn", 12, 15600, "full", note="RuntimeError: no kernel")]
+    text = bench.format_rows(rows)
+    assert "cinescene-triton" in text and "(RuntimeError: no kernel)" in text
+    assert bench.format_markdown(rows).count("\n") == len(rows) + 1
+    goals = "\n".join(bench.goals(rows))
+    assert "full fwd+bwd: 1.20x sdpa-flash" in goals
+    assert "readonly fwd+bwd: 1.68x sdpa-flash" in goals
+    assert "600 TFLOP/s" in goals and "NOT MET" not in goals
+    assert math.isnan(rows[3].forward_ms)
