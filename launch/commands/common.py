@@ -39,3 +39,18 @@ def not_landed(what: str, needs: str) -> Callable[[argparse.Namespace], int]:
                              "Nothing was run.")
 
     return handler
+
+
+def add_pending_command(sub: argparse._SubParsersAction, name: str, *, help: str, description: str,
+                        needs: str) -> argparse.ArgumentParser:
+    """A config-driven subcommand that is not built yet: it validates its config, then says so."""
+    parser = sub.add_parser(name, help=help, description=description)
+    add_config_args(parser)
+
+    def run(args: argparse.Namespace) -> int:
+        if load(args) is None:
+            return 0
+        return not_landed(f"`cinescene {name}`", needs)(args)
+
+    parser.set_defaults(func=run)
+    return parser

@@ -1,19 +1,12 @@
-"""`cinescene eval CONFIG ...`: metrics on held-out clips."""
+"""`cinescene eval CONFIG [overrides]`: metrics on held-out clips."""
 from __future__ import annotations
 
 import argparse
 
-from .common import add_config_args, load, not_landed
+from .common import add_pending_command
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("eval", help="evaluate a checkpoint (camera, scene and quality metrics)",
-                       description="Sample held-out clips and compute the paper's metrics.")
-    add_config_args(p)
-    p.set_defaults(func=run)
-
-
-def run(args: argparse.Namespace) -> int:
-    if load(args) is None:
-        return 0
-    return not_landed("`cinescene eval`", "the evaluation issue")(args)
+    add_pending_command(sub, "eval", help="evaluate a checkpoint (camera, scene and quality metrics)",
+                        description="Sample held-out clips and compute the paper's metrics.",
+                        needs="the evaluation issue")

@@ -3,17 +3,10 @@ from __future__ import annotations
 
 import argparse
 
-from .common import add_config_args, load, not_landed
+from .common import add_pending_command
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("submit", help="submit a training job to SLURM (sbatch/submitit)",
-                       description="Submit `cinescene train` as a requeueable SLURM job.")
-    add_config_args(p)
-    p.set_defaults(func=run)
-
-
-def run(args: argparse.Namespace) -> int:
-    if load(args) is None:
-        return 0
-    return not_landed("`cinescene submit`", "the SLURM launcher")(args)
+    add_pending_command(sub, "submit", help="submit a training job to SLURM (sbatch/submitit)",
+                        description="Submit `cinescene train` as a requeueable SLURM job.",
+                        needs="the SLURM launcher")
