@@ -4,7 +4,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import List, Optional
 
-from .base import one_of, positive
+from .base import one_of, optional_positive, positive
 
 
 @dataclass
@@ -28,6 +28,10 @@ class TrackingConfig:
     # One JSON object per logged step in <run.dir>/metrics.jsonl.
     jsonl: bool = True
     log_every_steps: int = 1
+    # Peak dense TFLOP/s of one device for MFU. None: from the trainer's device table
+    # (H100 SXM bf16 989, ...); on CPU MFU stays null unless this is set.
+    peak_tflops: Optional[float] = None
 
     def validate(self) -> None:
         positive(self.log_every_steps, "log_every_steps")
+        optional_positive(self.peak_tflops, "peak_tflops")

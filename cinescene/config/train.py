@@ -46,11 +46,17 @@ class TrainConfig:
     warmup_steps: int = 0
     schedule: str = "constant"
     weight_decay: float = 0.0
+    # Parameters that never decay, besides every 1-D parameter (biases, norm scales): glob
+    # patterns over names. Wan's adaLN `modulation` tables and learned tokens act like embeddings.
+    no_decay: List[str] = field(default_factory=lambda: ["*embedding*", "*modulation*", "*token*"])
     betas: List[float] = field(default_factory=lambda: [0.9, 0.999])
     eps: float = 1e-8
     grad_clip: float = 1.0
     # "bf16" (DeepSpeed bf16 mixed precision) or "fp32".
     precision: str = "bf16"
+    # Optimizer implementation: "auto" = on CUDA DeepSpeed's FusedAdam (DeepSpeedCPUAdam with
+    # parallel.offload_optimizer=cpu), on CPU-only machines torch.optim.AdamW; "torch" forces it.
+    optimizer_impl: str = "auto"
     flow: FlowMatchingConfig = field(default_factory=FlowMatchingConfig)
     # Condition dropout for classifier-free guidance (probabilities per sample).
     text_dropout: float = 0.1
@@ -75,6 +81,7 @@ class TrainConfig:
         positive(self.eps, "eps")
         non_negative(self.grad_clip, "grad_clip")
         one_of(self.precision, "precision", ["bf16", "fp32"])
+        one_of(self.optimizer_impl, "optimizer_impl", ["auto", "torch"])
         in_range(self.text_dropout, "text_dropout", 0.0, 1.0)
         in_range(self.scene_dropout, "scene_dropout", 0.0, 1.0)
         positive(self.max_consecutive_nonfinite, "max_consecutive_nonfinite")

@@ -3,13 +3,14 @@ from __future__ import annotations
 
 import argparse
 
-from .common import add_config_args, load, not_landed
+from .common import add_config_args, load
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("train", help="fine-tune the model (local ranks, torchrun, deepspeed or srun)",
                        description="Flow-matching fine-tuning under DeepSpeed. Resumes by itself "
-                                   "from <run.dir>/checkpoints/latest.")
+                                   "from <run.dir>/checkpoints/latest. Exit status 124 "
+                                   "(launch.preempt_exit_code) after a preemption save.")
     add_config_args(p)
     p.add_argument("--nproc", type=int, default=None,
                    help="local ranks to spawn when not already under torchrun/srun (launch.nproc)")
@@ -20,4 +21,11 @@ def run(args: argparse.Namespace) -> int:
     loaded = load(args)
     if loaded is None:
         return 0
-    return not_landed("`cinescene train`", "the trainer")(args)
+    cfg, _ = loaded
+    if args.nproc is not None and args.nproc < 1:
+        from cinescene.config import ConfigError
+
+        raise ConfigError("--nproc", f"expected a value >= 1, got {args.nproc}")
+    from cinescene.train.launcher import launch
+
+    return launch(cfg, config_path=args.config, overrides=args.overrides, nproc=args.nproc)

@@ -56,7 +56,8 @@ def test_include_cycle_is_reported(tmp_path):
     ("train.ema=3", "train.ema", "expected EMAConfig"),
     ("model.attention.mask=bogus", "model.attention.mask", "one of ['full', 'context_readonly']"),
     ("data.synth.frames=16", "data.synth.frames", "1 + 4k frames"),
-    ("parallel.zero_stage=5", "parallel.zero_stage", "one of [0, 1, 2, 3]"),
+    ("parallel.zero_stage=5", "parallel.zero_stage", "one of [1, 2, 3]"),
+    ("parallel.zero_stage=0", "parallel.zero_stage", "one of [1, 2, 3]"),
     ("model.dim=65", "model.dim", "multiple of num_heads"),
     ("nokey", "nokey", "key.path=value"),
 ])

@@ -1,0 +1,126 @@
+"""Where this process sits in a job: rank, world size and rendezvous, from whoever started it.
+
+Three ways a rank comes to life, checked in this order:
+
+- ``torchrun`` / ``deepspeed`` (and our own local spawner): ``RANK``,
+  ``WORLD_SIZE``, ``LOCAL_RANK``, ``MASTER_ADDR``, ``MASTER_PORT`` are set.
+- ``srun``: ``SLURM_PROCID``, ``SLURM_NTASKS``, ``SLURM_LOCALID`` inside a job
+  step (``SLURM_STEP_ID`` set; a batch script alone also carries
+  ``SLURM_PROCID=0`` but is not a step, and must not pretend to be rank 0 of
+  N). The master is the first host of ``SLURM_JOB_NODELIST`` (expanded by
+  ``scontrol show hostnames``), the port derives from the job id so every
+  task computes the same one without talking.
+- standalone: nothing set; ``cinescene train`` spawns ``launch.nproc`` local
+  ranks itself on a free port.
+"""
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+from dataclasses import dataclass
+from typing import Dict, Optional
+
+from cinescene.errors import CineSceneError
+
+# Ports derived from a SLURM job id land in [BASE, BASE + SPAN): above the common
+# service range and below the Linux ephemeral range (32768+), so they rarely collide.
+SLURM_PORT_BASE = 20000
+SLURM_PORT_SPAN = 10000
+
+
+@dataclass(frozen=True)
+class DistEnv:
+    """One rank's view of the job."""
+
+    rank: int
+    world_size: int
+    local_rank: int
+    local_world_size: int
+    master_addr: str
+    master_port: int
+    launcher: str  # "torchrun" | "srun" | "standalone"
+
+    def as_environ(self) -> Dict[str, str]:
+        """The torchrun-style variables that ``init_process_group(init_method="env://")`` reads."""
+        return {"RANK": str(self.rank), "WORLD_SIZE": str(self.world_size),
+                "LOCAL_RANK": str(self.local_rank), "LOCAL_WORLD_SIZE": str(self.local_world_size),
+                "MASTER_ADDR": self.master_addr, "MASTER_PORT": str(self.master_port)}
+
+
+def _int_env(env: Dict[str, str], name: str) -> int:
+    try:
+        return int(env[name])
+    except ValueError:
+        raise CineSceneError(f"environment variable {name}={env[name]!r} is not an integer") from None
+
+
+def under_torchrun(env: Optional[Dict[str, str]] = None) -> bool:
+    env = os.environ if env is None else env
+    return "RANK" in env and "WORLD_SIZE" in env
+
+
+def under_srun(env: Optional[Dict[str, str]] = None) -> bool:
+    env = os.environ if env is None else env
+    return "SLURM_PROCID" in env and "SLURM_NTASKS" in env and ("SLURM_STEP_ID" in env or "SLURM_STEPID" in env)
+
+
+def first_slurm_host(nodelist: str) -> str:
+    """The first host of a SLURM node list such as ``gpu[003-010,012]`` (via ``scontrol``)."""
+    try:
+        out = subprocess.run(["scontrol", "show", "hostnames", nodelist], check=True, capture_output=True,
+                             text=True, timeout=60).stdout.split()
+    except FileNotFoundError:
+        raise CineSceneError("running under srun but `scontrol` is not on PATH; set MASTER_ADDR "
+                             "to the first node's hostname") from None
+    except subprocess.SubprocessError as exc:
+        raise CineSceneError(f"`scontrol show hostnames {nodelist}` failed: {exc}; set MASTER_ADDR") from None
+    if not out:
+        raise CineSceneError(f"`scontrol show hostnames {nodelist}` printed no host; set MASTER_ADDR")
+    return out[0]
+
+
+def slurm_master_port(job_id: int) -> int:
+    return SLURM_PORT_BASE + job_id % SLURM_PORT_SPAN
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    """A TCP port nobody listens on right now (the OS picks it; tiny race until the master binds it)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind((host, 0))
+        return int(sock.getsockname()[1])
+
+
+def detect(env: Optional[Dict[str, str]] = None) -> Optional[DistEnv]:
+    """The DistEnv set up by torchrun/deepspeed/our spawner or srun; None when standalone."""
+    env = dict(os.environ if env is None else env)
+    if under_torchrun(env):
+        world = _int_env(env, "WORLD_SIZE")
+        return DistEnv(rank=_int_env(env, "RANK"), world_size=world,
+                       local_rank=_int_env(env, "LOCAL_RANK") if "LOCAL_RANK" in env else 0,
+                       local_world_size=(_int_env(env, "LOCAL_WORLD_SIZE") if "LOCAL_WORLD_SIZE" in env
+                                         else world),
+                       master_addr=env.get("MASTER_ADDR", "127.0.0.1"),
+                       master_port=_int_env(env, "MASTER_PORT") if "MASTER_PORT" in env else 29500,
+                       launcher="torchrun")
+    if under_srun(env):
+        world = _int_env(env, "SLURM_NTASKS")
+        addr = env.get("MASTER_ADDR") or first_slurm_host(env.get("SLURM_STEP_NODELIST")
+                                                          or env["SLURM_JOB_NODELIST"])
+        port = (_int_env(env, "MASTER_PORT") if "MASTER_PORT" in env
+                else slurm_master_port(_int_env(env, "SLURM_JOB_ID")))
+        # "2(x3),1": tasks on this step's nodes; the first count is this node's in the usual layout.
+        per_node = env.get("SLURM_STEP_TASKS_PER_NODE", env.get("SLURM_NTASKS_PER_NODE", ""))
+        first = per_node.split(",")[0].split("(")[0]
+        local_world = int(first) if first.isdigit() else world
+        return DistEnv(rank=_int_env(env, "SLURM_PROCID"), world_size=world,
+                       local_rank=_int_env(env, "SLURM_LOCALID") if "SLURM_LOCALID" in env else 0,
+                       local_world_size=local_world, master_addr=addr, master_port=port, launcher="srun")
+    return None
+
+
+def standalone(nproc: int, rank: int = 0, port: Optional[int] = None) -> DistEnv:
+    """The environment of local rank ``rank`` of ``nproc`` spawned on this machine."""
+    return DistEnv(rank=rank, world_size=nproc, local_rank=rank, local_world_size=nproc,
+                   master_addr="127.0.0.1", master_port=port if port is not None else free_port(),
+                   launcher="standalone")

@@ -1,0 +1,93 @@
+"""Process group start-up and the data-/sequence-parallel layout of the ranks.
+
+Layout: ranks ``g*S .. g*S+S-1`` form sequence-parallel group ``g`` (S =
+``parallel.sequence``); they hold the same sample and split its tokens.
+The data-parallel rank is ``g``, the data-parallel size ``world / S``.
+ZeRO shards parameters and optimizer state over all ranks and reduces
+gradients over all of them, dividing by the data-parallel size only
+(DeepSpeed's ``parallel_state_sp`` mpu, the one its Ulysses integration
+uses): each rank of a group contributes the gradient of its token shard,
+and their sum is the gradient of the whole sample.
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from datetime import timedelta
+from typing import Any
+
+import torch
+
+from cinescene.errors import CineSceneError
+
+from .env import DistEnv
+
+
+@dataclass(frozen=True)
+class ParallelLayout:
+    rank: int
+    world_size: int
+    local_rank: int
+    sp_size: int
+    sp_rank: int
+    dp_size: int
+    dp_rank: int
+    sp_group: Any = None   # torch ProcessGroup of this rank's sequence-parallel group (None when S = 1)
+    mpu: Any = None        # what deepspeed.initialize(mpu=...) needs for S > 1
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+
+def resolve_backend(name: str) -> str:
+    if name == "auto":
+        return "nccl" if torch.cuda.is_available() else "gloo"
+    if name == "nccl" and not torch.cuda.is_available():
+        raise CineSceneError("parallel.backend=nccl needs CUDA, and no GPU is visible; use gloo or auto")
+    return name
+
+
+def init_process_group(env: DistEnv, backend: str, timeout_s: int) -> None:
+    """Join the job's process group through DeepSpeed's comm layer (it wraps torch.distributed)."""
+    import deepspeed
+
+    os.environ.update(env.as_environ())
+    if torch.cuda.is_available():
+        torch.cuda.set_device(env.local_rank % torch.cuda.device_count())
+    deepspeed.init_distributed(dist_backend=resolve_backend(backend), auto_mpi_discovery=False,
+                               timeout=timedelta(seconds=timeout_s), init_method="env://",
+                               rank=env.rank, world_size=env.world_size)
+
+
+def build_layout(env: DistEnv, sequence: int) -> ParallelLayout:
+    """Sequence-parallel groups of ``sequence`` consecutive ranks; one-line error if they do not fit."""
+    world = env.world_size
+    if world % sequence:
+        raise CineSceneError(f"parallel.sequence={sequence} does not divide the world size {world}: "
+                             f"run a multiple of {sequence} ranks")
+    sp_group = mpu = None
+    if sequence > 1:
+        from deepspeed.runtime.sequence_parallel import parallel_state_sp
+
+        parallel_state_sp.initialize_sequence_parallel(sequence)
+        sp_group = parallel_state_sp.get_sequence_parallel_group()
+        mpu = parallel_state_sp
+    return ParallelLayout(rank=env.rank, world_size=world, local_rank=env.local_rank, sp_size=sequence,
+                          sp_rank=env.rank % sequence, dp_size=world // sequence, dp_rank=env.rank // sequence,
+                          sp_group=sp_group, mpu=mpu)
+
+
+def destroy_process_group() -> None:
+    """Leave the job; through DeepSpeed's comm layer, which also forgets the groups it cached
+    (the world clone, the sequence-parallel groups), so a later trainer in the same process
+    starts clean."""
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        import deepspeed.comm as ds_comm
+
+        if ds_comm.is_initialized():
+            ds_comm.destroy_process_group()
+        else:
+            dist.destroy_process_group()

@@ -1,0 +1,90 @@
+"""What the trainer needs from the model and data packages, behind one small seam.
+
+:func:`default_components` wires the real CineScene model
+(:mod:`cinescene.models`) and the webdataset loader (:mod:`cinescene.data`);
+tests hand :func:`cinescene.train.entry.run_rank` their own tiny stand-ins
+with the same contracts (docs/CONTRACTS.md).
+"""
+from __future__ import annotations
+
+import fnmatch
+from dataclasses import dataclass
+from typing import Callable, Iterator, Mapping, Optional
+
+import torch.nn as nn
+
+from cinescene.config.schema import CineSceneConfig
+
+
+@dataclass
+class SampleFacts:
+    """Per-sample cost of the model, for throughput and MFU."""
+
+    flops_per_sample: Optional[float]   # training FLOPs (forward + backward)
+    tokens_per_sample: Optional[int]    # extended sequence length (video + context tokens)
+
+
+@dataclass
+class Components:
+    build_model: Callable[[CineSceneConfig], nn.Module]
+    # Parameter count without allocating (decides deepspeed.zero.Init under parallel.zero_init=auto).
+    count_params: Callable[[CineSceneConfig], int]
+    # Rank 0, before the others read: e.g. render and shard synthetic data when absent.
+    prepare_data: Callable[[CineSceneConfig], None]
+    # (cfg, dp_rank, dp_size, micro_batch_size, consumed_samples) -> endless micro batches for this rank.
+    build_batches: Callable[[CineSceneConfig, int, int, int, int], Iterator[Mapping]]
+    # (cfg, model, first batch) -> FLOPs and tokens per sample.
+    sample_facts: Callable[[CineSceneConfig, nn.Module, Mapping], SampleFacts]
+
+
+def _build_model(cfg: CineSceneConfig) -> nn.Module:
+    from cinescene.models import build_model
+
+    return build_model(cfg.model)
+
+
+def _count_params(cfg: CineSceneConfig) -> int:
+    from cinescene.models import build_model
+    from cinescene.models.flops import parameter_counts
+
+    return parameter_counts(build_model(cfg.model, device="meta"))["total"]
+
+
+def _sample_facts(cfg: CineSceneConfig, model: nn.Module, batch: Mapping) -> SampleFacts:
+    """From the batch's actual shapes (the data may differ from model.data_shape's defaults)."""
+    from cinescene.models.flops import SampleShape, flops_per_sample, token_counts
+
+    _, _, frames, height, width = batch["video"].shape
+    scenes = batch.get("scene_images")
+    latents = batch.get("scene_latents")
+    shape = SampleShape(latent_frames=frames, latent_height=height, latent_width=width,
+                        scene_images=scenes.shape[1] if scenes is not None else 0,
+                        scene_height=scenes.shape[3] if scenes is not None else height,
+                        scene_width=scenes.shape[4] if scenes is not None else width,
+                        scene_latent_height=latents.shape[3] if latents is not None else height,
+                        scene_latent_width=latents.shape[4] if latents is not None else width)
+    vggt_trains = any(p.requires_grad and fnmatch.fnmatchcase(n, "scene_encoder.vggt.*")
+                      for n, p in model.named_parameters())
+    flops = flops_per_sample(cfg.model, shape, scene_encoder_trains=vggt_trains)
+    return SampleFacts(flops_per_sample=float(flops.training), tokens_per_sample=token_counts(cfg.model, shape).total)
+
+
+def _prepare_data(cfg: CineSceneConfig) -> None:
+    from cinescene.data.ensure import ensure_dataset
+
+    ensure_dataset(cfg.data)
+
+
+def _build_batches(cfg: CineSceneConfig, dp_rank: int, dp_size: int, micro_batch_size: int,
+                   consumed_samples: int) -> Iterator[Mapping]:
+    from cinescene.data.loader import build_train_loader
+
+    # The loader's cursor is global and world-size independent: sequence-parallel peers share a
+    # data-parallel rank, hence the same batches.
+    return iter(build_train_loader(cfg.data, cfg.model, rank=dp_rank, world_size=dp_size, seed=cfg.run.seed,
+                                   micro_batch_size=micro_batch_size, start_sample=consumed_samples))
+
+
+def default_components() -> Components:
+    return Components(build_model=_build_model, count_params=_count_params, prepare_data=_prepare_data,
+                      build_batches=_build_batches, sample_facts=_sample_facts)

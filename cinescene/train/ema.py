@@ -1,0 +1,146 @@
+"""Exponential moving average of the trainable weights, kept sharded like ZeRO keeps them.
+
+Each rank averages only its own slice of every trainable parameter, in fp32:
+under ZeRO-3 the slice is the parameter's partition (``param.ds_tensor``,
+this rank's piece of the flattened tensor); under ZeRO-1/2, where every rank
+holds whole parameters, the same arithmetic is applied to the flattened
+``param.data`` so the EMA memory is still split across ranks. A slice is
+described by (offset, length) into the flattened parameter, which is all it
+takes to reassemble the full EMA (export, or loading at another world size).
+
+Under ZeRO-3 with bf16, ``ds_tensor`` holds bf16 values (the fp32 master copy
+lives inside the optimizer's flat buffers); the average itself is fp32.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Callable, Dict, Iterable, List, Mapping, Optional, Tuple
+
+import torch
+import torch.distributed as dist
+import torch.nn as nn
+
+from cinescene.config.train import EMAConfig
+
+from .callbacks import Callback, StepResult, TrainState
+
+
+@dataclass
+class _Slice:
+    name: str
+    param: nn.Parameter
+    offset: int
+    length: int
+    shape: Tuple[int, ...]
+
+    def local(self) -> torch.Tensor:
+        """This rank's slice of the current weights, 1-D (a view: no copy)."""
+        if hasattr(self.param, "ds_tensor"):
+            return self.param.ds_tensor.data.view(-1)[: self.length]
+        return self.param.data.view(-1)[self.offset: self.offset + self.length]
+
+
+def _slice_of(name: str, param: nn.Parameter, index: int, count: int) -> _Slice:
+    if hasattr(param, "ds_tensor"):
+        # ZeRO-3 partition: equal, padded pieces of the flattened tensor, one per rank of its group.
+        part = int(param.ds_tensor.ds_numel)
+        group_rank = dist.get_rank(group=param.ds_process_group)
+        total = int(param.ds_numel)
+        shape = tuple(param.ds_shape)
+    else:
+        total, shape = param.numel(), tuple(param.shape)
+        part, group_rank = math.ceil(total / count), index
+    offset = group_rank * part
+    return _Slice(name, param, min(offset, total), max(0, min(part, total - offset)), shape)
+
+
+class ShardedEMA:
+    def __init__(self, named_params: Iterable[Tuple[str, nn.Parameter]], cfg: EMAConfig, *,
+                 shard_index: int = 0, shard_count: int = 1):
+        self.decay = cfg.decay
+        self.start_step = cfg.start_step
+        self.slices: List[_Slice] = [_slice_of(n, p, shard_index, shard_count)
+                                     for n, p in named_params if p.requires_grad]
+        self.shadow: Dict[str, torch.Tensor] = {s.name: s.local().detach().float().clone() for s in self.slices}
+
+    @torch.no_grad()
+    def update(self, step: int) -> None:
+        """Fold in the weights after optimizer step ``step``; copy them up to ``start_step``."""
+        for s in self.slices:
+            current = s.local().float()
+            if step <= self.start_step:
+                self.shadow[s.name].copy_(current)
+            else:
+                self.shadow[s.name].lerp_(current, 1.0 - self.decay)
+
+    def state_dict(self) -> Dict:
+        return {"decay": self.decay, "start_step": self.start_step,
+                "slices": {s.name: {"offset": s.offset, "length": s.length, "shape": list(s.shape),
+                                    "value": self.shadow[s.name].detach().cpu()} for s in self.slices}}
+
+    def load_state_dict(self, own: Mapping, all_ranks: Optional[Callable[[], List[Mapping]]] = None) -> None:
+        """Restore from a saved state; when its slicing differs from ours (another world size, or
+        another rank's file), reassemble full tensors from every rank's state (``all_ranks()``) and
+        cut this rank's slice."""
+        saved = own["slices"]
+        if all((s.name in saved and saved[s.name]["offset"] == s.offset and saved[s.name]["length"] == s.length)
+               for s in self.slices):
+            for s in self.slices:
+                self.shadow[s.name].copy_(saved[s.name]["value"])
+            return
+        if all_ranks is None:
+            raise ValueError("the saved EMA is sliced differently and no other shards were provided")
+        full = assemble(all_ranks())
+        for s in self.slices:
+            if s.name not in full:
+                raise KeyError(f"the saved EMA has no parameter {s.name}")
+            self.shadow[s.name].copy_(full[s.name].view(-1)[s.offset: s.offset + s.length])
+
+    def full_numels(self) -> Dict[str, int]:
+        return {s.name: math.prod(s.shape) for s in self.slices}
+
+
+def assemble(states: Iterable[Mapping]) -> Dict[str, torch.Tensor]:
+    """Full fp32 EMA tensors (original shapes) from every rank's ``state_dict()``."""
+    pieces: Dict[str, List[Tuple[int, torch.Tensor]]] = {}
+    shapes: Dict[str, Tuple[int, ...]] = {}
+    for state in states:
+        for name, entry in state["slices"].items():
+            pieces.setdefault(name, []).append((entry["offset"], entry["value"]))
+            shapes[name] = tuple(entry["shape"])
+    full = {}
+    for name, parts in pieces.items():
+        flat = torch.zeros(math.prod(shapes[name]), dtype=torch.float32)
+        covered = 0
+        for offset, value in parts:
+            flat[offset: offset + value.numel()] = value
+            covered += value.numel()
+        if covered != flat.numel():
+            raise ValueError(f"EMA shards of {name} cover {covered} of {flat.numel()} elements: a rank file is missing")
+        full[name] = flat.view(shapes[name])
+    return full
+
+
+class EMACallback(Callback):
+    """Updates the sharded EMA after every applied optimizer step; saved per rank."""
+
+    name = "ema"
+
+    def __init__(self, ema: ShardedEMA):
+        self.ema = ema
+        self._all_ranks: Optional[Callable[[], List[Mapping]]] = None
+
+    def on_step_end(self, state: TrainState, result: StepResult) -> None:
+        if result.applied:
+            self.ema.update(result.step)
+
+    def state_dict(self) -> Dict:
+        return self.ema.state_dict()
+
+    def provide_all_ranks(self, loader: Callable[[], List[Mapping]]) -> None:
+        """How to read every rank's saved EMA, for a resume that slices differently."""
+        self._all_ranks = loader
+
+    def load_state_dict(self, state: Dict) -> None:
+        self.ema.load_state_dict(state, self._all_ranks)

@@ -1,0 +1,125 @@
+"""The training loop: optimizer steps over accumulated micro batches, callbacks, checkpoints."""
+from __future__ import annotations
+
+import time
+from typing import Any, Callable, Dict, Iterator, Mapping, Optional
+
+import torch
+import torch.distributed as dist
+
+from cinescene.config.schema import CineSceneConfig
+from cinescene.distributed.groups import ParallelLayout
+from cinescene.errors import CineSceneError
+from cinescene.log import get_logger
+
+from . import rng
+from .batching import BatchPlan
+from .callbacks import CallbackList, StepResult, TrainState
+from .checkpoint import CheckpointManager
+from .guards import poison_if_nonfinite
+from .objective import FlowMatchingObjective, sample_generators
+from .schedule import lr_at, set_lr
+
+_log = get_logger("train.loop")
+
+
+def _world_mean(value: torch.Tensor, device: torch.device) -> float:
+    """Mean over all ranks (sequence-parallel peers hold equal values, so this is the data-parallel mean).
+    On ``device``: NCCL reduces only CUDA tensors."""
+    value = value.detach().double().reshape(1).to(device)
+    if dist.is_available() and dist.is_initialized():
+        dist.all_reduce(value, op=dist.ReduceOp.SUM)
+        value /= dist.get_world_size()
+    return float(value.item())
+
+
+class Trainer:
+    def __init__(self, cfg: CineSceneConfig, *, engine, layout: ParallelLayout, plan: BatchPlan,
+                 objective: FlowMatchingObjective, batches: Iterator[Mapping[str, Any]],
+                 checkpoints: CheckpointManager, callbacks: CallbackList, state: TrainState,
+                 trainer_state_extra: Callable[[], Dict[str, Any]], config_yaml: str):
+        self.cfg = cfg
+        self.engine = engine
+        self.layout = layout
+        self.plan = plan
+        self.objective = objective
+        self.batches = batches
+        self.checkpoints = checkpoints
+        self.callbacks = callbacks
+        self.state = state
+        self.trainer_state_extra = trainer_state_extra
+        self.config_yaml = config_yaml
+        self.device = engine.device
+
+    def _next_batch(self) -> Mapping[str, Any]:
+        try:
+            return next(self.batches)
+        except StopIteration:
+            raise CineSceneError(f"the training data ran out after {self.state.consumed_samples} samples; "
+                                 "the loader must repeat its shards (epochs) until train.max_steps") from None
+
+    def train_step(self, step: int) -> StepResult:
+        """One optimizer step: ``grad_accum`` forward/backward passes, then DeepSpeed's step."""
+        start = time.perf_counter()
+        data_time = 0.0
+        lr = lr_at(step, self.cfg.train)
+        set_lr(self.engine.optimizer, lr)
+        skipped_before = self.engine.skipped_steps
+        loss_sum = torch.zeros((), dtype=torch.float64)
+        extra: Dict[str, float] = {}  # the objective's statistics, averaged over the micro batches
+        for micro in range(self.plan.grad_accum):
+            fetch = time.perf_counter()
+            batch = self._next_batch()
+            data_time += time.perf_counter() - fetch
+            generators = sample_generators(batch, self.cfg.run.seed, step, self.layout.dp_rank, micro)
+            loss, stats = self.objective(self.engine, batch, generators, self.device)
+            for key, value in stats.items():
+                extra[key] = extra.get(key, 0.0) + value / self.plan.grad_accum
+            self.engine.backward(poison_if_nonfinite(loss))
+            self.engine.step()  # DeepSpeed applies the update on the accumulation boundary only
+            loss_sum += loss.detach().double().cpu()
+        grad_norm = self.engine.get_global_grad_norm()
+        grad_norm = float(grad_norm) if grad_norm is not None else float("nan")
+        return StepResult(step=step, loss=_world_mean(loss_sum / self.plan.grad_accum, self.device),
+                          grad_norm=grad_norm, lr=lr, applied=self.engine.skipped_steps == skipped_before,
+                          samples=self.plan.global_batch_size, step_time_s=time.perf_counter() - start,
+                          data_time_s=data_time, extra=extra)
+
+    def save(self, reason: str) -> None:
+        state = self.state
+        trainer_state = {"step": state.step, "consumed_samples": state.consumed_samples,
+                         "global_batch_size": self.plan.global_batch_size, "world_size": self.layout.world_size,
+                         "dp_size": self.layout.dp_size, "sp_size": self.layout.sp_size,
+                         "zero_stage": self.cfg.parallel.zero_stage, "precision": self.cfg.train.precision,
+                         "reason": reason, "saved_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+                         **self.trainer_state_extra()}
+        rank_state = {"rank": self.layout.rank, "rng": rng.capture(), "callbacks": self.callbacks.state_dict()}
+        path = self.checkpoints.save(self.engine, state.step, trainer_state, rank_state, self.config_yaml)
+        state.last_checkpoint = str(path)
+
+    def fit(self) -> int:
+        """Train to ``train.max_steps`` (or a stop request); returns the process exit status."""
+        state = self.state
+        error: Optional[BaseException] = None
+        self.callbacks.on_train_start(state)
+        try:
+            while state.step < state.max_steps:
+                step = state.step + 1
+                result = self.train_step(step)
+                state.step = step
+                state.consumed_samples += result.samples
+                state.metrics = {}
+                self.callbacks.on_step_end(state, result)
+                if state.fatal is not None:
+                    raise state.fatal
+                if state.save_reason:
+                    self.save(state.save_reason)
+                    state.save_reason = None
+                if state.stop:
+                    break
+            return state.exit_code
+        except BaseException as exc:
+            error = exc
+            raise
+        finally:
+            self.callbacks.on_train_end(state, error)

@@ -1,0 +1,199 @@
+"""Metrics out: ``<run.dir>/metrics.jsonl`` and Weights & Biases (rank 0 only), with secrets scrubbed.
+
+metrics.jsonl holds one JSON object per logged step (``step``, ``loss``,
+``lr``, ``grad_norm``, ``samples_per_s``, ...). A resumed run first drops the
+lines past the checkpoint it resumes from (they were logged by the attempt
+that died after that checkpoint and are logged again), so the file reads as
+one uninterrupted run; a half-written last line from a crash goes too.
+
+W&B: the real library, ``tracking.wandb.mode`` (offline by default, files in
+``<run.dir>/wandb``); the run id is kept in the checkpoint's trainer state
+and a resumed job re-opens the same run (``resume="allow"``). Steps are
+logged with ``step=`` = the optimizer step, so both outputs share one axis.
+
+Secrets: config entries whose key mentions key/token/secret/password are
+replaced by ``***`` before the config goes to W&B or to disk, and the values
+of such environment variables (``WANDB_API_KEY`` ...) are masked wherever they
+appear in config strings and in our log lines.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import re
+import secrets
+import string
+from pathlib import Path
+from typing import Any, Dict, List, Mapping, Optional
+
+from cinescene.config.tracking import TrackingConfig
+from cinescene.log import ROOT, get_logger
+
+from .callbacks import Callback, StepResult, TrainState
+
+_log = get_logger("train.tracking")
+
+SECRET_KEY = re.compile(r"key|token|secret|password", re.IGNORECASE)
+MASK = "***"
+# Environment values shorter than this are not treated as secrets (too likely to match by chance).
+MIN_SECRET_LEN = 6
+
+
+def secret_values(environ: Optional[Mapping[str, str]] = None) -> List[str]:
+    """Values of environment variables whose names look secret (WANDB_API_KEY, HF_TOKEN, ...)."""
+    environ = os.environ if environ is None else environ
+    return sorted({v for k, v in environ.items() if SECRET_KEY.search(k) and len(v) >= MIN_SECRET_LEN},
+                  key=len, reverse=True)
+
+
+def mask_text(text: str, secrets: List[str]) -> str:
+    for value in secrets:
+        text = text.replace(value, MASK)
+    return text
+
+
+def scrub(obj: Any, secrets: Optional[List[str]] = None) -> Any:
+    """A copy of a config tree (dicts/lists/scalars) without secrets."""
+    secrets = secret_values() if secrets is None else secrets
+    if isinstance(obj, Mapping):
+        return {k: (MASK if SECRET_KEY.search(str(k)) and v not in (None, "") and not isinstance(v, Mapping)
+                    else scrub(v, secrets)) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [scrub(v, secrets) for v in obj]
+    if isinstance(obj, str):
+        return mask_text(obj, secrets)
+    return obj
+
+
+class SecretFilter(logging.Filter):
+    """Masks secret environment values in log records (message and arguments)."""
+
+    def __init__(self, secrets: List[str]):
+        super().__init__()
+        self.secrets = secrets
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if self.secrets:
+            record.msg = mask_text(record.getMessage(), self.secrets)
+            record.args = None
+        return True
+
+
+def install_secret_filter() -> None:
+    """Add the mask to every handler of the cinescene logger tree (after setup_logging)."""
+    secrets = secret_values()
+    for handler in logging.getLogger(ROOT).handlers:
+        if not any(isinstance(f, SecretFilter) for f in handler.filters):
+            handler.addFilter(SecretFilter(secrets))
+
+
+def new_run_id(length: int = 8) -> str:
+    """A W&B-style run id (lowercase letters and digits)."""
+    alphabet = string.ascii_lowercase + string.digits
+    return "".join(secrets.choice(alphabet) for _ in range(length))
+
+
+def truncate_jsonl(path: Path, last_step: int) -> int:
+    """Keep the lines of ``path`` with ``step <= last_step`` (atomically); returns how many were dropped."""
+    if not path.exists():
+        return 0
+    kept, dropped = [], 0
+    for line in path.read_text().splitlines():
+        try:
+            row = json.loads(line)
+            keep = int(row["step"]) <= last_step
+        except (ValueError, KeyError, TypeError):
+            keep = False  # a line cut short by a crash
+        if keep:
+            kept.append(line)
+        else:
+            dropped += 1
+    if dropped:
+        tmp = path.with_name(path.name + ".tmp")
+        tmp.write_text("".join(line + "\n" for line in kept))
+        os.replace(tmp, path)
+    return dropped
+
+
+def _json_value(value: Any) -> Any:
+    if isinstance(value, float) and not math.isfinite(value):
+        return str(value)  # JSON has no NaN/inf; keep them readable
+    return value
+
+
+class Tracker:
+    """The run's metric sinks. Every rank makes one; only rank 0 writes anything."""
+
+    def __init__(self, cfg: TrackingConfig, run_dir: str | Path, *, is_main: bool, run_name: str,
+                 config: Mapping[str, Any], run_id: Optional[str], resume_step: int):
+        self.cfg = cfg
+        self.is_main = is_main
+        self.run_dir = Path(run_dir)
+        self.jsonl_path = self.run_dir / "metrics.jsonl"
+        self._jsonl = None
+        self._wandb_run = None
+        self.run_id = run_id
+        if not is_main:
+            return
+        if cfg.jsonl:
+            dropped = truncate_jsonl(self.jsonl_path, resume_step)
+            if dropped:
+                _log.info("metrics.jsonl: dropped %d lines past the resumed step %d", dropped, resume_step)
+            self._jsonl = open(self.jsonl_path, "a", buffering=1)
+        if cfg.wandb.mode != "disabled":
+            self._start_wandb(run_name, scrub(dict(config)))
+
+    def _start_wandb(self, run_name: str, config: Dict[str, Any]) -> None:
+        import wandb
+
+        w = self.cfg.wandb
+        self.run_id = self.run_id or new_run_id()
+        self._wandb_run = wandb.init(project=w.project, entity=w.entity, group=w.group, name=w.name or run_name,
+                                     tags=list(w.tags) or None, notes=w.notes, mode=w.mode, dir=str(self.run_dir),
+                                     id=self.run_id, resume="allow", config=config,
+                                     settings=wandb.Settings(silent=True))
+        _log.info("W&B run %s (%s) in %s", self.run_id, w.mode, self.run_dir / "wandb")
+
+    def log(self, step: int, metrics: Mapping[str, Any]) -> None:
+        if not self.is_main:
+            return
+        row = {"step": step, **{k: _json_value(v) for k, v in metrics.items()}}
+        if self._jsonl is not None:
+            self._jsonl.write(json.dumps(row) + "\n")
+        if self._wandb_run is not None:
+            self._wandb_run.log({k: v for k, v in metrics.items() if v is not None}, step=step)
+
+    def close(self, exit_code: int = 0, preempted: bool = False) -> None:
+        """Flush and close; a preempted run is marked so (W&B shows it as preempted, not failed)."""
+        if self._jsonl is not None:
+            self._jsonl.close()
+            self._jsonl = None
+        if self._wandb_run is not None:
+            if preempted:
+                self._wandb_run.mark_preempting()
+            self._wandb_run.finish(exit_code=exit_code)
+            self._wandb_run = None
+
+
+class MetricsLogger(Callback):
+    """Every ``tracking.log_every_steps`` steps (and on a stopping step): one row to the tracker."""
+
+    name = "metrics_logger"
+
+    def __init__(self, tracker: Tracker, every: int):
+        self.tracker = tracker
+        self.every = every
+
+    def on_step_end(self, state: TrainState, result: StepResult) -> None:
+        if result.step % self.every and not (state.stop or state.fatal or result.step >= state.max_steps):
+            return
+        row = {"loss": result.loss, "lr": result.lr, "grad_norm": result.grad_norm,
+               "skipped": int(not result.applied), "consumed_samples": state.consumed_samples,
+               **result.extra, **state.metrics}
+        self.tracker.log(result.step, row)
+        if result.step % self.every == 0 or result.step >= state.max_steps:
+            _log.info("step %d/%d  loss %.5f  lr %.3g  grad norm %.4g  %.2f samples/s", result.step,
+                      state.max_steps, result.loss, result.lr, result.grad_norm,
+                      state.metrics.get("samples_per_s") or 0.0)

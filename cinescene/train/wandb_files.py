@@ -1,0 +1,90 @@
+"""Read W&B's offline run files back: the logged history, for tests and scripts.
+
+An offline run is ``<dir>/wandb/offline-run-<time>-<id>/run-<id>.wandb``: a
+LevelDB-style log of protobuf ``Record`` messages (wandb's own
+``wandb_internal_pb2``). Layout, as wandb writes it: a 7-byte file header
+(``:W&B``, magic 0xBEE1 little-endian, version 0), then 32 KiB blocks of
+records, each with a 7-byte header (CRC32, little-endian length, type
+1=full 2=first 3=middle 4=last); a block tail shorter than a header is zero
+padding. wandb 0.31 no longer ships a Python reader, hence this small one.
+
+A resumed run (same id, ``resume="allow"``) writes another offline-run
+directory; :func:`read_history` merges them in time order, so a step logged
+again after a resume shows its latest values.
+"""
+from __future__ import annotations
+
+import json
+import struct
+from pathlib import Path
+from typing import Dict, Iterator, List, Optional
+
+FILE_HEADER = struct.Struct("<4sHB")
+RECORD_HEADER = struct.Struct("<IHB")
+BLOCK = 32768
+IDENT, MAGIC = b":W&B", 0xBEE1
+FULL, FIRST, MIDDLE, LAST = 1, 2, 3, 4
+
+
+def iter_records(path: str | Path) -> Iterator[bytes]:
+    """Serialized Record messages of one .wandb file (a truncated tail is ignored)."""
+    data = Path(path).read_bytes()
+    ident, magic, _version = FILE_HEADER.unpack_from(data, 0)
+    if ident != IDENT or magic != MAGIC:
+        raise ValueError(f"{path} is not a W&B run file")
+    pos, pending = FILE_HEADER.size, b""
+    while pos + RECORD_HEADER.size <= len(data):
+        left_in_block = BLOCK - pos % BLOCK
+        if left_in_block < RECORD_HEADER.size:
+            pos += left_in_block
+            continue
+        _crc, length, kind = RECORD_HEADER.unpack_from(data, pos)
+        pos += RECORD_HEADER.size
+        if kind == 0 and length == 0:  # zero padding at the end of a block
+            pos += left_in_block - RECORD_HEADER.size
+            continue
+        chunk = data[pos: pos + length]
+        if len(chunk) < length:
+            return
+        pos += length
+        if kind == FULL:
+            yield chunk
+        elif kind == FIRST:
+            pending = chunk
+        elif kind == MIDDLE:
+            pending += chunk
+        elif kind == LAST:
+            yield pending + chunk
+            pending = b""
+
+
+def offline_runs(run_dir: str | Path, run_id: Optional[str] = None) -> List[Path]:
+    """The .wandb files under ``<run_dir>/wandb``, oldest first (directory names start with the time)."""
+    root = Path(run_dir) / "wandb"
+    pattern = f"offline-run-*-{run_id}" if run_id else "offline-run-*"
+    return [sorted(d.glob("run-*.wandb"))[0] for d in sorted(root.glob(pattern)) if list(d.glob("run-*.wandb"))]
+
+
+def read_history(run_dir: str | Path, run_id: Optional[str] = None) -> Dict[int, Dict[str, object]]:
+    """{step: {key: value}} of every history row logged offline under ``run_dir`` (merged over resumes)."""
+    from wandb.proto import wandb_internal_pb2 as pb
+
+    rows: Dict[int, Dict[str, object]] = {}
+    for path in offline_runs(run_dir, run_id):
+        for raw in iter_records(path):
+            record = pb.Record()
+            record.ParseFromString(raw)
+            if record.WhichOneof("record_type") != "history":
+                continue
+            row = {}
+            for item in record.history.item:
+                key = item.key or "/".join(item.nested_key)
+                row[key] = json.loads(item.value_json)
+            step = int(row.get("_step", record.history.step.num))
+            rows.setdefault(step, {}).update(row)
+    return rows
+
+
+def read_run_ids(run_dir: str | Path) -> List[str]:
+    """Run ids of the offline runs under ``run_dir`` (one per start; equal ids = one resumed run)."""
+    return [p.parent.name.rsplit("-", 1)[-1] for p in offline_runs(run_dir)]

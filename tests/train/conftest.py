@@ -1,0 +1,6 @@
+"""Shared pieces of the trainer tests."""
+from __future__ import annotations
+
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[2]
