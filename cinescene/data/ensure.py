@@ -39,14 +39,20 @@ def synth_clips_dir(data_cfg) -> Path:
     return Path(data_cfg.synth.out or f"{str(data_cfg.train_shards).rstrip('/')}_clips")
 
 
-def ensure_dataset(data_cfg) -> Path:
-    """Return the train shard directory, generating synthetic data first when configured to."""
+def check_dataset(data_cfg) -> Path:
+    """Fail fast, before any rank starts, when the shards are neither there nor to be generated."""
     shards = Path(require_train_shards(data_cfg))
-    if (shards / MANIFEST).is_file():
-        return shards
-    if not data_cfg.generate:
+    if not data_cfg.generate and not (shards / MANIFEST).is_file():
         raise CineSceneError(f"no training data at {shards} (no {MANIFEST}); run `cinescene data prepare "
                              "--out` there, or set data.generate=true for synthetic data")
+    return shards
+
+
+def ensure_dataset(data_cfg) -> Path:
+    """Return the train shard directory, generating synthetic data first when configured to."""
+    shards = check_dataset(data_cfg)
+    if (shards / MANIFEST).is_file():
+        return shards
     from filelock import FileLock, Timeout
 
     shards.parent.mkdir(parents=True, exist_ok=True)

@@ -29,6 +29,9 @@ class Components:
     build_model: Callable[[CineSceneConfig], nn.Module]
     # Parameter count without allocating (decides deepspeed.zero.Init under parallel.zero_init=auto).
     count_params: Callable[[CineSceneConfig], int]
+    # Every rank, before the process group forms: fail fast (one line, no peer tracebacks)
+    # when the data is neither there nor to be generated.
+    check_data: Callable[[CineSceneConfig], None]
     # Rank 0, before the others read: e.g. render and shard synthetic data when absent.
     prepare_data: Callable[[CineSceneConfig], None]
     # (cfg, dp_rank, dp_size, micro_batch_size, consumed_samples) -> endless micro batches for this rank.
@@ -69,6 +72,12 @@ def _sample_facts(cfg: CineSceneConfig, model: nn.Module, batch: Mapping) -> Sam
     return SampleFacts(flops_per_sample=float(flops.training), tokens_per_sample=token_counts(cfg.model, shape).total)
 
 
+def _check_data(cfg: CineSceneConfig) -> None:
+    from cinescene.data.ensure import check_dataset
+
+    check_dataset(cfg.data)
+
+
 def _prepare_data(cfg: CineSceneConfig) -> None:
     from cinescene.data.ensure import ensure_dataset
 
@@ -86,5 +95,6 @@ def _build_batches(cfg: CineSceneConfig, dp_rank: int, dp_size: int, micro_batch
 
 
 def default_components() -> Components:
-    return Components(build_model=_build_model, count_params=_count_params, prepare_data=_prepare_data,
+    return Components(build_model=_build_model, count_params=_count_params, check_data=_check_data,
+                      prepare_data=_prepare_data,
                       build_batches=_build_batches, sample_facts=_sample_facts)

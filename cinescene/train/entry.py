@@ -93,6 +93,7 @@ def run_rank(cfg: CineSceneConfig, env: DistEnv, components: Optional[Components
     tracker = None
     exit_code = 1
     try:
+        components.check_data(cfg)
         init_process_group(env, cfg.parallel.backend, cfg.parallel.timeout_s)
         layout = build_layout(env, cfg.parallel.sequence)
         plan = plan_batch(cfg.train, env.world_size, cfg.parallel.sequence)

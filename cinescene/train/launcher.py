@@ -18,6 +18,8 @@ from cinescene.config.schema import CineSceneConfig
 from cinescene.distributed.env import detect, standalone
 from cinescene.log import get_logger, setup_logging
 
+from cinescene.data.ensure import check_dataset
+
 from .batching import plan_batch
 
 _log = get_logger("launch")
@@ -27,8 +29,10 @@ def launch(cfg: CineSceneConfig, *, config_path: str, overrides: Sequence[str], 
     env = detect()
     if env is None:
         nproc = nproc or cfg.launch.nproc
-        # Batch arithmetic needs the world size: check it here, before any rank starts.
+        # Batch arithmetic needs the world size: check it here, before any rank starts,
+        # together with the data (each rank checks again, for torchrun/srun launches).
         plan_batch(cfg.train, nproc, cfg.parallel.sequence)
+        check_dataset(cfg.data)
         if nproc > 1:
             from cinescene.distributed.spawn import spawn_local_ranks
 

@@ -94,6 +94,7 @@ def standin_components(dataset_size: int = 16, model_factory=None, prepared: Opt
         # model.dim picks the width, so a test can make "another model config" with one override.
         build_model=lambda cfg: (model_factory or TinyVideoModel)(cfg.model.dim // 4),
         count_params=lambda cfg: 1000,
+        check_data=lambda cfg: None,
         prepare_data=prepare,
         build_batches=lambda cfg, r, n, micro, consumed: memory_batches(dataset_size, r, n, micro, consumed),
         sample_facts=lambda cfg, model, batch: SampleFacts(flops_per_sample=1e6, tokens_per_sample=32),

@@ -115,3 +115,18 @@ def test_a_batch_that_does_not_fit_the_ranks_fails_before_any_rank_starts():
     lines = out.stderr.strip().splitlines()
     assert len(lines) == 1 and "train.global_batch_size=6 is not a multiple of" in lines[0]
     assert "data-parallel size 2" in lines[0]
+
+
+@pytest.mark.parametrize("overrides, key_text, code", [
+    (["data.train_shards=/nonexistent/shards", "data.generate=false"], "no training data at /nonexistent/shards", 1),
+    (["data.train_shards=null"], "config error: data.train_shards: required for training", 2),
+])
+def test_missing_data_fails_before_ranks_start(tmp_path, overrides, key_text, code):
+    """One line from the launcher, no rank started (so no peer tracebacks), nothing written."""
+    out = subprocess.run([sys.executable, "-m", "cinescene", "train", "configs/experiments/smoke.yaml",
+                          f"run.dir={tmp_path / 'run'}", *overrides], cwd=REPO, capture_output=True,
+                         text=True, timeout=120)
+    assert out.returncode == code, out.stderr
+    lines = out.stderr.strip().splitlines()
+    assert len(lines) == 1 and key_text in lines[0], out.stderr
+    assert not (tmp_path / "run").exists()
