@@ -55,16 +55,8 @@ wait_for() {  # tries sleep_s description command...
   for _ in $(seq 1 "$n"); do "$@" >/dev/null 2>&1 && return 0; sleep "$s"; done
   die "timed out waiting for $what"
 }
-# A pid file counts only if its process is alive AND is the daemon we expect:
-# after a reboot or a crash the number may belong to an unrelated process.
-pid_of() {  # name pidfile -> prints pid, or fails
-  local pid
-  [ -s "$2" ] || return 1
-  pid=$(tr -dc '0-9' < "$2")
-  [ -n "$pid" ] && [ "$(cat "/proc/$pid/comm" 2>/dev/null)" = "$1" ] || return 1
-  echo "$pid"
-}
-running() { pid_of "$1" "$2" >/dev/null; }
+# shellcheck source=slurm/devcluster/pidfile.sh
+. "$(dirname "${BASH_SOURCE[0]}")/pidfile.sh"
 # Daemons get their log as stdio and no other inherited descriptor: a caller
 # that reads our output through a pipe (CI, subprocess.run) must see EOF when
 # this script ends, and the start lock (fd 9) must not outlive it.

@@ -21,13 +21,8 @@ case "${1:-}" in
 esac
 export PATH=$PATH:/usr/sbin:/sbin
 
-pid_of() {  # name pidfile -> prints pid, or fails
-  local pid
-  [ -s "$2" ] || return 1
-  pid=$(tr -dc '0-9' < "$2")
-  [ -n "$pid" ] && [ "$(cat "/proc/$pid/comm" 2>/dev/null)" = "$1" ] || return 1
-  echo "$pid"
-}
+# shellcheck source=slurm/devcluster/pidfile.sh
+. "$(dirname "${BASH_SOURCE[0]}")/pidfile.sh"
 
 stop_daemon() {  # name pidfile
   local name=$1 pf=$2 pid t0
