@@ -1,7 +1,7 @@
 """The one attention entry point: every attention layer (DiT self/cross, VGGT) calls it.
 
-``attention(q, k, v, num_video=None, mask="full", backend="auto")`` with
-q/k/v laid out (B, L, H, D) and the softmax scale 1/sqrt(D).
+``attention(q, k, v, num_video=None, mask="full", backend="auto", kind=None)``
+with q/k/v laid out (B, L, H, D) and the softmax scale 1/sqrt(D).
 
 Masks over the extended sequence [video (num_video tokens) ++ context]:
 ``"full"`` lets every query see every key; ``"context_readonly"`` lets
@@ -10,15 +10,32 @@ queries see everything. Without the fused kernel the readonly mask runs as two
 dense calls (video queries over all keys, context queries over context keys),
 so no (L, L) mask tensor is ever built and the masked block is never computed.
 
-Backends, in the order ``"auto"`` tries them:
+Backends:
 1. ``"fused"``: ``cinescene.kernels.attention.fused_attention(q, k, v,
-   num_video=None, mask="full")`` (the kernels part; same layout). Used on
-   CUDA tensors when the module imports and, if it defines
-   ``supports(q, k, v, num_video=..., mask=...)``, that returns True.
+   num_video=None, mask="full")`` (the kernels part; same layout).
 2. ``"flash"``: flash-attn's ``flash_attn_func`` on CUDA fp16/bf16 tensors.
 3. ``"sdpa"``: ``torch.nn.functional.scaled_dot_product_attention``.
 ``"math"`` is an explicit-matmul reference (FLOP counting, tests).
-The backend first chosen for each kind of call is logged once.
+
+``"auto"`` picks the fused kernel only where it is built to win: self-attention
+over the extended sequence on CUDA in fp16/bf16, when the kernels module's
+``supports(q, k, v, num_video=..., mask=...)`` accepts the call (head dims it
+compiles for, triton present). Elsewhere it is not the better choice: in fp32
+its dots are IEEE fp32 (no tensor cores), and cross-attention to the 512 text
+tokens is a short-key problem the long-sequence tiles are not tuned for. Then
+flash-attn (CUDA fp16/bf16), then SDPA. The backend first chosen for each kind
+of call (self/cross) is logged once.
+
+``kind`` ("self" or "cross") says which the call is. Left None it is derived:
+"self" when ``num_video`` is given or the lengths agree, else "cross"; a
+cross-attention whose text is exactly as long as the video would be taken for
+self-attention, so callers that know should pass it.
+
+Under ``torch.compile``: the backend modules are imported, and the choice
+logged, by functions dynamo runs once at trace time
+(``torch.compiler.assume_constant_result``), so a cold
+``torch.compile(fullgraph=True)`` traces through this entry point without an
+import or a logging call inside the graph.
 """
 from __future__ import annotations
 
@@ -30,10 +47,13 @@ import torch
 import torch.nn.functional as F
 
 from cinescene.errors import CineSceneError
+from cinescene.kernels.attention.reference import readonly_mask
 from cinescene.log import get_logger
 
 BACKENDS = ("auto", "fused", "flash", "sdpa", "math")
 MASKS = ("full", "context_readonly")
+KINDS = ("self", "cross")
+HALF_DTYPES = (torch.float16, torch.bfloat16)
 
 _log = get_logger("models.attention")
 _logged: Set[Tuple[str, str]] = set()
@@ -47,6 +67,8 @@ def _load_fused():
     global _fused_module
     if _fused_module is _UNSET:
         try:
+            # import_module returns sys.modules' entry (tests swap a fake in there); a plain
+            # ``import a.b.c`` would return the attribute of the already-imported parent package.
             module = importlib.import_module("cinescene.kernels.attention")
             _fused_module = module if callable(getattr(module, "fused_attention", None)) else None
         except ImportError:
@@ -65,6 +87,26 @@ def _load_flash() -> Optional[Callable]:
     return _flash_func
 
 
+@torch.compiler.assume_constant_result
+def _fused_importable() -> bool:
+    return _load_fused() is not None
+
+
+@torch.compiler.assume_constant_result
+def _flash_importable() -> bool:
+    return _load_flash() is not None
+
+
+@torch.compiler.assume_constant_result
+def _log_choice(name: str, kind: str, requested: str, device: str) -> bool:
+    """Log the first choice per (backend, kind); True when this call logged."""
+    if (name, kind) in _logged:
+        return False
+    _logged.add((name, kind))
+    _log.info("attention backend for %s-attention: %s (requested %s, %s)", kind, name, requested, device)
+    return True
+
+
 def reset_backend_cache() -> None:
     """Forget the imported backends and the log-once state (tests swap modules in and out)."""
     global _fused_module, _flash_func
@@ -73,40 +115,38 @@ def reset_backend_cache() -> None:
     _logged.clear()
 
 
-def _fused_supports(module, q, k, v, num_video, mask) -> bool:
-    check = getattr(module, "supports", None)
+def _fused_supports(q, k, v, num_video, mask) -> bool:
+    check = getattr(_fused_module, "supports", None)
     return True if check is None else bool(check(q, k, v, num_video=num_video, mask=mask))
 
 
 def resolve_backend(backend: str, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
-                    num_video: Optional[int], mask: str) -> str:
+                    num_video: Optional[int], mask: str, kind: str = "self") -> str:
     """The concrete backend for these tensors; raises CineSceneError when a named one cannot run."""
     if backend not in BACKENDS:
         raise CineSceneError(f"unknown attention backend {backend!r}; expected one of {BACKENDS}")
     if backend == "fused":
-        module = _load_fused()
-        if module is None:
+        if not _fused_importable():
             raise CineSceneError("attention backend 'fused' needs cinescene.kernels.attention.fused_attention, "
                                  "which is not available; use model.attention.backend=auto")
-        if not _fused_supports(module, q, k, v, num_video, mask):
+        if not _fused_supports(q, k, v, num_video, mask):
             raise CineSceneError(f"the fused attention kernel does not support this call "
                                  f"(q {tuple(q.shape)} {q.dtype}, k {tuple(k.shape)}, mask {mask})")
         return "fused"
     if backend == "flash":
-        if _load_flash() is None:
+        if not _flash_importable():
             raise CineSceneError("attention backend 'flash' needs the flash-attn package; "
                                  "install cinescene[gpu] or use model.attention.backend=auto")
-        if not q.is_cuda or q.dtype not in (torch.float16, torch.bfloat16):
+        if not q.is_cuda or q.dtype not in HALF_DTYPES:
             raise CineSceneError(f"flash-attn runs on CUDA fp16/bf16 tensors, got {q.device} {q.dtype}")
         return "flash"
     if backend in ("sdpa", "math"):
         return backend
-    # auto
-    if q.is_cuda:
-        module = _load_fused()
-        if module is not None and _fused_supports(module, q, k, v, num_video, mask):
+    # auto: see the module docstring for why each condition
+    if q.is_cuda and q.dtype in HALF_DTYPES:
+        if kind == "self" and _fused_importable() and _fused_supports(q, k, v, num_video, mask):
             return "fused"
-        if _load_flash() is not None and q.dtype in (torch.float16, torch.bfloat16):
+        if _flash_importable():
             return "flash"
     return "sdpa"
 
@@ -114,7 +154,7 @@ def resolve_backend(backend: str, q: torch.Tensor, k: torch.Tensor, v: torch.Ten
 def _dense(name: str, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
     """Unmasked attention (B, Lq, H, D) x (B, Lk, H, D) on one of the dense backends."""
     if name == "flash":
-        return _load_flash()(q, k, v)
+        return _flash_func(q, k, v)
     if name == "sdpa":
         out = F.scaled_dot_product_attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2))
         return out.transpose(1, 2)
@@ -126,13 +166,17 @@ def _dense(name: str, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torc
 
 
 def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, num_video: Optional[int] = None,
-              mask: str = "full", backend: str = "auto") -> torch.Tensor:
+              mask: str = "full", backend: str = "auto", kind: Optional[str] = None) -> torch.Tensor:
     """Scaled dot-product attention over (B, L, H, D) tensors; returns (B, Lq, H, D)."""
     if q.dim() != 4 or k.dim() != 4 or v.dim() != 4:
         raise ValueError(f"attention expects (B, L, H, D) tensors, got {tuple(q.shape)}, "
                          f"{tuple(k.shape)}, {tuple(v.shape)}")
     if mask not in MASKS:
         raise ValueError(f"unknown attention mask {mask!r}; expected one of {MASKS}")
+    if kind is None:
+        kind = "self" if num_video is not None or q.shape[1] == k.shape[1] else "cross"
+    elif kind not in KINDS:
+        raise ValueError(f"unknown attention kind {kind!r}; expected one of {KINDS}")
     readonly = mask == "context_readonly"
     if readonly:
         if num_video is None:
@@ -141,13 +185,10 @@ def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, num_video: O
             raise ValueError("mask='context_readonly' is a self-attention mask (Lq must equal Lk)")
         if num_video >= q.shape[1]:  # no context tokens: nothing to mask
             readonly, mask = False, "full"
-    name = resolve_backend(backend, q, k, v, num_video, mask)
-    kind = "self" if q.shape[1] == k.shape[1] else "cross"
-    if (name, kind) not in _logged:
-        _logged.add((name, kind))
-        _log.info("attention backend for %s-attention: %s (requested %s, %s)", kind, name, backend, q.device)
+    name = resolve_backend(backend, q, k, v, num_video, mask, kind)
+    _log_choice(name, kind, backend, q.device.type)
     if name == "fused":
-        return _load_fused().fused_attention(q, k, v, num_video=num_video, mask=mask)
+        return _fused_module.fused_attention(q, k, v, num_video=num_video, mask=mask)
     if not readonly:
         return _dense(name, q, k, v)
     video_out = _dense(name, q[:, :num_video], k, v)
@@ -157,6 +198,4 @@ def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, num_video: O
 
 def context_readonly_mask(seq_len: int, num_video: int, device=None) -> torch.Tensor:
     """Dense (L, L) boolean "may attend" mask equivalent to ``mask='context_readonly'`` (reference)."""
-    allowed = torch.ones(seq_len, seq_len, dtype=torch.bool, device=device)
-    allowed[num_video:, :num_video] = False
-    return allowed
+    return readonly_mask(seq_len, seq_len, num_video, device=device)

@@ -21,8 +21,17 @@ Implemented with forward pre-hooks on each block's ``self_attn`` (they swap
 the ``attend`` function the block passes in), so the model itself needs no
 cache-specific code. One cache holds one conditioning: the prompt changes the
 context through cross-attention, so classifier-free guidance keeps one cache
-per branch. Memory: 2 x layers x context tokens x dim values per sample
-(1.3B, 31,200 context tokens, bf16: 5.7 GB).
+per branch.
+
+Memory: 2 (keys and values) x layers x context tokens x dim values per sample
+and guidance branch. At 31,200 context tokens (20 scene images) in bf16:
+1.3B (30 layers, dim 1536) 5.75 GB per branch, 11.5 GB with guidance's two
+branches; 14B (40 layers, dim 5120) 25.6 GB per branch, 51.1 GB with guidance,
+which next to the 28.6 GB of bf16 14B weights does not fit an 80 GB GPU.
+Before the first layer's keys are stored, the cache checks that all of it (and
+the caches of the other branches still to come, ``planned_copies``) fits the
+device's free memory and raises a one-line CineSceneError otherwise, instead
+of running out of memory part-way through the forward.
 """
 from __future__ import annotations
 
@@ -35,6 +44,8 @@ import torch
 from cinescene.errors import CineSceneError
 
 from .attention import attention
+
+GB = 1e9
 
 
 def check_cacheable(model) -> None:
@@ -55,14 +66,33 @@ def check_cacheable(model) -> None:
         raise CineSceneError("the context K/V cache cannot be used: " + "; ".join(problems))
 
 
-class ContextKVCache:
-    """Per-layer context keys/values of one conditioning of one batch; filled by its first forward."""
+def available_bytes(device: torch.device) -> Optional[int]:
+    """Bytes a new allocation may take on ``device``: the driver's free memory plus what torch's caching
+    allocator holds unused. None off CUDA (host memory is not checked: CPU runs are tiny)."""
+    if device.type != "cuda":
+        return None
+    free, _ = torch.cuda.mem_get_info(device)
+    return free + torch.cuda.memory_reserved(device) - torch.cuda.memory_allocated(device)
 
-    def __init__(self) -> None:
+
+class ContextKVCache:
+    """Per-layer context keys/values of one conditioning of one batch; filled by its first forward.
+
+    ``planned_copies``: how many caches of this size the caller will fill from
+    now on, this one included (a sampler with guidance: 2 for the first
+    branch's cache, 1 for the second's), so the memory check fails before any
+    of them has taken memory.
+    """
+
+    def __init__(self, planned_copies: int = 1) -> None:
+        if planned_copies < 1:
+            raise ValueError(f"planned_copies must be >= 1, got {planned_copies}")
         self.keys: List[torch.Tensor] = []
         self.values: List[torch.Tensor] = []
         self.num_video: Optional[int] = None
+        self.planned_copies = planned_copies
         self._backend = "auto"
+        self._layers = 0
 
     @property
     def filled(self) -> bool:
@@ -96,6 +126,7 @@ class ContextKVCache:
         if all(v is None for v in (scene_images, scene_latents, scene_tokens)):
             raise ValueError("the first call of a context cache needs the scene inputs")
         self.num_video = _video_tokens(model, x)
+        self._layers = len(model.blocks)
         try:
             with _swap_self_attention(model, self._recorder):
                 out = model(x, timestep, text, cameras=cameras, scene_images=scene_images,
@@ -111,19 +142,36 @@ class ContextKVCache:
 
     def _recorder(self, layer: int, attend: Callable) -> Callable:
         def record(q, k, v):
+            if not self.keys:
+                self._check_fits(k[:, self.num_video:])
             # Copies, not views: a view would keep the whole (video ++ context) tensor alive.
             self.keys.append(k[:, self.num_video:].clone())
             self.values.append(v[:, self.num_video:].clone())
             return attend(q, k, v)
         return record
 
+    def _check_fits(self, context_keys: torch.Tensor) -> None:
+        """Raise CineSceneError when every layer's keys and values (times ``planned_copies``) cannot fit."""
+        available = available_bytes(context_keys.device)
+        if available is None:
+            return
+        batch, tokens, heads, head_dim = context_keys.shape
+        need = self.planned_copies * 2 * self._layers * context_keys.numel() * context_keys.element_size()
+        if need > available:
+            dtype = str(context_keys.dtype).replace("torch.", "")
+            raise CineSceneError(
+                f"the context K/V cache needs {need / GB:.1f} GB ({self.planned_copies} cache(s) x 2 x "
+                f"{self._layers} layers x {batch} x {tokens:,} context tokens x {heads * head_dim} x {dtype}) but "
+                f"{context_keys.device} has {available / GB:.1f} GB free; sample without it (context_cache=False)")
+
     def _reader(self, layer: int, attend: Callable) -> Callable:
         context_k, context_v, backend = self.keys[layer], self.values[layer], self._backend
 
         def attend_with_context(q, k, v):
-            # Video queries see every key: the readonly mask never restricts them.
+            # Video queries see every key: the readonly mask never restricts them. Lq != Lk here,
+            # but it is self-attention over the extended sequence (so ``auto`` may pick the fused kernel).
             return attention(q, torch.cat([k, context_k], dim=1), torch.cat([v, context_v], dim=1),
-                             backend=backend)
+                             backend=backend, kind="self")
         return attend_with_context
 
 

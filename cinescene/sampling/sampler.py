@@ -64,7 +64,9 @@ def sample(model, noise: torch.Tensor, text: torch.Tensor, *, steps: int = 50, s
         drop = torch.ones(noise.shape[0], dtype=torch.bool, device=noise.device) if (
             drop_scene_unconditional and has_scene) else None
         branches.append(dict(text=negative, drop_scene=drop))
-    caches: List[Optional[ContextKVCache]] = [ContextKVCache() if use_cache else None for _ in branches]
+    # Each cache's memory check also counts the caches of the branches after it.
+    caches: List[Optional[ContextKVCache]] = [
+        ContextKVCache(planned_copies=len(branches) - i) if use_cache else None for i in range(len(branches))]
 
     sigmas = sampling_sigmas(steps, shift)
     x = noise.float()

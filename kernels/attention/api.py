@@ -40,6 +40,13 @@ def is_available(device=None) -> bool:
     return interpreting() and built_interpreted in (None, True)
 
 
+def require_available(device) -> None:
+    """Raise RuntimeError (one line, saying what is missing) unless :func:`is_available` holds for ``device``."""
+    if not is_available(device):
+        raise RuntimeError(f"the Triton attention kernels cannot run on {device}: they need a CUDA GPU "
+                           "(or TRITON_INTERPRET=1 set before the kernels are first used)")
+
+
 def check_inputs(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, token_dims: int) -> None:
     """Shapes, dtypes and devices the kernels accept; raises ValueError naming the first mismatch."""
     for name, t in (("q", q), ("k", k), ("v", v)):
@@ -106,9 +113,7 @@ def fused_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, num_video
     """
     check_inputs(q, k, v, token_dims=2)
     context = _effective_num_video(q.shape[1], k.shape[1], num_video, mask)
-    if not is_available(q.device):
-        raise RuntimeError(f"the Triton attention kernels cannot run on {q.device}: they need a CUDA GPU "
-                           "(or TRITON_INTERPRET=1 set before the kernels are first used)")
+    require_available(q.device)
     scale = default_scale(q.shape[-1]) if softmax_scale is None else float(softmax_scale)
     if q.numel() == 0:           # nothing to launch; clone keeps the result in q's autograd graph
         return q.clone()

@@ -18,6 +18,8 @@ from typing import Dict, List, Optional, Sequence, Tuple
 
 import torch
 
+from .config import Tiles, fixed_tiles
+
 #: Max |kernel - reference| / max(1, max |reference|) per output and gradient. fp32 is
 #: exact up to summation order; fp16/bf16 are the rounding of inputs, P and dS to 10/7 bits.
 TOLERANCE = {torch.float32: 1e-4, torch.float16: 2e-3, torch.bfloat16: 2e-2}
@@ -40,6 +42,9 @@ class Case:
     lengths_k: Tuple[int, ...] = ()
     context_starts: Optional[Tuple[int, ...]] = None
     grads: bool = True
+    #: (forward, dK/dV, dQ) tiles instead of the defaults (interpreter: 16x16), e.g. the non-square
+    #: shapes the GPU candidates have, scaled down.
+    tiles: Optional[Tuple[Tiles, Tiles, Tiles]] = None
 
     @property
     def varlen(self) -> bool:
@@ -54,7 +59,11 @@ class Case:
         else:
             shape = f"B{self.batch} q{self.seqlen_q} k{self.seqlen_k}"
             mask = f"readonly@{self.num_video}" if self.mask == "context_readonly" else "full"
-        return f"{dtype} H{self.heads} d{self.head_dim} {shape} {mask}"
+        tiles = "" if self.tiles is None else " tiles " + "/".join(f"{t.block_m}x{t.block_n}" for t in self.tiles)
+        return f"{dtype} H{self.heads} d{self.head_dim} {shape} {mask}{tiles}"
+
+    def tile_overrides(self) -> Dict[str, Tiles]:
+        return {} if self.tiles is None else dict(zip(("forward", "dkdv", "dq"), self.tiles))
 
 
 @dataclass
@@ -103,18 +112,19 @@ def run_case(case: Case, device="cpu", seed: int = 0) -> Result:
     kernel_in = [t.clone().requires_grad_(case.grads) for t in (q, k, v)]
     ref_in = [t.detach().double().cpu().requires_grad_(case.grads) for t in (q, k, v)]
     start = time.perf_counter()
-    if case.varlen:
-        cu_q, cu_k = _cu_seqlens(case.lengths_q, device), _cu_seqlens(case.lengths_k, device)
-        out = fused_attention_varlen(*kernel_in, cu_q, cu_k, max(case.lengths_q), max(case.lengths_k),
-                                     context_start=case.context_starts)
-        ref = reference_attention_varlen(*ref_in, cu_q.cpu(), cu_k.cpu(), case.context_starts)
-    else:
-        out = fused_attention(*kernel_in, num_video=case.num_video, mask=case.mask)
-        ref = reference_attention(*ref_in, num_video=case.num_video, mask=case.mask)
-    if case.grads:
-        out.backward(grad)
-    if out.is_cuda:
-        torch.cuda.synchronize()
+    with fixed_tiles(**case.tile_overrides()):
+        if case.varlen:
+            cu_q, cu_k = _cu_seqlens(case.lengths_q, device), _cu_seqlens(case.lengths_k, device)
+            out = fused_attention_varlen(*kernel_in, cu_q, cu_k, max(case.lengths_q), max(case.lengths_k),
+                                         context_start=case.context_starts)
+            ref = reference_attention_varlen(*ref_in, cu_q.cpu(), cu_k.cpu(), case.context_starts)
+        else:
+            out = fused_attention(*kernel_in, num_video=case.num_video, mask=case.mask)
+            ref = reference_attention(*ref_in, num_video=case.num_video, mask=case.mask)
+        if case.grads:
+            out.backward(grad)
+        if out.is_cuda:
+            torch.cuda.synchronize()
     result = Result(case, seconds=time.perf_counter() - start)
     result.errors["out"] = _scaled_error(out.detach().cpu(), ref.detach())
     if case.grads:
@@ -124,9 +134,17 @@ def run_case(case: Case, device="cpu", seed: int = 0) -> Result:
     return result
 
 
+#: The GPU candidates' shapes at a quarter scale: forward and dQ own a wide query tile and stream narrow
+#: key tiles (128x64), dK/dV owns a wide key tile and streams narrow query tiles (32x128).
+GPU_SHAPED_TILES = (Tiles(32, 16), Tiles(16, 32), Tiles(32, 16))
+#: The opposite orientation, so every block-range bound is exercised with BLOCK_M < BLOCK_N and > BLOCK_N.
+TRANSPOSED_TILES = (Tiles(16, 32), Tiles(32, 16), Tiles(16, 32))
+
+
 def default_cases(dtypes: Sequence[torch.dtype] = (torch.float32, torch.float16, torch.bfloat16)) -> List[Case]:
     """The CI sweep: both head dims, odd and unequal lengths, both masks (aligned, straddling and
-    tail-block context starts), packed sequences with different context sizes; gradients throughout."""
+    tail-block context starts), packed sequences with different context sizes (also at d=128), square
+    and non-square tiles; gradients throughout."""
     cases = []
     for dtype in dtypes:
         cases += [
@@ -139,15 +157,23 @@ def default_cases(dtypes: Sequence[torch.dtype] = (torch.float32, torch.float16,
             Case(dtype, heads=2, head_dim=32, seqlen_q=77, seqlen_k=77, mask="context_readonly", num_video=70),
             Case(dtype, head_dim=64, lengths_q=(17, 40, 5), lengths_k=(17, 40, 5), context_starts=(10, 33, 5)),
             Case(dtype, head_dim=32, lengths_q=(9, 1, 30), lengths_k=(21, 16, 3)),
+            Case(dtype, head_dim=128, lengths_q=(40, 17), lengths_k=(40, 17), context_starts=(24, 9)),
+            # Context start 40 straddles both a 16- and a 32-wide block.
+            Case(dtype, head_dim=64, seqlen_q=77, seqlen_k=77, mask="context_readonly", num_video=40,
+                 tiles=GPU_SHAPED_TILES),
+            # Starts aligned to 16 but not 32, a sequence without context, one straddling.
+            Case(dtype, head_dim=32, lengths_q=(45, 20, 70), lengths_k=(45, 20, 70), context_starts=(16, 20, 33),
+                 tiles=TRANSPOSED_TILES),
         ]
     return cases
 
 
 def format_table(results: Sequence[Result]) -> str:
-    lines = [f"{'case':60} {'out':>9} {'dq':>9} {'dk':>9} {'dv':>9} {'tol':>7} {'s':>5}  ok"]
+    width = max([len("case")] + [len(r.case.label) for r in results])
+    lines = [f"{'case':{width}} {'out':>9} {'dq':>9} {'dk':>9} {'dv':>9} {'tol':>7} {'s':>5}  ok"]
     for r in results:
         errs = " ".join(f"{r.errors.get(n, float('nan')):9.2e}" for n in ("out", "dq", "dk", "dv"))
-        lines.append(f"{r.case.label:60} {errs} {TOLERANCE[r.case.dtype]:7.0e} {r.seconds:5.1f}  "
+        lines.append(f"{r.case.label:{width}} {errs} {TOLERANCE[r.case.dtype]:7.0e} {r.seconds:5.1f}  "
                      f"{'PASS' if r.passed else 'FAIL'}")
     return "\n".join(lines)
 

@@ -6,8 +6,9 @@ stays importable (and cheap) on machines without it.
 from __future__ import annotations
 
 import os
+from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Dict, List, Sequence, Tuple
+from typing import Dict, Iterator, List, Optional, Sequence, Tuple
 
 #: Head dims the kernels compile for (``tl.arange`` needs a power of two; 64 and
 #: 128 are the production ones: VGGT and Wan). Others fall back to SDPA.
@@ -101,12 +102,39 @@ def autotuned(kernel, name: str, head_dim: int):
     return _AUTOTUNED[cache_key]
 
 
-def launch(kernel, name: str, grid_blocks, args: dict, *, head_dim: int, tiles: Tiles | None = None) -> Tiles | None:
+KERNEL_NAMES = ("forward", "dkdv", "dq")
+_FIXED_TILES: Dict[str, Tiles] = {}
+
+
+@contextmanager
+def fixed_tiles(**tiles: Tiles) -> Iterator[None]:
+    """While active, the kernels named (``forward=``, ``dkdv=``, ``dq=``) launch with these tiles.
+
+    Calls through the public API (custom op, autograd) pick them up, so the
+    interpreter can run whole forward/backward passes with the non-square
+    tiles a GPU uses (e.g. forward 32x16, dK/dV 16x32) instead of its 16x16.
+    """
+    unknown = set(tiles) - set(KERNEL_NAMES)
+    if unknown:
+        raise ValueError(f"fixed_tiles: unknown kernels {sorted(unknown)}; expected {KERNEL_NAMES}")
+    previous = dict(_FIXED_TILES)
+    _FIXED_TILES.update(tiles)
+    try:
+        yield
+    finally:
+        _FIXED_TILES.clear()
+        _FIXED_TILES.update(previous)
+
+
+def launch(kernel, name: str, grid_blocks, args: dict, *, head_dim: int, tiles: Optional[Tiles] = None
+           ) -> Optional[Tiles]:
     """Run ``kernel`` over ``grid_blocks(BLOCK_M, BLOCK_N)``; returns the tiles used (None when autotuned).
 
-    Explicit ``tiles`` (tests, the block-count probe) or interpreted kernels use
-    a fixed configuration; a GPU without explicit tiles goes through the autotuner.
+    Explicit ``tiles`` (tests, the block-count probe), tiles fixed by
+    :func:`fixed_tiles`, or interpreted kernels use a fixed configuration; a GPU
+    without any of those goes through the autotuner.
     """
+    tiles = tiles or _FIXED_TILES.get(name)
     if tiles is None and type(kernel).__name__ != "InterpretedFunction":
         tuned = autotuned(kernel, name, head_dim)
         tuned[lambda meta: grid_blocks(meta["BLOCK_M"], meta["BLOCK_N"])](**args)

@@ -12,19 +12,27 @@ from typing import Optional, Sequence
 import torch
 
 
+def readonly_allowed(query_positions: torch.Tensor, key_positions: torch.Tensor, num_video: int) -> torch.Tensor:
+    """The context-readonly rule: (len(queries), len(keys)) bool, query i may see key j iff i < num_video
+    or j >= num_video. Every dense form of the mask (reference, model, benchmark, tests) is this function."""
+    return (query_positions[:, None] < num_video) | (key_positions[None, :] >= num_video)
+
+
 def readonly_mask(seqlen_q: int, seqlen_k: int, num_video: int, device=None) -> torch.Tensor:
-    """(Lq, Lk) bool "may attend": query i sees key j iff i < num_video or j >= num_video."""
-    q_pos = torch.arange(seqlen_q, device=device)[:, None]
-    k_pos = torch.arange(seqlen_k, device=device)[None, :]
-    return (q_pos < num_video) | (k_pos >= num_video)
+    """(Lq, Lk) bool "may attend" of the readonly mask over whole sequences."""
+    return readonly_allowed(torch.arange(seqlen_q, device=device), torch.arange(seqlen_k, device=device),
+                            num_video)
 
 
 def reference_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, num_video: Optional[int] = None,
-                        mask: str = "full", softmax_scale: Optional[float] = None) -> torch.Tensor:
+                        mask: str = "full", softmax_scale: Optional[float] = None,
+                        query_positions: Optional[torch.Tensor] = None) -> torch.Tensor:
     """q (B, Lq, H, D), k/v (B, Lk, H, D) -> (B, Lq, H, D) float64.
 
-    Rows that may see no key (possible only for degenerate masks) are 0, the
-    convention of the fused kernel.
+    ``query_positions`` (Lq,): the sequence positions of q's rows when q holds
+    a sample of a longer sequence's queries (the benchmark's error check);
+    default 0..Lq-1. Rows that may see no key (possible only for degenerate
+    masks) are 0, the convention of the fused kernel.
     """
     scale = 1.0 / math.sqrt(q.shape[-1]) if softmax_scale is None else softmax_scale
     qd, kd, vd = q.double(), k.double(), v.double()
@@ -32,7 +40,9 @@ def reference_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, num_v
     if mask == "context_readonly":
         if num_video is None:
             raise ValueError("mask='context_readonly' needs num_video")
-        allowed = readonly_mask(q.shape[1], k.shape[1], num_video, device=q.device)
+        if query_positions is None:
+            query_positions = torch.arange(q.shape[1], device=q.device)
+        allowed = readonly_allowed(query_positions, torch.arange(k.shape[1], device=q.device), num_video)
         scores = scores.masked_fill(~allowed, float("-inf"))
     elif mask != "full":
         raise ValueError(f"unknown mask {mask!r}")

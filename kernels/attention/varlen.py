@@ -11,7 +11,7 @@ from typing import List, Optional, Sequence, Tuple, Union
 
 import torch
 
-from .api import last_dim_contiguous, check_inputs, is_available
+from .api import check_inputs, last_dim_contiguous, require_available
 from .layout import default_scale
 
 ContextStart = Union[torch.Tensor, Sequence[int], None]
@@ -78,9 +78,7 @@ def fused_attention_varlen(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, cu
             raise ValueError("context_start entries must be >= 0")
     elif context_start is not None:
         raise ValueError("context_start is only meaningful with mask='context_readonly'")
-    if not is_available(q.device):
-        raise RuntimeError(f"the Triton attention kernels cannot run on {q.device}: they need a CUDA GPU "
-                           "(or TRITON_INTERPRET=1 set before the kernels are first used)")
+    require_available(q.device)
     if q.numel() == 0:
         return q.clone()
     scale = default_scale(q.shape[-1]) if softmax_scale is None else float(softmax_scale)

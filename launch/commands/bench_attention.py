@@ -32,7 +32,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                     "SDPA backend and flash-attn at CineScene shapes (batch 1, d=128, bf16), print TFLOP/s "
                     "(dense convention; effective rate for the readonly mask separately) and max errors. "
                     "With --check: the correctness sweep against a float64 reference (on a CPU through the "
-                    "Triton interpreter, plus an sm_90 compile of the kernels); exits 0 only if all pass.")
+                    "Triton interpreter, plus an sm_90 compile of the kernels in bf16 and fp16); exits 0 only if "
+                    "all pass.")
     p.add_argument("--check", action="store_true",
                    help="run the correctness sweep instead of the benchmark (works without a GPU)")
     p.add_argument("--out", type=Path, default=None,
@@ -65,8 +66,8 @@ def run_check(out: Path | None) -> int:
         # The interpreter never exercises GPU code generation: lower the kernels to sm_90 cubins too.
         print("\nsm_90 (Hopper) ahead-of-time compile of the kernels, no GPU needed:", flush=True)
         compile_env = {key: value for key, value in env.items() if key != "TRITON_INTERPRET"}
-        status |= _run_module("cinescene.kernels.attention.hopper_compile", ["--head-dims", "128", "--quick"],
-                              compile_env)
+        status |= _run_module("cinescene.kernels.attention.hopper_compile",
+                              ["--head-dims", "128", "--dtypes", "bf16,fp16", "--quick"], compile_env)
     print(f"\nattention check {'passed' if status == 0 else 'FAILED'} in {time.perf_counter() - start:.0f} s")
     return 0 if status == 0 else 1
 

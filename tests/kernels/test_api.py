@@ -151,3 +151,37 @@ def test_model_entry_point_runs_the_fused_backend(device):
         assert (out.double().cpu() - ref.cpu()).abs().max() < 1e-5
     finally:
         entry.reset_backend_cache()
+
+
+def test_entry_point_compiles_cold_with_the_fused_backend(device):
+    """torch.compile(fullgraph=True) of a caller of the model's entry point, first call of the process's backend
+    cache: the kernels module is imported and the choice logged outside the traced code."""
+    from cinescene.models import attention as entry
+
+    entry.reset_backend_cache()
+    torch._dynamo.reset()
+    try:
+        def step(q, k, v):
+            return entry.attention(q, k, v, num_video=13, mask="context_readonly", backend="fused").square().sum()
+
+        inputs = _qkv(device, 1, 21, 2, 16, grad=True)
+        loss = torch.compile(step, fullgraph=True, backend="aot_eager")(*inputs)
+        loss.backward()
+        eager_inputs = [t.detach().clone().requires_grad_() for t in inputs]
+        step(*eager_inputs).backward()
+        assert all(torch.allclose(a.grad, b.grad, atol=1e-5) for a, b in zip(inputs, eager_inputs))
+    finally:
+        entry.reset_backend_cache()
+        torch._dynamo.reset()
+
+
+def test_not_runnable_message_is_one_line(monkeypatch):
+    """Both entry points share one check; without a GPU or the interpreter they say what is missing."""
+    import cinescene.kernels.attention.api as api
+
+    monkeypatch.setattr(api, "is_available", lambda device=None: False)
+    q, k, v = _qkv("cpu", 1, 8, 1, 16)
+    cu = torch.tensor([0, 8], dtype=torch.int32)
+    for call in (lambda: fused_attention(q, k, v), lambda: fused_attention_varlen(q[0], k[0], v[0], cu, cu, 8, 8)):
+        with pytest.raises(RuntimeError, match=r"cannot run on cpu: they need a CUDA GPU \(or TRITON_INTERPRET=1"):
+            call()

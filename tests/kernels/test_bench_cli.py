@@ -37,10 +37,12 @@ def test_check_runs_the_sweep_in_the_interpreter_and_compiles_for_hopper(monkeyp
     are CI steps of their own; here the two subprocesses are recorded, not run)."""
     calls = []
     monkeypatch.setattr(bench_attention, "_run_module", lambda module, args, env: calls.append(
-        (module, env.get("TRITON_INTERPRET"))) or 0)
+        (module, env.get("TRITON_INTERPRET"), args)) or 0)
     assert cli.main(["bench", "attention", "--check"]) == 0
-    assert calls == [("cinescene.kernels.attention.check", "1"),
-                     ("cinescene.kernels.attention.hopper_compile", None)]
+    assert [call[:2] for call in calls] == [("cinescene.kernels.attention.check", "1"),
+                                            ("cinescene.kernels.attention.hopper_compile", None)]
+    compile_args = calls[1][2]
+    assert compile_args[compile_args.index("--dtypes") + 1] == "bf16,fp16"
     monkeypatch.setattr(bench_attention, "_run_module", lambda module, args, env: 1)
     assert cli.main(["bench", "attention", "--check"]) == 1
     assert "FAILED" in capsys.readouterr().out
@@ -70,8 +72,51 @@ def test_table_and_goal_lines():
     text = bench.format_rows(rows)
     assert "cinescene-triton" in text and "(RuntimeError: no kernel)" in text
     assert bench.format_markdown(rows).count("\n") == len(rows) + 1
-    goals = "\n".join(bench.goals(rows))
+    goals = "\n".join(bench.goals(rows, 32760))
     assert "full fwd+bwd: 1.20x sdpa-flash" in goals
     assert "readonly fwd+bwd: 1.68x sdpa-flash" in goals
     assert "600 TFLOP/s" in goals and "NOT MET" not in goals
+    assert "readonly fwd+bwd: 1.40x our own full mask (ceiling 1.28x" in goals
     assert math.isnan(rows[3].forward_ms)
+
+
+def test_readonly_ceiling_is_the_share_of_pairs_left():
+    """N^2 / (N^2 - Nc*Nv): the most skipping the context-to-video block can give over our own full mask."""
+    assert bench.readonly_ceiling(32760, 15600) == pytest.approx(48360 ** 2 / (48360 ** 2 - 15600 * 32760))
+    assert round(bench.readonly_ceiling(32760, 15600), 2) == 1.28
+    assert round(bench.readonly_ceiling(32760, 31200), 2) == 1.33
+    assert bench.readonly_ceiling(32760, 0) == 1.0
+
+
+def test_reference_rows_cover_both_ends_and_the_boundary():
+    shape = bench.Shape(12, 32760, 15600, "context_readonly")
+    rows = bench.reference_rows(shape)
+    assert rows.numel() == bench.REFERENCE_ROWS == rows.unique().numel()
+    assert bool((rows[1:] > rows[:-1]).all())
+    listed = set(rows.tolist())
+    assert {0, 127, shape.tokens - 1, 32760 - 64, 32760, 32760 + 63} <= listed
+    assert torch.equal(bench.reference_rows(shape), rows)                    # seeded
+    assert bench.reference_rows(bench.Shape(1, 40, 9, "full")).tolist() == list(range(49))
+
+
+def test_bench_runs_on_cpu_at_toy_size(tmp_path, device):
+    """The GPU benchmark's code path on the CPU (ours through the interpreter, SDPA's CPU backends): errors
+    against float64, backward timed on its own, effective rates only on the rows that skip the masked block."""
+    if device != "cpu":
+        pytest.skip("the toy-size run is the CPU check of the GPU benchmark's code")
+    out = tmp_path / "bench.json"
+    rows = bench.run([1], [16], 32, 1, out=out, dtype=torch.float32, device="cpu", head_dim=16)
+    ran = [r for r in rows if not math.isnan(r.forward_ms)]
+    assert {r.provider for r in ran} >= {"cinescene-triton", "sdpa-flash [full mask]", "sdpa-flash [2 calls]"}
+    for row in ran:
+        assert row.max_error < 1e-5, row        # each provider against the reference of the mask it computes
+        assert row.backward_ms > 0
+        skips = row.mask != "full" and (row.provider == "cinescene-triton" or row.provider.endswith("[2 calls]"))
+        assert math.isnan(row.effective_forward_tflops) != skips, row
+    import json
+
+    payload = json.loads(out.read_text())
+    assert payload["complete"] and payload["readonly_ceiling"] == {"16": round(bench.readonly_ceiling(32, 16), 4)}
+    assert set(payload["provenance"]) >= {"date", "commit", "torch", "triton", "flash_attn", "device"}
+    assert payload["provenance"]["date"].endswith("+00:00") and "retain_graph" in payload["methods"]["timing"]
+    assert "Device: CPU" in out.with_suffix(".md").read_text()

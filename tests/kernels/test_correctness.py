@@ -3,7 +3,9 @@
 The cases are the ``cinescene bench attention --check`` sweep in fp32 and
 fp16 (D 32/64/128; lengths 1, 33, 37, 48, 77; Lq != Lk; readonly with the
 context start block-aligned, straddling a block, in the tail block; packed
-sequences with different context sizes), plus targeted cases below.
+sequences with different context sizes; square and non-square tiles), plus
+targeted cases below: the non-square tiles the GPU uses (scaled down to what
+the interpreter runs quickly) at several readonly lengths.
 """
 from __future__ import annotations
 
@@ -11,7 +13,10 @@ import pytest
 import torch
 
 from cinescene.kernels.attention import fused_attention, fused_attention_varlen, pack_sequences
-from cinescene.kernels.attention.check import TOLERANCE, Case, default_cases, run_case
+from cinescene.kernels.attention import config, forward
+from cinescene.kernels.attention.check import (GPU_SHAPED_TILES, TOLERANCE, TRANSPOSED_TILES, Case, default_cases,
+                                               run_case)
+from cinescene.kernels.attention.config import Tiles, fixed_tiles
 from cinescene.kernels.attention.reference import reference_attention, reference_attention_varlen
 
 SWEEP = default_cases((torch.float32, torch.float16))
@@ -86,3 +91,41 @@ def test_custom_softmax_scale(device):
     q, k, v = (torch.randn(1, 17, 1, 16, device=device) for _ in range(3))
     out = fused_attention(q, k, v, softmax_scale=0.05)
     assert (out.double().cpu() - reference_attention(q.cpu(), k.cpu(), v.cpu(), softmax_scale=0.05)).abs().max() < 1e-5
+
+
+NON_SQUARE = {"gpu-shaped": GPU_SHAPED_TILES, "transposed": TRANSPOSED_TILES}
+
+
+@pytest.mark.parametrize("tiles", list(NON_SQUARE))
+@pytest.mark.parametrize("length,num_video", [(50, 16), (64, 32), (77, 40), (90, 85), (33, 1)],
+                         ids=["aligned-16-not-32", "aligned-both", "straddling-both", "tail-block", "one-video"])
+def test_non_square_tiles_readonly_forward_and_gradients(tiles, length, num_video, device):
+    _assert_close(run_case(Case(torch.float32, head_dim=16, seqlen_q=length, seqlen_k=length,
+                                mask="context_readonly", num_video=num_video, tiles=NON_SQUARE[tiles]), device))
+
+
+@pytest.mark.parametrize("tiles", list(NON_SQUARE))
+def test_non_square_tiles_full_mask_unequal_lengths_and_varlen(tiles, device):
+    _assert_close(run_case(Case(torch.float32, head_dim=16, seqlen_q=45, seqlen_k=20, tiles=NON_SQUARE[tiles]),
+                           device))
+    _assert_close(run_case(Case(torch.float16, head_dim=16, lengths_q=(33, 50), lengths_k=(33, 50),
+                                context_starts=(17, 32), tiles=NON_SQUARE[tiles]), device))
+
+
+def test_fixed_tiles_reach_the_launch_and_are_restored(monkeypatch, device):
+    used = []
+    real_launch = config.launch
+
+    def spy(*args, **kwargs):
+        used.append(real_launch(*args, **kwargs))
+        return used[-1]
+
+    monkeypatch.setattr(forward, "launch", spy)
+    q = torch.randn(1, 40, 1, 16, device=device)
+    with fixed_tiles(forward=Tiles(32, 16)):
+        fused_attention(q, q, q)
+    fused_attention(q, q, q)
+    assert used[0] == Tiles(32, 16) and used[1] != Tiles(32, 16)
+    with pytest.raises(ValueError, match="unknown kernels"):
+        with fixed_tiles(backward=Tiles(16, 16)):
+            pass

@@ -7,6 +7,7 @@ import pytest
 import torch
 
 from cinescene.kernels.attention import fused_attention, fused_attention_varlen, pack_sequences
+from cinescene.kernels.attention.reference import readonly_allowed
 
 pytestmark = pytest.mark.gpu
 
@@ -15,8 +16,8 @@ def _fp32_rows(q, k, v, rows, num_video=None):
     """fp32 reference output of the given query rows (all heads)."""
     scores = torch.einsum("bqhd,bkhd->bhqk", q[:, rows].float(), k.float()) / math.sqrt(q.shape[-1])
     if num_video is not None:
-        keys = torch.arange(k.shape[1], device=q.device)
-        scores = scores.masked_fill((rows[:, None] >= num_video) & (keys[None, :] < num_video), float("-inf"))
+        allowed = readonly_allowed(rows, torch.arange(k.shape[1], device=q.device), num_video)
+        scores = scores.masked_fill(~allowed, float("-inf"))
     return torch.einsum("bhqk,bkhd->bqhd", scores.softmax(-1), v.float())
 
 
@@ -44,7 +45,7 @@ def test_bf16_gradients_against_fp32(mask):
     keep = None
     if mask != "full":
         pos = torch.arange(n, device="cuda")
-        keep = (pos[:, None] < num_video) | (pos[None, :] >= num_video)
+        keep = readonly_allowed(pos, pos, num_video)
     torch.nn.functional.scaled_dot_product_attention(
         *(t.transpose(1, 2) for t in ref), attn_mask=keep).transpose(1, 2).backward(grad)
     for a, b in zip(ours, ref):

@@ -1,6 +1,7 @@
 """The attention entry point: masks against a dense reference, backend choice, logging once."""
 from __future__ import annotations
 
+import contextlib
 import logging
 import sys
 import types
@@ -83,6 +84,15 @@ def test_cross_attention_shapes_and_mask_errors():
         attention(q, q, q, mask="causal")
 
 
+def _fake_fused_module(monkeypatch, fused_attention=None, supports=None):
+    fake = types.ModuleType("cinescene.kernels.attention")
+    fake.fused_attention = fused_attention or (lambda q, k, v, num_video=None, mask="full": torch.zeros_like(q))
+    if supports is not None:
+        fake.supports = supports
+    monkeypatch.setitem(sys.modules, "cinescene.kernels.attention", fake)
+    return fake
+
+
 def test_fused_backend_is_called_with_the_agreed_signature(monkeypatch):
     calls = []
 
@@ -90,9 +100,7 @@ def test_fused_backend_is_called_with_the_agreed_signature(monkeypatch):
         calls.append((tuple(q.shape), num_video, mask))
         return torch.zeros_like(q)
 
-    fake = types.ModuleType("cinescene.kernels.attention")
-    fake.fused_attention = fused_attention
-    monkeypatch.setitem(sys.modules, "cinescene.kernels.attention", fake)
+    _fake_fused_module(monkeypatch, fused_attention)
     q, k, v = qkv()
     out = attention(q, k, v, num_video=8, mask="context_readonly", backend="fused")
     assert calls == [((2, 13, 3, 8), 8, "context_readonly")] and torch.all(out == 0)
@@ -122,18 +130,103 @@ class _Records(logging.Handler):
         self.messages.append(record.getMessage())
 
 
-def test_choice_is_logged_once():
+@contextlib.contextmanager
+def backend_log_lines():
+    """The entry point's "attention backend" log lines while active (a list filled in place)."""
     # A handler on the logger itself: the cinescene tree may not propagate to pytest's caplog.
     logger = logging.getLogger("cinescene.models.attention")
     handler, level = _Records(), logger.level
     logger.addHandler(handler)
     logger.setLevel(logging.INFO)
+    lines = []
     try:
-        q, k, v = qkv()
-        for _ in range(3):
-            attention(q, k, v)
+        yield lines
     finally:
         logger.removeHandler(handler)
         logger.setLevel(level)
-    lines = [m for m in handler.messages if "attention backend" in m]
+        lines += [m for m in handler.messages if "attention backend" in m]
+
+
+def test_choice_is_logged_once():
+    with backend_log_lines() as lines:
+        q, k, v = qkv()
+        for _ in range(3):
+            attention(q, k, v)
     assert len(lines) == 1 and "sdpa" in lines[0]
+
+
+class _Meta(types.SimpleNamespace):
+    """Stands in for a tensor in ``resolve_backend``: only what the choice reads (device, dtype, shape)."""
+
+
+def _on(device, dtype, length=64, head_dim=128):
+    return _Meta(is_cuda=device == "cuda", device=torch.device(device), dtype=dtype, shape=(1, length, 12, head_dim))
+
+
+@pytest.mark.parametrize("device,dtype,kind,fused_ok,flash,expected", [
+    ("cuda", torch.bfloat16, "self", True, True, "fused"),
+    ("cuda", torch.float16, "self", True, False, "fused"),
+    ("cuda", torch.float32, "self", True, True, "sdpa"),      # fp32: IEEE dots, no tensor cores
+    ("cuda", torch.float32, "self", True, False, "sdpa"),
+    ("cuda", torch.bfloat16, "cross", True, True, "flash"),   # short text keys: not what the kernel is tuned for
+    ("cuda", torch.bfloat16, "cross", True, False, "sdpa"),
+    ("cuda", torch.bfloat16, "self", False, True, "flash"),   # supports() says no (e.g. head dim 80)
+    ("cuda", torch.bfloat16, "self", False, False, "sdpa"),
+    ("cpu", torch.bfloat16, "self", True, True, "sdpa"),
+])
+def test_auto_picks_the_fused_kernel_only_where_it_is_meant_to_win(monkeypatch, device, dtype, kind, fused_ok,
+                                                                  flash, expected):
+    asked = []
+
+    def supports(q, k, v, num_video=None, mask="full"):
+        asked.append(q.dtype)
+        return fused_ok
+
+    _fake_fused_module(monkeypatch, supports=supports)
+    flash_module = types.ModuleType("flash_attn")
+    flash_module.flash_attn_func = lambda q, k, v: q
+    monkeypatch.setitem(sys.modules, "flash_attn", flash_module if flash else None)
+    attn_mod.reset_backend_cache()
+    q = _on(device, dtype)
+    assert attn_mod.resolve_backend("auto", q, q, q, None, "full", kind) == expected
+    if device == "cpu" or dtype == torch.float32 or kind == "cross":
+        assert asked == []                                    # never even asked
+
+
+def test_kind_decides_the_log_line_not_the_lengths():
+    q, k, v = qkv()
+    with backend_log_lines() as lines:
+        attention(q, k, v, kind="cross")                      # text as long as the video: still cross
+        attention(q, k[:, :5], v[:, :5], kind="self")         # video queries over cached context keys
+        attention(q, k, v)                                    # derived: equal lengths -> self (already logged)
+        attention(q, k[:, :5], v[:, :5])                      # derived: unequal lengths -> cross (already logged)
+    assert len(lines) == 2
+    assert lines[0].startswith("attention backend for cross-attention")
+    assert lines[1].startswith("attention backend for self-attention")
+    with pytest.raises(ValueError, match="unknown attention kind"):
+        attention(q, k, v, kind="causal")
+
+
+class _Layer(torch.nn.Module):
+    """Self-attention under the readonly mask, then cross-attention to a shorter sequence: the model's calls."""
+
+    def forward(self, x, text):
+        hidden = attention(x, x * 0.5, x, num_video=7, mask="context_readonly")
+        return attention(hidden, text, text, kind="cross")
+
+
+def test_cold_torch_compile_fullgraph_through_the_entry_point():
+    """A first call under torch.compile(fullgraph=True): no import or logging call may land in the graph."""
+    torch._dynamo.reset()
+    x = torch.randn(2, 11, 3, 8, requires_grad=True)
+    text = torch.randn(2, 5, 3, 8)
+    compiled = torch.compile(_Layer(), fullgraph=True, backend="aot_eager")
+    out = compiled(x, text)
+    out.square().sum().backward()
+    grad = x.grad.clone()
+    x_eager = x.detach().clone().requires_grad_()
+    eager = _Layer()(x_eager, text)
+    eager.square().sum().backward()
+    assert torch.allclose(out, eager, atol=1e-6) and torch.allclose(grad, x_eager.grad, atol=1e-6)
+    assert ("sdpa", "self") in attn_mod._logged and ("sdpa", "cross") in attn_mod._logged   # logged at trace time
+    torch._dynamo.reset()

@@ -97,6 +97,34 @@ def test_sigmas_run_from_one_to_zero():
     assert bool((sigmas[1:] < sigmas[:-1]).all())
 
 
+def test_a_cache_that_cannot_fit_fails_before_it_is_stored(model, batch, monkeypatch):
+    """The memory check counts every layer and every guidance branch still to fill, and says so in one line."""
+    from cinescene.models import context_cache
+
+    asked = []
+    monkeypatch.setattr(context_cache, "available_bytes", lambda device: asked.append(device) or 1000)
+    with pytest.raises(CineSceneError, match=r"needs .* GB \(2 cache\(s\) x 2 x 2 layers x 2 x \d+ context tokens "
+                                             r"x 64 x float32\) but cpu has 0.0 GB free; sample without it"):
+        _sample(model, batch, True)
+    assert len(asked) == 1                                     # failed at the first layer of the first branch
+    # Without guidance there is one cache; the need halves, the message says 1 cache.
+    tokens = batch["scene_images"].shape[1] * 8 * 8
+    one_cache = 2 * len(model.blocks) * 2 * tokens * model.cfg.dim * 4
+    monkeypatch.setattr(context_cache, "available_bytes", lambda device: one_cache)
+    _sample(model, batch, True, guidance_scale=1.0)            # exactly fits
+    monkeypatch.setattr(context_cache, "available_bytes", lambda device: one_cache - 1)
+    with pytest.raises(CineSceneError, match=r"\(1 cache\(s\)"):
+        _sample(model, batch, True, guidance_scale=1.0)
+    with pytest.raises(ValueError, match="planned_copies"):
+        ContextKVCache(planned_copies=0)
+
+
+def test_no_memory_check_off_cuda():
+    from cinescene.models.context_cache import available_bytes
+
+    assert available_bytes(torch.device("cpu")) is None
+
+
 @pytest.mark.gpu
 def test_same_video_with_the_fused_kernel_on_a_gpu():
     """The cached path through the Triton kernel: readonly prefill, then full-mask video-only steps."""
