@@ -1,8 +1,10 @@
 """The network: Wan2.1 DiT sizes, CineScene extensions, attention, weights.
 
 Defaults describe the tiny CPU model's *architecture switches* as CineScene
-trains them; the sizes live in ``configs/model/{tiny,wan1.3b,wan14b}.yaml``.
-What each switch does to the network is documented in ``cinescene/models``.
+trains them; the sizes live in ``configs/model/{tiny,wan1.3b,wan14b}.yaml``
+(the two full sizes share ``configs/model/cinescene_wan.yaml``). What each
+switch does to the network is documented in ``cinescene/models``; defaults,
+and which are published CineScene facts, in ``docs/MODEL.md``.
 """
 from __future__ import annotations
 
@@ -65,7 +67,9 @@ class SceneContextConfig:
     pooling: str = "bilinear"
     # Also feed the scene images' latents through the DiT's own patch embedding.
     pixel_context: bool = False
-    # "shared": context tokens get the video's timestep; "clean": t = 0 (enables K/V caching).
+    # "shared": context tokens get the video's timestep; "clean": t = 0. Clean context with
+    # attention.mask=context_readonly makes the context step-independent, which is what lets
+    # sampling cache its keys/values (cinescene.models.context_cache); "clean" alone does not.
     timestep: str = "clean"
 
     def validate(self) -> None:

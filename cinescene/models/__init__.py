@@ -18,8 +18,9 @@ Big models under ZeRO-3::
 
 Every module initialises its own parameters inside its constructor (before
 zero.Init partitions them), so no init pass over the finished model is needed
-and no rank holds the full model. Weights are written module by module under
-``GatheredParameters(modifier_rank=0)`` (see :mod:`.weights`). Module outputs
+and no rank holds the full model. Weights are read lazily and written module
+by module under ``GatheredParameters(modifier_rank=0)``: only rank 0 reads
+tensor data, the others read checkpoint headers (see :mod:`.weights`). Module outputs
 are tensors or lists, which ZeRO-3's forward hooks require, and every rank
 uses the same parameters each step (camera encoders and the null scene token
 run even when they contribute nothing), which its gradient reduction requires.

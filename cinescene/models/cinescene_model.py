@@ -50,6 +50,10 @@ _log = get_logger("models")
 ContextGrid = Tuple[int, int, int]  # (frame index, rows, cols) of one context image's tokens
 
 
+def _matches(name: str, patterns: Sequence[str]) -> bool:
+    return any(fnmatch.fnmatchcase(name, p) for p in patterns)
+
+
 class CineSceneModel(WanDiT):
     def __init__(self, cfg: ModelConfig):
         super().__init__(dim=cfg.dim, ffn_dim=cfg.ffn_dim, num_heads=cfg.num_heads, num_layers=cfg.num_layers,
@@ -75,20 +79,19 @@ class CineSceneModel(WanDiT):
         """Set requires_grad from the ``trainable`` then ``frozen`` glob patterns over parameter names.
 
         Returns parameter counts {"trainable": n, "frozen": m}. A trainable
-        pattern that matches nothing is a warning (a typo would freeze silently).
+        pattern that matches nothing is a warning (a typo would freeze
+        silently); an idle frozen pattern is only a debug line (the default
+        VGGT pattern has nothing to match when the scene is off).
         """
         cfg = cfg or self.cfg
         names = [name for name, _ in self.named_parameters()]
-        for pattern in cfg.trainable:  # a typo here would freeze silently
-            if not any(fnmatch.fnmatchcase(n, pattern) for n in names):
-                _log.warning("model.trainable pattern %r matches no parameter", pattern)
-        for pattern in cfg.frozen:  # e.g. the default VGGT pattern when the scene is off
-            if not any(fnmatch.fnmatchcase(n, pattern) for n in names):
-                _log.debug("model.frozen pattern %r matches no parameter", pattern)
+        for key, patterns, say in (("trainable", cfg.trainable, _log.warning), ("frozen", cfg.frozen, _log.debug)):
+            for pattern in patterns:
+                if not any(_matches(n, [pattern]) for n in names):
+                    say("model.%s pattern %r matches no parameter", key, pattern)
         counts = {"trainable": 0, "frozen": 0}
         for name, param in self.named_parameters():
-            trains = (any(fnmatch.fnmatchcase(name, p) for p in cfg.trainable)
-                      and not any(fnmatch.fnmatchcase(name, p) for p in cfg.frozen))
+            trains = _matches(name, cfg.trainable) and not _matches(name, cfg.frozen)
             param.requires_grad_(trains)
             counts["trainable" if trains else "frozen"] += full_numel(param)
         return counts
@@ -103,7 +106,8 @@ class CineSceneModel(WanDiT):
                 drop_scene: Optional[torch.Tensor] = None) -> torch.Tensor:
         """Predict the flow target for the video latents ``x`` (B, C, T, H, W); returns that shape in fp32.
 
-        ``timestep`` (B,) in [0, 1000]; ``text`` (B, text_len, text_dim);
+        ``timestep`` (B,) in [0, 1000]; ``text`` (B, L, text_dim) with L <= text_len
+        (zero-padded to text_len here, as Wan does);
         ``cameras`` (B, T/pt, 4, 4) camera-to-world per latent frame;
         ``scene_images`` (B, S, 3, Hs, Ws) in [0, 1] or precomputed
         ``scene_tokens`` = ``scene_encoder.extract_features(scene_images)``;
@@ -136,11 +140,11 @@ class CineSceneModel(WanDiT):
         mask, backend = self.cfg.attention.mask, self.cfg.attention.backend
 
         def cross_attend(q, k, v):
-            return attention(q, k, v, backend=backend)
+            return attention(q, k, v, backend=backend, kind="cross")  # not inferred: text may match L
 
         if self.sequence_group is None:
             def self_attend(q, k, v):
-                return attention(q, k, v, num_video=num_video, mask=mask, backend=backend)
+                return attention(q, k, v, num_video=num_video, mask=mask, backend=backend, kind="self")
 
             ctx = BlockContext(e0=e0, text=text_emb, rope=(cos, sin), self_attention=self_attend,
                                cross_attention=cross_attend, num_local_video=num_video, camera=camera,

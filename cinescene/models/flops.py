@@ -5,9 +5,15 @@ queries over Lk keys costs 4*Lq*Lk*head_dim per head (QK^T and PV), counted
 explicitly over the extended sequence and honouring ``context_readonly``
 (video queries see all L keys, context queries only the Nc context keys:
 4*dim*(Nv*L + Nc*Nc) per layer). Elementwise work (norms, RoPE, softmax,
-modulation) is not counted. A training sample costs 3x the DiT forward
-(forward + backward) plus the scene encoder's forward once when it is
-frozen (no backward through VGGT), 3x when any of it trains.
+modulation) is not counted.
+
+These are *model* FLOPs, the MFU convention: a training sample costs 3x
+the DiT forward (the forward, and a backward of twice its cost) plus the
+scene encoder's forward once when it is frozen (no backward through VGGT),
+3x when any of it trains. Activation checkpointing recomputes every
+block's forward during the backward, so the hardware does about 4x the DiT
+forward; that recomputation is not counted (it would be in "hardware FLOPs
+utilisation"), so MFU stays comparable with checkpointing on or off.
 """
 from __future__ import annotations
 

@@ -24,6 +24,7 @@ from typing import Callable, Optional, Sequence, Tuple
 
 import torch
 import torch.nn as nn
+import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint
 
 from .layers import (FP32LayerNorm, Linear, PatchEmbed3d, RMSNorm, SegmentedModulation, normal_parameter,
@@ -200,6 +201,20 @@ class WanDiT(nn.Module):
         return u.reshape(b, self.out_dim, f * pt, h * ph, w * pw)
 
     def embed_text(self, text: torch.Tensor) -> torch.Tensor:
+        """(B, L, text_dim) prompt embeddings with L <= text_len -> (B, text_len, dim).
+
+        Shorter text is zero-padded to ``text_len`` before the embedding, as
+        Wan pads umT5's output: cross-attention always attends over text_len
+        keys (the padded rows embed to a constant, not to nothing), so a
+        prompt gives the reference's result whether or not it came padded.
+        """
+        text_dim = self.text_embedding[0].in_features
+        if text.dim() != 3 or text.shape[-1] != text_dim:
+            raise ValueError(f"text {tuple(text.shape)} must be (B, L, text_dim={text_dim})")
+        if text.shape[1] > self.text_len:
+            raise ValueError(f"text has {text.shape[1]} tokens, more than model.text_len={self.text_len}")
+        if text.shape[1] < self.text_len:
+            text = F.pad(text, (0, 0, 0, self.text_len - text.shape[1]))
         return self.text_embedding(text.to(self.compute_dtype))
 
     def embed_time(self, timesteps: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:

@@ -1,14 +1,27 @@
-"""Reading pretrained checkpoints into the model, with a readable report when they do not fit.
+"""Reading pretrained checkpoints into the model, lazily, with a readable report when they do not fit.
 
-Formats (``read_state_dict``): a single ``.safetensors``; a sharded
-checkpoint given as its ``*.safetensors.index.json`` (``weight_map`` ->
-shard files next to it); a directory holding either; or a pickled
-``.pth``/``.pt``/``.bin`` read with ``torch.load(weights_only=True)`` (a
-``{"state_dict"|"model"|"module": {...}}`` wrapper is unwrapped). Prefixes
-``model.diffusion_model.`` (ComfyUI) and ``module.`` (DDP) are stripped.
+Formats (:func:`open_checkpoint`): a single ``.safetensors``; a sharded
+checkpoint given as its index ``.json`` (``weight_map`` -> shard files next
+to it, e.g. ``model.safetensors.index.json``); a directory holding either;
+or a pickled ``.pth``/``.pt``/``.bin``/``.ckpt`` read with
+``torch.load(weights_only=True, mmap=True)`` (a ``{"state_dict"|"model"|
+"module": {...}}`` wrapper is unwrapped). Prefixes ``model.diffusion_model.``
+(ComfyUI) and ``module.`` (DDP) are stripped.
 
 Layouts: Wan's original names or diffusers' (``fmt="auto"`` detects them;
-see :mod:`.key_mapping`).
+see :mod:`.key_mapping`). Renaming touches key names only, never data.
+
+Lazy, rank-aware reading. A checkpoint opens as a :class:`TensorSource`:
+tensor names and shapes (the safetensors headers; for pickles, the
+unpickled metadata of a memory-mapped load), with a tensor's data read
+only when :meth:`TensorSource.read` is called for it. The fit report is
+decided on names and shapes alone, so it is identical on every rank and a
+checkpoint that does not fit is rejected before any data is read. Loading
+then walks the model module by module and reads only that module's
+tensors. Under ZeRO-3 only rank 0 reads them: it writes the gathered
+parameters, which are re-partitioned to every rank, so the other ranks
+read headers only. A 14B checkpoint (57 GB in fp32) therefore costs one
+module's tensors of host memory on rank 0, not the whole file on each rank.
 
 Strictness (``load_pretrained``): every base-DiT parameter must be present
 with its shape, and every checkpoint key must name a model parameter. Keys
@@ -20,12 +33,14 @@ is the summary and whose next lines group the offending keys
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import re
+import zipfile
 from collections import defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Dict, Iterable, List, Optional, Tuple
+from typing import Callable, Dict, Iterable, Iterator, List, Mapping, Optional, Set, Tuple, Union
 
 import torch
 import torch.nn as nn
@@ -33,19 +48,64 @@ import torch.nn as nn
 from cinescene.errors import CineSceneError
 from cinescene.log import get_logger
 
-from .key_mapping import detect_layout, diffusers_to_wan
+from .key_mapping import detect_layout, diffusers_to_wan_key
 from .zero import full_shape, gathered, is_partitioned
 
 _log = get_logger("models.weights")
 STRIP_PREFIXES = ("model.diffusion_model.", "module.")
 WRAPPER_KEYS = ("state_dict", "model", "module")
+PICKLE_SUFFIXES = (".pth", ".pt", ".bin", ".ckpt")
 MAX_GROUPS_SHOWN = 12
+Shape = Tuple[int, ...]
 
 
-# ---------------------------------------------------------------------------- reading
-def _load_pickle(path: Path) -> Dict[str, torch.Tensor]:
+# ---------------------------------------------------------------------------- sources
+class TensorSource:
+    """Named tensors whose names and shapes are known up front and whose data is read on demand."""
+
+    def __init__(self, shapes: Dict[str, Shape], fetch: Callable[[str], torch.Tensor]):
+        self.shapes = shapes
+        self._fetch = fetch
+
+    @classmethod
+    def of(cls, tensors: Mapping[str, torch.Tensor]) -> "TensorSource":
+        """A source over tensors already at hand (a state dict)."""
+        return cls({k: tuple(v.shape) for k, v in tensors.items()}, tensors.__getitem__)
+
+    def keys(self) -> Iterable[str]:
+        return self.shapes.keys()
+
+    def __contains__(self, key: object) -> bool:
+        return key in self.shapes
+
+    def __len__(self) -> int:
+        return len(self.shapes)
+
+    def read(self, key: str) -> torch.Tensor:
+        """The data of tensor ``key`` (for a checkpoint: read from the file now)."""
+        return self._fetch(key)
+
+    def renamed(self, rename: Callable[[str], str]) -> "TensorSource":
+        """The same tensors under ``rename(key)``; no data is read."""
+        original = {rename(k): k for k in self.shapes}
+        if len(original) != len(self.shapes):
+            raise CineSceneError("renaming the checkpoint's keys maps two tensors to one name")
+        return TensorSource({new: self.shapes[old] for new, old in original.items()},
+                            lambda key: self._fetch(original[key]))
+
+    def subset(self, keys: Iterable[str]) -> "TensorSource":
+        """Only ``keys`` (which must be present)."""
+        return TensorSource({k: self.shapes[k] for k in keys}, self._fetch)
+
+
+def _open_pickle(path: Path) -> TensorSource:
+    # Zip-format pickles (torch.save since 1.6) are memory-mapped: unpickling reads only the
+    # metadata, a tensor's pages are read when it is copied. Legacy pickles cannot be mapped.
+    mmap = zipfile.is_zipfile(path)
+    if not mmap:
+        _log.warning("%s is a legacy (non-zip) torch pickle: it is read into memory whole", path)
     try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
+        obj = torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
     except Exception as exc:  # pickles with code, truncated files
         raise CineSceneError(f"cannot read {path} as a weights-only torch checkpoint: "
                              f"{str(exc).splitlines()[0]}") from None
@@ -56,30 +116,39 @@ def _load_pickle(path: Path) -> Dict[str, torch.Tensor]:
         obj = inner
     if not isinstance(obj, dict):
         raise CineSceneError(f"{path} holds a {type(obj).__name__}, not a state dict")
-    return {k: v for k, v in obj.items() if isinstance(v, torch.Tensor)}
+    return TensorSource.of({k: v for k, v in obj.items() if isinstance(v, torch.Tensor)})
 
 
-def _load_safetensors(path: Path) -> Dict[str, torch.Tensor]:
-    from safetensors.torch import load_file
+def _open_safetensors(path: Path, files: contextlib.ExitStack) -> TensorSource:
+    from safetensors import safe_open
 
     try:
-        return load_file(str(path), device="cpu")
+        handle = files.enter_context(safe_open(str(path), framework="pt", device="cpu"))
+        shapes = {k: tuple(handle.get_slice(k).get_shape()) for k in handle.keys()}
     except Exception as exc:
         raise CineSceneError(f"cannot read {path} as safetensors: {str(exc).splitlines()[0]}") from None
+    return TensorSource(shapes, handle.get_tensor)
 
 
-def _load_index(path: Path) -> Dict[str, torch.Tensor]:
+def _open_file(path: Path, files: contextlib.ExitStack) -> TensorSource:
+    return _open_safetensors(path, files) if path.name.endswith(".safetensors") else _open_pickle(path)
+
+
+def _open_index(path: Path, files: contextlib.ExitStack) -> TensorSource:
     try:
         weight_map = json.loads(path.read_text())["weight_map"]
     except (OSError, ValueError, KeyError, TypeError) as exc:
         raise CineSceneError(f"{path} is not a sharded-checkpoint index (no weight_map): {exc}") from None
-    state: Dict[str, torch.Tensor] = {}
+    shapes: Dict[str, Shape] = {}
+    shard_of: Dict[str, TensorSource] = {}
     for shard in sorted(set(weight_map.values())):
         shard_path = path.parent / shard
         if not shard_path.is_file():
             raise CineSceneError(f"shard {shard} listed in {path} is missing")
-        state.update(_load_safetensors(shard_path) if shard.endswith(".safetensors") else _load_pickle(shard_path))
-    return state
+        part = _open_file(shard_path, files)
+        shapes.update(part.shapes)
+        shard_of.update(dict.fromkeys(part.shapes, part))
+    return TensorSource(shapes, lambda key: shard_of[key]._fetch(key))
 
 
 def _resolve(path: Path) -> Path:
@@ -93,25 +162,44 @@ def _resolve(path: Path) -> Path:
     return candidates[0]
 
 
-def read_state_dict(path) -> Tuple[Dict[str, torch.Tensor], Path]:
-    """All tensors of a checkpoint (any supported format) with prefixes stripped, and the file read."""
+def _strip_prefixes(source: TensorSource) -> TensorSource:
+    for prefix in STRIP_PREFIXES:
+        if len(source) and all(k.startswith(prefix) for k in source.keys()):
+            source = source.renamed(lambda k, n=len(prefix): k[n:])
+    return source
+
+
+@contextlib.contextmanager
+def open_checkpoint(path) -> Iterator[Tuple[TensorSource, Path]]:
+    """Open a checkpoint of any supported format: (its tensors, read on demand, prefixes stripped; the file).
+
+    Files stay open (memory-mapped) inside the ``with`` block; tensors read
+    there stay valid after it.
+    """
     path = _resolve(Path(path))
     if not path.exists():
         raise CineSceneError(f"checkpoint not found: {path}")
     name = path.name
-    if name.endswith(".json"):
-        state = _load_index(path)
-    elif name.endswith(".safetensors"):
-        state = _load_safetensors(path)
-    elif name.endswith((".pth", ".pt", ".bin", ".ckpt")):
-        state = _load_pickle(path)
-    else:
-        raise CineSceneError(f"{path}: unknown checkpoint format (expected .safetensors, "
-                             ".safetensors.index.json, .pth/.pt/.bin)")
-    for prefix in STRIP_PREFIXES:
-        if state and all(k.startswith(prefix) for k in state):
-            state = {k[len(prefix):]: v for k, v in state.items()}
-    return state, path
+    with contextlib.ExitStack() as files:
+        if name.endswith(".json"):
+            source = _open_index(path, files)
+        elif name.endswith(".safetensors") or name.endswith(PICKLE_SUFFIXES):
+            source = _open_file(path, files)
+        else:
+            raise CineSceneError(f"{path}: unknown checkpoint format (expected .safetensors, a sharded index "
+                                 f".json such as model.safetensors.index.json, or a torch pickle "
+                                 f"{'/'.join(PICKLE_SUFFIXES)})")
+        yield _strip_prefixes(source), path
+
+
+def read_state_dict(path) -> Tuple[Dict[str, torch.Tensor], Path]:
+    """All tensors of a checkpoint (any supported format) with prefixes stripped, and the file read.
+
+    Reads everything: for loading into a model use :func:`load_pretrained`,
+    which reads one module's tensors at a time.
+    """
+    with open_checkpoint(path) as (source, resolved):
+        return {k: source.read(k) for k in source.keys()}, resolved
 
 
 # ----------------------------------------------------------------------- reporting
@@ -198,21 +286,23 @@ def _truncated(lines: List[str]) -> List[str]:
 
 
 # ------------------------------------------------------------------------ loading
-def assign_state_dict(module: nn.Module, state: Dict[str, torch.Tensor], *, strict: bool = True,
-                      source: str = "state dict",
+def assign_state_dict(module: nn.Module, state: Union[Mapping[str, torch.Tensor], TensorSource], *,
+                      strict: bool = True, source: str = "state dict",
                       optional: Optional[Callable[[str], bool]] = None) -> LoadReport:
-    """Copy ``state`` into ``module``'s parameters and persistent buffers, ZeRO-3 aware.
+    """Copy ``state`` (a state dict or a lazy :class:`TensorSource`) into ``module``, ZeRO-3 aware.
 
-    ``optional(name)`` marks model keys that may be absent (kept at
-    initialisation). With ``strict``, any missing/unexpected/mis-shaped key
-    raises the report as a CineSceneError before anything is written.
+    Covers parameters and persistent buffers. ``optional(name)`` marks model
+    keys that may be absent (kept at initialisation). The report needs only
+    names and shapes; with ``strict``, any missing/unexpected/mis-shaped key
+    raises it as a CineSceneError before any tensor is read or written.
     """
+    tensors = state if isinstance(state, TensorSource) else TensorSource.of(state)
     report = LoadReport(source=source)
     targets = dict(module.named_parameters())
     targets.update({k: v for k, v in module.state_dict(keep_vars=True).items() if k not in targets})
     for key in sorted(targets):
-        if key in state:
-            want, got = full_shape(targets[key]), tuple(state[key].shape)
+        if key in tensors:
+            want, got = full_shape(targets[key]), tensors.shapes[key]
             if want != got:
                 report.mismatched.append((key, got, want))
             else:
@@ -221,23 +311,23 @@ def assign_state_dict(module: nn.Module, state: Dict[str, torch.Tensor], *, stri
             report.fresh.append(key)
         else:
             report.missing.append(key)
-    report.unexpected = sorted(k for k in state if k not in targets)
+    report.unexpected = sorted(k for k in tensors.keys() if k not in targets)
     if strict and not report.ok:
         raise report.error()
-    _copy_into(module, {k: state[k] for k in report.loaded})
+    _copy_into(module, tensors, set(report.loaded))
     return report
 
 
 @torch.no_grad()
-def _copy_into(module: nn.Module, values: Dict[str, torch.Tensor]) -> None:
-    """Write values module by module so ZeRO-3 gathers one module's parameters at a time."""
+def _copy_into(module: nn.Module, tensors: TensorSource, keys: Set[str]) -> None:
+    """Read and write module by module: one module's tensors in memory, one module gathered under ZeRO-3."""
     def owned(prefix: str, named) -> Dict[str, torch.Tensor]:
-        keys = {name: (f"{prefix}.{name}" if prefix else name) for name, _ in named}
-        return {keys[name]: t for name, t in named if keys[name] in values}
+        full = {name: (f"{prefix}.{name}" if prefix else name) for name, _ in named}
+        return {full[name]: t for name, t in named if full[name] in keys}
 
     def write(targets: Dict[str, torch.Tensor]) -> None:
         for key, tensor in targets.items():
-            tensor.data.copy_(values[key].to(device=tensor.device, dtype=tensor.dtype))
+            tensor.data.copy_(tensors.read(key).to(device=tensor.device, dtype=tensor.dtype))
 
     for prefix, sub in module.named_modules():
         write(owned(prefix, list(sub.named_buffers(recurse=False))))  # buffers are replicated: every rank
@@ -246,7 +336,7 @@ def _copy_into(module: nn.Module, values: Dict[str, torch.Tensor]) -> None:
             continue
         partitioned = any(is_partitioned(p) for p in params.values())
         with gathered(params.values(), modifier_rank=0):
-            # Under ZeRO-3 rank 0 writes and GatheredParameters re-partitions to all on exit.
+            # Under ZeRO-3 only rank 0 reads and writes; GatheredParameters re-partitions to all on exit.
             if not partitioned or torch.distributed.get_rank() == 0:
                 write(params)
 
@@ -257,15 +347,15 @@ def is_cinescene_extension(key: str) -> bool:
 
 
 def load_pretrained(model: nn.Module, path, *, fmt: str = "auto", strict: bool = True) -> LoadReport:
-    """Load a Wan-original or diffusers-layout DiT checkpoint (see module doc) into ``model``."""
-    state, resolved = read_state_dict(path)
-    layout = detect_layout(state) if fmt == "auto" else fmt
-    if layout not in ("wan", "diffusers"):
+    """Load a Wan-original or diffusers-layout DiT checkpoint (see module doc) into ``model``, lazily."""
+    if fmt not in ("auto", "wan", "diffusers"):
         raise CineSceneError(f"unknown checkpoint layout {fmt!r}; expected auto, wan or diffusers")
-    if layout == "diffusers":
-        state = diffusers_to_wan(state)
-    report = assign_state_dict(model, state, strict=strict, source=f"{resolved} ({layout} layout)",
-                               optional=is_cinescene_extension)
+    with open_checkpoint(path) as (tensors, resolved):
+        layout = detect_layout(tensors.keys()) if fmt == "auto" else fmt
+        if layout == "diffusers":
+            tensors = tensors.renamed(diffusers_to_wan_key)
+        report = assign_state_dict(model, tensors, strict=strict, source=f"{resolved} ({layout} layout)",
+                                   optional=is_cinescene_extension)
     _log.info("pretrained %s: %s", resolved, report.summary())
     if not report.ok:
         _log.warning("pretrained weights loaded non-strictly:\n%s", report.details())

@@ -1,12 +1,16 @@
 """Helpers for the model tests: tiny configs, randomised weights, sample batches."""
 from __future__ import annotations
 
+import contextlib
 import copy
+import weakref
 from pathlib import Path
+from typing import List
 
 import torch
 
 from cinescene.config import load_config
+from cinescene.models.weights import TensorSource
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -54,3 +58,34 @@ def tiny_batch(batch: int = 2, seed: int = 0, scene_images: int = 3):
         scene_latents=torch.randn(batch, scene_images, 3, 16, 16, generator=gen),
     )
 
+
+
+class ReadLog:
+    """The tensors a :class:`TensorSource` read, in order, and the most earlier reads alive at any read."""
+
+    def __init__(self):
+        self.keys: List[str] = []
+        self.most_alive = 0
+        self._refs: List[weakref.ref] = []
+
+    def note(self, key: str, tensor: torch.Tensor) -> None:
+        self.most_alive = max(self.most_alive, sum(ref() is not None for ref in self._refs))
+        self.keys.append(key)
+        self._refs.append(weakref.ref(tensor))
+
+
+@contextlib.contextmanager
+def recorded_reads():
+    """Record every tensor read from any TensorSource (checkpoint data) inside the block."""
+    log, original = ReadLog(), TensorSource.read
+
+    def read(self, key):
+        tensor = original(self, key)
+        log.note(key, tensor)
+        return tensor
+
+    TensorSource.read = read
+    try:
+        yield log
+    finally:
+        TensorSource.read = original

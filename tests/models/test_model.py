@@ -1,6 +1,8 @@
 """CineSceneModel on CPU at tiny size: init equivalence, scene context, camera, masks, checkpointing."""
 from __future__ import annotations
 
+import logging
+
 import pytest
 import torch
 
@@ -165,6 +167,19 @@ def test_trainable_patterns():
                                                     if not n.startswith("scene_encoder.vggt."))
 
 
+def test_patterns_that_match_nothing_are_logged(caplog):
+    logger = logging.getLogger("cinescene.models")
+    logger.addHandler(caplog.handler)   # the cinescene tree may not propagate to the root logger
+    try:
+        with caplog.at_level(logging.DEBUG, logger="cinescene.models"):
+            build_model(tiny_config(scene__enabled=False, trainable=["blocks.*", "blocks.*.typo"]))
+    finally:
+        logger.removeHandler(caplog.handler)
+    unmatched = {(r.levelname, r.getMessage()) for r in caplog.records if "matches no parameter" in r.getMessage()}
+    assert unmatched == {("WARNING", "model.trainable pattern 'blocks.*.typo' matches no parameter"),
+                         ("DEBUG", "model.frozen pattern 'scene_encoder.vggt.*' matches no parameter")}
+
+
 def test_relative_cameras_ignore_the_world_frame():
     cams = tiny_batch()["cameras"]
     feats = relative_camera_features(cams)
@@ -184,6 +199,32 @@ def test_bad_inputs_are_named():
         run(model, batch, cameras=batch["cameras"][:, :3])
     with pytest.raises(ValueError, match="scene_images or scene_tokens"):
         run(model, batch, scene_images=None, scene_latents=batch["scene_latents"])
+
+
+def test_short_text_is_zero_padded_to_text_len(random_model):
+    """Wan pads umT5 embeddings with zeros to text_len and attends over all of them; so does the model."""
+    batch = tiny_batch()
+    prompt = batch["text"][:, :9]                           # 9 of text_len=32 tokens
+    padded = torch.cat([prompt, prompt.new_zeros(2, 32 - 9, prompt.shape[2])], dim=1)
+    assert random_model.embed_text(prompt).shape == (2, 32, 64)
+    with torch.no_grad():
+        short = run(random_model, batch | {"text": prompt})
+        full = run(random_model, batch | {"text": padded})
+        random_model.text_len = 9                           # attend over the 9 prompt tokens only
+        try:
+            unpadded = run(random_model, batch | {"text": prompt})
+        finally:
+            random_model.text_len = 32
+    assert torch.equal(short, full)
+    assert not torch.allclose(short, unpadded, atol=1e-4)   # the padding rows do change the result
+
+
+def test_text_longer_than_text_len_or_of_the_wrong_width_is_refused(random_model):
+    batch = tiny_batch()
+    with pytest.raises(ValueError, match="33 tokens, more than model.text_len=32"):
+        run(random_model, batch | {"text": torch.zeros(2, 33, 64)})
+    with pytest.raises(ValueError, match=r"must be \(B, L, text_dim=64\)"):
+        run(random_model, batch | {"text": torch.zeros(2, 32, 48)})
 
 
 def test_bf16_parameters_run_with_fp32_inputs():

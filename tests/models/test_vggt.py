@@ -9,7 +9,7 @@ from cinescene.errors import CineSceneError
 from cinescene.models import build_model
 from cinescene.models.vggt import VGGT, load_vggt_weights, preprocess_images, quaternion_to_matrix, vggt_grid
 
-from .helpers import randomize, tiny_config
+from .helpers import randomize, recorded_reads, tiny_config
 
 # facebook/VGGT-1B, read off facebookresearch/vggt (vggt/models/aggregator.py, vggt/layers/*,
 # vggt/heads/camera_head.py): DINOv2 ViT-L/14 (518 px -> 37x37 patches) as patch_embed, 24 frame and
@@ -128,10 +128,12 @@ def test_weights_load_key_compatibly(tmp_path):
 
     cfg = tiny_config()
     cfg.scene.vggt.weights = str(path)
-    model = build_model(cfg)  # loads model.scene.vggt.weights into scene_encoder.vggt
+    with recorded_reads() as log:
+        model = build_model(cfg)  # loads model.scene.vggt.weights into scene_encoder.vggt
     loaded = model.scene_encoder.vggt.state_dict()
     assert not any(k.startswith("camera_head.") for k in loaded)
     assert all(torch.equal(v, state[k]) for k, v in loaded.items())
+    assert sorted(log.keys) == sorted(loaded)  # heads not built here (depth, camera) are never read
 
     del state["aggregator.frame_blocks.1.attn.qkv.weight"]
     state["aggregator.global_blocks.0.ls1.gamma"] = torch.zeros(5)

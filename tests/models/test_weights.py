@@ -9,9 +9,9 @@ from safetensors.torch import save_file
 
 from cinescene.errors import CineSceneError
 from cinescene.models import build_model, load_pretrained, read_state_dict, wan_to_diffusers
-from cinescene.models.weights import group_keys, is_cinescene_extension
+from cinescene.models.weights import PICKLE_SUFFIXES, group_keys, is_cinescene_extension, open_checkpoint
 
-from .helpers import randomize, tiny_config
+from .helpers import randomize, recorded_reads, tiny_config
 
 
 def base_state(seed=0):
@@ -67,6 +67,49 @@ def test_pth_wrapped_and_prefixed_in_diffusers_layout(tmp_path):
     assert_loaded(model, state)
 
 
+@pytest.mark.parametrize("layout", ["wan", "diffusers"])
+def test_loading_reads_each_tensor_once_and_one_at_a_time(tmp_path, layout):
+    """The lazy path: no full state dict in memory, yet the same weights as reading everything."""
+    state = base_state(seed=4)
+    on_disk = state if layout == "wan" else wan_to_diffusers(state)
+    path = tmp_path / "wan.safetensors"
+    save_file(on_disk, path)
+    model = build_model(tiny_config())
+    with recorded_reads() as log:
+        report = load_pretrained(model, path)
+    assert_loaded(model, state)
+    # Read by the model's (Wan) names, each needed tensor exactly once, nothing else.
+    assert sorted(log.keys) == sorted(report.loaded) == sorted(state)
+    # Each tensor is dropped once copied: no earlier read is alive when the next one is read.
+    assert log.most_alive == 0
+    eager, _ = read_state_dict(path)
+    assert set(eager) == set(on_disk)
+
+
+def test_reports_come_from_headers_before_any_data_is_read(tmp_path):
+    state = base_state(seed=5)
+    state["blocks.0.ffn.0.weight"] = torch.zeros(3, 3)
+    path = tmp_path / "bad.safetensors"
+    save_file(state, path)
+    with open_checkpoint(path) as (tensors, _):
+        assert tensors.shapes["blocks.0.ffn.0.weight"] == (3, 3) and len(tensors) == len(state)
+    with recorded_reads() as log, pytest.raises(CineSceneError, match="1 mis-shaped"):
+        load_pretrained(build_model(tiny_config()), path)
+    assert log.keys == []
+
+
+def test_legacy_and_ckpt_pickles_load(tmp_path):
+    state = base_state(seed=6)
+    legacy = tmp_path / "legacy.pth"   # pre-zip pickle: cannot be memory-mapped, read whole
+    torch.save(state, legacy, _use_new_zipfile_serialization=False)
+    ckpt = tmp_path / "wan.ckpt"
+    torch.save({"model": state}, ckpt)
+    for path in (legacy, ckpt):
+        model = build_model(tiny_config(scene__enabled=False))
+        assert load_pretrained(model, path).ok
+        assert_loaded(model, state)
+
+
 def test_wrong_checkpoint_reports_grouped_keys(tmp_path):
     state = base_state(seed=3)
     for i in range(2):
@@ -100,8 +143,10 @@ def test_unreadable_files_are_clear(tmp_path):
     with pytest.raises(CineSceneError, match="cannot read"):
         read_state_dict(tmp_path / "junk.safetensors")
     (tmp_path / "w.onnx").write_bytes(b"")
-    with pytest.raises(CineSceneError, match="unknown checkpoint format"):
+    with pytest.raises(CineSceneError, match="unknown checkpoint format") as info:
         read_state_dict(tmp_path / "w.onnx")
+    for suffix in (".safetensors", ".json") + PICKLE_SUFFIXES:  # the message names every accepted format
+        assert suffix in str(info.value)
 
 
 def test_group_keys():

@@ -1,5 +1,6 @@
 """Under deepspeed.zero.Init (2 ranks, gloo): constructor init survives partitioning, pretrained weights
-load into the partitioned model, and an optimizer step with activation checkpointing matches plain PyTorch."""
+load into the partitioned model (only rank 0 reads tensor data), and an optimizer step with activation
+checkpointing matches plain PyTorch."""
 from __future__ import annotations
 
 import os
@@ -13,7 +14,7 @@ from safetensors.torch import load_file, save_file
 from cinescene.models import build_model
 from cinescene.models.weights import assign_state_dict
 
-from .helpers import randomize, tiny_batch, tiny_config
+from .helpers import randomize, recorded_reads, tiny_batch, tiny_config
 from .test_sequence_parallel import free_port
 
 WORLD = 2
@@ -51,11 +52,14 @@ def _worker(rank: int, port: int, checkpoint_path: str) -> None:
         loss_of(reference, batch).backward()
         opt.step()
 
-        with deepspeed.zero.Init(config_dict_or_path=ds_config()):
+        with recorded_reads() as log, deepspeed.zero.Init(config_dict_or_path=ds_config()):
             model = build_model(cfg)
         params = dict(model.named_parameters())
         assert all(hasattr(p, "ds_id") for p in params.values())
         pretrained = load_file(checkpoint_path)
+        # Rank 0 reads each checkpoint tensor once; the other rank reads headers only.
+        assert sorted(log.keys) == (sorted(pretrained) if rank == 0 else []), (rank, len(log.keys))
+        print(f"rank {rank}: {len(log.keys)} checkpoint tensors read")
         checked = ["blocks.0.cam_encoder.weight", "blocks.1.projector.weight", "blocks.0.modulation",
                    "blocks.1.self_attn.q.weight"]
         with deepspeed.zero.GatheredParameters([params[n] for n in checked]):

@@ -16,6 +16,7 @@ import torch.nn.functional as F
 from cinescene.config.model import VGGTConfig
 from cinescene.log import get_logger
 
+from ..weights import LoadReport, assign_state_dict, open_checkpoint
 from .aggregator import Aggregator
 from .camera_head import CameraHead, pose_encoding_to_cameras
 
@@ -83,26 +84,28 @@ class VGGT(nn.Module):
         return pose_encoding_to_cameras(encoding.float(), tuple(inputs.shape[-2:]))
 
 
-def select_vggt_keys(state_dict: Dict[str, torch.Tensor], module: VGGT) -> Tuple[Dict[str, torch.Tensor], List[str]]:
-    """The part of a VGGT checkpoint ``module`` holds, and the names of the parts it does not build."""
+def select_vggt_keys(keys: Iterable[str], module: VGGT) -> Tuple[List[str], List[str]]:
+    """The checkpoint keys ``module`` holds, and the top-level parts (heads) it does not build."""
     wanted = ("aggregator.",) + (("camera_head.",) if hasattr(module, "camera_head") else ())
-    kept = {k: v for k, v in state_dict.items() if k.startswith(wanted)}
-    skipped = sorted({k.split(".", 1)[0] for k in state_dict if not k.startswith(wanted)})
+    keys = list(keys)
+    kept = [k for k in keys if k.startswith(wanted)]
+    skipped = sorted({k.split(".", 1)[0] for k in keys if not k.startswith(wanted)})
     return kept, skipped
 
 
-def load_vggt_weights(module: VGGT, path: str, strict: bool = True) -> None:
-    """Load a facebook/VGGT-1B-layout state dict (.pt/.pth/.safetensors) into ``module``.
+def load_vggt_weights(module: VGGT, path: str, strict: bool = True) -> LoadReport:
+    """Load a facebook/VGGT-1B-layout state dict (.pt/.pth/.safetensors) into ``module``, lazily.
 
     Missing or mis-shaped aggregator/camera-head keys raise a
     :class:`~cinescene.errors.CineSceneError` report (strict); heads this
-    project does not build (depth/point/track) are skipped with a log line.
+    project does not build (depth/point/track) are skipped with a log line
+    and never read. Tensors are read as in :func:`cinescene.models.weights.load_pretrained`:
+    one module at a time, on rank 0 only under ZeRO-3.
     """
-    from ..weights import assign_state_dict, read_state_dict
-
-    state, _ = read_state_dict(path)
-    kept, skipped = select_vggt_keys(state, module)
-    if skipped:
-        _log.info("VGGT weights %s: not loading %s (not built here)", path, ", ".join(skipped))
-    report = assign_state_dict(module, kept, strict=strict, source=str(path))
-    _log.info("VGGT weights %s: %s", path, report.summary())
+    with open_checkpoint(path) as (tensors, resolved):
+        kept, skipped = select_vggt_keys(tensors.keys(), module)
+        if skipped:
+            _log.info("VGGT weights %s: not loading %s (not built here)", resolved, ", ".join(skipped))
+        report = assign_state_dict(module, tensors.subset(kept), strict=strict, source=str(resolved))
+    _log.info("VGGT weights %s: %s", resolved, report.summary())
+    return report
