@@ -11,6 +11,7 @@ model on one loader batch (CPU, no optimizer; a lower bound on a real step).
 from __future__ import annotations
 
 import dataclasses
+import statistics
 import time
 from typing import List, Optional
 
@@ -35,7 +36,7 @@ def loader_rate(cfg, workers: int, batches: int, world_size: int) -> float:
 
 
 def measured_step_time(cfg, world_size: int) -> float:
-    """Seconds of forward + backward of the model on one micro-batch, times grad_accum."""
+    """Seconds of forward + backward of the model on one micro-batch (median of 5), times grad_accum."""
     try:
         import torch
 
@@ -52,10 +53,12 @@ def measured_step_time(cfg, world_size: int) -> float:
             out.float().pow(2).mean().backward()
 
         step()
-        start = time.perf_counter()
-        for _ in range(2):
+        times = []
+        for _ in range(5):  # the median: a shared machine's hiccups hit single steps
+            start = time.perf_counter()
             step()
-        return (time.perf_counter() - start) / 2 * cfg.train.grad_accum
+            times.append(time.perf_counter() - start)
+        return statistics.median(times) * cfg.train.grad_accum
     except CineSceneError:
         raise
     except Exception as exc:  # the model package may be absent or differ; the user can give the time

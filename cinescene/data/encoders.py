@@ -8,10 +8,13 @@ VAE config's ``latents_mean``/``latents_std`` as Wan's pipelines do, so a
 sampler must undo that before decoding. Scene images are encoded one at a
 time as one-frame videos (Wan's causal VAE maps a first frame to one latent
 frame). Text embeddings keep only the prompt's real tokens (Wan zeroes the
-padding); the loader zero-pads to ``model.text_len``.
+padding); the loader zero-pads to ``model.text_len``. The manifest names each
+model by its path and by a content id (:func:`model_id`), so shards encoded by
+another checkpoint with the same config are told apart.
 """
 from __future__ import annotations
 
+import fnmatch
 import hashlib
 from pathlib import Path
 from typing import Dict, Optional
@@ -21,6 +24,7 @@ import numpy as np
 from cinescene.errors import CineSceneError
 
 TEXT_LEN = 512  # umT5 context length Wan2.1 trains with
+TEMPORAL_STRIDE = 4  # Wan VAE: latent frame i covers source frames 4i-3 .. 4i; its camera is frame 4i
 
 
 class PixelEncoder:
@@ -46,9 +50,43 @@ def _model_dir(path: Optional[str], subfolder: str, flag: str) -> Path:
     return root
 
 
-def _config_digest(directory: Path) -> str:
-    config = directory / "config.json"
-    return hashlib.sha256(config.read_bytes()).hexdigest()[:16] if config.is_file() else "unknown"
+# Files that make a saved model what it is (diffusers / transformers save_pretrained layouts).
+MODEL_FILES = ("config.json", "*.safetensors", "*.bin", "*.pt", "*.pth", "*.ckpt")
+TOKENIZER_FILES = ("*.json", "*.model", "*.txt")
+HEAD_BYTES = 1 << 20     # read whole: a safetensors header (names, dtypes, shapes) and the first weights
+SLICES, SLICE_BYTES = 16, 1 << 16  # plus this many evenly spaced slices: weights past the head
+
+
+def file_fingerprint(path: Path) -> str:
+    """sha256 of a file's size, its first MiB and 16 evenly spaced 64 KiB slices (all of a small file).
+
+    Cheap on multi-GB weights (about 2 MiB read per file) and still tells apart two checkpoints
+    of one architecture: their config and safetensors headers agree, their weights do not.
+    """
+    size = path.stat().st_size
+    digest = hashlib.sha256(f"{size}\n".encode())
+    with open(path, "rb") as handle:
+        if size <= HEAD_BYTES + SLICES * SLICE_BYTES:
+            digest.update(handle.read())
+        else:
+            digest.update(handle.read(HEAD_BYTES))
+            for k in range(SLICES):
+                handle.seek(HEAD_BYTES + (size - HEAD_BYTES - SLICE_BYTES) * k // (SLICES - 1))
+                digest.update(handle.read(SLICE_BYTES))
+    return digest.hexdigest()
+
+
+def model_id(directory: Path, patterns=MODEL_FILES) -> str:
+    """A 16-hex id of a saved model from its files' names, sizes and fingerprints (not its path)."""
+    names = sorted(p.name for p in Path(directory).iterdir()
+                   if p.is_file() and any(fnmatch.fnmatchcase(p.name, pattern) for pattern in patterns))
+    if not names:
+        return "unknown"
+    digest = hashlib.sha256()
+    for name in names:
+        path = Path(directory) / name
+        digest.update(f"{name}\t{path.stat().st_size}\t{file_fingerprint(path)}\n".encode())
+    return digest.hexdigest()[:16]
 
 
 def wan_model_dirs(vae: Optional[str], text_encoder: Optional[str], tokenizer: Optional[str] = None):
@@ -88,12 +126,15 @@ class WanEncoder:
         config = self.vae.config
         self.mean = torch.tensor(config.latents_mean, dtype=torch.float32).view(1, -1, 1, 1, 1)
         self.std = torch.tensor(config.latents_std, dtype=torch.float32).view(1, -1, 1, 1, 1)
+        self._info = {"name": self.name, "vae": str(self.vae_dir), "vae_id": model_id(self.vae_dir),
+                      "text_encoder": str(self.text_dir), "text_encoder_id": model_id(self.text_dir),
+                      "tokenizer": str(self.tokenizer_dir),
+                      "tokenizer_id": model_id(self.tokenizer_dir, TOKENIZER_FILES), "text_len": TEXT_LEN,
+                      "latents": "posterior mean, (z - latents_mean) / latents_std", "dtype": self.dtype.name}
 
     def info(self) -> dict:
-        return {"name": self.name, "vae": str(self.vae_dir), "vae_config": _config_digest(self.vae_dir),
-                "text_encoder": str(self.text_dir), "text_encoder_config": _config_digest(self.text_dir),
-                "tokenizer": str(self.tokenizer_dir), "text_len": TEXT_LEN,
-                "latents": "posterior mean, (z - latents_mean) / latents_std", "dtype": self.dtype.name}
+        """What made these shards (the manifest's ``encoder``): model paths, content ids, settings."""
+        return dict(self._info)
 
     def _latents(self, pixels: np.ndarray):
         """uint8 (F, H, W, 3) -> normalised latents (C, T, h, w)."""

@@ -9,7 +9,6 @@ the sample carries it (synthetic clips).
 """
 from __future__ import annotations
 
-import io
 import json
 import textwrap
 from pathlib import Path
@@ -21,7 +20,7 @@ from PIL import Image, ImageDraw
 from cinescene.errors import CineSceneError
 
 from .manifest import load_manifest
-from .shards import SampleError, ShardReader, file_sha256
+from .shards import SampleError, ShardReader, file_sha256, npy_field
 
 THUMB = 128
 PLOT = 320
@@ -35,11 +34,9 @@ def summarize(shards, verify: bool = False) -> dict:
     manifest = load_manifest(shards)
     data = manifest.data
     shard_rows = []
-    for shard in data["shards"]:
-        path = manifest.root / shard["name"]
-        size = path.stat().st_size if path.is_file() else None
-        status = "missing" if size is None else ("truncated" if size < shard["bytes"] else "ok")
-        if verify and status == "ok" and file_sha256(path) != shard["sha256"]:
+    for shard, file in zip(data["shards"], manifest.shard_files()):
+        status = file.status
+        if verify and status == "ok" and file_sha256(file.path) != shard["sha256"]:
             status = "checksum mismatch"
         shard_rows.append({"name": shard["name"], "samples": shard["num_samples"], "bytes": shard["bytes"],
                            "status": status})
@@ -65,10 +62,6 @@ def format_summary(summary: dict) -> str:
         bad = [f"{s['name']} ({s['status']})" for s in summary["shards"] if s["status"] != "ok"]
         lines.append(f"damaged shards: {', '.join(bad)}")
     return "\n".join(lines)
-
-
-def _npy(fields, name) -> Optional[np.ndarray]:
-    return np.load(io.BytesIO(fields[name]), allow_pickle=False) if name in fields else None
 
 
 def _thumb(image: np.ndarray) -> Image.Image:
@@ -129,6 +122,10 @@ def contact_sheet(shards, out_png, index: int = 0) -> Path:
     ref = refs[index]
     try:
         fields = ShardReader().read(ref.shard, ref.key, ref.offset, ref.length, ref.crc)
+        scene, cameras, scene_cameras = (npy_field(fields, n) for n in ("scene.npy", "cameras.npy",
+                                                                         "scene_cameras.npy"))
+        video, video_bg, latents = (npy_field(fields, n, optional=True) for n in ("video.npy", "video_bg.npy",
+                                                                                   "latents.npy"))
     except SampleError as exc:
         raise CineSceneError(f"sample {ref.key} in {ref.shard.name} is unreadable: {exc}") from None
     prompt = fields.get("prompt.txt", b"").decode("utf-8", "replace").strip()
@@ -136,21 +133,17 @@ def contact_sheet(shards, out_png, index: int = 0) -> Path:
         meta = json.loads(fields.get("meta.json", b"{}"))
     except ValueError:
         meta = {}
-    scene = _npy(fields, "scene.npy")
     rows = [("scene images", [_thumb(im) for im in scene[:8]])]
-    video, video_bg = _npy(fields, "video.npy"), _npy(fields, "video_bg.npy")
     if video is not None:
         picks = np.unique(np.linspace(0, len(video) - 1, min(6, len(video))).round().astype(int))
         rows.append((f"frames {', '.join(map(str, picks))} with subject", [_thumb(video[i]) for i in picks]))
         if video_bg is not None:
             rows.append(("same cameras without subject", [_thumb(video_bg[i]) for i in picks]))
     else:
-        latents = _npy(fields, "latents.npy")
         rows.append(("latent frames (channels 0-2, false colour)",
                      [_thumb(_false_colour(latents[:, t])) for t in range(min(6, latents.shape[1]))]))
     track = meta.get("subject", {}).get("head_track")
-    plot = _trajectory_plot(_npy(fields, "cameras.npy"), _npy(fields, "scene_cameras.npy"),
-                            None if track is None else np.asarray(track))
+    plot = _trajectory_plot(cameras, scene_cameras, None if track is None else np.asarray(track))
     width = max(PAD + sum(t.width + PAD for t in thumbs) for _, thumbs in rows) + PLOT + PAD
     lines = textwrap.wrap(f"{ref.key}: {prompt}", width=max(40, (width - 2 * PAD) // 6))
     header = 14 * len(lines) + PAD * 2

@@ -1,4 +1,13 @@
-"""The training loader: exact, world-size independent resume over webdataset shards.
+"""The training loader: indexed reads of webdataset shards, with exact, world-size independent resume.
+
+Design (docs/DATA.md, "Loader"). This is not webdataset's streaming
+pipeline with a shuffle buffer: a buffer's contents depend on what every
+worker of every rank has streamed so far, so no cursor can restore it at
+another world size. Instead ``manifest.json`` indexes every sample's byte
+range in its shard, the global sample order is a seeded permutation
+(:mod:`cinescene.data.order`: ``data.shuffle`` = ``global`` or ``block``),
+and each sample is read with one seek. The shards themselves stay plain
+webdataset tars, which ``webdataset.WebDataset`` streams as usual.
 
 Contract (the trainer's side)::
 
@@ -24,18 +33,21 @@ Within a rank, DataLoader worker ``w`` of ``n`` builds micro-batches
 rank's batch order does not depend on the number of workers either.
 
 Unreadable samples (missing or truncated shard, corrupt bytes, undecodable
-arrays) are logged once per process with their shard name, counted in
-``loader.stats``, and replaced by the next readable sample in the global
-order -- a choice that depends only on the position and on which samples
-are bad, so it is the same at any world size. A dataset with nothing
-readable left is a one-line CineSceneError.
+arrays) are logged with their shard name (once per process) and replaced by
+the next readable sample in the global order -- a choice that depends only
+on the position and on which samples are bad, so it is the same at any world
+size. A position whose own sample is unreadable counts as one skipped sample
+(so a bad sample counts once per epoch); each batch carries that count of its
+own positions as ``skipped_samples``, which makes the total exact whatever
+the number of workers or ranks (the trainer sums it into ``data/skipped``).
+A dataset with nothing readable left is a one-line CineSceneError.
 """
 from __future__ import annotations
 
 import os
 from collections import Counter
 from pathlib import Path
-from typing import Dict, Iterator, List, Optional, Tuple
+from typing import Dict, Iterable, Iterator, List, Optional, Tuple
 
 import torch
 
@@ -49,7 +61,20 @@ from .samples import LoaderDims, SampleDecoder, collate
 from .shards import SampleError, ShardReader
 
 log = get_logger("data.loader")
-SKIPPED = "_skipped"  # private batch entry: unreadable samples met while building it (removed before yielding)
+SKIPPED_SAMPLES = "skipped_samples"  # batch entry (docs/CONTRACTS.md): this batch's positions whose sample was bad
+_SKIPPED_SHARDS = "_skipped_shards"  # private: their shards' names, for loader.stats (removed before yielding)
+_FAILED = "_failed"  # private: a worker's one-line CineSceneError, re-raised by the consuming process
+
+
+def new_skip_stats() -> Dict[str, object]:
+    """``loader.stats``: skipped samples in total and per shard name."""
+    return {"skipped": 0, "skipped_by_shard": Counter()}
+
+
+def count_skips(stats: Dict[str, object], shard_names: Iterable[str]) -> None:
+    for name in shard_names:
+        stats["skipped"] += 1
+        stats["skipped_by_shard"][name] += 1
 
 
 class SampleSource:
@@ -58,7 +83,7 @@ class SampleSource:
     def __init__(self, manifest: Manifest, decoder: SampleDecoder, order: GlobalOrder, training: bool):
         self.manifest, self.decoder, self.order, self.training = manifest, decoder, order, training
         self.refs = manifest.samples()
-        self.bad: Dict[int, str] = {}
+        self.bad: Dict[int, str] = {}  # manifest index -> reason, as found by this process
         self._reader: Optional[ShardReader] = None
         self._pid = None
 
@@ -73,32 +98,35 @@ class SampleSource:
             self._reader, self._pid = ShardReader(), os.getpid()
         return self._reader
 
-    def read(self, index: int, position: int, training: bool) -> dict:
+    def try_read(self, index: int, position: int, training: bool) -> Optional[dict]:
+        """The sample at manifest ``index``, or None when it is unreadable (logged the first time)."""
+        if index in self.bad:
+            return None
         ref = self.refs[index]
-        fields = self.reader.read(ref.shard, ref.key, ref.offset, ref.length, ref.crc)
-        return self.decoder.decode(fields, ref.key, position, training)
+        try:
+            fields = self.reader.read(ref.shard, ref.key, ref.offset, ref.length, ref.crc)
+            return self.decoder.decode(fields, ref.key, position, training)
+        except SampleError as exc:
+            self.bad[index] = str(exc)
+            log.warning("skipping sample %s in shard %s: %s", ref.key, ref.shard.name, exc)
+            return None
 
-    def get(self, position: int) -> Tuple[dict, List[Tuple[str, str, str]]]:
-        """The sample for ``position`` and the newly found bad samples ``(shard, key, reason)``."""
-        skipped = []
+    def get(self, position: int) -> Tuple[dict, Optional[str]]:
+        """The sample for ``position``, and the shard name of the position's own sample when that was bad."""
+        skipped = None
         probe = position
         while True:  # every epoch visits every index, so this ends within two epochs
             index = self.order.index_at(probe)
+            sample = self.try_read(index, position, self.training)
+            if sample is not None:
+                return sample, skipped
+            if probe == position:
+                skipped = self.refs[index].shard.name
+            if len(self.bad) == len(self.refs):
+                index, reason = next(iter(self.bad.items()))
+                raise CineSceneError(f"no readable sample left in {self.manifest.root}: all {len(self.refs)} "
+                                     f"failed (e.g. {self.refs[index].shard.name}: {reason})")
             probe += 1
-            if index in self.bad:
-                if len(self.bad) == len(self.refs):
-                    break
-                continue
-            try:
-                return self.read(index, position, self.training), skipped
-            except SampleError as exc:
-                ref = self.refs[index]
-                self.bad[index] = str(exc)
-                skipped.append((ref.shard.name, ref.key, str(exc)))
-                log.warning("skipping sample %s in shard %s: %s", ref.key, ref.shard.name, exc)
-        index, reason = next(iter(self.bad.items()))
-        raise CineSceneError(f"no readable sample left in {self.manifest.root}: all {len(self.refs)} failed "
-                             f"(e.g. {self.refs[index].shard.name}: {reason})")
 
 
 class _RankBatches(torch.utils.data.IterableDataset):
@@ -114,12 +142,19 @@ class _RankBatches(torch.utils.data.IterableDataset):
         while True:
             base = self.start + k * self.micro * self.world + self.rank
             samples, skipped = [], []
-            for i in range(self.micro):
-                sample, bad = self.source.get(base + i * self.world)
-                samples.append(sample)
-                skipped.extend(bad)
+            try:
+                for i in range(self.micro):
+                    sample, bad_shard = self.source.get(base + i * self.world)
+                    samples.append(sample)
+                    if bad_shard is not None:
+                        skipped.append(bad_shard)
+            except CineSceneError as exc:
+                # Raised in a worker, it would reach the consumer wrapped in the worker's traceback text.
+                yield {_FAILED: str(exc)}
+                return
             batch = collate(samples)
-            batch[SKIPPED] = skipped
+            batch[SKIPPED_SAMPLES] = len(skipped)
+            batch[_SKIPPED_SHARDS] = skipped
             yield batch
             k += step
 
@@ -133,7 +168,7 @@ class TrainLoader:
         self.rank, self.world_size, self.micro_batch_size = rank, world_size, micro_batch_size
         self.num_workers = num_workers
         self._consumed = int(start_sample)
-        self.stats: Dict[str, object] = {"skipped": 0, "skipped_by_shard": Counter()}
+        self.stats = new_skip_stats()  # skipped samples in the batches this loader handed out
 
     @property
     def samples_per_step(self) -> int:
@@ -168,37 +203,52 @@ class TrainLoader:
                                                        prefetch_factor=2))
         else:
             batches = iter(dataset)
-        while True:
-            try:
-                batch = next(batches)
-            except CineSceneError as exc:  # from a worker: keep only the message line
-                raise CineSceneError(str(exc).strip().splitlines()[-1]) from None
-            for shard, _key, _reason in batch.pop(SKIPPED):
-                self.stats["skipped"] += 1
-                self.stats["skipped_by_shard"][shard] += 1
+        for batch in batches:
+            if _FAILED in batch:
+                raise CineSceneError(batch[_FAILED])
+            count_skips(self.stats, batch.pop(_SKIPPED_SHARDS))
             self._consumed += self.samples_per_step
             yield batch
 
 
 class EvalLoader:
-    """One pass in manifest order, no scene shuffle; rank r takes samples r, r + W, ...; bad samples dropped."""
+    """One pass in manifest order, no scene shuffle; rank r takes samples r, r + W, ...; bad samples dropped.
+
+    ``len()`` is exact: the first call reads this rank's samples once to find the unreadable ones (a
+    finished pass remembers them too, so a later ``len()`` or pass costs no extra read). Each unreadable
+    sample is logged and counted once in ``stats``.
+    """
 
     def __init__(self, source: SampleSource, *, rank: int, world_size: int, micro_batch_size: int):
         self.source, self.rank, self.world_size, self.micro = source, rank, world_size, micro_batch_size
+        self._readable: Optional[List[int]] = None  # known after one full pass
+        self.stats = new_skip_stats()
+
+    def _samples(self) -> Iterator[dict]:
+        indices = self._readable if self._readable is not None else \
+            range(self.rank, self.source.order.total, self.world_size)
+        readable = []
+        for index in indices:
+            known_bad = index in self.source.bad
+            sample = self.source.try_read(index, index, training=False)
+            if sample is None:
+                if not known_bad:
+                    count_skips(self.stats, [self.source.refs[index].shard.name])
+                continue
+            readable.append(index)
+            yield sample
+        self._readable = readable
 
     def __len__(self) -> int:
-        mine = len(range(self.rank, self.source.order.total, self.world_size))
-        return -(-mine // self.micro)
+        if self._readable is None:
+            for _ in self._samples():
+                pass
+        return -(-len(self._readable) // self.micro)
 
     def __iter__(self) -> Iterator[dict]:
         samples = []
-        for index in range(self.rank, self.source.order.total, self.world_size):
-            try:
-                samples.append(self.source.read(index, index, training=False))
-            except SampleError as exc:
-                ref = self.source.refs[index]
-                log.warning("skipping sample %s in shard %s: %s", ref.key, ref.shard.name, exc)
-                continue
+        for sample in self._samples():
+            samples.append(sample)
             if len(samples) == self.micro:
                 yield collate(samples)
                 samples = []
@@ -212,20 +262,15 @@ def _check_shards(manifest: Manifest) -> None:
     A truncated shard may still hold readable samples before the cut, so only
     missing files count towards "nothing there"; the rest is found out per sample.
     """
-    problems, missing = [], 0
-    for shard in manifest.data["shards"]:
-        path = manifest.root / shard["name"]
-        size = path.stat().st_size if path.is_file() else None
-        if size is None:
-            problems.append(f"{shard['name']} (missing)")
-            missing += 1
-        elif size < shard["bytes"]:
-            problems.append(f"{shard['name']} (truncated: {size} of {shard['bytes']} bytes)")
-    if missing == len(manifest.data["shards"]):
-        raise CineSceneError(f"none of the {missing} shards in {manifest.root} exists (e.g. {problems[0]})")
-    if problems:
+    files = manifest.shard_files()
+    damaged = [f for f in files if f.status != "ok"]
+    missing = [f for f in damaged if f.status == "missing"]
+    if len(missing) == len(files):
+        raise CineSceneError(f"none of the {len(files)} shards in {manifest.root} exists "
+                             f"(e.g. {missing[0].describe()})")
+    if damaged:
         log.warning("%d of %d shards in %s are damaged; their unreadable samples will be skipped: %s",
-                    len(problems), len(manifest.data["shards"]), manifest.root, ", ".join(problems))
+                    len(damaged), len(files), manifest.root, ", ".join(f.describe() for f in damaged))
 
 
 def _source(data_cfg, dims, shards, seed: int, training: bool, order: str) -> SampleSource:

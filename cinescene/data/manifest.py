@@ -26,7 +26,7 @@ import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import List
+from typing import List, Optional
 
 from cinescene.errors import CineSceneError
 
@@ -60,6 +60,27 @@ class SampleRef:
 
 
 @dataclass
+class ShardFile:
+    """A shard's file against its manifest record, judged by size alone (no reads)."""
+
+    name: str
+    path: Path
+    expected_bytes: int
+    size: Optional[int]  # None: missing
+
+    @property
+    def status(self) -> str:
+        if self.size is None:
+            return "missing"
+        return "truncated" if self.size < self.expected_bytes else "ok"
+
+    def describe(self) -> str:
+        if self.status == "truncated":
+            return f"{self.name} (truncated: {self.size} of {self.expected_bytes} bytes)"
+        return f"{self.name} ({self.status})"
+
+
+@dataclass
 class Manifest:
     root: Path
     data: dict
@@ -75,6 +96,15 @@ class Manifest:
     @property
     def num_samples(self) -> int:
         return int(self.data["num_samples"])
+
+    def shard_files(self) -> List[ShardFile]:
+        """Every shard's file status, in manifest order."""
+        files = []
+        for shard in self.data["shards"]:
+            path = self.root / shard["name"]
+            files.append(ShardFile(shard["name"], path, int(shard["bytes"]),
+                                   path.stat().st_size if path.is_file() else None))
+        return files
 
     def samples(self) -> List[SampleRef]:
         """Every sample in manifest order (shards by name, samples in shard order)."""

@@ -31,11 +31,10 @@ from cinescene.errors import CineSceneError
 from cinescene.log import get_logger, progress
 
 from .clips import Clip, list_clips, read_clip
-from .encoders import make_encoder, wan_model_dirs
+from .encoders import TEMPORAL_STRIDE, make_encoder, wan_model_dirs
 from .manifest import MANIFEST, SUMMARY_KEYS, merge_rank_manifests, rank_manifest_name, write_json_atomic
 from .shards import BLOCK, ShardWriter, file_sha256, npy_bytes
 
-TEMPORAL_STRIDE = 4  # Wan VAE: latent frame i covers source frames 4i-3 .. 4i; its camera is frame 4i
 SETTINGS = "prepare.json"
 log = get_logger("data.prepare")
 

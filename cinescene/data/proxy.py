@@ -16,7 +16,7 @@ from functools import lru_cache
 
 import numpy as np
 
-TEMPORAL_STRIDE = 4
+from .encoders import TEMPORAL_STRIDE
 
 
 def pool(pixels: np.ndarray, factor: int) -> np.ndarray:

@@ -1,7 +1,6 @@
 """Turn a shard sample's raw fields into the training sample of docs/CONTRACTS.md, and collate batches."""
 from __future__ import annotations
 
-import io
 from dataclasses import dataclass
 from typing import Dict, List, Optional
 
@@ -13,7 +12,7 @@ from cinescene.errors import CineSceneError
 from .manifest import Manifest
 from .order import scene_permutation
 from .proxy import hashed_text, pad_text, pool, video_proxy
-from .shards import SampleError
+from .shards import SampleError, npy_field
 
 TENSOR_KEYS = ("video", "text", "scene_images", "scene_latents", "cameras", "intrinsics", "scene_cameras")
 LIST_KEYS = ("prompt", "key")
@@ -34,15 +33,6 @@ class LoaderDims:
         if isinstance(model_cfg_or_dims, dict):
             return cls(**model_cfg_or_dims)
         return cls(model_cfg_or_dims.text_dim, model_cfg_or_dims.text_len, getattr(model_cfg_or_dims, "in_dim", None))
-
-
-def _npy(fields: Dict[str, bytes], name: str) -> np.ndarray:
-    if name not in fields:
-        raise SampleError(f"missing field {name}")
-    try:
-        return np.load(io.BytesIO(fields[name]), allow_pickle=False)
-    except ValueError as exc:
-        raise SampleError(f"undecodable {name} ({exc})") from None
 
 
 class SampleDecoder:
@@ -82,27 +72,27 @@ class SampleDecoder:
             prompt = fields["prompt.txt"].decode("utf-8").strip()
         except (KeyError, UnicodeDecodeError):
             raise SampleError("missing or undecodable prompt.txt") from None
-        scene = _npy(fields, "scene.npy")
+        scene = npy_field(fields, "scene.npy")
         if training and self.shuffle:
             pick = scene_permutation(self.seed, position, len(scene))[: self.scene_images]
         else:
             pick = np.arange(self.scene_images)
         if self.encoder == "none":
-            video = video_proxy(_npy(fields, "video.npy"), self.pool)
+            video = video_proxy(npy_field(fields, "video.npy"), self.pool)
             scene_latents = pool(scene[pick], self.pool)
             text = hashed_text(prompt, self.dims.text_dim, self.dims.text_len)
         else:
-            video = _npy(fields, "latents.npy").astype(np.float32)
-            scene_latents = _npy(fields, "scene_latents.npy")[pick].astype(np.float32)
-            text = pad_text(_npy(fields, "text.npy").astype(np.float32), self.dims.text_len)
+            video = npy_field(fields, "latents.npy").astype(np.float32)
+            scene_latents = npy_field(fields, "scene_latents.npy")[pick].astype(np.float32)
+            text = pad_text(npy_field(fields, "text.npy").astype(np.float32), self.dims.text_len)
         sample = {
             "video": video,
             "text": text,
             "scene_images": np.moveaxis(scene[pick], -1, 1).astype(np.float32) / 255.0,
             "scene_latents": scene_latents,
-            "cameras": _npy(fields, "cameras.npy").astype(np.float32),
-            "intrinsics": _npy(fields, "intrinsics.npy").astype(np.float32),
-            "scene_cameras": _npy(fields, "scene_cameras.npy")[pick].astype(np.float32),
+            "cameras": npy_field(fields, "cameras.npy").astype(np.float32),
+            "intrinsics": npy_field(fields, "intrinsics.npy").astype(np.float32),
+            "scene_cameras": npy_field(fields, "scene_cameras.npy")[pick].astype(np.float32),
             "prompt": prompt,
             "key": key,
         }

@@ -16,7 +16,7 @@ import os
 import tarfile
 import zlib
 from pathlib import Path
-from typing import Dict, List, Tuple
+from typing import Dict, List, Optional, Tuple
 
 import numpy as np
 
@@ -31,6 +31,21 @@ def npy_bytes(array: np.ndarray) -> bytes:
     buffer = io.BytesIO()
     np.save(buffer, np.ascontiguousarray(array), allow_pickle=False)
     return buffer.getvalue()
+
+
+def npy_field(fields: Dict[str, bytes], name: str, optional: bool = False) -> Optional[np.ndarray]:
+    """The array a sample stores as ``name`` (see :func:`npy_bytes`); None for an absent optional field.
+
+    A missing required field or undecodable bytes raise SampleError.
+    """
+    if name not in fields:
+        if optional:
+            return None
+        raise SampleError(f"missing field {name}")
+    try:
+        return np.load(io.BytesIO(fields[name]), allow_pickle=False)
+    except ValueError as exc:
+        raise SampleError(f"undecodable {name} ({exc})") from None
 
 
 class ShardWriter:

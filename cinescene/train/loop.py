@@ -2,12 +2,13 @@
 from __future__ import annotations
 
 import time
-from typing import Any, Callable, Dict, Iterator, Mapping, Optional
+from typing import Any, Callable, Dict, Iterator, Mapping, Optional, Tuple
 
 import torch
 import torch.distributed as dist
 
 from cinescene.config.schema import CineSceneConfig
+from cinescene.data.loader import SKIPPED_SAMPLES
 from cinescene.distributed.groups import ParallelLayout
 from cinescene.errors import CineSceneError
 from cinescene.log import get_logger
@@ -19,18 +20,23 @@ from .checkpoint import CheckpointManager
 from .guards import poison_if_nonfinite
 from .objective import FlowMatchingObjective, sample_generators
 from .schedule import lr_at, set_lr
+from .tracking import STEP_SKIPPED_SAMPLES
 
 _log = get_logger("train.loop")
 
 
-def _world_mean(value: torch.Tensor, device: torch.device) -> float:
-    """Mean over all ranks (sequence-parallel peers hold equal values, so this is the data-parallel mean).
-    On ``device``: NCCL reduces only CUDA tensors."""
-    value = value.detach().double().reshape(1).to(device)
+def _reduce_step(loss: torch.Tensor, skipped_samples: int, sp_size: int, device: torch.device) -> Tuple[float, int]:
+    """The step's figures every rank agrees on, from one all_reduce (on ``device``: NCCL reduces only CUDA
+    tensors): the loss mean over all ranks (sequence-parallel peers hold equal values, so this is the
+    data-parallel mean) and the skipped samples summed over data-parallel ranks (sequence-parallel peers
+    read the same batches, so each group counts once)."""
+    values = torch.stack([loss.detach().double().reshape(()),
+                          torch.tensor(float(skipped_samples), dtype=torch.float64)]).to(device)
+    world = 1
     if dist.is_available() and dist.is_initialized():
-        dist.all_reduce(value, op=dist.ReduceOp.SUM)
-        value /= dist.get_world_size()
-    return float(value.item())
+        dist.all_reduce(values, op=dist.ReduceOp.SUM)
+        world = dist.get_world_size()
+    return float((values[0] / world).item()), int(round(values[1].item() / sp_size))
 
 
 class Trainer:
@@ -66,11 +72,13 @@ class Trainer:
         set_lr(self.engine.optimizer, lr)
         skipped_before = self.engine.skipped_steps
         loss_sum = torch.zeros((), dtype=torch.float64)
-        extra: Dict[str, float] = {}  # the objective's statistics, averaged over the micro batches
+        skipped_samples = 0  # unreadable samples the loader replaced in this rank's batches
+        extra: Dict[str, float] = {}  # the objective's statistics (micro-batch mean), then the skip count
         for micro in range(self.plan.grad_accum):
             fetch = time.perf_counter()
             batch = self._next_batch()
             data_time += time.perf_counter() - fetch
+            skipped_samples += int(batch.get(SKIPPED_SAMPLES, 0))
             generators = sample_generators(batch, self.cfg.run.seed, step, self.layout.dp_rank, micro)
             loss, stats = self.objective(self.engine, batch, generators, self.device)
             for key, value in stats.items():
@@ -80,7 +88,9 @@ class Trainer:
             loss_sum += loss.detach().double().cpu()
         grad_norm = self.engine.get_global_grad_norm()
         grad_norm = float(grad_norm) if grad_norm is not None else float("nan")
-        return StepResult(step=step, loss=_world_mean(loss_sum / self.plan.grad_accum, self.device),
+        mean_loss, extra[STEP_SKIPPED_SAMPLES] = _reduce_step(loss_sum / self.plan.grad_accum, skipped_samples,
+                                                              self.layout.sp_size, self.device)
+        return StepResult(step=step, loss=mean_loss,
                           grad_norm=grad_norm, lr=lr, applied=self.engine.skipped_steps == skipped_before,
                           samples=self.plan.global_batch_size, step_time_s=time.perf_counter() - start,
                           data_time_s=data_time, extra=extra)

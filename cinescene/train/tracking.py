@@ -1,7 +1,7 @@
 """Metrics out: ``<run.dir>/metrics.jsonl`` and Weights & Biases (rank 0 only), with secrets scrubbed.
 
 metrics.jsonl holds one JSON object per logged step (``step``, ``loss``,
-``lr``, ``grad_norm``, ``samples_per_s``, ...). A resumed run first drops the
+``lr``, ``grad_norm``, ``samples_per_s``, ``data/skipped``, ...). A resumed run first drops the
 lines past the checkpoint it resumes from (they were logged by the attempt
 that died after that checkpoint and are logged again), so the file reads as
 one uninterrupted run; a half-written last line from a crash goes too.
@@ -177,23 +177,50 @@ class Tracker:
             self._wandb_run = None
 
 
+# StepResult.extra entry the loop fills: unreadable samples replaced in this step, summed over
+# data-parallel ranks; MetricsLogger turns it into the cumulative SKIPPED_SAMPLES_METRIC.
+STEP_SKIPPED_SAMPLES = "data/skipped_in_step"
+SKIPPED_SAMPLES_METRIC = "data/skipped"
+
+
 class MetricsLogger(Callback):
-    """Every ``tracking.log_every_steps`` steps (and on a stopping step): one row to the tracker."""
+    """Every ``tracking.log_every_steps`` steps (and on a stopping step): one row to the tracker.
+
+    It also keeps the run's count of skipped (unreadable, replaced) samples, ``data/skipped``:
+    cumulative since step 0, the same on every rank, and part of the checkpoint (this callback's
+    state), so a resumed run continues it. Rank 0 warns when it has grown since the last row.
+    """
 
     name = "metrics_logger"
 
     def __init__(self, tracker: Tracker, every: int):
         self.tracker = tracker
         self.every = every
+        self.skipped_samples = 0
+        self.skipped_logged = 0  # the count in the last row
 
     def on_step_end(self, state: TrainState, result: StepResult) -> None:
+        self.skipped_samples += int(result.extra.get(STEP_SKIPPED_SAMPLES, 0))
         if result.step % self.every and not (state.stop or state.fatal or result.step >= state.max_steps):
             return
+        extra = {k: v for k, v in result.extra.items() if k != STEP_SKIPPED_SAMPLES}
         row = {"loss": result.loss, "lr": result.lr, "grad_norm": result.grad_norm,
                "skipped": int(not result.applied), "consumed_samples": state.consumed_samples,
-               **result.extra, **state.metrics}
+               SKIPPED_SAMPLES_METRIC: self.skipped_samples, **extra, **state.metrics}
         self.tracker.log(result.step, row)
+        if self.skipped_samples > self.skipped_logged and self.tracker.is_main:
+            _log.warning("step %d: %d unreadable samples skipped so far (%d since the last metrics row); each "
+                         "was replaced by the next readable one, and the rank logs name their shards",
+                         result.step, self.skipped_samples, self.skipped_samples - self.skipped_logged)
+        self.skipped_logged = self.skipped_samples
         if result.step % self.every == 0 or result.step >= state.max_steps:
             _log.info("step %d/%d  loss %.5f  lr %.3g  grad norm %.4g  %.2f samples/s", result.step,
                       state.max_steps, result.loss, result.lr, result.grad_norm,
                       state.metrics.get("samples_per_s") or 0.0)
+
+    def state_dict(self) -> Dict[str, Any]:
+        return {"skipped_samples": self.skipped_samples, "skipped_logged": self.skipped_logged}
+
+    def load_state_dict(self, state: Dict[str, Any]) -> None:
+        self.skipped_samples = int(state.get("skipped_samples", 0))
+        self.skipped_logged = int(state.get("skipped_logged", self.skipped_samples))

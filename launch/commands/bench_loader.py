@@ -23,18 +23,15 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from cinescene.config import ConfigError
+    from cinescene.config.base import require
 
     loaded = load(args)
     if loaded is None:
         return 0
     cfg, _ = loaded
-    if args.batches < 1:
-        raise ConfigError("--batches", f"expected a value >= 1, got {args.batches}")
-    if any(w < 0 for w in args.workers):
-        raise ConfigError("--workers", f"expected values >= 0, got {args.workers}")
-    if args.step_time is not None and args.step_time <= 0:
-        raise ConfigError("--step-time", f"expected a value > 0, got {args.step_time}")
+    require(args.batches >= 1, "--batches", "a value >= 1", args.batches)
+    require(all(w >= 0 for w in args.workers), "--workers", "values >= 0", args.workers)
+    require(args.step_time is None or args.step_time > 0, "--step-time", "a value > 0", args.step_time)
     from cinescene.data.bench import bench_loader, format_bench
     from cinescene.log import setup_logging
 

@@ -46,7 +46,8 @@ def test_batch_contract(tiny_shards):
     for key, shape in shapes.items():
         assert tuple(batch[key].shape) == shape, key
         assert batch[key].dtype == torch.float32, key
-    assert set(batch) == set(shapes) | {"prompt", "key"}
+    assert set(batch) == set(shapes) | {"prompt", "key", "skipped_samples"}
+    assert batch["skipped_samples"] == 0
     assert len(batch["prompt"]) == len(batch["key"]) == 2
     assert batch["video"].min() >= -1 and batch["video"].max() <= 1
     assert batch["scene_images"].min() >= 0 and batch["scene_images"].max() <= 1
@@ -130,12 +131,16 @@ def _shard_with(manifest, key):
     raise KeyError(key)
 
 
-def test_corrupt_member_is_skipped_counted_and_logged(shards_copy, caplog):
-    manifest = load_manifest(shards_copy)
-    path, (key, offset, length, _) = _shard_with(manifest, "clip_000003")
+def corrupt_one_member(shards, key):
+    path, (_, offset, length, _) = _shard_with(load_manifest(shards), key)
     data = bytearray(path.read_bytes())
     data[offset + length // 2] ^= 0xFF  # flip bits inside one member
     path.write_bytes(bytes(data))
+    return path
+
+
+def test_corrupt_member_is_skipped_counted_and_logged(shards_copy, caplog):
+    path = corrupt_one_member(shards_copy, "clip_000003")
     ld = loader(shards_copy, micro=3)
     with caplog.at_level(logging.WARNING, logger="cinescene"):
         keys = global_keys([ld], 2)
@@ -144,16 +149,34 @@ def test_corrupt_member_is_skipped_counted_and_logged(shards_copy, caplog):
     assert any(path.name in r.getMessage() and "clip_000003" in r.getMessage() for r in caplog.records)
 
 
+@pytest.mark.parametrize("workers", [0, 2])
+def test_each_batch_carries_its_exact_skip_count_at_any_worker_count(shards_copy, workers):
+    """Two bad samples at adjacent positions: the worker at the first meets both (the second while looking
+    for a substitute), the other worker meets the second again; still each counts once per epoch."""
+    orders = [epoch_order([2, 2, 2], 0, epoch).tolist() for epoch in (0, 1)]
+    bad = {orders[0][2], orders[0][3]}
+    for index in bad:
+        corrupt_one_member(shards_copy, f"clip_{index:06d}")
+    ld = loader(shards_copy, micro=1, num_workers=workers)
+    batches = list(islice(ld, 12))  # two epochs, one position per batch
+    counts = [b["skipped_samples"] for b in batches]
+    assert counts == [int(orders[step // 6][step % 6] in bad) for step in range(12)]
+    assert sum(counts[:6]) == 2 and ld.stats["skipped"] == 4  # each bad sample once per epoch
+    assert not bad & {int(k[-6:]) for b in batches for k in b["key"]}
+
+
 def test_truncated_shard_is_skipped_and_the_rest_still_loads(shards_copy, caplog):
     manifest = load_manifest(shards_copy)
     path, _ = _shard_with(manifest, "clip_000002")
     path.write_bytes(path.read_bytes()[:2000])
     with caplog.at_level(logging.WARNING, logger="cinescene"):
         ld = loader(shards_copy, micro=2)
-        keys = global_keys([ld], 6)
+        first_epoch = global_keys([ld], 3)
+        assert ld.stats["skipped"] == 2
+        keys = first_epoch + global_keys([ld], 3)
     assert not {"clip_000002", "clip_000003"} & set(keys)
     assert set(keys) == {"clip_000000", "clip_000001", "clip_000004", "clip_000005"}
-    assert ld.stats["skipped"] == 2
+    assert ld.stats["skipped"] == 4 and ld.stats["skipped_by_shard"][path.name] == 4  # 2 samples x 2 epochs
     assert any("truncated" in r.getMessage() and path.name in r.getMessage() for r in caplog.records)
 
 
@@ -169,9 +192,10 @@ def test_substitution_is_the_same_at_any_world_size(shards_copy):
 def test_nothing_readable_is_a_clear_error(shards_copy):
     for shard in shards_copy.glob("*.tar"):
         shard.write_bytes(b"\0" * shard.stat().st_size)  # right size, wrong bytes: fails only when read
-    with pytest.raises(CineSceneError, match="no readable sample left") as info:
-        next(iter(loader(shards_copy)))
-    assert "\n" not in str(info.value)
+    for workers in (0, 2):  # a worker's error too: the message alone, not the worker's traceback
+        with pytest.raises(CineSceneError, match="^no readable sample left in .*: all 6 failed") as info:
+            next(iter(loader(shards_copy, num_workers=workers)))
+        assert "\n" not in str(info.value) and "CineSceneError" not in str(info.value)
     for shard in shards_copy.glob("*.tar"):
         shard.unlink()
     with pytest.raises(CineSceneError, match="none of the 3 shards in .* exists"):
@@ -199,3 +223,16 @@ def test_eval_loader_covers_every_sample_once_across_ranks(tiny_shards):
         assert len(batches) == len(ev) == 2
         keys += [k for b in batches for k in b["key"]]
     assert sorted(keys) == [f"clip_{i:06d}" for i in range(6)]
+
+
+def test_eval_loader_length_and_skip_count_leave_out_bad_samples(shards_copy):
+    path = corrupt_one_member(shards_copy, "clip_000002")
+    cfg = data_config(shards_copy, val_shards=str(shards_copy))
+    ev = build_eval_loader(cfg, DIMS, rank=0, world_size=2, micro_batch_size=2)  # clips 0, 2, 4
+    assert len(ev) == 1 and ev.stats["skipped"] == 1 and ev.stats["skipped_by_shard"][path.name] == 1
+    for _ in range(2):  # a second pass neither finds nor counts it again
+        batches = list(ev)
+        assert [b["key"] for b in batches] == [["clip_000000", "clip_000004"]] and len(ev) == len(batches)
+    assert ev.stats["skipped"] == 1
+    fresh = build_eval_loader(cfg, DIMS, rank=0, world_size=2, micro_batch_size=1)
+    assert len(list(fresh)) == len(fresh) == 2 and fresh.stats["skipped"] == 1  # iterating first counts too

@@ -13,6 +13,7 @@ from cinescene.config import ConfigError
 from cinescene.data.clips import read_clip
 from cinescene.data.manifest import load_manifest
 from cinescene.data.prepare import merge, prepare, resolve_rank
+from cinescene.data.shards import ShardReader
 from cinescene.errors import CineSceneError
 
 from .conftest import FRAMES, SIZE
@@ -36,9 +37,14 @@ def test_manifest_describes_the_shards(tiny_shards, tiny_clips):
 
 
 def test_shards_are_plain_webdataset(tiny_shards):
+    """webdataset's own streaming reader sees every sample and field the loader's indexed reads see."""
     names = sorted(str(p) for p in tiny_shards.glob("*.tar"))
-    keys = [s["__key__"] for s in wds.WebDataset(names, shardshuffle=False)]
-    assert keys == [f"clip_{i:06d}" for i in range(6)]
+    streamed = list(wds.WebDataset(names, shardshuffle=False))
+    assert [s["__key__"] for s in streamed] == [f"clip_{i:06d}" for i in range(6)]
+    reader = ShardReader()
+    for sample, ref in zip(streamed, load_manifest(tiny_shards).samples()):
+        indexed = reader.read(ref.shard, ref.key, ref.offset, ref.length, ref.crc)
+        assert {k: v for k, v in sample.items() if not k.startswith("__")} == indexed
 
 
 def test_prepare_is_deterministic(tiny_clips, tiny_shards, tmp_path):

@@ -64,24 +64,35 @@ def make_sample(index: int) -> Dict[str, torch.Tensor]:
             "scene_latents": torch.rand(SCENES, CHANNELS, SIZE, SIZE, generator=g)}
 
 
+SKIPPED_EVERY, SKIPPED_AT = 7, 3  # global positions 3, 10, 17, ... play samples the loader found unreadable
+
+
+def skipped_before(position: int) -> int:
+    """How many of the global positions 0 .. position-1 play unreadable samples."""
+    return sum(1 for g in range(position) if g % SKIPPED_EVERY == SKIPPED_AT)
+
+
 def memory_batches(dataset_size: int, dp_rank: int, dp_size: int, micro: int, consumed: int
                    ) -> Iterator[Dict[str, object]]:
     """Endless micro batches: global sample i goes to rank i % dp_size, starting after ``consumed``.
 
-    ``STANDIN_BATCH_DELAY_S`` slows every batch down, so a test can signal a run mid-way.
+    Each batch's ``skipped_samples`` counts its positions that play unreadable samples, as the real
+    loader's would. ``STANDIN_BATCH_DELAY_S`` slows every batch down, so a test can signal a run mid-way.
     """
     delay = float(os.environ.get("STANDIN_BATCH_DELAY_S", "0"))
     index = consumed + dp_rank
     while True:
         time.sleep(delay)
-        samples, keys = [], []
+        samples, keys, skipped = [], [], 0
         for _ in range(micro):
             samples.append(make_sample(index % dataset_size))
             keys.append(f"sample{index % dataset_size:06d}")
+            skipped += index % SKIPPED_EVERY == SKIPPED_AT
             index += dp_size
         batch = {k: torch.stack([s[k] for s in samples]) for k in samples[0]}
         batch["prompt"] = ["p"] * micro
         batch["key"] = keys
+        batch["skipped_samples"] = skipped
         yield batch
 
 

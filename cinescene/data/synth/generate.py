@@ -6,10 +6,11 @@ there: a run that stops part-way resumes by rendering only the missing
 clips, and two runs with the same arguments are byte-identical.
 
 Speed (numpy on one core, 17 frames of 64x64 with 6 scene images and a
-128x256 panorama): about 0.3 CPU-seconds per clip, i.e. ~3 clips/s on an
-idle core (1.5-2 clips/s on the shared 2-core development machine). The CPU
-smoke run's 32 clips take ~10 s on one worker, ~5 s on two;
-``tests/data/test_synth.py::test_render_speed_at_17x64x64`` guards a loose bound.
+128x256 panorama; BENCHMARKS.md, "Data"): about 11 clips/s rendering alone
+(0.09 CPU-seconds per clip). ``cinescene data synth`` of the CPU smoke run's
+32 clips takes ~3.4 s on one core, start-up and writes included, ~2.1 s with
+two workers; ``tests/data/test_synth.py::test_render_speed_at_17x64x64``
+guards a loose bound.
 """
 from __future__ import annotations
 
@@ -23,6 +24,7 @@ from typing import Sequence
 import numpy as np
 
 from cinescene.config import ConfigError
+from cinescene.config.data import SynthDataConfig
 from cinescene.errors import CineSceneError
 from cinescene.log import get_logger, progress
 
@@ -77,17 +79,13 @@ def render_synthetic_clip(index: int, seed: int, frames: int, size: Sequence[int
 
 
 def validate_args(clips: int, frames: int, size: Sequence[int], scene_images: int, workers: int) -> None:
-    """Flag errors as ConfigError naming the option (the CLI exits 2)."""
-    if clips < 1:
-        raise ConfigError("--clips", f"expected a value >= 1, got {clips}")
-    if frames < 1 or (frames - 1) % 4:
-        raise ConfigError("--frames", f"expected 1 + 4k frames (Wan's causal VAE stride), got {frames}")
-    if len(size) != 2 or any(s < 16 or s % 16 for s in size):
-        raise ConfigError("--size", f"expected H W, multiples of 16 and >= 16, got {list(size)}")
-    if scene_images < 1:
-        raise ConfigError("--scene-images", f"expected a value >= 1, got {scene_images}")
-    if workers < 1:
-        raise ConfigError("--workers", f"expected a value >= 1, got {workers}")
+    """The checks of ``data.synth`` (SynthDataConfig), as ConfigErrors naming the option (the CLI exits 2)."""
+    settings = SynthDataConfig(clips=clips, frames=frames, size=list(size), scene_images=scene_images,
+                               workers=workers)
+    try:
+        settings.validate()
+    except ConfigError as exc:
+        raise ConfigError("--" + exc.key.replace("_", "-"), exc.message) from None
 
 
 def _render_and_write(job) -> str:

@@ -66,12 +66,12 @@ def _finish(t: np.ndarray, materials: np.ndarray, normal_fn) -> Hit:
     return Hit(best, normal, np.where(np.isfinite(best), materials[idx], -1))
 
 
-class _Shapes:
+class ShapeGroup:
     """A group of shapes of one type; ``_per_shape`` names the arrays indexed by shape."""
 
     _per_shape: tuple = ()
 
-    def select(self, i: int) -> "_Shapes":
+    def select(self, i: int) -> "ShapeGroup":
         one = object.__new__(type(self))
         for name in self._per_shape:
             setattr(one, name, getattr(self, name)[i:i + 1])
@@ -82,7 +82,7 @@ class _Shapes:
         raise NotImplementedError
 
 
-class Ellipsoids(_Shapes):
+class Ellipsoids(ShapeGroup):
     """Axis-aligned ellipsoids (spheres when the three radii agree)."""
 
     _per_shape = ("c", "r", "m")
@@ -114,7 +114,7 @@ class Ellipsoids(_Shapes):
         return _finish(t, self.m, normal)
 
 
-class Boxes(_Shapes):
+class Boxes(ShapeGroup):
     """Boxes with a yaw (rotation about +z) each: furniture, houses, walls, fences."""
 
     _per_shape = ("c", "h", "cos", "sin", "m")
@@ -157,7 +157,7 @@ class Boxes(_Shapes):
         return _finish(t, self.m, normal)
 
 
-class Capsules(_Shapes):
+class Capsules(ShapeGroup):
     """Segments with a radius: limbs, bodies, trunks, poles."""
 
     _per_shape = ("a", "b", "r", "m")
@@ -208,7 +208,7 @@ class Capsules(_Shapes):
         return _finish(t, self.m, normal)
 
 
-class Cylinders(_Shapes):
+class Cylinders(ShapeGroup):
     """Vertical capped cylinders: pillars, table legs, tree trunks, barrels."""
 
     _per_shape = ("c", "r", "z0", "z1", "m")
@@ -308,7 +308,7 @@ def intersect(groups: List, rays: Rays) -> Hit:
     d = rays.dirs
     ox, oy, oz, dx, dy, dz = (c[:, 0] for c in (rays.ox, rays.oy, rays.oz, rays.dx, rays.dy, rays.dz))
     for group in groups:
-        if not isinstance(group, _Shapes):
+        if not isinstance(group, ShapeGroup):
             hit = hit.merge(group.hit(rays))
             continue
         centers, radii = group.spheres()

@@ -46,7 +46,7 @@ class Scene:
         return np.array([self.free_center[0], self.free_center[1], EYE_HEIGHT])
 
 
-class _Shapes:
+class ShapeCollector:
     """Collects shapes by type, then builds one vectorised group per type."""
 
     def __init__(self):
@@ -81,7 +81,7 @@ class _Shapes:
         return out
 
 
-def _tree(shapes: _Shapes, rng, mats: MaterialTable, xy):
+def _tree(shapes: ShapeCollector, rng, mats: MaterialTable, xy):
     height = rng.uniform(2.5, 5.0)
     trunk = mats.add("stripes_v", hsv(0.07, 0.6, 0.35), hsv(0.07, 0.6, 0.25), scale=0.3)
     leaves = mats.add("noise", hsv(rng.uniform(0.22, 0.36), 0.7, 0.45), hsv(rng.uniform(0.2, 0.3), 0.6, 0.25),
@@ -98,7 +98,7 @@ def _ring_positions(rng, n: int, r_min: float, r_max: float, center=(0.0, 0.0)):
 
 
 def build_room(rng: np.random.Generator) -> Scene:
-    pal, mats, shapes = Palette(rng), MaterialTable(), _Shapes()
+    pal, mats, shapes = Palette(rng), MaterialTable(), ShapeCollector()
     width, depth, height = rng.uniform(9, 14), rng.uniform(9, 14), rng.uniform(3.0, 4.2)
     kind = rng.choice(["living room", "gallery", "studio", "hall"])
     wall_colour, floor_colour = pal.colour("wall"), pal.colour("floor")
@@ -181,7 +181,7 @@ def _outdoor_sky(rng) -> Sky:
 
 
 def build_courtyard(rng: np.random.Generator) -> Scene:
-    pal, mats, shapes = Palette(rng), MaterialTable(), _Shapes()
+    pal, mats, shapes = Palette(rng), MaterialTable(), ShapeCollector()
     half = rng.uniform(7, 10)
     paving_colour, wall_colour = pal.colour("floor"), pal.colour("wall")
     paving = mats.add("checker", paving_colour, shade_of(paving_colour, 0.7), scale=rng.uniform(0.6, 1.2))
@@ -223,7 +223,7 @@ def build_courtyard(rng: np.random.Generator) -> Scene:
 
 
 def build_landscape(rng: np.random.Generator) -> Scene:
-    pal, mats, shapes = Palette(rng), MaterialTable(), _Shapes()
+    pal, mats, shapes = Palette(rng), MaterialTable(), ShapeCollector()
     terrain = rng.choice(["meadow", "desert", "snowfield"])
     ground_colour = {"meadow": hsv(rng.uniform(0.2, 0.32), 0.6, 0.5), "desert": hsv(0.1, 0.45, 0.8),
                      "snowfield": hsv(0.58, 0.05, 0.92)}[terrain]
