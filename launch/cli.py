@@ -13,6 +13,7 @@ from typing import List, Optional
 
 from cinescene import __version__
 from cinescene.config import ConfigError
+from cinescene.distributed.env import strip_local_rank_arg
 from cinescene.errors import CineSceneError
 
 from .commands import COMMANDS
@@ -32,6 +33,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Optional[List[str]] = None) -> int:
     parser = build_parser()
+    argv = strip_local_rank_arg(sys.argv[1:] if argv is None else argv)
     # Overrides may come after options (`train C --nproc 2 a.b=c`): argparse leaves
     # those unparsed, so collect them here instead of rejecting them.
     args, extra = parser.parse_known_args(argv)

@@ -19,7 +19,7 @@ import os
 import socket
 import subprocess
 from dataclasses import dataclass
-from typing import Dict, Optional
+from typing import Dict, List, Optional, Sequence
 
 from cinescene.errors import CineSceneError
 
@@ -39,7 +39,7 @@ class DistEnv:
     local_world_size: int
     master_addr: str
     master_port: int
-    launcher: str  # "torchrun" | "srun" | "standalone"
+    launcher: str  # "torchrun" | "deepspeed" | "srun" | "standalone"
 
     def as_environ(self) -> Dict[str, str]:
         """The torchrun-style variables that ``init_process_group(init_method="env://")`` reads."""
@@ -91,6 +91,18 @@ def free_port(host: str = "127.0.0.1") -> int:
         return int(sock.getsockname()[1])
 
 
+# Set by our own local spawner on the ranks it starts, so logs can tell them from torchrun's.
+SPAWNER_MARK = "CINESCENE_LOCAL_SPAWN"
+
+
+def _rank_launcher(env: Dict[str, str]) -> str:
+    """Who set the torchrun-style variables: our spawner, DeepSpeed's launcher (it sets LOCAL_SIZE,
+    not LOCAL_WORLD_SIZE) or torchrun."""
+    if env.get(SPAWNER_MARK) == "1":
+        return "standalone"
+    return "deepspeed" if "LOCAL_SIZE" in env and "LOCAL_WORLD_SIZE" not in env else "torchrun"
+
+
 def detect(env: Optional[Dict[str, str]] = None) -> Optional[DistEnv]:
     """The DistEnv set up by torchrun/deepspeed/our spawner or srun; None when standalone."""
     env = dict(os.environ if env is None else env)
@@ -99,10 +111,10 @@ def detect(env: Optional[Dict[str, str]] = None) -> Optional[DistEnv]:
         return DistEnv(rank=_int_env(env, "RANK"), world_size=world,
                        local_rank=_int_env(env, "LOCAL_RANK") if "LOCAL_RANK" in env else 0,
                        local_world_size=(_int_env(env, "LOCAL_WORLD_SIZE") if "LOCAL_WORLD_SIZE" in env
-                                         else world),
+                                         else _int_env(env, "LOCAL_SIZE") if "LOCAL_SIZE" in env else world),
                        master_addr=env.get("MASTER_ADDR", "127.0.0.1"),
                        master_port=_int_env(env, "MASTER_PORT") if "MASTER_PORT" in env else 29500,
-                       launcher="torchrun")
+                       launcher=_rank_launcher(env))
     if under_srun(env):
         world = _int_env(env, "SLURM_NTASKS")
         addr = env.get("MASTER_ADDR") or first_slurm_host(env.get("SLURM_STEP_NODELIST")
@@ -117,6 +129,27 @@ def detect(env: Optional[Dict[str, str]] = None) -> Optional[DistEnv]:
                        local_rank=_int_env(env, "SLURM_LOCALID") if "SLURM_LOCALID" in env else 0,
                        local_world_size=local_world, master_addr=addr, master_port=port, launcher="srun")
     return None
+
+
+LOCAL_RANK_FLAGS = ("--local_rank", "--local-rank")
+
+
+def strip_local_rank_arg(argv: Sequence[str]) -> List[str]:
+    """``argv`` without the ``--local_rank=N`` that DeepSpeed's launcher (and the legacy
+    ``torch.distributed.launch``) insert before the script's own arguments; the same value
+    is in ``LOCAL_RANK``, which :func:`detect` reads."""
+    out: List[str] = []
+    skip_value = False
+    for item in argv:
+        if skip_value:
+            skip_value = False
+            continue
+        name, eq, _ = item.partition("=")
+        if name in LOCAL_RANK_FLAGS:
+            skip_value = not eq
+            continue
+        out.append(item)
+    return out
 
 
 def standalone(nproc: int, rank: int = 0, port: Optional[int] = None) -> DistEnv:

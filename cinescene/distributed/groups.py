@@ -19,8 +19,11 @@ from typing import Any
 import torch
 
 from cinescene.errors import CineSceneError
+from cinescene.log import get_logger
 
 from .env import DistEnv
+
+_log = get_logger("distributed")
 
 
 @dataclass(frozen=True)
@@ -58,6 +61,9 @@ def init_process_group(env: DistEnv, backend: str, timeout_s: int) -> None:
     deepspeed.init_distributed(dist_backend=resolve_backend(backend), auto_mpi_discovery=False,
                                timeout=timedelta(seconds=timeout_s), init_method="env://",
                                rank=env.rank, world_size=env.world_size)
+    if env.rank == 0:
+        _log.info("joined %d ranks started by %s (backend %s, rendezvous %s:%d)", env.world_size, env.launcher,
+                  resolve_backend(backend), env.master_addr, env.master_port)
 
 
 def build_layout(env: DistEnv, sequence: int) -> ParallelLayout:

@@ -21,7 +21,7 @@ from typing import Dict, List, Optional, Sequence
 
 from cinescene.log import get_logger
 
-from .env import free_port, standalone
+from .env import SPAWNER_MARK, free_port, standalone
 
 _log = get_logger("launch")
 
@@ -54,7 +54,7 @@ def spawn_local_ranks(argv: Sequence[str], nproc: int, *, forward: Sequence[str]
     for rank in range(nproc):
         env = dict(os.environ)
         env.update(extra_env or {})
-        env.update(standalone(nproc, rank, port).as_environ())
+        env.update(standalone(nproc, rank, port).as_environ(), **{SPAWNER_MARK: "1"})
         # torchrun's habit: without it every rank starts one thread per core and they thrash.
         env.setdefault("OMP_NUM_THREADS", str(cpu_threads_per_rank(nproc)))
         children.append(subprocess.Popen(list(argv), env=env))

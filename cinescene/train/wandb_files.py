@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 import struct
+import time
 from pathlib import Path
 from typing import Dict, Iterator, List, Optional
 
@@ -59,10 +60,17 @@ def iter_records(path: str | Path) -> Iterator[bytes]:
 
 
 def offline_runs(run_dir: str | Path, run_id: Optional[str] = None) -> List[Path]:
-    """The .wandb files under ``<run_dir>/wandb``, oldest first (directory names start with the time)."""
-    root = Path(run_dir) / "wandb"
-    pattern = f"offline-run-*-{run_id}" if run_id else "offline-run-*"
-    return [sorted(d.glob("run-*.wandb"))[0] for d in sorted(root.glob(pattern)) if list(d.glob("run-*.wandb"))]
+    """The .wandb files under ``<run_dir>/wandb``, oldest first (directory names start with the time).
+
+    The id is read from the file name (``run-<id>.wandb``), not the directory's: a run resumed
+    within the same second gets a directory with a ``-1`` style suffix."""
+    files = (sorted(d.glob("run-*.wandb"))[:1] for d in sorted((Path(run_dir) / "wandb").glob("offline-run-*")))
+    return [f[0] for f in files if f and (run_id is None or run_id_of(f[0]) == run_id)]
+
+
+def run_id_of(path: Path) -> str:
+    """The run id of a ``run-<id>.wandb`` file."""
+    return path.stem[len("run-"):]
 
 
 def read_history(run_dir: str | Path, run_id: Optional[str] = None) -> Dict[int, Dict[str, object]]:
@@ -87,4 +95,29 @@ def read_history(run_dir: str | Path, run_id: Optional[str] = None) -> Dict[int,
 
 def read_run_ids(run_dir: str | Path) -> List[str]:
     """Run ids of the offline runs under ``run_dir`` (one per start; equal ids = one resumed run)."""
-    return [p.parent.name.rsplit("-", 1)[-1] for p in offline_runs(run_dir)]
+    return [run_id_of(p) for p in offline_runs(run_dir)]
+
+
+def _finished(path: Path) -> bool:
+    from wandb.proto import wandb_internal_pb2 as pb
+
+    last = None
+    for raw in iter_records(path):
+        last = raw
+    if last is None:
+        return False
+    record = pb.Record()
+    record.ParseFromString(last)
+    return record.WhichOneof("record_type") == "exit"
+
+
+def wait_until_written(run_dir: str | Path, timeout: float = 30.0) -> None:
+    """Block until every offline run under ``run_dir`` ends with its exit record.
+
+    ``run.finish()`` returns once W&B's service has the run's last records, which its writer
+    may flush to disk a moment later; a reader in the same process (a test) waits here."""
+    deadline = time.monotonic() + timeout
+    while not all(_finished(p) for p in offline_runs(run_dir)):
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"W&B offline runs under {run_dir} still lack their exit record after {timeout} s")
+        time.sleep(0.05)

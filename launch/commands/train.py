@@ -22,10 +22,9 @@ def run(args: argparse.Namespace) -> int:
     if loaded is None:
         return 0
     cfg, _ = loaded
-    if args.nproc is not None and args.nproc < 1:
-        from cinescene.config import ConfigError
+    from cinescene.config.base import require
 
-        raise ConfigError("--nproc", f"expected a value >= 1, got {args.nproc}")
+    require(args.nproc is None or args.nproc >= 1, "--nproc", "a value >= 1", args.nproc)
     from cinescene.train.launcher import launch
 
     return launch(cfg, config_path=args.config, overrides=args.overrides, nproc=args.nproc)

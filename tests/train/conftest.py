@@ -1,6 +1,32 @@
-"""Shared pieces of the trainer tests."""
+"""Shared pieces of the trainer tests: the repository root and runs started as `kill -9`-able sessions."""
 from __future__ import annotations
 
+import os
+import signal
+import subprocess
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[2]
+
+
+def run_env(**extra) -> dict:
+    """A run's environment: W&B offline, CPU only, not a rank of whatever started pytest."""
+    env = dict(os.environ, WANDB_MODE="offline", PYTHONUNBUFFERED="1", CUDA_VISIBLE_DEVICES="", **extra)
+    env.pop("RANK", None)
+    return env
+
+
+def start(argv, log: Path, **env) -> subprocess.Popen:
+    """Start ``argv`` in the repository, in its own session (so a kill reaches all of its ranks), output to ``log``."""
+    handle = open(log, "ab")
+    return subprocess.Popen(argv, cwd=REPO, env=run_env(**env), stdout=handle, stderr=subprocess.STDOUT,
+                            start_new_session=True)
+
+
+def finish(proc: subprocess.Popen, timeout=600) -> int:
+    """The exit status; on timeout the whole session is killed and the timeout re-raised."""
+    try:
+        return proc.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        raise

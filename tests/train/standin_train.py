@@ -9,7 +9,7 @@ from __future__ import annotations
 import sys
 
 from cinescene.config import load_config
-from cinescene.distributed.env import detect, standalone
+from cinescene.distributed.env import detect, standalone, strip_local_rank_arg
 from cinescene.distributed.spawn import spawn_local_ranks
 from cinescene.errors import CineSceneError
 
@@ -37,4 +37,4 @@ def main(argv) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main(sys.argv[1:]))
+    sys.exit(main(strip_local_rank_arg(sys.argv[1:])))

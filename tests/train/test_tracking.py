@@ -9,7 +9,7 @@ from cinescene.config.tracking import TrackingConfig, WandbConfig
 from cinescene.log import setup_logging
 from cinescene.train.tracking import (MASK, Tracker, install_secret_filter, scrub, secret_values,
                                       truncate_jsonl)
-from cinescene.train.wandb_files import read_history, read_run_ids
+from cinescene.train.wandb_files import read_history, read_run_ids, wait_until_written
 
 
 def test_truncate_keeps_steps_up_to_the_checkpoint_and_drops_a_torn_line(tmp_path):
@@ -62,6 +62,7 @@ def test_tracker_writes_jsonl_and_an_offline_wandb_run_that_resumes(tmp_path, mo
     second.close()
     rows = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
     assert [(r["step"], r["loss"]) for r in rows] == [(1, 1.0), (2, 0.5), (3, 0.25)]
+    wait_until_written(tmp_path)
     assert read_run_ids(tmp_path) == [first.run_id, first.run_id]
     history = read_history(tmp_path)
     assert {s: h["loss"] for s, h in history.items()} == {1: 1.0, 2: 0.5, 3: 0.25}

@@ -24,31 +24,11 @@ from cinescene.train.checkpoint import consolidated_state_dict, is_complete, wei
 from cinescene.train.ema import assemble
 from cinescene.train.wandb_files import read_history, read_run_ids
 
-from .conftest import REPO
+from .conftest import REPO, finish, start
 
 pytestmark = pytest.mark.dist
 
 SMOKE_STEPS = int(os.environ.get("CINESCENE_TEST_SMOKE_STEPS", "10"))
-
-
-def run_env(**extra) -> dict:
-    env = dict(os.environ, WANDB_MODE="offline", PYTHONUNBUFFERED="1", CUDA_VISIBLE_DEVICES="", **extra)
-    env.pop("RANK", None)
-    return env
-
-
-def start(argv, log: Path, **env) -> subprocess.Popen:
-    handle = open(log, "ab")
-    return subprocess.Popen(argv, cwd=REPO, env=run_env(**env), stdout=handle, stderr=subprocess.STDOUT,
-                            start_new_session=True)
-
-
-def finish(proc: subprocess.Popen, timeout=600) -> int:
-    try:
-        return proc.wait(timeout=timeout)
-    except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)
-        raise
 
 
 def smoke_cmd(run_dir, shards, *extra):
