@@ -205,7 +205,7 @@ class MetricsLogger(Callback):
             return
         extra = {k: v for k, v in result.extra.items() if k != STEP_SKIPPED_SAMPLES}
         row = {"loss": result.loss, "lr": result.lr, "grad_norm": result.grad_norm,
-               "skipped": int(not result.applied), "consumed_samples": state.consumed_samples,
+               "step_skipped": int(not result.applied), "consumed_samples": state.consumed_samples,
                SKIPPED_SAMPLES_METRIC: self.skipped_samples, **extra, **state.metrics}
         self.tracker.log(result.step, row)
         if self.skipped_samples > self.skipped_logged and self.tracker.is_main:

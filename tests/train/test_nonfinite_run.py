@@ -39,7 +39,7 @@ def test_a_nan_step_is_skipped_and_training_goes_on(tmp_path):
                       "train.ema.enabled=true", "tracking.wandb.mode=disabled")
     assert run_rank(cfg, standalone(1), standin_components(model_factory=nan_model_at({3}))) == 0
     logged = rows(tmp_path)
-    assert [r["skipped"] for r in logged] == [0, 0, 1, 0, 0]
+    assert [r["step_skipped"] for r in logged] == [0, 0, 1, 0, 0]
     assert logged[2]["loss"] == "nan" and logged[2]["grad_norm"] == "inf" and logged[-1]["nonfinite_steps"] == 1
     assert all(isinstance(r["loss"], float) for i, r in enumerate(logged) if i != 2)
     ck = tmp_path / "checkpoints"
