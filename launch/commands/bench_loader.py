@@ -4,7 +4,7 @@ from __future__ import annotations
 import argparse
 import json
 
-from .common import add_config_args, load
+from .common import add_config_args, with_config
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -22,13 +22,10 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=run)
 
 
-def run(args: argparse.Namespace) -> int:
+@with_config
+def run(args: argparse.Namespace, cfg) -> int:
     from cinescene.config.base import require
 
-    loaded = load(args)
-    if loaded is None:
-        return 0
-    cfg, _ = loaded
     require(args.batches >= 1, "--batches", "a value >= 1", args.batches)
     require(all(w >= 0 for w in args.workers), "--workers", "values >= 0", args.workers)
     require(args.step_time is None or args.step_time > 0, "--step-time", "a value > 0", args.step_time)

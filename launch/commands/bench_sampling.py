@@ -9,7 +9,7 @@ import argparse
 import json
 from pathlib import Path
 
-from .common import add_config_args, load
+from .common import add_config_args, with_config
 
 DTYPES = ("bf16", "fp16", "fp32")
 
@@ -33,14 +33,11 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=run)
 
 
-def run(args: argparse.Namespace) -> int:
+@with_config
+def run(args: argparse.Namespace, cfg) -> int:
     from cinescene.config import load_config
     from cinescene.config.base import require
 
-    loaded = load(args)
-    if loaded is None:
-        return 0
-    cfg, _ = loaded
     import torch
 
     from cinescene.log import setup_logging

@@ -2,8 +2,9 @@
 from __future__ import annotations
 
 import argparse
+import functools
 import sys
-from typing import Callable
+from typing import Any, Callable
 
 from cinescene.errors import NotLandedError
 
@@ -17,18 +18,23 @@ def add_config_args(parser: argparse.ArgumentParser, required: bool = True) -> N
                         help="print the resolved, validated config and exit")
 
 
-def load(args: argparse.Namespace):
-    """Validate the config named on the command line; handle --print-config.
+def with_config(handler: Callable[[argparse.Namespace, Any], int]) -> Callable[[argparse.Namespace], int]:
+    """A subcommand handler ``handler(args, cfg)`` that gets the validated, typed config.
 
-    Returns the typed config and the DictConfig, or None after printing.
+    With --print-config the resolved config is printed and the handler is not called (exit 0).
     """
-    from cinescene.config import load_config, to_yaml
 
-    cfg, raw = load_config(args.config, args.overrides)
-    if getattr(args, "print_config", False):
-        sys.stdout.write(to_yaml(raw))
-        return None
-    return cfg, raw
+    @functools.wraps(handler)
+    def run(args: argparse.Namespace) -> int:
+        from cinescene.config import load_config, to_yaml
+
+        cfg, raw = load_config(args.config, args.overrides)
+        if getattr(args, "print_config", False):
+            sys.stdout.write(to_yaml(raw))
+            return 0
+        return handler(args, cfg)
+
+    return run
 
 
 def not_landed(what: str, needs: str) -> Callable[[argparse.Namespace], int]:
@@ -47,9 +53,8 @@ def add_pending_command(sub: argparse._SubParsersAction, name: str, *, help: str
     parser = sub.add_parser(name, help=help, description=description)
     add_config_args(parser)
 
-    def run(args: argparse.Namespace) -> int:
-        if load(args) is None:
-            return 0
+    @with_config
+    def run(args: argparse.Namespace, cfg) -> int:
         return not_landed(f"`cinescene {name}`", needs)(args)
 
     parser.set_defaults(func=run)

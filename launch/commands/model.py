@@ -10,7 +10,7 @@ import argparse
 import json
 import sys
 
-from .common import add_config_args, load
+from .common import add_config_args, with_config
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -30,11 +30,8 @@ def _human(n: float, unit: str = "") -> str:
     return f"{n:.0f} {unit}".rstrip()
 
 
-def run_info(args: argparse.Namespace) -> int:
-    loaded = load(args)
-    if loaded is None:  # --print-config
-        return 0
-    cfg, _ = loaded
+@with_config
+def run_info(args: argparse.Namespace, cfg) -> int:
     from cinescene.models.flops import model_info
 
     info = model_info(cfg)

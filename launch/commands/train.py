@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import argparse
 
-from .common import add_config_args, load
+from .common import add_config_args, with_config
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -17,11 +17,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=run)
 
 
-def run(args: argparse.Namespace) -> int:
-    loaded = load(args)
-    if loaded is None:
-        return 0
-    cfg, _ = loaded
+@with_config
+def run(args: argparse.Namespace, cfg) -> int:
     from cinescene.config.base import require
 
     require(args.nproc is None or args.nproc >= 1, "--nproc", "a value >= 1", args.nproc)
