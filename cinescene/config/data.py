@@ -9,7 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import List, Optional
 
-from .base import non_negative, one_of, positive, require
+from .base import in_range, non_negative, one_of, positive, require
 
 
 @dataclass
@@ -54,6 +54,12 @@ class DataConfig:
     # Scene images used per sample (<= the number stored); shuffled per sample in training.
     scene_images: int = 6
     shuffle_scene_images: bool = True
+    # Variable view count in training: None = every sample uses exactly scene_images images. Set (in
+    # [1, scene_images]), each training sample keeps a count drawn uniformly from [scene_images_min,
+    # scene_images] by (seed, global position), so a model learns to condition on few views as well as
+    # many; the per-image arrays stay scene_images long, zero past the count, and the batch's
+    # scene_counts says where. Evaluation always uses scene_images.
+    scene_images_min: Optional[int] = None
     # encoder=none shards keep pixels; the loader maps them to a latent-shaped proxy
     # (average pool by this factor, Wan's 4x temporal stride) for CPU-scale runs.
     pixel_pool: int = 4
@@ -63,4 +69,6 @@ class DataConfig:
         one_of(self.shuffle, "shuffle", ["global", "block", "none"])
         positive(self.shuffle_buffer, "shuffle_buffer")
         positive(self.scene_images, "scene_images")
+        if self.scene_images_min is not None:
+            in_range(self.scene_images_min, "scene_images_min", 1, self.scene_images)
         positive(self.pixel_pool, "pixel_pool")

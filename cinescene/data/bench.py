@@ -49,7 +49,8 @@ def measured_step_time(cfg, world_size: int) -> float:
 
         def step():
             out = model(batch["video"], timestep, batch["text"], cameras=batch["cameras"],
-                        scene_images=batch["scene_images"], scene_latents=batch["scene_latents"])
+                        scene_images=batch["scene_images"], scene_latents=batch["scene_latents"],
+                        scene_counts=batch["scene_counts"])
             out.float().pow(2).mean().backward()
 
         step()

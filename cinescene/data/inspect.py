@@ -23,6 +23,7 @@ from .manifest import load_manifest
 from .shards import SampleError, ShardReader, file_sha256, npy_field
 
 THUMB = 128
+SHEET_SCENE_IMAGES = 8  # the contact sheet's first row shows at most this many stored scene images
 PLOT = 320
 LEGEND = 48
 PAD = 8
@@ -54,7 +55,7 @@ def format_summary(summary: dict) -> str:
     lines = [f"{summary['path']}: {summary['num_samples']} samples in {summary['num_shards']} shards "
              f"({summary['bytes'] / 2 ** 20:.1f} MiB), encoder {enc['name']}",
              f"clips: {summary['frames']} frames -> {summary['latent_frames']} latent frames at "
-             f"{summary['size'][0]}x{summary['size'][1]}; {summary['scene_images']} scene images at "
+             f"{summary['size'][0]}x{summary['size'][1]}; {summary['scene_images']} scene images stored per sample at "
              f"{summary['scene_size'][0]}x{summary['scene_size'][1]}"]
     for name, d in summary["fields"].items():
         lines.append(f"  {name:22s} {d['dtype']:8s} {str(tuple(d['shape'])):22s} in {d['samples']} samples")
@@ -133,7 +134,8 @@ def contact_sheet(shards, out_png, index: int = 0) -> Path:
         meta = json.loads(fields.get("meta.json", b"{}"))
     except ValueError:
         meta = {}
-    rows = [("scene images", [_thumb(im) for im in scene[:8]])]
+    shown = scene[:SHEET_SCENE_IMAGES]  # as stored: a training sample may use fewer (data.scene_images[_min])
+    rows = [(f"scene images ({len(shown)} of {len(scene)} stored)", [_thumb(im) for im in shown])]
     if video is not None:
         picks = np.unique(np.linspace(0, len(video) - 1, min(6, len(video))).round().astype(int))
         rows.append((f"frames {', '.join(map(str, picks))} with subject", [_thumb(video[i]) for i in picks]))

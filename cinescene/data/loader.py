@@ -277,7 +277,7 @@ def _source(data_cfg, dims, shards, seed: int, training: bool, order: str) -> Sa
     manifest = load_manifest(shards)
     _check_shards(manifest)
     decoder = SampleDecoder(manifest, data_cfg.scene_images, data_cfg.pixel_pool, LoaderDims.of(dims), seed,
-                            data_cfg.shuffle_scene_images)
+                            data_cfg.shuffle_scene_images, data_cfg.scene_images_min)
     if order not in ORDERS:
         raise CineSceneError(f"unknown data.shuffle {order!r}; expected one of {list(ORDERS)}")
     sizes = [s["num_samples"] for s in manifest.data["shards"]]

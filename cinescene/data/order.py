@@ -39,17 +39,23 @@ def mix64(x: np.ndarray) -> np.ndarray:
     return x ^ (x >> np.uint64(31))
 
 
-def hashed_permutation(count: int, *salt: int) -> np.ndarray:
-    """A permutation of range(count) determined by the integers in ``salt``."""
+def hashed_key(*salt: int) -> np.uint64:
+    """One 64-bit hash of the integers in ``salt`` (order matters)."""
     key = np.uint64(0)
     with np.errstate(over="ignore"):
         for part in salt:
             key = mix64(np.uint64(key) * _GOLDEN + np.uint64(part & 0xFFFFFFFFFFFFFFFF))
-        keys = mix64(np.arange(count, dtype=np.uint64) + key * _GOLDEN)
+    return np.uint64(key)
+
+
+def hashed_permutation(count: int, *salt: int) -> np.ndarray:
+    """A permutation of range(count) determined by the integers in ``salt``."""
+    with np.errstate(over="ignore"):
+        keys = mix64(np.arange(count, dtype=np.uint64) + hashed_key(*salt) * _GOLDEN)
     return np.argsort(keys, kind="stable")
 
 
-SALT_ORDER, SALT_SHARDS, SALT_BLOCK, SALT_SCENE = 1, 2, 3, 4
+SALT_ORDER, SALT_SHARDS, SALT_BLOCK, SALT_SCENE, SALT_SCENE_COUNT = 1, 2, 3, 4, 5
 
 
 def epoch_order(shard_sizes: Sequence[int], seed: int, epoch: int, mode: str = "global",
@@ -75,6 +81,16 @@ def epoch_order(shard_sizes: Sequence[int], seed: int, epoch: int, mode: str = "
 def scene_permutation(seed: int, position: int, count: int) -> np.ndarray:
     """Order of the scene images for global sample ``position`` (training shuffle)."""
     return hashed_permutation(count, seed, SALT_SCENE, position)
+
+
+def scene_count(seed: int, position: int, low: int, high: int) -> int:
+    """How many scene images global sample ``position`` keeps: uniform over [low, high] inclusive.
+
+    The modulo bias of reducing a 64-bit hash to a range of a few dozen values is below 1e-17.
+    """
+    if not 0 <= low <= high:
+        raise ValueError(f"scene_count needs 0 <= low <= high, got low={low}, high={high}")
+    return low + int(hashed_key(seed, SALT_SCENE_COUNT, position) % np.uint64(high - low + 1))
 
 
 class GlobalOrder:

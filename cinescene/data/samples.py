@@ -10,11 +10,12 @@ import torch
 from cinescene.errors import CineSceneError
 
 from .manifest import Manifest
-from .order import scene_permutation
+from .order import scene_count, scene_permutation
 from .proxy import hashed_text, pad_text, pool, video_proxy
 from .shards import SampleError, npy_field
 
 TENSOR_KEYS = ("video", "text", "scene_images", "scene_latents", "cameras", "intrinsics", "scene_cameras")
+PER_IMAGE_KEYS = ("scene_images", "scene_latents", "scene_cameras")  # axis 1 of the batch: S scene images
 LIST_KEYS = ("prompt", "key")
 
 
@@ -39,7 +40,7 @@ class SampleDecoder:
     """Raw fields -> per-sample tensors. Checks the manifest against the model once, at construction."""
 
     def __init__(self, manifest: Manifest, scene_images: int, pixel_pool: int, dims: LoaderDims, seed: int,
-                 shuffle_scene_images: bool):
+                 shuffle_scene_images: bool, scene_images_min: Optional[int] = None):
         self.encoder = manifest.encoder
         self.pool = pixel_pool
         self.dims = dims
@@ -51,6 +52,7 @@ class SampleDecoder:
         if scene_images > stored:
             raise CineSceneError(f"data.scene_images={scene_images} but the samples in {where} hold {stored}")
         self.scene_images = scene_images
+        self.scene_images_min = scene_images_min  # None: every sample keeps all scene_images
         if self.encoder == "none":
             height, width = fields["video.npy"]["shape"][1:3]
             scene_h, scene_w = fields["scene.npy"]["shape"][1:3]
@@ -66,6 +68,12 @@ class SampleDecoder:
         if dims.channels is not None and dims.channels != channels:
             raise CineSceneError(f"{where} ({self.encoder} shards) gives {channels}-channel latents, "
                                  f"model.in_dim={dims.channels}")
+
+    def kept_images(self, position: int, training: bool) -> int:
+        """How many of the ``scene_images`` the sample at global ``position`` keeps (the rest is padding)."""
+        if training and self.scene_images_min is not None:
+            return scene_count(self.seed, position, self.scene_images_min, self.scene_images)
+        return self.scene_images
 
     def decode(self, fields: Dict[str, bytes], key: str, position: int, training: bool) -> dict:
         try:
@@ -96,13 +104,18 @@ class SampleDecoder:
             "prompt": prompt,
             "key": key,
         }
+        count = self.kept_images(position, training)
+        for name in PER_IMAGE_KEYS:  # fixed length S so batches stack; the model never attends the padding
+            sample[name][count:] = 0
+        sample["scene_count"] = count
         if not all(np.isfinite(sample[k]).all() for k in ("video", "text", "cameras")):
             raise SampleError("non-finite values")
         return sample
 
 
 def collate(samples: List[dict]) -> dict:
-    """Stack per-sample arrays into batch-first float32 tensors; prompts and keys stay lists."""
+    """Stack per-sample arrays into batch-first float32 tensors (scene counts int64); prompts and keys stay lists."""
     batch = {k: torch.from_numpy(np.stack([s[k] for s in samples])) for k in TENSOR_KEYS}
+    batch["scene_counts"] = torch.tensor([s["scene_count"] for s in samples], dtype=torch.int64)
     batch.update({k: [s[k] for s in samples] for k in LIST_KEYS})
     return batch

@@ -41,6 +41,7 @@ from __future__ import annotations
 
 import importlib
 import math
+from dataclasses import dataclass
 from typing import Callable, Optional, Set, Tuple
 
 import torch
@@ -49,6 +50,8 @@ import torch.nn.functional as F
 from cinescene.errors import CineSceneError
 from cinescene.kernels.attention.reference import readonly_mask
 from cinescene.log import get_logger
+
+from .packing import TokenPacking
 
 BACKENDS = ("auto", "fused", "flash", "sdpa", "math")
 MASKS = ("full", "context_readonly")
@@ -166,8 +169,17 @@ def _dense(name: str, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torc
 
 
 def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, num_video: Optional[int] = None,
-              mask: str = "full", backend: str = "auto", kind: Optional[str] = None) -> torch.Tensor:
-    """Scaled dot-product attention over (B, L, H, D) tensors; returns (B, Lq, H, D)."""
+              mask: str = "full", backend: str = "auto", kind: Optional[str] = None,
+              packing: Optional[TokenPacking] = None) -> torch.Tensor:
+    """Scaled dot-product attention over (B, L, H, D) tensors; returns (B, Lq, H, D).
+
+    ``packing`` (a :class:`~cinescene.models.packing.TokenPacking` of the key
+    positions) marks padding: no query sees a padding key, the queries (the
+    first Lq key positions) that are padding get zeros, and the call runs per
+    sequence over real tokens only (the fused kernel's varlen launch, else one
+    dense call per sample). ``num_video`` then counts padded positions; each
+    sequence's context starts after its real tokens before ``num_video``.
+    """
     if q.dim() != 4 or k.dim() != 4 or v.dim() != 4:
         raise ValueError(f"attention expects (B, L, H, D) tensors, got {tuple(q.shape)}, "
                          f"{tuple(k.shape)}, {tuple(v.shape)}")
@@ -187,13 +199,62 @@ def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, num_video: O
             readonly, mask = False, "full"
     name = resolve_backend(backend, q, k, v, num_video, mask, kind)
     _log_choice(name, kind, backend, q.device.type)
+    if packing is not None:
+        return _attend_packed(name, q, k, v, packing, num_video if readonly else None)
     if name == "fused":
         return _fused_module.fused_attention(q, k, v, num_video=num_video, mask=mask)
-    if not readonly:
+    return _attend_padded(name, q, k, v, num_video if readonly else None)
+
+
+def _attend_padded(name: str, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
+                   context_start: Optional[int]) -> torch.Tensor:
+    """A dense backend over every token; ``context_start`` set: the readonly mask as two dense calls."""
+    if context_start is None or context_start >= q.shape[1]:
         return _dense(name, q, k, v)
-    video_out = _dense(name, q[:, :num_video], k, v)
-    context_out = _dense(name, q[:, num_video:], k[:, num_video:], v[:, num_video:])
+    video_out = _dense(name, q[:, :context_start], k, v)
+    context_out = _dense(name, q[:, context_start:], k[:, context_start:], v[:, context_start:])
     return torch.cat([video_out, context_out], dim=1)
+
+
+def _attend_packed(name: str, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, packing: TokenPacking,
+                   num_video: Optional[int]) -> torch.Tensor:
+    """Attention over the real tokens only (see :mod:`cinescene.models.packing`); ``num_video``: readonly."""
+    packing.check(k)
+    queries = packing.prefix(q.shape[1])
+    q_packed, k_packed, v_packed = queries.pack(q), packing.pack(k), packing.pack(v)
+    starts = packing.real_before(num_video) if num_video is not None else None
+    if name == "fused":
+        out = _fused_module.fused_attention_varlen(
+            q_packed, k_packed, v_packed, queries.cu_seqlens, packing.cu_seqlens, queries.max_seqlen,
+            packing.max_seqlen, context_start=starts, mask="context_readonly" if starts else "full")
+    else:
+        outs = []
+        for i, (qi, ki, vi) in enumerate(zip(queries.split(q_packed), packing.split(k_packed),
+                                             packing.split(v_packed))):
+            if qi.shape[0] == 0:
+                outs.append(qi)
+                continue
+            outs.append(_attend_padded(name, qi[None], ki[None], vi[None], starts[i] if starts else None)[0])
+        out = torch.cat(outs, dim=0)
+    return queries.unpack(out)
+
+
+@dataclass(frozen=True)
+class SelfAttentionCall:
+    """How one forward's blocks run self-attention over [video ++ context]: ``(q, k, v) -> out``.
+
+    An object rather than a closure so that wrappers (the inference context
+    cache) can read what the call is bound to, e.g. its ``packing``.
+    """
+
+    num_video: Optional[int]
+    mask: str = "full"
+    backend: str = "auto"
+    packing: Optional[TokenPacking] = None
+
+    def __call__(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+        return attention(q, k, v, num_video=self.num_video, mask=self.mask, backend=self.backend, kind="self",
+                         packing=self.packing)
 
 
 def context_readonly_mask(seq_len: int, num_video: int, device=None) -> torch.Tensor:

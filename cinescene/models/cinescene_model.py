@@ -21,6 +21,13 @@ applies ``projector`` to the self-attention output (ReCamMaster). Context
 tokens get no camera term. Zero / identity initialisation makes the fresh
 modules a no-op.
 
+Scene counts. ``scene_counts`` (B,) gives each sample's number of real scene
+images; the images (and latents, features) past it along S are padding. The
+sequence keeps its padded length for the token-wise layers, while attention
+packs the real tokens (:mod:`.packing`), so no real token sees padding and
+no attention is computed over it; VGGT runs on each sample's real images
+only (its global attention would otherwise mix padding into the features).
+
 Attention. ``model.attention.mask`` ("full" | "context_readonly") and
 ``backend`` go to :func:`cinescene.models.attention.attention`; under
 sequence parallelism (:meth:`set_sequence_parallel`) self-attention runs
@@ -37,9 +44,10 @@ import torch.nn as nn
 from cinescene.config.model import ModelConfig
 from cinescene.log import get_logger
 
-from .attention import attention
+from .attention import SelfAttentionCall, attention
 from .camera import relative_camera_features
 from .layers import SegmentedModulation
+from .packing import packing_from_valid
 from .rope import rope_cos_sin, sequence_positions
 from .scene_encoder import SceneEncoder
 from .sequence_parallel import SequenceShard, check_group, ensure_deepspeed_comm, ulysses_self_attention
@@ -103,7 +111,8 @@ class CineSceneModel(WanDiT):
     def forward(self, x: torch.Tensor, timestep: torch.Tensor, text: torch.Tensor, *,
                 cameras: Optional[torch.Tensor] = None, scene_images: Optional[torch.Tensor] = None,
                 scene_latents: Optional[torch.Tensor] = None, scene_tokens: Optional[torch.Tensor] = None,
-                drop_scene: Optional[torch.Tensor] = None) -> torch.Tensor:
+                drop_scene: Optional[torch.Tensor] = None, scene_counts: Optional[torch.Tensor] = None
+                ) -> torch.Tensor:
         """Predict the flow target for the video latents ``x`` (B, C, T, H, W); returns that shape in fp32.
 
         ``timestep`` (B,) in [0, 1000]; ``text`` (B, L, text_dim) with L <= text_len
@@ -112,13 +121,20 @@ class CineSceneModel(WanDiT):
         ``scene_images`` (B, S, 3, Hs, Ws) in [0, 1] or precomputed
         ``scene_tokens`` = ``scene_encoder.extract_features(scene_images)``;
         ``scene_latents`` (B, S, C, h, w) for pixel context; ``drop_scene``
-        (B,) bool replaces a sample's context tokens by the learned null token.
-        With no scene inputs there are no context tokens (the base DiT).
+        (B,) bool replaces a sample's context tokens by the learned null token;
+        ``scene_counts`` (B,) int: real scene images per sample (0..S), the rest
+        padding (see the module doc). With no scene inputs there are no context
+        tokens (the base DiT).
         """
         video, grid = self.patchify(x)
-        context, context_grids = self._scene_context(grid, scene_images, scene_latents, scene_tokens, drop_scene)
+        counts = scene_count_list(scene_counts, x.shape[0], _num_scene_images(scene_images, scene_latents,
+                                                                              scene_tokens))
+        context, context_grids = self._scene_context(grid, scene_images, scene_latents, scene_tokens, drop_scene,
+                                                     counts)
         tokens = video if context is None else torch.cat([video, context.to(video.dtype)], dim=1)
         num_video = video.shape[1]
+        packing = None if context is None or counts is None else packing_from_valid(
+            token_validity(num_video, grid[0], context_grids, counts), device=x.device)
 
         t = timestep.reshape(-1).float()
         if context is not None and self.cfg.scene.timestep == "clean":
@@ -143,9 +159,7 @@ class CineSceneModel(WanDiT):
             return attention(q, k, v, backend=backend, kind="cross")  # not inferred: text may match L
 
         if self.sequence_group is None:
-            def self_attend(q, k, v):
-                return attention(q, k, v, num_video=num_video, mask=mask, backend=backend, kind="self")
-
+            self_attend = SelfAttentionCall(num_video, mask, backend, packing)
             ctx = BlockContext(e0=e0, text=text_emb, rope=(cos, sin), self_attention=self_attend,
                                cross_attention=cross_attend, num_local_video=num_video, camera=camera,
                                camera_frame=frame_of_token)
@@ -155,14 +169,14 @@ class CineSceneModel(WanDiT):
             shard = SequenceShard(tokens.shape[1], self.sequence_group)
             local_video = shard.local_count(num_video)
             ctx = BlockContext(e0=e0, text=text_emb, rope=(shard.split(cos, 0), shard.split(sin, 0)),
-                               self_attention=ulysses_self_attention(shard, num_video, mask, backend),
+                               self_attention=ulysses_self_attention(shard, num_video, mask, backend, packing),
                                cross_attention=cross_attend, num_local_video=local_video, camera=camera,
                                camera_frame=frame_of_token[shard.start: shard.start + local_video])
             hidden = self.run_blocks(shard.split(tokens), ctx)
             out = shard.gather(self.head(hidden, e, ctx.modulation))[:, :num_video]
         return self.unpatchify(out, grid).float()
 
-    def _scene_context(self, grid: Sequence[int], images, latents, features, drop
+    def _scene_context(self, grid: Sequence[int], images, latents, features, drop, counts: Optional[List[int]]
                        ) -> Tuple[Optional[torch.Tensor], List[ContextGrid]]:
         """Context tokens (B, N_ctx, dim) and their per-image grids, or (None, []) without scene inputs."""
         if not hasattr(self, "scene_encoder") or all(v is None for v in (images, latents, features)):
@@ -175,7 +189,7 @@ class CineSceneModel(WanDiT):
             if features is None:
                 if images is None:
                     raise ValueError("scene.vggt_tokens is on: pass scene_images or scene_tokens")
-                features = self.scene_encoder.extract_features(images)
+                features = self.scene_encoder.extract_features(images, counts)
             num_images = features.shape[1]
             grids += [(frames + s, rows, cols) for s in range(num_images)]
         pixel_tokens = None
@@ -189,6 +203,44 @@ class CineSceneModel(WanDiT):
             pixel_tokens = embedded.reshape(b, s * h * w, -1)
             grids += [(frames + i, h, w) for i in range(s)]
         return self.scene_encoder(features if scene.vggt_tokens else None, (rows, cols), pixel_tokens, drop), grids
+
+
+def _num_scene_images(images, latents, features) -> Optional[int]:
+    for t in (features, images, latents):
+        if t is not None:
+            return int(t.shape[1])
+    return None
+
+
+def scene_count_list(scene_counts: Optional[torch.Tensor], batch: int, num_images: Optional[int]
+                     ) -> Optional[List[int]]:
+    """``scene_counts`` checked against the batch, as a host list; None when every sample uses all S images."""
+    if scene_counts is None or num_images is None:
+        return None
+    counts = torch.as_tensor(scene_counts).detach().cpu().reshape(-1)
+    if counts.shape[0] != batch or counts.is_floating_point():
+        raise ValueError(f"scene_counts must be {batch} integers (one per sample), got {tuple(scene_counts.shape)} "
+                         f"{scene_counts.dtype}")
+    values = counts.tolist()
+    if any(c < 0 or c > num_images for c in values):
+        raise ValueError(f"scene_counts {values} must lie in [0, {num_images}] (the scene inputs hold "
+                         f"{num_images} images per sample)")
+    return None if all(c == num_images for c in values) else values
+
+
+def token_validity(num_video: int, frames: int, context_grids: Sequence[ContextGrid], counts: Sequence[int]
+                   ) -> torch.Tensor:
+    """(B, L) bool over [video ++ context]: video tokens and the tokens of each sample's first counts[b] images.
+
+    A context grid's image index is its frame index minus the video's frames
+    (see the module doc), for VGGT and pixel tokens alike.
+    """
+    counts_t = torch.as_tensor(list(counts), dtype=torch.int64)
+    parts = [torch.ones(len(counts), num_video, dtype=torch.bool)]
+    for frame_index, rows, cols in context_grids:
+        real = (frame_index - frames) < counts_t
+        parts.append(real[:, None].expand(-1, rows * cols))
+    return torch.cat(parts, dim=1)
 
 
 def build_model(cfg: ModelConfig, *, device=None, dtype: Optional[torch.dtype] = None,
@@ -223,4 +275,4 @@ def build_model(cfg: ModelConfig, *, device=None, dtype: Optional[torch.dtype] =
     return model
 
 
-__all__ = ["CineSceneModel", "build_model"]
+__all__ = ["CineSceneModel", "build_model", "scene_count_list", "token_validity"]

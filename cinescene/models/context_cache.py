@@ -44,6 +44,7 @@ import torch
 from cinescene.errors import CineSceneError
 
 from .attention import attention
+from .packing import TokenPacking
 
 GB = 1e9
 
@@ -90,6 +91,9 @@ class ContextKVCache:
         self.keys: List[torch.Tensor] = []
         self.values: List[torch.Tensor] = []
         self.num_video: Optional[int] = None
+        # The first call's packing of [video ++ context] when its samples hold different numbers of
+        # scene images; later calls' keys (video ++ cached context) have the same positions.
+        self.packing: Optional[TokenPacking] = None
         self.planned_copies = planned_copies
         self._backend = "auto"
         self._layers = 0
@@ -99,7 +103,7 @@ class ContextKVCache:
         return self.num_video is not None
 
     def clear(self) -> None:
-        self.keys, self.values, self.num_video = [], [], None
+        self.keys, self.values, self.num_video, self.packing = [], [], None, None
 
     def nbytes(self) -> int:
         return sum(t.numel() * t.element_size() for t in self.keys + self.values)
@@ -108,7 +112,8 @@ class ContextKVCache:
     def forward(self, model, x: torch.Tensor, timestep: torch.Tensor, text: torch.Tensor, *,
                 cameras: Optional[torch.Tensor] = None, scene_images: Optional[torch.Tensor] = None,
                 scene_latents: Optional[torch.Tensor] = None, scene_tokens: Optional[torch.Tensor] = None,
-                drop_scene: Optional[torch.Tensor] = None) -> torch.Tensor:
+                drop_scene: Optional[torch.Tensor] = None, scene_counts: Optional[torch.Tensor] = None
+                ) -> torch.Tensor:
         """``model(x, timestep, text, ...)`` with the context computed on the first call only.
 
         The first call needs the scene inputs (as ``model.forward`` takes them)
@@ -130,7 +135,8 @@ class ContextKVCache:
         try:
             with _swap_self_attention(model, self._recorder):
                 out = model(x, timestep, text, cameras=cameras, scene_images=scene_images,
-                            scene_latents=scene_latents, scene_tokens=scene_tokens, drop_scene=drop_scene)
+                            scene_latents=scene_latents, scene_tokens=scene_tokens, drop_scene=drop_scene,
+                            scene_counts=scene_counts)
         except BaseException:
             self.clear()
             raise
@@ -144,6 +150,7 @@ class ContextKVCache:
         def record(q, k, v):
             if not self.keys:
                 self._check_fits(k[:, self.num_video:])
+                self.packing = getattr(attend, "packing", None)
             # Copies, not views: a view would keep the whole (video ++ context) tensor alive.
             self.keys.append(k[:, self.num_video:].clone())
             self.values.append(v[:, self.num_video:].clone())
@@ -165,13 +172,14 @@ class ContextKVCache:
                 f"{context_keys.device} has {available / GB:.1f} GB free; sample without it (context_cache=False)")
 
     def _reader(self, layer: int, attend: Callable) -> Callable:
-        context_k, context_v, backend = self.keys[layer], self.values[layer], self._backend
+        context_k, context_v, backend, packing = self.keys[layer], self.values[layer], self._backend, self.packing
 
         def attend_with_context(q, k, v):
             # Video queries see every key: the readonly mask never restricts them. Lq != Lk here,
             # but it is self-attention over the extended sequence (so ``auto`` may pick the fused kernel).
+            # With a packing, the video queries are its prefix and padded context keys stay unseen.
             return attention(q, torch.cat([k, context_k], dim=1), torch.cat([v, context_v], dim=1),
-                             backend=backend, kind="self")
+                             backend=backend, kind="self", packing=packing)
         return attend_with_context
 
 

@@ -17,7 +17,7 @@ unconditional branch at sampling time uses the same null tokens.
 """
 from __future__ import annotations
 
-from typing import Optional, Tuple
+from typing import Optional, Sequence, Tuple
 
 import torch
 import torch.nn as nn
@@ -41,21 +41,29 @@ class SceneEncoder(nn.Module):
                                            nn.GELU(approximate="tanh"), Linear(dim, dim, init="zeros"))
         self.null_token = nn.Parameter(torch.zeros(1, 1, dim))
 
-    def extract_features(self, images: torch.Tensor) -> torch.Tensor:
+    def extract_features(self, images: torch.Tensor, counts: Optional[Sequence[int]] = None) -> torch.Tensor:
         """(B, S, 3, H, W) in [0, 1] -> VGGT features on its patch grid (B, S, rows, cols, 2C).
 
         This is what ``CineSceneModel.forward(scene_tokens=...)`` accepts, so it
         can be computed once (the VGGT is frozen) and cached. Runs without
-        autograd when no VGGT parameter trains.
+        autograd when no VGGT parameter trains. ``counts[b]``: sample b's real
+        images, the rest padding: VGGT's global attention (which spans all
+        images of a sample) then sees only the real ones, so their features are
+        those of the sample without padding, and the padding images' features
+        are zeros. One VGGT call either way, so ZeRO-3 ranks stay in step.
         """
         vggt = self.vggt
         trains = any(p.requires_grad for p in vggt.parameters())
         with torch.set_grad_enabled(torch.is_grad_enabled() and trains):
-            outputs = vggt.features(images, self.layers)
+            outputs = vggt.features(images, self.layers, counts)
             feats = torch.stack([outputs[i % vggt.cfg.depth] for i in self.layers]).mean(0)
         b, s = feats.shape[:2]
         rows, cols = vggt_grid(images.shape[-2], images.shape[-1], vggt.cfg.img_size, vggt.cfg.patch_size)
-        return feats[:, :, vggt.aggregator.patch_start_idx:].reshape(b, s, rows, cols, -1)
+        feats = feats[:, :, vggt.aggregator.patch_start_idx:].reshape(b, s, rows, cols, -1)
+        if counts is not None:
+            real = torch.arange(s)[None, :] < torch.as_tensor(list(counts))[:, None]
+            feats = feats * real.to(feats.device, feats.dtype)[:, :, None, None, None]
+        return feats
 
     def forward(self, features: Optional[torch.Tensor], grid: Tuple[int, int],
                 pixel_tokens: Optional[torch.Tensor] = None,

@@ -30,6 +30,7 @@ import torch.nn.functional as F
 from cinescene.errors import CineSceneError
 
 from .attention import attention
+from .packing import TokenPacking
 
 
 def ensure_deepspeed_comm() -> None:
@@ -97,24 +98,31 @@ class _GatherShards(torch.autograd.Function):
 class _UnpaddedAttention(nn.Module):
     """The local attention inside DistributedAttention: full (padded) sequence, a subset of heads."""
 
-    def __init__(self, valid_len: int, num_video: Optional[int], mask: str, backend: str):
+    def __init__(self, valid_len: int, num_video: Optional[int], mask: str, backend: str,
+                 packing: Optional[TokenPacking] = None):
         super().__init__()
         self.valid_len, self.num_video, self.mask, self.backend = valid_len, num_video, mask, backend
+        self.packing = packing
 
     def forward(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
         n = self.valid_len
         out = attention(q[:, :n], k[:, :n], v[:, :n], num_video=self.num_video, mask=self.mask,
-                        backend=self.backend)
+                        backend=self.backend, kind="self", packing=self.packing)
         # Padding queries produce zeros; their outputs are discarded after the head.
         return F.pad(out, [0, 0, 0, 0, 0, q.shape[1] - n])
 
 
-def ulysses_self_attention(shard: SequenceShard, num_video: Optional[int], mask: str, backend: str):
-    """(q, k, v) shards (B, L/P, H, D) -> attention output shards, via DeepSpeed's all-to-all."""
+def ulysses_self_attention(shard: SequenceShard, num_video: Optional[int], mask: str, backend: str,
+                           packing: Optional[TokenPacking] = None):
+    """(q, k, v) shards (B, L/P, H, D) -> attention output shards, via DeepSpeed's all-to-all.
+
+    ``packing`` describes the whole unsharded sequence (global positions), as
+    the local attention sees it after the all-to-all.
+    """
     from deepspeed.sequence.layer import DistributedAttention
 
     # Batch-first layout: scatter the head dim (2), gather the sequence dim (1).
-    layer = DistributedAttention(_UnpaddedAttention(shard.total, num_video, mask, backend), shard.group,
+    layer = DistributedAttention(_UnpaddedAttention(shard.total, num_video, mask, backend, packing), shard.group,
                                  scatter_idx=2, gather_idx=1)
 
     def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:

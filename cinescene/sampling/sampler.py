@@ -15,6 +15,7 @@ from typing import Callable, List, Optional
 import torch
 
 from cinescene.errors import CineSceneError
+from cinescene.models.cinescene_model import scene_count_list
 from cinescene.models.context_cache import ContextKVCache, check_cacheable
 
 from .schedule import sampling_sigmas
@@ -41,13 +42,15 @@ def sample(model, noise: torch.Tensor, text: torch.Tensor, *, steps: int = 50, s
            guidance_scale: float = 5.0, negative_text: Optional[torch.Tensor] = None,
            cameras: Optional[torch.Tensor] = None, scene_images: Optional[torch.Tensor] = None,
            scene_latents: Optional[torch.Tensor] = None, scene_tokens: Optional[torch.Tensor] = None,
-           drop_scene_unconditional: bool = False, context_cache: Optional[bool] = None,
+           scene_counts: Optional[torch.Tensor] = None, drop_scene_unconditional: bool = False,
+           context_cache: Optional[bool] = None,
            callback: Optional[Callable[[int, torch.Tensor], None]] = None) -> torch.Tensor:
     """Denoise ``noise`` (B, C, T, H, W) into video latents (fp32, same shape).
 
     ``text`` / ``negative_text`` (B, L, text_dim) embeddings (the negative
     defaults to zeros: Wan's empty-prompt embedding is the caller's to pass);
     ``guidance_scale`` 1 runs the conditional branch alone.
+    ``scene_counts`` (B,): real scene images per sample, the rest padding.
     ``drop_scene_unconditional`` also drops the scene in the unconditional branch.
     ``context_cache``: None uses it when exact (clean context, readonly mask),
     True requires it, False turns it off. ``callback(step, x)`` after each step.
@@ -55,8 +58,10 @@ def sample(model, noise: torch.Tensor, text: torch.Tensor, *, steps: int = 50, s
     has_scene = any(v is not None for v in (scene_images, scene_latents, scene_tokens))
     use_cache = _wants_cache(model, context_cache, has_scene)
     if has_scene and scene_tokens is None and scene_images is not None and model.cfg.scene.vggt_tokens:
-        scene_tokens = model.scene_encoder.extract_features(scene_images)   # VGGT once, not per step
-    scene = dict(scene_latents=scene_latents, scene_tokens=scene_tokens) if has_scene else {}
+        counts = scene_count_list(scene_counts, noise.shape[0], scene_images.shape[1])
+        scene_tokens = model.scene_encoder.extract_features(scene_images, counts)   # VGGT once, not per step
+    scene = dict(scene_latents=scene_latents, scene_tokens=scene_tokens,
+                 scene_counts=scene_counts) if has_scene else {}
 
     branches = [dict(text=text, drop_scene=None)]
     if guidance_scale != 1.0:

@@ -54,22 +54,31 @@ def _count_params(cfg: CineSceneConfig) -> int:
 
 
 def _sample_facts(cfg: CineSceneConfig, model: nn.Module, batch: Mapping) -> SampleFacts:
-    """From the batch's actual shapes (the data may differ from model.data_shape's defaults)."""
+    """From the batch's actual shapes (the data may differ from model.data_shape's defaults).
+
+    With ``data.scene_images_min`` the samples hold a uniformly drawn number of
+    scene images (the model attends only real ones), so FLOPs and tokens are
+    the expectation over that draw, not the padded S images' figures.
+    """
     from cinescene.models.flops import SampleShape, flops_per_sample, token_counts
 
     _, _, frames, height, width = batch["video"].shape
     scenes = batch.get("scene_images")
     latents = batch.get("scene_latents")
-    shape = SampleShape(latent_frames=frames, latent_height=height, latent_width=width,
-                        scene_images=scenes.shape[1] if scenes is not None else 0,
-                        scene_height=scenes.shape[3] if scenes is not None else height,
-                        scene_width=scenes.shape[4] if scenes is not None else width,
-                        scene_latent_height=latents.shape[3] if latents is not None else height,
-                        scene_latent_width=latents.shape[4] if latents is not None else width)
+    stored = scenes.shape[1] if scenes is not None else 0
+    low = cfg.data.scene_images_min if cfg.data.scene_images_min is not None and stored else stored
     vggt_trains = any(p.requires_grad and fnmatch.fnmatchcase(n, "scene_encoder.vggt.*")
                       for n, p in model.named_parameters())
-    flops = flops_per_sample(cfg.model, shape, scene_encoder_trains=vggt_trains)
-    return SampleFacts(flops_per_sample=float(flops.training), tokens_per_sample=token_counts(cfg.model, shape).total)
+    flops, tokens = [], []
+    for count in range(low, stored + 1):
+        shape = SampleShape(latent_frames=frames, latent_height=height, latent_width=width, scene_images=count,
+                            scene_height=scenes.shape[3] if scenes is not None else height,
+                            scene_width=scenes.shape[4] if scenes is not None else width,
+                            scene_latent_height=latents.shape[3] if latents is not None else height,
+                            scene_latent_width=latents.shape[4] if latents is not None else width)
+        flops.append(float(flops_per_sample(cfg.model, shape, scene_encoder_trains=vggt_trains).training))
+        tokens.append(token_counts(cfg.model, shape).total)
+    return SampleFacts(flops_per_sample=sum(flops) / len(flops), tokens_per_sample=round(sum(tokens) / len(tokens)))
 
 
 def _check_data(cfg: CineSceneConfig) -> None:

@@ -60,6 +60,9 @@ class FlowMatchingObjective:
                     raise KeyError(f"the batch lacks '{key}', which the model config needs "
                                    "(see docs/CONTRACTS.md)")
                 inputs[key] = batch[key].to(device, non_blocking=True)
+        if (self.uses_scene_images or self.uses_scene_latents) and "scene_counts" in batch:
+            # Stays on the host: the model reads the counts there to build its token packing.
+            inputs["scene_counts"] = batch["scene_counts"]
         return inputs
 
     def __call__(self, model: torch.nn.Module, batch: Mapping[str, object], generators: Sequence[torch.Generator],

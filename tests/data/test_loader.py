@@ -22,13 +22,15 @@ def loader(shards, rank=0, world=1, micro=2, start=0, seed=0, **cfg):
                               micro_batch_size=micro, start_sample=start)
 
 
-def global_keys(loaders, steps):
-    """Run ``steps`` micro-batch steps on every simulated rank; return keys in global position order."""
+def global_keys(loaders, steps, field="key"):
+    """Run ``steps`` micro-batch steps on every simulated rank; return the batches' ``field`` (a list or a
+    batch-first tensor) in global position order."""
     iters = [iter(ld) for ld in loaders]
     world = len(loaders)
     out = []
     for _ in range(steps):
-        per_rank = [next(it)["key"] for it in iters]
+        per_rank = [next(it)[field] for it in iters]
+        per_rank = [v.tolist() if torch.is_tensor(v) else v for v in per_rank]
         micro = len(per_rank[0])
         for i in range(micro):           # global position within the step = i * world + rank
             for rank in range(world):
@@ -46,7 +48,8 @@ def test_batch_contract(tiny_shards):
     for key, shape in shapes.items():
         assert tuple(batch[key].shape) == shape, key
         assert batch[key].dtype == torch.float32, key
-    assert set(batch) == set(shapes) | {"prompt", "key", "skipped_samples"}
+    assert set(batch) == set(shapes) | {"prompt", "key", "skipped_samples", "scene_counts"}
+    assert batch["scene_counts"].dtype == torch.int64 and batch["scene_counts"].tolist() == [SCENE_IMAGES] * 2
     assert batch["skipped_samples"] == 0
     assert len(batch["prompt"]) == len(batch["key"]) == 2
     assert batch["video"].min() >= -1 and batch["video"].max() <= 1

@@ -153,6 +153,37 @@ def test_model_entry_point_runs_the_fused_backend(device):
         entry.reset_backend_cache()
 
 
+@pytest.mark.parametrize("mask", ["full", "context_readonly"])
+def test_model_entry_point_packs_padded_batches_into_the_varlen_kernel(device, mask):
+    """A padded batch with a TokenPacking runs as one varlen launch: each sample equals the kernel-free
+    reference over its real tokens alone, gradients included, and padding outputs are zero."""
+    from cinescene.models import attention as entry
+    from cinescene.models.packing import TokenPacking
+
+    entry.reset_backend_cache()
+    try:
+        q, k, v = _qkv(device, 3, 40, 2, 16, grad=True)
+        valid = torch.ones(3, 40, dtype=torch.bool)
+        valid[0, 30:] = False
+        valid[1, 20:26] = False
+        valid[2, 17:] = False                       # no context
+        num_video = 17 if mask == "context_readonly" else None
+        out = entry.attention(q, k, v, num_video=num_video, mask=mask, backend="fused",
+                              packing=TokenPacking(valid))
+        out.square().sum().backward()
+        assert out[~valid].abs().max() == 0
+        for row in range(3):
+            real = valid[row].nonzero().reshape(-1).to(device)
+            leaves = [t.detach()[row:row + 1].index_select(1, real).requires_grad_() for t in (q, k, v)]
+            ref = reference_attention(*leaves, num_video=num_video, mask=mask)
+            ref.square().sum().backward()
+            assert (out[row:row + 1].index_select(1, real).double() - ref).abs().max() < 1e-4
+            for full, leaf in zip((q, k, v), leaves):
+                assert (full.grad[row:row + 1].index_select(1, real).double() - leaf.grad.double()).abs().max() < 1e-3
+    finally:
+        entry.reset_backend_cache()
+
+
 def test_entry_point_compiles_cold_with_the_fused_backend(device):
     """torch.compile(fullgraph=True) of a caller of the model's entry point, first call of the process's backend
     cache: the kernels module is imported and the choice logged outside the traced code."""

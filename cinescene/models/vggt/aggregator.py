@@ -10,13 +10,14 @@ P = 1 + R + (H/14)(W/14) tokens and patch tokens start at 1 + R.
 """
 from __future__ import annotations
 
-from typing import Dict, Iterable, List, Optional
+from typing import Dict, Iterable, List, Optional, Sequence
 
 import torch
 import torch.nn as nn
 
 from ..layers import normal_parameter
 from .dinov2 import DinoViT
+from ..packing import packing_from_valid
 from .layers import Block, RoPE2D
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -64,13 +65,21 @@ class Aggregator(nn.Module):
         special = torch.zeros(self.patch_start_idx, 2, dtype=grid.dtype, device=device)
         return torch.cat([special, grid], dim=0).expand(count, -1, -1)
 
-    def forward(self, images: torch.Tensor, layers: Optional[Iterable[int]] = None) -> List[torch.Tensor]:
+    def forward(self, images: torch.Tensor, layers: Optional[Iterable[int]] = None,
+                image_counts: Optional[Sequence[int]] = None) -> List[torch.Tensor]:
         """images (B, S, 3, H, W) in [0, 1], H and W multiples of the patch size.
 
         Returns the (B, S, P, 2C) outputs of the requested layers (python
         indices, default: all), in the order requested; blocks after the
         deepest requested layer are not run. (A list, not a dict: DeepSpeed's
         ZeRO-3 forward hooks accept only tensors, sequences or str-keyed dicts.)
+
+        ``image_counts[b]``: sample b's first images are real, the rest padding.
+        Global attention then packs the real images' tokens (padding is never
+        seen, so real outputs are those of the sample without its padding);
+        padding images still run the per-image layers, so every sample, and
+        every rank of a ZeRO-3 group, calls the same modules in the same order.
+        Outputs at padding images are not meaningful.
         """
         b, s, channels, height, width = images.shape
         if channels != 3:
@@ -83,12 +92,17 @@ class Aggregator(nn.Module):
                             _first_and_rest(self.register_token, b, s).to(patches.dtype), patches], dim=1)
         p, c = tokens.shape[1:]
         pos = self._positions(b * s, height // self.patch_size, width // self.patch_size, images.device)
+        packing = None
+        if image_counts is not None:
+            real = torch.arange(s)[None, :] < torch.as_tensor(list(image_counts))[:, None]     # (B, S)
+            packing = packing_from_valid(real[:, :, None].expand(b, s, p).reshape(b, s * p), device=images.device)
         outputs: Dict[int, torch.Tensor] = {}
         for i in range(wanted[-1] + 1):
             # Frame attention: each image alone; global attention: all images of a sample together.
             tokens = self.frame_blocks[i](tokens.reshape(b * s, p, c), pos=pos.reshape(b * s, p, 2))
             frame_out = tokens.reshape(b, s, p, c)
-            tokens = self.global_blocks[i](tokens.reshape(b, s * p, c), pos=pos.reshape(b, s * p, 2))
+            tokens = self.global_blocks[i](tokens.reshape(b, s * p, c), pos=pos.reshape(b, s * p, 2),
+                                           packing=packing)
             if i in wanted:
                 outputs[i] = torch.cat([frame_out, tokens.reshape(b, s, p, c)], dim=-1)
         return [outputs[i] for i in requested]

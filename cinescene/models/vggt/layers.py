@@ -16,6 +16,7 @@ import torch.nn as nn
 
 from ..attention import attention
 from ..layers import Linear
+from ..packing import TokenPacking
 
 
 class LayerScale(nn.Module):
@@ -81,13 +82,14 @@ class Attention(nn.Module):
         self.proj = Linear(dim, dim, init=init)
         self.rope = rope
 
-    def forward(self, x: torch.Tensor, pos: Optional[torch.Tensor] = None) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, pos: Optional[torch.Tensor] = None,
+                packing: Optional[TokenPacking] = None) -> torch.Tensor:
         b, n, c = x.shape
         q, k, v = self.qkv(x).reshape(b, n, 3, self.num_heads, self.head_dim).unbind(2)
         q, k = self.q_norm(q), self.k_norm(k)
         if self.rope is not None and pos is not None:
             q, k = self.rope(q, pos), self.rope(k, pos)
-        return self.proj(attention(q, k, v, backend=self.backend).reshape(b, n, c))
+        return self.proj(attention(q, k, v, backend=self.backend, packing=packing).reshape(b, n, c))
 
 
 class Block(nn.Module):
@@ -102,6 +104,7 @@ class Block(nn.Module):
         self.mlp = Mlp(dim, int(dim * mlp_ratio), init=init)
         self.ls2 = LayerScale(dim, init_values) if init_values else nn.Identity()
 
-    def forward(self, x: torch.Tensor, pos: Optional[torch.Tensor] = None) -> torch.Tensor:
-        x = x + self.ls1(self.attn(self.norm1(x), pos=pos))
+    def forward(self, x: torch.Tensor, pos: Optional[torch.Tensor] = None,
+                packing: Optional[TokenPacking] = None) -> torch.Tensor:
+        x = x + self.ls1(self.attn(self.norm1(x), pos=pos, packing=packing))
         return x + self.ls2(self.mlp(self.norm2(x)))

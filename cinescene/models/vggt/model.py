@@ -7,7 +7,7 @@ are not built here and are skipped).
 """
 from __future__ import annotations
 
-from typing import Dict, Iterable, List, Tuple
+from typing import Dict, Iterable, List, Optional, Sequence, Tuple
 
 import torch
 import torch.nn as nn
@@ -66,11 +66,15 @@ class VGGT(nn.Module):
                                           num_heads=cfg.num_heads, mlp_ratio=cfg.mlp_ratio,
                                           attention_backend=attention_backend)
 
-    def features(self, images: torch.Tensor, layers: Iterable[int]) -> Dict[int, torch.Tensor]:
-        """Preprocess raw [0, 1] images; {layer: (B, S, P, 2C)} for the requested layers (keys mod depth)."""
+    def features(self, images: torch.Tensor, layers: Iterable[int],
+                 image_counts: Optional[Sequence[int]] = None) -> Dict[int, torch.Tensor]:
+        """Preprocess raw [0, 1] images; {layer: (B, S, P, 2C)} for the requested layers (keys mod depth).
+
+        ``image_counts``: real images per sample, the rest padding (see :meth:`Aggregator.forward`).
+        """
         layers = [i % self.cfg.depth for i in layers]
         inputs = preprocess_images(images, self.cfg.img_size, self.cfg.patch_size)
-        return dict(zip(layers, self.aggregator(inputs, layers)))
+        return dict(zip(layers, self.aggregator(inputs, layers, image_counts)))
 
     def estimate_cameras(self, images: torch.Tensor, num_iterations: int = 4
                          ) -> Tuple[torch.Tensor, torch.Tensor]:
