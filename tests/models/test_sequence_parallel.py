@@ -32,18 +32,18 @@ def odd_length_batch():
     return batch
 
 
-def forward_backward(model, batch):
+def forward_backward(model, batch, counts=None):
     model.zero_grad(set_to_none=True)
     out = model(batch["x"], batch["timestep"], batch["text"], cameras=batch["cameras"],
                 scene_images=batch["scene_images"], scene_latents=batch.get("scene_latents"),
-                drop_scene=torch.tensor([False, True]))
+                drop_scene=torch.tensor([False, True]), scene_counts=counts)
     (out * torch.linspace(-1, 1, out.numel()).view_as(out)).sum().backward()
     grads = {n: (p.grad.clone() if p.grad is not None else torch.zeros_like(p))
              for n, p in model.named_parameters() if p.requires_grad}
     return out.detach(), grads
 
 
-def _worker(rank: int, port: int, mask: str, pixel_context: bool) -> None:
+def _worker(rank: int, port: int, mask: str, pixel_context: bool, counts) -> None:
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE=str(WORLD),
                       LOCAL_RANK=str(rank))
     torch.set_num_threads(1)
@@ -52,12 +52,13 @@ def _worker(rank: int, port: int, mask: str, pixel_context: bool) -> None:
         model = build_model(tiny_config(attention__mask=mask, scene__pixel_context=pixel_context))
         randomize(model, seed=21)
         batch = odd_length_batch()
-        ref_out, ref_grads = forward_backward(model, batch)
+        counts = None if counts is None else torch.tensor(counts)
+        ref_out, ref_grads = forward_backward(model, batch, counts)
 
         model.set_sequence_parallel(dist.group.WORLD)
         lengths = []
         model.blocks[0].register_forward_pre_hook(lambda module, args: lengths.append(args[0].shape[1]))
-        sp_out, sp_grads = forward_backward(model, batch)
+        sp_out, sp_grads = forward_backward(model, batch, counts)
         total = 7 * 63 + (2 * 63 if pixel_context else 0)
         assert lengths == [-(-total // WORLD)]  # each rank ran the blocks on its shard only
         for grad in sp_grads.values():
@@ -66,7 +67,7 @@ def _worker(rank: int, port: int, mask: str, pixel_context: bool) -> None:
         grad_diff = max(((sp_grads[n] - g).abs().max() / (g.abs().max() + 1e-8)).item()
                         for n, g in ref_grads.items())
         if rank == 0:
-            print(f"sequence parallel x{WORLD} ({mask}, pixel_context={pixel_context}): "
+            print(f"sequence parallel x{WORLD} ({mask}, pixel_context={pixel_context}, scene counts {counts}): "
                   f"max abs output diff {out_diff:.2e}, max relative grad diff {grad_diff:.2e}")
         assert ref_out.abs().max() > 0.1
         assert out_diff < 1e-5
@@ -82,6 +83,8 @@ def _worker(rank: int, port: int, mask: str, pixel_context: bool) -> None:
 
 @pytest.mark.dist
 @pytest.mark.slow
-@pytest.mark.parametrize("mask, pixel_context", [("full", False), ("context_readonly", True)])
-def test_two_rank_sequence_parallel_matches_one_rank(mask, pixel_context):
-    mp.spawn(_worker, args=(free_port(), mask, pixel_context), nprocs=WORLD, join=True)
+@pytest.mark.parametrize("mask, pixel_context, counts", [("full", False, None), ("context_readonly", True, None),
+                                                         ("context_readonly", True, [1, 2])])
+def test_two_rank_sequence_parallel_matches_one_rank(mask, pixel_context, counts):
+    """With scene counts, the padding (one of the first sample's two images) sits inside the sharded sequence."""
+    mp.spawn(_worker, args=(free_port(), mask, pixel_context, counts), nprocs=WORLD, join=True)
