@@ -32,12 +32,24 @@ Before the first layer's keys are stored, the cache checks that all of it (and
 the caches of the other branches still to come, ``planned_copies``) fits the
 device's free memory and raises a one-line CineSceneError otherwise, instead
 of running out of memory part-way through the forward.
+
+Offload (``offload=True``). The keys and values then live in host memory
+(pinned, so copies run asynchronously) and each later step streams them in
+one layer at a time: layer i+1's copy is issued on a side CUDA stream while
+layer i computes, so the device holds at most two layers' context K/V. The
+14B-with-guidance case above then needs 51 GB of host memory and about
+1.3 GB of device memory; the price is 2 x 25.6 GB of host-to-device traffic
+per step, which hides behind compute when a branch's forward takes longer
+than its copies: an estimate, not a measurement, is 0.5 s of copies per branch
+at 50 GB/s against about 4 s of 14B compute (2.6 PFLOP of video-token
+forward at 600 TFLOP/s). The host check reads the kernel's MemAvailable.
 """
 from __future__ import annotations
 
 import math
+import os
 from contextlib import contextmanager
-from typing import Callable, Iterator, List, Optional
+from typing import Callable, Dict, Iterator, List, Optional, Tuple
 
 import torch
 
@@ -76,18 +88,36 @@ def available_bytes(device: torch.device) -> Optional[int]:
     return free + torch.cuda.memory_reserved(device) - torch.cuda.memory_allocated(device)
 
 
+def host_available_bytes() -> Optional[int]:
+    """Host memory a new allocation may take (Linux MemAvailable), or None when it cannot be read."""
+    try:
+        with open("/proc/meminfo") as meminfo:
+            for line in meminfo:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    try:
+        return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (ValueError, OSError):
+        return None
+
+
 class ContextKVCache:
     """Per-layer context keys/values of one conditioning of one batch; filled by its first forward.
 
     ``planned_copies``: how many caches of this size the caller will fill from
     now on, this one included (a sampler with guidance: 2 for the first
     branch's cache, 1 for the second's), so the memory check fails before any
-    of them has taken memory.
+    of them has taken memory. ``offload``: keep the keys and values in host
+    memory and stream them in per layer (see the module doc).
     """
 
-    def __init__(self, planned_copies: int = 1) -> None:
+    def __init__(self, planned_copies: int = 1, offload: bool = False) -> None:
         if planned_copies < 1:
             raise ValueError(f"planned_copies must be >= 1, got {planned_copies}")
+        self.offload = offload
+        self._stream: Optional[_LayerStream] = None
         self.keys: List[torch.Tensor] = []
         self.values: List[torch.Tensor] = []
         self.num_video: Optional[int] = None
@@ -104,6 +134,7 @@ class ContextKVCache:
 
     def clear(self) -> None:
         self.keys, self.values, self.num_video, self.packing = [], [], None, None
+        self._stream = None
 
     def nbytes(self) -> int:
         return sum(t.numel() * t.element_size() for t in self.keys + self.values)
@@ -125,6 +156,8 @@ class ContextKVCache:
                 raise ValueError(f"the cache was filled for {self.num_video} video tokens, x has "
                                  f"{_video_tokens(model, x)}")
             self._backend = model.cfg.attention.backend
+            if self.offload:
+                self._stream = _LayerStream(self.keys, self.values, x.device)
             with _swap_self_attention(model, self._reader):
                 return model(x, timestep, text, cameras=cameras)
         check_cacheable(model)
@@ -152,35 +185,87 @@ class ContextKVCache:
                 self._check_fits(k[:, self.num_video:])
                 self.packing = getattr(attend, "packing", None)
             # Copies, not views: a view would keep the whole (video ++ context) tensor alive.
-            self.keys.append(k[:, self.num_video:].clone())
-            self.values.append(v[:, self.num_video:].clone())
+            self.keys.append(self._store(k[:, self.num_video:]))
+            self.values.append(self._store(v[:, self.num_video:]))
             return attend(q, k, v)
         return record
 
+    def _store(self, t: torch.Tensor) -> torch.Tensor:
+        if not self.offload:
+            return t.clone()
+        host = torch.empty(t.shape, dtype=t.dtype, pin_memory=t.is_cuda)
+        # Synchronous: the host copy must be complete before the first step reads it back.
+        return host.copy_(t)
+
     def _check_fits(self, context_keys: torch.Tensor) -> None:
-        """Raise CineSceneError when every layer's keys and values (times ``planned_copies``) cannot fit."""
-        available = available_bytes(context_keys.device)
-        if available is None:
-            return
+        """Raise CineSceneError when every layer's keys and values (times ``planned_copies``) cannot fit:
+        in device memory, or with ``offload`` in host memory (the device then holds two layers at a time)."""
         batch, tokens, heads, head_dim = context_keys.shape
-        need = self.planned_copies * 2 * self._layers * context_keys.numel() * context_keys.element_size()
-        if need > available:
-            dtype = str(context_keys.dtype).replace("torch.", "")
-            raise CineSceneError(
-                f"the context K/V cache needs {need / GB:.1f} GB ({self.planned_copies} cache(s) x 2 x "
-                f"{self._layers} layers x {batch} x {tokens:,} context tokens x {heads * head_dim} x {dtype}) but "
-                f"{context_keys.device} has {available / GB:.1f} GB free; sample without it (context_cache=False)")
+        layer_bytes = 2 * context_keys.numel() * context_keys.element_size()
+        need = self.planned_copies * self._layers * layer_bytes
+        dtype = str(context_keys.dtype).replace("torch.", "")
+        what = (f"{need / GB:.1f} GB ({self.planned_copies} cache(s) x 2 x {self._layers} layers x {batch} x "
+                f"{tokens:,} context tokens x {heads * head_dim} x {dtype})")
+        if self.offload:
+            host = host_available_bytes()
+            if host is not None and need > host:
+                raise CineSceneError(f"the offloaded context K/V cache needs {what} of host memory but "
+                                     f"{host / GB:.1f} GB is available; sample without it (context_cache=False)")
+            need, what = 2 * layer_bytes, f"{2 * layer_bytes / GB:.2f} GB (two layers in flight)"
+        available = available_bytes(context_keys.device)
+        if available is not None and need > available:
+            hint = "" if self.offload else ", keep it in host memory (context_cache_offload=True)"
+            raise CineSceneError(f"the context K/V cache needs {what} but {context_keys.device} has "
+                                 f"{available / GB:.1f} GB free; sample without it (context_cache=False){hint}")
 
     def _reader(self, layer: int, attend: Callable) -> Callable:
-        context_k, context_v, backend, packing = self.keys[layer], self.values[layer], self._backend, self.packing
+        backend, packing = self._backend, self.packing
 
         def attend_with_context(q, k, v):
+            if self._stream is not None:
+                context_k, context_v = self._stream.fetch(layer)
+            else:
+                context_k, context_v = self.keys[layer], self.values[layer]
             # Video queries see every key: the readonly mask never restricts them. Lq != Lk here,
             # but it is self-attention over the extended sequence (so ``auto`` may pick the fused kernel).
             # With a packing, the video queries are its prefix and padded context keys stay unseen.
             return attention(q, torch.cat([k, context_k], dim=1), torch.cat([v, context_v], dim=1),
                              backend=backend, kind="self", packing=packing)
         return attend_with_context
+
+
+class _LayerStream:
+    """Host-resident per-layer tensors brought to ``device`` in layer order, the next one copied ahead."""
+
+    def __init__(self, keys: List[torch.Tensor], values: List[torch.Tensor], device: torch.device):
+        self.keys, self.values, self.device = keys, values, device
+        self.copy_stream = torch.cuda.Stream(device) if device.type == "cuda" else None
+        self.in_flight: Dict[int, Tuple[torch.Tensor, torch.Tensor, Optional[torch.cuda.Event]]] = {}
+
+    def fetch(self, layer: int) -> Tuple[torch.Tensor, torch.Tensor]:
+        if layer not in self.in_flight:
+            self._issue(layer)
+        k, v, ready = self.in_flight.pop(layer)
+        if ready is not None:
+            current = torch.cuda.current_stream(self.device)
+            current.wait_event(ready)
+            # Allocated on the copy stream, used on this one: keep the memory until this stream is done.
+            k.record_stream(current)
+            v.record_stream(current)
+        if layer + 1 < len(self.keys):
+            self._issue(layer + 1)
+        return k, v
+
+    def _issue(self, layer: int) -> None:
+        if self.copy_stream is None:
+            self.in_flight[layer] = (self.keys[layer].to(self.device), self.values[layer].to(self.device), None)
+            return
+        with torch.cuda.stream(self.copy_stream):
+            k = self.keys[layer].to(self.device, non_blocking=True)
+            v = self.values[layer].to(self.device, non_blocking=True)
+            ready = torch.cuda.Event()
+            ready.record(self.copy_stream)
+        self.in_flight[layer] = (k, v, ready)
 
 
 def _video_tokens(model, x: torch.Tensor) -> int:

@@ -43,7 +43,7 @@ def sample(model, noise: torch.Tensor, text: torch.Tensor, *, steps: int = 50, s
            cameras: Optional[torch.Tensor] = None, scene_images: Optional[torch.Tensor] = None,
            scene_latents: Optional[torch.Tensor] = None, scene_tokens: Optional[torch.Tensor] = None,
            scene_counts: Optional[torch.Tensor] = None, drop_scene_unconditional: bool = False,
-           context_cache: Optional[bool] = None,
+           context_cache: Optional[bool] = None, context_cache_offload: bool = False,
            callback: Optional[Callable[[int, torch.Tensor], None]] = None) -> torch.Tensor:
     """Denoise ``noise`` (B, C, T, H, W) into video latents (fp32, same shape).
 
@@ -53,7 +53,9 @@ def sample(model, noise: torch.Tensor, text: torch.Tensor, *, steps: int = 50, s
     ``scene_counts`` (B,): real scene images per sample, the rest padding.
     ``drop_scene_unconditional`` also drops the scene in the unconditional branch.
     ``context_cache``: None uses it when exact (clean context, readonly mask),
-    True requires it, False turns it off. ``callback(step, x)`` after each step.
+    True requires it, False turns it off; ``context_cache_offload`` keeps the cached
+    keys/values in host memory and streams them in per layer (for caches the
+    device cannot hold). ``callback(step, x)`` after each step.
     """
     has_scene = any(v is not None for v in (scene_images, scene_latents, scene_tokens))
     use_cache = _wants_cache(model, context_cache, has_scene)
@@ -71,7 +73,8 @@ def sample(model, noise: torch.Tensor, text: torch.Tensor, *, steps: int = 50, s
         branches.append(dict(text=negative, drop_scene=drop))
     # Each cache's memory check also counts the caches of the branches after it.
     caches: List[Optional[ContextKVCache]] = [
-        ContextKVCache(planned_copies=len(branches) - i) if use_cache else None for i in range(len(branches))]
+        ContextKVCache(planned_copies=len(branches) - i, offload=context_cache_offload) if use_cache else None
+        for i in range(len(branches))]
 
     sigmas = sampling_sigmas(steps, shift)
     x = noise.float()

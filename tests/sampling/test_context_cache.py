@@ -119,6 +119,51 @@ def test_a_cache_that_cannot_fit_fails_before_it_is_stored(model, batch, monkeyp
         ContextKVCache(planned_copies=0)
 
 
+def test_offloaded_cache_gives_the_same_video_and_lives_on_the_host(model, batch, monkeypatch):
+    from cinescene.models import context_cache
+
+    plain = _sample(model, batch, False)
+    offloaded = _sample(model, batch, True, context_cache_offload=True)
+    assert (offloaded - plain).abs().max() < 1e-5 * max(1.0, float(plain.abs().max()))
+    cache = ContextKVCache(offload=True)
+    timestep = torch.full((2,), 500.0)
+    cache.forward(model, batch["x"], timestep, batch["text"], cameras=batch["cameras"],
+                  scene_images=batch["scene_images"])
+    assert all(t.device.type == "cpu" for t in cache.keys + cache.values)
+    fetched = []
+    original = context_cache._LayerStream.fetch
+    monkeypatch.setattr(context_cache._LayerStream, "fetch",
+                        lambda self, layer: fetched.append(layer) or original(self, layer))
+    cache.forward(model, batch["x"], timestep, batch["text"], cameras=batch["cameras"])
+    assert fetched == list(range(len(model.blocks)))          # streamed in layer order, once per step
+
+
+def test_offload_checks_host_memory_for_the_cache_and_the_device_for_two_layers(model, batch, monkeypatch):
+    from cinescene.models import context_cache
+
+    tokens = batch["scene_images"].shape[1] * 8 * 8
+    layer = 2 * 2 * tokens * model.cfg.dim * 4                  # keys + values of one layer, float32
+    monkeypatch.setattr(context_cache, "available_bytes", lambda device: 2 * layer)
+    monkeypatch.setattr(context_cache, "host_available_bytes", lambda: 2 * len(model.blocks) * layer)
+    _sample(model, batch, True, context_cache_offload=True)     # fits: two caches on the host, two layers here
+    with pytest.raises(CineSceneError, match=r"cpu has .* GB free; .* keep it in host memory "
+                                             r"\(context_cache_offload=True\)"):
+        _sample(model, batch, True)                             # the same device without offload: too small
+    monkeypatch.setattr(context_cache, "host_available_bytes", lambda: 2 * len(model.blocks) * layer - 1)
+    with pytest.raises(CineSceneError, match=r"offloaded context K/V cache needs .* of host memory"):
+        _sample(model, batch, True, context_cache_offload=True)
+    monkeypatch.setattr(context_cache, "host_available_bytes", lambda: 10 ** 15)
+    monkeypatch.setattr(context_cache, "available_bytes", lambda device: 2 * layer - 1)
+    with pytest.raises(CineSceneError, match=r"two layers in flight"):
+        _sample(model, batch, True, context_cache_offload=True)
+
+
+def test_host_memory_is_read():
+    from cinescene.models.context_cache import host_available_bytes
+
+    assert host_available_bytes() > 0
+
+
 def test_no_memory_check_off_cuda():
     from cinescene.models.context_cache import available_bytes
 
@@ -133,3 +178,5 @@ def test_same_video_with_the_fused_kernel_on_a_gpu():
     plain = _sample(model, batch, False)
     cached = _sample(model, batch, True)
     assert (cached - plain).abs().max() < 1e-4 * max(1.0, float(plain.abs().max()))
+    offloaded = _sample(model, batch, True, context_cache_offload=True)    # pinned host memory, side-stream copies
+    assert (offloaded - plain).abs().max() < 1e-4 * max(1.0, float(plain.abs().max()))
