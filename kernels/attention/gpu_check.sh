@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The kernels part's GPU checks as one command, for a session with an H100/H200 (about 8 minutes at most).
+# The kernels part's GPU checks as one command, for a session with an H100/H200 (about 9 minutes at most).
 #
 #   kernels/attention/gpu_check.sh OUTDIR             # on the GPU machine, from the repository root
 #   kernels/attention/gpu_check.sh --dry-run OUTDIR   # any machine: every step in its CPU form
@@ -8,10 +8,13 @@
 # OUTDIR/<step>.log; a step that fails or times out does not stop the ones after it:
 #   attention (ATTENTION_TIMEOUT=200)  cinescene bench attention --iters 5 --out OUTDIR/attention.json (+ .md)
 #                                      dry run: cinescene bench attention --check (interpreter sweep + sm_90 compile)
+#   packed    (PACKED_TIMEOUT=80)      cinescene bench attention --packed --iters 5 --out OUTDIR/attention_packed.json
+#                                      (samples of 20 and 5 scene images: packed varlen vs padded vs per sample);
+#                                      dry run: none (its toy-size CPU run is a test)
 #   sampling  (SAMPLING_TIMEOUT=150)   cinescene bench sampling configs/model/wan1.3b.yaml --steps 6
 #                                      --out OUTDIR/sampling_wan1.3b.json (bf16; the cache's overrides are applied)
 #                                      dry run: the same config --dry-run (plan only) and the tiny smoke model for real
-#   pytest    (PYTEST_TIMEOUT=130)     pytest -m gpu tests/kernels tests/sampling (bf16 at real sizes, inductor,
+#   pytest    (PYTEST_TIMEOUT=120)     pytest -m gpu tests/kernels tests/sampling (bf16 at real sizes, inductor,
 #                                      cached sampling through the fused kernel); dry run: the same (all skip on a CPU)
 # The benchmark JSON is rewritten after every shape, so a timed-out attention step keeps the rows it finished.
 # Exit status: 0 when every step passed, 1 otherwise; OUTDIR/summary.txt lists each step's status and seconds.
@@ -60,9 +63,11 @@ if [ "$dry_run" -eq 1 ]; then
 else
     step attention "${ATTENTION_TIMEOUT:-200}" "$python" -m cinescene bench attention --iters 5 \
         --out "$out/attention.json"
+    step packed "${PACKED_TIMEOUT:-80}" "$python" -m cinescene bench attention --packed --iters 5 \
+        --out "$out/attention_packed.json"
     step sampling "${SAMPLING_TIMEOUT:-150}" "$python" -m cinescene bench sampling configs/model/wan1.3b.yaml \
         --steps 6 --out "$out/sampling_wan1.3b.json"
 fi
-step pytest "${PYTEST_TIMEOUT:-130}" "$python" -m pytest -m gpu tests/kernels tests/sampling -q -p no:cacheprovider \
+step pytest "${PYTEST_TIMEOUT:-120}" "$python" -m pytest -m gpu tests/kernels tests/sampling -q -p no:cacheprovider \
     --junitxml "$out/pytest_gpu.xml"
 exit "$failed"

@@ -43,6 +43,12 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                    help="context token counts (default 0,15600,31200)")
     p.add_argument("--video", type=int, default=32760, help="video tokens (default 32760: 81x480x832)")
     p.add_argument("--iters", type=int, default=10, help="timed iterations per measurement (median)")
+    p.add_argument("--packed", action="store_true",
+                   help="instead: a batch whose samples hold different numbers of scene images (--images), "
+                        "packed varlen vs the padded batch vs one SDPA call per sample, both masks "
+                        "(first of --heads)")
+    p.add_argument("--images", type=_int_list, default=[20, 5],
+                   help="with --packed: scene images per sample, 1,560 context tokens each (default 20,5)")
     p.set_defaults(func=run)
 
 
@@ -82,6 +88,11 @@ def run(args: argparse.Namespace) -> int:
                              "run `cinescene bench attention --check` for the CPU correctness sweep")
     if args.iters < 1 or args.video < 1:
         raise CineSceneError("--iters and --video must be positive")
+    if args.packed:
+        from cinescene.kernels.attention import bench_packed
+
+        bench_packed.run(args.images, heads=args.heads[0], num_video=args.video, iters=args.iters, out=args.out)
+        return 0
     from cinescene.kernels.attention import bench
 
     bench.run(args.heads, args.context, args.video, args.iters, args.out)

@@ -1,6 +1,7 @@
 """`cinescene bench attention`: argument handling, the no-GPU message, the --check plumbing, table helpers."""
 from __future__ import annotations
 
+import json
 import math
 
 import pytest
@@ -113,10 +114,36 @@ def test_bench_runs_on_cpu_at_toy_size(tmp_path, device):
         assert row.backward_ms > 0
         skips = row.mask != "full" and (row.provider == "cinescene-triton" or row.provider.endswith("[2 calls]"))
         assert math.isnan(row.effective_forward_tflops) != skips, row
-    import json
 
     payload = json.loads(out.read_text())
     assert payload["complete"] and payload["readonly_ceiling"] == {"16": round(bench.readonly_ceiling(32, 16), 4)}
     assert set(payload["provenance"]) >= {"date", "commit", "torch", "triton", "flash_attn", "device"}
     assert payload["provenance"]["date"].endswith("+00:00") and "retain_graph" in payload["methods"]["timing"]
+    assert "Device: CPU" in out.with_suffix(".md").read_text()
+
+
+def test_packed_bench_runs_on_cpu_at_toy_size(tmp_path, device):
+    """`bench attention --packed`'s code path on the CPU: every provider runs both masks, the correct ones
+    match each sample's float64 reference, the padded one (which attends padding) has no error figure."""
+    if device != "cpu":
+        pytest.skip("the toy-size run is the CPU check of the GPU benchmark's code")
+    from cinescene.kernels.attention import bench_packed
+
+    out = tmp_path / "packed.json"
+    rows = bench_packed.run([2, 1], heads=1, num_video=16, iters=1, out=out, dtype=torch.float32, device="cpu",
+                            head_dim=16, tokens_per_image=8)
+    assert {(r.provider, r.mask) for r in rows} == {(p, m) for p in ("cinescene-triton varlen",
+                                                                        "cinescene-triton padded", "sdpa per sample")
+                                                    for m in ("full", "context_readonly")}
+    for row in rows:
+        assert row.forward_ms > 0 and row.backward_ms > 0, row
+        if row.provider == "cinescene-triton padded":
+            assert math.isnan(row.max_error)
+        else:
+            assert row.max_error < 1e-5, row
+    batch = bench_packed.PackedBatch(1, 16, [2, 1], 8, 16)
+    assert batch.lengths() == [32, 24]
+    assert batch.real_flops("full") == 4.0 * (32 ** 2 + 24 ** 2) * 16
+    payload = json.loads(out.read_text())
+    assert len(payload["rows"]) == 6 and len(payload["summary"]) == 4
     assert "Device: CPU" in out.with_suffix(".md").read_text()
