@@ -141,7 +141,8 @@ def _synchronize(device) -> None:
         torch.cuda.synchronize(device)
 
 
-def timed_sample(model, inputs: Dict[str, torch.Tensor], the_plan: SamplingPlan, steps: int, cache: bool):
+def timed_sample(model, inputs: Dict[str, torch.Tensor], the_plan: SamplingPlan, steps: int, cache: bool,
+                 offload: bool = False):
     """(video latents, Run): one call of the sampler, timed as a whole and per step."""
     device = inputs["noise"].device
     marks: List[float] = []
@@ -154,7 +155,8 @@ def timed_sample(model, inputs: Dict[str, torch.Tensor], the_plan: SamplingPlan,
     start = time.perf_counter()
     out = sample(model, inputs["noise"], inputs["text"], steps=steps, shift=the_plan.shift,
                  guidance_scale=the_plan.guidance_scale, cameras=inputs["cameras"],
-                 scene_images=inputs["scene_images"], context_cache=cache, callback=mark)
+                 scene_images=inputs["scene_images"], context_cache=cache, context_cache_offload=offload,
+                 callback=mark)
     bounds = [start] + marks
     return out, Run(seconds=marks[-1] - start, step_seconds=[b - a for a, b in zip(bounds[:-1], bounds[1:])])
 
@@ -170,8 +172,10 @@ def projected_speedup(plain: Run, cached: Run, steps: int) -> float:
 
 
 def run_benchmark(cfg, steps: int, device: str, dtype: torch.dtype, seed: int = 0,
-                  target_steps: Optional[int] = None) -> dict:
-    """Warm up, then sample ``steps`` steps without and with the cache; the report (see module docstring)."""
+                  target_steps: Optional[int] = None, offload: bool = False) -> dict:
+    """Warm up, then sample ``steps`` steps without and with the cache; the report (see module docstring).
+
+    ``offload``: the cache keeps its keys/values in host memory and streams them in per layer."""
     from cinescene.kernels.provenance import provenance
 
     the_plan = plan(cfg, steps, device, dtype)
@@ -179,9 +183,9 @@ def run_benchmark(cfg, steps: int, device: str, dtype: torch.dtype, seed: int = 
     model = build_random_model(cfg, device, dtype, seed)
     inputs = synthetic_inputs(cfg, the_plan, device, seed)
     for cache in (False, True):
-        timed_sample(model, inputs, the_plan, min(WARMUP_STEPS, steps), cache)
+        timed_sample(model, inputs, the_plan, min(WARMUP_STEPS, steps), cache, offload)
     plain_out, plain = timed_sample(model, inputs, the_plan, steps, cache=False)
-    cached_out, cached = timed_sample(model, inputs, the_plan, steps, cache=True)
+    cached_out, cached = timed_sample(model, inputs, the_plan, steps, cache=True, offload=offload)
     diff = float((cached_out - plain_out).abs().max())
     scale = float(plain_out.abs().max())
     speedup = plain.seconds / cached.seconds
@@ -190,7 +194,7 @@ def run_benchmark(cfg, steps: int, device: str, dtype: torch.dtype, seed: int = 
         inputs="synthetic (seeded noise, prompt embedding, camera orbit, scene images); random weights",
         timing=f"wall clock of one sampler call each, after a {WARMUP_STEPS}-step warm-up of both paths; "
                "per-step times from the sampler's callback (synchronised on CUDA)",
-        plain=asdict(plain), cached=asdict(cached), speedup=speedup,
+        plain=asdict(plain), cached=asdict(cached), cache_offload=offload, speedup=speedup,
         median_speedup=projected_speedup(plain, cached, steps),
         max_abs_diff=diff, max_abs_output=scale, relative_diff=diff / max(scale, 1e-30))
     if target_steps != steps:
@@ -203,7 +207,8 @@ def format_report(report: dict) -> str:
     plan_ = report["plan"]
     steps = plan_["steps"]
     lines = [f"without the context cache: {report['plain']['seconds']:.3f} s for {steps} steps",
-             f"with the context cache:    {report['cached']['seconds']:.3f} s for {steps} steps",
+             f"with the context cache:    {report['cached']['seconds']:.3f} s for {steps} steps"
+             f"{' (offloaded: host memory, streamed in per layer)' if report.get('cache_offload') else ''}",
              f"speed-up: {report['speedup']:.2f}x at {steps} steps (wall clock; from the per-step medians, "
              f"which a stalled step does not move: {report['median_speedup']:.2f}x)"]
     if "projected_speedup" in report:

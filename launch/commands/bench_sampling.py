@@ -28,6 +28,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--device", default=None, help="cuda or cpu (default: cuda when visible)")
     p.add_argument("--dtype", choices=DTYPES, default=None, help="parameter dtype (default: bf16 on CUDA, fp32 on CPU)")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--cache-offload", action="store_true",
+                   help="the cached run keeps the context keys/values in host memory, streamed in per layer "
+                        "(for caches the device cannot hold; measures what the streaming costs)")
     p.add_argument("--dry-run", action="store_true",
                    help="print the plan (shapes, tokens, cache memory, overrides) and exit without building the model")
     p.set_defaults(func=run)
@@ -59,7 +62,7 @@ def run(args: argparse.Namespace, cfg) -> int:
     print(the_plan.describe(), flush=True)
     if args.dry_run:
         return 0
-    report = bench.run_benchmark(cfg, steps, device, dtype, seed=args.seed)
+    report = bench.run_benchmark(cfg, steps, device, dtype, seed=args.seed, offload=args.cache_offload)
     report.update(config=str(args.config), overrides=list(args.overrides) + added, applied_for_cache=added)
     print(bench.format_report(report))
     if args.out is not None:

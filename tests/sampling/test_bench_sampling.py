@@ -30,6 +30,14 @@ def test_smoke_config_samples_the_same_video_with_and_without_the_cache(tmp_path
     assert set(report["provenance"]) >= {"date", "commit", "device", "torch"}
 
 
+def test_cache_offload_is_timed_and_gives_the_same_video(tmp_path, capsys):
+    out = tmp_path / "sampling.json"
+    assert cli.main(["bench", "sampling", SMOKE, "--steps", "2", "--cache-offload", "--out", str(out)]) == 0
+    assert "(offloaded: host memory, streamed in per layer)" in capsys.readouterr().out
+    report = json.loads(out.read_text())
+    assert report["cache_offload"] is True and report["relative_diff"] < 1e-5
+
+
 def test_wan_1_3b_plan_names_the_overrides_and_the_cache_memory(capsys):
     """The GPU command's config: the default 1.3B config has the full mask, so the cache needs the override."""
     assert cli.main(["bench", "sampling", WAN_1_3B, "--dtype", "bf16", "--dry-run"]) == 0
