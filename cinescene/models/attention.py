@@ -222,12 +222,13 @@ def _attend_packed(name: str, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
     packing.check(k)
     queries = packing.prefix(q.shape[1])
     q_packed, k_packed, v_packed = queries.pack(q), packing.pack(k), packing.pack(v)
-    starts = packing.real_before(num_video) if num_video is not None else None
     if name == "fused":
         out = _fused_module.fused_attention_varlen(
             q_packed, k_packed, v_packed, queries.cu_seqlens, packing.cu_seqlens, queries.max_seqlen,
-            packing.max_seqlen, context_start=starts, mask="context_readonly" if starts else "full")
+            packing.max_seqlen, context_start=None if num_video is None else packing.context_starts(num_video),
+            mask="full" if num_video is None else "context_readonly")
     else:
+        starts = packing.real_before(num_video) if num_video is not None else None
         outs = []
         for i, (qi, ki, vi) in enumerate(zip(queries.split(q_packed), packing.split(k_packed),
                                              packing.split(v_packed))):

@@ -38,6 +38,7 @@ class TokenPacking:
         cu[1:] = torch.cumsum(torch.tensor(self.lengths, dtype=torch.int64), 0).to(torch.int32)
         self.cu_seqlens = cu.to(self.device)
         self._prefixes: Dict[int, "TokenPacking"] = {}
+        self._starts: Dict[int, torch.Tensor] = {}
 
     @classmethod
     def from_lengths(cls, real: Sequence[Sequence[int]], length: int, device=None) -> "TokenPacking":
@@ -69,6 +70,13 @@ class TokenPacking:
     def real_before(self, position: int) -> List[int]:
         """Per sample: how many real tokens precede ``position`` (a packed sequence's context start)."""
         return self.valid_host[:, :position].sum(1).tolist()
+
+    def context_starts(self, position: int) -> torch.Tensor:
+        """:meth:`real_before` as an int32 tensor on the packing's device, made once per position: every
+        layer's varlen launch reuses it (a host-to-device copy per layer would stall the GPU stream)."""
+        if position not in self._starts:
+            self._starts[position] = torch.tensor(self.real_before(position), dtype=torch.int32).to(self.device)
+        return self._starts[position]
 
     def check(self, x: torch.Tensor) -> None:
         if tuple(x.shape[:2]) != (self.batch, self.length):

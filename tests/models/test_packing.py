@@ -51,6 +51,8 @@ def test_packing_round_trip_prefix_and_context_starts():
     assert packing.cu_seqlens.tolist() == [0, 3, 8] and packing.max_seqlen == 5
     assert packing.unpack(packed).reshape(2, 5).tolist() == [[0, 1, 0, 3, 0], [5, 6, 7, 8, 9]]
     assert packing.prefix(2).lengths == [2, 2] and packing.real_before(3) == [2, 3]
+    starts = packing.context_starts(3)
+    assert starts.dtype == torch.int32 and starts.tolist() == [2, 3] and packing.context_starts(3) is starts
     assert packing_from_valid(torch.ones(2, 5, dtype=torch.bool)) is None
     with pytest.raises(ValueError, match="does not describe"):
         packing.pack(torch.zeros(2, 4, 1))
