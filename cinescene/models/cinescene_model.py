@@ -47,7 +47,7 @@ from cinescene.log import get_logger
 from .attention import SelfAttentionCall, attention
 from .camera import relative_camera_features
 from .layers import SegmentedModulation
-from .packing import packing_from_valid
+from .packing import packing_from_valid, real_images
 from .rope import rope_cos_sin, sequence_positions
 from .scene_encoder import SceneEncoder
 from .sequence_parallel import SequenceShard, check_group, ensure_deepspeed_comm, ulysses_self_attention
@@ -235,11 +235,10 @@ def token_validity(num_video: int, frames: int, context_grids: Sequence[ContextG
     A context grid's image index is its frame index minus the video's frames
     (see the module doc), for VGGT and pixel tokens alike.
     """
-    counts_t = torch.as_tensor(list(counts), dtype=torch.int64)
+    images = real_images(counts, max((f - frames + 1 for f, _, _ in context_grids), default=0))
     parts = [torch.ones(len(counts), num_video, dtype=torch.bool)]
     for frame_index, rows, cols in context_grids:
-        real = (frame_index - frames) < counts_t
-        parts.append(real[:, None].expand(-1, rows * cols))
+        parts.append(images[:, frame_index - frames, None].expand(-1, rows * cols))
     return torch.cat(parts, dim=1)
 
 

@@ -40,22 +40,10 @@ class TokenPacking:
         self._prefixes: Dict[int, "TokenPacking"] = {}
         self._starts: Dict[int, torch.Tensor] = {}
 
-    @classmethod
-    def from_lengths(cls, real: Sequence[Sequence[int]], length: int, device=None) -> "TokenPacking":
-        """From per-sample lists of real positions (mostly for tests)."""
-        valid = torch.zeros(len(real), length, dtype=torch.bool)
-        for row, positions in enumerate(real):
-            valid[row, list(positions)] = True
-        return cls(valid, device=device)
-
-    @property
-    def total(self) -> int:
-        return int(self.index.shape[0])
-
     @property
     def is_dense(self) -> bool:
         """Every position is real: attention needs no packing."""
-        return self.total == self.batch * self.length
+        return sum(self.lengths) == self.batch * self.length
 
     def prefix(self, n: int) -> "TokenPacking":
         """The packing of positions [0, n) (the queries of a call whose keys this packing describes)."""
@@ -97,6 +85,11 @@ class TokenPacking:
     def split(self, packed: torch.Tensor) -> List[torch.Tensor]:
         """(total, ...) -> per-sample (L_i, ...) views."""
         return list(torch.split(packed, self.lengths, dim=0))
+
+
+def real_images(counts: Sequence[int], num_images: int) -> torch.Tensor:
+    """(B, S) bool on the host: which of a sample's ``num_images`` scene images are real (the first counts[b])."""
+    return torch.arange(num_images)[None, :] < torch.as_tensor(list(counts), dtype=torch.int64)[:, None]
 
 
 def packing_from_valid(valid: Optional[torch.Tensor], device=None) -> Optional[TokenPacking]:

@@ -26,6 +26,7 @@ import torch.nn.functional as F
 from cinescene.config.model import SceneContextConfig
 
 from .layers import FP32LayerNorm, Linear
+from .packing import real_images
 from .vggt import VGGT, vggt_grid
 
 
@@ -61,8 +62,7 @@ class SceneEncoder(nn.Module):
         rows, cols = vggt_grid(images.shape[-2], images.shape[-1], vggt.cfg.img_size, vggt.cfg.patch_size)
         feats = feats[:, :, vggt.aggregator.patch_start_idx:].reshape(b, s, rows, cols, -1)
         if counts is not None:
-            real = torch.arange(s)[None, :] < torch.as_tensor(list(counts))[:, None]
-            feats = feats * real.to(feats.device, feats.dtype)[:, :, None, None, None]
+            feats = feats * real_images(counts, s).to(feats.device, feats.dtype)[:, :, None, None, None]
         return feats
 
     def forward(self, features: Optional[torch.Tensor], grid: Tuple[int, int],

@@ -17,7 +17,7 @@ import torch.nn as nn
 
 from ..layers import normal_parameter
 from .dinov2 import DinoViT
-from ..packing import packing_from_valid
+from ..packing import packing_from_valid, real_images
 from .layers import Block, RoPE2D
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -94,8 +94,8 @@ class Aggregator(nn.Module):
         pos = self._positions(b * s, height // self.patch_size, width // self.patch_size, images.device)
         packing = None
         if image_counts is not None:
-            real = torch.arange(s)[None, :] < torch.as_tensor(list(image_counts))[:, None]     # (B, S)
-            packing = packing_from_valid(real[:, :, None].expand(b, s, p).reshape(b, s * p), device=images.device)
+            real = real_images(image_counts, s)[:, :, None].expand(b, s, p)
+            packing = packing_from_valid(real.reshape(b, s * p), device=images.device)
         outputs: Dict[int, torch.Tensor] = {}
         for i in range(wanted[-1] + 1):
             # Frame attention: each image alone; global attention: all images of a sample together.
