@@ -241,6 +241,8 @@ class _LayerStream:
         self.keys, self.values, self.device = keys, values, device
         self.copy_stream = torch.cuda.Stream(device) if device.type == "cuda" else None
         self.in_flight: Dict[int, Tuple[torch.Tensor, torch.Tensor, Optional[torch.cuda.Event]]] = {}
+        if keys:   # the first layer's copy overlaps the embeddings that run before it
+            self._issue(0)
 
     def fetch(self, layer: int) -> Tuple[torch.Tensor, torch.Tensor]:
         if layer not in self.in_flight:
