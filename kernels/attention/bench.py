@@ -24,7 +24,7 @@ import statistics
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Callable, Dict, List, Optional, Sequence
+from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 import torch
 import torch.nn.functional as F
@@ -132,6 +132,17 @@ def time_ms(fn: Callable[[], object], iters: int, device="cuda", warmup: int = W
     return statistics.median(times)
 
 
+def time_forward_backward(fn: Callable, q, k, v, grad, iters: int, device) -> Tuple[float, float]:
+    """(forward ms, backward ms) of ``fn(q, k, v)``: the forward without autograd, the backward as
+    ``torch.autograd.grad`` on one forward graph built once (see ``METHODS["timing"]``)."""
+    with torch.no_grad():
+        forward = time_ms(lambda: fn(q, k, v), iters, device)
+    leaves = [t.detach().requires_grad_() for t in (q, k, v)]
+    graph = fn(*leaves)
+    backward = time_ms(lambda: torch.autograd.grad(graph, leaves, grad, retain_graph=True), iters, device)
+    return forward, backward
+
+
 def _split_readonly(dense: Callable, q, k, v, num_video: int):
     """The readonly mask as two dense calls: video queries x all keys, context queries x context keys."""
     video = dense(q[:, :num_video], k, v)
@@ -227,12 +238,8 @@ def bench_shape(shape: Shape, iters: int, dtype=torch.bfloat16, seed: int = 0, d
                 out = provider.fn(q, k, v, shape)
             row.max_error = float((out[:, rows_idx].double() - references[mask]).abs().max())
             del out
-            row.forward_ms = time_ms(lambda: provider.fn(q, k, v, shape), iters, device)
-            leaves = [t.detach().requires_grad_() for t in (q, k, v)]
-            graph = provider.fn(*leaves, shape)
-            row.backward_ms = time_ms(lambda: torch.autograd.grad(graph, leaves, grad, retain_graph=True), iters,
-                                      device)
-            del graph, leaves
+            row.forward_ms, row.backward_ms = time_forward_backward(
+                lambda a, b, c: provider.fn(a, b, c, shape), q, k, v, grad, iters, device)
         except Exception as exc:  # an unsupported backend is a row with a note, not a crash
             row.note = f"{type(exc).__name__}: {str(exc).splitlines()[0][:120]}"
         finally:
