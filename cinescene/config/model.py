@@ -71,6 +71,11 @@ class SceneContextConfig:
     # attention.mask=context_readonly makes the context step-independent, which is what lets
     # sampling cache its keys/values (cinescene.models.context_cache); "clean" alone does not.
     timestep: str = "clean"
+    # Anchor the scene to the camera (ours, off): each scene image's pose relative to the target's
+    # first frame, inv(C_target_0) @ C_scene_i, goes through a zero-initialised Linear(12, dim) added
+    # to that image's context tokens, so the model need not infer from the features alone where the
+    # first frame looks within the scene. Zero-initialised: switching it on changes nothing at first.
+    pose_embedding: bool = False
 
     def validate(self) -> None:
         require(len(self.layers) > 0, "layers", "at least one layer index", list(self.layers))

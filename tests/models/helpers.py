@@ -38,18 +38,24 @@ def randomize(module: torch.nn.Module, seed: int = 0, std: float = 0.1, skip=())
         param.copy_(torch.randn(param.shape, generator=gen) * std)
 
 
-def tiny_batch(batch: int = 2, seed: int = 0, scene_images: int = 3):
-    """Inputs shaped like the contract's batch for the tiny model (pixel proxy 3x5x16x16)."""
-    gen = torch.Generator().manual_seed(seed)
-    frames = 5
-    cameras = torch.eye(4).repeat(batch, frames, 1, 1)
-    angles = torch.rand(batch, frames, generator=gen)
+def random_cameras(batch: int, count: int, gen: torch.Generator) -> torch.Tensor:
+    """(batch, count, 4, 4) camera-to-world: a random turn about the vertical axis and a random position."""
+    cameras = torch.eye(4).repeat(batch, count, 1, 1)
+    angles = torch.rand(batch, count, generator=gen)
     cameras[:, :, 0, 0] = torch.cos(angles)
     cameras[:, :, 0, 2] = torch.sin(angles)
     cameras[:, :, 2, 0] = -torch.sin(angles)
     cameras[:, :, 2, 2] = torch.cos(angles)
-    cameras[:, :, :3, 3] = torch.randn(batch, frames, 3, generator=gen)
-    return dict(
+    cameras[:, :, :3, 3] = torch.randn(batch, count, 3, generator=gen)
+    return cameras
+
+
+def tiny_batch(batch: int = 2, seed: int = 0, scene_images: int = 3):
+    """Inputs shaped like the contract's batch for the tiny model (pixel proxy 3x5x16x16)."""
+    gen = torch.Generator().manual_seed(seed)
+    frames = 5
+    cameras = random_cameras(batch, frames, gen)
+    inputs = dict(
         x=torch.randn(batch, 3, frames, 16, 16, generator=gen),
         timestep=torch.rand(batch, generator=gen) * 1000,
         text=torch.randn(batch, 32, 64, generator=gen),
@@ -57,7 +63,9 @@ def tiny_batch(batch: int = 2, seed: int = 0, scene_images: int = 3):
         scene_images=torch.rand(batch, scene_images, 3, 64, 64, generator=gen),
         scene_latents=torch.randn(batch, scene_images, 3, 16, 16, generator=gen),
     )
-
+    # Drawn from their own generator: the inputs above stay what they were before scene cameras existed.
+    inputs["scene_cameras"] = random_cameras(batch, scene_images, torch.Generator().manual_seed(seed + 10_000))
+    return inputs
 
 
 class ReadLog:
