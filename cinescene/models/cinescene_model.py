@@ -293,7 +293,7 @@ def build_model(cfg: ModelConfig, *, device=None, dtype: Optional[torch.dtype] =
 
         if cfg.pretrained:
             load_pretrained(model, cfg.pretrained, fmt=cfg.pretrained_format, strict=cfg.strict_load)
-        if cfg.scene.enabled and cfg.scene.vggt_tokens and cfg.scene.vggt.weights:
+        if cfg.builds_vggt() and cfg.scene.vggt.weights:
             load_vggt_weights(model.scene_encoder.vggt, cfg.scene.vggt.weights, strict=True)
     model.apply_trainable(cfg)
     return model

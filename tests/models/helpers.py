@@ -68,6 +68,31 @@ def tiny_batch(batch: int = 2, seed: int = 0, scene_images: int = 3):
     return inputs
 
 
+def write_header_only_safetensors(path, shapes, dtype: str = "BF16") -> None:
+    """A .safetensors whose header declares ``shapes`` (name -> shape) over a sparse, all-zero data area.
+
+    Full-size checkpoints (billions of parameters) for name/shape checks: the
+    file's length is what the header says, but no data block is ever written.
+    """
+    import json
+    import math
+    import struct
+
+    itemsize = {"BF16": 2, "F16": 2, "F32": 4}[dtype]
+    header, offset = {}, 0
+    for name, shape in shapes.items():
+        size = itemsize * math.prod(shape)
+        header[name] = {"dtype": dtype, "shape": list(shape), "data_offsets": [offset, offset + size]}
+        offset += size
+    blob = json.dumps(header).encode()
+    blob += b" " * (-len(blob) % 8)
+    with open(path, "wb") as out:
+        out.write(struct.pack("<Q", len(blob)))
+        out.write(blob)
+        out.truncate(8 + len(blob) + offset)
+
+
+
 class ReadLog:
     """The tensors a :class:`TensorSource` read, in order, and the most earlier reads alive at any read."""
 
