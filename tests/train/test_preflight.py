@@ -41,6 +41,28 @@ def test_the_recipe_without_weights_refuses_to_start_in_one_line(tmp_path, dry):
     assert not (tmp_path / "run").exists()      # nothing started, nothing written
 
 
+def test_the_recipe_holds_the_published_values_and_counts_on_cpu():
+    """--print-config (no torch needed) and model info (meta device) on the recipe, without weights."""
+    import yaml
+
+    from cinescene.models.flops import model_info
+
+    out = cli("train", RECIPE, "--print-config")
+    assert out.returncode == 0, out.stderr
+    printed = yaml.safe_load(out.stdout)
+    train, model = printed["train"], printed["model"]
+    published = (train["max_steps"], train["global_batch_size"], train["lr"], train["flow"]["shift"],
+                 printed["data"]["scene_images"], printed["data"]["shuffle_scene_images"], model["scene"]["enabled"],
+                 model["scene"]["vggt_tokens"])
+    assert published == (10000, 16, 5e-5, 15.0, 20, True, True, True)
+    assert (model["name"], model["init"], model["scene"]["pose_embedding"]) == ("wan1.3b", "pretrained", False)
+    assert (train["precision"], printed["parallel"]["zero_stage"], model["activation_checkpointing"],
+            train["ema"]["enabled"], printed["eval"]["every_steps"]) == ("bf16", 3, True, True, 500)
+    cfg, _ = load_config(REPO / RECIPE)
+    info = model_info(cfg)
+    assert (info["dit_params"], info["seq_len"], info["video_tokens"]) == (1_418_996_800, 63_960, 32_760)
+
+
 def test_the_weight_rule():
     cfg, _ = load_config(REPO / RECIPE, ["model.pretrained=/nonexistent/dit.safetensors"])
     with pytest.raises(CineSceneError, match=r"^model\.scene\.vggt\.weights is unset"):
