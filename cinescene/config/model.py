@@ -9,9 +9,13 @@ and which are published CineScene facts, in ``docs/MODEL.md``.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import List, Optional
+from typing import Dict, List, Optional
 
-from .base import in_range, one_of, optional_positive, positive, require
+from .base import ConfigError, in_range, one_of, optional_positive, positive, require
+
+# Where the weights start (``model.init``): "pretrained" loads the Wan DiT (``model.pretrained``) and,
+# when the model builds VGGT, ``model.scene.vggt.weights``; "random" starts from random initialisation.
+INIT_CHOICES = ("pretrained", "random")
 
 
 @dataclass
@@ -71,6 +75,11 @@ class SceneContextConfig:
     # attention.mask=context_readonly makes the context step-independent, which is what lets
     # sampling cache its keys/values (cinescene.models.context_cache); "clean" alone does not.
     timestep: str = "clean"
+    # Anchor the scene to the camera (ours, off): each scene image's pose relative to the target's
+    # first frame, inv(C_target_0) @ C_scene_i, goes through a zero-initialised Linear(12, dim) added
+    # to that image's context tokens, so the model need not infer from the features alone where the
+    # first frame looks within the scene. Zero-initialised: switching it on changes nothing at first.
+    pose_embedding: bool = False
 
     def validate(self) -> None:
         require(len(self.layers) > 0, "layers", "at least one layer index", list(self.layers))
@@ -169,6 +178,10 @@ class ModelConfig:
     frozen: List[str] = field(default_factory=lambda: ["scene_encoder.vggt.*"])
     # Recompute each DiT block in backward (torch.utils.checkpoint, non-reentrant).
     activation_checkpointing: bool = False
+    # "pretrained" (the default: CineScene fine-tunes a pretrained Wan2.1): `cinescene train` refuses
+    # to start while `pretrained` or (when VGGT is built) `scene.vggt.weights` is unset. "random":
+    # train from random initialisation on purpose (the tiny model, tests); rank 0 warns once.
+    init: str = "pretrained"
     # Pretrained DiT weights: a .safetensors, a sharded index .json, or a .pth.
     pretrained: Optional[str] = None
     pretrained_format: str = "auto"
@@ -190,5 +203,22 @@ class ModelConfig:
                     list(self.patch_size))
         in_range(self.eps, "eps", 0.0, 1e-2)
         one_of(self.pretrained_format, "pretrained_format", ["auto", "wan", "diffusers"])
+        one_of(self.init, "init", INIT_CHOICES)
+        if self.init == "random":
+            for key, path in self.weight_paths().items():
+                if path:
+                    raise ConfigError(key, f"set to {path!r} with init=random, which loads no weights "
+                                           "(unset it, or set init=pretrained)")
         require(len(self.trainable) > 0, "trainable", "at least one pattern ('*' trains everything)",
                 list(self.trainable))
+
+    def builds_vggt(self) -> bool:
+        """Whether the network holds a VGGT aggregator (it is built only for VGGT-token context)."""
+        return self.scene.enabled and self.scene.vggt_tokens
+
+    def weight_paths(self) -> Dict[str, Optional[str]]:
+        """The weight files ``init=pretrained`` loads, by key path relative to this section."""
+        paths = {"pretrained": self.pretrained}
+        if self.builds_vggt():
+            paths["scene.vggt.weights"] = self.scene.vggt.weights
+        return paths

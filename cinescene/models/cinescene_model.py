@@ -21,6 +21,14 @@ applies ``projector`` to the self-attention output (ReCamMaster). Context
 tokens get no camera term. Zero / identity initialisation makes the fresh
 modules a no-op.
 
+Scene anchoring (``scene.pose_embedding``, off by default). ``scene_cameras``
+(B, S, 4, 4) are expressed relative to the target's first camera
+(:func:`.camera.scene_pose_features`) and embedded once per image into that
+image's context tokens, before the blocks (see :mod:`.scene_encoder`): the
+context stays independent of the video and the denoising step, so sequence
+parallelism, packing and the inference context cache treat it like any
+other context token.
+
 Scene counts. ``scene_counts`` (B,) gives each sample's number of real scene
 images; the images (and latents, features) past it along S are padding. The
 sequence keeps its padded length for the token-wise layers, while attention
@@ -45,7 +53,7 @@ from cinescene.config.model import ModelConfig
 from cinescene.log import get_logger
 
 from .attention import SelfAttentionCall, attention
-from .camera import relative_camera_features
+from .camera import relative_camera_features, scene_pose_features
 from .layers import SegmentedModulation
 from .packing import packing_from_valid, real_images
 from .rope import rope_cos_sin, sequence_positions
@@ -111,8 +119,8 @@ class CineSceneModel(WanDiT):
     def forward(self, x: torch.Tensor, timestep: torch.Tensor, text: torch.Tensor, *,
                 cameras: Optional[torch.Tensor] = None, scene_images: Optional[torch.Tensor] = None,
                 scene_latents: Optional[torch.Tensor] = None, scene_tokens: Optional[torch.Tensor] = None,
-                drop_scene: Optional[torch.Tensor] = None, scene_counts: Optional[torch.Tensor] = None
-                ) -> torch.Tensor:
+                drop_scene: Optional[torch.Tensor] = None, scene_counts: Optional[torch.Tensor] = None,
+                scene_cameras: Optional[torch.Tensor] = None) -> torch.Tensor:
         """Predict the flow target for the video latents ``x`` (B, C, T, H, W); returns that shape in fp32.
 
         ``timestep`` (B,) in [0, 1000]; ``text`` (B, L, text_dim) with L <= text_len
@@ -123,14 +131,16 @@ class CineSceneModel(WanDiT):
         ``scene_latents`` (B, S, C, h, w) for pixel context; ``drop_scene``
         (B,) bool replaces a sample's context tokens by the learned null token;
         ``scene_counts`` (B,) int: real scene images per sample (0..S), the rest
-        padding (see the module doc). With no scene inputs there are no context
-        tokens (the base DiT).
+        padding (see the module doc); ``scene_cameras`` (B, S, 4, 4)
+        camera-to-world of the scene images, read (with ``cameras``) only
+        with ``scene.pose_embedding``. With no scene inputs there are no
+        context tokens (the base DiT).
         """
         video, grid = self.patchify(x)
         counts = scene_count_list(scene_counts, x.shape[0], _num_scene_images(scene_images, scene_latents,
                                                                               scene_tokens))
         context, context_grids = self._scene_context(grid, scene_images, scene_latents, scene_tokens, drop_scene,
-                                                     counts)
+                                                     counts, cameras, scene_cameras)
         tokens = video if context is None else torch.cat([video, context.to(video.dtype)], dim=1)
         num_video = video.shape[1]
         packing = None if context is None or counts is None else packing_from_valid(
@@ -176,12 +186,15 @@ class CineSceneModel(WanDiT):
             out = shard.gather(self.head(hidden, e, ctx.modulation))[:, :num_video]
         return self.unpatchify(out, grid).float()
 
-    def _scene_context(self, grid: Sequence[int], images, latents, features, drop, counts: Optional[List[int]]
+    def _scene_context(self, grid: Sequence[int], images, latents, features, drop, counts: Optional[List[int]],
+                       cameras: Optional[torch.Tensor], scene_cameras: Optional[torch.Tensor]
                        ) -> Tuple[Optional[torch.Tensor], List[ContextGrid]]:
         """Context tokens (B, N_ctx, dim) and their per-image grids, or (None, []) without scene inputs."""
         if not hasattr(self, "scene_encoder") or all(v is None for v in (images, latents, features)):
             return None, []
         scene = self.cfg.scene
+        poses = self._scene_poses(cameras, scene_cameras, _num_scene_images(images, latents, features)) if (
+            scene.pose_embedding) else None
         frames, rows, cols = grid
         grids: List[ContextGrid] = []
         num_images = None
@@ -202,7 +215,19 @@ class CineSceneModel(WanDiT):
             embedded, (_, h, w) = self.patchify(latents.reshape(b * s, latents.shape[2], 1, *latents.shape[3:]))
             pixel_tokens = embedded.reshape(b, s * h * w, -1)
             grids += [(frames + i, h, w) for i in range(s)]
-        return self.scene_encoder(features if scene.vggt_tokens else None, (rows, cols), pixel_tokens, drop), grids
+        return self.scene_encoder(features if scene.vggt_tokens else None, (rows, cols), pixel_tokens, drop,
+                                  poses, counts), grids
+
+    def _scene_poses(self, cameras: Optional[torch.Tensor], scene_cameras: Optional[torch.Tensor],
+                     num_images: int) -> torch.Tensor:
+        """(B, S, 12) scene-image poses relative to the target's first camera (``scene.pose_embedding``)."""
+        if cameras is None or scene_cameras is None:
+            raise ValueError("model.scene.pose_embedding is on: pass cameras (the target trajectory) and "
+                             "scene_cameras")
+        if scene_cameras.dim() != 4 or scene_cameras.shape[1] != num_images:
+            raise ValueError(f"scene_cameras {tuple(scene_cameras.shape)} must be (B, {num_images}, 4, 4): one "
+                             "camera per scene image")
+        return scene_pose_features(cameras, scene_cameras).to(self.scene_encoder.null_token.device)
 
 
 def _num_scene_images(images, latents, features) -> Optional[int]:
@@ -268,7 +293,7 @@ def build_model(cfg: ModelConfig, *, device=None, dtype: Optional[torch.dtype] =
 
         if cfg.pretrained:
             load_pretrained(model, cfg.pretrained, fmt=cfg.pretrained_format, strict=cfg.strict_load)
-        if cfg.scene.enabled and cfg.scene.vggt_tokens and cfg.scene.vggt.weights:
+        if cfg.builds_vggt() and cfg.scene.vggt.weights:
             load_vggt_weights(model.scene_encoder.vggt, cfg.scene.vggt.weights, strict=True)
     model.apply_trainable(cfg)
     return model

@@ -5,9 +5,11 @@ context runs at t = 0 whatever the video's timestep) and the
 context-readonly mask (context queries see only context keys), nothing a
 context token computes depends on the video tokens or on the denoising step:
 its adaLN parameters come from t = 0, its self-attention sees only context,
-its cross-attention sees the (fixed) prompt, it gets no camera term. So the
-context keys and values every layer's self-attention receives are the same
-at every step, and the video tokens are the only ones that need running.
+its cross-attention sees the (fixed) prompt, it gets no per-frame camera
+term (the scene pose embedding, when on, is added to the context tokens once,
+from the fixed scene and first-frame cameras). So the context keys and values
+every layer's self-attention receives are the same at every step, and the
+video tokens are the only ones that need running.
 
 How. The first call of a :class:`ContextKVCache` runs the ordinary forward
 over [video ++ context] and records, in each block, the context part of the
@@ -143,8 +145,8 @@ class ContextKVCache:
     def forward(self, model, x: torch.Tensor, timestep: torch.Tensor, text: torch.Tensor, *,
                 cameras: Optional[torch.Tensor] = None, scene_images: Optional[torch.Tensor] = None,
                 scene_latents: Optional[torch.Tensor] = None, scene_tokens: Optional[torch.Tensor] = None,
-                drop_scene: Optional[torch.Tensor] = None, scene_counts: Optional[torch.Tensor] = None
-                ) -> torch.Tensor:
+                drop_scene: Optional[torch.Tensor] = None, scene_counts: Optional[torch.Tensor] = None,
+                scene_cameras: Optional[torch.Tensor] = None) -> torch.Tensor:
         """``model(x, timestep, text, ...)`` with the context computed on the first call only.
 
         The first call needs the scene inputs (as ``model.forward`` takes them)
@@ -169,7 +171,7 @@ class ContextKVCache:
             with _swap_self_attention(model, self._recorder):
                 out = model(x, timestep, text, cameras=cameras, scene_images=scene_images,
                             scene_latents=scene_latents, scene_tokens=scene_tokens, drop_scene=drop_scene,
-                            scene_counts=scene_counts)
+                            scene_counts=scene_counts, scene_cameras=scene_cameras)
         except BaseException:
             self.clear()
             raise

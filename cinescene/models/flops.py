@@ -77,6 +77,7 @@ class TokenCounts:
     vggt_context: int
     pixel_context: int
     video_grid: tuple
+    scene_images: int = 0   # images behind the context tokens (0 without context)
 
     @property
     def context(self) -> int:
@@ -94,7 +95,8 @@ def token_counts(model: ModelConfig, shape: SampleShape) -> TokenCounts:
     vggt = shape.scene_images * grid[1] * grid[2] if scene.enabled and scene.vggt_tokens else 0
     pixel = (shape.scene_images * (shape.scene_latent_height // ph) * (shape.scene_latent_width // pw)
              if scene.enabled and scene.pixel_context else 0)
-    return TokenCounts(video=math.prod(grid), vggt_context=vggt, pixel_context=pixel, video_grid=grid)
+    return TokenCounts(video=math.prod(grid), vggt_context=vggt, pixel_context=pixel, video_grid=grid,
+                       scene_images=shape.scene_images if vggt or pixel else 0)
 
 
 def _linear(rows: int, fan_in: int, fan_out: int) -> int:
@@ -122,6 +124,8 @@ def dit_forward_flops(model: ModelConfig, tokens: TokenCounts) -> DiTFlops:
     flops += groups * (_linear(1, model.freq_dim, d) + _linear(1, d, d) + _linear(1, d, 6 * d))
     if tokens.vggt_context:                                                     # scene projector
         flops += _linear(tokens.vggt_context, 2 * model.scene.vggt.embed_dim, d) + _linear(tokens.vggt_context, d, d)
+    if tokens.context and model.scene.pose_embedding:                           # scene pose embedding
+        flops += _linear(tokens.scene_images, 12, d)
     if model.attention.mask == "context_readonly":
         self_attn = _attention(n_video, n, d) + _attention(n_ctx, n_ctx, d)
     else:

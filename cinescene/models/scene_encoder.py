@@ -1,4 +1,4 @@
-"""Scene-context tokens from VGGT features: ``scene_encoder.{vggt, projector, null_token}``.
+"""Scene-context tokens from VGGT features: ``scene_encoder.{vggt, projector, null_token, pose_embedding}``.
 
 Per scene image: the aggregator's 2C-wide features of the configured layers
 are averaged, the special tokens dropped, the (rows, cols) patch grid resized
@@ -9,6 +9,12 @@ image-major, row-major: e.g. 20 images at 480x832 -> 20*30*52 = 31,200.
 Projector: LayerNorm(2C) -> Linear(2C, dim) -> GELU(tanh) -> Linear(dim, dim),
 the last Linear zero-initialised so the tokens start blank and the features
 fade in as it learns (the DiT is pretrained without them).
+
+``pose_embedding`` (``scene.pose_embedding``, zero-initialised Linear(12, dim)):
+each scene image's pose relative to the target's first frame
+(:func:`.camera.scene_pose_features`) embedded once per image and added to
+all of that image's context tokens, VGGT and pixel alike (both parts are
+image-major). Padding images (past ``counts``) get nothing added.
 
 ``null_token`` (zero-initialised, learned) replaces every context token of
 a sample whose scene is dropped (classifier-free guidance): the sequence
@@ -40,6 +46,8 @@ class SceneEncoder(nn.Module):
             self.vggt = VGGT(cfg.vggt, camera_head=False, attention_backend=attention_backend)
             self.projector = nn.Sequential(FP32LayerNorm(feature_dim), Linear(feature_dim, dim),
                                            nn.GELU(approximate="tanh"), Linear(dim, dim, init="zeros"))
+        if cfg.pose_embedding:
+            self.pose_embedding = Linear(12, dim, init="zeros")
         self.null_token = nn.Parameter(torch.zeros(1, 1, dim))
 
     def extract_features(self, images: torch.Tensor, counts: Optional[Sequence[int]] = None) -> torch.Tensor:
@@ -67,12 +75,15 @@ class SceneEncoder(nn.Module):
 
     def forward(self, features: Optional[torch.Tensor], grid: Tuple[int, int],
                 pixel_tokens: Optional[torch.Tensor] = None,
-                drop: Optional[torch.Tensor] = None) -> torch.Tensor:
+                drop: Optional[torch.Tensor] = None, poses: Optional[torch.Tensor] = None,
+                counts: Optional[Sequence[int]] = None) -> torch.Tensor:
         """Context tokens (B, N_ctx, dim): projected VGGT features (if any), then pixel tokens (if any).
 
         ``features`` (B, S, rows, cols, 2C) from :meth:`extract_features`;
-        ``grid`` the video's (Hp, Wp); ``pixel_tokens`` (B, N, dim) already
-        patch-embedded scene latents; ``drop`` (B,) bool -> null tokens.
+        ``grid`` the video's (Hp, Wp); ``pixel_tokens`` (B, S*h*w, dim) already
+        patch-embedded scene latents; ``drop`` (B,) bool -> null tokens;
+        ``poses`` (B, S, 12) the scene images' relative poses, required with
+        the pose embedding; ``counts`` the real images per sample (None: all).
         """
         parts = []
         if features is not None:
@@ -88,6 +99,12 @@ class SceneEncoder(nn.Module):
             parts.append(self.projector(cells.to(self.null_token.dtype)))
         if pixel_tokens is not None:
             parts.append(pixel_tokens)
+        if hasattr(self, "pose_embedding"):
+            if poses is None:
+                raise ValueError("model.scene.pose_embedding is on: pass cameras (the target trajectory) and "
+                                 "scene_cameras")
+            embedded = self.embed_poses(poses, counts)
+            parts = [_add_per_image(part, embedded) for part in parts]
         tokens = torch.cat(parts, dim=1)
         # The null token joins the graph even when nothing is dropped, so every rank uses the
         # same parameters (ZeRO-3 reduces gradients in lockstep).
@@ -95,4 +112,22 @@ class SceneEncoder(nn.Module):
             drop = torch.zeros(tokens.shape[0], dtype=torch.bool)
         null = self.null_token.to(tokens.dtype).expand_as(tokens)
         return torch.where(drop.to(tokens.device).view(-1, 1, 1), null, tokens)
+
+    def embed_poses(self, poses: torch.Tensor, counts: Optional[Sequence[int]] = None) -> torch.Tensor:
+        """(B, S, 12) relative poses -> (B, S, dim) per-image embeddings, zero for padding images."""
+        embedded = self.pose_embedding(poses.to(self.pose_embedding.weight.dtype))
+        if counts is not None:
+            embedded = embedded * real_images(counts, poses.shape[1]).to(embedded.device, embedded.dtype)[..., None]
+        return embedded
+
+
+def _add_per_image(tokens: torch.Tensor, per_image: torch.Tensor) -> torch.Tensor:
+    """Image-major tokens (B, S*n, dim) plus one (B, S, dim) vector per image, broadcast over its n tokens."""
+    b, length, dim = tokens.shape
+    images = per_image.shape[1]
+    if per_image.shape[0] != b or length % images:
+        raise ValueError(f"{tuple(per_image.shape[:2])} scene poses do not fit {length} context tokens of "
+                         f"{b} samples")
+    grouped = tokens.reshape(b, images, length // images, dim) + per_image.to(tokens.dtype)[:, :, None]
+    return grouped.reshape(b, length, dim)
 

@@ -288,13 +288,15 @@ def _truncated(lines: List[str]) -> List[str]:
 # ------------------------------------------------------------------------ loading
 def assign_state_dict(module: nn.Module, state: Union[Mapping[str, torch.Tensor], TensorSource], *,
                       strict: bool = True, source: str = "state dict",
-                      optional: Optional[Callable[[str], bool]] = None) -> LoadReport:
+                      optional: Optional[Callable[[str], bool]] = None, check_only: bool = False) -> LoadReport:
     """Copy ``state`` (a state dict or a lazy :class:`TensorSource`) into ``module``, ZeRO-3 aware.
 
     Covers parameters and persistent buffers. ``optional(name)`` marks model
     keys that may be absent (kept at initialisation). The report needs only
     names and shapes; with ``strict``, any missing/unexpected/mis-shaped key
     raises it as a CineSceneError before any tensor is read or written.
+    ``check_only``: return the report and copy nothing (no tensor data is
+    read; ``module`` may live on the meta device).
     """
     tensors = state if isinstance(state, TensorSource) else TensorSource.of(state)
     report = LoadReport(source=source)
@@ -314,7 +316,8 @@ def assign_state_dict(module: nn.Module, state: Union[Mapping[str, torch.Tensor]
     report.unexpected = sorted(k for k in tensors.keys() if k not in targets)
     if strict and not report.ok:
         raise report.error()
-    _copy_into(module, tensors, set(report.loaded))
+    if not check_only:
+        _copy_into(module, tensors, set(report.loaded))
     return report
 
 
@@ -346,8 +349,13 @@ def is_cinescene_extension(key: str) -> bool:
     return key.startswith("scene_encoder.") or bool(re.match(r"^blocks\.\d+\.(cam_encoder|projector)\.", key))
 
 
-def load_pretrained(model: nn.Module, path, *, fmt: str = "auto", strict: bool = True) -> LoadReport:
-    """Load a Wan-original or diffusers-layout DiT checkpoint (see module doc) into ``model``, lazily."""
+def load_pretrained(model: nn.Module, path, *, fmt: str = "auto", strict: bool = True,
+                    check_only: bool = False) -> LoadReport:
+    """Load a Wan-original or diffusers-layout DiT checkpoint (see module doc) into ``model``, lazily.
+
+    ``check_only``: decide the fit from the checkpoint's names and shapes and
+    load nothing (``cinescene train --dry-run``; ``model`` may be on meta).
+    """
     if fmt not in ("auto", "wan", "diffusers"):
         raise CineSceneError(f"unknown checkpoint layout {fmt!r}; expected auto, wan or diffusers")
     with open_checkpoint(path) as (tensors, resolved):
@@ -355,7 +363,9 @@ def load_pretrained(model: nn.Module, path, *, fmt: str = "auto", strict: bool =
         if layout == "diffusers":
             tensors = tensors.renamed(diffusers_to_wan_key)
         report = assign_state_dict(model, tensors, strict=strict, source=f"{resolved} ({layout} layout)",
-                                   optional=is_cinescene_extension)
+                                   optional=is_cinescene_extension, check_only=check_only)
+    if check_only:
+        return report
     _log.info("pretrained %s: %s", resolved, report.summary())
     if not report.ok:
         _log.warning("pretrained weights loaded non-strictly:\n%s", report.details())

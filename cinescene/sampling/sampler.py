@@ -42,7 +42,8 @@ def sample(model, noise: torch.Tensor, text: torch.Tensor, *, steps: int = 50, s
            guidance_scale: float = 5.0, negative_text: Optional[torch.Tensor] = None,
            cameras: Optional[torch.Tensor] = None, scene_images: Optional[torch.Tensor] = None,
            scene_latents: Optional[torch.Tensor] = None, scene_tokens: Optional[torch.Tensor] = None,
-           scene_counts: Optional[torch.Tensor] = None, drop_scene_unconditional: bool = False,
+           scene_counts: Optional[torch.Tensor] = None, scene_cameras: Optional[torch.Tensor] = None,
+           drop_scene_unconditional: bool = False,
            context_cache: Optional[bool] = None, context_cache_offload: bool = False,
            callback: Optional[Callable[[int, torch.Tensor], None]] = None) -> torch.Tensor:
     """Denoise ``noise`` (B, C, T, H, W) into video latents (fp32, same shape).
@@ -51,6 +52,7 @@ def sample(model, noise: torch.Tensor, text: torch.Tensor, *, steps: int = 50, s
     defaults to zeros: Wan's empty-prompt embedding is the caller's to pass);
     ``guidance_scale`` 1 runs the conditional branch alone.
     ``scene_counts`` (B,): real scene images per sample, the rest padding.
+    ``scene_cameras`` (B, S, 4, 4): the scene images' cameras, for ``model.scene.pose_embedding``.
     ``drop_scene_unconditional`` also drops the scene in the unconditional branch.
     ``context_cache``: None uses it when exact (clean context, readonly mask),
     True requires it, False turns it off; ``context_cache_offload`` keeps the cached
@@ -63,7 +65,7 @@ def sample(model, noise: torch.Tensor, text: torch.Tensor, *, steps: int = 50, s
         counts = scene_count_list(scene_counts, noise.shape[0], scene_images.shape[1])
         scene_tokens = model.scene_encoder.extract_features(scene_images, counts)   # VGGT once, not per step
     scene = dict(scene_latents=scene_latents, scene_tokens=scene_tokens,
-                 scene_counts=scene_counts) if has_scene else {}
+                 scene_counts=scene_counts, scene_cameras=scene_cameras) if has_scene else {}
 
     branches = [dict(text=text, drop_scene=None)]
     if guidance_scale != 1.0:

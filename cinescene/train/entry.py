@@ -35,6 +35,7 @@ from .loop import Trainer
 from .metrics import ThroughputMonitor, device_peak_tflops
 from .objective import FlowMatchingObjective
 from .preemption import PreemptionCallback, PreemptionFlag
+from .preflight import warn_random_init
 from .tracking import MetricsLogger, Tracker, install_secret_filter, scrub
 
 _log = get_logger("train")
@@ -114,6 +115,8 @@ def run_rank(cfg: CineSceneConfig, env: DistEnv, components: Optional[Components
             exit_code = 0
             return exit_code
 
+        if layout.is_main and resume_path is None:
+            warn_random_init(cfg.model)
         rng.seed_all(cfg.run.seed)  # identical initial weights on every rank
         reshard = saved is not None and saved.get("world_size") != env.world_size
         if reshard and saved.get("global_batch_size") != plan.global_batch_size:

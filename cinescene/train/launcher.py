@@ -21,11 +21,13 @@ from cinescene.log import get_logger, setup_logging
 from cinescene.data.ensure import check_dataset
 
 from .batching import plan_batch
+from .preflight import check_initial_weights
 
 _log = get_logger("launch")
 
 
 def launch(cfg: CineSceneConfig, *, config_path: str, overrides: Sequence[str], nproc: Optional[int] = None) -> int:
+    check_initial_weights(cfg.model)   # every rank under torchrun/srun; before spawning otherwise
     env = detect()
     if env is None:
         nproc = nproc or cfg.launch.nproc

@@ -23,7 +23,7 @@ from cinescene.config.train import TrainConfig
 from .flow_matching import FlowMatching
 
 # Batch keys the model reads (docs/CONTRACTS.md); the rest (prompt, key, intrinsics, ...) stay on the host.
-TENSOR_KEYS = ("video", "text", "cameras", "scene_images", "scene_latents")
+TENSOR_KEYS = ("video", "text", "cameras", "scene_images", "scene_latents", "scene_cameras")
 
 
 def sample_generator(seed: int, step: int, key: str) -> torch.Generator:
@@ -46,13 +46,16 @@ class FlowMatchingObjective:
         self.flow = FlowMatching(train.flow)
         self.text_dropout = train.text_dropout
         self.scene_dropout = train.scene_dropout
-        self.uses_cameras = model.camera.enabled
         self.uses_scene_images = model.scene.enabled and model.scene.vggt_tokens
         self.uses_scene_latents = model.scene.enabled and model.scene.pixel_context
+        # Scene anchoring places the scene images' cameras relative to the trajectory's first one.
+        self.uses_scene_cameras = model.scene.enabled and model.scene.pose_embedding
+        self.uses_cameras = model.camera.enabled or self.uses_scene_cameras
 
     def model_inputs(self, batch: Mapping[str, object], device: torch.device) -> Dict[str, torch.Tensor]:
         wanted = {"video": True, "text": True, "cameras": self.uses_cameras,
-                  "scene_images": self.uses_scene_images, "scene_latents": self.uses_scene_latents}
+                  "scene_images": self.uses_scene_images, "scene_latents": self.uses_scene_latents,
+                  "scene_cameras": self.uses_scene_cameras}
         inputs = {}
         for key in TENSOR_KEYS:
             if wanted[key]:

@@ -38,18 +38,24 @@ def randomize(module: torch.nn.Module, seed: int = 0, std: float = 0.1, skip=())
         param.copy_(torch.randn(param.shape, generator=gen) * std)
 
 
-def tiny_batch(batch: int = 2, seed: int = 0, scene_images: int = 3):
-    """Inputs shaped like the contract's batch for the tiny model (pixel proxy 3x5x16x16)."""
-    gen = torch.Generator().manual_seed(seed)
-    frames = 5
-    cameras = torch.eye(4).repeat(batch, frames, 1, 1)
-    angles = torch.rand(batch, frames, generator=gen)
+def random_cameras(batch: int, count: int, gen: torch.Generator) -> torch.Tensor:
+    """(batch, count, 4, 4) camera-to-world: a random turn about the vertical axis and a random position."""
+    cameras = torch.eye(4).repeat(batch, count, 1, 1)
+    angles = torch.rand(batch, count, generator=gen)
     cameras[:, :, 0, 0] = torch.cos(angles)
     cameras[:, :, 0, 2] = torch.sin(angles)
     cameras[:, :, 2, 0] = -torch.sin(angles)
     cameras[:, :, 2, 2] = torch.cos(angles)
-    cameras[:, :, :3, 3] = torch.randn(batch, frames, 3, generator=gen)
-    return dict(
+    cameras[:, :, :3, 3] = torch.randn(batch, count, 3, generator=gen)
+    return cameras
+
+
+def tiny_batch(batch: int = 2, seed: int = 0, scene_images: int = 3):
+    """Inputs shaped like the contract's batch for the tiny model (pixel proxy 3x5x16x16)."""
+    gen = torch.Generator().manual_seed(seed)
+    frames = 5
+    cameras = random_cameras(batch, frames, gen)
+    inputs = dict(
         x=torch.randn(batch, 3, frames, 16, 16, generator=gen),
         timestep=torch.rand(batch, generator=gen) * 1000,
         text=torch.randn(batch, 32, 64, generator=gen),
@@ -57,6 +63,33 @@ def tiny_batch(batch: int = 2, seed: int = 0, scene_images: int = 3):
         scene_images=torch.rand(batch, scene_images, 3, 64, 64, generator=gen),
         scene_latents=torch.randn(batch, scene_images, 3, 16, 16, generator=gen),
     )
+    # Drawn from their own generator: the inputs above stay what they were before scene cameras existed.
+    inputs["scene_cameras"] = random_cameras(batch, scene_images, torch.Generator().manual_seed(seed + 10_000))
+    return inputs
+
+
+def write_header_only_safetensors(path, shapes, dtype: str = "BF16") -> None:
+    """A .safetensors whose header declares ``shapes`` (name -> shape) over a sparse, all-zero data area.
+
+    Full-size checkpoints (billions of parameters) for name/shape checks: the
+    file's length is what the header says, but no data block is ever written.
+    """
+    import json
+    import math
+    import struct
+
+    itemsize = {"BF16": 2, "F16": 2, "F32": 4}[dtype]
+    header, offset = {}, 0
+    for name, shape in shapes.items():
+        size = itemsize * math.prod(shape)
+        header[name] = {"dtype": dtype, "shape": list(shape), "data_offsets": [offset, offset + size]}
+        offset += size
+    blob = json.dumps(header).encode()
+    blob += b" " * (-len(blob) % 8)
+    with open(path, "wb") as out:
+        out.write(struct.pack("<Q", len(blob)))
+        out.write(blob)
+        out.truncate(8 + len(blob) + offset)
 
 
 

@@ -20,17 +20,19 @@ def _model(**changes):
     return model
 
 
-def _inputs(batch, pixel):
+def _inputs(batch, pixel, poses=False):
     extra = dict(cameras=batch["cameras"], scene_images=batch["scene_images"])
     if pixel:
         extra["scene_latents"] = batch["scene_latents"]
+    if poses:
+        extra["scene_cameras"] = batch["scene_cameras"]
     return extra
 
 
 def _pad_garbage(batch, counts):
-    """Fill every padding image / latent with large noise: a correct model cannot tell."""
+    """Fill every padding image / latent / camera with large noise: a correct model cannot tell."""
     out = dict(batch)
-    for key in ("scene_images", "scene_latents"):
+    for key in ("scene_images", "scene_latents", "scene_cameras"):
         t = batch[key].clone()
         for row, count in enumerate(counts):
             t[row, count:] = torch.randn_like(t[row, count:]) * 50
@@ -39,19 +41,21 @@ def _pad_garbage(batch, counts):
 
 
 @pytest.mark.parametrize("changes", [dict(), dict(attention__mask="context_readonly"),
-                                     dict(scene__pixel_context=True)], ids=["full", "readonly", "pixel"])
+                                     dict(scene__pixel_context=True),
+                                     dict(scene__pixel_context=True, scene__pose_embedding=True)],
+                         ids=["full", "readonly", "pixel", "pixel-anchored"])
 def test_each_sample_equals_itself_run_alone_with_only_its_real_images(changes):
     model = _model(**changes)
-    pixel = model.cfg.scene.pixel_context
+    pixel, poses = model.cfg.scene.pixel_context, model.cfg.scene.pose_embedding
     batch = _pad_garbage(tiny_batch(batch=3, seed=2), COUNTS)
     with torch.no_grad():
         together = model(batch["x"], batch["timestep"], batch["text"], scene_counts=torch.tensor(COUNTS),
-                         **_inputs(batch, pixel))
+                         **_inputs(batch, pixel, poses))
         for row, count in enumerate(COUNTS):
             alone = {k: v[row:row + 1] for k, v in batch.items()}
-            alone["scene_images"] = alone["scene_images"][:, :count]
-            alone["scene_latents"] = alone["scene_latents"][:, :count]
-            want = model(alone["x"], alone["timestep"], alone["text"], **_inputs(alone, pixel))
+            for key in ("scene_images", "scene_latents", "scene_cameras"):
+                alone[key] = alone[key][:, :count]
+            want = model(alone["x"], alone["timestep"], alone["text"], **_inputs(alone, pixel, poses))
             assert (together[row:row + 1] - want).abs().max() < 1e-5, (row, count)
 
 

@@ -36,20 +36,21 @@ def forward_backward(model, batch, counts=None):
     model.zero_grad(set_to_none=True)
     out = model(batch["x"], batch["timestep"], batch["text"], cameras=batch["cameras"],
                 scene_images=batch["scene_images"], scene_latents=batch.get("scene_latents"),
-                drop_scene=torch.tensor([False, True]), scene_counts=counts)
+                drop_scene=torch.tensor([False, True]), scene_counts=counts, scene_cameras=batch["scene_cameras"])
     (out * torch.linspace(-1, 1, out.numel()).view_as(out)).sum().backward()
     grads = {n: (p.grad.clone() if p.grad is not None else torch.zeros_like(p))
              for n, p in model.named_parameters() if p.requires_grad}
     return out.detach(), grads
 
 
-def _worker(rank: int, port: int, mask: str, pixel_context: bool, counts) -> None:
+def _worker(rank: int, port: int, mask: str, pixel_context: bool, counts, poses: bool) -> None:
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE=str(WORLD),
                       LOCAL_RANK=str(rank))
     torch.set_num_threads(1)
     dist.init_process_group("gloo", rank=rank, world_size=WORLD)
     try:
-        model = build_model(tiny_config(attention__mask=mask, scene__pixel_context=pixel_context))
+        model = build_model(tiny_config(attention__mask=mask, scene__pixel_context=pixel_context,
+                                        scene__pose_embedding=poses))
         randomize(model, seed=21)
         batch = odd_length_batch()
         counts = None if counts is None else torch.tensor(counts)
@@ -67,7 +68,8 @@ def _worker(rank: int, port: int, mask: str, pixel_context: bool, counts) -> Non
         grad_diff = max(((sp_grads[n] - g).abs().max() / (g.abs().max() + 1e-8)).item()
                         for n, g in ref_grads.items())
         if rank == 0:
-            print(f"sequence parallel x{WORLD} ({mask}, pixel_context={pixel_context}, scene counts {counts}): "
+            print(f"sequence parallel x{WORLD} ({mask}, pixel_context={pixel_context}, scene counts {counts}, "
+                  f"pose_embedding={poses}): "
                   f"max abs output diff {out_diff:.2e}, max relative grad diff {grad_diff:.2e}")
         assert ref_out.abs().max() > 0.1
         assert out_diff < 1e-5
@@ -83,8 +85,10 @@ def _worker(rank: int, port: int, mask: str, pixel_context: bool, counts) -> Non
 
 @pytest.mark.dist
 @pytest.mark.slow
-@pytest.mark.parametrize("mask, pixel_context, counts", [("full", False, None), ("context_readonly", True, None),
-                                                         ("context_readonly", True, [1, 2])])
-def test_two_rank_sequence_parallel_matches_one_rank(mask, pixel_context, counts):
-    """With scene counts, the padding (one of the first sample's two images) sits inside the sharded sequence."""
-    mp.spawn(_worker, args=(free_port(), mask, pixel_context, counts), nprocs=WORLD, join=True)
+@pytest.mark.parametrize("mask, pixel_context, counts, poses", [("full", False, None, False),
+                                                                ("context_readonly", True, None, False),
+                                                                ("context_readonly", True, [1, 2], True)])
+def test_two_rank_sequence_parallel_matches_one_rank(mask, pixel_context, counts, poses):
+    """With scene counts, the padding (one of the first sample's two images) sits inside the sharded sequence;
+    the last case also anchors the scene to the camera (the pose embedding's gradient summed over the group)."""
+    mp.spawn(_worker, args=(free_port(), mask, pixel_context, counts, poses), nprocs=WORLD, join=True)

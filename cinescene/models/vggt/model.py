@@ -97,19 +97,22 @@ def select_vggt_keys(keys: Iterable[str], module: VGGT) -> Tuple[List[str], List
     return kept, skipped
 
 
-def load_vggt_weights(module: VGGT, path: str, strict: bool = True) -> LoadReport:
+def load_vggt_weights(module: VGGT, path: str, strict: bool = True, check_only: bool = False) -> LoadReport:
     """Load a facebook/VGGT-1B-layout state dict (.pt/.pth/.safetensors) into ``module``, lazily.
 
     Missing or mis-shaped aggregator/camera-head keys raise a
     :class:`~cinescene.errors.CineSceneError` report (strict); heads this
     project does not build (depth/point/track) are skipped with a log line
     and never read. Tensors are read as in :func:`cinescene.models.weights.load_pretrained`:
-    one module at a time, on rank 0 only under ZeRO-3.
+    one module at a time, on rank 0 only under ZeRO-3. ``check_only``: decide
+    the fit from names and shapes and load nothing (``module`` may be on meta).
     """
     with open_checkpoint(path) as (tensors, resolved):
         kept, skipped = select_vggt_keys(tensors.keys(), module)
-        if skipped:
+        if skipped and not check_only:
             _log.info("VGGT weights %s: not loading %s (not built here)", resolved, ", ".join(skipped))
-        report = assign_state_dict(module, tensors.subset(kept), strict=strict, source=str(resolved))
-    _log.info("VGGT weights %s: %s", resolved, report.summary())
+        report = assign_state_dict(module, tensors.subset(kept), strict=strict, source=str(resolved),
+                                   check_only=check_only)
+    if not check_only:
+        _log.info("VGGT weights %s: %s", resolved, report.summary())
     return report
