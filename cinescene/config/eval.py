@@ -151,7 +151,9 @@ class EvalConfig:
 
 
 def check_metric_names(names, key: str) -> None:
-    """Every name a known metric, none twice (ConfigError naming ``key`` otherwise)."""
+    """At least one name, each a known metric, none twice (ConfigError naming ``key`` otherwise)."""
+    if not names:
+        raise ConfigError(key, f"expected at least one of {list(METRIC_NAMES)}")
     for name in names:
         one_of(name, key, METRIC_NAMES)
     seen = set()

@@ -8,6 +8,7 @@
      "count": {"psnr": 8, ...},                     # how many samples the mean is over
      "absent": {"clip_v": "eval.clip.weights is not set ..."},
      "sfm_failures": 3, "sfm_attempts": 8,
+     "unreadable": {"clip_000007": "sample clip_000007 in shard-...tar is unreadable: ..."},
      "samples": [{"key", "prompt", "video", "metrics": {...}, "per_frame": {...}, "missing": {...},
                   "sfm": {"frames", "registered", "failure", "trials"}}, ...]}
 
@@ -84,6 +85,9 @@ def table(summary: dict, label: str) -> str:
     if any(REGISTRY[n].group == "camera" for n in names):
         notes.append(f"Camera metrics: SfM failed on {summary['sfm_failures']} of {summary['sfm_attempts']} "
                      "samples (counted, not averaged); sums over the registered frames, as CamI2V.")
+    if summary.get("unreadable"):
+        notes.append(f"{len(summary['unreadable'])} selected samples were unreadable and are left out: "
+                     f"{', '.join(sorted(summary['unreadable']))}.")
     reasons: Dict[str, List[str]] = {}
     for name, why in summary["absent"].items():
         reasons.setdefault(why, []).append(REGISTRY[name].title)
@@ -123,7 +127,7 @@ def contact_row(key: str, rows: Dict[str, Optional[np.ndarray]], frames: int = S
     height, width = next(iter(present.values())).shape[1:3]
     count = len(next(iter(present.values())))
     picks = strip_indices(count, frames)
-    label_w, gap = 80, 2
+    label_w, gap = 104, 2
     total_w = label_w + len(picks) * (width + gap)
     lines = [_label(key, 14, total_w)]
     for name, video in rows.items():

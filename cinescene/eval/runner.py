@@ -106,8 +106,13 @@ def plan(args: argparse.Namespace) -> EvalPlan:
 
 def _lock(out: Path):
     """Hold ``out/.eval.lock`` (released by the kernel when the process dies); one-line error if taken."""
-    out.mkdir(parents=True, exist_ok=True)
-    handle = open(out / LOCK, "w")
+    if out.exists() and not out.is_dir():
+        raise CineSceneError(f"--out {out} is a file, not a directory")
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        handle = open(out / LOCK, "w")
+    except OSError as exc:
+        raise CineSceneError(f"cannot write into {out}: {exc.strerror or exc}") from None
     try:
         fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
@@ -136,7 +141,7 @@ def launch(args: argparse.Namespace) -> int:
     lock = None if spawned or (env is not None and env.rank != 0) else _lock(the_plan.out)
     try:
         if env is None:
-            nproc = args.nproc or the_plan.cfg.launch.nproc
+            nproc = the_plan.cfg.launch.nproc if args.nproc is None else args.nproc
             positive(nproc, "--nproc")
             nproc = min(nproc, len(the_plan.indices))
             if nproc > 1:
@@ -227,7 +232,15 @@ def _evaluate_rank(args: argparse.Namespace, the_plan: EvalPlan, env) -> Dict[st
     bar = StepBar(len(mine) * settings.steps, "eval")
     try:
         for index in mine:
-            sample = samples.read(index)
+            try:
+                sample = samples.read(index)
+            except CineSceneError as exc:    # a corrupt sample is skipped and reported, as the loader does
+                _log.warning("skipping: %s", exc)
+                key = samples.refs[index].key
+                (out / "samples" / f"{key}.json").write_text(json.dumps({"key": key, "unreadable": str(exc)}))
+                for _ in range(settings.steps):
+                    bar.update()
+                continue
             bar.describe(sample.key)
             started = time.perf_counter()
             result = evaluate_sample(generator, sample, settings, context, cfg.eval.metrics, callback=bar.update)
@@ -261,7 +274,9 @@ def _evaluate_rank(args: argparse.Namespace, the_plan: EvalPlan, env) -> Dict[st
 
 def _write_report(args: argparse.Namespace, the_plan: EvalPlan, absent: Dict[str, str]) -> None:
     cfg, out = the_plan.cfg, the_plan.out
-    records = [json.loads((out / "samples" / f"{key}.json").read_text()) for key in the_plan.keys]
+    everything = [json.loads((out / "samples" / f"{key}.json").read_text()) for key in the_plan.keys]
+    records = [r for r in everything if "unreadable" not in r]
+    unreadable = {r["key"]: r["unreadable"] for r in everything if "unreadable" in r}
     names = list(cfg.eval.metrics)
     summary = report.aggregate(records, names)
     sfm = [r["sfm"] for r in records if "sfm" in r]
@@ -272,12 +287,14 @@ def _write_report(args: argparse.Namespace, the_plan: EvalPlan, absent: Dict[str
                          "seed": settings.seed, "num_samples": len(records)},
             "metrics": names, "mean": {k: report.json_number(v) for k, v in summary["mean"].items()},
             "count": summary["count"], "absent": absent,
-            "sfm_failures": sum(1 for s in sfm if s["failure"]), "sfm_attempts": len(sfm), "samples": records}
+            "sfm_failures": sum(1 for s in sfm if s["failure"]), "sfm_attempts": len(sfm),
+            "unreadable": unreadable, "samples": records}
     (out / "metrics.json").write_text(json.dumps(data, indent=1) + "\n")
     label = f"{the_plan.source.path.parent.parent.name} step {the_plan.source.step}"
     (out / "table.md").write_text(report.table(data, label))
-    blocks = [np.asarray(Image.open(out / "contact" / f"{key}.png").convert("RGB")) for key in the_plan.keys]
-    report.contact_sheet(blocks, out / "contact_sheet.png")
+    blocks = [np.asarray(Image.open(out / "contact" / f"{r['key']}.png").convert("RGB")) for r in records]
+    if blocks:
+        report.contact_sheet(blocks, out / "contact_sheet.png")
     sys.stdout.write((out / "table.md").read_text())
     print(f"wrote {out / 'metrics.json'}, {out / 'table.md'}, {out / 'contact_sheet.png'} and "
           f"{len(records)} videos in {out / 'videos'}")

@@ -9,6 +9,7 @@ PNG strip (:mod:`.video`).
 from __future__ import annotations
 
 import argparse
+import math
 import time
 from pathlib import Path
 from typing import Optional, Tuple
@@ -16,7 +17,7 @@ from typing import Optional, Tuple
 import torch
 
 from cinescene import __version__
-from cinescene.config.base import ConfigError, non_negative, positive
+from cinescene.config.base import ConfigError, non_negative, positive, require
 from cinescene.errors import CineSceneError
 from cinescene.log import get_logger, setup_logging
 
@@ -57,12 +58,17 @@ def check_settings(args: argparse.Namespace) -> None:
         non_negative(args.cfg, "--cfg")
     if args.shift is not None:
         positive(args.shift, "--shift")
+    require(math.isfinite(args.camera_scale) and args.camera_scale >= 0, "--camera-scale", "a finite value >= 0",
+            args.camera_scale)
 
 
 def run_sample(args: argparse.Namespace) -> int:
     setup_logging("INFO")
     check_settings(args)
     out = Path(args.out)
+    for target in (out, Path(args.png) if args.png else None):
+        if target is not None and target.is_dir():
+            raise CineSceneError(f"{target} is a directory; give a file name")
     started = time.perf_counter()
     source = resolve_checkpoint(args.checkpoint)
     cfg = checkpoint_config(source, args.overrides)
@@ -103,8 +109,10 @@ def run_sample(args: argparse.Namespace) -> int:
                         guidance_scale=cfg.eval.cfg_scale if args.cfg is None else args.cfg,
                         shift=args.shift or cfg.train.flow.shift, seed=args.seed)
     generator = VideoGenerator(model, spec, codec, device)
-    _log.info("sampling %s: %d steps, guidance %g, shift %g, seed %d, %s on %s", spec.describe(), settings.steps,
-              settings.guidance_scale, settings.shift, settings.seed, str(dtype).replace("torch.", ""), device)
+    cache = generator.context_cache()
+    _log.info("sampling %s: %d steps, guidance %g, shift %g, seed %d, %s on %s, context cache %s", spec.describe(),
+              settings.steps, settings.guidance_scale, settings.shift, settings.seed, str(dtype).replace("torch.", ""),
+              device, cache)
     bar = StepBar(settings.steps, "sample")
     try:
         frames = generator.video(text, cameras, scene, settings, key="sample", negative_text=negative,
@@ -119,15 +127,19 @@ def run_sample(args: argparse.Namespace) -> int:
         "camera": camera_desc, "camera_scale": args.camera_scale if args.camera else None, "fov": fov,
         "cameras_c2w": [[[round(float(v), 6) for v in row] for row in c[:3]] for c in cameras],
         "steps": settings.steps, "cfg": settings.guidance_scale, "shift": settings.shift, "seed": settings.seed,
-        "device": str(device), "dtype": str(dtype).replace("torch.", ""), "frames": int(len(frames)),
+        "device": str(device), "dtype": str(dtype).replace("torch.", ""), "context_cache": cache,
+        "attention_backend": cfg.model.attention.backend, "frames": int(len(frames)),
         "size": [int(frames.shape[1]), int(frames.shape[2])], "fps": fps, "overrides": list(args.overrides),
     }
-    codec_name = write_mp4(out, frames, fps, metadata)
-    metadata["codec"] = codec_name
     sidecar = out.with_suffix(".json")
-    write_json(sidecar, metadata)
-    if args.png:
-        write_strip(args.png, frames)
+    try:
+        metadata["codec"] = write_mp4(out, frames, fps, metadata)
+        write_json(sidecar, metadata)
+        if args.png:
+            write_strip(args.png, frames)
+    except OSError as exc:
+        raise CineSceneError(f"cannot write {exc.filename or out}: {exc.strerror or exc}") from None
+    codec_name = metadata["codec"]
     print(f"wrote {out}: {len(frames)} frames, {frames.shape[1]}x{frames.shape[2]}, {codec_name}, {fps:g} fps "
           f"({time.perf_counter() - started:.1f} s); settings in {sidecar}" + (f"; frames in {args.png}"
                                                                                  if args.png else ""))

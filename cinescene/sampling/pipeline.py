@@ -62,6 +62,17 @@ class VideoGenerator:
         self.model, self.spec, self.codec = model, spec, codec
         self.device = torch.device(device)
 
+    def context_cache(self) -> str:
+        """Whether the sampler will use the context K/V cache ("on"), or why not."""
+        from cinescene.errors import CineSceneError
+        from cinescene.models.context_cache import check_cacheable
+
+        try:
+            check_cacheable(self.model)
+        except CineSceneError as exc:
+            return "off: " + str(exc).split(": ", 1)[-1]
+        return "on"
+
     def latents(self, text: np.ndarray, cameras: np.ndarray, scene: Optional[np.ndarray], settings: Settings,
                 key: str, negative_text: Optional[np.ndarray] = None,
                 callback: Optional[Callable[[int, torch.Tensor], None]] = None) -> torch.Tensor:

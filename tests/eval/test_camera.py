@@ -48,3 +48,20 @@ def test_a_wrong_trajectory_scores_worse():
     right, wrong = preset("dolly_in", 9), preset("truck_left", 9)
     assert camera.camera_errors(right, wrong)["trans_err"] > 5
     assert camera.camera_errors(preset("pan_left", 9), preset("pan_right", 9))["rot_err"] > 5
+
+
+def test_sfm_does_not_take_over_sigterm():
+    """Importing pycolmap installs glog's crash handler on SIGTERM; a trainer's preemption handler must survive."""
+    import subprocess
+    import sys
+
+    code = ("import os, signal, time\n"
+            "signal.signal(signal.SIGTERM, lambda *_: print('flag set', flush=True))\n"
+            "from cinescene.eval.metrics.sfm import import_pycolmap\n"
+            "import_pycolmap()\n"
+            "os.kill(os.getpid(), signal.SIGTERM)\n"
+            "time.sleep(0.5)\n"
+            "print('still running', flush=True)\n")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0 and done.stdout.split() == ["flag", "set", "still", "running"], done.stderr
+    assert "Aborted" not in done.stderr

@@ -4,6 +4,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -100,12 +101,37 @@ def small_shards(tmp_path_factory):
     ("training data", "no held-out samples: all 8 samples"),
     ("no data", "no evaluation data: pass --data"),
 ])
-def test_mistakes_exit_1_with_one_line(smoke_run, small_shards, tmp_path, case, message):
+def test_mistakes_exit_1_with_one_line(smoke_run, small_shards, tmp_path, capsys, case, message):
+    """In process (the checks run before any rank starts, so the command line's own main is enough)."""
+    from cinescene.launch.cli import main
+
     args = {"missing checkpoint": [tmp_path / "nope", "--data", small_shards],
             "other resolution": [smoke_run.run_dir, "--data", small_shards],
             "training data": [smoke_run.run_dir, "--data", smoke_run.shards],
             "no data": [smoke_run.run_dir]}[case]
-    done = cinescene_eval(*args, "--out", tmp_path / "out", timeout=120)
-    lines = [line for line in done.stderr.splitlines() if "cinescene eval:" in line]
-    assert done.returncode == 1 and len(lines) == 1 and message in lines[0], done.stderr[-2000:]
-    assert "Traceback" not in done.stderr and not (tmp_path / "out" / "metrics.json").exists()
+    status = main(["eval", *map(str, args), "--out", str(tmp_path / "out")])
+    err = capsys.readouterr().err
+    lines = [line for line in err.splitlines() if "cinescene eval:" in line]
+    assert status == 1 and len(lines) == 1 and message in lines[0], err[-2000:]
+    assert "Traceback" not in err and not (tmp_path / "out" / "metrics.json").exists()
+
+
+def test_an_unreadable_sample_is_skipped_and_reported(smoke_run, heldout_shards, tmp_path):
+    import shutil
+
+    from cinescene.data.manifest import load_manifest
+
+    shards = Path(shutil.copytree(heldout_shards, tmp_path / "shards"))
+    ref = load_manifest(shards).samples()[1]
+    with open(ref.shard, "r+b") as handle:                # one flipped byte: the sample's CRC fails
+        handle.seek(ref.offset + ref.length // 2)
+        byte = handle.read(1)
+        handle.seek(-1, 1)
+        handle.write(bytes([byte[0] ^ 0xFF]))
+    done = cinescene_eval(smoke_run.run_dir, "--data", shards, "--out", tmp_path / "out", "--num", 0, "--steps", 1,
+                          "--nproc", 1, "--metrics", "psnr")
+    assert done.returncode == 0, done.stderr[-3000:]
+    data = json.loads((tmp_path / "out" / "metrics.json").read_text())
+    assert list(data["unreadable"]) == [ref.key] and "checksum" in data["unreadable"][ref.key]
+    assert len(data["samples"]) == 3 and data["count"]["psnr"] == 3
+    assert "unreadable and are left out" in (tmp_path / "out" / "table.md").read_text()

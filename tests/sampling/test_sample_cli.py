@@ -15,9 +15,9 @@ from tests.fixtures.checkpoint import REPO, cli_env
 pytestmark = [pytest.mark.slow, pytest.mark.dist]
 
 
-def sample(*args, timeout=300):
-    return subprocess.run([sys.executable, "-m", "cinescene", "sample", *map(str, args)], cwd=REPO, env=cli_env(),
-                          capture_output=True, text=True, timeout=timeout)
+def sample(*args, timeout=300, gpu=False):
+    return subprocess.run([sys.executable, "-m", "cinescene", "sample", *map(str, args)], cwd=REPO,
+                          env=cli_env(gpu), capture_output=True, text=True, timeout=timeout)
 
 
 def test_sample_from_shards_writes_an_mp4_with_its_settings(smoke_run, tmp_path):
@@ -64,7 +64,10 @@ def test_sample_from_a_folder_with_ema_weights(smoke_run, tmp_path):
     ("bad steps", 2, "--steps: expected a value > 0"),
     ("no camera", 2, "--camera: required"),
 ])
-def test_mistakes_are_one_line(smoke_run, tmp_path, case, status, message):
+def test_mistakes_are_one_line(smoke_run, tmp_path, capsys, case, status, message):
+    """In process: every check runs before the model is built, so the command line's own main is enough."""
+    from cinescene.launch.cli import main
+
     ckpt, scene = smoke_run.run_dir, f"{smoke_run.shards}:clip_000001"
     args = {"missing checkpoint": [tmp_path / "nope", "--scene", scene],
             "unknown preset": [ckpt, "--scene", scene, "--camera", "zoom"],
@@ -77,7 +80,19 @@ def test_mistakes_are_one_line(smoke_run, tmp_path, case, status, message):
         (tmp_path / name).mkdir()
         for i in range(count):
             Image.new("RGB", (8, 8)).save(tmp_path / name / f"{i}.png")
-    done = sample(*args, "--out", tmp_path / "x.mp4", timeout=120)
-    lines = [line for line in done.stderr.splitlines() if "cinescene sample:" in line]
-    assert done.returncode == status and len(lines) == 1 and message in lines[0], done.stderr[-2000:]
-    assert "Traceback" not in done.stderr and not (tmp_path / "x.mp4").exists()
+    code = main(["sample", *map(str, args), "--out", str(tmp_path / "x.mp4")])
+    err = capsys.readouterr().err
+    lines = [line for line in err.splitlines() if "cinescene sample:" in line]
+    assert code == status and len(lines) == 1 and message in lines[0], err[-2000:]
+    assert "Traceback" not in err and not (tmp_path / "x.mp4").exists()
+
+
+@pytest.mark.gpu
+def test_sample_on_a_gpu_in_bf16_with_the_fused_attention_and_the_context_cache(smoke_run, tmp_path):
+    done = sample(smoke_run.run_dir, "--scene", f"{smoke_run.shards}:clip_000002", "--steps", 3, "--device", "cuda",
+                  "--dtype", "bf16", "--out", tmp_path / "g.mp4", "model.attention.mask=context_readonly",
+                  "model.attention.backend=fused", gpu=True)
+    assert done.returncode == 0, done.stderr[-2000:]
+    sidecar = json.loads((tmp_path / "g.json").read_text())
+    assert sidecar["dtype"] == "bfloat16" and sidecar["context_cache"] == "on" and sidecar["device"] == "cuda"
+    assert read_mp4(tmp_path / "g.mp4")[0].shape == (5, 64, 64, 3)

@@ -10,7 +10,8 @@ frames are upscaled first (``eval.sfm.min_size``), the intrinsics with them.
 A reconstruction that does not register frame 0 (the reference every error is
 relative to) or registers fewer than ``eval.sfm.min_registered`` of the frames
 is a failure: :class:`SfMResult` says so with a reason, and nothing raises.
-COLMAP's own log goes nowhere (its failures are in ``SfMResult.failure``).
+COLMAP's own log goes nowhere (its failures are in ``SfMResult.failure``), and
+its import leaves the process's SIGTERM handler alone (:func:`import_pycolmap`).
 """
 from __future__ import annotations
 
@@ -60,17 +61,35 @@ def upscale(frames: np.ndarray, K: np.ndarray, min_size: int):
     return resized, scale @ np.asarray(K, dtype=np.float64)
 
 
-def _quiet_colmap(pycolmap) -> None:
-    # glog levels 0 info .. 3 fatal: nothing below fatal reaches the console; a failed reconstruction
-    # is reported by SfMResult.failure instead ("Failed to create any sparse model" and the like).
-    pycolmap.logging.minloglevel = 3
+def import_pycolmap():
+    """pycolmap, imported without letting it take SIGTERM.
+
+    Importing pycolmap installs glog's failure signal handler, which replaces
+    whatever handled SIGTERM before (a trainer's preemption flag, Python's
+    default) by one that prints a native stack trace and dies. The handler
+    that was there is put back. COLMAP's log is limited to fatal messages:
+    a failed reconstruction is reported by ``SfMResult.failure`` instead
+    ("Failed to create any sparse model" and the like).
+    """
+    import signal
+    import sys
+    import threading
+
+    if "pycolmap" in sys.modules:
+        return sys.modules["pycolmap"]
+    main = threading.current_thread() is threading.main_thread()
+    previous = signal.getsignal(signal.SIGTERM) if main else None
+    import pycolmap
+
+    if main and previous is not None:
+        signal.signal(signal.SIGTERM, previous)
+    pycolmap.logging.minloglevel = 3          # glog levels: 0 info .. 3 fatal
+    return pycolmap
 
 
 def reconstruct(frames: np.ndarray, K: np.ndarray, cfg: SfMConfig, seed: int) -> SfMResult:
     """One SfM run over uint8 frames (N, H, W, 3) with pixel intrinsics ``K`` (3, 3)."""
-    import pycolmap
-
-    _quiet_colmap(pycolmap)
+    pycolmap = import_pycolmap()
     count = len(frames)
     frames, K = upscale(np.asarray(frames, dtype=np.uint8), K, cfg.min_size)
     nan = np.full((count, 4, 4), np.nan)
