@@ -160,9 +160,10 @@ def trained_state_dict(source: CheckpointSource, ema: bool = False) -> Dict[str,
 
     try:
         return consolidated_state_dict(source.path)
-    except (FileNotFoundError, ValueError, RuntimeError, AssertionError) as exc:
-        raise CineSceneError(f"{source.path}: the ZeRO shards do not load ({type(exc).__name__}: "
-                             f"{str(exc).splitlines()[0] if str(exc) else 'no detail'})") from None
+    except Exception as exc:  # any damage (missing, truncated, foreign files) is the same one line for a user
+        detail = str(exc).splitlines()[0].split(". ")[0] if str(exc) else "no detail"
+        raise CineSceneError(f"{source.path}: the ZeRO shards do not load ({type(exc).__name__}: {detail})") \
+            from None
 
 
 def load_inference_model(source: CheckpointSource, cfg, *, ema: bool = False, device="cpu",

@@ -69,19 +69,35 @@ def test_table_videos_contact_sheet_and_logs(evaluated):
     assert "Traceback" not in done.stderr
 
 
-def test_missing_clip_weights_is_one_line_and_ranks_do_not_change_the_videos(evaluated, smoke_run,
-                                                                             heldout_shards, tmp_path):
+def test_one_rank_without_clip_weights_and_an_unreadable_sample(evaluated, smoke_run, heldout_shards, tmp_path):
+    """The same samples on 1 rank give the same videos as on 2; missing CLIP weights are one line and absent
+    metrics; a corrupt sample is skipped and reported."""
+    import shutil
+
+    from cinescene.data.manifest import load_manifest
+
     out, _ = evaluated
-    done = cinescene_eval(smoke_run.run_dir, "--data", heldout_shards, "--out", tmp_path, "--num", 3, "--steps", 2,
+    shards = Path(shutil.copytree(heldout_shards, tmp_path / "shards"))
+    bad = load_manifest(shards).samples()[1]
+    with open(bad.shard, "r+b") as handle:                # one flipped byte: the sample's CRC fails
+        handle.seek(bad.offset + bad.length // 2)
+        byte = handle.read(1)
+        handle.seek(-1, 1)
+        handle.write(bytes([byte[0] ^ 0xFF]))
+    done = cinescene_eval(smoke_run.run_dir, "--data", shards, "--out", tmp_path / "out", "--num", 0, "--steps", 2,
                           "--nproc", 1, "--metrics", "psnr,clip_t")
     assert done.returncode == 0, done.stderr[-3000:]
     warnings = [line for line in done.stderr.splitlines() if "eval.clip.weights is not set" in line]
     assert len(warnings) == 1 and "absent" in warnings[0]
-    data = json.loads((tmp_path / "metrics.json").read_text())
+    data = json.loads((tmp_path / "out" / "metrics.json").read_text())
     assert data["mean"]["clip_t"] is None and "eval.clip.weights" in data["absent"]["clip_t"]
+    assert list(data["unreadable"]) == [bad.key] and "checksum" in data["unreadable"][bad.key]
+    assert len(data["samples"]) == 3 and data["count"]["psnr"] == 3
+    assert "unreadable and are left out" in (tmp_path / "out" / "table.md").read_text()
     two_ranks = {s["key"]: s["metrics"]["psnr"] for s in json.loads((out / "metrics.json").read_text())["samples"]}
     one_rank = {s["key"]: s["metrics"]["psnr"] for s in data["samples"]}
-    assert one_rank == two_ranks                        # noise per sample key: the same videos at any world size
+    shared = set(one_rank) & set(two_ranks)
+    assert len(shared) >= 2 and all(one_rank[k] == two_ranks[k] for k in shared)   # noise per sample key
 
 
 @pytest.fixture(scope="module")
@@ -115,23 +131,3 @@ def test_mistakes_exit_1_with_one_line(smoke_run, small_shards, tmp_path, capsys
     assert status == 1 and len(lines) == 1 and message in lines[0], err[-2000:]
     assert "Traceback" not in err and not (tmp_path / "out" / "metrics.json").exists()
 
-
-def test_an_unreadable_sample_is_skipped_and_reported(smoke_run, heldout_shards, tmp_path):
-    import shutil
-
-    from cinescene.data.manifest import load_manifest
-
-    shards = Path(shutil.copytree(heldout_shards, tmp_path / "shards"))
-    ref = load_manifest(shards).samples()[1]
-    with open(ref.shard, "r+b") as handle:                # one flipped byte: the sample's CRC fails
-        handle.seek(ref.offset + ref.length // 2)
-        byte = handle.read(1)
-        handle.seek(-1, 1)
-        handle.write(bytes([byte[0] ^ 0xFF]))
-    done = cinescene_eval(smoke_run.run_dir, "--data", shards, "--out", tmp_path / "out", "--num", 0, "--steps", 1,
-                          "--nproc", 1, "--metrics", "psnr")
-    assert done.returncode == 0, done.stderr[-3000:]
-    data = json.loads((tmp_path / "out" / "metrics.json").read_text())
-    assert list(data["unreadable"]) == [ref.key] and "checksum" in data["unreadable"][ref.key]
-    assert len(data["samples"]) == 3 and data["count"]["psnr"] == 3
-    assert "unreadable and are left out" in (tmp_path / "out" / "table.md").read_text()
