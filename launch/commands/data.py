@@ -54,7 +54,7 @@ def _prepare(args: argparse.Namespace) -> int:
         raise ConfigError("--src" if not args.src else "--encoder", "required (unless --merge)")
     manifest = prep.prepare(args.src, args.out, args.encoder, args.vae, args.text_encoder, args.tokenizer,
                             args.rank, args.world, args.shard_size_mb, args.frames, args.size, args.dtype,
-                            args.device)
+                            args.device, keep_pixels=args.keep_pixels)
     print(f"manifest: {manifest}" if manifest else "this rank is done; the last rank to finish merges manifest.json")
     return 0
 
@@ -119,6 +119,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     r.add_argument("--dtype", choices=["float16", "float32"], default="float16", help="stored latent dtype")
     r.add_argument("--device", default="cpu", help="encoder device, e.g. cuda")
     r.add_argument("--merge", action="store_true", help="only merge the per-rank manifests in --out")
+    r.add_argument("--keep-pixels", action="store_true",
+                   help="wan shards also keep the frames with and without the subject (evaluation shards: "
+                        "`cinescene eval` compares pixels)")
     r.set_defaults(func=_prepare)
 
     i = dsub.add_parser("inspect", help="summarise shards; contact sheet PNG")

@@ -1,0 +1,149 @@
+"""What `cinescene eval` writes: per-sample records, metrics.json, table.md and the contact sheet.
+
+``metrics.json``::
+
+    {"checkpoint": ..., "step": ..., "weights": "trained"|"ema", "data": ..., "settings": {...},
+     "metrics": ["mat_pix", ...],                  # what was asked for, in table order
+     "mean": {"psnr": 14.2, "clip_v": null, ...},  # over the samples that have a value
+     "count": {"psnr": 8, ...},                     # how many samples the mean is over
+     "absent": {"clip_v": "eval.clip.weights is not set ..."},
+     "sfm_failures": 3, "sfm_attempts": 8,
+     "unreadable": {"clip_000007": "sample clip_000007 in shard-...tar is unreadable: ..."},
+     "samples": [{"key", "prompt", "video", "metrics": {...}, "per_frame": {...}, "missing": {...},
+                  "sfm": {"frames", "registered", "failure", "trials"}}, ...]}
+
+JSON has no infinity: ``inf`` (PSNR of identical frames) is written as the
+string ``"inf"``; an absent value is ``null``.
+"""
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Dict, List, Optional, Sequence
+
+import numpy as np
+from PIL import Image, ImageDraw
+
+from cinescene.eval.metrics.registry import REGISTRY
+
+# The paper's table (its own evaluation set and matcher): for scale, not for comparison of figures.
+PAPER = {"mat_pix": 4617.51, "clip_v": 0.8633, "psnr": 14.51, "ssim": 0.4133, "rot_err": 2.68, "trans_err": 5.15,
+         "cam_mc": 6.88, "clip_t": 0.3212}
+SHEET_FRAMES = 6
+
+
+def json_number(value: Optional[float]):
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return None
+    if isinstance(value, float) and math.isinf(value):
+        return "inf" if value > 0 else "-inf"
+    return float(value)
+
+
+def number(value) -> Optional[float]:
+    """The inverse of :func:`json_number`."""
+    if isinstance(value, str):
+        return float(value)
+    return None if value is None else float(value)
+
+
+def aggregate(records: Sequence[dict], names: Sequence[str]) -> Dict[str, dict]:
+    """{"mean": {name: value}, "count": {name: n}} over the samples that have a value."""
+    mean, count = {}, {}
+    for name in names:
+        values = np.array([v for v in (number(r["metrics"].get(name)) for r in records) if v is not None])
+        count[name] = int(values.size)
+        if values.size == 0:
+            mean[name] = None
+        elif np.isposinf(values).any():
+            mean[name] = float("inf")
+        else:
+            mean[name] = float(values.mean())
+    return {"mean": mean, "count": count}
+
+
+def _cell(value: Optional[float], name: str) -> str:
+    if value is None:
+        return "–"
+    if math.isinf(value):
+        return "inf"
+    return f"{value:.2f}" if name in ("mat_pix", "psnr", "bg_psnr", "rot_err", "trans_err", "cam_mc") else \
+        f"{value:.4f}"
+
+
+def table(summary: dict, label: str) -> str:
+    """table.md: the paper's columns (and ours after them), the paper's row for scale, then this evaluation."""
+    names = summary["metrics"]
+    header = "| | " + " | ".join(f"{REGISTRY[n].title} {'↑' if REGISTRY[n].higher_is_better else '↓'}"
+                                  for n in names) + " |"
+    lines = [header, "|---" * (len(names) + 1) + "|",
+             "| CineScene (paper) | " + " | ".join(_cell(PAPER.get(n), n) for n in names) + " |",
+             f"| {label} | " + " | ".join(_cell(number(summary["mean"][n]), n) for n in names) + " |", ""]
+    notes = [f"{len(summary['samples'])} held-out samples of {summary['data']}, {summary['settings']['steps']} "
+             f"steps, guidance {summary['settings']['cfg']}, seed {summary['settings']['seed']}; "
+             f"{summary['weights']} weights of {summary['checkpoint']} (step {summary['step']})."]
+    if any(REGISTRY[n].group == "camera" for n in names):
+        notes.append(f"Camera metrics: SfM failed on {summary['sfm_failures']} of {summary['sfm_attempts']} "
+                     "samples (counted, not averaged); sums over the registered frames, as CamI2V.")
+    if summary.get("unreadable"):
+        notes.append(f"{len(summary['unreadable'])} selected samples were unreadable and are left out: "
+                     f"{', '.join(sorted(summary['unreadable']))}.")
+    reasons: Dict[str, List[str]] = {}
+    for name, why in summary["absent"].items():
+        reasons.setdefault(why, []).append(REGISTRY[name].title)
+    for why, titles in reasons.items():
+        notes.append(f"{', '.join(titles)} absent: {why}.")
+    thin = [n for n in names if n not in summary["absent"] and REGISTRY[n].group != "camera"
+            and summary["count"][n] < len(summary["samples"])]
+    if thin:
+        notes.append("Means over fewer samples: " + ", ".join(f"{REGISTRY[n].title} {summary['count'][n]}"
+                                                              for n in thin) + ".")
+    notes.append("The paper's figures come from its own test set, GIM matching and VBench; docs/EVAL.md says how "
+                 "ours differ.")
+    return "\n".join(lines + notes) + "\n"
+
+
+def background_error(generated: np.ndarray, background: np.ndarray, mask: np.ndarray) -> np.ndarray:
+    """uint8 (F, H, W, 3): |generated - background| on background pixels (black = exact, white = 64+ levels
+    off), the subject's pixels (where the metric does not look) dark blue."""
+    error = np.abs(generated.astype(np.int16) - background.astype(np.int16)).mean(-1)
+    grey = np.clip(error * 4, 0, 255).astype(np.uint8)
+    out = np.repeat(grey[..., None], 3, axis=-1)
+    out[~mask] = (20, 30, 90)
+    return out
+
+
+def _label(text: str, height: int, width: int) -> np.ndarray:
+    image = Image.new("RGB", (width, height), (255, 255, 255))
+    ImageDraw.Draw(image).text((3, max(0, height // 2 - 5)), text, fill=(0, 0, 0))
+    return np.asarray(image)
+
+
+def contact_row(key: str, rows: Dict[str, Optional[np.ndarray]], frames: int = SHEET_FRAMES) -> np.ndarray:
+    """One sample's block: a title line, then one labelled line of evenly spaced frames per entry of ``rows``."""
+    from cinescene.sampling.video import strip_indices
+
+    present = {name: video for name, video in rows.items() if video is not None}
+    height, width = next(iter(present.values())).shape[1:3]
+    count = len(next(iter(present.values())))
+    picks = strip_indices(count, frames)
+    label_w, gap = 104, 2
+    total_w = label_w + len(picks) * (width + gap)
+    lines = [_label(key, 14, total_w)]
+    for name, video in rows.items():
+        line = np.full((height, total_w, 3), 255, np.uint8)
+        line[:, :label_w] = _label(name, height, label_w)
+        if video is None:
+            line[:, label_w:] = _label("(not in the data)", height, total_w - label_w)
+        else:
+            for k, i in enumerate(picks):
+                x = label_w + k * (width + gap)
+                line[:, x: x + width] = video[min(i, len(video) - 1)]
+        lines += [line, np.full((gap, total_w, 3), 255, np.uint8)]
+    return np.concatenate(lines)
+
+
+def contact_sheet(blocks: List[np.ndarray], path: str | Path) -> None:
+    width = max(b.shape[1] for b in blocks)
+    padded = [np.pad(b, ((0, 6), (0, width - b.shape[1]), (0, 0)), constant_values=255) for b in blocks]
+    Image.fromarray(np.concatenate(padded)).save(path)

@@ -1,0 +1,300 @@
+"""`cinescene eval CKPT --data SHARDS --out DIR`: generate held-out samples on every rank, measure, report.
+
+Flags become ``eval.*`` overrides of the checkpoint's config (``--data`` ->
+``eval.data``, ``--num`` -> ``eval.num_samples``, ``--steps`` ->
+``eval.sample_steps``, ``--metrics`` -> ``eval.metrics``), so the command
+and the training hook read the same settings. Everything a user can get
+wrong is checked before any rank starts (:func:`plan`): the checkpoint, the
+data's resolution and encoder against the model's training data, and that
+some held-out sample is left; each is one line and exit status 1.
+
+Ranks: standalone, ``--nproc`` / ``launch.nproc`` local ranks are spawned;
+under torchrun or srun each process is one rank. Rank r takes the selected
+samples r, r + W, ...; every rank writes its samples' files (the mp4 in
+``videos/``, the record in ``samples/``, the contact-sheet block in
+``contact/``), and after a barrier rank 0 writes ``metrics.json``,
+``table.md`` and ``contact_sheet.png``. Logs: ``DIR/logs/rank<R>.log``.
+"""
+from __future__ import annotations
+
+import argparse
+import fcntl
+import json
+import os
+import shutil
+import sys
+import time
+from dataclasses import dataclass
+from datetime import timedelta
+from pathlib import Path
+from typing import Dict, List
+
+import numpy as np
+from PIL import Image
+
+from cinescene import __version__
+from cinescene.config.base import positive
+from cinescene.config.eval import check_metric_names
+from cinescene.errors import CineSceneError
+from cinescene.log import get_logger, setup_logging
+
+from . import heldout, report
+
+_log = get_logger("eval")
+WORK_DIRS = ("samples", "contact")
+LOCK = ".eval.lock"
+
+
+@dataclass
+class EvalPlan:
+    source: object             # CheckpointSource
+    cfg: object                # the checkpoint's config with the eval overrides
+    spec: object               # DataSpec of the training data
+    shards: str
+    indices: List[int]         # selected held-out samples, manifest order
+    keys: List[str]
+    out: Path
+
+
+def eval_overrides(args: argparse.Namespace) -> List[str]:
+    """The flags as eval.* overrides (checked here so errors name the flag)."""
+    items = []
+    if args.data is not None:
+        items.append(f"eval.data={args.data}")
+    if args.num is not None:
+        if args.num < 0:
+            from cinescene.config import ConfigError
+
+            raise ConfigError("--num", f"expected a value >= 0 (0 = every held-out sample), got {args.num}")
+        items.append(f"eval.num_samples={args.num}")
+    if args.steps is not None:
+        positive(args.steps, "--steps")
+        items.append(f"eval.sample_steps={args.steps}")
+    if args.metrics is not None:
+        names = [n for n in args.metrics.split(",") if n]
+        check_metric_names(names, "--metrics")
+        items.append(f"eval.metrics=[{','.join(names)}]")
+    return list(args.overrides) + items
+
+
+def plan(args: argparse.Namespace) -> EvalPlan:
+    """Resolve and check everything before any model is built (one-line errors)."""
+    from cinescene.sampling.checkpoint import checkpoint_config, resolve_checkpoint
+    from cinescene.sampling.inputs import ShardSamples
+    from cinescene.sampling.spec import check_eval_data, training_manifest, training_spec
+
+    source = resolve_checkpoint(args.checkpoint)
+    cfg = checkpoint_config(source, eval_overrides(args))
+    if not cfg.eval.data:
+        raise CineSceneError("no evaluation data: pass --data SHARDS (or set eval.data)")
+    spec = training_spec(cfg)
+    samples = ShardSamples(cfg.eval.data, spec, cfg.model)
+    check_eval_data(spec, samples.manifest)
+    train = training_manifest(cfg)
+    if train is None:
+        _log.warning("the training manifest is not reachable: every sample of %s counts as held out",
+                     cfg.eval.data)
+    identities = [samples.identity(i) for i in range(len(samples))]
+    candidates = heldout.held_out(identities, None if train is None else heldout.training_identities(train))
+    if not candidates:
+        raise CineSceneError(f"no held-out samples: all {len(samples)} samples of {cfg.eval.data} are in the "
+                             f"training data ({cfg.data.train_shards})")
+    indices = heldout.select(candidates, cfg.eval.num_samples, cfg.eval.seed)
+    return EvalPlan(source, cfg, spec, cfg.eval.data, indices, [samples.refs[i].key for i in indices],
+                    Path(args.out))
+
+
+def _lock(out: Path):
+    """Hold ``out/.eval.lock`` (released by the kernel when the process dies); one-line error if taken."""
+    if out.exists() and not out.is_dir():
+        raise CineSceneError(f"--out {out} is a file, not a directory")
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        handle = open(out / LOCK, "w")
+    except OSError as exc:
+        raise CineSceneError(f"cannot write into {out}: {exc.strerror or exc}") from None
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        handle.close()
+        raise CineSceneError(f"another `cinescene eval` is writing into {out}; wait for it or use another --out") \
+            from None
+    return handle
+
+
+def rank_argv(args: argparse.Namespace) -> List[str]:
+    argv = [sys.executable, "-m", "cinescene", "eval", str(args.checkpoint), *args.overrides, "--out", str(args.out)]
+    for flag, value in (("--data", args.data), ("--num", args.num), ("--steps", args.steps),
+                        ("--metrics", args.metrics), ("--device", args.device), ("--dtype", args.dtype)):
+        if value is not None:
+            argv += [flag, str(value)]
+    return argv + (["--ema"] if args.ema else [])
+
+
+def launch(args: argparse.Namespace) -> int:
+    from cinescene.distributed.env import SPAWNER_MARK, detect, standalone
+
+    setup_logging("INFO")
+    env = detect()
+    the_plan = plan(args)
+    spawned = os.environ.get(SPAWNER_MARK) == "1"
+    lock = None if spawned or (env is not None and env.rank != 0) else _lock(the_plan.out)
+    try:
+        if env is None:
+            nproc = the_plan.cfg.launch.nproc if args.nproc is None else args.nproc
+            positive(nproc, "--nproc")
+            nproc = min(nproc, len(the_plan.indices))
+            if nproc > 1:
+                from cinescene.distributed.spawn import spawn_local_ranks
+
+                return spawn_local_ranks(rank_argv(args), nproc, forward=("SIGTERM",))
+            env = standalone(1)
+        return run_rank(args, the_plan, env)
+    finally:
+        if lock is not None:
+            lock.close()
+
+
+def _device(args, env):
+    import torch
+
+    from cinescene.sampling.command import device_and_dtype
+
+    name = args.device
+    if name is None and torch.cuda.is_available():
+        name = f"cuda:{env.local_rank % torch.cuda.device_count()}"
+    return device_and_dtype(name, args.dtype)
+
+
+def run_rank(args: argparse.Namespace, the_plan: EvalPlan, env) -> int:
+    import torch.distributed as dist
+
+    cfg, out = the_plan.cfg, the_plan.out
+    setup_logging(cfg.run.log_level, out, env.rank)
+    if env.world_size > 1:
+        os.environ.update(env.as_environ())
+        dist.init_process_group("gloo", init_method="env://", rank=env.rank, world_size=env.world_size,
+                                timeout=timedelta(seconds=cfg.parallel.timeout_s))
+    try:
+        if env.rank == 0:
+            for name in WORK_DIRS:      # a previous evaluation's records must not leak into this one
+                shutil.rmtree(out / name, ignore_errors=True)
+                (out / name).mkdir(parents=True)
+            (out / "videos").mkdir(exist_ok=True)
+        if env.world_size > 1:
+            dist.barrier()
+        absent = _evaluate_rank(args, the_plan, env)
+        if env.world_size > 1:
+            dist.barrier()
+        if env.rank == 0:
+            _write_report(args, the_plan, absent)
+        return 0
+    finally:
+        if env.world_size > 1 and dist.is_initialized():
+            dist.destroy_process_group()
+
+
+def _settings(the_plan: EvalPlan):
+    from cinescene.sampling.pipeline import Settings
+
+    cfg = the_plan.cfg
+    return Settings(steps=cfg.eval.sample_steps, guidance_scale=cfg.eval.cfg_scale, shift=cfg.train.flow.shift,
+                    seed=cfg.eval.seed)
+
+
+def _evaluate_rank(args: argparse.Namespace, the_plan: EvalPlan, env) -> Dict[str, str]:
+    """Generate and measure this rank's samples; returns the metrics that cannot be computed, and why."""
+    from cinescene.sampling.checkpoint import load_inference_model
+    from cinescene.sampling.codec import build_codec
+    from cinescene.sampling.command import video_fps
+    from cinescene.sampling.inputs import ShardSamples
+    from cinescene.sampling.pipeline import StepBar, VideoGenerator
+    from cinescene.sampling.video import write_mp4
+
+    from .evaluate import evaluate_sample
+    from .metrics import MetricContext, pixels
+
+    cfg, spec, out = the_plan.cfg, the_plan.spec, the_plan.out
+    mine = the_plan.indices[env.rank::env.world_size]
+    device, dtype = _device(args, env)
+    samples = ShardSamples(the_plan.shards, spec, cfg.model)
+    model = load_inference_model(the_plan.source, cfg, ema=args.ema, device=device, dtype=dtype)
+    generator = VideoGenerator(model, spec, build_codec(spec, cfg.model, device=str(device)), device)
+    context = MetricContext(cfg.eval, device)
+    if env.rank == 0:
+        for reason in sorted(set(context.absent.values())):
+            _log.warning("%s", reason)
+        _log.info("evaluating %d held-out samples of %s on %d rank(s): %d steps, guidance %g, metrics %s",
+                  len(the_plan.indices), the_plan.shards, env.world_size, cfg.eval.sample_steps,
+                  cfg.eval.cfg_scale, ", ".join(cfg.eval.metrics))
+    settings = _settings(the_plan)
+    fps = video_fps(cfg, spec)
+    bar = StepBar(len(mine) * settings.steps, "eval")
+    try:
+        for index in mine:
+            try:
+                sample = samples.read(index)
+            except CineSceneError as exc:    # a corrupt sample is skipped and reported, as the loader does
+                _log.warning("skipping: %s", exc)
+                key = samples.refs[index].key
+                (out / "samples" / f"{key}.json").write_text(json.dumps({"key": key, "unreadable": str(exc)}))
+                for _ in range(settings.steps):
+                    bar.update()
+                continue
+            bar.describe(sample.key)
+            started = time.perf_counter()
+            result = evaluate_sample(generator, sample, settings, context, cfg.eval.metrics, callback=bar.update)
+            video = f"videos/{sample.key}.mp4"
+            write_mp4(out / video, result.frames, fps, {"key": sample.key, "prompt": sample.prompt,
+                                                         "checkpoint": str(the_plan.source.path),
+                                                         "step": the_plan.source.step, **vars(settings)})
+            record = {"key": sample.key, "prompt": sample.prompt, "video": video,
+                      "metrics": {k: report.json_number(v) for k, v in result.metrics.values.items()},
+                      "per_frame": {k: [report.json_number(v) for v in vs]
+                                    for k, vs in result.metrics.per_frame.items()},
+                      "missing": result.metrics.missing, "seconds": round(time.perf_counter() - started, 2)}
+            if "sfm" in result.metrics.details:
+                record["sfm"] = result.metrics.details["sfm"]
+            (out / "samples" / f"{sample.key}.json").write_text(json.dumps(record, indent=1, sort_keys=True))
+            inputs = result.inputs
+            error = None
+            if inputs.ground_truth is not None and inputs.background is not None:
+                bg = cfg.eval.background
+                error = report.background_error(result.frames, inputs.background, pixels.background_mask(
+                    inputs.ground_truth, inputs.background, bg.threshold, bg.dilate))
+            block = report.contact_row(sample.key, {"ground truth": inputs.ground_truth, "generated": result.frames,
+                                                    "background error": error})
+            Image.fromarray(block).save(out / "contact" / f"{sample.key}.png")
+            _log.info("%s: %s", sample.key, "  ".join(
+                f"{k} {'–' if v is None else f'{v:.4g}'}" for k, v in result.metrics.values.items()))
+    finally:
+        bar.close()
+    return dict(context.absent)
+
+
+def _write_report(args: argparse.Namespace, the_plan: EvalPlan, absent: Dict[str, str]) -> None:
+    cfg, out = the_plan.cfg, the_plan.out
+    everything = [json.loads((out / "samples" / f"{key}.json").read_text()) for key in the_plan.keys]
+    records = [r for r in everything if "unreadable" not in r]
+    unreadable = {r["key"]: r["unreadable"] for r in everything if "unreadable" in r}
+    names = list(cfg.eval.metrics)
+    summary = report.aggregate(records, names)
+    sfm = [r["sfm"] for r in records if "sfm" in r]
+    settings = _settings(the_plan)
+    data = {"cinescene": __version__, "checkpoint": str(the_plan.source.path), "step": the_plan.source.step,
+            "weights": "ema" if args.ema else "trained", "data": the_plan.shards,
+            "settings": {"steps": settings.steps, "cfg": settings.guidance_scale, "shift": settings.shift,
+                         "seed": settings.seed, "num_samples": len(records)},
+            "metrics": names, "mean": {k: report.json_number(v) for k, v in summary["mean"].items()},
+            "count": summary["count"], "absent": absent,
+            "sfm_failures": sum(1 for s in sfm if s["failure"]), "sfm_attempts": len(sfm),
+            "unreadable": unreadable, "samples": records}
+    (out / "metrics.json").write_text(json.dumps(data, indent=1) + "\n")
+    label = f"{the_plan.source.path.parent.parent.name} step {the_plan.source.step}"
+    (out / "table.md").write_text(report.table(data, label))
+    blocks = [np.asarray(Image.open(out / "contact" / f"{r['key']}.png").convert("RGB")) for r in records]
+    if blocks:
+        report.contact_sheet(blocks, out / "contact_sheet.png")
+    sys.stdout.write((out / "table.md").read_text())
+    print(f"wrote {out / 'metrics.json'}, {out / 'table.md'}, {out / 'contact_sheet.png'} and "
+          f"{len(records)} videos in {out / 'videos'}")

@@ -1,0 +1,146 @@
+"""`cinescene sample`: one video from a checkpoint, a scene, a camera path and a prompt.
+
+The steps, each in its own module: resolve the checkpoint and its config
+(:mod:`.checkpoint`), learn what the model generates from its training data
+(:mod:`.spec`), gather the conditioning (:mod:`.inputs`, :mod:`.cameras`,
+:mod:`.codec`), generate (:mod:`.pipeline`), write the mp4, its JSON and the
+PNG strip (:mod:`.video`).
+"""
+from __future__ import annotations
+
+import argparse
+import math
+import time
+from pathlib import Path
+from typing import Optional, Tuple
+
+import torch
+
+from cinescene import __version__
+from cinescene.config.base import ConfigError, non_negative, positive, require
+from cinescene.errors import CineSceneError
+from cinescene.log import get_logger, setup_logging
+
+from .cameras import resolve_camera
+from .checkpoint import checkpoint_config, load_inference_model, resolve_checkpoint
+from .codec import build_codec
+from .inputs import ShardSamples, load_scene_folder, parse_shard_ref
+from .pipeline import Settings, StepBar, VideoGenerator
+from .spec import check_eval_data, training_spec
+from .video import write_json, write_mp4, write_strip
+
+_log = get_logger("sampling")
+DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+def device_and_dtype(device: Optional[str], dtype: Optional[str]) -> Tuple[torch.device, torch.dtype]:
+    """Defaults: the GPU in bf16 when there is one, else the CPU in fp32."""
+    name = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        chosen = torch.device(name)
+    except RuntimeError:
+        raise ConfigError("--device", f"expected a torch device such as cpu or cuda:0, got {name!r}") from None
+    if chosen.type == "cuda" and not torch.cuda.is_available():
+        raise CineSceneError(f"--device {name}: no CUDA GPU is visible")
+    kind = dtype or ("bf16" if chosen.type == "cuda" else "fp32")
+    return chosen, DTYPES[kind]
+
+
+def video_fps(cfg, spec) -> float:
+    """The source frame rate (``eval.fps``) over the stride of the generated frames (4 for the pixel proxy)."""
+    return cfg.eval.fps / spec.frame_stride
+
+
+def check_settings(args: argparse.Namespace) -> None:
+    if args.steps is not None:
+        positive(args.steps, "--steps")
+    if args.cfg is not None:
+        non_negative(args.cfg, "--cfg")
+    if args.shift is not None:
+        positive(args.shift, "--shift")
+    require(math.isfinite(args.camera_scale) and args.camera_scale >= 0, "--camera-scale", "a finite value >= 0",
+            args.camera_scale)
+
+
+def run_sample(args: argparse.Namespace) -> int:
+    setup_logging("INFO")
+    check_settings(args)
+    out = Path(args.out)
+    for target in (out, Path(args.png) if args.png else None):
+        if target is not None and target.is_dir():
+            raise CineSceneError(f"{target} is a directory; give a file name")
+    started = time.perf_counter()
+    source = resolve_checkpoint(args.checkpoint)
+    cfg = checkpoint_config(source, args.overrides)
+    spec = training_spec(cfg)
+    device, dtype = device_and_dtype(args.device, args.dtype)
+
+    shard_sample = None
+    reference = parse_shard_ref(args.scene)
+    if reference is not None:
+        samples = ShardSamples(reference[0], spec, cfg.model)
+        check_eval_data(spec, samples.manifest, "scene shards")
+        shard_sample = samples.read(samples.index_of(reference[1]))
+        scene, scene_desc = shard_sample.scene, f"sample {reference[1]} of {reference[0]}"
+        scene_names = [f"{reference[1]}/scene_{i:02d}" for i in range(len(scene))]
+    elif Path(args.scene).is_dir():
+        scene, scene_names = load_scene_folder(args.scene, spec)
+        scene_desc = f"folder {args.scene}"
+    else:
+        raise CineSceneError(f"--scene {args.scene}: neither a folder of images nor SHARDS:KEY (a shard "
+                             "directory with manifest.json, a colon, a sample key)")
+
+    fov = None
+    if args.camera is not None:
+        cameras, fov, camera_desc = resolve_camera(args.camera, spec.latent_frames, args.camera_scale)
+    elif shard_sample is not None:
+        cameras, camera_desc = shard_sample.cameras, f"the trajectory of sample {shard_sample.key}"
+    else:
+        raise ConfigError("--camera", "required (a preset name or a JSON trajectory) unless --scene is SHARDS:KEY")
+    prompt = args.prompt if args.prompt is not None else (shard_sample.prompt if shard_sample else None)
+    if prompt is None:
+        raise ConfigError("--prompt", "required unless --scene is SHARDS:KEY (whose prompt is then used)")
+
+    codec = build_codec(spec, cfg.model, vae=args.vae, text_encoder=args.text_encoder, device=str(device))
+    text = shard_sample.text if (shard_sample is not None and args.prompt is None) else codec.encode_text(prompt)
+    negative = codec.encode_text(args.negative_prompt) if args.negative_prompt else None
+    model = load_inference_model(source, cfg, ema=args.ema, device=device, dtype=dtype)
+    settings = Settings(steps=args.steps or cfg.eval.sample_steps,
+                        guidance_scale=cfg.eval.cfg_scale if args.cfg is None else args.cfg,
+                        shift=args.shift or cfg.train.flow.shift, seed=args.seed)
+    generator = VideoGenerator(model, spec, codec, device)
+    cache = generator.context_cache()
+    _log.info("sampling %s: %d steps, guidance %g, shift %g, seed %d, %s on %s, context cache %s", spec.describe(),
+              settings.steps, settings.guidance_scale, settings.shift, settings.seed, str(dtype).replace("torch.", ""),
+              device, cache)
+    bar = StepBar(settings.steps, "sample")
+    try:
+        frames = generator.video(text, cameras, scene, settings, key="sample", negative_text=negative,
+                                 callback=bar.update)
+    finally:
+        bar.close()
+    fps = video_fps(cfg, spec)
+    metadata = {
+        "cinescene": __version__, "checkpoint": str(source.path), "step": source.step,
+        "weights": "ema" if args.ema else "trained", "model": cfg.model.name, "encoder": spec.encoder_name,
+        "prompt": prompt, "negative_prompt": args.negative_prompt, "scene": scene_desc, "scene_images": scene_names,
+        "camera": camera_desc, "camera_scale": args.camera_scale if args.camera else None, "fov": fov,
+        "cameras_c2w": [[[round(float(v), 6) for v in row] for row in c[:3]] for c in cameras],
+        "steps": settings.steps, "cfg": settings.guidance_scale, "shift": settings.shift, "seed": settings.seed,
+        "device": str(device), "dtype": str(dtype).replace("torch.", ""), "context_cache": cache,
+        "attention_backend": cfg.model.attention.backend, "frames": int(len(frames)),
+        "size": [int(frames.shape[1]), int(frames.shape[2])], "fps": fps, "overrides": list(args.overrides),
+    }
+    sidecar = out.with_suffix(".json")
+    try:
+        metadata["codec"] = write_mp4(out, frames, fps, metadata)
+        write_json(sidecar, metadata)
+        if args.png:
+            write_strip(args.png, frames)
+    except OSError as exc:
+        raise CineSceneError(f"cannot write {exc.filename or out}: {exc.strerror or exc}") from None
+    codec_name = metadata["codec"]
+    print(f"wrote {out}: {len(frames)} frames, {frames.shape[1]}x{frames.shape[2]}, {codec_name}, {fps:g} fps "
+          f"({time.perf_counter() - started:.1f} s); settings in {sidecar}" + (f"; frames in {args.png}"
+                                                                                 if args.png else ""))
+    return 0
