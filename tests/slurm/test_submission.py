@@ -1,0 +1,193 @@
+"""What `cinescene submit` / `sweep` would hand to sbatch, and the configs they refuse (no cluster needed).
+
+These run everywhere in seconds: the sbatch call is built and printed (--dry-run), never
+submitted. The `slurm`-marked tests next to them submit for real.
+"""
+from __future__ import annotations
+
+import json
+import shlex
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from cinescene.config import load_config
+from cinescene.config.launch import LaunchConfig
+from cinescene.slurm.accounting import parse_rows
+from cinescene.slurm.environment import job_label, restart_count
+from cinescene.slurm.job import decide
+from cinescene.slurm.sweeps import array_task
+
+SMOKE = "configs/experiments/smoke.yaml"
+
+
+def cli(repo_root, *args, env=None):
+    return subprocess.run([sys.executable, "-m", "cinescene", *args], cwd=repo_root, capture_output=True, text=True,
+                          timeout=120, env=env)
+
+
+def sbatch_argv(out: str):
+    """The sbatch arguments of a --dry-run's first line (after the environment assignment)."""
+    words = shlex.split(out.splitlines()[0])
+    return words[words.index("sbatch"):]
+
+
+@pytest.mark.parametrize("value, shown", [("[SIGFOO]", "'SIGFOO'"), ("[SIGKILL]", "'SIGKILL'"),
+                                          ("[SIGSTOP]", "'SIGSTOP'"), ("[USR1]", "'USR1'"),
+                                          ("[SIGUSR1,7]", "7")])
+def test_preempt_signals_must_be_catchable_signals_exit_2_before_any_rank(repo_root, tmp_path, value, shown):
+    run_dir = tmp_path / "run"
+    out = cli(repo_root, "train", SMOKE, f"launch.preempt_signals={value}", f"run.dir={run_dir}")
+    assert out.returncode == 2, out.stderr
+    assert out.stderr.count("\n") == 1 and "config error: launch.preempt_signals[" in out.stderr
+    assert shown in out.stderr and "Traceback" not in out.stderr
+    assert not run_dir.exists()  # refused while validating: nothing started, nothing written
+
+
+@pytest.mark.parametrize("line", ["rm -rf /", "-p debug", "--", "--constraint=a\nb", "#SBATCH --mem=1G",
+                                  "--x; touch PWNED"])
+def test_extra_sbatch_lines_that_are_not_options_are_refused(repo_root, line):
+    out = cli(repo_root, "submit", SMOKE, f"launch.slurm.extra=[{json.dumps(line)}]", "--dry-run")
+    assert out.returncode == 2, (out.stdout, out.stderr)
+    assert out.stderr.count("\n") == 1 and "config error: launch.slurm.extra[0]: expected one sbatch option" in out.stderr
+
+
+@pytest.mark.parametrize("override, key", [
+    ("launch.slurm.signal=HUP@60", "launch.slurm.signal"),           # not a preemption signal: would kill the ranks
+    ("launch.slurm.signal=USR1", "launch.slurm.signal"),
+    ("launch.slurm.time=tomorrow", "launch.slurm.time"),
+    ("launch.slurm.mem=lots", "launch.slurm.mem"),
+    ("launch.slurm.partition='a b'", "launch.slurm.partition"),
+    ("launch.preempt_exit_code=1", "launch.preempt_exit_code"),
+    ("launch.max_restarts=-1", "launch.max_restarts"),
+])
+def test_bad_launch_values_name_their_key(repo_root, override, key):
+    out = cli(repo_root, "submit", SMOKE, override, "--dry-run")
+    assert out.returncode == 2 and f"config error: {key}:" in out.stderr, out.stderr
+
+
+def test_flags_override_the_config_and_reach_the_job_as_the_same_overrides(repo_root):
+    out = cli(repo_root, "submit", SMOKE, "train.lr=3e-4", "--nodes", "2", "--gpus-per-node", "4", "--partition",
+              "gpu", "--time", "1:30", "--account", "proj", "--qos", "high", "--dry-run")
+    assert out.returncode == 0, out.stderr
+    argv = sbatch_argv(out.stdout)
+    for option in ["--nodes=2", "--ntasks-per-node=4", "--gpus-per-node=4", "--partition=gpu", "--time=1:30",
+                   "--account=proj", "--qos=high", "--job-name=smoke", "--requeue", "--signal=USR1@60"]:
+        assert option in argv, (option, argv)
+    script = argv.index(next(a for a in argv if a.endswith("train.sbatch")))
+    job_args = argv[script + 1:]
+    assert job_args[:2] == [SMOKE, "train.lr=3e-4"]
+    # The job resolves the very config the submission was checked against ("1:30" stays a string).
+    cfg, _ = load_config(repo_root / job_args[0], job_args[1:])
+    assert (cfg.launch.slurm.nodes, cfg.launch.slurm.time, cfg.launch.slurm.partition) == (2, "1:30", "gpu")
+    assert out.stdout.count("#!/bin/bash") == 1  # the batch script follows the call
+
+
+def test_cpu_job_runs_nproc_tasks_per_node_and_no_gpu_request(repo_root):
+    out = cli(repo_root, "submit", SMOKE, "--gpus-per-node", "0", "launch.nproc=3", "launch.slurm.mem=4G",
+              "launch.slurm.requeue=false", "launch.slurm.extra=[--constraint=cpu,--exclusive]", "--dry-run")
+    argv = sbatch_argv(out.stdout)
+    assert "--ntasks-per-node=3" in argv and not any(a.startswith("--gpus") for a in argv)
+    assert {"--mem=4G", "--no-requeue", "--constraint=cpu", "--exclusive"} <= set(argv)
+
+
+def test_print_config_and_no_submission_without_sbatch(repo_root, tmp_path):
+    out = cli(repo_root, "submit", SMOKE, "--nodes", "3", "--print-config")
+    assert out.returncode == 0 and "nodes: 3" in out.stdout
+    env = {"PATH": str(tmp_path), "HOME": str(tmp_path)}  # no sbatch on PATH
+    out = cli(repo_root, "submit", SMOKE, f"run.dir={tmp_path / 'r'}", env=env)
+    assert out.returncode == 1 and out.stderr.strip() == ("cinescene submit: error: `sbatch` is not on PATH: "
+                                                          "submitting needs a SLURM client")
+
+
+def test_slurm_job_outside_a_batch_job_is_one_line(repo_root):
+    env = {k: v for k, v in __import__("os").environ.items() if not k.startswith("SLURM_")}
+    out = cli(repo_root, "slurm-job", SMOKE, env=env)
+    assert out.returncode == 1 and out.stderr.count("\n") == 1
+    assert "runs as the batch script of a SLURM job" in out.stderr
+
+
+def test_exactly_one_party_requeues():
+    cfg, _ = load_config(None, [])
+    assert decide(0, None, cfg, "7") == (False, "the ranks finished")
+    assert decide(124, None, cfg, "7")[0]                     # saved after USR1 / the time-limit warning
+    assert decide(137, None, cfg, "7")[0]                     # a rank was killed: restart from the checkpoint
+    assert not decide(124, "SIGTERM", cfg, "7")[0]            # SLURM is ending the job: it requeues, or not
+    assert not decide(137, "SIGTERM", cfg, "7")[0]
+    assert not decide(1, None, cfg, "7")[0] and not decide(2, None, cfg, "7")[0]
+    cfg.launch.slurm.requeue = False
+    assert not decide(124, None, cfg, "7")[0]
+
+
+def test_job_environment_readers():
+    assert restart_count({}) == 0 and restart_count({"SLURM_RESTART_COUNT": "3"}) == 3
+    assert job_label({"SLURM_JOB_ID": "12"}) == "12"
+    assert job_label({"SLURM_JOB_ID": "15", "SLURM_ARRAY_JOB_ID": "12", "SLURM_ARRAY_TASK_ID": "3"}) == "12_3"
+
+
+def test_squeue_and_sacct_rows_expand_array_ranges():
+    rows = ["12_0|COMPLETED", "12_1|CANCELLED by 0", "12_[2-4,6%2]|PENDING", "13|RUNNING", "14|"]
+    assert parse_rows(rows) == {"12_0": "COMPLETED", "12_1": "CANCELLED", "12_2": "PENDING", "12_3": "PENDING",
+                                "12_4": "PENDING", "12_6": "PENDING", "13": "RUNNING", "14": "UNKNOWN"}
+
+
+@pytest.mark.parametrize("table, message", [
+    ({"sweep": "s"}, "is not a sweep's array table"),
+    ({"trials": [{"argv": ["c.yaml"]}]}, "there is no array task 1"),
+    ({"trials": [{"argv": ["c.yaml"]}, {"argv": "c.yaml x=1"}]}, "trial 1 has no [config, overrides...] argv"),
+])
+def test_array_tables_are_checked_data(tmp_path, table, message):
+    from cinescene.errors import CineSceneError
+
+    path = tmp_path / "array.json"
+    path.write_text(json.dumps(table))
+    with pytest.raises(CineSceneError, match=re_escape(message)):
+        array_task(path, 1)
+    assert array_task(_table(tmp_path, [["c.yaml", "a=1"]]), 0) == ["c.yaml", "a=1"]
+
+
+def _table(tmp_path: Path, argvs):
+    path = tmp_path / "ok.json"
+    path.write_text(json.dumps({"trials": [{"argv": a} for a in argvs]}))
+    return path
+
+
+def re_escape(text: str) -> str:
+    import re
+
+    return re.escape(text)
+
+
+def test_sweep_dry_run_prints_one_throttled_array(repo_root, tmp_path):
+    spec = yaml.safe_load((repo_root / "configs/sweeps/smoke_lr.yaml").read_text())
+    spec["sweep"].update(base=str(repo_root / "configs/experiments/smoke.yaml"), run_root=str(tmp_path / "sw"))
+    path = tmp_path / "sweep.yaml"
+    path.write_text(yaml.safe_dump(spec))
+    out = cli(repo_root, "sweep", str(path), "--max-parallel", "2", "--dry-run")
+    assert out.returncode == 0, out.stderr
+    lines = out.stdout.splitlines()
+    assert lines[0] == "sweep smoke-lr: 4 trials of " + str(repo_root / "configs/experiments/smoke.yaml")
+    assert all(" submit " in line for line in lines[1:5])
+    call = next(line for line in lines if "sbatch" in line)
+    argv = shlex.split(call)
+    assert "--array=0-3%2" in argv and "--job-name=smoke-lr" in argv
+    assert f"--output={tmp_path / 'sw' / 'slurm'}/%A_%a.out" in argv
+    assert argv[-2] == "--array-table"
+    assert not (tmp_path / "sw").exists()  # a dry run writes nothing
+
+
+def test_sweep_bad_max_parallel_and_status_without_target(repo_root):
+    out = cli(repo_root, "sweep", "configs/sweeps/smoke_lr.yaml", "--max-parallel", "0", "--dry-run")
+    assert out.returncode == 2 and "--max-parallel" in out.stderr
+    out = cli(repo_root, "sweep", "status")
+    assert out.returncode == 2 and "SPEC|DIR" in out.stderr
+
+
+def test_launch_config_defaults_validate():
+    launch = LaunchConfig()
+    launch.slurm.validate()
+    launch.validate()
+    assert launch.slurm.signal_name() == "SIGUSR1"
