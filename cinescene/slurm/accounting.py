@@ -3,7 +3,9 @@
 ``squeue -t all`` is authoritative for the jobs slurmctld still holds
 (``MinJobAge`` after they end), including through a requeue, where sacct may
 briefly show the previous run's record as final. Older jobs come from sacct.
-A job neither knows shows as UNKNOWN.
+A job neither knows shows as UNKNOWN, except an array task that was cancelled
+before it started: it leaves no record of its own, while its array's other
+tasks do, and shows as CANCELLED.
 """
 from __future__ import annotations
 
@@ -65,5 +67,9 @@ def job_states(job_ids: Iterable[str]) -> Dict[str, str]:
     rest = [job for job in wanted if job not in states]
     if rest:
         done = parse_rows(_query(["sacct", "-n", "-P", "-X", "-o", "JobID,State", "-j", ",".join(rest)]))
-        states.update({job: done.get(job, UNKNOWN) for job in rest})
+        known_arrays = {job.partition("_")[0] for job in [*live, *done] if "_" in job}
+        for job in rest:
+            array, sep, _ = job.partition("_")
+            # An array task cancelled before it started leaves no record of its own, in squeue or sacct.
+            states[job] = done.get(job) or ("CANCELLED" if sep and array in known_arrays else UNKNOWN)
     return states

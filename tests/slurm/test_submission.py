@@ -165,7 +165,7 @@ def test_sweep_dry_run_prints_one_throttled_array(repo_root, tmp_path):
     spec = yaml.safe_load((repo_root / "configs/sweeps/smoke_lr.yaml").read_text())
     spec["sweep"].update(base=str(repo_root / "configs/experiments/smoke.yaml"), run_root=str(tmp_path / "sw"))
     path = tmp_path / "sweep.yaml"
-    path.write_text(yaml.safe_dump(spec))
+    path.write_text(yaml.safe_dump(spec, sort_keys=False))  # the grid keeps its order
     out = cli(repo_root, "sweep", str(path), "--max-parallel", "2", "--dry-run")
     assert out.returncode == 0, out.stderr
     lines = out.stdout.splitlines()
