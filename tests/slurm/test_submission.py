@@ -6,10 +6,10 @@ submitted. The `slurm`-marked tests next to them submit for real.
 from __future__ import annotations
 
 import json
+import re
 import shlex
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 import yaml
@@ -144,21 +144,13 @@ def test_array_tables_are_checked_data(tmp_path, table, message):
 
     path = tmp_path / "array.json"
     path.write_text(json.dumps(table))
-    with pytest.raises(CineSceneError, match=re_escape(message)):
+    with pytest.raises(CineSceneError, match=re.escape(message)):
         array_task(path, 1)
-    assert array_task(_table(tmp_path, [["c.yaml", "a=1"]]), 0) == ["c.yaml", "a=1"]
-
-
-def _table(tmp_path: Path, argvs):
-    path = tmp_path / "ok.json"
-    path.write_text(json.dumps({"trials": [{"argv": a} for a in argvs]}))
-    return path
-
-
-def re_escape(text: str) -> str:
-    import re
-
-    return re.escape(text)
+    path.write_text(json.dumps({"trials": [{"argv": ["c.yaml", "a=1"]}, {"argv": ["c.yaml", "a=2"]}]}))
+    assert array_task(path, 1) == ["c.yaml", "a=2"]
+    path.write_text("{not json")
+    with pytest.raises(CineSceneError, match="is not a sweep's array table"):
+        array_task(path, 0)
 
 
 def test_sweep_dry_run_prints_one_throttled_array(repo_root, tmp_path):
