@@ -23,7 +23,7 @@ from cinescene.errors import CineSceneError
 
 from . import sbatch
 from .accounting import LIVE_STATES, UNKNOWN, job_states
-from .records import (TRIAL_FILE, job_log_dir, last_metrics, read_json, record_job, recorded_jobs,
+from .records import (JOB_DIR, TRIAL_FILE, job_log_dir, last_metrics, read_json, record_job, recorded_jobs,
                       write_json_atomic)
 
 NOT_SUBMITTED = "-"
@@ -146,7 +146,11 @@ def trial_dirs(run_root: Path) -> List[Path]:
     """Run directories under ``run_root`` that a sweep submission marked as its trials."""
     if not run_root.is_dir():
         raise CineSceneError(f"{run_root} is not a directory (give a sweep file or a sweep's run_root)")
-    return sorted(p for p in run_root.iterdir() if (job_log_dir(p) / TRIAL_FILE).is_file())
+    found = sorted(p for p in run_root.iterdir() if (job_log_dir(p) / TRIAL_FILE).is_file())
+    if not found:
+        raise CineSceneError(f"{run_root} holds no sweep trials (no <trial>/{JOB_DIR}/{TRIAL_FILE}): give the "
+                             "sweep file, or the run_root of a sweep that was submitted")
+    return found
 
 
 def status(entries: Sequence[Dict[str, Any]]) -> List[TrialStatus]:

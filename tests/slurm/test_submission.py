@@ -186,3 +186,15 @@ def test_launch_config_defaults_validate():
     launch.slurm.validate()
     launch.validate()
     assert launch.slurm.signal_name() == "SIGUSR1"
+
+
+def test_status_of_a_sweep_never_submitted_and_of_a_directory_that_is_not_one(repo_root, tmp_path):
+    spec = yaml.safe_load((repo_root / "configs/sweeps/smoke_lr.yaml").read_text())
+    spec["sweep"].update(base=str(repo_root / "configs/experiments/smoke.yaml"), run_root=str(tmp_path / "sw"))
+    path = tmp_path / "sweep.yaml"
+    path.write_text(yaml.safe_dump(spec, sort_keys=False))
+    out = cli(repo_root, "sweep", "status", str(path), "--json")
+    rows = [json.loads(line) for line in out.stdout.splitlines()]
+    assert [(r["state"], r["job"], r["step"], r["max_steps"]) for r in rows] == [("-", None, None, 30)] * 4
+    out = cli(repo_root, "sweep", "status", str(tmp_path))
+    assert out.returncode == 1 and "holds no sweep trials" in out.stderr and out.stderr.count("\n") == 1
