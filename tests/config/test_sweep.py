@@ -1,6 +1,7 @@
 """Sweep files: grid and list expansion, per-trial validation, one-line errors."""
 from __future__ import annotations
 
+import shlex
 import subprocess
 import sys
 
@@ -111,14 +112,23 @@ def test_bad_sweeps_name_the_key(tmp_path, repo_root, sweep, key, text):
     assert text in str(info.value)
 
 
-def test_cli_dry_run_lists_trials_and_the_array_it_would_submit(repo_root):
-    run = lambda *a: subprocess.run([sys.executable, "-m", "cinescene", "sweep", SWEEP, *a], cwd=repo_root,
+def test_cli_dry_run_lists_trials_and_the_array_it_would_submit(repo_root, tmp_path):
+    # The shipped sweep, placed in a fresh run_root (the repository's own runs/ may hold a real one).
+    spec = yaml.safe_load((repo_root / SWEEP).read_text())
+    spec["sweep"].update(base=str((repo_root / SWEEP).parent / spec["sweep"]["base"]), run_root=str(tmp_path / "sw"))
+    path = tmp_path / "smoke_lr.yaml"
+    path.write_text(yaml.safe_dump(spec, sort_keys=False))
+    run = lambda *a: subprocess.run([sys.executable, "-m", "cinescene", "sweep", str(path), *a], cwd=repo_root,
                                     capture_output=True, text=True, timeout=120)
-    out = run("--dry-run")
+    out = run("--max-parallel", "2", "--dry-run")
     assert out.returncode == 0, out.stderr
-    _, trials = expand_sweep(repo_root / SWEEP)
+    _, trials = expand_sweep(path)
     assert "4 trials" in out.stdout
-    assert f"runs/sweeps/smoke-lr/{trials[3].signature}  submit    fresh" in out.stdout
+    assert f"{tmp_path}/sw/{trials[3].signature}  submit    fresh" in out.stdout
+    call = shlex.split(next(line for line in out.stdout.splitlines() if " sbatch " in line))
+    assert {"--array=0-3%2", "--job-name=smoke-lr", f"--output={tmp_path}/sw/slurm/%A_%a.out"} <= set(call)
+    assert call[-2] == "--array-table"
     assert out.stdout.rstrip().endswith('exec "${CINESCENE_PYTHON:-python3}" -m cinescene slurm-job "$@"')
+    assert not (tmp_path / "sw").exists()  # a dry run writes nothing
     bad = run("--dry-run", "trian.lr=1")
     assert bad.returncode == 2 and bad.stderr.count("\n") == 1 and "config error: trian:" in bad.stderr

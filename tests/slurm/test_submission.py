@@ -156,24 +156,6 @@ def test_array_tables_are_checked_data(tmp_path, table, message):
         array_task(path, 0)
 
 
-def test_sweep_dry_run_prints_one_throttled_array(repo_root, tmp_path):
-    spec = yaml.safe_load((repo_root / "configs/sweeps/smoke_lr.yaml").read_text())
-    spec["sweep"].update(base=str(repo_root / "configs/experiments/smoke.yaml"), run_root=str(tmp_path / "sw"))
-    path = tmp_path / "sweep.yaml"
-    path.write_text(yaml.safe_dump(spec, sort_keys=False))  # the grid keeps its order
-    out = cli(repo_root, "sweep", str(path), "--max-parallel", "2", "--dry-run")
-    assert out.returncode == 0, out.stderr
-    lines = out.stdout.splitlines()
-    assert lines[0] == "sweep smoke-lr: 4 trials of " + str(repo_root / "configs/experiments/smoke.yaml")
-    assert all(" submit " in line for line in lines[1:5])
-    call = next(line for line in lines if "sbatch" in line)
-    argv = shlex.split(call)
-    assert "--array=0-3%2" in argv and "--job-name=smoke-lr" in argv
-    assert f"--output={tmp_path / 'sw' / 'slurm'}/%A_%a.out" in argv
-    assert argv[-2] == "--array-table"
-    assert not (tmp_path / "sw").exists()  # a dry run writes nothing
-
-
 def test_sweep_bad_max_parallel_and_status_without_target(repo_root):
     out = cli(repo_root, "sweep", "configs/sweeps/smoke_lr.yaml", "--max-parallel", "0", "--dry-run")
     assert out.returncode == 2 and "--max-parallel" in out.stderr
