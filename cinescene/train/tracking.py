@@ -161,11 +161,11 @@ class Tracker:
     def _backfill_wandb(self, resume_step: int) -> None:
         """Log again the rows up to the resumed step that the W&B run may lack: a preemption's SIGTERM
         also reaches the W&B service, which then dies without writing what it had buffered."""
-        if self._wandb_run is None or not self.jsonl_path.exists():
+        if self._wandb_run is None or not self.cfg.jsonl or not self.jsonl_path.exists():
             return
         first = self._wandb_run.step  # W&B's next step (0 offline: W&B merges offline runs by step)
         for line in self.jsonl_path.read_text().splitlines():
-            row = json.loads(line)  # truncate_jsonl kept only complete rows
+            row = json.loads(line)  # truncate_jsonl (above) kept only complete rows
             if first <= row["step"] <= resume_step and self._wandb_run is not None:
                 values = {k: (float(v) if v in ("nan", "inf", "-inf") else v) for k, v in row.items()
                           if k != "step" and v is not None}
