@@ -191,9 +191,9 @@ def _start(cfg: CineSceneConfig, config_path: str, overrides: Sequence[str], sig
               label, restart + 1, restart, cfg.launch.max_restarts, ",".join(nodes),
               os.environ.get("SLURM_NTASKS", "?"))
     if restart > cfg.launch.max_restarts:
-        raise CineSceneError(f"job {label} was restarted {restart} times, more than launch.max_restarts="
-                             f"{cfg.launch.max_restarts}: giving up; {cfg.run.dir} keeps its latest checkpoint, "
-                             "resubmit to continue from it")
+        raise CineSceneError(f"job {label} was restarted {restart} {'time' if restart == 1 else 'times'} and "
+                             f"launch.max_restarts is {cfg.launch.max_restarts}: giving up; {cfg.run.dir} keeps "
+                             "its latest checkpoint, resubmit to continue from it")
     from cinescene.train.tracking import scrub
 
     cmd = srun_command(config_path, overrides)

@@ -140,8 +140,13 @@ def signal_twice(slurm, job: Job) -> None:
     slurm.run(["scancel", "--signal=USR1", "--batch", job.id])
     slurm.wait_for("the first requeue", lambda: restarts(slurm, job) == 1, timeout=180)
     slurm.wait_for("the second start to train", lambda: bool(job.metrics()) and job.metrics()[-1]["restarts"] == 1,
-                   timeout=400, poll=0.3)
+                   timeout=400, poll=0.1)
     slurm.run(["scancel", "--signal=USR1", "--full", job.id])
+
+
+def signal_past_max_restarts(slurm, job: Job) -> None:
+    wait_step(slurm, job, 2)
+    slurm.run(["scancel", "--signal=USR1", job.id])  # the job's steps: the ranks
 
 
 def preempt(slurm, job: Job) -> None:
@@ -185,7 +190,8 @@ def jobs(slurm_cluster, tmp_path_factory) -> Dict[str, Job]:
     # The preempted job runs alone on the second node, where its `urgent` job preempts nothing else.
     second = slurm.nodes[1] if len(slurm.nodes) > 1 else None
     plan = {"reference": ([], None), "timelimit": (["launch.slurm.signal=USR1@120"], hit_time_limit),
-            "killed": ([], kill_a_rank), "signalled": (["train.max_steps=400", "launch.max_restarts=1"], signal_twice)}
+            "killed": ([], kill_a_rank), "signalled": ([], signal_twice),
+            "bounded": (["train.max_steps=400", "launch.max_restarts=0"], signal_past_max_restarts)}
     submitted: Dict[str, Job] = {}
     for name, (extra, action) in plan.items():
         run_dir = root / name
@@ -272,20 +278,27 @@ def test_killed_rank_restarts_from_the_previous_checkpoint(slurm_cluster, jobs, 
     assert job.digest() == reference
 
 
-def test_signals_requeue_until_max_restarts_then_the_job_fails_with_one_line(slurm_cluster, jobs):
-    """Past launch.max_restarts=1 the third start ends the job FAILED with one clear line."""
+def test_signalled_job_requeues_twice_and_resumes_bit_exact(slurm_cluster, jobs, reference):
     slurm, job = slurm_cluster, jobs["signalled"]
+    wait_done(slurm, job)
+    assert job.log().count("the ranks saved after a preemption signal: requeueing") == 2
+    assert job.rank0_log().count("preemption requested (SIGUSR1)") == 2
+    assert [r["restarts"] for r in job.metrics()][-1] == 2
+    assert [r["step"] for r in job.metrics()] == list(range(1, STEPS + 1))
+    slurm.sacct_states(job.id, ["REQUEUED", "REQUEUED", "COMPLETED"])
+    assert job.digest() == reference
+
+
+def test_past_max_restarts_the_job_fails_with_one_line(slurm_cluster, jobs):
+    slurm, job = slurm_cluster, jobs["bounded"]
     wait_done(slurm, job, "FAILED")
     errors = [line for line in job.log().splitlines() if line.startswith("cinescene")]
-    assert errors == [f"cinescene slurm-job: error: job {job.id} was restarted 2 times, more than "
-                      f"launch.max_restarts=1: giving up; {job.run_dir} keeps its latest checkpoint, resubmit "
-                      "to continue from it"], errors
-    assert job.log().count("the ranks saved after a preemption signal: requeueing") == 2
-    assert sorted({r["restarts"] for r in job.metrics()}) == [0, 1]
-    assert job.step() < 400
+    assert errors == [f"cinescene slurm-job: error: job {job.id} was restarted 1 time and launch.max_restarts is "
+                      f"0: giving up; {job.run_dir} keeps its latest checkpoint, resubmit to continue from it"], errors
+    assert job.log().count("cinescene.slurm: job") == 3  # start 1, its requeue, start 2
     saves = [json.loads((p / "trainer_state.json").read_text())["reason"]
              for p in sorted((job.run_dir / "checkpoints").glob("step_*"))]
-    assert saves[-1] == "preemption", saves
+    assert saves[-1] == "preemption" and job.step() < 400, saves
 
 
 def test_urgent_job_preempts_and_the_job_resumes_bit_exact_in_the_same_wandb_run(slurm_cluster, jobs, reference):
