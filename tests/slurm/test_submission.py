@@ -191,3 +191,18 @@ def test_gloo_binds_the_interface_that_reaches_the_master_unless_told():
     env = {"GLOO_SOCKET_IFNAME": "ib0"}
     assert bind_gloo_towards_master("127.0.0.1", env) == "ib0" and env == {"GLOO_SOCKET_IFNAME": "ib0"}
     assert interface_towards("no-such-host.invalid") is None
+
+
+def test_two_submissions_of_one_sweep_at_once_the_second_is_refused(repo_root, tmp_path):
+    import fcntl
+
+    spec = yaml.safe_load((repo_root / "configs/sweeps/smoke_lr.yaml").read_text())
+    spec["sweep"].update(base=str(repo_root / "configs/experiments/smoke.yaml"), run_root=str(tmp_path / "sw"))
+    path = tmp_path / "sweep.yaml"
+    path.write_text(yaml.safe_dump(spec, sort_keys=False))
+    (tmp_path / "sw" / "slurm").mkdir(parents=True)
+    with open(tmp_path / "sw" / "slurm" / ".lock", "w") as held:
+        fcntl.flock(held, fcntl.LOCK_EX)  # as a first `cinescene sweep` submitting right now would
+        out = cli(repo_root, "sweep", str(path))
+    assert out.returncode == 1 and out.stdout == ""
+    assert out.stderr == f"cinescene sweep: error: another `cinescene sweep` is submitting {tmp_path / 'sw'} right now\n"
