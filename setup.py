@@ -46,6 +46,8 @@ setup(
     packages=packages,
     package_dir=package_dir,
     include_package_data=True,
+    # The batch script every SLURM job runs (slurm/train.sbatch links to it).
+    package_data={"cinescene.slurm": ["train.sbatch"]},
     install_requires=[
         # A CPU machine installs torch==2.13.0 (CPU build) first, as the README says;
         # a GPU cluster brings its own CUDA build. Any 2.4+ works.
@@ -57,7 +59,6 @@ setup(
         "pyyaml>=6",
         "webdataset>=0.2.86",
         "wandb>=0.17",
-        "submitit>=1.5",
         "safetensors>=0.4",
         "filelock>=3.12",
         "pillow>=10",

@@ -1,4 +1,4 @@
-"""Sweep specs: a training config plus a grid (or a list) of overrides, expanded into trials.
+"""Sweep specs: a training config plus a grid, a list or a random sample of overrides, expanded into trials.
 
 A sweep file under ``configs/sweeps/`` has one section, ``sweep:``::
 
@@ -10,29 +10,90 @@ A sweep file under ``configs/sweeps/`` has one section, ``sweep:``::
         train.lr: [1.0e-3, 3.0e-4]
         train.ema.decay: [0.99, 0.999]
 
-``trials:`` (a list of override lists) replaces ``grid`` when the runs are not a
-product. Trial ``i`` trains ``base`` with ``overrides``, then its own overrides,
-then the command line's, in ``<run_root>/<i:03d>`` under the run name
-``<name>-<i:03d>`` and the W&B group ``<name>``. Every trial's full config is
-validated when the sweep is expanded, so a bad grid value fails before anything
-is submitted, naming the trial and the key path.
+Instead of ``grid``: ``trials:`` (a list of override lists) when the runs are not
+a product, or a random search -- ``sample: N`` trials drawn (with ``seed``) from
+``space:``, where each key has one distribution::
+
+      sample: 8
+      seed: 0
+      space:
+        train.lr: {log_uniform: [1.0e-4, 1.0e-2]}
+        train.ema.decay: {choice: [0.99, 0.999]}
+        train.warmup_steps: {int_uniform: [0, 20]}
+
+The draws are sequential, so raising ``sample`` keeps the trials drawn before.
+
+A trial trains ``base`` with ``overrides``, then its own overrides, then the
+command line's. Its run directory is ``<run_root>/<signature>`` and its run name
+``<name>-<signature>``, where the signature is a hash of everything it overrides
+(keys and the values they resolve to, not their order or spelling): editing the grid never
+maps a new trial onto an old trial's directory, and an unchanged trial finds its
+own again. All trials share the W&B group ``<name>``. Every trial's full config
+is validated when the sweep is expanded, so a bad value fails before anything is
+submitted, naming the trial and the key path.
 """
 from __future__ import annotations
 
 import difflib
+import hashlib
 import itertools
+import json
+import math
 import os
+import random
 from dataclasses import dataclass, field, fields
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Sequence
+from typing import Any, Callable, Dict, List, Optional, Sequence
 
 import yaml
 from omegaconf import OmegaConf
 from omegaconf import errors as oc_errors
 
-from .base import ConfigError, require
-from .loading import load_config
+from .base import ConfigError, non_negative, require
+from .loading import compose, load_config
 from .schema import CineSceneConfig
+
+SIGNATURE_LENGTH = 10
+# How many draws a random search may spend finding `sample` distinct trials.
+MAX_DRAWS_PER_SAMPLE = 100
+
+
+def _draw_choice(rng: random.Random, args: List[Any]) -> Any:
+    return args[rng.randrange(len(args))]
+
+
+def _draw_uniform(rng: random.Random, args: List[Any]) -> float:
+    return float(f"{rng.uniform(args[0], args[1]):.4g}")
+
+
+def _draw_log_uniform(rng: random.Random, args: List[Any]) -> float:
+    return float(f"{math.exp(rng.uniform(math.log(args[0]), math.log(args[1]))):.4g}")
+
+
+def _draw_int_uniform(rng: random.Random, args: List[Any]) -> int:
+    return rng.randint(int(args[0]), int(args[1]))
+
+
+# The distributions of `space:` entries: name -> draw(rng, args). Floats keep 4 significant digits.
+DISTRIBUTIONS: Dict[str, Callable[[random.Random, List[Any]], Any]] = {
+    "choice": _draw_choice, "uniform": _draw_uniform, "log_uniform": _draw_log_uniform,
+    "int_uniform": _draw_int_uniform}
+
+
+def _check_distribution(key: str, entry: Any) -> None:
+    require(isinstance(entry, dict) and len(entry) == 1 and next(iter(entry)) in DISTRIBUTIONS, key,
+            f"one distribution {{kind: [args]}} with kind one of {sorted(DISTRIBUTIONS)}", entry)
+    kind, args = next(iter(entry.items()))
+    if kind == "choice":
+        require(isinstance(args, list) and len(args) > 0, f"{key}.choice", "a non-empty list of values", args)
+        return
+    numeric = isinstance(args, list) and len(args) == 2 and all(
+        isinstance(a, (int, float)) and not isinstance(a, bool) and math.isfinite(a) for a in args)
+    require(numeric and args[0] <= args[1], f"{key}.{kind}", "[low, high] with low <= high", args)
+    if kind == "log_uniform":
+        require(args[0] > 0, f"{key}.{kind}", "a range of positive numbers", args)
+    if kind == "int_uniform":
+        require(all(float(a).is_integer() for a in args), f"{key}.{kind}", "a range of integers", args)
 
 
 @dataclass
@@ -41,8 +102,13 @@ class SweepSpec:
     # The training config every trial starts from, relative to the sweep file.
     base: str = ""
     overrides: List[str] = field(default_factory=list)
+    # One of: grid (cartesian product), trials (explicit override lists), sample + space (random search).
     grid: Dict[str, List[Any]] = field(default_factory=dict)
     trials: List[List[str]] = field(default_factory=list)
+    sample: int = 0
+    # Seed of the random search: the same seed draws the same trials.
+    seed: int = 0
+    space: Dict[str, Any] = field(default_factory=dict)
     # Parent directory of the trials' run directories.
     run_root: str = "runs/sweeps/${sweep.name}"
 
@@ -50,32 +116,58 @@ class SweepSpec:
         require(bool(self.name) and "/" not in self.name and not self.name.startswith("."), "name",
                 "a sweep name usable as a directory name", self.name)
         require(bool(self.base), "base", "the path of a training config", self.base)
-        require(not (self.grid and self.trials), "trials", "either `grid` or `trials`, not both",
-                "both given")
+        kinds = [k for k, given in (("grid", self.grid), ("trials", self.trials), ("sample", self.sample or self.space))
+                 if given]
+        require(len(kinds) <= 1, kinds[-1] if kinds else "grid",
+                "one of `grid`, `trials` or `sample` + `space`", f"{' and '.join(kinds)} given")
         for key, values in self.grid.items():
             require(isinstance(values, list) and len(values) > 0, f"grid.{key}", "a non-empty list of values",
                     values)
         for i, trial in enumerate(self.trials):
             require(isinstance(trial, list), f"trials[{i}]", "a list of key.path=value overrides", trial)
+        non_negative(self.sample, "sample")
+        require(bool(self.sample) == bool(self.space), "sample" if self.space else "space",
+                "`sample: N` (N > 0) together with a `space:` to draw from", self.sample or None)
+        for key, entry in self.space.items():
+            _check_distribution(f"space.{key}", entry)
 
 
 @dataclass(frozen=True)
 class Trial:
     index: int
+    # Hash of the trial's overrides (keys and resolved values): names its run directory.
+    signature: str
     name: str
     run_dir: str
-    # This trial's own overrides (from the grid or `trials`), for display.
+    # This trial's own overrides (from the grid, `trials` or the sample), for display.
     varied: List[str]
     # Everything applied on top of the base config, in order.
     overrides: List[str]
     config: CineSceneConfig
 
 
-def _as_override(key: str, value: Any) -> str:
-    """``key=value`` in the dotlist grammar OmegaConf parses back to the same value."""
+def as_override(key: str, value: Any) -> str:
+    """``key=value`` in the dotlist grammar, parsed back to exactly ``value`` (strings quoted as JSON)."""
     if isinstance(value, str):
-        return f"{key}={value}"
+        return f"{key}={json.dumps(value)}"
     return f"{key}={yaml.safe_dump(value, default_flow_style=True, width=10**6).strip().removesuffix('...').strip()}"
+
+
+def signature(values: Dict[str, Any]) -> str:
+    """A short stable hash of {key: resolved value}: the trial's identity, whatever the spelling."""
+    canonical = json.dumps(values, sort_keys=True, separators=(",", ":"), default=str)
+    return hashlib.sha256(canonical.encode()).hexdigest()[:SIGNATURE_LENGTH]
+
+
+def _resolved_values(base: Path, overrides: Sequence[str]) -> Dict[str, Any]:
+    """The value each overridden key ends up with in the resolved config (1e-3, 0.001 and "1e-3" agree)."""
+    cfg = compose(base, overrides)
+    values = {}
+    for item in overrides:
+        key = item.partition("=")[0].strip()
+        value = OmegaConf.select(cfg, key)
+        values[key] = OmegaConf.to_container(value) if OmegaConf.is_config(value) else value
+    return values
 
 
 def _read_spec(path: Path) -> SweepSpec:
@@ -106,36 +198,60 @@ def _read_spec(path: Path) -> SweepSpec:
     return spec
 
 
+def _sampled(spec: SweepSpec) -> List[List[str]]:
+    rng = random.Random(spec.seed)
+    drawn: List[List[str]] = []
+    seen = set()
+    for _ in range(spec.sample * MAX_DRAWS_PER_SAMPLE):
+        trial = [as_override(key, DISTRIBUTIONS[kind](rng, args))
+                 for key, entry in spec.space.items() for kind, args in entry.items()]
+        if tuple(trial) not in seen:
+            seen.add(tuple(trial))
+            drawn.append(trial)
+            if len(drawn) == spec.sample:
+                return drawn
+    raise ConfigError("sweep.sample", f"the space holds fewer than {spec.sample} distinct trials "
+                                      f"({len(drawn)} found); lower `sample` or widen `space`")
+
+
 def _varied(spec: SweepSpec) -> List[List[str]]:
     if spec.trials:
         return [list(t) for t in spec.trials]
+    if spec.sample:
+        return _sampled(spec)
     if not spec.grid:
         return [[]]
     keys = list(spec.grid)
-    return [[_as_override(k, v) for k, v in zip(keys, combo)]
+    return [[as_override(k, v) for k, v in zip(keys, combo)]
             for combo in itertools.product(*(spec.grid[k] for k in keys))]
+
+
+def base_config(path: str | os.PathLike, spec: SweepSpec) -> Path:
+    """The training config of a sweep file's trials (``base`` is relative to the sweep file)."""
+    return (Path(path).parent / spec.base).resolve()
 
 
 def expand_sweep(path: str | os.PathLike, overrides: Sequence[str] = ()) -> tuple[SweepSpec, List[Trial]]:
     """Read a sweep file and validate every trial's full training config."""
     path = Path(path)
     spec = _read_spec(path)
-    base = (path.parent / spec.base).resolve()
+    base = base_config(path, spec)
     if not base.is_file():
         raise ConfigError("sweep.base", f"training config not found: {base}")
     trials: List[Trial] = []
     for i, varied in enumerate(_varied(spec)):
-        name = f"{spec.name}-{i:03d}"
-        run_dir = f"{spec.run_root}/{i:03d}"
-        # The sweep's placement comes first so a trial may still name its own run.dir.
-        applied = [f"run.name={name}", f"run.dir={run_dir}", f"tracking.wandb.group={spec.name}",
-                   *spec.overrides, *varied, *overrides]
+        own = [*spec.overrides, *varied, *overrides]
         try:
+            sig = signature(_resolved_values(base, own))
+            name = f"{spec.name}-{sig}"
+            # The sweep's placement comes first so a trial may still name its own run.dir.
+            applied = [f"run.name={name}", f"run.dir={spec.run_root}/{sig}", f"tracking.wandb.group={spec.name}",
+                       *own]
             cfg, _ = load_config(base, applied)
         except ConfigError as exc:
             shown = " ".join(varied) or "no overrides"
             raise ConfigError(exc.key, f"{exc.message} (sweep trial {i}: {shown})") from None
-        trials.append(Trial(i, name, cfg.run.dir, varied, applied, cfg))
+        trials.append(Trial(i, sig, name, cfg.run.dir, varied, applied, cfg))
     _require_distinct_run_dirs(trials)
     return spec, trials
 
@@ -156,4 +272,4 @@ def trial_table(trials: Sequence[Trial]) -> str:
                    for t in trials)
 
 
-__all__ = ["SweepSpec", "Trial", "expand_sweep", "trial_table"]
+__all__ = ["SweepSpec", "Trial", "DISTRIBUTIONS", "as_override", "base_config", "expand_sweep", "signature", "trial_table"]

@@ -22,6 +22,7 @@ from cinescene.config.schema import CineSceneConfig
 from cinescene.distributed.env import DistEnv
 from cinescene.distributed.groups import build_layout, destroy_process_group, init_process_group
 from cinescene.log import get_logger, setup_logging
+from cinescene.slurm.environment import restart_count
 
 from . import rng
 from .batching import plan_batch
@@ -34,7 +35,7 @@ from .guards import NonFiniteGuard
 from .loop import Trainer
 from .metrics import ThroughputMonitor, device_peak_tflops
 from .objective import FlowMatchingObjective
-from .preemption import PreemptionCallback, PreemptionFlag
+from .preemption import PreemptionCallback, PreemptionFlag, RestartsMetric
 from .preflight import warn_random_init
 from .tracking import MetricsLogger, Tracker, install_secret_filter, scrub
 
@@ -73,6 +74,7 @@ def _build_callbacks(cfg: CineSceneConfig, env: DistEnv, engine, tracker: Tracke
             ema.provide_all_ranks(lambda: [s["callbacks"]["ema"] for s in loaded.all_rank_states()])
         callbacks.append(ema)
     callbacks += [PreemptionCallback(flag, cfg.launch.preempt_exit_code, engine.device),
+                  RestartsMetric(restart_count()),
                   CheckpointCadence(cfg.checkpoint),
                   MetricsLogger(tracker, cfg.tracking.log_every_steps)]
     callbacks = CallbackList(callbacks)

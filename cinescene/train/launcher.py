@@ -11,6 +11,7 @@ save, the status a SLURM launcher requeues on; 1 for errors.
 """
 from __future__ import annotations
 
+import signal
 import sys
 from typing import Optional, Sequence
 
@@ -43,6 +44,14 @@ def launch(cfg: CineSceneConfig, *, config_path: str, overrides: Sequence[str], 
             return spawn_local_ranks(argv, nproc, forward=cfg.launch.preempt_signals,
                                      success_codes=[cfg.launch.preempt_exit_code])
         env = standalone(1)
+    elif env.launcher == "srun":
+        from cinescene.slurm.environment import bind_gloo_towards_master
+
+        bind_gloo_towards_master(env.master_addr)  # nodes must reach each other, not their loopback
     from .entry import run_rank
 
+    # A rank never dies of a preemption signal: while it trains the flag takes them, and once it has
+    # saved and is leaving they are ignored -- srun (--kill-on-bad-exit) and SLURM keep sending them.
+    for name in cfg.launch.preempt_signals:
+        signal.signal(getattr(signal, name), signal.SIG_IGN)
     return run_rank(cfg, env)

@@ -11,10 +11,18 @@ arrives after the last step needs no requeue: that run ends with status 0.
 Signals come from ``launch.preempt_signals`` (SIGUSR1 and SIGTERM by default:
 SLURM's ``--signal=USR1@180`` warning and the SIGTERM that precedes a
 preemption's SIGKILL).
+
+SLURM signals every process of a job step, not just the ranks: the W&B
+service, DataLoader workers and any other child would die from the same
+SIGTERM and take their rank down before it can save. So the flag's signals are
+also blocked in the installing thread (children inherit the block: they never
+see them) and a small thread takes them with ``sigwait``; a thread that still
+has them unblocked runs the handler instead. Either way only the flag is set.
 """
 from __future__ import annotations
 
 import signal
+import threading
 from typing import Dict, List, Optional
 
 import torch
@@ -33,17 +41,39 @@ class PreemptionFlag:
         self.requested = False
         self.signal_name: Optional[str] = None
         self._previous: Dict[int, object] = {}
+        self._waiter: Optional[threading.Thread] = None
+        self._stopping = False
 
     def install(self) -> "PreemptionFlag":
-        for name in self.signal_names:
-            signum = getattr(signal, name)
+        signums = {getattr(signal, name) for name in self.signal_names}
+        for signum in signums:
             self._previous[signum] = signal.signal(signum, self._handle)
+        if signums:
+            signal.pthread_sigmask(signal.SIG_BLOCK, signums)  # inherited by threads and children from here on
+            self._stopping = False
+            self._waiter = threading.Thread(target=self._wait, args=(signums,), name="preemption-signals",
+                                            daemon=True)
+            self._waiter.start()
         return self
 
     def uninstall(self) -> None:
+        signums = set(self._previous)
+        if self._waiter is not None:
+            self._stopping = True
+            signal.pthread_kill(self._waiter.ident, next(iter(signums)))
+            self._waiter.join()
+            self._waiter = None
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, signums)
         for signum, handler in self._previous.items():
             signal.signal(signum, handler)
         self._previous.clear()
+
+    def _wait(self, signums) -> None:
+        while True:
+            signum = signal.sigwait(signums)
+            if self._stopping:
+                return
+            self._handle(signum, None)
 
     def _handle(self, signum, _frame) -> None:
         self.requested = True
@@ -78,3 +108,23 @@ class PreemptionCallback(Callback):
         state.request_save("preemption")
         state.stop = True
         state.exit_code = 0 if finished else self.exit_code
+
+
+class RestartsMetric(Callback):
+    """``restarts`` in every metrics row: how many times SLURM has restarted this job (0 outside SLURM).
+
+    A requeued job -- after a preemption save, a time-limit warning or a rank killed without
+    saving -- starts again with ``SLURM_RESTART_COUNT`` one higher; the W&B run gets the same key.
+    """
+
+    name = "restarts"
+
+    def __init__(self, restarts: int):
+        self.restarts = restarts
+
+    def on_train_start(self, state: TrainState) -> None:
+        if self.restarts:
+            _log.info("this job has been restarted %d time(s) by SLURM", self.restarts)
+
+    def on_step_end(self, state: TrainState, result: StepResult) -> None:
+        state.metrics["restarts"] = self.restarts

@@ -145,6 +145,8 @@ class Tracker:
             self._jsonl = open(self.jsonl_path, "a", buffering=1)
         if cfg.wandb.mode != "disabled":
             self._start_wandb(run_name, scrub(dict(config)))
+            if run_id is not None and resume_step > 0:
+                self._backfill_wandb(resume_step)
 
     def _start_wandb(self, run_name: str, config: Dict[str, Any]) -> None:
         import wandb
@@ -157,6 +159,19 @@ class Tracker:
                                      settings=wandb.Settings(silent=True))
         _log.info("W&B run %s (%s) in %s", self.run_id, w.mode, self.run_dir / "wandb")
 
+    def _backfill_wandb(self, resume_step: int) -> None:
+        """Log again the rows up to the resumed step that the W&B run may lack: a preemption's SIGTERM
+        also reaches the W&B service, which then dies without writing what it had buffered."""
+        if self._wandb_run is None or not self.cfg.jsonl or not self.jsonl_path.exists():
+            return
+        first = self._wandb_run.step  # W&B's next step (0 offline: W&B merges offline runs by step)
+        for line in self.jsonl_path.read_text().splitlines():
+            row = json.loads(line)  # truncate_jsonl (above) kept only complete rows
+            if first <= row["step"] <= resume_step and self._wandb_run is not None:
+                values = {k: (float(v) if v in ("nan", "inf", "-inf") else v) for k, v in row.items()
+                          if k != "step" and v is not None}
+                self._guarded("log", lambda: self._wandb_run.log(values, step=row["step"]))
+
     def log(self, step: int, metrics: Mapping[str, Any]) -> None:
         if not self.is_main:
             return
@@ -164,7 +179,8 @@ class Tracker:
         if self._jsonl is not None:
             self._jsonl.write(json.dumps(row) + "\n")
         if self._wandb_run is not None:
-            self._wandb_run.log({k: v for k, v in metrics.items() if v is not None}, step=step)
+            run = self._wandb_run
+            self._guarded("log", lambda: run.log({k: v for k, v in metrics.items() if v is not None}, step=step))
 
     def close(self, exit_code: int = 0, preempted: bool = False) -> None:
         """Flush and close; a preempted run is marked so (W&B shows it as preempted, not failed)."""
@@ -172,10 +188,29 @@ class Tracker:
             self._jsonl.close()
             self._jsonl = None
         if self._wandb_run is not None:
+            run = self._wandb_run
             if preempted:
-                self._wandb_run.mark_preempting()
-            self._wandb_run.finish(exit_code=exit_code)
+                self._guarded("mark_preempting", run.mark_preempting)
+            if self._wandb_run is not None:
+                self._guarded("finish", lambda: run.finish(exit_code=exit_code))
             self._wandb_run = None
+
+    def _guarded(self, what: str, call) -> None:
+        """A W&B call that must not take the run down with it. SLURM signals every process of a job
+        step, and the W&B service exits on the SIGTERM of a preemption, scancel or time limit while
+        the ranks still save: this start then goes on without W&B, and the next resumes the run."""
+        try:
+            call()
+        except Exception as exc:  # the service's socket errors have no common base class
+            _log.warning("W&B %s failed (%s: %s): no more W&B in this start; metrics.jsonl goes on and a "
+                         "resumed job continues the same W&B run", what, type(exc).__name__, exc)
+            self._wandb_run = None
+            import wandb
+
+            try:
+                wandb.teardown()  # also drops wandb's exit hook, which would fail the same way
+            except Exception:
+                pass
 
 
 # StepResult.extra entry the loop fills: unreadable samples replaced in this step, summed over

@@ -2,8 +2,9 @@
 # Stop the dev cluster that start.sh started in $CINESCENE_SLURM_DIR
 # (default /tmp/cinescene-slurm).
 #
-#   stop.sh           cancel all jobs, stop the daemons; keep config, job
-#                     history (MariaDB) and logs for the next start
+#   stop.sh           cancel all jobs, stop the daemons, delete the second
+#                     node's network namespace; keep config, job history
+#                     (MariaDB) and logs for the next start
 #   stop.sh --purge   the same, then delete the whole directory
 #
 # Daemons are found only through the pid files start.sh's daemons wrote, and
@@ -16,7 +17,7 @@ PURGE=0
 case "${1:-}" in
   "") ;;
   --purge) PURGE=1 ;;
-  -h|--help) sed -n '2,11p' "$0"; exit 0 ;;
+  -h|--help) sed -n '2,12p' "$0"; exit 0 ;;
   *) echo "usage: $0 [--purge]" >&2; exit 2 ;;
 esac
 export PATH=$PATH:/usr/sbin:/sbin
@@ -57,11 +58,27 @@ if [ -f "$DIR/etc/slurm.conf" ] && pid_of slurmctld "$DIR/slurmctld.pid" >/dev/n
 fi
 
 # Reverse start order: clients of a daemon stop before the daemon.
-stop_daemon slurmd    "$DIR/slurmd.pid"
+for pf in "$DIR"/slurmd-*.pid "$DIR"/slurmd.pid; do   # one per node (slurmd-%n.pid), and an older layout's
+  [ -e "$pf" ] && stop_daemon slurmd "$pf"
+done
 stop_daemon slurmctld "$DIR/slurmctld.pid"
 stop_daemon slurmdbd  "$DIR/slurmdbd.pid"
 stop_daemon mariadbd  "$DIR/db/mariadbd.pid"
 stop_daemon munged    "$DIR/munge/munged.pid"
+
+# The second node's namespace (its veth pair goes with it), only if start.sh
+# recorded making it and nothing runs in it any more.
+if [ -s "$DIR/netns" ]; then
+  ns=$(cat "$DIR/netns")
+  if [ -e "/run/netns/$ns" ]; then
+    if [ -z "$(ip netns pids "$ns" 2>/dev/null)" ]; then
+      ip netns del "$ns" && echo "network namespace $ns: deleted"
+    else
+      echo "network namespace $ns: processes still run in it, not deleting" >&2
+    fi
+  fi
+  rm -f "$DIR/netns"
+fi
 
 if [ "$PURGE" = 1 ] && [ -d "$DIR" ]; then
   # Refuse to delete a directory start.sh did not create (a mistyped

@@ -122,15 +122,15 @@ sleep 300 & wait $!
 
 def test_urgent_job_preempts_and_requeues_debug_job(slurm, tmp_path):
     _wait_idle(slurm)
-    cpus = slurm.cpus
+    cpus, node = slurm.cpus, slurm.nodes[0]  # both jobs on the first node: one must make room for the other
     low_sh = tmp_path / "low.sh"
     low_sh.write_text(LOW_SCRIPT)
     low_out, hi_out = tmp_path / "low.out", tmp_path / "hi.out"
-    low = slurm.submit(["-c", str(cpus), "-o", str(low_out), str(low_sh)])
+    low = slurm.submit(["-w", node, "-c", str(cpus), "-o", str(low_out), str(low_sh)])
     _wait_output(slurm, low_out, "start RC=0")
 
     t0 = time.monotonic()
-    hi = slurm.submit(["-p", "urgent", "-c", str(cpus), "-o", str(hi_out), "--wrap", "echo urgent ran"])
+    hi = slurm.submit(["-p", "urgent", "-w", node, "-c", str(cpus), "-o", str(hi_out), "--wrap", "echo urgent ran"])
     # Without preemption the urgent job would wait 300 s for the CPUs.
     assert slurm.wait(hi, timeout=30) == "COMPLETED"
     preempt_s = time.monotonic() - t0

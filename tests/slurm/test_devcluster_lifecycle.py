@@ -19,18 +19,20 @@ pytestmark = pytest.mark.slurm
 
 DEVCLUSTER = REPO / "slurm" / "devcluster"
 DAEMONS = {"munged": "munge/munged.pid", "mariadbd": "db/mariadbd.pid", "slurmdbd": "slurmdbd.pid",
-           "slurmctld": "slurmctld.pid", "slurmd": "slurmd.pid"}
+           "slurmctld": "slurmctld.pid"}
 
 
 def daemon_pids(state_dir: Path) -> Dict[str, int]:
-    """The live daemons a cluster's pid files name (a pid counts only while it runs that program)."""
+    """The live daemons a cluster's pid files name (a pid counts only while it runs that program);
+    one slurmd per node, as ``slurmd-<node>``."""
+    files = {name: state_dir / rel for name, rel in DAEMONS.items()}
+    files.update({path.stem: path for path in state_dir.glob("slurmd-*.pid")})
     pids = {}
-    for name, rel in DAEMONS.items():
-        path = state_dir / rel
+    for name, path in files.items():
         if path.is_file() and path.read_text().strip().isdigit():
             pid = int(path.read_text().strip())
             comm = Path(f"/proc/{pid}/comm")
-            if comm.exists() and comm.read_text().strip() == name:
+            if comm.exists() and comm.read_text().strip() == name.partition("-")[0]:
                 pids[name] = pid
     return pids
 
@@ -42,20 +44,23 @@ def script(name: str, env: Dict[str, str], *args: str) -> subprocess.CompletedPr
 
 def test_start_twice_is_harmless_and_stop_leaves_other_clusters_alone(slurm_cluster, tmp_path):
     main_pids = daemon_pids(slurm_cluster.dir)
-    assert set(main_pids) == set(DAEMONS), f"the session's cluster is not fully up: {main_pids}"
+    expected = set(DAEMONS) | {f"slurmd-{node}" for node in slurm_cluster.nodes}
+    assert set(main_pids) == expected, f"the session's cluster is not fully up: {main_pids}"
     # munged wants every directory above its socket searchable by all, which pytest's tmp_path is not.
     state = Path(tempfile.mkdtemp(prefix="cinescene-slurm-second-"))
     state.chmod(0o755)
     env = {k: v for k, v in os.environ.items() if not k.startswith(("SLURM_", "SBATCH_"))}
     env.update(CINESCENE_SLURM_DIR=str(state), CINESCENE_SLURM_CTLD_PORT="7817", CINESCENE_SLURM_SLURMD_PORT="7818",
-               CINESCENE_SLURM_DBD_PORT="7819", CINESCENE_SLURM_DB_PORT="14306", CINESCENE_SLURM_NO_INSTALL="1")
+               CINESCENE_SLURM_DBD_PORT="7819", CINESCENE_SLURM_DB_PORT="14306", CINESCENE_SLURM_NO_INSTALL="1",
+               CINESCENE_SLURM_SECOND_NODE="0")  # the namespace and its addresses belong to the main cluster
     try:
         first = script("start.sh", env)
         assert first.returncode == 0, first.stderr[-3000:]
         conf = str(state / "etc" / "slurm.conf")
         assert first.stdout.strip().splitlines()[-1] == f"export SLURM_CONF={conf}"
         started = daemon_pids(state)
-        assert set(started) == set(DAEMONS) and not set(started.values()) & set(main_pids.values())
+        node = slurm_cluster.nodes[0]
+        assert set(started) == set(DAEMONS) | {f"slurmd-{node}"} and not set(started.values()) & set(main_pids.values())
 
         again = script("start.sh", env)
         assert again.returncode == 0 and "cluster already up" in again.stderr, again.stderr[-3000:]

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import os
 import signal
+import time
 
 import pytest
 import torch
@@ -75,6 +76,9 @@ def test_signal_only_sets_the_flag():
     try:
         assert not flag.requested
         os.kill(os.getpid(), signal.SIGUSR1)
+        deadline = time.monotonic() + 10  # taken by the flag's own thread (sigwait), not this one
+        while not flag.requested and time.monotonic() < deadline:
+            time.sleep(0.01)
         assert flag.requested and flag.signal_name == "SIGUSR1"
         assert flag.agreed(torch.device("cpu"))  # no process group: the local flag
     finally:

@@ -1,0 +1,195 @@
+"""A sweep on SLURM: its unfinished trials as one job array, and one status row per trial.
+
+Submitting writes, for each trial, ``<trial run.dir>/slurm/trial.json`` (its
+signature, overrides, max_steps) and appends the array task's id to its
+``slurm/jobs``; the array's table, ``<run_root>/slurm/array-<time>.json``, maps
+task index -> [config, overrides...] for ``cinescene slurm-job --array-table``.
+A trial is skipped when its run directory already holds a checkpoint at
+``train.max_steps`` (finished) or its last job is still queued or running;
+every other trial is (re)submitted and resumes from its own checkpoints.
+Submissions of one sweep are serialised by a lock on ``<run_root>/slurm/.lock``.
+"""
+from __future__ import annotations
+
+import fcntl
+import time
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any, Dict, Iterator, List, Optional, Sequence
+
+from cinescene.config.sweep import SweepSpec, Trial
+from cinescene.errors import CineSceneError
+
+from . import sbatch
+from .accounting import LIVE_STATES, UNKNOWN, job_states
+from .records import (JOB_DIR, TRIAL_FILE, job_log_dir, last_metrics, read_json, record_job, recorded_jobs,
+                      write_json_atomic)
+
+NOT_SUBMITTED = "-"
+
+
+def checkpoint_step(cfg) -> Optional[int]:
+    """The step of the run's latest complete checkpoint (None without one)."""
+    root = Path(cfg.checkpoint.dir or Path(cfg.run.dir) / "checkpoints")
+    if not root.is_dir():
+        return None  # a trial that never ran: no need to import the trainer (and torch) to know
+    from cinescene.train.checkpoint import CheckpointManager, step_of
+
+    latest = CheckpointManager(root, cfg.checkpoint, rank=0, world_size=1).latest()
+    return step_of(latest) if latest is not None else None
+
+
+@dataclass
+class TrialPlan:
+    trial: Trial
+    action: str        # "submit", "finished", "queued"
+    detail: str = ""
+
+
+def plan(trials: Sequence[Trial]) -> List[TrialPlan]:
+    """What a submission does with each trial: submit it, or skip it (finished / still queued)."""
+    last_jobs = {t.signature: (recorded_jobs(t.run_dir) or [None])[-1] for t in trials}
+    states = job_states([j for j in last_jobs.values() if j])
+    plans = []
+    for t in trials:
+        step = checkpoint_step(t.config)
+        job = last_jobs[t.signature]
+        if step is not None and step >= t.config.train.max_steps:
+            plans.append(TrialPlan(t, "finished", f"step {step}/{t.config.train.max_steps}"))
+        elif job and states.get(job) in LIVE_STATES:
+            plans.append(TrialPlan(t, "queued", f"job {job} {states[job]}"))
+        else:
+            plans.append(TrialPlan(t, "submit", f"from step {step}" if step else "fresh"))
+    return plans
+
+
+def _shared_launch(trials: Sequence[Trial]):
+    """The resources every trial shares (one array = one sbatch call = one set of resources)."""
+    first = trials[0].config.launch
+    for t in trials[1:]:
+        if t.config.launch.slurm != first.slurm or t.config.launch.nproc != first.nproc:
+            raise CineSceneError(f"sweep trials {trials[0].index} and {t.index} ask for different launch.slurm / "
+                                 "launch.nproc resources; one job array has one set: split the sweep")
+    return first
+
+
+@contextmanager
+def sweep_lock(run_root: Path) -> Iterator[None]:
+    lock_dir = job_log_dir(run_root)
+    lock_dir.mkdir(parents=True, exist_ok=True)
+    with open(lock_dir / ".lock", "w") as handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise CineSceneError(f"another `cinescene sweep` is submitting {run_root} right now") from None
+        yield
+
+
+def array_submission(spec: SweepSpec, todo: Sequence[Trial], run_root: Path, table: Path,
+                     max_parallel: Optional[int]) -> sbatch.Submission:
+    throttle = f"%{max_parallel}" if max_parallel else ""
+    return sbatch.build(_shared_launch(todo), job_name=spec.name,
+                        output=sbatch.log_pattern(job_log_dir(run_root), "%A_%a.out"),
+                        job_args=["--array-table", str(table.resolve())], array=f"0-{len(todo) - 1}{throttle}")
+
+
+def submit_array(spec: SweepSpec, base: str, todo: Sequence[Trial], run_root: Path,
+                 max_parallel: Optional[int]) -> str:
+    """Write the table and each trial's record, submit the array; returns the array's job id."""
+    table = job_log_dir(run_root) / f"array-{time.strftime('%Y%m%dT%H%M%S')}-{time.time_ns() % 10**9:09d}.json"
+    submission = array_submission(spec, todo, run_root, table, max_parallel)
+    write_json_atomic(table, {"sweep": spec.name, "trials": [
+        {"signature": t.signature, "argv": [base, *t.overrides]} for t in todo]})
+    for t in todo:
+        write_json_atomic(job_log_dir(t.run_dir) / TRIAL_FILE, {
+            "sweep": spec.name, "signature": t.signature, "varied": t.varied, "overrides": t.overrides,
+            "max_steps": t.config.train.max_steps})
+    job_id = sbatch.submit(submission)
+    for index, t in enumerate(todo):
+        record_job(t.run_dir, f"{job_id}_{index}")
+    return job_id
+
+
+def array_task(table: Path, task_id: int) -> List[str]:
+    """[config, overrides...] of array task ``task_id`` from a table `cinescene sweep` wrote."""
+    data = read_json(table)
+    trials = data.get("trials") if data else None
+    if not isinstance(trials, list):
+        raise CineSceneError(f"{table} is not a sweep's array table (no `trials` list)")
+    if not 0 <= task_id < len(trials):
+        raise CineSceneError(f"{table} has {len(trials)} trials; there is no array task {task_id}")
+    argv = trials[task_id].get("argv") if isinstance(trials[task_id], dict) else None
+    if not (isinstance(argv, list) and argv and all(isinstance(a, str) for a in argv)):
+        raise CineSceneError(f"{table}: trial {task_id} has no [config, overrides...] argv")
+    return argv
+
+
+# ------------------------------------------------------------------ status
+@dataclass
+class TrialStatus:
+    signature: str
+    overrides: List[str]
+    state: str
+    job: Optional[str]
+    step: Optional[int]
+    max_steps: Optional[int]
+    restarts: Optional[int]
+    loss: Optional[float]
+    run_dir: str
+
+    def as_dict(self) -> Dict[str, Any]:
+        return asdict(self)
+
+
+def trial_dirs(run_root: Path) -> List[Path]:
+    """Run directories under ``run_root`` that a sweep submission marked as its trials."""
+    if not run_root.is_dir():
+        raise CineSceneError(f"{run_root} is not a directory (give a sweep file or a sweep's run_root)")
+    found = sorted(p for p in run_root.iterdir() if (job_log_dir(p) / TRIAL_FILE).is_file())
+    if not found:
+        raise CineSceneError(f"{run_root} holds no sweep trials (no <trial>/{JOB_DIR}/{TRIAL_FILE}): give the "
+                             "sweep file, or the run_root of a sweep that was submitted")
+    return found
+
+
+def status(entries: Sequence[Dict[str, Any]]) -> List[TrialStatus]:
+    """One row per trial; ``entries`` hold signature, varied overrides, max_steps and run_dir."""
+    last_jobs = {e["run_dir"]: (recorded_jobs(e["run_dir"]) or [None])[-1] for e in entries}
+    states = job_states([j for j in last_jobs.values() if j])
+    rows = []
+    for e in entries:
+        job = last_jobs[e["run_dir"]]
+        metrics = last_metrics(e["run_dir"])
+        rows.append(TrialStatus(signature=e["signature"], overrides=list(e.get("varied") or []),
+                                state=states.get(job, UNKNOWN) if job else NOT_SUBMITTED, job=job,
+                                step=metrics.get("step"), max_steps=e.get("max_steps"),
+                                restarts=metrics.get("restarts"), loss=metrics.get("loss"), run_dir=str(e["run_dir"])))
+    return rows
+
+
+def entries_of_trials(trials: Sequence[Trial]) -> List[Dict[str, Any]]:
+    return [{"signature": t.signature, "varied": t.varied, "max_steps": t.config.train.max_steps,
+             "run_dir": t.run_dir} for t in trials]
+
+
+def entries_of_dir(run_root: Path) -> List[Dict[str, Any]]:
+    entries = []
+    for path in trial_dirs(run_root):
+        record = read_json(job_log_dir(path) / TRIAL_FILE) or {}
+        entries.append({"signature": str(record.get("signature", path.name)), "varied": record.get("varied") or [],
+                        "max_steps": record.get("max_steps"), "run_dir": str(path)})
+    return entries
+
+
+def status_table(rows: Sequence[TrialStatus]) -> str:
+    head = ("signature", "state", "step", "restarts", "loss", "overrides")
+    lines = [head]
+    for r in rows:
+        step = f"{r.step if r.step is not None else '-'}/{r.max_steps if r.max_steps is not None else '?'}"
+        loss = f"{r.loss:.4f}" if isinstance(r.loss, (int, float)) else "-"
+        lines.append((r.signature, r.state, step, "-" if r.restarts is None else str(r.restarts), loss,
+                      " ".join(r.overrides) or "(base config)"))
+    widths = [max(len(line[i]) for line in lines) for i in range(len(head) - 1)]
+    return "".join("  ".join(c.ljust(w) for c, w in zip(line[:-1], widths)) + "  " + line[-1] + "\n"
+                   for line in lines)
