@@ -31,7 +31,7 @@ from omegaconf import OmegaConf
 from omegaconf import errors as oc_errors
 
 from .base import ConfigError, require
-from .loading import load_config
+from .loading import load_config, read_yaml
 from .schema import CineSceneConfig
 
 
@@ -81,10 +81,7 @@ def _as_override(key: str, value: Any) -> str:
 def _read_spec(path: Path) -> SweepSpec:
     if not path.is_file():
         raise ConfigError("", f"sweep file not found: {path}")
-    try:
-        raw = yaml.safe_load(path.read_text()) or {}
-    except yaml.YAMLError as exc:
-        raise ConfigError("", f"{path}: invalid YAML: {getattr(exc, 'problem', exc)}") from None
+    raw = read_yaml(path) or {}
     if not isinstance(raw, dict) or set(raw) != {"sweep"}:
         raise ConfigError("", f"{path}: expected one top-level section `sweep:`, got {sorted(raw) or 'none'}")
     try:
