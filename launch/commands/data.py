@@ -60,7 +60,7 @@ def _prepare(args: argparse.Namespace) -> int:
 
 
 def _inspect(args: argparse.Namespace) -> int:
-    from cinescene.data.inspect import contact_sheet, format_summary, summarize, summary_json
+    from cinescene.data.inspect import contact_sheet, damaged, format_summary, summarize, summary_json
 
     summary = summarize(args.shards, verify=args.verify)
     if args.png:
@@ -68,7 +68,7 @@ def _inspect(args: argparse.Namespace) -> int:
     sys.stdout.write((summary_json(summary) if args.json else format_summary(summary)) + "\n")
     if args.png and not args.json:
         print(f"contact sheet: {summary['contact_sheet']}")
-    return 1 if args.verify and summary["damaged_shards"] else 0
+    return 1 if args.verify and damaged(summary) else 0
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -126,5 +126,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     i.add_argument("--json", action="store_true", help="print one JSON object")
     i.add_argument("--png", default=None, help="write a contact sheet of one sample here")
     i.add_argument("--sample", type=int, default=0, help="which sample (manifest order) the sheet shows")
-    i.add_argument("--verify", action="store_true", help="check every shard's sha256 (exit 1 if any is damaged)")
+    i.add_argument("--verify", action="store_true",
+                   help="check every shard's sha256 and decode every sample against the manifest "
+                        "(exit 1 if any shard or sample is damaged)")
     i.set_defaults(func=_inspect)
