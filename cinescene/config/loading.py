@@ -74,6 +74,14 @@ def _check_unique_keys(node: yaml.Node, prefix: str = "", done: Optional[set] = 
     done.add(id(node))
 
 
+def shown(path: Path) -> Path:
+    """``path`` as a user names it in messages: relative to the working directory when under it."""
+    try:
+        return path.relative_to(Path.cwd())
+    except ValueError:
+        return path
+
+
 def read_yaml(path: Path) -> Any:
     """The one reader of every YAML file the config layer reads (training configs, sweep files).
 
@@ -81,15 +89,16 @@ def read_yaml(path: Path) -> Any:
     mapping may hold a key twice. Every problem is one ConfigError naming the
     file and where in it (byte offset, line, key path).
     """
+    name = shown(path)
     try:
         raw = path.read_bytes()
     except OSError as exc:
-        raise ConfigError("", f"{path}: cannot read ({exc.strerror or exc})") from None
+        raise ConfigError("", f"{name}: cannot read ({exc.strerror or exc})") from None
     try:
         text = raw.decode("utf-8-sig")
     except UnicodeDecodeError as exc:
         line = raw[:exc.start].count(b"\n") + 1
-        raise ConfigError("", f"{path}: not UTF-8 text (byte 0x{raw[exc.start]:02x} at offset {exc.start}, "
+        raise ConfigError("", f"{name}: not UTF-8 text (byte 0x{raw[exc.start]:02x} at offset {exc.start}, "
                               f"line {line})") from None
     loader = None
     try:
@@ -100,10 +109,10 @@ def read_yaml(path: Path) -> Any:
         _check_unique_keys(node)
         return loader.construct_document(node)
     except _DuplicateKey as dup:
-        raise ConfigError(dup.key, f"duplicate key in {path} (lines {dup.first_line} and {dup.line}); "
+        raise ConfigError(dup.key, f"duplicate key in {name} (lines {dup.first_line} and {dup.line}); "
                                    "a mapping may hold each key once") from None
     except _RecursiveAlias as rec:
-        raise ConfigError(rec.key, f"{path}: an alias at line {rec.line} refers to a node that contains it "
+        raise ConfigError(rec.key, f"{name}: an alias at line {rec.line} refers to a node that contains it "
                                    "(a recursive document)") from None
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None) or getattr(exc, "context_mark", None)
@@ -112,9 +121,9 @@ def read_yaml(path: Path) -> Any:
             line = text[:exc.position].count("\n") + 1
         at = f" at line {line}" if line is not None else ""
         problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
-        raise ConfigError("", f"{path}: invalid YAML{at}: {problem}") from None
+        raise ConfigError("", f"{name}: invalid YAML{at}: {problem}") from None
     except RecursionError:
-        raise ConfigError("", f"{path}: invalid YAML: nested too deeply") from None
+        raise ConfigError("", f"{name}: invalid YAML: nested too deeply") from None
     finally:
         if loader is not None:
             loader.dispose()
@@ -155,14 +164,14 @@ def _read_yaml(path: Path, chain: Tuple[Path, ...]) -> DictConfig:
         raise ConfigError(DEFAULTS_KEY, f"include cycle: {cycle}")
     if not path.is_file():
         where = f" (included from {chain[-1]})" if chain else ""
-        raise ConfigError("", f"config file not found: {path}{where}")
+        raise ConfigError("", f"config file not found: {shown(path)}{where}")
     raw = read_yaml(path) or {}
     if not isinstance(raw, dict):
-        raise ConfigError("", f"{path}: expected a mapping of sections at the top level")
+        raise ConfigError("", f"{shown(path)}: expected a mapping of sections at the top level")
     includes = raw.pop(DEFAULTS_KEY, []) or []
     if not isinstance(includes, list) or not all(isinstance(i, str) for i in includes):
-        raise ConfigError(DEFAULTS_KEY, f"{path}: expected a list of relative YAML paths")
-    check_sections(raw, where=f" in {path}")
+        raise ConfigError(DEFAULTS_KEY, f"{shown(path)}: expected a list of relative YAML paths")
+    check_sections(raw, where=f" in {shown(path)}")
     merged = OmegaConf.create()
     for inc in includes:
         merged = OmegaConf.merge(merged, _read_yaml((path.parent / inc).resolve(), chain + (path,)))

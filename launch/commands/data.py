@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from pathlib import Path
 
 
 def _logging():
@@ -42,20 +43,25 @@ def _convert(args: argparse.Namespace) -> int:
 
 
 def _prepare(args: argparse.Namespace) -> int:
-    _logging()
     from cinescene.data import prepare as prep
+    from cinescene.log import console_out, send_output_to, verbose
 
     if args.merge:
+        _logging()
         print(f"merged: {prep.merge(args.out)}")
         return 0
     if not args.src or not args.encoder:
         from cinescene.config import ConfigError
 
         raise ConfigError("--src" if not args.src else "--encoder", "required (unless --merge)")
+    rank, world = prep.resolve_rank(args.rank, args.world)
+    if not verbose():  # the encoders' libraries talk (weights loading, missing accelerate): to this rank's log
+        send_output_to(Path(args.out) / "logs" / f"prepare-rank{rank}.log")
+    _logging()
     manifest = prep.prepare(args.src, args.out, args.encoder, args.vae, args.text_encoder, args.tokenizer,
-                            args.rank, args.world, args.shard_size_mb, args.frames, args.size, args.dtype,
-                            args.device)
-    print(f"manifest: {manifest}" if manifest else "this rank is done; the last rank to finish merges manifest.json")
+                            rank, world, args.shard_size_mb, args.frames, args.size, args.dtype, args.device)
+    print(f"manifest: {manifest}" if manifest else "this rank is done; the last rank to finish merges manifest.json",
+          file=console_out())
     return 0
 
 
