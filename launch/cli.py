@@ -75,10 +75,17 @@ def _internal_error(prog: str, exc: BaseException) -> int:
     return 1
 
 
+def _command(argv: List[str]) -> Optional[str]:
+    """The subcommand's name, read before the parser is built (a peek: the parser still decides)."""
+    return next((item for item in argv if not item.startswith("-")), None)
+
+
 def main(argv: Optional[List[str]] = None) -> int:
+    argv = strip_local_rank_arg(sys.argv[1:] if argv is None else argv)
+    if _command(argv) == "train":
+        startup_signals.install()  # first: a preemption signal from now on is a request, not a kill
     die_with_launcher()
     parser = build_parser()
-    argv = strip_local_rank_arg(sys.argv[1:] if argv is None else argv)
     # Overrides may come after options (`train C --nproc 2 a.b=c`): argparse leaves
     # those unparsed, so collect them here instead of rejecting them.
     args, extra = parser.parse_known_args(argv)
@@ -88,8 +95,6 @@ def main(argv: Optional[List[str]] = None) -> int:
         parser.error(f"unrecognized arguments: {' '.join(unknown or late)}")
     if late:
         args.overrides = list(args.overrides) + late
-    if args.command == "train":
-        startup_signals.install()
     if args.verbose:
         os.environ[VERBOSE_ENV] = "1"  # ranks started by this process inherit it
     else:

@@ -12,6 +12,10 @@ ranks then agree to stop before the first step, saving nothing new (exit
 ``launch.preempt_exit_code``). A standalone launcher that got a signal before
 starting its ranks does not start them (:func:`requested`).
 
+The moment left uncovered is the interpreter's own start, before any of our
+code runs (tens of milliseconds, more on a loaded machine), for a process
+that no spawner of ours started.
+
 Ranks started by the local spawner begin life with these signals *blocked*
 (:mod:`cinescene.distributed.spawn`), so a signal forwarded to a rank that is
 still starting waits instead of killing it; every function here that installs
