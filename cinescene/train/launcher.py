@@ -15,7 +15,9 @@ Around that, in this order, before anything slow is imported:
   torchrun / deepspeed / srun; a second run on the same directory fails here;
 - a standalone launcher signalled before it started its ranks starts none;
 - each rank sends library output to ``<run.dir>/logs/rank<R>.log``, keeping
-  the console for our log lines (unless ``--verbose`` / ``run.log_level=DEBUG``).
+  the console for our log lines (unless ``--verbose`` / ``run.log_level=DEBUG``),
+  and clears the build locks of torch extensions that killed processes left
+  (:mod:`.build_locks`) before DeepSpeed loads its ops.
 
 Exit status: 0 done; ``launch.preempt_exit_code`` (124) after a preemption
 save (or a preemption before the first step: nothing new saved), the status a
@@ -38,6 +40,7 @@ from cinescene.log import get_logger, send_output_to, setup_logging, verbose
 from cinescene.data.ensure import check_dataset
 
 from .batching import plan_batch
+from .build_locks import clear_stale_build_locks
 from .run_lock import hold_run_dir
 
 _log = get_logger("launch")
@@ -78,6 +81,8 @@ def _run_this_rank(cfg: CineSceneConfig, env: DistEnv) -> int:
         hold_run_dir(cfg.run.dir)  # torchrun / deepspeed / srun: rank 0 holds the run directory
     if not verbose(cfg.run.log_level):
         send_output_to(Path(cfg.run.dir) / "logs" / f"rank{env.rank}.log")
+    setup_logging(cfg.run.log_level, cfg.run.dir, env.rank)
+    clear_stale_build_locks()  # a rank killed while DeepSpeed loaded its ops would hang every later start
     from .entry import run_rank  # torch and DeepSpeed from here on: their chatter goes to the file
 
     return run_rank(cfg, env)

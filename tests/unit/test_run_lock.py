@@ -89,3 +89,26 @@ def test_cinescene_train_on_a_locked_directory_is_one_line(tmp_path, holder, rep
     assert out.returncode == 1 and len(lines) == 1, out.stderr
     assert lines[0].startswith("cinescene train: error: run directory") and f"pid {first.pid} on" in lines[0]
     assert not (tmp_path / "run" / "logs").exists()  # refused before it wrote anything
+
+
+def test_a_build_lock_left_by_a_killed_process_is_removed_and_a_held_one_kept(tmp_path):
+    """torch's JIT-extension lock file (DeepSpeed's ops): a rank killed while holding it would make every later
+    start wait forever; only a lock no process holds open, and old enough, is removed."""
+    from cinescene.train.build_locks import LOCAL_STALE_S, clear_stale_build_locks
+
+    dead, held, young = (tmp_path / "py311_cpu" / name / "lock" for name in ("dead_op", "held_op", "young_op"))
+    for lock in (dead, held, young):
+        lock.parent.mkdir(parents=True)
+        lock.touch()
+    old = time.time() - 10 * LOCAL_STALE_S
+    os.utime(dead, (old, old))
+    os.utime(held, (old, old))
+    holder = subprocess.Popen([sys.executable, "-c", "import sys, time; f = open(sys.argv[1]); print('open', "
+                               "flush=True); time.sleep(120)", str(held)], stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "open"
+        assert clear_stale_build_locks(tmp_path, now=time.time()) == [dead]
+        assert not dead.exists() and held.exists() and young.exists()
+    finally:
+        holder.kill()
+        holder.wait()
