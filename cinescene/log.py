@@ -4,7 +4,15 @@ Console: rank 0 logs at the configured level; other ranks only print
 warnings and errors (tagged with their rank) so a 64-rank job stays readable.
 Files: ``<run_dir>/logs/rank<R>.log`` holds every rank's full log, appended
 across restarts, so a preempted and requeued run keeps one history.
-Progress bars are drawn only when stderr is a terminal (never in SLURM logs).
+Progress bars are drawn only when the console is a terminal (never in SLURM logs).
+
+The console is for the user: our log lines, progress bars, one-line errors.
+A process of a run sends everything else it writes -- library warnings and
+prints (DeepSpeed's accelerator notice, its op-build chatter), C++ messages,
+Python warnings, tracebacks -- to its rank's log file (:func:`send_output_to`:
+file descriptors 1 and 2 point there, :func:`console` keeps the terminal).
+``--verbose`` (:data:`VERBOSE_ENV`, inherited by spawned ranks) or
+``run.log_level=DEBUG`` leaves library output on the console as it comes.
 """
 from __future__ import annotations
 
@@ -12,9 +20,11 @@ import logging
 import os
 import sys
 from pathlib import Path
-from typing import Iterable, Iterator, Optional, TypeVar
+from typing import Iterable, Iterator, Optional, TextIO, TypeVar
 
 ROOT = "cinescene"
+# Set by `cinescene --verbose`: library output stays on the console (children inherit it).
+VERBOSE_ENV = "CINESCENE_VERBOSE"
 FORMAT = "%(asctime)s %(levelname).1s [r%(rank)s] %(name)s: %(message)s"
 DATEFMT = "%Y-%m-%d %H:%M:%S"
 T = TypeVar("T")
@@ -38,6 +48,58 @@ def env_rank() -> int:
     return 0
 
 
+_console: Optional[TextIO] = None  # the terminal's stderr once fds 1 and 2 go to a log file
+_console_out: Optional[TextIO] = None  # and its stdout, for a command's printed result
+_output_file: Optional[Path] = None
+
+
+def verbose(level: str = "INFO") -> bool:
+    """Whether library output belongs on the console: ``--verbose`` or a DEBUG log level."""
+    return os.environ.get(VERBOSE_ENV) == "1" or level.upper() == "DEBUG"
+
+
+def console() -> TextIO:
+    """Where our log lines, progress bars and one-line errors go: the terminal's stderr, also after
+    :func:`send_output_to` pointed file descriptors 1 and 2 at a log file."""
+    return _console if _console is not None else sys.stderr
+
+
+def console_out() -> TextIO:
+    """Where a command prints its result (a table, JSON, a path): the terminal's stdout, also after
+    :func:`send_output_to`."""
+    return _console_out if _console_out is not None else sys.stdout
+
+
+def output_file() -> Optional[Path]:
+    """The log file that receives this process's other output, if :func:`send_output_to` was called."""
+    return _output_file
+
+
+def send_output_to(log_file: str | os.PathLike) -> None:
+    """Send everything this process writes to fds 1 and 2 (and its Python warnings) to ``log_file``,
+    appending, while :func:`console` keeps the terminal. Call it before importing chatty libraries."""
+    global _console, _console_out, _output_file
+    log_file = Path(log_file)
+    log_file.parent.mkdir(parents=True, exist_ok=True)
+    sys.stdout.flush()
+    sys.stderr.flush()
+    if _console is None:
+        _console = _keep(sys.stderr, 2)
+        _console_out = _keep(sys.stdout, 1)
+    fd = os.open(log_file, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+    os.dup2(fd, 1)
+    os.dup2(fd, 2)
+    os.close(fd)
+    _output_file = log_file
+    logging.captureWarnings(False)  # Python warnings go to sys.stderr again: the file now
+
+
+def _keep(stream: TextIO, fd: int) -> TextIO:
+    """A line-buffered text stream on a copy of ``fd``, which stays on the terminal when ``fd`` moves."""
+    encoding = getattr(stream, "encoding", None) or "utf-8"
+    return os.fdopen(os.dup(fd), "w", buffering=1, encoding=encoding, errors="backslashreplace")
+
+
 def get_logger(name: str) -> logging.Logger:
     return logging.getLogger(name if name.startswith(ROOT) else f"{ROOT}.{name}")
 
@@ -53,11 +115,11 @@ def setup_logging(level: str = "INFO", run_dir: Optional[str | os.PathLike] = No
     logger.setLevel(logging.DEBUG)
     logger.propagate = False
     formatter = logging.Formatter(FORMAT, DATEFMT)
-    console = logging.StreamHandler(sys.stderr)
-    console.setLevel(getattr(logging, level.upper()) if rank == 0 else logging.WARNING)
-    console.setFormatter(formatter)
-    console.addFilter(_RankFilter(rank))
-    logger.addHandler(console)
+    terminal = logging.StreamHandler(console())
+    terminal.setLevel(getattr(logging, level.upper()) if rank == 0 else logging.WARNING)
+    terminal.setFormatter(formatter)
+    terminal.addFilter(_RankFilter(rank))
+    logger.addHandler(terminal)
     if run_dir is not None:
         log_dir = Path(run_dir) / "logs"
         log_dir.mkdir(parents=True, exist_ok=True)
@@ -70,10 +132,10 @@ def setup_logging(level: str = "INFO", run_dir: Optional[str | os.PathLike] = No
 
 
 def progress(items: Iterable[T], enabled: bool = True, **tqdm_kwargs) -> Iterator[T]:
-    """Wrap ``items`` in a tqdm bar on rank 0 when stderr is a TTY; otherwise pass through."""
-    if enabled and env_rank() == 0 and sys.stderr.isatty():
+    """Wrap ``items`` in a tqdm bar on rank 0 when the console is a TTY; otherwise pass through."""
+    if enabled and env_rank() == 0 and console().isatty():
         from tqdm import tqdm
 
-        yield from tqdm(items, **tqdm_kwargs)
+        yield from tqdm(items, file=console(), **tqdm_kwargs)
     else:
         yield from items

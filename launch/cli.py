@@ -3,20 +3,44 @@
 Exit statuses: 0 ok, 1 runtime error a user can fix, 2 bad config or usage,
 3 a subcommand not built yet. Parsing and config validation import no torch,
 so a bad config is reported in well under a second.
+
+The console shows our log lines, progress bars and one-line errors
+(:func:`cinescene.log.console`); library output goes to the run's log files
+(``--verbose``, at any level of the command line, keeps it on the console).
+`cinescene train` records preemption signals from right after parsing, before
+the config or anything slow is imported, and a rank started by our local
+spawner ties its life to the launcher's first thing.
 """
 from __future__ import annotations
 
 import argparse
 import importlib
+import logging
+import os
 import sys
+import traceback
 from typing import List, Optional
 
 from cinescene import __version__
-from cinescene.config import ConfigError
+from cinescene.distributed import startup_signals
 from cinescene.distributed.env import strip_local_rank_arg
+from cinescene.distributed.spawn import die_with_launcher
 from cinescene.errors import CineSceneError
+from cinescene.log import VERBOSE_ENV, console, output_file
 
 from .commands import COMMANDS
+
+VERBOSE_HELP = "show library output (warnings, build messages) on the console instead of only in log files"
+
+
+def _add_verbose(parser: argparse.ArgumentParser, top: bool) -> None:
+    """``--verbose`` on a parser and every sub-command parser below it, so it may go anywhere."""
+    parser.add_argument("--verbose", action="store_true", help=VERBOSE_HELP,
+                        **({} if top else {"default": argparse.SUPPRESS}))
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for child in action.choices.values():
+                _add_verbose(child, top=False)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -28,12 +52,40 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     for name in COMMANDS:
         importlib.import_module(f"{__package__}.commands.{name}").add_parser(sub)
+    _add_verbose(parser, top=True)
     return parser
 
 
+def _quiet_python_warnings() -> None:
+    """Python warnings of commands without a run directory: shown with --verbose only (a run's
+    processes send them to their log files instead, see cinescene.log.send_output_to)."""
+    logging.captureWarnings(True)
+    captured = logging.getLogger("py.warnings")
+    captured.propagate = False
+    captured.addHandler(logging.NullHandler())
+
+
+def _internal_error(prog: str, exc: BaseException) -> int:
+    """An unexpected exception in a process whose output goes to a log file: the traceback there, one
+    line on the console."""
+    traceback.print_exc()  # sys.stderr: the log file
+    sys.stderr.flush()
+    print(f"{prog}: error: internal error ({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}); "
+          f"the traceback is in {output_file()}", file=console())
+    return 1
+
+
+def _command(argv: List[str]) -> Optional[str]:
+    """The subcommand's name, read before the parser is built (a peek: the parser still decides)."""
+    return next((item for item in argv if not item.startswith("-")), None)
+
+
 def main(argv: Optional[List[str]] = None) -> int:
-    parser = build_parser()
     argv = strip_local_rank_arg(sys.argv[1:] if argv is None else argv)
+    if _command(argv) == "train":
+        startup_signals.install()  # first: a preemption signal from now on is a request, not a kill
+    die_with_launcher()
+    parser = build_parser()
     # Overrides may come after options (`train C --nproc 2 a.b=c`): argparse leaves
     # those unparsed, so collect them here instead of rejecting them.
     args, extra = parser.parse_known_args(argv)
@@ -43,18 +95,28 @@ def main(argv: Optional[List[str]] = None) -> int:
         parser.error(f"unrecognized arguments: {' '.join(unknown or late)}")
     if late:
         args.overrides = list(args.overrides) + late
+    if args.verbose:
+        os.environ[VERBOSE_ENV] = "1"  # ranks started by this process inherit it
+    else:
+        _quiet_python_warnings()
+    from cinescene.config import ConfigError
+
     prog = f"cinescene {args.command}"
     try:
         return int(args.func(args) or 0)
     except ConfigError as exc:
-        print(f"{prog}: config error: {exc}", file=sys.stderr)
+        print(f"{prog}: config error: {exc}", file=console())
         return 2
     except CineSceneError as exc:
-        print(f"{prog}: error: {exc}", file=sys.stderr)
+        print(f"{prog}: error: {exc}", file=console())
         return exc.exit_code
     except KeyboardInterrupt:
-        print(f"{prog}: interrupted", file=sys.stderr)
+        print(f"{prog}: interrupted", file=console())
         return 130
+    except Exception as exc:
+        if output_file() is None:
+            raise
+        return _internal_error(prog, exc)
 
 
 if __name__ == "__main__":

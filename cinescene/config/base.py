@@ -8,6 +8,7 @@ whole config layer must run before any heavy import.
 """
 from __future__ import annotations
 
+import math
 from typing import Any, Iterable, Optional
 
 
@@ -28,6 +29,23 @@ def require(condition: bool, key: str, expected: str, value: Any = None) -> None
     """Raise ``ConfigError(key, 'expected <expected>, got <value>')`` unless true."""
     if not condition:
         raise ConfigError(key, f"expected {expected}, got {value!r}")
+
+
+def finite(value: Any, key: str) -> None:
+    """Refuse ``inf`` and ``nan``: no float setting of ours has a meaning for them.
+
+    :func:`cinescene.config.loading.validate_tree` calls this for every float
+    field (and float list element) of every section, so a new float field is
+    covered without its own check.
+    """
+    if isinstance(value, float):
+        require(math.isfinite(value), key, "a finite number", value)
+
+
+def at_most(value: Any, key: str, limit: int, why: str) -> None:
+    """An upper bound on a size, with the reason a larger value is refused."""
+    if value is not None and value > limit:
+        raise ConfigError(key, f"expected a value <= {limit} ({why}), got {value!r}")
 
 
 def positive(value: Any, key: str) -> None:

@@ -28,10 +28,133 @@ import yaml
 from omegaconf import DictConfig, ListConfig, OmegaConf
 from omegaconf import errors as oc_errors
 
-from .base import ConfigError
+from .base import ConfigError, finite
 from .schema import CineSceneConfig
 
 DEFAULTS_KEY = "defaults"
+
+
+class _RecursiveAlias(Exception):
+    def __init__(self, key: str, line: int):
+        super().__init__(key)
+        self.key, self.line = key, line
+
+
+class _DuplicateKey(Exception):
+    def __init__(self, key: str, first_line: int, line: int):
+        super().__init__(key)
+        self.key, self.first_line, self.line = key, first_line, line
+
+
+def _check_unique_keys(node: yaml.Node, prefix: str = "", done: Optional[set] = None,
+                       ancestors: Tuple[int, ...] = ()) -> None:
+    """Every mapping of the document holds each key once (PyYAML would keep the last silently),
+    and no alias refers to a node that contains it (a recursive document never ends)."""
+    done = set() if done is None else done
+    if id(node) in ancestors:
+        raise _RecursiveAlias(prefix.rstrip(".") or "<root>", node.start_mark.line + 1)
+    if id(node) in done:  # an alias of a node already checked
+        return
+    ancestors = ancestors + (id(node),)
+    if isinstance(node, yaml.MappingNode):
+        lines: dict = {}
+        for key_node, value_node in node.value:
+            if key_node.tag == "tag:yaml.org,2002:merge":  # `<<: *base` overrides by design
+                _check_unique_keys(value_node, prefix, done, ancestors)
+                continue
+            key = str(key_node.value) if isinstance(key_node, yaml.ScalarNode) else "<complex key>"
+            line = key_node.start_mark.line + 1
+            if key in lines:
+                raise _DuplicateKey(prefix + key, lines[key], line)
+            lines[key] = line
+            _check_unique_keys(value_node, f"{prefix}{key}.", done, ancestors)
+    elif isinstance(node, yaml.SequenceNode):
+        for i, item in enumerate(node.value):
+            _check_unique_keys(item, f"{prefix.rstrip('.')}[{i}].", done, ancestors)
+    done.add(id(node))
+
+
+def shown(path: Path) -> Path:
+    """``path`` as a user names it in messages: relative to the working directory when under it."""
+    try:
+        return path.relative_to(Path.cwd())
+    except ValueError:
+        return path
+
+
+def read_yaml(path: Path) -> Any:
+    """The one reader of every YAML file the config layer reads (training configs, sweep files).
+
+    UTF-8 text only (a BOM is fine), PyYAML's safe constructors only, and no
+    mapping may hold a key twice. Every problem is one ConfigError naming the
+    file and where in it (byte offset, line, key path).
+    """
+    name = shown(path)
+    try:
+        raw = path.read_bytes()
+    except OSError as exc:
+        raise ConfigError("", f"{name}: cannot read ({exc.strerror or exc})") from None
+    try:
+        text = raw.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        line = raw[:exc.start].count(b"\n") + 1
+        raise ConfigError("", f"{name}: not UTF-8 text (byte 0x{raw[exc.start]:02x} at offset {exc.start}, "
+                              f"line {line})") from None
+    loader = None
+    try:
+        loader = yaml.SafeLoader(text)  # checks that every character is printable
+        node = loader.get_single_node()
+        if node is None:
+            return None
+        _check_unique_keys(node)
+        return loader.construct_document(node)
+    except _DuplicateKey as dup:
+        raise ConfigError(dup.key, f"duplicate key in {name} (lines {dup.first_line} and {dup.line}); "
+                                   "a mapping may hold each key once") from None
+    except _RecursiveAlias as rec:
+        raise ConfigError(rec.key, f"{name}: an alias at line {rec.line} refers to a node that contains it "
+                                   "(a recursive document)") from None
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None) or getattr(exc, "context_mark", None)
+        line = mark.line + 1 if mark is not None else None
+        if isinstance(exc, yaml.reader.ReaderError):  # a control character: where, by character offset
+            line = text[:exc.position].count("\n") + 1
+        at = f" at line {line}" if line is not None else ""
+        problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+        raise ConfigError("", f"{name}: invalid YAML{at}: {problem}") from None
+    except RecursionError:
+        raise ConfigError("", f"{name}: invalid YAML: nested too deeply") from None
+    finally:
+        if loader is not None:
+            loader.dispose()
+
+
+def _section_fields(cls: Any) -> dict:
+    return {f.name: typing.get_type_hints(cls)[f.name] for f in dataclasses.fields(cls)}
+
+
+def check_sections(tree: Any, cls: Any = CineSceneConfig, prefix: str = "", where: str = "") -> None:
+    """A section (a dataclass field: ``train``, ``train.flow``) must be given a mapping, not a scalar or a list.
+
+    OmegaConf's own merge error for ``train: 5`` names neither key nor file. A
+    null section (``train:`` with every key commented out) counts as empty and is dropped.
+    """
+    if not isinstance(tree, dict):
+        return
+    fields = _section_fields(cls)
+    for key in list(tree):
+        child = fields.get(str(key))
+        if child is None or not dataclasses.is_dataclass(child):
+            continue  # unknown keys and plain values: OmegaConf names them with their key path
+        value = tree[key]
+        path = f"{prefix}{key}"
+        if value is None:
+            del tree[key]
+        elif not isinstance(value, dict):
+            examples = ", ".join(f"{path}.{name}" for name in list(_section_fields(child))[:2])
+            raise ConfigError(path, f"expected a section of keys ({examples}, ...), got {value!r}{where}")
+        else:
+            check_sections(value, child, f"{path}.", where)
 
 
 def _read_yaml(path: Path, chain: Tuple[Path, ...]) -> DictConfig:
@@ -41,18 +164,14 @@ def _read_yaml(path: Path, chain: Tuple[Path, ...]) -> DictConfig:
         raise ConfigError(DEFAULTS_KEY, f"include cycle: {cycle}")
     if not path.is_file():
         where = f" (included from {chain[-1]})" if chain else ""
-        raise ConfigError("", f"config file not found: {path}{where}")
-    try:
-        raw = yaml.safe_load(path.read_text()) or {}
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        at = f" at line {mark.line + 1}" if mark is not None else ""
-        raise ConfigError("", f"{path}: invalid YAML{at}: {getattr(exc, 'problem', exc)}") from None
+        raise ConfigError("", f"config file not found: {shown(path)}{where}")
+    raw = read_yaml(path) or {}
     if not isinstance(raw, dict):
-        raise ConfigError("", f"{path}: expected a mapping of sections at the top level")
+        raise ConfigError("", f"{shown(path)}: expected a mapping of sections at the top level")
     includes = raw.pop(DEFAULTS_KEY, []) or []
     if not isinstance(includes, list) or not all(isinstance(i, str) for i in includes):
-        raise ConfigError(DEFAULTS_KEY, f"{path}: expected a list of relative YAML paths")
+        raise ConfigError(DEFAULTS_KEY, f"{shown(path)}: expected a list of relative YAML paths")
+    check_sections(raw, where=f" in {shown(path)}")
     merged = OmegaConf.create()
     for inc in includes:
         merged = OmegaConf.merge(merged, _read_yaml((path.parent / inc).resolve(), chain + (path,)))
@@ -130,17 +249,33 @@ def _parse_overrides(overrides: Iterable[str]) -> DictConfig:
         if "=" not in item or item.startswith("="):
             raise ConfigError(item, "expected an override of the form key.path=value")
     try:
-        return OmegaConf.from_dotlist(items)
+        parsed = OmegaConf.from_dotlist(items)
     except Exception as exc:  # grammar errors in values
         raise ConfigError("", f"cannot parse overrides: {exc}".splitlines()[0]) from None
+    tree = OmegaConf.to_container(parsed)
+    check_sections(tree)
+    return OmegaConf.create(tree)
+
+
+def _check_finite(obj: Any, prefix: str) -> None:
+    """Every float field (and float list element) of the section holds a finite value."""
+    for f in dataclasses.fields(obj):
+        value = getattr(obj, f.name)
+        key = f"{prefix}.{f.name}" if prefix else f.name
+        if isinstance(value, (list, tuple)):
+            for i, item in enumerate(value):
+                finite(item, f"{key}[{i}]")
+        else:
+            finite(value, key)
 
 
 def validate_tree(obj: Any, prefix: str = "") -> None:
-    """Run ``validate()`` on every dataclass in the tree, children first."""
+    """Run ``validate()`` on every dataclass in the tree, children first, after the finite-float check."""
     for f in dataclasses.fields(obj):
         child = getattr(obj, f.name)
         if dataclasses.is_dataclass(child):
             validate_tree(child, f"{prefix}.{f.name}" if prefix else f.name)
+    _check_finite(obj, prefix)
     check = getattr(obj, "validate", None)
     if callable(check):
         try:

@@ -11,11 +11,15 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Dict, List, Optional
 
-from .base import ConfigError, in_range, one_of, optional_positive, positive, require
+from .base import ConfigError, at_most, in_range, one_of, optional_positive, positive, require
 
 # Where the weights start (``model.init``): "pretrained" loads the Wan DiT (``model.pretrained``) and,
 # when the model builds VGGT, ``model.scene.vggt.weights``; "random" starts from random initialisation.
 INIT_CHOICES = ("pretrained", "random")
+
+# Upper bound on the DiT width: 3x Wan2.1-14B's 5120. Beyond it the model cannot be built on any
+# current device, and a typo (an extra zero) would only show as an allocation failure minutes in.
+MAX_DIM = 16384
 
 
 @dataclass
@@ -191,6 +195,8 @@ class ModelConfig:
         for key in ("dim", "ffn_dim", "num_heads", "num_layers", "in_dim", "out_dim", "freq_dim",
                     "text_len", "text_dim"):
             positive(getattr(self, key), key)
+        at_most(self.dim, "dim", MAX_DIM, f"the widest Wan2.1 DiT (14B) has dim 5120; at {MAX_DIM} one block "
+                "alone holds over 3 billion parameters")
         require(self.dim % self.num_heads == 0, "dim", "a multiple of num_heads", self.dim)
         head_dim = self.dim // self.num_heads
         require(head_dim % 2 == 0, "dim", "dim/num_heads even (RoPE)", self.dim)

@@ -4,13 +4,17 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Optional
 
-from .base import non_negative, one_of
+from .base import non_negative, one_of, require
+
+# Longest file name most file systems allow (bytes); run.name names a directory (runs/<name>).
+MAX_NAME_BYTES = 255
 
 
 @dataclass
 class RunConfig:
-    # Everything a run writes (checkpoints, metrics.jsonl, logs, wandb) lives here.
+    # Everything a run writes (checkpoints, metrics.jsonl, logs, wandb) lives here: any path the user gives.
     dir: str = "runs/${run.name}"
+    # A name (the default run.dir's last part, the W&B run name), never a path: no '/', not '.' or '..'.
     name: str = "default"
     seed: int = 0
     # Deterministic algorithms + fixed reduction order; required for bit-exact resume on CPU.
@@ -22,5 +26,9 @@ class RunConfig:
     config_path: Optional[str] = None
 
     def validate(self) -> None:
+        require(self.name not in ("", ".", "..") and "/" not in self.name and "\\" not in self.name
+                and "\0" not in self.name and len(self.name.encode()) <= MAX_NAME_BYTES, "name",
+                "a name, not a path (no '/', not '.' or '..'; run.dir says where the run goes)", self.name)
+        require(bool(str(self.dir).strip()), "dir", "a directory path", self.dir)
         non_negative(self.seed, "seed")
         one_of(self.log_level.upper(), "log_level", ["DEBUG", "INFO", "WARNING", "ERROR"])

@@ -50,7 +50,7 @@ from omegaconf import OmegaConf
 from omegaconf import errors as oc_errors
 
 from .base import ConfigError, non_negative, require
-from .loading import compose, load_config
+from .loading import compose, load_config, read_yaml
 from .schema import CineSceneConfig
 
 SIGNATURE_LENGTH = 10
@@ -173,10 +173,7 @@ def _resolved_values(base: Path, overrides: Sequence[str]) -> Dict[str, Any]:
 def _read_spec(path: Path) -> SweepSpec:
     if not path.is_file():
         raise ConfigError("", f"sweep file not found: {path}")
-    try:
-        raw = yaml.safe_load(path.read_text()) or {}
-    except yaml.YAMLError as exc:
-        raise ConfigError("", f"{path}: invalid YAML: {getattr(exc, 'problem', exc)}") from None
+    raw = read_yaml(path) or {}
     if not isinstance(raw, dict) or set(raw) != {"sweep"}:
         raise ConfigError("", f"{path}: expected one top-level section `sweep:`, got {sorted(raw) or 'none'}")
     try:

@@ -4,7 +4,12 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import List, Optional
 
-from .base import in_range, non_negative, one_of, positive, require
+from .base import at_most, in_range, non_negative, one_of, positive, require
+
+
+# A micro batch is what one rank holds in memory at once (CineScene trains with a global batch of 16);
+# thousands of video samples per rank is a typo, and would only surface as an out-of-memory kill.
+MAX_MICRO_BATCH = 1024
 
 
 @dataclass
@@ -68,6 +73,9 @@ class TrainConfig:
     def validate(self) -> None:
         positive(self.max_steps, "max_steps")
         positive(self.micro_batch_size, "micro_batch_size")
+        at_most(self.micro_batch_size, "micro_batch_size", MAX_MICRO_BATCH,
+                "samples one rank decodes, holds and runs through the model at once; "
+                "raise train.grad_accum instead")
         positive(self.grad_accum, "grad_accum")
         if self.global_batch_size is not None:
             positive(self.global_batch_size, "global_batch_size")

@@ -23,7 +23,7 @@ from cinescene.config import ConfigError
 from cinescene.errors import CineSceneError
 from cinescene.log import get_logger
 
-from .manifest import MANIFEST
+from .manifest import MANIFEST, read_manifest_file
 
 log = get_logger("data")
 
@@ -40,9 +40,12 @@ def synth_clips_dir(data_cfg) -> Path:
 
 
 def check_dataset(data_cfg) -> Path:
-    """Fail fast, before any rank starts, when the shards are neither there nor to be generated."""
+    """Fail fast, before any rank starts, when the shards are neither there nor to be generated, or when
+    their manifest is not one (a structurally wrong manifest.json is one line naming what is wrong)."""
     shards = Path(require_train_shards(data_cfg))
-    if not data_cfg.generate and not (shards / MANIFEST).is_file():
+    if (shards / MANIFEST).is_file():
+        read_manifest_file(shards / MANIFEST)
+    elif not data_cfg.generate:
         raise CineSceneError(f"no training data at {shards} (no {MANIFEST}); run `cinescene data prepare "
                              "--out` there, or set data.generate=true for synthetic data")
     return shards

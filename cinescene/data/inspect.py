@@ -12,17 +12,19 @@ from __future__ import annotations
 import json
 import textwrap
 from pathlib import Path
-from typing import Optional
+from typing import List, Optional
 
 import numpy as np
 from PIL import Image, ImageDraw
 
 from cinescene.errors import CineSceneError
 
-from .manifest import load_manifest
+from .manifest import Manifest, load_manifest
+from .samples import check_sample
 from .shards import SampleError, ShardReader, file_sha256, npy_field
 
 THUMB = 128
+SHOWN_BAD_SAMPLES = 10  # the text summary lists this many unreadable samples; --json lists all
 SHEET_SCENE_IMAGES = 8  # the contact sheet's first row shows at most this many stored scene images
 PLOT = 320
 LEGEND = 48
@@ -30,8 +32,26 @@ PAD = 8
 BG, FG, GREY = (24, 24, 28), (235, 235, 235), (150, 150, 150)
 
 
+def unreadable_samples(manifest: Manifest) -> List[dict]:
+    """Every sample the loader could not use, or with any other damaged member: shard, key, reason.
+
+    Each sample is read by its byte range (CRC checked) and every array member
+    is parsed against the manifest's shape and dtype (:func:`check_sample`).
+    """
+    reader, found = ShardReader(), []
+    try:
+        for ref in manifest.samples():
+            try:
+                check_sample(reader.read(ref.shard, ref.key, ref.offset, ref.length, ref.crc), manifest)
+            except SampleError as exc:
+                found.append({"shard": ref.shard.name, "key": ref.key, "reason": str(exc)})
+    finally:
+        reader.close()
+    return found
+
+
 def summarize(shards, verify: bool = False) -> dict:
-    """Counts, shapes, encoder and shard health (sha256 checked with ``verify``)."""
+    """Counts, shapes, encoder and shard health; with ``verify`` also every shard's sha256 and every sample."""
     manifest = load_manifest(shards)
     data = manifest.data
     shard_rows = []
@@ -47,7 +67,13 @@ def summarize(shards, verify: bool = False) -> dict:
             "bytes": sum(s["bytes"] for s in shard_rows), "encoder": data["encoder"], "frames": data["frames"],
             "latent_frames": data["latent_frames"], "size": data["size"], "scene_images": data["scene_images"],
             "scene_size": data["scene_size"], "fields": fields, "shards": shard_rows,
-            "damaged_shards": sum(s["status"] != "ok" for s in shard_rows)}
+            "damaged_shards": sum(s["status"] != "ok" for s in shard_rows),
+            **({"unreadable_samples": unreadable_samples(manifest)} if verify else {})}
+
+
+def damaged(summary: dict) -> bool:
+    """Anything `data inspect --verify` exits 1 for: a damaged shard or an unreadable sample."""
+    return bool(summary["damaged_shards"] or summary.get("unreadable_samples"))
 
 
 def format_summary(summary: dict) -> str:
@@ -62,6 +88,13 @@ def format_summary(summary: dict) -> str:
     if summary["damaged_shards"]:
         bad = [f"{s['name']} ({s['status']})" for s in summary["shards"] if s["status"] != "ok"]
         lines.append(f"damaged shards: {', '.join(bad)}")
+    if "unreadable_samples" in summary:
+        bad = summary["unreadable_samples"]
+        lines.append(f"unreadable samples: {len(bad)} of {summary['num_samples']}"
+                     + (" (the loader skips them and counts them in data/skipped)" if bad else ""))
+        lines += [f"  {s['shard']}: {s['key']}: {s['reason']}" for s in bad[:SHOWN_BAD_SAMPLES]]
+        if len(bad) > SHOWN_BAD_SAMPLES:
+            lines.append(f"  ... and {len(bad) - SHOWN_BAD_SAMPLES} more (--json lists all)")
     return "\n".join(lines)
 
 
@@ -123,10 +156,11 @@ def contact_sheet(shards, out_png, index: int = 0) -> Path:
     ref = refs[index]
     try:
         fields = ShardReader().read(ref.shard, ref.key, ref.offset, ref.length, ref.crc)
-        scene, cameras, scene_cameras = (npy_field(fields, n) for n in ("scene.npy", "cameras.npy",
-                                                                         "scene_cameras.npy"))
-        video, video_bg, latents = (npy_field(fields, n, optional=True) for n in ("video.npy", "video_bg.npy",
-                                                                                   "latents.npy"))
+        expected = manifest.fields.get
+        scene, cameras, scene_cameras = (npy_field(fields, n, expected=expected(n))
+                                         for n in ("scene.npy", "cameras.npy", "scene_cameras.npy"))
+        video, video_bg, latents = (npy_field(fields, n, optional=True, expected=expected(n))
+                                    for n in ("video.npy", "video_bg.npy", "latents.npy"))
     except SampleError as exc:
         raise CineSceneError(f"sample {ref.key} in {ref.shard.name} is unreadable: {exc}") from None
     prompt = fields.get("prompt.txt", b"").decode("utf-8", "replace").strip()

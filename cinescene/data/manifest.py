@@ -19,20 +19,38 @@ Layout of a shard directory written by `cinescene data prepare`::
 
 Everything is written with sorted keys and no timestamps: the same clips give
 a byte-identical manifest.
+
+Every reader goes through :func:`check_manifest` first: a file that is valid
+JSON but not this structure (a list, a missing ``shards``, a string where a
+count belongs, a shard name that is a path) is one CineSceneError naming the
+file and the first thing wrong, never a KeyError deep in the loader.
 """
 from __future__ import annotations
 
 import json
 import os
+import reprlib
 from dataclasses import dataclass
 from pathlib import Path
-from typing import List, Optional
+from typing import Any, List, Optional
+
+import numpy as np
 
 from cinescene.errors import CineSceneError
 
 FORMAT = "cinescene-shards/1"
 MANIFEST = "manifest.json"
 SUMMARY_KEYS = ("frames", "latent_frames", "size", "scene_images", "scene_size")
+# The arrays the loader reads from every sample, by encoder, with their number of dimensions.
+REQUIRED_FIELDS = {
+    "none": {"video.npy": 4, "scene.npy": 4, "cameras.npy": 3, "intrinsics.npy": 3, "scene_cameras.npy": 3},
+    "wan": {"latents.npy": 4, "text.npy": 2, "scene_latents.npy": 4, "scene.npy": 4, "cameras.npy": 3,
+            "intrinsics.npy": 3, "scene_cameras.npy": 3},
+}
+# A field whose first dimension varies per sample (-1 in the manifest): umT5 tokens of the prompt.
+VARIABLE_LENGTH_FIELDS = ("text.npy",)
+_short = reprlib.Repr()
+_short.maxstring, _short.maxother, _short.maxlist = 40, 40, 4
 
 
 def rank_manifest_name(rank: int, world: int) -> str:
@@ -115,6 +133,112 @@ class Manifest:
         return refs
 
 
+class InvalidManifest(Exception):
+    """A structural problem, named by its place (``shards[3].samples[0]: expected ..., got ...``)."""
+
+
+def expect(condition: bool, where: str, expected: str, value: Any = None) -> None:
+    if not condition:
+        raise InvalidManifest(f"{where}: expected {expected}, got {_short.repr(value)}")
+
+
+def _is_int(value: Any, low: int = 0) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= low
+
+
+def check_field(name: str, desc: Any) -> None:
+    where = f"fields[{name!r}]"
+    expect(isinstance(desc, dict) and {"shape", "dtype", "count"} <= set(desc), where,
+            "an object with shape, dtype and count", desc)
+    shape, dtype = desc["shape"], desc["dtype"]
+    low = -1 if name in VARIABLE_LENGTH_FIELDS else 0
+    expect(isinstance(shape, list) and all(_is_int(d, low) for d in shape[:1])
+           and all(_is_int(d) for d in shape[1:]), f"{where}.shape", "a list of sizes", shape)
+    try:
+        valid_dtype = isinstance(dtype, str) and not np.dtype(dtype).hasobject
+    except TypeError:
+        valid_dtype = False
+    expect(valid_dtype, f"{where}.dtype", "a numpy dtype name such as 'float16'", dtype)
+    expect(_is_int(desc["count"]), f"{where}.count", "a sample count", desc["count"])
+
+
+def check_shard_record(i: int, shard: Any) -> int:
+    where = f"shards[{i}]"
+    keys = ("name", "bytes", "sha256", "num_samples", "samples")
+    expect(isinstance(shard, dict) and set(keys) <= set(shard), where, f"an object with {', '.join(keys)}",
+            shard if not isinstance(shard, dict) else sorted(shard))
+    name = shard["name"]
+    expect(isinstance(name, str) and name == Path(name).name and name not in ("", ".", ".."), f"{where}.name",
+            "a file name in the shard directory (not a path)", name)
+    expect(_is_int(shard["bytes"]), f"{where}.bytes", "a size in bytes", shard["bytes"])
+    expect(isinstance(shard["sha256"], str), f"{where}.sha256", "a hex digest", shard["sha256"])
+    samples = shard["samples"]
+    expect(isinstance(samples, list) and _is_int(shard["num_samples"]) and len(samples) == shard["num_samples"],
+            f"{where}.samples", f"a list of num_samples={_short.repr(shard['num_samples'])} entries",
+            samples if not isinstance(samples, list) else f"{len(samples)} entries")
+    for j, ref in enumerate(samples):
+        expect(isinstance(ref, list) and len(ref) == 4 and isinstance(ref[0], str) and _is_int(ref[1])
+                and _is_int(ref[2], 1) and _is_int(ref[3]) and ref[1] + ref[2] <= shard["bytes"],
+                f"{where}.samples[{j}]", "[key, offset, length, crc32] inside the shard's bytes", ref)
+    return len(samples)
+
+
+def check_manifest(data: Any, merged: bool = True) -> None:
+    """Raise ``InvalidManifest`` naming the first structural problem of a (merged or per-rank) manifest."""
+    expect(isinstance(data, dict), "top level", "a JSON object", type(data).__name__)
+    if merged:
+        expect(data.get("format") == FORMAT, "format", repr(FORMAT), data.get("format"))
+    for key in ("num_samples", "shards", "fields", "encoder") + SUMMARY_KEYS:
+        if key not in data:
+            raise InvalidManifest(f"{key}: missing")
+    expect(_is_int(data["num_samples"], 1 if merged else 0), "num_samples",
+            "a positive sample count" if merged else "a sample count", data["num_samples"])
+    expect(isinstance(data["shards"], list), "shards", "a list of shard records", data["shards"])
+    total = sum(check_shard_record(i, shard) for i, shard in enumerate(data["shards"]))
+    expect(total == data["num_samples"], "num_samples", f"the {total} samples the shards list",
+            data["num_samples"])
+    if not total:  # a prepare rank that got no clips: nothing else is described
+        return
+    encoder = data["encoder"]
+    expect(isinstance(encoder, dict) and encoder.get("name") in REQUIRED_FIELDS, "encoder",
+            f"an object whose name is one of {sorted(REQUIRED_FIELDS)}", encoder)
+    fields = data["fields"]
+    expect(isinstance(fields, dict), "fields", "an object of field descriptions", fields)
+    for name, desc in fields.items():
+        check_field(name, desc)
+    for name, ndim in REQUIRED_FIELDS[encoder["name"]].items():
+        desc = fields.get(name)
+        expect(desc is not None and desc["count"] == total, f"fields[{name!r}]",
+                f"a field every one of the {total} samples holds", desc)
+        expect(len(desc["shape"]) == ndim, f"fields[{name!r}].shape", f"{ndim} dimensions", desc["shape"])
+    for key in ("frames", "latent_frames", "scene_images"):
+        expect(_is_int(data[key], 1), key, "a positive count", data[key])
+    for key in ("size", "scene_size"):
+        expect(isinstance(data[key], list) and len(data[key]) == 2 and all(_is_int(v, 1) for v in data[key]),
+                key, "[height, width]", data[key])
+
+
+def read_manifest_file(path: Path, merged: bool = True) -> dict:
+    """A manifest file's contents after :func:`check_manifest`; any problem is one CineSceneError."""
+    data = read_json_file(path)
+    try:
+        check_manifest(data, merged)
+    except InvalidManifest as exc:
+        raise CineSceneError(f"{path}: not a valid shard manifest: {exc}") from None
+    return data
+
+
+def read_json_file(path: Path) -> Any:
+    """A JSON file's contents; unreadable or invalid JSON is one CineSceneError naming the file."""
+    try:
+        return json.loads(path.read_bytes())
+    except OSError as exc:
+        raise CineSceneError(f"{path}: cannot read ({exc.strerror or exc})") from None
+    except (ValueError, RecursionError) as exc:  # UnicodeDecodeError is a ValueError
+        reason = "nested too deeply" if isinstance(exc, RecursionError) else str(exc).splitlines()[0]
+        raise CineSceneError(f"{path}: not valid JSON ({reason})") from None
+
+
 def load_manifest(root) -> Manifest:
     root = Path(root)
     path = root / MANIFEST
@@ -125,15 +249,7 @@ def load_manifest(root) -> Manifest:
         hint = (f" ({len(partial)} rank manifests present: finish every `data prepare --rank` or run "
                 "`cinescene data prepare --merge`)" if partial else " (run `cinescene data prepare`)")
         raise CineSceneError(f"{root}: no {MANIFEST}{hint}")
-    try:
-        data = json.loads(path.read_text())
-    except ValueError as exc:
-        raise CineSceneError(f"{path}: not valid JSON ({exc})") from None
-    if data.get("format") != FORMAT:
-        raise CineSceneError(f"{path}: unknown format {data.get('format')!r} (expected {FORMAT!r})")
-    if not data.get("num_samples"):
-        raise CineSceneError(f"{path}: the manifest lists no samples")
-    return Manifest(root, data)
+    return Manifest(root, read_manifest_file(path))
 
 
 def merge_rank_manifests(root: Path, world: int) -> dict:
@@ -143,7 +259,7 @@ def merge_rank_manifests(root: Path, world: int) -> dict:
         path = root / rank_manifest_name(rank, world)
         if not path.is_file():
             raise CineSceneError(f"{root}: rank {rank} of {world} has not finished (no {path.name})")
-        parts.append(json.loads(path.read_text()))
+        parts.append(read_manifest_file(path, merged=False))
     described = [p for p in parts if p["num_samples"]]
     if not described:
         raise CineSceneError(f"{root}: no rank wrote any sample")

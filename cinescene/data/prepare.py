@@ -32,7 +32,8 @@ from cinescene.log import get_logger, progress
 
 from .clips import Clip, list_clips, read_clip
 from .encoders import TEMPORAL_STRIDE, make_encoder, wan_model_dirs
-from .manifest import MANIFEST, SUMMARY_KEYS, merge_rank_manifests, rank_manifest_name, write_json_atomic
+from .manifest import (MANIFEST, SUMMARY_KEYS, InvalidManifest, check_field, check_shard_record, expect,
+                       merge_rank_manifests, rank_manifest_name, read_json_file, write_json_atomic)
 from .shards import BLOCK, ShardWriter, file_sha256, npy_bytes
 
 SETTINGS = "prepare.json"
@@ -99,10 +100,11 @@ class _RankState:
         self.done_clips: set = set()
         k = 0
         while (marker := out / f"{self.shard_name(k)}.done.json").is_file():
-            record = json.loads(marker.read_text())
-            shard = out / record["name"]
-            if not shard.is_file() or file_sha256(shard) != record["sha256"]:
-                log.warning("%s does not match its done marker; re-encoding from it", record["name"])
+            problem, record = _read_done_marker(marker, self.shard_name(k))
+            if problem is None and file_sha256(out / record["name"]) != record["sha256"]:
+                problem = "the shard does not match its checksum"
+            if problem is not None:
+                log.warning("%s: %s; re-encoding from it", marker.name, problem)
                 self._discard_from(k)
                 break
             self.records.append(record)
@@ -117,6 +119,32 @@ class _RankState:
             (self.out / f"{self.shard_name(k)}.done.json").unlink(missing_ok=True)
             (self.out / self.shard_name(k)).unlink(missing_ok=True)
             k += 1
+
+
+def _read_done_marker(marker: Path, shard_name: str) -> Tuple[Optional[str], Optional[dict]]:
+    """(None, record) for a sound done marker of ``shard_name``, else (what is wrong, None).
+
+    A marker is our own bookkeeping: a damaged one only means its shard is encoded again.
+    """
+    try:
+        record = read_json_file(marker)
+        expect(isinstance(record, dict) and record.get("name") == shard_name, "name", repr(shard_name),
+                record.get("name") if isinstance(record, dict) else record)
+        check_shard_record(0, record)
+        expect(isinstance(record.get("clips"), list) and len(record["clips"]) == record["num_samples"]
+                and all(isinstance(c, str) for c in record["clips"]), "clips", "one clip name per sample",
+                record.get("clips"))
+        expect(isinstance(record.get("encoder"), dict), "encoder", "an object", record.get("encoder"))
+        expect(isinstance(record.get("summary"), dict) and set(SUMMARY_KEYS) <= set(record["summary"]),
+                "summary", f"an object with {', '.join(SUMMARY_KEYS)}", record.get("summary"))
+        expect(isinstance(record.get("fields"), dict), "fields", "an object", record.get("fields"))
+        for name, desc in record["fields"].items():
+            check_field(name, desc)
+    except (CineSceneError, InvalidManifest) as exc:
+        return str(exc).replace(f"{marker}: ", ""), None
+    if not (marker.parent / shard_name).is_file():
+        return "its shard is missing", None
+    return None, record
 
 
 def _describe(arrays: Dict[str, np.ndarray]) -> dict:
@@ -259,13 +287,22 @@ def _write_shards(out: Path, state: _RankState, todo: List[Path], enc, frames, s
 def _check_settings(out: Path, settings: dict) -> None:
     path = out / SETTINGS
     if path.is_file():
-        previous = json.loads(path.read_text())
+        previous = _read_settings(path)
         if previous != settings:
             diff = {k: (previous.get(k), v) for k, v in settings.items() if previous.get(k) != v}
             raise CineSceneError(f"{out} was prepared with other settings {diff} (old, new); use another --out "
                                  "or the same options")
     else:
         write_json_atomic(path, settings, compact=False)
+
+
+def _read_settings(path: Path) -> dict:
+    """``prepare.json``: the settings every rank of a shard directory agreed on."""
+    settings = read_json_file(path)
+    if not (isinstance(settings, dict) and isinstance(settings.get("world"), int) and settings["world"] >= 1):
+        raise CineSceneError(f"{path}: not the settings file `cinescene data prepare` writes (expected an object "
+                             "with the world size and encoder); remove it, or the whole directory, to start over")
+    return settings
 
 
 def merge_if_complete(out: Path, world: int) -> Optional[Path]:
@@ -285,6 +322,6 @@ def merge(out) -> Path:
     path = out / SETTINGS
     if not path.is_file():
         raise CineSceneError(f"{out}: no {SETTINGS}; was `cinescene data prepare` run into it?")
-    world = int(json.loads(path.read_text())["world"])
+    world = _read_settings(path)["world"]
     merge_rank_manifests(out, world)
     return out / MANIFEST

@@ -42,6 +42,7 @@ class SampleDecoder:
     def __init__(self, manifest: Manifest, scene_images: int, pixel_pool: int, dims: LoaderDims, seed: int,
                  shuffle_scene_images: bool, scene_images_min: Optional[int] = None):
         self.encoder = manifest.encoder
+        self.fields = manifest.fields  # every array is checked against its shape and dtype when read
         self.pool = pixel_pool
         self.dims = dims
         self.seed = seed
@@ -75,32 +76,34 @@ class SampleDecoder:
             return scene_count(self.seed, position, self.scene_images_min, self.scene_images)
         return self.scene_images
 
+    def _array(self, fields: Dict[str, bytes], name: str) -> np.ndarray:
+        return npy_field(fields, name, expected=self.fields[name])
+
     def decode(self, fields: Dict[str, bytes], key: str, position: int, training: bool) -> dict:
-        try:
-            prompt = fields["prompt.txt"].decode("utf-8").strip()
-        except (KeyError, UnicodeDecodeError):
-            raise SampleError("missing or undecodable prompt.txt") from None
-        scene = npy_field(fields, "scene.npy")
+        """The training sample; SampleError when any member it needs is missing, malformed, of another
+        shape or dtype than the manifest says, or not finite."""
+        prompt = read_prompt(fields)
+        scene = self._array(fields, "scene.npy")
         if training and self.shuffle:
             pick = scene_permutation(self.seed, position, len(scene))[: self.scene_images]
         else:
             pick = np.arange(self.scene_images)
         if self.encoder == "none":
-            video = video_proxy(npy_field(fields, "video.npy"), self.pool)
+            video = video_proxy(self._array(fields, "video.npy"), self.pool)
             scene_latents = pool(scene[pick], self.pool)
             text = hashed_text(prompt, self.dims.text_dim, self.dims.text_len)
         else:
-            video = npy_field(fields, "latents.npy").astype(np.float32)
-            scene_latents = npy_field(fields, "scene_latents.npy")[pick].astype(np.float32)
-            text = pad_text(npy_field(fields, "text.npy").astype(np.float32), self.dims.text_len)
+            video = self._array(fields, "latents.npy").astype(np.float32)
+            scene_latents = self._array(fields, "scene_latents.npy")[pick].astype(np.float32)
+            text = pad_text(self._array(fields, "text.npy").astype(np.float32), self.dims.text_len)
         sample = {
             "video": video,
             "text": text,
             "scene_images": np.moveaxis(scene[pick], -1, 1).astype(np.float32) / 255.0,
             "scene_latents": scene_latents,
-            "cameras": npy_field(fields, "cameras.npy").astype(np.float32),
-            "intrinsics": npy_field(fields, "intrinsics.npy").astype(np.float32),
-            "scene_cameras": npy_field(fields, "scene_cameras.npy")[pick].astype(np.float32),
+            "cameras": self._array(fields, "cameras.npy").astype(np.float32),
+            "intrinsics": self._array(fields, "intrinsics.npy").astype(np.float32),
+            "scene_cameras": self._array(fields, "scene_cameras.npy")[pick].astype(np.float32),
             "prompt": prompt,
             "key": key,
         }
@@ -108,9 +111,28 @@ class SampleDecoder:
         for name in PER_IMAGE_KEYS:  # fixed length S so batches stack; the model never attends the padding
             sample[name][count:] = 0
         sample["scene_count"] = count
-        if not all(np.isfinite(sample[k]).all() for k in ("video", "text", "cameras")):
-            raise SampleError("non-finite values")
+        bad = [k for k in TENSOR_KEYS if not np.isfinite(sample[k]).all()]
+        if bad:
+            raise SampleError(f"non-finite values in {', '.join(bad)}")
         return sample
+
+
+def read_prompt(fields: Dict[str, bytes]) -> str:
+    try:
+        return fields["prompt.txt"].decode("utf-8").strip()
+    except (KeyError, UnicodeDecodeError):
+        raise SampleError("missing or undecodable prompt.txt") from None
+
+
+def check_sample(fields: Dict[str, bytes], manifest: Manifest) -> None:
+    """Raise SampleError unless every array member the manifest describes (optional ones when present)
+    parses with the manifest's shape and dtype and holds finite numbers, and the prompt is UTF-8 text.
+    What `data inspect --verify` checks per sample: everything the loader reads, and the rest."""
+    read_prompt(fields)
+    for name, desc in sorted(manifest.fields.items()):
+        array = npy_field(fields, name, optional=desc["count"] < manifest.num_samples, expected=desc)
+        if array is not None and array.dtype.kind in "fc" and not np.isfinite(array).all():
+            raise SampleError(f"non-finite values in {name}")
 
 
 def collate(samples: List[dict]) -> dict:

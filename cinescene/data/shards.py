@@ -33,19 +33,55 @@ def npy_bytes(array: np.ndarray) -> bytes:
     return buffer.getvalue()
 
 
-def npy_field(fields: Dict[str, bytes], name: str, optional: bool = False) -> Optional[np.ndarray]:
-    """The array a sample stores as ``name`` (see :func:`npy_bytes`); None for an absent optional field.
+def _describe_array(dtype: np.dtype, shape) -> str:
+    return f"{dtype.name} {tuple(shape)}"
 
-    A missing required field or undecodable bytes raise SampleError.
+
+def npy_array(data: bytes, name: str, expected: Optional[dict] = None) -> np.ndarray:
+    """Strictly parse one ``.npy`` member: the format's header and raw data, nothing else.
+
+    ``np.load`` would take a zip for an ``.npz`` (a member starting with ``PK``)
+    and fail on an empty one with EOFError; here every malformed member is a
+    SampleError. ``expected`` (the manifest's ``{"shape", "dtype"}``, -1 for a
+    variable first dimension) is checked from the header, before any data is
+    touched, so a wrong-shaped array never reaches a batch.
     """
+    buffer = io.BytesIO(data)
+    try:
+        version = np.lib.format.read_magic(buffer)
+        if version not in ((1, 0), (2, 0)):
+            raise ValueError(f"unsupported .npy version {version}")
+        read_header = np.lib.format.read_array_header_1_0 if version == (1, 0) else \
+            np.lib.format.read_array_header_2_0
+        shape, fortran_order, dtype = read_header(buffer)
+    except Exception as exc:  # untrusted bytes: any failure of the header parser means "not an array"
+        what = "empty" if not data else f"not a .npy array ({type(exc).__name__}: {str(exc).splitlines()[0][:80]})"
+        raise SampleError(f"{name} is {what}") from None
+    if dtype.hasobject:
+        raise SampleError(f"{name} holds Python objects ({dtype}), not numbers")
+    if expected is not None:
+        want = list(expected["shape"])
+        if (np.dtype(expected["dtype"]) != dtype or len(want) != len(shape)
+                or any(w not in (-1, s) for w, s in zip(want, shape))):
+            raise SampleError(f"{name} is {_describe_array(dtype, shape)}, the manifest says "
+                              f"{_describe_array(np.dtype(expected['dtype']), want)}")
+    count = int(np.prod(shape, dtype=np.int64))
+    if len(data) - buffer.tell() != count * dtype.itemsize:
+        raise SampleError(f"{name} holds {len(data) - buffer.tell()} data bytes, its header "
+                          f"({_describe_array(dtype, shape)}) needs {count * dtype.itemsize}")
+    array = np.frombuffer(data, dtype=dtype, count=count, offset=buffer.tell())
+    return array.reshape(shape, order="F" if fortran_order else "C").copy()
+
+
+def npy_field(fields: Dict[str, bytes], name: str, optional: bool = False,
+              expected: Optional[dict] = None) -> Optional[np.ndarray]:
+    """The array a sample stores as ``name`` (see :func:`npy_bytes`, :func:`npy_array`); None for an absent
+    optional field. A missing required field or a malformed one raises SampleError."""
     if name not in fields:
         if optional:
             return None
         raise SampleError(f"missing field {name}")
-    try:
-        return np.load(io.BytesIO(fields[name]), allow_pickle=False)
-    except ValueError as exc:
-        raise SampleError(f"undecodable {name} ({exc})") from None
+    return npy_array(fields[name], name, expected)
 
 
 class ShardWriter:

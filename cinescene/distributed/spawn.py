@@ -6,6 +6,23 @@ process group, so a terminal's Ctrl-C or a ``kill -- -PGID`` reaches them
 all. A signal sent to the parent alone (``kill -USR1 <pid>``) is forwarded to
 every child: the trainer treats SIGUSR1/SIGTERM as a preemption request.
 
+Two guarantees for every rank started here:
+
+- *No rank outlives its launcher.* Each child calls :func:`die_with_launcher`
+  early (``cinescene`` does it first thing): ``PR_SET_PDEATHSIG`` makes the
+  kernel SIGKILL it when the launcher dies, even by SIGKILL (elsewhere than
+  Linux, a thread watches the parent). Ranks of torchrun, deepspeed or srun
+  are not ours and are left alone: the variable that asks for it is set only here.
+- *A forwarded signal is never lost and never kills a starting rank.* The
+  relay is installed before the first child starts, and a preemption signal
+  that arrived while they were being started (or earlier, recorded by
+  :mod:`cinescene.distributed.startup_signals`) is sent to every child once all
+  exist. The children start with the forwarded signals blocked (the launcher
+  blocks them while it starts them, and the mask is inherited), so a signal
+  reaching a child before its handler exists waits instead of killing it. A rank
+  unblocks them once its own handler is installed (``startup_signals`` does),
+  so a program run through this spawner must do the same.
+
 Exit status: 0 when every rank finished; the preemption status when every
 rank left through a preemption save; otherwise the first failing rank's
 status (128 + N for a rank killed by signal N), after the remaining ranks
@@ -13,21 +30,60 @@ are stopped (they would otherwise wait in a collective until the timeout).
 """
 from __future__ import annotations
 
+import ctypes
 import os
 import signal
 import subprocess
+import sys
+import threading
 import time
 from typing import Dict, List, Optional, Sequence
 
 from cinescene.log import get_logger
 
+from . import startup_signals
 from .env import SPAWNER_MARK, free_port, standalone
+from .startup_signals import signal_numbers
 
 _log = get_logger("launch")
 
 POLL_S = 0.2
 # After one rank fails, the others get SIGTERM and this long to leave before SIGKILL.
 STOP_GRACE_S = 5.0
+
+
+# Set in each child: the launcher's pid, which the child must not outlive.
+LAUNCHER_PID = "CINESCENE_LAUNCHER_PID"
+PR_SET_PDEATHSIG = 1  # <linux/prctl.h>
+PARENT_POLL_S = 1.0
+
+
+def _kernel_kills_orphan() -> bool:
+    """Ask Linux to SIGKILL this process when its parent dies; False where that is not available."""
+    if not sys.platform.startswith("linux"):
+        return False
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        return libc.prctl(PR_SET_PDEATHSIG, int(signal.SIGKILL), 0, 0, 0) == 0
+    except (OSError, AttributeError):
+        return False
+
+
+def die_with_launcher() -> None:
+    """In a rank this spawner started: end with the launcher. A no-op anywhere else (and when called again)."""
+    pid = os.environ.pop(LAUNCHER_PID, None)  # popped: the rank's own children are not ranks
+    if pid is None or not pid.isdigit():
+        return
+    launcher = int(pid)
+    if not _kernel_kills_orphan():
+        def watch() -> None:
+            while os.getppid() == launcher:
+                time.sleep(PARENT_POLL_S)
+            os.kill(os.getpid(), signal.SIGKILL)
+
+        threading.Thread(target=watch, name="launcher-watch", daemon=True).start()
+    if os.getppid() != launcher:  # the launcher died before we asked
+        os.kill(os.getpid(), signal.SIGKILL)
 
 
 def _status(code: int) -> int:
@@ -43,38 +99,58 @@ def cpu_threads_per_rank(nproc: int) -> int:
 
 
 def spawn_local_ranks(argv: Sequence[str], nproc: int, *, forward: Sequence[str] = ("SIGUSR1", "SIGTERM"),
-                      success_codes: Sequence[int] = (), extra_env: Optional[Dict[str, str]] = None) -> int:
+                      success_codes: Sequence[int] = (), extra_env: Optional[Dict[str, str]] = None,
+                      keep_fds: Sequence[int] = ()) -> int:
     """Run ``argv`` as ranks 0..nproc-1 of one job on this machine and wait for all of them.
 
     ``success_codes``: statuses besides 0 that end a rank on purpose (the
-    preemption status); they do not stop the other ranks.
+    preemption status); they do not stop the other ranks. ``keep_fds``: open
+    descriptors the ranks inherit (the run directory's lock).
     """
+    forwarded = signal_numbers(forward)
     port = free_port()
     children: List[subprocess.Popen] = []
-    for rank in range(nproc):
-        env = dict(os.environ)
-        env.update(extra_env or {})
-        env.update(standalone(nproc, rank, port).as_environ(), **{SPAWNER_MARK: "1"})
-        # torchrun's habit: without it every rank starts one thread per core and they thrash.
-        env.setdefault("OMP_NUM_THREADS", str(cpu_threads_per_rank(nproc)))
-        children.append(subprocess.Popen(list(argv), env=env))
-    _log.info("started %d local ranks (pids %s), master port %d", nproc, [c.pid for c in children], port)
+    relayed: List[int] = []
 
     def relay(signum, _frame):
-        for child in children:
-            if child.poll() is None:
-                try:
-                    child.send_signal(signum)
-                except ProcessLookupError:
-                    pass
+        relayed.append(signum)
+        _send(children, signum)
 
-    names = list(forward) + ["SIGINT"]
-    previous = {name: signal.signal(getattr(signal, name), relay) for name in names}
+    previous = {number: signal.signal(number, relay) for number in forwarded + [signal.SIGINT]}
     try:
+        # Blocked in this thread while the children start: they inherit the mask, so a signal reaching one
+        # of them before its handler exists waits instead of killing it.
+        signal.pthread_sigmask(signal.SIG_BLOCK, forwarded)
+        try:
+            for rank in range(nproc):
+                env = dict(os.environ)
+                env.update(extra_env or {})
+                env.update(standalone(nproc, rank, port).as_environ(),
+                           **{SPAWNER_MARK: "1", LAUNCHER_PID: str(os.getpid())})
+                # torchrun's habit: without it every rank starts one thread per core and they thrash.
+                env.setdefault("OMP_NUM_THREADS", str(cpu_threads_per_rank(nproc)))
+                children.append(subprocess.Popen(list(argv), env=env, pass_fds=tuple(keep_fds)))
+        finally:
+            signal.pthread_sigmask(signal.SIG_UNBLOCK, forwarded)
+        _log.info("started %d local ranks (pids %s), master port %d", nproc, [c.pid for c in children], port)
+        # A preemption signal that came while the ranks were being started (the caller's early handler, or
+        # the relay before every child existed) goes to all of them now; a repeat is harmless.
+        for signum in dict.fromkeys(signal_numbers(startup_signals.received()) + relayed):
+            if signum in forwarded:
+                _send(children, signum)
         return _wait(children, set(success_codes))
     finally:
-        for name, handler in previous.items():
-            signal.signal(getattr(signal, name), handler)
+        for number, handler in previous.items():
+            signal.signal(number, handler)
+
+
+def _send(children: List[subprocess.Popen], signum: int) -> None:
+    for child in children:
+        if child.poll() is None:
+            try:
+                child.send_signal(signum)
+            except ProcessLookupError:
+                pass
 
 
 def _wait(children: List[subprocess.Popen], success_codes: set) -> int:

@@ -194,7 +194,7 @@ def _start(cfg: CineSceneConfig, config_path: str, overrides: Sequence[str], sig
         raise CineSceneError(f"job {label} was restarted {restart} {'time' if restart == 1 else 'times'} and "
                              f"launch.max_restarts is {cfg.launch.max_restarts}: giving up; {cfg.run.dir} keeps "
                              "its latest checkpoint, resubmit to continue from it")
-    from cinescene.train.tracking import scrub
+    from cinescene.secrets import scrub
 
     cmd = srun_command(config_path, overrides)
     record = start_record(argv=cmd, nodes=nodes, config=scrub(OmegaConf.to_container(OmegaConf.structured(cfg))))

@@ -19,8 +19,10 @@ import torch.distributed as dist
 from omegaconf import OmegaConf
 
 from cinescene.config.schema import CineSceneConfig
+from cinescene.distributed import startup_signals
 from cinescene.distributed.env import DistEnv
 from cinescene.distributed.groups import build_layout, destroy_process_group, init_process_group
+from cinescene.distributed.spawn import die_with_launcher
 from cinescene.log import get_logger, setup_logging
 from cinescene.slurm.environment import restart_count
 
@@ -87,7 +89,9 @@ def _build_callbacks(cfg: CineSceneConfig, env: DistEnv, engine, tracker: Tracke
 def run_rank(cfg: CineSceneConfig, env: DistEnv, components: Optional[Components] = None) -> int:
     """Train as rank ``env.rank`` of ``env.world_size``; returns the exit status (0, or the preemption one)."""
     components = components or default_components()
+    die_with_launcher()  # a rank our spawner started ends with it (cinescene's CLI did this already)
     flag = PreemptionFlag(cfg.launch.preempt_signals).install()
+    startup_signals.hand_over(flag)  # a signal since start-up is a preemption request too
     run_dir = Path(cfg.run.dir)
     setup_logging(cfg.run.log_level, run_dir, env.rank)
     install_secret_filter()
@@ -162,6 +166,14 @@ def run_rank(cfg: CineSceneConfig, env: DistEnv, components: Optional[Components
                           checkpoints=checkpoints, callbacks=callbacks, state=state, config_yaml=config_yaml,
                           trainer_state_extra=lambda: {"wandb_run_id": tracker.run_id, "params": shapes,
                                                        "trainable": trainable, "run_name": cfg.run.name})
+        if flag.agreed(engine.device):  # signalled during start-up: stop before the first step, save nothing new
+            if layout.is_main:
+                _log.warning("preemption requested (%s) before step %d: nothing new saved, %s; exiting with status "
+                             "%d", flag.signal_name or "signal on another rank", state.step + 1,
+                             f"{resume_path} stands" if resume_path else "no checkpoint yet",
+                             cfg.launch.preempt_exit_code)
+            exit_code = cfg.launch.preempt_exit_code
+            return exit_code
         _log.info("training steps %d..%d of %d (%s)", state.step + 1, cfg.train.max_steps, cfg.train.max_steps,
                   f"resumed from {resume_path}" if resume_path else "fresh start")
         exit_code = trainer.fit()

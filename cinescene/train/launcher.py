@@ -6,52 +6,121 @@ Under ``torchrun`` / ``deepspeed`` / our own spawner (``RANK`` set) and under
 command as local ranks on a free port and returns their combined status; with
 one rank it trains in-process. The config was validated before any of this.
 
+Around that, in this order, before anything slow is imported:
+
+- preemption signals are narrowed to ``launch.preempt_signals`` (they have
+  been recorded since argument parsing: :mod:`cinescene.distributed.startup_signals`);
+- the run directory is locked (:mod:`.run_lock`): by this process when it is
+  the standalone launcher (its ranks inherit the lock), by rank 0 under
+  torchrun / deepspeed / srun; a second run on the same directory fails here;
+- a standalone launcher signalled before it started its ranks starts none;
+- each rank sends library output to ``<run.dir>/logs/rank<R>.log``, keeping
+  the console for our log lines (unless ``--verbose`` / ``run.log_level=DEBUG``),
+  and clears the build locks of torch extensions that killed processes left
+  (:mod:`.build_locks`) before DeepSpeed loads its ops.
+
 Exit status: 0 done; ``launch.preempt_exit_code`` (124) after a preemption
-save, the status a SLURM launcher requeues on; 1 for errors.
+save (or a preemption before the first step: nothing new saved), the status a
+SLURM launcher requeues on; 1 for errors; 2 for a bad config or usage.
 """
 from __future__ import annotations
 
-import signal
+import glob
+import os
 import sys
+from pathlib import Path
 from typing import Optional, Sequence
 
+from cinescene.config.base import ConfigError
 from cinescene.config.schema import CineSceneConfig
-from cinescene.distributed.env import detect, standalone
-from cinescene.log import get_logger, setup_logging
+from cinescene.distributed import startup_signals
+from cinescene.distributed.env import DistEnv, detect, standalone
+from cinescene.log import get_logger, send_output_to, setup_logging, verbose
 
 from cinescene.data.ensure import check_dataset
 
 from .batching import plan_batch
+from .build_locks import clear_stale_build_locks
 from .preflight import check_initial_weights
+from .run_lock import hold_run_dir
 
 _log = get_logger("launch")
 
 
-def launch(cfg: CineSceneConfig, *, config_path: str, overrides: Sequence[str], nproc: Optional[int] = None) -> int:
-    check_initial_weights(cfg.model)   # every rank under torchrun/srun; before spawning otherwise
-    env = detect()
-    if env is None:
-        nproc = nproc or cfg.launch.nproc
-        # Batch arithmetic needs the world size: check it here, before any rank starts,
-        # together with the data (each rank checks again, for torchrun/srun launches).
-        plan_batch(cfg.train, nproc, cfg.parallel.sequence)
-        check_dataset(cfg.data)
-        if nproc > 1:
-            from cinescene.distributed.spawn import spawn_local_ranks
+def _visible_gpus() -> int:
+    """GPUs this process may use, without importing torch: CUDA_VISIBLE_DEVICES, else the NVIDIA device nodes."""
+    visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+    if visible is not None:
+        entries = [v for v in visible.split(",") if v.strip()]
+        return 0 if not entries or entries[0].strip() == "-1" else len(entries)
+    return len(glob.glob("/dev/nvidia[0-9]*"))
 
-            setup_logging(cfg.run.log_level)
-            argv = [sys.executable, "-m", "cinescene", "train", str(config_path), *overrides]
-            return spawn_local_ranks(argv, nproc, forward=cfg.launch.preempt_signals,
-                                     success_codes=[cfg.launch.preempt_exit_code])
-        env = standalone(1)
-    elif env.launcher == "srun":
+
+def check_local_ranks(nproc: int, backend: str, key: str) -> None:
+    """Local ranks need a CPU core each, and a GPU each when they talk over NCCL."""
+    try:
+        cores = len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        cores = os.cpu_count() or 1
+    if nproc > cores:
+        raise ConfigError(key, f"expected at most {cores} local ranks, got {nproc}: this machine lets the run use "
+                               f"{cores} CPU cores and every rank needs one (use torchrun or srun across machines)")
+    gpus = _visible_gpus()
+    if gpus and backend != "gloo" and nproc > gpus:
+        raise ConfigError(key, f"expected at most {gpus} local ranks, got {nproc}: {gpus} GPUs are visible and "
+                               "every NCCL rank needs its own")
+
+
+def _preempted_before_start(cfg: CineSceneConfig, name: str) -> int:
+    _log.warning("preemption requested (%s) before any rank started: nothing new saved, the run directory's "
+                 "last checkpoint stands; exiting with status %d", name, cfg.launch.preempt_exit_code)
+    return cfg.launch.preempt_exit_code
+
+
+def _run_this_rank(cfg: CineSceneConfig, env: DistEnv) -> int:
+    if env.rank == 0 and env.launcher != "standalone":
+        hold_run_dir(cfg.run.dir)  # torchrun / deepspeed / srun: rank 0 holds the run directory
+    if not verbose(cfg.run.log_level):
+        send_output_to(Path(cfg.run.dir) / "logs" / f"rank{env.rank}.log")
+    setup_logging(cfg.run.log_level, cfg.run.dir, env.rank)
+    clear_stale_build_locks()  # a rank killed while DeepSpeed loaded its ops would hang every later start
+    if env.launcher == "srun":
         from cinescene.slurm.environment import bind_gloo_towards_master
 
         bind_gloo_towards_master(env.master_addr)  # nodes must reach each other, not their loopback
-    from .entry import run_rank
+    from .entry import run_rank  # torch and DeepSpeed from here on: their chatter goes to the file
 
-    # A rank never dies of a preemption signal: while it trains the flag takes them, and once it has
-    # saved and is leaving they are ignored -- srun (--kill-on-bad-exit) and SLURM keep sending them.
-    for name in cfg.launch.preempt_signals:
-        signal.signal(getattr(signal, name), signal.SIG_IGN)
+    # A rank never dies of a preemption signal: startup_signals records them until the trainer's flag
+    # takes them, and records them again once the rank has saved and is leaving (the flag restores
+    # that handler) -- srun (--kill-on-bad-exit) and SLURM keep sending them.
+
     return run_rank(cfg, env)
+
+
+def launch(cfg: CineSceneConfig, *, config_path: str, overrides: Sequence[str], nproc: Optional[int] = None) -> int:
+    startup_signals.configure(cfg.launch.preempt_signals)
+    check_initial_weights(cfg.model)   # every rank under torchrun/srun; before spawning otherwise
+    env = detect()
+    if env is not None:
+        return _run_this_rank(cfg, env)
+    key = "launch.nproc" if nproc is None else "--nproc"
+    nproc = nproc or cfg.launch.nproc
+    # Batch arithmetic needs the world size: check it here, before any rank starts,
+    # together with the data (each rank checks again, for torchrun/srun launches).
+    check_local_ranks(nproc, cfg.parallel.backend, key)
+    plan_batch(cfg.train, nproc, cfg.parallel.sequence)
+    check_dataset(cfg.data)
+    lock = hold_run_dir(cfg.run.dir)
+    # A preemption signal so far means no rank starts at all; a later one reaches the ranks (the spawner
+    # forwards what arrives while it starts them) or this process's trainer (run_rank takes it over).
+    if startup_signals.requested():
+        setup_logging(cfg.run.log_level)
+        return _preempted_before_start(cfg, startup_signals.requested())
+    if nproc == 1:
+        return _run_this_rank(cfg, standalone(1))
+    from cinescene.distributed.spawn import spawn_local_ranks
+
+    setup_logging(cfg.run.log_level)
+    argv = [sys.executable, "-m", "cinescene", "train", str(config_path), *overrides]
+    return spawn_local_ranks(argv, nproc, forward=cfg.launch.preempt_signals,
+                             success_codes=[cfg.launch.preempt_exit_code], keep_fds=[lock.fd])

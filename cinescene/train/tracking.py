@@ -11,10 +11,9 @@ W&B: the real library, ``tracking.wandb.mode`` (offline by default, files in
 and a resumed job re-opens the same run (``resume="allow"``). Steps are
 logged with ``step=`` = the optimizer step, so both outputs share one axis.
 
-Secrets: config entries whose key mentions key/token/secret/password are
-replaced by ``***`` before the config goes to W&B or to disk, and the values
-of such environment variables (``WANDB_API_KEY`` ...) are masked wherever they
-appear in config strings and in our log lines.
+Secrets (:mod:`cinescene.secrets`): masked by value, never by key name, in
+everything that goes out: the config and every other ``wandb.init``
+argument (notes, tags, names), and our log lines.
 """
 from __future__ import annotations
 
@@ -22,7 +21,6 @@ import json
 import logging
 import math
 import os
-import re
 import secrets
 import string
 from pathlib import Path
@@ -30,43 +28,11 @@ from typing import Any, Dict, List, Mapping, Optional
 
 from cinescene.config.tracking import TrackingConfig
 from cinescene.log import ROOT, get_logger
+from cinescene.secrets import mask_text, scrub, secret_values
 
 from .callbacks import Callback, StepResult, TrainState
 
 _log = get_logger("train.tracking")
-
-SECRET_KEY = re.compile(r"key|token|secret|password", re.IGNORECASE)
-MASK = "***"
-# Environment values shorter than this are not treated as secrets (too likely to match by chance).
-MIN_SECRET_LEN = 6
-
-
-def secret_values(environ: Optional[Mapping[str, str]] = None) -> List[str]:
-    """Values of environment variables whose names look secret (WANDB_API_KEY, HF_TOKEN, ...)."""
-    environ = os.environ if environ is None else environ
-    return sorted({v for k, v in environ.items() if SECRET_KEY.search(k) and len(v) >= MIN_SECRET_LEN},
-                  key=len, reverse=True)
-
-
-def mask_text(text: str, secrets: List[str]) -> str:
-    for value in secrets:
-        text = text.replace(value, MASK)
-    return text
-
-
-def scrub(obj: Any, secrets: Optional[List[str]] = None) -> Any:
-    """A copy of a config tree (dicts/lists/scalars) without secrets."""
-    secrets = secret_values() if secrets is None else secrets
-    if isinstance(obj, Mapping):
-        # Only strings can hold a secret: `num_register_tokens: 4` or `vggt_tokens: true` stay as they are.
-        return {k: (MASK if SECRET_KEY.search(str(k)) and isinstance(v, str) and v != "" else scrub(v, secrets))
-                for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [scrub(v, secrets) for v in obj]
-    if isinstance(obj, str):
-        return mask_text(obj, secrets)
-    return obj
-
 
 class SecretFilter(logging.Filter):
     """Masks secret environment values in log records (message and arguments)."""
@@ -144,7 +110,7 @@ class Tracker:
                 _log.info("metrics.jsonl: dropped %d lines past the resumed step %d", dropped, resume_step)
             self._jsonl = open(self.jsonl_path, "a", buffering=1)
         if cfg.wandb.mode != "disabled":
-            self._start_wandb(run_name, scrub(dict(config)))
+            self._start_wandb(run_name, dict(config))
             if run_id is not None and resume_step > 0:
                 self._backfill_wandb(resume_step)
 
@@ -153,9 +119,11 @@ class Tracker:
 
         w = self.cfg.wandb
         self.run_id = self.run_id or new_run_id()
-        self._wandb_run = wandb.init(project=w.project, entity=w.entity, group=w.group, name=w.name or run_name,
-                                     tags=list(w.tags) or None, notes=w.notes, mode=w.mode, dir=str(self.run_dir),
-                                     id=self.run_id, resume="allow", config=config,
+        hidden = secret_values(config=config)
+        # Every argument that ends up in the run's files is masked, not only the config.
+        shown = scrub({"project": w.project, "entity": w.entity, "group": w.group, "name": w.name or run_name,
+                       "tags": list(w.tags) or None, "notes": w.notes, "config": config}, hidden)
+        self._wandb_run = wandb.init(**shown, mode=w.mode, dir=str(self.run_dir), id=self.run_id, resume="allow",
                                      settings=wandb.Settings(silent=True))
         _log.info("W&B run %s (%s) in %s", self.run_id, w.mode, self.run_dir / "wandb")
 

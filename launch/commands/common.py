@@ -21,16 +21,19 @@ def add_config_args(parser: argparse.ArgumentParser, required: bool = True) -> N
 def with_config(handler: Callable[[argparse.Namespace, Any], int]) -> Callable[[argparse.Namespace], int]:
     """A subcommand handler ``handler(args, cfg)`` that gets the validated, typed config.
 
-    With --print-config the resolved config is printed and the handler is not called (exit 0).
+    With --print-config the resolved config is printed, secrets masked, and the handler is not called (exit 0).
     """
 
     @functools.wraps(handler)
     def run(args: argparse.Namespace) -> int:
+        from omegaconf import OmegaConf
+
         from cinescene.config import load_config, to_yaml
+        from cinescene.secrets import scrub
 
         cfg, raw = load_config(args.config, args.overrides)
         if getattr(args, "print_config", False):
-            sys.stdout.write(to_yaml(raw))
+            sys.stdout.write(to_yaml(OmegaConf.create(scrub(OmegaConf.to_container(raw)))))
             return 0
         return handler(args, cfg)
 

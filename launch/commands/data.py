@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from pathlib import Path
 
 
 def _logging():
@@ -42,25 +43,31 @@ def _convert(args: argparse.Namespace) -> int:
 
 
 def _prepare(args: argparse.Namespace) -> int:
-    _logging()
     from cinescene.data import prepare as prep
+    from cinescene.log import console_out, send_output_to, verbose
 
     if args.merge:
+        _logging()
         print(f"merged: {prep.merge(args.out)}")
         return 0
     if not args.src or not args.encoder:
         from cinescene.config import ConfigError
 
         raise ConfigError("--src" if not args.src else "--encoder", "required (unless --merge)")
+    rank, world = prep.resolve_rank(args.rank, args.world)
+    if not verbose():  # the encoders' libraries talk (weights loading, missing accelerate): to this rank's log
+        send_output_to(Path(args.out) / "logs" / f"prepare-rank{rank}.log")
+    _logging()
     manifest = prep.prepare(args.src, args.out, args.encoder, args.vae, args.text_encoder, args.tokenizer,
-                            args.rank, args.world, args.shard_size_mb, args.frames, args.size, args.dtype,
+                            rank, world, args.shard_size_mb, args.frames, args.size, args.dtype,
                             args.device, keep_pixels=args.keep_pixels)
-    print(f"manifest: {manifest}" if manifest else "this rank is done; the last rank to finish merges manifest.json")
+    print(f"manifest: {manifest}" if manifest else "this rank is done; the last rank to finish merges manifest.json",
+          file=console_out())
     return 0
 
 
 def _inspect(args: argparse.Namespace) -> int:
-    from cinescene.data.inspect import contact_sheet, format_summary, summarize, summary_json
+    from cinescene.data.inspect import contact_sheet, damaged, format_summary, summarize, summary_json
 
     summary = summarize(args.shards, verify=args.verify)
     if args.png:
@@ -68,7 +75,7 @@ def _inspect(args: argparse.Namespace) -> int:
     sys.stdout.write((summary_json(summary) if args.json else format_summary(summary)) + "\n")
     if args.png and not args.json:
         print(f"contact sheet: {summary['contact_sheet']}")
-    return 1 if args.verify and summary["damaged_shards"] else 0
+    return 1 if args.verify and damaged(summary) else 0
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -129,5 +136,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     i.add_argument("--json", action="store_true", help="print one JSON object")
     i.add_argument("--png", default=None, help="write a contact sheet of one sample here")
     i.add_argument("--sample", type=int, default=0, help="which sample (manifest order) the sheet shows")
-    i.add_argument("--verify", action="store_true", help="check every shard's sha256 (exit 1 if any is damaged)")
+    i.add_argument("--verify", action="store_true",
+                   help="check every shard's sha256 and decode every sample against the manifest "
+                        "(exit 1 if any shard or sample is damaged)")
     i.set_defaults(func=_inspect)

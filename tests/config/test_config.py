@@ -53,7 +53,7 @@ def test_include_cycle_is_reported(tmp_path):
     ("train.lr=abc", "train.lr", "expected float"),
     ("train.lr=-1", "train.lr", "expected a value > 0"),
     ("train.betas=[a,b]", "train.betas[0]", "expected float"),
-    ("train.ema=3", "train.ema", "expected EMAConfig"),
+    ("train.ema=3", "train.ema", "expected a section of keys (train.ema.enabled, train.ema.decay, ...), got 3"),
     ("model.attention.mask=bogus", "model.attention.mask", "one of ['full', 'context_readonly']"),
     ("data.synth.frames=16", "data.synth.frames", "1 + 4k frames"),
     ("parallel.zero_stage=5", "parallel.zero_stage", "one of [1, 2, 3]"),

@@ -64,6 +64,7 @@ if mode == "exit":
 if mode == "signal":
     got = []
     signal.signal(signal.SIGUSR1, lambda *a: got.append(1))
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, {{signal.SIGUSR1}})  # the spawner's contract: handler first
     open(os.path.join(r"{tmp}", f"ready{{rank}}"), "w").close()
     deadline = time.time() + 30
     while not got and time.time() < deadline:

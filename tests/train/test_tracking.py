@@ -7,8 +7,8 @@ import logging
 
 from cinescene.config.tracking import TrackingConfig, WandbConfig
 from cinescene.log import setup_logging
-from cinescene.train.tracking import (MASK, Tracker, install_secret_filter, scrub, secret_values,
-                                      truncate_jsonl)
+from cinescene.secrets import MASK
+from cinescene.train.tracking import Tracker, install_secret_filter, scrub, secret_values, truncate_jsonl
 from cinescene.train.wandb_files import read_history, read_run_ids, wait_until_written
 
 

@@ -2,6 +2,10 @@
 from __future__ import annotations
 
 import logging
+import subprocess
+import sys
+
+import pytest
 
 from cinescene.log import get_logger, progress, setup_logging
 
@@ -44,3 +48,66 @@ def test_log_file_appends_across_restarts(tmp_path):
 def test_progress_passes_through_without_tty(capsys):
     assert list(progress(range(5), desc="x")) == [0, 1, 2, 3, 4]
     assert "it/s" not in capsys.readouterr().err
+
+
+LIBRARY_CHATTER = """
+import logging, os, sys, warnings
+from cinescene.log import console, console_out, get_logger, send_output_to, setup_logging
+
+send_output_to(sys.argv[1])
+setup_logging("INFO", rank=0)
+print("a library print")                                   # DeepSpeed's op-build message
+os.write(2, b"a C++ message\\n")                            # written below Python
+warnings.warn("a library warning")
+deepspeed = logging.getLogger("DeepSpeed")                  # a library logger with its own stdout handler
+deepspeed.addHandler(logging.StreamHandler(sys.stdout))
+deepspeed.warning("Setting accelerator to CPU")
+get_logger("train").info("our line")
+print("the result", file=console_out())
+"""
+
+
+def test_library_output_goes_to_the_log_file_and_our_lines_to_the_console(tmp_path):
+    log_file = tmp_path / "logs" / "rank0.log"
+    out = subprocess.run([sys.executable, "-c", LIBRARY_CHATTER, str(log_file)], capture_output=True, text=True,
+                         timeout=60)
+    assert out.returncode == 0
+    assert out.stdout == "the result\n"
+    assert out.stderr.count("\n") == 1 and "I [r0] cinescene.train: our line" in out.stderr
+    captured = log_file.read_text()
+    for chatter in ("a library print", "a C++ message", "a library warning", "Setting accelerator to CPU"):
+        assert chatter in captured
+
+
+@pytest.mark.parametrize("argv", [["--verbose", "train", "c.yaml"], ["train", "c.yaml", "--verbose"],
+                                  ["data", "inspect", "d", "--verbose"], ["bench", "loader", "c.yaml", "--verbose"]])
+def test_verbose_is_accepted_anywhere(argv):
+    from cinescene.launch.cli import build_parser
+
+    args, extra = build_parser().parse_known_args(argv)
+    assert args.verbose and not extra
+    assert not build_parser().parse_known_args(argv[:0] + [a for a in argv if a != "--verbose"])[0].verbose
+
+
+INTERNAL_ERROR = """
+import sys
+import cinescene.launch.commands.model as model
+from cinescene.log import send_output_to
+
+def broken(args):
+    raise RuntimeError("a bug, not a user error")
+model.run_info = broken
+send_output_to(sys.argv[1])
+from cinescene.launch.cli import main
+sys.exit(main(["model", "info", "configs/model/tiny.yaml"]))
+"""
+
+
+def test_an_internal_error_is_one_console_line_and_a_traceback_in_the_log(tmp_path, repo_root):
+    log_file = tmp_path / "rank0.log"
+    out = subprocess.run([sys.executable, "-c", INTERNAL_ERROR, str(log_file)], cwd=repo_root, capture_output=True,
+                         text=True, timeout=60)
+    assert out.returncode == 1 and out.stderr.count("\n") == 1, out.stderr
+    assert "cinescene model: error: internal error (RuntimeError: a bug, not a user error); the traceback is in " \
+        f"{log_file}" in out.stderr
+    assert "Traceback (most recent call last)" in log_file.read_text()
