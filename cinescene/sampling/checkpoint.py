@@ -65,7 +65,7 @@ def resolve_checkpoint(path: str | Path) -> CheckpointSource:
 
 
 def _masked_keys(node, prefix: str = "") -> List[str]:
-    from cinescene.train.tracking import MASK
+    from cinescene.secrets import MASK
 
     if isinstance(node, dict):
         return [k for key, value in node.items() for k in _masked_keys(value, f"{prefix}{key}.")]
