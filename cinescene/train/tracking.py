@@ -58,7 +58,8 @@ def scrub(obj: Any, secrets: Optional[List[str]] = None) -> Any:
     """A copy of a config tree (dicts/lists/scalars) without secrets."""
     secrets = secret_values() if secrets is None else secrets
     if isinstance(obj, Mapping):
-        return {k: (MASK if SECRET_KEY.search(str(k)) and v not in (None, "") and not isinstance(v, Mapping)
+        # Only text can be a secret: a number or flag under a key like `num_register_tokens` stays readable.
+        return {k: (MASK if SECRET_KEY.search(str(k)) and isinstance(v, str) and v
                     else scrub(v, secrets)) for k, v in obj.items()}
     if isinstance(obj, (list, tuple)):
         return [scrub(v, secrets) for v in obj]

@@ -26,12 +26,14 @@ def test_scrub_masks_secret_keys_and_env_values(monkeypatch):
     monkeypatch.setenv("MY_TOKEN", "tok-98765")
     config = {"tracking": {"wandb": {"api_key": "xyz", "notes": "run with abcdef0123456789 inside",
                                      "project": "p"}},
-              "data": {"access_token": None, "list": ["tok-98765", 3]}, "keep_last": 2}
+              "data": {"access_token": None, "list": ["tok-98765", 3]}, "keep_last": 2,
+              "model": {"num_register_tokens": 4, "vggt_tokens": True}}
     clean = scrub(config)
     text = json.dumps(clean)
     assert "abcdef0123456789" not in text and "tok-98765" not in text and "xyz" not in text
     assert clean["tracking"]["wandb"]["api_key"] == MASK and clean["tracking"]["wandb"]["project"] == "p"
     assert clean["data"]["access_token"] is None and clean["keep_last"] == 2
+    assert clean["model"] == {"num_register_tokens": 4, "vggt_tokens": True}  # numbers and flags are no secrets
     assert secret_values() == sorted(secret_values(), key=len, reverse=True)
 
 
