@@ -268,10 +268,10 @@ class CheckpointManager:
         manifest.merge_parts(tmp, own)
         _fsync_tree(tmp)
         _crash_point("before_rename", record.step)
-        if final.exists():  # only after a rewind; never expected in auto-resume
+        if final.exists() or final.is_symlink():  # after a fall-back or rewind: the unusable one makes way
             stale = self.root / f"{DELETE_PREFIX}{final.name}"
             os.rename(final, stale)
-            shutil.rmtree(stale)
+            _remove(stale)  # a symlink is removed, never what it points to
         os.rename(tmp, final)
         _fsync_path(self.root)
         _crash_point("after_rename", record.step)
