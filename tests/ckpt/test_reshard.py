@@ -83,7 +83,7 @@ def assert_loss_continues(whole: Path, resumed: Path, steps, label: str) -> None
 
 def assert_clean(run_dir: Path, log: Path, before: int, after: int) -> None:
     assert not list((run_dir / "checkpoints").glob(".tmp-*")) and not list((run_dir / "loaded").glob(".tmp-*"))
-    assert f"resharded" in log.read_text() and f"from {before} to {after} ranks" in log.read_text()
+    assert "resharded" in log.read_text() and f"from {before} to {after} ranks" in log.read_text()
 
 
 @pytest.mark.parametrize("nproc", [1, 3])
