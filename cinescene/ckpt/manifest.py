@@ -12,6 +12,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO, Dict, Iterable, List, Mapping, Optional
@@ -22,6 +23,7 @@ MANIFEST = "manifest.json"
 PART_PREFIX = ".manifest-part-"
 FORMAT = 1
 _HASH_CHUNK = 1 << 24
+_PARALLEL_MIN = 1 << 20  # writes from 1 MiB on are hashed on a second thread while they are written
 
 
 @dataclass(frozen=True)
@@ -31,23 +33,42 @@ class FileRecord:
 
 
 class HashingWriter:
-    """A write-only file object that hashes and counts what passes through it."""
+    """A write-only file object that hashes and counts what passes through it.
+
+    A large write is hashed on a second thread while this one writes it (both release the GIL), so the
+    save costs about the slower of the two, not their sum; each write returns only when both are done
+    with its buffer (the caller may reuse it), which also keeps the hash in write order.
+    """
 
     def __init__(self, handle: BinaryIO):
         self.handle = handle
         self.hasher = hashlib.sha256()
         self.size = 0
+        self._pool: Optional[ThreadPoolExecutor] = None
 
     def write(self, data) -> int:
         view = memoryview(data).cast("B")
-        self.hasher.update(view)
+        if len(view) < _PARALLEL_MIN:
+            self.hasher.update(view)
+            written = self.handle.write(view)
+        else:
+            if self._pool is None:
+                self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="sha256")
+            hashed = self._pool.submit(self.hasher.update, view)
+            try:
+                written = self.handle.write(view)
+            finally:
+                hashed.result()
         self.size += len(view)
-        return self.handle.write(view)
+        return written
 
     def flush(self) -> None:
         self.handle.flush()
 
     def record(self) -> FileRecord:
+        if self._pool is not None:
+            self._pool.shutdown()
+            self._pool = None
         return FileRecord(self.size, self.hasher.hexdigest())
 
 
