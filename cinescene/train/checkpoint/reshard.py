@@ -24,7 +24,7 @@ from typing import Dict, List
 import torch
 import torch.distributed as dist
 
-from cinescene.ckpt.memory import human_bytes, peak_rss_bytes, reset_peak
+from cinescene.ckpt.memory import current_rss_bytes, human_bytes, peak_rss_bytes, reset_peak
 from cinescene.ckpt.zero import KEYS, ZeroShards
 from cinescene.errors import CineSceneError
 from cinescene.log import get_logger
@@ -32,17 +32,17 @@ from cinescene.log import get_logger
 _log = get_logger("train.checkpoint")
 
 
-def _partition(shards: ZeroShards, name: str, numel: int, part: int, rank: int) -> Dict[str, torch.Tensor]:
-    """This rank's ``part`` elements of parameter ``name`` for every key, zero-padded past its end."""
+@torch.no_grad()
+def _fill(flat: torch.Tensor, offset: int, shards: ZeroShards, name: str, key: str, numel: int, part: int,
+          rank: int) -> None:
+    """Write this rank's ``part`` elements of parameter ``name``'s ``key`` at ``offset`` of ``flat`` (zeros past
+    the parameter's end), one read piece at a time."""
     start = rank * part
     count = max(0, min(part, numel - start))
-    pieces = {}
-    for key in KEYS:
-        piece = torch.zeros(part, dtype=torch.float32)
-        if count:
-            piece[:count] = shards.read(name, key, start, count)
-        pieces[key] = piece
-    return pieces
+    if count:
+        flat.narrow(0, offset, count).copy_(shards.read(name, key, start, count))
+    if count < part:
+        flat.narrow(0, offset + count, part - count).zero_()
 
 
 def load_resharded(engine, shards: ZeroShards) -> None:
@@ -53,29 +53,35 @@ def load_resharded(engine, shards: ZeroShards) -> None:
                              "loading at another world size needs ZeRO-3 on both sides (parallel.zero_stage=3); "
                              f"resume it at {shards.world_size} ranks")
     started = time.perf_counter()
+    before = current_rss_bytes()
     measured = reset_peak()
     rank = dist.get_rank(group=opt.dp_process_group)
     world = dist.get_world_size(group=opt.dp_process_group)
-    flats: Dict[str, List[torch.Tensor]] = {key: [] for key in KEYS}
+    # The fp32 weights go straight into the engine's own flat buffers; the Adam moments into new tensors beside
+    # them, which become the optimizer state. Besides those, memory holds one read piece at a time.
+    flats: Dict[str, List[torch.Tensor]] = {"fp32": list(opt.fp32_partitioned_groups_flat),
+                                            "exp_avg": [], "exp_avg_sq": []}
     steps: List[torch.Tensor] = []
     for sub, params in enumerate(opt.fp16_groups):
-        pieces: Dict[str, List[torch.Tensor]] = {key: [] for key in KEYS}
-        names = []
+        target = opt.fp32_partitioned_groups_flat[sub]
+        for key in ("exp_avg", "exp_avg_sq"):
+            flats[key].append(torch.empty_like(target))
+        offset, names = 0, []
         for param in params:
             name = opt.param_names[param]
             if name not in shards.params:
                 raise CineSceneError(f"{shards.dir} has no shards of {name}")
             names.append(name)
-            for key, piece in _partition(shards, name, int(param.ds_numel), int(param.ds_tensor.ds_numel),
-                                         rank).items():
-                pieces[key].append(piece)
-        expected = opt.fp32_partitioned_groups_flat[sub].numel()
-        for key in KEYS:
-            flat = torch.cat(pieces[key]) if pieces[key] else torch.zeros(0)
-            if flat.numel() != expected:
-                raise CineSceneError(f"resharding {shards.dir}: sub-group {sub} needs {expected} elements, "
-                                     f"the parameters give {flat.numel()}")
-            flats[key].append(flat)
+            part = int(param.ds_tensor.ds_numel)
+            if offset + part > target.numel():
+                raise CineSceneError(f"resharding {shards.dir}: sub-group {sub} holds {target.numel()} elements, "
+                                     f"fewer than its parameters need")
+            for key in KEYS:
+                _fill(flats[key][sub], offset, shards, name, key, int(param.ds_numel), part, rank)
+            offset += part
+        if offset != target.numel():
+            raise CineSceneError(f"resharding {shards.dir}: sub-group {sub} holds {target.numel()} elements, "
+                                 f"its parameters {offset}")
         steps.append(shards.step(names[0]) if names else torch.tensor(0.0))
 
     opt._set_fp32_optimizer_param_groups()
@@ -105,6 +111,9 @@ def load_resharded(engine, shards: ZeroShards) -> None:
     for name, value in shards.buffers().items():
         if name in buffers:
             buffers[name].data.copy_(value)
-    _log.info("resharded %s from %d to %d ranks in %.2f s; peak RSS of rank %d %s%s", shards.dir.parent,
-              shards.world_size, world, time.perf_counter() - started, dist.get_rank(),
-              human_bytes(peak_rss_bytes()), "" if measured else " (process life-time peak)")
+    read = sum(3 * 4 * f.numel() for f in flats["fp32"])
+    _log.info("resharded %s from %d to %d ranks in %.2f s, reading %s of shards; peak RSS of rank %d %s%s "
+              "(%s before: the rest is mostly the Adam moments, which the optimizer state needs anyway)",
+              shards.dir.parent, shards.world_size, world, time.perf_counter() - started, human_bytes(read),
+              dist.get_rank(), human_bytes(peak_rss_bytes()), "" if measured else " (process life-time)",
+              human_bytes(before))
