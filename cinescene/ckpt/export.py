@@ -234,6 +234,22 @@ def _checkpoint_bytes(step_dir: Path, ema: bool) -> int:
     return listed or sum(p.stat().st_size for p in (step_dir / ZERO_TAG).glob("*") if p.is_file())
 
 
+def _work_dir(out: Path) -> Path:
+    """A private directory next to ``out`` to write into (renamed to ``out`` when complete); leftovers of
+    exports that were killed (their process is gone) are removed first."""
+    out.parent.mkdir(parents=True, exist_ok=True)
+    prefix = f".{out.name}.tmp-export-"
+    for leftover in out.parent.glob(f"{prefix}*"):
+        pid = leftover.name[len(prefix):]
+        if pid.isdigit() and not Path(f"/proc/{pid}").exists():
+            shutil.rmtree(leftover, ignore_errors=True)
+    work = out.parent / f"{prefix}{os.getpid()}"
+    if work.exists():
+        shutil.rmtree(work)
+    work.mkdir()
+    return work
+
+
 def export(path: Path | str, out: Path | str, *, fmt: str, ema: bool = False, dtype: str = "fp32",
            max_shard_size: int = DEFAULT_MAX_SHARD) -> ExportReport:
     """Write ``out`` (must not exist) from the checkpoint at ``path`` (run, checkpoints or step directory)."""
@@ -256,10 +272,7 @@ def export(path: Path | str, out: Path | str, *, fmt: str, ema: bool = False, dt
     start_rss = current_rss_bytes()
     measured = reset_peak()
     started = time.perf_counter()
-    work = out.with_name(f".{out.name}.tmp-export")
-    if work.exists():
-        shutil.rmtree(work)
-    work.mkdir(parents=True)
+    work = _work_dir(out)
     target = DTYPES[dtype]
     base = ShardWriter(work, BASE_STEM, max_shard_size, target)
     modules = ShardWriter(work, MODULES_STEM, max_shard_size, target)
@@ -293,9 +306,13 @@ def export(path: Path | str, out: Path | str, *, fmt: str, ema: bool = False, dt
                    "module_keys": sorted(n for n in record.params if is_cinescene_key(n))}
     (work / DESCRIPTION).write_text(json.dumps(description, indent=2) + "\n")
     written = sum((work / f).stat().st_size for f in files)
-    if out.exists():
-        out.rmdir()
-    os.rename(work, out)
+    try:
+        if out.exists():
+            out.rmdir()  # empty (checked above): an export fills it or fails as a whole
+        os.rename(work, out)
+    except OSError:
+        shutil.rmtree(work, ignore_errors=True)
+        raise CineSceneError(f"{out} appeared while exporting (another export?); nothing was written there") from None
     return ExportReport(out=out, files=files + ["config.json", DESCRIPTION], tensors=count, bytes_written=written,
                         checkpoint_bytes=_checkpoint_bytes(weights.path, ema), largest_tensor_bytes=largest,
                         max_shard_bytes=max_shard_size, start_rss_bytes=start_rss, peak_rss_bytes=peak_rss_bytes(),

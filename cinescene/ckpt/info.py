@@ -20,9 +20,9 @@ from .record import read_record
 #: (label, predicate on a path relative to the step directory), in the order they are shown.
 PARTS: List[Tuple[str, str]] = [
     ("ZeRO model states", "model_states"),
-    ("ZeRO optimizer states (fp32 weights, Adam moments)", "optim_states"),
-    ("rank states (RNG, EMA slices)", "rank_states"),
-    ("config, trainer record, manifest", "other"),
+    ("ZeRO optimizer states", "optim_states"),     # fp32 weights and Adam moments
+    ("rank states (RNG, EMA)", "rank_states"),
+    ("config, record, manifest", "other"),
 ]
 
 

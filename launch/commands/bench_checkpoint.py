@@ -20,7 +20,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                    help="fp32 weights + Adam moments to checkpoint, in GB (default 1.0)")
     p.add_argument("--nproc", type=int, default=2, help="local ranks (default 2)")
     p.add_argument("--dir", type=Path, default=Path("runs/bench-checkpoint"),
-                   help="where the checkpoint and dd's file go: the disk being measured (default runs/bench-checkpoint)")
+                   help="where the checkpoint and dd's file go: the disk being measured "
+                        "(default runs/bench-checkpoint)")
     p.add_argument("--export-shard", type=parse_size, default="100MB",
                    help="--max-shard-size of the export whose peak memory is measured (default 100MB)")
     p.add_argument("--repeats", type=int, default=3, help="rounds of save, dd write, load, dd read (median; default 3)")

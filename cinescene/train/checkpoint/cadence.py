@@ -15,7 +15,8 @@ class CheckpointCadence(Callback):
         self.cfg = cfg
 
     def on_step_end(self, state: TrainState, result: StepResult) -> None:
-        if self.cfg.every_steps and result.step % self.cfg.every_steps == 0:
-            state.request_save("every_steps")
+        # The last step's save says "final" even when it also falls on the cadence.
         if self.cfg.save_final and result.step >= state.max_steps:
             state.request_save("final")
+        if self.cfg.every_steps and result.step % self.cfg.every_steps == 0:
+            state.request_save("every_steps")

@@ -43,9 +43,9 @@ import torch.distributed as dist
 
 from cinescene.ckpt import ds_engine, manifest
 from cinescene.ckpt.errors import DamagedCheckpointError, UnsafeCheckpointError
-from cinescene.ckpt.layout import (CONFIG_FILE, DELETE_PREFIX, LATEST, RANK_STATES, TMP_PREFIX, TRAINER_STATE,
-                                   ZERO_TAG, inside, is_complete, rank_state_name, read_pointer, step_dir_name,
-                                   step_of)
+from cinescene.ckpt.layout import (CHECKPOINTS, CONFIG_FILE, DELETE_PREFIX, LATEST, RANK_STATES, TMP_PREFIX,
+                                   TRAINER_STATE, ZERO_TAG, inside, is_complete, rank_state_name, read_pointer,
+                                   step_dir_name, step_of)
 from cinescene.ckpt.rank_state import RankStateFile, write_rank_state
 from cinescene.ckpt.record import TrainerRecord, read_record
 from cinescene.ckpt.zero import ZeroShards
@@ -142,7 +142,7 @@ class CheckpointManager:
 
     # ---------------------------------------------------------------- queries
     def complete_steps(self) -> List[Path]:
-        """Complete step directories, oldest first (a step directory that is a symlink leading elsewhere is not ours)."""
+        """Complete step directories, oldest first (a symlink leading outside is not one of ours)."""
         if not self.root.is_dir():
             return []
         return sorted((p for p in self.root.iterdir() if is_complete(p) and inside(self.root, p)), key=step_of)
@@ -302,12 +302,13 @@ class CheckpointManager:
 
 
 def _explicit_path(resume: str) -> Path:
-    """checkpoint.resume=<path>: a step directory, or a checkpoints directory (its `latest`)."""
+    """checkpoint.resume=<path>: a step directory, or a checkpoints or run directory (its `latest`)."""
     path = Path(resume)
-    if path.is_dir() and step_of(path) is None and ((path / LATEST).exists() or (path / LATEST).is_symlink()):
-        target = read_pointer(path)
-        if target is not None:
-            return target
+    for root in (path, path / CHECKPOINTS):
+        if root.is_dir() and step_of(root) is None and ((root / LATEST).exists() or (root / LATEST).is_symlink()):
+            target = read_pointer(root)
+            if target is not None:
+                return target
     if not path.is_dir():
         raise CineSceneError(f"checkpoint.resume={resume}: no such checkpoint directory")
     if not (path / TRAINER_STATE).exists():

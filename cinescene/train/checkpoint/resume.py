@@ -159,7 +159,7 @@ def resume(cfg: CineSceneConfig, layout: ParallelLayout, plan: BatchPlan, checkp
         return Start(state=state, path=path, record=record)
 
     reshard = record is not None and record.world_size != layout.world_size
-    if reshard and record.global_batch_size != plan.global_batch_size:
+    if reshard and record.global_batch_size != plan.global_batch_size and layout.is_main:
         _log.warning("resuming at %d ranks: the global batch changes from %d to %d (set train.global_batch_size "
                      "to keep it)", layout.world_size, record.global_batch_size, plan.global_batch_size)
     rng.seed_all(cfg.run.seed)  # identical initial weights on every rank
