@@ -237,7 +237,10 @@ def _checkpoint_bytes(step_dir: Path, ema: bool) -> int:
 def _work_dir(out: Path) -> Path:
     """A private directory next to ``out`` to write into (renamed to ``out`` when complete); leftovers of
     exports that were killed (their process is gone) are removed first."""
-    out.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise CineSceneError(f"cannot create {out.parent} for --out: {exc.strerror}") from None
     prefix = f".{out.name}.tmp-export-"
     for leftover in out.parent.glob(f"{prefix}*"):
         pid = leftover.name[len(prefix):]
@@ -246,7 +249,10 @@ def _work_dir(out: Path) -> Path:
     work = out.parent / f"{prefix}{os.getpid()}"
     if work.exists():
         shutil.rmtree(work)
-    work.mkdir()
+    try:
+        work.mkdir()
+    except OSError as exc:
+        raise CineSceneError(f"cannot write into {out.parent}: {exc.strerror}") from None
     return work
 
 

@@ -127,6 +127,13 @@ class RankStateFile:
         return read(self.tree)
 
 
+def check_rank_state(path: Path | str) -> None:
+    """Open a rank file and check its shape (RNG and callback states present) without reading tensor data."""
+    tree = RankStateFile(path).tree
+    if not (isinstance(tree, dict) and isinstance(tree.get("rng"), dict) and isinstance(tree.get("callbacks"), dict)):
+        raise DamagedCheckpointError(path, "not a rank state (no RNG or callback states in it)")
+
+
 def read_rank_state(path: Path | str) -> Any:
     """A rank file's state with its tensors read."""
     return RankStateFile(path).materialized()

@@ -46,7 +46,7 @@ from cinescene.ckpt.errors import DamagedCheckpointError, UnsafeCheckpointError
 from cinescene.ckpt.layout import (CHECKPOINTS, CONFIG_FILE, DELETE_PREFIX, LATEST, RANK_STATES, TMP_PREFIX,
                                    TRAINER_STATE, ZERO_TAG, inside, is_complete, rank_state_name, read_pointer,
                                    step_dir_name, step_of)
-from cinescene.ckpt.rank_state import RankStateFile, write_rank_state
+from cinescene.ckpt.rank_state import check_rank_state, write_rank_state
 from cinescene.ckpt.record import TrainerRecord, read_record
 from cinescene.ckpt.zero import ZeroShards
 from cinescene.config.checkpoint import CheckpointConfig
@@ -129,7 +129,7 @@ def validate(step_dir: Path) -> TrainerRecord:
     manifest.check_sizes(step_dir, files)
     ZeroShards(step_dir / ZERO_TAG).check_all()
     for rank in range(record.world_size):
-        RankStateFile(step_dir / RANK_STATES / rank_state_name(rank))
+        check_rank_state(step_dir / RANK_STATES / rank_state_name(rank))
     return record
 
 

@@ -99,7 +99,11 @@ class Start:
             if hasattr(callback, "provide_all_ranks") and self._all_rank_files is not None:
                 loader = self._all_rank_files
                 callback.provide_all_ranks(lambda name=callback.name: [s["callbacks"][name] for s in loader()])
-        callbacks.load_state_dict(self._callback_states)
+        try:
+            callbacks.load_state_dict(self._callback_states)
+        except (KeyError, TypeError, ValueError) as exc:
+            raise CineSceneError(f"checkpoint {self.path}: its callback states (EMA, counters) do not fit this run "
+                                 f"({type(exc).__name__}: {exc})") from None
 
 
 def check_compatible(record: TrainerRecord, path: Path, *, params: Mapping[str, List[int]], trainable: List[str],
@@ -179,7 +183,11 @@ def resume(cfg: CineSceneConfig, layout: ParallelLayout, plan: BatchPlan, checkp
         _log.info("resumed from %s (step %d, %d samples consumed)%s", path, record.step, record.consumed_samples,
                   f", resharded from {record.world_size} to {layout.world_size} ranks" if reshard else "")
     if own_state is not None:
-        rng.restore(own_state["rng"])
+        try:
+            rng.restore(own_state["rng"])
+        except (KeyError, TypeError, ValueError, RuntimeError) as exc:
+            raise CineSceneError(f"{path / RANK_STATES / rank_state_name(layout.rank)}: its RNG states cannot be "
+                                 f"restored ({exc})") from None
     else:
         rng.seed_all(rng.rank_seed(cfg.run.seed, layout.rank) + state.step)
     return start
