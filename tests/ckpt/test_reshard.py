@@ -21,7 +21,7 @@ from tests.train.conftest import finish, start
 
 pytestmark = [pytest.mark.dist, pytest.mark.slow]
 
-ARGS = ("train.global_batch_size=12", "train.micro_batch_size=1", "checkpoint.every_steps=4",
+ARGS = ("train.global_batch_size=12", "train.micro_batch_size=1", "checkpoint.every_steps=2",
         "checkpoint.keep_last=5", "train.ema.enabled=true", "train.weight_decay=0.1", "tracking.wandb.mode=disabled")
 
 
@@ -37,9 +37,9 @@ def root(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="module")
 def whole(root) -> Path:
-    """2 ranks, 12 steps uninterrupted, checkpoints every 4 steps."""
+    """2 ranks, 6 steps uninterrupted, checkpoints every 2 steps."""
     run_dir = root / "whole"
-    run(["tests.train.standin_train", str(run_dir), "launch.nproc=2", *ARGS, "train.max_steps=12"], root / "whole.log")
+    run(["tests.train.standin_train", str(run_dir), "launch.nproc=2", *ARGS, "train.max_steps=6"], root / "whole.log")
     return run_dir
 
 
@@ -52,7 +52,7 @@ def resume_at(root: Path, name: str, nproc: int, source: Path, steps: int) -> Pa
 
 @pytest.fixture(scope="module")
 def at_four(root, whole) -> Path:
-    return resume_at(root, "2to4", 4, whole / "checkpoints" / "step_00000004", 8)
+    return resume_at(root, "2to4", 4, whole / "checkpoints" / "step_00000002", 4)
 
 
 def assert_loaded_exactly(saved: Path, loaded: Path, label: str) -> None:
@@ -89,21 +89,21 @@ def assert_clean(run_dir: Path, log: Path, before: int, after: int) -> None:
 @pytest.mark.parametrize("nproc", [1, 3])
 def test_two_ranks_resume_at_another_world_size_exactly(root, whole, nproc):
     name = f"2to{nproc}"
-    resumed = resume_at(root, name, nproc, whole / "checkpoints" / "step_00000004", 8)
-    assert_loaded_exactly(whole / "checkpoints" / "step_00000004", resumed / "loaded", f"2 -> {nproc} ranks")
-    assert_loss_continues(whole, resumed, range(5, 9), f"2 -> {nproc} ranks")
+    resumed = resume_at(root, name, nproc, whole / "checkpoints" / "step_00000002", 4)
+    assert_loaded_exactly(whole / "checkpoints" / "step_00000002", resumed / "loaded", f"2 -> {nproc} ranks")
+    assert_loss_continues(whole, resumed, range(3, 5), f"2 -> {nproc} ranks")
     assert_clean(resumed, root / f"{name}.log", 2, nproc)
 
 
 def test_two_ranks_resume_at_four_exactly(root, whole, at_four):
-    assert_loaded_exactly(whole / "checkpoints" / "step_00000004", at_four / "loaded", "2 -> 4 ranks")
-    assert_loss_continues(whole, at_four, range(5, 9), "2 -> 4 ranks")
+    assert_loaded_exactly(whole / "checkpoints" / "step_00000002", at_four / "loaded", "2 -> 4 ranks")
+    assert_loss_continues(whole, at_four, range(3, 5), "2 -> 4 ranks")
     assert_clean(at_four, root / "2to4.log", 2, 4)
 
 
 def test_four_ranks_resume_at_two_exactly(root, whole, at_four):
-    source = at_four / "checkpoints" / "step_00000008"
-    resumed = resume_at(root, "4to2", 2, source, 12)
+    source = at_four / "checkpoints" / "step_00000004"
+    resumed = resume_at(root, "4to2", 2, source, 6)
     assert_loaded_exactly(source, resumed / "loaded", "4 -> 2 ranks")
-    assert_loss_continues(whole, resumed, range(9, 13), "4 -> 2 ranks")
+    assert_loss_continues(whole, resumed, range(5, 7), "4 -> 2 ranks")
     assert_clean(resumed, root / "4to2.log", 4, 2)
