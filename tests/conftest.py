@@ -52,3 +52,15 @@ def cli_env(tmp_path) -> dict:
 @pytest.fixture
 def cinescene_cmd() -> list:
     return [sys.executable, "-m", "cinescene"]
+
+
+@pytest.fixture(scope="session")
+def smoke_shards(tmp_path_factory):
+    """The smoke job's synthetic shards, rendered once per test session."""
+    from cinescene.config import load_config
+    from cinescene.data.ensure import ensure_dataset
+
+    shards = tmp_path_factory.mktemp("smoke_data") / "shards"
+    cfg, _ = load_config(REPO / "configs/experiments/smoke.yaml", [f"data.train_shards={shards}"])
+    ensure_dataset(cfg.data)
+    return shards

@@ -1,16 +1,18 @@
 """A checkpoint on the command line -> its config and an inference model.
 
 CKPT may be a run directory (``<run>/checkpoints/latest`` is used), a
-``checkpoints/`` directory, or a step directory. :func:`resolve_checkpoint`
-turns it into a :class:`CheckpointSource`; :func:`load_inference_model` is the
-one place that turns a source into weights: the step directory's ZeRO shards
-consolidated (``cinescene.train.checkpoint.consolidated_state_dict``) or, with
-``ema``, the EMA assembled from every rank's slice. Exported model directories
-(``cinescene ckpt export``) become another ``CheckpointSource.kind`` read here.
+``checkpoints/`` directory, a step directory, or a directory written by
+``cinescene ckpt export``. :func:`resolve_checkpoint` turns it into a
+:class:`CheckpointSource`; :func:`load_inference_model` is the one place that
+turns a source into a model: a step directory's ZeRO shards consolidated (or,
+with ``ema``, the EMA assembled from every rank's slice) through
+:mod:`cinescene.ckpt.weights`, or an export's safetensors through
+:func:`cinescene.ckpt.export.load_exported_model`.
 
-Frozen parameters are not in a checkpoint (the VGGT encoder): they come from
-the config's pretrained weights, or, when the run had none, from the same
+Frozen parameters are not in a step directory (the VGGT encoder): they come
+from the config's pretrained weights, or, when the run had none, from the same
 seeded initialisation the run used (``run.seed`` before the model is built).
+An export holds every parameter.
 """
 from __future__ import annotations
 
@@ -26,42 +28,42 @@ from cinescene.log import get_logger
 
 _log = get_logger("sampling")
 
+STEP, EXPORT = "step", "export"
+
 
 @dataclass(frozen=True)
 class CheckpointSource:
-    path: Path                 # the step directory
-    kind: str                  # "step": a training step directory
+    path: Path                 # the step directory, or the export directory
+    kind: str                  # STEP or EXPORT
     step: int
-    trainer_state: dict
+    trainable: Optional[List[str]] = None   # step directories: the parameters the run trained
+    ema: Optional[bool] = None              # exports: whether the weights are the EMA
 
     def describe(self) -> str:
-        return f"{self.path} (step {self.step})"
+        return f"{self.path} (step {self.step}{', exported' if self.kind == EXPORT else ''})"
 
 
 def resolve_checkpoint(path: str | Path) -> CheckpointSource:
-    """A run, ``checkpoints/`` or step directory -> the step directory to load; one-line errors otherwise."""
-    from cinescene.train.checkpoint import LATEST, is_complete, read_trainer_state, step_of
+    """A run, ``checkpoints/``, step or export directory -> what to load; one-line errors otherwise."""
+    from cinescene.ckpt.export import DESCRIPTION, read_description
+    from cinescene.ckpt.layout import CHECKPOINTS, LATEST, TRAINER_STATE, is_complete, resolve_step_dir, step_of
+    from cinescene.ckpt.record import read_record
 
     given = Path(path)
     if not given.exists():
         raise CineSceneError(f"checkpoint not found: {given}")
-    candidate = given
-    for pointer_dir in (given / "checkpoints", given):
-        pointer = pointer_dir / LATEST
-        if pointer.is_file():
-            try:
-                name = pointer.read_text().strip()
-            except (OSError, UnicodeDecodeError) as exc:
-                raise CineSceneError(f"{pointer} is unreadable ({exc})") from None
-            candidate = pointer_dir / name
-            break
-    if not candidate.is_dir() or step_of(candidate) is None:
-        raise CineSceneError(f"{given} is not a run, checkpoints or step directory (no checkpoints/latest, no "
-                             "step_XXXXXXXX directory)")
-    if not is_complete(candidate):
-        raise CineSceneError(f"{candidate} is not a complete checkpoint (no trainer_state.json)")
-    state = read_trainer_state(candidate)
-    return CheckpointSource(candidate, "step", int(state.get("step", step_of(candidate))), state)
+    if (given / DESCRIPTION).is_file():
+        description = read_description(given)
+        return CheckpointSource(given, EXPORT, int(description.get("step", 0)), ema=bool(description.get("ema")))
+    if step_of(given) is not None and given.is_dir() and not is_complete(given):
+        raise CineSceneError(f"{given} is not a complete checkpoint (no {TRAINER_STATE})")
+    if not any(p.exists() or p.is_symlink() for p in (given / LATEST, given / CHECKPOINTS / LATEST)) \
+            and step_of(given) is None:
+        raise CineSceneError(f"{given} is not a run, checkpoints, step or export directory (no "
+                             f"{CHECKPOINTS}/{LATEST}, no step_XXXXXXXX directory, no {DESCRIPTION})")
+    step_dir = resolve_step_dir(given)
+    record = read_record(step_dir)
+    return CheckpointSource(step_dir, STEP, record.step, trainable=list(record.trainable))
 
 
 def _masked_keys(node, prefix: str = "") -> List[str]:
@@ -73,7 +75,7 @@ def _masked_keys(node, prefix: str = "") -> List[str]:
 
 
 def checkpoint_config(source: CheckpointSource, overrides: Sequence[str] = ()):
-    """The run's config as the checkpoint saved it, with ``overrides`` (KEY=VALUE) applied and validated.
+    """The run's config as the checkpoint (or export) saved it, with ``overrides`` (KEY=VALUE) applied.
 
     Runs saved before the secret scrubber spared numbers and flags hold ``***`` for
     some (``model.scene.vggt.num_register_tokens``, ``model.scene.vggt_tokens``);
@@ -81,13 +83,14 @@ def checkpoint_config(source: CheckpointSource, overrides: Sequence[str] = ()):
     """
     import yaml
 
+    from cinescene.ckpt.export import RUN_CONFIG
+    from cinescene.ckpt.layout import CONFIG_FILE
     from cinescene.config import load_config
     from cinescene.config.loading import _field_type
-    from cinescene.train.checkpoint import CONFIG_FILE
 
-    path = source.path / CONFIG_FILE
+    path = source.path / (RUN_CONFIG if source.kind == EXPORT else CONFIG_FILE)
     if not path.is_file():
-        raise CineSceneError(f"{source.path} has no {CONFIG_FILE}")
+        raise CineSceneError(f"{source.path} has no {path.name}")
     raw = yaml.safe_load(path.read_text()) or {}
     masked = [k for k in _masked_keys(raw) if "str" not in str(_field_type(k))]
     if not masked:
@@ -111,56 +114,22 @@ def checkpoint_config(source: CheckpointSource, overrides: Sequence[str] = ()):
     return cfg
 
 
-def _rank_states(step_dir: Path):
-    """Every rank's saved state, read with ``torch.load(weights_only=True)``.
-
-    The only non-tensor objects the rank states hold are numpy's RNG state
-    (an array and its dtype); they are allowed by name, nothing else is.
-    """
-    import numpy as np
-
-    from cinescene.train.checkpoint import RANK_STATES
-
-    try:
-        from numpy._core.multiarray import _reconstruct
-    except ImportError:  # numpy < 2
-        from numpy.core.multiarray import _reconstruct
-    allowed = [_reconstruct, np.ndarray, np.dtype, type(np.dtype(np.uint32))]
-    files = sorted((step_dir / RANK_STATES).glob("rank_*.pt"))
-    if not files:
-        raise CineSceneError(f"{step_dir} holds no rank states")
-    states = []
-    for file in files:
-        try:
-            with torch.serialization.safe_globals(allowed):
-                states.append(torch.load(file, map_location="cpu", weights_only=True))
-        except Exception as exc:  # a corrupt file or a pickle that needs more than plain data
-            raise CineSceneError(f"{file} cannot be read as plain data: {str(exc).splitlines()[0]}") from None
-    return states
-
-
 def ema_state_dict(source: CheckpointSource) -> Dict[str, torch.Tensor]:
-    """The EMA weights (full fp32 tensors) assembled from every rank's slice."""
-    from cinescene.train.ema import assemble
-
-    states = _rank_states(source.path)
-    emas = [s.get("callbacks", {}).get("ema") for s in states]
-    if any(e is None for e in emas):
-        raise CineSceneError(f"{source.path} holds no EMA weights (the run had train.ema.enabled=false)")
-    return assemble(emas)
+    """The EMA weights of a step directory (full fp32 tensors) assembled from every rank's slice."""
+    return trained_state_dict(source, ema=True)
 
 
 def trained_state_dict(source: CheckpointSource, ema: bool = False) -> Dict[str, torch.Tensor]:
-    """The seam between checkpoint formats and the model: trainable weights by parameter name."""
-    if source.kind != "step":
-        raise CineSceneError(f"{source.path}: checkpoints of kind {source.kind!r} cannot be loaded yet")
-    if ema:
-        return ema_state_dict(source)
-    from cinescene.train.checkpoint import consolidated_state_dict
+    """A step directory's trainable weights by parameter name (or their EMA), as full fp32 tensors."""
+    from cinescene.ckpt.weights import consolidated_state_dict
 
+    if source.kind != STEP:
+        raise CineSceneError(f"{source.path} is an export: load it with load_inference_model")
     try:
-        return consolidated_state_dict(source.path)
-    except Exception as exc:  # any damage (missing, truncated, foreign files) is the same one line for a user
+        return consolidated_state_dict(source.path, ema=ema)
+    except CineSceneError:  # damage the checkpoint readers found names its file already
+        raise
+    except Exception as exc:  # any other damage (foreign files) is one line naming the checkpoint
         detail = str(exc).splitlines()[0].split(". ")[0] if str(exc) else "no detail"
         raise CineSceneError(f"{source.path}: the ZeRO shards do not load ({type(exc).__name__}: {detail})") \
             from None
@@ -169,14 +138,15 @@ def trained_state_dict(source: CheckpointSource, ema: bool = False) -> Dict[str,
 def load_inference_model(source: CheckpointSource, cfg, *, ema: bool = False, device="cpu",
                          dtype: Optional[torch.dtype] = None):
     """The model of ``cfg`` with the checkpoint's trained (or EMA) weights, in eval mode on ``device``."""
+    if source.kind == EXPORT:
+        return _load_export(source, cfg, ema=ema, device=device, dtype=dtype)
     from cinescene.models import build_model
     from cinescene.train import rng
 
     weights = trained_state_dict(source, ema)
     rng.seed_all(cfg.run.seed)                 # frozen, unsaved parameters come out as the run built them
     model = build_model(cfg.model)
-    trainable = set(source.trainer_state.get("trainable") or [n for n, p in model.named_parameters()
-                                                                  if p.requires_grad])
+    trainable = set(source.trainable or [n for n, p in model.named_parameters() if p.requires_grad])
     names = {n for n, _ in model.named_parameters()}
     unknown = sorted(set(weights) - names)
     missing = sorted(trainable - set(weights))
@@ -195,4 +165,16 @@ def load_inference_model(source: CheckpointSource, cfg, *, ema: bool = False, de
         _log.info("%d frozen parameters (the scene encoder) re-created from run.seed=%d as the run built them "
                   "(model.scene.vggt.weights is unset)", len(frozen), cfg.run.seed)
     _log.info("loaded %s weights of %s", "EMA" if ema else "trained", source.describe())
+    return model.to(device=device, dtype=dtype).eval().requires_grad_(False)
+
+
+def _load_export(source: CheckpointSource, cfg, *, ema: bool, device, dtype: Optional[torch.dtype]):
+    """An export holds one set of weights: the EMA when it was exported with --ema, else the trained ones."""
+    from cinescene.ckpt.export import load_exported_model
+
+    if ema and not source.ema:
+        raise CineSceneError(f"{source.path} holds the trained weights (exported without --ema); drop --ema or "
+                             "export the checkpoint again with --ema")
+    model = load_exported_model(source.path, model_cfg=cfg.model, device="cpu")
+    _log.info("loaded %s weights of %s", "EMA" if source.ema else "trained", source.describe())
     return model.to(device=device, dtype=dtype).eval().requires_grad_(False)

@@ -81,24 +81,43 @@ class ShardedEMA:
 
     def load_state_dict(self, own: Mapping, all_ranks: Optional[Callable[[], List[Mapping]]] = None) -> None:
         """Restore from a saved state; when its slicing differs from ours (another world size, or
-        another rank's file), reassemble full tensors from every rank's state (``all_ranks()``) and
-        cut this rank's slice."""
+        another rank's file), copy this rank's slice out of every rank's state (``all_ranks()``),
+        reading only the overlapping ranges. Saved values are tensors or lazy stored tensors
+        (:class:`cinescene.ckpt.rank_state.StoredTensor`)."""
         saved = own["slices"]
         if all((s.name in saved and saved[s.name]["offset"] == s.offset and saved[s.name]["length"] == s.length)
                for s in self.slices):
             for s in self.slices:
-                self.shadow[s.name].copy_(saved[s.name]["value"])
+                self.shadow[s.name].copy_(_read_range(saved[s.name]["value"], 0, s.length))
             return
         if all_ranks is None:
             raise ValueError("the saved EMA is sliced differently and no other shards were provided")
-        full = assemble(all_ranks())
+        states = all_ranks()
         for s in self.slices:
-            if s.name not in full:
-                raise KeyError(f"the saved EMA has no parameter {s.name}")
-            self.shadow[s.name].copy_(full[s.name].view(-1)[s.offset: s.offset + s.length])
+            filled = 0
+            for state in states:
+                entry = state["slices"].get(s.name)
+                if entry is None:
+                    continue
+                start, stop = int(entry["offset"]), int(entry["offset"]) + int(entry["length"])
+                low, high = max(start, s.offset), min(stop, s.offset + s.length)
+                if low < high:
+                    self.shadow[s.name][low - s.offset: high - s.offset].copy_(
+                        _read_range(entry["value"], low - start, high - low))
+                    filled += high - low
+            if filled != s.length:
+                raise ValueError(f"the saved EMA covers {filled} of the {s.length} elements of {s.name} this rank "
+                                 "holds: a rank file is missing")
 
     def full_numels(self) -> Dict[str, int]:
         return {s.name: math.prod(s.shape) for s in self.slices}
+
+
+def _read_range(value, start: int, length: int) -> torch.Tensor:
+    """Elements ``start .. start+length`` of a saved slice: a tensor, or a lazy stored tensor (``read_flat``)."""
+    if isinstance(value, torch.Tensor):
+        return value.reshape(-1)[start: start + length]
+    return value.read_flat(start, length)
 
 
 def assemble(states: Iterable[Mapping]) -> Dict[str, torch.Tensor]:
@@ -107,7 +126,7 @@ def assemble(states: Iterable[Mapping]) -> Dict[str, torch.Tensor]:
     shapes: Dict[str, Tuple[int, ...]] = {}
     for state in states:
         for name, entry in state["slices"].items():
-            pieces.setdefault(name, []).append((entry["offset"], entry["value"]))
+            pieces.setdefault(name, []).append((entry["offset"], _read_range(entry["value"], 0, entry["length"])))
             shapes[name] = tuple(entry["shape"])
     full = {}
     for name, parts in pieces.items():

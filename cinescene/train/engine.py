@@ -69,12 +69,8 @@ def use_zero_init(cfg: CineSceneConfig, count_params: Callable[[], int]) -> bool
 
 
 def build_engine(cfg: CineSceneConfig, layout: ParallelLayout, plan: BatchPlan,
-                 build_model: Callable[[], nn.Module], *, zero_init: bool = False, load_universal: bool = False):
-    """Model (optionally partitioned at build), optimizer, and ``deepspeed.initialize``; returns the engine.
-
-    ``load_universal``: the checkpoint to resume will be loaded from DeepSpeed's universal
-    (world-size free) layout, i.e. it was written by another number of ranks.
-    """
+                 build_model: Callable[[], nn.Module], *, zero_init: bool = False):
+    """Model (optionally partitioned at build), optimizer, and ``deepspeed.initialize``; returns the engine."""
     import deepspeed
 
     context = (deepspeed.zero.Init(config_dict_or_path=deepspeed_config(cfg, plan), mpu=layout.mpu) if zero_init
@@ -84,8 +80,6 @@ def build_engine(cfg: CineSceneConfig, layout: ParallelLayout, plan: BatchPlan,
     largest = max((int(getattr(p, "ds_numel", p.numel())) for p in model.parameters() if p.requires_grad),
                   default=0)
     ds_config = deepspeed_config(cfg, plan, largest)
-    if load_universal:
-        ds_config["checkpoint"] = {"load_universal": True}
     if layout.sp_group is not None:
         if not hasattr(model, "set_sequence_parallel"):
             raise TypeError(f"{type(model).__name__} has no set_sequence_parallel(group); "

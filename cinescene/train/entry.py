@@ -14,8 +14,6 @@ import warnings
 from pathlib import Path
 from typing import Optional
 
-import torch
-import torch.distributed as dist
 from omegaconf import OmegaConf
 
 from cinescene.config.schema import CineSceneConfig
@@ -28,8 +26,8 @@ from cinescene.slurm.environment import restart_count
 
 from . import rng
 from .batching import plan_batch
-from .callbacks import CallbackList, TrainState
-from .checkpoint import CheckpointCadence, CheckpointManager, LoadedCheckpoint, check_compatible, read_trainer_state
+from .callbacks import CallbackList
+from .checkpoint import CheckpointCadence, CheckpointManager, Start, resume
 from .components import Components, SampleFacts, default_components
 from .ema import EMACallback, ShardedEMA
 from .engine import build_engine, use_zero_init
@@ -50,39 +48,22 @@ def _quiet_libraries(level: str) -> None:
     warnings.filterwarnings("ignore", category=FutureWarning, module=r"torch\.distributed")
 
 
-def _barrier() -> None:
-    if dist.is_initialized():
-        dist.barrier()
-
-
-def parameter_manifest(model: torch.nn.Module):
-    """Full shapes of every parameter and the trainable names (ZeRO-3 aware), as the checkpoint records them."""
-    shapes = {name: list(getattr(p, "ds_shape", p.shape)) for name, p in model.named_parameters()}
-    trainable = sorted(name for name, p in model.named_parameters() if p.requires_grad)
-    return shapes, trainable
-
-
 def _build_callbacks(cfg: CineSceneConfig, env: DistEnv, engine, tracker: Tracker, facts: SampleFacts,
-                     flag: PreemptionFlag, loaded: Optional[LoadedCheckpoint]) -> CallbackList:
+                     flag: PreemptionFlag, start: Start) -> CallbackList:
     """The callbacks in the order they must see a step: measure, judge, average, then decide and log."""
     peak = cfg.tracking.peak_tflops or device_peak_tflops(cfg.train.precision)
     callbacks = [ThroughputMonitor(flops_per_sample=facts.flops_per_sample, tokens_per_sample=facts.tokens_per_sample,
                                    peak_tflops=peak, devices=env.world_size),
                  NonFiniteGuard(cfg.train.max_consecutive_nonfinite)]
     if cfg.train.ema.enabled:
-        ema = EMACallback(ShardedEMA(engine.module.named_parameters(), cfg.train.ema,
-                                     shard_index=env.rank, shard_count=env.world_size))
-        if loaded is not None:
-            ema.provide_all_ranks(lambda: [s["callbacks"]["ema"] for s in loaded.all_rank_states()])
-        callbacks.append(ema)
+        callbacks.append(EMACallback(ShardedEMA(engine.module.named_parameters(), cfg.train.ema,
+                                                shard_index=env.rank, shard_count=env.world_size)))
     callbacks += [PreemptionCallback(flag, cfg.launch.preempt_exit_code, engine.device),
                   RestartsMetric(restart_count()),
                   CheckpointCadence(cfg.checkpoint),
                   MetricsLogger(tracker, cfg.tracking.log_every_steps)]
     callbacks = CallbackList(callbacks)
-    if loaded is not None:
-        # Resharded (no file of our own): rank 0's holds the replicated counters; the EMA reslices itself.
-        callbacks.load_state_dict((loaded.rank_state or loaded.all_rank_states()[0])["callbacks"])
+    start.restore_callbacks(callbacks)
     return callbacks
 
 
@@ -111,42 +92,15 @@ def run_rank(cfg: CineSceneConfig, env: DistEnv, components: Optional[Components
             components.prepare_data(cfg)
         checkpoints = CheckpointManager(cfg.checkpoint.dir or run_dir / "checkpoints", cfg.checkpoint,
                                         rank=env.rank, world_size=env.world_size)
-        checkpoints.recover()
-        _barrier()
-        resume_path = checkpoints.resolve_resume(cfg.checkpoint.resume)
-        saved = read_trainer_state(resume_path) if resume_path is not None else None
-        if saved is not None and int(saved["step"]) >= cfg.train.max_steps:
-            _log.info("%s is at step %s of train.max_steps=%d: nothing to do", resume_path, saved["step"],
-                      cfg.train.max_steps)
+        start = resume(cfg, layout, plan, checkpoints, lambda: build_engine(
+            cfg, layout, plan, lambda: components.build_model(cfg),
+            zero_init=use_zero_init(cfg, lambda: components.count_params(cfg))))
+        if start.finished:
             exit_code = 0
             return exit_code
-
-        if layout.is_main and resume_path is None:
+        engine, state = start.engine, start.state
+        if layout.is_main and start.path is None:
             warn_random_init(cfg.model)
-        rng.seed_all(cfg.run.seed)  # identical initial weights on every rank
-        reshard = saved is not None and saved.get("world_size") != env.world_size
-        if reshard and saved.get("global_batch_size") != plan.global_batch_size:
-            _log.warning("resuming at %d ranks: the global batch changes from %s to %d (set "
-                         "train.global_batch_size to keep it)", env.world_size, saved.get("global_batch_size"),
-                         plan.global_batch_size)
-        engine = build_engine(cfg, layout, plan, lambda: components.build_model(cfg),
-                              zero_init=use_zero_init(cfg, lambda: components.count_params(cfg)),
-                              load_universal=reshard)
-        shapes, trainable = parameter_manifest(engine.module)
-
-        state = TrainState(max_steps=cfg.train.max_steps)
-        loaded = None
-        if resume_path is not None:
-            check_compatible(saved, resume_path, params=shapes, trainable=trainable,
-                             zero_stage=cfg.parallel.zero_stage)
-            loaded = checkpoints.load(engine, resume_path)
-            state.step = int(saved["step"])
-            state.consumed_samples = int(saved["consumed_samples"])
-            state.last_checkpoint = str(resume_path)
-        if loaded is not None and loaded.rank_state is not None:
-            rng.restore(loaded.rank_state["rng"])
-        else:
-            rng.seed_all(rng.rank_seed(cfg.run.seed, env.rank) + state.step)
 
         batches = components.build_batches(cfg, layout.dp_rank, layout.dp_size, plan.micro_batch_size,
                                            state.consumed_samples)
@@ -154,28 +108,24 @@ def run_rank(cfg: CineSceneConfig, env: DistEnv, components: Optional[Components
         facts = components.sample_facts(cfg, engine.module, first)
         batches = itertools.chain([first], batches)
 
-        # The W&B run continues only when resuming this run's own checkpoints (not a fork from elsewhere).
-        own_run = resume_path is not None and resume_path.parent.resolve() == checkpoints.root.resolve()
         tracker = Tracker(cfg.tracking, run_dir, is_main=layout.is_main, run_name=cfg.run.name,
-                          config=OmegaConf.to_container(OmegaConf.structured(cfg)),
-                          run_id=saved.get("wandb_run_id") if (saved and own_run) else None,
+                          config=OmegaConf.to_container(OmegaConf.structured(cfg)), run_id=start.wandb_run_id,
                           resume_step=state.step)
-        callbacks = _build_callbacks(cfg, env, engine, tracker, facts, flag, loaded)
+        callbacks = _build_callbacks(cfg, env, engine, tracker, facts, flag, start)
         trainer = Trainer(cfg, engine=engine, layout=layout, plan=plan,
                           objective=FlowMatchingObjective(cfg.train, cfg.model), batches=batches,
-                          checkpoints=checkpoints, callbacks=callbacks, state=state, config_yaml=config_yaml,
-                          trainer_state_extra=lambda: {"wandb_run_id": tracker.run_id, "params": shapes,
-                                                       "trainable": trainable, "run_name": cfg.run.name})
+                          checkpoints=checkpoints, callbacks=callbacks, state=state, facts=start.facts,
+                          wandb_run_id=lambda: tracker.run_id, config_yaml=config_yaml)
         if flag.agreed(engine.device):  # signalled during start-up: stop before the first step, save nothing new
             if layout.is_main:
                 _log.warning("preemption requested (%s) before step %d: nothing new saved, %s; exiting with status "
                              "%d", flag.signal_name or "signal on another rank", state.step + 1,
-                             f"{resume_path} stands" if resume_path else "no checkpoint yet",
+                             f"{start.path} stands" if start.path else "no checkpoint yet",
                              cfg.launch.preempt_exit_code)
             exit_code = cfg.launch.preempt_exit_code
             return exit_code
         _log.info("training steps %d..%d of %d (%s)", state.step + 1, cfg.train.max_steps, cfg.train.max_steps,
-                  f"resumed from {resume_path}" if resume_path else "fresh start")
+                  f"resumed from {start.path}" if start.path else "fresh start")
         exit_code = trainer.fit()
         _log.info("done at step %d%s", state.step,
                   f" (preempted: exit status {exit_code})" if exit_code else "")

@@ -13,10 +13,9 @@ from cinescene.distributed.groups import ParallelLayout
 from cinescene.errors import CineSceneError
 from cinescene.log import get_logger
 
-from . import rng
 from .batching import BatchPlan
 from .callbacks import CallbackList, StepResult, TrainState
-from .checkpoint import CheckpointManager
+from .checkpoint import CheckpointManager, RunFacts, rank_state_now
 from .guards import poison_if_nonfinite
 from .objective import FlowMatchingObjective, sample_generators
 from .schedule import lr_at, set_lr
@@ -42,8 +41,8 @@ def _reduce_step(loss: torch.Tensor, skipped_samples: int, sp_size: int, device:
 class Trainer:
     def __init__(self, cfg: CineSceneConfig, *, engine, layout: ParallelLayout, plan: BatchPlan,
                  objective: FlowMatchingObjective, batches: Iterator[Mapping[str, Any]],
-                 checkpoints: CheckpointManager, callbacks: CallbackList, state: TrainState,
-                 trainer_state_extra: Callable[[], Dict[str, Any]], config_yaml: str):
+                 checkpoints: CheckpointManager, callbacks: CallbackList, state: TrainState, facts: RunFacts,
+                 wandb_run_id: Callable[[], Optional[str]], config_yaml: str):
         self.cfg = cfg
         self.engine = engine
         self.layout = layout
@@ -53,7 +52,8 @@ class Trainer:
         self.checkpoints = checkpoints
         self.callbacks = callbacks
         self.state = state
-        self.trainer_state_extra = trainer_state_extra
+        self.facts = facts
+        self.wandb_run_id = wandb_run_id
         self.config_yaml = config_yaml
         self.device = engine.device
 
@@ -96,16 +96,10 @@ class Trainer:
                           data_time_s=data_time, extra=extra)
 
     def save(self, reason: str) -> None:
-        state = self.state
-        trainer_state = {"step": state.step, "consumed_samples": state.consumed_samples,
-                         "global_batch_size": self.plan.global_batch_size, "world_size": self.layout.world_size,
-                         "dp_size": self.layout.dp_size, "sp_size": self.layout.sp_size,
-                         "zero_stage": self.cfg.parallel.zero_stage, "precision": self.cfg.train.precision,
-                         "reason": reason, "saved_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-                         **self.trainer_state_extra()}
-        rank_state = {"rank": self.layout.rank, "rng": rng.capture(), "callbacks": self.callbacks.state_dict()}
-        path = self.checkpoints.save(self.engine, state.step, trainer_state, rank_state, self.config_yaml)
-        state.last_checkpoint = str(path)
+        record = self.facts.record(self.state, reason, self.wandb_run_id())
+        path = self.checkpoints.save(self.engine, record, rank_state_now(self.layout.rank, self.callbacks),
+                                     self.config_yaml)
+        self.state.last_checkpoint = str(path)
 
     def fit(self) -> int:
         """Train to ``train.max_steps`` (or a stop request); returns the process exit status."""

@@ -1,32 +1,24 @@
 """Checkpoint manager: atomic step directories, `latest`, recovery after a killed save, retention, resume rules.
 
-A fake engine stands in for DeepSpeed (it writes one shard file per rank);
-crash points raise instead of SIGKILLing, which leaves the same files behind
-as a killed process (the real SIGKILL is in test_train_integration.py).
+A one-rank fake engine writes DeepSpeed's ZeRO-3 file layout through the checkpoint engine the manager
+installs (:mod:`tests.ckpt.fakes`); crash points raise instead of SIGKILLing, which leaves the same files
+behind as a killed process (the real SIGKILL is in test_train_integration.py).
 """
 from __future__ import annotations
 
 import json
 
 import pytest
-
+from cinescene.ckpt.manifest import hash_file, read_manifest
+from cinescene.ckpt.rank_state import read_rank_state
+from cinescene.ckpt.record import read_record
 from cinescene.config.checkpoint import CheckpointConfig
 from cinescene.errors import CineSceneError
-from cinescene.train import checkpoint as ckpt
-from cinescene.train.checkpoint import CheckpointManager, check_compatible, is_complete, step_dir_name
+from cinescene.train.checkpoint import (CheckpointManager, check_compatible, is_complete, manager as manager_module,
+                                        step_dir_name, validate)
+from tests.ckpt.fakes import FakeZeroEngine, rank_state, record
 
 POINTS = ["tmp_created", "after_shards", "after_rank_states", "before_rename", "after_rename", "after_latest"]
-
-
-class FakeEngine:
-    def save_checkpoint(self, save_dir, tag, save_latest, exclude_frozen_parameters):
-        assert save_latest is False and exclude_frozen_parameters is True
-        (ckpt.Path(save_dir) / tag).mkdir(parents=True, exist_ok=True)
-        (ckpt.Path(save_dir) / tag / "shard_0.pt").write_bytes(b"weights")
-
-    def load_checkpoint(self, load_dir, tag, **kwargs):
-        assert (ckpt.Path(load_dir) / tag / "shard_0.pt").read_bytes() == b"weights"
-        return load_dir, {}
 
 
 class Crash(Exception):
@@ -38,11 +30,10 @@ def manager(root, **cfg) -> CheckpointManager:
 
 
 def save(mgr: CheckpointManager, step: int):
-    return mgr.save(FakeEngine(), step, {"step": step, "consumed_samples": step * 4, "world_size": 1},
-                    {"rng": step}, "run: {}\n")
+    return mgr.save(FakeZeroEngine(step=step), record(step), rank_state(step), "run: {}\n")
 
 
-def test_save_writes_a_complete_directory_and_moves_latest(tmp_path):
+def test_save_writes_a_complete_directory_with_its_manifest_and_moves_latest(tmp_path):
     mgr = manager(tmp_path / "ck")
     first = save(mgr, 1)
     second = save(mgr, 2)
@@ -50,11 +41,15 @@ def test_save_writes_a_complete_directory_and_moves_latest(tmp_path):
     assert (tmp_path / "ck" / "latest").read_text() == "step_00000002\n"
     assert mgr.latest() == second
     state = json.loads((second / "trainer_state.json").read_text())
-    assert state["step"] == 2 and state["consumed_samples"] == 8 and state["format"] == 1
-    assert (second / "rank_states" / "rank_00000.pt").is_file() and (second / "config.yaml").is_file()
-    assert not list((tmp_path / "ck").glob(".tmp-*"))
-    loaded = mgr.load(FakeEngine(), second)
-    assert loaded.rank_state == {"rng": 2} and loaded.trainer_state["step"] == 2
+    assert state["step"] == 2 and state["consumed_samples"] == 8 and state["format"] == 2
+    assert read_record(second).step == 2 and validate(second).consumed_samples == 8
+    assert read_rank_state(second / "rank_states" / "rank_00000.safetensors")["callbacks"] == {"guard": {"total": 2}}
+    assert not list((tmp_path / "ck").glob(".tmp-*")) and not list(second.glob("*.py"))
+    # Every file is in the manifest, with the size and SHA-256 computed while it was written.
+    listed = read_manifest(second)
+    on_disk = sorted(str(p.relative_to(second)) for p in second.rglob("*") if p.is_file() and p.name != "manifest.json")
+    assert sorted(listed) == on_disk
+    assert all(hash_file(second / name) == rec for name, rec in listed.items())
 
 
 @pytest.mark.parametrize("point", POINTS)
@@ -66,7 +61,7 @@ def test_a_save_killed_at_any_point_leaves_latest_on_a_complete_checkpoint(tmp_p
         if name == point:
             raise Crash(name)
 
-    monkeypatch.setattr(ckpt, "_crash_point", crash)
+    monkeypatch.setattr(manager_module, "_crash_point", crash)
     with pytest.raises(Crash):
         save(mgr, 2)
     monkeypatch.undo()
@@ -79,7 +74,7 @@ def test_a_save_killed_at_any_point_leaves_latest_on_a_complete_checkpoint(tmp_p
     fresh.recover()
     assert not list((tmp_path / "ck").glob(".tmp-*"))
     resumed = 2 if point in ("after_rename", "after_latest") else 1
-    assert fresh.resolve_resume("auto").name == step_dir_name(resumed)
+    assert fresh.choose("auto").name == step_dir_name(resumed)
     assert save(fresh, resumed + 1).name == step_dir_name(resumed + 1)
 
 
@@ -111,32 +106,35 @@ def test_recover_removes_leftovers_and_ignores_foreign_dirs(tmp_path):
 def test_resume_rules(tmp_path):
     root = tmp_path / "ck"
     mgr = manager(root)
-    assert mgr.resolve_resume("auto") is None and mgr.resolve_resume("never") is None
+    assert mgr.choose("auto") is None and mgr.choose("never") is None
     for step in (1, 2):
         save(mgr, step)
     with pytest.raises(CineSceneError, match="already holds checkpoints"):
-        mgr.resolve_resume("never")
+        mgr.choose("never")
     with pytest.raises(CineSceneError, match="no such checkpoint directory"):
-        mgr.resolve_resume(str(tmp_path / "nope"))
+        mgr.choose(str(tmp_path / "nope"))
     with pytest.raises(CineSceneError, match="would rewind this run"):
-        mgr.resolve_resume(str(root / "step_00000001"))
+        mgr.choose(str(root / "step_00000001"))
     other = manager(tmp_path / "other")
-    assert other.resolve_resume(str(root)).name == "step_00000002"  # a checkpoints dir: its latest
-    assert other.resolve_resume(str(root / "step_00000001")).name == "step_00000001"
+    assert other.choose(str(root)).name == "step_00000002"  # a checkpoints dir: its latest
+    assert other.choose(str(root / "step_00000001")).name == "step_00000001"
 
 
 def test_compatibility_errors_name_what_differs(tmp_path):
-    saved = {"params": {"a.weight": [4, 4], "b.bias": [4], "gone.weight": [2]}, "trainable": ["a.weight"],
-             "world_size": 2, "zero_stage": 3}
+    saved = record(3, params={"a.weight": [4, 4], "b.bias": [4], "gone.weight": [2]}, trainable=["a.weight"],
+                   world_size=2)
     current = {"a.weight": [8, 4], "b.bias": [4], "new.weight": [3]}
     with pytest.raises(CineSceneError) as info:
-        check_compatible(saved, tmp_path, params=current, trainable=["a.weight"], zero_stage=3)
+        check_compatible(saved, tmp_path, params=current, trainable=["a.weight"], zero_stage=3, world_size=2)
     message = str(info.value)
     assert "another model config" in message and "a.weight [4, 4] vs [8, 4]" in message
     assert "only in the checkpoint: gone.weight" in message and "only in this model: new.weight" in message
-    same = {k: v for k, v in saved["params"].items()}
+    same = dict(saved.params)
     with pytest.raises(CineSceneError, match="ZeRO-3 shards; this run uses ZeRO-2"):
-        check_compatible(saved, tmp_path, params=same, trainable=["a.weight"], zero_stage=2)
+        check_compatible(saved, tmp_path, params=same, trainable=["a.weight"], zero_stage=2, world_size=2)
     with pytest.raises(CineSceneError, match="trainable set differs: b.bias"):
-        check_compatible(saved, tmp_path, params=same, trainable=["a.weight", "b.bias"], zero_stage=3)
-    check_compatible(saved, tmp_path, params=same, trainable=["a.weight"], zero_stage=3)  # world size may differ
+        check_compatible(saved, tmp_path, params=same, trainable=["a.weight", "b.bias"], zero_stage=3, world_size=2)
+    check_compatible(saved, tmp_path, params=same, trainable=["a.weight"], zero_stage=3, world_size=4)  # resharded
+    with pytest.raises(CineSceneError, match="needs ZeRO-3"):
+        check_compatible(record(3, params=same, trainable=["a.weight"], world_size=2, zero_stage=2), tmp_path,
+                         params=same, trainable=["a.weight"], zero_stage=2, world_size=1)

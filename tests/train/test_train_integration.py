@@ -20,6 +20,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from cinescene.ckpt.rank_state import read_rank_state
 from cinescene.train.checkpoint import consolidated_state_dict, is_complete, weights_digest
 from cinescene.train.ema import assemble
 from cinescene.train.wandb_files import read_history, read_run_ids
@@ -53,18 +54,6 @@ def wait_for_steps(run_dir: Path, count: int, proc: subprocess.Popen, timeout=30
         assert proc.poll() is None, f"the run ended before step {count}"
         assert time.monotonic() < deadline, f"no step {count} within {timeout} s"
         time.sleep(0.2)
-
-
-@pytest.fixture(scope="session")
-def smoke_shards(tmp_path_factory):
-    """The smoke job's synthetic shards, rendered once per test session."""
-    from cinescene.config import load_config
-    from cinescene.data.ensure import ensure_dataset
-
-    shards = tmp_path_factory.mktemp("smoke_data") / "shards"
-    cfg, _ = load_config(REPO / "configs/experiments/smoke.yaml", [f"data.train_shards={shards}"])
-    ensure_dataset(cfg.data)
-    return shards
 
 
 @pytest.fixture(scope="module")
@@ -101,9 +90,9 @@ def test_preempted_and_resumed_smoke_run_ends_bit_identical(uninterrupted, smoke
     print(f"\nfinal weights sha256: uninterrupted {digest_a}\n                      resumed       {digest_b}")
     assert digest_a == digest_b
     for rank in (0, 1):  # the EMA shards too
-        name = f"rank_states/rank_{rank:05d}.pt"
-        ema_a = torch.load(final_step_dir(uninterrupted) / name, weights_only=False)["callbacks"]["ema"]["slices"]
-        ema_b = torch.load(final_step_dir(run_dir) / name, weights_only=False)["callbacks"]["ema"]["slices"]
+        name = f"rank_states/rank_{rank:05d}.safetensors"
+        ema_a = read_rank_state(final_step_dir(uninterrupted) / name)["callbacks"]["ema"]["slices"]
+        ema_b = read_rank_state(final_step_dir(run_dir) / name)["callbacks"]["ema"]["slices"]
         assert all(torch.equal(ema_a[k]["value"], ema_b[k]["value"]) for k in ema_a)
     # One W&B run across the restart, holding the same losses as metrics.jsonl.
     ids = read_run_ids(run_dir)
@@ -166,9 +155,9 @@ def test_resume_at_another_world_size_continues_the_same_run(tmp_path):
     loss_gap = max(abs(x["loss"] - y["loss"]) for x, y in zip(metrics(whole), metrics(split)))
     print(f"\nresumed 2 -> 1 ranks: max |weight difference| {worst:.1e}, max |loss difference| {loss_gap:.1e}")
     assert worst < 1e-6 and loss_gap < 1e-6
-    ema_whole = assemble(torch.load(final_step_dir(whole) / f"rank_states/rank_{r:05d}.pt", weights_only=False)
+    ema_whole = assemble(read_rank_state(final_step_dir(whole) / f"rank_states/rank_{r:05d}.safetensors")
                          ["callbacks"]["ema"] for r in (0, 1))
-    ema_split = assemble([torch.load(final_step_dir(split) / "rank_states/rank_00000.pt", weights_only=False)
+    ema_split = assemble([read_rank_state(final_step_dir(split) / "rank_states/rank_00000.safetensors")
                           ["callbacks"]["ema"]])
     assert max((ema_whole[k] - ema_split[k]).abs().max().item() for k in ema_whole) < 1e-6
 

@@ -1,0 +1,395 @@
+"""``cinescene ckpt export``: a checkpoint as consolidated safetensors in Wan's or diffusers' layout.
+
+An export directory describes itself::
+
+    config.json                                  the base DiT's config (Wan's WanModel / diffusers'
+                                                 WanTransformer3DModel), so either loads it with from_pretrained
+    diffusion_pytorch_model.safetensors          the base DiT in that layout's key names; above --max-shard-size:
+      (or -00001-of-0000N + .safetensors.index.json)  shards and an index, as both projects write them
+    cinescene_modules.safetensors                what CineScene adds (camera encoders and projectors, the scene
+                                                 encoder: VGGT, projector, null token), our key names; sharded alike
+    cinescene.json                               format, layout, dtype, EMA or not, step, the source checkpoint,
+                                                 the resolved model config, the file lists
+    cinescene_config.yaml                        the run's config as its checkpoint saved it (what `cinescene
+                                                 sample` and `eval` need besides the weights: data, eval settings)
+
+Streaming: tensors are produced one at a time (gathered from the ZeRO shards
+by byte ranges, or the EMA slices from every rank file) and written shard by
+shard, so the peak resident memory is about one output shard plus the
+largest tensor, not the model; :func:`export` measures it. Parameters the
+run did not train (the frozen VGGT, or any frozen DiT part) come from where
+the trainer got them: ``model.pretrained`` / ``model.scene.vggt.weights``,
+read lazily, or, for a run without those files, the initialisation under
+``run.seed``.
+
+:func:`load_exported_model` builds our :class:`~cinescene.models.CineSceneModel`
+from an export directory with strict key checks (the sampling CLI's loader).
+"""
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Dict, Iterable, List, Optional, Tuple
+
+import torch
+
+from cinescene.errors import CineSceneError
+from cinescene.log import get_logger
+
+from .layout import CONFIG_FILE, RANK_STATES, ZERO_TAG
+from .manifest import read_manifest
+from .memory import current_rss_bytes, peak_rss_bytes, reset_peak
+from .weights import TrainedWeights
+
+_log = get_logger("ckpt.export")
+
+FORMATS = ("wan", "diffusers")
+DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
+BASE_STEM = "diffusion_pytorch_model"     # both Wan's releases and diffusers name the DiT weights this way
+MODULES_STEM = "cinescene_modules"
+DESCRIPTION = "cinescene.json"
+RUN_CONFIG = "cinescene_config.yaml"   # the run's resolved config (as the checkpoint saved it): data and eval settings
+EXPORT_FORMAT = "cinescene-export"
+EXPORT_VERSION = 1
+DEFAULT_MAX_SHARD = 5 * 10**9             # diffusers' default max_shard_size, "5GB"
+VGGT_PREFIX = "scene_encoder.vggt."
+
+
+def is_cinescene_key(name: str) -> bool:
+    """Parameters CineScene adds to the Wan DiT: they go to the modules file, never to the base DiT's."""
+    from cinescene.models.weights import is_cinescene_extension
+
+    return is_cinescene_extension(name)
+
+
+# --------------------------------------------------------------------------- sharded writer
+class ShardWriter:
+    """Tensors in, safetensors shards out: a new shard whenever the next tensor would pass ``max_bytes``."""
+
+    def __init__(self, out: Path, stem: str, max_bytes: int, dtype: torch.dtype):
+        self.out, self.stem, self.max_bytes, self.dtype = out, stem, max_bytes, dtype
+        self.pending: Dict[str, torch.Tensor] = {}
+        self.pending_bytes = 0
+        self.shards: List[Tuple[Path, List[str]]] = []
+        self.total_bytes = 0
+
+    def add(self, name: str, tensor: torch.Tensor) -> None:
+        tensor = tensor.to(self.dtype).contiguous()
+        size = tensor.numel() * tensor.element_size()
+        if self.pending and self.pending_bytes + size > self.max_bytes:
+            self._flush()
+        self.pending[name] = tensor
+        self.pending_bytes += size
+        self.total_bytes += size
+
+    def _flush(self) -> None:
+        from safetensors.torch import save_file
+
+        path = self.out / f".{self.stem}-part{len(self.shards):05d}.safetensors"
+        save_file(self.pending, str(path), metadata={"format": "pt"})
+        self.shards.append((path, list(self.pending)))
+        self.pending, self.pending_bytes = {}, 0
+
+    def finish(self) -> List[str]:
+        """Name the shards (one file, or -0000i-of-0000N plus an index); returns the files written."""
+        if self.pending or not self.shards:
+            self._flush()
+        if len(self.shards) == 1:
+            name = f"{self.stem}.safetensors"
+            os.replace(self.shards[0][0], self.out / name)
+            return [name]
+        count, weight_map, names = len(self.shards), {}, []
+        for index, (path, keys) in enumerate(self.shards, start=1):
+            name = f"{self.stem}-{index:05d}-of-{count:05d}.safetensors"
+            os.replace(path, self.out / name)
+            weight_map.update(dict.fromkeys(keys, name))
+            names.append(name)
+        index_name = f"{self.stem}.safetensors.index.json"
+        (self.out / index_name).write_text(json.dumps({"metadata": {"total_size": self.total_bytes},
+                                                       "weight_map": weight_map}, indent=2, sort_keys=True) + "\n")
+        return names + [index_name]
+
+
+# ------------------------------------------------------------------------ frozen parameters
+class FrozenWeights:
+    """The parameters a run did not train, from where the trainer took them (see the module doc)."""
+
+    def __init__(self, cfg, names: Iterable[str]):
+        self.cfg = cfg
+        self.names = set(names)
+        self._files = contextlib.ExitStack()
+        self._sources: Dict[str, Callable[[str], torch.Tensor]] = {}
+        self._initialised: Optional[Dict[str, torch.Tensor]] = None
+
+    def _source(self, kind: str) -> Optional[Callable[[str], torch.Tensor]]:
+        from cinescene.models.key_mapping import detect_layout, diffusers_to_wan_key
+        from cinescene.models.weights import open_checkpoint
+
+        if kind not in self._sources:
+            model = self.cfg.model
+            path = model.pretrained if kind == "base" else model.scene.vggt.weights
+            if not path:
+                self._sources[kind] = None
+            else:
+                tensors, _ = self._files.enter_context(open_checkpoint(path))
+                if kind == "base":
+                    layout = detect_layout(tensors.keys()) if model.pretrained_format == "auto" else \
+                        model.pretrained_format
+                    if layout == "diffusers":
+                        tensors = tensors.renamed(diffusers_to_wan_key)
+                    self._sources[kind] = tensors.read
+                else:
+                    self._sources[kind] = lambda name, t=tensors: t.read(name[len(VGGT_PREFIX):])
+        return self._sources[kind]
+
+    def tensor(self, name: str) -> torch.Tensor:
+        kind = "vggt" if name.startswith(VGGT_PREFIX) else "base" if not is_cinescene_key(name) else None
+        source = self._source(kind) if kind else None
+        if source is not None:
+            return source(name)
+        if self._initialised is None:
+            self._initialised = self._initialise()
+        return self._initialised[name]
+
+    def _initialise(self) -> Dict[str, torch.Tensor]:
+        """The frozen parameters as the trainer built them: the model under ``run.seed``, its files loaded."""
+        from cinescene.models import build_model
+        from cinescene.train import rng
+
+        _log.info("frozen parameters without a weights file: rebuilding them as initialised under run.seed=%d",
+                  self.cfg.run.seed)
+        rng.seed_all(self.cfg.run.seed)
+        model = build_model(self.cfg.model)
+        return {name: param.detach() for name, param in model.named_parameters() if name in self.names}
+
+    def close(self) -> None:
+        self._files.close()
+
+
+# ---------------------------------------------------------------------------- configs
+def wan_config(model) -> dict:
+    """Wan2.1's ``WanModel`` config (the keys its releases' config.json hold, plus the sizes it takes)."""
+    return {"_class_name": "WanModel", "_diffusers_version": "0.30.0", "model_type": "t2v",
+            "dim": model.dim, "ffn_dim": model.ffn_dim, "freq_dim": model.freq_dim, "in_dim": model.in_dim,
+            "out_dim": model.out_dim, "num_heads": model.num_heads, "num_layers": model.num_layers,
+            "text_len": model.text_len, "text_dim": model.text_dim, "patch_size": list(model.patch_size),
+            "window_size": [-1, -1], "qk_norm": model.qk_norm, "cross_attn_norm": model.cross_attn_norm,
+            "eps": model.eps}
+
+
+def diffusers_config(model) -> dict:
+    """diffusers' ``WanTransformer3DModel`` config for the same DiT."""
+    try:
+        import diffusers
+
+        version = diffusers.__version__
+    except ImportError:
+        version = "0.32.0"
+    return {"_class_name": "WanTransformer3DModel", "_diffusers_version": version,
+            "patch_size": list(model.patch_size), "num_attention_heads": model.num_heads,
+            "attention_head_dim": model.dim // model.num_heads, "in_channels": model.in_dim,
+            "out_channels": model.out_dim, "text_dim": model.text_dim, "freq_dim": model.freq_dim,
+            "ffn_dim": model.ffn_dim, "num_layers": model.num_layers, "cross_attn_norm": model.cross_attn_norm,
+            "qk_norm": "rms_norm_across_heads" if model.qk_norm else None, "eps": model.eps,
+            "image_dim": None, "added_kv_proj_dim": None, "rope_max_seq_len": 1024}
+
+
+def checkpoint_config(step_dir: Path):
+    """The resolved config a checkpoint was saved with (its config.yaml, YAML data only)."""
+    from omegaconf import OmegaConf
+
+    from cinescene.config import ConfigError, from_container
+
+    path = step_dir / CONFIG_FILE
+    try:
+        return from_container(OmegaConf.to_container(OmegaConf.load(path), resolve=False))
+    except FileNotFoundError:
+        raise CineSceneError(f"{path} is missing: the checkpoint does not say which model it holds") from None
+    except ConfigError as exc:
+        raise CineSceneError(f"{path} is not a config this version reads ({exc})") from None
+
+
+# ------------------------------------------------------------------------------ export
+@dataclass
+class ExportReport:
+    out: Path
+    files: List[str]
+    tensors: int
+    bytes_written: int
+    checkpoint_bytes: int     # the checkpoint files the export read (ZeRO shards, plus rank states with --ema)
+    largest_tensor_bytes: int
+    max_shard_bytes: int
+    start_rss_bytes: int      # resident memory when the export started (the interpreter, torch, ...)
+    peak_rss_bytes: int
+    peak_is_process_lifetime: bool
+    seconds: float
+
+
+def _checkpoint_bytes(step_dir: Path, ema: bool) -> int:
+    files = read_manifest(step_dir) or {}
+    parts = (f"{ZERO_TAG}/",) + ((f"{RANK_STATES}/",) if ema else ())
+    listed = sum(r.size for name, r in files.items() if name.startswith(parts))
+    return listed or sum(p.stat().st_size for p in (step_dir / ZERO_TAG).glob("*") if p.is_file())
+
+
+def _work_dir(out: Path) -> Path:
+    """A private directory next to ``out`` to write into (renamed to ``out`` when complete); leftovers of
+    exports that were killed (their process is gone) are removed first."""
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise CineSceneError(f"cannot create {out.parent} for --out: {exc.strerror}") from None
+    prefix = f".{out.name}.tmp-export-"
+    for leftover in out.parent.glob(f"{prefix}*"):
+        pid = leftover.name[len(prefix):]
+        if pid.isdigit() and not Path(f"/proc/{pid}").exists():
+            shutil.rmtree(leftover, ignore_errors=True)
+    work = out.parent / f"{prefix}{os.getpid()}"
+    if work.exists():
+        shutil.rmtree(work)
+    try:
+        work.mkdir()
+    except OSError as exc:
+        raise CineSceneError(f"cannot write into {out.parent}: {exc.strerror}") from None
+    return work
+
+
+def export(path: Path | str, out: Path | str, *, fmt: str, ema: bool = False, dtype: str = "fp32",
+           max_shard_size: int = DEFAULT_MAX_SHARD) -> ExportReport:
+    """Write ``out`` (must not exist) from the checkpoint at ``path`` (run, checkpoints or step directory)."""
+    from cinescene.models.key_mapping import wan_to_diffusers_key
+
+    if fmt not in FORMATS:
+        raise CineSceneError(f"unknown export format {fmt!r}; expected one of {', '.join(FORMATS)}")
+    if dtype not in DTYPES:
+        raise CineSceneError(f"unknown dtype {dtype!r}; expected one of {', '.join(DTYPES)}")
+    if max_shard_size <= 0:
+        raise CineSceneError(f"--max-shard-size must be positive, got {max_shard_size}")
+    out = Path(out)
+    if out.exists() and (not out.is_dir() or any(out.iterdir())):
+        raise CineSceneError(f"{out} already exists; choose another --out (an export never overwrites)")
+    weights = TrainedWeights(path)
+    cfg = checkpoint_config(weights.path)
+    record = weights.record
+    trained = weights.names()  # checks every trainable parameter has shards before anything is written
+    frozen = FrozenWeights(cfg, [n for n in record.params if n not in set(trained)])
+    start_rss = current_rss_bytes()
+    measured = reset_peak()
+    started = time.perf_counter()
+    work = _work_dir(out)
+    target = DTYPES[dtype]
+    base = ShardWriter(work, BASE_STEM, max_shard_size, target)
+    modules = ShardWriter(work, MODULES_STEM, max_shard_size, target)
+    largest, count, trained_set = 0, 0, set(trained)
+    try:
+        for name in record.params:
+            tensor = weights.tensor(name, ema=ema) if name in trained_set else frozen.tensor(name)
+            largest = max(largest, tensor.numel() * tensor.element_size())
+            if is_cinescene_key(name):
+                modules.add(name, tensor)
+            else:
+                base.add(wan_to_diffusers_key(name) if fmt == "diffusers" else name, tensor)
+            count += 1
+            del tensor
+        files = base.finish() + modules.finish()
+    except BaseException:
+        shutil.rmtree(work, ignore_errors=True)
+        raise
+    finally:
+        frozen.close()
+    model_config = diffusers_config(cfg.model) if fmt == "diffusers" else wan_config(cfg.model)
+    (work / "config.json").write_text(json.dumps(model_config, indent=2) + "\n")
+    shutil.copyfile(weights.path / CONFIG_FILE, work / RUN_CONFIG)
+    from omegaconf import OmegaConf
+
+    description = {"format": EXPORT_FORMAT, "version": EXPORT_VERSION, "layout": fmt, "dtype": dtype, "ema": ema,
+                   "step": record.step, "consumed_samples": record.consumed_samples, "run_name": record.run_name,
+                   "source": str(weights.path.resolve()), "model": OmegaConf.to_container(OmegaConf.structured(
+                       cfg.model)),
+                   "base_files": [f for f in files if f.startswith(BASE_STEM)],
+                   "module_files": [f for f in files if f.startswith(MODULES_STEM)],
+                   "module_keys": sorted(n for n in record.params if is_cinescene_key(n))}
+    (work / DESCRIPTION).write_text(json.dumps(description, indent=2) + "\n")
+    written = sum((work / f).stat().st_size for f in files)
+    try:
+        if out.exists():
+            out.rmdir()  # empty (checked above): an export fills it or fails as a whole
+        os.rename(work, out)
+    except OSError:
+        shutil.rmtree(work, ignore_errors=True)
+        raise CineSceneError(f"{out} appeared while exporting (another export?); nothing was written there") from None
+    return ExportReport(out=out, files=files + ["config.json", RUN_CONFIG, DESCRIPTION], tensors=count, bytes_written=written,
+                        checkpoint_bytes=_checkpoint_bytes(weights.path, ema), largest_tensor_bytes=largest,
+                        max_shard_bytes=max_shard_size, start_rss_bytes=start_rss, peak_rss_bytes=peak_rss_bytes(),
+                        peak_is_process_lifetime=not measured, seconds=time.perf_counter() - started)
+
+
+# ------------------------------------------------------------------------------ loading
+def read_description(export_dir: Path | str) -> dict:
+    path = Path(export_dir) / DESCRIPTION
+    try:
+        description = json.loads(path.read_text())
+    except FileNotFoundError:
+        raise CineSceneError(f"{export_dir} is not a CineScene export (no {DESCRIPTION})") from None
+    except ValueError as exc:
+        raise CineSceneError(f"{path} is corrupt: {exc}") from None
+    if description.get("format") != EXPORT_FORMAT or description.get("version") != EXPORT_VERSION:
+        raise CineSceneError(f"{path} is not a version-{EXPORT_VERSION} CineScene export")
+    return description
+
+
+def _entry_file(export_dir: Path, files: List[str], stem: str) -> Path:
+    index = f"{stem}.safetensors.index.json"
+    return export_dir / (index if index in files else f"{stem}.safetensors")
+
+
+def load_exported_model(export_dir: Path | str, *, device=None, dtype: Optional[torch.dtype] = None,
+                        base_only: bool = False, model_cfg=None):
+    """Our CineSceneModel from an export directory (either layout), every key checked strictly.
+
+    ``base_only``: the plain Wan DiT (camera and scene context off) from the base file alone, the model
+    that Wan's and diffusers' loaders see in the same directory. ``model_cfg``: build this model config
+    (e.g. the run's with another attention backend) instead of the one the export describes; the keys
+    must still match exactly.
+    """
+    from cinescene.config import from_container
+    from cinescene.models import build_model
+    from cinescene.models.key_mapping import diffusers_to_wan_key
+    from cinescene.models.weights import TensorSource, assign_state_dict, open_checkpoint
+
+    export_dir = Path(export_dir)
+    description = read_description(export_dir)
+    from omegaconf import OmegaConf
+
+    model_cfg = dict(description["model"] if model_cfg is None else
+                     OmegaConf.to_container(OmegaConf.structured(model_cfg)))
+    model_cfg["pretrained"] = None
+    model_cfg["scene"] = {**model_cfg.get("scene", {}), "vggt": {**model_cfg.get("scene", {}).get("vggt", {}),
+                                                                  "weights": None}}
+    if base_only:
+        model_cfg["scene"]["enabled"] = False
+        model_cfg["camera"] = {**model_cfg.get("camera", {}), "enabled": False}
+    cfg = from_container({"model": model_cfg}).model
+    model = build_model(cfg, device=device, load_weights=False)
+    with contextlib.ExitStack() as files:
+        base, _ = files.enter_context(open_checkpoint(_entry_file(export_dir, description["base_files"], BASE_STEM)))
+        if description["layout"] == "diffusers":
+            base = base.renamed(diffusers_to_wan_key)
+        source = base
+        if not base_only:
+            extra, _ = files.enter_context(open_checkpoint(_entry_file(export_dir, description["module_files"],
+                                                                       MODULES_STEM)))
+            both = set(base.keys()) & set(extra.keys())
+            if both:
+                raise CineSceneError(f"{export_dir}: {sorted(both)[0]} is in both the base and the modules files")
+            source = TensorSource({**base.shapes, **extra.shapes},
+                                  lambda key: base.read(key) if key in base else extra.read(key))
+        assign_state_dict(model, source, strict=True, source=str(export_dir))
+    if dtype is not None:
+        model.to(dtype)
+    return model.eval()

@@ -1,0 +1,112 @@
+"""Names and places of a checkpoint directory, and the `latest` pointer read as untrusted data.
+
+``<checkpoint.dir>`` (default ``<run.dir>/checkpoints``)::
+
+    step_00000040/
+        zero/                           DeepSpeed ZeRO shards (our checkpoint engine writes them)
+        rank_states/rank_00000.safetensors   one per rank: RNG states, callback states (EMA shard)
+        config.yaml                     the resolved config, secrets scrubbed
+        trainer_state.json              the trainer record (:mod:`.record`)
+        manifest.json                   every file above with its size and SHA-256; written last
+    latest                              "step_00000040\\n", replaced atomically
+
+`latest` is a name, never a path: it must name a step directory directly
+inside its own checkpoints directory. An absolute path, ``..``, a symlinked
+`latest` or a step directory that is a symlink leading elsewhere is refused
+(treated like a damaged pointer), never followed.
+"""
+from __future__ import annotations
+
+import os
+import re
+import stat
+from pathlib import Path
+from typing import Optional
+
+from cinescene.errors import CineSceneError
+
+from .errors import DamagedCheckpointError
+
+STEP_DIR = re.compile(r"^step_(\d{8})$")
+TMP_PREFIX = ".tmp-"
+DELETE_PREFIX = ".tmp-delete-"
+LATEST = "latest"
+TRAINER_STATE = "trainer_state.json"
+RANK_STATES = "rank_states"
+ZERO_TAG = "zero"
+CONFIG_FILE = "config.yaml"
+CHECKPOINTS = "checkpoints"
+_POINTER_MAX_BYTES = 256
+
+
+def step_dir_name(step: int) -> str:
+    return f"step_{step:08d}"
+
+
+def step_of(path: Path) -> Optional[int]:
+    match = STEP_DIR.match(Path(path).name)
+    return int(match.group(1)) if match else None
+
+
+def rank_state_name(rank: int) -> str:
+    return f"rank_{rank:05d}.safetensors"
+
+
+def inside(root: Path, path: Path) -> bool:
+    """Whether ``path``, symlinks resolved, is an entry directly inside ``root``."""
+    return Path(path).resolve().parent == Path(root).resolve()
+
+
+def is_complete(path: Path) -> bool:
+    """A committed step directory: its name, a directory of its own, the trainer record present."""
+    path = Path(path)
+    return step_of(path) is not None and path.is_dir() and (path / TRAINER_STATE).is_file()
+
+
+def read_pointer(root: Path) -> Optional[Path]:
+    """The step directory `latest` names, or None without a `latest`; DamagedCheckpointError if unusable."""
+    pointer = Path(root) / LATEST
+    try:
+        fd = os.open(pointer, os.O_RDONLY | os.O_NOFOLLOW)
+    except FileNotFoundError:
+        return None
+    except OSError as exc:  # ELOOP: a symlink (never followed)
+        problem = "is a symlink (never followed)" if os.path.islink(pointer) else f"unreadable ({exc.strerror})"
+        raise DamagedCheckpointError(pointer, problem) from None
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise DamagedCheckpointError(pointer, "is not a regular file")
+        raw = os.read(fd, _POINTER_MAX_BYTES + 1)
+    finally:
+        os.close(fd)
+    try:
+        name = raw.decode("utf-8").strip()
+    except UnicodeDecodeError:
+        raise DamagedCheckpointError(pointer, "holds bytes that are not UTF-8 text") from None
+    if len(raw) > _POINTER_MAX_BYTES or os.sep in name or name in ("", ".", ".."):
+        raise DamagedCheckpointError(pointer, f"names {name[:80]!r}, not a step directory inside {root} "
+                                              "(a path outside its checkpoints directory is never followed)")
+    if STEP_DIR.match(name) is None:
+        raise DamagedCheckpointError(pointer, f"names {name!r}, which is not a step directory name")
+    target = Path(root) / name
+    if target.is_symlink() and not inside(root, target):
+        raise DamagedCheckpointError(pointer, f"names {name}, a symlink leading outside {root} (never followed)")
+    if not is_complete(target):
+        raise DamagedCheckpointError(pointer, f"names {name}, which is not a complete checkpoint")
+    return target
+
+
+def resolve_step_dir(path: Path | str) -> Path:
+    """A step directory from a run directory, a checkpoints directory (their `latest`) or a step directory."""
+    path = Path(path)
+    if not path.exists():
+        raise CineSceneError(f"{path}: no such run or checkpoint directory")
+    if step_of(path) is not None and (path / TRAINER_STATE).exists():
+        return path
+    for root in (path / CHECKPOINTS, path):
+        if (root / LATEST).exists() or (root / LATEST).is_symlink():
+            target = read_pointer(root)
+            if target is not None:
+                return target
+    raise CineSceneError(f"{path} is neither a checkpoint step directory nor a run or checkpoints directory "
+                         f"with a `{LATEST}` pointer")

@@ -1,0 +1,55 @@
+"""Peak resident memory of this process, for the figures export, resharding and the benchmark print.
+
+On Linux the kernel's high-water mark (``VmHWM``) can be reset by writing 5
+to ``/proc/self/clear_refs``, so a peak can be measured over one piece of
+work rather than the process's life; elsewhere the life-time peak
+(``ru_maxrss``) is the best there is, and :func:`reset_peak` says so.
+"""
+from __future__ import annotations
+
+import resource
+import sys
+from pathlib import Path
+
+_STATUS = Path("/proc/self/status")
+_CLEAR_REFS = Path("/proc/self/clear_refs")
+
+
+def reset_peak() -> bool:
+    """Start a new peak measurement; False when only the process's life-time peak is available."""
+    try:
+        _CLEAR_REFS.write_text("5")
+        return True
+    except OSError:
+        return False
+
+
+def current_rss_bytes() -> int:
+    """Resident set size now (0 where /proc is not available)."""
+    try:
+        for line in _STATUS.read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return 0
+
+
+def peak_rss_bytes() -> int:
+    """Peak resident set size since :func:`reset_peak` (or since the process started)."""
+    try:
+        for line in _STATUS.read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return peak if sys.platform == "darwin" else peak * 1024
+
+
+def human_bytes(count: float) -> str:
+    for unit in ("B", "KB", "MB", "GB", "TB"):
+        if abs(count) < 1000 or unit == "TB":
+            return f"{count:.0f} {unit}" if unit == "B" else f"{count:.2f} {unit}"
+        count /= 1000
+    return f"{count:.2f} TB"

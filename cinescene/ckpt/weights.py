@@ -1,0 +1,100 @@
+"""The trained weights of a checkpoint, one full tensor at a time: ZeRO-sharded fp32 or the EMA.
+
+:class:`TrainedWeights` reads a step directory as data (the trainer record,
+the ZeRO shards through :class:`~.zero.ZeroShards`, the EMA slices through
+the rank files) and hands out each trainable parameter as a full fp32
+tensor, so a caller that writes them out one by one never holds the model.
+:func:`consolidated_state_dict` is the all-at-once form for small models and
+tests.
+"""
+from __future__ import annotations
+
+import hashlib
+from functools import cached_property
+from pathlib import Path
+from typing import Dict, Iterator, List, Tuple
+
+import torch
+
+from cinescene.errors import CineSceneError
+
+from .errors import DamagedCheckpointError
+from .layout import RANK_STATES, ZERO_TAG, rank_state_name, resolve_step_dir
+from .rank_state import RankStateFile
+from .record import TrainerRecord, read_record
+from .zero import ZeroShards
+
+
+class TrainedWeights:
+    """The trainable parameters of one checkpoint (a run, checkpoints or step directory)."""
+
+    def __init__(self, path: Path | str):
+        self.path = resolve_step_dir(path)
+        self.record: TrainerRecord = read_record(self.path)
+
+    @cached_property
+    def shards(self) -> ZeroShards:
+        return ZeroShards(self.path / ZERO_TAG)
+
+    def names(self) -> List[str]:
+        """Trainable parameter names, in the model's order."""
+        saved = self.shards.params
+        missing = [name for name in self.record.trainable if name not in saved]
+        if missing:
+            raise DamagedCheckpointError(self.path / ZERO_TAG, f"no shards of {len(missing)} trainable parameters "
+                                                               f"(e.g. {missing[0]})")
+        trainable = set(self.record.trainable)
+        return [name for name in self.record.params if name in trainable]
+
+    def shape(self, name: str) -> Tuple[int, ...]:
+        return tuple(self.record.params[name])
+
+    def tensor(self, name: str, *, ema: bool = False) -> torch.Tensor:
+        """Parameter ``name`` as a full fp32 tensor: the trained weights, or their EMA."""
+        if not ema:
+            return self.shards.tensor(name)
+        numel = int(torch.Size(self.shape(name)).numel())
+        full = torch.empty(numel, dtype=torch.float32)
+        covered = 0
+        for tree in self._ema_trees:
+            entry = tree["slices"].get(name)
+            if entry is not None and int(entry["length"]):
+                offset, length = int(entry["offset"]), int(entry["length"])
+                full[offset: offset + length] = entry["value"].read_flat(0, length)
+                covered += length
+        if covered != numel:
+            raise DamagedCheckpointError(self.path / RANK_STATES, f"the EMA slices of {name} cover {covered} of "
+                                                                  f"{numel} elements")
+        return full.view(self.shape(name))
+
+    @cached_property
+    def _ema_trees(self) -> List[dict]:
+        if not self.record.ema:
+            raise CineSceneError(f"{self.path} holds no EMA weights (train.ema.enabled was off)")
+        trees = []
+        for rank in range(self.record.world_size):
+            tree = RankStateFile(self.path / RANK_STATES / rank_state_name(rank)).tree
+            ema = tree.get("callbacks", {}).get("ema") if isinstance(tree, dict) else None
+            if not isinstance(ema, dict) or not isinstance(ema.get("slices"), dict):
+                raise DamagedCheckpointError(self.path / RANK_STATES / rank_state_name(rank), "holds no EMA slices")
+            trees.append(ema)
+        return trees
+
+    def items(self, *, ema: bool = False) -> Iterator[Tuple[str, torch.Tensor]]:
+        for name in self.names():
+            yield name, self.tensor(name, ema=ema)
+
+
+def consolidated_state_dict(path: Path | str, *, ema: bool = False) -> Dict[str, torch.Tensor]:
+    """The trainable weights of a run, checkpoints or step directory as full fp32 tensors (or their EMA)."""
+    return dict(TrainedWeights(path).items(ema=ema))
+
+
+def weights_digest(path: Path | str) -> str:
+    """SHA-256 over the consolidated weights (names, shapes and bytes, in name order): equal = identical."""
+    digest = hashlib.sha256()
+    for name, tensor in sorted(consolidated_state_dict(path).items()):
+        digest.update(name.encode())
+        digest.update(str(tuple(tensor.shape)).encode())
+        digest.update(tensor.detach().cpu().contiguous().numpy().tobytes())
+    return digest.hexdigest()
