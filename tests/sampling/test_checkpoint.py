@@ -63,3 +63,15 @@ def test_damaged_or_foreign_checkpoints_are_one_line_errors(smoke_run, tmp_path)
     shutil.rmtree(step / "zero")
     with pytest.raises(CineSceneError, match="ZeRO shards do not load"):
         load_inference_model(resolve_checkpoint(copy), cfg)
+
+
+def test_configs_of_older_runs_with_retired_keys_still_load(smoke_run, tmp_path):
+    """Runs saved before eval.data owned the held-out data hold data.val_shards: it moves there (or goes, when null)."""
+    copy = tmp_path / "run"
+    shutil.copytree(smoke_run.run_dir / "checkpoints", copy / "checkpoints")
+    step = copy / "checkpoints" / smoke_run.step_dir.name
+    config = (step / "config.yaml").read_text()
+    for value, expected in (("null", None), ("/data/heldout", "/data/heldout")):
+        (step / "config.yaml").write_text(config.replace("data:\n", f"data:\n  val_shards: {value}\n", 1))
+        assert checkpoint_config(resolve_checkpoint(copy)).eval.data == expected
+    assert checkpoint_config(resolve_checkpoint(copy), ["eval.data=/elsewhere"]).eval.data == "/elsewhere"
