@@ -30,6 +30,7 @@ from .checkpoint import CheckpointCadence, CheckpointManager, LoadedCheckpoint, 
 from .components import Components, SampleFacts, default_components
 from .ema import EMACallback, ShardedEMA
 from .engine import build_engine, use_zero_init
+from .eval_hook import eval_callbacks
 from .guards import NonFiniteGuard
 from .loop import Trainer
 from .metrics import ThroughputMonitor, device_peak_tflops
@@ -59,7 +60,7 @@ def parameter_manifest(model: torch.nn.Module):
     return shapes, trainable
 
 
-def _build_callbacks(cfg: CineSceneConfig, env: DistEnv, engine, tracker: Tracker, facts: SampleFacts,
+def _build_callbacks(cfg: CineSceneConfig, env: DistEnv, layout, engine, tracker: Tracker, facts: SampleFacts,
                      flag: PreemptionFlag, loaded: Optional[LoadedCheckpoint]) -> CallbackList:
     """The callbacks in the order they must see a step: measure, judge, average, then decide and log."""
     peak = cfg.tracking.peak_tflops or device_peak_tflops(cfg.train.precision)
@@ -72,6 +73,7 @@ def _build_callbacks(cfg: CineSceneConfig, env: DistEnv, engine, tracker: Tracke
         if loaded is not None:
             ema.provide_all_ranks(lambda: [s["callbacks"]["ema"] for s in loaded.all_rank_states()])
         callbacks.append(ema)
+    callbacks += eval_callbacks(cfg, engine, layout, tracker, flag, callbacks)
     callbacks += [PreemptionCallback(flag, cfg.launch.preempt_exit_code, engine.device),
                   CheckpointCadence(cfg.checkpoint),
                   MetricsLogger(tracker, cfg.tracking.log_every_steps)]
@@ -154,7 +156,7 @@ def run_rank(cfg: CineSceneConfig, env: DistEnv, components: Optional[Components
                           config=OmegaConf.to_container(OmegaConf.structured(cfg)),
                           run_id=saved.get("wandb_run_id") if (saved and own_run) else None,
                           resume_step=state.step)
-        callbacks = _build_callbacks(cfg, env, engine, tracker, facts, flag, loaded)
+        callbacks = _build_callbacks(cfg, env, layout, engine, tracker, facts, flag, loaded)
         trainer = Trainer(cfg, engine=engine, layout=layout, plan=plan,
                           objective=FlowMatchingObjective(cfg.train, cfg.model), batches=batches,
                           checkpoints=checkpoints, callbacks=callbacks, state=state, config_yaml=config_yaml,
