@@ -44,11 +44,18 @@ def select(candidates: List[int], num: int, seed: int) -> List[int]:
 
 
 def check_present(cfg) -> None:
-    """Cheap, before a training run starts: ``eval.data`` holds shards when the hook is on (one-line error)."""
-    if cfg.eval.every_steps and not (Path(cfg.eval.data) / MANIFEST).is_file():
+    """Cheap, before a training run's ranks start, when the eval hook is on: ``eval.data`` holds shards and, once
+    the training data exists (synthetic data is made later), they fit its model and some are held out."""
+    if not cfg.eval.every_steps:
+        return
+    if not (Path(cfg.eval.data) / MANIFEST).is_file():
         raise CineSceneError(f"eval.data={cfg.eval.data} holds no {MANIFEST}: the eval hook (eval.every_steps="
                              f"{cfg.eval.every_steps}) needs held-out shards there (`cinescene data prepare --out "
                              f"{cfg.eval.data}`; --keep-pixels for wan data), or set eval.every_steps=0")
+    if cfg.data.train_shards and (Path(cfg.data.train_shards) / MANIFEST).is_file():
+        from cinescene.sampling.spec import training_spec
+
+        choose(cfg, training_spec(cfg))
 
 
 @dataclass

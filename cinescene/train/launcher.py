@@ -19,6 +19,7 @@ from cinescene.distributed.env import detect, standalone
 from cinescene.log import get_logger, setup_logging
 
 from cinescene.data.ensure import check_dataset
+from cinescene.eval.heldout import check_present as check_heldout
 
 from .batching import plan_batch
 from .preflight import check_initial_weights
@@ -35,6 +36,7 @@ def launch(cfg: CineSceneConfig, *, config_path: str, overrides: Sequence[str], 
         # together with the data (each rank checks again, for torchrun/srun launches).
         plan_batch(cfg.train, nproc, cfg.parallel.sequence)
         check_dataset(cfg.data)
+        check_heldout(cfg)
         if nproc > 1:
             from cinescene.distributed.spawn import spawn_local_ranks
 
