@@ -16,17 +16,24 @@ os.environ.setdefault("WANDB_MODE", "offline")
 os.environ.setdefault("WANDB_SILENT", "true")
 
 
-def _has_cuda() -> bool:
-    try:
-        import torch
+def _cuda_visible() -> bool:
+    import torch   # importing torch does not import triton
 
-        return torch.cuda.is_available()
-    except Exception:
-        return False
+    return torch.cuda.is_available()
+
+
+# Triton decides interpreter or GPU JIT when a function is decorated, its own library included
+# (triton.language's @jit helpers), so on a CPU the interpreter is switched on before anything in
+# the session can import triton (a metric library, torch.compile in an earlier test). Model code
+# never picks the fused kernels on a CPU by itself (attention backend "auto" needs CUDA), so
+# nothing else notices.
+os.environ.setdefault("TRITON_DEFAULT_FP_FUSION", "1")   # silence triton 3.9's default-change warning
+if not _cuda_visible():
+    os.environ["TRITON_INTERPRET"] = "1"
 
 
 def pytest_collection_modifyitems(config, items):
-    if _has_cuda():
+    if _cuda_visible():
         return
     skip_gpu = pytest.mark.skip(reason="needs a CUDA GPU")
     for item in items:
@@ -64,3 +71,20 @@ def smoke_shards(tmp_path_factory):
     cfg, _ = load_config(REPO / "configs/experiments/smoke.yaml", [f"data.train_shards={shards}"])
     ensure_dataset(cfg.data)
     return shards
+
+
+# What makes `cinescene.distributed.env.detect` take a process for a rank of a launched job. In-process
+# DeepSpeed and torch.distributed runs leave some of these in os.environ; a `cinescene` subprocess started
+# by a later test would inherit them and try to join a job that is gone.
+LAUNCHER_VARS = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "LOCAL_SIZE", "MASTER_ADDR", "MASTER_PORT",
+                 "CROSS_RANK", "CROSS_SIZE", "CINESCENE_LOCAL_SPAWN")
+
+
+@pytest.fixture(autouse=True)
+def _no_launcher_variables():
+    """Each test starts without launcher variables and leaves os.environ's as they were before it."""
+    saved = {key: os.environ.pop(key) for key in LAUNCHER_VARS if key in os.environ}
+    yield
+    for key in LAUNCHER_VARS:
+        os.environ.pop(key, None)
+    os.environ.update(saved)

@@ -40,7 +40,6 @@ class DataConfig:
     # Webdataset shards: a directory holding manifest.json + *.tar. Required to train;
     # model-only configs (e.g. for `cinescene model info`) leave it unset.
     train_shards: Optional[str] = None
-    val_shards: Optional[str] = None
     # Generate synthetic clips and prepare shards when train_shards is absent.
     generate: bool = False
     synth: SynthDataConfig = field(default_factory=SynthDataConfig)

@@ -117,9 +117,13 @@ class BackgroundConfig:
 
 @dataclass
 class EvalConfig:
-    # Run the eval hook every N training steps (0 = off).
+    # The training eval hook (cinescene/train/eval_hook.py) runs every N training steps and after the
+    # last one; 0 = off. Each call generates `num_samples` videos with `sample_steps` steps: on a
+    # cluster, sized so that it costs a few percent of the wall time (the hook logs its share).
     every_steps: int = 0
-    # Held-out shards (a directory with manifest.json); `cinescene eval --data` overrides it.
+    # Held-out shards (a directory with manifest.json), the one place held-out data is named: the
+    # hook and `cinescene eval` read it (`--data` overrides it). Samples also in the training
+    # shards are left out. Required when every_steps > 0.
     data: Optional[str] = None
     # Held-out samples per evaluation, a fixed set drawn by `seed` (0 = every held-out sample).
     num_samples: int = 2
@@ -131,7 +135,9 @@ class EvalConfig:
     cfg_scale: float = 5.0
     # Metrics to compute (names in METRIC_NAMES; docs/EVAL.md defines each).
     metrics: List[str] = field(default_factory=lambda: list(METRIC_NAMES))
-    # The hook logs the videos (and the contact sheet) to W&B.
+    # The hook writes each call's mp4s and contact sheet into <run.dir>/eval/step_XXXXXXXX/ and
+    # logs them to W&B (a table of prompt, ground truth and generated video, and the sheet); off,
+    # it logs only the metrics (`cinescene eval` always writes its videos).
     log_videos: bool = True
     # Frame rate of the source clips; a pixel-proxy model generates every 4th frame, so its videos
     # play at fps / 4.
@@ -143,6 +149,9 @@ class EvalConfig:
 
     def validate(self) -> None:
         non_negative(self.every_steps, "every_steps")
+        if self.every_steps and not self.data:
+            raise ConfigError("data", "required when eval.every_steps > 0: the held-out shards the hook "
+                                      "evaluates on (a directory with manifest.json)")
         non_negative(self.num_samples, "num_samples")
         positive(self.sample_steps, "sample_steps")
         non_negative(self.cfg_scale, "cfg_scale")

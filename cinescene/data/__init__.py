@@ -17,7 +17,7 @@ Public API (the trainer needs the first two)::
     ensure_dataset(data_cfg) -> Path                      # shards, generating synthetic ones if configured
     build_train_loader(data_cfg, model_cfg, *, rank, world_size, seed, micro_batch_size,
                        start_sample=0) -> TrainLoader     # .state_dict() / .load_state_dict()
-    build_eval_loader(data_cfg, model_cfg, *, rank, world_size, micro_batch_size) -> EvalLoader
+    build_eval_loader(data_cfg, model_cfg, *, shards, rank, world_size, micro_batch_size) -> EvalLoader
     synthesize(out, clips, frames, size, scene_images, seed, workers)    # `data synth`
     convert(src, out, scene_images, hfov_deg, captions)                  # `data convert`
     prepare.prepare(src, out, encoder, vae, text_encoder, ..., rank, world)  # `data prepare` (module prepare)

@@ -112,17 +112,15 @@ class WanEncoder:
         self.vae_dir, self.text_dir, self.tokenizer_dir = wan_model_dirs(vae, text_encoder, tokenizer)
         try:
             from diffusers import AutoencoderKLWan
-            from transformers import AutoTokenizer, UMT5EncoderModel
 
             self.vae = AutoencoderKLWan.from_pretrained(self.vae_dir, torch_dtype=torch.float32).to(self.device)
-            self.text_encoder = UMT5EncoderModel.from_pretrained(self.text_dir, torch_dtype=torch.float32)
-            self.text_encoder.to(self.device)
-            self.tokenizer = AutoTokenizer.from_pretrained(self.tokenizer_dir)
         except (OSError, ValueError, KeyError) as exc:
             raise CineSceneError(f"cannot load the Wan encoders ({type(exc).__name__}: {exc})".splitlines()[0]) \
                 from None
         self.vae.eval()
-        self.text_encoder.eval()
+        # umT5-XXL loads on the first prompt: the training eval hook decodes with the VAE only (the held-out
+        # shards hold the prompts' embeddings) and must not put the text encoder beside the model.
+        self._text = None
         config = self.vae.config
         self.mean = torch.tensor(config.latents_mean, dtype=torch.float32).view(1, -1, 1, 1, 1)
         self.std = torch.tensor(config.latents_std, dtype=torch.float32).view(1, -1, 1, 1, 1)
@@ -145,14 +143,28 @@ class WanEncoder:
         z = (z.cpu() - self.mean) / self.std
         return z[0].numpy()
 
+    def _text_models(self):
+        """(tokenizer, umT5), loaded on first use."""
+        if self._text is None:
+            try:
+                from transformers import AutoTokenizer, UMT5EncoderModel
+
+                encoder = UMT5EncoderModel.from_pretrained(self.text_dir, torch_dtype=self.torch.float32)
+                self._text = (AutoTokenizer.from_pretrained(self.tokenizer_dir), encoder.to(self.device).eval())
+            except (OSError, ValueError, KeyError) as exc:
+                raise CineSceneError(f"cannot load the Wan text encoder ({type(exc).__name__}: {exc})"
+                                     .splitlines()[0]) from None
+        return self._text
+
     def encode_text(self, prompt: str) -> np.ndarray:
         """umT5 embeddings of the prompt's real tokens (L, 4096) float32 (padding dropped, as Wan zeroes it)."""
         torch = self.torch
+        tokenizer, text_encoder = self._text_models()
         with torch.no_grad():
-            tokens = self.tokenizer(prompt, max_length=TEXT_LEN, padding="max_length", truncation=True,
-                                    add_special_tokens=True, return_attention_mask=True, return_tensors="pt")
+            tokens = tokenizer(prompt, max_length=TEXT_LEN, padding="max_length", truncation=True,
+                               add_special_tokens=True, return_attention_mask=True, return_tensors="pt")
             mask = tokens["attention_mask"].to(self.device)
-            hidden = self.text_encoder(tokens["input_ids"].to(self.device), attention_mask=mask).last_hidden_state
+            hidden = text_encoder(tokens["input_ids"].to(self.device), attention_mask=mask).last_hidden_state
             return hidden[0, : int(mask.sum())].float().cpu().numpy()
 
     def encode_images(self, images: np.ndarray) -> np.ndarray:

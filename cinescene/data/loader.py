@@ -298,11 +298,8 @@ def build_train_loader(data_cfg, model_cfg_or_dims, *, rank: int, world_size: in
                        num_workers=data_cfg.num_workers, start_sample=start_sample)
 
 
-def build_eval_loader(data_cfg, model_cfg_or_dims, *, rank: int, world_size: int, micro_batch_size: int,
-                      shards: Optional[str] = None) -> EvalLoader:
-    """A finite, unshuffled pass over ``data_cfg.val_shards`` (or ``shards``)."""
-    path = shards or data_cfg.val_shards
-    if not path:
-        raise CineSceneError("no evaluation shards: set data.val_shards")
-    source = _source(data_cfg, model_cfg_or_dims, Path(path), 0, False, "none")
+def build_eval_loader(data_cfg, model_cfg_or_dims, *, shards: str, rank: int, world_size: int,
+                      micro_batch_size: int) -> EvalLoader:
+    """A finite, unshuffled pass over the shard directory ``shards`` (held-out data is ``eval.data``'s)."""
+    source = _source(data_cfg, model_cfg_or_dims, Path(shards), 0, False, "none")
     return EvalLoader(source, rank=rank, world_size=world_size, micro_batch_size=micro_batch_size)

@@ -13,9 +13,17 @@ same samples for the same settings, whatever the number of ranks.
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
+from pathlib import Path
 from typing import Iterable, List, Optional, Set, Tuple
 
 import numpy as np
+
+from cinescene.errors import CineSceneError
+from cinescene.log import get_logger
+
+_log = get_logger("eval")
+MANIFEST = "manifest.json"
 
 
 def training_identities(manifest) -> Set[Tuple[int, int]]:
@@ -33,3 +41,46 @@ def select(candidates: List[int], num: int, seed: int) -> List[int]:
         return list(candidates)
     order = np.random.Generator(np.random.PCG64(seed)).permutation(len(candidates))
     return [candidates[i] for i in sorted(order[:num])]
+
+
+def check_present(cfg) -> None:
+    """Cheap, before a training run's ranks start, when the eval hook is on: ``eval.data`` holds shards and, once
+    the training data exists (synthetic data is made later), they fit its model and some are held out."""
+    if not cfg.eval.every_steps:
+        return
+    if not (Path(cfg.eval.data) / MANIFEST).is_file():
+        raise CineSceneError(f"eval.data={cfg.eval.data} holds no {MANIFEST}: the eval hook (eval.every_steps="
+                             f"{cfg.eval.every_steps}) needs held-out shards there (`cinescene data prepare --out "
+                             f"{cfg.eval.data}`; --keep-pixels for wan data), or set eval.every_steps=0")
+    if cfg.data.train_shards and (Path(cfg.data.train_shards) / MANIFEST).is_file():
+        from cinescene.sampling.spec import training_spec
+
+        choose(cfg, training_spec(cfg))
+
+
+@dataclass
+class HeldOutSet:
+    samples: object            # cinescene.sampling.inputs.ShardSamples of eval.data
+    indices: List[int]         # the selected held-out samples, manifest order
+    keys: List[str]
+
+
+def choose(cfg, spec) -> HeldOutSet:
+    """The held-out samples of ``cfg.eval.data`` for a model trained on data of ``spec``: the shards checked
+    against the training data (one line on a mismatch), the training samples left out, ``eval.num_samples``
+    drawn by ``eval.seed``. What `cinescene eval` and the training hook evaluate."""
+    from cinescene.sampling.inputs import ShardSamples
+    from cinescene.sampling.spec import check_eval_data, training_manifest
+
+    samples = ShardSamples(cfg.eval.data, spec, cfg.model)
+    check_eval_data(spec, samples.manifest)
+    train = training_manifest(cfg)
+    if train is None:
+        _log.warning("the training manifest is not reachable: every sample of %s counts as held out", cfg.eval.data)
+    identities = [samples.identity(i) for i in range(len(samples))]
+    candidates = held_out(identities, None if train is None else training_identities(train))
+    if not candidates:
+        raise CineSceneError(f"no held-out samples: all {len(samples)} samples of {cfg.eval.data} are in the "
+                             f"training data ({cfg.data.train_shards})")
+    indices = select(candidates, cfg.eval.num_samples, cfg.eval.seed)
+    return HeldOutSet(samples, indices, [samples.refs[i].key for i in indices])

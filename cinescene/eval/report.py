@@ -17,6 +17,7 @@ string ``"inf"``; an absent value is ``null``.
 """
 from __future__ import annotations
 
+import json
 import math
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence
@@ -147,3 +148,29 @@ def contact_sheet(blocks: List[np.ndarray], path: str | Path) -> None:
     width = max(b.shape[1] for b in blocks)
     padded = [np.pad(b, ((0, 6), (0, width - b.shape[1]), (0, 0)), constant_values=255) for b in blocks]
     Image.fromarray(np.concatenate(padded)).save(path)
+
+
+def write_report(out: Path, keys: Sequence[str], names: Sequence[str], header: dict, absent: Dict[str, str],
+                 label: str) -> dict:
+    """Gather the per-sample records of ``keys`` in ``out`` into ``metrics.json``, ``table.md`` and (from
+    the blocks that exist) ``contact_sheet.png``; returns what ``metrics.json`` holds.
+
+    ``header``: the evaluation's description (checkpoint, step, weights, data, settings), written first;
+    ``absent``: metrics that could not run at all, and why; ``label``: this evaluation's row in the table."""
+    everything = [json.loads((out / "samples" / f"{key}.json").read_text()) for key in keys]
+    records = [r for r in everything if "unreadable" not in r]
+    unreadable = {r["key"]: r["unreadable"] for r in everything if "unreadable" in r}
+    summary = aggregate(records, names)
+    sfm = [r["sfm"] for r in records if "sfm" in r]
+    data = {**header, "settings": {**header.get("settings", {}), "num_samples": len(records)},
+            "metrics": list(names), "mean": {k: json_number(v) for k, v in summary["mean"].items()},
+            "count": summary["count"], "absent": dict(absent),
+            "sfm_failures": sum(1 for s in sfm if s["failure"]), "sfm_attempts": len(sfm),
+            "unreadable": unreadable, "samples": records}
+    (out / "metrics.json").write_text(json.dumps(data, indent=1) + "\n")
+    (out / "table.md").write_text(table(data, label))
+    blocks = [out / "contact" / f"{r['key']}.png" for r in records]
+    blocks = [np.asarray(Image.open(b).convert("RGB")) for b in blocks if b.is_file()]
+    if blocks:
+        contact_sheet(blocks, out / "contact_sheet.png")
+    return data

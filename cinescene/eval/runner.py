@@ -19,18 +19,12 @@ from __future__ import annotations
 
 import argparse
 import fcntl
-import json
 import os
-import shutil
 import sys
-import time
 from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
 from typing import Dict, List
-
-import numpy as np
-from PIL import Image
 
 from cinescene import __version__
 from cinescene.config.base import positive
@@ -41,7 +35,6 @@ from cinescene.log import get_logger, setup_logging
 from . import heldout, report
 
 _log = get_logger("eval")
-WORK_DIRS = ("samples", "contact")
 LOCK = ".eval.lock"
 
 
@@ -80,28 +73,15 @@ def eval_overrides(args: argparse.Namespace) -> List[str]:
 def plan(args: argparse.Namespace) -> EvalPlan:
     """Resolve and check everything before any model is built (one-line errors)."""
     from cinescene.sampling.checkpoint import checkpoint_config, resolve_checkpoint
-    from cinescene.sampling.inputs import ShardSamples
-    from cinescene.sampling.spec import check_eval_data, training_manifest, training_spec
+    from cinescene.sampling.spec import training_spec
 
     source = resolve_checkpoint(args.checkpoint)
     cfg = checkpoint_config(source, eval_overrides(args))
     if not cfg.eval.data:
         raise CineSceneError("no evaluation data: pass --data SHARDS (or set eval.data)")
     spec = training_spec(cfg)
-    samples = ShardSamples(cfg.eval.data, spec, cfg.model)
-    check_eval_data(spec, samples.manifest)
-    train = training_manifest(cfg)
-    if train is None:
-        _log.warning("the training manifest is not reachable: every sample of %s counts as held out",
-                     cfg.eval.data)
-    identities = [samples.identity(i) for i in range(len(samples))]
-    candidates = heldout.held_out(identities, None if train is None else heldout.training_identities(train))
-    if not candidates:
-        raise CineSceneError(f"no held-out samples: all {len(samples)} samples of {cfg.eval.data} are in the "
-                             f"training data ({cfg.data.train_shards})")
-    indices = heldout.select(candidates, cfg.eval.num_samples, cfg.eval.seed)
-    return EvalPlan(source, cfg, spec, cfg.eval.data, indices, [samples.refs[i].key for i in indices],
-                    Path(args.out))
+    chosen = heldout.choose(cfg, spec)
+    return EvalPlan(source, cfg, spec, cfg.eval.data, chosen.indices, chosen.keys, Path(args.out))
 
 
 def _lock(out: Path):
@@ -177,10 +157,9 @@ def run_rank(args: argparse.Namespace, the_plan: EvalPlan, env) -> int:
                                 timeout=timedelta(seconds=cfg.parallel.timeout_s))
     try:
         if env.rank == 0:
-            for name in WORK_DIRS:      # a previous evaluation's records must not leak into this one
-                shutil.rmtree(out / name, ignore_errors=True)
-                (out / name).mkdir(parents=True)
-            (out / "videos").mkdir(exist_ok=True)
+            from .evaluate import prepare_dir
+
+            prepare_dir(out)
         if env.world_size > 1:
             dist.barrier()
         absent = _evaluate_rank(args, the_plan, env)
@@ -209,10 +188,9 @@ def _evaluate_rank(args: argparse.Namespace, the_plan: EvalPlan, env) -> Dict[st
     from cinescene.sampling.command import video_fps
     from cinescene.sampling.inputs import ShardSamples
     from cinescene.sampling.pipeline import StepBar, VideoGenerator
-    from cinescene.sampling.video import write_mp4
 
-    from .evaluate import evaluate_sample
-    from .metrics import MetricContext, pixels
+    from .evaluate import evaluate_into, record_unreadable
+    from .metrics import MetricContext
 
     cfg, spec, out = the_plan.cfg, the_plan.spec, the_plan.out
     mine = the_plan.indices[env.rank::env.world_size]
@@ -228,6 +206,7 @@ def _evaluate_rank(args: argparse.Namespace, the_plan: EvalPlan, env) -> Dict[st
                   len(the_plan.indices), the_plan.shards, env.world_size, cfg.eval.sample_steps,
                   cfg.eval.cfg_scale, ", ".join(cfg.eval.metrics))
     settings = _settings(the_plan)
+    metadata = {"checkpoint": str(the_plan.source.path), "step": the_plan.source.step}
     fps = video_fps(cfg, spec)
     bar = StepBar(len(mine) * settings.steps, "eval")
     try:
@@ -236,35 +215,13 @@ def _evaluate_rank(args: argparse.Namespace, the_plan: EvalPlan, env) -> Dict[st
                 sample = samples.read(index)
             except CineSceneError as exc:    # a corrupt sample is skipped and reported, as the loader does
                 _log.warning("skipping: %s", exc)
-                key = samples.refs[index].key
-                (out / "samples" / f"{key}.json").write_text(json.dumps({"key": key, "unreadable": str(exc)}))
+                record_unreadable(out, samples.refs[index].key, exc)
                 for _ in range(settings.steps):
                     bar.update()
                 continue
             bar.describe(sample.key)
-            started = time.perf_counter()
-            result = evaluate_sample(generator, sample, settings, context, cfg.eval.metrics, callback=bar.update)
-            video = f"videos/{sample.key}.mp4"
-            write_mp4(out / video, result.frames, fps, {"key": sample.key, "prompt": sample.prompt,
-                                                         "checkpoint": str(the_plan.source.path),
-                                                         "step": the_plan.source.step, **vars(settings)})
-            record = {"key": sample.key, "prompt": sample.prompt, "video": video,
-                      "metrics": {k: report.json_number(v) for k, v in result.metrics.values.items()},
-                      "per_frame": {k: [report.json_number(v) for v in vs]
-                                    for k, vs in result.metrics.per_frame.items()},
-                      "missing": result.metrics.missing, "seconds": round(time.perf_counter() - started, 2)}
-            if "sfm" in result.metrics.details:
-                record["sfm"] = result.metrics.details["sfm"]
-            (out / "samples" / f"{sample.key}.json").write_text(json.dumps(record, indent=1, sort_keys=True))
-            inputs = result.inputs
-            error = None
-            if inputs.ground_truth is not None and inputs.background is not None:
-                bg = cfg.eval.background
-                error = report.background_error(result.frames, inputs.background, pixels.background_mask(
-                    inputs.ground_truth, inputs.background, bg.threshold, bg.dilate))
-            block = report.contact_row(sample.key, {"ground truth": inputs.ground_truth, "generated": result.frames,
-                                                    "background error": error})
-            Image.fromarray(block).save(out / "contact" / f"{sample.key}.png")
+            result = evaluate_into(out, generator, sample, settings, context, cfg.eval.metrics, fps=fps,
+                                   metadata=metadata, callback=bar.update)
             _log.info("%s: %s", sample.key, "  ".join(
                 f"{k} {'–' if v is None else f'{v:.4g}'}" for k, v in result.metrics.values.items()))
     finally:
@@ -273,28 +230,14 @@ def _evaluate_rank(args: argparse.Namespace, the_plan: EvalPlan, env) -> Dict[st
 
 
 def _write_report(args: argparse.Namespace, the_plan: EvalPlan, absent: Dict[str, str]) -> None:
-    cfg, out = the_plan.cfg, the_plan.out
-    everything = [json.loads((out / "samples" / f"{key}.json").read_text()) for key in the_plan.keys]
-    records = [r for r in everything if "unreadable" not in r]
-    unreadable = {r["key"]: r["unreadable"] for r in everything if "unreadable" in r}
-    names = list(cfg.eval.metrics)
-    summary = report.aggregate(records, names)
-    sfm = [r["sfm"] for r in records if "sfm" in r]
+    out = the_plan.out
     settings = _settings(the_plan)
-    data = {"cinescene": __version__, "checkpoint": str(the_plan.source.path), "step": the_plan.source.step,
-            "weights": "ema" if args.ema else "trained", "data": the_plan.shards,
-            "settings": {"steps": settings.steps, "cfg": settings.guidance_scale, "shift": settings.shift,
-                         "seed": settings.seed, "num_samples": len(records)},
-            "metrics": names, "mean": {k: report.json_number(v) for k, v in summary["mean"].items()},
-            "count": summary["count"], "absent": absent,
-            "sfm_failures": sum(1 for s in sfm if s["failure"]), "sfm_attempts": len(sfm),
-            "unreadable": unreadable, "samples": records}
-    (out / "metrics.json").write_text(json.dumps(data, indent=1) + "\n")
+    header = {"cinescene": __version__, "checkpoint": str(the_plan.source.path), "step": the_plan.source.step,
+              "weights": "ema" if args.ema else "trained", "data": the_plan.shards,
+              "settings": {"steps": settings.steps, "cfg": settings.guidance_scale, "shift": settings.shift,
+                           "seed": settings.seed}}
     label = f"{the_plan.source.path.parent.parent.name} step {the_plan.source.step}"
-    (out / "table.md").write_text(report.table(data, label))
-    blocks = [np.asarray(Image.open(out / "contact" / f"{r['key']}.png").convert("RGB")) for r in records]
-    if blocks:
-        report.contact_sheet(blocks, out / "contact_sheet.png")
+    data = report.write_report(out, the_plan.keys, the_plan.cfg.eval.metrics, header, absent, label)
     sys.stdout.write((out / "table.md").read_text())
     print(f"wrote {out / 'metrics.json'}, {out / 'table.md'}, {out / 'contact_sheet.png'} and "
-          f"{len(records)} videos in {out / 'videos'}")
+          f"{len(data['samples'])} videos in {out / 'videos'}")

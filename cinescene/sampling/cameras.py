@@ -21,6 +21,14 @@ scales every distance and angle: ``static``; ``dolly_in`` / ``dolly_out``
 ``tilt_down`` (30 degrees); ``orbit_left`` / ``orbit_right`` (60 degrees
 around a point 3 m ahead, looking at it); ``crane_up`` / ``crane_down``
 (1.5 m up / down, looking at a point 3 m ahead).
+
+**Scene cameras** (``--scene-cameras path.json``, same format, one matrix
+per scene image in file-name order): only a model with scene anchoring
+(``model.scene.pose_embedding``) reads them, as poses relative to the
+trajectory's first camera, so they must be in the trajectory's world (a
+preset starts at the origin looking along +x, z up). A ``SHARDS:KEY`` scene
+brings its images' cameras; a preset or file trajectory is then moved to
+start where that sample's clip starts (:func:`anchor_trajectory`).
 """
 from __future__ import annotations
 
@@ -116,20 +124,26 @@ def _matrices(data) -> Tuple[np.ndarray, Optional[float]]:
     return poses, None if fov is None else float(fov)
 
 
-def load_trajectory(path: str | Path, latent_frames: int) -> Tuple[np.ndarray, Optional[float]]:
-    """(latent_frames, 4, 4) camera-to-world and the optional fov from a JSON file (format: module doc)."""
-    path = Path(path)
+def _read_poses(path: Path, what: str) -> Tuple[np.ndarray, Optional[float]]:
+    """Checked camera-to-world matrices (N, 4, 4) and the optional fov of a JSON file (format: module doc)."""
     try:
         poses, fov = _matrices(json.loads(path.read_text()))
     except FileNotFoundError:
         raise CineSceneError(f"camera file not found: {path}") from None
     except (OSError, UnicodeDecodeError, ValueError, TypeError, KeyError) as exc:
-        raise CineSceneError(f"{path}: not a camera trajectory ({str(exc).splitlines()[0]})") from None
+        raise CineSceneError(f"{path}: not {what} ({str(exc).splitlines()[0]})") from None
     if not np.isfinite(poses).all():
-        raise CineSceneError(f"{path}: the trajectory holds non-finite values")
+        raise CineSceneError(f"{path}: the cameras hold non-finite values")
     rotations = poses[:, :3, :3]
     if np.abs(rotations.transpose(0, 2, 1) @ rotations - np.eye(3)).max() > 1e-3:
         raise CineSceneError(f"{path}: the 3x3 parts are not rotations (camera-to-world without scale)")
+    return poses, fov
+
+
+def load_trajectory(path: str | Path, latent_frames: int) -> Tuple[np.ndarray, Optional[float]]:
+    """(latent_frames, 4, 4) camera-to-world and the optional fov from a JSON file (format: module doc)."""
+    path = Path(path)
+    poses, fov = _read_poses(path, "a camera trajectory")
     source_frames = (latent_frames - 1) * 4 + 1
     if len(poses) == latent_frames:
         return poses, fov
@@ -145,3 +159,23 @@ def resolve_camera(spec: str, latent_frames: int, scale: float = 1.0) -> Tuple[n
         return preset(spec, latent_frames, scale), None, f"preset {spec} x{scale:g}"
     poses, fov = load_trajectory(spec, latent_frames)
     return poses, fov, f"file {spec}"
+
+
+def load_scene_cameras(path: str | Path, count: int) -> np.ndarray:
+    """(count, 4, 4) camera-to-world of a scene folder's images (``--scene-cameras``), one per image in file-name
+    order, in the world of the ``--camera`` trajectory (same JSON format as a trajectory)."""
+    path = Path(path)
+    poses, _ = _read_poses(path, "scene cameras")
+    if len(poses) != count:
+        raise CineSceneError(f"{path}: {len(poses)} cameras for {count} scene images (one per image, in file-name "
+                             "order)")
+    return poses
+
+
+def anchor_trajectory(cameras: np.ndarray, first: np.ndarray) -> np.ndarray:
+    """The trajectory moved rigidly so that its first camera is ``first``: ``first @ inv(C_0) @ C_i``.
+
+    The model's camera input is relative to the first frame, so this changes nothing there; it places a preset
+    or a file's path where a shard sample's clip starts, the frame its scene cameras are anchored to."""
+    cameras = np.asarray(cameras, dtype=np.float64)
+    return np.asarray(first, dtype=np.float64) @ np.linalg.inv(cameras[0]) @ cameras

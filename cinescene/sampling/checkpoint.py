@@ -74,12 +74,30 @@ def _masked_keys(node, prefix: str = "") -> List[str]:
     return [prefix[:-1]] if node == MASK else []
 
 
+#: Keys older runs saved that the config no longer has, and the key that owns their value now.
+RETIRED_KEYS = {("data", "val_shards"): ("eval", "data")}
+
+
+def _retire_keys(raw: dict) -> bool:
+    """Drop :data:`RETIRED_KEYS` from a saved config (moving a value to its owner when that is unset); True when
+    anything changed. ``data.val_shards`` was the held-out data before ``eval.data`` owned it."""
+    changed = False
+    for (section, key), (owner, owner_key) in RETIRED_KEYS.items():
+        if isinstance(raw.get(section), dict) and key in raw[section]:
+            value = raw[section].pop(key)
+            if value is not None and isinstance(raw.setdefault(owner, {}), dict) and not raw[owner].get(owner_key):
+                raw[owner][owner_key] = value
+            changed = True
+    return changed
+
+
 def checkpoint_config(source: CheckpointSource, overrides: Sequence[str] = ()):
     """The run's config as the checkpoint (or export) saved it, with ``overrides`` (KEY=VALUE) applied.
 
     Runs saved before the secret scrubber spared numbers and flags hold ``***`` for
     some (``model.scene.vggt.num_register_tokens``, ``model.scene.vggt_tokens``);
-    such a key must be given as an override, and the error says which.
+    such a key must be given as an override, and the error says which. Keys the
+    config no longer has (:data:`RETIRED_KEYS`) are dropped or moved to their owner.
     """
     import yaml
 
@@ -93,7 +111,8 @@ def checkpoint_config(source: CheckpointSource, overrides: Sequence[str] = ()):
         raise CineSceneError(f"{source.path} has no {path.name}")
     raw = yaml.safe_load(path.read_text()) or {}
     masked = [k for k in _masked_keys(raw) if "str" not in str(_field_type(k))]
-    if not masked:
+    retired = _retire_keys(raw)
+    if not masked and not retired:
         cfg, _ = load_config(path, list(overrides))
         return cfg
     given = {item.partition("=")[0] for item in overrides}

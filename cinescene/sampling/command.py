@@ -21,7 +21,7 @@ from cinescene.config.base import ConfigError, non_negative, positive, require
 from cinescene.errors import CineSceneError
 from cinescene.log import get_logger, setup_logging
 
-from .cameras import resolve_camera
+from .cameras import anchor_trajectory, load_scene_cameras, resolve_camera
 from .checkpoint import checkpoint_config, load_inference_model, resolve_checkpoint
 from .codec import build_codec
 from .inputs import ShardSamples, load_scene_folder, parse_shard_ref
@@ -62,6 +62,23 @@ def check_settings(args: argparse.Namespace) -> None:
             args.camera_scale)
 
 
+def _scene_cameras(args: argparse.Namespace, cfg, scene, shard_sample) -> Tuple[Optional[object], Optional[str]]:
+    """The scene images' cameras and where they come from, for a model with scene anchoring
+    (``model.scene.pose_embedding``); (None, None) for other models, which ignore them."""
+    if not (cfg.model.scene.enabled and cfg.model.scene.pose_embedding):
+        if args.scene_cameras is not None:
+            _log.warning("--scene-cameras is ignored: the model does not anchor the scene to the camera "
+                         "(model.scene.pose_embedding is off)")
+        return None, None
+    if args.scene_cameras is not None:
+        return load_scene_cameras(args.scene_cameras, len(scene)), f"file {args.scene_cameras}"
+    if shard_sample is not None:
+        return shard_sample.scene_cameras, f"the scene cameras of sample {shard_sample.key}"
+    raise CineSceneError("the model anchors the scene to the camera (model.scene.pose_embedding): give the scene "
+                         "images' cameras with --scene-cameras FILE.json (one camera-to-world per image, in file-name "
+                         "order, in the world of --camera), or use --scene SHARDS:KEY")
+
+
 def run_sample(args: argparse.Namespace) -> int:
     setup_logging("INFO")
     check_settings(args)
@@ -97,6 +114,10 @@ def run_sample(args: argparse.Namespace) -> int:
         cameras, camera_desc = shard_sample.cameras, f"the trajectory of sample {shard_sample.key}"
     else:
         raise ConfigError("--camera", "required (a preset name or a JSON trajectory) unless --scene is SHARDS:KEY")
+    scene_cameras, anchoring = _scene_cameras(args, cfg, scene, shard_sample)
+    if anchoring and args.scene_cameras is None and shard_sample is not None and args.camera is not None:
+        # The sample's scene cameras live in its clip's world: the requested path starts where the clip starts.
+        cameras = anchor_trajectory(cameras, shard_sample.cameras[0])
     prompt = args.prompt if args.prompt is not None else (shard_sample.prompt if shard_sample else None)
     if prompt is None:
         raise ConfigError("--prompt", "required unless --scene is SHARDS:KEY (whose prompt is then used)")
@@ -116,7 +137,7 @@ def run_sample(args: argparse.Namespace) -> int:
     bar = StepBar(settings.steps, "sample")
     try:
         frames = generator.video(text, cameras, scene, settings, key="sample", negative_text=negative,
-                                 callback=bar.update)
+                                 callback=bar.update, scene_cameras=scene_cameras)
     finally:
         bar.close()
     fps = video_fps(cfg, spec)
@@ -125,6 +146,7 @@ def run_sample(args: argparse.Namespace) -> int:
         "weights": "ema" if args.ema else "trained", "model": cfg.model.name, "encoder": spec.encoder_name,
         "prompt": prompt, "negative_prompt": args.negative_prompt, "scene": scene_desc, "scene_images": scene_names,
         "camera": camera_desc, "camera_scale": args.camera_scale if args.camera else None, "fov": fov,
+        "scene_anchoring": anchoring,
         "cameras_c2w": [[[round(float(v), 6) for v in row] for row in c[:3]] for c in cameras],
         "steps": settings.steps, "cfg": settings.guidance_scale, "shift": settings.shift, "seed": settings.seed,
         "device": str(device), "dtype": str(dtype).replace("torch.", ""), "context_cache": cache,

@@ -8,8 +8,9 @@ from. Any number from 1 to the model's ``data.scene_images`` works.
 ``SHARDS:KEY`` names one sample of prepared shards (a directory with
 ``manifest.json``); :class:`ShardSamples` reads it through the loader's own
 decoder, so the model gets exactly what evaluation gives it: its first
-``data.scene_images`` scene images unshuffled, its prompt embedding, its
-cameras, and (for metrics) the frames with and without the subject.
+``data.scene_images`` scene images unshuffled (with their cameras, which a
+model with scene anchoring needs), its prompt embedding, its cameras, and
+(for metrics) the frames with and without the subject.
 """
 from __future__ import annotations
 
@@ -67,6 +68,7 @@ class ShardSample:
     scene: np.ndarray                   # (S, Hs, Ws, 3) uint8, the images the model gets
     scene_latents: np.ndarray           # (S, C, h, w) float32
     cameras: np.ndarray                 # (T, 4, 4) camera-to-world per latent frame
+    scene_cameras: np.ndarray           # (S, 4, 4) camera-to-world of the scene images (scene anchoring)
     intrinsics: np.ndarray              # (T, 3, 3) pixel intrinsics of the frames
     video: Optional[np.ndarray]         # (F, H, W, 3) uint8 ground truth, when the shards keep pixels
     video_bg: Optional[np.ndarray]      # the same without the subject (scene-decoupled data)
@@ -117,4 +119,5 @@ class ShardSamples:
         scene = np.moveaxis(decoded["scene_images"] * 255.0, 1, -1).round().astype(np.uint8)
         return ShardSample(key=ref.key, index=index, prompt=decoded["prompt"], text=decoded["text"], scene=scene,
                            scene_latents=decoded["scene_latents"], cameras=decoded["cameras"],
-                           intrinsics=decoded["intrinsics"], video=video, video_bg=video_bg)
+                           scene_cameras=decoded["scene_cameras"], intrinsics=decoded["intrinsics"], video=video,
+                           video_bg=video_bg)

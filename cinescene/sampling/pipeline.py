@@ -15,6 +15,7 @@ from typing import Callable, Optional
 import numpy as np
 import torch
 
+from cinescene.errors import CineSceneError
 from cinescene.log import env_rank
 
 from .sampler import sample
@@ -64,7 +65,6 @@ class VideoGenerator:
 
     def context_cache(self) -> str:
         """Whether the sampler will use the context K/V cache ("on"), or why not."""
-        from cinescene.errors import CineSceneError
         from cinescene.models.context_cache import check_cacheable
 
         try:
@@ -75,8 +75,12 @@ class VideoGenerator:
 
     def latents(self, text: np.ndarray, cameras: np.ndarray, scene: Optional[np.ndarray], settings: Settings,
                 key: str, negative_text: Optional[np.ndarray] = None,
-                callback: Optional[Callable[[int, torch.Tensor], None]] = None) -> torch.Tensor:
-        """Denoised latents (C, T, h, w) for one sample; ``scene`` uint8 (S, Hs, Ws, 3) or None."""
+                callback: Optional[Callable[[int, torch.Tensor], None]] = None,
+                scene_cameras: Optional[np.ndarray] = None) -> torch.Tensor:
+        """Denoised latents (C, T, h, w) for one sample; ``scene`` uint8 (S, Hs, Ws, 3) or None.
+
+        ``scene_cameras`` (S, 4, 4): the scene images' camera-to-world in the world of ``cameras``; a model
+        with scene anchoring (``model.scene.pose_embedding``) requires them, other models ignore them."""
         cfg = self.model.cfg
         shape = (1,) + self.spec.latent_shape(cfg.in_dim)
         noise = torch.randn(shape, generator=noise_generator(settings.seed, key)).to(self.device)
@@ -88,6 +92,13 @@ class VideoGenerator:
                 conditioning["scene_images"] = (images.float() / 255.0).to(**on)
             if cfg.scene.pixel_context:
                 conditioning["scene_latents"] = torch.as_tensor(self.codec.encode_scene(scene))[None].to(**on)
+            if cfg.scene.pose_embedding:
+                if scene_cameras is None or len(scene_cameras) != len(scene):
+                    raise CineSceneError(f"the model anchors the scene to the camera (model.scene.pose_embedding): "
+                                         f"it needs one camera per scene image ({len(scene)}), got "
+                                         f"{'none' if scene_cameras is None else len(scene_cameras)}")
+                conditioning["scene_cameras"] = torch.as_tensor(scene_cameras, dtype=torch.float32)[None].to(
+                    self.device)
         negative = None if negative_text is None else torch.as_tensor(negative_text)[None].to(**on)
         x = sample(self.model, noise, torch.as_tensor(text)[None].to(**on), steps=settings.steps,
                    shift=settings.shift, guidance_scale=settings.guidance_scale, negative_text=negative,

@@ -36,6 +36,7 @@ class TrainState:
     consumed_samples: int = 0     # global samples consumed (the data cursor)
     max_steps: int = 0
     metrics: Dict[str, Any] = field(default_factory=dict)   # this step's metrics, cleared per step
+    log_requested: bool = False   # log this step's row even off tracking.log_every_steps; cleared per step
     save_reason: Optional[str] = None
     stop: bool = False
     exit_code: int = 0
@@ -44,6 +45,10 @@ class TrainState:
 
     def request_save(self, reason: str) -> None:
         self.save_reason = self.save_reason or reason
+
+    def request_log(self) -> None:
+        """This step's metrics must reach the tracker (a callback added some that only this step has)."""
+        self.log_requested = True
 
 
 class Callback:

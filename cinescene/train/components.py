@@ -83,8 +83,10 @@ def _sample_facts(cfg: CineSceneConfig, model: nn.Module, batch: Mapping) -> Sam
 
 def _check_data(cfg: CineSceneConfig) -> None:
     from cinescene.data.ensure import check_dataset
+    from cinescene.eval.heldout import check_present
 
     check_dataset(cfg.data)
+    check_present(cfg)      # the eval hook's held-out shards
 
 
 def _prepare_data(cfg: CineSceneConfig) -> None:

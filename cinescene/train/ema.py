@@ -10,12 +10,16 @@ takes to reassemble the full EMA (export, or loading at another world size).
 
 Under ZeRO-3 with bf16, ``ds_tensor`` holds bf16 values (the fp32 master copy
 lives inside the optimizer's flat buffers); the average itself is fp32.
+
+:meth:`ShardedEMA.applied` puts the EMA in place of the weights for a while
+(the eval hook samples with it) and puts the weights back bit-exactly.
 """
 from __future__ import annotations
 
 import math
+from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Callable, Dict, Iterable, List, Mapping, Optional, Tuple
+from typing import Callable, Dict, Iterable, Iterator, List, Mapping, Optional, Tuple
 
 import torch
 import torch.distributed as dist
@@ -60,6 +64,7 @@ class ShardedEMA:
                  shard_index: int = 0, shard_count: int = 1):
         self.decay = cfg.decay
         self.start_step = cfg.start_step
+        self.shard_count = shard_count
         self.slices: List[_Slice] = [_slice_of(n, p, shard_index, shard_count)
                                      for n, p in named_params if p.requires_grad]
         self.shadow: Dict[str, torch.Tensor] = {s.name: s.local().detach().float().clone() for s in self.slices}
@@ -111,6 +116,55 @@ class ShardedEMA:
 
     def full_numels(self) -> Dict[str, int]:
         return {s.name: math.prod(s.shape) for s in self.slices}
+
+    @contextmanager
+    def applied(self) -> Iterator[None]:
+        """The EMA weights in place of the trained ones inside the block; the trained ones restored exactly after.
+
+        A collective: every rank enters together. Under ZeRO-3 each rank writes its slice into its own
+        partition (``ds_tensor``); parameters ZeRO-3 keeps whole on every rank (``ds_persist``, below
+        ``parallel.param_persistence_threshold``) are released and gathered again around the write, as
+        DeepSpeed does when it loads a checkpoint. Under ZeRO-1/2, where every rank holds whole
+        parameters, the ranks' slices are all-gathered into each parameter; the trained values wait in
+        host memory meanwhile. The optimizer's master copy is never touched.
+        """
+        zero3 = [s for s in self.slices if hasattr(s.param, "ds_tensor")]
+        whole = [s for s in self.slices if not hasattr(s.param, "ds_tensor")]
+        saved_local = [s.local().clone() for s in zero3]
+        saved_whole = [s.param.data.detach().cpu().clone() for s in whole]
+        persistent = [s.param for s in zero3 if getattr(s.param, "ds_persist", False)]
+        try:
+            with torch.no_grad():
+                self._write_partitions(zero3, [self.shadow[s.name] for s in zero3], persistent)
+                for s in whole:
+                    s.param.data.copy_(self._gathered(s).to(s.param.dtype))
+            yield
+        finally:
+            with torch.no_grad():
+                self._write_partitions(zero3, saved_local, persistent)
+                for s, value in zip(whole, saved_whole):
+                    s.param.data.copy_(value)
+
+    @staticmethod
+    def _write_partitions(slices: List[_Slice], values: List[torch.Tensor], persistent: List[nn.Parameter]) -> None:
+        if persistent:
+            persistent[0].partition(persistent)        # drop the whole copies: the partitions are the truth
+        for s, value in zip(slices, values):
+            s.local().copy_(value.to(s.local().dtype))
+        if persistent:
+            persistent[0].all_gather(persistent)
+
+    def _gathered(self, s: _Slice) -> torch.Tensor:
+        """ZeRO-1/2: one parameter's full EMA, joined from every rank's slice (ranks cut equal, padded pieces)."""
+        total, world = math.prod(s.shape), self.shard_count
+        if world == 1:
+            return self.shadow[s.name].view(s.shape)
+        part = math.ceil(total / world)
+        mine = torch.zeros(part, dtype=torch.float32, device=s.param.device)
+        mine[: s.length] = self.shadow[s.name].to(s.param.device)
+        pieces = [torch.empty_like(mine) for _ in range(world)]
+        dist.all_gather(pieces, mine)
+        return torch.cat(pieces)[:total].view(s.shape)
 
 
 def _read_range(value, start: int, length: int) -> torch.Tensor:

@@ -31,6 +31,7 @@ from .checkpoint import CheckpointCadence, CheckpointManager, Start, resume
 from .components import Components, SampleFacts, default_components
 from .ema import EMACallback, ShardedEMA
 from .engine import build_engine, use_zero_init
+from .eval_hook import eval_callbacks
 from .guards import NonFiniteGuard
 from .loop import Trainer
 from .metrics import ThroughputMonitor, device_peak_tflops
@@ -48,7 +49,7 @@ def _quiet_libraries(level: str) -> None:
     warnings.filterwarnings("ignore", category=FutureWarning, module=r"torch\.distributed")
 
 
-def _build_callbacks(cfg: CineSceneConfig, env: DistEnv, engine, tracker: Tracker, facts: SampleFacts,
+def _build_callbacks(cfg: CineSceneConfig, env: DistEnv, layout, engine, tracker: Tracker, facts: SampleFacts,
                      flag: PreemptionFlag, start: Start) -> CallbackList:
     """The callbacks in the order they must see a step: measure, judge, average, then decide and log."""
     peak = cfg.tracking.peak_tflops or device_peak_tflops(cfg.train.precision)
@@ -58,6 +59,7 @@ def _build_callbacks(cfg: CineSceneConfig, env: DistEnv, engine, tracker: Tracke
     if cfg.train.ema.enabled:
         callbacks.append(EMACallback(ShardedEMA(engine.module.named_parameters(), cfg.train.ema,
                                                 shard_index=env.rank, shard_count=env.world_size)))
+    callbacks += eval_callbacks(cfg, engine, layout, tracker, flag, callbacks)
     callbacks += [PreemptionCallback(flag, cfg.launch.preempt_exit_code, engine.device),
                   RestartsMetric(restart_count()),
                   CheckpointCadence(cfg.checkpoint),
@@ -111,7 +113,7 @@ def run_rank(cfg: CineSceneConfig, env: DistEnv, components: Optional[Components
         tracker = Tracker(cfg.tracking, run_dir, is_main=layout.is_main, run_name=cfg.run.name,
                           config=OmegaConf.to_container(OmegaConf.structured(cfg)), run_id=start.wandb_run_id,
                           resume_step=state.step)
-        callbacks = _build_callbacks(cfg, env, engine, tracker, facts, flag, start)
+        callbacks = _build_callbacks(cfg, env, layout, engine, tracker, facts, flag, start)
         trainer = Trainer(cfg, engine=engine, layout=layout, plan=plan,
                           objective=FlowMatchingObjective(cfg.train, cfg.model), batches=batches,
                           checkpoints=checkpoints, callbacks=callbacks, state=state, facts=start.facts,

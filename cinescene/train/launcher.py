@@ -38,6 +38,7 @@ from cinescene.distributed.env import DistEnv, detect, standalone
 from cinescene.log import get_logger, send_output_to, setup_logging, verbose
 
 from cinescene.data.ensure import check_dataset
+from cinescene.eval.heldout import check_present as check_heldout
 
 from .batching import plan_batch
 from .build_locks import clear_stale_build_locks
@@ -110,6 +111,7 @@ def launch(cfg: CineSceneConfig, *, config_path: str, overrides: Sequence[str], 
     check_local_ranks(nproc, cfg.parallel.backend, key)
     plan_batch(cfg.train, nproc, cfg.parallel.sequence)
     check_dataset(cfg.data)
+    check_heldout(cfg)
     lock = hold_run_dir(cfg.run.dir)
     # A preemption signal so far means no rank starts at all; a later one reaches the ranks (the spawner
     # forwards what arrives while it starts them) or this process's trainer (run_rank takes it over).

@@ -112,7 +112,7 @@ class Trainer:
                 result = self.train_step(step)
                 state.step = step
                 state.consumed_samples += result.samples
-                state.metrics = {}
+                state.metrics, state.log_requested = {}, False
                 self.callbacks.on_step_end(state, result)
                 if state.fatal is not None:
                     raise state.fatal

@@ -102,6 +102,8 @@ def dry_run(cfg: CineSceneConfig, world_size: int) -> List[Check]:
                                      + (f", {' and '.join(offload)} to cpu" if offload else "")
                                      + f", activation checkpointing {'on' if cfg.model.activation_checkpointing else 'off'}"))
     checks.append(_data_status(cfg))
+    if cfg.eval.every_steps:
+        checks.append(_eval_data_status(cfg))
     return checks
 
 
@@ -159,6 +161,20 @@ def _data_status(cfg: CineSceneConfig) -> Check:
     if (shards / MANIFEST).is_file():
         return Check("data", f"{shards}: {MANIFEST} present")
     return Check("data", f"{shards}: absent; the run renders synthetic clips there first (data.generate=true)")
+
+
+def _eval_data_status(cfg: CineSceneConfig) -> Check:
+    """The eval hook's held-out shards: reported like the training data (their fit to the model is checked when
+    the run starts, against the training data's manifest)."""
+    from cinescene.eval.heldout import check_present
+
+    try:
+        check_present(cfg)
+    except CineSceneError as exc:
+        return Check("eval data", f"not ready: {exc}", ready=False)
+    return Check("eval data", f"{cfg.eval.data}: manifest.json present; every {cfg.eval.every_steps} steps, "
+                              f"{cfg.eval.num_samples or 'all'} held-out samples, {cfg.eval.sample_steps} sampling "
+                              f"steps, metrics {', '.join(cfg.eval.metrics)}")
 
 
 def format_checks(checks: List[Check]) -> str:

@@ -150,6 +150,17 @@ class Tracker:
             run = self._wandb_run
             self._guarded("log", lambda: run.log({k: v for k, v in metrics.items() if v is not None}, step=step))
 
+    @property
+    def logs_media(self) -> bool:
+        """Whether :meth:`log_media` goes anywhere (rank 0, W&B on): callers build W&B objects only then."""
+        return self._wandb_run is not None
+
+    def log_media(self, step: int, media: Mapping[str, Any]) -> None:
+        """W&B objects (tables, videos, images) at ``step``, into the same row as the step's metrics;
+        metrics.jsonl holds numbers only (the files these objects were made from lie in the run directory)."""
+        if self._wandb_run is not None:
+            self._wandb_run.log(dict(media), step=step)
+
     def close(self, exit_code: int = 0, preempted: bool = False) -> None:
         """Flush and close; a preempted run is marked so (W&B shows it as preempted, not failed)."""
         if self._jsonl is not None:
@@ -205,7 +216,8 @@ class MetricsLogger(Callback):
 
     def on_step_end(self, state: TrainState, result: StepResult) -> None:
         self.skipped_samples += int(result.extra.get(STEP_SKIPPED_SAMPLES, 0))
-        if result.step % self.every and not (state.stop or state.fatal or result.step >= state.max_steps):
+        if result.step % self.every and not (state.stop or state.fatal or state.log_requested
+                                             or result.step >= state.max_steps):
             return
         extra = {k: v for k, v in result.extra.items() if k != STEP_SKIPPED_SAMPLES}
         row = {"loss": result.loss, "lr": result.lr, "grad_norm": result.grad_norm,

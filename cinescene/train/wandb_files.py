@@ -11,6 +11,11 @@ padding. wandb 0.31 no longer ships a Python reader, hence this small one.
 A resumed run (same id, ``resume="allow"``) writes another offline-run
 directory; :func:`read_history` merges them in time order, so a step logged
 again after a resume shows its latest values.
+
+Media in a ``wandb.Table`` (the eval hook's videos) are not in the run's
+``files/``: W&B logs the table as a ``run_table`` artifact whose files wait,
+until ``wandb sync``, in its staging directory (under ``WANDB_DATA_DIR``,
+default ``~/.local/share/wandb``); :func:`read_artifacts` lists them.
 """
 from __future__ import annotations
 
@@ -91,6 +96,23 @@ def read_history(run_dir: str | Path, run_id: Optional[str] = None) -> Dict[int,
             step = int(row.get("_step", record.history.step.num))
             rows.setdefault(step, {}).update(row)
     return rows
+
+
+def read_artifacts(run_dir: str | Path, run_id: Optional[str] = None) -> List[Dict[str, object]]:
+    """The artifacts logged offline under ``run_dir``: ``{"name", "type", "files": {path in the artifact: local
+    file}}`` each, in logging order (the local files are W&B's staged copies)."""
+    from wandb.proto import wandb_internal_pb2 as pb
+
+    found = []
+    for path in offline_runs(run_dir, run_id):
+        for raw in iter_records(path):
+            record = pb.Record()
+            record.ParseFromString(raw)
+            if record.WhichOneof("record_type") == "artifact":
+                artifact = record.artifact
+                found.append({"name": artifact.name, "type": artifact.type,
+                              "files": {e.path: e.local_path for e in artifact.manifest.contents}})
+    return found
 
 
 def read_run_ids(run_dir: str | Path) -> List[str]:

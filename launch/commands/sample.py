@@ -22,6 +22,10 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                         "dolly_in, dolly_out, truck_left, truck_right, pan_left, pan_right, tilt_up, tilt_down, "
                         "orbit_left, orbit_right, crane_up, crane_down")
     p.add_argument("--camera-scale", type=float, default=1.0, help="scales a preset's distances and angles")
+    p.add_argument("--scene-cameras", default=None, metavar="FILE.json",
+                   help="models with scene anchoring (model.scene.pose_embedding) and a scene folder: one "
+                        "camera-to-world per image, in file-name order, in the world of --camera (the format of a "
+                        "JSON trajectory); SHARDS:KEY scenes bring their own")
     p.add_argument("--prompt", default=None, help="what happens in the video")
     p.add_argument("--negative-prompt", default=None,
                    help="the unconditional branch's prompt (default: the empty embedding training drops to)")

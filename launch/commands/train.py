@@ -55,5 +55,5 @@ def dry_run(cfg, nproc) -> int:
     sys.stdout.write(format_checks(checks))
     waiting = [c.what for c in checks if not c.ready]
     print(f"dry run passed: `cinescene train` would build the engine on {world_size} rank(s)"
-          + (f" once the {' and '.join(waiting)} is ready" if waiting else ""))
+          + (f" once the {' and the '.join(waiting)} {'are' if len(waiting) > 1 else 'is'} ready" if waiting else ""))
     return 0

@@ -218,10 +218,10 @@ def test_configuration_mismatches_are_one_line_errors(tiny_shards, tmp_path):
 
 
 def test_eval_loader_covers_every_sample_once_across_ranks(tiny_shards):
-    cfg = data_config(tiny_shards, val_shards=str(tiny_shards))
+    cfg = data_config(tiny_shards)
     keys = []
     for rank in range(2):
-        ev = build_eval_loader(cfg, DIMS, rank=rank, world_size=2, micro_batch_size=2)
+        ev = build_eval_loader(cfg, DIMS, shards=cfg.train_shards, rank=rank, world_size=2, micro_batch_size=2)
         batches = list(ev)
         assert len(batches) == len(ev) == 2
         keys += [k for b in batches for k in b["key"]]
@@ -230,12 +230,13 @@ def test_eval_loader_covers_every_sample_once_across_ranks(tiny_shards):
 
 def test_eval_loader_length_and_skip_count_leave_out_bad_samples(shards_copy):
     path = corrupt_one_member(shards_copy, "clip_000002")
-    cfg = data_config(shards_copy, val_shards=str(shards_copy))
-    ev = build_eval_loader(cfg, DIMS, rank=0, world_size=2, micro_batch_size=2)  # clips 0, 2, 4
+    cfg = data_config(shards_copy)
+    # clips 0, 2, 4
+    ev = build_eval_loader(cfg, DIMS, shards=cfg.train_shards, rank=0, world_size=2, micro_batch_size=2)
     assert len(ev) == 1 and ev.stats["skipped"] == 1 and ev.stats["skipped_by_shard"][path.name] == 1
     for _ in range(2):  # a second pass neither finds nor counts it again
         batches = list(ev)
         assert [b["key"] for b in batches] == [["clip_000000", "clip_000004"]] and len(ev) == len(batches)
     assert ev.stats["skipped"] == 1
-    fresh = build_eval_loader(cfg, DIMS, rank=0, world_size=2, micro_batch_size=1)
+    fresh = build_eval_loader(cfg, DIMS, shards=cfg.train_shards, rank=0, world_size=2, micro_batch_size=1)
     assert len(list(fresh)) == len(fresh) == 2 and fresh.stats["skipped"] == 1  # iterating first counts too

@@ -93,10 +93,10 @@ def test_counts_are_the_same_for_two_loaders_and_after_resume_at_another_world_s
 
 
 def test_evaluation_always_uses_every_scene_image(tiny_shards):
-    cfg = data_config(tiny_shards, val_shards=str(tiny_shards), scene_images_min=1)
-    plain = data_config(tiny_shards, val_shards=str(tiny_shards))
-    varied = list(build_eval_loader(cfg, DIMS, rank=0, world_size=1, micro_batch_size=3))
-    full = list(build_eval_loader(plain, DIMS, rank=0, world_size=1, micro_batch_size=3))
+    cfg = data_config(tiny_shards, scene_images_min=1)
+    plain = data_config(tiny_shards)
+    varied = list(build_eval_loader(cfg, DIMS, shards=cfg.train_shards, rank=0, world_size=1, micro_batch_size=3))
+    full = list(build_eval_loader(plain, DIMS, shards=plain.train_shards, rank=0, world_size=1, micro_batch_size=3))
     assert [b["scene_counts"].tolist() for b in varied] == [[SCENE_IMAGES] * 3] * 2
     for v, f in zip(varied, full):
         for name in PER_IMAGE:

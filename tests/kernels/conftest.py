@@ -2,10 +2,8 @@
 
 Triton picks interpreter or GPU JIT when a kernel is *defined* (and the
 interpreter reads the variable again when it launches), so on a CPU
-``TRITON_INTERPRET=1`` is set here, at collection, before any test module
-imports the kernel modules, and stays set for the session. Nothing else in
-the project runs Triton kernels on a CPU, so the rest of the session does not
-notice.
+``TRITON_INTERPRET=1`` is set by tests/conftest.py before the session can
+import triton at all, and stays set for the session.
 """
 from __future__ import annotations
 
@@ -15,9 +13,7 @@ import pytest
 import torch
 
 ON_GPU = torch.cuda.is_available()
-os.environ.setdefault("TRITON_DEFAULT_FP_FUSION", "1")   # silence triton 3.9's default-change warning
-if not ON_GPU:
-    os.environ["TRITON_INTERPRET"] = "1"
+assert ON_GPU or os.environ.get("TRITON_INTERPRET") == "1", "tests/conftest.py sets TRITON_INTERPRET on a CPU"
 
 
 @pytest.fixture(scope="session")

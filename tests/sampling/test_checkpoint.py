@@ -85,3 +85,15 @@ def test_an_export_loads_as_the_checkpoint_it_came_from(smoke_run, tmp_path):
         assert all(torch.equal(from_export[n], from_step[n]) for n in from_step)
     with pytest.raises(CineSceneError, match="exported without --ema"):
         load_inference_model(resolve_checkpoint(tmp_path / "export-False"), cfg, ema=True)
+
+
+def test_configs_of_older_runs_with_retired_keys_still_load(smoke_run, tmp_path):
+    """Runs saved before eval.data owned the held-out data hold data.val_shards: it moves there (or goes, when null)."""
+    copy = tmp_path / "run"
+    shutil.copytree(smoke_run.run_dir / "checkpoints", copy / "checkpoints")
+    step = copy / "checkpoints" / smoke_run.step_dir.name
+    config = (step / "config.yaml").read_text()
+    for value, expected in (("null", None), ("/data/heldout", "/data/heldout")):
+        (step / "config.yaml").write_text(config.replace("data:\n", f"data:\n  val_shards: {value}\n", 1))
+        assert checkpoint_config(resolve_checkpoint(copy)).eval.data == expected
+    assert checkpoint_config(resolve_checkpoint(copy), ["eval.data=/elsewhere"]).eval.data == "/elsewhere"

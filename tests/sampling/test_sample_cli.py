@@ -55,6 +55,28 @@ def test_sample_from_a_folder_with_ema_weights(smoke_run, tmp_path):
     assert sidecar["fov"] == 60 and read_mp4(tmp_path / "c.mp4")[0].shape == (5, 64, 64, 3)
 
 
+def test_an_anchored_model_samples_a_shard_scene_with_its_cameras(smoke_run, tmp_path):
+    """A model with scene anchoring (here the smoke checkpoint with its zero-initialised pose embedding) gets the
+    shard sample's scene cameras; a preset trajectory is moved to start where the sample's clip starts."""
+    from cinescene.config import load_config
+    from cinescene.sampling.inputs import ShardSamples
+    from cinescene.sampling.spec import training_spec
+
+    out = tmp_path / "anchored.mp4"
+    done = sample(smoke_run.run_dir, "model.scene.pose_embedding=true", "--scene", f"{smoke_run.shards}:clip_000003",
+                  "--camera", "dolly_in", "--steps", 2, "--out", out)
+    assert done.returncode == 0, done.stderr[-2000:]
+    sidecar = json.loads(out.with_suffix(".json").read_text())
+    assert sidecar["scene_anchoring"] == "the scene cameras of sample clip_000003"
+    cfg, _ = load_config(REPO / "configs/experiments/smoke.yaml", [f"data.train_shards={smoke_run.shards}"])
+    samples = ShardSamples(smoke_run.shards, training_spec(cfg), cfg.model)
+    first = samples.read(samples.index_of("clip_000003")).cameras[0]
+    assert np.allclose(np.array(sidecar["cameras_c2w"][0]), first[:3], atol=1e-5)
+    plain = sample(smoke_run.run_dir, "--scene", f"{smoke_run.shards}:clip_000003", "--camera", "dolly_in",
+                   "--steps", 2, "--out", tmp_path / "plain.mp4")
+    assert plain.returncode == 0 and json.loads((tmp_path / "plain.json").read_text())["scene_anchoring"] is None
+
+
 @pytest.mark.parametrize("case, status, message", [
     ("missing checkpoint", 1, "checkpoint not found"),
     ("unknown preset", 1, "unknown camera preset 'zoom'"),
@@ -63,6 +85,8 @@ def test_sample_from_a_folder_with_ema_weights(smoke_run, tmp_path):
     ("too many images", 1, "the model takes 1 to 6"),
     ("bad steps", 2, "--steps: expected a value > 0"),
     ("no camera", 2, "--camera: required"),
+    ("anchored, no scene cameras", 1, "give the scene images' cameras with --scene-cameras"),
+    ("anchored, wrong scene cameras", 1, "1 cameras for 2 scene images"),
 ])
 def test_mistakes_are_one_line(smoke_run, tmp_path, capsys, case, status, message):
     """In process: every check runs before the model is built, so the command line's own main is enough."""
@@ -75,7 +99,13 @@ def test_mistakes_are_one_line(smoke_run, tmp_path, capsys, case, status, messag
             "no scene": [ckpt, "--scene", tmp_path / "nothing", "--camera", "static", "--prompt", "x"],
             "too many images": [ckpt, "--scene", tmp_path / "many", "--camera", "static", "--prompt", "x"],
             "bad steps": [ckpt, "--scene", scene, "--steps", 0],
-            "no camera": [ckpt, "--scene", tmp_path / "few", "--prompt", "x"]}[case]
+            "no camera": [ckpt, "--scene", tmp_path / "few", "--prompt", "x"],
+            "anchored, no scene cameras": [ckpt, "model.scene.pose_embedding=true", "--scene", tmp_path / "few",
+                                           "--camera", "static", "--prompt", "x"],
+            "anchored, wrong scene cameras": [ckpt, "model.scene.pose_embedding=true", "--scene", tmp_path / "few",
+                                              "--camera", "static", "--prompt", "x", "--scene-cameras",
+                                              tmp_path / "one.json"]}[case]
+    (tmp_path / "one.json").write_text(json.dumps({"c2w": [np.eye(4).tolist()]}))
     for name, count in (("many", 7), ("few", 2)):
         (tmp_path / name).mkdir()
         for i in range(count):

@@ -19,7 +19,7 @@ import yaml
 from cinescene.train.run_lock import RunDirLock
 
 from .conftest import REPO, finish, run_env, start
-from .test_train_integration import metrics, smoke_cmd, smoke_shards  # noqa: F401  (a fixture)
+from .test_train_integration import metrics, smoke_cmd
 
 pytestmark = [pytest.mark.dist, pytest.mark.slow]
 
@@ -40,7 +40,7 @@ def ranks_of(proc: subprocess.Popen, count: int = 2, timeout: float = 120) -> li
 
 
 @pytest.fixture(scope="module")
-def first_run(smoke_shards, tmp_path_factory):  # noqa: F811
+def first_run(smoke_shards, tmp_path_factory):
     """Two steps with a W&B key in the environment and in the notes and tags; a second run on the same
     directory is tried while the first one trains."""
     root = tmp_path_factory.mktemp("hostile")
@@ -109,7 +109,7 @@ def test_a_signal_while_the_ranks_start_saves_nothing_new_and_exits_124(first_ru
     assert "Setting accelerator to CPU" in text  # --verbose: library output stays on the console
 
 
-def test_kill_9_of_the_launcher_alone_stops_its_ranks_and_frees_the_directory(smoke_shards, tmp_path):  # noqa: F811
+def test_kill_9_of_the_launcher_alone_stops_its_ranks_and_frees_the_directory(smoke_shards, tmp_path):
     run_dir, log = tmp_path / "run", tmp_path / "run.log"
     proc = start(smoke_cmd(run_dir, smoke_shards), log)
     ranks = ranks_of(proc)
