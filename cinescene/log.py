@@ -131,9 +131,23 @@ def setup_logging(level: str = "INFO", run_dir: Optional[str | os.PathLike] = No
     return logger
 
 
+_progress_bars = True
+
+
+def show_progress_bars(enabled: bool) -> None:
+    """``run.progress``: false keeps every progress bar off, even on a terminal."""
+    global _progress_bars
+    _progress_bars = bool(enabled)
+
+
+def progress_bars_shown() -> bool:
+    """Bars are drawn on rank 0, on a terminal, unless ``run.progress`` turned them off."""
+    return _progress_bars and env_rank() == 0 and console().isatty()
+
+
 def progress(items: Iterable[T], enabled: bool = True, **tqdm_kwargs) -> Iterator[T]:
-    """Wrap ``items`` in a tqdm bar on rank 0 when the console is a TTY; otherwise pass through."""
-    if enabled and env_rank() == 0 and console().isatty():
+    """Wrap ``items`` in a tqdm bar when :func:`progress_bars_shown`; otherwise pass through."""
+    if enabled and progress_bars_shown():
         from tqdm import tqdm
 
         yield from tqdm(items, file=console(), **tqdm_kwargs)

@@ -30,7 +30,7 @@ from cinescene import __version__
 from cinescene.config.base import positive
 from cinescene.config.eval import check_metric_names
 from cinescene.errors import CineSceneError
-from cinescene.log import get_logger, setup_logging
+from cinescene.log import get_logger, setup_logging, show_progress_bars
 
 from . import heldout, report
 
@@ -151,6 +151,7 @@ def run_rank(args: argparse.Namespace, the_plan: EvalPlan, env) -> int:
 
     cfg, out = the_plan.cfg, the_plan.out
     setup_logging(cfg.run.log_level, out, env.rank)
+    show_progress_bars(cfg.run.progress)
     if env.world_size > 1:
         os.environ.update(env.as_environ())
         dist.init_process_group("gloo", init_method="env://", rank=env.rank, world_size=env.world_size,

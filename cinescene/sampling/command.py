@@ -19,7 +19,7 @@ import torch
 from cinescene import __version__
 from cinescene.config.base import ConfigError, non_negative, positive, require
 from cinescene.errors import CineSceneError
-from cinescene.log import get_logger, setup_logging
+from cinescene.log import get_logger, setup_logging, show_progress_bars
 
 from .cameras import anchor_trajectory, load_scene_cameras, resolve_camera
 from .checkpoint import checkpoint_config, load_inference_model, resolve_checkpoint
@@ -89,6 +89,7 @@ def run_sample(args: argparse.Namespace) -> int:
     started = time.perf_counter()
     source = resolve_checkpoint(args.checkpoint)
     cfg = checkpoint_config(source, args.overrides)
+    show_progress_bars(cfg.run.progress)
     spec = training_spec(cfg)
     device, dtype = device_and_dtype(args.device, args.dtype)
 

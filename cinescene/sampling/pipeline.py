@@ -16,7 +16,7 @@ import numpy as np
 import torch
 
 from cinescene.errors import CineSceneError
-from cinescene.log import env_rank
+from cinescene.log import console, progress_bars_shown
 
 from .sampler import sample
 from .spec import DataSpec
@@ -36,14 +36,14 @@ class Settings:
 
 
 class StepBar:
-    """A progress bar over sampling steps on rank 0 when stderr is a terminal; otherwise nothing."""
+    """A progress bar over sampling steps when :func:`cinescene.log.progress_bars_shown`; otherwise nothing."""
 
     def __init__(self, total: int, desc: str, enabled: bool = True):
         self.bar = None
-        if enabled and env_rank() == 0 and sys.stderr.isatty():
+        if enabled and progress_bars_shown():
             from tqdm import tqdm
 
-            self.bar = tqdm(total=total, desc=desc, unit="step", leave=False)
+            self.bar = tqdm(total=total, desc=desc, unit="step", leave=False, file=console())
 
     def update(self, *_args) -> None:
         if self.bar is not None:

@@ -35,7 +35,7 @@ from cinescene.config.base import ConfigError
 from cinescene.config.schema import CineSceneConfig
 from cinescene.distributed import startup_signals
 from cinescene.distributed.env import DistEnv, detect, standalone
-from cinescene.log import get_logger, send_output_to, setup_logging, verbose
+from cinescene.log import get_logger, send_output_to, setup_logging, show_progress_bars, verbose
 
 from cinescene.data.ensure import check_dataset
 from cinescene.eval.heldout import check_present as check_heldout
@@ -100,6 +100,7 @@ def _run_this_rank(cfg: CineSceneConfig, env: DistEnv) -> int:
 
 def launch(cfg: CineSceneConfig, *, config_path: str, overrides: Sequence[str], nproc: Optional[int] = None) -> int:
     startup_signals.configure(cfg.launch.preempt_signals)
+    show_progress_bars(cfg.run.progress)
     check_initial_weights(cfg.model)   # every rank under torchrun/srun; before spawning otherwise
     env = detect()
     if env is not None:

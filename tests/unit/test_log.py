@@ -1,12 +1,14 @@
 """Logging: one format, rank-0 console, per-rank log files in the run dir, no bars off a TTY."""
 from __future__ import annotations
 
+import io
 import logging
 import subprocess
 import sys
 
 import pytest
 
+from cinescene import log
 from cinescene.log import get_logger, progress, setup_logging
 
 
@@ -48,6 +50,26 @@ def test_log_file_appends_across_restarts(tmp_path):
 def test_progress_passes_through_without_tty(capsys):
     assert list(progress(range(5), desc="x")) == [0, 1, 2, 3, 4]
     assert "it/s" not in capsys.readouterr().err
+
+
+class _Terminal(io.StringIO):
+    def isatty(self) -> bool:
+        return True
+
+
+def test_run_progress_false_keeps_bars_off_on_a_terminal(monkeypatch):
+    terminal = _Terminal()
+    monkeypatch.setattr(log, "_console", terminal)
+    monkeypatch.delenv("RANK", raising=False)
+    try:
+        assert list(progress(range(3), desc="bar")) == [0, 1, 2] and "bar" in terminal.getvalue()
+        log.show_progress_bars(False)              # run.progress=false
+        terminal.truncate(0)
+        terminal.seek(0)
+        assert list(progress(range(3), desc="bar")) == [0, 1, 2] and terminal.getvalue() == ""
+        assert not log.progress_bars_shown()
+    finally:
+        log.show_progress_bars(True)
 
 
 LIBRARY_CHATTER = """
