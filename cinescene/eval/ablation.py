@@ -129,15 +129,21 @@ def ensure_heldout(cfg, clips: int, seed: int) -> Path:
 
 def train(arm: Arm, base: Path, nproc: Optional[int], fresh: bool) -> dict:
     """Train one arm (or reuse a finished run); returns its timing record."""
-    from cinescene.train.checkpoint import LATEST, read_trainer_state
+    from cinescene.ckpt.layout import CHECKPOINTS, LATEST, read_pointer
+    from cinescene.ckpt.record import read_record
 
     timing_path = arm.run_dir / TIMING
-    latest = arm.run_dir / "checkpoints" / LATEST
+    checkpoints = arm.run_dir / CHECKPOINTS
     if fresh and arm.run_dir.exists():
         shutil.rmtree(arm.run_dir)
-    if timing_path.is_file() and latest.is_file():
-        state = read_trainer_state(latest.parent / latest.read_text().strip())
-        if int(state["step"]) >= arm.cfg.train.max_steps:
+    finished = None
+    if timing_path.is_file() and (checkpoints / LATEST).is_file():
+        try:
+            finished = read_record(read_pointer(checkpoints))
+        except CineSceneError as exc:   # a damaged run is measured again from scratch
+            _log.warning("%s: %s; training it again", arm.label, exc)
+    if finished is not None:
+        if finished.step >= arm.cfg.train.max_steps:
             _log.info("%s: reusing the finished run in %s (--fresh retrains)", arm.label, arm.run_dir)
             return json.loads(timing_path.read_text())
     if arm.run_dir.exists():

@@ -75,8 +75,9 @@ def test_diffusers_export_loads_in_diffusers_and_equals_our_models(smoke_run, tm
     out = tmp_path / "diffusers"
     printed = export(smoke_run, out, capsys, "--format", "diffusers")
     assert "peak RSS" in printed and "checkpoint" in printed
-    assert sorted(p.name for p in out.iterdir()) == ["cinescene.json", "cinescene_modules.safetensors",
-                                                     "config.json", "diffusion_pytorch_model.safetensors"]
+    assert sorted(p.name for p in out.iterdir()) == ["cinescene.json", "cinescene_config.yaml",
+                                                     "cinescene_modules.safetensors", "config.json",
+                                                     "diffusion_pytorch_model.safetensors"]
     reference = diffusers.WanTransformer3DModel.from_pretrained(out).eval()
     ours = load_exported_model(out, base_only=True)
     x, t, text, cameras, scene = inputs()
