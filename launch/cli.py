@@ -66,12 +66,21 @@ def _quiet_python_warnings() -> None:
 
 
 def _internal_error(prog: str, exc: BaseException) -> int:
-    """An unexpected exception in a process whose output goes to a log file: the traceback there, one
-    line on the console."""
-    traceback.print_exc()  # sys.stderr: the log file
-    sys.stderr.flush()
+    """An unexpected exception: the traceback in the process's log file (or, for a command without one,
+    in a file of its own under the temporary directory), one line on the console."""
+    where = output_file()
+    if where is None:
+        import tempfile
+
+        fd, name = tempfile.mkstemp(prefix=f"{prog.replace(' ', '-')}-error-", suffix=".log")
+        with os.fdopen(fd, "w") as file:
+            traceback.print_exc(file=file)
+        where = name
+    else:
+        traceback.print_exc()  # sys.stderr: the log file
+        sys.stderr.flush()
     print(f"{prog}: error: internal error ({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}); "
-          f"the traceback is in {output_file()}", file=console())
+          f"the traceback is in {where}", file=console())
     return 1
 
 
@@ -114,8 +123,8 @@ def main(argv: Optional[List[str]] = None) -> int:
         print(f"{prog}: interrupted", file=console())
         return 130
     except Exception as exc:
-        if output_file() is None:
-            raise
+        if args.verbose and output_file() is None:
+            raise  # --verbose: the traceback on the console
         return _internal_error(prog, exc)
 
 

@@ -76,8 +76,7 @@ def smoke_shards(tmp_path_factory):
 # What makes `cinescene.distributed.env.detect` take a process for a rank of a launched job. In-process
 # DeepSpeed and torch.distributed runs leave some of these in os.environ; a `cinescene` subprocess started
 # by a later test would inherit them and try to join a job that is gone.
-LAUNCHER_VARS = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "LOCAL_SIZE", "MASTER_ADDR", "MASTER_PORT",
-                 "CROSS_RANK", "CROSS_SIZE", "CINESCENE_LOCAL_SPAWN")
+from cinescene.distributed.env import RANK_VARIABLES as LAUNCHER_VARS  # noqa: E402
 
 
 @pytest.fixture(autouse=True)

@@ -80,6 +80,13 @@ def first_slurm_host(nodelist: str) -> str:
     return out[0]
 
 
+# What makes :func:`detect` take a process for a rank of a torchrun-style launch, or picks its rendezvous.
+# A SLURM job inherits the submitting shell's environment (sbatch --export=ALL), so the batch process
+# drops these before it sruns the ranks and sets the rendezvous from the allocation itself.
+RANK_VARIABLES = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "LOCAL_SIZE", "MASTER_ADDR", "MASTER_PORT",
+                  "CINESCENE_LOCAL_SPAWN")
+
+
 def slurm_master_port(job_id: int) -> int:
     return SLURM_PORT_BASE + job_id % SLURM_PORT_SPAN
 

@@ -47,6 +47,7 @@ from typing import List, Optional, Sequence
 from omegaconf import OmegaConf
 
 from cinescene.config.schema import CineSceneConfig
+from cinescene.distributed.env import RANK_VARIABLES, slurm_master_port
 from cinescene.errors import CineSceneError
 from cinescene.log import get_logger, setup_logging
 
@@ -76,6 +77,17 @@ def _redirect_output(path: Path) -> None:
     os.dup2(fd, 1)
     os.dup2(fd, 2)
     os.close(fd)
+
+
+def step_environment(environ, nodes: Sequence[str]) -> dict:
+    """The ranks' environment: the job's, with the rendezvous taken from the allocation (first node, port
+    from the job id) and never from variables the job inherited from the shell that submitted it (sbatch
+    exports it: a MASTER_PORT or RANK there would be every job's)."""
+    env = {key: value for key, value in environ.items() if key not in RANK_VARIABLES}
+    env.update(PYTHONUNBUFFERED="1", MASTER_ADDR=node_address(nodes[0]),
+               MASTER_PORT=str(slurm_master_port(int(environ["SLURM_JOB_ID"]))))
+    env.setdefault("OMP_NUM_THREADS", environ.get("SLURM_CPUS_PER_TASK", "1"))
+    return env
 
 
 def srun_command(config_path: str, overrides: Sequence[str], environ=None) -> List[str]:
@@ -200,8 +212,7 @@ def _start(cfg: CineSceneConfig, config_path: str, overrides: Sequence[str], sig
     record = start_record(argv=cmd, nodes=nodes, config=scrub(OmegaConf.to_container(OmegaConf.structured(cfg))))
     write_json_atomic(log_path.with_name(f"{label}.start-{restart}.json"), record)
 
-    env = dict(os.environ, PYTHONUNBUFFERED="1", MASTER_ADDR=node_address(nodes[0]))
-    env.setdefault("OMP_NUM_THREADS", os.environ.get("SLURM_CPUS_PER_TASK", "1"))
+    env = step_environment(os.environ, nodes)
     status = signals.run_step(cmd, env, skipped_status=cfg.launch.preempt_exit_code)
     requeue, why = decide(status, signals.ending, cfg, label)
     if not requeue:

@@ -125,6 +125,23 @@ def test_exactly_one_party_requeues():
     assert not decide(124, None, cfg, "7")[0]
 
 
+def test_the_ranks_rendezvous_comes_from_the_allocation_not_the_submitting_shell(monkeypatch):
+    """sbatch exports the submitter's environment: a MASTER_PORT or RANK there must not reach the ranks."""
+    from cinescene.distributed.env import detect, slurm_master_port
+    from cinescene.slurm import job
+
+    monkeypatch.setattr(job, "node_address", lambda node: {"n1": "10.0.0.1"}[node])
+    inherited = {"SLURM_JOB_ID": "4242", "MASTER_PORT": "49897", "MASTER_ADDR": "elsewhere", "RANK": "0",
+                 "WORLD_SIZE": "1", "LOCAL_RANK": "0", "PATH": "/usr/bin", "SLURM_CPUS_PER_TASK": "3"}
+    env = job.step_environment(inherited, ["n1", "n2"])
+    assert env["MASTER_ADDR"] == "10.0.0.1" and env["MASTER_PORT"] == str(slurm_master_port(4242)) != "49897"
+    assert not {"RANK", "WORLD_SIZE", "LOCAL_RANK"} & set(env) and env["PATH"] == "/usr/bin"
+    assert env["OMP_NUM_THREADS"] == "3" and inherited["MASTER_PORT"] == "49897"      # the job's own is untouched
+    rank = detect({**env, "SLURM_PROCID": "1", "SLURM_NTASKS": "2", "SLURM_JOB_NODELIST": "n[1-2]",
+                   "SLURM_STEP_ID": "0", "SLURM_LOCALID": "0"})
+    assert rank.launcher == "srun" and rank.rank == 1 and rank.master_port == slurm_master_port(4242)
+
+
 def test_job_environment_readers():
     assert restart_count({}) == 0 and restart_count({"SLURM_RESTART_COUNT": "3"}) == 3
     assert job_label({"SLURM_JOB_ID": "12"}) == "12"

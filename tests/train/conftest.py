@@ -6,13 +6,16 @@ import signal
 import subprocess
 from pathlib import Path
 
+from cinescene.distributed.env import RANK_VARIABLES
+
 REPO = Path(__file__).resolve().parents[2]
 
 
 def run_env(**extra) -> dict:
     """A run's environment: W&B offline, CPU only, not a rank of whatever started pytest."""
     env = dict(os.environ, WANDB_MODE="offline", PYTHONUNBUFFERED="1", CUDA_VISIBLE_DEVICES="", **extra)
-    env.pop("RANK", None)
+    for key in RANK_VARIABLES:
+        env.pop(key, None)
     return env
 
 

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import io
 import logging
+import os
 import subprocess
 import sys
 
@@ -133,3 +134,18 @@ def test_an_internal_error_is_one_console_line_and_a_traceback_in_the_log(tmp_pa
     assert "cinescene model: error: internal error (RuntimeError: a bug, not a user error); the traceback is in " \
         f"{log_file}" in out.stderr
     assert "Traceback (most recent call last)" in log_file.read_text()
+
+
+def test_an_internal_error_of_a_command_without_a_log_file_is_one_line_too(tmp_path, repo_root):
+    script = INTERNAL_ERROR.replace("send_output_to(sys.argv[1])\n", "")
+    env = {**os.environ, "TMPDIR": str(tmp_path)}
+    out = subprocess.run([sys.executable, "-c", script], cwd=repo_root, capture_output=True, text=True, timeout=60,
+                         env=env)
+    assert out.returncode == 1 and out.stderr.count("\n") == 1, out.stderr
+    assert "cinescene model: error: internal error (RuntimeError: a bug, not a user error); the traceback is in " \
+        f"{tmp_path}/cinescene-model-error-" in out.stderr
+    (saved,) = tmp_path.glob("cinescene-model-error-*.log")
+    assert "Traceback (most recent call last)" in saved.read_text() and "a bug, not a user error" in saved.read_text()
+    verbose = subprocess.run([sys.executable, "-c", script.replace('"model", "info"', '"--verbose", "model", "info"')],
+                             cwd=repo_root, capture_output=True, text=True, timeout=60, env=env)
+    assert verbose.returncode == 1 and "Traceback (most recent call last)" in verbose.stderr
