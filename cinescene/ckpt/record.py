@@ -10,11 +10,20 @@ from __future__ import annotations
 import json
 import math
 from dataclasses import MISSING, asdict, dataclass, fields
+from enum import Enum
 from pathlib import Path
 from typing import Any, Dict, List, Optional
 
 from .errors import DamagedCheckpointError
 from .layout import TRAINER_STATE
+
+class SaveReason(str, Enum):
+    """Why a checkpoint was saved (the record's ``reason``)."""
+
+    EVERY_STEPS = "every_steps"     # checkpoint.every_steps
+    FINAL = "final"                 # train.max_steps reached
+    PREEMPTION = "preemption"       # a preemption signal: saved at the next step boundary, then exit 124
+
 
 #: 2: rank states as safetensors + JSON (1 pickled them), a manifest, the model name and EMA flag.
 FORMAT_VERSION = 2
@@ -35,7 +44,7 @@ class TrainerRecord:
     trainable: List[str]           # names of the trained parameters (the ones in the ZeRO shards)
     run_name: str
     ema: bool                      # rank states hold an EMA of the trainable weights
-    reason: str                    # why it was saved: every_steps, final, preempted, ...
+    reason: str                    # why it was saved: a SaveReason value
     saved_at: str                  # local time, ISO 8601
     wandb_run_id: Optional[str] = None
     format: int = FORMAT_VERSION

@@ -165,6 +165,28 @@ def _reap_orphans(timeout: float) -> None:
     _log.warning("processes started by srun still run after %.0f s; going on", timeout)
 
 
+def _latest_checkpoint(root: Path) -> Optional[Path]:
+    from cinescene.ckpt.layout import read_pointer
+
+    try:
+        return read_pointer(root)
+    except CineSceneError:
+        return None
+
+
+def _saved_on_preemption(root: Path, before: Optional[Path]) -> bool:
+    """Whether the newest checkpoint is new since ``before`` and was saved on a preemption signal."""
+    from cinescene.ckpt.record import SaveReason, read_record
+
+    latest = _latest_checkpoint(root)
+    if latest is None or latest == before:
+        return False
+    try:
+        return read_record(latest).reason == SaveReason.PREEMPTION.value
+    except CineSceneError:
+        return False
+
+
 def decide(status: int, ending: Optional[str], cfg: CineSceneConfig, label: str) -> tuple[bool, str]:
     """Whether this process requeues the job after the step ended with ``status``, and why (one line)."""
     if status == DONE:
@@ -213,7 +235,15 @@ def _start(cfg: CineSceneConfig, config_path: str, overrides: Sequence[str], sig
     write_json_atomic(log_path.with_name(f"{label}.start-{restart}.json"), record)
 
     env = step_environment(os.environ, nodes)
+    checkpoints = Path(cfg.checkpoint.dir or Path(cfg.run.dir) / "checkpoints")
+    before = _latest_checkpoint(checkpoints)
     status = signals.run_step(cmd, env, skipped_status=cfg.launch.preempt_exit_code)
+    if status not in (DONE, USER_ERROR, CONFIG_ERROR, cfg.launch.preempt_exit_code) and \
+            _saved_on_preemption(checkpoints, before):
+        # The ranks saved together, then one left with 124 first and srun (--kill-on-bad-exit) stopped the
+        # others on their way out: the step's status is theirs, the checkpoint says what happened.
+        _log.info("job %s: srun ended with status %d after the ranks saved on a preemption signal", label, status)
+        status = cfg.launch.preempt_exit_code
     requeue, why = decide(status, signals.ending, cfg, label)
     if not requeue:
         (_log.info if status == DONE else _log.warning)("job %s: %s", label, why)

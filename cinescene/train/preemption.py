@@ -28,6 +28,7 @@ from typing import Dict, List, Optional
 import torch
 import torch.distributed as dist
 
+from cinescene.ckpt.record import SaveReason
 from cinescene.log import get_logger
 
 from .callbacks import Callback, StepResult, TrainState
@@ -105,7 +106,7 @@ class PreemptionCallback(Callback):
         _log.warning("preemption requested (%s): saving at step %d and exiting with status %d",
                      self.flag.signal_name or "signal on another rank", result.step,
                      0 if finished else self.exit_code)
-        state.request_save("preemption")
+        state.request_save(SaveReason.PREEMPTION.value)
         state.stop = True
         state.exit_code = 0 if finished else self.exit_code
 

@@ -223,3 +223,27 @@ def test_two_submissions_of_one_sweep_at_once_the_second_is_refused(repo_root, t
         out = cli(repo_root, "sweep", str(path))
     assert out.returncode == 1 and out.stdout == ""
     assert out.stderr == f"cinescene sweep: error: another `cinescene sweep` is submitting {tmp_path / 'sw'} right now\n"
+
+
+def test_a_step_that_ended_after_a_preemption_save_counts_as_saved(tmp_path):
+    """srun --kill-on-bad-exit stops ranks still leaving after the first one exits 124: the step's status is then
+    143, but the checkpoint they saved together says it was a preemption save."""
+    from cinescene.slurm.job import _latest_checkpoint, _saved_on_preemption
+    from tests.ckpt.fakes import record
+
+    root = tmp_path / "checkpoints"
+    assert _latest_checkpoint(root) is None and not _saved_on_preemption(root, None)
+
+    def save(step: int, reason: str) -> None:
+        step_dir = root / f"step_{step:08d}"
+        step_dir.mkdir(parents=True)
+        (step_dir / "trainer_state.json").write_text(record(step, reason=reason).to_json())
+        (root / "latest").write_text(step_dir.name)
+
+    save(10, "every_steps")
+    before = _latest_checkpoint(root)
+    assert before == root / "step_00000010" and not _saved_on_preemption(root, None)   # not a preemption save
+    save(14, "preemption")
+    assert _saved_on_preemption(root, before) and not _saved_on_preemption(root, _latest_checkpoint(root))
+    (root / "step_00000014" / "trainer_state.json").write_text("{")                  # damaged: not counted
+    assert not _saved_on_preemption(root, before)

@@ -1,6 +1,7 @@
 """When to save: every ``checkpoint.every_steps`` steps and after the last one."""
 from __future__ import annotations
 
+from cinescene.ckpt.record import SaveReason
 from cinescene.config.checkpoint import CheckpointConfig
 
 from ..callbacks import Callback, StepResult, TrainState
@@ -17,6 +18,6 @@ class CheckpointCadence(Callback):
     def on_step_end(self, state: TrainState, result: StepResult) -> None:
         # The last step's save says "final" even when it also falls on the cadence.
         if self.cfg.save_final and result.step >= state.max_steps:
-            state.request_save("final")
+            state.request_save(SaveReason.FINAL.value)
         if self.cfg.every_steps and result.step % self.cfg.every_steps == 0:
-            state.request_save("every_steps")
+            state.request_save(SaveReason.EVERY_STEPS.value)
