@@ -237,14 +237,15 @@ def _start(cfg: CineSceneConfig, config_path: str, overrides: Sequence[str], sig
     env = step_environment(os.environ, nodes)
     checkpoints = Path(cfg.checkpoint.dir or Path(cfg.run.dir) / "checkpoints")
     before = _latest_checkpoint(checkpoints)
-    status = signals.run_step(cmd, env, skipped_status=cfg.launch.preempt_exit_code)
+    status = step_status = signals.run_step(cmd, env, skipped_status=cfg.launch.preempt_exit_code)
     if status not in (DONE, USER_ERROR, CONFIG_ERROR, cfg.launch.preempt_exit_code) and \
             _saved_on_preemption(checkpoints, before):
         # The ranks saved together, then one left with 124 first and srun (--kill-on-bad-exit) stopped the
         # others on their way out: the step's status is theirs, the checkpoint says what happened.
-        _log.info("job %s: srun ended with status %d after the ranks saved on a preemption signal", label, status)
         status = cfg.launch.preempt_exit_code
     requeue, why = decide(status, signals.ending, cfg, label)
+    if status != step_status:
+        why += f" (srun's status {step_status}: it stopped a rank that was leaving after the save)"
     if not requeue:
         (_log.info if status == DONE else _log.warning)("job %s: %s", label, why)
         return status
