@@ -11,8 +11,3 @@ class CineSceneError(RuntimeError):
 
     exit_code = 1
 
-
-class NotLandedError(CineSceneError):
-    """A subcommand whose implementation has not been built yet."""
-
-    exit_code = 3

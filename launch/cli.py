@@ -1,7 +1,8 @@
 """`cinescene` entry point: parse, dispatch, and map errors to exit statuses.
 
-Exit statuses: 0 ok, 1 runtime error a user can fix, 2 bad config or usage,
-3 a subcommand not built yet. Parsing and config validation import no torch,
+Exit statuses: 0 ok, 1 runtime error a user can fix (or an internal error, one line
+naming the file with its traceback), 2 bad config or usage, 124 saved after a preemption
+signal. Parsing and config validation import no torch,
 so a bad config is reported in well under a second.
 
 The console shows our log lines, progress bars and one-line errors

@@ -6,7 +6,6 @@ import functools
 import sys
 from typing import Any, Callable
 
-from cinescene.errors import NotLandedError
 
 
 def add_config_args(parser: argparse.ArgumentParser, required: bool = True) -> None:
@@ -38,27 +37,3 @@ def with_config(handler: Callable[[argparse.Namespace, Any], int]) -> Callable[[
         return handler(args, cfg)
 
     return run
-
-
-def not_landed(what: str, needs: str) -> Callable[[argparse.Namespace], int]:
-    """A handler for a subcommand that is not built yet: says so and fails."""
-
-    def handler(args: argparse.Namespace) -> int:
-        raise NotLandedError(f"{what} is not available yet: it arrives with {needs}. "
-                             "Nothing was run.")
-
-    return handler
-
-
-def add_pending_command(sub: argparse._SubParsersAction, name: str, *, help: str, description: str,
-                        needs: str) -> argparse.ArgumentParser:
-    """A config-driven subcommand that is not built yet: it validates its config, then says so."""
-    parser = sub.add_parser(name, help=help, description=description)
-    add_config_args(parser)
-
-    @with_config
-    def run(args: argparse.Namespace, cfg) -> int:
-        return not_landed(f"`cinescene {name}`", needs)(args)
-
-    parser.set_defaults(func=run)
-    return parser
