@@ -7,6 +7,8 @@ from pathlib import Path
 
 import pytest
 
+from cinescene.distributed.env import RANK_VARIABLES   # imports neither torch nor triton
+
 REPO = Path(__file__).resolve().parents[1]
 
 pytest_plugins = ["tests.fixtures.slurm", "tests.fixtures.checkpoint"]
@@ -73,17 +75,13 @@ def smoke_shards(tmp_path_factory):
     return shards
 
 
-# What makes `cinescene.distributed.env.detect` take a process for a rank of a launched job. In-process
-# DeepSpeed and torch.distributed runs leave some of these in os.environ; a `cinescene` subprocess started
-# by a later test would inherit them and try to join a job that is gone.
-from cinescene.distributed.env import RANK_VARIABLES as LAUNCHER_VARS  # noqa: E402
-
-
 @pytest.fixture(autouse=True)
 def _no_launcher_variables():
-    """Each test starts without launcher variables and leaves os.environ's as they were before it."""
-    saved = {key: os.environ.pop(key) for key in LAUNCHER_VARS if key in os.environ}
+    """Each test starts without launcher variables (``RANK_VARIABLES``) and leaves os.environ's as they were
+    before it. In-process DeepSpeed and torch.distributed runs leave some in os.environ; a `cinescene`
+    subprocess started by a later test would inherit them and try to join a job that is gone."""
+    saved = {key: os.environ.pop(key) for key in RANK_VARIABLES if key in os.environ}
     yield
-    for key in LAUNCHER_VARS:
+    for key in RANK_VARIABLES:
         os.environ.pop(key, None)
     os.environ.update(saved)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import resource
 import sys
 from pathlib import Path
+from typing import Optional
 
 _STATUS = Path("/proc/self/status")
 _CLEAR_REFS = Path("/proc/self/clear_refs")
@@ -24,25 +25,28 @@ def reset_peak() -> bool:
         return False
 
 
-def current_rss_bytes() -> int:
-    """Resident set size now (0 where /proc is not available)."""
+def _status_bytes(field: str) -> Optional[int]:
+    """A ``field:  N kB`` line of /proc/self/status in bytes; None where /proc is not available."""
     try:
         for line in _STATUS.read_text().splitlines():
-            if line.startswith("VmRSS:"):
+            if line.startswith(f"{field}:"):
                 return int(line.split()[1]) * 1024
     except OSError:
         pass
-    return 0
+    return None
+
+
+def current_rss_bytes() -> int:
+    """Resident set size now (0 where /proc is not available)."""
+    rss = _status_bytes("VmRSS")
+    return 0 if rss is None else rss
 
 
 def peak_rss_bytes() -> int:
     """Peak resident set size since :func:`reset_peak` (or since the process started)."""
-    try:
-        for line in _STATUS.read_text().splitlines():
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) * 1024
-    except OSError:
-        pass
+    peak = _status_bytes("VmHWM")
+    if peak is not None:
+        return peak
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     return peak if sys.platform == "darwin" else peak * 1024
 

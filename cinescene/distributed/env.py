@@ -80,13 +80,6 @@ def first_slurm_host(nodelist: str) -> str:
     return out[0]
 
 
-# What makes :func:`detect` take a process for a rank of a torchrun-style launch, or picks its rendezvous.
-# A SLURM job inherits the submitting shell's environment (sbatch --export=ALL), so the batch process
-# drops these before it sruns the ranks and sets the rendezvous from the allocation itself.
-RANK_VARIABLES = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "LOCAL_SIZE", "MASTER_ADDR", "MASTER_PORT",
-                  "CINESCENE_LOCAL_SPAWN")
-
-
 def slurm_master_port(job_id: int) -> int:
     return SLURM_PORT_BASE + job_id % SLURM_PORT_SPAN
 
@@ -100,6 +93,12 @@ def free_port(host: str = "127.0.0.1") -> int:
 
 # Set by our own local spawner on the ranks it starts, so logs can tell them from torchrun's.
 SPAWNER_MARK = "CINESCENE_LOCAL_SPAWN"
+
+# What makes :func:`detect` take a process for a rank of a torchrun-style launch, or picks its rendezvous.
+# A SLURM job inherits the submitting shell's environment (sbatch --export=ALL), so the batch process
+# drops these before it sruns the ranks and sets the rendezvous from the allocation itself.
+RANK_VARIABLES = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "LOCAL_SIZE", "MASTER_ADDR", "MASTER_PORT",
+                  SPAWNER_MARK)
 
 
 def _rank_launcher(env: Dict[str, str]) -> str:

@@ -133,13 +133,9 @@ def checkpoint_config(source: CheckpointSource, overrides: Sequence[str] = ()):
     return cfg
 
 
-def ema_state_dict(source: CheckpointSource) -> Dict[str, torch.Tensor]:
-    """The EMA weights of a step directory (full fp32 tensors) assembled from every rank's slice."""
-    return trained_state_dict(source, ema=True)
-
-
 def trained_state_dict(source: CheckpointSource, ema: bool = False) -> Dict[str, torch.Tensor]:
-    """A step directory's trainable weights by parameter name (or their EMA), as full fp32 tensors."""
+    """A step directory's trainable weights by parameter name, as full fp32 tensors; with ``ema`` their EMA,
+    assembled from every rank's slice."""
     from cinescene.ckpt.weights import consolidated_state_dict
 
     if source.kind != STEP:

@@ -8,7 +8,6 @@ number of ranks or the order in which a rank meets its samples.
 from __future__ import annotations
 
 import hashlib
-import sys
 from dataclasses import dataclass
 from typing import Callable, Optional
 

@@ -7,8 +7,8 @@ import pytest
 import torch
 
 from cinescene.errors import CineSceneError
-from cinescene.sampling.checkpoint import (checkpoint_config, ema_state_dict, load_inference_model,
-                                           resolve_checkpoint)
+from cinescene.sampling.checkpoint import (checkpoint_config, load_inference_model, resolve_checkpoint,
+                                           trained_state_dict)
 from cinescene.train.checkpoint import consolidated_state_dict
 
 pytestmark = [pytest.mark.slow, pytest.mark.dist]
@@ -30,7 +30,7 @@ def test_weights_load_as_trained_or_as_ema(smoke_run):
     params = dict(trained.named_parameters())
     assert all(torch.equal(params[name], value) for name, value in saved.items())
     assert not any(p.requires_grad for p in trained.parameters()) and not trained.training
-    ema = ema_state_dict(source)
+    ema = trained_state_dict(source, ema=True)
     assert set(ema) == set(saved) and any(not torch.equal(ema[n], saved[n]) for n in saved)   # decay 0.99
     averaged = dict(load_inference_model(source, cfg, ema=True).named_parameters())
     assert all(torch.equal(averaged[name], value) for name, value in ema.items())
@@ -61,7 +61,7 @@ def test_damaged_or_foreign_checkpoints_are_one_line_errors(smoke_run, tmp_path)
     for rank_state in rank_files:
         rank_state.write_bytes(b"not a checkpoint")
     with pytest.raises(CineSceneError, match=f"{rank_files[0].parent}/rank_"):   # names the damaged file
-        ema_state_dict(resolve_checkpoint(copy))
+        trained_state_dict(resolve_checkpoint(copy), ema=True)
     shutil.rmtree(step / "zero")
     with pytest.raises(CineSceneError, match=r"zero"):
         load_inference_model(resolve_checkpoint(copy), cfg)
