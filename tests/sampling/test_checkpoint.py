@@ -1,6 +1,7 @@
 """CKPT -> step directory, config and weights: run / checkpoints / step directories, EMA, damaged inputs."""
 from __future__ import annotations
 
+import re
 import shutil
 
 import pytest
@@ -60,10 +61,11 @@ def test_damaged_or_foreign_checkpoints_are_one_line_errors(smoke_run, tmp_path)
     assert rank_files
     for rank_state in rank_files:
         rank_state.write_bytes(b"not a checkpoint")
-    with pytest.raises(CineSceneError, match=f"{rank_files[0].parent}/rank_"):   # names the damaged file
+    with pytest.raises(CineSceneError, match=re.escape(f"{rank_files[0]}: unreadable")):   # names the file
         trained_state_dict(resolve_checkpoint(copy), ema=True)
     shutil.rmtree(step / "zero")
-    with pytest.raises(CineSceneError, match=r"zero"):
+    with pytest.raises(CineSceneError, match=re.escape(f"{step / 'zero'}: missing: the checkpoint holds no ZeRO "
+                                                        "shards")):
         load_inference_model(resolve_checkpoint(copy), cfg)
 
 
