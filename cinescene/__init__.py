@@ -3,4 +3,5 @@
 The library. Command line in ``cinescene.launch`` (the repository's ``launch/``
 folder) and Triton kernels in ``cinescene.kernels`` (``kernels/``).
 """
+
 __version__ = "0.1.0"

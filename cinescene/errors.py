@@ -1,4 +1,5 @@
 """User-facing errors: printed as one line by the CLI, never as a traceback."""
+
 from __future__ import annotations
 
 
@@ -10,4 +11,3 @@ class CineSceneError(RuntimeError):
     """
 
     exit_code = 1
-

@@ -14,13 +14,15 @@ file descriptors 1 and 2 point there, :func:`console` keeps the terminal).
 ``--verbose`` (:data:`VERBOSE_ENV`, inherited by spawned ranks) or
 ``run.log_level=DEBUG`` leaves library output on the console as it comes.
 """
+
 from __future__ import annotations
 
 import logging
 import os
 import sys
+from collections.abc import Iterable, Iterator
 from pathlib import Path
-from typing import Iterable, Iterator, Optional, TextIO, TypeVar
+from typing import TextIO, TypeVar
 
 ROOT = "cinescene"
 # Set by `cinescene --verbose`: library output stays on the console (children inherit it).
@@ -48,9 +50,9 @@ def env_rank() -> int:
     return 0
 
 
-_console: Optional[TextIO] = None  # the terminal's stderr once fds 1 and 2 go to a log file
-_console_out: Optional[TextIO] = None  # and its stdout, for a command's printed result
-_output_file: Optional[Path] = None
+_console: TextIO | None = None  # the terminal's stderr once fds 1 and 2 go to a log file
+_console_out: TextIO | None = None  # and its stdout, for a command's printed result
+_output_file: Path | None = None
 
 
 def verbose(level: str = "INFO") -> bool:
@@ -70,7 +72,7 @@ def console_out() -> TextIO:
     return _console_out if _console_out is not None else sys.stdout
 
 
-def output_file() -> Optional[Path]:
+def output_file() -> Path | None:
     """The log file that receives this process's other output, if :func:`send_output_to` was called."""
     return _output_file
 
@@ -104,8 +106,9 @@ def get_logger(name: str) -> logging.Logger:
     return logging.getLogger(name if name.startswith(ROOT) else f"{ROOT}.{name}")
 
 
-def setup_logging(level: str = "INFO", run_dir: Optional[str | os.PathLike] = None,
-                  rank: Optional[int] = None) -> logging.Logger:
+def setup_logging(
+    level: str = "INFO", run_dir: str | os.PathLike | None = None, rank: int | None = None
+) -> logging.Logger:
     """Configure the ``cinescene`` logger tree; safe to call again (handlers are replaced)."""
     rank = env_rank() if rank is None else rank
     logger = logging.getLogger(ROOT)

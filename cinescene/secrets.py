@@ -17,18 +17,35 @@ config still loads and trains. Used for ``config.yaml`` (and the checkpoint's
 copy), ``--print-config``, every ``wandb.init`` argument, and our log lines.
 No torch here: ``--print-config`` runs before anything heavy is imported.
 """
+
 from __future__ import annotations
 
 import os
 import re
-from typing import Any, Iterable, List, Mapping, Optional
+from collections.abc import Iterable, Mapping
+from typing import Any
 
 MASK = "***"
 # Config keys that hold a credential (compared lower-case, whole key only).
-CREDENTIAL_KEYS = frozenset({"api_key", "apikey", "password", "passwd", "secret", "secret_key", "access_key",
-                             "access_token", "auth_token", "hf_token", "wandb_api_key"})
+CREDENTIAL_KEYS = frozenset(
+    {
+        "api_key",
+        "apikey",
+        "password",
+        "passwd",
+        "secret",
+        "secret_key",
+        "access_key",
+        "access_token",
+        "auth_token",
+        "hf_token",
+        "wandb_api_key",
+    }
+)
 # Environment variable names that hold a credential: a credential word as a whole `_`-separated part.
-CREDENTIAL_ENV = re.compile(r"(^|_)(TOKEN|SECRET|PASSWORD|PASSWD|APIKEY|(API|ACCESS|PRIVATE|AUTH|SECRET)_KEY)(_|$)")
+CREDENTIAL_ENV = re.compile(
+    r"(^|_)(TOKEN|SECRET|PASSWORD|PASSWD|APIKEY|(API|ACCESS|PRIVATE|AUTH|SECRET)_KEY)(_|$)"
+)
 # Shorter values are not searched for inside other strings: they would match by chance ("true", a port).
 MIN_SECRET_LEN = 8
 
@@ -49,7 +66,7 @@ def _credential_values(tree: Any) -> Iterable[str]:
             yield from _credential_values(item)
 
 
-def secret_values(environ: Optional[Mapping[str, str]] = None, config: Any = None) -> List[str]:
+def secret_values(environ: Mapping[str, str] | None = None, config: Any = None) -> list[str]:
     """The secret values to mask inside strings, longest first (so a longer secret is masked whole)."""
     environ = os.environ if environ is None else environ
     found = {v for k, v in environ.items() if CREDENTIAL_ENV.search(k.upper())}
@@ -63,7 +80,7 @@ def mask_text(text: str, secrets: Iterable[str]) -> str:
     return text
 
 
-def scrub(obj: Any, secrets: Optional[List[str]] = None) -> Any:
+def scrub(obj: Any, secrets: list[str] | None = None) -> Any:
     """A copy of a tree of dicts, lists and scalars with every secret masked (see the module doc).
 
     ``secrets``: the values to mask; by default the environment's credentials
@@ -71,8 +88,10 @@ def scrub(obj: Any, secrets: Optional[List[str]] = None) -> Any:
     """
     secrets = secret_values(config=obj) if secrets is None else secrets
     if isinstance(obj, Mapping):
-        return {k: (MASK if is_credential_key(k) and isinstance(v, str) and v else scrub(v, secrets))
-                for k, v in obj.items()}
+        return {
+            k: (MASK if is_credential_key(k) and isinstance(v, str) and v else scrub(v, secrets))
+            for k, v in obj.items()
+        }
     if isinstance(obj, (list, tuple)):
         return [scrub(v, secrets) for v in obj]
     if isinstance(obj, str):

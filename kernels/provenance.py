@@ -3,6 +3,7 @@
 Every benchmark's ``--out`` JSON carries this block, so a figure pasted into
 BENCHMARKS.md can be traced to the code and the machine that produced it.
 """
+
 from __future__ import annotations
 
 import datetime
@@ -10,14 +11,13 @@ import importlib.metadata
 import platform
 import subprocess
 from pathlib import Path
-from typing import Dict, Optional
 
 import torch
 
 _SOURCE_DIR = Path(__file__).resolve().parent
 
 
-def _git(*args: str) -> Optional[str]:
+def _git(*args: str) -> str | None:
     try:
         result = subprocess.run(["git", *args], cwd=_SOURCE_DIR, capture_output=True, text=True, timeout=10)
     except (OSError, subprocess.SubprocessError):
@@ -25,7 +25,7 @@ def _git(*args: str) -> Optional[str]:
     return result.stdout.strip() if result.returncode == 0 else None
 
 
-def _version(*distributions: str) -> Optional[str]:
+def _version(*distributions: str) -> str | None:
     for name in distributions:
         try:
             return importlib.metadata.version(name)
@@ -34,7 +34,7 @@ def _version(*distributions: str) -> Optional[str]:
     return None
 
 
-def device_name(device: Optional[torch.device] = None) -> str:
+def device_name(device: torch.device | None = None) -> str:
     """The GPU's name for a CUDA device, else the host CPU's."""
     device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     if device.type == "cuda":
@@ -42,7 +42,7 @@ def device_name(device: Optional[torch.device] = None) -> str:
     return f"CPU {platform.processor() or platform.machine()}"
 
 
-def provenance(device: Optional[torch.device] = None) -> Dict[str, object]:
+def provenance(device: torch.device | None = None) -> dict[str, object]:
     """date (UTC, ISO 8601), commit and dirty flag of the source checkout (None outside a git checkout),
     python/torch/CUDA/triton/flash-attn versions (None when absent), device name."""
     commit = _git("rev-parse", "HEAD")

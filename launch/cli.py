@@ -12,6 +12,7 @@ The console shows our log lines, progress bars and one-line errors
 the config or anything slow is imported, and a rank started by our local
 spawner ties its life to the launcher's first thing.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -20,7 +21,6 @@ import logging
 import os
 import sys
 import traceback
-from typing import List, Optional
 
 from cinescene import __version__
 from cinescene.distributed import startup_signals
@@ -36,8 +36,9 @@ VERBOSE_HELP = "show library output (warnings, build messages) on the console in
 
 def _add_verbose(parser: argparse.ArgumentParser, top: bool) -> None:
     """``--verbose`` on a parser and every sub-command parser below it, so it may go anywhere."""
-    parser.add_argument("--verbose", action="store_true", help=VERBOSE_HELP,
-                        **({} if top else {"default": argparse.SUPPRESS}))
+    parser.add_argument(
+        "--verbose", action="store_true", help=VERBOSE_HELP, **({} if top else {"default": argparse.SUPPRESS})
+    )
     for action in parser._actions:
         if isinstance(action, argparse._SubParsersAction):
             for child in action.choices.values():
@@ -80,17 +81,20 @@ def _internal_error(prog: str, exc: BaseException) -> int:
     else:
         traceback.print_exc()  # sys.stderr: the log file
         sys.stderr.flush()
-    print(f"{prog}: error: internal error ({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}); "
-          f"the traceback is in {where}", file=console())
+    print(
+        f"{prog}: error: internal error ({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}); "
+        f"the traceback is in {where}",
+        file=console(),
+    )
     return 1
 
 
-def _command(argv: List[str]) -> Optional[str]:
+def _command(argv: list[str]) -> str | None:
     """The subcommand's name, read before the parser is built (a peek: the parser still decides)."""
     return next((item for item in argv if not item.startswith("-")), None)
 
 
-def main(argv: Optional[List[str]] = None) -> int:
+def main(argv: list[str] | None = None) -> int:
     argv = strip_local_rank_arg(sys.argv[1:] if argv is None else argv)
     if _command(argv) == "train":
         startup_signals.install()  # first: a preemption signal from now on is a request, not a kill

@@ -1,4 +1,5 @@
 """Test-wide setup: markers that skip cleanly, CPU-only determinism, shared fixtures."""
+
 from __future__ import annotations
 
 import os
@@ -7,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from cinescene.distributed.env import RANK_VARIABLES   # imports neither torch nor triton
+from cinescene.distributed.env import RANK_VARIABLES  # imports neither torch nor triton
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -19,7 +20,7 @@ os.environ.setdefault("WANDB_SILENT", "true")
 
 
 def _cuda_visible() -> bool:
-    import torch   # importing torch does not import triton
+    import torch  # importing torch does not import triton
 
     return torch.cuda.is_available()
 
@@ -29,7 +30,7 @@ def _cuda_visible() -> bool:
 # the session can import triton (a metric library, torch.compile in an earlier test). Model code
 # never picks the fused kernels on a CPU by itself (attention backend "auto" needs CUDA), so
 # nothing else notices.
-os.environ.setdefault("TRITON_DEFAULT_FP_FUSION", "1")   # silence triton 3.9's default-change warning
+os.environ.setdefault("TRITON_DEFAULT_FP_FUSION", "1")  # silence triton 3.9's default-change warning
 if not _cuda_visible():
     os.environ["TRITON_INTERPRET"] = "1"
 

@@ -13,10 +13,19 @@ resharding into an engine) is :mod:`cinescene.train.checkpoint`.
   consolidated safetensors in Wan's or diffusers' layout, and our model built from them.
 - :func:`cinescene.ckpt.info.describe` / :func:`cinescene.ckpt.info.verify_checkpoint`.
 """
+
 from .errors import DamagedCheckpointError, UnsafeCheckpointError
 from .layout import resolve_step_dir
 from .record import TrainerRecord, read_record
 from .weights import TrainedWeights, consolidated_state_dict, weights_digest
 
-__all__ = ["DamagedCheckpointError", "TrainedWeights", "TrainerRecord", "UnsafeCheckpointError",
-           "consolidated_state_dict", "read_record", "resolve_step_dir", "weights_digest"]
+__all__ = [
+    "DamagedCheckpointError",
+    "TrainedWeights",
+    "TrainerRecord",
+    "UnsafeCheckpointError",
+    "consolidated_state_dict",
+    "read_record",
+    "resolve_step_dir",
+    "weights_digest",
+]

@@ -8,10 +8,10 @@ asks for. :func:`install` replaces it on a built engine with
 (the manifest needs no second read), loads go through
 :func:`~.torchfile.torch_load` (weights only, the DeepSpeed allowlist).
 """
+
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Dict
 
 import torch
 from deepspeed.runtime.checkpoint_engine.checkpoint_engine import CheckpointCommitInfo, CheckpointEngine
@@ -24,7 +24,7 @@ class SafeCheckpointEngine(CheckpointEngine):
     def __init__(self) -> None:
         super().__init__(None)
         self.name = "CineSceneSafeCheckpointEngine"
-        self._written: Dict[Path, FileRecord] = {}
+        self._written: dict[Path, FileRecord] = {}
 
     def create(self, info: CheckpointCommitInfo) -> None:
         pass
@@ -38,7 +38,7 @@ class SafeCheckpointEngine(CheckpointEngine):
     def commit(self, info: CheckpointCommitInfo) -> bool:
         return True
 
-    def take_written(self) -> Dict[Path, FileRecord]:
+    def take_written(self) -> dict[Path, FileRecord]:
         """The files saved since the last call, with their sizes and hashes."""
         written, self._written = self._written, {}
         return written

@@ -1,4 +1,5 @@
 """The two ways a checkpoint file can be unusable; both name the file."""
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -28,5 +29,7 @@ class UnsafeCheckpointError(CineSceneError):
 
     def __init__(self, path: Path | str, what: str):
         self.path = Path(path)
-        super().__init__(f"refusing to load {self.path}: it would import {what}, which is not tensor data "
-                         "(checkpoint files are read as data only, never as code)")
+        super().__init__(
+            f"refusing to load {self.path}: it would import {what}, which is not tensor data "
+            "(checkpoint files are read as data only, never as code)"
+        )

@@ -25,6 +25,7 @@ read lazily, or, for a run without those files, the initialisation under
 :func:`load_exported_model` builds our :class:`~cinescene.models.CineSceneModel`
 from an export directory with strict key checks (the sampling CLI's loader).
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -32,9 +33,9 @@ import json
 import os
 import shutil
 import time
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Dict, Iterable, List, Optional, Tuple
 
 import torch
 
@@ -50,13 +51,15 @@ _log = get_logger("ckpt.export")
 
 FORMATS = ("wan", "diffusers")
 DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
-BASE_STEM = "diffusion_pytorch_model"     # both Wan's releases and diffusers name the DiT weights this way
+BASE_STEM = "diffusion_pytorch_model"  # both Wan's releases and diffusers name the DiT weights this way
 MODULES_STEM = "cinescene_modules"
 DESCRIPTION = "cinescene.json"
-RUN_CONFIG = "cinescene_config.yaml"   # the run's resolved config (as the checkpoint saved it): data and eval settings
+RUN_CONFIG = (
+    "cinescene_config.yaml"  # the run's resolved config (as the checkpoint saved it): data and eval settings
+)
 EXPORT_FORMAT = "cinescene-export"
 EXPORT_VERSION = 1
-DEFAULT_MAX_SHARD = 5 * 10**9             # diffusers' default max_shard_size, "5GB"
+DEFAULT_MAX_SHARD = 5 * 10**9  # diffusers' default max_shard_size, "5GB"
 VGGT_PREFIX = "scene_encoder.vggt."
 
 
@@ -73,9 +76,9 @@ class ShardWriter:
 
     def __init__(self, out: Path, stem: str, max_bytes: int, dtype: torch.dtype):
         self.out, self.stem, self.max_bytes, self.dtype = out, stem, max_bytes, dtype
-        self.pending: Dict[str, torch.Tensor] = {}
+        self.pending: dict[str, torch.Tensor] = {}
         self.pending_bytes = 0
-        self.shards: List[Tuple[Path, List[str]]] = []
+        self.shards: list[tuple[Path, list[str]]] = []
         self.total_bytes = 0
 
     def add(self, name: str, tensor: torch.Tensor) -> None:
@@ -95,7 +98,7 @@ class ShardWriter:
         self.shards.append((path, list(self.pending)))
         self.pending, self.pending_bytes = {}, 0
 
-    def finish(self) -> List[str]:
+    def finish(self) -> list[str]:
         """Name the shards (one file, or -0000i-of-0000N plus an index); returns the files written."""
         if self.pending or not self.shards:
             self._flush()
@@ -110,8 +113,14 @@ class ShardWriter:
             weight_map.update(dict.fromkeys(keys, name))
             names.append(name)
         index_name = f"{self.stem}.safetensors.index.json"
-        (self.out / index_name).write_text(json.dumps({"metadata": {"total_size": self.total_bytes},
-                                                       "weight_map": weight_map}, indent=2, sort_keys=True) + "\n")
+        (self.out / index_name).write_text(
+            json.dumps(
+                {"metadata": {"total_size": self.total_bytes}, "weight_map": weight_map},
+                indent=2,
+                sort_keys=True,
+            )
+            + "\n"
+        )
         return names + [index_name]
 
 
@@ -123,10 +132,10 @@ class FrozenWeights:
         self.cfg = cfg
         self.names = set(names)
         self._files = contextlib.ExitStack()
-        self._sources: Dict[str, Callable[[str], torch.Tensor]] = {}
-        self._initialised: Optional[Dict[str, torch.Tensor]] = None
+        self._sources: dict[str, Callable[[str], torch.Tensor]] = {}
+        self._initialised: dict[str, torch.Tensor] | None = None
 
-    def _source(self, kind: str) -> Optional[Callable[[str], torch.Tensor]]:
+    def _source(self, kind: str) -> Callable[[str], torch.Tensor] | None:
         from cinescene.models.key_mapping import detect_layout, diffusers_to_wan_key
         from cinescene.models.weights import open_checkpoint
 
@@ -138,13 +147,16 @@ class FrozenWeights:
             else:
                 tensors, _ = self._files.enter_context(open_checkpoint(path))
                 if kind == "base":
-                    layout = detect_layout(tensors.keys()) if model.pretrained_format == "auto" else \
-                        model.pretrained_format
+                    layout = (
+                        detect_layout(tensors.keys())
+                        if model.pretrained_format == "auto"
+                        else model.pretrained_format
+                    )
                     if layout == "diffusers":
                         tensors = tensors.renamed(diffusers_to_wan_key)
                     self._sources[kind] = tensors.read
                 else:
-                    self._sources[kind] = lambda name, t=tensors: t.read(name[len(VGGT_PREFIX):])
+                    self._sources[kind] = lambda name, t=tensors: t.read(name[len(VGGT_PREFIX) :])
         return self._sources[kind]
 
     def tensor(self, name: str) -> torch.Tensor:
@@ -156,13 +168,15 @@ class FrozenWeights:
             self._initialised = self._initialise()
         return self._initialised[name]
 
-    def _initialise(self) -> Dict[str, torch.Tensor]:
+    def _initialise(self) -> dict[str, torch.Tensor]:
         """The frozen parameters as the trainer built them: the model under ``run.seed``, its files loaded."""
         from cinescene.models import build_model
         from cinescene.train import rng
 
-        _log.info("frozen parameters without a weights file: rebuilding them as initialised under run.seed=%d",
-                  self.cfg.run.seed)
+        _log.info(
+            "frozen parameters without a weights file: rebuilding them as initialised under run.seed=%d",
+            self.cfg.run.seed,
+        )
         rng.seed_all(self.cfg.run.seed)
         model = build_model(self.cfg.model)
         return {name: param.detach() for name, param in model.named_parameters() if name in self.names}
@@ -174,12 +188,25 @@ class FrozenWeights:
 # ---------------------------------------------------------------------------- configs
 def wan_config(model) -> dict:
     """Wan2.1's ``WanModel`` config (the keys its releases' config.json hold, plus the sizes it takes)."""
-    return {"_class_name": "WanModel", "_diffusers_version": "0.30.0", "model_type": "t2v",
-            "dim": model.dim, "ffn_dim": model.ffn_dim, "freq_dim": model.freq_dim, "in_dim": model.in_dim,
-            "out_dim": model.out_dim, "num_heads": model.num_heads, "num_layers": model.num_layers,
-            "text_len": model.text_len, "text_dim": model.text_dim, "patch_size": list(model.patch_size),
-            "window_size": [-1, -1], "qk_norm": model.qk_norm, "cross_attn_norm": model.cross_attn_norm,
-            "eps": model.eps}
+    return {
+        "_class_name": "WanModel",
+        "_diffusers_version": "0.30.0",
+        "model_type": "t2v",
+        "dim": model.dim,
+        "ffn_dim": model.ffn_dim,
+        "freq_dim": model.freq_dim,
+        "in_dim": model.in_dim,
+        "out_dim": model.out_dim,
+        "num_heads": model.num_heads,
+        "num_layers": model.num_layers,
+        "text_len": model.text_len,
+        "text_dim": model.text_dim,
+        "patch_size": list(model.patch_size),
+        "window_size": [-1, -1],
+        "qk_norm": model.qk_norm,
+        "cross_attn_norm": model.cross_attn_norm,
+        "eps": model.eps,
+    }
 
 
 def diffusers_config(model) -> dict:
@@ -190,13 +217,25 @@ def diffusers_config(model) -> dict:
         version = diffusers.__version__
     except ImportError:
         version = "0.32.0"
-    return {"_class_name": "WanTransformer3DModel", "_diffusers_version": version,
-            "patch_size": list(model.patch_size), "num_attention_heads": model.num_heads,
-            "attention_head_dim": model.dim // model.num_heads, "in_channels": model.in_dim,
-            "out_channels": model.out_dim, "text_dim": model.text_dim, "freq_dim": model.freq_dim,
-            "ffn_dim": model.ffn_dim, "num_layers": model.num_layers, "cross_attn_norm": model.cross_attn_norm,
-            "qk_norm": "rms_norm_across_heads" if model.qk_norm else None, "eps": model.eps,
-            "image_dim": None, "added_kv_proj_dim": None, "rope_max_seq_len": 1024}
+    return {
+        "_class_name": "WanTransformer3DModel",
+        "_diffusers_version": version,
+        "patch_size": list(model.patch_size),
+        "num_attention_heads": model.num_heads,
+        "attention_head_dim": model.dim // model.num_heads,
+        "in_channels": model.in_dim,
+        "out_channels": model.out_dim,
+        "text_dim": model.text_dim,
+        "freq_dim": model.freq_dim,
+        "ffn_dim": model.ffn_dim,
+        "num_layers": model.num_layers,
+        "cross_attn_norm": model.cross_attn_norm,
+        "qk_norm": "rms_norm_across_heads" if model.qk_norm else None,
+        "eps": model.eps,
+        "image_dim": None,
+        "added_kv_proj_dim": None,
+        "rope_max_seq_len": 1024,
+    }
 
 
 def checkpoint_config(step_dir: Path):
@@ -218,13 +257,13 @@ def checkpoint_config(step_dir: Path):
 @dataclass
 class ExportReport:
     out: Path
-    files: List[str]
+    files: list[str]
     tensors: int
     bytes_written: int
-    checkpoint_bytes: int     # the checkpoint files the export read (ZeRO shards, plus rank states with --ema)
+    checkpoint_bytes: int  # the checkpoint files the export read (ZeRO shards, plus rank states with --ema)
     largest_tensor_bytes: int
     max_shard_bytes: int
-    start_rss_bytes: int      # resident memory when the export started (the interpreter, torch, ...)
+    start_rss_bytes: int  # resident memory when the export started (the interpreter, torch, ...)
     peak_rss_bytes: int
     peak_is_process_lifetime: bool
     seconds: float
@@ -246,7 +285,7 @@ def _work_dir(out: Path) -> Path:
         raise CineSceneError(f"cannot create {out.parent} for --out: {exc.strerror}") from None
     prefix = f".{out.name}.tmp-export-"
     for leftover in out.parent.glob(f"{prefix}*"):
-        pid = leftover.name[len(prefix):]
+        pid = leftover.name[len(prefix) :]
         if pid.isdigit() and not Path(f"/proc/{pid}").exists():
             shutil.rmtree(leftover, ignore_errors=True)
     work = out.parent / f"{prefix}{os.getpid()}"
@@ -259,8 +298,15 @@ def _work_dir(out: Path) -> Path:
     return work
 
 
-def export(path: Path | str, out: Path | str, *, fmt: str, ema: bool = False, dtype: str = "fp32",
-           max_shard_size: int = DEFAULT_MAX_SHARD) -> ExportReport:
+def export(
+    path: Path | str,
+    out: Path | str,
+    *,
+    fmt: str,
+    ema: bool = False,
+    dtype: str = "fp32",
+    max_shard_size: int = DEFAULT_MAX_SHARD,
+) -> ExportReport:
     """Write ``out`` (must not exist) from the checkpoint at ``path`` (run, checkpoints or step directory)."""
     from cinescene.models.key_mapping import wan_to_diffusers_key
 
@@ -307,13 +353,21 @@ def export(path: Path | str, out: Path | str, *, fmt: str, ema: bool = False, dt
     shutil.copyfile(weights.path / CONFIG_FILE, work / RUN_CONFIG)
     from omegaconf import OmegaConf
 
-    description = {"format": EXPORT_FORMAT, "version": EXPORT_VERSION, "layout": fmt, "dtype": dtype, "ema": ema,
-                   "step": record.step, "consumed_samples": record.consumed_samples, "run_name": record.run_name,
-                   "source": str(weights.path.resolve()), "model": OmegaConf.to_container(OmegaConf.structured(
-                       cfg.model)),
-                   "base_files": [f for f in files if f.startswith(BASE_STEM)],
-                   "module_files": [f for f in files if f.startswith(MODULES_STEM)],
-                   "module_keys": sorted(n for n in record.params if is_cinescene_key(n))}
+    description = {
+        "format": EXPORT_FORMAT,
+        "version": EXPORT_VERSION,
+        "layout": fmt,
+        "dtype": dtype,
+        "ema": ema,
+        "step": record.step,
+        "consumed_samples": record.consumed_samples,
+        "run_name": record.run_name,
+        "source": str(weights.path.resolve()),
+        "model": OmegaConf.to_container(OmegaConf.structured(cfg.model)),
+        "base_files": [f for f in files if f.startswith(BASE_STEM)],
+        "module_files": [f for f in files if f.startswith(MODULES_STEM)],
+        "module_keys": sorted(n for n in record.params if is_cinescene_key(n)),
+    }
     (work / DESCRIPTION).write_text(json.dumps(description, indent=2) + "\n")
     written = sum((work / f).stat().st_size for f in files)
     try:
@@ -322,11 +376,22 @@ def export(path: Path | str, out: Path | str, *, fmt: str, ema: bool = False, dt
         os.rename(work, out)
     except OSError:
         shutil.rmtree(work, ignore_errors=True)
-        raise CineSceneError(f"{out} appeared while exporting (another export?); nothing was written there") from None
-    return ExportReport(out=out, files=files + ["config.json", RUN_CONFIG, DESCRIPTION], tensors=count, bytes_written=written,
-                        checkpoint_bytes=_checkpoint_bytes(weights.path, ema), largest_tensor_bytes=largest,
-                        max_shard_bytes=max_shard_size, start_rss_bytes=start_rss, peak_rss_bytes=peak_rss_bytes(),
-                        peak_is_process_lifetime=not measured, seconds=time.perf_counter() - started)
+        raise CineSceneError(
+            f"{out} appeared while exporting (another export?); nothing was written there"
+        ) from None
+    return ExportReport(
+        out=out,
+        files=files + ["config.json", RUN_CONFIG, DESCRIPTION],
+        tensors=count,
+        bytes_written=written,
+        checkpoint_bytes=_checkpoint_bytes(weights.path, ema),
+        largest_tensor_bytes=largest,
+        max_shard_bytes=max_shard_size,
+        start_rss_bytes=start_rss,
+        peak_rss_bytes=peak_rss_bytes(),
+        peak_is_process_lifetime=not measured,
+        seconds=time.perf_counter() - started,
+    )
 
 
 # ------------------------------------------------------------------------------ loading
@@ -343,13 +408,19 @@ def read_description(export_dir: Path | str) -> dict:
     return description
 
 
-def _entry_file(export_dir: Path, files: List[str], stem: str) -> Path:
+def _entry_file(export_dir: Path, files: list[str], stem: str) -> Path:
     index = f"{stem}.safetensors.index.json"
     return export_dir / (index if index in files else f"{stem}.safetensors")
 
 
-def load_exported_model(export_dir: Path | str, *, device=None, dtype: Optional[torch.dtype] = None,
-                        base_only: bool = False, model_cfg=None):
+def load_exported_model(
+    export_dir: Path | str,
+    *,
+    device=None,
+    dtype: torch.dtype | None = None,
+    base_only: bool = False,
+    model_cfg=None,
+):
     """Our CineSceneModel from an export directory (either layout), every key checked strictly.
 
     ``base_only``: the plain Wan DiT (camera and scene context off) from the base file alone, the model
@@ -366,29 +437,39 @@ def load_exported_model(export_dir: Path | str, *, device=None, dtype: Optional[
     description = read_description(export_dir)
     from omegaconf import OmegaConf
 
-    model_cfg = dict(description["model"] if model_cfg is None else
-                     OmegaConf.to_container(OmegaConf.structured(model_cfg)))
+    model_cfg = dict(
+        description["model"] if model_cfg is None else OmegaConf.to_container(OmegaConf.structured(model_cfg))
+    )
     model_cfg["pretrained"] = None
-    model_cfg["scene"] = {**model_cfg.get("scene", {}), "vggt": {**model_cfg.get("scene", {}).get("vggt", {}),
-                                                                  "weights": None}}
+    model_cfg["scene"] = {
+        **model_cfg.get("scene", {}),
+        "vggt": {**model_cfg.get("scene", {}).get("vggt", {}), "weights": None},
+    }
     if base_only:
         model_cfg["scene"]["enabled"] = False
         model_cfg["camera"] = {**model_cfg.get("camera", {}), "enabled": False}
     cfg = from_container({"model": model_cfg}).model
     model = build_model(cfg, device=device, load_weights=False)
     with contextlib.ExitStack() as files:
-        base, _ = files.enter_context(open_checkpoint(_entry_file(export_dir, description["base_files"], BASE_STEM)))
+        base, _ = files.enter_context(
+            open_checkpoint(_entry_file(export_dir, description["base_files"], BASE_STEM))
+        )
         if description["layout"] == "diffusers":
             base = base.renamed(diffusers_to_wan_key)
         source = base
         if not base_only:
-            extra, _ = files.enter_context(open_checkpoint(_entry_file(export_dir, description["module_files"],
-                                                                       MODULES_STEM)))
+            extra, _ = files.enter_context(
+                open_checkpoint(_entry_file(export_dir, description["module_files"], MODULES_STEM))
+            )
             both = set(base.keys()) & set(extra.keys())
             if both:
-                raise CineSceneError(f"{export_dir}: {sorted(both)[0]} is in both the base and the modules files")
-            source = TensorSource({**base.shapes, **extra.shapes},
-                                  lambda key: base.read(key) if key in base else extra.read(key))
+                raise CineSceneError(
+                    f"{export_dir}: {sorted(both)[0]} is in both the base and the modules files"
+                )
+            source = TensorSource(
+                {**base.shapes, **extra.shapes},
+                lambda key: base.read(key) if key in base else extra.read(key),
+            )
         assign_state_dict(model, source, strict=True, source=str(export_dir))
     if dtype is not None:
         model.to(dtype)

@@ -6,11 +6,11 @@ when and why it was saved. :func:`verify_checkpoint` re-hashes every file
 against the manifest and names each one that is missing, truncated, altered
 or not listed.
 """
+
 from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Dict, List, Tuple
 
 from .layout import RANK_STATES, ZERO_TAG, resolve_step_dir
 from .manifest import MANIFEST, read_manifest, verify
@@ -18,9 +18,9 @@ from .memory import human_bytes
 from .record import read_record
 
 #: (label, predicate on a path relative to the step directory), in the order they are shown.
-PARTS: List[Tuple[str, str]] = [
+PARTS: list[tuple[str, str]] = [
     ("ZeRO model states", "model_states"),
-    ("ZeRO optimizer states", "optim_states"),     # fp32 weights and Adam moments
+    ("ZeRO optimizer states", "optim_states"),  # fp32 weights and Adam moments
     ("rank states (RNG, EMA)", "rank_states"),
     ("config, record, manifest", "other"),
 ]
@@ -36,7 +36,7 @@ def _part(name: str) -> str:
     return "other"
 
 
-def _files_on_disk(step_dir: Path) -> Dict[str, int]:
+def _files_on_disk(step_dir: Path) -> dict[str, int]:
     found = {}
     for dirpath, _dirs, names in os.walk(step_dir):
         for name in names:
@@ -56,17 +56,32 @@ def describe(path: Path | str) -> dict:
     parts = {key: 0 for _label, key in PARTS}
     for name, size in sizes.items():
         parts[_part(name)] += size
-    return {"path": str(step_dir), "step": record.step, "consumed_samples": record.consumed_samples,
-            "global_batch_size": record.global_batch_size, "world_size": record.world_size,
-            "dp_size": record.dp_size, "sp_size": record.sp_size, "zero_stage": record.zero_stage,
-            "precision": record.precision, "model_name": record.model_name,
-            "parameters": record.parameter_count, "trainable_parameters": record.trainable_count,
-            "ema": record.ema, "saved_at": record.saved_at, "reason": record.reason, "run_name": record.run_name,
-            "wandb_run_id": record.wandb_run_id, "manifest": listed is not None, "files": len(sizes),
-            "sizes": parts, "total_bytes": sum(parts.values())}
+    return {
+        "path": str(step_dir),
+        "step": record.step,
+        "consumed_samples": record.consumed_samples,
+        "global_batch_size": record.global_batch_size,
+        "world_size": record.world_size,
+        "dp_size": record.dp_size,
+        "sp_size": record.sp_size,
+        "zero_stage": record.zero_stage,
+        "precision": record.precision,
+        "model_name": record.model_name,
+        "parameters": record.parameter_count,
+        "trainable_parameters": record.trainable_count,
+        "ema": record.ema,
+        "saved_at": record.saved_at,
+        "reason": record.reason,
+        "run_name": record.run_name,
+        "wandb_run_id": record.wandb_run_id,
+        "manifest": listed is not None,
+        "files": len(sizes),
+        "sizes": parts,
+        "total_bytes": sum(parts.values()),
+    }
 
 
-def verify_checkpoint(path: Path | str) -> List[str]:
+def verify_checkpoint(path: Path | str) -> list[str]:
     """Every problem with the files of a checkpoint, one line each; empty when intact."""
     step_dir = resolve_step_dir(path)
     listed = read_manifest(step_dir)
@@ -83,18 +98,31 @@ def format_info(info: dict) -> str:
         ("checkpoint", info["path"]),
         ("step", f"{info['step']:,}"),
         ("consumed samples", f"{info['consumed_samples']:,} (global batch {info['global_batch_size']})"),
-        ("saved by", f"{info['world_size']} ranks (data-parallel {info['dp_size']}, sequence-parallel "
-                     f"{info['sp_size']}), ZeRO-{info['zero_stage']}, {info['precision']}"),
-        ("model", f"{info['model_name']}: {info['parameters']:,} parameters, {info['trainable_parameters']:,} "
-                  "trained (in the shards)"),
+        (
+            "saved by",
+            f"{info['world_size']} ranks (data-parallel {info['dp_size']}, sequence-parallel "
+            f"{info['sp_size']}), ZeRO-{info['zero_stage']}, {info['precision']}",
+        ),
+        (
+            "model",
+            f"{info['model_name']}: {info['parameters']:,} parameters, {info['trainable_parameters']:,} "
+            "trained (in the shards)",
+        ),
         ("EMA", "yes" if info["ema"] else "no"),
         ("saved at", f"{info['saved_at']} ({info['reason']})"),
-        ("run", f"{info['run_name']}" + (f", W&B run {info['wandb_run_id']}" if info["wandb_run_id"] else "")),
+        (
+            "run",
+            f"{info['run_name']}" + (f", W&B run {info['wandb_run_id']}" if info["wandb_run_id"] else ""),
+        ),
     ]
     for label, key in PARTS:
         rows.append((f"  {label}", human_bytes(info["sizes"][key])))
-    rows.append(("total", f"{human_bytes(info['total_bytes'])} in {info['files']} files"
-                          + ("" if info["manifest"] else " (no manifest: not verifiable)")))
+    rows.append(
+        (
+            "total",
+            f"{human_bytes(info['total_bytes'])} in {info['files']} files"
+            + ("" if info["manifest"] else " (no manifest: not verifiable)"),
+        )
+    )
     width = max(len(k) for k, _ in rows)
     return "".join(f"{k:<{width}}  {v}\n" for k, v in rows)
-

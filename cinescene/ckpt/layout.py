@@ -15,13 +15,13 @@ inside its own checkpoints directory. An absolute path, ``..``, a symlinked
 `latest` or a step directory that is a symlink leading elsewhere is refused
 (treated like a damaged pointer), never followed.
 """
+
 from __future__ import annotations
 
 import os
 import re
 import stat
 from pathlib import Path
-from typing import Optional
 
 from cinescene.errors import CineSceneError
 
@@ -43,7 +43,7 @@ def step_dir_name(step: int) -> str:
     return f"step_{step:08d}"
 
 
-def step_of(path: Path) -> Optional[int]:
+def step_of(path: Path) -> int | None:
     match = STEP_DIR.match(Path(path).name)
     return int(match.group(1)) if match else None
 
@@ -63,7 +63,7 @@ def is_complete(path: Path) -> bool:
     return step_of(path) is not None and path.is_dir() and (path / TRAINER_STATE).is_file()
 
 
-def read_pointer(root: Path) -> Optional[Path]:
+def read_pointer(root: Path) -> Path | None:
     """The step directory `latest` names, or None without a `latest`; DamagedCheckpointError if unusable."""
     pointer = Path(root) / LATEST
     try:
@@ -71,7 +71,9 @@ def read_pointer(root: Path) -> Optional[Path]:
     except FileNotFoundError:
         return None
     except OSError as exc:  # ELOOP: a symlink (never followed)
-        problem = "is a symlink (never followed)" if os.path.islink(pointer) else f"unreadable ({exc.strerror})"
+        problem = (
+            "is a symlink (never followed)" if os.path.islink(pointer) else f"unreadable ({exc.strerror})"
+        )
         raise DamagedCheckpointError(pointer, problem) from None
     try:
         if not stat.S_ISREG(os.fstat(fd).st_mode):
@@ -84,13 +86,18 @@ def read_pointer(root: Path) -> Optional[Path]:
     except UnicodeDecodeError:
         raise DamagedCheckpointError(pointer, "holds bytes that are not UTF-8 text") from None
     if len(raw) > _POINTER_MAX_BYTES or os.sep in name or name in ("", ".", ".."):
-        raise DamagedCheckpointError(pointer, f"names {name[:80]!r}, not a step directory inside {root} "
-                                              "(a path outside its checkpoints directory is never followed)")
+        raise DamagedCheckpointError(
+            pointer,
+            f"names {name[:80]!r}, not a step directory inside {root} "
+            "(a path outside its checkpoints directory is never followed)",
+        )
     if STEP_DIR.match(name) is None:
         raise DamagedCheckpointError(pointer, f"names {name!r}, which is not a step directory name")
     target = Path(root) / name
     if target.is_symlink() and not inside(root, target):
-        raise DamagedCheckpointError(pointer, f"names {name}, a symlink leading outside {root} (never followed)")
+        raise DamagedCheckpointError(
+            pointer, f"names {name}, a symlink leading outside {root} (never followed)"
+        )
     if not is_complete(target):
         raise DamagedCheckpointError(pointer, f"names {name}, which is not a complete checkpoint")
     return target
@@ -108,5 +115,7 @@ def resolve_step_dir(path: Path | str) -> Path:
             target = read_pointer(root)
             if target is not None:
                 return target
-    raise CineSceneError(f"{path} is neither a checkpoint step directory nor a run or checkpoints directory "
-                         f"with a `{LATEST}` pointer")
+    raise CineSceneError(
+        f"{path} is neither a checkpoint step directory nor a run or checkpoints directory "
+        f"with a `{LATEST}` pointer"
+    )

@@ -7,15 +7,17 @@ file; rank 0 merges the parts into ``manifest.json`` before the directory is
 renamed into place. Resume compares sizes only (cheap: one ``stat`` per
 file); ``cinescene ckpt info --verify`` also re-hashes the bytes.
 """
+
 from __future__ import annotations
 
 import hashlib
 import json
 import os
+from collections.abc import Iterable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import BinaryIO, Dict, Iterable, List, Mapping, Optional
+from typing import BinaryIO
 
 from .errors import DamagedCheckpointError
 
@@ -44,7 +46,7 @@ class HashingWriter:
         self.handle = handle
         self.hasher = hashlib.sha256()
         self.size = 0
-        self._pool: Optional[ThreadPoolExecutor] = None
+        self._pool: ThreadPoolExecutor | None = None
 
     def write(self, data) -> int:
         view = memoryview(data).cast("B")
@@ -110,22 +112,28 @@ def write_part(step_dir: Path, rank: int, records: Mapping[str, FileRecord]) -> 
         os.fsync(handle.fileno())
 
 
-def merge_parts(step_dir: Path, extra: Mapping[str, FileRecord]) -> Dict[str, FileRecord]:
+def merge_parts(step_dir: Path, extra: Mapping[str, FileRecord]) -> dict[str, FileRecord]:
     """Rank 0: every part plus ``extra`` (its own late files), parts removed; write ``manifest.json``."""
-    files: Dict[str, FileRecord] = {}
+    files: dict[str, FileRecord] = {}
     for part in sorted(step_dir.glob(f"{PART_PREFIX}*")):
-        files.update({name: FileRecord(int(r["size"]), str(r["sha256"]))
-                      for name, r in json.loads(part.read_text()).items()})
+        files.update(
+            {
+                name: FileRecord(int(r["size"]), str(r["sha256"]))
+                for name, r in json.loads(part.read_text()).items()
+            }
+        )
         part.unlink()
     files.update(extra)
-    body = {"format": FORMAT, "files": {name: {"size": r.size, "sha256": r.sha256}
-                                        for name, r in sorted(files.items())}}
+    body = {
+        "format": FORMAT,
+        "files": {name: {"size": r.size, "sha256": r.sha256} for name, r in sorted(files.items())},
+    }
     write_bytes(step_dir / MANIFEST, (json.dumps(body, indent=1) + "\n").encode())
     return files
 
 
 # ---------------------------------------------------------------------- reading
-def read_manifest(step_dir: Path) -> Optional[Dict[str, FileRecord]]:
+def read_manifest(step_dir: Path) -> dict[str, FileRecord] | None:
     """The manifest's files, or None when the directory has no manifest; a corrupt one is damage."""
     path = Path(step_dir) / MANIFEST
     try:
@@ -138,7 +146,9 @@ def read_manifest(step_dir: Path) -> Optional[Dict[str, FileRecord]]:
         raise DamagedCheckpointError(path, f"corrupt manifest ({type(exc).__name__}: {exc})") from None
     for name in records:
         if Path(name).is_absolute() or ".." in Path(name).parts:
-            raise DamagedCheckpointError(path, f"corrupt manifest (entry {name!r} points outside the step directory)")
+            raise DamagedCheckpointError(
+                path, f"corrupt manifest (entry {name!r} points outside the step directory)"
+            )
     return records
 
 
@@ -151,11 +161,14 @@ def check_sizes(step_dir: Path, files: Mapping[str, FileRecord]) -> None:
         except OSError:
             raise DamagedCheckpointError(path, "missing (listed in the checkpoint's manifest)") from None
         if size != record.size:
-            raise DamagedCheckpointError(path, f"{'truncated' if size < record.size else 'altered'}: "
-                                               f"{size} bytes, the manifest says {record.size}")
+            raise DamagedCheckpointError(
+                path,
+                f"{'truncated' if size < record.size else 'altered'}: "
+                f"{size} bytes, the manifest says {record.size}",
+            )
 
 
-def verify(step_dir: Path, files: Mapping[str, FileRecord]) -> List[str]:
+def verify(step_dir: Path, files: Mapping[str, FileRecord]) -> list[str]:
     """Every problem, one line each: missing, truncated, grown or altered (hash differs) files."""
     problems = []
     for name, record in sorted(files.items()):

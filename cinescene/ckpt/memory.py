@@ -5,12 +5,12 @@ to ``/proc/self/clear_refs``, so a peak can be measured over one piece of
 work rather than the process's life; elsewhere the life-time peak
 (``ru_maxrss``) is the best there is, and :func:`reset_peak` says so.
 """
+
 from __future__ import annotations
 
 import resource
 import sys
 from pathlib import Path
-from typing import Optional
 
 _STATUS = Path("/proc/self/status")
 _CLEAR_REFS = Path("/proc/self/clear_refs")
@@ -25,7 +25,7 @@ def reset_peak() -> bool:
         return False
 
 
-def _status_bytes(field: str) -> Optional[int]:
+def _status_bytes(field: str) -> int | None:
     """A ``field:  N kB`` line of /proc/self/status in bytes; None where /proc is not available."""
     try:
         for line in _STATUS.read_text().splitlines():

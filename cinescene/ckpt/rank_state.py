@@ -10,11 +10,12 @@ Reading can be lazy (:class:`RankStateFile`): tensors come back as
 :class:`StoredTensor` handles that read the whole tensor or a range of it,
 which is what re-slicing the EMA for another world size needs.
 """
+
 from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any, Dict, Optional
+from typing import Any
 
 import torch
 
@@ -29,7 +30,7 @@ def encode(state: Any) -> bytes:
     """The safetensors bytes of ``state`` (see the module doc)."""
     from safetensors.torch import save
 
-    tensors: Dict[str, torch.Tensor] = {}
+    tensors: dict[str, torch.Tensor] = {}
 
     def walk(node: Any, path: str) -> Any:
         if isinstance(node, torch.Tensor):
@@ -68,11 +69,11 @@ class StoredTensor:
     def read(self) -> torch.Tensor:
         return self._guard(lambda: self._handle.get_tensor(self.key))
 
-    def read_flat(self, start: int = 0, length: Optional[int] = None) -> torch.Tensor:
+    def read_flat(self, start: int = 0, length: int | None = None) -> torch.Tensor:
         length = self.numel() - start if length is None else length
         if len(self.shape) != 1:
-            return self.read().reshape(-1)[start: start + length].clone()
-        return self._guard(lambda: self._handle.get_slice(self.key)[start: start + length])
+            return self.read().reshape(-1)[start : start + length].clone()
+        return self._guard(lambda: self._handle.get_slice(self.key)[start : start + length])
 
     def _guard(self, read):
         try:
@@ -95,10 +96,13 @@ class RankStateFile:
         except FileNotFoundError:
             raise DamagedCheckpointError(self.path, "missing") from None
         except KeyError:
-            raise DamagedCheckpointError(self.path, "not a rank state file (no state in its header)") from None
+            raise DamagedCheckpointError(
+                self.path, "not a rank state file (no state in its header)"
+            ) from None
         except Exception as exc:  # truncated or altered header: safetensors' own errors, bad JSON
-            raise DamagedCheckpointError(self.path, f"unreadable ({str(exc).splitlines()[0] if str(exc) else exc!r})"
-                                         ) from None
+            raise DamagedCheckpointError(
+                self.path, f"unreadable ({str(exc).splitlines()[0] if str(exc) else exc!r})"
+            ) from None
         self.tree = self._resolve(tree)
 
     def _resolve(self, node: Any) -> Any:
@@ -115,6 +119,7 @@ class RankStateFile:
 
     def materialized(self) -> Any:
         """The tree with every tensor read."""
+
         def read(node: Any) -> Any:
             if isinstance(node, StoredTensor):
                 return node.read()
@@ -130,7 +135,11 @@ class RankStateFile:
 def check_rank_state(path: Path | str) -> None:
     """Open a rank file and check its shape (RNG and callback states present) without reading tensor data."""
     tree = RankStateFile(path).tree
-    if not (isinstance(tree, dict) and isinstance(tree.get("rng"), dict) and isinstance(tree.get("callbacks"), dict)):
+    if not (
+        isinstance(tree, dict)
+        and isinstance(tree.get("rng"), dict)
+        and isinstance(tree.get("callbacks"), dict)
+    ):
         raise DamagedCheckpointError(path, "not a rank state (no RNG or callback states in it)")
 
 

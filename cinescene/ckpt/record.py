@@ -5,6 +5,7 @@ One typed record, built by the trainer's save and read back by resume,
 Reading checks every field's type, so a hand-edited or cut file is a
 :class:`~.errors.DamagedCheckpointError` naming it, not a KeyError later.
 """
+
 from __future__ import annotations
 
 import json
@@ -12,17 +13,18 @@ import math
 from dataclasses import MISSING, asdict, dataclass, fields
 from enum import Enum
 from pathlib import Path
-from typing import Any, Dict, List, Optional
+from typing import Any
 
 from .errors import DamagedCheckpointError
 from .layout import TRAINER_STATE
 
+
 class SaveReason(str, Enum):
     """Why a checkpoint was saved (the record's ``reason``)."""
 
-    EVERY_STEPS = "every_steps"     # checkpoint.every_steps
-    FINAL = "final"                 # train.max_steps reached
-    PREEMPTION = "preemption"       # a preemption signal: saved at the next step boundary, then exit 124
+    EVERY_STEPS = "every_steps"  # checkpoint.every_steps
+    FINAL = "final"  # train.max_steps reached
+    PREEMPTION = "preemption"  # a preemption signal: saved at the next step boundary, then exit 124
 
 
 #: 2: rank states as safetensors + JSON (1 pickled them), a manifest, the model name and EMA flag.
@@ -31,22 +33,22 @@ FORMAT_VERSION = 2
 
 @dataclass(frozen=True)
 class TrainerRecord:
-    step: int                      # optimizer steps done
-    consumed_samples: int          # global samples consumed: the data cursor, world-size independent
+    step: int  # optimizer steps done
+    consumed_samples: int  # global samples consumed: the data cursor, world-size independent
     global_batch_size: int
-    world_size: int                # ranks at save
+    world_size: int  # ranks at save
     dp_size: int
     sp_size: int
     zero_stage: int
-    precision: str                 # train.precision
-    model_name: str                # model.name
-    params: Dict[str, List[int]]   # every parameter's full shape
-    trainable: List[str]           # names of the trained parameters (the ones in the ZeRO shards)
+    precision: str  # train.precision
+    model_name: str  # model.name
+    params: dict[str, list[int]]  # every parameter's full shape
+    trainable: list[str]  # names of the trained parameters (the ones in the ZeRO shards)
     run_name: str
-    ema: bool                      # rank states hold an EMA of the trainable weights
-    reason: str                    # why it was saved: a SaveReason value
-    saved_at: str                  # local time, ISO 8601
-    wandb_run_id: Optional[str] = None
+    ema: bool  # rank states hold an EMA of the trainable weights
+    reason: str  # why it was saved: a SaveReason value
+    saved_at: str  # local time, ISO 8601
+    wandb_run_id: str | None = None
     format: int = FORMAT_VERSION
 
     @property
@@ -61,7 +63,7 @@ class TrainerRecord:
         return json.dumps(asdict(self), indent=1, sort_keys=True) + "\n"
 
     @classmethod
-    def from_json(cls, text: str, source: Path) -> "TrainerRecord":
+    def from_json(cls, text: str, source: Path) -> TrainerRecord:
         try:
             body = json.loads(text)
         except ValueError as exc:
@@ -69,10 +71,13 @@ class TrainerRecord:
         if not isinstance(body, dict):
             raise DamagedCheckpointError(source, "corrupt: not a JSON object")
         if body.get("format") != FORMAT_VERSION:
-            raise DamagedCheckpointError(source, f"written in checkpoint format {body.get('format')!r}; this "
-                                                 f"version reads format {FORMAT_VERSION} only (format 1 pickled its "
-                                                 "rank states, which are never unpickled)")
-        values: Dict[str, Any] = {}
+            raise DamagedCheckpointError(
+                source,
+                f"written in checkpoint format {body.get('format')!r}; this "
+                f"version reads format {FORMAT_VERSION} only (format 1 pickled its "
+                "rank states, which are never unpickled)",
+            )
+        values: dict[str, Any] = {}
         for spec in fields(cls):  # keys this version does not know are ignored
             if spec.name in body:
                 values[spec.name] = body[spec.name]
@@ -86,10 +91,19 @@ class TrainerRecord:
 
     def _check(self, source: Path) -> None:
         def bad(name: str, want: str) -> DamagedCheckpointError:
-            return DamagedCheckpointError(source, f"corrupt: {name} is {getattr(self, name)!r:.60}, expected {want}")
+            return DamagedCheckpointError(
+                source, f"corrupt: {name} is {getattr(self, name)!r:.60}, expected {want}"
+            )
 
-        for name in ("step", "consumed_samples", "global_batch_size", "world_size", "dp_size", "sp_size",
-                     "zero_stage"):
+        for name in (
+            "step",
+            "consumed_samples",
+            "global_batch_size",
+            "world_size",
+            "dp_size",
+            "sp_size",
+            "zero_stage",
+        ):
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value < 0:
                 raise bad(name, "an integer >= 0")
@@ -100,9 +114,13 @@ class TrainerRecord:
             raise bad("ema", "true or false")
         if self.wandb_run_id is not None and not isinstance(self.wandb_run_id, str):
             raise bad("wandb_run_id", "a string or null")
-        if not (isinstance(self.params, dict) and all(
+        if not (
+            isinstance(self.params, dict)
+            and all(
                 isinstance(k, str) and isinstance(v, list) and all(isinstance(d, int) for d in v)
-                for k, v in self.params.items())):
+                for k, v in self.params.items()
+            )
+        ):
             raise bad("params", "a map of names to shapes")
         if not (isinstance(self.trainable, list) and all(isinstance(n, str) for n in self.trainable)):
             raise bad("trainable", "a list of names")

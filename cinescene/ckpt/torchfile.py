@@ -16,6 +16,7 @@ DeepSpeed classes its ZeRO shards pickle besides tensors and containers.
   and resharding hold the piece, not the file (and no memory map, whose
   touched pages would count as resident memory).
 """
+
 from __future__ import annotations
 
 import io
@@ -25,7 +26,7 @@ import pickle
 import struct
 import zipfile
 from pathlib import Path
-from typing import Any, Dict, Optional, Tuple
+from typing import Any
 
 import torch
 
@@ -33,16 +34,22 @@ from .errors import DamagedCheckpointError, UnsafeCheckpointError
 
 #: (module, name) of every non-torch class a DeepSpeed ZeRO shard pickles (DeepSpeed 0.19: the loss
 #: scaler and stage enum of every optimizer state, ZeRO-1/2's parameter slice addresses).
-DEEPSPEED_GLOBALS: Tuple[Tuple[str, str], ...] = (
+DEEPSPEED_GLOBALS: tuple[tuple[str, str], ...] = (
     ("deepspeed.runtime.fp16.loss_scaler", "LossScaler"),
     ("deepspeed.runtime.zero.config", "ZeroStageEnum"),
     ("deepspeed.utils.tensor_fragment", "fragment_address"),
 )
 
 _STORAGE_DTYPES = {
-    "FloatStorage": torch.float32, "DoubleStorage": torch.float64, "HalfStorage": torch.float16,
-    "BFloat16Storage": torch.bfloat16, "LongStorage": torch.int64, "IntStorage": torch.int32,
-    "ShortStorage": torch.int16, "CharStorage": torch.int8, "ByteStorage": torch.uint8,
+    "FloatStorage": torch.float32,
+    "DoubleStorage": torch.float64,
+    "HalfStorage": torch.float16,
+    "BFloat16Storage": torch.bfloat16,
+    "LongStorage": torch.int64,
+    "IntStorage": torch.int32,
+    "ShortStorage": torch.int16,
+    "CharStorage": torch.int8,
+    "ByteStorage": torch.uint8,
     "BoolStorage": torch.bool,
 }
 _READ_CHUNK = 1 << 30  # one preadv call moves at most this many bytes (Linux caps a read near 2 GiB)
@@ -72,8 +79,15 @@ _PLACEHOLDERS = {key: type(key[1], (Placeholder,), {"qualname": ".".join(key)}) 
 class LazyTensor:
     """A tensor of a :class:`TorchFile`: shape and dtype known, bytes read on demand."""
 
-    def __init__(self, source: "TorchFile", key: str, dtype: torch.dtype, offset: int, shape: Tuple[int, ...],
-                 stride: Tuple[int, ...]):
+    def __init__(
+        self,
+        source: TorchFile,
+        key: str,
+        dtype: torch.dtype,
+        offset: int,
+        shape: tuple[int, ...],
+        stride: tuple[int, ...],
+    ):
         self.source = source
         self.key = key
         self.dtype = dtype
@@ -92,14 +106,14 @@ class LazyTensor:
             step *= size
         return all(size == 1 or a == b for size, a, b in zip(self.shape, self.stride, reversed(expected)))
 
-    def read_flat(self, start: int = 0, length: Optional[int] = None) -> torch.Tensor:
+    def read_flat(self, start: int = 0, length: int | None = None) -> torch.Tensor:
         """Elements ``start .. start+length`` of the flattened tensor (contiguous tensors), read now."""
         total = self.numel()
         length = total - start if length is None else length
         if start < 0 or length < 0 or start + length > total:
             raise ValueError(f"range {start}+{length} outside a tensor of {total} elements")
         if not self.is_contiguous:
-            return self.read().reshape(-1)[start: start + length].clone()
+            return self.read().reshape(-1)[start : start + length].clone()
         return self.source.read_elements(self.key, self.dtype, self.offset + start, length)
 
     def read(self) -> torch.Tensor:
@@ -114,8 +128,9 @@ class LazyTensor:
         return f"LazyTensor({tuple(self.shape)}, {self.dtype})"
 
 
-def _rebuild_tensor(storage, storage_offset, size, stride, requires_grad=False, backward_hooks=None,
-                    metadata=None) -> LazyTensor:
+def _rebuild_tensor(
+    storage, storage_offset, size, stride, requires_grad=False, backward_hooks=None, metadata=None
+) -> LazyTensor:
     source, key, dtype = storage
     return LazyTensor(source, key, dtype, int(storage_offset), tuple(size), tuple(stride))
 
@@ -132,7 +147,7 @@ class _TensorType:
     """What ``torch.Tensor`` / ``Parameter`` stand for in a pickle: a type tag, never instantiated."""
 
 
-_TORCH_GLOBALS: Dict[Tuple[str, str], Any] = {
+_TORCH_GLOBALS: dict[tuple[str, str], Any] = {
     ("collections", "OrderedDict"): __import__("collections").OrderedDict,
     ("torch._utils", "_rebuild_tensor_v2"): _rebuild_tensor,
     ("torch._utils", "_rebuild_parameter"): _rebuild_parameter,
@@ -146,7 +161,7 @@ _TORCH_GLOBALS: Dict[Tuple[str, str], Any] = {
 
 
 class _DataUnpickler(pickle.Unpickler):
-    def __init__(self, data: bytes, source: "TorchFile"):
+    def __init__(self, data: bytes, source: TorchFile):
         super().__init__(io.BytesIO(data))
         self.source = source
 
@@ -163,7 +178,12 @@ class _DataUnpickler(pickle.Unpickler):
         raise UnsafeCheckpointError(self.source.path, f"{module}.{name}")
 
     def persistent_load(self, pid):
-        if not (isinstance(pid, tuple) and len(pid) == 5 and pid[0] == "storage" and isinstance(pid[1], torch.dtype)):
+        if not (
+            isinstance(pid, tuple)
+            and len(pid) == 5
+            and pid[0] == "storage"
+            and isinstance(pid[1], torch.dtype)
+        ):
             raise DamagedCheckpointError(self.source.path, f"unexpected storage record {pid!r:.80}")
         _, dtype, key, _location, numel = pid
         self.source.check_storage(str(key), dtype, int(numel))
@@ -175,7 +195,7 @@ class TorchFile:
 
     def __init__(self, path: Path | str):
         self.path = Path(path)
-        self._fd: Optional[int] = None
+        self._fd: int | None = None
         try:
             self.size = self.path.stat().st_size
             with zipfile.ZipFile(self.path) as archive:
@@ -188,14 +208,18 @@ class TorchFile:
         except FileNotFoundError:
             raise DamagedCheckpointError(self.path, "missing") from None
         except (zipfile.BadZipFile, OSError, EOFError) as exc:
-            raise DamagedCheckpointError(self.path, f"unreadable ({_first_line(exc) or 'not a zip archive'}): "
-                                                    "truncated or not a torch.save file") from None
+            raise DamagedCheckpointError(
+                self.path,
+                f"unreadable ({_first_line(exc) or 'not a zip archive'}): truncated or not a torch.save file",
+            ) from None
         try:
             self.obj = _DataUnpickler(data, self).load()
         except (UnsafeCheckpointError, DamagedCheckpointError):
             raise
         except Exception as exc:  # a cut or altered pickle: EOFError, UnpicklingError, TypeError, ...
-            raise DamagedCheckpointError(self.path, f"its pickled structure is corrupt ({_first_line(exc)})") from None
+            raise DamagedCheckpointError(
+                self.path, f"its pickled structure is corrupt ({_first_line(exc)})"
+            ) from None
 
     # ------------------------------------------------------------------ storage
     def _storage_info(self, key: str) -> zipfile.ZipInfo:
@@ -207,10 +231,15 @@ class TorchFile:
     def check_storage(self, key: str, dtype: torch.dtype, numel: int) -> None:
         info = self._storage_info(key)
         if info.compress_type != zipfile.ZIP_STORED:
-            raise DamagedCheckpointError(self.path, f"tensor data record {key} is compressed (not torch.save output)")
+            raise DamagedCheckpointError(
+                self.path, f"tensor data record {key} is compressed (not torch.save output)"
+            )
         if info.file_size < numel * _itemsize(dtype):
-            raise DamagedCheckpointError(self.path, f"tensor data record {key} holds {info.file_size} bytes, "
-                                                    f"fewer than its {numel} elements need")
+            raise DamagedCheckpointError(
+                self.path,
+                f"tensor data record {key} holds {info.file_size} bytes, "
+                f"fewer than its {numel} elements need",
+            )
 
     def _data_offset(self, info: zipfile.ZipInfo) -> int:
         header = os.pread(self._handle(), 30, info.header_offset)
@@ -234,9 +263,11 @@ class TorchFile:
             view = memoryview(out.numpy())
             done = 0
             while done < len(view):
-                got = os.preadv(self._handle(), [view[done: done + _READ_CHUNK]], offset + done)
+                got = os.preadv(self._handle(), [view[done : done + _READ_CHUNK]], offset + done)
                 if got <= 0:
-                    raise DamagedCheckpointError(self.path, f"truncated: tensor data ends at byte {offset + done}")
+                    raise DamagedCheckpointError(
+                        self.path, f"truncated: tensor data ends at byte {offset + done}"
+                    )
                 done += got
         return out.view(dtype)
 
@@ -245,7 +276,7 @@ class TorchFile:
             os.close(self._fd)
             self._fd = None
 
-    def __enter__(self) -> "TorchFile":
+    def __enter__(self) -> TorchFile:
         return self
 
     def __exit__(self, *exc) -> None:

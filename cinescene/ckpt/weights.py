@@ -7,12 +7,13 @@ tensor, so a caller that writes them out one by one never holds the model.
 :func:`consolidated_state_dict` is the all-at-once form for small models and
 tests.
 """
+
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Iterator
 from functools import cached_property
 from pathlib import Path
-from typing import Dict, Iterator, List, Tuple
 
 import torch
 
@@ -36,17 +37,18 @@ class TrainedWeights:
     def shards(self) -> ZeroShards:
         return ZeroShards(self.path / ZERO_TAG)
 
-    def names(self) -> List[str]:
+    def names(self) -> list[str]:
         """Trainable parameter names, in the model's order."""
         saved = self.shards.params
         missing = [name for name in self.record.trainable if name not in saved]
         if missing:
-            raise DamagedCheckpointError(self.path / ZERO_TAG, f"no shards of {len(missing)} trainable parameters "
-                                                               f"(e.g. {missing[0]})")
+            raise DamagedCheckpointError(
+                self.path / ZERO_TAG, f"no shards of {len(missing)} trainable parameters (e.g. {missing[0]})"
+            )
         trainable = set(self.record.trainable)
         return [name for name in self.record.params if name in trainable]
 
-    def shape(self, name: str) -> Tuple[int, ...]:
+    def shape(self, name: str) -> tuple[int, ...]:
         return tuple(self.record.params[name])
 
     def tensor(self, name: str, *, ema: bool = False) -> torch.Tensor:
@@ -60,15 +62,16 @@ class TrainedWeights:
             entry = tree["slices"].get(name)
             if entry is not None and int(entry["length"]):
                 offset, length = int(entry["offset"]), int(entry["length"])
-                full[offset: offset + length] = entry["value"].read_flat(0, length)
+                full[offset : offset + length] = entry["value"].read_flat(0, length)
                 covered += length
         if covered != numel:
-            raise DamagedCheckpointError(self.path / RANK_STATES, f"the EMA slices of {name} cover {covered} of "
-                                                                  f"{numel} elements")
+            raise DamagedCheckpointError(
+                self.path / RANK_STATES, f"the EMA slices of {name} cover {covered} of {numel} elements"
+            )
         return full.view(self.shape(name))
 
     @cached_property
-    def _ema_trees(self) -> List[dict]:
+    def _ema_trees(self) -> list[dict]:
         if not self.record.ema:
             raise CineSceneError(f"{self.path} holds no EMA weights (train.ema.enabled was off)")
         trees = []
@@ -76,16 +79,18 @@ class TrainedWeights:
             tree = RankStateFile(self.path / RANK_STATES / rank_state_name(rank)).tree
             ema = tree.get("callbacks", {}).get("ema") if isinstance(tree, dict) else None
             if not isinstance(ema, dict) or not isinstance(ema.get("slices"), dict):
-                raise DamagedCheckpointError(self.path / RANK_STATES / rank_state_name(rank), "holds no EMA slices")
+                raise DamagedCheckpointError(
+                    self.path / RANK_STATES / rank_state_name(rank), "holds no EMA slices"
+                )
             trees.append(ema)
         return trees
 
-    def items(self, *, ema: bool = False) -> Iterator[Tuple[str, torch.Tensor]]:
+    def items(self, *, ema: bool = False) -> Iterator[tuple[str, torch.Tensor]]:
         for name in self.names():
             yield name, self.tensor(name, ema=ema)
 
 
-def consolidated_state_dict(path: Path | str, *, ema: bool = False) -> Dict[str, torch.Tensor]:
+def consolidated_state_dict(path: Path | str, *, ema: bool = False) -> dict[str, torch.Tensor]:
     """The trainable weights of a run, checkpoints or step directory as full fp32 tensors (or their EMA)."""
     return dict(TrainedWeights(path).items(ema=ema))
 

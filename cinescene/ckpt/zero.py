@@ -17,13 +17,14 @@ the ranks' pieces, so memory holds the requested range, never a rank file or
 the model. All files are read through :class:`~.torchfile.TorchFile`: no
 pickle runs code.
 """
+
 from __future__ import annotations
 
 import math
 import re
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Dict, Iterator, List, Optional, Tuple
 
 import torch
 
@@ -37,10 +38,10 @@ _RANK = re.compile(r"zero_pp_rank_(\d+)_mp_rank_00_(model|optim)_states\.pt$")
 @dataclass(frozen=True)
 class _Param:
     name: str
-    shape: Tuple[int, ...]
-    group: int       # sub-group (ZeRO-3) or parameter group (ZeRO-1/2) index in param_shapes
-    offset: int      # ZeRO-3: offset of its piece in a rank's flat group; ZeRO-1/2: offset in the group vector
-    part: int        # ZeRO-3: elements per rank; ZeRO-1/2: the group's partition size
+    shape: tuple[int, ...]
+    group: int  # sub-group (ZeRO-3) or parameter group (ZeRO-1/2) index in param_shapes
+    offset: int  # ZeRO-3: offset of its piece in a rank's flat group; ZeRO-1/2: offset in the group vector
+    part: int  # ZeRO-3: elements per rank; ZeRO-1/2: the group's partition size
 
     @property
     def numel(self) -> int:
@@ -71,21 +72,26 @@ class ZeroShards:
         expected = [self._optim_name(optim, r) for r in range(self.world_size)]
         for path in expected:
             if not path.is_file():
-                raise DamagedCheckpointError(path, f"missing (the shards were saved by {self.world_size} ranks)")
+                raise DamagedCheckpointError(
+                    path, f"missing (the shards were saved by {self.world_size} ranks)"
+                )
         self.optim_files = expected
-        self._optim: Dict[int, dict] = {}
+        self._optim: dict[int, dict] = {}
         first = self.optim_state(0)
         stage = first.get("zero_stage")  # DeepSpeed pickles its ZeroStageEnum (kept as an inert placeholder)
         if isinstance(stage, Placeholder) and stage.args:
             stage = stage.args[0]
-        self.stage = stage if isinstance(stage, int) else int(
-            self.model.get("ds_config", {}).get("zero_optimization", {}).get("stage", 0))
+        self.stage = (
+            stage
+            if isinstance(stage, int)
+            else int(self.model.get("ds_config", {}).get("zero_optimization", {}).get("stage", 0))
+        )
         if self.stage not in (1, 2, 3):
             raise DamagedCheckpointError(self.optim_files[0], f"unknown ZeRO stage {stage!r}")
-        self.params: Dict[str, _Param] = self._index()
+        self.params: dict[str, _Param] = self._index()
 
     # -------------------------------------------------------------------- layout
-    def _optim_name(self, found: List[Path], rank: int) -> Path:
+    def _optim_name(self, found: list[Path], rank: int) -> Path:
         for path in found:
             if _natural_rank(path) == rank:
                 return path
@@ -101,9 +107,9 @@ class ZeroShards:
             self._optim[rank] = state
         return self._optim[rank]
 
-    def _index(self) -> Dict[str, _Param]:
+    def _index(self) -> dict[str, _Param]:
         shapes = self.model["param_shapes"]
-        params: Dict[str, _Param] = {}
+        params: dict[str, _Param] = {}
         if self.stage == 3:
             for group, names in enumerate(shapes):
                 offset = 0
@@ -135,7 +141,7 @@ class ZeroShards:
         except (KeyError, IndexError, TypeError):
             raise DamagedCheckpointError(self.optim_files[rank], f"no {key} for group {group}") from None
 
-    def _runs(self, param: _Param, start: int, length: int) -> Iterator[Tuple[int, int, int, int]]:
+    def _runs(self, param: _Param, start: int, length: int) -> Iterator[tuple[int, int, int, int]]:
         """(rank, offset in that rank's flat group, count, offset in the requested range)."""
         if self.stage == 3:
             pos = start
@@ -157,7 +163,9 @@ class ZeroShards:
             pos += count
 
     # ------------------------------------------------------------------ reading
-    def read(self, name: str, key: str = "fp32", start: int = 0, length: Optional[int] = None) -> torch.Tensor:
+    def read(
+        self, name: str, key: str = "fp32", start: int = 0, length: int | None = None
+    ) -> torch.Tensor:
         """Elements ``start .. start+length`` of parameter ``name``'s flattened ``key`` (fp32, Adam moments)."""
         param = self.params[name]
         length = param.numel - start if length is None else length
@@ -165,10 +173,13 @@ class ZeroShards:
         for rank, local, count, dst in self._runs(param, start, length):
             piece = self._piece(rank, param.group, key)
             if local + count > piece.numel():
-                raise DamagedCheckpointError(self.optim_files[rank], f"{key} of group {param.group} holds "
-                                                                     f"{piece.numel()} elements, fewer than the "
-                                                                     "layout needs")
-            out[dst: dst + count] = piece.read_flat(local, count).float()
+                raise DamagedCheckpointError(
+                    self.optim_files[rank],
+                    f"{key} of group {param.group} holds "
+                    f"{piece.numel()} elements, fewer than the "
+                    "layout needs",
+                )
+            out[dst : dst + count] = piece.read_flat(local, count).float()
         return out
 
     def tensor(self, name: str, key: str = "fp32") -> torch.Tensor:
@@ -179,21 +190,25 @@ class ZeroShards:
         """Adam's step counter of the optimizer group that holds ``name`` (as saved: a scalar tensor)."""
         group = self.params[name].group
         state = self.optim_state(0)
-        groups = (state["optimizer_state_dict"] if self.stage == 3 else state["base_optimizer_state"])["state"]
+        groups = (state["optimizer_state_dict"] if self.stage == 3 else state["base_optimizer_state"])[
+            "state"
+        ]
         step = groups.get(group, {}).get("step") if isinstance(groups, dict) else None
         if step is None:
             raise DamagedCheckpointError(self.optim_files[0], f"no step counter for group {group}")
         return step.read() if isinstance(step, LazyTensor) else torch.tensor(float(step))
 
-    def buffers(self) -> Dict[str, torch.Tensor]:
+    def buffers(self) -> dict[str, torch.Tensor]:
         module = self.model.get("module") or {}
         return {name: module[name].read() for name in self.model.get("buffer_names", []) if name in module}
 
-    def counters(self) -> Dict[str, int]:
+    def counters(self) -> dict[str, int]:
         """DeepSpeed engine counters saved with the shards."""
-        return {key: int(self.model.get(key) or 0) for key in ("global_steps", "global_samples", "skipped_steps")}
+        return {
+            key: int(self.model.get(key) or 0) for key in ("global_steps", "global_samples", "skipped_steps")
+        }
 
-    def files(self) -> List[Path]:
+    def files(self) -> list[Path]:
         return list(self.model_files) + list(self.optim_files)
 
     def check_all(self) -> None:

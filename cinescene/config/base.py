@@ -6,10 +6,12 @@ itself, and :func:`cinescene.config.loading.validate_tree` prefixes the full key
 path (``train.lr``) before the CLI prints it. Nothing here imports torch: the
 whole config layer must run before any heavy import.
 """
+
 from __future__ import annotations
 
 import math
-from typing import Any, Iterable, Optional
+from collections.abc import Iterable
+from typing import Any
 
 
 class ConfigError(ValueError):
@@ -20,7 +22,7 @@ class ConfigError(ValueError):
         self.message = message
         super().__init__(f"{key}: {message}" if key else message)
 
-    def prefixed(self, prefix: str) -> "ConfigError":
+    def prefixed(self, prefix: str) -> ConfigError:
         key = f"{prefix}.{self.key}" if prefix and self.key else (prefix or self.key)
         return ConfigError(key, self.message)
 
@@ -65,6 +67,6 @@ def one_of(value: Any, key: str, choices: Iterable[Any]) -> None:
     require(value in choices, key, f"one of {choices}", value)
 
 
-def optional_positive(value: Optional[float], key: str) -> None:
+def optional_positive(value: float | None, key: str) -> None:
     if value is not None:
         positive(value, key)

@@ -1,8 +1,8 @@
 """Checkpoint cadence, retention and resume policy."""
+
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Optional
 
 from .base import non_negative, require
 
@@ -10,7 +10,7 @@ from .base import non_negative, require
 @dataclass
 class CheckpointConfig:
     # Directory for step dirs and the `latest` pointer; default <run.dir>/checkpoints.
-    dir: Optional[str] = None
+    dir: str | None = None
     every_steps: int = 100
     # Retention: keep the newest `keep_last` plus every step divisible by `keep_every` (0 = none).
     keep_last: int = 2

@@ -4,10 +4,10 @@ What the loader does with these settings is documented in
 ``cinescene/data/loader.py`` (cursor, resume, corrupt samples) and
 ``cinescene/data/order.py`` (the shuffle orders).
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import List, Optional
 
 from .base import in_range, non_negative, one_of, positive, require
 
@@ -18,19 +18,27 @@ class SynthDataConfig:
 
     clips: int = 32
     frames: int = 17
-    size: List[int] = field(default_factory=lambda: [64, 64])
+    size: list[int] = field(default_factory=lambda: [64, 64])
     scene_images: int = 6
     seed: int = 0
     workers: int = 1
     # Where the rendered clip directories go; default: "<train_shards>_clips" beside the shards.
-    out: Optional[str] = None
+    out: str | None = None
 
     def validate(self) -> None:
         positive(self.clips, "clips")
-        require(self.frames >= 1 and (self.frames - 1) % 4 == 0, "frames",
-                "1 + 4k frames (Wan's causal VAE stride)", self.frames)
-        require(len(self.size) == 2 and all(s >= 16 and s % 16 == 0 for s in self.size), "size",
-                "[H, W], multiples of 16", list(self.size))
+        require(
+            self.frames >= 1 and (self.frames - 1) % 4 == 0,
+            "frames",
+            "1 + 4k frames (Wan's causal VAE stride)",
+            self.frames,
+        )
+        require(
+            len(self.size) == 2 and all(s >= 16 and s % 16 == 0 for s in self.size),
+            "size",
+            "[H, W], multiples of 16",
+            list(self.size),
+        )
         positive(self.scene_images, "scene_images")
         positive(self.workers, "workers")
 
@@ -39,7 +47,7 @@ class SynthDataConfig:
 class DataConfig:
     # Webdataset shards: a directory holding manifest.json + *.tar. Required to train;
     # model-only configs (e.g. for `cinescene model info`) leave it unset.
-    train_shards: Optional[str] = None
+    train_shards: str | None = None
     # Generate synthetic clips and prepare shards when train_shards is absent.
     generate: bool = False
     synth: SynthDataConfig = field(default_factory=SynthDataConfig)
@@ -58,7 +66,7 @@ class DataConfig:
     # scene_images] by (seed, global position), so a model learns to condition on few views as well as
     # many; the per-image arrays stay scene_images long, zero past the count, and the batch's
     # scene_counts says where. Evaluation always uses scene_images.
-    scene_images_min: Optional[int] = None
+    scene_images_min: int | None = None
     # encoder=none shards keep pixels; the loader maps them to a latent-shaped proxy
     # (average pool by this factor, Wan's 4x temporal stride) for CPU-scale runs.
     pixel_pool: int = 4

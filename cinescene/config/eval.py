@@ -7,16 +7,26 @@ is what it is, are in docs/EVAL.md; the metric names are declared once, in
 :data:`METRIC_NAMES`, and the registry (``cinescene.eval.metrics``) provides
 exactly these.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import List, Optional
 
 from .base import ConfigError, in_range, non_negative, one_of, positive
 
 #: Every metric the registry computes, in the order of the paper's table, then ours.
-METRIC_NAMES = ("mat_pix", "clip_v", "psnr", "ssim", "rot_err", "trans_err", "cam_mc", "clip_t",
-                "bg_psnr", "bg_ssim")
+METRIC_NAMES = (
+    "mat_pix",
+    "clip_v",
+    "psnr",
+    "ssim",
+    "rot_err",
+    "trans_err",
+    "cam_mc",
+    "clip_t",
+    "bg_psnr",
+    "bg_ssim",
+)
 SFM_MATCHING = ("sequential", "exhaustive")
 MATCHERS = ("sift", "orb")
 MAT_PIX_REFERENCES = ("scene_images", "ground_truth")
@@ -28,7 +38,7 @@ class ClipConfig:
     # A local directory holding a transformers CLIPModel with its tokenizer and image processor
     # (save_pretrained layout; e.g. openai/clip-vit-large-patch14 downloaded elsewhere). Read with
     # local_files_only. Unset: CLIP-V and CLIP-T are reported as absent, with one line saying why.
-    weights: Optional[str] = None
+    weights: str | None = None
     # Frames per CLIP forward (memory bound on a GPU; the result does not depend on it).
     batch_size: int = 16
 
@@ -124,7 +134,7 @@ class EvalConfig:
     # Held-out shards (a directory with manifest.json), the one place held-out data is named: the
     # hook and `cinescene eval` read it (`--data` overrides it). Samples also in the training
     # shards are left out. Required when every_steps > 0.
-    data: Optional[str] = None
+    data: str | None = None
     # Held-out samples per evaluation, a fixed set drawn by `seed` (0 = every held-out sample).
     num_samples: int = 2
     # Seeds the choice of samples and each sample's initial noise (noise per sample key, so the
@@ -134,7 +144,7 @@ class EvalConfig:
     # Classifier-free guidance scale (1 = conditional branch only).
     cfg_scale: float = 5.0
     # Metrics to compute (names in METRIC_NAMES; docs/EVAL.md defines each).
-    metrics: List[str] = field(default_factory=lambda: list(METRIC_NAMES))
+    metrics: list[str] = field(default_factory=lambda: list(METRIC_NAMES))
     # The hook writes each call's mp4s and contact sheet into <run.dir>/eval/step_XXXXXXXX/ and
     # logs them to W&B (a table of prompt, ground truth and generated video, and the sheet); off,
     # it logs only the metrics (`cinescene eval` always writes its videos).
@@ -150,8 +160,11 @@ class EvalConfig:
     def validate(self) -> None:
         non_negative(self.every_steps, "every_steps")
         if self.every_steps and not self.data:
-            raise ConfigError("data", "required when eval.every_steps > 0: the held-out shards the hook "
-                                      "evaluates on (a directory with manifest.json)")
+            raise ConfigError(
+                "data",
+                "required when eval.every_steps > 0: the held-out shards the hook "
+                "evaluates on (a directory with manifest.json)",
+            )
         non_negative(self.num_samples, "num_samples")
         positive(self.sample_steps, "sample_steps")
         non_negative(self.cfg_scale, "cfg_scale")

@@ -1,10 +1,10 @@
 """How a job is started: local ranks, preemption, and the SLURM resources of `cinescene submit`."""
+
 from __future__ import annotations
 
 import re
 import signal
 from dataclasses import dataclass, field
-from typing import List, Optional
 
 from .base import ConfigError, non_negative, positive, require
 
@@ -31,16 +31,16 @@ class SlurmConfig:
     """Resources and behaviour of the job `cinescene submit` (and `cinescene sweep`) hand to sbatch."""
 
     # None: the cluster's default partition / the user's default account / no QOS.
-    partition: Optional[str] = None
-    account: Optional[str] = None
-    qos: Optional[str] = None
+    partition: str | None = None
+    account: str | None = None
+    qos: str | None = None
     nodes: int = 1
     # One task (rank) per GPU. 0: a CPU-only job with launch.nproc tasks per node.
     gpus_per_node: int = 8
     # CPUs per task: data loading and the host side of the step.
     cpus_per_task: int = 16
     # Memory per node ("256G"); None: the cluster's default.
-    mem: Optional[str] = None
+    mem: str | None = None
     # Wall-time limit per start of the job; the job requeues itself before it (see `signal`).
     # Quote it in YAML: an unquoted 1:30 is read as the number 90.
     time: str = "24:00:00"
@@ -52,25 +52,43 @@ class SlurmConfig:
     requeue: bool = True
     # More sbatch options, one `--option[=value]` each (e.g. "--constraint=h100"); passed as
     # arguments, never through a shell.
-    extra: List[str] = field(default_factory=list)
+    extra: list[str] = field(default_factory=list)
 
     def validate(self) -> None:
         for key in ("partition", "account", "qos"):
             value = getattr(self, key)
-            require(value is None or bool(_SLURM_NAME.match(value)), key, "a SLURM name (letters, digits, _.+-)",
-                    value)
+            require(
+                value is None or bool(_SLURM_NAME.match(value)),
+                key,
+                "a SLURM name (letters, digits, _.+-)",
+                value,
+            )
         positive(self.nodes, "nodes")
         non_negative(self.gpus_per_node, "gpus_per_node")
         positive(self.cpus_per_task, "cpus_per_task")
-        require(self.mem is None or bool(_SLURM_MEM.match(self.mem)), "mem", "a size such as '256G'", self.mem)
-        require(bool(_SLURM_TIME.match(self.time)), "time",
-                "a SLURM time limit such as '24:00:00', '90' (minutes) or '1-12:00:00'", self.time)
+        require(
+            self.mem is None or bool(_SLURM_MEM.match(self.mem)), "mem", "a size such as '256G'", self.mem
+        )
+        require(
+            bool(_SLURM_TIME.match(self.time)),
+            "time",
+            "a SLURM time limit such as '24:00:00', '90' (minutes) or '1-12:00:00'",
+            self.time,
+        )
         sig, _, secs = self.signal.partition("@")
-        require(bool(sig) and sig.isalnum() and secs.isdigit() and int(secs) > 0, "signal",
-                "'SIGNAL@seconds' such as 'USR1@180'", self.signal)
+        require(
+            bool(sig) and sig.isalnum() and secs.isdigit() and int(secs) > 0,
+            "signal",
+            "'SIGNAL@seconds' such as 'USR1@180'",
+            self.signal,
+        )
         for i, line in enumerate(self.extra):
-            require(isinstance(line, str) and bool(_SBATCH_OPTION.match(line)), f"extra[{i}]",
-                    "one sbatch option '--option' or '--option=value' on one line", line)
+            require(
+                isinstance(line, str) and bool(_SBATCH_OPTION.match(line)),
+                f"extra[{i}]",
+                "one sbatch option '--option' or '--option=value' on one line",
+                line,
+            )
 
     def signal_name(self) -> str:
         """The warning signal's full name: 'USR1@180' -> 'SIGUSR1'."""
@@ -84,7 +102,7 @@ class LaunchConfig:
     # of a CPU-only SLURM job (launch.slurm.gpus_per_node=0).
     nproc: int = 1
     # Signals that request a checkpoint-and-exit at the next step boundary.
-    preempt_signals: List[str] = field(default_factory=lambda: ["SIGUSR1", "SIGTERM"])
+    preempt_signals: list[str] = field(default_factory=lambda: ["SIGUSR1", "SIGTERM"])
     # Exit status after a preemption save (the SLURM job requeues itself on it).
     preempt_exit_code: int = 124
     # Starts of a SLURM job after the first (preemption, time limit, a rank killed): past this
@@ -95,14 +113,29 @@ class LaunchConfig:
     def validate(self) -> None:
         positive(self.nproc, "nproc")
         for i, name in enumerate(self.preempt_signals):
-            require(isinstance(name, str) and catchable_signal(name), f"preempt_signals[{i}]",
-                    "the name of a signal a process can catch, such as 'SIGUSR1' (not SIGKILL or SIGSTOP)", name)
-        require(0 < self.preempt_exit_code < 256, "preempt_exit_code", "an exit status 1..255",
-                self.preempt_exit_code)
-        require(self.preempt_exit_code not in (1, 2), "preempt_exit_code",
-                "a status other than 1 and 2 (those mean an error and a bad config)", self.preempt_exit_code)
+            require(
+                isinstance(name, str) and catchable_signal(name),
+                f"preempt_signals[{i}]",
+                "the name of a signal a process can catch, such as 'SIGUSR1' (not SIGKILL or SIGSTOP)",
+                name,
+            )
+        require(
+            0 < self.preempt_exit_code < 256,
+            "preempt_exit_code",
+            "an exit status 1..255",
+            self.preempt_exit_code,
+        )
+        require(
+            self.preempt_exit_code not in (1, 2),
+            "preempt_exit_code",
+            "a status other than 1 and 2 (those mean an error and a bad config)",
+            self.preempt_exit_code,
+        )
         non_negative(self.max_restarts, "max_restarts")
         if self.slurm.signal_name() not in self.preempt_signals:
-            raise ConfigError("slurm.signal", f"{self.slurm.signal!r} sends {self.slurm.signal_name()}, which is not "
-                                              f"in launch.preempt_signals {self.preempt_signals}: it would kill "
-                                              "the ranks instead of asking them to save")
+            raise ConfigError(
+                "slurm.signal",
+                f"{self.slurm.signal!r} sends {self.slurm.signal_name()}, which is not "
+                f"in launch.preempt_signals {self.preempt_signals}: it would kill "
+                "the ranks instead of asking them to save",
+            )

@@ -15,14 +15,16 @@ keys, types, required values) and then each section's ``validate()`` runs
 (ranges and cross-field rules). Any failure raises :class:`ConfigError` with
 the full key path; the CLI prints it on one line and exits 2.
 """
+
 from __future__ import annotations
 
 import dataclasses
 import difflib
 import os
 import typing
+from collections.abc import Iterable, Sequence
 from pathlib import Path
-from typing import Any, Iterable, List, Optional, Sequence, Tuple
+from typing import Any
 
 import yaml
 from omegaconf import DictConfig, ListConfig, OmegaConf
@@ -46,8 +48,9 @@ class _DuplicateKey(Exception):
         self.key, self.first_line, self.line = key, first_line, line
 
 
-def _check_unique_keys(node: yaml.Node, prefix: str = "", done: Optional[set] = None,
-                       ancestors: Tuple[int, ...] = ()) -> None:
+def _check_unique_keys(
+    node: yaml.Node, prefix: str = "", done: set | None = None, ancestors: tuple[int, ...] = ()
+) -> None:
     """Every mapping of the document holds each key once (PyYAML would keep the last silently),
     and no alias refers to a node that contains it (a recursive document never ends)."""
     done = set() if done is None else done
@@ -97,9 +100,10 @@ def read_yaml(path: Path) -> Any:
     try:
         text = raw.decode("utf-8-sig")
     except UnicodeDecodeError as exc:
-        line = raw[:exc.start].count(b"\n") + 1
-        raise ConfigError("", f"{name}: not UTF-8 text (byte 0x{raw[exc.start]:02x} at offset {exc.start}, "
-                              f"line {line})") from None
+        line = raw[: exc.start].count(b"\n") + 1
+        raise ConfigError(
+            "", f"{name}: not UTF-8 text (byte 0x{raw[exc.start]:02x} at offset {exc.start}, line {line})"
+        ) from None
     loader = None
     try:
         loader = yaml.SafeLoader(text)  # checks that every character is printable
@@ -109,16 +113,21 @@ def read_yaml(path: Path) -> Any:
         _check_unique_keys(node)
         return loader.construct_document(node)
     except _DuplicateKey as dup:
-        raise ConfigError(dup.key, f"duplicate key in {name} (lines {dup.first_line} and {dup.line}); "
-                                   "a mapping may hold each key once") from None
+        raise ConfigError(
+            dup.key,
+            f"duplicate key in {name} (lines {dup.first_line} and {dup.line}); "
+            "a mapping may hold each key once",
+        ) from None
     except _RecursiveAlias as rec:
-        raise ConfigError(rec.key, f"{name}: an alias at line {rec.line} refers to a node that contains it "
-                                   "(a recursive document)") from None
+        raise ConfigError(
+            rec.key,
+            f"{name}: an alias at line {rec.line} refers to a node that contains it (a recursive document)",
+        ) from None
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None) or getattr(exc, "context_mark", None)
         line = mark.line + 1 if mark is not None else None
         if isinstance(exc, yaml.reader.ReaderError):  # a control character: where, by character offset
-            line = text[:exc.position].count("\n") + 1
+            line = text[: exc.position].count("\n") + 1
         at = f" at line {line}" if line is not None else ""
         problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
         raise ConfigError("", f"{name}: invalid YAML{at}: {problem}") from None
@@ -157,7 +166,7 @@ def check_sections(tree: Any, cls: Any = CineSceneConfig, prefix: str = "", wher
             check_sections(value, child, f"{path}.", where)
 
 
-def _read_yaml(path: Path, chain: Tuple[Path, ...]) -> DictConfig:
+def _read_yaml(path: Path, chain: tuple[Path, ...]) -> DictConfig:
     """Read one file and, recursively, its ``defaults`` (merged, file last)."""
     if path in chain:
         cycle = " -> ".join(str(p) for p in chain + (path,))
@@ -178,7 +187,7 @@ def _read_yaml(path: Path, chain: Tuple[Path, ...]) -> DictConfig:
     return OmegaConf.merge(merged, OmegaConf.create(raw))
 
 
-def _schema_keys(node: Any) -> List[str]:
+def _schema_keys(node: Any) -> list[str]:
     if isinstance(node, DictConfig):
         return [str(k) for k in node.keys()]
     return []
@@ -201,7 +210,7 @@ def _suggest(root: DictConfig, full_key: str) -> str:
     return ""
 
 
-def _field_type(full_key: str) -> Optional[str]:
+def _field_type(full_key: str) -> str | None:
     """The annotation of the dataclass field at ``full_key`` ('float', 'List[int]')."""
     cls: Any = CineSceneConfig
     annotation: Any = None
@@ -284,7 +293,7 @@ def validate_tree(obj: Any, prefix: str = "") -> None:
             raise exc.prefixed(prefix) from None
 
 
-def compose(path: Optional[str | os.PathLike], overrides: Sequence[str] = ()) -> DictConfig:
+def compose(path: str | os.PathLike | None, overrides: Sequence[str] = ()) -> DictConfig:
     """The merged, resolved DictConfig (schema-typed), without running ``validate()``."""
     schema = OmegaConf.structured(CineSceneConfig)
     try:
@@ -299,7 +308,9 @@ def compose(path: Optional[str | os.PathLike], overrides: Sequence[str] = ()) ->
                     raise
                 # Merge errors (a scalar over a section) carry no key: name the override's.
                 key, _, value = item.partition("=")
-                raise ConfigError(key, f"expected {_field_type(key) or 'a known key'}, got {value!r}") from None
+                raise ConfigError(
+                    key, f"expected {_field_type(key) or 'a known key'}, got {value!r}"
+                ) from None
         OmegaConf.resolve(cfg)
         # Surface missing mandatory values here, with their key path.
         for missing in sorted(OmegaConf.missing_keys(cfg)):
@@ -313,8 +324,9 @@ def compose(path: Optional[str | os.PathLike], overrides: Sequence[str] = ()) ->
     return cfg
 
 
-def load_config(path: Optional[str | os.PathLike], overrides: Sequence[str] = ()
-                ) -> Tuple[CineSceneConfig, DictConfig]:
+def load_config(
+    path: str | os.PathLike | None, overrides: Sequence[str] = ()
+) -> tuple[CineSceneConfig, DictConfig]:
     """Compose and validate. Returns the typed config and its DictConfig (for saving/printing)."""
     cfg = compose(path, overrides)
     try:

@@ -6,10 +6,10 @@ trains them; the sizes live in ``configs/model/{tiny,wan1.3b,wan14b}.yaml``
 switch does to the network is documented in ``cinescene/models``; defaults,
 and which are published CineScene facts, in ``docs/MODEL.md``.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Dict, List, Optional
 
 from .base import ConfigError, at_most, in_range, one_of, optional_positive, positive, require
 
@@ -41,7 +41,7 @@ class VGGTConfig:
     # Transformer blocks of the camera head's trunk (VGGT: 4); only built for pose estimation.
     camera_head_depth: int = 4
     # Local .pt/.pth/.safetensors of the VGGT-1B state dict (aggregator.*, camera_head.*).
-    weights: Optional[str] = None
+    weights: str | None = None
 
     def validate(self) -> None:
         positive(self.img_size, "img_size")
@@ -49,13 +49,19 @@ class VGGTConfig:
         require(self.img_size % self.patch_size == 0, "img_size", "a multiple of patch_size", self.img_size)
         require(self.embed_dim % self.num_heads == 0, "embed_dim", "a multiple of num_heads", self.embed_dim)
         # The 2D RoPE splits each head in halves (y, x), each rotated in pairs.
-        require((self.embed_dim // self.num_heads) % 4 == 0, "embed_dim",
-                "embed_dim/num_heads a multiple of 4 (2D RoPE)", self.embed_dim)
+        require(
+            (self.embed_dim // self.num_heads) % 4 == 0,
+            "embed_dim",
+            "embed_dim/num_heads a multiple of 4 (2D RoPE)",
+            self.embed_dim,
+        )
         positive(self.depth, "depth")
         positive(self.patch_embed_depth, "patch_embed_depth")
         positive(self.mlp_ratio, "mlp_ratio")
         positive(self.rope_freq, "rope_freq")
-        require(self.num_register_tokens >= 0, "num_register_tokens", "a value >= 0", self.num_register_tokens)
+        require(
+            self.num_register_tokens >= 0, "num_register_tokens", "a value >= 0", self.num_register_tokens
+        )
         require(self.camera_head_depth >= 0, "camera_head_depth", "a value >= 0", self.camera_head_depth)
 
 
@@ -69,7 +75,7 @@ class SceneContextConfig:
     vggt_tokens: bool = True
     # Aggregator layers whose 2*embed_dim features are averaged into the context
     # (python indices into the depth outputs; -1 = last, as VGGT's camera head uses).
-    layers: List[int] = field(default_factory=lambda: [-1])
+    layers: list[int] = field(default_factory=lambda: [-1])
     # How VGGT's patch grid is resized to the video's latent patch grid:
     # "bilinear" (antialiased; VGGT's 37-wide grid is smaller than Wan's 52) or "area".
     pooling: str = "bilinear"
@@ -88,13 +94,21 @@ class SceneContextConfig:
     def validate(self) -> None:
         require(len(self.layers) > 0, "layers", "at least one layer index", list(self.layers))
         depth = self.vggt.depth
-        require(all(-depth <= i < depth for i in self.layers), "layers",
-                f"indices in [-{depth}, {depth - 1}] (vggt.depth={depth})", list(self.layers))
+        require(
+            all(-depth <= i < depth for i in self.layers),
+            "layers",
+            f"indices in [-{depth}, {depth - 1}] (vggt.depth={depth})",
+            list(self.layers),
+        )
         one_of(self.pooling, "pooling", ["bilinear", "area"])
         one_of(self.timestep, "timestep", ["shared", "clean"])
         if self.enabled:
-            require(self.vggt_tokens or self.pixel_context, "vggt_tokens",
-                    "vggt_tokens or pixel_context on when the scene context is enabled", self.vggt_tokens)
+            require(
+                self.vggt_tokens or self.pixel_context,
+                "vggt_tokens",
+                "vggt_tokens or pixel_context on when the scene context is enabled",
+                self.vggt_tokens,
+            )
 
 
 @dataclass
@@ -133,20 +147,24 @@ class DataShapeConfig:
     data.scene_images), which is what the tiny CPU runs train on.
     """
 
-    frames: Optional[int] = None
+    frames: int | None = None
     # [H, W] of the video in pixels.
-    size: Optional[List[int]] = None
-    scene_images: Optional[int] = None
+    size: list[int] | None = None
+    scene_images: int | None = None
     # [H, W] of the scene images in pixels (default: the video size).
-    scene_size: Optional[List[int]] = None
+    scene_size: list[int] | None = None
     # "wan": VAE latents, stride (4, 8, 8); "none": pixel proxy, stride (4, pool, pool)
     # with pool = data.pixel_pool.
     encoder: str = "wan"
 
     def validate(self) -> None:
         if self.frames is not None:
-            require(self.frames >= 1 and (self.frames - 1) % 4 == 0, "frames",
-                    "1 + 4k frames (Wan's causal VAE stride)", self.frames)
+            require(
+                self.frames >= 1 and (self.frames - 1) % 4 == 0,
+                "frames",
+                "1 + 4k frames (Wan's causal VAE stride)",
+                self.frames,
+            )
         for name in ("size", "scene_size"):
             value = getattr(self, name)
             if value is not None:
@@ -165,7 +183,7 @@ class ModelConfig:
     num_layers: int = 2
     in_dim: int = 16
     out_dim: int = 16
-    patch_size: List[int] = field(default_factory=lambda: [1, 2, 2])
+    patch_size: list[int] = field(default_factory=lambda: [1, 2, 2])
     freq_dim: int = 256
     text_len: int = 512
     text_dim: int = 4096
@@ -177,9 +195,9 @@ class ModelConfig:
     attention: AttentionConfig = field(default_factory=AttentionConfig)
     data_shape: DataShapeConfig = field(default_factory=DataShapeConfig)
     # Glob patterns over parameter names that train; everything else is frozen.
-    trainable: List[str] = field(default_factory=lambda: ["*"])
+    trainable: list[str] = field(default_factory=lambda: ["*"])
     # Patterns always frozen, applied after `trainable` (VGGT stays frozen by default).
-    frozen: List[str] = field(default_factory=lambda: ["scene_encoder.vggt.*"])
+    frozen: list[str] = field(default_factory=lambda: ["scene_encoder.vggt.*"])
     # Recompute each DiT block in backward (torch.utils.checkpoint, non-reentrant).
     activation_checkpointing: bool = False
     # "pretrained" (the default: CineScene fine-tunes a pretrained Wan2.1): `cinescene train` refuses
@@ -187,42 +205,71 @@ class ModelConfig:
     # train from random initialisation on purpose (the tiny model, tests); rank 0 warns once.
     init: str = "pretrained"
     # Pretrained DiT weights: a .safetensors, a sharded index .json, or a .pth.
-    pretrained: Optional[str] = None
+    pretrained: str | None = None
     pretrained_format: str = "auto"
     strict_load: bool = True
 
     def validate(self) -> None:
-        for key in ("dim", "ffn_dim", "num_heads", "num_layers", "in_dim", "out_dim", "freq_dim",
-                    "text_len", "text_dim"):
+        for key in (
+            "dim",
+            "ffn_dim",
+            "num_heads",
+            "num_layers",
+            "in_dim",
+            "out_dim",
+            "freq_dim",
+            "text_len",
+            "text_dim",
+        ):
             positive(getattr(self, key), key)
-        at_most(self.dim, "dim", MAX_DIM, f"the widest Wan2.1 DiT (14B) has dim 5120; at {MAX_DIM} one block "
-                "alone holds over 3 billion parameters")
+        at_most(
+            self.dim,
+            "dim",
+            MAX_DIM,
+            f"the widest Wan2.1 DiT (14B) has dim 5120; at {MAX_DIM} one block "
+            "alone holds over 3 billion parameters",
+        )
         require(self.dim % self.num_heads == 0, "dim", "a multiple of num_heads", self.dim)
         head_dim = self.dim // self.num_heads
         require(head_dim % 2 == 0, "dim", "dim/num_heads even (RoPE)", self.dim)
         require(self.freq_dim % 2 == 0, "freq_dim", "an even value (sin/cos halves)", self.freq_dim)
-        require(len(self.patch_size) == 3 and all(p > 0 for p in self.patch_size), "patch_size",
-                "three positive ints [t, h, w]", list(self.patch_size))
+        require(
+            len(self.patch_size) == 3 and all(p > 0 for p in self.patch_size),
+            "patch_size",
+            "three positive ints [t, h, w]",
+            list(self.patch_size),
+        )
         # Scene images become one latent frame each; a temporal patch > 1 cannot embed them.
         if self.scene.enabled and self.scene.pixel_context:
-            require(self.patch_size[0] == 1, "patch_size", "a temporal patch of 1 with scene.pixel_context",
-                    list(self.patch_size))
+            require(
+                self.patch_size[0] == 1,
+                "patch_size",
+                "a temporal patch of 1 with scene.pixel_context",
+                list(self.patch_size),
+            )
         in_range(self.eps, "eps", 0.0, 1e-2)
         one_of(self.pretrained_format, "pretrained_format", ["auto", "wan", "diffusers"])
         one_of(self.init, "init", INIT_CHOICES)
         if self.init == "random":
             for key, path in self.weight_paths().items():
                 if path:
-                    raise ConfigError(key, f"set to {path!r} with init=random, which loads no weights "
-                                           "(unset it, or set init=pretrained)")
-        require(len(self.trainable) > 0, "trainable", "at least one pattern ('*' trains everything)",
-                list(self.trainable))
+                    raise ConfigError(
+                        key,
+                        f"set to {path!r} with init=random, which loads no weights "
+                        "(unset it, or set init=pretrained)",
+                    )
+        require(
+            len(self.trainable) > 0,
+            "trainable",
+            "at least one pattern ('*' trains everything)",
+            list(self.trainable),
+        )
 
     def builds_vggt(self) -> bool:
         """Whether the network holds a VGGT aggregator (it is built only for VGGT-token context)."""
         return self.scene.enabled and self.scene.vggt_tokens
 
-    def weight_paths(self) -> Dict[str, Optional[str]]:
+    def weight_paths(self) -> dict[str, str | None]:
         """The weight files ``init=pretrained`` loads, by key path relative to this section."""
         paths = {"pretrained": self.pretrained}
         if self.builds_vggt():

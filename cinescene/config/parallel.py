@@ -1,8 +1,8 @@
 """Distributed layout: ZeRO stage, offload, sequence parallelism, backend."""
+
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Optional
 
 from .base import non_negative, one_of, positive, require
 
@@ -24,7 +24,7 @@ class ParallelConfig:
     timeout_s: int = 1800
     # Build the model inside deepspeed.zero.Init (each rank materialises only its shard).
     # null (auto): with ZeRO-3 when the model has at least zero_init_min_params parameters.
-    zero_init: Optional[bool] = None
+    zero_init: bool | None = None
     zero_init_min_params: int = 200_000_000
     # ZeRO communication bucket (elements); larger buckets mean fewer, bigger collectives.
     reduce_bucket_size: int = 50_000_000
@@ -32,8 +32,12 @@ class ParallelConfig:
     param_persistence_threshold: int = 100_000
 
     def validate(self) -> None:
-        require(self.zero_stage in (1, 2, 3), "zero_stage",
-                "one of [1, 2, 3] (stage 0 cannot skip non-finite steps)", self.zero_stage)
+        require(
+            self.zero_stage in (1, 2, 3),
+            "zero_stage",
+            "one of [1, 2, 3] (stage 0 cannot skip non-finite steps)",
+            self.zero_stage,
+        )
         one_of(self.offload_optimizer, "offload_optimizer", ["none", "cpu"])
         one_of(self.offload_params, "offload_params", ["none", "cpu"])
         positive(self.sequence, "sequence")

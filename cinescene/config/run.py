@@ -1,8 +1,8 @@
 """Run-level settings: where outputs go, seeds, determinism, logging."""
+
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Optional
 
 from .base import non_negative, one_of, require
 
@@ -23,12 +23,19 @@ class RunConfig:
     # Console progress bars are drawn only when stdout is a TTY; this can force them off.
     progress: bool = True
     # Set by the launcher; a user rarely sets it (e.g. to name a config snapshot).
-    config_path: Optional[str] = None
+    config_path: str | None = None
 
     def validate(self) -> None:
-        require(self.name not in ("", ".", "..") and "/" not in self.name and "\\" not in self.name
-                and "\0" not in self.name and len(self.name.encode()) <= MAX_NAME_BYTES, "name",
-                "a name, not a path (no '/', not '.' or '..'; run.dir says where the run goes)", self.name)
+        require(
+            self.name not in ("", ".", "..")
+            and "/" not in self.name
+            and "\\" not in self.name
+            and "\0" not in self.name
+            and len(self.name.encode()) <= MAX_NAME_BYTES,
+            "name",
+            "a name, not a path (no '/', not '.' or '..'; run.dir says where the run goes)",
+            self.name,
+        )
         require(bool(str(self.dir).strip()), "dir", "a directory path", self.dir)
         non_negative(self.seed, "seed")
         one_of(self.log_level.upper(), "log_level", ["DEBUG", "INFO", "WARNING", "ERROR"])

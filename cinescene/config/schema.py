@@ -1,4 +1,5 @@
 """The root config: one section per component."""
+
 from __future__ import annotations
 
 from dataclasses import dataclass, field

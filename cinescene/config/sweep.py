@@ -32,6 +32,7 @@ own again. All trials share the W&B group ``<name>``. Every trial's full config
 is validated when the sweep is expanded, so a bad value fails before anything is
 submitted, naming the trial and the key path.
 """
+
 from __future__ import annotations
 
 import difflib
@@ -41,9 +42,10 @@ import json
 import math
 import os
 import random
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, fields
 from pathlib import Path
-from typing import Any, Callable, Dict, List, Optional, Sequence
+from typing import Any
 
 import yaml
 from omegaconf import OmegaConf
@@ -58,37 +60,47 @@ SIGNATURE_LENGTH = 10
 MAX_DRAWS_PER_SAMPLE = 100
 
 
-def _draw_choice(rng: random.Random, args: List[Any]) -> Any:
+def _draw_choice(rng: random.Random, args: list[Any]) -> Any:
     return args[rng.randrange(len(args))]
 
 
-def _draw_uniform(rng: random.Random, args: List[Any]) -> float:
+def _draw_uniform(rng: random.Random, args: list[Any]) -> float:
     return float(f"{rng.uniform(args[0], args[1]):.4g}")
 
 
-def _draw_log_uniform(rng: random.Random, args: List[Any]) -> float:
+def _draw_log_uniform(rng: random.Random, args: list[Any]) -> float:
     return float(f"{math.exp(rng.uniform(math.log(args[0]), math.log(args[1]))):.4g}")
 
 
-def _draw_int_uniform(rng: random.Random, args: List[Any]) -> int:
+def _draw_int_uniform(rng: random.Random, args: list[Any]) -> int:
     return rng.randint(int(args[0]), int(args[1]))
 
 
 # The distributions of `space:` entries: name -> draw(rng, args). Floats keep 4 significant digits.
-DISTRIBUTIONS: Dict[str, Callable[[random.Random, List[Any]], Any]] = {
-    "choice": _draw_choice, "uniform": _draw_uniform, "log_uniform": _draw_log_uniform,
-    "int_uniform": _draw_int_uniform}
+DISTRIBUTIONS: dict[str, Callable[[random.Random, list[Any]], Any]] = {
+    "choice": _draw_choice,
+    "uniform": _draw_uniform,
+    "log_uniform": _draw_log_uniform,
+    "int_uniform": _draw_int_uniform,
+}
 
 
 def _check_distribution(key: str, entry: Any) -> None:
-    require(isinstance(entry, dict) and len(entry) == 1 and next(iter(entry)) in DISTRIBUTIONS, key,
-            f"one distribution {{kind: [args]}} with kind one of {sorted(DISTRIBUTIONS)}", entry)
+    require(
+        isinstance(entry, dict) and len(entry) == 1 and next(iter(entry)) in DISTRIBUTIONS,
+        key,
+        f"one distribution {{kind: [args]}} with kind one of {sorted(DISTRIBUTIONS)}",
+        entry,
+    )
     kind, args = next(iter(entry.items()))
     if kind == "choice":
         require(isinstance(args, list) and len(args) > 0, f"{key}.choice", "a non-empty list of values", args)
         return
-    numeric = isinstance(args, list) and len(args) == 2 and all(
-        isinstance(a, (int, float)) and not isinstance(a, bool) and math.isfinite(a) for a in args)
+    numeric = (
+        isinstance(args, list)
+        and len(args) == 2
+        and all(isinstance(a, (int, float)) and not isinstance(a, bool) and math.isfinite(a) for a in args)
+    )
     require(numeric and args[0] <= args[1], f"{key}.{kind}", "[low, high] with low <= high", args)
     if kind == "log_uniform":
         require(args[0] > 0, f"{key}.{kind}", "a range of positive numbers", args)
@@ -101,33 +113,56 @@ class SweepSpec:
     name: str = ""
     # The training config every trial starts from, relative to the sweep file.
     base: str = ""
-    overrides: List[str] = field(default_factory=list)
+    overrides: list[str] = field(default_factory=list)
     # One of: grid (cartesian product), trials (explicit override lists), sample + space (random search).
-    grid: Dict[str, List[Any]] = field(default_factory=dict)
-    trials: List[List[str]] = field(default_factory=list)
+    grid: dict[str, list[Any]] = field(default_factory=dict)
+    trials: list[list[str]] = field(default_factory=list)
     sample: int = 0
     # Seed of the random search: the same seed draws the same trials.
     seed: int = 0
-    space: Dict[str, Any] = field(default_factory=dict)
+    space: dict[str, Any] = field(default_factory=dict)
     # Parent directory of the trials' run directories.
     run_root: str = "runs/sweeps/${sweep.name}"
 
     def validate(self) -> None:
-        require(bool(self.name) and "/" not in self.name and not self.name.startswith("."), "name",
-                "a sweep name usable as a directory name", self.name)
+        require(
+            bool(self.name) and "/" not in self.name and not self.name.startswith("."),
+            "name",
+            "a sweep name usable as a directory name",
+            self.name,
+        )
         require(bool(self.base), "base", "the path of a training config", self.base)
-        kinds = [k for k, given in (("grid", self.grid), ("trials", self.trials), ("sample", self.sample or self.space))
-                 if given]
-        require(len(kinds) <= 1, kinds[-1] if kinds else "grid",
-                "one of `grid`, `trials` or `sample` + `space`", f"{' and '.join(kinds)} given")
+        kinds = [
+            k
+            for k, given in (
+                ("grid", self.grid),
+                ("trials", self.trials),
+                ("sample", self.sample or self.space),
+            )
+            if given
+        ]
+        require(
+            len(kinds) <= 1,
+            kinds[-1] if kinds else "grid",
+            "one of `grid`, `trials` or `sample` + `space`",
+            f"{' and '.join(kinds)} given",
+        )
         for key, values in self.grid.items():
-            require(isinstance(values, list) and len(values) > 0, f"grid.{key}", "a non-empty list of values",
-                    values)
+            require(
+                isinstance(values, list) and len(values) > 0,
+                f"grid.{key}",
+                "a non-empty list of values",
+                values,
+            )
         for i, trial in enumerate(self.trials):
             require(isinstance(trial, list), f"trials[{i}]", "a list of key.path=value overrides", trial)
         non_negative(self.sample, "sample")
-        require(bool(self.sample) == bool(self.space), "sample" if self.space else "space",
-                "`sample: N` (N > 0) together with a `space:` to draw from", self.sample or None)
+        require(
+            bool(self.sample) == bool(self.space),
+            "sample" if self.space else "space",
+            "`sample: N` (N > 0) together with a `space:` to draw from",
+            self.sample or None,
+        )
         for key, entry in self.space.items():
             _check_distribution(f"space.{key}", entry)
 
@@ -140,9 +175,9 @@ class Trial:
     name: str
     run_dir: str
     # This trial's own overrides (from the grid, `trials` or the sample), for display.
-    varied: List[str]
+    varied: list[str]
     # Everything applied on top of the base config, in order.
-    overrides: List[str]
+    overrides: list[str]
     config: CineSceneConfig
 
 
@@ -153,13 +188,13 @@ def as_override(key: str, value: Any) -> str:
     return f"{key}={yaml.safe_dump(value, default_flow_style=True, width=10**6).strip().removesuffix('...').strip()}"
 
 
-def signature(values: Dict[str, Any]) -> str:
+def signature(values: dict[str, Any]) -> str:
     """A short stable hash of {key: resolved value}: the trial's identity, whatever the spelling."""
     canonical = json.dumps(values, sort_keys=True, separators=(",", ":"), default=str)
     return hashlib.sha256(canonical.encode()).hexdigest()[:SIGNATURE_LENGTH]
 
 
-def _resolved_values(base: Path, overrides: Sequence[str]) -> Dict[str, Any]:
+def _resolved_values(base: Path, overrides: Sequence[str]) -> dict[str, Any]:
     """The value each overridden key ends up with in the resolved config (1e-3, 0.001 and "1e-3" agree)."""
     cfg = compose(base, overrides)
     values = {}
@@ -195,23 +230,29 @@ def _read_spec(path: Path) -> SweepSpec:
     return spec
 
 
-def _sampled(spec: SweepSpec) -> List[List[str]]:
+def _sampled(spec: SweepSpec) -> list[list[str]]:
     rng = random.Random(spec.seed)
-    drawn: List[List[str]] = []
+    drawn: list[list[str]] = []
     seen = set()
     for _ in range(spec.sample * MAX_DRAWS_PER_SAMPLE):
-        trial = [as_override(key, DISTRIBUTIONS[kind](rng, args))
-                 for key, entry in spec.space.items() for kind, args in entry.items()]
+        trial = [
+            as_override(key, DISTRIBUTIONS[kind](rng, args))
+            for key, entry in spec.space.items()
+            for kind, args in entry.items()
+        ]
         if tuple(trial) not in seen:
             seen.add(tuple(trial))
             drawn.append(trial)
             if len(drawn) == spec.sample:
                 return drawn
-    raise ConfigError("sweep.sample", f"the space holds fewer than {spec.sample} distinct trials "
-                                      f"({len(drawn)} found); lower `sample` or widen `space`")
+    raise ConfigError(
+        "sweep.sample",
+        f"the space holds fewer than {spec.sample} distinct trials "
+        f"({len(drawn)} found); lower `sample` or widen `space`",
+    )
 
 
-def _varied(spec: SweepSpec) -> List[List[str]]:
+def _varied(spec: SweepSpec) -> list[list[str]]:
     if spec.trials:
         return [list(t) for t in spec.trials]
     if spec.sample:
@@ -219,8 +260,10 @@ def _varied(spec: SweepSpec) -> List[List[str]]:
     if not spec.grid:
         return [[]]
     keys = list(spec.grid)
-    return [[as_override(k, v) for k, v in zip(keys, combo)]
-            for combo in itertools.product(*(spec.grid[k] for k in keys))]
+    return [
+        [as_override(k, v) for k, v in zip(keys, combo)]
+        for combo in itertools.product(*(spec.grid[k] for k in keys))
+    ]
 
 
 def base_config(path: str | os.PathLike, spec: SweepSpec) -> Path:
@@ -228,22 +271,26 @@ def base_config(path: str | os.PathLike, spec: SweepSpec) -> Path:
     return (Path(path).parent / spec.base).resolve()
 
 
-def expand_sweep(path: str | os.PathLike, overrides: Sequence[str] = ()) -> tuple[SweepSpec, List[Trial]]:
+def expand_sweep(path: str | os.PathLike, overrides: Sequence[str] = ()) -> tuple[SweepSpec, list[Trial]]:
     """Read a sweep file and validate every trial's full training config."""
     path = Path(path)
     spec = _read_spec(path)
     base = base_config(path, spec)
     if not base.is_file():
         raise ConfigError("sweep.base", f"training config not found: {base}")
-    trials: List[Trial] = []
+    trials: list[Trial] = []
     for i, varied in enumerate(_varied(spec)):
         own = [*spec.overrides, *varied, *overrides]
         try:
             sig = signature(_resolved_values(base, own))
             name = f"{spec.name}-{sig}"
             # The sweep's placement comes first so a trial may still name its own run.dir.
-            applied = [f"run.name={name}", f"run.dir={spec.run_root}/{sig}", f"tracking.wandb.group={spec.name}",
-                       *own]
+            applied = [
+                f"run.name={name}",
+                f"run.dir={spec.run_root}/{sig}",
+                f"tracking.wandb.group={spec.name}",
+                *own,
+            ]
             cfg, _ = load_config(base, applied)
         except ConfigError as exc:
             shown = " ".join(varied) or "no overrides"
@@ -254,19 +301,32 @@ def expand_sweep(path: str | os.PathLike, overrides: Sequence[str] = ()) -> tupl
 
 
 def _require_distinct_run_dirs(trials: Sequence[Trial]) -> None:
-    seen: Dict[str, int] = {}
+    seen: dict[str, int] = {}
     for trial in trials:
-        first: Optional[int] = seen.setdefault(trial.run_dir, trial.index)
+        first: int | None = seen.setdefault(trial.run_dir, trial.index)
         if first != trial.index:
-            raise ConfigError("run.dir", f"sweep trials {first} and {trial.index} would share the run "
-                                         f"directory {trial.run_dir}; give each trial its own")
+            raise ConfigError(
+                "run.dir",
+                f"sweep trials {first} and {trial.index} would share the run "
+                f"directory {trial.run_dir}; give each trial its own",
+            )
 
 
 def trial_table(trials: Sequence[Trial]) -> str:
     """One line per trial: index, run directory, the overrides that make it differ."""
     width = max(len(t.run_dir) for t in trials)
-    return "".join(f"{t.index:>4}  {t.run_dir:<{width}}  {' '.join(t.varied) or '(base config)'}\n"
-                   for t in trials)
+    return "".join(
+        f"{t.index:>4}  {t.run_dir:<{width}}  {' '.join(t.varied) or '(base config)'}\n" for t in trials
+    )
 
 
-__all__ = ["SweepSpec", "Trial", "DISTRIBUTIONS", "as_override", "base_config", "expand_sweep", "signature", "trial_table"]
+__all__ = [
+    "SweepSpec",
+    "Trial",
+    "DISTRIBUTIONS",
+    "as_override",
+    "base_config",
+    "expand_sweep",
+    "signature",
+    "trial_table",
+]

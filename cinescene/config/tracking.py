@@ -1,8 +1,8 @@
 """Experiment tracking: Weights & Biases and the plain metrics.jsonl."""
+
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import List, Optional
 
 from .base import one_of, optional_positive, positive
 
@@ -12,11 +12,11 @@ class WandbConfig:
     # "offline" writes the run under <run.dir>/wandb for a later `wandb sync`.
     mode: str = "offline"
     project: str = "cinescene"
-    entity: Optional[str] = None
-    group: Optional[str] = None
-    name: Optional[str] = None
-    tags: List[str] = field(default_factory=list)
-    notes: Optional[str] = None
+    entity: str | None = None
+    group: str | None = None
+    name: str | None = None
+    tags: list[str] = field(default_factory=list)
+    notes: str | None = None
 
     def validate(self) -> None:
         one_of(self.mode, "mode", ["online", "offline", "disabled"])
@@ -30,7 +30,7 @@ class TrackingConfig:
     log_every_steps: int = 1
     # Peak dense TFLOP/s of one device for MFU. None: from the trainer's device table
     # (H100 SXM bf16 989, ...); on CPU MFU stays null unless this is set.
-    peak_tflops: Optional[float] = None
+    peak_tflops: float | None = None
 
     def validate(self) -> None:
         positive(self.log_every_steps, "log_every_steps")

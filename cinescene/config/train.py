@@ -1,11 +1,10 @@
 """Optimisation: objective, batch arithmetic, optimizer, schedule, EMA, guards."""
+
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import List, Optional
 
 from .base import at_most, in_range, non_negative, one_of, positive, require
-
 
 # A micro batch is what one rank holds in memory at once (CineScene trains with a global batch of 16);
 # thousands of video samples per rank is a typo, and would only surface as an out-of-memory kill.
@@ -45,7 +44,7 @@ class TrainConfig:
     # global_batch_size to have grad_accum derived (it must divide exactly).
     micro_batch_size: int = 1
     grad_accum: int = 1
-    global_batch_size: Optional[int] = None
+    global_batch_size: int | None = None
     lr: float = 5e-5
     min_lr_ratio: float = 0.0
     warmup_steps: int = 0
@@ -53,8 +52,8 @@ class TrainConfig:
     weight_decay: float = 0.0
     # Parameters that never decay, besides every 1-D parameter (biases, norm scales): glob
     # patterns over names. Wan's adaLN `modulation` tables and learned tokens act like embeddings.
-    no_decay: List[str] = field(default_factory=lambda: ["*embedding*", "*modulation*", "*token*"])
-    betas: List[float] = field(default_factory=lambda: [0.9, 0.999])
+    no_decay: list[str] = field(default_factory=lambda: ["*embedding*", "*modulation*", "*token*"])
+    betas: list[float] = field(default_factory=lambda: [0.9, 0.999])
     eps: float = 1e-8
     grad_clip: float = 1.0
     # "bf16" (DeepSpeed bf16 mixed precision) or "fp32".
@@ -73,9 +72,13 @@ class TrainConfig:
     def validate(self) -> None:
         positive(self.max_steps, "max_steps")
         positive(self.micro_batch_size, "micro_batch_size")
-        at_most(self.micro_batch_size, "micro_batch_size", MAX_MICRO_BATCH,
-                "samples one rank decodes, holds and runs through the model at once; "
-                "raise train.grad_accum instead")
+        at_most(
+            self.micro_batch_size,
+            "micro_batch_size",
+            MAX_MICRO_BATCH,
+            "samples one rank decodes, holds and runs through the model at once; "
+            "raise train.grad_accum instead",
+        )
         positive(self.grad_accum, "grad_accum")
         if self.global_batch_size is not None:
             positive(self.global_batch_size, "global_batch_size")
@@ -84,8 +87,12 @@ class TrainConfig:
         non_negative(self.warmup_steps, "warmup_steps")
         one_of(self.schedule, "schedule", ["constant", "cosine"])
         non_negative(self.weight_decay, "weight_decay")
-        require(len(self.betas) == 2 and all(0.0 <= b < 1.0 for b in self.betas), "betas",
-                "two values in [0, 1)", list(self.betas))
+        require(
+            len(self.betas) == 2 and all(0.0 <= b < 1.0 for b in self.betas),
+            "betas",
+            "two values in [0, 1)",
+            list(self.betas),
+        )
         positive(self.eps, "eps")
         non_negative(self.grad_clip, "grad_clip")
         one_of(self.precision, "precision", ["bf16", "fp32"])

@@ -13,13 +13,14 @@ Three ways a rank comes to life, checked in this order:
 - standalone: nothing set; ``cinescene train`` spawns ``launch.nproc`` local
   ranks itself on a free port.
 """
+
 from __future__ import annotations
 
 import os
 import socket
 import subprocess
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Dict, List, Optional, Sequence
 
 from cinescene.errors import CineSceneError
 
@@ -41,38 +42,51 @@ class DistEnv:
     master_port: int
     launcher: str  # "torchrun" | "deepspeed" | "srun" | "standalone"
 
-    def as_environ(self) -> Dict[str, str]:
+    def as_environ(self) -> dict[str, str]:
         """The torchrun-style variables that ``init_process_group(init_method="env://")`` reads."""
-        return {"RANK": str(self.rank), "WORLD_SIZE": str(self.world_size),
-                "LOCAL_RANK": str(self.local_rank), "LOCAL_WORLD_SIZE": str(self.local_world_size),
-                "MASTER_ADDR": self.master_addr, "MASTER_PORT": str(self.master_port)}
+        return {
+            "RANK": str(self.rank),
+            "WORLD_SIZE": str(self.world_size),
+            "LOCAL_RANK": str(self.local_rank),
+            "LOCAL_WORLD_SIZE": str(self.local_world_size),
+            "MASTER_ADDR": self.master_addr,
+            "MASTER_PORT": str(self.master_port),
+        }
 
 
-def _int_env(env: Dict[str, str], name: str) -> int:
+def _int_env(env: dict[str, str], name: str) -> int:
     try:
         return int(env[name])
     except ValueError:
         raise CineSceneError(f"environment variable {name}={env[name]!r} is not an integer") from None
 
 
-def under_torchrun(env: Optional[Dict[str, str]] = None) -> bool:
+def under_torchrun(env: dict[str, str] | None = None) -> bool:
     env = os.environ if env is None else env
     return "RANK" in env and "WORLD_SIZE" in env
 
 
-def under_srun(env: Optional[Dict[str, str]] = None) -> bool:
+def under_srun(env: dict[str, str] | None = None) -> bool:
     env = os.environ if env is None else env
-    return "SLURM_PROCID" in env and "SLURM_NTASKS" in env and ("SLURM_STEP_ID" in env or "SLURM_STEPID" in env)
+    return (
+        "SLURM_PROCID" in env and "SLURM_NTASKS" in env and ("SLURM_STEP_ID" in env or "SLURM_STEPID" in env)
+    )
 
 
 def first_slurm_host(nodelist: str) -> str:
     """The first host of a SLURM node list such as ``gpu[003-010,012]`` (via ``scontrol``)."""
     try:
-        out = subprocess.run(["scontrol", "show", "hostnames", nodelist], check=True, capture_output=True,
-                             text=True, timeout=60).stdout.split()
+        out = subprocess.run(
+            ["scontrol", "show", "hostnames", nodelist],
+            check=True,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        ).stdout.split()
     except FileNotFoundError:
-        raise CineSceneError("running under srun but `scontrol` is not on PATH; set MASTER_ADDR "
-                             "to the first node's hostname") from None
+        raise CineSceneError(
+            "running under srun but `scontrol` is not on PATH; set MASTER_ADDR to the first node's hostname"
+        ) from None
     except subprocess.SubprocessError as exc:
         raise CineSceneError(f"`scontrol show hostnames {nodelist}` failed: {exc}; set MASTER_ADDR") from None
     if not out:
@@ -97,11 +111,19 @@ SPAWNER_MARK = "CINESCENE_LOCAL_SPAWN"
 # What makes :func:`detect` take a process for a rank of a torchrun-style launch, or picks its rendezvous.
 # A SLURM job inherits the submitting shell's environment (sbatch --export=ALL), so the batch process
 # drops these before it sruns the ranks and sets the rendezvous from the allocation itself.
-RANK_VARIABLES = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "LOCAL_SIZE", "MASTER_ADDR", "MASTER_PORT",
-                  SPAWNER_MARK)
+RANK_VARIABLES = (
+    "RANK",
+    "WORLD_SIZE",
+    "LOCAL_RANK",
+    "LOCAL_WORLD_SIZE",
+    "LOCAL_SIZE",
+    "MASTER_ADDR",
+    "MASTER_PORT",
+    SPAWNER_MARK,
+)
 
 
-def _rank_launcher(env: Dict[str, str]) -> str:
+def _rank_launcher(env: dict[str, str]) -> str:
     """Who set the torchrun-style variables: our spawner, DeepSpeed's launcher (it sets LOCAL_SIZE,
     not LOCAL_WORLD_SIZE) or torchrun."""
     if env.get(SPAWNER_MARK) == "1":
@@ -109,42 +131,60 @@ def _rank_launcher(env: Dict[str, str]) -> str:
     return "deepspeed" if "LOCAL_SIZE" in env and "LOCAL_WORLD_SIZE" not in env else "torchrun"
 
 
-def detect(env: Optional[Dict[str, str]] = None) -> Optional[DistEnv]:
+def detect(env: dict[str, str] | None = None) -> DistEnv | None:
     """The DistEnv set up by torchrun/deepspeed/our spawner or srun; None when standalone."""
     env = dict(os.environ if env is None else env)
     if under_torchrun(env):
         world = _int_env(env, "WORLD_SIZE")
-        return DistEnv(rank=_int_env(env, "RANK"), world_size=world,
-                       local_rank=_int_env(env, "LOCAL_RANK") if "LOCAL_RANK" in env else 0,
-                       local_world_size=(_int_env(env, "LOCAL_WORLD_SIZE") if "LOCAL_WORLD_SIZE" in env
-                                         else _int_env(env, "LOCAL_SIZE") if "LOCAL_SIZE" in env else world),
-                       master_addr=env.get("MASTER_ADDR", "127.0.0.1"),
-                       master_port=_int_env(env, "MASTER_PORT") if "MASTER_PORT" in env else 29500,
-                       launcher=_rank_launcher(env))
+        return DistEnv(
+            rank=_int_env(env, "RANK"),
+            world_size=world,
+            local_rank=_int_env(env, "LOCAL_RANK") if "LOCAL_RANK" in env else 0,
+            local_world_size=(
+                _int_env(env, "LOCAL_WORLD_SIZE")
+                if "LOCAL_WORLD_SIZE" in env
+                else _int_env(env, "LOCAL_SIZE")
+                if "LOCAL_SIZE" in env
+                else world
+            ),
+            master_addr=env.get("MASTER_ADDR", "127.0.0.1"),
+            master_port=_int_env(env, "MASTER_PORT") if "MASTER_PORT" in env else 29500,
+            launcher=_rank_launcher(env),
+        )
     if under_srun(env):
         world = _int_env(env, "SLURM_NTASKS")
-        addr = env.get("MASTER_ADDR") or first_slurm_host(env.get("SLURM_STEP_NODELIST")
-                                                          or env["SLURM_JOB_NODELIST"])
-        port = (_int_env(env, "MASTER_PORT") if "MASTER_PORT" in env
-                else slurm_master_port(_int_env(env, "SLURM_JOB_ID")))
+        addr = env.get("MASTER_ADDR") or first_slurm_host(
+            env.get("SLURM_STEP_NODELIST") or env["SLURM_JOB_NODELIST"]
+        )
+        port = (
+            _int_env(env, "MASTER_PORT")
+            if "MASTER_PORT" in env
+            else slurm_master_port(_int_env(env, "SLURM_JOB_ID"))
+        )
         # "2(x3),1": tasks on this step's nodes; the first count is this node's in the usual layout.
         per_node = env.get("SLURM_STEP_TASKS_PER_NODE", env.get("SLURM_NTASKS_PER_NODE", ""))
         first = per_node.split(",")[0].split("(")[0]
         local_world = int(first) if first.isdigit() else world
-        return DistEnv(rank=_int_env(env, "SLURM_PROCID"), world_size=world,
-                       local_rank=_int_env(env, "SLURM_LOCALID") if "SLURM_LOCALID" in env else 0,
-                       local_world_size=local_world, master_addr=addr, master_port=port, launcher="srun")
+        return DistEnv(
+            rank=_int_env(env, "SLURM_PROCID"),
+            world_size=world,
+            local_rank=_int_env(env, "SLURM_LOCALID") if "SLURM_LOCALID" in env else 0,
+            local_world_size=local_world,
+            master_addr=addr,
+            master_port=port,
+            launcher="srun",
+        )
     return None
 
 
 LOCAL_RANK_FLAGS = ("--local_rank", "--local-rank")
 
 
-def strip_local_rank_arg(argv: Sequence[str]) -> List[str]:
+def strip_local_rank_arg(argv: Sequence[str]) -> list[str]:
     """``argv`` without the ``--local_rank=N`` that DeepSpeed's launcher (and the legacy
     ``torch.distributed.launch``) insert before the script's own arguments; the same value
     is in ``LOCAL_RANK``, which :func:`detect` reads."""
-    out: List[str] = []
+    out: list[str] = []
     skip_value = False
     for item in argv:
         if skip_value:
@@ -158,8 +198,14 @@ def strip_local_rank_arg(argv: Sequence[str]) -> List[str]:
     return out
 
 
-def standalone(nproc: int, rank: int = 0, port: Optional[int] = None) -> DistEnv:
+def standalone(nproc: int, rank: int = 0, port: int | None = None) -> DistEnv:
     """The environment of local rank ``rank`` of ``nproc`` spawned on this machine."""
-    return DistEnv(rank=rank, world_size=nproc, local_rank=rank, local_world_size=nproc,
-                   master_addr="127.0.0.1", master_port=port if port is not None else free_port(),
-                   launcher="standalone")
+    return DistEnv(
+        rank=rank,
+        world_size=nproc,
+        local_rank=rank,
+        local_world_size=nproc,
+        master_addr="127.0.0.1",
+        master_port=port if port is not None else free_port(),
+        launcher="standalone",
+    )

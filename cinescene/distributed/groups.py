@@ -9,6 +9,7 @@ gradients over all of them, dividing by the data-parallel size only
 uses): each rank of a group contributes the gradient of its token shard,
 and their sum is the gradient of the whole sample.
 """
+
 from __future__ import annotations
 
 import os
@@ -35,8 +36,8 @@ class ParallelLayout:
     sp_rank: int
     dp_size: int
     dp_rank: int
-    sp_group: Any = None   # torch ProcessGroup of this rank's sequence-parallel group (None when S = 1)
-    mpu: Any = None        # what deepspeed.initialize(mpu=...) needs for S > 1
+    sp_group: Any = None  # torch ProcessGroup of this rank's sequence-parallel group (None when S = 1)
+    mpu: Any = None  # what deepspeed.initialize(mpu=...) needs for S > 1
 
     @property
     def is_main(self) -> bool:
@@ -58,20 +59,33 @@ def init_process_group(env: DistEnv, backend: str, timeout_s: int) -> None:
     os.environ.update(env.as_environ())
     if torch.cuda.is_available():
         torch.cuda.set_device(env.local_rank % torch.cuda.device_count())
-    deepspeed.init_distributed(dist_backend=resolve_backend(backend), auto_mpi_discovery=False,
-                               timeout=timedelta(seconds=timeout_s), init_method="env://",
-                               rank=env.rank, world_size=env.world_size)
+    deepspeed.init_distributed(
+        dist_backend=resolve_backend(backend),
+        auto_mpi_discovery=False,
+        timeout=timedelta(seconds=timeout_s),
+        init_method="env://",
+        rank=env.rank,
+        world_size=env.world_size,
+    )
     if env.rank == 0:
-        _log.info("joined %d ranks started by %s (backend %s, rendezvous %s:%d)", env.world_size, env.launcher,
-                  resolve_backend(backend), env.master_addr, env.master_port)
+        _log.info(
+            "joined %d ranks started by %s (backend %s, rendezvous %s:%d)",
+            env.world_size,
+            env.launcher,
+            resolve_backend(backend),
+            env.master_addr,
+            env.master_port,
+        )
 
 
 def build_layout(env: DistEnv, sequence: int) -> ParallelLayout:
     """Sequence-parallel groups of ``sequence`` consecutive ranks; one-line error if they do not fit."""
     world = env.world_size
     if world % sequence:
-        raise CineSceneError(f"parallel.sequence={sequence} does not divide the world size {world}: "
-                             f"run a multiple of {sequence} ranks")
+        raise CineSceneError(
+            f"parallel.sequence={sequence} does not divide the world size {world}: "
+            f"run a multiple of {sequence} ranks"
+        )
     sp_group = mpu = None
     if sequence > 1:
         from deepspeed.runtime.sequence_parallel import parallel_state_sp
@@ -79,9 +93,17 @@ def build_layout(env: DistEnv, sequence: int) -> ParallelLayout:
         parallel_state_sp.initialize_sequence_parallel(sequence)
         sp_group = parallel_state_sp.get_sequence_parallel_group()
         mpu = parallel_state_sp
-    return ParallelLayout(rank=env.rank, world_size=world, local_rank=env.local_rank, sp_size=sequence,
-                          sp_rank=env.rank % sequence, dp_size=world // sequence, dp_rank=env.rank // sequence,
-                          sp_group=sp_group, mpu=mpu)
+    return ParallelLayout(
+        rank=env.rank,
+        world_size=world,
+        local_rank=env.local_rank,
+        sp_size=sequence,
+        sp_rank=env.rank % sequence,
+        dp_size=world // sequence,
+        dp_rank=env.rank // sequence,
+        sp_group=sp_group,
+        mpu=mpu,
+    )
 
 
 def destroy_process_group() -> None:

@@ -28,6 +28,7 @@ rank left through a preemption save; otherwise the first failing rank's
 status (128 + N for a rank killed by signal N), after the remaining ranks
 are stopped (they would otherwise wait in a collective until the timeout).
 """
+
 from __future__ import annotations
 
 import ctypes
@@ -37,7 +38,7 @@ import subprocess
 import sys
 import threading
 import time
-from typing import Dict, List, Optional, Sequence
+from collections.abc import Sequence
 
 from cinescene.log import get_logger
 
@@ -76,6 +77,7 @@ def die_with_launcher() -> None:
         return
     launcher = int(pid)
     if not _kernel_kills_orphan():
+
         def watch() -> None:
             while os.getppid() == launcher:
                 time.sleep(PARENT_POLL_S)
@@ -98,9 +100,15 @@ def cpu_threads_per_rank(nproc: int) -> int:
     return max(1, cores // nproc)
 
 
-def spawn_local_ranks(argv: Sequence[str], nproc: int, *, forward: Sequence[str] = ("SIGUSR1", "SIGTERM"),
-                      success_codes: Sequence[int] = (), extra_env: Optional[Dict[str, str]] = None,
-                      keep_fds: Sequence[int] = ()) -> int:
+def spawn_local_ranks(
+    argv: Sequence[str],
+    nproc: int,
+    *,
+    forward: Sequence[str] = ("SIGUSR1", "SIGTERM"),
+    success_codes: Sequence[int] = (),
+    extra_env: dict[str, str] | None = None,
+    keep_fds: Sequence[int] = (),
+) -> int:
     """Run ``argv`` as ranks 0..nproc-1 of one job on this machine and wait for all of them.
 
     ``success_codes``: statuses besides 0 that end a rank on purpose (the
@@ -109,8 +117,8 @@ def spawn_local_ranks(argv: Sequence[str], nproc: int, *, forward: Sequence[str]
     """
     forwarded = signal_numbers(forward)
     port = free_port()
-    children: List[subprocess.Popen] = []
-    relayed: List[int] = []
+    children: list[subprocess.Popen] = []
+    relayed: list[int] = []
 
     def relay(signum, _frame):
         relayed.append(signum)
@@ -125,8 +133,10 @@ def spawn_local_ranks(argv: Sequence[str], nproc: int, *, forward: Sequence[str]
             for rank in range(nproc):
                 env = dict(os.environ)
                 env.update(extra_env or {})
-                env.update(standalone(nproc, rank, port).as_environ(),
-                           **{SPAWNER_MARK: "1", LAUNCHER_PID: str(os.getpid())})
+                env.update(
+                    standalone(nproc, rank, port).as_environ(),
+                    **{SPAWNER_MARK: "1", LAUNCHER_PID: str(os.getpid())},
+                )
                 # torchrun's habit: without it every rank starts one thread per core and they thrash.
                 env.setdefault("OMP_NUM_THREADS", str(cpu_threads_per_rank(nproc)))
                 children.append(subprocess.Popen(list(argv), env=env, pass_fds=tuple(keep_fds)))
@@ -144,7 +154,7 @@ def spawn_local_ranks(argv: Sequence[str], nproc: int, *, forward: Sequence[str]
             signal.signal(number, handler)
 
 
-def _send(children: List[subprocess.Popen], signum: int) -> None:
+def _send(children: list[subprocess.Popen], signum: int) -> None:
     for child in children:
         if child.poll() is None:
             try:
@@ -153,14 +163,17 @@ def _send(children: List[subprocess.Popen], signum: int) -> None:
                 pass
 
 
-def _wait(children: List[subprocess.Popen], success_codes: set) -> int:
-    failure: Optional[int] = None
+def _wait(children: list[subprocess.Popen], success_codes: set) -> int:
+    failure: int | None = None
     while True:
         codes = [child.poll() for child in children]
         if all(code is not None for code in codes):
             break
-        failed = [(rank, code) for rank, code in enumerate(codes)
-                  if code is not None and code != 0 and code not in success_codes]
+        failed = [
+            (rank, code)
+            for rank, code in enumerate(codes)
+            if code is not None and code != 0 and code not in success_codes
+        ]
         if failed and failure is None:
             rank, code = failed[0]
             failure = _status(code)
@@ -176,7 +189,7 @@ def _wait(children: List[subprocess.Popen], success_codes: set) -> int:
     return next((s for s in statuses if s != 0), 0)
 
 
-def _stop(children: List[subprocess.Popen]) -> None:
+def _stop(children: list[subprocess.Popen]) -> None:
     live = [c for c in children if c.poll() is None]
     for child in live:
         child.terminate()

@@ -21,20 +21,21 @@ Ranks started by the local spawner begin life with these signals *blocked*
 still starting waits instead of killing it; every function here that installs
 a handler unblocks the signal after the handler is in place.
 """
+
 from __future__ import annotations
 
 import os
 import signal
-from typing import Dict, Iterable, List, Optional
+from collections.abc import Iterable
 
 # LaunchConfig.preempt_signals' default: what is recorded before the config is read.
 DEFAULT_SIGNALS = ("SIGUSR1", "SIGTERM")
 
-_received: List[str] = []
-_previous: Dict[int, object] = {}  # signal number -> the handler ours replaced
+_received: list[str] = []
+_previous: dict[int, object] = {}  # signal number -> the handler ours replaced
 
 
-def signal_numbers(names: Iterable[str]) -> List[signal.Signals]:
+def signal_numbers(names: Iterable[str]) -> list[signal.Signals]:
     """The catchable signals among ``names`` (launch.preempt_signals is validated with the config)."""
     out = []
     for name in names:
@@ -72,12 +73,12 @@ def configure(names: Iterable[str]) -> None:
         os.kill(os.getpid(), getattr(signal, name))
 
 
-def requested() -> Optional[str]:
+def requested() -> str | None:
     """The first preemption signal received so far, if any."""
     return _received[0] if _received else None
 
 
-def received() -> List[str]:
+def received() -> list[str]:
     """Every preemption signal received so far, in order."""
     return list(_received)
 

@@ -22,6 +22,7 @@ unless ``--fresh``; a half-done table continues where it stopped. Writes
 ``<run_root>/ablation.json`` (everything) and ``<run_root>/table.md`` (the
 table, with the command, budget, date and commit) and prints the table.
 """
+
 from __future__ import annotations
 
 import json
@@ -32,10 +33,10 @@ import shutil
 import subprocess
 import sys
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import date
 from pathlib import Path
-from typing import List, Optional, Sequence
 
 from cinescene.errors import CineSceneError
 from cinescene.log import get_logger
@@ -43,9 +44,15 @@ from cinescene.log import get_logger
 _log = get_logger("eval.ablation")
 TIMING = "ablation_train.json"
 EVAL_OUT = "heldout_eval"
-COLUMNS = [("bg_psnr", "BG-PSNR ↑", "{:.2f}"), ("bg_ssim", "BG-SSIM ↑", "{:.4f}"), ("psnr", "PSNR ↑", "{:.2f}"),
-           ("ssim", "SSIM ↑", "{:.4f}"), ("rot_err", "RotErr ↓", "{:.2f}"), ("trans_err", "TransErr ↓", "{:.2f}"),
-           ("cam_mc", "CamMC ↓", "{:.2f}")]
+COLUMNS = [
+    ("bg_psnr", "BG-PSNR ↑", "{:.2f}"),
+    ("bg_ssim", "BG-SSIM ↑", "{:.4f}"),
+    ("psnr", "PSNR ↑", "{:.2f}"),
+    ("ssim", "SSIM ↑", "{:.4f}"),
+    ("rot_err", "RotErr ↓", "{:.2f}"),
+    ("trans_err", "TransErr ↓", "{:.2f}"),
+    ("cam_mc", "CamMC ↓", "{:.2f}"),
+]
 GOAL_DB = 3.0
 
 
@@ -54,25 +61,28 @@ def arm_label(model_cfg) -> str:
     scene = model_cfg.scene
     if not scene.enabled:
         return "no scene context"
-    parts = [name for on, name in ((scene.vggt_tokens, "VGGT tokens"), (scene.pixel_context, "pixel (VAE-proxy)"))
-             if on]
+    parts = [
+        name
+        for on, name in ((scene.vggt_tokens, "VGGT tokens"), (scene.pixel_context, "pixel (VAE-proxy)"))
+        if on
+    ]
     return " + ".join(parts) + (" + anchoring" if scene.pose_embedding else "")
 
 
 @dataclass
 class Arm:
-    index: int                   # the sweep trial's
+    index: int  # the sweep trial's
     label: str
-    varied: List[str]            # what makes this arm differ
-    overrides: List[str]         # everything `cinescene train` applies to the base config
-    cfg: object                  # its validated CineSceneConfig
+    varied: list[str]  # what makes this arm differ
+    overrides: list[str]  # everything `cinescene train` applies to the base config
+    cfg: object  # its validated CineSceneConfig
 
     @property
     def run_dir(self) -> Path:
         return Path(self.cfg.run.dir)
 
 
-def arms_of(sweep: Path, overrides: Sequence[str], indices: Optional[Sequence[int]], out: Optional[Path]):
+def arms_of(sweep: Path, overrides: Sequence[str], indices: Sequence[int] | None, out: Path | None):
     """(base config, run root, the selected arms); with ``out``, arm i runs in ``out/<i:03d>``."""
     from cinescene.config import load_config
     from cinescene.config.sweep import expand_sweep
@@ -92,7 +102,7 @@ def arms_of(sweep: Path, overrides: Sequence[str], indices: Optional[Sequence[in
     return base, (out or Path(spec.run_root)), arms
 
 
-def _python() -> List[str]:
+def _python() -> list[str]:
     return [sys.executable, "-m", "cinescene"]
 
 
@@ -102,7 +112,9 @@ def _run(argv: Sequence[str], log: Path, what: str) -> None:
         done = subprocess.run(list(argv), stdout=handle, stderr=subprocess.STDOUT)
     if done.returncode != 0:
         tail = [line for line in log.read_text().splitlines() if line.strip()][-1:]
-        raise CineSceneError(f"{what} failed (exit status {done.returncode}; {log}): {tail[0] if tail else ''}")
+        raise CineSceneError(
+            f"{what} failed (exit status {done.returncode}; {log}): {tail[0] if tail else ''}"
+        )
 
 
 def ensure_heldout(cfg, clips: int, seed: int) -> Path:
@@ -118,16 +130,25 @@ def ensure_heldout(cfg, clips: int, seed: int) -> Path:
     if not cfg.data.generate:
         raise CineSceneError(f"eval.data={shards} holds no manifest.json: prepare the held-out shards there")
     if seed == synth.seed:
-        raise CineSceneError(f"--heldout-seed {seed} is the training data's data.synth.seed: the held-out scenes "
-                             "would be training scenes")
+        raise CineSceneError(
+            f"--heldout-seed {seed} is the training data's data.synth.seed: the held-out scenes "
+            "would be training scenes"
+        )
     clip_dir = Path(str(shards) + "_clips")
-    synthesize(clip_dir, clips=clips, frames=synth.frames, size=tuple(synth.size), scene_images=synth.scene_images,
-               seed=seed, show_progress=False)
+    synthesize(
+        clip_dir,
+        clips=clips,
+        frames=synth.frames,
+        size=tuple(synth.size),
+        scene_images=synth.scene_images,
+        seed=seed,
+        show_progress=False,
+    )
     prepare(clip_dir, shards, encoder="none", rank=0, world=1, show_progress=False)
     return shards
 
 
-def train(arm: Arm, base: Path, nproc: Optional[int], fresh: bool) -> dict:
+def train(arm: Arm, base: Path, nproc: int | None, fresh: bool) -> dict:
     """Train one arm (or reuse a finished run); returns its timing record."""
     from cinescene.ckpt.layout import CHECKPOINTS, LATEST, read_pointer
     from cinescene.ckpt.record import read_record
@@ -140,46 +161,56 @@ def train(arm: Arm, base: Path, nproc: Optional[int], fresh: bool) -> dict:
     if timing_path.is_file() and (checkpoints / LATEST).is_file():
         try:
             finished = read_record(read_pointer(checkpoints))
-        except CineSceneError as exc:   # a damaged run is measured again from scratch
+        except CineSceneError as exc:  # a damaged run is measured again from scratch
             _log.warning("%s: %s; training it again", arm.label, exc)
     if finished is not None:
         if finished.step >= arm.cfg.train.max_steps:
             _log.info("%s: reusing the finished run in %s (--fresh retrains)", arm.label, arm.run_dir)
             return json.loads(timing_path.read_text())
     if arm.run_dir.exists():
-        shutil.rmtree(arm.run_dir)         # a run of another budget, or one that stopped: measure from scratch
+        shutil.rmtree(arm.run_dir)  # a run of another budget, or one that stopped: measure from scratch
     argv = _python() + ["train", str(base), *arm.overrides]
     if nproc is not None:
         argv += ["--nproc", str(nproc)]
     started = time.perf_counter()
     _run(argv, arm.run_dir.parent / f"{arm.run_dir.name}.train.log", f"training {arm.label}")
-    timing = {"wall_s": round(time.perf_counter() - started, 1), "command": shlex.join(argv),
-              "nproc": nproc or arm.cfg.launch.nproc}
+    timing = {
+        "wall_s": round(time.perf_counter() - started, 1),
+        "command": shlex.join(argv),
+        "nproc": nproc or arm.cfg.launch.nproc,
+    }
     timing_path.write_text(json.dumps(timing, indent=1) + "\n")
     return timing
 
 
-def final_loss(run_dir: Path) -> Optional[float]:
+def final_loss(run_dir: Path) -> float | None:
     """Mean training loss over the last tenth of the logged steps."""
     path = run_dir / "metrics.jsonl"
     if not path.is_file():
         return None
     losses = [json.loads(line)["loss"] for line in path.read_text().splitlines() if line.strip()]
-    tail = losses[-max(1, len(losses) // 10):]
+    tail = losses[-max(1, len(losses) // 10) :]
     return sum(tail) / len(tail) if tail else None
 
 
-def evaluate(arm: Arm, nproc: Optional[int]) -> dict:
+def evaluate(arm: Arm, nproc: int | None) -> dict:
     """`cinescene eval` of the arm's final checkpoint on the held-out data; returns its metrics.json."""
     out = arm.run_dir / EVAL_OUT
-    argv = _python() + ["eval", str(arm.run_dir), "--out", str(out), "--nproc", str(nproc or arm.cfg.launch.nproc)]
+    argv = _python() + [
+        "eval",
+        str(arm.run_dir),
+        "--out",
+        str(out),
+        "--nproc",
+        str(nproc or arm.cfg.launch.nproc),
+    ]
     if arm.cfg.train.ema.enabled:
         argv.append("--ema")
     _run(argv, arm.run_dir.parent / f"{arm.run_dir.name}.eval.log", f"evaluating {arm.label}")
     return json.loads((out / "metrics.json").read_text())
 
 
-def attention(arm: Arm) -> Optional[dict]:
+def attention(arm: Arm) -> dict | None:
     """The context attention probe while generating the held-out samples (None without scene context)."""
     if not arm.cfg.model.scene.enabled:
         return None
@@ -196,22 +227,42 @@ def attention(arm: Arm) -> Optional[dict]:
     chosen = choose(cfg, spec)
     model = load_inference_model(resolve_checkpoint(arm.run_dir), cfg, ema=cfg.train.ema.enabled)
     generator = VideoGenerator(model, spec, build_codec(spec, cfg.model), "cpu")
-    settings = Settings(steps=cfg.eval.sample_steps, guidance_scale=cfg.eval.cfg_scale, shift=cfg.train.flow.shift,
-                        seed=cfg.eval.seed)
+    settings = Settings(
+        steps=cfg.eval.sample_steps,
+        guidance_scale=cfg.eval.cfg_scale,
+        shift=cfg.train.flow.shift,
+        seed=cfg.eval.seed,
+    )
     with context_attention(layers=cfg.model.num_layers) as probe:
         for index in chosen.indices:
             sample = chosen.samples.read(index)
-            generator.latents(sample.text, sample.cameras, sample.scene, settings, key=sample.key,
-                              scene_cameras=sample.scene_cameras)
+            generator.latents(
+                sample.text,
+                sample.cameras,
+                sample.scene,
+                settings,
+                key=sample.key,
+                scene_cameras=sample.scene_cameras,
+            )
     return {"mass": probe.mean, "uniform": probe.uniform, "per_layer": probe.per_layer()}
 
 
-def _commit() -> Optional[str]:
+def _commit() -> str | None:
     try:
-        done = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, timeout=10,
-                              cwd=Path(__file__).resolve().parent)
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], capture_output=True,
-                               text=True, timeout=10, cwd=Path(__file__).resolve().parent)
+        done = subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"],
+            capture_output=True,
+            text=True,
+            timeout=10,
+            cwd=Path(__file__).resolve().parent,
+        )
+        dirty = subprocess.run(
+            ["git", "status", "--porcelain", "--untracked-files=no"],
+            capture_output=True,
+            text=True,
+            timeout=10,
+            cwd=Path(__file__).resolve().parent,
+        )
     except (OSError, subprocess.SubprocessError):
         return None
     if done.returncode != 0:
@@ -230,51 +281,78 @@ def _cell(value, fmt: str) -> str:
 def table(results: dict) -> str:
     """The markdown table (one row per arm) and the notes under it."""
     rows = results["arms"]
-    header = ["arm", "steps", "train wall", "final loss"] + [title for _, title, _ in COLUMNS] + \
-             ["SfM registered", "context attention (uniform)"]
+    header = (
+        ["arm", "steps", "train wall", "final loss"]
+        + [title for _, title, _ in COLUMNS]
+        + ["SfM registered", "context attention (uniform)"]
+    )
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for row in rows:
         mean = row["eval"]["mean"]
         probe = row["attention"]
-        cells = [row["label"], str(row["steps"]), f"{row['train']['wall_s'] / 60:.1f} min",
-                 _cell(row["final_loss"], "{:.4f}")]
+        cells = [
+            row["label"],
+            str(row["steps"]),
+            f"{row['train']['wall_s'] / 60:.1f} min",
+            _cell(row["final_loss"], "{:.4f}"),
+        ]
         cells += [_cell(mean.get(name), fmt) for name, _, fmt in COLUMNS]
         attempts = row["eval"].get("sfm_attempts", 0)
         cells.append(f"{attempts - row['eval'].get('sfm_failures', 0)} of {attempts}" if attempts else "–")
         cells.append("–" if probe is None else f"{probe['mass']:.3f} ({probe['uniform']:.3f})")
         lines.append("| " + " | ".join(cells) + " |")
     budget = results["budget"]
-    notes = ["", f"Held-out: {budget['heldout_samples']} clips of scenes never trained on ({budget['heldout']}); "
-                 f"{budget['sample_steps']} sampling steps, guidance {budget['cfg_scale']}, "
-                 f"{'EMA' if budget['ema'] else 'trained'} weights.",
-             f"Budget per arm: {budget['steps']} steps of {budget['global_batch']} clips (seed {budget['seed']}, "
-             f"lr {budget['lr']}, {budget['train_clips']} training clips), {budget['nproc']} CPU rank(s); model "
-             f"{budget['model']}.",
-             f"Command: `{results['command']}` ({results['date']}, commit {results['commit'] or 'unknown'}, "
-             f"{results['device']})."]
+    notes = [
+        "",
+        f"Held-out: {budget['heldout_samples']} clips of scenes never trained on ({budget['heldout']}); "
+        f"{budget['sample_steps']} sampling steps, guidance {budget['cfg_scale']}, "
+        f"{'EMA' if budget['ema'] else 'trained'} weights.",
+        f"Budget per arm: {budget['steps']} steps of {budget['global_batch']} clips (seed {budget['seed']}, "
+        f"lr {budget['lr']}, {budget['train_clips']} training clips), {budget['nproc']} CPU rank(s); model "
+        f"{budget['model']}.",
+        f"Command: `{results['command']}` ({results['date']}, commit {results['commit'] or 'unknown'}, "
+        f"{results['device']}).",
+    ]
     gain = results.get("bg_psnr_gain")
     if gain is not None:
-        notes.append(f"Best scene-context arm over no context: {gain['best_label']}, {gain['db']:+.2f} dB "
-                     f"background PSNR (goal: +{GOAL_DB:g} dB).")
+        notes.append(
+            f"Best scene-context arm over no context: {gain['best_label']}, {gain['db']:+.2f} dB "
+            f"background PSNR (goal: +{GOAL_DB:g} dB)."
+        )
     return "\n".join(lines + notes) + "\n"
 
 
-def _gain(rows: List[dict]) -> Optional[dict]:
+def _gain(rows: list[dict]) -> dict | None:
     base = [r for r in rows if r["label"] == "no scene context"]
-    others = [r for r in rows if r["label"] != "no scene context" and r["eval"]["mean"].get("bg_psnr") is not None]
+    others = [
+        r for r in rows if r["label"] != "no scene context" and r["eval"]["mean"].get("bg_psnr") is not None
+    ]
     if not base or base[0]["eval"]["mean"].get("bg_psnr") is None or not others:
         return None
     best = max(others, key=lambda r: r["eval"]["mean"]["bg_psnr"])
-    return {"best_label": best["label"], "db": best["eval"]["mean"]["bg_psnr"] - base[0]["eval"]["mean"]["bg_psnr"]}
+    return {
+        "best_label": best["label"],
+        "db": best["eval"]["mean"]["bg_psnr"] - base[0]["eval"]["mean"]["bg_psnr"],
+    }
 
 
-def run(sweep: Path, overrides: Sequence[str], *, arms: Optional[Sequence[int]], heldout_clips: int,
-        heldout_seed: int, nproc: Optional[int], fresh: bool, command: str, out: Optional[Path] = None) -> dict:
+def run(
+    sweep: Path,
+    overrides: Sequence[str],
+    *,
+    arms: Sequence[int] | None,
+    heldout_clips: int,
+    heldout_seed: int,
+    nproc: int | None,
+    fresh: bool,
+    command: str,
+    out: Path | None = None,
+) -> dict:
     from cinescene.data.ensure import ensure_dataset
 
     base, root, selected = arms_of(sweep, overrides, arms, out)
     first = selected[0].cfg
-    ensure_dataset(first.data)                      # before any timing: rendering is not training
+    ensure_dataset(first.data)  # before any timing: rendering is not training
     ensure_heldout(first, heldout_clips, heldout_seed)
     root.mkdir(parents=True, exist_ok=True)
     rows = []
@@ -283,30 +361,55 @@ def run(sweep: Path, overrides: Sequence[str], *, arms: Optional[Sequence[int]],
         timing = train(arm, base, nproc, fresh)
         report = evaluate(arm, nproc)
         probe = attention(arm)
-        rows.append({"index": arm.index, "label": arm.label, "overrides": arm.varied,
-                     "steps": arm.cfg.train.max_steps, "train": timing, "final_loss": final_loss(arm.run_dir),
-                     "eval": {k: report[k] for k in ("mean", "count", "sfm_failures", "sfm_attempts", "settings")},
-                     "attention": probe})
+        rows.append(
+            {
+                "index": arm.index,
+                "label": arm.label,
+                "overrides": arm.varied,
+                "steps": arm.cfg.train.max_steps,
+                "train": timing,
+                "final_loss": final_loss(arm.run_dir),
+                "eval": {k: report[k] for k in ("mean", "count", "sfm_failures", "sfm_attempts", "settings")},
+                "attention": probe,
+            }
+        )
         mean = report["mean"]
-        _log.info("arm %d: %s trained in %.1f min, final loss %s; held-out bg_psnr %s psnr %s; context attention "
-                  "%s", arm.index, arm.label, timing["wall_s"] / 60, _cell(rows[-1]["final_loss"], "{:.4f}"),
-                  _cell(mean.get("bg_psnr"), "{:.2f}"), _cell(mean.get("psnr"), "{:.2f}"),
-                  "–" if probe is None else f"{probe['mass']:.3f} of a uniform {probe['uniform']:.3f}")
+        _log.info(
+            "arm %d: %s trained in %.1f min, final loss %s; held-out bg_psnr %s psnr %s; context attention "
+            "%s",
+            arm.index,
+            arm.label,
+            timing["wall_s"] / 60,
+            _cell(rows[-1]["final_loss"], "{:.4f}"),
+            _cell(mean.get("bg_psnr"), "{:.2f}"),
+            _cell(mean.get("psnr"), "{:.2f}"),
+            "–" if probe is None else f"{probe['mass']:.3f} of a uniform {probe['uniform']:.3f}",
+        )
     from cinescene.train.batching import plan_batch
 
     ranks = nproc or first.launch.nproc
     results = {
-        "command": command, "date": date.today().isoformat(), "commit": _commit(),
+        "command": command,
+        "date": date.today().isoformat(),
+        "commit": _commit(),
         "device": f"CPU ({os.cpu_count()} cores, {platform.machine()})",
-        "budget": {"steps": first.train.max_steps,
-                   "global_batch": plan_batch(first.train, ranks, first.parallel.sequence).global_batch_size,
-                   "lr": first.train.lr, "seed": first.run.seed, "train_clips": first.data.synth.clips,
-                   "nproc": ranks,
-                   "model": f"{first.model.name} (dim {first.model.dim}, {first.model.num_layers} layers)",
-                   "heldout": first.eval.data, "heldout_samples": rows[0]["eval"]["settings"]["num_samples"],
-                   "sample_steps": first.eval.sample_steps, "cfg_scale": first.eval.cfg_scale,
-                   "ema": first.train.ema.enabled},
-        "arms": rows, "bg_psnr_gain": _gain(rows)}
+        "budget": {
+            "steps": first.train.max_steps,
+            "global_batch": plan_batch(first.train, ranks, first.parallel.sequence).global_batch_size,
+            "lr": first.train.lr,
+            "seed": first.run.seed,
+            "train_clips": first.data.synth.clips,
+            "nproc": ranks,
+            "model": f"{first.model.name} (dim {first.model.dim}, {first.model.num_layers} layers)",
+            "heldout": first.eval.data,
+            "heldout_samples": rows[0]["eval"]["settings"]["num_samples"],
+            "sample_steps": first.eval.sample_steps,
+            "cfg_scale": first.eval.cfg_scale,
+            "ema": first.train.ema.enabled,
+        },
+        "arms": rows,
+        "bg_psnr_gain": _gain(rows),
+    }
     (root / "ablation.json").write_text(json.dumps(results, indent=1) + "\n")
     (root / "table.md").write_text(table(results))
     return results

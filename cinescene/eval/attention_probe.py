@@ -13,12 +13,13 @@ context)`` (:attr:`ContextAttention.uniform`). A measuring tool for CPU-scale
 models (it materialises the (L, L) weights): the ablation benchmark runs it
 during generation of the held-out samples.
 """
+
 from __future__ import annotations
 
 import math
+from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Iterator, List, Optional
 
 import torch
 
@@ -27,31 +28,34 @@ from cinescene.models.attention import SelfAttentionCall
 
 @dataclass
 class ContextAttention:
-    masses: List[float] = field(default_factory=list)      # one per self-attention call with context keys
-    shares: List[float] = field(default_factory=list)      # the context's share of the keys, per call
-    layers: Optional[int] = None                           # calls per forward, when known
+    masses: list[float] = field(default_factory=list)  # one per self-attention call with context keys
+    shares: list[float] = field(default_factory=list)  # the context's share of the keys, per call
+    layers: int | None = None  # calls per forward, when known
 
     @property
-    def mean(self) -> Optional[float]:
+    def mean(self) -> float | None:
         return sum(self.masses) / len(self.masses) if self.masses else None
 
     @property
-    def uniform(self) -> Optional[float]:
+    def uniform(self) -> float | None:
         return sum(self.shares) / len(self.shares) if self.shares else None
 
-    def per_layer(self) -> List[float]:
+    def per_layer(self) -> list[float]:
         """Mean mass per block (calls are in block order within each forward)."""
         if not self.layers or not self.masses:
             return []
-        return [sum(self.masses[i::self.layers]) / len(self.masses[i::self.layers]) for i in range(self.layers)]
+        return [
+            sum(self.masses[i :: self.layers]) / len(self.masses[i :: self.layers])
+            for i in range(self.layers)
+        ]
 
 
-def _mass(call: SelfAttentionCall, q: torch.Tensor, k: torch.Tensor) -> Optional[tuple]:
+def _mass(call: SelfAttentionCall, q: torch.Tensor, k: torch.Tensor) -> tuple | None:
     num_video = call.num_video
     if num_video is None or k.shape[1] <= num_video:
         return None
     scores = torch.einsum("blhd,bmhd->bhlm", q[:, :num_video].float(), k.float()) / math.sqrt(q.shape[-1])
-    if call.packing is not None:       # padding keys (missing scene images) take no part
+    if call.packing is not None:  # padding keys (missing scene images) take no part
         valid = call.packing.valid_host.to(scores.device)[:, None, None, :]
         scores = scores.masked_fill(~valid, float("-inf"))
         share = (valid[:, 0, 0, num_video:].sum(-1).float() / valid[:, 0, 0].sum(-1).float()).mean().item()
@@ -62,7 +66,7 @@ def _mass(call: SelfAttentionCall, q: torch.Tensor, k: torch.Tensor) -> Optional
 
 
 @contextmanager
-def context_attention(layers: Optional[int] = None) -> Iterator[ContextAttention]:
+def context_attention(layers: int | None = None) -> Iterator[ContextAttention]:
     """Record the context attention mass of every self-attention call made inside the block."""
     record = ContextAttention(layers=layers)
     original = SelfAttentionCall.__call__

@@ -14,13 +14,14 @@ directory (the layout of ``cinescene eval --out``, and of the hook's
 ``contact/<key>.png`` (its contact-sheet block). Each rank writes its own
 samples' files; :func:`cinescene.eval.report.write_report` gathers them.
 """
+
 from __future__ import annotations
 
 import json
 import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Optional, Sequence
 
 import numpy as np
 from PIL import Image
@@ -32,7 +33,7 @@ from cinescene.sampling.spec import DataSpec
 from . import report
 from .metrics import MetricContext, MetricInputs, SampleMetrics, compute_metrics, pixels
 
-WORK_DIRS = ("samples", "contact")     # per-sample files a report gathers; emptied before each evaluation
+WORK_DIRS = ("samples", "contact")  # per-sample files a report gathers; emptied before each evaluation
 VIDEOS = "videos"
 
 
@@ -47,18 +48,39 @@ class SampleResult:
 def metric_inputs(sample: ShardSample, frames: np.ndarray, spec: DataSpec) -> MetricInputs:
     """What the metrics compare: ground-truth frames at the generated frames' stride (every 4th for the
     pixel proxy), the scene images the model saw, the requested cameras and the first frame's intrinsics."""
-    def aligned(video: Optional[np.ndarray]) -> Optional[np.ndarray]:
+
+    def aligned(video: np.ndarray | None) -> np.ndarray | None:
         return None if video is None else video[:: spec.frame_stride][: len(frames)]
 
-    return MetricInputs(generated=frames, ground_truth=aligned(sample.video), background=aligned(sample.video_bg),
-                        scene_images=sample.scene, cameras=sample.cameras, intrinsics=sample.intrinsics[0],
-                        camera_stride=spec.camera_stride, prompt=sample.prompt)
+    return MetricInputs(
+        generated=frames,
+        ground_truth=aligned(sample.video),
+        background=aligned(sample.video_bg),
+        scene_images=sample.scene,
+        cameras=sample.cameras,
+        intrinsics=sample.intrinsics[0],
+        camera_stride=spec.camera_stride,
+        prompt=sample.prompt,
+    )
 
 
-def evaluate_sample(generator: VideoGenerator, sample: ShardSample, settings: Settings, context: MetricContext,
-                    names: Sequence[str], callback: Optional[Callable] = None) -> SampleResult:
-    frames = generator.video(sample.text, sample.cameras, sample.scene, settings, key=sample.key,
-                             callback=callback, scene_cameras=sample.scene_cameras)
+def evaluate_sample(
+    generator: VideoGenerator,
+    sample: ShardSample,
+    settings: Settings,
+    context: MetricContext,
+    names: Sequence[str],
+    callback: Callable | None = None,
+) -> SampleResult:
+    frames = generator.video(
+        sample.text,
+        sample.cameras,
+        sample.scene,
+        settings,
+        key=sample.key,
+        callback=callback,
+        scene_cameras=sample.scene_cameras,
+    )
     inputs = metric_inputs(sample, frames, generator.spec)
     return SampleResult(sample.key, frames, inputs, compute_metrics(inputs, names, context))
 
@@ -73,33 +95,55 @@ def prepare_dir(out: Path) -> None:
     (out / VIDEOS).mkdir(exist_ok=True)
 
 
-def evaluate_into(out: Path, generator: VideoGenerator, sample: ShardSample, settings: Settings,
-                  context: MetricContext, names: Sequence[str], *, fps: float, metadata: dict, media: bool = True,
-                  callback: Optional[Callable] = None) -> SampleResult:
+def evaluate_into(
+    out: Path,
+    generator: VideoGenerator,
+    sample: ShardSample,
+    settings: Settings,
+    context: MetricContext,
+    names: Sequence[str],
+    *,
+    fps: float,
+    metadata: dict,
+    media: bool = True,
+    callback: Callable | None = None,
+) -> SampleResult:
     """:func:`evaluate_sample`, then the sample's files in ``out`` (module doc); the mp4 plays at ``fps`` and
     holds ``metadata`` with the sample's key, prompt and the settings."""
     started = time.perf_counter()
     result = evaluate_sample(generator, sample, settings, context, names, callback=callback)
-    record = {"key": sample.key, "prompt": sample.prompt,
-              "metrics": {k: report.json_number(v) for k, v in result.metrics.values.items()},
-              "per_frame": {k: [report.json_number(v) for v in vs] for k, vs in result.metrics.per_frame.items()},
-              "missing": result.metrics.missing}
+    record = {
+        "key": sample.key,
+        "prompt": sample.prompt,
+        "metrics": {k: report.json_number(v) for k, v in result.metrics.values.items()},
+        "per_frame": {k: [report.json_number(v) for v in vs] for k, vs in result.metrics.per_frame.items()},
+        "missing": result.metrics.missing,
+    }
     if "sfm" in result.metrics.details:
         record["sfm"] = result.metrics.details["sfm"]
     if media:
         from cinescene.sampling.video import write_mp4
 
         video = f"{VIDEOS}/{sample.key}.mp4"
-        write_mp4(out / video, result.frames, fps,
-                  {"key": sample.key, "prompt": sample.prompt, **metadata, **vars(settings)})
+        write_mp4(
+            out / video,
+            result.frames,
+            fps,
+            {"key": sample.key, "prompt": sample.prompt, **metadata, **vars(settings)},
+        )
         record["video"] = video
         inputs, error = result.inputs, None
         if inputs.ground_truth is not None and inputs.background is not None:
             bg = context.cfg.background
-            error = report.background_error(result.frames, inputs.background, pixels.background_mask(
-                inputs.ground_truth, inputs.background, bg.threshold, bg.dilate))
-        block = report.contact_row(sample.key, {"ground truth": inputs.ground_truth, "generated": result.frames,
-                                                "background error": error})
+            error = report.background_error(
+                result.frames,
+                inputs.background,
+                pixels.background_mask(inputs.ground_truth, inputs.background, bg.threshold, bg.dilate),
+            )
+        block = report.contact_row(
+            sample.key,
+            {"ground truth": inputs.ground_truth, "generated": result.frames, "background error": error},
+        )
         Image.fromarray(block).save(out / "contact" / f"{sample.key}.png")
     record["seconds"] = round(time.perf_counter() - started, 2)
     (out / "samples" / f"{sample.key}.json").write_text(json.dumps(record, indent=1, sort_keys=True))

@@ -11,11 +11,12 @@ The subset: the first ``num`` positions of a permutation seeded by
 ``eval.seed``, in manifest order, so the CLI and the training hook pick the
 same samples for the same settings, whatever the number of ranks.
 """
+
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable, List, Optional, Set, Tuple
 
 import numpy as np
 
@@ -26,16 +27,16 @@ _log = get_logger("eval")
 MANIFEST = "manifest.json"
 
 
-def training_identities(manifest) -> Set[Tuple[int, int]]:
+def training_identities(manifest) -> set[tuple[int, int]]:
     return {(ref.crc, ref.length) for ref in manifest.samples()}
 
 
-def held_out(identities: Iterable[Tuple[int, int]], training: Optional[Set[Tuple[int, int]]]) -> List[int]:
+def held_out(identities: Iterable[tuple[int, int]], training: set[tuple[int, int]] | None) -> list[int]:
     """Indices of ``identities`` (in order) that are not training samples."""
     return [i for i, identity in enumerate(identities) if training is None or identity not in training]
 
 
-def select(candidates: List[int], num: int, seed: int) -> List[int]:
+def select(candidates: list[int], num: int, seed: int) -> list[int]:
     """``num`` of ``candidates`` (all when num is 0 or larger), drawn by ``seed``, in their original order."""
     if num <= 0 or num >= len(candidates):
         return list(candidates)
@@ -49,9 +50,11 @@ def check_present(cfg) -> None:
     if not cfg.eval.every_steps:
         return
     if not (Path(cfg.eval.data) / MANIFEST).is_file():
-        raise CineSceneError(f"eval.data={cfg.eval.data} holds no {MANIFEST}: the eval hook (eval.every_steps="
-                             f"{cfg.eval.every_steps}) needs held-out shards there (`cinescene data prepare --out "
-                             f"{cfg.eval.data}`; --keep-pixels for wan data), or set eval.every_steps=0")
+        raise CineSceneError(
+            f"eval.data={cfg.eval.data} holds no {MANIFEST}: the eval hook (eval.every_steps="
+            f"{cfg.eval.every_steps}) needs held-out shards there (`cinescene data prepare --out "
+            f"{cfg.eval.data}`; --keep-pixels for wan data), or set eval.every_steps=0"
+        )
     if cfg.data.train_shards and (Path(cfg.data.train_shards) / MANIFEST).is_file():
         from cinescene.sampling.spec import training_spec
 
@@ -60,9 +63,9 @@ def check_present(cfg) -> None:
 
 @dataclass
 class HeldOutSet:
-    samples: object            # cinescene.sampling.inputs.ShardSamples of eval.data
-    indices: List[int]         # the selected held-out samples, manifest order
-    keys: List[str]
+    samples: object  # cinescene.sampling.inputs.ShardSamples of eval.data
+    indices: list[int]  # the selected held-out samples, manifest order
+    keys: list[str]
 
 
 def choose(cfg, spec) -> HeldOutSet:
@@ -76,11 +79,15 @@ def choose(cfg, spec) -> HeldOutSet:
     check_eval_data(spec, samples.manifest)
     train = training_manifest(cfg)
     if train is None:
-        _log.warning("the training manifest is not reachable: every sample of %s counts as held out", cfg.eval.data)
+        _log.warning(
+            "the training manifest is not reachable: every sample of %s counts as held out", cfg.eval.data
+        )
     identities = [samples.identity(i) for i in range(len(samples))]
     candidates = held_out(identities, None if train is None else training_identities(train))
     if not candidates:
-        raise CineSceneError(f"no held-out samples: all {len(samples)} samples of {cfg.eval.data} are in the "
-                             f"training data ({cfg.data.train_shards})")
+        raise CineSceneError(
+            f"no held-out samples: all {len(samples)} samples of {cfg.eval.data} are in the "
+            f"training data ({cfg.data.train_shards})"
+        )
     indices = select(candidates, cfg.eval.num_samples, cfg.eval.seed)
     return HeldOutSet(samples, indices, [samples.refs[i].key for i in indices])

@@ -15,12 +15,13 @@
 JSON has no infinity: ``inf`` (PSNR of identical frames) is written as the
 string ``"inf"``; an absent value is ``null``.
 """
+
 from __future__ import annotations
 
 import json
 import math
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Dict, List, Optional, Sequence
 
 import numpy as np
 from PIL import Image, ImageDraw
@@ -28,12 +29,20 @@ from PIL import Image, ImageDraw
 from cinescene.eval.metrics.registry import REGISTRY
 
 # The paper's table (its own evaluation set and matcher): for scale, not for comparison of figures.
-PAPER = {"mat_pix": 4617.51, "clip_v": 0.8633, "psnr": 14.51, "ssim": 0.4133, "rot_err": 2.68, "trans_err": 5.15,
-         "cam_mc": 6.88, "clip_t": 0.3212}
+PAPER = {
+    "mat_pix": 4617.51,
+    "clip_v": 0.8633,
+    "psnr": 14.51,
+    "ssim": 0.4133,
+    "rot_err": 2.68,
+    "trans_err": 5.15,
+    "cam_mc": 6.88,
+    "clip_t": 0.3212,
+}
 SHEET_FRAMES = 6
 
 
-def json_number(value: Optional[float]):
+def json_number(value: float | None):
     if value is None or (isinstance(value, float) and math.isnan(value)):
         return None
     if isinstance(value, float) and math.isinf(value):
@@ -41,14 +50,14 @@ def json_number(value: Optional[float]):
     return float(value)
 
 
-def number(value) -> Optional[float]:
+def number(value) -> float | None:
     """The inverse of :func:`json_number`."""
     if isinstance(value, str):
         return float(value)
     return None if value is None else float(value)
 
 
-def aggregate(records: Sequence[dict], names: Sequence[str]) -> Dict[str, dict]:
+def aggregate(records: Sequence[dict], names: Sequence[str]) -> dict[str, dict]:
     """{"mean": {name: value}, "count": {name: n}} over the samples that have a value."""
     mean, count = {}, {}
     for name in names:
@@ -63,44 +72,70 @@ def aggregate(records: Sequence[dict], names: Sequence[str]) -> Dict[str, dict]:
     return {"mean": mean, "count": count}
 
 
-def _cell(value: Optional[float], name: str) -> str:
+def _cell(value: float | None, name: str) -> str:
     if value is None:
         return "–"
     if math.isinf(value):
         return "inf"
-    return f"{value:.2f}" if name in ("mat_pix", "psnr", "bg_psnr", "rot_err", "trans_err", "cam_mc") else \
-        f"{value:.4f}"
+    return (
+        f"{value:.2f}"
+        if name in ("mat_pix", "psnr", "bg_psnr", "rot_err", "trans_err", "cam_mc")
+        else f"{value:.4f}"
+    )
 
 
 def table(summary: dict, label: str) -> str:
     """table.md: the paper's columns (and ours after them), the paper's row for scale, then this evaluation."""
     names = summary["metrics"]
-    header = "| | " + " | ".join(f"{REGISTRY[n].title} {'↑' if REGISTRY[n].higher_is_better else '↓'}"
-                                  for n in names) + " |"
-    lines = [header, "|---" * (len(names) + 1) + "|",
-             "| CineScene (paper) | " + " | ".join(_cell(PAPER.get(n), n) for n in names) + " |",
-             f"| {label} | " + " | ".join(_cell(number(summary["mean"][n]), n) for n in names) + " |", ""]
-    notes = [f"{len(summary['samples'])} held-out samples of {summary['data']}, {summary['settings']['steps']} "
-             f"steps, guidance {summary['settings']['cfg']}, seed {summary['settings']['seed']}; "
-             f"{summary['weights']} weights of {summary['checkpoint']} (step {summary['step']})."]
+    header = (
+        "| | "
+        + " | ".join(f"{REGISTRY[n].title} {'↑' if REGISTRY[n].higher_is_better else '↓'}" for n in names)
+        + " |"
+    )
+    lines = [
+        header,
+        "|---" * (len(names) + 1) + "|",
+        "| CineScene (paper) | " + " | ".join(_cell(PAPER.get(n), n) for n in names) + " |",
+        f"| {label} | " + " | ".join(_cell(number(summary["mean"][n]), n) for n in names) + " |",
+        "",
+    ]
+    notes = [
+        f"{len(summary['samples'])} held-out samples of {summary['data']}, {summary['settings']['steps']} "
+        f"steps, guidance {summary['settings']['cfg']}, seed {summary['settings']['seed']}; "
+        f"{summary['weights']} weights of {summary['checkpoint']} (step {summary['step']})."
+    ]
     if any(REGISTRY[n].group == "camera" for n in names):
-        notes.append(f"Camera metrics: SfM failed on {summary['sfm_failures']} of {summary['sfm_attempts']} "
-                     "samples (counted, not averaged); sums over the registered frames, as CamI2V.")
+        notes.append(
+            f"Camera metrics: SfM failed on {summary['sfm_failures']} of {summary['sfm_attempts']} "
+            "samples (counted, not averaged); sums over the registered frames, as CamI2V."
+        )
     if summary.get("unreadable"):
-        notes.append(f"{len(summary['unreadable'])} selected samples were unreadable and are left out: "
-                     f"{', '.join(sorted(summary['unreadable']))}.")
-    reasons: Dict[str, List[str]] = {}
+        notes.append(
+            f"{len(summary['unreadable'])} selected samples were unreadable and are left out: "
+            f"{', '.join(sorted(summary['unreadable']))}."
+        )
+    reasons: dict[str, list[str]] = {}
     for name, why in summary["absent"].items():
         reasons.setdefault(why, []).append(REGISTRY[name].title)
     for why, titles in reasons.items():
         notes.append(f"{', '.join(titles)} absent: {why}.")
-    thin = [n for n in names if n not in summary["absent"] and REGISTRY[n].group != "camera"
-            and summary["count"][n] < len(summary["samples"])]
+    thin = [
+        n
+        for n in names
+        if n not in summary["absent"]
+        and REGISTRY[n].group != "camera"
+        and summary["count"][n] < len(summary["samples"])
+    ]
     if thin:
-        notes.append("Means over fewer samples: " + ", ".join(f"{REGISTRY[n].title} {summary['count'][n]}"
-                                                              for n in thin) + ".")
-    notes.append("The paper's figures come from its own test set, GIM matching and VBench; docs/EVAL.md says how "
-                 "ours differ.")
+        notes.append(
+            "Means over fewer samples: "
+            + ", ".join(f"{REGISTRY[n].title} {summary['count'][n]}" for n in thin)
+            + "."
+        )
+    notes.append(
+        "The paper's figures come from its own test set, GIM matching and VBench; docs/EVAL.md says how "
+        "ours differ."
+    )
     return "\n".join(lines + notes) + "\n"
 
 
@@ -120,7 +155,7 @@ def _label(text: str, height: int, width: int) -> np.ndarray:
     return np.asarray(image)
 
 
-def contact_row(key: str, rows: Dict[str, Optional[np.ndarray]], frames: int = SHEET_FRAMES) -> np.ndarray:
+def contact_row(key: str, rows: dict[str, np.ndarray | None], frames: int = SHEET_FRAMES) -> np.ndarray:
     """One sample's block: a title line, then one labelled line of evenly spaced frames per entry of ``rows``."""
     from cinescene.sampling.video import strip_indices
 
@@ -139,19 +174,20 @@ def contact_row(key: str, rows: Dict[str, Optional[np.ndarray]], frames: int = S
         else:
             for k, i in enumerate(picks):
                 x = label_w + k * (width + gap)
-                line[:, x: x + width] = video[min(i, len(video) - 1)]
+                line[:, x : x + width] = video[min(i, len(video) - 1)]
         lines += [line, np.full((gap, total_w, 3), 255, np.uint8)]
     return np.concatenate(lines)
 
 
-def contact_sheet(blocks: List[np.ndarray], path: str | Path) -> None:
+def contact_sheet(blocks: list[np.ndarray], path: str | Path) -> None:
     width = max(b.shape[1] for b in blocks)
     padded = [np.pad(b, ((0, 6), (0, width - b.shape[1]), (0, 0)), constant_values=255) for b in blocks]
     Image.fromarray(np.concatenate(padded)).save(path)
 
 
-def write_report(out: Path, keys: Sequence[str], names: Sequence[str], header: dict, absent: Dict[str, str],
-                 label: str) -> dict:
+def write_report(
+    out: Path, keys: Sequence[str], names: Sequence[str], header: dict, absent: dict[str, str], label: str
+) -> dict:
     """Gather the per-sample records of ``keys`` in ``out`` into ``metrics.json``, ``table.md`` and (from
     the blocks that exist) ``contact_sheet.png``; returns what ``metrics.json`` holds.
 
@@ -162,11 +198,18 @@ def write_report(out: Path, keys: Sequence[str], names: Sequence[str], header: d
     unreadable = {r["key"]: r["unreadable"] for r in everything if "unreadable" in r}
     summary = aggregate(records, names)
     sfm = [r["sfm"] for r in records if "sfm" in r]
-    data = {**header, "settings": {**header.get("settings", {}), "num_samples": len(records)},
-            "metrics": list(names), "mean": {k: json_number(v) for k, v in summary["mean"].items()},
-            "count": summary["count"], "absent": dict(absent),
-            "sfm_failures": sum(1 for s in sfm if s["failure"]), "sfm_attempts": len(sfm),
-            "unreadable": unreadable, "samples": records}
+    data = {
+        **header,
+        "settings": {**header.get("settings", {}), "num_samples": len(records)},
+        "metrics": list(names),
+        "mean": {k: json_number(v) for k, v in summary["mean"].items()},
+        "count": summary["count"],
+        "absent": dict(absent),
+        "sfm_failures": sum(1 for s in sfm if s["failure"]),
+        "sfm_attempts": len(sfm),
+        "unreadable": unreadable,
+        "samples": records,
+    }
     (out / "metrics.json").write_text(json.dumps(data, indent=1) + "\n")
     (out / "table.md").write_text(table(data, label))
     blocks = [out / "contact" / f"{r['key']}.png" for r in records]

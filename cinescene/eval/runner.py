@@ -15,6 +15,7 @@ samples r, r + W, ...; every rank writes its samples' files (the mp4 in
 ``contact/``), and after a barrier rank 0 writes ``metrics.json``,
 ``table.md`` and ``contact_sheet.png``. Logs: ``DIR/logs/rank<R>.log``.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -24,7 +25,6 @@ import sys
 from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
-from typing import Dict, List
 
 from cinescene import __version__
 from cinescene.config.base import positive
@@ -40,16 +40,16 @@ LOCK = ".eval.lock"
 
 @dataclass
 class EvalPlan:
-    source: object             # CheckpointSource
-    cfg: object                # the checkpoint's config with the eval overrides
-    spec: object               # DataSpec of the training data
+    source: object  # CheckpointSource
+    cfg: object  # the checkpoint's config with the eval overrides
+    spec: object  # DataSpec of the training data
     shards: str
-    indices: List[int]         # selected held-out samples, manifest order
-    keys: List[str]
+    indices: list[int]  # selected held-out samples, manifest order
+    keys: list[str]
     out: Path
 
 
-def eval_overrides(args: argparse.Namespace) -> List[str]:
+def eval_overrides(args: argparse.Namespace) -> list[str]:
     """The flags as eval.* overrides (checked here so errors name the flag)."""
     items = []
     if args.data is not None:
@@ -97,15 +97,31 @@ def _lock(out: Path):
         fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
         handle.close()
-        raise CineSceneError(f"another `cinescene eval` is writing into {out}; wait for it or use another --out") \
-            from None
+        raise CineSceneError(
+            f"another `cinescene eval` is writing into {out}; wait for it or use another --out"
+        ) from None
     return handle
 
 
-def rank_argv(args: argparse.Namespace) -> List[str]:
-    argv = [sys.executable, "-m", "cinescene", "eval", str(args.checkpoint), *args.overrides, "--out", str(args.out)]
-    for flag, value in (("--data", args.data), ("--num", args.num), ("--steps", args.steps),
-                        ("--metrics", args.metrics), ("--device", args.device), ("--dtype", args.dtype)):
+def rank_argv(args: argparse.Namespace) -> list[str]:
+    argv = [
+        sys.executable,
+        "-m",
+        "cinescene",
+        "eval",
+        str(args.checkpoint),
+        *args.overrides,
+        "--out",
+        str(args.out),
+    ]
+    for flag, value in (
+        ("--data", args.data),
+        ("--num", args.num),
+        ("--steps", args.steps),
+        ("--metrics", args.metrics),
+        ("--device", args.device),
+        ("--dtype", args.dtype),
+    ):
         if value is not None:
             argv += [flag, str(value)]
     return argv + (["--ema"] if args.ema else [])
@@ -154,8 +170,13 @@ def run_rank(args: argparse.Namespace, the_plan: EvalPlan, env) -> int:
     show_progress_bars(cfg.run.progress)
     if env.world_size > 1:
         os.environ.update(env.as_environ())
-        dist.init_process_group("gloo", init_method="env://", rank=env.rank, world_size=env.world_size,
-                                timeout=timedelta(seconds=cfg.parallel.timeout_s))
+        dist.init_process_group(
+            "gloo",
+            init_method="env://",
+            rank=env.rank,
+            world_size=env.world_size,
+            timeout=timedelta(seconds=cfg.parallel.timeout_s),
+        )
     try:
         if env.rank == 0:
             from .evaluate import prepare_dir
@@ -178,11 +199,15 @@ def _settings(the_plan: EvalPlan):
     from cinescene.sampling.pipeline import Settings
 
     cfg = the_plan.cfg
-    return Settings(steps=cfg.eval.sample_steps, guidance_scale=cfg.eval.cfg_scale, shift=cfg.train.flow.shift,
-                    seed=cfg.eval.seed)
+    return Settings(
+        steps=cfg.eval.sample_steps,
+        guidance_scale=cfg.eval.cfg_scale,
+        shift=cfg.train.flow.shift,
+        seed=cfg.eval.seed,
+    )
 
 
-def _evaluate_rank(args: argparse.Namespace, the_plan: EvalPlan, env) -> Dict[str, str]:
+def _evaluate_rank(args: argparse.Namespace, the_plan: EvalPlan, env) -> dict[str, str]:
     """Generate and measure this rank's samples; returns the metrics that cannot be computed, and why."""
     from cinescene.sampling.checkpoint import load_inference_model
     from cinescene.sampling.codec import build_codec
@@ -194,7 +219,7 @@ def _evaluate_rank(args: argparse.Namespace, the_plan: EvalPlan, env) -> Dict[st
     from .metrics import MetricContext
 
     cfg, spec, out = the_plan.cfg, the_plan.spec, the_plan.out
-    mine = the_plan.indices[env.rank::env.world_size]
+    mine = the_plan.indices[env.rank :: env.world_size]
     device, dtype = _device(args, env)
     samples = ShardSamples(the_plan.shards, spec, cfg.model)
     model = load_inference_model(the_plan.source, cfg, ema=args.ema, device=device, dtype=dtype)
@@ -203,9 +228,15 @@ def _evaluate_rank(args: argparse.Namespace, the_plan: EvalPlan, env) -> Dict[st
     if env.rank == 0:
         for reason in sorted(set(context.absent.values())):
             _log.warning("%s", reason)
-        _log.info("evaluating %d held-out samples of %s on %d rank(s): %d steps, guidance %g, metrics %s",
-                  len(the_plan.indices), the_plan.shards, env.world_size, cfg.eval.sample_steps,
-                  cfg.eval.cfg_scale, ", ".join(cfg.eval.metrics))
+        _log.info(
+            "evaluating %d held-out samples of %s on %d rank(s): %d steps, guidance %g, metrics %s",
+            len(the_plan.indices),
+            the_plan.shards,
+            env.world_size,
+            cfg.eval.sample_steps,
+            cfg.eval.cfg_scale,
+            ", ".join(cfg.eval.metrics),
+        )
     settings = _settings(the_plan)
     metadata = {"checkpoint": str(the_plan.source.path), "step": the_plan.source.step}
     fps = video_fps(cfg, spec)
@@ -214,31 +245,56 @@ def _evaluate_rank(args: argparse.Namespace, the_plan: EvalPlan, env) -> Dict[st
         for index in mine:
             try:
                 sample = samples.read(index)
-            except CineSceneError as exc:    # a corrupt sample is skipped and reported, as the loader does
+            except CineSceneError as exc:  # a corrupt sample is skipped and reported, as the loader does
                 _log.warning("skipping: %s", exc)
                 record_unreadable(out, samples.refs[index].key, exc)
                 for _ in range(settings.steps):
                     bar.update()
                 continue
             bar.describe(sample.key)
-            result = evaluate_into(out, generator, sample, settings, context, cfg.eval.metrics, fps=fps,
-                                   metadata=metadata, callback=bar.update)
-            _log.info("%s: %s", sample.key, "  ".join(
-                f"{k} {'–' if v is None else f'{v:.4g}'}" for k, v in result.metrics.values.items()))
+            result = evaluate_into(
+                out,
+                generator,
+                sample,
+                settings,
+                context,
+                cfg.eval.metrics,
+                fps=fps,
+                metadata=metadata,
+                callback=bar.update,
+            )
+            _log.info(
+                "%s: %s",
+                sample.key,
+                "  ".join(
+                    f"{k} {'–' if v is None else f'{v:.4g}'}" for k, v in result.metrics.values.items()
+                ),
+            )
     finally:
         bar.close()
     return dict(context.absent)
 
 
-def _write_report(args: argparse.Namespace, the_plan: EvalPlan, absent: Dict[str, str]) -> None:
+def _write_report(args: argparse.Namespace, the_plan: EvalPlan, absent: dict[str, str]) -> None:
     out = the_plan.out
     settings = _settings(the_plan)
-    header = {"cinescene": __version__, "checkpoint": str(the_plan.source.path), "step": the_plan.source.step,
-              "weights": "ema" if args.ema else "trained", "data": the_plan.shards,
-              "settings": {"steps": settings.steps, "cfg": settings.guidance_scale, "shift": settings.shift,
-                           "seed": settings.seed}}
+    header = {
+        "cinescene": __version__,
+        "checkpoint": str(the_plan.source.path),
+        "step": the_plan.source.step,
+        "weights": "ema" if args.ema else "trained",
+        "data": the_plan.shards,
+        "settings": {
+            "steps": settings.steps,
+            "cfg": settings.guidance_scale,
+            "shift": settings.shift,
+            "seed": settings.seed,
+        },
+    }
     label = f"{the_plan.source.path.parent.parent.name} step {the_plan.source.step}"
     data = report.write_report(out, the_plan.keys, the_plan.cfg.eval.metrics, header, absent, label)
     sys.stdout.write((out / "table.md").read_text())
-    print(f"wrote {out / 'metrics.json'}, {out / 'table.md'}, {out / 'contact_sheet.png'} and "
-          f"{len(data['samples'])} videos in {out / 'videos'}")
+    print(
+        f"wrote {out / 'metrics.json'}, {out / 'table.md'}, {out / 'contact_sheet.png'} and "
+        f"{len(data['samples'])} videos in {out / 'videos'}"
+    )

@@ -25,9 +25,17 @@ are tensors or lists, which ZeRO-3's forward hooks require, and every rank
 uses the same parameters each step (camera encoders and the null scene token
 run even when they contribute nothing), which its gradient reduction requires.
 """
+
 from .cinescene_model import CineSceneModel, build_model
 from .key_mapping import diffusers_to_wan, wan_to_diffusers
 from .weights import LoadReport, load_pretrained, read_state_dict
 
-__all__ = ["CineSceneModel", "LoadReport", "build_model", "diffusers_to_wan", "load_pretrained",
-           "read_state_dict", "wan_to_diffusers"]
+__all__ = [
+    "CineSceneModel",
+    "LoadReport",
+    "build_model",
+    "diffusers_to_wan",
+    "load_pretrained",
+    "read_state_dict",
+    "wan_to_diffusers",
+]

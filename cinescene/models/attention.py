@@ -37,12 +37,13 @@ logged, by functions dynamo runs once at trace time
 ``torch.compile(fullgraph=True)`` traces through this entry point without an
 import or a logging call inside the graph.
 """
+
 from __future__ import annotations
 
 import importlib
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable, Optional, Set, Tuple
 
 import torch
 import torch.nn.functional as F
@@ -59,7 +60,7 @@ KINDS = ("self", "cross")
 HALF_DTYPES = (torch.float16, torch.bfloat16)
 
 _log = get_logger("models.attention")
-_logged: Set[Tuple[str, str]] = set()
+_logged: set[tuple[str, str]] = set()
 _UNSET = object()
 _fused_module = _UNSET
 _flash_func = _UNSET
@@ -79,11 +80,12 @@ def _load_fused():
     return _fused_module
 
 
-def _load_flash() -> Optional[Callable]:
+def _load_flash() -> Callable | None:
     global _flash_func
     if _flash_func is _UNSET:
         try:
             from flash_attn import flash_attn_func  # type: ignore
+
             _flash_func = flash_attn_func
         except ImportError:
             _flash_func = None
@@ -123,23 +125,36 @@ def _fused_supports(q, k, v, num_video, mask) -> bool:
     return True if check is None else bool(check(q, k, v, num_video=num_video, mask=mask))
 
 
-def resolve_backend(backend: str, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
-                    num_video: Optional[int], mask: str, kind: str = "self") -> str:
+def resolve_backend(
+    backend: str,
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    num_video: int | None,
+    mask: str,
+    kind: str = "self",
+) -> str:
     """The concrete backend for these tensors; raises CineSceneError when a named one cannot run."""
     if backend not in BACKENDS:
         raise CineSceneError(f"unknown attention backend {backend!r}; expected one of {BACKENDS}")
     if backend == "fused":
         if not _fused_importable():
-            raise CineSceneError("attention backend 'fused' needs cinescene.kernels.attention.fused_attention, "
-                                 "which is not available; use model.attention.backend=auto")
+            raise CineSceneError(
+                "attention backend 'fused' needs cinescene.kernels.attention.fused_attention, "
+                "which is not available; use model.attention.backend=auto"
+            )
         if not _fused_supports(q, k, v, num_video, mask):
-            raise CineSceneError(f"the fused attention kernel does not support this call "
-                                 f"(q {tuple(q.shape)} {q.dtype}, k {tuple(k.shape)}, mask {mask})")
+            raise CineSceneError(
+                f"the fused attention kernel does not support this call "
+                f"(q {tuple(q.shape)} {q.dtype}, k {tuple(k.shape)}, mask {mask})"
+            )
         return "fused"
     if backend == "flash":
         if not _flash_importable():
-            raise CineSceneError("attention backend 'flash' needs the flash-attn package; "
-                                 "install cinescene[gpu] or use model.attention.backend=auto")
+            raise CineSceneError(
+                "attention backend 'flash' needs the flash-attn package; "
+                "install cinescene[gpu] or use model.attention.backend=auto"
+            )
         if not q.is_cuda or q.dtype not in HALF_DTYPES:
             raise CineSceneError(f"flash-attn runs on CUDA fp16/bf16 tensors, got {q.device} {q.dtype}")
         return "flash"
@@ -168,9 +183,17 @@ def _dense(name: str, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torc
     return torch.einsum("bhqk,bkhd->bqhd", probs, v.float()).to(q.dtype)
 
 
-def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, num_video: Optional[int] = None,
-              mask: str = "full", backend: str = "auto", kind: Optional[str] = None,
-              packing: Optional[TokenPacking] = None) -> torch.Tensor:
+def attention(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    *,
+    num_video: int | None = None,
+    mask: str = "full",
+    backend: str = "auto",
+    kind: str | None = None,
+    packing: TokenPacking | None = None,
+) -> torch.Tensor:
     """Scaled dot-product attention over (B, L, H, D) tensors; returns (B, Lq, H, D).
 
     ``packing`` (a :class:`~cinescene.models.packing.TokenPacking` of the key
@@ -181,8 +204,10 @@ def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, num_video: O
     sequence's context starts after its real tokens before ``num_video``.
     """
     if q.dim() != 4 or k.dim() != 4 or v.dim() != 4:
-        raise ValueError(f"attention expects (B, L, H, D) tensors, got {tuple(q.shape)}, "
-                         f"{tuple(k.shape)}, {tuple(v.shape)}")
+        raise ValueError(
+            f"attention expects (B, L, H, D) tensors, got {tuple(q.shape)}, "
+            f"{tuple(k.shape)}, {tuple(v.shape)}"
+        )
     if mask not in MASKS:
         raise ValueError(f"unknown attention mask {mask!r}; expected one of {MASKS}")
     if kind is None:
@@ -206,8 +231,9 @@ def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, num_video: O
     return _attend_padded(name, q, k, v, num_video if readonly else None)
 
 
-def _attend_padded(name: str, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
-                   context_start: Optional[int]) -> torch.Tensor:
+def _attend_padded(
+    name: str, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, context_start: int | None
+) -> torch.Tensor:
     """A dense backend over every token; ``context_start`` set: the readonly mask as two dense calls."""
     if context_start is None or context_start >= q.shape[1]:
         return _dense(name, q, k, v)
@@ -216,22 +242,36 @@ def _attend_padded(name: str, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
     return torch.cat([video_out, context_out], dim=1)
 
 
-def _attend_packed(name: str, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, packing: TokenPacking,
-                   num_video: Optional[int]) -> torch.Tensor:
+def _attend_packed(
+    name: str,
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    packing: TokenPacking,
+    num_video: int | None,
+) -> torch.Tensor:
     """Attention over the real tokens only (see :mod:`cinescene.models.packing`); ``num_video``: readonly."""
     packing.check(k)
     queries = packing.prefix(q.shape[1])
     q_packed, k_packed, v_packed = queries.pack(q), packing.pack(k), packing.pack(v)
     if name == "fused":
         out = _fused_module.fused_attention_varlen(
-            q_packed, k_packed, v_packed, queries.cu_seqlens, packing.cu_seqlens, queries.max_seqlen,
-            packing.max_seqlen, context_start=None if num_video is None else packing.context_starts(num_video),
-            mask="full" if num_video is None else "context_readonly")
+            q_packed,
+            k_packed,
+            v_packed,
+            queries.cu_seqlens,
+            packing.cu_seqlens,
+            queries.max_seqlen,
+            packing.max_seqlen,
+            context_start=None if num_video is None else packing.context_starts(num_video),
+            mask="full" if num_video is None else "context_readonly",
+        )
     else:
         starts = packing.real_before(num_video) if num_video is not None else None
         outs = []
-        for i, (qi, ki, vi) in enumerate(zip(queries.split(q_packed), packing.split(k_packed),
-                                             packing.split(v_packed))):
+        for i, (qi, ki, vi) in enumerate(
+            zip(queries.split(q_packed), packing.split(k_packed), packing.split(v_packed))
+        ):
             if qi.shape[0] == 0:
                 outs.append(qi)
                 continue
@@ -248,14 +288,22 @@ class SelfAttentionCall:
     cache) can read what the call is bound to, e.g. its ``packing``.
     """
 
-    num_video: Optional[int]
+    num_video: int | None
     mask: str = "full"
     backend: str = "auto"
-    packing: Optional[TokenPacking] = None
+    packing: TokenPacking | None = None
 
     def __call__(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
-        return attention(q, k, v, num_video=self.num_video, mask=self.mask, backend=self.backend, kind="self",
-                         packing=self.packing)
+        return attention(
+            q,
+            k,
+            v,
+            num_video=self.num_video,
+            mask=self.mask,
+            backend=self.backend,
+            kind="self",
+            packing=self.packing,
+        )
 
 
 def context_readonly_mask(seq_len: int, num_video: int, device=None) -> torch.Tensor:

@@ -13,6 +13,7 @@ cameras ``scene_cameras`` (B, S, 4, 4) in the same frame, ``inv(C_0) @ C_scene_s
 so the scene images and the trajectory share one coordinate system whose
 origin is where the generated video starts.
 """
+
 from __future__ import annotations
 
 import torch
@@ -31,7 +32,9 @@ def rigid_inverse(c2w: torch.Tensor) -> torch.Tensor:
 
 def _check_cameras(cameras: torch.Tensor, name: str, axis: str) -> None:
     if cameras.dim() != 4 or cameras.shape[-2:] != (4, 4):
-        raise ValueError(f"{name} must be (B, {axis}, 4, 4) camera-to-world matrices, got {tuple(cameras.shape)}")
+        raise ValueError(
+            f"{name} must be (B, {axis}, 4, 4) camera-to-world matrices, got {tuple(cameras.shape)}"
+        )
 
 
 def _in_first_frame(cameras: torch.Tensor, c2w: torch.Tensor) -> torch.Tensor:
@@ -57,6 +60,8 @@ def scene_pose_features(cameras: torch.Tensor, scene_cameras: torch.Tensor) -> t
     _check_cameras(cameras, "cameras", "T")
     _check_cameras(scene_cameras, "scene_cameras", "S")
     if scene_cameras.shape[0] != cameras.shape[0]:
-        raise ValueError(f"scene_cameras {tuple(scene_cameras.shape)} and cameras {tuple(cameras.shape)} "
-                         "hold different batch sizes")
+        raise ValueError(
+            f"scene_cameras {tuple(scene_cameras.shape)} and cameras {tuple(cameras.shape)} "
+            "hold different batch sizes"
+        )
     return _in_first_frame(cameras, scene_cameras)

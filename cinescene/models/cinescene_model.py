@@ -41,10 +41,11 @@ Attention. ``model.attention.mask`` ("full" | "context_readonly") and
 sequence parallelism (:meth:`set_sequence_parallel`) self-attention runs
 through DeepSpeed's Ulysses all-to-all (:mod:`.sequence_parallel`).
 """
+
 from __future__ import annotations
 
 import fnmatch
-from typing import Dict, List, Optional, Sequence, Tuple
+from collections.abc import Sequence
 
 import torch
 import torch.nn as nn
@@ -63,7 +64,7 @@ from .wan import BlockContext, WanDiT
 from .zero import full_numel
 
 _log = get_logger("models")
-ContextGrid = Tuple[int, int, int]  # (frame index, rows, cols) of one context image's tokens
+ContextGrid = tuple[int, int, int]  # (frame index, rows, cols) of one context image's tokens
 
 
 def _matches(name: str, patterns: Sequence[str]) -> bool:
@@ -72,11 +73,23 @@ def _matches(name: str, patterns: Sequence[str]) -> bool:
 
 class CineSceneModel(WanDiT):
     def __init__(self, cfg: ModelConfig):
-        super().__init__(dim=cfg.dim, ffn_dim=cfg.ffn_dim, num_heads=cfg.num_heads, num_layers=cfg.num_layers,
-                         in_dim=cfg.in_dim, out_dim=cfg.out_dim, patch_size=cfg.patch_size,
-                         freq_dim=cfg.freq_dim, text_len=cfg.text_len, text_dim=cfg.text_dim,
-                         qk_norm=cfg.qk_norm, cross_attn_norm=cfg.cross_attn_norm, eps=cfg.eps,
-                         camera=cfg.camera.enabled, camera_projector=cfg.camera.enabled and cfg.camera.projector)
+        super().__init__(
+            dim=cfg.dim,
+            ffn_dim=cfg.ffn_dim,
+            num_heads=cfg.num_heads,
+            num_layers=cfg.num_layers,
+            in_dim=cfg.in_dim,
+            out_dim=cfg.out_dim,
+            patch_size=cfg.patch_size,
+            freq_dim=cfg.freq_dim,
+            text_len=cfg.text_len,
+            text_dim=cfg.text_dim,
+            qk_norm=cfg.qk_norm,
+            cross_attn_norm=cfg.cross_attn_norm,
+            eps=cfg.eps,
+            camera=cfg.camera.enabled,
+            camera_projector=cfg.camera.enabled and cfg.camera.projector,
+        )
         self.cfg = cfg
         self.activation_checkpointing = cfg.activation_checkpointing
         if cfg.scene.enabled:
@@ -91,7 +104,7 @@ class CineSceneModel(WanDiT):
             ensure_deepspeed_comm()
         self.sequence_group = group
 
-    def apply_trainable(self, cfg: Optional[ModelConfig] = None) -> Dict[str, int]:
+    def apply_trainable(self, cfg: ModelConfig | None = None) -> dict[str, int]:
         """Set requires_grad from the ``trainable`` then ``frozen`` glob patterns over parameter names.
 
         Returns parameter counts {"trainable": n, "frozen": m}. A trainable
@@ -101,7 +114,10 @@ class CineSceneModel(WanDiT):
         """
         cfg = cfg or self.cfg
         names = [name for name, _ in self.named_parameters()]
-        for key, patterns, say in (("trainable", cfg.trainable, _log.warning), ("frozen", cfg.frozen, _log.debug)):
+        for key, patterns, say in (
+            ("trainable", cfg.trainable, _log.warning),
+            ("frozen", cfg.frozen, _log.debug),
+        ):
             for pattern in patterns:
                 if not any(_matches(n, [pattern]) for n in names):
                     say("model.%s pattern %r matches no parameter", key, pattern)
@@ -112,15 +128,24 @@ class CineSceneModel(WanDiT):
             counts["trainable" if trains else "frozen"] += full_numel(param)
         return counts
 
-    def trainable_parameters(self) -> List[nn.Parameter]:
+    def trainable_parameters(self) -> list[nn.Parameter]:
         return [p for p in self.parameters() if p.requires_grad]
 
     # ---------------------------------------------------------------- forward
-    def forward(self, x: torch.Tensor, timestep: torch.Tensor, text: torch.Tensor, *,
-                cameras: Optional[torch.Tensor] = None, scene_images: Optional[torch.Tensor] = None,
-                scene_latents: Optional[torch.Tensor] = None, scene_tokens: Optional[torch.Tensor] = None,
-                drop_scene: Optional[torch.Tensor] = None, scene_counts: Optional[torch.Tensor] = None,
-                scene_cameras: Optional[torch.Tensor] = None) -> torch.Tensor:
+    def forward(
+        self,
+        x: torch.Tensor,
+        timestep: torch.Tensor,
+        text: torch.Tensor,
+        *,
+        cameras: torch.Tensor | None = None,
+        scene_images: torch.Tensor | None = None,
+        scene_latents: torch.Tensor | None = None,
+        scene_tokens: torch.Tensor | None = None,
+        drop_scene: torch.Tensor | None = None,
+        scene_counts: torch.Tensor | None = None,
+        scene_cameras: torch.Tensor | None = None,
+    ) -> torch.Tensor:
         """Predict the flow target for the video latents ``x`` (B, C, T, H, W); returns that shape in fp32.
 
         ``timestep`` (B,) in [0, 1000]; ``text`` (B, L, text_dim) with L <= text_len
@@ -137,14 +162,21 @@ class CineSceneModel(WanDiT):
         context tokens (the base DiT).
         """
         video, grid = self.patchify(x)
-        counts = scene_count_list(scene_counts, x.shape[0], _num_scene_images(scene_images, scene_latents,
-                                                                              scene_tokens))
-        context, context_grids = self._scene_context(grid, scene_images, scene_latents, scene_tokens, drop_scene,
-                                                     counts, cameras, scene_cameras)
+        counts = scene_count_list(
+            scene_counts, x.shape[0], _num_scene_images(scene_images, scene_latents, scene_tokens)
+        )
+        context, context_grids = self._scene_context(
+            grid, scene_images, scene_latents, scene_tokens, drop_scene, counts, cameras, scene_cameras
+        )
         tokens = video if context is None else torch.cat([video, context.to(video.dtype)], dim=1)
         num_video = video.shape[1]
-        packing = None if context is None or counts is None else packing_from_valid(
-            token_validity(num_video, grid[0], context_grids, counts), device=x.device)
+        packing = (
+            None
+            if context is None or counts is None
+            else packing_from_valid(
+                token_validity(num_video, grid[0], context_grids, counts), device=x.device
+            )
+        )
 
         t = timestep.reshape(-1).float()
         if context is not None and self.cfg.scene.timestep == "clean":
@@ -156,7 +188,9 @@ class CineSceneModel(WanDiT):
         camera = None
         if self.cfg.camera.enabled and cameras is not None:
             if cameras.shape[:2] != (x.shape[0], grid[0]):
-                raise ValueError(f"cameras {tuple(cameras.shape)} must be (B, {grid[0]}, 4, 4): one per latent frame")
+                raise ValueError(
+                    f"cameras {tuple(cameras.shape)} must be (B, {grid[0]}, 4, 4): one per latent frame"
+                )
             camera = relative_camera_features(cameras, self.cfg.camera.reference).to(x.device)
 
         positions = sequence_positions(grid, context_grids, device=x.device)
@@ -170,33 +204,57 @@ class CineSceneModel(WanDiT):
 
         if self.sequence_group is None:
             self_attend = SelfAttentionCall(num_video, mask, backend, packing)
-            ctx = BlockContext(e0=e0, text=text_emb, rope=(cos, sin), self_attention=self_attend,
-                               cross_attention=cross_attend, num_local_video=num_video, camera=camera,
-                               camera_frame=frame_of_token)
+            ctx = BlockContext(
+                e0=e0,
+                text=text_emb,
+                rope=(cos, sin),
+                self_attention=self_attend,
+                cross_attention=cross_attend,
+                num_local_video=num_video,
+                camera=camera,
+                camera_frame=frame_of_token,
+            )
             hidden = self.run_blocks(tokens, ctx)
             out = self.head(hidden[:, :num_video], e[:, :1], SegmentedModulation(None))
         else:
             shard = SequenceShard(tokens.shape[1], self.sequence_group)
             local_video = shard.local_count(num_video)
-            ctx = BlockContext(e0=e0, text=text_emb, rope=(shard.split(cos, 0), shard.split(sin, 0)),
-                               self_attention=ulysses_self_attention(shard, num_video, mask, backend, packing),
-                               cross_attention=cross_attend, num_local_video=local_video, camera=camera,
-                               camera_frame=frame_of_token[shard.start: shard.start + local_video])
+            ctx = BlockContext(
+                e0=e0,
+                text=text_emb,
+                rope=(shard.split(cos, 0), shard.split(sin, 0)),
+                self_attention=ulysses_self_attention(shard, num_video, mask, backend, packing),
+                cross_attention=cross_attend,
+                num_local_video=local_video,
+                camera=camera,
+                camera_frame=frame_of_token[shard.start : shard.start + local_video],
+            )
             hidden = self.run_blocks(shard.split(tokens), ctx)
             out = shard.gather(self.head(hidden, e, ctx.modulation))[:, :num_video]
         return self.unpatchify(out, grid).float()
 
-    def _scene_context(self, grid: Sequence[int], images, latents, features, drop, counts: Optional[List[int]],
-                       cameras: Optional[torch.Tensor], scene_cameras: Optional[torch.Tensor]
-                       ) -> Tuple[Optional[torch.Tensor], List[ContextGrid]]:
+    def _scene_context(
+        self,
+        grid: Sequence[int],
+        images,
+        latents,
+        features,
+        drop,
+        counts: list[int] | None,
+        cameras: torch.Tensor | None,
+        scene_cameras: torch.Tensor | None,
+    ) -> tuple[torch.Tensor | None, list[ContextGrid]]:
         """Context tokens (B, N_ctx, dim) and their per-image grids, or (None, []) without scene inputs."""
         if not hasattr(self, "scene_encoder") or all(v is None for v in (images, latents, features)):
             return None, []
         scene = self.cfg.scene
-        poses = self._scene_poses(cameras, scene_cameras, _num_scene_images(images, latents, features)) if (
-            scene.pose_embedding) else None
+        poses = (
+            self._scene_poses(cameras, scene_cameras, _num_scene_images(images, latents, features))
+            if (scene.pose_embedding)
+            else None
+        )
         frames, rows, cols = grid
-        grids: List[ContextGrid] = []
+        grids: list[ContextGrid] = []
         num_images = None
         if scene.vggt_tokens:
             if features is None:
@@ -212,49 +270,62 @@ class CineSceneModel(WanDiT):
             b, s = latents.shape[:2]
             if num_images is not None and s != num_images:
                 raise ValueError(f"{s} scene latents for {num_images} scene images")
-            embedded, (_, h, w) = self.patchify(latents.reshape(b * s, latents.shape[2], 1, *latents.shape[3:]))
+            embedded, (_, h, w) = self.patchify(
+                latents.reshape(b * s, latents.shape[2], 1, *latents.shape[3:])
+            )
             pixel_tokens = embedded.reshape(b, s * h * w, -1)
             grids += [(frames + i, h, w) for i in range(s)]
-        return self.scene_encoder(features if scene.vggt_tokens else None, (rows, cols), pixel_tokens, drop,
-                                  poses, counts), grids
+        return self.scene_encoder(
+            features if scene.vggt_tokens else None, (rows, cols), pixel_tokens, drop, poses, counts
+        ), grids
 
-    def _scene_poses(self, cameras: Optional[torch.Tensor], scene_cameras: Optional[torch.Tensor],
-                     num_images: int) -> torch.Tensor:
+    def _scene_poses(
+        self, cameras: torch.Tensor | None, scene_cameras: torch.Tensor | None, num_images: int
+    ) -> torch.Tensor:
         """(B, S, 12) scene-image poses relative to the target's first camera (``scene.pose_embedding``)."""
         if cameras is None or scene_cameras is None:
-            raise ValueError("model.scene.pose_embedding is on: pass cameras (the target trajectory) and "
-                             "scene_cameras")
+            raise ValueError(
+                "model.scene.pose_embedding is on: pass cameras (the target trajectory) and scene_cameras"
+            )
         if scene_cameras.dim() != 4 or scene_cameras.shape[1] != num_images:
-            raise ValueError(f"scene_cameras {tuple(scene_cameras.shape)} must be (B, {num_images}, 4, 4): one "
-                             "camera per scene image")
+            raise ValueError(
+                f"scene_cameras {tuple(scene_cameras.shape)} must be (B, {num_images}, 4, 4): one "
+                "camera per scene image"
+            )
         return scene_pose_features(cameras, scene_cameras).to(self.scene_encoder.null_token.device)
 
 
-def _num_scene_images(images, latents, features) -> Optional[int]:
+def _num_scene_images(images, latents, features) -> int | None:
     for t in (features, images, latents):
         if t is not None:
             return int(t.shape[1])
     return None
 
 
-def scene_count_list(scene_counts: Optional[torch.Tensor], batch: int, num_images: Optional[int]
-                     ) -> Optional[List[int]]:
+def scene_count_list(
+    scene_counts: torch.Tensor | None, batch: int, num_images: int | None
+) -> list[int] | None:
     """``scene_counts`` checked against the batch, as a host list; None when every sample uses all S images."""
     if scene_counts is None or num_images is None:
         return None
     counts = torch.as_tensor(scene_counts).detach().cpu().reshape(-1)
     if counts.shape[0] != batch or counts.is_floating_point():
-        raise ValueError(f"scene_counts must be {batch} integers (one per sample), got {tuple(scene_counts.shape)} "
-                         f"{scene_counts.dtype}")
+        raise ValueError(
+            f"scene_counts must be {batch} integers (one per sample), got {tuple(scene_counts.shape)} "
+            f"{scene_counts.dtype}"
+        )
     values = counts.tolist()
     if any(c < 0 or c > num_images for c in values):
-        raise ValueError(f"scene_counts {values} must lie in [0, {num_images}] (the scene inputs hold "
-                         f"{num_images} images per sample)")
+        raise ValueError(
+            f"scene_counts {values} must lie in [0, {num_images}] (the scene inputs hold "
+            f"{num_images} images per sample)"
+        )
     return None if all(c == num_images for c in values) else values
 
 
-def token_validity(num_video: int, frames: int, context_grids: Sequence[ContextGrid], counts: Sequence[int]
-                   ) -> torch.Tensor:
+def token_validity(
+    num_video: int, frames: int, context_grids: Sequence[ContextGrid], counts: Sequence[int]
+) -> torch.Tensor:
     """(B, L) bool over [video ++ context]: video tokens and the tokens of each sample's first counts[b] images.
 
     A context grid's image index is its frame index minus the video's frames
@@ -267,8 +338,9 @@ def token_validity(num_video: int, frames: int, context_grids: Sequence[ContextG
     return torch.cat(parts, dim=1)
 
 
-def build_model(cfg: ModelConfig, *, device=None, dtype: Optional[torch.dtype] = None,
-                load_weights: bool = True) -> CineSceneModel:
+def build_model(
+    cfg: ModelConfig, *, device=None, dtype: torch.dtype | None = None, load_weights: bool = True
+) -> CineSceneModel:
     """Build the model from its config.
 
     ``device="meta"`` builds without allocating (parameter counts, FLOPs).
@@ -288,8 +360,8 @@ def build_model(cfg: ModelConfig, *, device=None, dtype: Optional[torch.dtype] =
         model.to(dtype)
     on_meta = next(model.parameters()).is_meta
     if load_weights and not on_meta:
-        from .weights import load_pretrained
         from .vggt import load_vggt_weights
+        from .weights import load_pretrained
 
         if cfg.pretrained:
             load_pretrained(model, cfg.pretrained, fmt=cfg.pretrained_format, strict=cfg.strict_load)

@@ -46,12 +46,13 @@ than its copies: an estimate, not a measurement, is 0.5 s of copies per branch
 at 50 GB/s against about 4 s of 14B compute (2.6 PFLOP of video-token
 forward at 600 TFLOP/s). The host check reads the kernel's MemAvailable.
 """
+
 from __future__ import annotations
 
 import math
 import os
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from typing import Callable, Dict, Iterator, List, Optional, Tuple
 
 import torch
 
@@ -70,18 +71,22 @@ def check_cacheable(model) -> None:
     if not (cfg.scene.enabled and hasattr(model, "scene_encoder")):
         problems.append("the model has no scene context (model.scene.enabled=false)")
     if cfg.attention.mask != "context_readonly":
-        problems.append(f"model.attention.mask is {cfg.attention.mask!r}: context tokens would see the video "
-                        "(set model.attention.mask=context_readonly)")
+        problems.append(
+            f"model.attention.mask is {cfg.attention.mask!r}: context tokens would see the video "
+            "(set model.attention.mask=context_readonly)"
+        )
     if cfg.scene.timestep != "clean":
-        problems.append(f"model.scene.timestep is {cfg.scene.timestep!r}: the context would change with the "
-                        "denoising step (set model.scene.timestep=clean)")
+        problems.append(
+            f"model.scene.timestep is {cfg.scene.timestep!r}: the context would change with the "
+            "denoising step (set model.scene.timestep=clean)"
+        )
     if getattr(model, "sequence_group", None) is not None:
         problems.append("sequence parallelism is on (the cache keeps whole, unsharded sequences)")
     if problems:
         raise CineSceneError("the context K/V cache cannot be used: " + "; ".join(problems))
 
 
-def available_bytes(device: torch.device) -> Optional[int]:
+def available_bytes(device: torch.device) -> int | None:
     """Bytes a new allocation may take on ``device``: the driver's free memory plus what torch's caching
     allocator holds unused. None off CUDA (host memory is not checked: CPU runs are tiny)."""
     if device.type != "cuda":
@@ -90,7 +95,7 @@ def available_bytes(device: torch.device) -> Optional[int]:
     return free + torch.cuda.memory_reserved(device) - torch.cuda.memory_allocated(device)
 
 
-def host_available_bytes() -> Optional[int]:
+def host_available_bytes() -> int | None:
     """Host memory a new allocation may take (Linux MemAvailable), or None when it cannot be read."""
     try:
         with open("/proc/meminfo") as meminfo:
@@ -119,13 +124,13 @@ class ContextKVCache:
         if planned_copies < 1:
             raise ValueError(f"planned_copies must be >= 1, got {planned_copies}")
         self.offload = offload
-        self._stream: Optional[_LayerStream] = None
-        self.keys: List[torch.Tensor] = []
-        self.values: List[torch.Tensor] = []
-        self.num_video: Optional[int] = None
+        self._stream: _LayerStream | None = None
+        self.keys: list[torch.Tensor] = []
+        self.values: list[torch.Tensor] = []
+        self.num_video: int | None = None
         # The first call's packing of [video ++ context] when its samples hold different numbers of
         # scene images; later calls' keys (video ++ cached context) have the same positions.
-        self.packing: Optional[TokenPacking] = None
+        self.packing: TokenPacking | None = None
         self.planned_copies = planned_copies
         self._backend = "auto"
         self._layers = 0
@@ -142,11 +147,21 @@ class ContextKVCache:
         return sum(t.numel() * t.element_size() for t in self.keys + self.values)
 
     @torch.no_grad()
-    def forward(self, model, x: torch.Tensor, timestep: torch.Tensor, text: torch.Tensor, *,
-                cameras: Optional[torch.Tensor] = None, scene_images: Optional[torch.Tensor] = None,
-                scene_latents: Optional[torch.Tensor] = None, scene_tokens: Optional[torch.Tensor] = None,
-                drop_scene: Optional[torch.Tensor] = None, scene_counts: Optional[torch.Tensor] = None,
-                scene_cameras: Optional[torch.Tensor] = None) -> torch.Tensor:
+    def forward(
+        self,
+        model,
+        x: torch.Tensor,
+        timestep: torch.Tensor,
+        text: torch.Tensor,
+        *,
+        cameras: torch.Tensor | None = None,
+        scene_images: torch.Tensor | None = None,
+        scene_latents: torch.Tensor | None = None,
+        scene_tokens: torch.Tensor | None = None,
+        drop_scene: torch.Tensor | None = None,
+        scene_counts: torch.Tensor | None = None,
+        scene_cameras: torch.Tensor | None = None,
+    ) -> torch.Tensor:
         """``model(x, timestep, text, ...)`` with the context computed on the first call only.
 
         The first call needs the scene inputs (as ``model.forward`` takes them)
@@ -155,8 +170,9 @@ class ContextKVCache:
         """
         if self.filled:
             if _video_tokens(model, x) != self.num_video:
-                raise ValueError(f"the cache was filled for {self.num_video} video tokens, x has "
-                                 f"{_video_tokens(model, x)}")
+                raise ValueError(
+                    f"the cache was filled for {self.num_video} video tokens, x has {_video_tokens(model, x)}"
+                )
             self._backend = model.cfg.attention.backend
             if self.offload:
                 self._stream = _LayerStream(self.keys, self.values, x.device)
@@ -169,27 +185,39 @@ class ContextKVCache:
         self._layers = len(model.blocks)
         try:
             with _swap_self_attention(model, self._recorder):
-                out = model(x, timestep, text, cameras=cameras, scene_images=scene_images,
-                            scene_latents=scene_latents, scene_tokens=scene_tokens, drop_scene=drop_scene,
-                            scene_counts=scene_counts, scene_cameras=scene_cameras)
+                out = model(
+                    x,
+                    timestep,
+                    text,
+                    cameras=cameras,
+                    scene_images=scene_images,
+                    scene_latents=scene_latents,
+                    scene_tokens=scene_tokens,
+                    drop_scene=drop_scene,
+                    scene_counts=scene_counts,
+                    scene_cameras=scene_cameras,
+                )
         except BaseException:
             self.clear()
             raise
         if len(self.keys) != len(model.blocks):
             self.clear()
-            raise RuntimeError("the context cache saw a self-attention call per block missing; was the model "
-                               "run with activation checkpointing under grad?")
+            raise RuntimeError(
+                "the context cache saw a self-attention call per block missing; was the model "
+                "run with activation checkpointing under grad?"
+            )
         return out
 
     def _recorder(self, layer: int, attend: Callable) -> Callable:
         def record(q, k, v):
             if not self.keys:
-                self._check_fits(k[:, self.num_video:])
+                self._check_fits(k[:, self.num_video :])
                 self.packing = getattr(attend, "packing", None)
             # Copies, not views: a view would keep the whole (video ++ context) tensor alive.
-            self.keys.append(self._store(k[:, self.num_video:]))
-            self.values.append(self._store(v[:, self.num_video:]))
+            self.keys.append(self._store(k[:, self.num_video :]))
+            self.values.append(self._store(v[:, self.num_video :]))
             return attend(q, k, v)
+
         return record
 
     def _store(self, t: torch.Tensor) -> torch.Tensor:
@@ -206,19 +234,25 @@ class ContextKVCache:
         layer_bytes = 2 * context_keys.numel() * context_keys.element_size()
         need = self.planned_copies * self._layers * layer_bytes
         dtype = str(context_keys.dtype).replace("torch.", "")
-        what = (f"{need / GB:.1f} GB ({self.planned_copies} cache(s) x 2 x {self._layers} layers x {batch} x "
-                f"{tokens:,} context tokens x {heads * head_dim} x {dtype})")
+        what = (
+            f"{need / GB:.1f} GB ({self.planned_copies} cache(s) x 2 x {self._layers} layers x {batch} x "
+            f"{tokens:,} context tokens x {heads * head_dim} x {dtype})"
+        )
         if self.offload:
             host = host_available_bytes()
             if host is not None and need > host:
-                raise CineSceneError(f"the offloaded context K/V cache needs {what} of host memory but "
-                                     f"{host / GB:.1f} GB is available; sample without it (context_cache=False)")
+                raise CineSceneError(
+                    f"the offloaded context K/V cache needs {what} of host memory but "
+                    f"{host / GB:.1f} GB is available; sample without it (context_cache=False)"
+                )
             need, what = 2 * layer_bytes, f"{2 * layer_bytes / GB:.2f} GB (two layers in flight)"
         available = available_bytes(context_keys.device)
         if available is not None and need > available:
             hint = "" if self.offload else ", keep it in host memory (context_cache_offload=True)"
-            raise CineSceneError(f"the context K/V cache needs {what} but {context_keys.device} has "
-                                 f"{available / GB:.1f} GB free; sample without it (context_cache=False){hint}")
+            raise CineSceneError(
+                f"the context K/V cache needs {what} but {context_keys.device} has "
+                f"{available / GB:.1f} GB free; sample without it (context_cache=False){hint}"
+            )
 
     def _reader(self, layer: int, attend: Callable) -> Callable:
         backend, packing = self._backend, self.packing
@@ -231,22 +265,29 @@ class ContextKVCache:
             # Video queries see every key: the readonly mask never restricts them. Lq != Lk here,
             # but it is self-attention over the extended sequence (so ``auto`` may pick the fused kernel).
             # With a packing, the video queries are its prefix and padded context keys stay unseen.
-            return attention(q, torch.cat([k, context_k], dim=1), torch.cat([v, context_v], dim=1),
-                             backend=backend, kind="self", packing=packing)
+            return attention(
+                q,
+                torch.cat([k, context_k], dim=1),
+                torch.cat([v, context_v], dim=1),
+                backend=backend,
+                kind="self",
+                packing=packing,
+            )
+
         return attend_with_context
 
 
 class _LayerStream:
     """Host-resident per-layer tensors brought to ``device`` in layer order, the next one copied ahead."""
 
-    def __init__(self, keys: List[torch.Tensor], values: List[torch.Tensor], device: torch.device):
+    def __init__(self, keys: list[torch.Tensor], values: list[torch.Tensor], device: torch.device):
         self.keys, self.values, self.device = keys, values, device
         self.copy_stream = torch.cuda.Stream(device) if device.type == "cuda" else None
-        self.in_flight: Dict[int, Tuple[torch.Tensor, torch.Tensor, Optional[torch.cuda.Event]]] = {}
-        if keys:   # the first layer's copy overlaps the embeddings that run before it
+        self.in_flight: dict[int, tuple[torch.Tensor, torch.Tensor, torch.cuda.Event | None]] = {}
+        if keys:  # the first layer's copy overlaps the embeddings that run before it
             self._issue(0)
 
-    def fetch(self, layer: int) -> Tuple[torch.Tensor, torch.Tensor]:
+    def fetch(self, layer: int) -> tuple[torch.Tensor, torch.Tensor]:
         if layer not in self.in_flight:
             self._issue(layer)
         k, v, ready = self.in_flight.pop(layer)
@@ -262,7 +303,11 @@ class _LayerStream:
 
     def _issue(self, layer: int) -> None:
         if self.copy_stream is None:
-            self.in_flight[layer] = (self.keys[layer].to(self.device), self.values[layer].to(self.device), None)
+            self.in_flight[layer] = (
+                self.keys[layer].to(self.device),
+                self.values[layer].to(self.device),
+                None,
+            )
             return
         with torch.cuda.stream(self.copy_stream):
             k = self.keys[layer].to(self.device, non_blocking=True)
@@ -281,9 +326,11 @@ def _swap_self_attention(model, make_attend: Callable) -> Iterator[None]:
     """While active, each block's ``self_attn(hidden, attend, rope=...)`` gets ``make_attend(layer, attend)``."""
     handles = []
     for layer, block in enumerate(model.blocks):
+
         def pre_hook(module, args, kwargs, layer=layer):
             hidden, attend = args[0], args[1]
             return (hidden, make_attend(layer, attend)) + tuple(args[2:]), kwargs
+
         handles.append(block.self_attn.register_forward_pre_hook(pre_hook, with_kwargs=True))
     try:
         yield

@@ -6,15 +6,17 @@ norm ``norm3`` (the two FFN/self-attention LayerNorms have no parameters).
 Keys outside the table (CineScene's ``blocks.N.cam_encoder`` / ``projector``,
 ``scene_encoder.*``) are the same in both layouts.
 """
+
 from __future__ import annotations
 
 import re
-from typing import Dict, Iterable, List, Mapping, Tuple, TypeVar
+from collections.abc import Iterable, Mapping
+from typing import TypeVar
 
 V = TypeVar("V")
 
 #: (Wan module path, diffusers module path) outside the blocks.
-TOP_LEVEL: List[Tuple[str, str]] = [
+TOP_LEVEL: list[tuple[str, str]] = [
     ("patch_embedding", "patch_embedding"),
     ("text_embedding.0", "condition_embedder.text_embedder.linear_1"),
     ("text_embedding.2", "condition_embedder.text_embedder.linear_2"),
@@ -26,11 +28,19 @@ TOP_LEVEL: List[Tuple[str, str]] = [
 ]
 
 #: (Wan, diffusers) paths inside ``blocks.N.``.
-IN_BLOCK: List[Tuple[str, str]] = [
-    *[(f"{wan}.{a}", f"{hf}.{b}")
-      for wan, hf in (("self_attn", "attn1"), ("cross_attn", "attn2"))
-      for a, b in (("q", "to_q"), ("k", "to_k"), ("v", "to_v"), ("o", "to_out.0"),
-                   ("norm_q", "norm_q"), ("norm_k", "norm_k"))],
+IN_BLOCK: list[tuple[str, str]] = [
+    *[
+        (f"{wan}.{a}", f"{hf}.{b}")
+        for wan, hf in (("self_attn", "attn1"), ("cross_attn", "attn2"))
+        for a, b in (
+            ("q", "to_q"),
+            ("k", "to_k"),
+            ("v", "to_v"),
+            ("o", "to_out.0"),
+            ("norm_q", "norm_q"),
+            ("norm_k", "norm_k"),
+        )
+    ],
     ("norm3", "norm2"),
     ("ffn.0", "ffn.net.0.proj"),
     ("ffn.2", "ffn.net.2"),
@@ -40,11 +50,11 @@ IN_BLOCK: List[Tuple[str, str]] = [
 _BLOCK_KEY = re.compile(r"^blocks\.(\d+)\.(.+)$")
 
 
-def _rename(path: str, table: Iterable[Tuple[str, str]]) -> str:
+def _rename(path: str, table: Iterable[tuple[str, str]]) -> str:
     """Replace the first table entry that is ``path`` or a dotted prefix of it."""
     for source, target in table:
         if path == source or path.startswith(source + "."):
-            return target + path[len(source):]
+            return target + path[len(source) :]
     return path
 
 
@@ -64,12 +74,12 @@ def diffusers_to_wan_key(key: str) -> str:
     return _convert_key(key, to_diffusers=False)
 
 
-def wan_to_diffusers(state_dict: Mapping[str, V]) -> Dict[str, V]:
+def wan_to_diffusers(state_dict: Mapping[str, V]) -> dict[str, V]:
     """Rename a Wan-layout state dict to diffusers' layout (values untouched)."""
     return {wan_to_diffusers_key(k): v for k, v in state_dict.items()}
 
 
-def diffusers_to_wan(state_dict: Mapping[str, V]) -> Dict[str, V]:
+def diffusers_to_wan(state_dict: Mapping[str, V]) -> dict[str, V]:
     """Rename a diffusers-layout state dict to Wan's layout (values untouched)."""
     return {diffusers_to_wan_key(k): v for k, v in state_dict.items()}
 

@@ -5,10 +5,11 @@ never in a pass over the finished model: under ``deepspeed.zero.Init`` every
 module's parameters are partitioned as soon as its own ``__init__`` returns,
 so a later ``nn.init.*_`` on ``module.weight`` would touch an empty shard.
 """
+
 from __future__ import annotations
 
 import math
-from typing import Optional, Sequence
+from collections.abc import Sequence
 
 import torch
 import torch.nn as nn
@@ -28,8 +29,17 @@ class Linear(nn.Linear):
     ``"torch"``: PyTorch's own default.
     """
 
-    def __init__(self, in_features: int, out_features: int, bias: bool = True, *,
-                 init: str = "xavier", std: float = 0.02, device=None, dtype=None):
+    def __init__(
+        self,
+        in_features: int,
+        out_features: int,
+        bias: bool = True,
+        *,
+        init: str = "xavier",
+        std: float = 0.02,
+        device=None,
+        dtype=None,
+    ):
         if init not in LINEAR_INITS:
             raise ValueError(f"unknown init {init!r}; expected one of {LINEAR_INITS}")
         if init == "identity" and in_features != out_features:
@@ -139,7 +149,7 @@ class SegmentedModulation:
     padding rides with the context and is discarded).
     """
 
-    def __init__(self, split: Optional[int]):
+    def __init__(self, split: int | None):
         self.split = split
 
     def _pieces(self, x: torch.Tensor, param: torch.Tensor):
@@ -149,18 +159,22 @@ class SegmentedModulation:
         if self.split > 0:
             pieces.append((x[:, : self.split], param[:, :1]))
         if self.split < x.shape[1]:
-            pieces.append((x[:, self.split:], param[:, 1:2]))
+            pieces.append((x[:, self.split :], param[:, 1:2]))
         return pieces
 
     def modulate(self, normed: torch.Tensor, shift: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
         """``normed * (1 + scale) + shift`` in fp32; shift/scale are (B, G, dim)."""
-        outs = [part.float() * (1 + sc) + sh
-                for (part, sc), (_, sh) in zip(self._pieces(normed, scale), self._pieces(normed, shift))]
+        outs = [
+            part.float() * (1 + sc) + sh
+            for (part, sc), (_, sh) in zip(self._pieces(normed, scale), self._pieces(normed, shift))
+        ]
         return outs[0] if len(outs) == 1 else torch.cat(outs, dim=1)
 
     def gated_add(self, x: torch.Tensor, y: torch.Tensor, gate: torch.Tensor) -> torch.Tensor:
         """``x + y * gate`` in fp32, returned in x's dtype."""
-        outs = [px.float() + py.float() * g
-                for (px, g), (py, _) in zip(self._pieces(x, gate), self._pieces(y, gate))]
+        outs = [
+            px.float() + py.float() * g
+            for (px, g), (py, _) in zip(self._pieces(x, gate), self._pieces(y, gate))
+        ]
         out = outs[0] if len(outs) == 1 else torch.cat(outs, dim=1)
         return out.type_as(x)

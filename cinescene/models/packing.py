@@ -14,9 +14,10 @@ and reused by every layer. Queries of a call sit at the first ``Lq`` key
 positions (self-attention: Lq = L; the context cache's video-only steps: the
 video prefix), so one packing describes both.
 """
+
 from __future__ import annotations
 
-from typing import Dict, List, Optional, Sequence
+from collections.abc import Sequence
 
 import torch
 
@@ -30,22 +31,22 @@ class TokenPacking:
         self.valid_host = valid.detach().cpu()
         self.device = torch.device(device) if device is not None else valid.device
         self.batch, self.length = self.valid_host.shape
-        self.lengths: List[int] = self.valid_host.sum(1).tolist()
+        self.lengths: list[int] = self.valid_host.sum(1).tolist()
         self.max_seqlen = max(self.lengths) if self.lengths else 0
         flat = torch.nonzero(self.valid_host.reshape(-1), as_tuple=False).reshape(-1)
         self.index = flat.to(self.device)
         cu = torch.zeros(self.batch + 1, dtype=torch.int32)
         cu[1:] = torch.cumsum(torch.tensor(self.lengths, dtype=torch.int64), 0).to(torch.int32)
         self.cu_seqlens = cu.to(self.device)
-        self._prefixes: Dict[int, "TokenPacking"] = {}
-        self._starts: Dict[int, torch.Tensor] = {}
+        self._prefixes: dict[int, TokenPacking] = {}
+        self._starts: dict[int, torch.Tensor] = {}
 
     @property
     def is_dense(self) -> bool:
         """Every position is real: attention needs no packing."""
         return sum(self.lengths) == self.batch * self.length
 
-    def prefix(self, n: int) -> "TokenPacking":
+    def prefix(self, n: int) -> TokenPacking:
         """The packing of positions [0, n) (the queries of a call whose keys this packing describes)."""
         if n == self.length:
             return self
@@ -55,7 +56,7 @@ class TokenPacking:
             self._prefixes[n] = TokenPacking(self.valid_host[:, :n], device=self.device)
         return self._prefixes[n]
 
-    def real_before(self, position: int) -> List[int]:
+    def real_before(self, position: int) -> list[int]:
         """Per sample: how many real tokens precede ``position`` (a packed sequence's context start)."""
         return self.valid_host[:, :position].sum(1).tolist()
 
@@ -63,13 +64,17 @@ class TokenPacking:
         """:meth:`real_before` as an int32 tensor on the packing's device, made once per position: every
         layer's varlen launch reuses it (a host-to-device copy per layer would stall the GPU stream)."""
         if position not in self._starts:
-            self._starts[position] = torch.tensor(self.real_before(position), dtype=torch.int32).to(self.device)
+            self._starts[position] = torch.tensor(self.real_before(position), dtype=torch.int32).to(
+                self.device
+            )
         return self._starts[position]
 
     def check(self, x: torch.Tensor) -> None:
         if tuple(x.shape[:2]) != (self.batch, self.length):
-            raise ValueError(f"a packing of (B={self.batch}, L={self.length}) does not describe a tensor of "
-                             f"shape {tuple(x.shape)}")
+            raise ValueError(
+                f"a packing of (B={self.batch}, L={self.length}) does not describe a tensor of "
+                f"shape {tuple(x.shape)}"
+            )
 
     def pack(self, x: torch.Tensor) -> torch.Tensor:
         """(B, L, ...) -> (total, ...): the real tokens, sample after sample, in position order."""
@@ -82,7 +87,7 @@ class TokenPacking:
         out = out.index_copy(0, self.index, packed)
         return out.reshape(self.batch, self.length, *packed.shape[1:])
 
-    def split(self, packed: torch.Tensor) -> List[torch.Tensor]:
+    def split(self, packed: torch.Tensor) -> list[torch.Tensor]:
         """(total, ...) -> per-sample (L_i, ...) views."""
         return list(torch.split(packed, self.lengths, dim=0))
 
@@ -92,7 +97,7 @@ def real_images(counts: Sequence[int], num_images: int) -> torch.Tensor:
     return torch.arange(num_images)[None, :] < torch.as_tensor(list(counts), dtype=torch.int64)[:, None]
 
 
-def packing_from_valid(valid: Optional[torch.Tensor], device=None) -> Optional[TokenPacking]:
+def packing_from_valid(valid: torch.Tensor | None, device=None) -> TokenPacking | None:
     """A packing for ``valid``, or None when there is nothing to pack (no mask, or every token real)."""
     if valid is None:
         return None

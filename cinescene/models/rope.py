@@ -8,16 +8,17 @@ D=16) and pair ``i`` of an axis with ``n`` real dims rotates by
 images simply get frame indices after the video's (``F, F+1, ...``) and their
 own spatial grid; any even head dim works.
 """
+
 from __future__ import annotations
 
-from typing import Sequence, Tuple
+from collections.abc import Sequence
 
 import torch
 
 THETA = 10000.0
 
 
-def axis_dims(head_dim: int) -> Tuple[int, int, int]:
+def axis_dims(head_dim: int) -> tuple[int, int, int]:
     """Real channels given to (frame, height, width) for one head."""
     if head_dim % 2:
         raise ValueError(f"RoPE needs an even head dim, got {head_dim}")
@@ -25,8 +26,9 @@ def axis_dims(head_dim: int) -> Tuple[int, int, int]:
     return head_dim - 2 * spatial, spatial, spatial
 
 
-def grid_positions(frames: int, height: int, width: int, *, frame_offset: int = 0,
-                   device=None) -> torch.Tensor:
+def grid_positions(
+    frames: int, height: int, width: int, *, frame_offset: int = 0, device=None
+) -> torch.Tensor:
     """(frames*height*width, 3) integer positions in the order tokens are flattened (f, h, w)."""
     f = torch.arange(frame_offset, frame_offset + frames, device=device)
     h = torch.arange(height, device=device)
@@ -42,14 +44,16 @@ def rope_angles(positions: torch.Tensor, head_dim: int, theta: float = THETA) ->
     for axis, dims in enumerate(axis_dims(head_dim)):
         if dims == 0:
             continue
-        inv_freq = 1.0 / torch.pow(theta, torch.arange(0, dims, 2, dtype=torch.float64,
-                                                       device=pos.device) / dims)
+        inv_freq = 1.0 / torch.pow(
+            theta, torch.arange(0, dims, 2, dtype=torch.float64, device=pos.device) / dims
+        )
         parts.append(torch.outer(pos[:, axis], inv_freq))
     return torch.cat(parts, dim=1)
 
 
-def rope_cos_sin(positions: torch.Tensor, head_dim: int, dtype=torch.float32
-                 ) -> Tuple[torch.Tensor, torch.Tensor]:
+def rope_cos_sin(
+    positions: torch.Tensor, head_dim: int, dtype=torch.float32
+) -> tuple[torch.Tensor, torch.Tensor]:
     """cos/sin tables (L, head_dim/2) for :func:`apply_rope` (angles in float64, then cast)."""
     angles = rope_angles(positions, head_dim)
     return angles.cos().to(dtype), angles.sin().to(dtype)
@@ -70,8 +74,9 @@ def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.T
     return rotated.reshape(b, seq, heads, dim).type_as(x)
 
 
-def sequence_positions(video_grid: Sequence[int], context_grids: Sequence[Tuple[int, int, int]],
-                       device=None) -> torch.Tensor:
+def sequence_positions(
+    video_grid: Sequence[int], context_grids: Sequence[tuple[int, int, int]], device=None
+) -> torch.Tensor:
     """Positions of [video ++ context] tokens.
 
     ``context_grids`` lists (frame_index, height, width) blocks, one per context

@@ -21,9 +21,10 @@ a sample whose scene is dropped (classifier-free guidance): the sequence
 keeps its length, so a batch can mix dropped and kept samples; the
 unconditional branch at sampling time uses the same null tokens.
 """
+
 from __future__ import annotations
 
-from typing import Optional, Sequence, Tuple
+from collections.abc import Sequence
 
 import torch
 import torch.nn as nn
@@ -44,13 +45,17 @@ class SceneEncoder(nn.Module):
         feature_dim = 2 * cfg.vggt.embed_dim
         if cfg.vggt_tokens:
             self.vggt = VGGT(cfg.vggt, camera_head=False, attention_backend=attention_backend)
-            self.projector = nn.Sequential(FP32LayerNorm(feature_dim), Linear(feature_dim, dim),
-                                           nn.GELU(approximate="tanh"), Linear(dim, dim, init="zeros"))
+            self.projector = nn.Sequential(
+                FP32LayerNorm(feature_dim),
+                Linear(feature_dim, dim),
+                nn.GELU(approximate="tanh"),
+                Linear(dim, dim, init="zeros"),
+            )
         if cfg.pose_embedding:
             self.pose_embedding = Linear(12, dim, init="zeros")
         self.null_token = nn.Parameter(torch.zeros(1, 1, dim))
 
-    def extract_features(self, images: torch.Tensor, counts: Optional[Sequence[int]] = None) -> torch.Tensor:
+    def extract_features(self, images: torch.Tensor, counts: Sequence[int] | None = None) -> torch.Tensor:
         """(B, S, 3, H, W) in [0, 1] -> VGGT features on its patch grid (B, S, rows, cols, 2C).
 
         This is what ``CineSceneModel.forward(scene_tokens=...)`` accepts, so it
@@ -68,15 +73,20 @@ class SceneEncoder(nn.Module):
             feats = torch.stack([outputs[i % vggt.cfg.depth] for i in self.layers]).mean(0)
         b, s = feats.shape[:2]
         rows, cols = vggt_grid(images.shape[-2], images.shape[-1], vggt.cfg.img_size, vggt.cfg.patch_size)
-        feats = feats[:, :, vggt.aggregator.patch_start_idx:].reshape(b, s, rows, cols, -1)
+        feats = feats[:, :, vggt.aggregator.patch_start_idx :].reshape(b, s, rows, cols, -1)
         if counts is not None:
             feats = feats * real_images(counts, s).to(feats.device, feats.dtype)[:, :, None, None, None]
         return feats
 
-    def forward(self, features: Optional[torch.Tensor], grid: Tuple[int, int],
-                pixel_tokens: Optional[torch.Tensor] = None,
-                drop: Optional[torch.Tensor] = None, poses: Optional[torch.Tensor] = None,
-                counts: Optional[Sequence[int]] = None) -> torch.Tensor:
+    def forward(
+        self,
+        features: torch.Tensor | None,
+        grid: tuple[int, int],
+        pixel_tokens: torch.Tensor | None = None,
+        drop: torch.Tensor | None = None,
+        poses: torch.Tensor | None = None,
+        counts: Sequence[int] | None = None,
+    ) -> torch.Tensor:
         """Context tokens (B, N_ctx, dim): projected VGGT features (if any), then pixel tokens (if any).
 
         ``features`` (B, S, rows, cols, 2C) from :meth:`extract_features`;
@@ -93,16 +103,18 @@ class SceneEncoder(nn.Module):
                 if self.pooling == "area":
                     maps = F.adaptive_avg_pool2d(maps, grid)
                 else:
-                    maps = F.interpolate(maps, size=tuple(grid), mode="bilinear", antialias=True,
-                                         align_corners=False)
+                    maps = F.interpolate(
+                        maps, size=tuple(grid), mode="bilinear", antialias=True, align_corners=False
+                    )
             cells = maps.permute(0, 2, 3, 1).reshape(b, s * grid[0] * grid[1], channels)
             parts.append(self.projector(cells.to(self.null_token.dtype)))
         if pixel_tokens is not None:
             parts.append(pixel_tokens)
         if hasattr(self, "pose_embedding"):
             if poses is None:
-                raise ValueError("model.scene.pose_embedding is on: pass cameras (the target trajectory) and "
-                                 "scene_cameras")
+                raise ValueError(
+                    "model.scene.pose_embedding is on: pass cameras (the target trajectory) and scene_cameras"
+                )
             embedded = self.embed_poses(poses, counts)
             parts = [_add_per_image(part, embedded) for part in parts]
         tokens = torch.cat(parts, dim=1)
@@ -113,11 +125,13 @@ class SceneEncoder(nn.Module):
         null = self.null_token.to(tokens.dtype).expand_as(tokens)
         return torch.where(drop.to(tokens.device).view(-1, 1, 1), null, tokens)
 
-    def embed_poses(self, poses: torch.Tensor, counts: Optional[Sequence[int]] = None) -> torch.Tensor:
+    def embed_poses(self, poses: torch.Tensor, counts: Sequence[int] | None = None) -> torch.Tensor:
         """(B, S, 12) relative poses -> (B, S, dim) per-image embeddings, zero for padding images."""
         embedded = self.pose_embedding(poses.to(self.pose_embedding.weight.dtype))
         if counts is not None:
-            embedded = embedded * real_images(counts, poses.shape[1]).to(embedded.device, embedded.dtype)[..., None]
+            embedded = (
+                embedded * real_images(counts, poses.shape[1]).to(embedded.device, embedded.dtype)[..., None]
+            )
         return embedded
 
 
@@ -126,8 +140,8 @@ def _add_per_image(tokens: torch.Tensor, per_image: torch.Tensor) -> torch.Tenso
     b, length, dim = tokens.shape
     images = per_image.shape[1]
     if per_image.shape[0] != b or length % images:
-        raise ValueError(f"{tuple(per_image.shape[:2])} scene poses do not fit {length} context tokens of "
-                         f"{b} samples")
+        raise ValueError(
+            f"{tuple(per_image.shape[:2])} scene poses do not fit {length} context tokens of {b} samples"
+        )
     grouped = tokens.reshape(b, images, length // images, dim) + per_image.to(tokens.dtype)[:, :, None]
     return grouped.reshape(b, length, dim)
-

@@ -18,9 +18,8 @@ the reduced gradients by the data-parallel size only), so the trainer needs
 no extra scaling. The gather's backward hands each rank its own slice of
 the (identical, replicated) output gradient.
 """
-from __future__ import annotations
 
-from typing import Optional
+from __future__ import annotations
 
 import torch
 import torch.distributed as dist
@@ -47,9 +46,11 @@ def check_group(group, num_heads: int) -> None:
         raise CineSceneError("sequence parallelism needs torch.distributed to be initialised first")
     size = dist.get_world_size(group)
     if num_heads % size:
-        raise CineSceneError(f"sequence parallelism over {size} ranks needs the attention heads "
-                             f"({num_heads}) to be divisible by {size}; choose parallel.sequence "
-                             f"from the divisors of {num_heads}")
+        raise CineSceneError(
+            f"sequence parallelism over {size} ranks needs the attention heads "
+            f"({num_heads}) to be divisible by {size}; choose parallel.sequence "
+            f"from the divisors of {num_heads}"
+        )
 
 
 class SequenceShard:
@@ -98,22 +99,41 @@ class _GatherShards(torch.autograd.Function):
 class _UnpaddedAttention(nn.Module):
     """The local attention inside DistributedAttention: full (padded) sequence, a subset of heads."""
 
-    def __init__(self, valid_len: int, num_video: Optional[int], mask: str, backend: str,
-                 packing: Optional[TokenPacking] = None):
+    def __init__(
+        self,
+        valid_len: int,
+        num_video: int | None,
+        mask: str,
+        backend: str,
+        packing: TokenPacking | None = None,
+    ):
         super().__init__()
         self.valid_len, self.num_video, self.mask, self.backend = valid_len, num_video, mask, backend
         self.packing = packing
 
     def forward(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
         n = self.valid_len
-        out = attention(q[:, :n], k[:, :n], v[:, :n], num_video=self.num_video, mask=self.mask,
-                        backend=self.backend, kind="self", packing=self.packing)
+        out = attention(
+            q[:, :n],
+            k[:, :n],
+            v[:, :n],
+            num_video=self.num_video,
+            mask=self.mask,
+            backend=self.backend,
+            kind="self",
+            packing=self.packing,
+        )
         # Padding queries produce zeros; their outputs are discarded after the head.
         return F.pad(out, [0, 0, 0, 0, 0, q.shape[1] - n])
 
 
-def ulysses_self_attention(shard: SequenceShard, num_video: Optional[int], mask: str, backend: str,
-                           packing: Optional[TokenPacking] = None):
+def ulysses_self_attention(
+    shard: SequenceShard,
+    num_video: int | None,
+    mask: str,
+    backend: str,
+    packing: TokenPacking | None = None,
+):
     """(q, k, v) shards (B, L/P, H, D) -> attention output shards, via DeepSpeed's all-to-all.
 
     ``packing`` describes the whole unsharded sequence (global positions), as
@@ -122,8 +142,12 @@ def ulysses_self_attention(shard: SequenceShard, num_video: Optional[int], mask:
     from deepspeed.sequence.layer import DistributedAttention
 
     # Batch-first layout: scatter the head dim (2), gather the sequence dim (1).
-    layer = DistributedAttention(_UnpaddedAttention(shard.total, num_video, mask, backend, packing), shard.group,
-                                 scatter_idx=2, gather_idx=1)
+    layer = DistributedAttention(
+        _UnpaddedAttention(shard.total, num_video, mask, backend, packing),
+        shard.group,
+        scatter_idx=2,
+        gather_idx=1,
+    )
 
     def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
         return layer(q, k, v, 0)

@@ -16,19 +16,27 @@ differ between two contiguous token segments (video / context, see
 and residual adds in fp32, matmuls in the parameter dtype) instead of
 autocast regions.
 """
+
 from __future__ import annotations
 
 import math
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Callable, Optional, Sequence, Tuple
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint
 
-from .layers import (FP32LayerNorm, Linear, PatchEmbed3d, RMSNorm, SegmentedModulation, normal_parameter,
-                     sinusoidal_embedding)
+from .layers import (
+    FP32LayerNorm,
+    Linear,
+    PatchEmbed3d,
+    RMSNorm,
+    SegmentedModulation,
+    normal_parameter,
+    sinusoidal_embedding,
+)
 from .rope import apply_rope
 
 #: (q, k, v) -> out, all (B, L, H, D): how a block runs its self-attention this forward.
@@ -43,14 +51,14 @@ class BlockContext:
     (++ padding)]; the first ``num_local_video`` of them are video tokens.
     """
 
-    e0: torch.Tensor                    # (B, G, 6, dim) fp32 timestep modulation; G=1 shared, G=2 video/context
-    text: torch.Tensor                  # (B, text_len, dim) embedded prompt
-    rope: Tuple[torch.Tensor, torch.Tensor]  # cos, sin (L_local, head_dim/2)
+    e0: torch.Tensor  # (B, G, 6, dim) fp32 timestep modulation; G=1 shared, G=2 video/context
+    text: torch.Tensor  # (B, text_len, dim) embedded prompt
+    rope: tuple[torch.Tensor, torch.Tensor]  # cos, sin (L_local, head_dim/2)
     self_attention: AttendFn
     cross_attention: AttendFn
     num_local_video: int
-    camera: Optional[torch.Tensor] = None        # (B, F, 12) relative [R|t] per latent frame
-    camera_frame: Optional[torch.Tensor] = None  # (num_local_video,) frame of each local video token
+    camera: torch.Tensor | None = None  # (B, F, 12) relative [R|t] per latent frame
+    camera_frame: torch.Tensor | None = None  # (num_local_video,) frame of each local video token
 
     @property
     def modulation(self) -> SegmentedModulation:
@@ -71,8 +79,13 @@ class WanAttention(nn.Module):
         self.norm_q = RMSNorm(dim, eps=eps) if qk_norm else nn.Identity()
         self.norm_k = RMSNorm(dim, eps=eps) if qk_norm else nn.Identity()
 
-    def forward(self, x: torch.Tensor, attend: AttendFn, context: Optional[torch.Tensor] = None,
-                rope: Optional[Tuple[torch.Tensor, torch.Tensor]] = None) -> torch.Tensor:
+    def forward(
+        self,
+        x: torch.Tensor,
+        attend: AttendFn,
+        context: torch.Tensor | None = None,
+        rope: tuple[torch.Tensor, torch.Tensor] | None = None,
+    ) -> torch.Tensor:
         source = x if context is None else context
         heads = (self.num_heads, self.head_dim)
         q = self.norm_q(self.q(x)).unflatten(-1, heads)
@@ -86,9 +99,18 @@ class WanAttention(nn.Module):
 class WanBlock(nn.Module):
     """One DiT block: adaLN self-attention (+ camera), cross-attention to text, adaLN FFN."""
 
-    def __init__(self, dim: int, ffn_dim: int, num_heads: int, *, qk_norm: bool = True,
-                 cross_attn_norm: bool = True, eps: float = 1e-6, camera: bool = False,
-                 camera_projector: bool = False):
+    def __init__(
+        self,
+        dim: int,
+        ffn_dim: int,
+        num_heads: int,
+        *,
+        qk_norm: bool = True,
+        cross_attn_norm: bool = True,
+        eps: float = 1e-6,
+        camera: bool = False,
+        camera_projector: bool = False,
+    ):
         super().__init__()
         self.norm1 = FP32LayerNorm(dim, eps, elementwise_affine=False)
         self.self_attn = WanAttention(dim, num_heads, qk_norm, eps)
@@ -97,7 +119,7 @@ class WanBlock(nn.Module):
         self.norm2 = FP32LayerNorm(dim, eps, elementwise_affine=False)
         self.ffn = nn.Sequential(Linear(dim, ffn_dim), nn.GELU(approximate="tanh"), Linear(ffn_dim, dim))
         # shift/scale/gate for self-attention, then for the FFN; added to the shared e0.
-        self.modulation = normal_parameter(1, 6, dim, std=dim ** -0.5)
+        self.modulation = normal_parameter(1, 6, dim, std=dim**-0.5)
         if camera:
             self.cam_encoder = Linear(12, dim, init="zeros")
             if camera_projector:
@@ -105,7 +127,7 @@ class WanBlock(nn.Module):
 
     def forward(self, x: torch.Tensor, ctx: BlockContext) -> torch.Tensor:
         seg = ctx.modulation
-        mod = self.modulation.float().unsqueeze(1) + ctx.e0          # (B, G, 6, dim)
+        mod = self.modulation.float().unsqueeze(1) + ctx.e0  # (B, G, 6, dim)
         shift_sa, scale_sa, gate_sa, shift_ff, scale_ff, gate_ff = mod.unbind(2)
 
         h = seg.modulate(self.norm1(x), shift_sa, scale_sa)
@@ -135,7 +157,7 @@ class WanHead(nn.Module):
         super().__init__()
         self.norm = FP32LayerNorm(dim, eps, elementwise_affine=False)
         self.head = Linear(dim, out_dim * math.prod(patch_size), init="zeros")
-        self.modulation = normal_parameter(1, 2, dim, std=dim ** -0.5)
+        self.modulation = normal_parameter(1, 2, dim, std=dim**-0.5)
 
     def forward(self, x: torch.Tensor, e: torch.Tensor, seg: SegmentedModulation) -> torch.Tensor:
         """x (B, L, dim); e (B, G, dim) time embeddings per token group."""
@@ -151,10 +173,25 @@ class WanDiT(nn.Module):
     the per-block camera modules when ``camera`` is on).
     """
 
-    def __init__(self, *, dim: int, ffn_dim: int, num_heads: int, num_layers: int, in_dim: int,
-                 out_dim: int, patch_size: Sequence[int], freq_dim: int, text_len: int, text_dim: int,
-                 qk_norm: bool = True, cross_attn_norm: bool = True, eps: float = 1e-6,
-                 camera: bool = False, camera_projector: bool = False):
+    def __init__(
+        self,
+        *,
+        dim: int,
+        ffn_dim: int,
+        num_heads: int,
+        num_layers: int,
+        in_dim: int,
+        out_dim: int,
+        patch_size: Sequence[int],
+        freq_dim: int,
+        text_len: int,
+        text_dim: int,
+        qk_norm: bool = True,
+        cross_attn_norm: bool = True,
+        eps: float = 1e-6,
+        camera: bool = False,
+        camera_projector: bool = False,
+    ):
         super().__init__()
         self.dim, self.num_heads, self.freq_dim = dim, num_heads, freq_dim
         self.out_dim, self.text_len = out_dim, text_len
@@ -162,15 +199,28 @@ class WanDiT(nn.Module):
         self.activation_checkpointing = False
 
         self.patch_embedding = PatchEmbed3d(in_dim, dim, self.patch_size)
-        self.text_embedding = nn.Sequential(Linear(text_dim, dim, init="normal"), nn.GELU(approximate="tanh"),
-                                            Linear(dim, dim, init="normal"))
-        self.time_embedding = nn.Sequential(Linear(freq_dim, dim, init="normal"), nn.SiLU(),
-                                            Linear(dim, dim, init="normal"))
+        self.text_embedding = nn.Sequential(
+            Linear(text_dim, dim, init="normal"), nn.GELU(approximate="tanh"), Linear(dim, dim, init="normal")
+        )
+        self.time_embedding = nn.Sequential(
+            Linear(freq_dim, dim, init="normal"), nn.SiLU(), Linear(dim, dim, init="normal")
+        )
         self.time_projection = nn.Sequential(nn.SiLU(), Linear(dim, dim * 6))
-        self.blocks = nn.ModuleList([
-            WanBlock(dim, ffn_dim, num_heads, qk_norm=qk_norm, cross_attn_norm=cross_attn_norm, eps=eps,
-                     camera=camera, camera_projector=camera_projector)
-            for _ in range(num_layers)])
+        self.blocks = nn.ModuleList(
+            [
+                WanBlock(
+                    dim,
+                    ffn_dim,
+                    num_heads,
+                    qk_norm=qk_norm,
+                    cross_attn_norm=cross_attn_norm,
+                    eps=eps,
+                    camera=camera,
+                    camera_projector=camera_projector,
+                )
+                for _ in range(num_layers)
+            ]
+        )
         self.head = WanHead(dim, out_dim, self.patch_size, eps)
 
     @property
@@ -182,11 +232,13 @@ class WanDiT(nn.Module):
         # A ZeRO-3 partitioned parameter keeps its dtype, so this is safe outside forward hooks.
         return self.patch_embedding.weight.dtype
 
-    def patchify(self, x: torch.Tensor) -> Tuple[torch.Tensor, Tuple[int, int, int]]:
+    def patchify(self, x: torch.Tensor) -> tuple[torch.Tensor, tuple[int, int, int]]:
         """(B, C, T, H, W) -> tokens (B, T'*H'*W', dim) in (f, h, w) order, and the grid (T', H', W')."""
         pt, ph, pw = self.patch_size
         if x.shape[2] % pt or x.shape[3] % ph or x.shape[4] % pw:
-            raise ValueError(f"latent shape {tuple(x.shape[2:])} is not divisible by the patch {self.patch_size}")
+            raise ValueError(
+                f"latent shape {tuple(x.shape[2:])} is not divisible by the patch {self.patch_size}"
+            )
         emb = self.patch_embedding(x.to(self.compute_dtype))
         grid = tuple(emb.shape[2:])
         return emb.flatten(2).transpose(1, 2), grid
@@ -217,7 +269,7 @@ class WanDiT(nn.Module):
             text = F.pad(text, (0, 0, 0, self.text_len - text.shape[1]))
         return self.text_embedding(text.to(self.compute_dtype))
 
-    def embed_time(self, timesteps: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+    def embed_time(self, timesteps: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """timesteps (B, G) -> e (B, G, dim) for the head, e0 (B, G, 6, dim) fp32 for the blocks."""
         b, groups = timesteps.shape
         sinusoid = sinusoidal_embedding(self.freq_dim, timesteps.reshape(-1))

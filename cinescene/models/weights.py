@@ -31,6 +31,7 @@ Problems raise one :class:`~cinescene.errors.CineSceneError` whose first line
 is the summary and whose next lines group the offending keys
 (``blocks.{0-29}.self_attn.q.weight``), truncated.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -38,9 +39,9 @@ import json
 import re
 import zipfile
 from collections import defaultdict
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Dict, Iterable, Iterator, List, Mapping, Optional, Set, Tuple, Union
 
 import torch
 import torch.nn as nn
@@ -56,19 +57,19 @@ STRIP_PREFIXES = ("model.diffusion_model.", "module.")
 WRAPPER_KEYS = ("state_dict", "model", "module")
 PICKLE_SUFFIXES = (".pth", ".pt", ".bin", ".ckpt")
 MAX_GROUPS_SHOWN = 12
-Shape = Tuple[int, ...]
+Shape = tuple[int, ...]
 
 
 # ---------------------------------------------------------------------------- sources
 class TensorSource:
     """Named tensors whose names and shapes are known up front and whose data is read on demand."""
 
-    def __init__(self, shapes: Dict[str, Shape], fetch: Callable[[str], torch.Tensor]):
+    def __init__(self, shapes: dict[str, Shape], fetch: Callable[[str], torch.Tensor]):
         self.shapes = shapes
         self._fetch = fetch
 
     @classmethod
-    def of(cls, tensors: Mapping[str, torch.Tensor]) -> "TensorSource":
+    def of(cls, tensors: Mapping[str, torch.Tensor]) -> TensorSource:
         """A source over tensors already at hand (a state dict)."""
         return cls({k: tuple(v.shape) for k, v in tensors.items()}, tensors.__getitem__)
 
@@ -85,15 +86,16 @@ class TensorSource:
         """The data of tensor ``key`` (for a checkpoint: read from the file now)."""
         return self._fetch(key)
 
-    def renamed(self, rename: Callable[[str], str]) -> "TensorSource":
+    def renamed(self, rename: Callable[[str], str]) -> TensorSource:
         """The same tensors under ``rename(key)``; no data is read."""
         original = {rename(k): k for k in self.shapes}
         if len(original) != len(self.shapes):
             raise CineSceneError("renaming the checkpoint's keys maps two tensors to one name")
-        return TensorSource({new: self.shapes[old] for new, old in original.items()},
-                            lambda key: self._fetch(original[key]))
+        return TensorSource(
+            {new: self.shapes[old] for new, old in original.items()}, lambda key: self._fetch(original[key])
+        )
 
-    def subset(self, keys: Iterable[str]) -> "TensorSource":
+    def subset(self, keys: Iterable[str]) -> TensorSource:
         """Only ``keys`` (which must be present)."""
         return TensorSource({k: self.shapes[k] for k in keys}, self._fetch)
 
@@ -107,8 +109,9 @@ def _open_pickle(path: Path) -> TensorSource:
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
     except Exception as exc:  # pickles with code, truncated files
-        raise CineSceneError(f"cannot read {path} as a weights-only torch checkpoint: "
-                             f"{str(exc).splitlines()[0]}") from None
+        raise CineSceneError(
+            f"cannot read {path} as a weights-only torch checkpoint: {str(exc).splitlines()[0]}"
+        ) from None
     while isinstance(obj, dict) and not any(isinstance(v, torch.Tensor) for v in obj.values()):
         inner = next((obj[k] for k in WRAPPER_KEYS if isinstance(obj.get(k), dict)), None)
         if inner is None:
@@ -139,8 +142,8 @@ def _open_index(path: Path, files: contextlib.ExitStack) -> TensorSource:
         weight_map = json.loads(path.read_text())["weight_map"]
     except (OSError, ValueError, KeyError, TypeError) as exc:
         raise CineSceneError(f"{path} is not a sharded-checkpoint index (no weight_map): {exc}") from None
-    shapes: Dict[str, Shape] = {}
-    shard_of: Dict[str, TensorSource] = {}
+    shapes: dict[str, Shape] = {}
+    shard_of: dict[str, TensorSource] = {}
     for shard in sorted(set(weight_map.values())):
         shard_path = path.parent / shard
         if not shard_path.is_file():
@@ -157,8 +160,9 @@ def _resolve(path: Path) -> Path:
         return path
     candidates = sorted(path.glob("*.safetensors.index.json")) or sorted(path.glob("*.safetensors"))
     if len(candidates) != 1:
-        raise CineSceneError(f"{path}: expected one *.safetensors.index.json or one *.safetensors, "
-                             f"found {len(candidates)}")
+        raise CineSceneError(
+            f"{path}: expected one *.safetensors.index.json or one *.safetensors, found {len(candidates)}"
+        )
     return candidates[0]
 
 
@@ -170,7 +174,7 @@ def _strip_prefixes(source: TensorSource) -> TensorSource:
 
 
 @contextlib.contextmanager
-def open_checkpoint(path) -> Iterator[Tuple[TensorSource, Path]]:
+def open_checkpoint(path) -> Iterator[tuple[TensorSource, Path]]:
     """Open a checkpoint of any supported format: (its tensors, read on demand, prefixes stripped; the file).
 
     Files stay open (memory-mapped) inside the ``with`` block; tensors read
@@ -186,13 +190,15 @@ def open_checkpoint(path) -> Iterator[Tuple[TensorSource, Path]]:
         elif name.endswith(".safetensors") or name.endswith(PICKLE_SUFFIXES):
             source = _open_file(path, files)
         else:
-            raise CineSceneError(f"{path}: unknown checkpoint format (expected .safetensors, a sharded index "
-                                 f".json such as model.safetensors.index.json, or a torch pickle "
-                                 f"{'/'.join(PICKLE_SUFFIXES)})")
+            raise CineSceneError(
+                f"{path}: unknown checkpoint format (expected .safetensors, a sharded index "
+                f".json such as model.safetensors.index.json, or a torch pickle "
+                f"{'/'.join(PICKLE_SUFFIXES)})"
+            )
         yield _strip_prefixes(source), path
 
 
-def read_state_dict(path) -> Tuple[Dict[str, torch.Tensor], Path]:
+def read_state_dict(path) -> tuple[dict[str, torch.Tensor], Path]:
     """All tensors of a checkpoint (any supported format) with prefixes stripped, and the file read.
 
     Reads everything: for loading into a model use :func:`load_pretrained`,
@@ -203,9 +209,9 @@ def read_state_dict(path) -> Tuple[Dict[str, torch.Tensor], Path]:
 
 
 # ----------------------------------------------------------------------- reporting
-def group_keys(keys: Iterable[str]) -> List[str]:
+def group_keys(keys: Iterable[str]) -> list[str]:
     """Collapse numbered paths: blocks.0.x, blocks.1.x, ... -> ``blocks.{0-1}.x`` (sorted)."""
-    groups: Dict[str, set] = defaultdict(set)
+    groups: dict[str, set] = defaultdict(set)
     for key in keys:
         numbers = re.findall(r"(?<=\.)\d+(?=\.)|^\d+(?=\.)", key)
         pattern = re.sub(r"(?<=\.)\d+(?=\.)|^\d+(?=\.)", "{}", key)
@@ -220,7 +226,7 @@ def group_keys(keys: Iterable[str]) -> List[str]:
     return lines
 
 
-def _ranges(values: List[int]) -> str:
+def _ranges(values: list[int]) -> str:
     if len(values) == 1:
         return str(values[0])
     spans, start, prev = [], values[0], values[0]
@@ -237,11 +243,11 @@ def _ranges(values: List[int]) -> str:
 @dataclass
 class LoadReport:
     source: str
-    loaded: List[str] = field(default_factory=list)
-    missing: List[str] = field(default_factory=list)       # required model keys absent from the checkpoint
-    unexpected: List[str] = field(default_factory=list)    # checkpoint keys the model lacks
-    mismatched: List[Tuple[str, tuple, tuple]] = field(default_factory=list)  # key, checkpoint, model shape
-    fresh: List[str] = field(default_factory=list)         # optional keys absent: kept at initialisation
+    loaded: list[str] = field(default_factory=list)
+    missing: list[str] = field(default_factory=list)  # required model keys absent from the checkpoint
+    unexpected: list[str] = field(default_factory=list)  # checkpoint keys the model lacks
+    mismatched: list[tuple[str, tuple, tuple]] = field(default_factory=list)  # key, checkpoint, model shape
+    fresh: list[str] = field(default_factory=list)  # optional keys absent: kept at initialisation
 
     @property
     def ok(self) -> bool:
@@ -249,8 +255,11 @@ class LoadReport:
 
     def summary(self) -> str:
         parts = [f"{len(self.loaded)} tensors loaded"]
-        for label, items in (("missing", self.missing), ("unexpected", self.unexpected),
-                             ("mis-shaped", self.mismatched)):
+        for label, items in (
+            ("missing", self.missing),
+            ("unexpected", self.unexpected),
+            ("mis-shaped", self.mismatched),
+        ):
             if items:
                 parts.append(f"{len(items)} {label}")
         if self.fresh:
@@ -259,36 +268,48 @@ class LoadReport:
 
     def details(self) -> str:
         lines = []
-        for label, keys in (("missing from the checkpoint", self.missing),
-                            ("not in the model", self.unexpected)):
+        for label, keys in (
+            ("missing from the checkpoint", self.missing),
+            ("not in the model", self.unexpected),
+        ):
             if keys:
                 lines.append(f"  {label}:")
                 lines += _truncated([f"    {g}" for g in group_keys(keys)])
         if self.mismatched:
             lines.append("  shape differs (checkpoint vs model):")
-            by_shapes: Dict[Tuple[tuple, tuple], List[str]] = defaultdict(list)
+            by_shapes: dict[tuple[tuple, tuple], list[str]] = defaultdict(list)
             for key, got, want in self.mismatched:
                 by_shapes[(got, want)].append(key)
-            entries = [f"    {g}: {list(got)} vs {list(want)}"
-                       for (got, want), keys in sorted(by_shapes.items(), key=lambda kv: kv[1][0])
-                       for g in group_keys(keys)]
+            entries = [
+                f"    {g}: {list(got)} vs {list(want)}"
+                for (got, want), keys in sorted(by_shapes.items(), key=lambda kv: kv[1][0])
+                for g in group_keys(keys)
+            ]
             lines += _truncated(entries)
         return "\n".join(lines)
 
     def error(self) -> CineSceneError:
-        return CineSceneError(f"checkpoint {self.source} does not fit the model: {self.summary()}\n{self.details()}")
+        return CineSceneError(
+            f"checkpoint {self.source} does not fit the model: {self.summary()}\n{self.details()}"
+        )
 
 
-def _truncated(lines: List[str]) -> List[str]:
+def _truncated(lines: list[str]) -> list[str]:
     if len(lines) <= MAX_GROUPS_SHOWN:
         return lines
     return lines[:MAX_GROUPS_SHOWN] + [f"    ... and {len(lines) - MAX_GROUPS_SHOWN} more"]
 
 
 # ------------------------------------------------------------------------ loading
-def assign_state_dict(module: nn.Module, state: Union[Mapping[str, torch.Tensor], TensorSource], *,
-                      strict: bool = True, source: str = "state dict",
-                      optional: Optional[Callable[[str], bool]] = None, check_only: bool = False) -> LoadReport:
+def assign_state_dict(
+    module: nn.Module,
+    state: Mapping[str, torch.Tensor] | TensorSource,
+    *,
+    strict: bool = True,
+    source: str = "state dict",
+    optional: Callable[[str], bool] | None = None,
+    check_only: bool = False,
+) -> LoadReport:
     """Copy ``state`` (a state dict or a lazy :class:`TensorSource`) into ``module``, ZeRO-3 aware.
 
     Covers parameters and persistent buffers. ``optional(name)`` marks model
@@ -322,13 +343,14 @@ def assign_state_dict(module: nn.Module, state: Union[Mapping[str, torch.Tensor]
 
 
 @torch.no_grad()
-def _copy_into(module: nn.Module, tensors: TensorSource, keys: Set[str]) -> None:
+def _copy_into(module: nn.Module, tensors: TensorSource, keys: set[str]) -> None:
     """Read and write module by module: one module's tensors in memory, one module gathered under ZeRO-3."""
-    def owned(prefix: str, named) -> Dict[str, torch.Tensor]:
+
+    def owned(prefix: str, named) -> dict[str, torch.Tensor]:
         full = {name: (f"{prefix}.{name}" if prefix else name) for name, _ in named}
         return {full[name]: t for name, t in named if full[name] in keys}
 
-    def write(targets: Dict[str, torch.Tensor]) -> None:
+    def write(targets: dict[str, torch.Tensor]) -> None:
         for key, tensor in targets.items():
             tensor.data.copy_(tensors.read(key).to(device=tensor.device, dtype=tensor.dtype))
 
@@ -349,8 +371,9 @@ def is_cinescene_extension(key: str) -> bool:
     return key.startswith("scene_encoder.") or bool(re.match(r"^blocks\.\d+\.(cam_encoder|projector)\.", key))
 
 
-def load_pretrained(model: nn.Module, path, *, fmt: str = "auto", strict: bool = True,
-                    check_only: bool = False) -> LoadReport:
+def load_pretrained(
+    model: nn.Module, path, *, fmt: str = "auto", strict: bool = True, check_only: bool = False
+) -> LoadReport:
     """Load a Wan-original or diffusers-layout DiT checkpoint (see module doc) into ``model``, lazily.
 
     ``check_only``: decide the fit from the checkpoint's names and shapes and
@@ -362,8 +385,14 @@ def load_pretrained(model: nn.Module, path, *, fmt: str = "auto", strict: bool =
         layout = detect_layout(tensors.keys()) if fmt == "auto" else fmt
         if layout == "diffusers":
             tensors = tensors.renamed(diffusers_to_wan_key)
-        report = assign_state_dict(model, tensors, strict=strict, source=f"{resolved} ({layout} layout)",
-                                   optional=is_cinescene_extension, check_only=check_only)
+        report = assign_state_dict(
+            model,
+            tensors,
+            strict=strict,
+            source=f"{resolved} ({layout} layout)",
+            optional=is_cinescene_extension,
+            check_only=check_only,
+        )
     if check_only:
         return report
     _log.info("pretrained %s: %s", resolved, report.summary())

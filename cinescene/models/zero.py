@@ -6,10 +6,11 @@ the full tensor. Reading or writing full values needs the parameters
 gathered (``deepspeed.zero.GatheredParameters``); writes are made on one rank
 (``modifier_rank=0``) and re-partitioned on exit.
 """
+
 from __future__ import annotations
 
 import contextlib
-from typing import Iterable, Tuple
+from collections.abc import Iterable
 
 import torch
 
@@ -23,7 +24,7 @@ def full_numel(param: torch.Tensor) -> int:
     return int(getattr(param, "ds_numel", param.numel()))
 
 
-def full_shape(param: torch.Tensor) -> Tuple[int, ...]:
+def full_shape(param: torch.Tensor) -> tuple[int, ...]:
     return tuple(getattr(param, "ds_shape", param.shape))
 
 

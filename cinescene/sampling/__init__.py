@@ -3,6 +3,7 @@
 - :func:`sample` (``sampler``): noise -> video latents.
 - :func:`sampling_sigmas` (``schedule``): the shifted noise levels of the steps.
 """
+
 from .sampler import sample
 from .schedule import sampling_sigmas
 

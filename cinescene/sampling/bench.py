@@ -17,12 +17,12 @@ The cache is exact only with clean context and the context-readonly mask
 command applies them (and says so) rather than timing a model that cannot
 use the cache.
 """
+
 from __future__ import annotations
 
 import statistics
 import time
 from dataclasses import asdict, dataclass, field
-from typing import Dict, List, Optional
 
 import torch
 
@@ -39,11 +39,14 @@ GOAL_SPEEDUP = 1.6
 GOAL_MODEL = "wan1.3b"
 
 
-def cache_overrides(cfg) -> List[str]:
+def cache_overrides(cfg) -> list[str]:
     """The dotlist overrides ``cfg`` needs before the context cache applies (empty when none)."""
     if not cfg.model.scene.enabled:
         raise CineSceneError("model.scene.enabled is false: there is no scene context to cache")
-    current = {"model.attention.mask": cfg.model.attention.mask, "model.scene.timestep": cfg.model.scene.timestep}
+    current = {
+        "model.attention.mask": cfg.model.attention.mask,
+        "model.scene.timestep": cfg.model.scene.timestep,
+    }
     return [f"{key}={value}" for key, value in CACHE_SETTINGS.items() if current[key] != value]
 
 
@@ -61,7 +64,7 @@ class SamplingPlan:
     steps: int
     guidance_scale: float
     shift: float
-    latent_shape: List[int]           # (B, C, T, H, W)
+    latent_shape: list[int]  # (B, C, T, H, W)
     scene_images: int
     video_tokens: int
     context_tokens: int
@@ -69,11 +72,13 @@ class SamplingPlan:
     cache_bytes_per_branch: int
 
     def describe(self) -> str:
-        return (f"{self.model} on {self.device} ({self.dtype}): {self.steps} steps, guidance {self.guidance_scale} "
-                f"({self.guidance_branches} branches), shift {self.shift}; latents {self.latent_shape}, "
-                f"{self.video_tokens:,} video + {self.context_tokens:,} context tokens from {self.scene_images} "
-                f"scene images; context cache {_size(self.cache_bytes_per_branch)} per branch, "
-                f"{_size(self.guidance_branches * self.cache_bytes_per_branch)} in all")
+        return (
+            f"{self.model} on {self.device} ({self.dtype}): {self.steps} steps, guidance {self.guidance_scale} "
+            f"({self.guidance_branches} branches), shift {self.shift}; latents {self.latent_shape}, "
+            f"{self.video_tokens:,} video + {self.context_tokens:,} context tokens from {self.scene_images} "
+            f"scene images; context cache {_size(self.cache_bytes_per_branch)} per branch, "
+            f"{_size(self.guidance_branches * self.cache_bytes_per_branch)} in all"
+        )
 
 
 def plan(cfg, steps: int, device: str, dtype: torch.dtype) -> SamplingPlan:
@@ -84,22 +89,29 @@ def plan(cfg, steps: int, device: str, dtype: torch.dtype) -> SamplingPlan:
     branches = 1 if cfg.eval.cfg_scale == 1.0 else 2
     element = torch.tensor([], dtype=dtype).element_size()
     return SamplingPlan(
-        model=cfg.model.name, device=device, dtype=str(dtype).replace("torch.", ""), steps=steps,
-        guidance_scale=cfg.eval.cfg_scale, shift=cfg.train.flow.shift,
+        model=cfg.model.name,
+        device=device,
+        dtype=str(dtype).replace("torch.", ""),
+        steps=steps,
+        guidance_scale=cfg.eval.cfg_scale,
+        shift=cfg.train.flow.shift,
         latent_shape=[1, cfg.model.in_dim, shape.latent_frames, shape.latent_height, shape.latent_width],
-        scene_images=shape.scene_images, video_tokens=tokens.video, context_tokens=tokens.context,
+        scene_images=shape.scene_images,
+        video_tokens=tokens.video,
+        context_tokens=tokens.context,
         guidance_branches=branches,
-        cache_bytes_per_branch=2 * cfg.model.num_layers * tokens.context * cfg.model.dim * element)
+        cache_bytes_per_branch=2 * cfg.model.num_layers * tokens.context * cfg.model.dim * element,
+    )
 
 
-def synthetic_inputs(cfg, the_plan: SamplingPlan, device, seed: int = 0) -> Dict[str, torch.Tensor]:
+def synthetic_inputs(cfg, the_plan: SamplingPlan, device, seed: int = 0) -> dict[str, torch.Tensor]:
     """Noise, prompt embedding, camera orbit (one camera per latent frame) and scene images, all seeded."""
     from cinescene.models.flops import SampleShape
 
     gen = torch.Generator().manual_seed(seed)
     shape = SampleShape.from_config(cfg)
     frames = shape.latent_frames
-    angle = torch.linspace(0.0, 0.5, frames)           # a quarter-radian pan with a sideways move
+    angle = torch.linspace(0.0, 0.5, frames)  # a quarter-radian pan with a sideways move
     cameras = torch.eye(4).repeat(1, frames, 1, 1)
     cameras[0, :, 0, 0], cameras[0, :, 0, 2] = torch.cos(angle), torch.sin(angle)
     cameras[0, :, 2, 0], cameras[0, :, 2, 2] = -torch.sin(angle), torch.cos(angle)
@@ -108,7 +120,9 @@ def synthetic_inputs(cfg, the_plan: SamplingPlan, device, seed: int = 0) -> Dict
         noise=torch.randn(the_plan.latent_shape, generator=gen),
         text=torch.randn(1, cfg.model.text_len, cfg.model.text_dim, generator=gen),
         cameras=cameras,
-        scene_images=torch.rand(1, shape.scene_images, 3, shape.scene_height, shape.scene_width, generator=gen),
+        scene_images=torch.rand(
+            1, shape.scene_images, 3, shape.scene_height, shape.scene_width, generator=gen
+        ),
     )
     return {name: t.to(device) for name, t in inputs.items()}
 
@@ -133,7 +147,7 @@ def build_random_model(cfg, device, dtype: torch.dtype, seed: int = 0):
 @dataclass
 class Run:
     seconds: float
-    step_seconds: List[float] = field(default_factory=list)
+    step_seconds: list[float] = field(default_factory=list)
 
 
 def _synchronize(device) -> None:
@@ -141,11 +155,17 @@ def _synchronize(device) -> None:
         torch.cuda.synchronize(device)
 
 
-def timed_sample(model, inputs: Dict[str, torch.Tensor], the_plan: SamplingPlan, steps: int, cache: bool,
-                 offload: bool = False):
+def timed_sample(
+    model,
+    inputs: dict[str, torch.Tensor],
+    the_plan: SamplingPlan,
+    steps: int,
+    cache: bool,
+    offload: bool = False,
+):
     """(video latents, Run): one call of the sampler, timed as a whole and per step."""
     device = inputs["noise"].device
-    marks: List[float] = []
+    marks: list[float] = []
 
     def mark(step, x):
         _synchronize(device)
@@ -153,10 +173,19 @@ def timed_sample(model, inputs: Dict[str, torch.Tensor], the_plan: SamplingPlan,
 
     _synchronize(device)
     start = time.perf_counter()
-    out = sample(model, inputs["noise"], inputs["text"], steps=steps, shift=the_plan.shift,
-                 guidance_scale=the_plan.guidance_scale, cameras=inputs["cameras"],
-                 scene_images=inputs["scene_images"], context_cache=cache, context_cache_offload=offload,
-                 callback=mark)
+    out = sample(
+        model,
+        inputs["noise"],
+        inputs["text"],
+        steps=steps,
+        shift=the_plan.shift,
+        guidance_scale=the_plan.guidance_scale,
+        cameras=inputs["cameras"],
+        scene_images=inputs["scene_images"],
+        context_cache=cache,
+        context_cache_offload=offload,
+        callback=mark,
+    )
     bounds = [start] + marks
     return out, Run(seconds=marks[-1] - start, step_seconds=[b - a for a, b in zip(bounds[:-1], bounds[1:])])
 
@@ -164,6 +193,7 @@ def timed_sample(model, inputs: Dict[str, torch.Tensor], the_plan: SamplingPlan,
 def projected_speedup(plain: Run, cached: Run, steps: int) -> float:
     """Speed-up at ``steps`` steps from the per-step times: the first step (scene encoding, and the cache
     fill) as measured, every later step at the median of the measured later steps."""
+
     def total(run: Run) -> float:
         later = run.step_seconds[1:] or run.step_seconds
         return run.step_seconds[0] + (steps - 1) * statistics.median(later)
@@ -171,8 +201,15 @@ def projected_speedup(plain: Run, cached: Run, steps: int) -> float:
     return total(plain) / total(cached)
 
 
-def run_benchmark(cfg, steps: int, device: str, dtype: torch.dtype, seed: int = 0,
-                  target_steps: Optional[int] = None, offload: bool = False) -> dict:
+def run_benchmark(
+    cfg,
+    steps: int,
+    device: str,
+    dtype: torch.dtype,
+    seed: int = 0,
+    target_steps: int | None = None,
+    offload: bool = False,
+) -> dict:
     """Warm up, then sample ``steps`` steps without and with the cache; the report (see module docstring).
 
     ``offload``: the cache keeps its keys/values in host memory and streams them in per layer."""
@@ -190,13 +227,21 @@ def run_benchmark(cfg, steps: int, device: str, dtype: torch.dtype, seed: int = 
     scale = float(plain_out.abs().max())
     speedup = plain.seconds / cached.seconds
     report = dict(
-        provenance=provenance(torch.device(device)), plan=asdict(the_plan), seed=seed,
+        provenance=provenance(torch.device(device)),
+        plan=asdict(the_plan),
+        seed=seed,
         inputs="synthetic (seeded noise, prompt embedding, camera orbit, scene images); random weights",
         timing=f"wall clock of one sampler call each, after a {WARMUP_STEPS}-step warm-up of both paths; "
-               "per-step times from the sampler's callback (synchronised on CUDA)",
-        plain=asdict(plain), cached=asdict(cached), cache_offload=offload, speedup=speedup,
+        "per-step times from the sampler's callback (synchronised on CUDA)",
+        plain=asdict(plain),
+        cached=asdict(cached),
+        cache_offload=offload,
+        speedup=speedup,
         median_speedup=projected_speedup(plain, cached, steps),
-        max_abs_diff=diff, max_abs_output=scale, relative_diff=diff / max(scale, 1e-30))
+        max_abs_diff=diff,
+        max_abs_output=scale,
+        relative_diff=diff / max(scale, 1e-30),
+    )
     if target_steps != steps:
         report["target_steps"] = target_steps
         report["projected_speedup"] = projected_speedup(plain, cached, target_steps)
@@ -206,16 +251,22 @@ def run_benchmark(cfg, steps: int, device: str, dtype: torch.dtype, seed: int = 
 def format_report(report: dict) -> str:
     plan_ = report["plan"]
     steps = plan_["steps"]
-    lines = [f"without the context cache: {report['plain']['seconds']:.3f} s for {steps} steps",
-             f"with the context cache:    {report['cached']['seconds']:.3f} s for {steps} steps"
-             f"{' (offloaded: host memory, streamed in per layer)' if report.get('cache_offload') else ''}",
-             f"speed-up: {report['speedup']:.2f}x at {steps} steps (wall clock; from the per-step medians, "
-             f"which a stalled step does not move: {report['median_speedup']:.2f}x)"]
+    lines = [
+        f"without the context cache: {report['plain']['seconds']:.3f} s for {steps} steps",
+        f"with the context cache:    {report['cached']['seconds']:.3f} s for {steps} steps"
+        f"{' (offloaded: host memory, streamed in per layer)' if report.get('cache_offload') else ''}",
+        f"speed-up: {report['speedup']:.2f}x at {steps} steps (wall clock; from the per-step medians, "
+        f"which a stalled step does not move: {report['median_speedup']:.2f}x)",
+    ]
     if "projected_speedup" in report:
-        lines.append(f"projected to {report['target_steps']} steps from the per-step times: "
-                     f"{report['projected_speedup']:.2f}x")
-    lines.append(f"max |cached - plain| = {report['max_abs_diff']:.3e} (max |output| {report['max_abs_output']:.3f}, "
-                 f"relative {report['relative_diff']:.1e})")
+        lines.append(
+            f"projected to {report['target_steps']} steps from the per-step times: "
+            f"{report['projected_speedup']:.2f}x"
+        )
+    lines.append(
+        f"max |cached - plain| = {report['max_abs_diff']:.3e} (max |output| {report['max_abs_output']:.3f}, "
+        f"relative {report['relative_diff']:.1e})"
+    )
     goal = f"goal: >= {GOAL_SPEEDUP}x at 50 steps, Wan 1.3B on a GPU"
     if plan_["model"] != GOAL_MODEL or not plan_["device"].startswith("cuda"):
         lines.append(f"{goal}; this run ({plan_['model']} on {plan_['device']}) does not measure it")

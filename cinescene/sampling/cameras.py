@@ -30,11 +30,12 @@ preset starts at the origin looking along +x, z up). A ``SHARDS:KEY`` scene
 brings its images' cameras; a preset or file trajectory is then moved to
 start where that sample's clip starts (:func:`anchor_trajectory`).
 """
+
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable, Dict, Optional, Tuple
 
 import numpy as np
 
@@ -43,7 +44,7 @@ from cinescene.errors import CineSceneError
 
 DOLLY_M, TRUCK_M, CRANE_M, ORBIT_RADIUS_M = 2.0, 2.0, 1.5, 3.0
 PAN_DEG, TILT_DEG, ORBIT_DEG = 60.0, 30.0, 60.0
-FORWARD = np.array([1.0, 0.0, 0.0])           # presets start at the origin looking along world +x (z up)
+FORWARD = np.array([1.0, 0.0, 0.0])  # presets start at the origin looking along world +x (z up)
 LEFT = np.array([0.0, 1.0, 0.0])
 
 
@@ -83,28 +84,36 @@ def _crane(sign: float) -> Callable[[float, float], np.ndarray]:
     return lambda s, k: look_at(np.array([0.0, 0.0, sign * CRANE_M * k * s]), centre)
 
 
-PRESETS: Dict[str, Callable[[float, float], np.ndarray]] = {
+PRESETS: dict[str, Callable[[float, float], np.ndarray]] = {
     "static": _move(np.zeros(3)),
-    "dolly_in": _move(DOLLY_M * FORWARD), "dolly_out": _move(-DOLLY_M * FORWARD),
-    "truck_left": _move(TRUCK_M * LEFT), "truck_right": _move(-TRUCK_M * LEFT),
-    "pan_left": _turn(PAN_DEG, 0.0), "pan_right": _turn(-PAN_DEG, 0.0),
-    "tilt_up": _turn(0.0, TILT_DEG), "tilt_down": _turn(0.0, -TILT_DEG),
-    "orbit_left": _orbit(1.0), "orbit_right": _orbit(-1.0),
-    "crane_up": _crane(1.0), "crane_down": _crane(-1.0),
+    "dolly_in": _move(DOLLY_M * FORWARD),
+    "dolly_out": _move(-DOLLY_M * FORWARD),
+    "truck_left": _move(TRUCK_M * LEFT),
+    "truck_right": _move(-TRUCK_M * LEFT),
+    "pan_left": _turn(PAN_DEG, 0.0),
+    "pan_right": _turn(-PAN_DEG, 0.0),
+    "tilt_up": _turn(0.0, TILT_DEG),
+    "tilt_down": _turn(0.0, -TILT_DEG),
+    "orbit_left": _orbit(1.0),
+    "orbit_right": _orbit(-1.0),
+    "crane_up": _crane(1.0),
+    "crane_down": _crane(-1.0),
 }
 
 
 def preset(name: str, frames: int, scale: float = 1.0) -> np.ndarray:
     """(frames, 4, 4) camera-to-world of a named preset."""
     if name not in PRESETS:
-        raise CineSceneError(f"unknown camera preset {name!r}; presets: {', '.join(sorted(PRESETS))} "
-                             "(or a JSON trajectory file)")
+        raise CineSceneError(
+            f"unknown camera preset {name!r}; presets: {', '.join(sorted(PRESETS))} "
+            "(or a JSON trajectory file)"
+        )
     if not np.isfinite(scale) or scale < 0:
         raise CineSceneError(f"--camera-scale must be a finite value >= 0, got {scale}")
     return np.stack([PRESETS[name](s, scale) for s in ease(frames)])
 
 
-def _matrices(data) -> Tuple[np.ndarray, Optional[float]]:
+def _matrices(data) -> tuple[np.ndarray, float | None]:
     fov = None
     if isinstance(data, dict):
         fov = data.get("fov")
@@ -124,7 +133,7 @@ def _matrices(data) -> Tuple[np.ndarray, Optional[float]]:
     return poses, None if fov is None else float(fov)
 
 
-def _read_poses(path: Path, what: str) -> Tuple[np.ndarray, Optional[float]]:
+def _read_poses(path: Path, what: str) -> tuple[np.ndarray, float | None]:
     """Checked camera-to-world matrices (N, 4, 4) and the optional fov of a JSON file (format: module doc)."""
     try:
         poses, fov = _matrices(json.loads(path.read_text()))
@@ -140,7 +149,7 @@ def _read_poses(path: Path, what: str) -> Tuple[np.ndarray, Optional[float]]:
     return poses, fov
 
 
-def load_trajectory(path: str | Path, latent_frames: int) -> Tuple[np.ndarray, Optional[float]]:
+def load_trajectory(path: str | Path, latent_frames: int) -> tuple[np.ndarray, float | None]:
     """(latent_frames, 4, 4) camera-to-world and the optional fov from a JSON file (format: module doc)."""
     path = Path(path)
     poses, fov = _read_poses(path, "a camera trajectory")
@@ -149,11 +158,15 @@ def load_trajectory(path: str | Path, latent_frames: int) -> Tuple[np.ndarray, O
         return poses, fov
     if len(poses) == source_frames:
         return poses[::4], fov
-    raise CineSceneError(f"{path}: {len(poses)} cameras; the model generates {latent_frames} latent frames "
-                         f"({source_frames} source frames): give one camera per latent or per source frame")
+    raise CineSceneError(
+        f"{path}: {len(poses)} cameras; the model generates {latent_frames} latent frames "
+        f"({source_frames} source frames): give one camera per latent or per source frame"
+    )
 
 
-def resolve_camera(spec: str, latent_frames: int, scale: float = 1.0) -> Tuple[np.ndarray, Optional[float], str]:
+def resolve_camera(
+    spec: str, latent_frames: int, scale: float = 1.0
+) -> tuple[np.ndarray, float | None, str]:
     """``--camera`` (a preset name or a JSON path) -> (cameras (T, 4, 4), fov or None, description)."""
     if spec in PRESETS or not spec.endswith(".json") and not Path(spec).exists():
         return preset(spec, latent_frames, scale), None, f"preset {spec} x{scale:g}"
@@ -167,8 +180,9 @@ def load_scene_cameras(path: str | Path, count: int) -> np.ndarray:
     path = Path(path)
     poses, _ = _read_poses(path, "scene cameras")
     if len(poses) != count:
-        raise CineSceneError(f"{path}: {len(poses)} cameras for {count} scene images (one per image, in file-name "
-                             "order)")
+        raise CineSceneError(
+            f"{path}: {len(poses)} cameras for {count} scene images (one per image, in file-name order)"
+        )
     return poses
 
 

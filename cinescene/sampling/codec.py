@@ -11,9 +11,8 @@ Whatever made the training data makes the inputs here (the manifest's
   (by default the paths the manifest recorded; ``--vae``/``--text-encoder``
   override them), decoding all 4(T-1)+1 frames.
 """
-from __future__ import annotations
 
-from typing import Optional
+from __future__ import annotations
 
 import numpy as np
 import torch
@@ -26,7 +25,9 @@ from .spec import DataSpec
 
 def to_uint8(video: torch.Tensor) -> np.ndarray:
     """(3, N, H, W) in [-1, 1] -> uint8 (N, H, W, 3)."""
-    return ((video.float().clamp(-1, 1).permute(1, 2, 3, 0) + 1) * 127.5).round().to(torch.uint8).cpu().numpy()
+    return (
+        ((video.float().clamp(-1, 1).permute(1, 2, 3, 0) + 1) * 127.5).round().to(torch.uint8).cpu().numpy()
+    )
 
 
 class PixelProxyCodec:
@@ -44,7 +45,7 @@ class PixelProxyCodec:
 
     def decode(self, latents: torch.Tensor) -> np.ndarray:
         """(3, T, h, w) -> uint8 (T, H, W, 3), bilinear upsampling to the clip's frame size."""
-        frames = latents.float().permute(1, 0, 2, 3)                                  # (T, 3, h, w)
+        frames = latents.float().permute(1, 0, 2, 3)  # (T, 3, h, w)
         frames = F.interpolate(frames, size=tuple(self.spec.size), mode="bilinear", align_corners=False)
         return to_uint8(frames.permute(1, 0, 2, 3))
 
@@ -52,14 +53,26 @@ class PixelProxyCodec:
 class WanCodec:
     name = "wan"
 
-    def __init__(self, spec: DataSpec, text_len: int, vae: Optional[str] = None, text_encoder: Optional[str] = None,
-                 tokenizer: Optional[str] = None, device: str = "cpu"):
+    def __init__(
+        self,
+        spec: DataSpec,
+        text_len: int,
+        vae: str | None = None,
+        text_encoder: str | None = None,
+        tokenizer: str | None = None,
+        device: str = "cpu",
+    ):
         from cinescene.data.encoders import WanEncoder
 
         recorded = spec.encoder
         self.text_len = text_len
-        self.encoder = WanEncoder(vae or recorded.get("vae"), text_encoder or recorded.get("text_encoder"),
-                                  tokenizer or recorded.get("tokenizer"), device=device, dtype="float32")
+        self.encoder = WanEncoder(
+            vae or recorded.get("vae"),
+            text_encoder or recorded.get("text_encoder"),
+            tokenizer or recorded.get("tokenizer"),
+            device=device,
+            dtype="float32",
+        )
 
     def encode_text(self, prompt: str) -> np.ndarray:
         return pad_text(self.encoder.encode_text(prompt), self.text_len)
@@ -71,8 +84,15 @@ class WanCodec:
         return self.encoder.decode_latents(latents.float().cpu())
 
 
-def build_codec(spec: DataSpec, model_cfg, *, vae: Optional[str] = None, text_encoder: Optional[str] = None,
-                tokenizer: Optional[str] = None, device: str = "cpu"):
+def build_codec(
+    spec: DataSpec,
+    model_cfg,
+    *,
+    vae: str | None = None,
+    text_encoder: str | None = None,
+    tokenizer: str | None = None,
+    device: str = "cpu",
+):
     if spec.encoder_name == "wan":
         return WanCodec(spec, model_cfg.text_len, vae, text_encoder, tokenizer, device)
     return PixelProxyCodec(spec, model_cfg.text_dim, model_cfg.text_len)

@@ -6,13 +6,13 @@ The steps, each in its own module: resolve the checkpoint and its config
 :mod:`.codec`), generate (:mod:`.pipeline`), write the mp4, its JSON and the
 PNG strip (:mod:`.video`).
 """
+
 from __future__ import annotations
 
 import argparse
 import math
 import time
 from pathlib import Path
-from typing import Optional, Tuple
 
 import torch
 
@@ -33,13 +33,15 @@ _log = get_logger("sampling")
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
-def device_and_dtype(device: Optional[str], dtype: Optional[str]) -> Tuple[torch.device, torch.dtype]:
+def device_and_dtype(device: str | None, dtype: str | None) -> tuple[torch.device, torch.dtype]:
     """Defaults: the GPU in bf16 when there is one, else the CPU in fp32."""
     name = device or ("cuda" if torch.cuda.is_available() else "cpu")
     try:
         chosen = torch.device(name)
     except RuntimeError:
-        raise ConfigError("--device", f"expected a torch device such as cpu or cuda:0, got {name!r}") from None
+        raise ConfigError(
+            "--device", f"expected a torch device such as cpu or cuda:0, got {name!r}"
+        ) from None
     if chosen.type == "cuda" and not torch.cuda.is_available():
         raise CineSceneError(f"--device {name}: no CUDA GPU is visible")
     kind = dtype or ("bf16" if chosen.type == "cuda" else "fp32")
@@ -58,25 +60,35 @@ def check_settings(args: argparse.Namespace) -> None:
         non_negative(args.cfg, "--cfg")
     if args.shift is not None:
         positive(args.shift, "--shift")
-    require(math.isfinite(args.camera_scale) and args.camera_scale >= 0, "--camera-scale", "a finite value >= 0",
-            args.camera_scale)
+    require(
+        math.isfinite(args.camera_scale) and args.camera_scale >= 0,
+        "--camera-scale",
+        "a finite value >= 0",
+        args.camera_scale,
+    )
 
 
-def _scene_cameras(args: argparse.Namespace, cfg, scene, shard_sample) -> Tuple[Optional[object], Optional[str]]:
+def _scene_cameras(
+    args: argparse.Namespace, cfg, scene, shard_sample
+) -> tuple[object | None, str | None]:
     """The scene images' cameras and where they come from, for a model with scene anchoring
     (``model.scene.pose_embedding``); (None, None) for other models, which ignore them."""
     if not (cfg.model.scene.enabled and cfg.model.scene.pose_embedding):
         if args.scene_cameras is not None:
-            _log.warning("--scene-cameras is ignored: the model does not anchor the scene to the camera "
-                         "(model.scene.pose_embedding is off)")
+            _log.warning(
+                "--scene-cameras is ignored: the model does not anchor the scene to the camera "
+                "(model.scene.pose_embedding is off)"
+            )
         return None, None
     if args.scene_cameras is not None:
         return load_scene_cameras(args.scene_cameras, len(scene)), f"file {args.scene_cameras}"
     if shard_sample is not None:
         return shard_sample.scene_cameras, f"the scene cameras of sample {shard_sample.key}"
-    raise CineSceneError("the model anchors the scene to the camera (model.scene.pose_embedding): give the scene "
-                         "images' cameras with --scene-cameras FILE.json (one camera-to-world per image, in file-name "
-                         "order, in the world of --camera), or use --scene SHARDS:KEY")
+    raise CineSceneError(
+        "the model anchors the scene to the camera (model.scene.pose_embedding): give the scene "
+        "images' cameras with --scene-cameras FILE.json (one camera-to-world per image, in file-name "
+        "order, in the world of --camera), or use --scene SHARDS:KEY"
+    )
 
 
 def run_sample(args: argparse.Namespace) -> int:
@@ -105,8 +117,10 @@ def run_sample(args: argparse.Namespace) -> int:
         scene, scene_names = load_scene_folder(args.scene, spec)
         scene_desc = f"folder {args.scene}"
     else:
-        raise CineSceneError(f"--scene {args.scene}: neither a folder of images nor SHARDS:KEY (a shard "
-                             "directory with manifest.json, a colon, a sample key)")
+        raise CineSceneError(
+            f"--scene {args.scene}: neither a folder of images nor SHARDS:KEY (a shard "
+            "directory with manifest.json, a colon, a sample key)"
+        )
 
     fov = None
     if args.camera is not None:
@@ -114,7 +128,9 @@ def run_sample(args: argparse.Namespace) -> int:
     elif shard_sample is not None:
         cameras, camera_desc = shard_sample.cameras, f"the trajectory of sample {shard_sample.key}"
     else:
-        raise ConfigError("--camera", "required (a preset name or a JSON trajectory) unless --scene is SHARDS:KEY")
+        raise ConfigError(
+            "--camera", "required (a preset name or a JSON trajectory) unless --scene is SHARDS:KEY"
+        )
     scene_cameras, anchoring = _scene_cameras(args, cfg, scene, shard_sample)
     if anchoring and args.scene_cameras is None and shard_sample is not None and args.camera is not None:
         # The sample's scene cameras live in its clip's world: the requested path starts where the clip starts.
@@ -124,35 +140,73 @@ def run_sample(args: argparse.Namespace) -> int:
         raise ConfigError("--prompt", "required unless --scene is SHARDS:KEY (whose prompt is then used)")
 
     codec = build_codec(spec, cfg.model, vae=args.vae, text_encoder=args.text_encoder, device=str(device))
-    text = shard_sample.text if (shard_sample is not None and args.prompt is None) else codec.encode_text(prompt)
+    text = (
+        shard_sample.text if (shard_sample is not None and args.prompt is None) else codec.encode_text(prompt)
+    )
     negative = codec.encode_text(args.negative_prompt) if args.negative_prompt else None
     model = load_inference_model(source, cfg, ema=args.ema, device=device, dtype=dtype)
-    settings = Settings(steps=args.steps or cfg.eval.sample_steps,
-                        guidance_scale=cfg.eval.cfg_scale if args.cfg is None else args.cfg,
-                        shift=args.shift or cfg.train.flow.shift, seed=args.seed)
+    settings = Settings(
+        steps=args.steps or cfg.eval.sample_steps,
+        guidance_scale=cfg.eval.cfg_scale if args.cfg is None else args.cfg,
+        shift=args.shift or cfg.train.flow.shift,
+        seed=args.seed,
+    )
     generator = VideoGenerator(model, spec, codec, device)
     cache = generator.context_cache()
-    _log.info("sampling %s: %d steps, guidance %g, shift %g, seed %d, %s on %s, context cache %s", spec.describe(),
-              settings.steps, settings.guidance_scale, settings.shift, settings.seed, str(dtype).replace("torch.", ""),
-              device, cache)
+    _log.info(
+        "sampling %s: %d steps, guidance %g, shift %g, seed %d, %s on %s, context cache %s",
+        spec.describe(),
+        settings.steps,
+        settings.guidance_scale,
+        settings.shift,
+        settings.seed,
+        str(dtype).replace("torch.", ""),
+        device,
+        cache,
+    )
     bar = StepBar(settings.steps, "sample")
     try:
-        frames = generator.video(text, cameras, scene, settings, key="sample", negative_text=negative,
-                                 callback=bar.update, scene_cameras=scene_cameras)
+        frames = generator.video(
+            text,
+            cameras,
+            scene,
+            settings,
+            key="sample",
+            negative_text=negative,
+            callback=bar.update,
+            scene_cameras=scene_cameras,
+        )
     finally:
         bar.close()
     fps = video_fps(cfg, spec)
     metadata = {
-        "cinescene": __version__, "checkpoint": str(source.path), "step": source.step,
-        "weights": "ema" if args.ema else "trained", "model": cfg.model.name, "encoder": spec.encoder_name,
-        "prompt": prompt, "negative_prompt": args.negative_prompt, "scene": scene_desc, "scene_images": scene_names,
-        "camera": camera_desc, "camera_scale": args.camera_scale if args.camera else None, "fov": fov,
+        "cinescene": __version__,
+        "checkpoint": str(source.path),
+        "step": source.step,
+        "weights": "ema" if args.ema else "trained",
+        "model": cfg.model.name,
+        "encoder": spec.encoder_name,
+        "prompt": prompt,
+        "negative_prompt": args.negative_prompt,
+        "scene": scene_desc,
+        "scene_images": scene_names,
+        "camera": camera_desc,
+        "camera_scale": args.camera_scale if args.camera else None,
+        "fov": fov,
         "scene_anchoring": anchoring,
         "cameras_c2w": [[[round(float(v), 6) for v in row] for row in c[:3]] for c in cameras],
-        "steps": settings.steps, "cfg": settings.guidance_scale, "shift": settings.shift, "seed": settings.seed,
-        "device": str(device), "dtype": str(dtype).replace("torch.", ""), "context_cache": cache,
-        "attention_backend": cfg.model.attention.backend, "frames": int(len(frames)),
-        "size": [int(frames.shape[1]), int(frames.shape[2])], "fps": fps, "overrides": list(args.overrides),
+        "steps": settings.steps,
+        "cfg": settings.guidance_scale,
+        "shift": settings.shift,
+        "seed": settings.seed,
+        "device": str(device),
+        "dtype": str(dtype).replace("torch.", ""),
+        "context_cache": cache,
+        "attention_backend": cfg.model.attention.backend,
+        "frames": int(len(frames)),
+        "size": [int(frames.shape[1]), int(frames.shape[2])],
+        "fps": fps,
+        "overrides": list(args.overrides),
     }
     sidecar = out.with_suffix(".json")
     try:
@@ -163,7 +217,9 @@ def run_sample(args: argparse.Namespace) -> int:
     except OSError as exc:
         raise CineSceneError(f"cannot write {exc.filename or out}: {exc.strerror or exc}") from None
     codec_name = metadata["codec"]
-    print(f"wrote {out}: {len(frames)} frames, {frames.shape[1]}x{frames.shape[2]}, {codec_name}, {fps:g} fps "
-          f"({time.perf_counter() - started:.1f} s); settings in {sidecar}" + (f"; frames in {args.png}"
-                                                                                 if args.png else ""))
+    print(
+        f"wrote {out}: {len(frames)} frames, {frames.shape[1]}x{frames.shape[2]}, {codec_name}, {fps:g} fps "
+        f"({time.perf_counter() - started:.1f} s); settings in {sidecar}"
+        + (f"; frames in {args.png}" if args.png else "")
+    )
     return 0

@@ -12,11 +12,11 @@ decoder, so the model gets exactly what evaluation gives it: its first
 model with scene anchoring needs), its prompt embedding, its cameras, and
 (for metrics) the frames with and without the subject.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import List, Optional, Tuple
 
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
@@ -28,7 +28,7 @@ from .spec import DataSpec
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
 
 
-def load_scene_folder(folder: str | Path, spec: DataSpec) -> Tuple[np.ndarray, List[str]]:
+def load_scene_folder(folder: str | Path, spec: DataSpec) -> tuple[np.ndarray, list[str]]:
     """uint8 (S, Hs, Ws, 3) scene images from ``folder`` and their file names."""
     folder = Path(folder)
     if not folder.is_dir():
@@ -37,8 +37,10 @@ def load_scene_folder(folder: str | Path, spec: DataSpec) -> Tuple[np.ndarray, L
     if not files:
         raise CineSceneError(f"{folder} holds no images ({', '.join(IMAGE_SUFFIXES)})")
     if len(files) > spec.scene_images:
-        raise CineSceneError(f"{folder} holds {len(files)} images; the model takes 1 to {spec.scene_images} "
-                             "(data.scene_images)")
+        raise CineSceneError(
+            f"{folder} holds {len(files)} images; the model takes 1 to {spec.scene_images} "
+            "(data.scene_images)"
+        )
     height, width = spec.scene_size
     images = []
     for path in files:
@@ -51,7 +53,7 @@ def load_scene_folder(folder: str | Path, spec: DataSpec) -> Tuple[np.ndarray, L
     return np.stack(images), [p.name for p in files]
 
 
-def parse_shard_ref(text: str) -> Optional[Tuple[str, str]]:
+def parse_shard_ref(text: str) -> tuple[str, str] | None:
     """``SHARDS:KEY`` -> (shards, key) when SHARDS is a shard directory; None for anything else."""
     shards, sep, key = text.rpartition(":")
     if sep and key and (Path(shards) / "manifest.json").is_file():
@@ -62,16 +64,16 @@ def parse_shard_ref(text: str) -> Optional[Tuple[str, str]]:
 @dataclass
 class ShardSample:
     key: str
-    index: int                          # position in manifest order
+    index: int  # position in manifest order
     prompt: str
-    text: np.ndarray                    # (text_len, text_dim) float32, as the loader decodes it
-    scene: np.ndarray                   # (S, Hs, Ws, 3) uint8, the images the model gets
-    scene_latents: np.ndarray           # (S, C, h, w) float32
-    cameras: np.ndarray                 # (T, 4, 4) camera-to-world per latent frame
-    scene_cameras: np.ndarray           # (S, 4, 4) camera-to-world of the scene images (scene anchoring)
-    intrinsics: np.ndarray              # (T, 3, 3) pixel intrinsics of the frames
-    video: Optional[np.ndarray]         # (F, H, W, 3) uint8 ground truth, when the shards keep pixels
-    video_bg: Optional[np.ndarray]      # the same without the subject (scene-decoupled data)
+    text: np.ndarray  # (text_len, text_dim) float32, as the loader decodes it
+    scene: np.ndarray  # (S, Hs, Ws, 3) uint8, the images the model gets
+    scene_latents: np.ndarray  # (S, C, h, w) float32
+    cameras: np.ndarray  # (T, 4, 4) camera-to-world per latent frame
+    scene_cameras: np.ndarray  # (S, 4, 4) camera-to-world of the scene images (scene anchoring)
+    intrinsics: np.ndarray  # (T, 3, 3) pixel intrinsics of the frames
+    video: np.ndarray | None  # (F, H, W, 3) uint8 ground truth, when the shards keep pixels
+    video_bg: np.ndarray | None  # the same without the subject (scene-decoupled data)
 
 
 class ShardSamples:
@@ -84,8 +86,14 @@ class ShardSamples:
 
         self.manifest = load_manifest(root)
         self.refs = self.manifest.samples()
-        self.decoder = SampleDecoder(self.manifest, spec.scene_images, spec.pixel_pool, LoaderDims.of(model_cfg),
-                                     seed=0, shuffle_scene_images=False)
+        self.decoder = SampleDecoder(
+            self.manifest,
+            spec.scene_images,
+            spec.pixel_pool,
+            LoaderDims.of(model_cfg),
+            seed=0,
+            shuffle_scene_images=False,
+        )
         self.reader = ShardReader()
         self.spec = spec
 
@@ -97,10 +105,11 @@ class ShardSamples:
             if ref.key == key:
                 return index
         examples = ", ".join(ref.key for ref in self.refs[:3])
-        raise CineSceneError(f"no sample {key!r} in {self.manifest.root} ({len(self.refs)} samples, e.g. "
-                             f"{examples})")
+        raise CineSceneError(
+            f"no sample {key!r} in {self.manifest.root} ({len(self.refs)} samples, e.g. {examples})"
+        )
 
-    def identity(self, index: int) -> Tuple[int, int]:
+    def identity(self, index: int) -> tuple[int, int]:
         """(crc32, length) of the sample's bytes: equal for the same sample in any shard directory."""
         ref = self.refs[index]
         return ref.crc, ref.length
@@ -117,7 +126,16 @@ class ShardSamples:
         except SampleError as exc:
             raise CineSceneError(f"sample {ref.key} in {ref.shard.name} is unreadable: {exc}") from None
         scene = np.moveaxis(decoded["scene_images"] * 255.0, 1, -1).round().astype(np.uint8)
-        return ShardSample(key=ref.key, index=index, prompt=decoded["prompt"], text=decoded["text"], scene=scene,
-                           scene_latents=decoded["scene_latents"], cameras=decoded["cameras"],
-                           scene_cameras=decoded["scene_cameras"], intrinsics=decoded["intrinsics"], video=video,
-                           video_bg=video_bg)
+        return ShardSample(
+            key=ref.key,
+            index=index,
+            prompt=decoded["prompt"],
+            text=decoded["text"],
+            scene=scene,
+            scene_latents=decoded["scene_latents"],
+            cameras=decoded["cameras"],
+            scene_cameras=decoded["scene_cameras"],
+            intrinsics=decoded["intrinsics"],
+            video=video,
+            video_bg=video_bg,
+        )

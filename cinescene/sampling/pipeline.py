@@ -5,11 +5,12 @@ training eval hook share. Noise is drawn on the CPU from a generator seeded
 by (seed, sample key), so a video depends neither on the device nor on the
 number of ranks or the order in which a rank meets its samples.
 """
+
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable, Optional
 
 import numpy as np
 import torch
@@ -23,7 +24,7 @@ from .spec import DataSpec
 
 def noise_generator(seed: int, key: str) -> torch.Generator:
     digest = hashlib.blake2b(f"{seed}:{key}".encode(), digest_size=8).digest()
-    return torch.Generator().manual_seed(int.from_bytes(digest, "little") & (2 ** 63 - 1))
+    return torch.Generator().manual_seed(int.from_bytes(digest, "little") & (2**63 - 1))
 
 
 @dataclass
@@ -72,10 +73,17 @@ class VideoGenerator:
             return "off: " + str(exc).split(": ", 1)[-1]
         return "on"
 
-    def latents(self, text: np.ndarray, cameras: np.ndarray, scene: Optional[np.ndarray], settings: Settings,
-                key: str, negative_text: Optional[np.ndarray] = None,
-                callback: Optional[Callable[[int, torch.Tensor], None]] = None,
-                scene_cameras: Optional[np.ndarray] = None) -> torch.Tensor:
+    def latents(
+        self,
+        text: np.ndarray,
+        cameras: np.ndarray,
+        scene: np.ndarray | None,
+        settings: Settings,
+        key: str,
+        negative_text: np.ndarray | None = None,
+        callback: Callable[[int, torch.Tensor], None] | None = None,
+        scene_cameras: np.ndarray | None = None,
+    ) -> torch.Tensor:
         """Denoised latents (C, T, h, w) for one sample; ``scene`` uint8 (S, Hs, Ws, 3) or None.
 
         ``scene_cameras`` (S, 4, 4): the scene images' camera-to-world in the world of ``cameras``; a model
@@ -83,7 +91,7 @@ class VideoGenerator:
         cfg = self.model.cfg
         shape = (1,) + self.spec.latent_shape(cfg.in_dim)
         noise = torch.randn(shape, generator=noise_generator(settings.seed, key)).to(self.device)
-        on = dict(device=self.device, dtype=torch.float32)         # the model casts to its compute dtype
+        on = dict(device=self.device, dtype=torch.float32)  # the model casts to its compute dtype
         conditioning = {"cameras": torch.as_tensor(cameras, dtype=torch.float32)[None].to(self.device)}
         if scene is not None and cfg.scene.enabled:
             if cfg.scene.vggt_tokens:
@@ -93,15 +101,26 @@ class VideoGenerator:
                 conditioning["scene_latents"] = torch.as_tensor(self.codec.encode_scene(scene))[None].to(**on)
             if cfg.scene.pose_embedding:
                 if scene_cameras is None or len(scene_cameras) != len(scene):
-                    raise CineSceneError(f"the model anchors the scene to the camera (model.scene.pose_embedding): "
-                                         f"it needs one camera per scene image ({len(scene)}), got "
-                                         f"{'none' if scene_cameras is None else len(scene_cameras)}")
+                    raise CineSceneError(
+                        f"the model anchors the scene to the camera (model.scene.pose_embedding): "
+                        f"it needs one camera per scene image ({len(scene)}), got "
+                        f"{'none' if scene_cameras is None else len(scene_cameras)}"
+                    )
                 conditioning["scene_cameras"] = torch.as_tensor(scene_cameras, dtype=torch.float32)[None].to(
-                    self.device)
+                    self.device
+                )
         negative = None if negative_text is None else torch.as_tensor(negative_text)[None].to(**on)
-        x = sample(self.model, noise, torch.as_tensor(text)[None].to(**on), steps=settings.steps,
-                   shift=settings.shift, guidance_scale=settings.guidance_scale, negative_text=negative,
-                   callback=callback, **conditioning)
+        x = sample(
+            self.model,
+            noise,
+            torch.as_tensor(text)[None].to(**on),
+            steps=settings.steps,
+            shift=settings.shift,
+            guidance_scale=settings.guidance_scale,
+            negative_text=negative,
+            callback=callback,
+            **conditioning,
+        )
         return x[0]
 
     def video(self, *args, **kwargs) -> np.ndarray:

@@ -5,6 +5,7 @@ i = 0..steps (``shift(s) = k*s / (1 + (k-1)*s)`` maps 1 -> 1 and 0 -> 0), the
 model is evaluated at t = 1000 * sigma_i, and an Euler step moves x from
 sigma_i to sigma_{i+1} along the predicted velocity (eps - x0).
 """
+
 from __future__ import annotations
 
 import torch

@@ -11,30 +11,30 @@ copied to another machine), the config's counted data shape stands in
 Evaluation data must match: :func:`check_eval_data` refuses shards of another
 resolution, frame count or encoder in one line.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Tuple
 
 from cinescene.errors import CineSceneError
 from cinescene.log import get_logger
 
 _log = get_logger("sampling")
-TEMPORAL_STRIDE = 4          # Wan's causal VAE; the pixel proxy keeps frames 0, 4, 8, ...
+TEMPORAL_STRIDE = 4  # Wan's causal VAE; the pixel proxy keeps frames 0, 4, 8, ...
 WAN_SPATIAL_STRIDE = 8
 ENCODER_IDS = ("vae_id", "text_encoder_id", "tokenizer_id")
 
 
 @dataclass
 class DataSpec:
-    encoder: dict                       # the manifest's "encoder" record ({"name": "none"} or wan ids and paths)
-    frames: int                         # source frames per clip
-    size: Tuple[int, int]               # (H, W) of the frames
-    scene_images: int                   # images the model conditions on at most (data.scene_images)
-    scene_size: Tuple[int, int]         # (Hs, Ws) of the scene images
-    pixel_pool: int                     # data.pixel_pool (pixel proxy's spatial stride)
-    source: str                         # where the facts come from (a manifest path or "config")
+    encoder: dict  # the manifest's "encoder" record ({"name": "none"} or wan ids and paths)
+    frames: int  # source frames per clip
+    size: tuple[int, int]  # (H, W) of the frames
+    scene_images: int  # images the model conditions on at most (data.scene_images)
+    scene_size: tuple[int, int]  # (Hs, Ws) of the scene images
+    pixel_pool: int  # data.pixel_pool (pixel proxy's spatial stride)
+    source: str  # where the facts come from (a manifest path or "config")
 
     @property
     def encoder_name(self) -> str:
@@ -48,8 +48,13 @@ class DataSpec:
     def latent_frames(self) -> int:
         return (self.frames - 1) // TEMPORAL_STRIDE + 1
 
-    def latent_shape(self, channels: int) -> Tuple[int, int, int, int]:
-        return (channels, self.latent_frames, self.size[0] // self.spatial_stride, self.size[1] // self.spatial_stride)
+    def latent_shape(self, channels: int) -> tuple[int, int, int, int]:
+        return (
+            channels,
+            self.latent_frames,
+            self.size[0] // self.spatial_stride,
+            self.size[1] // self.spatial_stride,
+        )
 
     @property
     def generated_frames(self) -> int:
@@ -67,25 +72,38 @@ class DataSpec:
         return TEMPORAL_STRIDE if self.encoder_name == "wan" else 1
 
     def describe(self) -> str:
-        return (f"{self.frames} frames at {self.size[0]}x{self.size[1]}, {self.encoder_name} encoder, up to "
-                f"{self.scene_images} scene images of {self.scene_size[0]}x{self.scene_size[1]}")
+        return (
+            f"{self.frames} frames at {self.size[0]}x{self.size[1]}, {self.encoder_name} encoder, up to "
+            f"{self.scene_images} scene images of {self.scene_size[0]}x{self.scene_size[1]}"
+        )
 
     @classmethod
-    def from_manifest(cls, manifest, scene_images: int, pixel_pool: int) -> "DataSpec":
+    def from_manifest(cls, manifest, scene_images: int, pixel_pool: int) -> DataSpec:
         """``scene_images``, ``pixel_pool``: the data section's settings (data.scene_images, data.pixel_pool)."""
         data = manifest.data
-        return cls(encoder=dict(data["encoder"]), frames=int(data["frames"]), size=tuple(data["size"]),
-                   scene_images=min(int(scene_images), int(data["scene_images"])),
-                   scene_size=tuple(data["scene_size"]), pixel_pool=int(pixel_pool),
-                   source=str(manifest.root / "manifest.json"))
+        return cls(
+            encoder=dict(data["encoder"]),
+            frames=int(data["frames"]),
+            size=tuple(data["size"]),
+            scene_images=min(int(scene_images), int(data["scene_images"])),
+            scene_size=tuple(data["scene_size"]),
+            pixel_pool=int(pixel_pool),
+            source=str(manifest.root / "manifest.json"),
+        )
 
     @classmethod
-    def from_config(cls, cfg) -> "DataSpec":
+    def from_config(cls, cfg) -> DataSpec:
         shape = cfg.model.data_shape
         size = tuple(shape.size or cfg.data.synth.size)
-        return cls(encoder={"name": shape.encoder}, frames=int(shape.frames or cfg.data.synth.frames), size=size,
-                   scene_images=int(shape.scene_images or cfg.data.scene_images),
-                   scene_size=tuple(shape.scene_size or size), pixel_pool=int(cfg.data.pixel_pool), source="config")
+        return cls(
+            encoder={"name": shape.encoder},
+            frames=int(shape.frames or cfg.data.synth.frames),
+            size=size,
+            scene_images=int(shape.scene_images or cfg.data.scene_images),
+            scene_size=tuple(shape.scene_size or size),
+            pixel_pool=int(cfg.data.pixel_pool),
+            source="config",
+        )
 
 
 def training_manifest(cfg):
@@ -104,8 +122,11 @@ def training_spec(cfg) -> DataSpec:
     if manifest is not None:
         return DataSpec.from_manifest(manifest, cfg.data.scene_images, cfg.data.pixel_pool)
     spec = DataSpec.from_config(cfg)
-    _log.warning("training data manifest not found (data.train_shards=%s): assuming %s from the config",
-                 cfg.data.train_shards, spec.describe())
+    _log.warning(
+        "training data manifest not found (data.train_shards=%s): assuming %s from the config",
+        cfg.data.train_shards,
+        spec.describe(),
+    )
     return spec
 
 
@@ -118,16 +139,24 @@ def check_eval_data(spec: DataSpec, manifest, what: str = "evaluation data") -> 
     other = DataSpec.from_manifest(manifest, spec.scene_images, spec.pixel_pool)
     where = manifest.root
     if (other.frames, tuple(other.size)) != (spec.frames, tuple(spec.size)):
-        raise CineSceneError(f"{what} {where} holds {other.frames} frames at {other.size[0]}x{other.size[1]}; the "
-                             f"model was trained on {spec.frames} frames at {spec.size[0]}x{spec.size[1]} "
-                             f"({spec.source})")
+        raise CineSceneError(
+            f"{what} {where} holds {other.frames} frames at {other.size[0]}x{other.size[1]}; the "
+            f"model was trained on {spec.frames} frames at {spec.size[0]}x{spec.size[1]} "
+            f"({spec.source})"
+        )
     mine, theirs = _encoder_identity(spec.encoder), _encoder_identity(other.encoder)
     if mine["name"] != theirs["name"] or (spec.source != "config" and mine != theirs):
-        raise CineSceneError(f"{what} {where} was encoded with {theirs}; the model was trained on data encoded "
-                             f"with {mine} ({spec.source})")
+        raise CineSceneError(
+            f"{what} {where} was encoded with {theirs}; the model was trained on data encoded "
+            f"with {mine} ({spec.source})"
+        )
     if tuple(other.scene_size) != tuple(spec.scene_size):
-        raise CineSceneError(f"{what} {where} holds scene images of {other.scene_size[0]}x{other.scene_size[1]}; "
-                             f"the model was trained on {spec.scene_size[0]}x{spec.scene_size[1]} ({spec.source})")
+        raise CineSceneError(
+            f"{what} {where} holds scene images of {other.scene_size[0]}x{other.scene_size[1]}; "
+            f"the model was trained on {spec.scene_size[0]}x{spec.scene_size[1]} ({spec.source})"
+        )
     if int(manifest.data["scene_images"]) < spec.scene_images:
-        raise CineSceneError(f"{what} {where} holds {manifest.data['scene_images']} scene images per sample; the "
-                             f"model uses {spec.scene_images} (data.scene_images)")
+        raise CineSceneError(
+            f"{what} {where} holds {manifest.data['scene_images']} scene images per sample; the "
+            f"model uses {spec.scene_images} (data.scene_images)"
+        )

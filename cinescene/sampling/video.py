@@ -7,13 +7,14 @@ tag holding JSON, written with ``movflags=use_metadata_tags`` so FFmpeg keeps
 custom keys; ``comment`` holds the same for players that show only standard
 tags) and into a JSON file beside it.
 """
+
 from __future__ import annotations
 
 import json
 import os
+from collections.abc import Sequence
 from fractions import Fraction
 from pathlib import Path
-from typing import Optional, Sequence
 
 import numpy as np
 from PIL import Image
@@ -41,7 +42,7 @@ def _even(frames: np.ndarray) -> np.ndarray:
     return frames
 
 
-def write_mp4(path: str | Path, frames: np.ndarray, fps: float, metadata: Optional[dict] = None) -> str:
+def write_mp4(path: str | Path, frames: np.ndarray, fps: float, metadata: dict | None = None) -> str:
     """Write uint8 frames (N, H, W, 3) as an mp4 (written to a temporary name, then renamed); returns the codec."""
     import av
 
@@ -60,7 +61,7 @@ def write_mp4(path: str | Path, frames: np.ndarray, fps: float, metadata: Option
             stream.width, stream.height = frames.shape[2], frames.shape[1]
             stream.pix_fmt = "yuv420p"
             if codec == "mpeg4":
-                stream.bit_rate = 8_000_000          # MPEG-4's default bit rate blurs small videos badly
+                stream.bit_rate = 8_000_000  # MPEG-4's default bit rate blurs small videos badly
             for frame in frames:
                 for packet in stream.encode(av.VideoFrame.from_ndarray(frame, format="rgb24")):
                     container.mux(packet)
@@ -96,7 +97,7 @@ def write_strip(path: str | Path, frames: np.ndarray, limit: int = STRIP_FRAMES)
     gap = 2
     canvas = np.full((height, len(chosen) * (width + gap) - gap, 3), 255, np.uint8)
     for k, frame in enumerate(chosen):
-        canvas[:, k * (width + gap): k * (width + gap) + width] = frame
+        canvas[:, k * (width + gap) : k * (width + gap) + width] = frame
     Path(path).parent.mkdir(parents=True, exist_ok=True)
     Image.fromarray(canvas).save(path)
 

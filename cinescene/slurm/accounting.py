@@ -7,11 +7,12 @@ A job neither knows shows as UNKNOWN, except an array task that was cancelled
 before it started: it leaves no record of its own, while its array's other
 tasks do, and shows as CANCELLED.
 """
+
 from __future__ import annotations
 
 import re
 import subprocess
-from typing import Dict, Iterable, List
+from collections.abc import Iterable
 
 from cinescene.log import get_logger
 
@@ -20,16 +21,31 @@ _log = get_logger("slurm")
 QUERY_TIMEOUT_S = 60
 UNKNOWN = "UNKNOWN"
 # States of a job that is not over: it runs, waits to, or is between two starts.
-LIVE_STATES = frozenset({"PENDING", "RUNNING", "REQUEUED", "REQUEUE_HOLD", "REQUEUE_FED", "CONFIGURING",
-                         "COMPLETING", "SUSPENDED", "RESIZING", "SIGNALING", "STAGE_OUT", "RESV_DEL_HOLD"})
+LIVE_STATES = frozenset(
+    {
+        "PENDING",
+        "RUNNING",
+        "REQUEUED",
+        "REQUEUE_HOLD",
+        "REQUEUE_FED",
+        "CONFIGURING",
+        "COMPLETING",
+        "SUSPENDED",
+        "RESIZING",
+        "SIGNALING",
+        "STAGE_OUT",
+        "RESV_DEL_HOLD",
+    }
+)
 # sacct's aggregated row for array tasks that never started: "12_[3-5,7%2]".
 _ARRAY_ROW = re.compile(r"^(\d+)_\[([0-9,\-]+)(%\d+)?\]$")
 
 
-def _query(cmd: List[str]) -> List[str]:
+def _query(cmd: list[str]) -> list[str]:
     try:
-        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=QUERY_TIMEOUT_S,
-                              stdin=subprocess.DEVNULL)
+        proc = subprocess.run(
+            cmd, capture_output=True, text=True, timeout=QUERY_TIMEOUT_S, stdin=subprocess.DEVNULL
+        )
     except (OSError, subprocess.TimeoutExpired) as exc:
         _log.warning("`%s` failed: %s", " ".join(cmd), exc)
         return []
@@ -39,9 +55,9 @@ def _query(cmd: List[str]) -> List[str]:
     return [line for line in proc.stdout.splitlines() if line.strip()]
 
 
-def parse_rows(lines: Iterable[str]) -> Dict[str, str]:
+def parse_rows(lines: Iterable[str]) -> dict[str, str]:
     """``JOBID|STATE`` lines (squeue or sacct) -> {job id: state}; array ranges expanded."""
-    states: Dict[str, str] = {}
+    states: dict[str, str] = {}
     for line in lines:
         job, _, state = line.strip().partition("|")
         state = state.split()[0] if state.strip() else UNKNOWN  # "CANCELLED by 0" -> "CANCELLED"
@@ -57,7 +73,7 @@ def parse_rows(lines: Iterable[str]) -> Dict[str, str]:
     return states
 
 
-def job_states(job_ids: Iterable[str]) -> Dict[str, str]:
+def job_states(job_ids: Iterable[str]) -> dict[str, str]:
     """{job id: state} for job ids such as "12" or "12_3"."""
     wanted = sorted(set(job_ids))
     if not wanted:

@@ -4,6 +4,7 @@ Everything here reads the environment SLURM gives a job (``SLURM_JOB_ID``,
 ``SLURM_RESTART_COUNT``, ``SLURM_JOB_NODELIST`` ...) or asks ``scontrol``; none
 of it imports torch, so the batch side of a job starts in well under a second.
 """
+
 from __future__ import annotations
 
 import fcntl
@@ -14,34 +15,45 @@ import socket
 import struct
 import subprocess
 import time
+from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any, Dict, List, Mapping, Optional, Sequence
+from typing import Any
 
 from cinescene.errors import CineSceneError
 
 # Packages whose versions each start records (the ones a result depends on).
-RECORDED_PACKAGES = ("cinescene", "torch", "deepspeed", "triton", "flash-attn", "numpy", "omegaconf",
-                     "webdataset", "wandb", "safetensors")
+RECORDED_PACKAGES = (
+    "cinescene",
+    "torch",
+    "deepspeed",
+    "triton",
+    "flash-attn",
+    "numpy",
+    "omegaconf",
+    "webdataset",
+    "wandb",
+    "safetensors",
+)
 SCONTROL_TIMEOUT_S = 60
 
 
-def _environ(environ: Optional[Mapping[str, str]]) -> Mapping[str, str]:
+def _environ(environ: Mapping[str, str] | None) -> Mapping[str, str]:
     return os.environ if environ is None else environ
 
 
-def in_batch_job(environ: Optional[Mapping[str, str]] = None) -> bool:
+def in_batch_job(environ: Mapping[str, str] | None = None) -> bool:
     """True in the batch script of a SLURM job (not inside one of its ``srun`` steps)."""
     env = _environ(environ)
     return "SLURM_JOB_ID" in env and "SLURM_STEP_ID" not in env and "SLURM_STEPID" not in env
 
 
-def restart_count(environ: Optional[Mapping[str, str]] = None) -> int:
+def restart_count(environ: Mapping[str, str] | None = None) -> int:
     """How many times SLURM has restarted this job (requeues of any kind); 0 outside SLURM."""
     value = _environ(environ).get("SLURM_RESTART_COUNT", "0")
     return int(value) if value.isdigit() else 0
 
 
-def job_label(environ: Optional[Mapping[str, str]] = None) -> str:
+def job_label(environ: Mapping[str, str] | None = None) -> str:
     """The job as SLURM's ``%j`` (or ``%A_%a`` for an array task) names it in file names."""
     env = _environ(environ)
     if "SLURM_ARRAY_JOB_ID" in env and "SLURM_ARRAY_TASK_ID" in env:
@@ -53,8 +65,9 @@ def scontrol(*args: str) -> str:
     """``scontrol ARGS`` -> stdout; a failure is a one-line error naming the command."""
     cmd = ["scontrol", *args]
     try:
-        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=SCONTROL_TIMEOUT_S,
-                              stdin=subprocess.DEVNULL)
+        proc = subprocess.run(
+            cmd, capture_output=True, text=True, timeout=SCONTROL_TIMEOUT_S, stdin=subprocess.DEVNULL
+        )
     except FileNotFoundError:
         raise CineSceneError("`scontrol` is not on PATH: this needs a SLURM client") from None
     except subprocess.TimeoutExpired:
@@ -64,7 +77,7 @@ def scontrol(*args: str) -> str:
     return proc.stdout
 
 
-def expand_nodes(nodelist: str) -> List[str]:
+def expand_nodes(nodelist: str) -> list[str]:
     """``gpu[003-004]`` -> ``['gpu003', 'gpu004']``."""
     return scontrol("show", "hostnames", nodelist).split()
 
@@ -78,12 +91,18 @@ def node_address(node: str) -> str:
     return node
 
 
-def git_state(path: Path) -> Dict[str, Any]:
+def git_state(path: Path) -> dict[str, Any]:
     """Commit and dirty flag of the git checkout holding ``path`` (nulls when it is not one)."""
-    def git(*args: str) -> Optional[str]:
+
+    def git(*args: str) -> str | None:
         try:
-            proc = subprocess.run(["git", "-C", str(path), *args], capture_output=True, text=True, timeout=30,
-                                  stdin=subprocess.DEVNULL)
+            proc = subprocess.run(
+                ["git", "-C", str(path), *args],
+                capture_output=True,
+                text=True,
+                timeout=30,
+                stdin=subprocess.DEVNULL,
+            )
         except (OSError, subprocess.SubprocessError):
             return None
         return proc.stdout if proc.returncode == 0 else None
@@ -95,8 +114,8 @@ def git_state(path: Path) -> Dict[str, Any]:
     return {"commit": commit.strip(), "dirty": bool(status.strip()) if status is not None else None}
 
 
-def package_versions(names: Sequence[str] = RECORDED_PACKAGES) -> Dict[str, Optional[str]]:
-    versions: Dict[str, Optional[str]] = {"python": platform.python_version()}
+def package_versions(names: Sequence[str] = RECORDED_PACKAGES) -> dict[str, str | None]:
+    versions: dict[str, str | None] = {"python": platform.python_version()}
     for name in names:
         try:
             versions[name] = importlib.metadata.version(name)
@@ -105,23 +124,38 @@ def package_versions(names: Sequence[str] = RECORDED_PACKAGES) -> Dict[str, Opti
     return versions
 
 
-def start_record(*, argv: Sequence[str], config: Mapping[str, Any], nodes: Sequence[str],
-                 environ: Optional[Mapping[str, str]] = None) -> Dict[str, Any]:
+def start_record(
+    *,
+    argv: Sequence[str],
+    config: Mapping[str, Any],
+    nodes: Sequence[str],
+    environ: Mapping[str, str] | None = None,
+) -> dict[str, Any]:
     """Everything about one start of a job that a later reader needs to trust its results."""
     env = _environ(environ)
     slurm = {k: v for k, v in sorted(env.items()) if k.startswith("SLURM_") and "TOKEN" not in k}
     code = Path(__file__).resolve().parents[2]
-    return {"job": job_label(env), "job_id": env.get("SLURM_JOB_ID"), "restart": restart_count(env),
-            "started_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "host": socket.gethostname(),
-            "nodes": list(nodes), "cwd": os.getcwd(), "argv": list(argv), "git": git_state(code),
-            "packages": package_versions(), "slurm": slurm, "config": dict(config)}
+    return {
+        "job": job_label(env),
+        "job_id": env.get("SLURM_JOB_ID"),
+        "restart": restart_count(env),
+        "started_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "host": socket.gethostname(),
+        "nodes": list(nodes),
+        "cwd": os.getcwd(),
+        "argv": list(argv),
+        "git": git_state(code),
+        "packages": package_versions(),
+        "slurm": slurm,
+        "config": dict(config),
+    }
 
 
 # ------------------------------------------------------------------ task side
 _SIOCGIFADDR = 0x8915
 
 
-def _interface_address(sock: socket.socket, name: str) -> Optional[str]:
+def _interface_address(sock: socket.socket, name: str) -> str | None:
     try:
         packed = fcntl.ioctl(sock.fileno(), _SIOCGIFADDR, struct.pack("256s", name[:15].encode()))
     except OSError:
@@ -129,7 +163,7 @@ def _interface_address(sock: socket.socket, name: str) -> Optional[str]:
     return socket.inet_ntoa(packed[20:24])
 
 
-def interface_towards(address: str) -> Optional[str]:
+def interface_towards(address: str) -> str | None:
     """The network interface this host reaches ``address`` through (Linux, IPv4); None if unknown."""
     try:
         target = socket.gethostbyname(address)
@@ -144,7 +178,7 @@ def interface_towards(address: str) -> Optional[str]:
     return None
 
 
-def bind_gloo_towards_master(master_addr: str, environ: Optional[Dict[str, str]] = None) -> Optional[str]:
+def bind_gloo_towards_master(master_addr: str, environ: dict[str, str] | None = None) -> str | None:
     """Make gloo use the interface that routes to the master, unless the user chose one.
 
     Left alone, gloo binds to whatever the host name resolves to, which on many

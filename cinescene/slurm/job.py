@@ -33,6 +33,7 @@ Warning signals sent to the batch process alone (``scancel --batch
 The batch process waits for every process srun leaves behind before it
 decides (see ``_reap_orphans``).
 """
+
 from __future__ import annotations
 
 import ctypes
@@ -41,8 +42,8 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Sequence
 from pathlib import Path
-from typing import List, Optional, Sequence
 
 from omegaconf import OmegaConf
 
@@ -51,9 +52,16 @@ from cinescene.distributed.env import RANK_VARIABLES, slurm_master_port
 from cinescene.errors import CineSceneError
 from cinescene.log import get_logger, setup_logging
 
-from .environment import (expand_nodes, in_batch_job, job_label, node_address, restart_count, scontrol,
-                          start_record)
-from .records import job_log_path, job_log_dir, write_json_atomic
+from .environment import (
+    expand_nodes,
+    in_batch_job,
+    job_label,
+    node_address,
+    restart_count,
+    scontrol,
+    start_record,
+)
+from .records import job_log_dir, job_log_path, write_json_atomic
 
 _log = get_logger("slurm")
 
@@ -84,13 +92,16 @@ def step_environment(environ, nodes: Sequence[str]) -> dict:
     from the job id) and never from variables the job inherited from the shell that submitted it (sbatch
     exports it: a MASTER_PORT or RANK there would be every job's)."""
     env = {key: value for key, value in environ.items() if key not in RANK_VARIABLES}
-    env.update(PYTHONUNBUFFERED="1", MASTER_ADDR=node_address(nodes[0]),
-               MASTER_PORT=str(slurm_master_port(int(environ["SLURM_JOB_ID"]))))
+    env.update(
+        PYTHONUNBUFFERED="1",
+        MASTER_ADDR=node_address(nodes[0]),
+        MASTER_PORT=str(slurm_master_port(int(environ["SLURM_JOB_ID"]))),
+    )
     env.setdefault("OMP_NUM_THREADS", environ.get("SLURM_CPUS_PER_TASK", "1"))
     return env
 
 
-def srun_command(config_path: str, overrides: Sequence[str], environ=None) -> List[str]:
+def srun_command(config_path: str, overrides: Sequence[str], environ=None) -> list[str]:
     """The job step: one `cinescene train` rank per task of the allocation, argument by argument."""
     env = os.environ if environ is None else environ
     cmd = ["srun", "--kill-on-bad-exit=1"]
@@ -107,12 +118,12 @@ class JobSignals:
 
     def __init__(self, warnings: Sequence[str]):
         self.warnings = [getattr(signal, name) for name in warnings if name != "SIGTERM"]
-        self.ending: Optional[str] = None
+        self.ending: str | None = None
         self.warned = False
-        self.step: Optional[subprocess.Popen] = None
+        self.step: subprocess.Popen | None = None
         self._previous = {}
 
-    def __enter__(self) -> "JobSignals":
+    def __enter__(self) -> JobSignals:
         for signum in [signal.SIGTERM, *self.warnings]:
             self._previous[signum] = signal.signal(signum, self._handle)
         return self
@@ -132,8 +143,9 @@ class JobSignals:
     def run_step(self, cmd: Sequence[str], env: dict, skipped_status: int) -> int:
         """Run the step to its end and return its status (``skipped_status`` if it is not worth starting)."""
         if self.ending or self.warned:
-            _log.warning("%s before the ranks started: not starting them",
-                         self.ending or "a preemption warning")
+            _log.warning(
+                "%s before the ranks started: not starting them", self.ending or "a preemption warning"
+            )
             return 128 + signal.SIGTERM if self.ending else skipped_status
         _adopt_orphans()
         try:
@@ -165,7 +177,7 @@ def _reap_orphans(timeout: float) -> None:
     _log.warning("processes started by srun still run after %.0f s; going on", timeout)
 
 
-def _latest_checkpoint(root: Path) -> Optional[Path]:
+def _latest_checkpoint(root: Path) -> Path | None:
     from cinescene.ckpt.layout import read_pointer
 
     try:
@@ -174,7 +186,7 @@ def _latest_checkpoint(root: Path) -> Optional[Path]:
         return None
 
 
-def _saved_on_preemption(root: Path, before: Optional[Path]) -> bool:
+def _saved_on_preemption(root: Path, before: Path | None) -> bool:
     """Whether the newest checkpoint is new since ``before`` and was saved on a preemption signal."""
     from cinescene.ckpt.record import SaveReason, read_record
 
@@ -187,18 +199,25 @@ def _saved_on_preemption(root: Path, before: Optional[Path]) -> bool:
         return False
 
 
-def decide(status: int, ending: Optional[str], cfg: CineSceneConfig, label: str) -> tuple[bool, str]:
+def decide(status: int, ending: str | None, cfg: CineSceneConfig, label: str) -> tuple[bool, str]:
     """Whether this process requeues the job after the step ended with ``status``, and why (one line)."""
     if status == DONE:
         return False, "the ranks finished"
     if ending:
-        return False, (f"SLURM is ending job {label} ({ending}: preemption, scancel or the time limit) and the "
-                       f"ranks exited with status {status}; a preempted job is requeued by SLURM itself")
+        return False, (
+            f"SLURM is ending job {label} ({ending}: preemption, scancel or the time limit) and the "
+            f"ranks exited with status {status}; a preempted job is requeued by SLURM itself"
+        )
     if status in (USER_ERROR, CONFIG_ERROR):
-        return False, (f"the ranks failed with status {status}, an error to fix (see "
-                       f"{Path(cfg.run.dir) / 'logs'}): not requeueing")
-    why = ("the ranks saved after a preemption signal" if status == cfg.launch.preempt_exit_code
-           else f"the ranks ended with status {status} without saving")
+        return False, (
+            f"the ranks failed with status {status}, an error to fix (see "
+            f"{Path(cfg.run.dir) / 'logs'}): not requeueing"
+        )
+    why = (
+        "the ranks saved after a preemption signal"
+        if status == cfg.launch.preempt_exit_code
+        else f"the ranks ended with status {status} without saving"
+    )
     if not cfg.launch.slurm.requeue:
         return False, f"{why}; launch.slurm.requeue=false: not requeueing (resubmit to resume)"
     return True, f"{why}: requeueing job {label}; it resumes from the latest checkpoint"
@@ -207,8 +226,10 @@ def decide(status: int, ending: Optional[str], cfg: CineSceneConfig, label: str)
 def run_job(cfg: CineSceneConfig, config_path: str, overrides: Sequence[str]) -> int:
     """This start of the batch job; returns the batch script's exit status."""
     if not in_batch_job():
-        raise CineSceneError("cinescene slurm-job runs as the batch script of a SLURM job: submit with "
-                             "`cinescene submit` or `sbatch slurm/train.sbatch CONFIG ...`")
+        raise CineSceneError(
+            "cinescene slurm-job runs as the batch script of a SLURM job: submit with "
+            "`cinescene submit` or `sbatch slurm/train.sbatch CONFIG ...`"
+        )
     with JobSignals(cfg.launch.preempt_signals) as signals:
         return _start(cfg, config_path, overrides, signals)
 
@@ -221,25 +242,36 @@ def _start(cfg: CineSceneConfig, config_path: str, overrides: Sequence[str], sig
     setup_logging(cfg.run.log_level)
     restart = restart_count()
     nodes = expand_nodes(os.environ["SLURM_JOB_NODELIST"])
-    _log.info("job %s, start %d (restart %d of at most %d, launch.max_restarts) on %s: %s tasks",
-              label, restart + 1, restart, cfg.launch.max_restarts, ",".join(nodes),
-              os.environ.get("SLURM_NTASKS", "?"))
+    _log.info(
+        "job %s, start %d (restart %d of at most %d, launch.max_restarts) on %s: %s tasks",
+        label,
+        restart + 1,
+        restart,
+        cfg.launch.max_restarts,
+        ",".join(nodes),
+        os.environ.get("SLURM_NTASKS", "?"),
+    )
     if restart > cfg.launch.max_restarts:
-        raise CineSceneError(f"job {label} was restarted {restart} {'time' if restart == 1 else 'times'} and "
-                             f"launch.max_restarts is {cfg.launch.max_restarts}: giving up; {cfg.run.dir} keeps "
-                             "its latest checkpoint, resubmit to continue from it")
+        raise CineSceneError(
+            f"job {label} was restarted {restart} {'time' if restart == 1 else 'times'} and "
+            f"launch.max_restarts is {cfg.launch.max_restarts}: giving up; {cfg.run.dir} keeps "
+            "its latest checkpoint, resubmit to continue from it"
+        )
     from cinescene.secrets import scrub
 
     cmd = srun_command(config_path, overrides)
-    record = start_record(argv=cmd, nodes=nodes, config=scrub(OmegaConf.to_container(OmegaConf.structured(cfg))))
+    record = start_record(
+        argv=cmd, nodes=nodes, config=scrub(OmegaConf.to_container(OmegaConf.structured(cfg)))
+    )
     write_json_atomic(log_path.with_name(f"{label}.start-{restart}.json"), record)
 
     env = step_environment(os.environ, nodes)
     checkpoints = Path(cfg.checkpoint.dir or Path(cfg.run.dir) / "checkpoints")
     before = _latest_checkpoint(checkpoints)
     status = step_status = signals.run_step(cmd, env, skipped_status=cfg.launch.preempt_exit_code)
-    if status not in (DONE, USER_ERROR, CONFIG_ERROR, cfg.launch.preempt_exit_code) and \
-            _saved_on_preemption(checkpoints, before):
+    if status not in (DONE, USER_ERROR, CONFIG_ERROR, cfg.launch.preempt_exit_code) and _saved_on_preemption(
+        checkpoints, before
+    ):
         # The ranks saved together, then one left with 124 first and srun (--kill-on-bad-exit) stopped the
         # others on their way out: the step's status is theirs, the checkpoint says what happened.
         status = cfg.launch.preempt_exit_code

@@ -9,12 +9,13 @@
 
 All of it is data (JSON or plain text), written atomically or appended line by line.
 """
+
 from __future__ import annotations
 
 import json
 import os
 from pathlib import Path
-from typing import Any, Dict, List, Optional
+from typing import Any
 
 JOB_DIR = "slurm"
 JOBS_FILE = "jobs"
@@ -37,7 +38,7 @@ def write_json_atomic(path: Path, data: Any) -> None:
     os.replace(tmp, path)
 
 
-def read_json(path: Path) -> Optional[Dict[str, Any]]:
+def read_json(path: Path) -> dict[str, Any] | None:
     """A JSON object from ``path``; None when it is missing or not a JSON object."""
     try:
         data = json.loads(path.read_text())
@@ -53,14 +54,14 @@ def record_job(run_dir: str | os.PathLike, job_id: str) -> None:
         f.write(f"{job_id}\n")
 
 
-def recorded_jobs(run_dir: str | os.PathLike) -> List[str]:
+def recorded_jobs(run_dir: str | os.PathLike) -> list[str]:
     path = job_log_dir(run_dir) / JOBS_FILE
     if not path.is_file():
         return []
     return [line.strip() for line in path.read_text().splitlines() if line.strip()]
 
 
-def last_metrics(run_dir: str | os.PathLike) -> Dict[str, Any]:
+def last_metrics(run_dir: str | os.PathLike) -> dict[str, Any]:
     """The last complete row of ``<run.dir>/metrics.jsonl`` ({} when there is none)."""
     path = Path(run_dir) / "metrics.jsonl"
     if not path.is_file():

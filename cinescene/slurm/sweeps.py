@@ -9,27 +9,37 @@ A trial is skipped when its run directory already holds a checkpoint at
 every other trial is (re)submitted and resumes from its own checkpoints.
 Submissions of one sweep are serialised by a lock on ``<run_root>/slurm/.lock``.
 """
+
 from __future__ import annotations
 
 import fcntl
 import time
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Dict, Iterator, List, Optional, Sequence
+from typing import Any
 
 from cinescene.config.sweep import SweepSpec, Trial
 from cinescene.errors import CineSceneError
 
 from . import sbatch
 from .accounting import LIVE_STATES, UNKNOWN, job_states
-from .records import (JOB_DIR, TRIAL_FILE, job_log_dir, last_metrics, read_json, record_job, recorded_jobs,
-                      write_json_atomic)
+from .records import (
+    JOB_DIR,
+    TRIAL_FILE,
+    job_log_dir,
+    last_metrics,
+    read_json,
+    record_job,
+    recorded_jobs,
+    write_json_atomic,
+)
 
 NOT_SUBMITTED = "-"
 
 
-def checkpoint_step(cfg) -> Optional[int]:
+def checkpoint_step(cfg) -> int | None:
     """The step of the run's latest complete checkpoint (None without one)."""
     root = Path(cfg.checkpoint.dir or Path(cfg.run.dir) / "checkpoints")
     if not root.is_dir():
@@ -43,11 +53,11 @@ def checkpoint_step(cfg) -> Optional[int]:
 @dataclass
 class TrialPlan:
     trial: Trial
-    action: str        # "submit", "finished", "queued"
+    action: str  # "submit", "finished", "queued"
     detail: str = ""
 
 
-def plan(trials: Sequence[Trial]) -> List[TrialPlan]:
+def plan(trials: Sequence[Trial]) -> list[TrialPlan]:
     """What a submission does with each trial: submit it, or skip it (finished / still queued)."""
     last_jobs = {t.signature: (recorded_jobs(t.run_dir) or [None])[-1] for t in trials}
     states = job_states([j for j in last_jobs.values() if j])
@@ -69,8 +79,10 @@ def _shared_launch(trials: Sequence[Trial]):
     first = trials[0].config.launch
     for t in trials[1:]:
         if t.config.launch.slurm != first.slurm or t.config.launch.nproc != first.nproc:
-            raise CineSceneError(f"sweep trials {trials[0].index} and {t.index} ask for different launch.slurm / "
-                                 "launch.nproc resources; one job array has one set: split the sweep")
+            raise CineSceneError(
+                f"sweep trials {trials[0].index} and {t.index} ask for different launch.slurm / "
+                "launch.nproc resources; one job array has one set: split the sweep"
+            )
     return first
 
 
@@ -86,32 +98,52 @@ def sweep_lock(run_root: Path) -> Iterator[None]:
         yield
 
 
-def array_submission(spec: SweepSpec, todo: Sequence[Trial], run_root: Path, table: Path,
-                     max_parallel: Optional[int]) -> sbatch.Submission:
+def array_submission(
+    spec: SweepSpec, todo: Sequence[Trial], run_root: Path, table: Path, max_parallel: int | None
+) -> sbatch.Submission:
     throttle = f"%{max_parallel}" if max_parallel else ""
-    return sbatch.build(_shared_launch(todo), job_name=spec.name,
-                        output=sbatch.log_pattern(job_log_dir(run_root), "%A_%a.out"),
-                        job_args=["--array-table", str(table.resolve())], array=f"0-{len(todo) - 1}{throttle}")
+    return sbatch.build(
+        _shared_launch(todo),
+        job_name=spec.name,
+        output=sbatch.log_pattern(job_log_dir(run_root), "%A_%a.out"),
+        job_args=["--array-table", str(table.resolve())],
+        array=f"0-{len(todo) - 1}{throttle}",
+    )
 
 
-def submit_array(spec: SweepSpec, base: str, todo: Sequence[Trial], run_root: Path,
-                 max_parallel: Optional[int]) -> str:
+def submit_array(
+    spec: SweepSpec, base: str, todo: Sequence[Trial], run_root: Path, max_parallel: int | None
+) -> str:
     """Write the table and each trial's record, submit the array; returns the array's job id."""
-    table = job_log_dir(run_root) / f"array-{time.strftime('%Y%m%dT%H%M%S')}-{time.time_ns() % 10**9:09d}.json"
+    table = (
+        job_log_dir(run_root) / f"array-{time.strftime('%Y%m%dT%H%M%S')}-{time.time_ns() % 10**9:09d}.json"
+    )
     submission = array_submission(spec, todo, run_root, table, max_parallel)
-    write_json_atomic(table, {"sweep": spec.name, "trials": [
-        {"signature": t.signature, "argv": [base, *t.overrides]} for t in todo]})
+    write_json_atomic(
+        table,
+        {
+            "sweep": spec.name,
+            "trials": [{"signature": t.signature, "argv": [base, *t.overrides]} for t in todo],
+        },
+    )
     for t in todo:
-        write_json_atomic(job_log_dir(t.run_dir) / TRIAL_FILE, {
-            "sweep": spec.name, "signature": t.signature, "varied": t.varied, "overrides": t.overrides,
-            "max_steps": t.config.train.max_steps})
+        write_json_atomic(
+            job_log_dir(t.run_dir) / TRIAL_FILE,
+            {
+                "sweep": spec.name,
+                "signature": t.signature,
+                "varied": t.varied,
+                "overrides": t.overrides,
+                "max_steps": t.config.train.max_steps,
+            },
+        )
     job_id = sbatch.submit(submission)
     for index, t in enumerate(todo):
         record_job(t.run_dir, f"{job_id}_{index}")
     return job_id
 
 
-def array_task(table: Path, task_id: int) -> List[str]:
+def array_task(table: Path, task_id: int) -> list[str]:
     """[config, overrides...] of array task ``task_id`` from a table `cinescene sweep` wrote."""
     data = read_json(table)
     trials = data.get("trials") if data else None
@@ -129,31 +161,33 @@ def array_task(table: Path, task_id: int) -> List[str]:
 @dataclass
 class TrialStatus:
     signature: str
-    overrides: List[str]
+    overrides: list[str]
     state: str
-    job: Optional[str]
-    step: Optional[int]
-    max_steps: Optional[int]
-    restarts: Optional[int]
-    loss: Optional[float]
+    job: str | None
+    step: int | None
+    max_steps: int | None
+    restarts: int | None
+    loss: float | None
     run_dir: str
 
-    def as_dict(self) -> Dict[str, Any]:
+    def as_dict(self) -> dict[str, Any]:
         return asdict(self)
 
 
-def trial_dirs(run_root: Path) -> List[Path]:
+def trial_dirs(run_root: Path) -> list[Path]:
     """Run directories under ``run_root`` that a sweep submission marked as its trials."""
     if not run_root.is_dir():
         raise CineSceneError(f"{run_root} is not a directory (give a sweep file or a sweep's run_root)")
     found = sorted(p for p in run_root.iterdir() if (job_log_dir(p) / TRIAL_FILE).is_file())
     if not found:
-        raise CineSceneError(f"{run_root} holds no sweep trials (no <trial>/{JOB_DIR}/{TRIAL_FILE}): give the "
-                             "sweep file, or the run_root of a sweep that was submitted")
+        raise CineSceneError(
+            f"{run_root} holds no sweep trials (no <trial>/{JOB_DIR}/{TRIAL_FILE}): give the "
+            "sweep file, or the run_root of a sweep that was submitted"
+        )
     return found
 
 
-def status(entries: Sequence[Dict[str, Any]]) -> List[TrialStatus]:
+def status(entries: Sequence[dict[str, Any]]) -> list[TrialStatus]:
     """One row per trial; ``entries`` hold signature, varied overrides, max_steps and run_dir."""
     last_jobs = {e["run_dir"]: (recorded_jobs(e["run_dir"]) or [None])[-1] for e in entries}
     states = job_states([j for j in last_jobs.values() if j])
@@ -161,24 +195,46 @@ def status(entries: Sequence[Dict[str, Any]]) -> List[TrialStatus]:
     for e in entries:
         job = last_jobs[e["run_dir"]]
         metrics = last_metrics(e["run_dir"])
-        rows.append(TrialStatus(signature=e["signature"], overrides=list(e.get("varied") or []),
-                                state=states.get(job, UNKNOWN) if job else NOT_SUBMITTED, job=job,
-                                step=metrics.get("step"), max_steps=e.get("max_steps"),
-                                restarts=metrics.get("restarts"), loss=metrics.get("loss"), run_dir=str(e["run_dir"])))
+        rows.append(
+            TrialStatus(
+                signature=e["signature"],
+                overrides=list(e.get("varied") or []),
+                state=states.get(job, UNKNOWN) if job else NOT_SUBMITTED,
+                job=job,
+                step=metrics.get("step"),
+                max_steps=e.get("max_steps"),
+                restarts=metrics.get("restarts"),
+                loss=metrics.get("loss"),
+                run_dir=str(e["run_dir"]),
+            )
+        )
     return rows
 
 
-def entries_of_trials(trials: Sequence[Trial]) -> List[Dict[str, Any]]:
-    return [{"signature": t.signature, "varied": t.varied, "max_steps": t.config.train.max_steps,
-             "run_dir": t.run_dir} for t in trials]
+def entries_of_trials(trials: Sequence[Trial]) -> list[dict[str, Any]]:
+    return [
+        {
+            "signature": t.signature,
+            "varied": t.varied,
+            "max_steps": t.config.train.max_steps,
+            "run_dir": t.run_dir,
+        }
+        for t in trials
+    ]
 
 
-def entries_of_dir(run_root: Path) -> List[Dict[str, Any]]:
+def entries_of_dir(run_root: Path) -> list[dict[str, Any]]:
     entries = []
     for path in trial_dirs(run_root):
         record = read_json(job_log_dir(path) / TRIAL_FILE) or {}
-        entries.append({"signature": str(record.get("signature", path.name)), "varied": record.get("varied") or [],
-                        "max_steps": record.get("max_steps"), "run_dir": str(path)})
+        entries.append(
+            {
+                "signature": str(record.get("signature", path.name)),
+                "varied": record.get("varied") or [],
+                "max_steps": record.get("max_steps"),
+                "run_dir": str(path),
+            }
+        )
     return entries
 
 
@@ -188,8 +244,17 @@ def status_table(rows: Sequence[TrialStatus]) -> str:
     for r in rows:
         step = f"{r.step if r.step is not None else '-'}/{r.max_steps if r.max_steps is not None else '?'}"
         loss = f"{r.loss:.4f}" if isinstance(r.loss, (int, float)) else "-"
-        lines.append((r.signature, r.state, step, "-" if r.restarts is None else str(r.restarts), loss,
-                      " ".join(r.overrides) or "(base config)"))
+        lines.append(
+            (
+                r.signature,
+                r.state,
+                step,
+                "-" if r.restarts is None else str(r.restarts),
+                loss,
+                " ".join(r.overrides) or "(base config)",
+            )
+        )
     widths = [max(len(line[i]) for line in lines) for i in range(len(head) - 1)]
-    return "".join("  ".join(c.ljust(w) for c, w in zip(line[:-1], widths)) + "  " + line[-1] + "\n"
-                   for line in lines)
+    return "".join(
+        "  ".join(c.ljust(w) for c, w in zip(line[:-1], widths)) + "  " + line[-1] + "\n" for line in lines
+    )

@@ -1,4 +1,5 @@
 """Batch arithmetic: global batch = micro batch x accumulation x data-parallel size."""
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -9,9 +10,9 @@ from cinescene.errors import CineSceneError
 
 @dataclass(frozen=True)
 class BatchPlan:
-    micro_batch_size: int   # samples per rank per forward
-    grad_accum: int         # forwards per optimizer step
-    dp_size: int            # data-parallel ranks (world / sequence-parallel size)
+    micro_batch_size: int  # samples per rank per forward
+    grad_accum: int  # forwards per optimizer step
+    dp_size: int  # data-parallel ranks (world / sequence-parallel size)
 
     @property
     def global_batch_size(self) -> int:
@@ -35,6 +36,7 @@ def plan_batch(train: TrainConfig, world_size: int, sequence: int = 1) -> BatchP
         raise CineSceneError(
             f"train.global_batch_size={train.global_batch_size} is not a multiple of "
             f"train.micro_batch_size={micro} x data-parallel size {dp} (world {world_size} / "
-            f"parallel.sequence {sequence}) = {per_step}; change the batch size or the number of ranks")
+            f"parallel.sequence {sequence}) = {per_step}; change the batch size or the number of ranks"
+        )
     accum = train.global_batch_size // per_step
     return BatchPlan(micro, accum, dp)

@@ -12,13 +12,13 @@ open and it is older than :data:`LOCAL_STALE_S` (on a local file system) or
 :data:`SHARED_STALE_S` (on a shared one, where a holder on another machine is
 invisible from here); a younger one is waited for, with one log line.
 """
+
 from __future__ import annotations
 
 import glob
 import os
 import time
 from pathlib import Path
-from typing import List, Optional
 
 from cinescene.log import get_logger
 
@@ -51,14 +51,16 @@ def _fs_type(path: Path) -> str:
                 fields = line.split()
                 mount = fields[4]
                 fstype = fields[fields.index("-") + 1]
-                if (str(path) == mount or str(path).startswith(mount.rstrip("/") + "/")) and len(mount) > len(best):
+                if (str(path) == mount or str(path).startswith(mount.rstrip("/") + "/")) and len(mount) > len(
+                    best
+                ):
                     best, fs = mount, fstype
     except (OSError, ValueError, IndexError):
         return ""
     return fs
 
 
-def _held_open(paths: List[str]) -> set:
+def _held_open(paths: list[str]) -> set:
     """Which of ``paths`` some process on this machine has open (by /proc/<pid>/fd)."""
     wanted, held = set(paths), set()
     for fd_dir in glob.glob("/proc/[0-9]*/fd"):
@@ -75,16 +77,19 @@ def _held_open(paths: List[str]) -> set:
     return held
 
 
-def clear_stale_build_locks(root: Optional[Path] = None, now: Optional[float] = None) -> List[Path]:
+def clear_stale_build_locks(root: Path | None = None, now: float | None = None) -> list[Path]:
     """Remove the build locks no process holds; wait (bounded) for unheld ones too young to judge.
 
     Returns the removed paths.
     """
     root = root or extensions_root()
-    removed: List[Path] = []
+    removed: list[Path] = []
     announced = False
     while True:
-        locks = [os.path.realpath(p) for p in glob.glob(str(root / "*" / "lock")) + glob.glob(str(root / "*/*/lock"))]
+        locks = [
+            os.path.realpath(p)
+            for p in glob.glob(str(root / "*" / "lock")) + glob.glob(str(root / "*/*/lock"))
+        ]
         unheld = [p for p in locks if p not in _held_open(locks)]
         waiting = []
         for lock in unheld:
@@ -99,14 +104,20 @@ def clear_stale_build_locks(root: Optional[Path] = None, now: Optional[float] = 
             try:
                 os.remove(lock)
                 removed.append(Path(lock))
-                _log.warning("removed %s, a build lock no process holds (left by a killed process %.0f s ago)",
-                             lock, age)
+                _log.warning(
+                    "removed %s, a build lock no process holds (left by a killed process %.0f s ago)",
+                    lock,
+                    age,
+                )
             except FileNotFoundError:
                 pass
         if not waiting or now is not None:
             return removed
         if not announced:
-            _log.info("waiting up to %.0f s for build lock %s: no process here holds it", max(w for _, w in waiting),
-                      waiting[0][0])
+            _log.info(
+                "waiting up to %.0f s for build lock %s: no process here holds it",
+                max(w for _, w in waiting),
+                waiting[0][0],
+            )
             announced = True
         time.sleep(POLL_S)

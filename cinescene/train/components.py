@@ -5,11 +5,12 @@
 tests hand :func:`cinescene.train.entry.run_rank` their own tiny stand-ins
 with the same contracts (docs/CONTRACTS.md).
 """
+
 from __future__ import annotations
 
 import fnmatch
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
-from typing import Callable, Iterator, Mapping, Optional
 
 import torch.nn as nn
 
@@ -20,8 +21,8 @@ from cinescene.config.schema import CineSceneConfig
 class SampleFacts:
     """Per-sample cost of the model, for throughput and MFU."""
 
-    flops_per_sample: Optional[float]   # training FLOPs (forward + backward)
-    tokens_per_sample: Optional[int]    # extended sequence length (video + context tokens)
+    flops_per_sample: float | None  # training FLOPs (forward + backward)
+    tokens_per_sample: int | None  # extended sequence length (video + context tokens)
 
 
 @dataclass
@@ -67,18 +68,27 @@ def _sample_facts(cfg: CineSceneConfig, model: nn.Module, batch: Mapping) -> Sam
     latents = batch.get("scene_latents")
     stored = scenes.shape[1] if scenes is not None else 0
     low = cfg.data.scene_images_min if cfg.data.scene_images_min is not None and stored else stored
-    vggt_trains = any(p.requires_grad and fnmatch.fnmatchcase(n, "scene_encoder.vggt.*")
-                      for n, p in model.named_parameters())
+    vggt_trains = any(
+        p.requires_grad and fnmatch.fnmatchcase(n, "scene_encoder.vggt.*")
+        for n, p in model.named_parameters()
+    )
     flops, tokens = [], []
     for count in range(low, stored + 1):
-        shape = SampleShape(latent_frames=frames, latent_height=height, latent_width=width, scene_images=count,
-                            scene_height=scenes.shape[3] if scenes is not None else height,
-                            scene_width=scenes.shape[4] if scenes is not None else width,
-                            scene_latent_height=latents.shape[3] if latents is not None else height,
-                            scene_latent_width=latents.shape[4] if latents is not None else width)
+        shape = SampleShape(
+            latent_frames=frames,
+            latent_height=height,
+            latent_width=width,
+            scene_images=count,
+            scene_height=scenes.shape[3] if scenes is not None else height,
+            scene_width=scenes.shape[4] if scenes is not None else width,
+            scene_latent_height=latents.shape[3] if latents is not None else height,
+            scene_latent_width=latents.shape[4] if latents is not None else width,
+        )
         flops.append(float(flops_per_sample(cfg.model, shape, scene_encoder_trains=vggt_trains).training))
         tokens.append(token_counts(cfg.model, shape).total)
-    return SampleFacts(flops_per_sample=sum(flops) / len(flops), tokens_per_sample=round(sum(tokens) / len(tokens)))
+    return SampleFacts(
+        flops_per_sample=sum(flops) / len(flops), tokens_per_sample=round(sum(tokens) / len(tokens))
+    )
 
 
 def _check_data(cfg: CineSceneConfig) -> None:
@@ -86,7 +96,7 @@ def _check_data(cfg: CineSceneConfig) -> None:
     from cinescene.eval.heldout import check_present
 
     check_dataset(cfg.data)
-    check_present(cfg)      # the eval hook's held-out shards
+    check_present(cfg)  # the eval hook's held-out shards
 
 
 def _prepare_data(cfg: CineSceneConfig) -> None:
@@ -95,17 +105,32 @@ def _prepare_data(cfg: CineSceneConfig) -> None:
     ensure_dataset(cfg.data)
 
 
-def _build_batches(cfg: CineSceneConfig, dp_rank: int, dp_size: int, micro_batch_size: int,
-                   consumed_samples: int) -> Iterator[Mapping]:
+def _build_batches(
+    cfg: CineSceneConfig, dp_rank: int, dp_size: int, micro_batch_size: int, consumed_samples: int
+) -> Iterator[Mapping]:
     from cinescene.data.loader import build_train_loader
 
     # The loader's cursor is global and world-size independent: sequence-parallel peers share a
     # data-parallel rank, hence the same batches.
-    return iter(build_train_loader(cfg.data, cfg.model, rank=dp_rank, world_size=dp_size, seed=cfg.run.seed,
-                                   micro_batch_size=micro_batch_size, start_sample=consumed_samples))
+    return iter(
+        build_train_loader(
+            cfg.data,
+            cfg.model,
+            rank=dp_rank,
+            world_size=dp_size,
+            seed=cfg.run.seed,
+            micro_batch_size=micro_batch_size,
+            start_sample=consumed_samples,
+        )
+    )
 
 
 def default_components() -> Components:
-    return Components(build_model=_build_model, count_params=_count_params, check_data=_check_data,
-                      prepare_data=_prepare_data,
-                      build_batches=_build_batches, sample_facts=_sample_facts)
+    return Components(
+        build_model=_build_model,
+        count_params=_count_params,
+        check_data=_check_data,
+        prepare_data=_prepare_data,
+        build_batches=_build_batches,
+        sample_facts=_sample_facts,
+    )

@@ -14,12 +14,13 @@ lives inside the optimizer's flat buffers); the average itself is fp32.
 :meth:`ShardedEMA.applied` puts the EMA in place of the weights for a while
 (the eval hook samples with it) and puts the weights back bit-exactly.
 """
+
 from __future__ import annotations
 
 import math
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Callable, Dict, Iterable, Iterator, List, Mapping, Optional, Tuple
 
 import torch
 import torch.distributed as dist
@@ -36,13 +37,13 @@ class _Slice:
     param: nn.Parameter
     offset: int
     length: int
-    shape: Tuple[int, ...]
+    shape: tuple[int, ...]
 
     def local(self) -> torch.Tensor:
         """This rank's slice of the current weights, 1-D (a view: no copy)."""
         if hasattr(self.param, "ds_tensor"):
             return self.param.ds_tensor.data.view(-1)[: self.length]
-        return self.param.data.view(-1)[self.offset: self.offset + self.length]
+        return self.param.data.view(-1)[self.offset : self.offset + self.length]
 
 
 def _slice_of(name: str, param: nn.Parameter, index: int, count: int) -> _Slice:
@@ -60,14 +61,23 @@ def _slice_of(name: str, param: nn.Parameter, index: int, count: int) -> _Slice:
 
 
 class ShardedEMA:
-    def __init__(self, named_params: Iterable[Tuple[str, nn.Parameter]], cfg: EMAConfig, *,
-                 shard_index: int = 0, shard_count: int = 1):
+    def __init__(
+        self,
+        named_params: Iterable[tuple[str, nn.Parameter]],
+        cfg: EMAConfig,
+        *,
+        shard_index: int = 0,
+        shard_count: int = 1,
+    ):
         self.decay = cfg.decay
         self.start_step = cfg.start_step
         self.shard_count = shard_count
-        self.slices: List[_Slice] = [_slice_of(n, p, shard_index, shard_count)
-                                     for n, p in named_params if p.requires_grad]
-        self.shadow: Dict[str, torch.Tensor] = {s.name: s.local().detach().float().clone() for s in self.slices}
+        self.slices: list[_Slice] = [
+            _slice_of(n, p, shard_index, shard_count) for n, p in named_params if p.requires_grad
+        ]
+        self.shadow: dict[str, torch.Tensor] = {
+            s.name: s.local().detach().float().clone() for s in self.slices
+        }
 
     @torch.no_grad()
     def update(self, step: int) -> None:
@@ -79,19 +89,31 @@ class ShardedEMA:
             else:
                 self.shadow[s.name].lerp_(current, 1.0 - self.decay)
 
-    def state_dict(self) -> Dict:
-        return {"decay": self.decay, "start_step": self.start_step,
-                "slices": {s.name: {"offset": s.offset, "length": s.length, "shape": list(s.shape),
-                                    "value": self.shadow[s.name].detach().cpu()} for s in self.slices}}
+    def state_dict(self) -> dict:
+        return {
+            "decay": self.decay,
+            "start_step": self.start_step,
+            "slices": {
+                s.name: {
+                    "offset": s.offset,
+                    "length": s.length,
+                    "shape": list(s.shape),
+                    "value": self.shadow[s.name].detach().cpu(),
+                }
+                for s in self.slices
+            },
+        }
 
-    def load_state_dict(self, own: Mapping, all_ranks: Optional[Callable[[], List[Mapping]]] = None) -> None:
+    def load_state_dict(self, own: Mapping, all_ranks: Callable[[], list[Mapping]] | None = None) -> None:
         """Restore from a saved state; when its slicing differs from ours (another world size, or
         another rank's file), copy this rank's slice out of every rank's state (``all_ranks()``),
         reading only the overlapping ranges. Saved values are tensors or lazy stored tensors
         (:class:`cinescene.ckpt.rank_state.StoredTensor`)."""
         saved = own["slices"]
-        if all((s.name in saved and saved[s.name]["offset"] == s.offset and saved[s.name]["length"] == s.length)
-               for s in self.slices):
+        if all(
+            (s.name in saved and saved[s.name]["offset"] == s.offset and saved[s.name]["length"] == s.length)
+            for s in self.slices
+        ):
             for s in self.slices:
                 self.shadow[s.name].copy_(_read_range(saved[s.name]["value"], 0, s.length))
             return
@@ -107,14 +129,17 @@ class ShardedEMA:
                 start, stop = int(entry["offset"]), int(entry["offset"]) + int(entry["length"])
                 low, high = max(start, s.offset), min(stop, s.offset + s.length)
                 if low < high:
-                    self.shadow[s.name][low - s.offset: high - s.offset].copy_(
-                        _read_range(entry["value"], low - start, high - low))
+                    self.shadow[s.name][low - s.offset : high - s.offset].copy_(
+                        _read_range(entry["value"], low - start, high - low)
+                    )
                     filled += high - low
             if filled != s.length:
-                raise ValueError(f"the saved EMA covers {filled} of the {s.length} elements of {s.name} this rank "
-                                 "holds: a rank file is missing")
+                raise ValueError(
+                    f"the saved EMA covers {filled} of the {s.length} elements of {s.name} this rank "
+                    "holds: a rank file is missing"
+                )
 
-    def full_numels(self) -> Dict[str, int]:
+    def full_numels(self) -> dict[str, int]:
         return {s.name: math.prod(s.shape) for s in self.slices}
 
     @contextmanager
@@ -146,9 +171,11 @@ class ShardedEMA:
                     s.param.data.copy_(value)
 
     @staticmethod
-    def _write_partitions(slices: List[_Slice], values: List[torch.Tensor], persistent: List[nn.Parameter]) -> None:
+    def _write_partitions(
+        slices: list[_Slice], values: list[torch.Tensor], persistent: list[nn.Parameter]
+    ) -> None:
         if persistent:
-            persistent[0].partition(persistent)        # drop the whole copies: the partitions are the truth
+            persistent[0].partition(persistent)  # drop the whole copies: the partitions are the truth
         for s, value in zip(slices, values):
             s.local().copy_(value.to(s.local().dtype))
         if persistent:
@@ -170,27 +197,31 @@ class ShardedEMA:
 def _read_range(value, start: int, length: int) -> torch.Tensor:
     """Elements ``start .. start+length`` of a saved slice: a tensor, or a lazy stored tensor (``read_flat``)."""
     if isinstance(value, torch.Tensor):
-        return value.reshape(-1)[start: start + length]
+        return value.reshape(-1)[start : start + length]
     return value.read_flat(start, length)
 
 
-def assemble(states: Iterable[Mapping]) -> Dict[str, torch.Tensor]:
+def assemble(states: Iterable[Mapping]) -> dict[str, torch.Tensor]:
     """Full fp32 EMA tensors (original shapes) from every rank's ``state_dict()``."""
-    pieces: Dict[str, List[Tuple[int, torch.Tensor]]] = {}
-    shapes: Dict[str, Tuple[int, ...]] = {}
+    pieces: dict[str, list[tuple[int, torch.Tensor]]] = {}
+    shapes: dict[str, tuple[int, ...]] = {}
     for state in states:
         for name, entry in state["slices"].items():
-            pieces.setdefault(name, []).append((entry["offset"], _read_range(entry["value"], 0, entry["length"])))
+            pieces.setdefault(name, []).append(
+                (entry["offset"], _read_range(entry["value"], 0, entry["length"]))
+            )
             shapes[name] = tuple(entry["shape"])
     full = {}
     for name, parts in pieces.items():
         flat = torch.zeros(math.prod(shapes[name]), dtype=torch.float32)
         covered = 0
         for offset, value in parts:
-            flat[offset: offset + value.numel()] = value
+            flat[offset : offset + value.numel()] = value
             covered += value.numel()
         if covered != flat.numel():
-            raise ValueError(f"EMA shards of {name} cover {covered} of {flat.numel()} elements: a rank file is missing")
+            raise ValueError(
+                f"EMA shards of {name} cover {covered} of {flat.numel()} elements: a rank file is missing"
+            )
         full[name] = flat.view(shapes[name])
     return full
 
@@ -202,18 +233,18 @@ class EMACallback(Callback):
 
     def __init__(self, ema: ShardedEMA):
         self.ema = ema
-        self._all_ranks: Optional[Callable[[], List[Mapping]]] = None
+        self._all_ranks: Callable[[], list[Mapping]] | None = None
 
     def on_step_end(self, state: TrainState, result: StepResult) -> None:
         if result.applied:
             self.ema.update(result.step)
 
-    def state_dict(self) -> Dict:
+    def state_dict(self) -> dict:
         return self.ema.state_dict()
 
-    def provide_all_ranks(self, loader: Callable[[], List[Mapping]]) -> None:
+    def provide_all_ranks(self, loader: Callable[[], list[Mapping]]) -> None:
         """How to read every rank's saved EMA, for a resume that slices differently."""
         self._all_ranks = loader
 
-    def load_state_dict(self, state: Dict) -> None:
+    def load_state_dict(self, state: dict) -> None:
         self.ema.load_state_dict(state, self._all_ranks)

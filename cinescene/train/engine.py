@@ -1,8 +1,9 @@
 """The DeepSpeed engine built from our config sections."""
+
 from __future__ import annotations
 
 import contextlib
-from typing import Callable, Dict
+from collections.abc import Callable
 
 import torch
 import torch.nn as nn
@@ -20,13 +21,16 @@ _log = get_logger("train.engine")
 NEVER = 2**31 - 1
 
 
-def deepspeed_config(cfg: CineSceneConfig, plan: BatchPlan, largest_param: int = 0) -> Dict:
+def deepspeed_config(cfg: CineSceneConfig, plan: BatchPlan, largest_param: int = 0) -> dict:
     """DeepSpeed's config dict. ``largest_param``: element count of the biggest trainable parameter."""
     par, train = cfg.parallel, cfg.train
-    zero: Dict = {"stage": par.zero_stage, "contiguous_gradients": True,
-                  "reduce_bucket_size": par.reduce_bucket_size,
-                  # Overlap needs side streams (CUDA); on CPU it only reorders work.
-                  "overlap_comm": torch.cuda.is_available()}
+    zero: dict = {
+        "stage": par.zero_stage,
+        "contiguous_gradients": True,
+        "reduce_bucket_size": par.reduce_bucket_size,
+        # Overlap needs side streams (CUDA); on CPU it only reorders work.
+        "overlap_comm": torch.cuda.is_available(),
+    }
     if par.zero_stage == 3:
         zero["stage3_param_persistence_threshold"] = par.param_persistence_threshold
         zero["stage3_prefetch_bucket_size"] = par.reduce_bucket_size
@@ -68,28 +72,48 @@ def use_zero_init(cfg: CineSceneConfig, count_params: Callable[[], int]) -> bool
     return par.zero_init is True or count_params() >= par.zero_init_min_params
 
 
-def build_engine(cfg: CineSceneConfig, layout: ParallelLayout, plan: BatchPlan,
-                 build_model: Callable[[], nn.Module], *, zero_init: bool = False):
+def build_engine(
+    cfg: CineSceneConfig,
+    layout: ParallelLayout,
+    plan: BatchPlan,
+    build_model: Callable[[], nn.Module],
+    *,
+    zero_init: bool = False,
+):
     """Model (optionally partitioned at build), optimizer, and ``deepspeed.initialize``; returns the engine."""
     import deepspeed
 
-    context = (deepspeed.zero.Init(config_dict_or_path=deepspeed_config(cfg, plan), mpu=layout.mpu) if zero_init
-               else contextlib.nullcontext())
+    context = (
+        deepspeed.zero.Init(config_dict_or_path=deepspeed_config(cfg, plan), mpu=layout.mpu)
+        if zero_init
+        else contextlib.nullcontext()
+    )
     with context:
         model = build_model()
-    largest = max((int(getattr(p, "ds_numel", p.numel())) for p in model.parameters() if p.requires_grad),
-                  default=0)
+    largest = max(
+        (int(getattr(p, "ds_numel", p.numel())) for p in model.parameters() if p.requires_grad), default=0
+    )
     ds_config = deepspeed_config(cfg, plan, largest)
     if layout.sp_group is not None:
         if not hasattr(model, "set_sequence_parallel"):
-            raise TypeError(f"{type(model).__name__} has no set_sequence_parallel(group); "
-                            "parallel.sequence > 1 needs it")
+            raise TypeError(
+                f"{type(model).__name__} has no set_sequence_parallel(group); parallel.sequence > 1 needs it"
+            )
         model.set_sequence_parallel(layout.sp_group)
     optimizer = build_optimizer(parameter_groups(model, cfg.train), cfg.train, cfg.parallel)
-    engine, _, _, _ = deepspeed.initialize(model=model, optimizer=optimizer, config=ds_config,
-                                           mpu=layout.mpu, dist_init_required=False)
-    _log.info("DeepSpeed engine: ZeRO-%d, %s, micro batch %d x accumulation %d x data-parallel %d = %d, "
-              "sequence parallel %d%s", cfg.parallel.zero_stage, cfg.train.precision, plan.micro_batch_size,
-              plan.grad_accum, plan.dp_size, plan.global_batch_size, layout.sp_size,
-              ", built under zero.Init" if zero_init else "")
+    engine, _, _, _ = deepspeed.initialize(
+        model=model, optimizer=optimizer, config=ds_config, mpu=layout.mpu, dist_init_required=False
+    )
+    _log.info(
+        "DeepSpeed engine: ZeRO-%d, %s, micro batch %d x accumulation %d x data-parallel %d = %d, "
+        "sequence parallel %d%s",
+        cfg.parallel.zero_stage,
+        cfg.train.precision,
+        plan.micro_batch_size,
+        plan.grad_accum,
+        plan.dp_size,
+        plan.global_batch_size,
+        layout.sp_size,
+        ", built under zero.Init" if zero_init else "",
+    )
     return engine

@@ -6,13 +6,13 @@ model is built under the same seed on every rank, a checkpoint's
 compatibility is checked before DeepSpeed reads it, and the per-rank RNG is
 seeded (or restored) only after the model exists.
 """
+
 from __future__ import annotations
 
 import itertools
 import logging
 import warnings
 from pathlib import Path
-from typing import Optional
 
 from omegaconf import OmegaConf
 
@@ -49,27 +49,51 @@ def _quiet_libraries(level: str) -> None:
     warnings.filterwarnings("ignore", category=FutureWarning, module=r"torch\.distributed")
 
 
-def _build_callbacks(cfg: CineSceneConfig, env: DistEnv, layout, engine, tracker: Tracker, facts: SampleFacts,
-                     flag: PreemptionFlag, start: Start) -> CallbackList:
+def _build_callbacks(
+    cfg: CineSceneConfig,
+    env: DistEnv,
+    layout,
+    engine,
+    tracker: Tracker,
+    facts: SampleFacts,
+    flag: PreemptionFlag,
+    start: Start,
+) -> CallbackList:
     """The callbacks in the order they must see a step: measure, judge, average, then decide and log."""
     peak = cfg.tracking.peak_tflops or device_peak_tflops(cfg.train.precision)
-    callbacks = [ThroughputMonitor(flops_per_sample=facts.flops_per_sample, tokens_per_sample=facts.tokens_per_sample,
-                                   peak_tflops=peak, devices=env.world_size),
-                 NonFiniteGuard(cfg.train.max_consecutive_nonfinite)]
+    callbacks = [
+        ThroughputMonitor(
+            flops_per_sample=facts.flops_per_sample,
+            tokens_per_sample=facts.tokens_per_sample,
+            peak_tflops=peak,
+            devices=env.world_size,
+        ),
+        NonFiniteGuard(cfg.train.max_consecutive_nonfinite),
+    ]
     if cfg.train.ema.enabled:
-        callbacks.append(EMACallback(ShardedEMA(engine.module.named_parameters(), cfg.train.ema,
-                                                shard_index=env.rank, shard_count=env.world_size)))
+        callbacks.append(
+            EMACallback(
+                ShardedEMA(
+                    engine.module.named_parameters(),
+                    cfg.train.ema,
+                    shard_index=env.rank,
+                    shard_count=env.world_size,
+                )
+            )
+        )
     callbacks += eval_callbacks(cfg, engine, layout, tracker, flag, callbacks)
-    callbacks += [PreemptionCallback(flag, cfg.launch.preempt_exit_code, engine.device),
-                  RestartsMetric(restart_count()),
-                  CheckpointCadence(cfg.checkpoint),
-                  MetricsLogger(tracker, cfg.tracking.log_every_steps)]
+    callbacks += [
+        PreemptionCallback(flag, cfg.launch.preempt_exit_code, engine.device),
+        RestartsMetric(restart_count()),
+        CheckpointCadence(cfg.checkpoint),
+        MetricsLogger(tracker, cfg.tracking.log_every_steps),
+    ]
     callbacks = CallbackList(callbacks)
     start.restore_callbacks(callbacks)
     return callbacks
 
 
-def run_rank(cfg: CineSceneConfig, env: DistEnv, components: Optional[Components] = None) -> int:
+def run_rank(cfg: CineSceneConfig, env: DistEnv, components: Components | None = None) -> int:
     """Train as rank ``env.rank`` of ``env.world_size``; returns the exit status (0, or the preemption one)."""
     components = components or default_components()
     die_with_launcher()  # a rank our spawner started ends with it (cinescene's CLI did this already)
@@ -87,16 +111,32 @@ def run_rank(cfg: CineSceneConfig, env: DistEnv, components: Optional[Components
         init_process_group(env, cfg.parallel.backend, cfg.parallel.timeout_s)
         layout = build_layout(env, cfg.parallel.sequence)
         plan = plan_batch(cfg.train, env.world_size, cfg.parallel.sequence)
-        config_yaml = OmegaConf.to_yaml(OmegaConf.create(scrub(OmegaConf.to_container(OmegaConf.structured(cfg)))))
+        config_yaml = OmegaConf.to_yaml(
+            OmegaConf.create(scrub(OmegaConf.to_container(OmegaConf.structured(cfg))))
+        )
         if layout.is_main:
             run_dir.mkdir(parents=True, exist_ok=True)
             (run_dir / "config.yaml").write_text(config_yaml)
             components.prepare_data(cfg)
-        checkpoints = CheckpointManager(cfg.checkpoint.dir or run_dir / "checkpoints", cfg.checkpoint,
-                                        rank=env.rank, world_size=env.world_size)
-        start = resume(cfg, layout, plan, checkpoints, lambda: build_engine(
-            cfg, layout, plan, lambda: components.build_model(cfg),
-            zero_init=use_zero_init(cfg, lambda: components.count_params(cfg))))
+        checkpoints = CheckpointManager(
+            cfg.checkpoint.dir or run_dir / "checkpoints",
+            cfg.checkpoint,
+            rank=env.rank,
+            world_size=env.world_size,
+        )
+        start = resume(
+            cfg,
+            layout,
+            plan,
+            checkpoints,
+            lambda: build_engine(
+                cfg,
+                layout,
+                plan,
+                lambda: components.build_model(cfg),
+                zero_init=use_zero_init(cfg, lambda: components.count_params(cfg)),
+            ),
+        )
         if start.finished:
             exit_code = 0
             return exit_code
@@ -104,33 +144,61 @@ def run_rank(cfg: CineSceneConfig, env: DistEnv, components: Optional[Components
         if layout.is_main and start.path is None:
             warn_random_init(cfg.model)
 
-        batches = components.build_batches(cfg, layout.dp_rank, layout.dp_size, plan.micro_batch_size,
-                                           state.consumed_samples)
+        batches = components.build_batches(
+            cfg, layout.dp_rank, layout.dp_size, plan.micro_batch_size, state.consumed_samples
+        )
         first = next(batches)
         facts = components.sample_facts(cfg, engine.module, first)
         batches = itertools.chain([first], batches)
 
-        tracker = Tracker(cfg.tracking, run_dir, is_main=layout.is_main, run_name=cfg.run.name,
-                          config=OmegaConf.to_container(OmegaConf.structured(cfg)), run_id=start.wandb_run_id,
-                          resume_step=state.step)
+        tracker = Tracker(
+            cfg.tracking,
+            run_dir,
+            is_main=layout.is_main,
+            run_name=cfg.run.name,
+            config=OmegaConf.to_container(OmegaConf.structured(cfg)),
+            run_id=start.wandb_run_id,
+            resume_step=state.step,
+        )
         callbacks = _build_callbacks(cfg, env, layout, engine, tracker, facts, flag, start)
-        trainer = Trainer(cfg, engine=engine, layout=layout, plan=plan,
-                          objective=FlowMatchingObjective(cfg.train, cfg.model), batches=batches,
-                          checkpoints=checkpoints, callbacks=callbacks, state=state, facts=start.facts,
-                          wandb_run_id=lambda: tracker.run_id, config_yaml=config_yaml)
-        if flag.agreed(engine.device):  # signalled during start-up: stop before the first step, save nothing new
+        trainer = Trainer(
+            cfg,
+            engine=engine,
+            layout=layout,
+            plan=plan,
+            objective=FlowMatchingObjective(cfg.train, cfg.model),
+            batches=batches,
+            checkpoints=checkpoints,
+            callbacks=callbacks,
+            state=state,
+            facts=start.facts,
+            wandb_run_id=lambda: tracker.run_id,
+            config_yaml=config_yaml,
+        )
+        if flag.agreed(
+            engine.device
+        ):  # signalled during start-up: stop before the first step, save nothing new
             if layout.is_main:
-                _log.warning("preemption requested (%s) before step %d: nothing new saved, %s; exiting with status "
-                             "%d", flag.signal_name or "signal on another rank", state.step + 1,
-                             f"{start.path} stands" if start.path else "no checkpoint yet",
-                             cfg.launch.preempt_exit_code)
+                _log.warning(
+                    "preemption requested (%s) before step %d: nothing new saved, %s; exiting with status %d",
+                    flag.signal_name or "signal on another rank",
+                    state.step + 1,
+                    f"{start.path} stands" if start.path else "no checkpoint yet",
+                    cfg.launch.preempt_exit_code,
+                )
             exit_code = cfg.launch.preempt_exit_code
             return exit_code
-        _log.info("training steps %d..%d of %d (%s)", state.step + 1, cfg.train.max_steps, cfg.train.max_steps,
-                  f"resumed from {start.path}" if start.path else "fresh start")
+        _log.info(
+            "training steps %d..%d of %d (%s)",
+            state.step + 1,
+            cfg.train.max_steps,
+            cfg.train.max_steps,
+            f"resumed from {start.path}" if start.path else "fresh start",
+        )
         exit_code = trainer.fit()
-        _log.info("done at step %d%s", state.step,
-                  f" (preempted: exit status {exit_code})" if exit_code else "")
+        _log.info(
+            "done at step %d%s", state.step, f" (preempted: exit status {exit_code})" if exit_code else ""
+        )
         return exit_code
     finally:
         if tracker is not None:

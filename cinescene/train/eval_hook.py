@@ -39,13 +39,14 @@ swapped in) are put back exactly, nothing reads the training data, and the
 sampler's noise comes from its own generators; a run with the hook and one
 without end with bit-identical weights (tests/train/test_eval_hook.py).
 """
+
 from __future__ import annotations
 
 import math
 import time
+from collections.abc import Iterator
 from contextlib import contextmanager, nullcontext
 from pathlib import Path
-from typing import Dict, Iterator, List, Optional
 
 import numpy as np
 import torch
@@ -94,8 +95,16 @@ def untouched(model: torch.nn.Module) -> Iterator[None]:
 class EvalHook(Callback):
     name = "eval"
 
-    def __init__(self, cfg: CineSceneConfig, *, engine, layout, tracker, flag: PreemptionFlag,
-                 ema: Optional[ShardedEMA] = None):
+    def __init__(
+        self,
+        cfg: CineSceneConfig,
+        *,
+        engine,
+        layout,
+        tracker,
+        flag: PreemptionFlag,
+        ema: ShardedEMA | None = None,
+    ):
         from cinescene.eval.heldout import choose
         from cinescene.eval.metrics import MetricContext
         from cinescene.sampling.codec import build_codec
@@ -111,21 +120,34 @@ class EvalHook(Callback):
         # Everything a user can get wrong about the held-out data fails here, in one line, before step 1.
         self.spec = training_spec(cfg)
         self.chosen = choose(cfg, self.spec)
-        self.generator = VideoGenerator(model, self.spec, build_codec(self.spec, cfg.model, device=str(device)),
-                                        device)
+        self.generator = VideoGenerator(
+            model, self.spec, build_codec(self.spec, cfg.model, device=str(device)), device
+        )
         self.context = MetricContext(cfg.eval, device)
-        self.settings = Settings(steps=cfg.eval.sample_steps, guidance_scale=cfg.eval.cfg_scale,
-                                 shift=cfg.train.flow.shift, seed=cfg.eval.seed)
+        self.settings = Settings(
+            steps=cfg.eval.sample_steps,
+            guidance_scale=cfg.eval.cfg_scale,
+            shift=cfg.train.flow.shift,
+            seed=cfg.eval.seed,
+        )
         self.fps = video_fps(cfg, self.spec)
-        self.started: Optional[float] = None
+        self.started: float | None = None
         self.spent_s = 0.0
         if layout.is_main:
             for reason in sorted(set(self.context.absent.values())):
                 _log.warning("eval: %s", reason)
-            _log.info("eval every %d steps and after the last: %d held-out samples of %s (%s), %d sampling steps, "
-                      "guidance %g, %s weights, metrics %s", self.every, len(self.chosen.keys), cfg.eval.data,
-                      ", ".join(self.chosen.keys), self.settings.steps, self.settings.guidance_scale,
-                      "EMA" if ema is not None else "trained", ", ".join(cfg.eval.metrics))
+            _log.info(
+                "eval every %d steps and after the last: %d held-out samples of %s (%s), %d sampling steps, "
+                "guidance %g, %s weights, metrics %s",
+                self.every,
+                len(self.chosen.keys),
+                cfg.eval.data,
+                ", ".join(self.chosen.keys),
+                self.settings.steps,
+                self.settings.guidance_scale,
+                "EMA" if ema is not None else "trained",
+                ", ".join(cfg.eval.metrics),
+            )
 
     # ------------------------------------------------------------------ events
     def on_train_start(self, state: TrainState) -> None:
@@ -146,7 +168,7 @@ class EvalHook(Callback):
             prepare_dir(out)
         _barrier()
         self._release_gathered()
-        with untouched(self.model), (self.ema.applied() if self.ema is not None else nullcontext()):
+        with untouched(self.model), self.ema.applied() if self.ema is not None else nullcontext():
             try:
                 finished = self._generate(out, step)
             finally:
@@ -170,9 +192,15 @@ class EvalHook(Callback):
         state.metrics.update({f"{PREFIX}{name}": value for name, value in means.items()})
         if self.cfg.eval.log_videos and self.tracker.logs_media:
             self.tracker.log_media(step, self._media(out, data))
-        _log.info("eval at step %d: %d held-out samples in %.1f s (%.1f%% of the wall time so far): %s -> %s", step,
-                  len(data["samples"]), seconds, 100 * share,
-                  "  ".join(f"{k} {'–' if v is None else f'{v:.4g}'}" for k, v in means.items()), out)
+        _log.info(
+            "eval at step %d: %d held-out samples in %.1f s (%.1f%% of the wall time so far): %s -> %s",
+            step,
+            len(data["samples"]),
+            seconds,
+            100 * share,
+            "  ".join(f"{k} {'–' if v is None else f'{v:.4g}'}" for k, v in means.items()),
+            out,
+        )
 
     def _generate(self, out: Path, step: int) -> bool:
         """This rank's share of the samples (module doc); False when a preemption request stopped it."""
@@ -194,29 +222,48 @@ class EvalHook(Callback):
         dp_rank, dp_size = self.layout.dp_rank, self.layout.dp_size
         writer = self.layout.sp_rank == 0
         indices, samples = self.chosen.indices, self.chosen.samples
-        metadata = {"run": str(self.cfg.run.dir), "step": step,
-                    "weights": "ema" if self.ema is not None else "trained"}
+        metadata = {
+            "run": str(self.cfg.run.dir),
+            "step": step,
+            "weights": "ema" if self.ema is not None else "trained",
+        }
         for round_ in range(math.ceil(len(indices) / dp_size)):
             position = round_ * dp_size + dp_rank
             sample = None
             if position < len(indices):
                 try:
                     sample = samples.read(indices[position])
-                except CineSceneError as exc:     # reported in metrics.json, left out of the means
+                except CineSceneError as exc:  # reported in metrics.json, left out of the means
                     _log.warning("eval: skipping %s", exc)
                     if writer:
                         record_unreadable(out, samples.refs[indices[position]].key, exc)
             if sample is None:
                 self._placeholder()
             elif writer:
-                result = evaluate_into(out, self.generator, sample, self.settings, self.context,
-                                       self.cfg.eval.metrics, fps=self.fps, metadata=metadata,
-                                       media=self.cfg.eval.log_videos, callback=self._check_preemption)
+                result = evaluate_into(
+                    out,
+                    self.generator,
+                    sample,
+                    self.settings,
+                    self.context,
+                    self.cfg.eval.metrics,
+                    fps=self.fps,
+                    metadata=metadata,
+                    media=self.cfg.eval.log_videos,
+                    callback=self._check_preemption,
+                )
                 if self.cfg.eval.log_videos and result.inputs.ground_truth is not None:
                     self._write_ground_truth(sample, result.inputs.ground_truth)
             else:
-                self.generator.latents(sample.text, sample.cameras, sample.scene, self.settings, key=sample.key,
-                                       scene_cameras=sample.scene_cameras, callback=self._check_preemption)
+                self.generator.latents(
+                    sample.text,
+                    sample.cameras,
+                    sample.scene,
+                    self.settings,
+                    key=sample.key,
+                    scene_cameras=sample.scene_cameras,
+                    callback=self._check_preemption,
+                )
 
     def _release_gathered(self) -> None:
         """Under ZeRO-3, partition every parameter, then gather the persistent ones again.
@@ -238,9 +285,15 @@ class EvalHook(Callback):
         spec, model_cfg = self.spec, self.cfg.model
         eye = np.eye(4, dtype=np.float32)
         scene = np.zeros((spec.scene_images, *spec.scene_size, 3), np.uint8)
-        self.generator.latents(np.zeros((model_cfg.text_len, model_cfg.text_dim), np.float32),
-                               np.repeat(eye[None], spec.latent_frames, 0), scene, self.settings, key="placeholder",
-                               scene_cameras=np.repeat(eye[None], len(scene), 0), callback=self._check_preemption)
+        self.generator.latents(
+            np.zeros((model_cfg.text_len, model_cfg.text_dim), np.float32),
+            np.repeat(eye[None], spec.latent_frames, 0),
+            scene,
+            self.settings,
+            key="placeholder",
+            scene_cameras=np.repeat(eye[None], len(scene), 0),
+            callback=self._check_preemption,
+        )
 
     def _write_ground_truth(self, sample, frames: np.ndarray) -> None:
         """The ground truth at the generated frames' stride, once per sample (it never changes)."""
@@ -248,37 +301,62 @@ class EvalHook(Callback):
 
         path = self.root / GROUND_TRUTH_DIR / f"{sample.key}.mp4"
         if not path.is_file():
-            write_mp4(path, frames, self.fps, {"key": sample.key, "prompt": sample.prompt, "ground_truth": True})
+            write_mp4(
+                path, frames, self.fps, {"key": sample.key, "prompt": sample.prompt, "ground_truth": True}
+            )
 
     # ----------------------------------------------------------------- rank 0
     def _report(self, out: Path, step: int) -> dict:
         from cinescene.eval.report import write_report
 
         settings = self.settings
-        header = {"cinescene": __version__, "checkpoint": f"{self.cfg.run.dir} (training)", "step": step,
-                  "weights": "ema" if self.ema is not None else "trained", "data": self.cfg.eval.data,
-                  "settings": {"steps": settings.steps, "cfg": settings.guidance_scale, "shift": settings.shift,
-                               "seed": settings.seed}}
-        return write_report(out, self.chosen.keys, self.cfg.eval.metrics, header, self.context.absent,
-                            f"{self.cfg.run.name} step {step}")
+        header = {
+            "cinescene": __version__,
+            "checkpoint": f"{self.cfg.run.dir} (training)",
+            "step": step,
+            "weights": "ema" if self.ema is not None else "trained",
+            "data": self.cfg.eval.data,
+            "settings": {
+                "steps": settings.steps,
+                "cfg": settings.guidance_scale,
+                "shift": settings.shift,
+                "seed": settings.seed,
+            },
+        }
+        return write_report(
+            out,
+            self.chosen.keys,
+            self.cfg.eval.metrics,
+            header,
+            self.context.absent,
+            f"{self.cfg.run.name} step {step}",
+        )
 
-    def _media(self, out: Path, data: dict) -> Dict[str, object]:
+    def _media(self, out: Path, data: dict) -> dict[str, object]:
         import wandb
 
         rows = []
         for record in data["samples"]:
             truth = self.root / GROUND_TRUTH_DIR / f"{record['key']}.mp4"
-            rows.append([record["key"], record["prompt"], wandb.Video(str(truth)) if truth.is_file() else None,
-                         wandb.Video(str(out / record["video"]))])
-        media: Dict[str, object] = {f"{PREFIX}videos": wandb.Table(
-            columns=["key", "prompt", "ground truth", "generated"], data=rows)}
+            rows.append(
+                [
+                    record["key"],
+                    record["prompt"],
+                    wandb.Video(str(truth)) if truth.is_file() else None,
+                    wandb.Video(str(out / record["video"])),
+                ]
+            )
+        media: dict[str, object] = {
+            f"{PREFIX}videos": wandb.Table(columns=["key", "prompt", "ground truth", "generated"], data=rows)
+        }
         if (out / "contact_sheet.png").is_file():
             media[f"{PREFIX}contact_sheet"] = wandb.Image(str(out / "contact_sheet.png"))
         return media
 
 
-def eval_callbacks(cfg: CineSceneConfig, engine, layout, tracker, flag: PreemptionFlag,
-                   callbacks: List[Callback]) -> List[Callback]:
+def eval_callbacks(
+    cfg: CineSceneConfig, engine, layout, tracker, flag: PreemptionFlag, callbacks: list[Callback]
+) -> list[Callback]:
     """``[EvalHook]`` when ``eval.every_steps`` is on (sampling with the EMA of ``callbacks``' EMA callback,
     if any), else ``[]``. It goes after the EMA and before the preemption callback, so a preemption
     request that abandons an evaluation is saved at the same step boundary."""

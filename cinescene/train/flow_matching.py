@@ -14,10 +14,11 @@ value: ``y(t) = exp(-2 ((t - N/2) / N)^2)``, minus its minimum over the grid,
 scaled so the grid's weights average 1 (the loss keeps its scale). Weighting
 "uniform" is plain MSE.
 """
+
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Sequence
 
 import torch
 
@@ -30,10 +31,10 @@ def shift_sigma(sigma: torch.Tensor, shift: float) -> torch.Tensor:
 
 @dataclass
 class NoisedBatch:
-    x_t: torch.Tensor        # model input, like x0
-    target: torch.Tensor     # eps - x0
-    timestep: torch.Tensor   # (B,) in (0, N]
-    weight: torch.Tensor     # (B,) per-sample loss weight
+    x_t: torch.Tensor  # model input, like x0
+    target: torch.Tensor  # eps - x0
+    timestep: torch.Tensor  # (B,) in (0, N]
+    weight: torch.Tensor  # (B,) per-sample loss weight
 
 
 class FlowMatching:
@@ -59,9 +60,12 @@ class FlowMatching:
         eps = eps.to(x0.device, x0.dtype)
         sigma = self.sigmas[index].to(x0.device, torch.float32)
         view = sigma.view(-1, *([1] * (x0.dim() - 1))).to(x0.dtype)
-        return NoisedBatch(x_t=(1 - view) * x0 + view * eps, target=eps - x0,
-                           timestep=self.timesteps[index].to(x0.device, torch.float32),
-                           weight=self.weights[index].to(x0.device, torch.float32))
+        return NoisedBatch(
+            x_t=(1 - view) * x0 + view * eps,
+            target=eps - x0,
+            timestep=self.timesteps[index].to(x0.device, torch.float32),
+            weight=self.weights[index].to(x0.device, torch.float32),
+        )
 
     @staticmethod
     def loss(prediction: torch.Tensor, noised: NoisedBatch) -> torch.Tensor:

@@ -8,10 +8,10 @@ sure a non-finite *loss* also gives a non-finite norm (see
 :func:`poison_if_nonfinite`). This callback observes the outcome, which is
 identical on every rank, so all ranks stop at the same step.
 """
+
 from __future__ import annotations
 
 import math
-from typing import Dict, Optional
 
 import torch
 
@@ -52,8 +52,14 @@ class NonFiniteGuard(Callback):
         if bad:
             self.consecutive += 1
             self.total += 1
-            _log.warning("step %d: non-finite (loss %s, grad norm %s): update skipped (%d in a row, %d in total)",
-                         result.step, result.loss, result.grad_norm, self.consecutive, self.total)
+            _log.warning(
+                "step %d: non-finite (loss %s, grad norm %s): update skipped (%d in a row, %d in total)",
+                result.step,
+                result.loss,
+                result.grad_norm,
+                self.consecutive,
+                self.total,
+            )
         else:
             self.consecutive = 0
         state.metrics["nonfinite_steps"] = self.total
@@ -62,11 +68,12 @@ class NonFiniteGuard(Callback):
             state.fatal = NonFiniteTrainingError(
                 f"stopping at step {result.step}: {self.consecutive} non-finite steps in a row "
                 f"(train.max_consecutive_nonfinite={self.max_consecutive}); the last good checkpoint is {last}. "
-                "Lower train.lr or train.grad_clip, or check the data")
+                "Lower train.lr or train.grad_clip, or check the data"
+            )
 
-    def state_dict(self) -> Optional[Dict]:
+    def state_dict(self) -> dict | None:
         return {"consecutive": self.consecutive, "total": self.total}
 
-    def load_state_dict(self, state: Dict) -> None:
+    def load_state_dict(self, state: dict) -> None:
         self.consecutive = int(state["consecutive"])
         self.total = int(state["total"])

@@ -23,22 +23,22 @@ Exit status: 0 done; ``launch.preempt_exit_code`` (124) after a preemption
 save (or a preemption before the first step: nothing new saved), the status a
 SLURM launcher requeues on; 1 for errors; 2 for a bad config or usage.
 """
+
 from __future__ import annotations
 
 import glob
 import os
 import sys
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Optional, Sequence
 
 from cinescene.config.base import ConfigError
 from cinescene.config.schema import CineSceneConfig
+from cinescene.data.ensure import check_dataset
 from cinescene.distributed import startup_signals
 from cinescene.distributed.env import DistEnv, detect, standalone
-from cinescene.log import get_logger, send_output_to, setup_logging, show_progress_bars, verbose
-
-from cinescene.data.ensure import check_dataset
 from cinescene.eval.heldout import check_present as check_heldout
+from cinescene.log import get_logger, send_output_to, setup_logging, show_progress_bars, verbose
 
 from .batching import plan_batch
 from .build_locks import clear_stale_build_locks
@@ -64,17 +64,27 @@ def check_local_ranks(nproc: int, backend: str, key: str) -> None:
     except AttributeError:  # not Linux
         cores = os.cpu_count() or 1
     if nproc > cores:
-        raise ConfigError(key, f"expected at most {cores} local ranks, got {nproc}: this machine lets the run use "
-                               f"{cores} CPU cores and every rank needs one (use torchrun or srun across machines)")
+        raise ConfigError(
+            key,
+            f"expected at most {cores} local ranks, got {nproc}: this machine lets the run use "
+            f"{cores} CPU cores and every rank needs one (use torchrun or srun across machines)",
+        )
     gpus = _visible_gpus()
     if gpus and backend != "gloo" and nproc > gpus:
-        raise ConfigError(key, f"expected at most {gpus} local ranks, got {nproc}: {gpus} GPUs are visible and "
-                               "every NCCL rank needs its own")
+        raise ConfigError(
+            key,
+            f"expected at most {gpus} local ranks, got {nproc}: {gpus} GPUs are visible and "
+            "every NCCL rank needs its own",
+        )
 
 
 def _preempted_before_start(cfg: CineSceneConfig, name: str) -> int:
-    _log.warning("preemption requested (%s) before any rank started: nothing new saved, the run directory's "
-                 "last checkpoint stands; exiting with status %d", name, cfg.launch.preempt_exit_code)
+    _log.warning(
+        "preemption requested (%s) before any rank started: nothing new saved, the run directory's "
+        "last checkpoint stands; exiting with status %d",
+        name,
+        cfg.launch.preempt_exit_code,
+    )
     return cfg.launch.preempt_exit_code
 
 
@@ -98,10 +108,12 @@ def _run_this_rank(cfg: CineSceneConfig, env: DistEnv) -> int:
     return run_rank(cfg, env)
 
 
-def launch(cfg: CineSceneConfig, *, config_path: str, overrides: Sequence[str], nproc: Optional[int] = None) -> int:
+def launch(
+    cfg: CineSceneConfig, *, config_path: str, overrides: Sequence[str], nproc: int | None = None
+) -> int:
     startup_signals.configure(cfg.launch.preempt_signals)
     show_progress_bars(cfg.run.progress)
-    check_initial_weights(cfg.model)   # every rank under torchrun/srun; before spawning otherwise
+    check_initial_weights(cfg.model)  # every rank under torchrun/srun; before spawning otherwise
     env = detect()
     if env is not None:
         return _run_this_rank(cfg, env)
@@ -125,5 +137,10 @@ def launch(cfg: CineSceneConfig, *, config_path: str, overrides: Sequence[str], 
 
     setup_logging(cfg.run.log_level)
     argv = [sys.executable, "-m", "cinescene", "train", str(config_path), *overrides]
-    return spawn_local_ranks(argv, nproc, forward=cfg.launch.preempt_signals,
-                             success_codes=[cfg.launch.preempt_exit_code], keep_fds=[lock.fd])
+    return spawn_local_ranks(
+        argv,
+        nproc,
+        forward=cfg.launch.preempt_signals,
+        success_codes=[cfg.launch.preempt_exit_code],
+        keep_fds=[lock.fd],
+    )

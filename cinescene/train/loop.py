@@ -1,8 +1,10 @@
 """The training loop: optimizer steps over accumulated micro batches, callbacks, checkpoints."""
+
 from __future__ import annotations
 
 import time
-from typing import Any, Callable, Dict, Iterator, Mapping, Optional, Tuple
+from collections.abc import Callable, Iterator, Mapping
+from typing import Any
 
 import torch
 import torch.distributed as dist
@@ -24,13 +26,16 @@ from .tracking import STEP_SKIPPED_SAMPLES
 _log = get_logger("train.loop")
 
 
-def _reduce_step(loss: torch.Tensor, skipped_samples: int, sp_size: int, device: torch.device) -> Tuple[float, int]:
+def _reduce_step(
+    loss: torch.Tensor, skipped_samples: int, sp_size: int, device: torch.device
+) -> tuple[float, int]:
     """The step's figures every rank agrees on, from one all_reduce (on ``device``: NCCL reduces only CUDA
     tensors): the loss mean over all ranks (sequence-parallel peers hold equal values, so this is the
     data-parallel mean) and the skipped samples summed over data-parallel ranks (sequence-parallel peers
     read the same batches, so each group counts once)."""
-    values = torch.stack([loss.detach().double().reshape(()),
-                          torch.tensor(float(skipped_samples), dtype=torch.float64)]).to(device)
+    values = torch.stack(
+        [loss.detach().double().reshape(()), torch.tensor(float(skipped_samples), dtype=torch.float64)]
+    ).to(device)
     world = 1
     if dist.is_available() and dist.is_initialized():
         dist.all_reduce(values, op=dist.ReduceOp.SUM)
@@ -39,10 +44,22 @@ def _reduce_step(loss: torch.Tensor, skipped_samples: int, sp_size: int, device:
 
 
 class Trainer:
-    def __init__(self, cfg: CineSceneConfig, *, engine, layout: ParallelLayout, plan: BatchPlan,
-                 objective: FlowMatchingObjective, batches: Iterator[Mapping[str, Any]],
-                 checkpoints: CheckpointManager, callbacks: CallbackList, state: TrainState, facts: RunFacts,
-                 wandb_run_id: Callable[[], Optional[str]], config_yaml: str):
+    def __init__(
+        self,
+        cfg: CineSceneConfig,
+        *,
+        engine,
+        layout: ParallelLayout,
+        plan: BatchPlan,
+        objective: FlowMatchingObjective,
+        batches: Iterator[Mapping[str, Any]],
+        checkpoints: CheckpointManager,
+        callbacks: CallbackList,
+        state: TrainState,
+        facts: RunFacts,
+        wandb_run_id: Callable[[], str | None],
+        config_yaml: str,
+    ):
         self.cfg = cfg
         self.engine = engine
         self.layout = layout
@@ -61,8 +78,10 @@ class Trainer:
         try:
             return next(self.batches)
         except StopIteration:
-            raise CineSceneError(f"the training data ran out after {self.state.consumed_samples} samples; "
-                                 "the loader must repeat its shards (epochs) until train.max_steps") from None
+            raise CineSceneError(
+                f"the training data ran out after {self.state.consumed_samples} samples; "
+                "the loader must repeat its shards (epochs) until train.max_steps"
+            ) from None
 
     def train_step(self, step: int) -> StepResult:
         """One optimizer step: ``grad_accum`` forward/backward passes, then DeepSpeed's step."""
@@ -73,7 +92,7 @@ class Trainer:
         skipped_before = self.engine.skipped_steps
         loss_sum = torch.zeros((), dtype=torch.float64)
         skipped_samples = 0  # unreadable samples the loader replaced in this rank's batches
-        extra: Dict[str, float] = {}  # the objective's statistics (micro-batch mean), then the skip count
+        extra: dict[str, float] = {}  # the objective's statistics (micro-batch mean), then the skip count
         for micro in range(self.plan.grad_accum):
             fetch = time.perf_counter()
             batch = self._next_batch()
@@ -88,23 +107,32 @@ class Trainer:
             loss_sum += loss.detach().double().cpu()
         grad_norm = self.engine.get_global_grad_norm()
         grad_norm = float(grad_norm) if grad_norm is not None else float("nan")
-        mean_loss, extra[STEP_SKIPPED_SAMPLES] = _reduce_step(loss_sum / self.plan.grad_accum, skipped_samples,
-                                                              self.layout.sp_size, self.device)
-        return StepResult(step=step, loss=mean_loss,
-                          grad_norm=grad_norm, lr=lr, applied=self.engine.skipped_steps == skipped_before,
-                          samples=self.plan.global_batch_size, step_time_s=time.perf_counter() - start,
-                          data_time_s=data_time, extra=extra)
+        mean_loss, extra[STEP_SKIPPED_SAMPLES] = _reduce_step(
+            loss_sum / self.plan.grad_accum, skipped_samples, self.layout.sp_size, self.device
+        )
+        return StepResult(
+            step=step,
+            loss=mean_loss,
+            grad_norm=grad_norm,
+            lr=lr,
+            applied=self.engine.skipped_steps == skipped_before,
+            samples=self.plan.global_batch_size,
+            step_time_s=time.perf_counter() - start,
+            data_time_s=data_time,
+            extra=extra,
+        )
 
     def save(self, reason: str) -> None:
         record = self.facts.record(self.state, reason, self.wandb_run_id())
-        path = self.checkpoints.save(self.engine, record, rank_state_now(self.layout.rank, self.callbacks),
-                                     self.config_yaml)
+        path = self.checkpoints.save(
+            self.engine, record, rank_state_now(self.layout.rank, self.callbacks), self.config_yaml
+        )
         self.state.last_checkpoint = str(path)
 
     def fit(self) -> int:
         """Train to ``train.max_steps`` (or a stop request); returns the process exit status."""
         state = self.state
-        error: Optional[BaseException] = None
+        error: BaseException | None = None
         self.callbacks.on_train_start(state)
         try:
             while state.step < state.max_steps:

@@ -9,11 +9,11 @@ the plain fp32 figure, since torch leaves TF32 off for matmuls by default).
 On CPU there is no honest table entry: MFU stays null unless
 ``tracking.peak_tflops`` is set.
 """
+
 from __future__ import annotations
 
 import os
 import resource
-from typing import Dict, Optional
 
 import torch
 
@@ -24,7 +24,7 @@ from .callbacks import Callback, StepResult, TrainState
 DEVICE_PEAK_TFLOPS = [
     ("H100 PCIe", {"bf16": 756.0, "fp32": 51.0}),
     ("H100 NVL", {"bf16": 835.0, "fp32": 60.0}),
-    ("H100", {"bf16": 989.0, "fp32": 67.0}),     # SXM
+    ("H100", {"bf16": 989.0, "fp32": 67.0}),  # SXM
     ("H200", {"bf16": 989.0, "fp32": 67.0}),
     ("GH200", {"bf16": 989.0, "fp32": 67.0}),
     ("A100", {"bf16": 312.0, "fp32": 19.5}),
@@ -32,7 +32,7 @@ DEVICE_PEAK_TFLOPS = [
 ]
 
 
-def device_peak_tflops(precision: str, device_name: Optional[str] = None) -> Optional[float]:
+def device_peak_tflops(precision: str, device_name: str | None = None) -> float | None:
     if device_name is None:
         if not torch.cuda.is_available():
             return None
@@ -43,11 +43,13 @@ def device_peak_tflops(precision: str, device_name: Optional[str] = None) -> Opt
     return None
 
 
-def memory_gb() -> Dict[str, float]:
+def memory_gb() -> dict[str, float]:
     """Peak accelerator memory since the last call (CUDA), or the process's resident memory (CPU)."""
     if torch.cuda.is_available():
-        stats = {"mem_gb": torch.cuda.memory_allocated() / 2**30,
-                 "max_mem_gb": torch.cuda.max_memory_allocated() / 2**30}
+        stats = {
+            "mem_gb": torch.cuda.memory_allocated() / 2**30,
+            "max_mem_gb": torch.cuda.max_memory_allocated() / 2**30,
+        }
         torch.cuda.reset_peak_memory_stats()
         return stats
     with open("/proc/self/statm") as handle:
@@ -57,8 +59,9 @@ def memory_gb() -> Dict[str, float]:
     return {"mem_gb": rss / 2**30, "max_mem_gb": max(rss, max_rss) / 2**30}
 
 
-def mfu(flops_per_sample: Optional[float], samples_per_s: float, peak_tflops: Optional[float],
-        devices: int) -> Optional[float]:
+def mfu(
+    flops_per_sample: float | None, samples_per_s: float, peak_tflops: float | None, devices: int
+) -> float | None:
     if not flops_per_sample or not peak_tflops:
         return None
     return flops_per_sample * samples_per_s / (peak_tflops * 1e12 * devices)
@@ -69,8 +72,14 @@ class ThroughputMonitor(Callback):
 
     name = "throughput"
 
-    def __init__(self, *, flops_per_sample: Optional[float], tokens_per_sample: Optional[int],
-                 peak_tflops: Optional[float], devices: int):
+    def __init__(
+        self,
+        *,
+        flops_per_sample: float | None,
+        tokens_per_sample: int | None,
+        peak_tflops: float | None,
+        devices: int,
+    ):
         self.flops_per_sample = flops_per_sample
         self.tokens_per_sample = tokens_per_sample
         self.peak_tflops = peak_tflops
@@ -78,11 +87,13 @@ class ThroughputMonitor(Callback):
 
     def on_step_end(self, state: TrainState, result: StepResult) -> None:
         rate = result.samples / max(result.step_time_s, 1e-9)
-        state.metrics.update({
-            "samples_per_s": rate,
-            "tokens_per_s": rate * self.tokens_per_sample if self.tokens_per_sample else None,
-            "mfu": mfu(self.flops_per_sample, rate, self.peak_tflops, self.devices),
-            "step_time_s": result.step_time_s,
-            "data_time_s": result.data_time_s,
-            **memory_gb(),
-        })
+        state.metrics.update(
+            {
+                "samples_per_s": rate,
+                "tokens_per_s": rate * self.tokens_per_sample if self.tokens_per_sample else None,
+                "mfu": mfu(self.flops_per_sample, rate, self.peak_tflops, self.devices),
+                "step_time_s": result.step_time_s,
+                "data_time_s": result.data_time_s,
+                **memory_gb(),
+            }
+        )

@@ -10,10 +10,11 @@ the same noisy samples), and the ranks of a sequence-parallel group draw the
 same noise for the sample they hold together. Batches without the contract's
 ``key`` fall back to (data-parallel rank, micro index, position) keys.
 """
+
 from __future__ import annotations
 
 import hashlib
-from typing import Dict, List, Mapping, Sequence, Tuple
+from collections.abc import Mapping, Sequence
 
 import torch
 
@@ -33,8 +34,9 @@ def sample_generator(seed: int, step: int, key: str) -> torch.Generator:
     return generator
 
 
-def sample_generators(batch: Mapping[str, object], seed: int, step: int, dp_rank: int, micro: int
-                      ) -> List[torch.Generator]:
+def sample_generators(
+    batch: Mapping[str, object], seed: int, step: int, dp_rank: int, micro: int
+) -> list[torch.Generator]:
     """One generator per sample of ``batch`` (see the module doc)."""
     size = batch["video"].shape[0]
     keys = batch.get("key") or [f"rank{dp_rank}/micro{micro}/{i}" for i in range(size)]
@@ -52,24 +54,35 @@ class FlowMatchingObjective:
         self.uses_scene_cameras = model.scene.enabled and model.scene.pose_embedding
         self.uses_cameras = model.camera.enabled or self.uses_scene_cameras
 
-    def model_inputs(self, batch: Mapping[str, object], device: torch.device) -> Dict[str, torch.Tensor]:
-        wanted = {"video": True, "text": True, "cameras": self.uses_cameras,
-                  "scene_images": self.uses_scene_images, "scene_latents": self.uses_scene_latents,
-                  "scene_cameras": self.uses_scene_cameras}
+    def model_inputs(self, batch: Mapping[str, object], device: torch.device) -> dict[str, torch.Tensor]:
+        wanted = {
+            "video": True,
+            "text": True,
+            "cameras": self.uses_cameras,
+            "scene_images": self.uses_scene_images,
+            "scene_latents": self.uses_scene_latents,
+            "scene_cameras": self.uses_scene_cameras,
+        }
         inputs = {}
         for key in TENSOR_KEYS:
             if wanted[key]:
                 if key not in batch:
-                    raise KeyError(f"the batch lacks '{key}', which the model config needs "
-                                   "(see docs/CONTRACTS.md)")
+                    raise KeyError(
+                        f"the batch lacks '{key}', which the model config needs (see docs/CONTRACTS.md)"
+                    )
                 inputs[key] = batch[key].to(device, non_blocking=True)
         if (self.uses_scene_images or self.uses_scene_latents) and "scene_counts" in batch:
             # Stays on the host: the model reads the counts there to build its token packing.
             inputs["scene_counts"] = batch["scene_counts"]
         return inputs
 
-    def __call__(self, model: torch.nn.Module, batch: Mapping[str, object], generators: Sequence[torch.Generator],
-                 device: torch.device) -> Tuple[torch.Tensor, Dict[str, float]]:
+    def __call__(
+        self,
+        model: torch.nn.Module,
+        batch: Mapping[str, object],
+        generators: Sequence[torch.Generator],
+        device: torch.device,
+    ) -> tuple[torch.Tensor, dict[str, float]]:
         inputs = self.model_inputs(batch, device)
         x0 = inputs.pop("video")
         text = inputs.pop("text")
@@ -82,6 +95,9 @@ class FlowMatchingObjective:
             text = torch.where(drop_text.to(device).view(-1, 1, 1), torch.zeros_like(text), text)
         prediction = model(noised.x_t, noised.timestep, text, drop_scene=drop_scene.to(device), **inputs)
         loss = self.flow.loss(prediction, noised)
-        stats = {"text_dropped": float(drop_text.float().mean()), "scene_dropped": float(drop_scene.float().mean()),
-                 "timestep_mean": float(noised.timestep.mean())}
+        stats = {
+            "text_dropped": float(drop_text.float().mean()),
+            "scene_dropped": float(drop_scene.float().mean()),
+            "timestep_mean": float(noised.timestep.mean()),
+        }
         return loss, stats

@@ -1,8 +1,8 @@
 """AdamW over the trainable parameters, in two groups: with and without weight decay."""
+
 from __future__ import annotations
 
 import fnmatch
-from typing import Dict, List
 
 import torch
 import torch.nn as nn
@@ -16,7 +16,7 @@ def _full_ndim(param: torch.Tensor) -> int:
     return len(getattr(param, "ds_shape", param.shape))
 
 
-def parameter_groups(model: nn.Module, train: TrainConfig) -> List[Dict]:
+def parameter_groups(model: nn.Module, train: TrainConfig) -> list[dict]:
     """Trainable parameters split into decaying weights and the rest.
 
     No decay for 1-D parameters (biases, norm scales) and for names matching
@@ -32,12 +32,16 @@ def parameter_groups(model: nn.Module, train: TrainConfig) -> List[Dict]:
         (no_decay if exempt else decay).append(param)
     if not decay and not no_decay:
         raise CineSceneError("no parameter is trainable: model.trainable / model.frozen freeze everything")
-    groups = [{"params": decay, "weight_decay": train.weight_decay, "name": "decay"},
-              {"params": no_decay, "weight_decay": 0.0, "name": "no_decay"}]
+    groups = [
+        {"params": decay, "weight_decay": train.weight_decay, "name": "decay"},
+        {"params": no_decay, "weight_decay": 0.0, "name": "no_decay"},
+    ]
     return [group for group in groups if group["params"]]
 
 
-def build_optimizer(groups: List[Dict], train: TrainConfig, parallel: ParallelConfig) -> torch.optim.Optimizer:
+def build_optimizer(
+    groups: list[dict], train: TrainConfig, parallel: ParallelConfig
+) -> torch.optim.Optimizer:
     """On GPUs DeepSpeed's kernels: FusedAdam, or DeepSpeedCPUAdam for states offloaded to the host.
     On a CPU-only machine (or with ``train.optimizer_impl=torch``) torch's AdamW: there is nothing
     to offload from, and it needs no JIT-compiled extension."""

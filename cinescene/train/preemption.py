@@ -19,11 +19,11 @@ also blocked in the installing thread (children inherit the block: they never
 see them) and a small thread takes them with ``sigwait``; a thread that still
 has them unblocked runs the handler instead. Either way only the flag is set.
 """
+
 from __future__ import annotations
 
 import signal
 import threading
-from typing import Dict, List, Optional
 
 import torch
 import torch.distributed as dist
@@ -37,23 +37,26 @@ _log = get_logger("train.preemption")
 
 
 class PreemptionFlag:
-    def __init__(self, signal_names: List[str]):
+    def __init__(self, signal_names: list[str]):
         self.signal_names = list(signal_names)
         self.requested = False
-        self.signal_name: Optional[str] = None
-        self._previous: Dict[int, object] = {}
-        self._waiter: Optional[threading.Thread] = None
+        self.signal_name: str | None = None
+        self._previous: dict[int, object] = {}
+        self._waiter: threading.Thread | None = None
         self._stopping = False
 
-    def install(self) -> "PreemptionFlag":
+    def install(self) -> PreemptionFlag:
         signums = {getattr(signal, name) for name in self.signal_names}
         for signum in signums:
             self._previous[signum] = signal.signal(signum, self._handle)
         if signums:
-            signal.pthread_sigmask(signal.SIG_BLOCK, signums)  # inherited by threads and children from here on
+            signal.pthread_sigmask(
+                signal.SIG_BLOCK, signums
+            )  # inherited by threads and children from here on
             self._stopping = False
-            self._waiter = threading.Thread(target=self._wait, args=(signums,), name="preemption-signals",
-                                            daemon=True)
+            self._waiter = threading.Thread(
+                target=self._wait, args=(signums,), name="preemption-signals", daemon=True
+            )
             self._waiter.start()
         return self
 
@@ -103,9 +106,12 @@ class PreemptionCallback(Callback):
         if not self.flag.agreed(self.device):
             return
         finished = result.step >= state.max_steps
-        _log.warning("preemption requested (%s): saving at step %d and exiting with status %d",
-                     self.flag.signal_name or "signal on another rank", result.step,
-                     0 if finished else self.exit_code)
+        _log.warning(
+            "preemption requested (%s): saving at step %d and exiting with status %d",
+            self.flag.signal_name or "signal on another rank",
+            result.step,
+            0 if finished else self.exit_code,
+        )
         state.request_save(SaveReason.PREEMPTION.value)
         state.stop = True
         state.exit_code = 0 if finished else self.exit_code

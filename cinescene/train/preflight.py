@@ -18,11 +18,11 @@ it partitioned), each weight file's tensor names and shapes against the model
 section parsed by DeepSpeed's own schema). The data is reported, not
 required: a dry run is for checking a config before the data is in place.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import List
 
 from cinescene.config.model import ModelConfig
 from cinescene.config.schema import CineSceneConfig
@@ -41,10 +41,12 @@ def check_initial_weights(model: ModelConfig) -> None:
     paths = {f"model.{key}": path for key, path in model.weight_paths().items()}
     unset = [key for key, path in paths.items() if not path]
     if unset:
-        raise CineSceneError(f"{' and '.join(unset)} {'is' if len(unset) == 1 else 'are'} unset: "
-                             "model.init=pretrained fine-tunes from pretrained weights; set "
-                             f"{'it to the weight file' if len(unset) == 1 else 'them to the weight files'}, or set "
-                             "model.init=random to train from random initialisation on purpose")
+        raise CineSceneError(
+            f"{' and '.join(unset)} {'is' if len(unset) == 1 else 'are'} unset: "
+            "model.init=pretrained fine-tunes from pretrained weights; set "
+            f"{'it to the weight file' if len(unset) == 1 else 'them to the weight files'}, or set "
+            "model.init=random to train from random initialisation on purpose"
+        )
     absent = [f"{key}={path}" for key, path in paths.items() if not Path(path).exists()]
     if absent:
         raise CineSceneError(f"weights not found: {', '.join(absent)}")
@@ -53,18 +55,20 @@ def check_initial_weights(model: ModelConfig) -> None:
 def warn_random_init(model: ModelConfig) -> None:
     """The once-per-run warning (rank 0, fresh start) that ``model.init=random`` trains from scratch."""
     if model.init == "random":
-        _log.warning("model.init=random: training %s from random initialisation (no pretrained weights are "
-                     "loaded)", model.name)
+        _log.warning(
+            "model.init=random: training %s from random initialisation (no pretrained weights are loaded)",
+            model.name,
+        )
 
 
 @dataclass
 class Check:
     what: str
     result: str
-    ready: bool = True   # False only for the data, which a dry run reports but does not require
+    ready: bool = True  # False only for the data, which a dry run reports but does not require
 
 
-def dry_run(cfg: CineSceneConfig, world_size: int) -> List[Check]:
+def dry_run(cfg: CineSceneConfig, world_size: int) -> list[Check]:
     """Every check up to building the engine (see the module doc); raises CineSceneError at the first failure."""
     from cinescene.models import build_model
     from cinescene.models.flops import parameter_counts
@@ -73,22 +77,40 @@ def dry_run(cfg: CineSceneConfig, world_size: int) -> List[Check]:
 
     checks = [Check("config", "valid")]
     check_initial_weights(cfg.model)
-    checks.append(Check("initialisation", "random (rank 0 will warn)" if cfg.model.init == "random" else
-                        "pretrained: " + ", ".join(f"model.{k}" for k in cfg.model.weight_paths())))
+    checks.append(
+        Check(
+            "initialisation",
+            "random (rank 0 will warn)"
+            if cfg.model.init == "random"
+            else "pretrained: " + ", ".join(f"model.{k}" for k in cfg.model.weight_paths()),
+        )
+    )
     plan = plan_batch(cfg.train, world_size, cfg.parallel.sequence)
-    checks.append(Check("batch", f"micro {plan.micro_batch_size} x accumulation {plan.grad_accum} x data-parallel "
-                                 f"{plan.dp_size} = {plan.global_batch_size} (world size {world_size}, "
-                                 f"sequence parallel {cfg.parallel.sequence})"))
+    checks.append(
+        Check(
+            "batch",
+            f"micro {plan.micro_batch_size} x accumulation {plan.grad_accum} x data-parallel "
+            f"{plan.dp_size} = {plan.global_batch_size} (world size {world_size}, "
+            f"sequence parallel {cfg.parallel.sequence})",
+        )
+    )
     if cfg.parallel.sequence > 1 and cfg.model.num_heads % cfg.parallel.sequence:
-        raise CineSceneError(f"parallel.sequence={cfg.parallel.sequence} does not divide the "
-                             f"{cfg.model.num_heads} attention heads")
+        raise CineSceneError(
+            f"parallel.sequence={cfg.parallel.sequence} does not divide the "
+            f"{cfg.model.num_heads} attention heads"
+        )
 
-    model = build_model(cfg.model, device="meta")   # nothing allocated, nothing loaded
+    model = build_model(cfg.model, device="meta")  # nothing allocated, nothing loaded
     counts = parameter_counts(model)
     zero_init = use_zero_init(cfg, lambda: counts["total"])
-    checks.append(Check("model", f"{cfg.model.name} on the meta device: {counts['total']:,} parameters, "
-                                 f"{counts['trainable']:,} trainable"
-                                 + (", built partitioned under deepspeed.zero.Init" if zero_init else "")))
+    checks.append(
+        Check(
+            "model",
+            f"{cfg.model.name} on the meta device: {counts['total']:,} parameters, "
+            f"{counts['trainable']:,} trainable"
+            + (", built partitioned under deepspeed.zero.Init" if zero_init else ""),
+        )
+    )
     checks += _check_weight_files(cfg.model, model)
 
     largest = max((p.numel() for p in model.parameters() if p.requires_grad), default=0)
@@ -96,18 +118,23 @@ def dry_run(cfg: CineSceneConfig, world_size: int) -> List[Check]:
     check_deepspeed_config(ds_config, plan)
     zero = ds_config["zero_optimization"]
     offload = [name for name in ("offload_optimizer", "offload_param") if name in zero]
-    checks.append(Check("deepspeed", f"ZeRO-{zero['stage']}, {cfg.train.precision}, train batch "
-                                     f"{ds_config['train_batch_size']} = {ds_config['train_micro_batch_size_per_gpu']}"
-                                     f" x {ds_config['gradient_accumulation_steps']} x {plan.dp_size}"
-                                     + (f", {' and '.join(offload)} to cpu" if offload else "")
-                                     + f", activation checkpointing {'on' if cfg.model.activation_checkpointing else 'off'}"))
+    checks.append(
+        Check(
+            "deepspeed",
+            f"ZeRO-{zero['stage']}, {cfg.train.precision}, train batch "
+            f"{ds_config['train_batch_size']} = {ds_config['train_micro_batch_size_per_gpu']}"
+            f" x {ds_config['gradient_accumulation_steps']} x {plan.dp_size}"
+            + (f", {' and '.join(offload)} to cpu" if offload else "")
+            + f", activation checkpointing {'on' if cfg.model.activation_checkpointing else 'off'}",
+        )
+    )
     checks.append(_data_status(cfg))
     if cfg.eval.every_steps:
         checks.append(_eval_data_status(cfg))
     return checks
 
 
-def _check_weight_files(model_cfg: ModelConfig, model) -> List[Check]:
+def _check_weight_files(model_cfg: ModelConfig, model) -> list[Check]:
     """Each weight file's names and shapes against the (meta) model; a misfit raises its report."""
     from cinescene.models.vggt import load_vggt_weights
     from cinescene.models.weights import load_pretrained
@@ -115,8 +142,13 @@ def _check_weight_files(model_cfg: ModelConfig, model) -> List[Check]:
     if model_cfg.init == "random":
         return []
     checks = []
-    report = load_pretrained(model, model_cfg.pretrained, fmt=model_cfg.pretrained_format,
-                             strict=model_cfg.strict_load, check_only=True)
+    report = load_pretrained(
+        model,
+        model_cfg.pretrained,
+        fmt=model_cfg.pretrained_format,
+        strict=model_cfg.strict_load,
+        check_only=True,
+    )
     # VGGT's tensors are CineScene-module keys to the DiT checkpoint: they come from their own file.
     fresh = [k for k in report.fresh if not k.startswith("scene_encoder.vggt.")]
     checks.append(Check("model.pretrained", _fit(report, fresh)))
@@ -126,13 +158,16 @@ def _check_weight_files(model_cfg: ModelConfig, model) -> List[Check]:
     return checks
 
 
-def _fit(report, fresh: List[str]) -> str:
+def _fit(report, fresh: list[str]) -> str:
     parts = [f"{report.source}: {len(report.loaded)} tensors match by name and shape"]
     if fresh:
         parts.append(f"{len(fresh)} new-module tensors start as initialised")
-    for label, keys in (("missing", report.missing), ("unexpected", report.unexpected),
-                        ("mis-shaped", report.mismatched)):
-        if keys:   # only with model.strict_load=false: a partial fit is allowed, say what would not load
+    for label, keys in (
+        ("missing", report.missing),
+        ("unexpected", report.unexpected),
+        ("mis-shaped", report.mismatched),
+    ):
+        if keys:  # only with model.strict_load=false: a partial fit is allowed, say what would not load
             parts.append(f"{len(keys)} {label}")
     return ", ".join(parts)
 
@@ -141,14 +176,17 @@ def check_deepspeed_config(ds_config: dict, plan) -> None:
     """The batch identity DeepSpeed asserts at start-up, and the ZeRO section through DeepSpeed's own schema."""
     from deepspeed.runtime.zero.config import DeepSpeedZeroConfig
 
-    batch = ds_config["train_micro_batch_size_per_gpu"] * ds_config["gradient_accumulation_steps"] * plan.dp_size
+    batch = (
+        ds_config["train_micro_batch_size_per_gpu"] * ds_config["gradient_accumulation_steps"] * plan.dp_size
+    )
     if batch != ds_config["train_batch_size"]:
         raise CineSceneError(f"DeepSpeed train batch {ds_config['train_batch_size']} != {batch}")
     try:
         DeepSpeedZeroConfig(**ds_config["zero_optimization"])
-    except Exception as exc:   # pydantic's ValidationError: name the first problem in one line
-        raise CineSceneError("DeepSpeed rejects the ZeRO settings: "
-                             + " ".join(str(exc).splitlines()[:3])) from None
+    except Exception as exc:  # pydantic's ValidationError: name the first problem in one line
+        raise CineSceneError(
+            "DeepSpeed rejects the ZeRO settings: " + " ".join(str(exc).splitlines()[:3])
+        ) from None
 
 
 def _data_status(cfg: CineSceneConfig) -> Check:
@@ -160,7 +198,9 @@ def _data_status(cfg: CineSceneConfig) -> Check:
         return Check("data", f"not ready: {exc}", ready=False)
     if (shards / MANIFEST).is_file():
         return Check("data", f"{shards}: {MANIFEST} present")
-    return Check("data", f"{shards}: absent; the run renders synthetic clips there first (data.generate=true)")
+    return Check(
+        "data", f"{shards}: absent; the run renders synthetic clips there first (data.generate=true)"
+    )
 
 
 def _eval_data_status(cfg: CineSceneConfig) -> Check:
@@ -172,14 +212,24 @@ def _eval_data_status(cfg: CineSceneConfig) -> Check:
         check_present(cfg)
     except CineSceneError as exc:
         return Check("eval data", f"not ready: {exc}", ready=False)
-    return Check("eval data", f"{cfg.eval.data}: manifest.json present; every {cfg.eval.every_steps} steps, "
-                              f"{cfg.eval.num_samples or 'all'} held-out samples, {cfg.eval.sample_steps} sampling "
-                              f"steps, metrics {', '.join(cfg.eval.metrics)}")
+    return Check(
+        "eval data",
+        f"{cfg.eval.data}: manifest.json present; every {cfg.eval.every_steps} steps, "
+        f"{cfg.eval.num_samples or 'all'} held-out samples, {cfg.eval.sample_steps} sampling "
+        f"steps, metrics {', '.join(cfg.eval.metrics)}",
+    )
 
 
-def format_checks(checks: List[Check]) -> str:
+def format_checks(checks: list[Check]) -> str:
     width = max(len(c.what) for c in checks)
     return "".join(f"{c.what:<{width}}  {c.result}\n" for c in checks)
 
 
-__all__ = ["Check", "check_deepspeed_config", "check_initial_weights", "dry_run", "format_checks", "warn_random_init"]
+__all__ = [
+    "Check",
+    "check_deepspeed_config",
+    "check_initial_weights",
+    "dry_run",
+    "format_checks",
+    "warn_random_init",
+]

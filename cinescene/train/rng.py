@@ -1,9 +1,10 @@
 """Seeds, RNG state capture/restore, and deterministic mode."""
+
 from __future__ import annotations
 
 import os
 import random
-from typing import Any, Dict
+from typing import Any
 
 import numpy as np
 import torch
@@ -20,19 +21,21 @@ def rank_seed(seed: int, rank: int) -> int:
     return (seed * 1_000_003 + rank) % 2**63
 
 
-def capture() -> Dict[str, Any]:
+def capture() -> dict[str, Any]:
     """Every generator's state as plain data (lists, numbers, tensors): a rank file stores it without pickle."""
     version, internal, gauss = random.getstate()
     kind, keys, pos, has_gauss, cached = np.random.get_state()
-    state = {"python": [version, list(internal), gauss],
-             "numpy": [str(kind), [int(k) for k in keys], int(pos), int(has_gauss), float(cached)],
-             "torch": torch.get_rng_state()}
+    state = {
+        "python": [version, list(internal), gauss],
+        "numpy": [str(kind), [int(k) for k in keys], int(pos), int(has_gauss), float(cached)],
+        "torch": torch.get_rng_state(),
+    }
     if torch.cuda.is_available():
         state["cuda"] = torch.cuda.get_rng_state_all()
     return state
 
 
-def restore(state: Dict[str, Any]) -> None:
+def restore(state: dict[str, Any]) -> None:
     version, internal, gauss = state["python"]
     random.setstate((version, tuple(internal), gauss))
     kind, keys, pos, has_gauss, cached = state["numpy"]

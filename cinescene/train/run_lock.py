@@ -14,6 +14,7 @@ deepspeed or srun, rank 0. A requeued SLURM job (same job id) whose previous
 attempt is still being torn down waits for it (:data:`SAME_JOB_WAIT_S`)
 instead of failing, so a requeue never loses its run to its own ghost.
 """
+
 from __future__ import annotations
 
 import errno
@@ -23,7 +24,6 @@ import os
 import socket
 import time
 from pathlib import Path
-from typing import Dict, Optional
 
 from cinescene.errors import CineSceneError
 from cinescene.log import get_logger
@@ -35,7 +35,7 @@ LOCK_FILE = "run.lock"
 SAME_JOB_WAIT_S = 300.0
 POLL_S = 1.0
 
-_held: Dict[Path, "RunDirLock"] = {}  # this process's locks: kept referenced, so never closed by accident
+_held: dict[Path, RunDirLock] = {}  # this process's locks: kept referenced, so never closed by accident
 
 
 class RunDirBusy(CineSceneError):
@@ -43,8 +43,12 @@ class RunDirBusy(CineSceneError):
 
 
 def _holder_info() -> dict:
-    return {"host": socket.gethostname(), "pid": os.getpid(), "since": time.strftime("%Y-%m-%d %H:%M:%S"),
-            "slurm_job_id": os.environ.get("SLURM_JOB_ID")}
+    return {
+        "host": socket.gethostname(),
+        "pid": os.getpid(),
+        "since": time.strftime("%Y-%m-%d %H:%M:%S"),
+        "slurm_job_id": os.environ.get("SLURM_JOB_ID"),
+    }
 
 
 def _describe(holder: dict) -> str:
@@ -60,7 +64,7 @@ class RunDirLock:
     def __init__(self, run_dir: str | os.PathLike):
         self.run_dir = Path(run_dir)
         self.path = self.run_dir / LOCK_FILE
-        self.fd: Optional[int] = None
+        self.fd: int | None = None
 
     def _holder(self) -> dict:
         try:
@@ -77,22 +81,29 @@ class RunDirLock:
                 return False
             raise
 
-    def acquire(self) -> "RunDirLock":
+    def acquire(self) -> RunDirLock:
         """Take the lock or raise RunDirBusy naming its holder (after waiting for a previous attempt of
         this same SLURM job)."""
         try:
             self.run_dir.mkdir(parents=True, exist_ok=True)
             fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
         except OSError as exc:
-            raise CineSceneError(f"cannot create the run directory's lock {self.path}: "
-                                 f"{exc.strerror or exc}") from None
+            raise CineSceneError(
+                f"cannot create the run directory's lock {self.path}: {exc.strerror or exc}"
+            ) from None
         try:
             if not self._try(fd):
                 holder = self._holder()
                 job = os.environ.get("SLURM_JOB_ID")
                 if job and holder.get("slurm_job_id") == job:
-                    _log.info("%s is held by the previous attempt of SLURM job %s (%s); waiting up to %.0f s for "
-                              "it to end", self.run_dir, job, _describe(holder), SAME_JOB_WAIT_S)
+                    _log.info(
+                        "%s is held by the previous attempt of SLURM job %s (%s); waiting up to %.0f s for "
+                        "it to end",
+                        self.run_dir,
+                        job,
+                        _describe(holder),
+                        SAME_JOB_WAIT_S,
+                    )
                     deadline = time.monotonic() + SAME_JOB_WAIT_S
                     while not self._try(fd):
                         if time.monotonic() > deadline:
@@ -101,9 +112,11 @@ class RunDirLock:
                     else:
                         holder = None
                 if holder is not None:
-                    raise RunDirBusy(f"run directory {self.run_dir} is in use by another run: {_describe(holder)}; "
-                                     f"it is free again when that run ends (the lock {self.path} is released by "
-                                     "the system), or give this run another run.dir")
+                    raise RunDirBusy(
+                        f"run directory {self.run_dir} is in use by another run: {_describe(holder)}; "
+                        f"it is free again when that run ends (the lock {self.path} is released by "
+                        "the system), or give this run another run.dir"
+                    )
             os.ftruncate(fd, 0)
             os.pwrite(fd, (json.dumps(_holder_info()) + "\n").encode(), 0)
         except BaseException:

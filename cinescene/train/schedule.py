@@ -3,6 +3,7 @@
 A pure function (rather than a stateful torch scheduler) means a resumed run
 needs no scheduler state: the LR of step k is the same whoever computes it.
 """
+
 from __future__ import annotations
 
 import math

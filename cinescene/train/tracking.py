@@ -15,6 +15,7 @@ Secrets (:mod:`cinescene.secrets`): masked by value, never by key name, in
 everything that goes out: the config and every other ``wandb.init``
 argument (notes, tags, names), and our log lines.
 """
+
 from __future__ import annotations
 
 import json
@@ -23,8 +24,9 @@ import math
 import os
 import secrets
 import string
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Dict, List, Mapping, Optional
+from typing import Any
 
 from cinescene.config.tracking import TrackingConfig
 from cinescene.log import ROOT, get_logger
@@ -34,10 +36,11 @@ from .callbacks import Callback, StepResult, TrainState
 
 _log = get_logger("train.tracking")
 
+
 class SecretFilter(logging.Filter):
     """Masks secret environment values in log records (message and arguments)."""
 
-    def __init__(self, secrets: List[str]):
+    def __init__(self, secrets: list[str]):
         super().__init__()
         self.secrets = secrets
 
@@ -93,8 +96,17 @@ def _json_value(value: Any) -> Any:
 class Tracker:
     """The run's metric sinks. Every rank makes one; only rank 0 writes anything."""
 
-    def __init__(self, cfg: TrackingConfig, run_dir: str | Path, *, is_main: bool, run_name: str,
-                 config: Mapping[str, Any], run_id: Optional[str], resume_step: int):
+    def __init__(
+        self,
+        cfg: TrackingConfig,
+        run_dir: str | Path,
+        *,
+        is_main: bool,
+        run_name: str,
+        config: Mapping[str, Any],
+        run_id: str | None,
+        resume_step: int,
+    ):
         self.cfg = cfg
         self.is_main = is_main
         self.run_dir = Path(run_dir)
@@ -114,17 +126,33 @@ class Tracker:
             if run_id is not None and resume_step > 0:
                 self._backfill_wandb(resume_step)
 
-    def _start_wandb(self, run_name: str, config: Dict[str, Any]) -> None:
+    def _start_wandb(self, run_name: str, config: dict[str, Any]) -> None:
         import wandb
 
         w = self.cfg.wandb
         self.run_id = self.run_id or new_run_id()
         hidden = secret_values(config=config)
         # Every argument that ends up in the run's files is masked, not only the config.
-        shown = scrub({"project": w.project, "entity": w.entity, "group": w.group, "name": w.name or run_name,
-                       "tags": list(w.tags) or None, "notes": w.notes, "config": config}, hidden)
-        self._wandb_run = wandb.init(**shown, mode=w.mode, dir=str(self.run_dir), id=self.run_id, resume="allow",
-                                     settings=wandb.Settings(silent=True))
+        shown = scrub(
+            {
+                "project": w.project,
+                "entity": w.entity,
+                "group": w.group,
+                "name": w.name or run_name,
+                "tags": list(w.tags) or None,
+                "notes": w.notes,
+                "config": config,
+            },
+            hidden,
+        )
+        self._wandb_run = wandb.init(
+            **shown,
+            mode=w.mode,
+            dir=str(self.run_dir),
+            id=self.run_id,
+            resume="allow",
+            settings=wandb.Settings(silent=True),
+        )
         _log.info("W&B run %s (%s) in %s", self.run_id, w.mode, self.run_dir / "wandb")
 
     def _backfill_wandb(self, resume_step: int) -> None:
@@ -136,8 +164,11 @@ class Tracker:
         for line in self.jsonl_path.read_text().splitlines():
             row = json.loads(line)  # truncate_jsonl (above) kept only complete rows
             if first <= row["step"] <= resume_step and self._wandb_run is not None:
-                values = {k: (float(v) if v in ("nan", "inf", "-inf") else v) for k, v in row.items()
-                          if k != "step" and v is not None}
+                values = {
+                    k: (float(v) if v in ("nan", "inf", "-inf") else v)
+                    for k, v in row.items()
+                    if k != "step" and v is not None
+                }
                 self._guarded("log", lambda: self._wandb_run.log(values, step=row["step"]))
 
     def log(self, step: int, metrics: Mapping[str, Any]) -> None:
@@ -148,7 +179,9 @@ class Tracker:
             self._jsonl.write(json.dumps(row) + "\n")
         if self._wandb_run is not None:
             run = self._wandb_run
-            self._guarded("log", lambda: run.log({k: v for k, v in metrics.items() if v is not None}, step=step))
+            self._guarded(
+                "log", lambda: run.log({k: v for k, v in metrics.items() if v is not None}, step=step)
+            )
 
     @property
     def logs_media(self) -> bool:
@@ -181,8 +214,13 @@ class Tracker:
         try:
             call()
         except Exception as exc:  # the service's socket errors have no common base class
-            _log.warning("W&B %s failed (%s: %s): no more W&B in this start; metrics.jsonl goes on and a "
-                         "resumed job continues the same W&B run", what, type(exc).__name__, exc)
+            _log.warning(
+                "W&B %s failed (%s: %s): no more W&B in this start; metrics.jsonl goes on and a "
+                "resumed job continues the same W&B run",
+                what,
+                type(exc).__name__,
+                exc,
+            )
             self._wandb_run = None
             import wandb
 
@@ -216,27 +254,45 @@ class MetricsLogger(Callback):
 
     def on_step_end(self, state: TrainState, result: StepResult) -> None:
         self.skipped_samples += int(result.extra.get(STEP_SKIPPED_SAMPLES, 0))
-        if result.step % self.every and not (state.stop or state.fatal or state.log_requested
-                                             or result.step >= state.max_steps):
+        if result.step % self.every and not (
+            state.stop or state.fatal or state.log_requested or result.step >= state.max_steps
+        ):
             return
         extra = {k: v for k, v in result.extra.items() if k != STEP_SKIPPED_SAMPLES}
-        row = {"loss": result.loss, "lr": result.lr, "grad_norm": result.grad_norm,
-               "step_skipped": int(not result.applied), "consumed_samples": state.consumed_samples,
-               SKIPPED_SAMPLES_METRIC: self.skipped_samples, **extra, **state.metrics}
+        row = {
+            "loss": result.loss,
+            "lr": result.lr,
+            "grad_norm": result.grad_norm,
+            "step_skipped": int(not result.applied),
+            "consumed_samples": state.consumed_samples,
+            SKIPPED_SAMPLES_METRIC: self.skipped_samples,
+            **extra,
+            **state.metrics,
+        }
         self.tracker.log(result.step, row)
         if self.skipped_samples > self.skipped_logged and self.tracker.is_main:
-            _log.warning("step %d: %d unreadable samples skipped so far (%d since the last metrics row); each "
-                         "was replaced by the next readable one, and the rank logs name their shards",
-                         result.step, self.skipped_samples, self.skipped_samples - self.skipped_logged)
+            _log.warning(
+                "step %d: %d unreadable samples skipped so far (%d since the last metrics row); each "
+                "was replaced by the next readable one, and the rank logs name their shards",
+                result.step,
+                self.skipped_samples,
+                self.skipped_samples - self.skipped_logged,
+            )
         self.skipped_logged = self.skipped_samples
         if result.step % self.every == 0 or result.step >= state.max_steps:
-            _log.info("step %d/%d  loss %.5f  lr %.3g  grad norm %.4g  %.2f samples/s", result.step,
-                      state.max_steps, result.loss, result.lr, result.grad_norm,
-                      state.metrics.get("samples_per_s") or 0.0)
+            _log.info(
+                "step %d/%d  loss %.5f  lr %.3g  grad norm %.4g  %.2f samples/s",
+                result.step,
+                state.max_steps,
+                result.loss,
+                result.lr,
+                result.grad_norm,
+                state.metrics.get("samples_per_s") or 0.0,
+            )
 
-    def state_dict(self) -> Dict[str, Any]:
+    def state_dict(self) -> dict[str, Any]:
         return {"skipped_samples": self.skipped_samples, "skipped_logged": self.skipped_logged}
 
-    def load_state_dict(self, state: Dict[str, Any]) -> None:
+    def load_state_dict(self, state: dict[str, Any]) -> None:
         self.skipped_samples = int(state.get("skipped_samples", 0))
         self.skipped_logged = int(state.get("skipped_logged", self.skipped_samples))

@@ -17,13 +17,14 @@ Media in a ``wandb.Table`` (the eval hook's videos) are not in the run's
 until ``wandb sync``, in its staging directory (under ``WANDB_DATA_DIR``,
 default ``~/.local/share/wandb``); :func:`read_artifacts` lists them.
 """
+
 from __future__ import annotations
 
 import json
 import struct
 import time
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Dict, Iterator, List, Optional
 
 FILE_HEADER = struct.Struct("<4sHB")
 RECORD_HEADER = struct.Struct("<IHB")
@@ -49,7 +50,7 @@ def iter_records(path: str | Path) -> Iterator[bytes]:
         if kind == 0 and length == 0:  # zero padding at the end of a block
             pos += left_in_block - RECORD_HEADER.size
             continue
-        chunk = data[pos: pos + length]
+        chunk = data[pos : pos + length]
         if len(chunk) < length:
             return
         pos += length
@@ -64,25 +65,27 @@ def iter_records(path: str | Path) -> Iterator[bytes]:
             pending = b""
 
 
-def offline_runs(run_dir: str | Path, run_id: Optional[str] = None) -> List[Path]:
+def offline_runs(run_dir: str | Path, run_id: str | None = None) -> list[Path]:
     """The .wandb files under ``<run_dir>/wandb``, oldest first (directory names start with the time).
 
     The id is read from the file name (``run-<id>.wandb``), not the directory's: a run resumed
     within the same second gets a directory with a ``-1`` style suffix."""
-    files = (sorted(d.glob("run-*.wandb"))[:1] for d in sorted((Path(run_dir) / "wandb").glob("offline-run-*")))
+    files = (
+        sorted(d.glob("run-*.wandb"))[:1] for d in sorted((Path(run_dir) / "wandb").glob("offline-run-*"))
+    )
     return [f[0] for f in files if f and (run_id is None or run_id_of(f[0]) == run_id)]
 
 
 def run_id_of(path: Path) -> str:
     """The run id of a ``run-<id>.wandb`` file."""
-    return path.stem[len("run-"):]
+    return path.stem[len("run-") :]
 
 
-def read_history(run_dir: str | Path, run_id: Optional[str] = None) -> Dict[int, Dict[str, object]]:
+def read_history(run_dir: str | Path, run_id: str | None = None) -> dict[int, dict[str, object]]:
     """{step: {key: value}} of every history row logged offline under ``run_dir`` (merged over resumes)."""
     from wandb.proto import wandb_internal_pb2 as pb
 
-    rows: Dict[int, Dict[str, object]] = {}
+    rows: dict[int, dict[str, object]] = {}
     for path in offline_runs(run_dir, run_id):
         for raw in iter_records(path):
             record = pb.Record()
@@ -98,7 +101,7 @@ def read_history(run_dir: str | Path, run_id: Optional[str] = None) -> Dict[int,
     return rows
 
 
-def read_artifacts(run_dir: str | Path, run_id: Optional[str] = None) -> List[Dict[str, object]]:
+def read_artifacts(run_dir: str | Path, run_id: str | None = None) -> list[dict[str, object]]:
     """The artifacts logged offline under ``run_dir``: ``{"name", "type", "files": {path in the artifact: local
     file}}`` each, in logging order (the local files are W&B's staged copies)."""
     from wandb.proto import wandb_internal_pb2 as pb
@@ -110,12 +113,17 @@ def read_artifacts(run_dir: str | Path, run_id: Optional[str] = None) -> List[Di
             record.ParseFromString(raw)
             if record.WhichOneof("record_type") == "artifact":
                 artifact = record.artifact
-                found.append({"name": artifact.name, "type": artifact.type,
-                              "files": {e.path: e.local_path for e in artifact.manifest.contents}})
+                found.append(
+                    {
+                        "name": artifact.name,
+                        "type": artifact.type,
+                        "files": {e.path: e.local_path for e in artifact.manifest.contents},
+                    }
+                )
     return found
 
 
-def read_run_ids(run_dir: str | Path) -> List[str]:
+def read_run_ids(run_dir: str | Path) -> list[str]:
     """Run ids of the offline runs under ``run_dir`` (one per start; equal ids = one resumed run)."""
     return [run_id_of(p) for p in offline_runs(run_dir)]
 
@@ -141,5 +149,7 @@ def wait_until_written(run_dir: str | Path, timeout: float = 30.0) -> None:
     deadline = time.monotonic() + timeout
     while not all(_finished(p) for p in offline_runs(run_dir)):
         if time.monotonic() > deadline:
-            raise TimeoutError(f"W&B offline runs under {run_dir} still lack their exit record after {timeout} s")
+            raise TimeoutError(
+                f"W&B offline runs under {run_dir} still lack their exit record after {timeout} s"
+            )
         time.sleep(0.05)

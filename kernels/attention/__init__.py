@@ -18,8 +18,15 @@ block-loop bounds they share), ``op`` (torch custom ops + autograd),
 ``reference`` (float64 ground truth), ``check`` (the interpreter correctness
 sweep), ``bench`` (GPU benchmark), ``hopper_compile`` (sm_90 AOT compile check).
 """
+
 from .api import fused_attention, is_available, supports
 from .varlen import fused_attention_varlen, pack_sequences, unpack_sequences
 
-__all__ = ["fused_attention", "fused_attention_varlen", "is_available", "supports", "pack_sequences",
-           "unpack_sequences"]
+__all__ = [
+    "fused_attention",
+    "fused_attention_varlen",
+    "is_available",
+    "supports",
+    "pack_sequences",
+    "unpack_sequences",
+]

@@ -16,15 +16,16 @@ N² / (N² - Nc·Nv) times faster than the same kernel on the full mask
 (:func:`readonly_ceiling`: 1.28x at 15,600 and 1.33x at 31,200 context tokens
 with 32,760 video tokens).
 """
+
 from __future__ import annotations
 
 import json
 import math
 import statistics
 import time
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 import torch
 import torch.nn.functional as F
@@ -40,14 +41,14 @@ WARMUP = 2
 
 METHODS = dict(
     timing=f"median over --iters calls after {WARMUP} warm-up calls, CUDA events around each call; forward: "
-           "the provider's call on inputs without autograd; backward: torch.autograd.grad(out, (q, k, v), dout, "
-           "retain_graph=True) on one forward graph built once, timed alone (not fwd+bwd minus fwd)",
+    "the provider's call on inputs without autograd; backward: torch.autograd.grad(out, (q, k, v), dout, "
+    "retain_graph=True) on one forward graph built once, timed alone (not fwd+bwd minus fwd)",
     max_error=f"max |out - float64 reference of the mask the provider computes| (absolute; the [full mask] "
-              f"baselines against the full mask) over {REFERENCE_ROWS} query rows, all heads: the first and last "
-              f"{REFERENCE_EDGE_ROWS}, the {REFERENCE_EDGE_ROWS} around the video/context boundary, the rest "
-              "uniform at random (seed 0)",
+    f"baselines against the full mask) over {REFERENCE_ROWS} query rows, all heads: the first and last "
+    f"{REFERENCE_EDGE_ROWS}, the {REFERENCE_EDGE_ROWS} around the video/context boundary, the rest "
+    "uniform at random (seed 0)",
     rates="TFLOP/s in the dense convention (forward 4*N*N*d*H, backward 2.5x, whatever the mask); eff columns: "
-          "allowed pairs only (Nv*N + Nc*Nc), filled only for rows that skip the masked block",
+    "allowed pairs only (Nv*N + Nc*Nc), filled only for rows that skip the masked block",
     readonly_ceiling="skipping saves Nc*Nv of N^2 pairs: at most N^2/(N^2 - Nc*Nv) times our own full mask",
 )
 
@@ -63,7 +64,7 @@ class Shape:
     heads: int
     num_video: int
     num_context: int
-    mask: str                # "full" or "context_readonly"
+    mask: str  # "full" or "context_readonly"
     head_dim: int = HEAD_DIM
     batch: int = 1
 
@@ -73,13 +74,13 @@ class Shape:
 
     def dense_flops(self) -> float:
         """Forward FLOPs in the dense convention: 4·N·N·d·H (two matmuls, 2 FLOPs per MAC)."""
-        return 4.0 * self.batch * self.tokens ** 2 * self.head_dim * self.heads
+        return 4.0 * self.batch * self.tokens**2 * self.head_dim * self.heads
 
     def effective_flops(self) -> float:
         """Forward FLOPs of the pairs the mask allows: video rows see N keys, context rows Nc."""
         if self.mask == "full":
             return self.dense_flops()
-        pairs = self.num_video * self.tokens + self.num_context ** 2
+        pairs = self.num_video * self.tokens + self.num_context**2
         return 4.0 * self.batch * pairs * self.head_dim * self.heads
 
 
@@ -91,10 +92,10 @@ class Row:
     mask: str
     forward_ms: float = math.nan
     backward_ms: float = math.nan
-    forward_tflops: float = math.nan             # dense convention
+    forward_tflops: float = math.nan  # dense convention
     backward_tflops: float = math.nan
     total_tflops: float = math.nan
-    effective_forward_tflops: float = math.nan   # allowed pairs only
+    effective_forward_tflops: float = math.nan  # allowed pairs only
     effective_total_tflops: float = math.nan
     max_error: float = math.nan
     note: str = ""
@@ -103,10 +104,10 @@ class Row:
 @dataclass
 class Provider:
     name: str
-    fn: Callable                                  # (q, k, v, shape) -> out (B, L, H, D)
+    fn: Callable  # (q, k, v, shape) -> out (B, L, H, D)
     note: str = ""
-    skips_masked: bool = False                    # computes only the pairs the mask allows
-    computes: Optional[str] = None                # the mask it computes when not the shape's (the baseline)
+    skips_masked: bool = False  # computes only the pairs the mask allows
+    computes: str | None = None  # the mask it computes when not the shape's (the baseline)
 
 
 def time_ms(fn: Callable[[], object], iters: int, device="cuda", warmup: int = WARMUP) -> float:
@@ -132,7 +133,7 @@ def time_ms(fn: Callable[[], object], iters: int, device="cuda", warmup: int = W
     return statistics.median(times)
 
 
-def time_forward_backward(fn: Callable, q, k, v, grad, iters: int, device) -> Tuple[float, float]:
+def time_forward_backward(fn: Callable, q, k, v, grad, iters: int, device) -> tuple[float, float]:
     """(forward ms, backward ms) of ``fn(q, k, v)``: the forward without autograd, the backward as
     ``torch.autograd.grad`` on one forward graph built once (see ``METHODS["timing"]``)."""
     with torch.no_grad():
@@ -161,18 +162,26 @@ def _sdpa(backend) -> Callable:
     return dense
 
 
-def providers(shape: Shape) -> List[Provider]:
+def providers(shape: Shape) -> list[Provider]:
     """Ours, each SDPA backend torch offers, flash-attn if importable; readonly baselines both ways."""
     from torch.nn.attention import SDPBackend
 
     from . import fused_attention
 
     readonly = shape.mask == "context_readonly"
-    found = [Provider("cinescene-triton", lambda q, k, v, s: fused_attention(q, k, v, num_video=s.num_video,
-                                                                              mask=s.mask), skips_masked=readonly)]
-    dense_backends: Dict[str, Callable] = {}
-    for label, attr in (("sdpa-flash", "FLASH_ATTENTION"), ("sdpa-cudnn", "CUDNN_ATTENTION"),
-                        ("sdpa-efficient", "EFFICIENT_ATTENTION")):
+    found = [
+        Provider(
+            "cinescene-triton",
+            lambda q, k, v, s: fused_attention(q, k, v, num_video=s.num_video, mask=s.mask),
+            skips_masked=readonly,
+        )
+    ]
+    dense_backends: dict[str, Callable] = {}
+    for label, attr in (
+        ("sdpa-flash", "FLASH_ATTENTION"),
+        ("sdpa-cudnn", "CUDNN_ATTENTION"),
+        ("sdpa-efficient", "EFFICIENT_ATTENTION"),
+    ):
         if hasattr(SDPBackend, attr):
             dense_backends[label] = _sdpa(getattr(SDPBackend, attr))
     try:
@@ -183,11 +192,21 @@ def providers(shape: Shape) -> List[Provider]:
         pass
     for label, dense in dense_backends.items():
         if readonly:
-            found.append(Provider(f"{label} [full mask]", lambda q, k, v, s, d=dense: d(q, k, v),
-                                  "computes the full mask: the baseline", computes="full"))
-            found.append(Provider(f"{label} [2 calls]",
-                                  lambda q, k, v, s, d=dense: _split_readonly(d, q, k, v, s.num_video),
-                                  skips_masked=True))
+            found.append(
+                Provider(
+                    f"{label} [full mask]",
+                    lambda q, k, v, s, d=dense: d(q, k, v),
+                    "computes the full mask: the baseline",
+                    computes="full",
+                )
+            )
+            found.append(
+                Provider(
+                    f"{label} [2 calls]",
+                    lambda q, k, v, s, d=dense: _split_readonly(d, q, k, v, s.num_video),
+                    skips_masked=True,
+                )
+            )
         else:
             found.append(Provider(label, lambda q, k, v, s, d=dense: d(q, k, v)))
     return found
@@ -200,12 +219,14 @@ def reference_rows(shape: Shape, seed: int = 0) -> torch.Tensor:
         return torch.arange(n)
     edge = REFERENCE_EDGE_ROWS
     boundary = min(max(shape.num_video - edge // 2, 0), n - edge)
-    chosen = torch.cat([torch.arange(edge), torch.arange(n - edge, n), torch.arange(boundary, boundary + edge)])
+    chosen = torch.cat(
+        [torch.arange(edge), torch.arange(n - edge, n), torch.arange(boundary, boundary + edge)]
+    )
     taken = torch.zeros(n, dtype=torch.bool)
     taken[chosen] = True
     rest = torch.nonzero(~taken).flatten()
     pick = torch.randperm(rest.numel(), generator=torch.Generator().manual_seed(seed))
-    chosen = torch.cat([chosen.unique(), rest[pick[:REFERENCE_ROWS - int(taken.sum())]]])
+    chosen = torch.cat([chosen.unique(), rest[pick[: REFERENCE_ROWS - int(taken.sum())]]])
     return chosen.sort().values
 
 
@@ -214,19 +235,27 @@ def _reference(q, k, v, num_video: int, mask: str, rows: torch.Tensor) -> torch.
     heads = []
     for h in range(q.shape[2]):
         head = slice(h, h + 1)
-        heads.append(reference_attention(q[:, rows, head], k[:, :, head], v[:, :, head], num_video=num_video,
-                                         mask=mask, query_positions=rows))
+        heads.append(
+            reference_attention(
+                q[:, rows, head],
+                k[:, :, head],
+                v[:, :, head],
+                num_video=num_video,
+                mask=mask,
+                query_positions=rows,
+            )
+        )
     return torch.cat(heads, dim=2)
 
 
-def bench_shape(shape: Shape, iters: int, dtype=torch.bfloat16, seed: int = 0, device="cuda") -> List[Row]:
+def bench_shape(shape: Shape, iters: int, dtype=torch.bfloat16, seed: int = 0, device="cuda") -> list[Row]:
     """One row per provider (ours, SDPA backends, flash-attn) on the same inputs; a CPU ``device`` runs the
     same code at toy sizes (tests; ours through the Triton interpreter)."""
     generator = torch.Generator(device=device).manual_seed(seed)
     size = (shape.batch, shape.tokens, shape.heads, shape.head_dim)
     q, k, v, grad = (torch.randn(size, device=device, dtype=dtype, generator=generator) for _ in range(4))
     rows_idx = reference_rows(shape, seed).to(q.device)
-    references: Dict[str, torch.Tensor] = {}
+    references: dict[str, torch.Tensor] = {}
     results = []
     for provider in providers(shape):
         row = Row(provider.name, shape.heads, shape.num_context, shape.mask, note=provider.note)
@@ -239,7 +268,8 @@ def bench_shape(shape: Shape, iters: int, dtype=torch.bfloat16, seed: int = 0, d
             row.max_error = float((out[:, rows_idx].double() - references[mask]).abs().max())
             del out
             row.forward_ms, row.backward_ms = time_forward_backward(
-                lambda a, b, c: provider.fn(a, b, c, shape), q, k, v, grad, iters, device)
+                lambda a, b, c: provider.fn(a, b, c, shape), q, k, v, grad, iters, device
+            )
         except Exception as exc:  # an unsupported backend is a row with a note, not a crash
             row.note = f"{type(exc).__name__}: {str(exc).splitlines()[0][:120]}"
         finally:
@@ -257,7 +287,9 @@ def bench_shape(shape: Shape, iters: int, dtype=torch.bfloat16, seed: int = 0, d
     return results
 
 
-def shapes(heads: Sequence[int], contexts: Sequence[int], num_video: int, head_dim: int = HEAD_DIM) -> List[Shape]:
+def shapes(
+    heads: Sequence[int], contexts: Sequence[int], num_video: int, head_dim: int = HEAD_DIM
+) -> list[Shape]:
     found = []
     for h in heads:
         for c in contexts:
@@ -267,17 +299,41 @@ def shapes(heads: Sequence[int], contexts: Sequence[int], num_video: int, head_d
     return found
 
 
-_COLUMNS = [("provider", 30, "{}"), ("H", 3, "{}"), ("ctx", 6, "{}"), ("mask", 9, "{}"),
-            ("fwd ms", 8, "{:.2f}"), ("bwd ms", 8, "{:.2f}"), ("fwd TF/s", 9, "{:.0f}"), ("bwd TF/s", 9, "{:.0f}"),
-            ("f+b TF/s", 9, "{:.0f}"), ("eff fwd", 8, "{:.0f}"), ("eff f+b", 8, "{:.0f}"), ("max err", 8, "{:.1e}")]
+_COLUMNS = [
+    ("provider", 30, "{}"),
+    ("H", 3, "{}"),
+    ("ctx", 6, "{}"),
+    ("mask", 9, "{}"),
+    ("fwd ms", 8, "{:.2f}"),
+    ("bwd ms", 8, "{:.2f}"),
+    ("fwd TF/s", 9, "{:.0f}"),
+    ("bwd TF/s", 9, "{:.0f}"),
+    ("f+b TF/s", 9, "{:.0f}"),
+    ("eff fwd", 8, "{:.0f}"),
+    ("eff f+b", 8, "{:.0f}"),
+    ("max err", 8, "{:.1e}"),
+]
 
 
-def _cells(row: Row) -> List[str]:
-    values = [row.provider, row.heads, row.num_context, "readonly" if row.mask != "full" else "full",
-              row.forward_ms, row.backward_ms, row.forward_tflops, row.backward_tflops, row.total_tflops,
-              row.effective_forward_tflops, row.effective_total_tflops, row.max_error]
-    return [("-" if isinstance(v, float) and math.isnan(v) else fmt.format(v)) for (_, _, fmt), v in
-            zip(_COLUMNS, values)]
+def _cells(row: Row) -> list[str]:
+    values = [
+        row.provider,
+        row.heads,
+        row.num_context,
+        "readonly" if row.mask != "full" else "full",
+        row.forward_ms,
+        row.backward_ms,
+        row.forward_tflops,
+        row.backward_tflops,
+        row.total_tflops,
+        row.effective_forward_tflops,
+        row.effective_total_tflops,
+        row.max_error,
+    ]
+    return [
+        ("-" if isinstance(v, float) and math.isnan(v) else fmt.format(v))
+        for (_, _, fmt), v in zip(_COLUMNS, values)
+    ]
 
 
 def format_rows(rows: Sequence[Row], header: bool = True) -> str:
@@ -289,70 +345,111 @@ def format_rows(rows: Sequence[Row], header: bool = True) -> str:
 
 
 def format_markdown(rows: Sequence[Row]) -> str:
-    lines = ["| " + " | ".join(name for name, _, _ in _COLUMNS) + " | note |",
-             "|" + "---|" * (len(_COLUMNS) + 1)]
+    lines = [
+        "| " + " | ".join(name for name, _, _ in _COLUMNS) + " | note |",
+        "|" + "---|" * (len(_COLUMNS) + 1),
+    ]
     for row in rows:
         lines.append("| " + " | ".join(_cells(row)) + f" | {row.note} |")
     return "\n".join(lines)
 
 
-def goals(rows: Sequence[Row], num_video: int) -> List[str]:
+def goals(rows: Sequence[Row], num_video: int) -> list[str]:
     """The issue's goal figures, each with the measured ratio, and the readonly ceiling next to ours."""
     lines = []
-    by_case: Dict[tuple, List[Row]] = {}
+    by_case: dict[tuple, list[Row]] = {}
     for row in rows:
         by_case.setdefault((row.heads, row.num_context), []).append(row)
     for (heads, context), case in sorted(by_case.items()):
+
         def total(r: Row) -> float:
             return r.forward_ms + r.backward_ms
 
         ours_full = [r for r in case if r.provider == "cinescene-triton" and r.mask == "full"]
         ours_ro = [r for r in case if r.provider == "cinescene-triton" and r.mask != "full"]
-        sdpa_full = [r for r in case if r.provider.startswith("sdpa") and r.mask == "full"
-                     and not math.isnan(total(r))]
+        sdpa_full = [
+            r for r in case if r.provider.startswith("sdpa") and r.mask == "full" and not math.isnan(total(r))
+        ]
         if ours_full and sdpa_full:
             best = min(sdpa_full, key=total)
             ratio = total(best) / total(ours_full[0])
-            lines.append(f"H{heads} ctx{context} full fwd+bwd: {ratio:.2f}x {best.provider} (goal >= 1.0x)"
-                         f"{'' if ratio >= 1.0 else '  NOT MET'}")
+            lines.append(
+                f"H{heads} ctx{context} full fwd+bwd: {ratio:.2f}x {best.provider} (goal >= 1.0x)"
+                f"{'' if ratio >= 1.0 else '  NOT MET'}"
+            )
             if heads == 12:
                 tf = ours_full[0].forward_tflops
-                lines.append(f"H{heads} ctx{context} full forward: {tf:.0f} TFLOP/s (goal >= 550)"
-                             f"{'' if tf >= 550 else '  NOT MET'}")
+                lines.append(
+                    f"H{heads} ctx{context} full forward: {tf:.0f} TFLOP/s (goal >= 550)"
+                    f"{'' if tf >= 550 else '  NOT MET'}"
+                )
         if ours_ro and sdpa_full:
             best = min(sdpa_full, key=total)
             ratio = total(best) / total(ours_ro[0])
-            lines.append(f"H{heads} ctx{context} readonly fwd+bwd: {ratio:.2f}x {best.provider} on the full mask "
-                         f"(goal >= 1.3x){'' if ratio >= 1.3 else '  NOT MET'}")
+            lines.append(
+                f"H{heads} ctx{context} readonly fwd+bwd: {ratio:.2f}x {best.provider} on the full mask "
+                f"(goal >= 1.3x){'' if ratio >= 1.3 else '  NOT MET'}"
+            )
         if ours_ro and ours_full:
             ceiling = readonly_ceiling(num_video, context)
-            lines.append(f"H{heads} ctx{context} readonly fwd+bwd: {total(ours_full[0]) / total(ours_ro[0]):.2f}x "
-                         f"our own full mask (ceiling {ceiling:.2f}x = N^2/(N^2 - Nc*Nv); the 1.3x goal needs our "
-                         f"full mask >= {1.3 / ceiling:.2f}x the best SDPA backend)")
+            lines.append(
+                f"H{heads} ctx{context} readonly fwd+bwd: {total(ours_full[0]) / total(ours_ro[0]):.2f}x "
+                f"our own full mask (ceiling {ceiling:.2f}x = N^2/(N^2 - Nc*Nv); the 1.3x goal needs our "
+                f"full mask >= {1.3 / ceiling:.2f}x the best SDPA backend)"
+            )
     return lines
 
 
-def _write(out: Path, about: dict, setup: str, num_video: int, iters: int, contexts: Sequence[int],
-           rows: Sequence[Row], summary: Sequence[str], complete: bool) -> None:
+def _write(
+    out: Path,
+    about: dict,
+    setup: str,
+    num_video: int,
+    iters: int,
+    contexts: Sequence[int],
+    rows: Sequence[Row],
+    summary: Sequence[str],
+    complete: bool,
+) -> None:
     """JSON at ``out`` and Markdown next to it; rewritten after every shape, so a run cut short keeps its rows."""
     out.parent.mkdir(parents=True, exist_ok=True)
     ceilings = {str(c): round(readonly_ceiling(num_video, c), 4) for c in contexts if c > 0}
-    payload = dict(provenance=about, complete=complete, setup=setup, num_video=num_video,
-                   iters=iters, methods=METHODS, readonly_ceiling=ceilings, rows=[asdict(r) for r in rows],
-                   goals=list(summary))
+    payload = dict(
+        provenance=about,
+        complete=complete,
+        setup=setup,
+        num_video=num_video,
+        iters=iters,
+        methods=METHODS,
+        readonly_ceiling=ceilings,
+        rows=[asdict(r) for r in rows],
+        goals=list(summary),
+    )
     out.write_text(json.dumps(payload, indent=1, default=str))
     out.with_suffix(".md").write_text(
         f"Device: {about['device']}; date {about['date']}; commit {about['commit']}"
         f"{' (uncommitted changes)' if about['dirty'] else ''}; torch {about['torch']}, triton "
         f"{about['triton']}, flash-attn {about['flash_attn'] or 'absent'}; {setup}"
         f"{'' if complete else '; INCOMPLETE run'}.\n\n"
-        + "".join(f"- {name}: {text}\n" for name, text in METHODS.items()) + "\n"
-        + format_markdown(rows) + "\n\n" + "\n".join(f"- {line}" for line in summary) + "\n")
+        + "".join(f"- {name}: {text}\n" for name, text in METHODS.items())
+        + "\n"
+        + format_markdown(rows)
+        + "\n\n"
+        + "\n".join(f"- {line}" for line in summary)
+        + "\n"
+    )
 
 
-def run(heads: Sequence[int], contexts: Sequence[int], num_video: int, iters: int,
-        out: Optional[Path] = None, dtype: torch.dtype = torch.bfloat16, device="cuda",
-        head_dim: int = HEAD_DIM) -> List[Row]:
+def run(
+    heads: Sequence[int],
+    contexts: Sequence[int],
+    num_video: int,
+    iters: int,
+    out: Path | None = None,
+    dtype: torch.dtype = torch.bfloat16,
+    device="cuda",
+    head_dim: int = HEAD_DIM,
+) -> list[Row]:
     """Benchmark every shape, print the table, write JSON (``out``) and Markdown (``out`` with .md).
 
     The defaults are the GPU benchmark; a CPU ``device`` with toy sizes runs the same code (tests).
@@ -360,19 +457,25 @@ def run(heads: Sequence[int], contexts: Sequence[int], num_video: int, iters: in
     from ..provenance import provenance
 
     about = provenance(torch.device(device))
-    setup = (f"{str(dtype).replace('torch.', '')}, d={head_dim}, batch 1, {num_video} video tokens, "
-             f"{iters} iterations (median)")
-    print(f"attention benchmark on {about['device']}, torch {about['torch']}, triton {about['triton']}, "
-          f"flash-attn {about['flash_attn'] or 'absent'}, commit {about['commit'] or 'unknown'}, {about['date']}")
+    setup = (
+        f"{str(dtype).replace('torch.', '')}, d={head_dim}, batch 1, {num_video} video tokens, "
+        f"{iters} iterations (median)"
+    )
+    print(
+        f"attention benchmark on {about['device']}, torch {about['torch']}, triton {about['triton']}, "
+        f"flash-attn {about['flash_attn'] or 'absent'}, commit {about['commit'] or 'unknown'}, {about['date']}"
+    )
     print(setup)
     for name, text in METHODS.items():
         print(f"{name}: {text}")
     print(format_rows([]))
-    rows: List[Row] = []
+    rows: list[Row] = []
     for shape in shapes(heads, contexts, num_video, head_dim):
         rows += bench_shape(shape, iters, dtype, device=device)
         if out is not None:
-            _write(out, about, setup, num_video, iters, contexts, rows, goals(rows, num_video), complete=False)
+            _write(
+                out, about, setup, num_video, iters, contexts, rows, goals(rows, num_video), complete=False
+            )
     summary = goals(rows, num_video)
     print("\n".join(summary))
     if out is not None:

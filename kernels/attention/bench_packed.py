@@ -17,13 +17,14 @@ Rates count only the real pairs each sample's mask allows, so they compare
 the useful work per second. Errors are against a float64 reference of each
 sample alone, on the rows :func:`.bench.reference_rows` picks.
 """
+
 from __future__ import annotations
 
 import json
 import math
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import List, Optional, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -39,7 +40,7 @@ class PackedRow:
     mask: str
     forward_ms: float = math.nan
     backward_ms: float = math.nan
-    real_forward_tflops: float = math.nan     # allowed pairs of the real tokens only
+    real_forward_tflops: float = math.nan  # allowed pairs of the real tokens only
     real_total_tflops: float = math.nan
     max_error: float = math.nan
     note: str = ""
@@ -53,12 +54,14 @@ class PackedBatch:
     tokens_per_image: int = TOKENS_PER_IMAGE
     head_dim: int = HEAD_DIM
 
-    def lengths(self) -> List[int]:
+    def lengths(self) -> list[int]:
         return [self.num_video + n * self.tokens_per_image for n in self.images]
 
-    def sample_shapes(self, mask: str) -> List[Shape]:
-        return [Shape(self.heads, self.num_video, n * self.tokens_per_image, mask, self.head_dim)
-                for n in self.images]
+    def sample_shapes(self, mask: str) -> list[Shape]:
+        return [
+            Shape(self.heads, self.num_video, n * self.tokens_per_image, mask, self.head_dim)
+            for n in self.images
+        ]
 
     def real_flops(self, mask: str) -> float:
         """Forward FLOPs of the pairs each sample's mask allows over its real tokens."""
@@ -67,7 +70,9 @@ class PackedBatch:
 
 def _dense(q, k, v):
     """torch SDPA (its own backend choice) over (B, L, H, D) tensors."""
-    return F.scaled_dot_product_attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)).transpose(1, 2)
+    return F.scaled_dot_product_attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)).transpose(
+        1, 2
+    )
 
 
 def _per_sample(q, k, v, batch: PackedBatch, mask: str) -> torch.Tensor:
@@ -80,7 +85,7 @@ def _per_sample(q, k, v, batch: PackedBatch, mask: str) -> torch.Tensor:
     return torch.cat(outs)
 
 
-def providers(batch: PackedBatch, mask: str, device) -> List[tuple]:
+def providers(batch: PackedBatch, mask: str, device) -> list[tuple]:
     """(name, fn over packed q/k/v -> packed output, whether its output is checked against the reference, note)."""
     from . import fused_attention, fused_attention_varlen
 
@@ -96,28 +101,36 @@ def providers(batch: PackedBatch, mask: str, device) -> List[tuple]:
 
     def padded(q, k, v):
         pieces = [t.split(lengths) for t in (q, k, v)]
-        qp, kp, vp = (torch.stack([F.pad(p, (0, 0, 0, 0, 0, longest - p.shape[0])) for p in ps]) for ps in pieces)
+        qp, kp, vp = (
+            torch.stack([F.pad(p, (0, 0, 0, 0, 0, longest - p.shape[0])) for p in ps]) for ps in pieces
+        )
         out = fused_attention(qp, kp, vp, num_video=batch.num_video, mask=mask)
         return torch.cat([row[:length] for row, length in zip(out, lengths)])
 
-    return [("cinescene-triton varlen", varlen, True, ""),
-            ("cinescene-triton padded", padded, False, "padding computed as real: the cost without packing"),
-            ("sdpa per sample", lambda q, k, v: _per_sample(q, k, v, batch, mask), True,
-             "one SDPA call per sample (two for readonly)")]
+    return [
+        ("cinescene-triton varlen", varlen, True, ""),
+        ("cinescene-triton padded", padded, False, "padding computed as real: the cost without packing"),
+        (
+            "sdpa per sample",
+            lambda q, k, v: _per_sample(q, k, v, batch, mask),
+            True,
+            "one SDPA call per sample (two for readonly)",
+        ),
+    ]
 
 
 def _errors(out: torch.Tensor, q, k, v, batch: PackedBatch, mask: str) -> float:
     worst, start = 0.0, 0
     for shape, length in zip(batch.sample_shapes(mask), batch.lengths()):
         rows = reference_rows(shape).to(q.device)
-        qi, ki, vi = (t[start:start + length][None] for t in (q, k, v))
+        qi, ki, vi = (t[start : start + length][None] for t in (q, k, v))
         ref = _reference(qi, ki, vi, batch.num_video, mask, rows)
-        worst = max(worst, float((out[start:start + length][None][:, rows].double() - ref).abs().max()))
+        worst = max(worst, float((out[start : start + length][None][:, rows].double() - ref).abs().max()))
         start += length
     return worst
 
 
-def bench_mask(batch: PackedBatch, mask: str, iters: int, dtype, device, seed: int = 0) -> List[PackedRow]:
+def bench_mask(batch: PackedBatch, mask: str, iters: int, dtype, device, seed: int = 0) -> list[PackedRow]:
     generator = torch.Generator(device=device).manual_seed(seed)
     size = (sum(batch.lengths()), batch.heads, batch.head_dim)
     q, k, v, grad = (torch.randn(size, device=device, dtype=dtype, generator=generator) for _ in range(4))
@@ -145,16 +158,20 @@ def format_row(row: PackedRow) -> str:
     def num(value: float, fmt: str) -> str:
         return "-" if math.isnan(value) else fmt.format(value)
 
-    return (f"{row.provider:>24} {row.mask:>16} {num(row.forward_ms, '{:.2f}'):>8} {num(row.backward_ms, '{:.2f}'):>8} "
-            f"{num(row.real_forward_tflops, '{:.0f}'):>9} {num(row.real_total_tflops, '{:.0f}'):>9} "
-            f"{num(row.max_error, '{:.1e}'):>8}" + (f"  ({row.note})" if row.note else ""))
+    return (
+        f"{row.provider:>24} {row.mask:>16} {num(row.forward_ms, '{:.2f}'):>8} {num(row.backward_ms, '{:.2f}'):>8} "
+        f"{num(row.real_forward_tflops, '{:.0f}'):>9} {num(row.real_total_tflops, '{:.0f}'):>9} "
+        f"{num(row.max_error, '{:.1e}'):>8}" + (f"  ({row.note})" if row.note else "")
+    )
 
 
-HEADER = (f"{'provider':>24} {'mask':>16} {'fwd ms':>8} {'bwd ms':>8} {'real fwd':>9} {'real f+b':>9} "
-          f"{'max err':>8}   (real: TFLOP/s over the pairs each sample's mask allows)")
+HEADER = (
+    f"{'provider':>24} {'mask':>16} {'fwd ms':>8} {'bwd ms':>8} {'real fwd':>9} {'real f+b':>9} "
+    f"{'max err':>8}   (real: TFLOP/s over the pairs each sample's mask allows)"
+)
 
 
-def summary(rows: Sequence[PackedRow]) -> List[str]:
+def summary(rows: Sequence[PackedRow]) -> list[str]:
     lines = []
     for mask in sorted({r.mask for r in rows}):
         by_name = {r.provider: r for r in rows if r.mask == mask}
@@ -169,33 +186,53 @@ def summary(rows: Sequence[PackedRow]) -> List[str]:
     return lines
 
 
-def run(images: Sequence[int], heads: int = 12, num_video: int = 32760, iters: int = 10,
-        out: Optional[Path] = None, dtype: torch.dtype = torch.bfloat16, device="cuda",
-        head_dim: int = HEAD_DIM, tokens_per_image: int = TOKENS_PER_IMAGE) -> List[PackedRow]:
+def run(
+    images: Sequence[int],
+    heads: int = 12,
+    num_video: int = 32760,
+    iters: int = 10,
+    out: Path | None = None,
+    dtype: torch.dtype = torch.bfloat16,
+    device="cuda",
+    head_dim: int = HEAD_DIM,
+    tokens_per_image: int = TOKENS_PER_IMAGE,
+) -> list[PackedRow]:
     """Both masks; prints the table, writes JSON at ``out`` and Markdown next to it. A CPU ``device`` with toy
     sizes runs the same code (tests; ours through the Triton interpreter)."""
     from ..provenance import provenance
 
     batch = PackedBatch(heads, num_video, list(images), tokens_per_image, head_dim)
     about = provenance(torch.device(device))
-    setup = (f"{str(dtype).replace('torch.', '')}, H{heads}, d={head_dim}, batch {len(batch.images)}: "
-             f"{num_video} video tokens + {list(images)} scene images x {tokens_per_image} tokens "
-             f"(lengths {batch.lengths()}), {iters} iterations (median)")
-    print(f"packed-batch attention benchmark on {about['device']}, commit {about['commit'] or 'unknown'}, "
-          f"{about['date']}\n{setup}\n{HEADER}")
-    rows: List[PackedRow] = []
+    setup = (
+        f"{str(dtype).replace('torch.', '')}, H{heads}, d={head_dim}, batch {len(batch.images)}: "
+        f"{num_video} video tokens + {list(images)} scene images x {tokens_per_image} tokens "
+        f"(lengths {batch.lengths()}), {iters} iterations (median)"
+    )
+    print(
+        f"packed-batch attention benchmark on {about['device']}, commit {about['commit'] or 'unknown'}, "
+        f"{about['date']}\n{setup}\n{HEADER}"
+    )
+    rows: list[PackedRow] = []
     for mask in ("full", "context_readonly"):
         rows += bench_mask(batch, mask, iters, dtype, device)
     lines = summary(rows)
     print("\n".join(lines))
     if out is not None:
         out.parent.mkdir(parents=True, exist_ok=True)
-        out.write_text(json.dumps(dict(provenance=about, setup=setup, rows=[asdict(r) for r in rows],
-                                       summary=lines), indent=1, default=str))
+        out.write_text(
+            json.dumps(
+                dict(provenance=about, setup=setup, rows=[asdict(r) for r in rows], summary=lines),
+                indent=1,
+                default=str,
+            )
+        )
         out.with_suffix(".md").write_text(
             f"Device: {about['device']}; date {about['date']}; commit {about['commit']}; {setup}.\n\n```\n"
-            + HEADER + "\n" + "\n".join(format_row(r) for r in rows) + "\n```\n\n"
-            + "".join(f"- {line}\n" for line in lines))
+            + HEADER
+            + "\n"
+            + "\n".join(format_row(r) for r in rows)
+            + "\n```\n\n"
+            + "".join(f"- {line}\n" for line in lines)
+        )
         print(f"wrote {out} and {out.with_suffix('.md')}")
     return rows
-

@@ -8,13 +8,14 @@ table of max errors and exits 0 only if every case is within tolerance.
 :func:`main` is meant to be the entry of a fresh process
 (``cinescene bench attention --check`` starts it as one).
 """
+
 from __future__ import annotations
 
 import argparse
 import sys
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Dict, List, Optional, Sequence, Tuple
 
 import torch
 
@@ -37,14 +38,14 @@ class Case:
     seqlen_q: int = 0
     seqlen_k: int = 0
     mask: str = "full"
-    num_video: Optional[int] = None
-    lengths_q: Tuple[int, ...] = ()
-    lengths_k: Tuple[int, ...] = ()
-    context_starts: Optional[Tuple[int, ...]] = None
+    num_video: int | None = None
+    lengths_q: tuple[int, ...] = ()
+    lengths_k: tuple[int, ...] = ()
+    context_starts: tuple[int, ...] | None = None
     grads: bool = True
     #: (forward, dK/dV, dQ) tiles instead of the defaults (interpreter: 16x16), e.g. the non-square
     #: shapes the GPU candidates have, scaled down.
-    tiles: Optional[Tuple[Tiles, Tiles, Tiles]] = None
+    tiles: tuple[Tiles, Tiles, Tiles] | None = None
 
     @property
     def varlen(self) -> bool:
@@ -59,17 +60,19 @@ class Case:
         else:
             shape = f"B{self.batch} q{self.seqlen_q} k{self.seqlen_k}"
             mask = f"readonly@{self.num_video}" if self.mask == "context_readonly" else "full"
-        tiles = "" if self.tiles is None else " tiles " + "/".join(f"{t.block_m}x{t.block_n}" for t in self.tiles)
+        tiles = (
+            "" if self.tiles is None else " tiles " + "/".join(f"{t.block_m}x{t.block_n}" for t in self.tiles)
+        )
         return f"{dtype} H{self.heads} d{self.head_dim} {shape} {mask}{tiles}"
 
-    def tile_overrides(self) -> Dict[str, Tiles]:
+    def tile_overrides(self) -> dict[str, Tiles]:
         return {} if self.tiles is None else dict(zip(("forward", "dkdv", "dq"), self.tiles))
 
 
 @dataclass
 class Result:
     case: Case
-    errors: Dict[str, float] = field(default_factory=dict)
+    errors: dict[str, float] = field(default_factory=dict)
     seconds: float = 0.0
 
     @property
@@ -84,16 +87,24 @@ def _scaled_error(value: torch.Tensor, reference: torch.Tensor) -> float:
 
 def _inputs(case: Case, device, generator: torch.Generator):
     def rand(*shape):
-        return torch.randn(*shape, generator=generator, dtype=torch.float32).to(device=device, dtype=case.dtype)
+        return torch.randn(*shape, generator=generator, dtype=torch.float32).to(
+            device=device, dtype=case.dtype
+        )
 
     if case.varlen:
         total_q, total_k = sum(case.lengths_q), sum(case.lengths_k)
-        return (rand(total_q, case.heads, case.head_dim), rand(total_k, case.heads, case.head_dim),
-                rand(total_k, case.heads, case.head_dim), rand(total_q, case.heads, case.head_dim))
-    return (rand(case.batch, case.seqlen_q, case.heads, case.head_dim),
-            rand(case.batch, case.seqlen_k, case.heads, case.head_dim),
-            rand(case.batch, case.seqlen_k, case.heads, case.head_dim),
-            rand(case.batch, case.seqlen_q, case.heads, case.head_dim))
+        return (
+            rand(total_q, case.heads, case.head_dim),
+            rand(total_k, case.heads, case.head_dim),
+            rand(total_k, case.heads, case.head_dim),
+            rand(total_q, case.heads, case.head_dim),
+        )
+    return (
+        rand(case.batch, case.seqlen_q, case.heads, case.head_dim),
+        rand(case.batch, case.seqlen_k, case.heads, case.head_dim),
+        rand(case.batch, case.seqlen_k, case.heads, case.head_dim),
+        rand(case.batch, case.seqlen_q, case.heads, case.head_dim),
+    )
 
 
 def _cu_seqlens(lengths: Sequence[int], device) -> torch.Tensor:
@@ -115,8 +126,14 @@ def run_case(case: Case, device="cpu", seed: int = 0) -> Result:
     with fixed_tiles(**case.tile_overrides()):
         if case.varlen:
             cu_q, cu_k = _cu_seqlens(case.lengths_q, device), _cu_seqlens(case.lengths_k, device)
-            out = fused_attention_varlen(*kernel_in, cu_q, cu_k, max(case.lengths_q), max(case.lengths_k),
-                                         context_start=case.context_starts)
+            out = fused_attention_varlen(
+                *kernel_in,
+                cu_q,
+                cu_k,
+                max(case.lengths_q),
+                max(case.lengths_k),
+                context_start=case.context_starts,
+            )
             ref = reference_attention_varlen(*ref_in, cu_q.cpu(), cu_k.cpu(), case.context_starts)
         else:
             out = fused_attention(*kernel_in, num_video=case.num_video, mask=case.mask)
@@ -141,7 +158,9 @@ GPU_SHAPED_TILES = (Tiles(32, 16), Tiles(16, 32), Tiles(32, 16))
 TRANSPOSED_TILES = (Tiles(16, 32), Tiles(32, 16), Tiles(16, 32))
 
 
-def default_cases(dtypes: Sequence[torch.dtype] = (torch.float32, torch.float16, torch.bfloat16)) -> List[Case]:
+def default_cases(
+    dtypes: Sequence[torch.dtype] = (torch.float32, torch.float16, torch.bfloat16),
+) -> list[Case]:
     """The CI sweep: both head dims, odd and unequal lengths, both masks (aligned, straddling and
     tail-block context starts), packed sequences with different context sizes (also at d=128), square
     and non-square tiles; gradients throughout."""
@@ -154,16 +173,33 @@ def default_cases(dtypes: Sequence[torch.dtype] = (torch.float32, torch.float16,
             Case(dtype, head_dim=32, batch=2, seqlen_q=77, seqlen_k=20),
             Case(dtype, head_dim=64, seqlen_q=77, seqlen_k=77, mask="context_readonly", num_video=37),
             Case(dtype, head_dim=128, seqlen_q=48, seqlen_k=48, mask="context_readonly", num_video=32),
-            Case(dtype, heads=2, head_dim=32, seqlen_q=77, seqlen_k=77, mask="context_readonly", num_video=70),
-            Case(dtype, head_dim=64, lengths_q=(17, 40, 5), lengths_k=(17, 40, 5), context_starts=(10, 33, 5)),
+            Case(
+                dtype, heads=2, head_dim=32, seqlen_q=77, seqlen_k=77, mask="context_readonly", num_video=70
+            ),
+            Case(
+                dtype, head_dim=64, lengths_q=(17, 40, 5), lengths_k=(17, 40, 5), context_starts=(10, 33, 5)
+            ),
             Case(dtype, head_dim=32, lengths_q=(9, 1, 30), lengths_k=(21, 16, 3)),
             Case(dtype, head_dim=128, lengths_q=(40, 17), lengths_k=(40, 17), context_starts=(24, 9)),
             # Context start 40 straddles both a 16- and a 32-wide block.
-            Case(dtype, head_dim=64, seqlen_q=77, seqlen_k=77, mask="context_readonly", num_video=40,
-                 tiles=GPU_SHAPED_TILES),
+            Case(
+                dtype,
+                head_dim=64,
+                seqlen_q=77,
+                seqlen_k=77,
+                mask="context_readonly",
+                num_video=40,
+                tiles=GPU_SHAPED_TILES,
+            ),
             # Starts aligned to 16 but not 32, a sequence without context, one straddling.
-            Case(dtype, head_dim=32, lengths_q=(45, 20, 70), lengths_k=(45, 20, 70), context_starts=(16, 20, 33),
-                 tiles=TRANSPOSED_TILES),
+            Case(
+                dtype,
+                head_dim=32,
+                lengths_q=(45, 20, 70),
+                lengths_k=(45, 20, 70),
+                context_starts=(16, 20, 33),
+                tiles=TRANSPOSED_TILES,
+            ),
         ]
     return cases
 
@@ -173,20 +209,25 @@ def format_table(results: Sequence[Result]) -> str:
     lines = [f"{'case':{width}} {'out':>9} {'dq':>9} {'dk':>9} {'dv':>9} {'tol':>7} {'s':>5}  ok"]
     for r in results:
         errs = " ".join(f"{r.errors.get(n, float('nan')):9.2e}" for n in ("out", "dq", "dk", "dv"))
-        lines.append(f"{r.case.label:{width}} {errs} {TOLERANCE[r.case.dtype]:7.0e} {r.seconds:5.1f}  "
-                     f"{'PASS' if r.passed else 'FAIL'}")
+        lines.append(
+            f"{r.case.label:{width}} {errs} {TOLERANCE[r.case.dtype]:7.0e} {r.seconds:5.1f}  "
+            f"{'PASS' if r.passed else 'FAIL'}"
+        )
     return "\n".join(lines)
 
 
 def summarize(results: Sequence[Result]) -> str:
     """Max error per dtype and mask kind, the numbers a report quotes."""
-    groups: Dict[Tuple[str, str], float] = {}
+    groups: dict[tuple[str, str], float] = {}
     for r in results:
         dtype = {v: k for k, v in DTYPE_NAMES.items()}[r.case.dtype]
         kind = ("varlen-" if r.case.varlen else "") + (
-            "readonly" if r.case.mask == "context_readonly" or r.case.context_starts is not None else "full")
+            "readonly" if r.case.mask == "context_readonly" or r.case.context_starts is not None else "full"
+        )
         groups[(dtype, kind)] = max(groups.get((dtype, kind), 0.0), max(r.errors.values()))
-    return "\n".join(f"max scaled error {dtype:4} {kind:16} {err:.2e}" for (dtype, kind), err in sorted(groups.items()))
+    return "\n".join(
+        f"max scaled error {dtype:4} {kind:16} {err:.2e}" for (dtype, kind), err in sorted(groups.items())
+    )
 
 
 def main(argv=None) -> int:
@@ -198,8 +239,10 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     device = "cuda" if torch.cuda.is_available() else "cpu"
     if not is_available(device):
-        print("attention check: the kernels cannot run here (no CUDA GPU and TRITON_INTERPRET is not set)",
-              file=sys.stderr)
+        print(
+            "attention check: the kernels cannot run here (no CUDA GPU and TRITON_INTERPRET is not set)",
+            file=sys.stderr,
+        )
         return 1
     cases = default_cases([DTYPE_NAMES[name] for name in args.dtypes.split(",")])
     mode = "CUDA" if device == "cuda" else "CPU, Triton interpreter"
@@ -219,8 +262,14 @@ def main(argv=None) -> int:
         import json
 
         with open(args.json, "w") as handle:
-            json.dump([{"case": r.case.label, "errors": r.errors, "passed": r.passed, "seconds": r.seconds}
-                       for r in results], handle, indent=1)
+            json.dump(
+                [
+                    {"case": r.case.label, "errors": r.errors, "passed": r.passed, "seconds": r.seconds}
+                    for r in results
+                ],
+                handle,
+                indent=1,
+            )
     return 0 if failed == 0 else 1
 
 

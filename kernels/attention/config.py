@@ -3,12 +3,13 @@
 Nothing here imports triton at module level, so ``cinescene.kernels.attention``
 stays importable (and cheap) on machines without it.
 """
+
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Dict, Iterator, List, Optional, Sequence, Tuple
 
 #: Head dims the kernels compile for (``tl.arange`` needs a power of two; 64 and
 #: 128 are the production ones: VGGT and Wan). Others fall back to SDPA.
@@ -54,22 +55,26 @@ INTERPRETER_TILES = Tiles(16, 16)
 # narrow, to keep two fp32 accumulators plus the streamed operands on chip.
 # Candidates that ptxas (sm_90a, via ``hopper_compile --all-tiles``) shows spilling at
 # most a few bytes; 128x64 with 4 warps at D=128 spills hundreds and is left out.
-_GPU_TILES: Dict[Tuple[str, str], List[Tiles]] = {
-    ("forward", "d128"): [Tiles(128, 64, 8, 3), Tiles(128, 128, 8, 3), Tiles(64, 64, 4, 4),
-                          Tiles(128, 32, 4, 4)],
-    ("forward", "small"): [Tiles(128, 64, 4, 4), Tiles(128, 128, 8, 3), Tiles(64, 64, 4, 4),
-                           Tiles(128, 32, 4, 3)],
+_GPU_TILES: dict[tuple[str, str], list[Tiles]] = {
+    ("forward", "d128"): [
+        Tiles(128, 64, 8, 3),
+        Tiles(128, 128, 8, 3),
+        Tiles(64, 64, 4, 4),
+        Tiles(128, 32, 4, 4),
+    ],
+    ("forward", "small"): [
+        Tiles(128, 64, 4, 4),
+        Tiles(128, 128, 8, 3),
+        Tiles(64, 64, 4, 4),
+        Tiles(128, 32, 4, 3),
+    ],
     # Two fp32 (BLOCK_N, D) accumulators live in registers for the whole loop: at D=128 a
     # 128-key tile needs 8 warps (128 accumulator registers per thread), 64 keys fit 4 warps.
-    ("dkdv", "d128"): [Tiles(32, 128, 8, 3), Tiles(64, 128, 8, 3), Tiles(32, 64, 4, 3),
-                       Tiles(64, 64, 4, 3)],
-    ("dkdv", "small"): [Tiles(64, 128, 8, 3), Tiles(32, 128, 4, 5), Tiles(64, 64, 4, 4),
-                        Tiles(32, 64, 4, 3)],
+    ("dkdv", "d128"): [Tiles(32, 128, 8, 3), Tiles(64, 128, 8, 3), Tiles(32, 64, 4, 3), Tiles(64, 64, 4, 3)],
+    ("dkdv", "small"): [Tiles(64, 128, 8, 3), Tiles(32, 128, 4, 5), Tiles(64, 64, 4, 4), Tiles(32, 64, 4, 3)],
     # The dQ program holds q, dO (16-bit) and dQ (fp32) tiles of BLOCK_M rows: 8 warps at 128 rows.
-    ("dq", "d128"): [Tiles(128, 64, 8, 3), Tiles(128, 32, 8, 3), Tiles(64, 64, 4, 3),
-                     Tiles(64, 32, 4, 4)],
-    ("dq", "small"): [Tiles(128, 32, 4, 5), Tiles(128, 64, 8, 3), Tiles(64, 64, 4, 4),
-                      Tiles(64, 32, 4, 3)],
+    ("dq", "d128"): [Tiles(128, 64, 8, 3), Tiles(128, 32, 8, 3), Tiles(64, 64, 4, 3), Tiles(64, 32, 4, 4)],
+    ("dq", "small"): [Tiles(128, 32, 4, 5), Tiles(128, 64, 8, 3), Tiles(64, 64, 4, 4), Tiles(64, 32, 4, 3)],
 }
 
 
@@ -77,7 +82,7 @@ def gpu_tiles(kernel: str, head_dim: int) -> Sequence[Tiles]:
     return _GPU_TILES[(kernel, "d128" if head_dim >= 128 else "small")]
 
 
-_AUTOTUNED: Dict[Tuple[int, str, int], object] = {}
+_AUTOTUNED: dict[tuple[int, str, int], object] = {}
 
 
 def autotuned(kernel, name: str, head_dim: int):
@@ -92,9 +97,12 @@ def autotuned(kernel, name: str, head_dim: int):
     if cache_key not in _AUTOTUNED:
         import triton
 
-        configs = [triton.Config({"BLOCK_M": t.block_m, "BLOCK_N": t.block_n},
-                                 num_warps=t.num_warps, num_stages=t.num_stages)
-                   for t in gpu_tiles(name, head_dim)]
+        configs = [
+            triton.Config(
+                {"BLOCK_M": t.block_m, "BLOCK_N": t.block_n}, num_warps=t.num_warps, num_stages=t.num_stages
+            )
+            for t in gpu_tiles(name, head_dim)
+        ]
         _AUTOTUNED[cache_key] = triton.autotune(
             configs=configs,
             key=["seqlen_bucket_q", "seqlen_bucket_k", "HEAD_DIM", "VARLEN", "READONLY"],
@@ -103,7 +111,7 @@ def autotuned(kernel, name: str, head_dim: int):
 
 
 KERNEL_NAMES = ("forward", "dkdv", "dq")
-_FIXED_TILES: Dict[str, Tiles] = {}
+_FIXED_TILES: dict[str, Tiles] = {}
 
 
 @contextmanager
@@ -126,8 +134,9 @@ def fixed_tiles(**tiles: Tiles) -> Iterator[None]:
         _FIXED_TILES.update(previous)
 
 
-def launch(kernel, name: str, grid_blocks, args: dict, *, head_dim: int, tiles: Optional[Tiles] = None
-           ) -> Optional[Tiles]:
+def launch(
+    kernel, name: str, grid_blocks, args: dict, *, head_dim: int, tiles: Tiles | None = None
+) -> Tiles | None:
     """Run ``kernel`` over ``grid_blocks(BLOCK_M, BLOCK_N)``; returns the tiles used (None when autotuned).
 
     Explicit ``tiles`` (tests, the block-count probe), tiles fixed by
@@ -141,6 +150,10 @@ def launch(kernel, name: str, grid_blocks, args: dict, *, head_dim: int, tiles: 
         return None
     tiles = tiles or INTERPRETER_TILES
     kernel[grid_blocks(tiles.block_m, tiles.block_n)](
-        **args, BLOCK_M=tiles.block_m, BLOCK_N=tiles.block_n,
-        num_warps=tiles.num_warps, num_stages=tiles.num_stages)
+        **args,
+        BLOCK_M=tiles.block_m,
+        BLOCK_N=tiles.block_n,
+        num_warps=tiles.num_warps,
+        num_stages=tiles.num_stages,
+    )
     return tiles

@@ -3,11 +3,11 @@
 The kernels take raw strides; :class:`Problem` turns tensors into those
 arguments once, so the forward and the backward launchers agree on them.
 """
+
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Optional, Tuple
 
 import torch
 
@@ -32,9 +32,9 @@ class Problem:
     softmax_scale: float
     readonly: bool = False
     num_video: int = 0
-    cu_seqlens_q: Optional[torch.Tensor] = None
-    cu_seqlens_k: Optional[torch.Tensor] = None
-    context_start: Optional[torch.Tensor] = None
+    cu_seqlens_q: torch.Tensor | None = None
+    cu_seqlens_k: torch.Tensor | None = None
+    context_start: torch.Tensor | None = None
 
     @property
     def varlen(self) -> bool:
@@ -45,19 +45,19 @@ class Problem:
         """Scale applied to q·k so the softmax runs in base 2 (``exp2`` is one MUFU op, ``exp`` is two)."""
         return self.softmax_scale * LOG2E
 
-    def token_strides(self, t: torch.Tensor) -> Tuple[int, int, int]:
+    def token_strides(self, t: torch.Tensor) -> tuple[int, int, int]:
         """(batch, token, head) strides; the packed layout has no batch stride (starts come from cu_seqlens)."""
         if self.varlen:
             return 0, t.stride(0), t.stride(1)
         return t.stride(0), t.stride(1), t.stride(2)
 
-    def row_stat_shape(self, q: torch.Tensor) -> Tuple[int, ...]:
+    def row_stat_shape(self, q: torch.Tensor) -> tuple[int, ...]:
         """Shape of the per-query fp32 statistics (log-sum-exp, delta): (B, H, Lq) or (H, total_q)."""
         if self.varlen:
             return (self.heads, q.shape[0])
         return (self.batch, self.heads, self.seqlen_q)
 
-    def row_stat_strides(self, stat: torch.Tensor) -> Tuple[int, int]:
+    def row_stat_strides(self, stat: torch.Tensor) -> tuple[int, int]:
         if self.varlen:
             return 0, stat.stride(0)
         return stat.stride(0), stat.stride(1)
@@ -66,11 +66,20 @@ class Problem:
         """Arguments of :func:`tiles.sequence_bounds` plus the autotuner's length buckets."""
         from .config import seqlen_bucket
 
-        return dict(cu_seqlens_q=self.cu_seqlens_q, cu_seqlens_k=self.cu_seqlens_k,
-                    context_start=self.context_start, num_heads=self.heads,
-                    seqlen_q=self.seqlen_q, seqlen_k=self.seqlen_k, num_video=self.num_video,
-                    seqlen_bucket_q=seqlen_bucket(self.seqlen_q), seqlen_bucket_k=seqlen_bucket(self.seqlen_k),
-                    HEAD_DIM=self.head_dim, VARLEN=self.varlen, READONLY=self.readonly)
+        return dict(
+            cu_seqlens_q=self.cu_seqlens_q,
+            cu_seqlens_k=self.cu_seqlens_k,
+            context_start=self.context_start,
+            num_heads=self.heads,
+            seqlen_q=self.seqlen_q,
+            seqlen_k=self.seqlen_k,
+            num_video=self.num_video,
+            seqlen_bucket_q=seqlen_bucket(self.seqlen_q),
+            seqlen_bucket_k=seqlen_bucket(self.seqlen_k),
+            HEAD_DIM=self.head_dim,
+            VARLEN=self.varlen,
+            READONLY=self.readonly,
+        )
 
 
 def default_scale(head_dim: int) -> float:
@@ -82,5 +91,7 @@ def dot_settings(dtype: torch.dtype, device: torch.device) -> dict:
     interpreter is upcast to fp32 before ``tl.dot`` (the interpreter's bf16 dot returns garbage)."""
     from .config import interpreting
 
-    return dict(INPUT_PRECISION="ieee" if dtype == torch.float32 else "tf32",
-                UPCAST=bool(dtype == torch.bfloat16 and (interpreting() or device.type == "cpu")))
+    return dict(
+        INPUT_PRECISION="ieee" if dtype == torch.float32 else "tf32",
+        UPCAST=bool(dtype == torch.bfloat16 and (interpreting() or device.type == "cpu")),
+    )

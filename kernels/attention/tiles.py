@@ -16,13 +16,23 @@ they are never loaded or multiplied.
 Readonly mask, with ``ctx`` the first context position of the sequence:
 a query at position ``i`` may see key ``j`` iff ``i < ctx or j >= ctx``.
 """
+
 import triton
 import triton.language as tl
 
 
 @triton.jit
-def sequence_bounds(batch, cu_seqlens_q, cu_seqlens_k, context_start, seqlen_q, seqlen_k, num_video,
-                    VARLEN: tl.constexpr, READONLY: tl.constexpr):
+def sequence_bounds(
+    batch,
+    cu_seqlens_q,
+    cu_seqlens_k,
+    context_start,
+    seqlen_q,
+    seqlen_k,
+    num_video,
+    VARLEN: tl.constexpr,
+    READONLY: tl.constexpr,
+):
     """(q_start, q_len, k_start, k_len, ctx) of sequence ``batch``.
 
     Padded layout: the sequence starts at token 0 of its batch row (the batch
@@ -56,12 +66,18 @@ def sequence_bounds(batch, cu_seqlens_q, cu_seqlens_k, context_start, seqlen_q, 
 @triton.jit
 def token_base(ptr, batch, head, start, stride_b, stride_h, stride_l):
     """Address of token ``start`` of (batch, head); 64-bit because B * L * H * D passes 2**31."""
-    return ptr + batch.to(tl.int64) * stride_b + head.to(tl.int64) * stride_h + tl.cast(start, tl.int64) * stride_l
+    return (
+        ptr
+        + batch.to(tl.int64) * stride_b
+        + head.to(tl.int64) * stride_h
+        + tl.cast(start, tl.int64) * stride_l
+    )
 
 
 @triton.jit
-def key_block_ranges(m_start, q_len, k_len, ctx, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
-                     READONLY: tl.constexpr):
+def key_block_ranges(
+    m_start, q_len, k_len, ctx, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, READONLY: tl.constexpr
+):
     """Key ranges (lo, a, b, hi) for the query block starting at ``m_start`` (forward and dQ).
 
     A block of context queries only (``m_start >= ctx``) starts at the key
@@ -70,7 +86,7 @@ def key_block_ranges(m_start, q_len, k_len, ctx, BLOCK_M: tl.constexpr, BLOCK_N:
     and context queries (one per sequence) takes the masked path throughout.
     Video-only query blocks see every key.
     """
-    full_stop = (k_len // BLOCK_N) * BLOCK_N          # keys past this need the bounds mask
+    full_stop = (k_len // BLOCK_N) * BLOCK_N  # keys past this need the bounds mask
     if READONLY:
         context_only = m_start >= ctx
         straddles = (m_start < ctx) & (tl.minimum(m_start + BLOCK_M, q_len) > ctx)
@@ -85,8 +101,9 @@ def key_block_ranges(m_start, q_len, k_len, ctx, BLOCK_M: tl.constexpr, BLOCK_N:
 
 
 @triton.jit
-def query_block_ranges(n_start, q_len, k_len, ctx, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
-                       READONLY: tl.constexpr):
+def query_block_ranges(
+    n_start, q_len, k_len, ctx, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, READONLY: tl.constexpr
+):
     """Query ranges (b, hi) for the key block starting at ``n_start`` (dK/dV): ``[0, b)`` unmasked, ``[b, hi)`` masked.
 
     Video keys (the block ends at or before ``ctx``) receive gradient only from
@@ -94,7 +111,7 @@ def query_block_ranges(n_start, q_len, k_len, ctx, BLOCK_M: tl.constexpr, BLOCK_
     skipped, and the query block straddling ``ctx`` is masked. A key block
     that straddles ``ctx`` takes the masked path for every query block.
     """
-    full_stop = (q_len // BLOCK_M) * BLOCK_M          # queries past this need the bounds mask
+    full_stop = (q_len // BLOCK_M) * BLOCK_M  # queries past this need the bounds mask
     if READONLY:
         video_only = tl.minimum(n_start + BLOCK_N, k_len) <= ctx
         straddles = (n_start < ctx) & (tl.minimum(n_start + BLOCK_N, k_len) > ctx)

@@ -5,9 +5,11 @@ lengths; packing them as (total_tokens, H, D) with int32 cumulative lengths
 (the flash-attn varlen convention) avoids computing attention over padding.
 Each sequence may have its own context start (its number of video tokens).
 """
+
 from __future__ import annotations
 
-from typing import List, Optional, Sequence, Tuple, Union
+from collections.abc import Sequence
+from typing import Union
 
 import torch
 
@@ -17,7 +19,7 @@ from .layout import default_scale
 ContextStart = Union[torch.Tensor, Sequence[int], None]
 
 
-def pack_sequences(sequences: Sequence[torch.Tensor]) -> Tuple[torch.Tensor, torch.Tensor, int]:
+def pack_sequences(sequences: Sequence[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor, int]:
     """[(L_i, H, D), ...] -> (packed (sum L_i, H, D), cu_seqlens int32 (n + 1,), max L_i)."""
     if not sequences:
         raise ValueError("pack_sequences needs at least one sequence")
@@ -27,7 +29,7 @@ def pack_sequences(sequences: Sequence[torch.Tensor]) -> Tuple[torch.Tensor, tor
     return torch.cat(list(sequences), dim=0), cu_seqlens.to(sequences[0].device), int(lengths.max())
 
 
-def unpack_sequences(packed: torch.Tensor, cu_seqlens: torch.Tensor) -> List[torch.Tensor]:
+def unpack_sequences(packed: torch.Tensor, cu_seqlens: torch.Tensor) -> list[torch.Tensor]:
     bounds = cu_seqlens.tolist()
     return [packed[start:stop] for start, stop in zip(bounds[:-1], bounds[1:])]
 
@@ -37,19 +39,30 @@ def _check_cu_seqlens(name: str, cu_seqlens: torch.Tensor, total: int, max_seqle
         raise ValueError(f"{name} must be a 1-D int32 tensor of cumulative lengths (batch + 1 entries)")
     if cu_seqlens.device != device:
         raise ValueError(f"{name} is on {cu_seqlens.device}, the tensors on {device}")
-    if cu_seqlens.device.type == "cpu":   # checking a GPU tensor would cost a sync on every call
+    if cu_seqlens.device.type == "cpu":  # checking a GPU tensor would cost a sync on every call
         lengths = cu_seqlens[1:] - cu_seqlens[:-1]
         if int(cu_seqlens[0]) != 0 or bool((lengths < 0).any()) or int(cu_seqlens[-1]) > total:
-            raise ValueError(f"{name} must start at 0, not decrease, and end within the {total} packed tokens")
+            raise ValueError(
+                f"{name} must start at 0, not decrease, and end within the {total} packed tokens"
+            )
         if int(lengths.max()) > max_seqlen:
-            raise ValueError(f"{name} holds a sequence of {int(lengths.max())} tokens, longer than "
-                             f"max_seqlen {max_seqlen}")
+            raise ValueError(
+                f"{name} holds a sequence of {int(lengths.max())} tokens, longer than max_seqlen {max_seqlen}"
+            )
 
 
-def fused_attention_varlen(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, cu_seqlens_q: torch.Tensor,
-                           cu_seqlens_k: torch.Tensor, max_seqlen_q: int, max_seqlen_k: int,
-                           context_start: ContextStart = None, mask: Optional[str] = None,
-                           softmax_scale: Optional[float] = None) -> torch.Tensor:
+def fused_attention_varlen(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    cu_seqlens_q: torch.Tensor,
+    cu_seqlens_k: torch.Tensor,
+    max_seqlen_q: int,
+    max_seqlen_k: int,
+    context_start: ContextStart = None,
+    mask: str | None = None,
+    softmax_scale: float | None = None,
+) -> torch.Tensor:
     """Attention over packed sequences: q (total_q, H, D), k/v (total_k, H, D) -> (total_q, H, D).
 
     ``context_start[i]``: position (within sequence i) of its first context
@@ -73,7 +86,9 @@ def fused_attention_varlen(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, cu
             raise ValueError("mask='context_readonly' needs context_start (one entry per sequence)")
         starts = torch.as_tensor(context_start, dtype=torch.int32, device=q.device).reshape(-1)
         if starts.shape[0] != cu_seqlens_q.shape[0] - 1:
-            raise ValueError(f"context_start has {starts.shape[0]} entries for {cu_seqlens_q.shape[0] - 1} sequences")
+            raise ValueError(
+                f"context_start has {starts.shape[0]} entries for {cu_seqlens_q.shape[0] - 1} sequences"
+            )
         if starts.device.type == "cpu" and bool((starts < 0).any()):
             raise ValueError("context_start entries must be >= 0")
     elif context_start is not None:
@@ -84,7 +99,17 @@ def fused_attention_varlen(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, cu
     scale = default_scale(q.shape[-1]) if softmax_scale is None else float(softmax_scale)
     from .op import attention_forward_op
 
-    out, _ = attention_forward_op(last_dim_contiguous(q), last_dim_contiguous(k), last_dim_contiguous(v),
-                                  cu_seqlens_q, cu_seqlens_k, starts, int(max_seqlen_q), int(max_seqlen_k), 0,
-                                  readonly, scale)
+    out, _ = attention_forward_op(
+        last_dim_contiguous(q),
+        last_dim_contiguous(k),
+        last_dim_contiguous(v),
+        cu_seqlens_q,
+        cu_seqlens_k,
+        starts,
+        int(max_seqlen_q),
+        int(max_seqlen_k),
+        0,
+        readonly,
+        scale,
+    )
     return out

@@ -1,4 +1,5 @@
 """`cinescene bench attention|loader|sampling|checkpoint|ablation`: each action lives in its own module."""
+
 from __future__ import annotations
 
 import argparse
@@ -7,9 +8,12 @@ from . import bench_ablation, bench_attention, bench_checkpoint, bench_loader, b
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("bench", help="benchmarks: fused attention, data loader, sampling with the context cache, "
-                                     "checkpoints, the scene ablation",
-                       description="Benchmarks that print figures (ratios against a baseline).")
+    p = sub.add_parser(
+        "bench",
+        help="benchmarks: fused attention, data loader, sampling with the context cache, "
+        "checkpoints, the scene ablation",
+        description="Benchmarks that print figures (ratios against a baseline).",
+    )
     bsub = p.add_subparsers(dest="bench_command", metavar="ACTION", required=True)
     bench_attention.add_parser(bsub)
     bench_loader.add_parser(bsub)

@@ -1,4 +1,5 @@
 """`cinescene bench loader`: loader samples/s against the rate a training step consumes."""
+
 from __future__ import annotations
 
 import argparse
@@ -8,15 +9,22 @@ from .common import add_config_args, with_config
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("loader", help="loader samples/s against the training step's rate",
-                       description="Times the training loader of CONFIG (rank 0) for several DataLoader worker "
-                                   "counts and compares with micro_batch_size x grad_accum / step time. Prepares "
-                                   "synthetic data first when data.generate is on.")
+    p = sub.add_parser(
+        "loader",
+        help="loader samples/s against the training step's rate",
+        description="Times the training loader of CONFIG (rank 0) for several DataLoader worker "
+        "counts and compares with micro_batch_size x grad_accum / step time. Prepares "
+        "synthetic data first when data.generate is on.",
+    )
     add_config_args(p)
     p.add_argument("--workers", type=int, nargs="+", default=[0, 1, 2], help="worker counts to time")
     p.add_argument("--batches", type=int, default=20, help="micro-batches timed per worker count")
-    p.add_argument("--step-time", type=float, default=None,
-                   help="seconds per optimizer step (default: measure the model's forward+backward)")
+    p.add_argument(
+        "--step-time",
+        type=float,
+        default=None,
+        help="seconds per optimizer step (default: measure the model's forward+backward)",
+    )
     p.add_argument("--world", type=int, default=None, help="data-parallel ranks (default: launch.nproc)")
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.set_defaults(func=run)

@@ -1,20 +1,30 @@
 """Arguments every config-driven subcommand shares: CONFIG, overrides, --print-config."""
+
 from __future__ import annotations
 
 import argparse
 import functools
 import sys
-from typing import Any, Callable
-
+from collections.abc import Callable
+from typing import Any
 
 
 def add_config_args(parser: argparse.ArgumentParser, required: bool = True) -> None:
-    parser.add_argument("config", nargs=None if required else "?", metavar="CONFIG",
-                        help="YAML config (see configs/); sections compose via `defaults:`")
-    parser.add_argument("overrides", nargs="*", metavar="KEY=VALUE",
-                        help="OmegaConf dotlist overrides, e.g. train.lr=1e-4 run.dir=runs/a")
-    parser.add_argument("--print-config", action="store_true",
-                        help="print the resolved, validated config and exit")
+    parser.add_argument(
+        "config",
+        nargs=None if required else "?",
+        metavar="CONFIG",
+        help="YAML config (see configs/); sections compose via `defaults:`",
+    )
+    parser.add_argument(
+        "overrides",
+        nargs="*",
+        metavar="KEY=VALUE",
+        help="OmegaConf dotlist overrides, e.g. train.lr=1e-4 run.dir=runs/a",
+    )
+    parser.add_argument(
+        "--print-config", action="store_true", help="print the resolved, validated config and exit"
+    )
 
 
 def with_config(handler: Callable[[argparse.Namespace, Any], int]) -> Callable[[argparse.Namespace], int]:

@@ -4,6 +4,7 @@ The model is built on the meta device (no weights allocated), so even the 14B
 config answers in seconds. Token counts use ``model.data_shape`` where set and
 the data section (``data.synth.frames/size``, ``data.scene_images``) otherwise.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -14,8 +15,11 @@ from .common import add_config_args, with_config
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("model", help="model facts: parameters, sequence length, FLOPs",
-                       description="Inspect a model config without allocating its weights.")
+    p = sub.add_parser(
+        "model",
+        help="model facts: parameters, sequence length, FLOPs",
+        description="Inspect a model config without allocating its weights.",
+    )
     msub = p.add_subparsers(dest="model_command", metavar="ACTION", required=True)
     info = msub.add_parser("info", help="parameter counts, extended sequence length, FLOPs per sample")
     add_config_args(info)
@@ -46,10 +50,15 @@ def run_info(args: argparse.Namespace, cfg) -> int:
         ("new module parameters", f"{info['new_module_params']:,}"),
         ("trainable parameters", f"{info['trainable_params']:,}"),
         ("total parameters", f"{info['total_params']:,}"),
-        ("latent grid (T, H, W)", f"{shape['latent_frames']} x {shape['latent_height']} x {shape['latent_width']}"),
+        (
+            "latent grid (T, H, W)",
+            f"{shape['latent_frames']} x {shape['latent_height']} x {shape['latent_width']}",
+        ),
         ("scene images", f"{shape['scene_images']} at {shape['scene_height']}x{shape['scene_width']} px"),
-        ("sequence length", f"{info['seq_len']:,} = {info['video_tokens']:,} video + "
-                            f"{info['context_tokens']:,} context"),
+        (
+            "sequence length",
+            f"{info['seq_len']:,} = {info['video_tokens']:,} video + {info['context_tokens']:,} context",
+        ),
         ("attention mask", info["attention_mask"]),
         ("DiT forward", _human(info["dit_forward_flops"], "FLOP")),
         ("  of which attention", _human(info["attention_forward_flops"], "FLOP")),

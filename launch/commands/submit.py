@@ -1,4 +1,5 @@
 """`cinescene submit CONFIG [overrides] [--nodes N ...] [--dry-run]`: one training run as a SLURM job."""
+
 from __future__ import annotations
 
 import argparse
@@ -12,17 +13,22 @@ FLAGS = {"nodes": int, "gpus_per_node": int, "partition": str, "time": str, "acc
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("submit", help="submit a training run to SLURM as a job that requeues itself",
-                       description="Submit `cinescene train CONFIG [overrides]` with sbatch: one rank per task "
-                                   "(per GPU; launch.nproc per node without GPUs), resources from launch.slurm, "
-                                   "a warning signal before the time limit, requeue after a preemption save. "
-                                   "Logs go to <run.dir>/slurm/.")
+    p = sub.add_parser(
+        "submit",
+        help="submit a training run to SLURM as a job that requeues itself",
+        description="Submit `cinescene train CONFIG [overrides]` with sbatch: one rank per task "
+        "(per GPU; launch.nproc per node without GPUs), resources from launch.slurm, "
+        "a warning signal before the time limit, requeue after a preemption save. "
+        "Logs go to <run.dir>/slurm/.",
+    )
     add_config_args(p)
     for name, kind in FLAGS.items():
-        p.add_argument(f"--{name.replace('_', '-')}", type=kind, default=None, dest=name,
-                       help=f"launch.slurm.{name}")
-    p.add_argument("--dry-run", action="store_true",
-                   help="print the sbatch call and the batch script, submit nothing")
+        p.add_argument(
+            f"--{name.replace('_', '-')}", type=kind, default=None, dest=name, help=f"launch.slurm.{name}"
+        )
+    p.add_argument(
+        "--dry-run", action="store_true", help="print the sbatch call and the batch script, submit nothing"
+    )
     p.set_defaults(func=run)
 
 
@@ -30,8 +36,11 @@ def flag_overrides(args: argparse.Namespace) -> list:
     """The flags that were given, as launch.slurm overrides (appended after the user's)."""
     from cinescene.config.sweep import as_override
 
-    return [as_override(f"launch.slurm.{name}", getattr(args, name)) for name in FLAGS
-            if getattr(args, name) is not None]
+    return [
+        as_override(f"launch.slurm.{name}", getattr(args, name))
+        for name in FLAGS
+        if getattr(args, name) is not None
+    ]
 
 
 def run(args: argparse.Namespace) -> int:
@@ -47,19 +56,26 @@ def run(args: argparse.Namespace) -> int:
         sys.stdout.write(to_yaml(raw))
         return 0
     run_dir = Path(cfg.run.dir)
-    submission = sbatch.build(cfg.launch, job_name=cfg.run.name,
-                              output=sbatch.log_pattern(job_log_dir(run_dir), "%j.out"),
-                              job_args=[args.config, *overrides])
+    submission = sbatch.build(
+        cfg.launch,
+        job_name=cfg.run.name,
+        output=sbatch.log_pattern(job_log_dir(run_dir), "%j.out"),
+        job_args=[args.config, *overrides],
+    )
     if args.dry_run:
         sys.stdout.write(submission.describe())
         return 0
     last = (recorded_jobs(run_dir) or [None])[-1]
     state = job_states([last]).get(last) if last else None
     if state in LIVE_STATES:
-        raise CineSceneError(f"{run_dir} already has job {last} ({state}); one job per run directory "
-                             f"(scancel {last} first, or choose another run.dir)")
+        raise CineSceneError(
+            f"{run_dir} already has job {last} ({state}); one job per run directory "
+            f"(scancel {last} first, or choose another run.dir)"
+        )
     job_log_dir(run_dir).mkdir(parents=True, exist_ok=True)
     job_id = sbatch.submit(submission)
     record_job(run_dir, job_id)
-    print(f"submitted job {job_id}: {cfg.run.name} in {run_dir}, log {job_log_dir(run_dir) / f'{job_id}.out'}")
+    print(
+        f"submitted job {job_id}: {cfg.run.name} in {run_dir}, log {job_log_dir(run_dir) / f'{job_id}.out'}"
+    )
     return 0

@@ -1,4 +1,5 @@
 """`cinescene sweep SPEC [overrides] [--max-parallel K] [--dry-run]` and `cinescene sweep status SPEC|DIR`."""
+
 from __future__ import annotations
 
 import argparse
@@ -10,24 +11,38 @@ STATUS = "status"
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("sweep", help="launch a sweep as a SLURM job array, and show its status",
-                       usage="cinescene sweep SPEC [KEY=VALUE ...] [--max-parallel K] [--dry-run]\n"
-                             "       cinescene sweep status SPEC|DIR [KEY=VALUE ...] [--json]",
-                       description="Expand a sweep file (configs/sweeps/) into trials -- a grid, a list or a "
-                                   "random sample of overrides over one training config -- validate every "
-                                   "trial's config, and submit the unfinished ones as one SLURM job array. "
-                                   "Finished trials and trials still queued are skipped, so submitting again "
-                                   "resubmits only what is left (each trial resumes from its checkpoints). "
-                                   "`sweep status` prints one row per trial.")
-    p.add_argument("config", metavar="SPEC", help="sweep YAML with a `sweep:` section (see configs/sweeps/), "
-                                                  "or `status`")
-    p.add_argument("overrides", nargs="*", metavar="KEY=VALUE",
-                   help="training-config overrides applied to every trial, after the sweep's own "
-                        "(for `status`: SPEC|DIR, then the same overrides as when submitting)")
-    p.add_argument("--max-parallel", type=int, default=None, metavar="K",
-                   help="run at most K trials at once (the array's %%K throttle)")
-    p.add_argument("--dry-run", action="store_true",
-                   help="list the trials and print the sbatch call; submit nothing")
+    p = sub.add_parser(
+        "sweep",
+        help="launch a sweep as a SLURM job array, and show its status",
+        usage="cinescene sweep SPEC [KEY=VALUE ...] [--max-parallel K] [--dry-run]\n"
+        "       cinescene sweep status SPEC|DIR [KEY=VALUE ...] [--json]",
+        description="Expand a sweep file (configs/sweeps/) into trials -- a grid, a list or a "
+        "random sample of overrides over one training config -- validate every "
+        "trial's config, and submit the unfinished ones as one SLURM job array. "
+        "Finished trials and trials still queued are skipped, so submitting again "
+        "resubmits only what is left (each trial resumes from its checkpoints). "
+        "`sweep status` prints one row per trial.",
+    )
+    p.add_argument(
+        "config", metavar="SPEC", help="sweep YAML with a `sweep:` section (see configs/sweeps/), or `status`"
+    )
+    p.add_argument(
+        "overrides",
+        nargs="*",
+        metavar="KEY=VALUE",
+        help="training-config overrides applied to every trial, after the sweep's own "
+        "(for `status`: SPEC|DIR, then the same overrides as when submitting)",
+    )
+    p.add_argument(
+        "--max-parallel",
+        type=int,
+        default=None,
+        metavar="K",
+        help="run at most K trials at once (the array's %%K throttle)",
+    )
+    p.add_argument(
+        "--dry-run", action="store_true", help="list the trials and print the sbatch call; submit nothing"
+    )
     p.add_argument("--json", action="store_true", help="status: one JSON object per trial")
     p.set_defaults(func=run)
 
@@ -38,8 +53,12 @@ def run(args: argparse.Namespace) -> int:
     if args.config == STATUS:
         require(bool(args.overrides), "SPEC|DIR", "a sweep file or a sweep's run_root after `status`", None)
         return show_status(args.overrides[0], args.overrides[1:], as_json=args.json)
-    require(args.max_parallel is None or args.max_parallel >= 1, "--max-parallel", "a value >= 1",
-            args.max_parallel)
+    require(
+        args.max_parallel is None or args.max_parallel >= 1,
+        "--max-parallel",
+        "a value >= 1",
+        args.max_parallel,
+    )
     return submit(args)
 
 
@@ -61,9 +80,14 @@ def _plan_and_submit(args: argparse.Namespace, spec, trials, run_root: Path) -> 
 
     plans = sweeps.plan(trials)
     width = max(len(t.run_dir) for t in trials)
-    sys.stdout.write(f"sweep {spec.name}: {len(trials)} trials of {spec.base}\n" + "".join(
-        f"{p.trial.index:>4}  {p.trial.run_dir:<{width}}  {p.action:<8}  {p.detail:<16}  "
-        f"{' '.join(p.trial.varied) or '(base config)'}\n" for p in plans))
+    sys.stdout.write(
+        f"sweep {spec.name}: {len(trials)} trials of {spec.base}\n"
+        + "".join(
+            f"{p.trial.index:>4}  {p.trial.run_dir:<{width}}  {p.action:<8}  {p.detail:<16}  "
+            f"{' '.join(p.trial.varied) or '(base config)'}\n"
+            for p in plans
+        )
+    )
     todo = [p.trial for p in plans if p.action == "submit"]
     if not todo:
         print("nothing to submit: every trial is finished or still queued")

@@ -1,4 +1,5 @@
 """`cinescene train CONFIG [overrides] [--nproc N]`."""
+
 from __future__ import annotations
 
 import argparse
@@ -7,16 +8,26 @@ from .common import add_config_args, with_config
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("train", help="fine-tune the model (local ranks, torchrun, deepspeed or srun)",
-                       description="Flow-matching fine-tuning under DeepSpeed. Resumes by itself "
-                                   "from <run.dir>/checkpoints/latest. Exit status 124 "
-                                   "(launch.preempt_exit_code) after a preemption save.")
+    p = sub.add_parser(
+        "train",
+        help="fine-tune the model (local ranks, torchrun, deepspeed or srun)",
+        description="Flow-matching fine-tuning under DeepSpeed. Resumes by itself "
+        "from <run.dir>/checkpoints/latest. Exit status 124 "
+        "(launch.preempt_exit_code) after a preemption save.",
+    )
     add_config_args(p)
-    p.add_argument("--nproc", type=int, default=None,
-                   help="local ranks to spawn when not already under torchrun/srun (launch.nproc)")
-    p.add_argument("--dry-run", action="store_true",
-                   help="check everything up to building the engine, for --nproc ranks (or the launcher's world "
-                        "size), without data and without allocating the model; print what was checked")
+    p.add_argument(
+        "--nproc",
+        type=int,
+        default=None,
+        help="local ranks to spawn when not already under torchrun/srun (launch.nproc)",
+    )
+    p.add_argument(
+        "--dry-run",
+        action="store_true",
+        help="check everything up to building the engine, for --nproc ranks (or the launcher's world "
+        "size), without data and without allocating the model; print what was checked",
+    )
     p.set_defaults(func=run)
 
 
@@ -41,12 +52,13 @@ def dry_run(cfg, nproc) -> int:
 
     from cinescene.distributed.env import detect
     from cinescene.log import setup_logging
-    from cinescene.train.preflight import dry_run as check, format_checks
+    from cinescene.train.preflight import dry_run as check
+    from cinescene.train.preflight import format_checks
 
     env = detect()
     world_size = env.world_size if env is not None else (nproc or cfg.launch.nproc)
     if env is not None and env.rank != 0:
-        return 0   # under torchrun/srun every rank would print the same
+        return 0  # under torchrun/srun every rank would print the same
     if not torch.cuda.is_available():
         # DeepSpeed's own choice without CUDA, made explicit so its import prints no notice on the console.
         os.environ.setdefault("DS_ACCELERATOR", "cpu")
@@ -54,6 +66,12 @@ def dry_run(cfg, nproc) -> int:
     checks = check(cfg, world_size)
     sys.stdout.write(format_checks(checks))
     waiting = [c.what for c in checks if not c.ready]
-    print(f"dry run passed: `cinescene train` would build the engine on {world_size} rank(s)"
-          + (f" once the {' and the '.join(waiting)} {'are' if len(waiting) > 1 else 'is'} ready" if waiting else ""))
+    print(
+        f"dry run passed: `cinescene train` would build the engine on {world_size} rank(s)"
+        + (
+            f" once the {' and the '.join(waiting)} {'are' if len(waiting) > 1 else 'is'} ready"
+            if waiting
+            else ""
+        )
+    )
     return 0

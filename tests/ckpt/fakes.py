@@ -4,11 +4,11 @@ It writes the files DeepSpeed 0.19's ZeRO-3 save writes for world size 1, in its
 ``fp32_flat_groups``, Adam state per sub-group), through whatever ``checkpoint_engine`` it holds, as
 DeepSpeed does: the manager installs ours, so hashing and the safe loader see the same calls as in training.
 """
+
 from __future__ import annotations
 
 from collections import OrderedDict
 from pathlib import Path
-from typing import Dict, Optional
 
 import torch
 
@@ -16,7 +16,7 @@ from cinescene.ckpt.record import TrainerRecord
 
 
 class FakeZeroEngine:
-    def __init__(self, weights: Optional[Dict[str, torch.Tensor]] = None, step: int = 1):
+    def __init__(self, weights: dict[str, torch.Tensor] | None = None, step: int = 1):
         self.weights = weights or {"w": torch.arange(6, dtype=torch.float32).view(2, 3), "b": torch.ones(3)}
         self.step = step
         self.checkpoint_engine = None
@@ -27,26 +27,62 @@ class FakeZeroEngine:
         zero.mkdir(parents=True, exist_ok=True)
         flat = torch.cat([t.reshape(-1) for t in self.weights.values()])
         shapes = OrderedDict((name, torch.Size(t.shape)) for name, t in self.weights.items())
-        model = {"module": OrderedDict(), "buffer_names": [], "param_shapes": [shapes], "dp_world_size": 1,
-                 "global_steps": self.step, "global_samples": 4 * self.step, "skipped_steps": 0,
-                 "ds_config": {"zero_optimization": {"stage": 3}}}
-        optim = {"optimizer_state_dict": {
-            "zero_stage": 3, "partition_count": 1, "fp32_flat_groups": [flat],
-            "optimizer_state_dict": {"state": {0: {"step": torch.tensor(float(self.step)), "exp_avg": flat * 0.1,
-                                                   "exp_avg_sq": flat * 0.01}},
-                                     "param_groups": [{"lr": 1e-3, "params": [0]}]}}}
+        model = {
+            "module": OrderedDict(),
+            "buffer_names": [],
+            "param_shapes": [shapes],
+            "dp_world_size": 1,
+            "global_steps": self.step,
+            "global_samples": 4 * self.step,
+            "skipped_steps": 0,
+            "ds_config": {"zero_optimization": {"stage": 3}},
+        }
+        optim = {
+            "optimizer_state_dict": {
+                "zero_stage": 3,
+                "partition_count": 1,
+                "fp32_flat_groups": [flat],
+                "optimizer_state_dict": {
+                    "state": {
+                        0: {
+                            "step": torch.tensor(float(self.step)),
+                            "exp_avg": flat * 0.1,
+                            "exp_avg_sq": flat * 0.01,
+                        }
+                    },
+                    "param_groups": [{"lr": 1e-3, "params": [0]}],
+                },
+            }
+        }
         self.checkpoint_engine.save(model, str(zero / "zero_pp_rank_0_mp_rank_00_model_states.pt"))
         self.checkpoint_engine.save(optim, str(zero / "zero_pp_rank_0_mp_rank_00_optim_states.pt"))
 
 
 def record(step: int, **changes) -> TrainerRecord:
-    fields = dict(step=step, consumed_samples=4 * step, global_batch_size=4, world_size=1, dp_size=1, sp_size=1,
-                  zero_stage=3, precision="fp32", model_name="fake", params={"w": [2, 3], "b": [3]},
-                  trainable=["b", "w"], run_name="test", ema=False, reason="every_steps",
-                  saved_at="2026-01-01T00:00:00+0000")
+    fields = dict(
+        step=step,
+        consumed_samples=4 * step,
+        global_batch_size=4,
+        world_size=1,
+        dp_size=1,
+        sp_size=1,
+        zero_stage=3,
+        precision="fp32",
+        model_name="fake",
+        params={"w": [2, 3], "b": [3]},
+        trainable=["b", "w"],
+        run_name="test",
+        ema=False,
+        reason="every_steps",
+        saved_at="2026-01-01T00:00:00+0000",
+    )
     fields.update(changes)
     return TrainerRecord(**fields)
 
 
 def rank_state(step: int) -> dict:
-    return {"rank": 0, "rng": {"torch": torch.zeros(4, dtype=torch.uint8)}, "callbacks": {"guard": {"total": step}}}
+    return {
+        "rank": 0,
+        "rng": {"torch": torch.zeros(4, dtype=torch.uint8)},
+        "callbacks": {"guard": {"total": step}},
+    }

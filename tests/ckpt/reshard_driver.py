@@ -6,6 +6,7 @@ the checkpoint that was resumed shows exactly what loading produced (weights, Ad
 EMA), at any world size. The hook wraps :func:`cinescene.train.entry.resume` from the outside: the
 trainer itself has no test seam.
 """
+
 from __future__ import annotations
 
 import sys
@@ -26,12 +27,26 @@ def _copy_after_resume(copy_dir: str):
         start = real(cfg, layout, plan, checkpoints, build_engine)
         if start.finished:
             return start
-        callbacks = CallbackList([EMACallback(ShardedEMA(start.engine.module.named_parameters(), cfg.train.ema,
-                                                         shard_index=layout.rank, shard_count=layout.world_size))])
+        callbacks = CallbackList(
+            [
+                EMACallback(
+                    ShardedEMA(
+                        start.engine.module.named_parameters(),
+                        cfg.train.ema,
+                        shard_index=layout.rank,
+                        shard_count=layout.world_size,
+                    )
+                )
+            ]
+        )
         start.restore_callbacks(callbacks)
         copy = CheckpointManager(copy_dir, cfg.checkpoint, rank=layout.rank, world_size=layout.world_size)
-        copy.save(start.engine, start.facts.record(start.state, "right after loading", None),
-                  rank_state_now(layout.rank, callbacks), "")
+        copy.save(
+            start.engine,
+            start.facts.record(start.state, "right after loading", None),
+            rank_state_now(layout.rank, callbacks),
+            "",
+        )
         return start
 
     entry.resume = resume_and_copy

@@ -6,6 +6,7 @@ CineScene modules reload beside it, giving the trained model's output; --ema wri
 writes an index. Info: the facts of the record, --verify exits 0, and 1 naming a truncated shard, from which
 resume falls back.
 """
+
 from __future__ import annotations
 
 import json
@@ -33,9 +34,18 @@ diffusers = pytest.importorskip("diffusers")
 
 
 def smoke_config(run_dir: Path, shards: Path, *extra: str):
-    cfg, _ = load_config(REPO / "configs/experiments/smoke.yaml",
-                         [f"data.train_shards={shards}", f"run.dir={run_dir}", "launch.nproc=1", "train.max_steps=4",
-                          "checkpoint.every_steps=2", "tracking.wandb.mode=disabled", *extra])
+    cfg, _ = load_config(
+        REPO / "configs/experiments/smoke.yaml",
+        [
+            f"data.train_shards={shards}",
+            f"run.dir={run_dir}",
+            "launch.nproc=1",
+            "train.max_steps=4",
+            "checkpoint.every_steps=2",
+            "tracking.wandb.mode=disabled",
+            *extra,
+        ],
+    )
     return cfg
 
 
@@ -75,9 +85,13 @@ def test_diffusers_export_loads_in_diffusers_and_equals_our_models(smoke_run, tm
     out = tmp_path / "diffusers"
     printed = export(smoke_run, out, capsys, "--format", "diffusers")
     assert "peak RSS" in printed and "checkpoint" in printed
-    assert sorted(p.name for p in out.iterdir()) == ["cinescene.json", "cinescene_config.yaml",
-                                                     "cinescene_modules.safetensors", "config.json",
-                                                     "diffusion_pytorch_model.safetensors"]
+    assert sorted(p.name for p in out.iterdir()) == [
+        "cinescene.json",
+        "cinescene_config.yaml",
+        "cinescene_modules.safetensors",
+        "config.json",
+        "diffusion_pytorch_model.safetensors",
+    ]
     reference = diffusers.WanTransformer3DModel.from_pretrained(out).eval()
     ours = load_exported_model(out, base_only=True)
     x, t, text, cameras, scene = inputs()
@@ -85,14 +99,18 @@ def test_diffusers_export_loads_in_diffusers_and_equals_our_models(smoke_run, tm
         expected = reference(x, t, text, return_dict=False)[0]
         got = ours(x, t, text)
     diff, scale = (got - expected).abs().max().item(), expected.abs().max().item()
-    print(f"\ndiffusers from_pretrained vs our base DiT from the same export: max abs diff {diff:.2e} "
-          f"(output max {scale:.3f}, fp32)")
+    print(
+        f"\ndiffusers from_pretrained vs our base DiT from the same export: max abs diff {diff:.2e} "
+        f"(output max {scale:.3f}, fp32)"
+    )
     assert diff < 1e-5 * max(1.0, scale)
     # With its CineScene modules the export is the trained model, scene images and cameras included.
     full, trained = load_exported_model(out), trained_model(smoke_run)
     with torch.no_grad():
-        assert torch.equal(full(x, t, text, cameras=cameras, scene_images=scene),
-                           trained(x, t, text, cameras=cameras, scene_images=scene))
+        assert torch.equal(
+            full(x, t, text, cameras=cameras, scene_images=scene),
+            trained(x, t, text, cameras=cameras, scene_images=scene),
+        )
 
 
 def test_wan_export_holds_wan_keys_reloads_strictly_and_shards(smoke_run, tmp_path, capsys):
@@ -103,7 +121,9 @@ def test_wan_export_holds_wan_keys_reloads_strictly_and_shards(smoke_run, tmp_pa
     assert len(shards) > 1 and all((out / name).stat().st_size <= 150_000 for name in shards)
     assert json.loads((out / "config.json").read_text())["_class_name"] == "WanModel"
     cfg, _ = load_config(smoke_run / "config.yaml", [])
-    wan_keys = {k for k in build_model(cfg.model, device="meta").state_dict() if not is_cinescene_extension(k)}
+    wan_keys = {
+        k for k in build_model(cfg.model, device="meta").state_dict() if not is_cinescene_extension(k)
+    }
     assert set(index["weight_map"]) == wan_keys  # Wan's own key set, nothing of ours in it
     base, _ = read_state_dict(out / "diffusion_pytorch_model.safetensors.index.json")
     trained = consolidated_state_dict(smoke_run)
@@ -113,8 +133,12 @@ def test_wan_export_holds_wan_keys_reloads_strictly_and_shards(smoke_run, tmp_pa
     # Strict: a tensor missing from the export is an error naming it, not a silently initialised weight.
     from safetensors.torch import load_file, save_file
 
-    holder = out / json.loads((out / "cinescene_modules.safetensors.index.json").read_text())["weight_map"][
-        "scene_encoder.null_token"]  # the modules are sharded too
+    holder = (
+        out
+        / json.loads((out / "cinescene_modules.safetensors.index.json").read_text())["weight_map"][
+            "scene_encoder.null_token"
+        ]
+    )  # the modules are sharded too
     modules = load_file(holder)
     del modules["scene_encoder.null_token"]
     save_file(modules, holder)
@@ -132,8 +156,10 @@ def test_ema_export_in_bf16(smoke_run, tmp_path, capsys):
     modules, _ = read_state_dict(out / "cinescene_modules.safetensors")
     written = {**diffusers_to_wan(base), **modules}
     ema, trained = consolidated_state_dict(smoke_run, ema=True), consolidated_state_dict(smoke_run)
-    assert all(written[k].dtype == torch.bfloat16 and torch.equal(written[k], v.to(torch.bfloat16))
-               for k, v in ema.items())
+    assert all(
+        written[k].dtype == torch.bfloat16 and torch.equal(written[k], v.to(torch.bfloat16))
+        for k, v in ema.items()
+    )
     assert any(not torch.equal(ema[k], trained[k]) for k in ema)
     description = json.loads((out / "cinescene.json").read_text())
     assert description["ema"] is True and description["dtype"] == "bf16" and description["step"] == 4
@@ -144,11 +170,24 @@ def test_export_refuses_an_existing_directory_and_an_unknown_path(smoke_run, tmp
     (tmp_path / "taken" / "file").write_text("x")
     assert cli(["ckpt", "export", str(smoke_run), "--format", "wan", "--out", str(tmp_path / "taken")]) == 1
     assert "already exists" in capsys.readouterr().err
-    assert cli(["ckpt", "export", str(tmp_path / "nope"), "--format", "wan", "--out", str(tmp_path / "o")]) == 1
+    assert (
+        cli(["ckpt", "export", str(tmp_path / "nope"), "--format", "wan", "--out", str(tmp_path / "o")]) == 1
+    )
     assert "no such run or checkpoint directory" in capsys.readouterr().err
     with pytest.raises(SystemExit) as usage:  # argparse: bad usage exits 2 with its one line
-        cli(["ckpt", "export", str(smoke_run), "--format", "wan", "--out", str(tmp_path / "o"),
-             "--max-shard-size", "lots"])
+        cli(
+            [
+                "ckpt",
+                "export",
+                str(smoke_run),
+                "--format",
+                "wan",
+                "--out",
+                str(tmp_path / "o"),
+                "--max-shard-size",
+                "lots",
+            ]
+        )
     assert usage.value.code == 2 and "expected a size such as 5GB" in capsys.readouterr().err
 
 

@@ -6,6 +6,7 @@ resumed checkpoint's exactly. The runs then go on, and their losses must stay wi
 uninterrupted 2-rank run at the same global batch (12: only the summation order differs). Stand-in model
 and data (tests/train/standins.py), real DeepSpeed over gloo, one process per rank.
 """
+
 from __future__ import annotations
 
 import json
@@ -21,8 +22,15 @@ from tests.train.conftest import finish, start
 
 pytestmark = [pytest.mark.dist, pytest.mark.slow]
 
-ARGS = ("train.global_batch_size=12", "train.micro_batch_size=1", "checkpoint.every_steps=2",
-        "checkpoint.keep_last=5", "train.ema.enabled=true", "train.weight_decay=0.1", "tracking.wandb.mode=disabled")
+ARGS = (
+    "train.global_batch_size=12",
+    "train.micro_batch_size=1",
+    "checkpoint.every_steps=2",
+    "checkpoint.keep_last=5",
+    "train.ema.enabled=true",
+    "train.weight_decay=0.1",
+    "tracking.wandb.mode=disabled",
+)
 
 
 def run(argv, log: Path) -> None:
@@ -39,14 +47,27 @@ def root(tmp_path_factory) -> Path:
 def whole(root) -> Path:
     """2 ranks, 6 steps uninterrupted, checkpoints every 2 steps."""
     run_dir = root / "whole"
-    run(["tests.train.standin_train", str(run_dir), "launch.nproc=2", *ARGS, "train.max_steps=6"], root / "whole.log")
+    run(
+        ["tests.train.standin_train", str(run_dir), "launch.nproc=2", *ARGS, "train.max_steps=6"],
+        root / "whole.log",
+    )
     return run_dir
 
 
 def resume_at(root: Path, name: str, nproc: int, source: Path, steps: int) -> Path:
     run_dir = root / name
-    run(["tests.ckpt.reshard_driver", str(run_dir), str(run_dir / "loaded"), f"launch.nproc={nproc}", *ARGS,
-         f"train.max_steps={steps}", f"checkpoint.resume={source}"], root / f"{name}.log")
+    run(
+        [
+            "tests.ckpt.reshard_driver",
+            str(run_dir),
+            str(run_dir / "loaded"),
+            f"launch.nproc={nproc}",
+            *ARGS,
+            f"train.max_steps={steps}",
+            f"checkpoint.resume={source}",
+        ],
+        root / f"{name}.log",
+    )
     return run_dir
 
 
@@ -65,12 +86,16 @@ def assert_loaded_exactly(saved: Path, loaded: Path, label: str) -> None:
     assert all(torch.equal(a.shards.step(n), b.shards.step(n)) for n in a.names())
     assert a.shards.counters() == b.shards.counters()
     assert all(torch.equal(a.tensor(n, ema=True), b.tensor(n, ema=True)) for n in a.names())
-    print(f"\n{label}: fp32 weights, exp_avg, exp_avg_sq, step {float(a.shards.step(a.names()[0])):.0f}, "
-          f"DeepSpeed counters and EMA of {len(a.names())} tensors equal to the saved ones bit for bit")
+    print(
+        f"\n{label}: fp32 weights, exp_avg, exp_avg_sq, step {float(a.shards.step(a.names()[0])):.0f}, "
+        f"DeepSpeed counters and EMA of {len(a.names())} tensors equal to the saved ones bit for bit"
+    )
 
 
 def losses(run_dir: Path) -> dict:
-    return {r["step"]: r["loss"] for r in map(json.loads, (run_dir / "metrics.jsonl").read_text().splitlines())}
+    return {
+        r["step"]: r["loss"] for r in map(json.loads, (run_dir / "metrics.jsonl").read_text().splitlines())
+    }
 
 
 def assert_loss_continues(whole: Path, resumed: Path, steps, label: str) -> None:
@@ -82,7 +107,9 @@ def assert_loss_continues(whole: Path, resumed: Path, steps, label: str) -> None
 
 
 def assert_clean(run_dir: Path, log: Path, before: int, after: int) -> None:
-    assert not list((run_dir / "checkpoints").glob(".tmp-*")) and not list((run_dir / "loaded").glob(".tmp-*"))
+    assert not list((run_dir / "checkpoints").glob(".tmp-*")) and not list(
+        (run_dir / "loaded").glob(".tmp-*")
+    )
     assert "resharded" in log.read_text() and f"from {before} to {after} ranks" in log.read_text()
 
 

@@ -4,6 +4,7 @@ finishes. And a checkpoint carrying code: refused naming the file, the code neve
 
 Real one-rank ZeRO-3 runs of the trainer's stand-in model, in-process (tests/train/standins.py).
 """
+
 from __future__ import annotations
 
 import json
@@ -24,15 +25,21 @@ from .test_safe_files import Planted
 
 pytestmark = pytest.mark.slow
 
-ARGS = ("checkpoint.every_steps=2", "checkpoint.keep_last=5", "tracking.wandb.mode=disabled", "train.ema.enabled=true")
+ARGS = (
+    "checkpoint.every_steps=2",
+    "checkpoint.keep_last=5",
+    "tracking.wandb.mode=disabled",
+    "train.ema.enabled=true",
+)
 MODEL_STATES = "zero/zero_pp_rank_0_mp_rank_00_model_states.pt"
 OPTIM_STATES = "zero/zero_pp_rank_0_mp_rank_00_optim_states.pt"
 RANK_STATE = "rank_states/rank_00000.safetensors"
 
 
 def train(run_dir: Path, steps: int, *extra: str) -> int:
-    return run_rank(tiny_config(run_dir, f"train.max_steps={steps}", *ARGS, *extra), standalone(1),
-                    standin_components())
+    return run_rank(
+        tiny_config(run_dir, f"train.max_steps={steps}", *ARGS, *extra), standalone(1), standin_components()
+    )
 
 
 @pytest.fixture(scope="module")
@@ -86,8 +93,11 @@ def damage(run_dir: Path, case: str, tmp_path: Path) -> tuple:
         (step4 / "trainer_state.json").write_text('{"step": 4, "consumed')
         return step4 / "trainer_state.json", 2
     if case.startswith("planted_"):
-        name = {"planted_rank_state": RANK_STATE, "planted_model_states": MODEL_STATES,
-                "planted_optim_states": OPTIM_STATES}[case]
+        name = {
+            "planted_rank_state": RANK_STATE,
+            "planted_model_states": MODEL_STATES,
+            "planted_optim_states": OPTIM_STATES,
+        }[case]
         plant(step4, name, tmp_path / "PWNED")
         return step4 / name, 2
     pointer = ck / "latest"
@@ -110,9 +120,21 @@ def damage(run_dir: Path, case: str, tmp_path: Path) -> tuple:
     return pointer, 4  # a bad pointer: the newest complete checkpoint is still step 4
 
 
-CASES = ["optim_states", "model_states", "rank_state", "zero_deleted", "trainer_state", "latest_not_utf8",
-         "latest_directory", "latest_absolute", "latest_dotdot", "step_symlink_escaping", "planted_rank_state",
-         "planted_model_states", "planted_optim_states"]
+CASES = [
+    "optim_states",
+    "model_states",
+    "rank_state",
+    "zero_deleted",
+    "trainer_state",
+    "latest_not_utf8",
+    "latest_directory",
+    "latest_absolute",
+    "latest_dotdot",
+    "step_symlink_escaping",
+    "planted_rank_state",
+    "planted_model_states",
+    "planted_optim_states",
+]
 
 
 @pytest.mark.parametrize("case", CASES)
@@ -145,4 +167,6 @@ def test_resume_from_a_path_refuses_a_planted_pickle_in_one_line(base_run, tmp_p
     assert str(source / name) in message and "\n" not in message
     assert isinstance(info.value, UnsafeCheckpointError) or name == RANK_STATE
     assert not marker.exists()
-    assert not (tmp_path / "fork" / "checkpoints").exists() or not os.listdir(tmp_path / "fork" / "checkpoints")
+    assert not (tmp_path / "fork" / "checkpoints").exists() or not os.listdir(
+        tmp_path / "fork" / "checkpoints"
+    )

@@ -1,5 +1,6 @@
 """Checkpoint files read as data: torch.save files without running their pickles, rank states without pickle,
 the manifest, the trainer record, and the `latest` pointer, which is a name and never a path to follow."""
+
 from __future__ import annotations
 
 import json
@@ -32,8 +33,15 @@ class Planted:
 
 def test_torch_files_read_lazily_by_range_equal_what_torch_saved(tmp_path):
     big = torch.arange(1000, dtype=torch.float32)
-    obj = {"a": big, "nested": [OrderedDict(x=torch.ones(2, 3, dtype=torch.bfloat16))], "shape": torch.Size([4, 5]),
-           "n": 3, "view": big[10:20], "step": torch.tensor(7.0), "t": torch.eye(3).t()}
+    obj = {
+        "a": big,
+        "nested": [OrderedDict(x=torch.ones(2, 3, dtype=torch.bfloat16))],
+        "shape": torch.Size([4, 5]),
+        "n": 3,
+        "view": big[10:20],
+        "step": torch.tensor(7.0),
+        "t": torch.eye(3).t(),
+    }
     path = tmp_path / "f.pt"
     torch.save(obj, path)
     with TorchFile(path) as handle:
@@ -72,9 +80,13 @@ def test_truncated_and_foreign_torch_files_are_damage_naming_the_file(tmp_path):
 
 
 def test_rank_states_round_trip_without_pickle_and_read_by_range(tmp_path):
-    state = {"rank": 1, "rng": {"python": [3, [1, 2], None], "torch": torch.arange(5, dtype=torch.uint8)},
-             "callbacks": {"ema": {"decay": 0.99, "slices": {"w": {"offset": 4, "length": 6,
-                                                                   "value": torch.arange(6.0)}}}}}
+    state = {
+        "rank": 1,
+        "rng": {"python": [3, [1, 2], None], "torch": torch.arange(5, dtype=torch.uint8)},
+        "callbacks": {
+            "ema": {"decay": 0.99, "slices": {"w": {"offset": 4, "length": 6, "value": torch.arange(6.0)}}}
+        },
+    }
     path = tmp_path / "rank_00001.safetensors"
     written = write_rank_state(path, state)
     assert written == manifest.hash_file(path)
@@ -97,8 +109,10 @@ def test_a_pickle_planted_as_a_rank_state_is_never_unpickled(tmp_path):
 
 
 def test_manifest_sizes_and_hashes_name_every_bad_file(tmp_path):
-    records = {name: manifest.write_bytes(tmp_path / name, body)
-               for name, body in (("a.bin", b"a" * 100), ("b.bin", b"b" * 50), ("c.bin", b"c" * 10))}
+    records = {
+        name: manifest.write_bytes(tmp_path / name, body)
+        for name, body in (("a.bin", b"a" * 100), ("b.bin", b"b" * 50), ("c.bin", b"c" * 10))
+    }
     manifest.write_part(tmp_path, 0, {k: v for k, v in records.items() if k != "c.bin"})
     files = manifest.merge_parts(tmp_path, {"c.bin": records["c.bin"]})
     assert manifest.read_manifest(tmp_path) == files and not list(tmp_path.glob(".manifest-part-*"))
@@ -108,19 +122,25 @@ def test_manifest_sizes_and_hashes_name_every_bad_file(tmp_path):
     (tmp_path / "c.bin").unlink()
     with pytest.raises(DamagedCheckpointError, match=r"a\.bin: truncated: 99 bytes, the manifest says 100"):
         manifest.check_sizes(tmp_path, files)
-    assert manifest.verify(tmp_path, files) == ["a.bin: truncated (99 of 100 bytes)", "b.bin: altered (sha256 differs)",
-                                                "c.bin: missing"]
+    assert manifest.verify(tmp_path, files) == [
+        "a.bin: truncated (99 of 100 bytes)",
+        "b.bin: altered (sha256 differs)",
+        "c.bin: missing",
+    ]
     (tmp_path / "manifest.json").write_text('{"format": 1, "files": {"../x": {"size": 1, "sha256": ""}}}')
     with pytest.raises(DamagedCheckpointError, match="outside the step directory"):
         manifest.read_manifest(tmp_path)
 
 
-@pytest.mark.parametrize("body, problem", [
-    (b"{not json", "corrupt JSON"),
-    (b"\xff\xfe", "unreadable"),
-    (b"[1, 2]", "not a JSON object"),
-    (json.dumps({"format": 1, "step": 3}).encode(), "format 1"),
-])
+@pytest.mark.parametrize(
+    "body, problem",
+    [
+        (b"{not json", "corrupt JSON"),
+        (b"\xff\xfe", "unreadable"),
+        (b"[1, 2]", "not a JSON object"),
+        (json.dumps({"format": 1, "step": 3}).encode(), "format 1"),
+    ],
+)
 def test_a_bad_trainer_record_is_damage_naming_the_file(tmp_path, body, problem):
     (tmp_path / "trainer_state.json").write_bytes(body)
     with pytest.raises(DamagedCheckpointError, match=problem) as info:
@@ -146,8 +166,19 @@ def _complete(step_dir: pathlib.Path) -> pathlib.Path:
     return step_dir
 
 
-@pytest.mark.parametrize("case", ["absolute", "dotdot", "latest_symlink", "step_symlink", "not_utf8", "directory",
-                                  "not_a_step", "incomplete"])
+@pytest.mark.parametrize(
+    "case",
+    [
+        "absolute",
+        "dotdot",
+        "latest_symlink",
+        "step_symlink",
+        "not_utf8",
+        "directory",
+        "not_a_step",
+        "incomplete",
+    ],
+)
 def test_latest_pointing_outside_its_directory_is_refused_and_never_followed(tmp_path, case):
     root, outside = tmp_path / "checkpoints", tmp_path / "elsewhere"
     root.mkdir()

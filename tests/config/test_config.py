@@ -1,4 +1,5 @@
 """Config composition, overrides and one-line validation errors (exit status 2)."""
+
 from __future__ import annotations
 
 import subprocess
@@ -15,7 +16,7 @@ SMOKE = "configs/experiments/smoke.yaml"
 def test_smoke_composes_model_and_data(repo_root):
     cfg, raw = load_config(repo_root / SMOKE)
     assert cfg.model.name == "tiny" and cfg.model.dim == 64  # from ../model/tiny.yaml
-    assert cfg.data.generate is True                          # from ../data/synthetic.yaml
+    assert cfg.data.generate is True  # from ../data/synthetic.yaml
     assert cfg.launch.nproc == 2 and cfg.parallel.zero_stage == 3
     assert raw.run.dir == "runs/smoke"
 
@@ -47,20 +48,27 @@ def test_include_cycle_is_reported(tmp_path):
         load_config(tmp_path / "a.yaml")
 
 
-@pytest.mark.parametrize("override, key, text", [
-    ("trian.lr=1", "trian", "did you mean 'train'"),
-    ("train.lrr=1", "train.lrr", "did you mean 'train.lr'"),
-    ("train.lr=abc", "train.lr", "expected float"),
-    ("train.lr=-1", "train.lr", "expected a value > 0"),
-    ("train.betas=[a,b]", "train.betas[0]", "expected float"),
-    ("train.ema=3", "train.ema", "expected a section of keys (train.ema.enabled, train.ema.decay, ...), got 3"),
-    ("model.attention.mask=bogus", "model.attention.mask", "one of ['full', 'context_readonly']"),
-    ("data.synth.frames=16", "data.synth.frames", "1 + 4k frames"),
-    ("parallel.zero_stage=5", "parallel.zero_stage", "one of [1, 2, 3]"),
-    ("parallel.zero_stage=0", "parallel.zero_stage", "one of [1, 2, 3]"),
-    ("model.dim=65", "model.dim", "multiple of num_heads"),
-    ("nokey", "nokey", "key.path=value"),
-])
+@pytest.mark.parametrize(
+    "override, key, text",
+    [
+        ("trian.lr=1", "trian", "did you mean 'train'"),
+        ("train.lrr=1", "train.lrr", "did you mean 'train.lr'"),
+        ("train.lr=abc", "train.lr", "expected float"),
+        ("train.lr=-1", "train.lr", "expected a value > 0"),
+        ("train.betas=[a,b]", "train.betas[0]", "expected float"),
+        (
+            "train.ema=3",
+            "train.ema",
+            "expected a section of keys (train.ema.enabled, train.ema.decay, ...), got 3",
+        ),
+        ("model.attention.mask=bogus", "model.attention.mask", "one of ['full', 'context_readonly']"),
+        ("data.synth.frames=16", "data.synth.frames", "1 + 4k frames"),
+        ("parallel.zero_stage=5", "parallel.zero_stage", "one of [1, 2, 3]"),
+        ("parallel.zero_stage=0", "parallel.zero_stage", "one of [1, 2, 3]"),
+        ("model.dim=65", "model.dim", "multiple of num_heads"),
+        ("nokey", "nokey", "key.path=value"),
+    ],
+)
 def test_bad_values_name_the_key(repo_root, override, key, text):
     with pytest.raises(ConfigError) as info:
         load_config(repo_root / SMOKE, [override])
@@ -88,8 +96,9 @@ def test_bad_yaml_and_missing_file(tmp_path):
 
 
 def _cli(repo_root, *args):
-    return subprocess.run([sys.executable, "-m", "cinescene", *args], cwd=repo_root,
-                          capture_output=True, text=True, timeout=120)
+    return subprocess.run(
+        [sys.executable, "-m", "cinescene", *args], cwd=repo_root, capture_output=True, text=True, timeout=120
+    )
 
 
 def test_cli_print_config_exits_0(repo_root):
@@ -108,8 +117,10 @@ def test_cli_bad_config_exits_2_with_one_line(repo_root, override, key):
 
 
 def test_cli_validation_does_not_import_torch(repo_root):
-    code = ("import sys; from cinescene.launch.cli import main; rc = main(['train', '%s', "
-            "'--print-config']); assert 'torch' not in sys.modules, 'torch imported'; sys.exit(rc)") % SMOKE
+    code = (
+        "import sys; from cinescene.launch.cli import main; rc = main(['train', '%s', "
+        "'--print-config']); assert 'torch' not in sys.modules, 'torch imported'; sys.exit(rc)"
+    ) % SMOKE
     out = subprocess.run([sys.executable, "-c", code], cwd=repo_root, capture_output=True, text=True)
     assert out.returncode == 0, out.stderr
 

@@ -1,4 +1,5 @@
 """CLIP-V and CLIP-T with a tiny random CLIPModel saved locally; one clear line without weights."""
+
 from __future__ import annotations
 
 import numpy as np
@@ -28,7 +29,7 @@ def test_clip_v_and_clip_t(tiny_clip):
     assert (different < 0.9999).all() and (np.abs(different) <= 1 + 1e-6).all()
     dog, house = clip.clip_t(scorer, "a dog runs", a), clip.clip_t(scorer, "a house in the snow", a)
     assert dog.shape == (4,) and not np.allclose(dog, house)
-    assert np.allclose(dog, clip.clip_t(scorer, "a dog runs", a))        # deterministic
+    assert np.allclose(dog, clip.clip_t(scorer, "a dog runs", a))  # deterministic
     # batching does not change the embeddings
     single = clip.ClipScorer(tiny_clip, batch_size=1)
     assert np.allclose(clip.clip_v(single, a, b), different, atol=1e-5)
@@ -45,6 +46,8 @@ def test_missing_weights_are_one_line_and_the_metrics_absent(weights):
     context = MetricContext(cfg)
     assert set(context.absent) == {"clip_v", "clip_t"}
     video = _frames(2)
-    result = compute_metrics(MetricInputs(generated=video, ground_truth=video, prompt="a dog"), cfg.metrics, context)
+    result = compute_metrics(
+        MetricInputs(generated=video, ground_truth=video, prompt="a dog"), cfg.metrics, context
+    )
     assert result.values["clip_v"] is None and result.values["clip_t"] is None
     assert result.values["psnr"] == float("inf")

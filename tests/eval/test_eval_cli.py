@@ -1,4 +1,5 @@
 """`cinescene eval` on a trained smoke checkpoint with 2 local ranks: every output, and the one-line errors."""
+
 from __future__ import annotations
 
 import json
@@ -20,8 +21,14 @@ pytestmark = [pytest.mark.slow, pytest.mark.dist]
 
 
 def cinescene_eval(*args, timeout=600):
-    return subprocess.run([sys.executable, "-m", "cinescene", "eval", *map(str, args)], cwd=REPO, env=cli_env(),
-                          capture_output=True, text=True, timeout=timeout)
+    return subprocess.run(
+        [sys.executable, "-m", "cinescene", "eval", *map(str, args)],
+        cwd=REPO,
+        env=cli_env(),
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
 
 
 @pytest.fixture(scope="module")
@@ -29,8 +36,20 @@ def evaluated(smoke_run, heldout_shards, tmp_path_factory):
     root = tmp_path_factory.mktemp("eval")
     clip = save_tiny_clip(root / "clip")
     out = root / "out"
-    done = cinescene_eval(smoke_run.run_dir, "--data", heldout_shards, "--out", out, "--num", 3, "--steps", 2,
-                          "--nproc", 2, f"eval.clip.weights={clip}")
+    done = cinescene_eval(
+        smoke_run.run_dir,
+        "--data",
+        heldout_shards,
+        "--out",
+        out,
+        "--num",
+        3,
+        "--steps",
+        2,
+        "--nproc",
+        2,
+        f"eval.clip.weights={clip}",
+    )
     assert done.returncode == 0, done.stderr[-3000:]
     return out, done
 
@@ -64,12 +83,14 @@ def test_table_videos_contact_sheet_and_logs(evaluated):
         frames, metadata = read_mp4(out / "videos" / f"{key}.mp4")
         assert frames.shape == (5, 64, 64, 3) and metadata["key"] == key and metadata["steps"] == 2
     sheet = Image.open(out / "contact_sheet.png")
-    assert sheet.height > 3 * 3 * 64 and sheet.width > 5 * 64           # 3 samples x (GT, generated, error)
+    assert sheet.height > 3 * 3 * 64 and sheet.width > 5 * 64  # 3 samples x (GT, generated, error)
     assert (out / "logs" / "rank0.log").is_file() and (out / "logs" / "rank1.log").is_file()
     assert "Traceback" not in done.stderr
 
 
-def test_one_rank_without_clip_weights_and_an_unreadable_sample(evaluated, smoke_run, heldout_shards, tmp_path):
+def test_one_rank_without_clip_weights_and_an_unreadable_sample(
+    evaluated, smoke_run, heldout_shards, tmp_path
+):
     """The same samples on 1 rank give the same videos as on 2; missing CLIP weights are one line and absent
     metrics; a corrupt sample is skipped and reported."""
     import shutil
@@ -79,13 +100,26 @@ def test_one_rank_without_clip_weights_and_an_unreadable_sample(evaluated, smoke
     out, _ = evaluated
     shards = Path(shutil.copytree(heldout_shards, tmp_path / "shards"))
     bad = load_manifest(shards).samples()[1]
-    with open(bad.shard, "r+b") as handle:                # one flipped byte: the sample's CRC fails
+    with open(bad.shard, "r+b") as handle:  # one flipped byte: the sample's CRC fails
         handle.seek(bad.offset + bad.length // 2)
         byte = handle.read(1)
         handle.seek(-1, 1)
         handle.write(bytes([byte[0] ^ 0xFF]))
-    done = cinescene_eval(smoke_run.run_dir, "--data", shards, "--out", tmp_path / "out", "--num", 0, "--steps", 2,
-                          "--nproc", 1, "--metrics", "psnr,clip_t")
+    done = cinescene_eval(
+        smoke_run.run_dir,
+        "--data",
+        shards,
+        "--out",
+        tmp_path / "out",
+        "--num",
+        0,
+        "--steps",
+        2,
+        "--nproc",
+        1,
+        "--metrics",
+        "psnr,clip_t",
+    )
     assert done.returncode == 0, done.stderr[-3000:]
     warnings = [line for line in done.stderr.splitlines() if "eval.clip.weights is not set" in line]
     assert len(warnings) == 1 and "absent" in warnings[0]
@@ -94,10 +128,12 @@ def test_one_rank_without_clip_weights_and_an_unreadable_sample(evaluated, smoke
     assert list(data["unreadable"]) == [bad.key] and "checksum" in data["unreadable"][bad.key]
     assert len(data["samples"]) == 3 and data["count"]["psnr"] == 3
     assert "unreadable and are left out" in (tmp_path / "out" / "table.md").read_text()
-    two_ranks = {s["key"]: s["metrics"]["psnr"] for s in json.loads((out / "metrics.json").read_text())["samples"]}
+    two_ranks = {
+        s["key"]: s["metrics"]["psnr"] for s in json.loads((out / "metrics.json").read_text())["samples"]
+    }
     one_rank = {s["key"]: s["metrics"]["psnr"] for s in data["samples"]}
     shared = set(one_rank) & set(two_ranks)
-    assert len(shared) >= 2 and all(one_rank[k] == two_ranks[k] for k in shared)   # noise per sample key
+    assert len(shared) >= 2 and all(one_rank[k] == two_ranks[k] for k in shared)  # noise per sample key
 
 
 @pytest.fixture(scope="module")
@@ -111,23 +147,27 @@ def small_shards(tmp_path_factory):
     return root / "shards"
 
 
-@pytest.mark.parametrize("case, message", [
-    ("missing checkpoint", "checkpoint not found"),
-    ("other resolution", "holds 17 frames at 32x32; the model was trained on 17 frames at 64x64"),
-    ("training data", "no held-out samples: all 8 samples"),
-    ("no data", "no evaluation data: pass --data"),
-])
+@pytest.mark.parametrize(
+    "case, message",
+    [
+        ("missing checkpoint", "checkpoint not found"),
+        ("other resolution", "holds 17 frames at 32x32; the model was trained on 17 frames at 64x64"),
+        ("training data", "no held-out samples: all 8 samples"),
+        ("no data", "no evaluation data: pass --data"),
+    ],
+)
 def test_mistakes_exit_1_with_one_line(smoke_run, small_shards, tmp_path, capsys, case, message):
     """In process (the checks run before any rank starts, so the command line's own main is enough)."""
     from cinescene.launch.cli import main
 
-    args = {"missing checkpoint": [tmp_path / "nope", "--data", small_shards],
-            "other resolution": [smoke_run.run_dir, "--data", small_shards],
-            "training data": [smoke_run.run_dir, "--data", smoke_run.shards],
-            "no data": [smoke_run.run_dir]}[case]
+    args = {
+        "missing checkpoint": [tmp_path / "nope", "--data", small_shards],
+        "other resolution": [smoke_run.run_dir, "--data", small_shards],
+        "training data": [smoke_run.run_dir, "--data", smoke_run.shards],
+        "no data": [smoke_run.run_dir],
+    }[case]
     status = main(["eval", *map(str, args), "--out", str(tmp_path / "out")])
     err = capsys.readouterr().err
     lines = [line for line in err.splitlines() if "cinescene eval:" in line]
     assert status == 1 and len(lines) == 1 and message in lines[0], err[-2000:]
     assert "Traceback" not in err and not (tmp_path / "out" / "metrics.json").exists()
-

@@ -1,5 +1,6 @@
 """The metric pipeline's floor on ground truth (docs/EVAL.md, "Floors"): a perfect video scores the floor,
 and shuffled frames, a wrong trajectory and an unrelated scene score clearly worse."""
+
 from __future__ import annotations
 
 import numpy as np
@@ -11,7 +12,7 @@ from cinescene.eval import floor
 
 @pytest.fixture(scope="module")
 def room():
-    clip = floor.render_clip(2)                   # a textured room, a 135-degree orbit, 17 frames at 256x256
+    clip = floor.render_clip(2)  # a textured room, a 135-degree orbit, 17 frames at 256x256
     assert clip.meta["scene"]["kind"] == "room" and clip.video.shape == (17, 256, 256, 3)
     return clip
 
@@ -24,7 +25,7 @@ def test_ground_truth_against_itself(room):
 
 @pytest.mark.slow
 def test_sfm_recovers_the_trajectory_and_tells_wrong_ones_apart(room):
-    other = floor.render_clip(0, size=32).c2w     # a dolly: only its cameras are used
+    other = floor.render_clip(0, size=32).c2w  # a dolly: only its cameras are used
     result = floor.camera_floor(room, other, EvalConfig())
     assert result.registered == 17, result.failures
     truth = result.truth

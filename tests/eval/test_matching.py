@@ -1,4 +1,5 @@
 """Mat.Pix.: fundamental-matrix inliers, the pluggable matcher, and the built-in SIFT / ORB matchers."""
+
 from __future__ import annotations
 
 import numpy as np
@@ -24,10 +25,12 @@ def _two_views(inliers=120, outliers=60, seed=0):
 def test_inliers_are_the_geometrically_consistent_matches():
     pa, pb = _two_views(inliers=120, outliers=60)
     count = matching.fundamental_inliers(pa, pb, MatPixConfig())
-    assert 115 <= count <= 130                  # the true matches, and at most a few random ones by chance
-    assert matching.fundamental_inliers(pa[:7], pb[:7], MatPixConfig()) == 0        # too few to fit F
+    assert 115 <= count <= 130  # the true matches, and at most a few random ones by chance
+    assert matching.fundamental_inliers(pa[:7], pb[:7], MatPixConfig()) == 0  # too few to fit F
     line = np.stack([np.arange(20.0), np.arange(20.0)], 1)
-    assert matching.fundamental_inliers(line, line + 1, MatPixConfig()) in range(0, 21)   # degenerate: no crash
+    assert matching.fundamental_inliers(line, line + 1, MatPixConfig()) in range(
+        0, 21
+    )  # degenerate: no crash
 
 
 def test_a_pluggable_matcher_is_used_per_frame_and_reference():
@@ -60,10 +63,11 @@ def test_a_pluggable_matcher_is_used_per_frame_and_reference():
 def test_builtin_matchers_match_an_image_with_itself(name):
     rng = np.random.default_rng(1)
     texture = rng.integers(0, 256, (24, 32, 3), dtype=np.uint8)
-    image = np.kron(texture, np.ones((8, 8, 1), np.uint8))            # 192x256 blocks: corners for keypoints
+    image = np.kron(texture, np.ones((8, 8, 1), np.uint8))  # 192x256 blocks: corners for keypoints
     shifted = np.roll(image, 5, axis=1)
     cfg = MatPixConfig(matcher=name)
     same = matching.matched_pixels(image[None], [shifted], cfg)[0]
-    other = matching.matched_pixels(image[None], [np.roll(rng.integers(0, 256, image.shape, dtype=np.uint8), 0)],
-                                    cfg)[0]
+    other = matching.matched_pixels(
+        image[None], [np.roll(rng.integers(0, 256, image.shape, dtype=np.uint8), 0)], cfg
+    )[0]
     assert same > 50 and same > 5 * max(other, 1)

@@ -1,4 +1,5 @@
 """PSNR, SSIM (checked against scikit-image) and the background mask."""
+
 from __future__ import annotations
 
 import math
@@ -26,15 +27,27 @@ def test_ssim_equals_scikit_image(pair):
     base, smooth, noisy = _videos()
     a, b = (base, noisy) if pair == "random" else (smooth, noisy)
     ours = pixels.ssim(a, b)
-    reference = [structural_similarity(x, y, gaussian_weights=True, sigma=1.5, use_sample_covariance=False,
-                                       data_range=255, channel_axis=-1) for x, y in zip(a, b)]
+    reference = [
+        structural_similarity(
+            x,
+            y,
+            gaussian_weights=True,
+            sigma=1.5,
+            use_sample_covariance=False,
+            data_range=255,
+            channel_axis=-1,
+        )
+        for x, y in zip(a, b)
+    ]
     assert np.abs(ours - np.array(reference)).max() < 1e-10
     assert ours.max() < 0.99 and (pair == "random" or ours.min() > 0.05)
 
 
 def test_ssim_accepts_tensors_and_rejects_tiny_frames():
     _, smooth, noisy = _videos()
-    assert np.allclose(pixels.ssim(torch.from_numpy(smooth), torch.from_numpy(noisy)), pixels.ssim(smooth, noisy))
+    assert np.allclose(
+        pixels.ssim(torch.from_numpy(smooth), torch.from_numpy(noisy)), pixels.ssim(smooth, noisy)
+    )
     with pytest.raises(ValueError, match="at least 11x11"):
         pixels.ssim(smooth[:, :8, :8], noisy[:, :8, :8])
 
@@ -42,7 +55,7 @@ def test_ssim_accepts_tensors_and_rejects_tiny_frames():
 def test_psnr_matches_its_definition_and_is_inf_on_identical_frames():
     _, smooth, noisy = _videos()
     mse = ((smooth.astype(float) - noisy.astype(float)) ** 2).mean(axis=(1, 2, 3))
-    assert np.allclose(pixels.psnr(smooth, noisy), 10 * np.log10(255.0 ** 2 / mse))
+    assert np.allclose(pixels.psnr(smooth, noisy), 10 * np.log10(255.0**2 / mse))
     assert np.isposinf(pixels.psnr(smooth, smooth)).all()
     assert (pixels.ssim(smooth, smooth) == 1.0).all()
 
@@ -52,7 +65,7 @@ def test_masked_metrics_ignore_the_masked_pixels():
     mask = np.zeros(smooth.shape[:3], bool)
     mask[:, 15:, 20:] = True
     spoiled = noisy.copy()
-    spoiled[~mask] = 0                                   # only outside the mask
+    spoiled[~mask] = 0  # only outside the mask
     assert np.allclose(pixels.psnr(smooth, noisy, mask), pixels.psnr(smooth, spoiled, mask))
     assert np.allclose(pixels.ssim(smooth, noisy, mask=np.ones_like(mask)), pixels.ssim(smooth, noisy))
     # SSIM windows reach 5 pixels: spoiling far from the counted pixels changes nothing
@@ -67,8 +80,8 @@ def test_masked_metrics_ignore_the_masked_pixels():
 def test_background_mask_threshold_and_dilation():
     bg = np.full((1, 20, 20, 3), 100, np.uint8)
     video = bg.copy()
-    video[0, 10, 10] = 200                               # one subject pixel
-    video[0, 2, 2] = 103                                 # compression-like noise
+    video[0, 10, 10] = 200  # one subject pixel
+    video[0, 2, 2] = 103  # compression-like noise
     exact = pixels.background_mask(video, bg)
     assert not exact[0, 10, 10] and not exact[0, 2, 2] and exact.sum() == 400 - 2
     tolerant = pixels.background_mask(video, bg, threshold=5)

@@ -5,6 +5,7 @@ interpreter reads the variable again when it launches), so on a CPU
 ``TRITON_INTERPRET=1`` is set by tests/conftest.py before the session can
 import triton at all, and stays set for the session.
 """
+
 from __future__ import annotations
 
 import os

@@ -1,12 +1,19 @@
 """Public API: input checks, availability, the custom op under opcheck and torch.compile, packing helpers."""
+
 from __future__ import annotations
 
 import pytest
 import torch
 
 import cinescene.kernels.attention as attn
-from cinescene.kernels.attention import (fused_attention, fused_attention_varlen, is_available, pack_sequences,
-                                         supports, unpack_sequences)
+from cinescene.kernels.attention import (
+    fused_attention,
+    fused_attention_varlen,
+    is_available,
+    pack_sequences,
+    supports,
+    unpack_sequences,
+)
 from cinescene.kernels.attention.reference import reference_attention
 
 
@@ -22,18 +29,21 @@ def test_available_here(device):
 def test_supports_and_rejects(device):
     q, k, v = _qkv(device, 1, 8, 2, 64)
     assert supports(q, k, v) and supports(q, k, v, num_video=4, mask="context_readonly")
-    assert not supports(*_qkv(device, 1, 8, 2, 80))                     # head dim not compiled for
-    assert not supports(q, k.double(), v)                               # mixed dtypes
+    assert not supports(*_qkv(device, 1, 8, 2, 80))  # head dim not compiled for
+    assert not supports(q, k.double(), v)  # mixed dtypes
     assert not supports(q, k, v, mask="causal")
-    assert not supports(q, k, v, mask="context_readonly")               # num_video missing
-    assert not supports(q, k[:, :, :1], v[:, :, :1])                     # head counts differ
+    assert not supports(q, k, v, mask="context_readonly")  # num_video missing
+    assert not supports(q, k[:, :, :1], v[:, :, :1])  # head counts differ
 
 
-@pytest.mark.parametrize("kwargs,match", [
-    (dict(mask="context_readonly"), "num_video"),
-    (dict(mask="sliding"), "unknown attention mask"),
-    (dict(num_video=-1, mask="context_readonly"), "num_video"),
-])
+@pytest.mark.parametrize(
+    "kwargs,match",
+    [
+        (dict(mask="context_readonly"), "num_video"),
+        (dict(mask="sliding"), "unknown attention mask"),
+        (dict(num_video=-1, mask="context_readonly"), "num_video"),
+    ],
+)
 def test_bad_arguments_raise(device, kwargs, match):
     with pytest.raises(ValueError, match=match):
         fused_attention(*_qkv(device, 1, 8, 1, 16), **kwargs)
@@ -45,9 +55,13 @@ def test_bad_shapes_raise(device):
         fused_attention(q[0], k[0], v[0])
     with pytest.raises(ValueError, match="head dims"):
         fused_attention(*_qkv(device, 1, 8, 1, 24))
-    with pytest.raises(ValueError, match="see no key"):   # context queries but no context keys
-        fused_attention(*_qkv(device, 1, 8, 1, 16)[:1], *_qkv(device, 1, 4, 1, 16)[:2], num_video=5,
-                        mask="context_readonly")
+    with pytest.raises(ValueError, match="see no key"):  # context queries but no context keys
+        fused_attention(
+            *_qkv(device, 1, 8, 1, 16)[:1],
+            *_qkv(device, 1, 4, 1, 16)[:2],
+            num_video=5,
+            mask="context_readonly",
+        )
 
 
 def test_empty_sequence_returns_empty_and_zero_keys_raise(device):
@@ -71,11 +85,14 @@ def test_pack_and_unpack_round_trip():
     assert all(torch.equal(a, b) for a, b in zip(unpack_sequences(packed, cu), seqs))
 
 
-@pytest.mark.parametrize("cu,match", [
-    (torch.tensor([0, 5, 3], dtype=torch.int32), "not decrease"),
-    (torch.tensor([0, 5, 9], dtype=torch.int64), "int32"),
-    (torch.tensor([0, 9, 9], dtype=torch.int32), "longer than max_seqlen"),
-])
+@pytest.mark.parametrize(
+    "cu,match",
+    [
+        (torch.tensor([0, 5, 3], dtype=torch.int32), "not decrease"),
+        (torch.tensor([0, 5, 9], dtype=torch.int64), "int32"),
+        (torch.tensor([0, 9, 9], dtype=torch.int32), "longer than max_seqlen"),
+    ],
+)
 def test_varlen_checks_cumulative_lengths(cu, match):
     q, k, v = _qkv("cpu", 9, 1, 16)
     with pytest.raises(ValueError, match=match):
@@ -130,8 +147,10 @@ def test_package_import_is_light():
     import subprocess
     import sys
 
-    code = ("import sys, cinescene.kernels.attention as a; "
-            "assert 'triton' not in sys.modules, 'triton imported'; print(a.__all__)")
+    code = (
+        "import sys, cinescene.kernels.attention as a; "
+        "assert 'triton' not in sys.modules, 'triton imported'; print(a.__all__)"
+    )
     subprocess.run([sys.executable, "-c", code], check=True, capture_output=True)
 
 
@@ -166,20 +185,23 @@ def test_model_entry_point_packs_padded_batches_into_the_varlen_kernel(device, m
         valid = torch.ones(3, 40, dtype=torch.bool)
         valid[0, 30:] = False
         valid[1, 20:26] = False
-        valid[2, 17:] = False                       # no context
+        valid[2, 17:] = False  # no context
         num_video = 17 if mask == "context_readonly" else None
-        out = entry.attention(q, k, v, num_video=num_video, mask=mask, backend="fused",
-                              packing=TokenPacking(valid))
+        out = entry.attention(
+            q, k, v, num_video=num_video, mask=mask, backend="fused", packing=TokenPacking(valid)
+        )
         out.square().sum().backward()
         assert out[~valid].abs().max() == 0
         for row in range(3):
             real = valid[row].nonzero().reshape(-1).to(device)
-            leaves = [t.detach()[row:row + 1].index_select(1, real).requires_grad_() for t in (q, k, v)]
+            leaves = [t.detach()[row : row + 1].index_select(1, real).requires_grad_() for t in (q, k, v)]
             ref = reference_attention(*leaves, num_video=num_video, mask=mask)
             ref.square().sum().backward()
-            assert (out[row:row + 1].index_select(1, real).double() - ref).abs().max() < 1e-4
+            assert (out[row : row + 1].index_select(1, real).double() - ref).abs().max() < 1e-4
             for full, leaf in zip((q, k, v), leaves):
-                assert (full.grad[row:row + 1].index_select(1, real).double() - leaf.grad.double()).abs().max() < 1e-3
+                assert (
+                    full.grad[row : row + 1].index_select(1, real).double() - leaf.grad.double()
+                ).abs().max() < 1e-3
     finally:
         entry.reset_backend_cache()
 
@@ -192,8 +214,13 @@ def test_entry_point_compiles_cold_with_the_fused_backend(device):
     entry.reset_backend_cache()
     torch._dynamo.reset()
     try:
+
         def step(q, k, v):
-            return entry.attention(q, k, v, num_video=13, mask="context_readonly", backend="fused").square().sum()
+            return (
+                entry.attention(q, k, v, num_video=13, mask="context_readonly", backend="fused")
+                .square()
+                .sum()
+            )
 
         inputs = _qkv(device, 1, 21, 2, 16, grad=True)
         loss = torch.compile(step, fullgraph=True, backend="aot_eager")(*inputs)
@@ -213,6 +240,11 @@ def test_not_runnable_message_is_one_line(monkeypatch):
     monkeypatch.setattr(api, "is_available", lambda device=None: False)
     q, k, v = _qkv("cpu", 1, 8, 1, 16)
     cu = torch.tensor([0, 8], dtype=torch.int32)
-    for call in (lambda: fused_attention(q, k, v), lambda: fused_attention_varlen(q[0], k[0], v[0], cu, cu, 8, 8)):
-        with pytest.raises(RuntimeError, match=r"cannot run on cpu: they need a CUDA GPU \(or TRITON_INTERPRET=1"):
+    for call in (
+        lambda: fused_attention(q, k, v),
+        lambda: fused_attention_varlen(q[0], k[0], v[0], cu, cu, 8, 8),
+    ):
+        with pytest.raises(
+            RuntimeError, match=r"cannot run on cpu: they need a CUDA GPU \(or TRITON_INTERPRET=1"
+        ):
             call()

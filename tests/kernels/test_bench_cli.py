@@ -1,4 +1,5 @@
 """`cinescene bench attention`: argument handling, the no-GPU message, the --check plumbing, table helpers."""
+
 from __future__ import annotations
 
 import json
@@ -14,8 +15,21 @@ from cinescene.launch.commands import bench_attention
 
 def test_parses_the_documented_options():
     args = cli.build_parser().parse_args(
-        ["bench", "attention", "--heads", "12,40", "--context", "0,15600,31200", "--video", "32760",
-         "--iters", "3", "--out", "x.json"])
+        [
+            "bench",
+            "attention",
+            "--heads",
+            "12,40",
+            "--context",
+            "0,15600,31200",
+            "--video",
+            "32760",
+            "--iters",
+            "3",
+            "--out",
+            "x.json",
+        ]
+    )
     assert args.heads == [12, 40] and args.context == [0, 15600, 31200] and args.iters == 3
 
 
@@ -37,11 +51,16 @@ def test_check_runs_the_sweep_in_the_interpreter_and_compiles_for_hopper(monkeyp
     """--check starts the sweep with TRITON_INTERPRET=1 and the sm_90 compile without it (both real runs
     are CI steps of their own; here the two subprocesses are recorded, not run)."""
     calls = []
-    monkeypatch.setattr(bench_attention, "_run_module", lambda module, args, env: calls.append(
-        (module, env.get("TRITON_INTERPRET"), args)) or 0)
+    monkeypatch.setattr(
+        bench_attention,
+        "_run_module",
+        lambda module, args, env: calls.append((module, env.get("TRITON_INTERPRET"), args)) or 0,
+    )
     assert cli.main(["bench", "attention", "--check"]) == 0
-    assert [call[:2] for call in calls] == [("cinescene.kernels.attention.check", "1"),
-                                            ("cinescene.kernels.attention.hopper_compile", None)]
+    assert [call[:2] for call in calls] == [
+        ("cinescene.kernels.attention.check", "1"),
+        ("cinescene.kernels.attention.hopper_compile", None),
+    ]
     compile_args = calls[1][2]
     assert compile_args[compile_args.index("--dtypes") + 1] == "bf16,fp16"
     monkeypatch.setattr(bench_attention, "_run_module", lambda module, args, env: 1)
@@ -54,22 +73,29 @@ def test_flop_conventions():
     readonly = bench.Shape(12, 32760, 15600, "context_readonly")
     n = 32760 + 15600
     assert full.dense_flops() == 4 * n * n * 128 * 12 == readonly.dense_flops()
-    assert readonly.effective_flops() == 4 * (32760 * n + 15600 ** 2) * 128 * 12
+    assert readonly.effective_flops() == 4 * (32760 * n + 15600**2) * 128 * 12
     assert full.effective_flops() == full.dense_flops()
 
 
 def test_shapes_pair_each_context_with_both_masks():
     found = bench.shapes([12, 40], [0, 15600], 32760)
     assert [(s.heads, s.num_context, s.mask) for s in found] == [
-        (12, 0, "full"), (12, 15600, "full"), (12, 15600, "context_readonly"),
-        (40, 0, "full"), (40, 15600, "full"), (40, 15600, "context_readonly")]
+        (12, 0, "full"),
+        (12, 15600, "full"),
+        (12, 15600, "context_readonly"),
+        (40, 0, "full"),
+        (40, 15600, "full"),
+        (40, 15600, "context_readonly"),
+    ]
 
 
 def test_table_and_goal_lines():
-    rows = [bench.Row("cinescene-triton", 12, 15600, "full", 10.0, 25.0, 600.0),
-            bench.Row("sdpa-flash", 12, 15600, "full", 12.0, 30.0, 500.0),
-            bench.Row("cinescene-triton", 12, 15600, "context_readonly", 7.0, 18.0, 850.0),
-            bench.Row("sdpa-cudnn", 12, 15600, "full", note="RuntimeError: no kernel")]
+    rows = [
+        bench.Row("cinescene-triton", 12, 15600, "full", 10.0, 25.0, 600.0),
+        bench.Row("sdpa-flash", 12, 15600, "full", 12.0, 30.0, 500.0),
+        bench.Row("cinescene-triton", 12, 15600, "context_readonly", 7.0, 18.0, 850.0),
+        bench.Row("sdpa-cudnn", 12, 15600, "full", note="RuntimeError: no kernel"),
+    ]
     text = bench.format_rows(rows)
     assert "cinescene-triton" in text and "(RuntimeError: no kernel)" in text
     assert bench.format_markdown(rows).count("\n") == len(rows) + 1
@@ -83,7 +109,7 @@ def test_table_and_goal_lines():
 
 def test_readonly_ceiling_is_the_share_of_pairs_left():
     """N^2 / (N^2 - Nc*Nv): the most skipping the context-to-video block can give over our own full mask."""
-    assert bench.readonly_ceiling(32760, 15600) == pytest.approx(48360 ** 2 / (48360 ** 2 - 15600 * 32760))
+    assert bench.readonly_ceiling(32760, 15600) == pytest.approx(48360**2 / (48360**2 - 15600 * 32760))
     assert round(bench.readonly_ceiling(32760, 15600), 2) == 1.28
     assert round(bench.readonly_ceiling(32760, 31200), 2) == 1.33
     assert bench.readonly_ceiling(32760, 0) == 1.0
@@ -96,7 +122,7 @@ def test_reference_rows_cover_both_ends_and_the_boundary():
     assert bool((rows[1:] > rows[:-1]).all())
     listed = set(rows.tolist())
     assert {0, 127, shape.tokens - 1, 32760 - 64, 32760, 32760 + 63} <= listed
-    assert torch.equal(bench.reference_rows(shape), rows)                    # seeded
+    assert torch.equal(bench.reference_rows(shape), rows)  # seeded
     assert bench.reference_rows(bench.Shape(1, 40, 9, "full")).tolist() == list(range(49))
 
 
@@ -110,13 +136,17 @@ def test_bench_runs_on_cpu_at_toy_size(tmp_path, device):
     ran = [r for r in rows if not math.isnan(r.forward_ms)]
     assert {r.provider for r in ran} >= {"cinescene-triton", "sdpa-flash [full mask]", "sdpa-flash [2 calls]"}
     for row in ran:
-        assert row.max_error < 1e-5, row        # each provider against the reference of the mask it computes
+        assert row.max_error < 1e-5, row  # each provider against the reference of the mask it computes
         assert row.backward_ms > 0
-        skips = row.mask != "full" and (row.provider == "cinescene-triton" or row.provider.endswith("[2 calls]"))
+        skips = row.mask != "full" and (
+            row.provider == "cinescene-triton" or row.provider.endswith("[2 calls]")
+        )
         assert math.isnan(row.effective_forward_tflops) != skips, row
 
     payload = json.loads(out.read_text())
-    assert payload["complete"] and payload["readonly_ceiling"] == {"16": round(bench.readonly_ceiling(32, 16), 4)}
+    assert payload["complete"] and payload["readonly_ceiling"] == {
+        "16": round(bench.readonly_ceiling(32, 16), 4)
+    }
     assert set(payload["provenance"]) >= {"date", "commit", "torch", "triton", "flash_attn", "device"}
     assert payload["provenance"]["date"].endswith("+00:00") and "retain_graph" in payload["methods"]["timing"]
     assert "Device: CPU" in out.with_suffix(".md").read_text()
@@ -130,11 +160,22 @@ def test_packed_bench_runs_on_cpu_at_toy_size(tmp_path, device):
     from cinescene.kernels.attention import bench_packed
 
     out = tmp_path / "packed.json"
-    rows = bench_packed.run([2, 1], heads=1, num_video=16, iters=1, out=out, dtype=torch.float32, device="cpu",
-                            head_dim=16, tokens_per_image=8)
-    assert {(r.provider, r.mask) for r in rows} == {(p, m) for p in ("cinescene-triton varlen",
-                                                                        "cinescene-triton padded", "sdpa per sample")
-                                                    for m in ("full", "context_readonly")}
+    rows = bench_packed.run(
+        [2, 1],
+        heads=1,
+        num_video=16,
+        iters=1,
+        out=out,
+        dtype=torch.float32,
+        device="cpu",
+        head_dim=16,
+        tokens_per_image=8,
+    )
+    assert {(r.provider, r.mask) for r in rows} == {
+        (p, m)
+        for p in ("cinescene-triton varlen", "cinescene-triton padded", "sdpa per sample")
+        for m in ("full", "context_readonly")
+    }
     for row in rows:
         assert row.forward_ms > 0 and row.backward_ms > 0, row
         if row.provider == "cinescene-triton padded":
@@ -143,7 +184,7 @@ def test_packed_bench_runs_on_cpu_at_toy_size(tmp_path, device):
             assert row.max_error < 1e-5, row
     batch = bench_packed.PackedBatch(1, 16, [2, 1], 8, 16)
     assert batch.lengths() == [32, 24]
-    assert batch.real_flops("full") == 4.0 * (32 ** 2 + 24 ** 2) * 16
+    assert batch.real_flops("full") == 4.0 * (32**2 + 24**2) * 16
     payload = json.loads(out.read_text())
     assert len(payload["rows"]) == 6 and len(payload["summary"]) == 4
     assert "Device: CPU" in out.with_suffix(".md").read_text()

@@ -7,15 +7,27 @@ sequences with different context sizes; square and non-square tiles), plus
 targeted cases below: the non-square tiles the GPU uses (scaled down to what
 the interpreter runs quickly) at several readonly lengths.
 """
+
 from __future__ import annotations
 
 import pytest
 import torch
 
-from cinescene.kernels.attention import fused_attention, fused_attention_varlen, pack_sequences
-from cinescene.kernels.attention import config, forward
-from cinescene.kernels.attention.check import (GPU_SHAPED_TILES, TOLERANCE, TRANSPOSED_TILES, Case, default_cases,
-                                               run_case)
+from cinescene.kernels.attention import (
+    config,
+    forward,
+    fused_attention,
+    fused_attention_varlen,
+    pack_sequences,
+)
+from cinescene.kernels.attention.check import (
+    GPU_SHAPED_TILES,
+    TOLERANCE,
+    TRANSPOSED_TILES,
+    Case,
+    default_cases,
+    run_case,
+)
 from cinescene.kernels.attention.config import Tiles, fixed_tiles
 from cinescene.kernels.attention.reference import reference_attention, reference_attention_varlen
 
@@ -31,10 +43,14 @@ def test_sweep_matches_float64_reference(case, device):
     _assert_close(run_case(case, device))
 
 
-@pytest.mark.parametrize("case", [
-    Case(torch.bfloat16, head_dim=64, seqlen_q=37, seqlen_k=37, mask="context_readonly", num_video=20),
-    Case(torch.bfloat16, head_dim=32, lengths_q=(9, 30), lengths_k=(9, 30), context_starts=(4, 16)),
-], ids=["padded-readonly", "varlen-readonly"])
+@pytest.mark.parametrize(
+    "case",
+    [
+        Case(torch.bfloat16, head_dim=64, seqlen_q=37, seqlen_k=37, mask="context_readonly", num_video=20),
+        Case(torch.bfloat16, head_dim=32, lengths_q=(9, 30), lengths_k=(9, 30), context_starts=(4, 16)),
+    ],
+    ids=["padded-readonly", "varlen-readonly"],
+)
 def test_bf16_loads_and_stores(case, device):
     """bf16 end to end (on CPU the interpreter's dots run upcast to fp32: its bf16 dot is broken)."""
     _assert_close(run_case(case, device))
@@ -90,26 +106,55 @@ def test_gradient_of_video_keys_comes_only_from_video_queries(device):
 def test_custom_softmax_scale(device):
     q, k, v = (torch.randn(1, 17, 1, 16, device=device) for _ in range(3))
     out = fused_attention(q, k, v, softmax_scale=0.05)
-    assert (out.double().cpu() - reference_attention(q.cpu(), k.cpu(), v.cpu(), softmax_scale=0.05)).abs().max() < 1e-5
+    assert (
+        out.double().cpu() - reference_attention(q.cpu(), k.cpu(), v.cpu(), softmax_scale=0.05)
+    ).abs().max() < 1e-5
 
 
 NON_SQUARE = {"gpu-shaped": GPU_SHAPED_TILES, "transposed": TRANSPOSED_TILES}
 
 
 @pytest.mark.parametrize("tiles", list(NON_SQUARE))
-@pytest.mark.parametrize("length,num_video", [(50, 16), (64, 32), (77, 40), (90, 85), (33, 1)],
-                         ids=["aligned-16-not-32", "aligned-both", "straddling-both", "tail-block", "one-video"])
+@pytest.mark.parametrize(
+    "length,num_video",
+    [(50, 16), (64, 32), (77, 40), (90, 85), (33, 1)],
+    ids=["aligned-16-not-32", "aligned-both", "straddling-both", "tail-block", "one-video"],
+)
 def test_non_square_tiles_readonly_forward_and_gradients(tiles, length, num_video, device):
-    _assert_close(run_case(Case(torch.float32, head_dim=16, seqlen_q=length, seqlen_k=length,
-                                mask="context_readonly", num_video=num_video, tiles=NON_SQUARE[tiles]), device))
+    _assert_close(
+        run_case(
+            Case(
+                torch.float32,
+                head_dim=16,
+                seqlen_q=length,
+                seqlen_k=length,
+                mask="context_readonly",
+                num_video=num_video,
+                tiles=NON_SQUARE[tiles],
+            ),
+            device,
+        )
+    )
 
 
 @pytest.mark.parametrize("tiles", list(NON_SQUARE))
 def test_non_square_tiles_full_mask_unequal_lengths_and_varlen(tiles, device):
-    _assert_close(run_case(Case(torch.float32, head_dim=16, seqlen_q=45, seqlen_k=20, tiles=NON_SQUARE[tiles]),
-                           device))
-    _assert_close(run_case(Case(torch.float16, head_dim=16, lengths_q=(33, 50), lengths_k=(33, 50),
-                                context_starts=(17, 32), tiles=NON_SQUARE[tiles]), device))
+    _assert_close(
+        run_case(Case(torch.float32, head_dim=16, seqlen_q=45, seqlen_k=20, tiles=NON_SQUARE[tiles]), device)
+    )
+    _assert_close(
+        run_case(
+            Case(
+                torch.float16,
+                head_dim=16,
+                lengths_q=(33, 50),
+                lengths_k=(33, 50),
+                context_starts=(17, 32),
+                tiles=NON_SQUARE[tiles],
+            ),
+            device,
+        )
+    )
 
 
 def test_fixed_tiles_reach_the_launch_and_are_restored(monkeypatch, device):

@@ -1,4 +1,5 @@
 """bf16 at real sizes on a GPU (skipped without one): the checks the interpreter cannot do."""
+
 from __future__ import annotations
 
 import math
@@ -21,7 +22,9 @@ def _fp32_rows(q, k, v, rows, num_video=None):
     return torch.einsum("bhqk,bkhd->bqhd", scores.softmax(-1), v.float())
 
 
-@pytest.mark.parametrize("heads,num_video,num_context", [(12, 32760, 0), (12, 32760, 15600), (40, 8190, 7800)])
+@pytest.mark.parametrize(
+    "heads,num_video,num_context", [(12, 32760, 0), (12, 32760, 15600), (40, 8190, 7800)]
+)
 @pytest.mark.parametrize("mask", ["full", "context_readonly"])
 def test_bf16_forward_at_cinescene_sizes(heads, num_video, num_context, mask):
     if mask == "context_readonly" and num_context == 0:
@@ -47,7 +50,8 @@ def test_bf16_gradients_against_fp32(mask):
         pos = torch.arange(n, device="cuda")
         keep = readonly_allowed(pos, pos, num_video)
     torch.nn.functional.scaled_dot_product_attention(
-        *(t.transpose(1, 2) for t in ref), attn_mask=keep).transpose(1, 2).backward(grad)
+        *(t.transpose(1, 2) for t in ref), attn_mask=keep
+    ).transpose(1, 2).backward(grad)
     for a, b in zip(ours, ref):
         scale = max(1.0, float(b.grad.abs().max()))
         assert float((a.grad.float() - b.grad).abs().max()) / scale < 3e-2
@@ -65,10 +69,15 @@ def test_bf16_varlen_matches_padded_calls():
 
 def test_inductor_compiles_around_the_op():
     torch._dynamo.reset()
-    q, k, v = (torch.randn(1, 1000, 12, 128, device="cuda", dtype=torch.bfloat16, requires_grad=True)
-               for _ in range(3))
-    step = torch.compile(lambda q, k, v: fused_attention(q * 2, k, v, num_video=700,
-                                                         mask="context_readonly").float().square().sum(),
-                         fullgraph=True)
+    q, k, v = (
+        torch.randn(1, 1000, 12, 128, device="cuda", dtype=torch.bfloat16, requires_grad=True)
+        for _ in range(3)
+    )
+    step = torch.compile(
+        lambda q, k, v: (
+            fused_attention(q * 2, k, v, num_video=700, mask="context_readonly").float().square().sum()
+        ),
+        fullgraph=True,
+    )
     step(q, k, v).backward()
     assert q.grad is not None and torch.isfinite(q.grad).all()

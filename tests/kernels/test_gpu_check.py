@@ -1,6 +1,7 @@
 """kernels/attention/gpu_check.sh: the GPU session's one command. Its --dry-run runs every step in its CPU form
 (the interpreter sweep, the sampling plan of the 1.3B config and the tiny model for real, the gpu-marked tests,
 which skip), so the script itself is exercised before a GPU session depends on it."""
+
 from __future__ import annotations
 
 import json
@@ -23,10 +24,16 @@ def test_usage_error_without_an_output_directory(repo_root):
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="the dry run is the CPU form")
 def test_dry_run_runs_every_step(repo_root, tmp_path):
-    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}   # set by the kernels conftest
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}  # set by the kernels conftest
     env["PYTHON"] = sys.executable
-    result = subprocess.run(["bash", SCRIPT, "--dry-run", str(tmp_path)], cwd=repo_root, env=env,
-                            capture_output=True, text=True, timeout=600)
+    result = subprocess.run(
+        ["bash", SCRIPT, "--dry-run", str(tmp_path)],
+        cwd=repo_root,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-2000:]
     summary = (tmp_path / "summary.txt").read_text()
     for step in ("attention", "sampling", "sampling_smoke", "pytest"):

@@ -1,11 +1,11 @@
 """Helpers for the model tests: tiny configs, randomised weights, sample batches."""
+
 from __future__ import annotations
 
 import contextlib
 import copy
 import weakref
 from pathlib import Path
-from typing import List
 
 import torch
 
@@ -64,7 +64,9 @@ def tiny_batch(batch: int = 2, seed: int = 0, scene_images: int = 3):
         scene_latents=torch.randn(batch, scene_images, 3, 16, 16, generator=gen),
     )
     # Drawn from their own generator: the inputs above stay what they were before scene cameras existed.
-    inputs["scene_cameras"] = random_cameras(batch, scene_images, torch.Generator().manual_seed(seed + 10_000))
+    inputs["scene_cameras"] = random_cameras(
+        batch, scene_images, torch.Generator().manual_seed(seed + 10_000)
+    )
     return inputs
 
 
@@ -92,14 +94,13 @@ def write_header_only_safetensors(path, shapes, dtype: str = "BF16") -> None:
         out.truncate(8 + len(blob) + offset)
 
 
-
 class ReadLog:
     """The tensors a :class:`TensorSource` read, in order, and the most earlier reads alive at any read."""
 
     def __init__(self):
-        self.keys: List[str] = []
+        self.keys: list[str] = []
         self.most_alive = 0
-        self._refs: List[weakref.ref] = []
+        self._refs: list[weakref.ref] = []
 
     def note(self, key: str, tensor: torch.Tensor) -> None:
         self.most_alive = max(self.most_alive, sum(ref() is not None for ref in self._refs))

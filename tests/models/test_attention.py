@@ -1,4 +1,5 @@
 """The attention entry point: masks against a dense reference, backend choice, logging once."""
+
 from __future__ import annotations
 
 import contextlib
@@ -63,8 +64,8 @@ def test_readonly_really_hides_video_from_context():
     v2 = v.detach().clone()
     v2[:, :8] += 100.0  # change only video values
     out2 = attention(q, k, v2, num_video=8, mask="context_readonly")
-    assert torch.allclose(out[:, 8:], out2[:, 8:])        # context queries unaffected
-    assert not torch.allclose(out[:, :8], out2[:, :8])    # video queries see it
+    assert torch.allclose(out[:, 8:], out2[:, 8:])  # context queries unaffected
+    assert not torch.allclose(out[:, :8], out2[:, :8])  # video queries see it
 
 
 def test_readonly_without_context_is_full():
@@ -86,7 +87,9 @@ def test_cross_attention_shapes_and_mask_errors():
 
 def _fake_fused_module(monkeypatch, fused_attention=None, supports=None):
     fake = types.ModuleType("cinescene.kernels.attention")
-    fake.fused_attention = fused_attention or (lambda q, k, v, num_video=None, mask="full": torch.zeros_like(q))
+    fake.fused_attention = fused_attention or (
+        lambda q, k, v, num_video=None, mask="full": torch.zeros_like(q)
+    )
     if supports is not None:
         fake.supports = supports
     monkeypatch.setitem(sys.modules, "cinescene.kernels.attention", fake)
@@ -160,22 +163,35 @@ class _Meta(types.SimpleNamespace):
 
 
 def _on(device, dtype, length=64, head_dim=128):
-    return _Meta(is_cuda=device == "cuda", device=torch.device(device), dtype=dtype, shape=(1, length, 12, head_dim))
+    return _Meta(
+        is_cuda=device == "cuda", device=torch.device(device), dtype=dtype, shape=(1, length, 12, head_dim)
+    )
 
 
-@pytest.mark.parametrize("device,dtype,kind,fused_ok,flash,expected", [
-    ("cuda", torch.bfloat16, "self", True, True, "fused"),
-    ("cuda", torch.float16, "self", True, False, "fused"),
-    ("cuda", torch.float32, "self", True, True, "sdpa"),      # fp32: IEEE dots, no tensor cores
-    ("cuda", torch.float32, "self", True, False, "sdpa"),
-    ("cuda", torch.bfloat16, "cross", True, True, "flash"),   # short text keys: not what the kernel is tuned for
-    ("cuda", torch.bfloat16, "cross", True, False, "sdpa"),
-    ("cuda", torch.bfloat16, "self", False, True, "flash"),   # supports() says no (e.g. head dim 80)
-    ("cuda", torch.bfloat16, "self", False, False, "sdpa"),
-    ("cpu", torch.bfloat16, "self", True, True, "sdpa"),
-])
-def test_auto_picks_the_fused_kernel_only_where_it_is_meant_to_win(monkeypatch, device, dtype, kind, fused_ok,
-                                                                  flash, expected):
+@pytest.mark.parametrize(
+    "device,dtype,kind,fused_ok,flash,expected",
+    [
+        ("cuda", torch.bfloat16, "self", True, True, "fused"),
+        ("cuda", torch.float16, "self", True, False, "fused"),
+        ("cuda", torch.float32, "self", True, True, "sdpa"),  # fp32: IEEE dots, no tensor cores
+        ("cuda", torch.float32, "self", True, False, "sdpa"),
+        (
+            "cuda",
+            torch.bfloat16,
+            "cross",
+            True,
+            True,
+            "flash",
+        ),  # short text keys: not what the kernel is tuned for
+        ("cuda", torch.bfloat16, "cross", True, False, "sdpa"),
+        ("cuda", torch.bfloat16, "self", False, True, "flash"),  # supports() says no (e.g. head dim 80)
+        ("cuda", torch.bfloat16, "self", False, False, "sdpa"),
+        ("cpu", torch.bfloat16, "self", True, True, "sdpa"),
+    ],
+)
+def test_auto_picks_the_fused_kernel_only_where_it_is_meant_to_win(
+    monkeypatch, device, dtype, kind, fused_ok, flash, expected
+):
     asked = []
 
     def supports(q, k, v, num_video=None, mask="full"):
@@ -190,16 +206,16 @@ def test_auto_picks_the_fused_kernel_only_where_it_is_meant_to_win(monkeypatch, 
     q = _on(device, dtype)
     assert attn_mod.resolve_backend("auto", q, q, q, None, "full", kind) == expected
     if device == "cpu" or dtype == torch.float32 or kind == "cross":
-        assert asked == []                                    # never even asked
+        assert asked == []  # never even asked
 
 
 def test_kind_decides_the_log_line_not_the_lengths():
     q, k, v = qkv()
     with backend_log_lines() as lines:
-        attention(q, k, v, kind="cross")                      # text as long as the video: still cross
-        attention(q, k[:, :5], v[:, :5], kind="self")         # video queries over cached context keys
-        attention(q, k, v)                                    # derived: equal lengths -> self (already logged)
-        attention(q, k[:, :5], v[:, :5])                      # derived: unequal lengths -> cross (already logged)
+        attention(q, k, v, kind="cross")  # text as long as the video: still cross
+        attention(q, k[:, :5], v[:, :5], kind="self")  # video queries over cached context keys
+        attention(q, k, v)  # derived: equal lengths -> self (already logged)
+        attention(q, k[:, :5], v[:, :5])  # derived: unequal lengths -> cross (already logged)
     assert len(lines) == 2
     assert lines[0].startswith("attention backend for cross-attention")
     assert lines[1].startswith("attention backend for self-attention")
@@ -228,5 +244,8 @@ def test_cold_torch_compile_fullgraph_through_the_entry_point():
     eager = _Layer()(x_eager, text)
     eager.square().sum().backward()
     assert torch.allclose(out, eager, atol=1e-6) and torch.allclose(grad, x_eager.grad, atol=1e-6)
-    assert ("sdpa", "self") in attn_mod._logged and ("sdpa", "cross") in attn_mod._logged   # logged at trace time
+    assert ("sdpa", "self") in attn_mod._logged and (
+        "sdpa",
+        "cross",
+    ) in attn_mod._logged  # logged at trace time
     torch._dynamo.reset()

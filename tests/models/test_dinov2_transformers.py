@@ -8,6 +8,7 @@ our random weights are copied across, and the final-normed patch tokens are
 compared at the native size and at non-square sizes (resized position
 embedding).
 """
+
 from __future__ import annotations
 
 import pytest
@@ -20,7 +21,9 @@ from .helpers import randomize
 
 transformers = pytest.importorskip("transformers")
 
-SIZE = dict(img_size=56, patch_size=14, embed_dim=32, depth=2, num_heads=2, mlp_ratio=4.0, num_register_tokens=4)
+SIZE = dict(
+    img_size=56, patch_size=14, embed_dim=32, depth=2, num_heads=2, mlp_ratio=4.0, num_register_tokens=4
+)
 
 
 def ours() -> DinoViT:
@@ -31,26 +34,43 @@ def ours() -> DinoViT:
 
 def reference():
     config = transformers.Dinov2WithRegistersConfig(
-        hidden_size=SIZE["embed_dim"], num_hidden_layers=SIZE["depth"], num_attention_heads=SIZE["num_heads"],
-        mlp_ratio=int(SIZE["mlp_ratio"]), image_size=SIZE["img_size"], patch_size=SIZE["patch_size"],
-        num_register_tokens=SIZE["num_register_tokens"], layerscale_value=1.0, layer_norm_eps=1e-6,
-        qkv_bias=True, hidden_act="gelu", attn_implementation="eager")
+        hidden_size=SIZE["embed_dim"],
+        num_hidden_layers=SIZE["depth"],
+        num_attention_heads=SIZE["num_heads"],
+        mlp_ratio=int(SIZE["mlp_ratio"]),
+        image_size=SIZE["img_size"],
+        patch_size=SIZE["patch_size"],
+        num_register_tokens=SIZE["num_register_tokens"],
+        layerscale_value=1.0,
+        layer_norm_eps=1e-6,
+        qkv_bias=True,
+        hidden_act="gelu",
+        attn_implementation="eager",
+    )
     return transformers.Dinov2WithRegistersModel(config).eval()
 
 
 def to_transformers(state, hf_keys):
     """Our DinoViT state dict under transformers' names (q/k/v split out of our fused qkv)."""
-    if any(".attention.q_proj." in k for k in hf_keys):   # transformers >= 5
+    if any(".attention.q_proj." in k for k in hf_keys):  # transformers >= 5
         q, k, v, o = "attention.q_proj", "attention.k_proj", "attention.v_proj", "attention.o_proj"
     else:
-        q, k, v, o = ("attention.attention.query", "attention.attention.key", "attention.attention.value",
-                      "attention.output.dense")
-    out = {"embeddings.cls_token": state["cls_token"], "embeddings.mask_token": state["mask_token"],
-           "embeddings.position_embeddings": state["pos_embed"],
-           "embeddings.register_tokens": state["register_tokens"],
-           "embeddings.patch_embeddings.projection.weight": state["patch_embed.proj.weight"],
-           "embeddings.patch_embeddings.projection.bias": state["patch_embed.proj.bias"],
-           "layernorm.weight": state["norm.weight"], "layernorm.bias": state["norm.bias"]}
+        q, k, v, o = (
+            "attention.attention.query",
+            "attention.attention.key",
+            "attention.attention.value",
+            "attention.output.dense",
+        )
+    out = {
+        "embeddings.cls_token": state["cls_token"],
+        "embeddings.mask_token": state["mask_token"],
+        "embeddings.position_embeddings": state["pos_embed"],
+        "embeddings.register_tokens": state["register_tokens"],
+        "embeddings.patch_embeddings.projection.weight": state["patch_embed.proj.weight"],
+        "embeddings.patch_embeddings.projection.bias": state["patch_embed.proj.bias"],
+        "layernorm.weight": state["norm.weight"],
+        "layernorm.bias": state["norm.bias"],
+    }
     for i in range(SIZE["depth"]):
         ours_, theirs = f"blocks.{i}.", f"encoder.layer.{i}."
         for name in ("norm1", "norm2", "mlp.fc1", "mlp.fc2"):
@@ -72,7 +92,7 @@ def test_patch_tokens_equal_transformers_dinov2_with_registers(height, width):
     images = torch.randn(2, 3, height, width, generator=torch.Generator().manual_seed(1))
     with torch.no_grad():
         got = model(images)
-        expected = hf(pixel_values=images).last_hidden_state[:, 1 + SIZE["num_register_tokens"]:]
+        expected = hf(pixel_values=images).last_hidden_state[:, 1 + SIZE["num_register_tokens"] :]
     diff = (got - expected).abs().max().item()
     print(f"DINOv2 patch embed vs transformers at {height}x{width}: max abs diff {diff:.1e}")
     assert got.shape == expected.shape == (2, (height // 14) * (width // 14), SIZE["embed_dim"])

@@ -1,4 +1,5 @@
 """FLOPs per sample against torch's FLOP counter, sequence lengths, and `cinescene model info`."""
+
 from __future__ import annotations
 
 import json
@@ -16,9 +17,15 @@ from cinescene.models.flops import SampleShape, flops_per_sample, model_info, to
 from .helpers import REPO, tiny_batch, tiny_config
 
 
-@pytest.mark.parametrize("changes", [dict(attention__mask="full"), dict(attention__mask="context_readonly"),
-                                     dict(scene__pixel_context=True, scene__timestep="shared"),
-                                     dict(scene__enabled=False, camera__projector=False)])
+@pytest.mark.parametrize(
+    "changes",
+    [
+        dict(attention__mask="full"),
+        dict(attention__mask="context_readonly"),
+        dict(scene__pixel_context=True, scene__timestep="shared"),
+        dict(scene__enabled=False, camera__projector=False),
+    ],
+)
 def test_analytic_forward_flops_equal_the_counted_matmuls(changes):
     # The "math" attention backend is explicit matmuls, which torch's counter sees (CPU SDPA it does not).
     cfg = tiny_config(attention__backend="math", **changes)
@@ -31,13 +38,27 @@ def test_analytic_forward_flops_equal_the_counted_matmuls(changes):
             kwargs.update(scene_latents=batch["scene_latents"])
     with torch.no_grad(), FlopCounterMode(display=False) as counter:
         model(batch["x"], batch["timestep"], batch["text"], **kwargs)
-    shape = SampleShape(latent_frames=5, latent_height=16, latent_width=16, scene_images=6, scene_height=64,
-                        scene_width=64, scene_latent_height=16, scene_latent_width=16)
-    batch_keys = {"video": batch["x"], "scene_images": batch["scene_images"], "scene_latents": batch["scene_latents"]}
+    shape = SampleShape(
+        latent_frames=5,
+        latent_height=16,
+        latent_width=16,
+        scene_images=6,
+        scene_height=64,
+        scene_width=64,
+        scene_latent_height=16,
+        scene_latent_width=16,
+    )
+    batch_keys = {
+        "video": batch["x"],
+        "scene_images": batch["scene_images"],
+        "scene_latents": batch["scene_latents"],
+    }
     assert SampleShape.from_batch(batch_keys) == shape
     analytic = flops_per_sample(cfg, shape)
     counted = counter.get_total_flops()
-    print(f"{changes}: analytic {analytic.dit_forward + analytic.scene_encoder_forward:,} counted {counted:,}")
+    print(
+        f"{changes}: analytic {analytic.dit_forward + analytic.scene_encoder_forward:,} counted {counted:,}"
+    )
     # Exact but for the 4x4 camera matrix products of the relative-pose input (< 1k FLOPs, not counted).
     assert 0 <= counted - (analytic.dit_forward + analytic.scene_encoder_forward) < 1000
     assert analytic.training == 3 * analytic.dit_forward + analytic.scene_encoder_forward
@@ -67,8 +88,14 @@ def test_real_sizes():
 @pytest.mark.slow  # a subprocess importing torch
 def test_model_info_cli_json(cinescene_cmd, cli_env):
     start = time.perf_counter()
-    proc = subprocess.run(cinescene_cmd + ["model", "info", "configs/model/wan14b.yaml", "--json"], cwd=REPO,
-                          env=cli_env, capture_output=True, text=True, timeout=120)
+    proc = subprocess.run(
+        cinescene_cmd + ["model", "info", "configs/model/wan14b.yaml", "--json"],
+        cwd=REPO,
+        env=cli_env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     seconds = time.perf_counter() - start
     assert proc.returncode == 0, proc.stderr
     info = json.loads(proc.stdout)
@@ -80,11 +107,23 @@ def test_model_info_cli_json(cinescene_cmd, cli_env):
 
 @pytest.mark.slow
 def test_model_info_cli_text_and_bad_config(cinescene_cmd, cli_env):
-    proc = subprocess.run(cinescene_cmd + ["model", "info", "configs/experiments/smoke.yaml"], cwd=REPO,
-                          env=cli_env, capture_output=True, text=True, timeout=120)
+    proc = subprocess.run(
+        cinescene_cmd + ["model", "info", "configs/experiments/smoke.yaml"],
+        cwd=REPO,
+        env=cli_env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert proc.returncode == 0, proc.stderr
     assert "704 = 320 video + 384 context" in proc.stdout
-    bad = subprocess.run(cinescene_cmd + ["model", "info", "configs/model/tiny.yaml", "model.scene.pooling=max"],
-                         cwd=REPO, env=cli_env, capture_output=True, text=True, timeout=120)
+    bad = subprocess.run(
+        cinescene_cmd + ["model", "info", "configs/model/tiny.yaml", "model.scene.pooling=max"],
+        cwd=REPO,
+        env=cli_env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert bad.returncode == 2
     assert "model.scene.pooling" in bad.stderr and "Traceback" not in bad.stderr

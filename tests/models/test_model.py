@@ -1,4 +1,5 @@
 """CineSceneModel on CPU at tiny size: init equivalence, scene context, camera, masks, checkpointing."""
+
 from __future__ import annotations
 
 import logging
@@ -39,7 +40,7 @@ def test_new_modules_at_init_leave_the_base_dit_unchanged():
         got = full(batch["x"], batch["timestep"], batch["text"], cameras=batch["cameras"])
     diff = (got - expected).abs().max().item()
     print(f"new modules at init, no scene context: max abs diff vs base DiT = {diff:.1e}")
-    assert expected.abs().max() > 0.1   # a real output, not the zero-initialised head's
+    assert expected.abs().max() > 0.1  # a real output, not the zero-initialised head's
     assert diff == 0.0
 
 
@@ -99,11 +100,13 @@ def test_drop_scene_replaces_the_context_per_sample(random_model):
     drop = torch.tensor([True, False])
     with torch.no_grad():
         out = run(random_model, batch, drop_scene=drop)
-        out_other = run(random_model, batch, drop_scene=drop, scene_images=torch.rand_like(batch["scene_images"]))
+        out_other = run(
+            random_model, batch, drop_scene=drop, scene_images=torch.rand_like(batch["scene_images"])
+        )
         kept = run(random_model, batch)
-    assert torch.allclose(out[0], out_other[0])            # dropped: scene images do not matter
+    assert torch.allclose(out[0], out_other[0])  # dropped: scene images do not matter
     assert not torch.allclose(out[1], out_other[1], atol=1e-4)
-    assert torch.allclose(out[1], kept[1], atol=1e-5)      # kept sample as without dropping
+    assert torch.allclose(out[1], kept[1], atol=1e-5)  # kept sample as without dropping
     assert not torch.allclose(out[0], kept[0], atol=1e-4)
 
 
@@ -111,7 +114,7 @@ def test_precomputed_scene_tokens_equal_images(random_model):
     batch = tiny_batch()
     with torch.no_grad():
         features = random_model.scene_encoder.extract_features(batch["scene_images"])
-        assert features.shape == (2, 3, 4, 4, 64)          # 56 px / 14 -> 4x4, 2 * embed_dim 32
+        assert features.shape == (2, 3, 4, 4, 64)  # 56 px / 14 -> 4x4, 2 * embed_dim 32
         from_images = run(random_model, batch)
         from_tokens = run(random_model, batch, scene_images=None, scene_tokens=features)
     assert torch.allclose(from_images, from_tokens, atol=1e-6)
@@ -126,14 +129,16 @@ def test_pixel_context_adds_tokens_through_the_patch_embedding():
     with torch.no_grad():
         out = run(model, batch, scene_latents=batch["scene_latents"])
         other = run(model, batch, scene_latents=torch.randn_like(batch["scene_latents"]))
-    assert seen[0] == 320 + 3 * 64 + 3 * 64                # video + VGGT + pixel tokens
+    assert seen[0] == 320 + 3 * 64 + 3 * 64  # video + VGGT + pixel tokens
     assert not torch.allclose(out, other, atol=1e-4)
     with pytest.raises(ValueError, match="scene_latents"):
         run(model, batch)
     only_pixels = build_model(tiny_config(scene__pixel_context=True, scene__vggt_tokens=False))
     assert not hasattr(only_pixels.scene_encoder, "vggt")
-    assert only_pixels(batch["x"], batch["timestep"], batch["text"],
-                       scene_latents=batch["scene_latents"]).shape == batch["x"].shape
+    assert (
+        only_pixels(batch["x"], batch["timestep"], batch["text"], scene_latents=batch["scene_latents"]).shape
+        == batch["x"].shape
+    )
 
 
 def test_activation_checkpointing_gives_the_same_gradients():
@@ -161,23 +166,29 @@ def test_trainable_patterns():
     names = {n for n, p in model.named_parameters() if p.requires_grad}
     assert names and all(".cam_encoder." in n or n.startswith("scene_encoder.projector.") for n in names)
     counts = model.apply_trainable(tiny_config())  # defaults: everything but VGGT
-    assert counts["frozen"] == sum(p.numel() for n, p in model.named_parameters()
-                                   if n.startswith("scene_encoder.vggt."))
-    assert len(model.trainable_parameters()) == sum(1 for n, _ in model.named_parameters()
-                                                    if not n.startswith("scene_encoder.vggt."))
+    assert counts["frozen"] == sum(
+        p.numel() for n, p in model.named_parameters() if n.startswith("scene_encoder.vggt.")
+    )
+    assert len(model.trainable_parameters()) == sum(
+        1 for n, _ in model.named_parameters() if not n.startswith("scene_encoder.vggt.")
+    )
 
 
 def test_patterns_that_match_nothing_are_logged(caplog):
     logger = logging.getLogger("cinescene.models")
-    logger.addHandler(caplog.handler)   # the cinescene tree may not propagate to the root logger
+    logger.addHandler(caplog.handler)  # the cinescene tree may not propagate to the root logger
     try:
         with caplog.at_level(logging.DEBUG, logger="cinescene.models"):
             build_model(tiny_config(scene__enabled=False, trainable=["blocks.*", "blocks.*.typo"]))
     finally:
         logger.removeHandler(caplog.handler)
-    unmatched = {(r.levelname, r.getMessage()) for r in caplog.records if "matches no parameter" in r.getMessage()}
-    assert unmatched == {("WARNING", "model.trainable pattern 'blocks.*.typo' matches no parameter"),
-                         ("DEBUG", "model.frozen pattern 'scene_encoder.vggt.*' matches no parameter")}
+    unmatched = {
+        (r.levelname, r.getMessage()) for r in caplog.records if "matches no parameter" in r.getMessage()
+    }
+    assert unmatched == {
+        ("WARNING", "model.trainable pattern 'blocks.*.typo' matches no parameter"),
+        ("DEBUG", "model.frozen pattern 'scene_encoder.vggt.*' matches no parameter"),
+    }
 
 
 def test_relative_cameras_ignore_the_world_frame():
@@ -187,7 +198,9 @@ def test_relative_cameras_ignore_the_world_frame():
     identity = torch.eye(4)[:3].reshape(12)
     assert torch.allclose(feats[:, 0], identity.expand(2, 12), atol=1e-6)
     world = torch.eye(4)
-    world[:3, :3] = torch.linalg.matrix_exp(torch.tensor([[0.0, -0.3, 0.2], [0.3, 0.0, -0.1], [-0.2, 0.1, 0.0]]))
+    world[:3, :3] = torch.linalg.matrix_exp(
+        torch.tensor([[0.0, -0.3, 0.2], [0.3, 0.0, -0.1], [-0.2, 0.1, 0.0]])
+    )
     world[:3, 3] = torch.tensor([4.0, -2.0, 1.0])
     assert torch.allclose(relative_camera_features(world @ cams), feats, atol=1e-5)
 
@@ -204,19 +217,19 @@ def test_bad_inputs_are_named():
 def test_short_text_is_zero_padded_to_text_len(random_model):
     """Wan pads umT5 embeddings with zeros to text_len and attends over all of them; so does the model."""
     batch = tiny_batch()
-    prompt = batch["text"][:, :9]                           # 9 of text_len=32 tokens
+    prompt = batch["text"][:, :9]  # 9 of text_len=32 tokens
     padded = torch.cat([prompt, prompt.new_zeros(2, 32 - 9, prompt.shape[2])], dim=1)
     assert random_model.embed_text(prompt).shape == (2, 32, 64)
     with torch.no_grad():
         short = run(random_model, batch | {"text": prompt})
         full = run(random_model, batch | {"text": padded})
-        random_model.text_len = 9                           # attend over the 9 prompt tokens only
+        random_model.text_len = 9  # attend over the 9 prompt tokens only
         try:
             unpadded = run(random_model, batch | {"text": prompt})
         finally:
             random_model.text_len = 32
     assert torch.equal(short, full)
-    assert not torch.allclose(short, unpadded, atol=1e-4)   # the padding rows do change the result
+    assert not torch.allclose(short, unpadded, atol=1e-4)  # the padding rows do change the result
 
 
 def test_text_longer_than_text_len_or_of_the_wrong_width_is_refused(random_model):

@@ -1,4 +1,5 @@
 """Padding-aware attention: TokenPacking and the entry point's packed path against a masked float64 reference."""
+
 from __future__ import annotations
 
 import pytest
@@ -36,9 +37,9 @@ def padded_batch(seed=0, batch=3, length=14, heads=2, dim=8):
     gen = torch.Generator().manual_seed(seed)
     q, k, v = (torch.randn(batch, length, heads, dim, generator=gen, requires_grad=True) for _ in range(3))
     valid = torch.ones(batch, length, dtype=torch.bool)
-    valid[0, 11:] = False            # context cut short
-    valid[1, 6:9] = False            # padding in the middle (VGGT images padded, pixel tokens after them)
-    valid[2, 5:] = False             # no context at all
+    valid[0, 11:] = False  # context cut short
+    valid[1, 6:9] = False  # padding in the middle (VGGT images padded, pixel tokens after them)
+    valid[2, 5:] = False  # no context at all
     return q, k, v, valid
 
 

@@ -1,4 +1,5 @@
 """Full sizes build on the meta device in seconds with the reference's parameter counts."""
+
 from __future__ import annotations
 
 import time
@@ -19,8 +20,10 @@ def test_base_dit_parameter_count(name, expected):
     model = build_model(cfg.model, device="meta")
     seconds = time.perf_counter() - start
     counts = parameter_counts(model)
-    print(f"{name}: dit {counts['dit']:,} scene encoder {counts['scene_encoder']:,} "
-          f"new {counts['new_modules']:,} built in {seconds:.2f}s")
+    print(
+        f"{name}: dit {counts['dit']:,} scene encoder {counts['scene_encoder']:,} "
+        f"new {counts['new_modules']:,} built in {seconds:.2f}s"
+    )
     assert counts["dit"] == expected
     assert all(p.is_meta for p in model.parameters())
     assert seconds < 30

@@ -1,4 +1,5 @@
 """3D RoPE: Wan's split and frequencies, any even head dim, context frames after the video."""
+
 from __future__ import annotations
 
 import pytest
@@ -15,18 +16,27 @@ def wan_reference(x: torch.Tensor, grid, theta: float = 10000.0) -> torch.Tensor
 
     def table(length, dims):
         inv = 1.0 / torch.pow(theta, torch.arange(0, dims, 2, dtype=torch.float64) / dims)
-        return torch.polar(torch.ones(length, dims // 2, dtype=torch.float64),
-                           torch.outer(torch.arange(length, dtype=torch.float64), inv))
+        return torch.polar(
+            torch.ones(length, dims // 2, dtype=torch.float64),
+            torch.outer(torch.arange(length, dtype=torch.float64), inv),
+        )
 
     tf, th, tw = table(f, d - 4 * (d // 6)), table(h, 2 * (d // 6)), table(w, 2 * (d // 6))
-    freqs = torch.cat([tf.view(f, 1, 1, -1).expand(f, h, w, -1), th.view(1, h, 1, -1).expand(f, h, w, -1),
-                       tw.view(1, 1, w, -1).expand(f, h, w, -1)], dim=-1).reshape(f * h * w, 1, c)
+    freqs = torch.cat(
+        [
+            tf.view(f, 1, 1, -1).expand(f, h, w, -1),
+            th.view(1, h, 1, -1).expand(f, h, w, -1),
+            tw.view(1, 1, w, -1).expand(f, h, w, -1),
+        ],
+        dim=-1,
+    ).reshape(f * h * w, 1, c)
     xc = torch.view_as_complex(x.double().reshape(*x.shape[:-1], c, 2))
     return torch.view_as_real(xc * freqs).flatten(-2).float()
 
 
-@pytest.mark.parametrize("head_dim, split", [(128, (44, 42, 42)), (16, (8, 4, 4)), (64, (24, 20, 20)),
-                                             (2, (2, 0, 0))])
+@pytest.mark.parametrize(
+    "head_dim, split", [(128, (44, 42, 42)), (16, (8, 4, 4)), (64, (24, 20, 20)), (2, (2, 0, 0))]
+)
 def test_axis_split_is_wans(head_dim, split):
     assert axis_dims(head_dim) == split
 
@@ -66,7 +76,7 @@ def test_context_frames_continue_after_video():
     video = (3, 2, 2)
     positions = sequence_positions(video, [(3, 2, 2), (4, 1, 3)])
     assert positions.shape == (12 + 4 + 3, 3)
-    assert positions[:12, 0].max() == 2                      # video frames 0..2
-    assert torch.equal(positions[12:16, 0], torch.full((4,), 3))   # first scene image: frame F
-    assert torch.equal(positions[16:, 0], torch.full((3,), 4))     # second: F + 1
+    assert positions[:12, 0].max() == 2  # video frames 0..2
+    assert torch.equal(positions[12:16, 0], torch.full((4,), 3))  # first scene image: frame F
+    assert torch.equal(positions[16:, 0], torch.full((3,), 4))  # second: F + 1
     assert positions[16:, 1:].tolist() == [[0, 0], [0, 1], [0, 2]]  # its own grid

@@ -1,4 +1,5 @@
 """Samples with different numbers of scene images in one batch: padding changes nothing real."""
+
 from __future__ import annotations
 
 import pytest
@@ -16,7 +17,7 @@ COUNTS = [1, 3, 2]
 
 def _model(**changes):
     model = build_model(tiny_config(**changes), load_weights=False).eval()
-    randomize(model, seed=1)         # zero-initialised projector/heads would hide the context
+    randomize(model, seed=1)  # zero-initialised projector/heads would hide the context
     return model
 
 
@@ -40,23 +41,34 @@ def _pad_garbage(batch, counts):
     return out
 
 
-@pytest.mark.parametrize("changes", [dict(), dict(attention__mask="context_readonly"),
-                                     dict(scene__pixel_context=True),
-                                     dict(scene__pixel_context=True, scene__pose_embedding=True)],
-                         ids=["full", "readonly", "pixel", "pixel-anchored"])
+@pytest.mark.parametrize(
+    "changes",
+    [
+        dict(),
+        dict(attention__mask="context_readonly"),
+        dict(scene__pixel_context=True),
+        dict(scene__pixel_context=True, scene__pose_embedding=True),
+    ],
+    ids=["full", "readonly", "pixel", "pixel-anchored"],
+)
 def test_each_sample_equals_itself_run_alone_with_only_its_real_images(changes):
     model = _model(**changes)
     pixel, poses = model.cfg.scene.pixel_context, model.cfg.scene.pose_embedding
     batch = _pad_garbage(tiny_batch(batch=3, seed=2), COUNTS)
     with torch.no_grad():
-        together = model(batch["x"], batch["timestep"], batch["text"], scene_counts=torch.tensor(COUNTS),
-                         **_inputs(batch, pixel, poses))
+        together = model(
+            batch["x"],
+            batch["timestep"],
+            batch["text"],
+            scene_counts=torch.tensor(COUNTS),
+            **_inputs(batch, pixel, poses),
+        )
         for row, count in enumerate(COUNTS):
-            alone = {k: v[row:row + 1] for k, v in batch.items()}
+            alone = {k: v[row : row + 1] for k, v in batch.items()}
             for key in ("scene_images", "scene_latents", "scene_cameras"):
                 alone[key] = alone[key][:, :count]
             want = model(alone["x"], alone["timestep"], alone["text"], **_inputs(alone, pixel, poses))
-            assert (together[row:row + 1] - want).abs().max() < 1e-5, (row, count)
+            assert (together[row : row + 1] - want).abs().max() < 1e-5, (row, count)
 
 
 def test_full_counts_are_the_unpadded_model_and_counts_matter():
@@ -64,21 +76,36 @@ def test_full_counts_are_the_unpadded_model_and_counts_matter():
     batch = tiny_batch(batch=3, seed=4)
     with torch.no_grad():
         plain = model(batch["x"], batch["timestep"], batch["text"], **_inputs(batch, False))
-        full = model(batch["x"], batch["timestep"], batch["text"], scene_counts=torch.tensor([3, 3, 3]),
-                     **_inputs(batch, False))
-        fewer = model(batch["x"], batch["timestep"], batch["text"], scene_counts=torch.tensor(COUNTS),
-                      **_inputs(batch, False))
+        full = model(
+            batch["x"],
+            batch["timestep"],
+            batch["text"],
+            scene_counts=torch.tensor([3, 3, 3]),
+            **_inputs(batch, False),
+        )
+        fewer = model(
+            batch["x"],
+            batch["timestep"],
+            batch["text"],
+            scene_counts=torch.tensor(COUNTS),
+            **_inputs(batch, False),
+        )
     assert torch.equal(plain, full)
-    assert torch.equal(fewer[1], plain[1])                   # count 3 of 3 (run in the same packed call)
-    assert (fewer[0] - plain[0]).abs().max() > 1e-3           # one image of three: a different context
+    assert torch.equal(fewer[1], plain[1])  # count 3 of 3 (run in the same packed call)
+    assert (fewer[0] - plain[0]).abs().max() > 1e-3  # one image of three: a different context
 
 
 def test_gradients_with_scene_counts():
     model = _model(attention__mask="context_readonly")
     model.train()
     batch = tiny_batch(batch=3, seed=5)
-    out = model(batch["x"], batch["timestep"], batch["text"], scene_counts=torch.tensor([0, 3, 1]),
-                **_inputs(batch, False))
+    out = model(
+        batch["x"],
+        batch["timestep"],
+        batch["text"],
+        scene_counts=torch.tensor([0, 3, 1]),
+        **_inputs(batch, False),
+    )
     out.square().mean().backward()
     grads = [p.grad for p in model.parameters() if p.requires_grad and p.grad is not None]
     assert grads and all(torch.isfinite(g).all() for g in grads)
@@ -93,8 +120,15 @@ def test_sampling_with_the_cache_respects_scene_counts():
     plain = sample(model, batch["x"], batch["text"], context_cache=False, **kwargs)
     cached = sample(model, batch["x"], batch["text"], context_cache=True, **kwargs)
     assert (cached - plain).abs().max() < 1e-5 * max(1.0, float(plain.abs().max()))
-    alone = sample(model, batch["x"][:1], batch["text"][:1], steps=3, cameras=batch["cameras"][:1],
-                   scene_images=batch["scene_images"][:1, :1], context_cache=True)
+    alone = sample(
+        model,
+        batch["x"][:1],
+        batch["text"][:1],
+        steps=3,
+        cameras=batch["cameras"][:1],
+        scene_images=batch["scene_images"][:1, :1],
+        context_cache=True,
+    )
     assert (cached[:1] - alone).abs().max() < 1e-4 * max(1.0, float(alone.abs().max()))
 
 
@@ -102,8 +136,15 @@ def test_cache_keeps_the_first_calls_packing():
     model = _model(attention__mask="context_readonly", scene__timestep="clean")
     batch = tiny_batch(batch=3, seed=7)
     cache = ContextKVCache()
-    cache.forward(model, batch["x"], torch.full((3,), 400.0), batch["text"], cameras=batch["cameras"],
-                  scene_images=batch["scene_images"], scene_counts=torch.tensor(COUNTS))
+    cache.forward(
+        model,
+        batch["x"],
+        torch.full((3,), 400.0),
+        batch["text"],
+        cameras=batch["cameras"],
+        scene_images=batch["scene_images"],
+        scene_counts=torch.tensor(COUNTS),
+    )
     assert cache.packing is not None and cache.packing.lengths == [320 + 64 * c for c in COUNTS]
 
 
@@ -111,12 +152,18 @@ def test_token_validity_follows_the_context_layout():
     # 4 video tokens, then VGGT tokens of 2 images (3 each), then pixel tokens of the same images (2 each)
     grids = [(1, 1, 3), (2, 1, 3), (1, 1, 2), (2, 1, 2)]
     valid = token_validity(4, 1, grids, [1, 0])
-    assert valid.int().tolist() == [[1] * 4 + [1] * 3 + [0] * 3 + [1] * 2 + [0] * 2,
-                                    [1] * 4 + [0] * 10]
+    assert valid.int().tolist() == [[1] * 4 + [1] * 3 + [0] * 3 + [1] * 2 + [0] * 2, [1] * 4 + [0] * 10]
 
 
-@pytest.mark.parametrize("counts,match", [([1, 4, 0], r"\[0, 3\]"), ([1, -1, 2], r"\[0, 3\]"),
-                                          ([1, 2], "3 integers"), ([1.0, 2.0, 3.0], "3 integers")])
+@pytest.mark.parametrize(
+    "counts,match",
+    [
+        ([1, 4, 0], r"\[0, 3\]"),
+        ([1, -1, 2], r"\[0, 3\]"),
+        ([1, 2], "3 integers"),
+        ([1.0, 2.0, 3.0], "3 integers"),
+    ],
+)
 def test_bad_scene_counts_are_named(counts, match):
     with pytest.raises(ValueError, match=match):
         scene_count_list(torch.tensor(counts), 3, 3)

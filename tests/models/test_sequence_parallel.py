@@ -1,4 +1,5 @@
 """Ulysses sequence parallelism: 2 ranks (gloo) give the 1-rank output, and gradients summed over the group."""
+
 from __future__ import annotations
 
 import os
@@ -34,23 +35,40 @@ def odd_length_batch():
 
 def forward_backward(model, batch, counts=None):
     model.zero_grad(set_to_none=True)
-    out = model(batch["x"], batch["timestep"], batch["text"], cameras=batch["cameras"],
-                scene_images=batch["scene_images"], scene_latents=batch.get("scene_latents"),
-                drop_scene=torch.tensor([False, True]), scene_counts=counts, scene_cameras=batch["scene_cameras"])
+    out = model(
+        batch["x"],
+        batch["timestep"],
+        batch["text"],
+        cameras=batch["cameras"],
+        scene_images=batch["scene_images"],
+        scene_latents=batch.get("scene_latents"),
+        drop_scene=torch.tensor([False, True]),
+        scene_counts=counts,
+        scene_cameras=batch["scene_cameras"],
+    )
     (out * torch.linspace(-1, 1, out.numel()).view_as(out)).sum().backward()
-    grads = {n: (p.grad.clone() if p.grad is not None else torch.zeros_like(p))
-             for n, p in model.named_parameters() if p.requires_grad}
+    grads = {
+        n: (p.grad.clone() if p.grad is not None else torch.zeros_like(p))
+        for n, p in model.named_parameters()
+        if p.requires_grad
+    }
     return out.detach(), grads
 
 
 def _worker(rank: int, port: int, mask: str, pixel_context: bool, counts, poses: bool) -> None:
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE=str(WORLD),
-                      LOCAL_RANK=str(rank))
+    os.environ.update(
+        MASTER_ADDR="127.0.0.1",
+        MASTER_PORT=str(port),
+        RANK=str(rank),
+        WORLD_SIZE=str(WORLD),
+        LOCAL_RANK=str(rank),
+    )
     torch.set_num_threads(1)
     dist.init_process_group("gloo", rank=rank, world_size=WORLD)
     try:
-        model = build_model(tiny_config(attention__mask=mask, scene__pixel_context=pixel_context,
-                                        scene__pose_embedding=poses))
+        model = build_model(
+            tiny_config(attention__mask=mask, scene__pixel_context=pixel_context, scene__pose_embedding=poses)
+        )
         randomize(model, seed=21)
         batch = odd_length_batch()
         counts = None if counts is None else torch.tensor(counts)
@@ -65,12 +83,15 @@ def _worker(rank: int, port: int, mask: str, pixel_context: bool, counts, poses:
         for grad in sp_grads.values():
             dist.all_reduce(grad)  # what ZeRO does for a sequence-parallel group: sum
         out_diff = (sp_out - ref_out).abs().max().item()
-        grad_diff = max(((sp_grads[n] - g).abs().max() / (g.abs().max() + 1e-8)).item()
-                        for n, g in ref_grads.items())
+        grad_diff = max(
+            ((sp_grads[n] - g).abs().max() / (g.abs().max() + 1e-8)).item() for n, g in ref_grads.items()
+        )
         if rank == 0:
-            print(f"sequence parallel x{WORLD} ({mask}, pixel_context={pixel_context}, scene counts {counts}, "
-                  f"pose_embedding={poses}): "
-                  f"max abs output diff {out_diff:.2e}, max relative grad diff {grad_diff:.2e}")
+            print(
+                f"sequence parallel x{WORLD} ({mask}, pixel_context={pixel_context}, scene counts {counts}, "
+                f"pose_embedding={poses}): "
+                f"max abs output diff {out_diff:.2e}, max relative grad diff {grad_diff:.2e}"
+            )
         assert ref_out.abs().max() > 0.1
         assert out_diff < 1e-5
         assert grad_diff < 1e-4
@@ -85,9 +106,14 @@ def _worker(rank: int, port: int, mask: str, pixel_context: bool, counts, poses:
 
 @pytest.mark.dist
 @pytest.mark.slow
-@pytest.mark.parametrize("mask, pixel_context, counts, poses", [("full", False, None, False),
-                                                                ("context_readonly", True, None, False),
-                                                                ("context_readonly", True, [1, 2], True)])
+@pytest.mark.parametrize(
+    "mask, pixel_context, counts, poses",
+    [
+        ("full", False, None, False),
+        ("context_readonly", True, None, False),
+        ("context_readonly", True, [1, 2], True),
+    ],
+)
 def test_two_rank_sequence_parallel_matches_one_rank(mask, pixel_context, counts, poses):
     """With scene counts, the padding (one of the first sample's two images) sits inside the sharded sequence;
     the last case also anchors the scene to the camera (the pose embedding's gradient summed over the group)."""

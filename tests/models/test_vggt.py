@@ -1,4 +1,5 @@
 """VGGT aggregator and camera head: the published key layout, tiny forward, weights, preprocessing."""
+
 from __future__ import annotations
 
 import pytest
@@ -19,18 +20,30 @@ C, HEAD, MLP = 1024, 64, 4096
 
 def block_keys(prefix, dim, mlp, qk_norm_dim=None):
     keys = {
-        "norm1.weight": (dim,), "norm1.bias": (dim,),
-        "attn.qkv.weight": (3 * dim, dim), "attn.qkv.bias": (3 * dim,),
-        "attn.proj.weight": (dim, dim), "attn.proj.bias": (dim,),
+        "norm1.weight": (dim,),
+        "norm1.bias": (dim,),
+        "attn.qkv.weight": (3 * dim, dim),
+        "attn.qkv.bias": (3 * dim,),
+        "attn.proj.weight": (dim, dim),
+        "attn.proj.bias": (dim,),
         "ls1.gamma": (dim,),
-        "norm2.weight": (dim,), "norm2.bias": (dim,),
-        "mlp.fc1.weight": (mlp, dim), "mlp.fc1.bias": (mlp,),
-        "mlp.fc2.weight": (dim, mlp), "mlp.fc2.bias": (dim,),
+        "norm2.weight": (dim,),
+        "norm2.bias": (dim,),
+        "mlp.fc1.weight": (mlp, dim),
+        "mlp.fc1.bias": (mlp,),
+        "mlp.fc2.weight": (dim, mlp),
+        "mlp.fc2.bias": (dim,),
         "ls2.gamma": (dim,),
     }
     if qk_norm_dim:
-        keys.update({"attn.q_norm.weight": (qk_norm_dim,), "attn.q_norm.bias": (qk_norm_dim,),
-                     "attn.k_norm.weight": (qk_norm_dim,), "attn.k_norm.bias": (qk_norm_dim,)})
+        keys.update(
+            {
+                "attn.q_norm.weight": (qk_norm_dim,),
+                "attn.q_norm.bias": (qk_norm_dim,),
+                "attn.k_norm.weight": (qk_norm_dim,),
+                "attn.k_norm.bias": (qk_norm_dim,),
+            }
+        )
     return {f"{prefix}.{k}": v for k, v in keys.items()}
 
 
@@ -46,13 +59,19 @@ def expected_vggt_1b_layout():
         "aggregator.patch_embed.patch_embed.proj.bias": (C,),
         "aggregator.patch_embed.norm.weight": (C,),
         "aggregator.patch_embed.norm.bias": (C,),
-        "camera_head.token_norm.weight": (2 * C,), "camera_head.token_norm.bias": (2 * C,),
-        "camera_head.trunk_norm.weight": (2 * C,), "camera_head.trunk_norm.bias": (2 * C,),
+        "camera_head.token_norm.weight": (2 * C,),
+        "camera_head.token_norm.bias": (2 * C,),
+        "camera_head.trunk_norm.weight": (2 * C,),
+        "camera_head.trunk_norm.bias": (2 * C,),
         "camera_head.empty_pose_tokens": (1, 1, 9),
-        "camera_head.embed_pose.weight": (2 * C, 9), "camera_head.embed_pose.bias": (2 * C,),
-        "camera_head.poseLN_modulation.1.weight": (6 * C, 2 * C), "camera_head.poseLN_modulation.1.bias": (6 * C,),
-        "camera_head.pose_branch.fc1.weight": (C, 2 * C), "camera_head.pose_branch.fc1.bias": (C,),
-        "camera_head.pose_branch.fc2.weight": (9, C), "camera_head.pose_branch.fc2.bias": (9,),
+        "camera_head.embed_pose.weight": (2 * C, 9),
+        "camera_head.embed_pose.bias": (2 * C,),
+        "camera_head.poseLN_modulation.1.weight": (6 * C, 2 * C),
+        "camera_head.poseLN_modulation.1.bias": (6 * C,),
+        "camera_head.pose_branch.fc1.weight": (C, 2 * C),
+        "camera_head.pose_branch.fc1.bias": (C,),
+        "camera_head.pose_branch.fc2.weight": (9, C),
+        "camera_head.pose_branch.fc2.bias": (9,),
     }
     for i in range(24):
         table.update(block_keys(f"aggregator.patch_embed.blocks.{i}", C, MLP))
@@ -146,8 +165,16 @@ def test_weights_load_key_compatibly(tmp_path):
     assert "aggregator.global_blocks.0.ls1.gamma: [5] vs [32]" in message
 
 
-@pytest.mark.parametrize("hw, expected", [((480, 832), (294, 518)), ((64, 64), (56, 56)),
-                                          ((1000, 500), (518, 518)), ((100, 1000), (56, 518)), ((10, 1000), (14, 518))])
+@pytest.mark.parametrize(
+    "hw, expected",
+    [
+        ((480, 832), (294, 518)),
+        ((64, 64), (56, 56)),
+        ((1000, 500), (518, 518)),
+        ((100, 1000), (56, 518)),
+        ((10, 1000), (14, 518)),
+    ],
+)
 def test_preprocessing_keeps_patch_multiples(hw, expected):
     size = 56 if hw == (64, 64) else 518
     images = torch.rand(1, 2, 3, *hw)

@@ -1,4 +1,5 @@
 """Our Wan2.1 DiT equals diffusers' WanTransformer3DModel (fp32), and the key mapping round-trips."""
+
 from __future__ import annotations
 
 import pytest
@@ -11,17 +12,27 @@ from cinescene.models.weights import assign_state_dict
 
 diffusers = pytest.importorskip("diffusers")
 
-SIZE = dict(heads=2, head_dim=16, in_dim=4, out_dim=4, text_dim=24, freq_dim=32, ffn_dim=48, layers=2,
-            text_len=7)
+SIZE = dict(
+    heads=2, head_dim=16, in_dim=4, out_dim=4, text_dim=24, freq_dim=32, ffn_dim=48, layers=2, text_len=7
+)
 
 
 def diffusers_model(seed: int = 0):
     torch.manual_seed(seed)
     model = diffusers.WanTransformer3DModel(
-        patch_size=(1, 2, 2), num_attention_heads=SIZE["heads"], attention_head_dim=SIZE["head_dim"],
-        in_channels=SIZE["in_dim"], out_channels=SIZE["out_dim"], text_dim=SIZE["text_dim"],
-        freq_dim=SIZE["freq_dim"], ffn_dim=SIZE["ffn_dim"], num_layers=SIZE["layers"], cross_attn_norm=True,
-        qk_norm="rms_norm_across_heads", eps=1e-6).eval()
+        patch_size=(1, 2, 2),
+        num_attention_heads=SIZE["heads"],
+        attention_head_dim=SIZE["head_dim"],
+        in_channels=SIZE["in_dim"],
+        out_channels=SIZE["out_dim"],
+        text_dim=SIZE["text_dim"],
+        freq_dim=SIZE["freq_dim"],
+        ffn_dim=SIZE["ffn_dim"],
+        num_layers=SIZE["layers"],
+        cross_attn_norm=True,
+        qk_norm="rms_norm_across_heads",
+        eps=1e-6,
+    ).eval()
     with torch.no_grad():  # random everything, including the zero-initialised output layer
         for p in model.parameters():
             p.normal_(0.0, 0.2)
@@ -29,9 +40,17 @@ def diffusers_model(seed: int = 0):
 
 
 def our_model():
-    cfg = ModelConfig(dim=SIZE["heads"] * SIZE["head_dim"], ffn_dim=SIZE["ffn_dim"], num_heads=SIZE["heads"],
-                      num_layers=SIZE["layers"], in_dim=SIZE["in_dim"], out_dim=SIZE["out_dim"],
-                      freq_dim=SIZE["freq_dim"], text_len=SIZE["text_len"], text_dim=SIZE["text_dim"])
+    cfg = ModelConfig(
+        dim=SIZE["heads"] * SIZE["head_dim"],
+        ffn_dim=SIZE["ffn_dim"],
+        num_heads=SIZE["heads"],
+        num_layers=SIZE["layers"],
+        in_dim=SIZE["in_dim"],
+        out_dim=SIZE["out_dim"],
+        freq_dim=SIZE["freq_dim"],
+        text_len=SIZE["text_len"],
+        text_dim=SIZE["text_dim"],
+    )
     cfg.scene.enabled = False
     cfg.camera.enabled = False
     return build_model(cfg).eval()
@@ -83,10 +102,21 @@ def test_our_weights_load_into_diffusers_and_round_trip():
 
 
 def test_mapping_leaves_cinescene_keys_alone():
-    keys = ["blocks.3.cam_encoder.weight", "blocks.3.projector.bias", "scene_encoder.projector.1.weight",
-            "blocks.0.norm3.weight", "head.modulation", "blocks.1.modulation"]
+    keys = [
+        "blocks.3.cam_encoder.weight",
+        "blocks.3.projector.bias",
+        "scene_encoder.projector.1.weight",
+        "blocks.0.norm3.weight",
+        "head.modulation",
+        "blocks.1.modulation",
+    ]
     mapped = wan_to_diffusers(dict.fromkeys(keys))
-    assert list(mapped) == ["blocks.3.cam_encoder.weight", "blocks.3.projector.bias",
-                            "scene_encoder.projector.1.weight", "blocks.0.norm2.weight", "scale_shift_table",
-                            "blocks.1.scale_shift_table"]
+    assert list(mapped) == [
+        "blocks.3.cam_encoder.weight",
+        "blocks.3.projector.bias",
+        "scene_encoder.projector.1.weight",
+        "blocks.0.norm2.weight",
+        "scale_shift_table",
+        "blocks.1.scale_shift_table",
+    ]
     assert list(diffusers_to_wan(mapped)) == keys

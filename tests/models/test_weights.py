@@ -1,4 +1,5 @@
 """Pretrained loading: every file format, both key layouts, and readable reports for wrong checkpoints."""
+
 from __future__ import annotations
 
 import json
@@ -100,7 +101,7 @@ def test_reports_come_from_headers_before_any_data_is_read(tmp_path):
 
 def test_legacy_and_ckpt_pickles_load(tmp_path):
     state = base_state(seed=6)
-    legacy = tmp_path / "legacy.pth"   # pre-zip pickle: cannot be memory-mapped, read whole
+    legacy = tmp_path / "legacy.pth"  # pre-zip pickle: cannot be memory-mapped, read whole
     torch.save(state, legacy, _use_new_zipfile_serialization=False)
     ckpt = tmp_path / "wan.ckpt"
     torch.save({"model": state}, ckpt)
@@ -132,7 +133,7 @@ def test_wrong_checkpoint_reports_grouped_keys(tmp_path):
     assert "    blocks.0.extra_thing.weight" in lines and "    img_emb.proj.0.weight" in lines
     assert "    blocks.1.ffn.0.weight: [3, 3] vs [128, 64]" in lines
     assert torch.equal(model.blocks[0].ffn[0].weight, before)  # strict: nothing written
-    report = load_pretrained(model, path, strict=False)         # non-strict: the rest loads
+    report = load_pretrained(model, path, strict=False)  # non-strict: the rest loads
     assert not report.ok and torch.equal(model.blocks[0].ffn[2].weight, state["blocks.0.ffn.2.weight"])
 
 

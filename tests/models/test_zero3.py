@@ -1,6 +1,7 @@
 """Under deepspeed.zero.Init (2 ranks, gloo): constructor init survives partitioning, pretrained weights
 load into the partitioned model (only rank 0 reads tensor data), and an optimizer step with activation
 checkpointing matches plain PyTorch."""
+
 from __future__ import annotations
 
 import os
@@ -22,21 +23,35 @@ LR = 0.05
 
 
 def ds_config():
-    return {"train_micro_batch_size_per_gpu": 1, "gradient_accumulation_steps": 1,
-            "zero_optimization": {"stage": 3, "stage3_param_persistence_threshold": 0},
-            "zero_allow_untested_optimizer": True, "steps_per_print": 10 ** 9,
-            "gradient_clipping": 0.0}  # DeepSpeed clips at 1.0 unless told otherwise
+    return {
+        "train_micro_batch_size_per_gpu": 1,
+        "gradient_accumulation_steps": 1,
+        "zero_optimization": {"stage": 3, "stage3_param_persistence_threshold": 0},
+        "zero_allow_untested_optimizer": True,
+        "steps_per_print": 10**9,
+        "gradient_clipping": 0.0,
+    }  # DeepSpeed clips at 1.0 unless told otherwise
 
 
 def loss_of(model, batch):
-    out = model(batch["x"], batch["timestep"], batch["text"], cameras=batch["cameras"],
-                scene_images=batch["scene_images"])
+    out = model(
+        batch["x"],
+        batch["timestep"],
+        batch["text"],
+        cameras=batch["cameras"],
+        scene_images=batch["scene_images"],
+    )
     return out.square().mean()
 
 
 def _worker(rank: int, port: int, checkpoint_path: str) -> None:
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE=str(WORLD),
-                      LOCAL_RANK=str(rank))
+    os.environ.update(
+        MASTER_ADDR="127.0.0.1",
+        MASTER_PORT=str(port),
+        RANK=str(rank),
+        WORLD_SIZE=str(WORLD),
+        LOCAL_RANK=str(rank),
+    )
     torch.set_num_threads(1)
     import deepspeed
 
@@ -60,21 +75,28 @@ def _worker(rank: int, port: int, checkpoint_path: str) -> None:
         # Rank 0 reads each checkpoint tensor once; the other rank reads headers only.
         assert sorted(log.keys) == (sorted(pretrained) if rank == 0 else []), (rank, len(log.keys))
         print(f"rank {rank}: {len(log.keys)} checkpoint tensors read")
-        checked = ["blocks.0.cam_encoder.weight", "blocks.1.projector.weight", "blocks.0.modulation",
-                   "blocks.1.self_attn.q.weight"]
+        checked = [
+            "blocks.0.cam_encoder.weight",
+            "blocks.1.projector.weight",
+            "blocks.0.modulation",
+            "blocks.1.self_attn.q.weight",
+        ]
         with deepspeed.zero.GatheredParameters([params[n] for n in checked]):
-            assert torch.all(params["blocks.0.cam_encoder.weight"] == 0)             # zero init
-            assert torch.equal(params["blocks.1.projector.weight"], torch.eye(64))    # identity init
-            for name in checked[2:]:                                                  # loaded on rank 0
+            assert torch.all(params["blocks.0.cam_encoder.weight"] == 0)  # zero init
+            assert torch.equal(params["blocks.1.projector.weight"], torch.eye(64))  # identity init
+            for name in checked[2:]:  # loaded on rank 0
                 assert torch.equal(params[name], pretrained[name]), name
 
         # Same starting point as the reference everywhere (VGGT and the scene projector are random),
         # written through the ZeRO-3 aware loader.
         assert assign_state_dict(model, initial).ok
 
-        engine, *_ = deepspeed.initialize(model=model, model_parameters=model.trainable_parameters(),
-                                          optimizer=torch.optim.SGD(model.trainable_parameters(), lr=LR),
-                                          config=ds_config())
+        engine, *_ = deepspeed.initialize(
+            model=model,
+            model_parameters=model.trainable_parameters(),
+            optimizer=torch.optim.SGD(model.trainable_parameters(), lr=LR),
+            config=ds_config(),
+        )
         loss = loss_of(engine, batch)
         engine.backward(loss)
         engine.step()
@@ -87,8 +109,10 @@ def _worker(rank: int, port: int, checkpoint_path: str) -> None:
             if diff > worst:
                 worst, worst_name = diff, name
         if rank == 0:
-            print(f"ZeRO-3 x{WORLD} + activation checkpointing, one SGD step: max abs param diff {worst:.2e} "
-                  f"({worst_name})")
+            print(
+                f"ZeRO-3 x{WORLD} + activation checkpointing, one SGD step: max abs param diff {worst:.2e} "
+                f"({worst_name})"
+            )
         assert worst < 1e-6
     finally:
         dist.destroy_process_group()

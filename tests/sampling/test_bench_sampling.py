@@ -1,4 +1,5 @@
 """`cinescene bench sampling`: with and without the context cache on the same noise; the outputs must match."""
+
 from __future__ import annotations
 
 import json
@@ -23,8 +24,8 @@ def test_smoke_config_samples_the_same_video_with_and_without_the_cache(tmp_path
     report = json.loads(out.read_text())
     assert report["applied_for_cache"] == ["model.attention.mask=context_readonly"]
     assert report["plan"]["steps"] == 3 and report["plan"]["guidance_branches"] == 2
-    assert report["max_abs_output"] > 0.1                               # the random model did something
-    assert report["relative_diff"] < 1e-5                               # fp32: same video up to GEMM blocking
+    assert report["max_abs_output"] > 0.1  # the random model did something
+    assert report["relative_diff"] < 1e-5  # fp32: same video up to GEMM blocking
     assert len(report["plain"]["step_seconds"]) == len(report["cached"]["step_seconds"]) == 3
     assert report["target_steps"] == 50 and report["projected_speedup"] > 0 and report["median_speedup"] > 0
     assert set(report["provenance"]) >= {"date", "commit", "device", "torch"}
@@ -71,14 +72,25 @@ def test_projection_uses_the_first_step_and_the_median_of_the_rest():
     assert bench.projected_speedup(plain, cached, 50) == pytest.approx(50.0 / (1.0 + 49 * 0.5))
 
 
-@pytest.mark.parametrize("model,device,steps,expected", [
-    ("tiny", "cpu", 10, "this run (tiny on cpu) does not measure it"),
-    ("wan1.3b", "cuda", 10, "1.50x (projected from 10 steps)  NOT MET"),
-    ("wan1.3b", "cuda", 50, "2.00x (measured)"),
-])
+@pytest.mark.parametrize(
+    "model,device,steps,expected",
+    [
+        ("tiny", "cpu", 10, "this run (tiny on cpu) does not measure it"),
+        ("wan1.3b", "cuda", 10, "1.50x (projected from 10 steps)  NOT MET"),
+        ("wan1.3b", "cuda", 50, "2.00x (measured)"),
+    ],
+)
 def test_goal_line_only_claims_the_goal_for_wan_1_3b_on_a_gpu(model, device, steps, expected):
-    report = dict(plan=dict(model=model, device=device, steps=steps), plain=dict(seconds=2.0),
-                  cached=dict(seconds=1.0), speedup=2.0, median_speedup=2.0, max_abs_diff=0.0, max_abs_output=1.0, relative_diff=0.0)
+    report = dict(
+        plan=dict(model=model, device=device, steps=steps),
+        plain=dict(seconds=2.0),
+        cached=dict(seconds=1.0),
+        speedup=2.0,
+        median_speedup=2.0,
+        max_abs_diff=0.0,
+        max_abs_output=1.0,
+        relative_diff=0.0,
+    )
     if steps != 50:
         report.update(target_steps=50, projected_speedup=1.5)
     assert bench.format_report(report).splitlines()[-1].endswith(expected)

@@ -1,4 +1,5 @@
 """CKPT -> step directory, config and weights: run / checkpoints / step directories, EMA, damaged inputs."""
+
 from __future__ import annotations
 
 import re
@@ -8,8 +9,12 @@ import pytest
 import torch
 
 from cinescene.errors import CineSceneError
-from cinescene.sampling.checkpoint import (checkpoint_config, load_inference_model, resolve_checkpoint,
-                                           trained_state_dict)
+from cinescene.sampling.checkpoint import (
+    checkpoint_config,
+    load_inference_model,
+    resolve_checkpoint,
+    trained_state_dict,
+)
 from cinescene.train.checkpoint import consolidated_state_dict
 
 pytestmark = [pytest.mark.slow, pytest.mark.dist]
@@ -32,11 +37,13 @@ def test_weights_load_as_trained_or_as_ema(smoke_run):
     assert all(torch.equal(params[name], value) for name, value in saved.items())
     assert not any(p.requires_grad for p in trained.parameters()) and not trained.training
     ema = trained_state_dict(source, ema=True)
-    assert set(ema) == set(saved) and any(not torch.equal(ema[n], saved[n]) for n in saved)   # decay 0.99
+    assert set(ema) == set(saved) and any(not torch.equal(ema[n], saved[n]) for n in saved)  # decay 0.99
     averaged = dict(load_inference_model(source, cfg, ema=True).named_parameters())
     assert all(torch.equal(averaged[name], value) for name, value in ema.items())
     frozen = [n for n in params if n not in saved]
-    assert frozen and all(torch.equal(params[n], averaged[n]) for n in frozen)   # seeded like the run built them
+    assert frozen and all(
+        torch.equal(params[n], averaged[n]) for n in frozen
+    )  # seeded like the run built them
 
 
 def test_damaged_or_foreign_checkpoints_are_one_line_errors(smoke_run, tmp_path):
@@ -61,11 +68,12 @@ def test_damaged_or_foreign_checkpoints_are_one_line_errors(smoke_run, tmp_path)
     assert rank_files
     for rank_state in rank_files:
         rank_state.write_bytes(b"not a checkpoint")
-    with pytest.raises(CineSceneError, match=re.escape(f"{rank_files[0]}: unreadable")):   # names the file
+    with pytest.raises(CineSceneError, match=re.escape(f"{rank_files[0]}: unreadable")):  # names the file
         trained_state_dict(resolve_checkpoint(copy), ema=True)
     shutil.rmtree(step / "zero")
-    with pytest.raises(CineSceneError, match=re.escape(f"{step / 'zero'}: missing: the checkpoint holds no ZeRO "
-                                                        "shards")):
+    with pytest.raises(
+        CineSceneError, match=re.escape(f"{step / 'zero'}: missing: the checkpoint holds no ZeRO shards")
+    ):
         load_inference_model(resolve_checkpoint(copy), cfg)
 
 
@@ -78,11 +86,14 @@ def test_an_export_loads_as_the_checkpoint_it_came_from(smoke_run, tmp_path):
         source = resolve_checkpoint(out)
         assert source.kind == "export" and source.step == 4 and source.ema is ema
         cfg = checkpoint_config(source, ["model.attention.backend=math"])
-        assert cfg.model.attention.backend == "math" and cfg.run.name == checkpoint_config(
-            resolve_checkpoint(smoke_run.run_dir)).run.name
+        assert (
+            cfg.model.attention.backend == "math"
+            and cfg.run.name == checkpoint_config(resolve_checkpoint(smoke_run.run_dir)).run.name
+        )
         from_export = dict(load_inference_model(source, cfg, ema=ema).named_parameters())
-        from_step = dict(load_inference_model(resolve_checkpoint(smoke_run.run_dir), cfg, ema=ema)
-                         .named_parameters())
+        from_step = dict(
+            load_inference_model(resolve_checkpoint(smoke_run.run_dir), cfg, ema=ema).named_parameters()
+        )
         assert set(from_export) == set(from_step)
         assert all(torch.equal(from_export[n], from_step[n]) for n in from_step)
     with pytest.raises(CineSceneError, match="exported without --ema"):

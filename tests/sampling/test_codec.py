@@ -1,4 +1,5 @@
 """The Wan codec at inference (tiny random Wan VAE and umT5 saved locally) and wan evaluation shards with pixels."""
+
 from __future__ import annotations
 
 import numpy as np
@@ -19,16 +20,26 @@ from tests.data.test_prepare_wan import D_MODEL, wan_dirs  # noqa: F401  (a fixt
 def test_wan_codec_matches_the_shards_and_decodes_every_frame(wan_dirs, tmp_path):  # noqa: F811
     clips = make_clips(tmp_path / "clips", clips=1)
     out = tmp_path / "shards"
-    prepare(clips, out, encoder="wan", vae=str(wan_dirs), text_encoder=str(wan_dirs), rank=0, world=1,
-            dtype="float32", show_progress=False, keep_pixels=True)
+    prepare(
+        clips,
+        out,
+        encoder="wan",
+        vae=str(wan_dirs),
+        text_encoder=str(wan_dirs),
+        rank=0,
+        world=1,
+        dtype="float32",
+        show_progress=False,
+        keep_pixels=True,
+    )
     manifest = load_manifest(out)
-    assert {"video.npy", "video_bg.npy", "latents.npy"} <= set(manifest.fields)      # pixels kept for eval
+    assert {"video.npy", "video_bg.npy", "latents.npy"} <= set(manifest.fields)  # pixels kept for eval
     spec = DataSpec.from_manifest(manifest, SCENE_IMAGES, 4)
     model_cfg = ModelConfig(in_dim=16, out_dim=16, text_dim=D_MODEL, text_len=512)
-    codec = build_codec(spec, model_cfg)                 # the paths the manifest recorded
+    codec = build_codec(spec, model_cfg)  # the paths the manifest recorded
     assert isinstance(codec, WanCodec)
     sample = ShardSamples(out, spec, model_cfg).read(0)
-    assert np.allclose(codec.encode_text(sample.prompt), sample.text, atol=1e-6)     # the data's own encoder
+    assert np.allclose(codec.encode_text(sample.prompt), sample.text, atol=1e-6)  # the data's own encoder
     latents = torch.from_numpy(np.load(_field(out, manifest, "latents.npy")))
     frames = codec.decode(latents)
     assert frames.shape == (FRAMES, *SIZE, 3) and frames.dtype == np.uint8

@@ -1,4 +1,5 @@
 """The generation pipeline end to end with an oracle velocity: noise -> sampler -> codec -> the right frames."""
+
 from __future__ import annotations
 
 import numpy as np
@@ -12,8 +13,15 @@ from cinescene.sampling.codec import PixelProxyCodec
 from cinescene.sampling.pipeline import Settings, VideoGenerator, noise_generator
 from cinescene.sampling.spec import DataSpec
 
-SPEC = DataSpec(encoder={"name": "none"}, frames=17, size=(64, 64), scene_images=6, scene_size=(64, 64),
-                pixel_pool=4, source="test")
+SPEC = DataSpec(
+    encoder={"name": "none"},
+    frames=17,
+    size=(64, 64),
+    scene_images=6,
+    scene_size=(64, 64),
+    pixel_pool=4,
+    source="test",
+)
 
 
 class OracleModel(torch.nn.Module):
@@ -35,19 +43,25 @@ class OracleModel(torch.nn.Module):
 
 def test_an_exact_velocity_decodes_to_the_ground_truth_frames():
     clip = render_synthetic_clip(0, 0, 17, (64, 64), 1)
-    target = torch.from_numpy(video_proxy(clip.video, 4))[None]              # (1, 3, 5, 16, 16)
+    target = torch.from_numpy(video_proxy(clip.video, 4))[None]  # (1, 3, 5, 16, 16)
     model = OracleModel(target)
     codec = PixelProxyCodec(SPEC, text_dim=64, text_len=32)
     generator = VideoGenerator(model, SPEC, codec, "cpu")
     steps = []
-    frames = generator.video(codec.encode_text("a dog"), clip.c2w[::4], None, Settings(6, 3.0, 15.0, seed=1),
-                             key="k", callback=lambda i, x: steps.append(i))
-    assert steps == list(range(6)) and len(model.calls) == 12              # two guidance branches per step
+    frames = generator.video(
+        codec.encode_text("a dog"),
+        clip.c2w[::4],
+        None,
+        Settings(6, 3.0, 15.0, seed=1),
+        key="k",
+        callback=lambda i, x: steps.append(i),
+    )
+    assert steps == list(range(6)) and len(model.calls) == 12  # two guidance branches per step
     assert model.calls[0][1:] == ((1, 32, 64), (1, 5, 4, 4))
     assert frames.shape == (5, 64, 64, 3) and frames.dtype == np.uint8
-    exact = codec.decode(target[0])                 # the sampler lands on x0 (up to float rounding)
+    exact = codec.decode(target[0])  # the sampler lands on x0 (up to float rounding)
     assert np.abs(frames.astype(int) - exact).max() <= 1
-    assert pixels.psnr(frames, clip.video[::4]).mean() > 20                 # bilinear upsampling of the proxy
+    assert pixels.psnr(frames, clip.video[::4]).mean() > 20  # bilinear upsampling of the proxy
 
 
 def test_noise_depends_on_seed_and_key_only():

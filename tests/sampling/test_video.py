@@ -1,4 +1,5 @@
 """mp4 through PyAV with the settings in its metadata, and the PNG strip."""
+
 from __future__ import annotations
 
 import numpy as np
@@ -15,8 +16,8 @@ def test_mp4_round_trip_keeps_frames_size_and_metadata(tmp_path):
     frames, metadata = video.read_mp4(path)
     assert codec in ("libx264", "mpeg4") and frames.shape == smooth.shape
     assert metadata == {"seed": 7, "prompt": "a dog"}
-    assert np.abs(frames.astype(int) - smooth).mean() < 20            # lossy, but the same pictures
-    assert not list(path.parent.glob(".*tmp*"))                       # no temporary file left
+    assert np.abs(frames.astype(int) - smooth).mean() < 20  # lossy, but the same pictures
+    assert not list(path.parent.glob(".*tmp*"))  # no temporary file left
 
 
 def test_odd_sizes_are_padded_to_even(tmp_path):

@@ -5,18 +5,18 @@ arrays, the signal -> requeue -> restart cycle of preemptible training, and
 partition preemption. Each test takes seconds; a requeued job waits out the
 5 s launch-credential expiry before it starts again.
 """
+
 from __future__ import annotations
 
 import time
 from pathlib import Path
-from typing import List
 
 import pytest
 
 pytestmark = pytest.mark.slurm
 
 
-def _lines(path: Path) -> List[str]:
+def _lines(path: Path) -> list[str]:
     """Job output without slurmstepd's own notices (e.g. '*** JOB 7 ... REQUEUE ***')."""
     if not path.exists():
         return []
@@ -32,8 +32,10 @@ def _wait_output(slurm, path: Path, line: str, timeout: float = 30) -> None:
 
 def _wait_idle(slurm, timeout: float = 30) -> None:
     """Preemption needs the whole node: wait for other jobs to leave it."""
+
     def idle() -> bool:
         return not slurm.run(["squeue", "-h", "-t", "RUNNING,COMPLETING,PENDING", "-o", "%i"]).stdout.strip()
+
     try:
         slurm.wait_for("an empty queue", idle, timeout)
     except Exception:
@@ -65,8 +67,15 @@ def test_sbatch_failure_and_cancel_reach_sacct(slurm, tmp_path):
 
 
 def test_array_runs_every_index(slurm, tmp_path):
-    jobid = slurm.submit(["--array=0-2", "-o", str(tmp_path / "arr-%A_%a.out"),
-                          "--wrap", "echo $SLURM_ARRAY_JOB_ID $SLURM_ARRAY_TASK_ID"])
+    jobid = slurm.submit(
+        [
+            "--array=0-2",
+            "-o",
+            str(tmp_path / "arr-%A_%a.out"),
+            "--wrap",
+            "echo $SLURM_ARRAY_JOB_ID $SLURM_ARRAY_TASK_ID",
+        ]
+    )
     assert slurm.wait(jobid, timeout=30) == "COMPLETED"
     for i in range(3):
         assert _lines(tmp_path / f"arr-{jobid}_{i}.out") == [f"{jobid} {i}"], f"array task {i}"
@@ -75,7 +84,9 @@ def test_array_runs_every_index(slurm, tmp_path):
     def three_done() -> bool:
         rows = slurm.sacct(jobid)
         return sorted((r["JobID"], r["State"]) for r in rows) == [
-            (f"{jobid}_{i}", "COMPLETED") for i in range(3)]
+            (f"{jobid}_{i}", "COMPLETED") for i in range(3)
+        ]
+
     slurm.wait_for(f"sacct to show array {jobid} tasks 0-2 COMPLETED", three_done)
 
 
@@ -130,7 +141,9 @@ def test_urgent_job_preempts_and_requeues_debug_job(slurm, tmp_path):
     _wait_output(slurm, low_out, "start RC=0")
 
     t0 = time.monotonic()
-    hi = slurm.submit(["-p", "urgent", "-w", node, "-c", str(cpus), "-o", str(hi_out), "--wrap", "echo urgent ran"])
+    hi = slurm.submit(
+        ["-p", "urgent", "-w", node, "-c", str(cpus), "-o", str(hi_out), "--wrap", "echo urgent ran"]
+    )
     # Without preemption the urgent job would wait 300 s for the CPUs.
     assert slurm.wait(hi, timeout=30) == "COMPLETED"
     preempt_s = time.monotonic() - t0

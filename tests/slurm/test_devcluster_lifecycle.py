@@ -3,13 +3,13 @@
 A second cluster, in its own directory on its own ports, is started twice, runs a job, and is
 stopped, while the session's cluster (the ``slurm_cluster`` fixture) keeps running throughout.
 """
+
 from __future__ import annotations
 
 import os
 import subprocess
 import tempfile
 from pathlib import Path
-from typing import Dict
 
 import pytest
 
@@ -18,11 +18,15 @@ from tests.fixtures.slurm import REPO
 pytestmark = pytest.mark.slurm
 
 DEVCLUSTER = REPO / "slurm" / "devcluster"
-DAEMONS = {"munged": "munge/munged.pid", "mariadbd": "db/mariadbd.pid", "slurmdbd": "slurmdbd.pid",
-           "slurmctld": "slurmctld.pid"}
+DAEMONS = {
+    "munged": "munge/munged.pid",
+    "mariadbd": "db/mariadbd.pid",
+    "slurmdbd": "slurmdbd.pid",
+    "slurmctld": "slurmctld.pid",
+}
 
 
-def daemon_pids(state_dir: Path) -> Dict[str, int]:
+def daemon_pids(state_dir: Path) -> dict[str, int]:
     """The live daemons a cluster's pid files name (a pid counts only while it runs that program);
     one slurmd per node, as ``slurmd-<node>``."""
     files = {name: state_dir / rel for name, rel in DAEMONS.items()}
@@ -37,9 +41,15 @@ def daemon_pids(state_dir: Path) -> Dict[str, int]:
     return pids
 
 
-def script(name: str, env: Dict[str, str], *args: str) -> subprocess.CompletedProcess:
-    return subprocess.run(["bash", str(DEVCLUSTER / name), *args], env=env, capture_output=True, text=True,
-                          timeout=300, stdin=subprocess.DEVNULL)
+def script(name: str, env: dict[str, str], *args: str) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        ["bash", str(DEVCLUSTER / name), *args],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        stdin=subprocess.DEVNULL,
+    )
 
 
 def test_start_twice_is_harmless_and_stop_leaves_other_clusters_alone(slurm_cluster, tmp_path):
@@ -50,9 +60,15 @@ def test_start_twice_is_harmless_and_stop_leaves_other_clusters_alone(slurm_clus
     state = Path(tempfile.mkdtemp(prefix="cinescene-slurm-second-"))
     state.chmod(0o755)
     env = {k: v for k, v in os.environ.items() if not k.startswith(("SLURM_", "SBATCH_"))}
-    env.update(CINESCENE_SLURM_DIR=str(state), CINESCENE_SLURM_CTLD_PORT="7817", CINESCENE_SLURM_SLURMD_PORT="7818",
-               CINESCENE_SLURM_DBD_PORT="7819", CINESCENE_SLURM_DB_PORT="14306", CINESCENE_SLURM_NO_INSTALL="1",
-               CINESCENE_SLURM_SECOND_NODE="0")  # the namespace and its addresses belong to the main cluster
+    env.update(
+        CINESCENE_SLURM_DIR=str(state),
+        CINESCENE_SLURM_CTLD_PORT="7817",
+        CINESCENE_SLURM_SLURMD_PORT="7818",
+        CINESCENE_SLURM_DBD_PORT="7819",
+        CINESCENE_SLURM_DB_PORT="14306",
+        CINESCENE_SLURM_NO_INSTALL="1",
+        CINESCENE_SLURM_SECOND_NODE="0",
+    )  # the namespace and its addresses belong to the main cluster
     try:
         first = script("start.sh", env)
         assert first.returncode == 0, first.stderr[-3000:]
@@ -60,15 +76,22 @@ def test_start_twice_is_harmless_and_stop_leaves_other_clusters_alone(slurm_clus
         assert first.stdout.strip().splitlines()[-1] == f"export SLURM_CONF={conf}"
         started = daemon_pids(state)
         node = slurm_cluster.nodes[0]
-        assert set(started) == set(DAEMONS) | {f"slurmd-{node}"} and not set(started.values()) & set(main_pids.values())
+        assert set(started) == set(DAEMONS) | {f"slurmd-{node}"} and not set(started.values()) & set(
+            main_pids.values()
+        )
 
         again = script("start.sh", env)
         assert again.returncode == 0 and "cluster already up" in again.stderr, again.stderr[-3000:]
         assert daemon_pids(state) == started  # nothing restarted
 
         job_env = dict(env, SLURM_CONF=conf)
-        job = subprocess.run(["sbatch", "--wait", "--parsable", "-o", str(tmp_path / "%j.out"), "--wrap", "true"],
-                             env=job_env, capture_output=True, text=True, timeout=120)
+        job = subprocess.run(
+            ["sbatch", "--wait", "--parsable", "-o", str(tmp_path / "%j.out"), "--wrap", "true"],
+            env=job_env,
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
         assert job.returncode == 0, job.stderr
     finally:
         pids_before_stop = daemon_pids(state)

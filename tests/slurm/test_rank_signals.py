@@ -3,6 +3,7 @@
 The rank must live to save: its children (DataLoader workers, any subprocess) never see the
 preemption signals, and the W&B service, which does die of SIGTERM, must not take the rank down.
 """
+
 from __future__ import annotations
 
 import json
@@ -52,7 +53,10 @@ def _service_pids() -> list:
 def _is_service_of_us(proc: Path) -> bool:
     try:
         stat = (proc / "stat").read_text()
-        return "wandb-core" in (proc / "cmdline").read_text() and int(stat.rpartition(")")[2].split()[1]) == os.getpid()
+        return (
+            "wandb-core" in (proc / "cmdline").read_text()
+            and int(stat.rpartition(")")[2].split()[1]) == os.getpid()
+        )
     except (OSError, ValueError, IndexError):
         return False
 
@@ -81,6 +85,10 @@ def test_the_run_goes_on_when_the_wandb_service_dies(tmp_path):
     tracker.log(2, {"loss": 0.5})  # no exception: W&B is dropped for this start
     tracker.log(3, {"loss": 0.25})
     tracker.close(124, preempted=True)
-    assert [json.loads(line)["step"] for line in (tmp_path / "metrics.jsonl").read_text().splitlines()] == [1, 2, 3]
+    assert [json.loads(line)["step"] for line in (tmp_path / "metrics.jsonl").read_text().splitlines()] == [
+        1,
+        2,
+        3,
+    ]
     logging.getLogger("cinescene.train.tracking").removeHandler(records)
     assert sum("no more W&B in this start" in m for m in records.messages) == 1

@@ -3,6 +3,7 @@
 These run everywhere in seconds: the sbatch call is built and printed (--dry-run), never
 submitted. The `slurm`-marked tests next to them submit for real.
 """
+
 from __future__ import annotations
 
 import json
@@ -25,40 +26,63 @@ SMOKE = "configs/experiments/smoke.yaml"
 
 
 def cli(repo_root, *args, env=None):
-    return subprocess.run([sys.executable, "-m", "cinescene", *args], cwd=repo_root, capture_output=True, text=True,
-                          timeout=120, env=env)
+    return subprocess.run(
+        [sys.executable, "-m", "cinescene", *args],
+        cwd=repo_root,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env=env,
+    )
 
 
 def sbatch_argv(out: str):
     """The sbatch arguments of a --dry-run's first line (after the environment assignment)."""
     words = shlex.split(out.splitlines()[0])
-    return words[words.index("sbatch"):]
+    return words[words.index("sbatch") :]
 
 
 def test_a_signal_that_cannot_be_caught_is_one_line_exit_2_before_any_rank(repo_root, tmp_path):
     run_dir = tmp_path / "run"
     out = cli(repo_root, "train", SMOKE, "launch.preempt_signals=[SIGUSR1,SIGKILL]", f"run.dir={run_dir}")
     assert out.returncode == 2 and "Traceback" not in out.stderr
-    assert out.stderr == ("cinescene train: config error: launch.preempt_signals[1]: expected the name of a "
-                          "signal a process can catch, such as 'SIGUSR1' (not SIGKILL or SIGSTOP), got 'SIGKILL'\n")
+    assert out.stderr == (
+        "cinescene train: config error: launch.preempt_signals[1]: expected the name of a "
+        "signal a process can catch, such as 'SIGUSR1' (not SIGKILL or SIGSTOP), got 'SIGKILL'\n"
+    )
     assert not run_dir.exists()  # refused while validating: nothing started, nothing written
 
 
-@pytest.mark.parametrize("override, key", [
-    ("launch.preempt_signals=[SIGFOO]", "launch.preempt_signals[0]"),
-    ("launch.preempt_signals=[SIGSTOP]", "launch.preempt_signals[0]"),
-    ("launch.preempt_signals=[USR1]", "launch.preempt_signals[0]"),
-    ("launch.preempt_signals=[SIGUSR1,7]", "launch.preempt_signals[1]"),
-    ("launch.slurm.signal=HUP@60", "launch.slurm.signal"),           # not a preemption signal: would kill the ranks
-    ("launch.slurm.signal=USR1", "launch.slurm.signal"),
-    ("launch.slurm.time=tomorrow", "launch.slurm.time"),
-    ("launch.slurm.mem=lots", "launch.slurm.mem"),
-    ("launch.slurm.partition='a b'", "launch.slurm.partition"),
-    ("launch.preempt_exit_code=1", "launch.preempt_exit_code"),
-    ("launch.max_restarts=-1", "launch.max_restarts"),
-    *[(f"launch.slurm.extra=[{json.dumps(line)}]", "launch.slurm.extra[0]")
-      for line in ["rm -rf /", "-p debug", "--", "--constraint=a\nb", "#SBATCH --mem=1G", "--x; touch PWNED"]],
-])
+@pytest.mark.parametrize(
+    "override, key",
+    [
+        ("launch.preempt_signals=[SIGFOO]", "launch.preempt_signals[0]"),
+        ("launch.preempt_signals=[SIGSTOP]", "launch.preempt_signals[0]"),
+        ("launch.preempt_signals=[USR1]", "launch.preempt_signals[0]"),
+        ("launch.preempt_signals=[SIGUSR1,7]", "launch.preempt_signals[1]"),
+        (
+            "launch.slurm.signal=HUP@60",
+            "launch.slurm.signal",
+        ),  # not a preemption signal: would kill the ranks
+        ("launch.slurm.signal=USR1", "launch.slurm.signal"),
+        ("launch.slurm.time=tomorrow", "launch.slurm.time"),
+        ("launch.slurm.mem=lots", "launch.slurm.mem"),
+        ("launch.slurm.partition='a b'", "launch.slurm.partition"),
+        ("launch.preempt_exit_code=1", "launch.preempt_exit_code"),
+        ("launch.max_restarts=-1", "launch.max_restarts"),
+        *[
+            (f"launch.slurm.extra=[{json.dumps(line)}]", "launch.slurm.extra[0]")
+            for line in [
+                "rm -rf /",
+                "-p debug",
+                "--",
+                "--constraint=a\nb",
+                "#SBATCH --mem=1G",
+                "--x; touch PWNED",
+            ]
+        ],
+    ],
+)
 def test_bad_launch_values_name_their_key(repo_root, override, key):
     with pytest.raises(ConfigError) as info:
         load_config(repo_root / SMOKE, [override])
@@ -68,20 +92,49 @@ def test_bad_launch_values_name_their_key(repo_root, override, key):
 def test_extra_lines_are_refused_by_submit_with_exit_2(repo_root):
     out = cli(repo_root, "submit", SMOKE, 'launch.slurm.extra=["--constraint=h100", "rm -rf /"]', "--dry-run")
     assert out.returncode == 2 and out.stdout == ""
-    assert out.stderr == ("cinescene submit: config error: launch.slurm.extra[1]: expected one sbatch option "
-                          "'--option' or '--option=value' on one line, got 'rm -rf /'\n")
+    assert out.stderr == (
+        "cinescene submit: config error: launch.slurm.extra[1]: expected one sbatch option "
+        "'--option' or '--option=value' on one line, got 'rm -rf /'\n"
+    )
 
 
 def test_flags_override_the_config_and_reach_the_job_as_the_same_overrides(repo_root):
-    out = cli(repo_root, "submit", SMOKE, "train.lr=3e-4", "--nodes", "2", "--gpus-per-node", "4", "--partition",
-              "gpu", "--time", "1:30", "--account", "proj", "--qos", "high", "--dry-run")
+    out = cli(
+        repo_root,
+        "submit",
+        SMOKE,
+        "train.lr=3e-4",
+        "--nodes",
+        "2",
+        "--gpus-per-node",
+        "4",
+        "--partition",
+        "gpu",
+        "--time",
+        "1:30",
+        "--account",
+        "proj",
+        "--qos",
+        "high",
+        "--dry-run",
+    )
     assert out.returncode == 0, out.stderr
     argv = sbatch_argv(out.stdout)
-    for option in ["--nodes=2", "--ntasks-per-node=4", "--gpus-per-node=4", "--partition=gpu", "--time=1:30",
-                   "--account=proj", "--qos=high", "--job-name=smoke", "--requeue", "--signal=USR1@60"]:
+    for option in [
+        "--nodes=2",
+        "--ntasks-per-node=4",
+        "--gpus-per-node=4",
+        "--partition=gpu",
+        "--time=1:30",
+        "--account=proj",
+        "--qos=high",
+        "--job-name=smoke",
+        "--requeue",
+        "--signal=USR1@60",
+    ]:
         assert option in argv, (option, argv)
     script = argv.index(next(a for a in argv if a.endswith("train.sbatch")))
-    job_args = argv[script + 1:]
+    job_args = argv[script + 1 :]
     assert job_args[:2] == [SMOKE, "train.lr=3e-4"]
     # The job resolves the very config the submission was checked against ("1:30" stays a string).
     cfg, _ = load_config(repo_root / job_args[0], job_args[1:])
@@ -90,8 +143,18 @@ def test_flags_override_the_config_and_reach_the_job_as_the_same_overrides(repo_
 
 
 def test_cpu_job_runs_nproc_tasks_per_node_and_no_gpu_request(repo_root):
-    out = cli(repo_root, "submit", SMOKE, "--gpus-per-node", "0", "launch.nproc=3", "launch.slurm.mem=4G",
-              "launch.slurm.requeue=false", "launch.slurm.extra=[--constraint=cpu,--exclusive]", "--dry-run")
+    out = cli(
+        repo_root,
+        "submit",
+        SMOKE,
+        "--gpus-per-node",
+        "0",
+        "launch.nproc=3",
+        "launch.slurm.mem=4G",
+        "launch.slurm.requeue=false",
+        "launch.slurm.extra=[--constraint=cpu,--exclusive]",
+        "--dry-run",
+    )
     argv = sbatch_argv(out.stdout)
     assert "--ntasks-per-node=3" in argv and not any(a.startswith("--gpus") for a in argv)
     assert {"--mem=4G", "--no-requeue", "--constraint=cpu", "--exclusive"} <= set(argv)
@@ -102,8 +165,9 @@ def test_print_config_and_no_submission_without_sbatch(repo_root, tmp_path):
     assert out.returncode == 0 and "nodes: 3" in out.stdout
     env = {"PATH": str(tmp_path), "HOME": str(tmp_path)}  # no sbatch on PATH
     out = cli(repo_root, "submit", SMOKE, f"run.dir={tmp_path / 'r'}", env=env)
-    assert out.returncode == 1 and out.stderr.strip() == ("cinescene submit: error: `sbatch` is not on PATH: "
-                                                          "submitting needs a SLURM client")
+    assert out.returncode == 1 and out.stderr.strip() == (
+        "cinescene submit: error: `sbatch` is not on PATH: submitting needs a SLURM client"
+    )
 
 
 def test_slurm_job_outside_a_batch_job_is_one_line(repo_root):
@@ -116,9 +180,9 @@ def test_slurm_job_outside_a_batch_job_is_one_line(repo_root):
 def test_exactly_one_party_requeues():
     cfg, _ = load_config(None, [])
     assert decide(0, None, cfg, "7") == (False, "the ranks finished")
-    assert decide(124, None, cfg, "7")[0]                     # saved after USR1 / the time-limit warning
-    assert decide(137, None, cfg, "7")[0]                     # a rank was killed: restart from the checkpoint
-    assert not decide(124, "SIGTERM", cfg, "7")[0]            # SLURM is ending the job: it requeues, or not
+    assert decide(124, None, cfg, "7")[0]  # saved after USR1 / the time-limit warning
+    assert decide(137, None, cfg, "7")[0]  # a rank was killed: restart from the checkpoint
+    assert not decide(124, "SIGTERM", cfg, "7")[0]  # SLURM is ending the job: it requeues, or not
     assert not decide(137, "SIGTERM", cfg, "7")[0]
     assert not decide(1, None, cfg, "7")[0] and not decide(2, None, cfg, "7")[0]
     cfg.launch.slurm.requeue = False
@@ -131,14 +195,30 @@ def test_the_ranks_rendezvous_comes_from_the_allocation_not_the_submitting_shell
     from cinescene.slurm import job
 
     monkeypatch.setattr(job, "node_address", lambda node: {"n1": "10.0.0.1"}[node])
-    inherited = {"SLURM_JOB_ID": "4242", "MASTER_PORT": "49897", "MASTER_ADDR": "elsewhere", "RANK": "0",
-                 "WORLD_SIZE": "1", "LOCAL_RANK": "0", "PATH": "/usr/bin", "SLURM_CPUS_PER_TASK": "3"}
+    inherited = {
+        "SLURM_JOB_ID": "4242",
+        "MASTER_PORT": "49897",
+        "MASTER_ADDR": "elsewhere",
+        "RANK": "0",
+        "WORLD_SIZE": "1",
+        "LOCAL_RANK": "0",
+        "PATH": "/usr/bin",
+        "SLURM_CPUS_PER_TASK": "3",
+    }
     env = job.step_environment(inherited, ["n1", "n2"])
     assert env["MASTER_ADDR"] == "10.0.0.1" and env["MASTER_PORT"] == str(slurm_master_port(4242)) != "49897"
     assert not {"RANK", "WORLD_SIZE", "LOCAL_RANK"} & set(env) and env["PATH"] == "/usr/bin"
-    assert env["OMP_NUM_THREADS"] == "3" and inherited["MASTER_PORT"] == "49897"      # the job's own is untouched
-    rank = detect({**env, "SLURM_PROCID": "1", "SLURM_NTASKS": "2", "SLURM_JOB_NODELIST": "n[1-2]",
-                   "SLURM_STEP_ID": "0", "SLURM_LOCALID": "0"})
+    assert env["OMP_NUM_THREADS"] == "3" and inherited["MASTER_PORT"] == "49897"  # the job's own is untouched
+    rank = detect(
+        {
+            **env,
+            "SLURM_PROCID": "1",
+            "SLURM_NTASKS": "2",
+            "SLURM_JOB_NODELIST": "n[1-2]",
+            "SLURM_STEP_ID": "0",
+            "SLURM_LOCALID": "0",
+        }
+    )
     assert rank.launcher == "srun" and rank.rank == 1 and rank.master_port == slurm_master_port(4242)
 
 
@@ -150,15 +230,29 @@ def test_job_environment_readers():
 
 def test_squeue_and_sacct_rows_expand_array_ranges():
     rows = ["12_0|COMPLETED", "12_1|CANCELLED by 0", "12_[2-4,6%2]|PENDING", "13|RUNNING", "14|"]
-    assert parse_rows(rows) == {"12_0": "COMPLETED", "12_1": "CANCELLED", "12_2": "PENDING", "12_3": "PENDING",
-                                "12_4": "PENDING", "12_6": "PENDING", "13": "RUNNING", "14": "UNKNOWN"}
+    assert parse_rows(rows) == {
+        "12_0": "COMPLETED",
+        "12_1": "CANCELLED",
+        "12_2": "PENDING",
+        "12_3": "PENDING",
+        "12_4": "PENDING",
+        "12_6": "PENDING",
+        "13": "RUNNING",
+        "14": "UNKNOWN",
+    }
 
 
-@pytest.mark.parametrize("table, message", [
-    ({"sweep": "s"}, "is not a sweep's array table"),
-    ({"trials": [{"argv": ["c.yaml"]}]}, "there is no array task 1"),
-    ({"trials": [{"argv": ["c.yaml"]}, {"argv": "c.yaml x=1"}]}, "trial 1 has no [config, overrides...] argv"),
-])
+@pytest.mark.parametrize(
+    "table, message",
+    [
+        ({"sweep": "s"}, "is not a sweep's array table"),
+        ({"trials": [{"argv": ["c.yaml"]}]}, "there is no array task 1"),
+        (
+            {"trials": [{"argv": ["c.yaml"]}, {"argv": "c.yaml x=1"}]},
+            "trial 1 has no [config, overrides...] argv",
+        ),
+    ],
+)
 def test_array_tables_are_checked_data(tmp_path, table, message):
     from cinescene.errors import CineSceneError
 
@@ -189,7 +283,9 @@ def test_launch_config_defaults_validate():
 
 def test_status_of_a_sweep_never_submitted_and_of_a_directory_that_is_not_one(repo_root, tmp_path):
     spec = yaml.safe_load((repo_root / "configs/sweeps/smoke_lr.yaml").read_text())
-    spec["sweep"].update(base=str(repo_root / "configs/experiments/smoke.yaml"), run_root=str(tmp_path / "sw"))
+    spec["sweep"].update(
+        base=str(repo_root / "configs/experiments/smoke.yaml"), run_root=str(tmp_path / "sw")
+    )
     path = tmp_path / "sweep.yaml"
     path.write_text(yaml.safe_dump(spec, sort_keys=False))
     out = cli(repo_root, "sweep", "status", str(path), "--json")
@@ -214,7 +310,9 @@ def test_two_submissions_of_one_sweep_at_once_the_second_is_refused(repo_root, t
     import fcntl
 
     spec = yaml.safe_load((repo_root / "configs/sweeps/smoke_lr.yaml").read_text())
-    spec["sweep"].update(base=str(repo_root / "configs/experiments/smoke.yaml"), run_root=str(tmp_path / "sw"))
+    spec["sweep"].update(
+        base=str(repo_root / "configs/experiments/smoke.yaml"), run_root=str(tmp_path / "sw")
+    )
     path = tmp_path / "sweep.yaml"
     path.write_text(yaml.safe_dump(spec, sort_keys=False))
     (tmp_path / "sw" / "slurm").mkdir(parents=True)
@@ -222,7 +320,10 @@ def test_two_submissions_of_one_sweep_at_once_the_second_is_refused(repo_root, t
         fcntl.flock(held, fcntl.LOCK_EX)  # as a first `cinescene sweep` submitting right now would
         out = cli(repo_root, "sweep", str(path))
     assert out.returncode == 1 and out.stdout == ""
-    assert out.stderr == f"cinescene sweep: error: another `cinescene sweep` is submitting {tmp_path / 'sw'} right now\n"
+    assert (
+        out.stderr
+        == f"cinescene sweep: error: another `cinescene sweep` is submitting {tmp_path / 'sw'} right now\n"
+    )
 
 
 def test_a_step_that_ended_after_a_preemption_save_counts_as_saved(tmp_path):
@@ -242,8 +343,8 @@ def test_a_step_that_ended_after_a_preemption_save_counts_as_saved(tmp_path):
 
     save(10, "every_steps")
     before = _latest_checkpoint(root)
-    assert before == root / "step_00000010" and not _saved_on_preemption(root, None)   # not a preemption save
+    assert before == root / "step_00000010" and not _saved_on_preemption(root, None)  # not a preemption save
     save(14, "preemption")
     assert _saved_on_preemption(root, before) and not _saved_on_preemption(root, _latest_checkpoint(root))
-    (root / "step_00000014" / "trainer_state.json").write_text("{")                  # damaged: not counted
+    (root / "step_00000014" / "trainer_state.json").write_text("{")  # damaged: not counted
     assert not _saved_on_preemption(root, before)

@@ -5,6 +5,7 @@ short trials (1 rank, a few steps). One trial is cancelled while it waits for it
 another while it trains; the next submission runs only those two, the one after submits
 nothing.
 """
+
 from __future__ import annotations
 
 import json
@@ -17,7 +18,12 @@ import yaml
 pytestmark = pytest.mark.slurm
 
 STEPS = 20
-SHORT = ["launch.nproc=1", f"train.max_steps={STEPS}", "checkpoint.every_steps=5", "tracking.wandb.mode=disabled"]
+SHORT = [
+    "launch.nproc=1",
+    f"train.max_steps={STEPS}",
+    "checkpoint.every_steps=5",
+    "tracking.wandb.mode=disabled",
+]
 
 
 def status(slurm, spec: Path, *extra: str) -> list:
@@ -33,8 +39,10 @@ def submitted(out: str) -> str:
 
 def test_sweep_array_resubmission_and_status(slurm, repo_root, tmp_path):
     spec = yaml.safe_load((repo_root / "configs/sweeps/smoke_lr.yaml").read_text())
-    spec["sweep"].update(base=str((repo_root / "configs/sweeps" / spec["sweep"]["base"]).resolve()),
-                         run_root=str(tmp_path / "sweep"))
+    spec["sweep"].update(
+        base=str((repo_root / "configs/sweeps" / spec["sweep"]["base"]).resolve()),
+        run_root=str(tmp_path / "sweep"),
+    )
     path = tmp_path / "smoke_lr.yaml"
     path.write_text(yaml.safe_dump(spec, sort_keys=False))  # the grid keeps its order
 
@@ -44,12 +52,20 @@ def test_sweep_array_resubmission_and_status(slurm, repo_root, tmp_path):
     rows = status(slurm, path, *SHORT)
     cancelled = rows[3]["signature"]
     slurm.cancel(f"{array}_3")  # still waiting behind the %2 throttle
-    slurm.wait_for("the cancelled trial to show as such", lambda: status(slurm, path, *SHORT)[3]["state"] ==
-                   "CANCELLED", timeout=30, poll=0.5)
+    slurm.wait_for(
+        "the cancelled trial to show as such",
+        lambda: status(slurm, path, *SHORT)[3]["state"] == "CANCELLED",
+        timeout=30,
+        poll=0.5,
+    )
     # A running trial cancelled while its ranks train stays cancelled: its job must not requeue itself.
     metrics = Path(rows[0]["run_dir"]) / "metrics.jsonl"
-    slurm.wait_for("trial 0 to train", lambda: metrics.exists() and metrics.read_text().count("\n") >= 2,
-                   timeout=300, poll=0.05)
+    slurm.wait_for(
+        "trial 0 to train",
+        lambda: metrics.exists() and metrics.read_text().count("\n") >= 2,
+        timeout=300,
+        poll=0.05,
+    )
     slurm.cancel(f"{array}_0")
     slurm.wait(array, timeout=600, poll=0.5)  # every task that ran is over
 
@@ -61,16 +77,23 @@ def test_sweep_array_resubmission_and_status(slurm, repo_root, tmp_path):
         assert isinstance(row["loss"], float)
         run_dir = Path(row["run_dir"])
         assert run_dir.name == row["signature"] and (run_dir / "slurm" / f"{row['job']}.out").is_file()
-        assert yaml.safe_load((run_dir / "config.yaml").read_text())["tracking"]["wandb"]["group"] == "smoke-lr"
+        assert (
+            yaml.safe_load((run_dir / "config.yaml").read_text())["tracking"]["wandb"]["group"] == "smoke-lr"
+        )
     assert rows[3]["step"] is None and rows[3]["overrides"] == ["train.lr=0.0003", "train.ema.decay=0.999"]
 
     second = slurm.cinescene(["sweep", str(path), "--max-parallel", "2", *SHORT])
-    assert second.stdout.count(f"finished  step {STEPS}/{STEPS}") == 2 and second.stdout.count("  submit    ") == 2
+    assert (
+        second.stdout.count(f"finished  step {STEPS}/{STEPS}") == 2
+        and second.stdout.count("  submit    ") == 2
+    )
     again = slurm.track(submitted(second.stdout))
     assert slurm.wait(again, timeout=300, poll=0.5) == "COMPLETED"
     rows = status(slurm, path, *SHORT)
     assert [r["state"] for r in rows] == ["COMPLETED"] * 4
-    assert (rows[0]["job"], rows[3]["job"]) == (f"{again}_0", f"{again}_1") and rows[3]["signature"] == cancelled
+    assert (rows[0]["job"], rows[3]["job"]) == (f"{again}_0", f"{again}_1") and rows[3][
+        "signature"
+    ] == cancelled
     assert rows[3]["step"] == STEPS and rows[0]["restarts"] == 0  # the cancelled one resumed in a new job
 
     third = slurm.cinescene(["sweep", str(path), "--max-parallel", "2", *SHORT])
@@ -78,7 +101,9 @@ def test_sweep_array_resubmission_and_status(slurm, repo_root, tmp_path):
     assert third.stdout.count(f"finished  step {STEPS}/{STEPS}") == 4
     # The run_root alone tells the same story, trial by trial.
     by_dir = status(slurm, tmp_path / "sweep")
-    assert sorted((r["signature"], r["state"]) for r in by_dir) == sorted((r["signature"], "COMPLETED") for r in rows)
+    assert sorted((r["signature"], r["state"]) for r in by_dir) == sorted(
+        (r["signature"], "COMPLETED") for r in rows
+    )
     table = slurm.cinescene(["sweep", "status", str(path), *SHORT]).stdout
     assert table.splitlines()[1].split()[:5] == ["signature", "state", "step", "restarts", "loss"]
     assert table.count(f"COMPLETED  {STEPS}/{STEPS}") == 4

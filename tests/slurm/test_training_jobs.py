@@ -7,6 +7,7 @@ at once, each with its interruption running in a thread alongside (they share th
 node; the preempted job is alone on the second, where its `urgent` job preempts nothing
 else); each test then waits for its own job and checks what it left behind.
 """
+
 from __future__ import annotations
 
 import json
@@ -17,7 +18,6 @@ import signal
 import threading
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Dict, List, Optional
 
 import pytest
 import yaml
@@ -35,7 +35,7 @@ JOB_TIMEOUT_S = 600
 # The bit of SIGUSR1 in /proc/<pid>/status's SigPnd/ShdPnd masks.
 USR1_PENDING = 1 << (signal.SIGUSR1 - 1)
 # User strings a shell would run: each must reach the job as it is.
-NOTES = 'a;b $(touch PWNED) `touch PWNED` "dq" \'sq\' sp  ace\nnew line'
+NOTES = "a;b $(touch PWNED) `touch PWNED` \"dq\" 'sq' sp  ace\nnew line"
 NAME = "hostile;$(touch PWNED) `touch PWNED`"
 COMMENT = "c;$(touch PWNED) `touch PWNED` 'q' \"q\""
 HOSTILE = [f"tracking.wandb.notes={json.dumps(NOTES)}", f"run.name={json.dumps(NAME)}"]
@@ -46,8 +46,8 @@ class Job:
     id: str
     run_dir: Path
     # The interruption a test inflicts, running in its own thread while every job trains.
-    action: Optional[threading.Thread] = None
-    failure: Optional[BaseException] = None
+    action: threading.Thread | None = None
+    failure: BaseException | None = None
 
     def log(self) -> str:
         path = self.run_dir / "slurm" / f"{self.id}.out"
@@ -57,7 +57,7 @@ class Job:
         path = self.run_dir / "logs" / "rank0.log"
         return path.read_text() if path.exists() else ""
 
-    def metrics(self) -> List[dict]:
+    def metrics(self) -> list[dict]:
         path = self.run_dir / "metrics.jsonl"
         if not path.exists():
             return []
@@ -113,8 +113,14 @@ def hit_time_limit(slurm, job: Job) -> None:
         elapsed = _run_seconds(slurm.jobs(job.id)[0]["RunTime"])
         # Ends 45..105 s from now: inside the 120 s warning, and time to save before the kill.
         slurm.run(["scontrol", "update", f"JobId={job.id}", f"TimeLimit={math.ceil((elapsed + 45) / 60)}"])
-        slurm.wait_for("the time-limit warning", lambda: "preemption requested (SIGUSR1)" in job.rank0_log() or
-                       all(_pending(pid) & USR1_PENDING for pid in pids.values()), timeout=60)
+        slurm.wait_for(
+            "the time-limit warning",
+            lambda: (
+                "preemption requested (SIGUSR1)" in job.rank0_log()
+                or all(_pending(pid) & USR1_PENDING for pid in pids.values())
+            ),
+            timeout=60,
+        )
     finally:
         for pid in pids.values():
             try:
@@ -136,11 +142,16 @@ def signal_twice(slurm, job: Job) -> None:
     again = slurm.cinescene(["submit", SMOKE, *ONE_NODE, f"run.dir={job.run_dir}"], check=False)
     assert again.returncode == 1 and again.stderr.strip() == (
         f"cinescene submit: error: {job.run_dir} already has job {job.id} (RUNNING); one job per run directory "
-        f"(scancel {job.id} first, or choose another run.dir)"), again.stderr
+        f"(scancel {job.id} first, or choose another run.dir)"
+    ), again.stderr
     slurm.run(["scancel", "--signal=USR1", "--batch", job.id])
     slurm.wait_for("the first requeue", lambda: restarts(slurm, job) == 1, timeout=180)
-    slurm.wait_for("the second start to train", lambda: bool(job.metrics()) and job.metrics()[-1]["restarts"] == 1,
-                   timeout=400, poll=0.1)
+    slurm.wait_for(
+        "the second start to train",
+        lambda: bool(job.metrics()) and job.metrics()[-1]["restarts"] == 1,
+        timeout=400,
+        poll=0.1,
+    )
     slurm.run(["scancel", "--signal=USR1", "--full", job.id])
 
 
@@ -153,19 +164,23 @@ def preempt(slurm, job: Job) -> None:
     wait_step(slurm, job, 5)
     node = slurm.jobs(job.id)[0]["NodeList"]
     cpus = slurm.run(["sinfo", "-h", "-n", node, "-o", "%c"]).stdout.split()[0]
-    urgent = slurm.track(slurm.submit(["-p", "urgent", "-w", node, "-c", cpus, "-o", "/dev/null", "--wrap", "true"]))
+    urgent = slurm.track(
+        slurm.submit(["-p", "urgent", "-w", node, "-c", cpus, "-o", "/dev/null", "--wrap", "true"])
+    )
     assert slurm.wait(urgent, timeout=300) == "COMPLETED"
 
 
 def submit_two_nodes(slurm, job: Job) -> None:
     """2 nodes x 1 task, submitted once the preemption on the second node is over."""
-    job.id = slurm.submit_run([SMOKE, "--nodes", "2", "--gpus-per-node", "0", "launch.nproc=1",
-                               f"run.dir={job.run_dir}", *TRAIN])
+    job.id = slurm.submit_run(
+        [SMOKE, "--nodes", "2", "--gpus-per-node", "0", "launch.nproc=1", f"run.dir={job.run_dir}", *TRAIN]
+    )
 
 
 def _act(slurm, job: Job, action, after=(), after_actions=()) -> None:
     """Run ``action`` in a thread, once the jobs ``after`` have ended and the actions of
     ``after_actions`` are done."""
+
     def run():
         try:
             for other in after:
@@ -177,33 +192,58 @@ def _act(slurm, job: Job, action, after=(), after_actions=()) -> None:
             job.failure = exc
             if job.id:
                 slurm.cancel(job.id)  # a job its test gave up on must not hold CPUs the others need
+
     job.action = threading.Thread(target=run, daemon=True)
     job.action.start()
 
 
 @pytest.fixture(scope="module")
-def jobs(slurm_cluster, tmp_path_factory) -> Dict[str, Job]:
+def jobs(slurm_cluster, tmp_path_factory) -> dict[str, Job]:
     """Submit every job of the module at once, each with its interruption running alongside."""
     slurm = slurm_cluster
     root = tmp_path_factory.mktemp("jobs")
     first = slurm.nodes[0]
     # The preempted job runs alone on the second node, where its `urgent` job preempts nothing else.
     second = slurm.nodes[1] if len(slurm.nodes) > 1 else None
-    plan = {"reference": ([], None), "timelimit": (["launch.slurm.signal=USR1@120"], hit_time_limit),
-            "killed": ([], kill_a_rank), "signalled": ([], signal_twice),
-            "bounded": (["train.max_steps=400", "launch.max_restarts=0"], signal_past_max_restarts)}
-    submitted: Dict[str, Job] = {}
+    plan = {
+        "reference": ([], None),
+        "timelimit": (["launch.slurm.signal=USR1@120"], hit_time_limit),
+        "killed": ([], kill_a_rank),
+        "signalled": ([], signal_twice),
+        "bounded": (["train.max_steps=400", "launch.max_restarts=0"], signal_past_max_restarts),
+    }
+    submitted: dict[str, Job] = {}
     for name, (extra, action) in plan.items():
         run_dir = root / name
-        submitted[name] = Job(slurm.submit_run([SMOKE, *ONE_NODE, f"run.dir={run_dir}", *TRAIN, *extra,
-                                                on_node(first)]), run_dir)
+        submitted[name] = Job(
+            slurm.submit_run([SMOKE, *ONE_NODE, f"run.dir={run_dir}", *TRAIN, *extra, on_node(first)]),
+            run_dir,
+        )
         if action:
             _act(slurm, submitted[name], action)
     hostile = root / "inj $(touch PWNED); `touch PWNED` x"
     extra = f"launch.slurm.extra=[{json.dumps('--comment=' + COMMENT)},--nodelist={first}]"
-    submitted["hostile"] = Job(slurm.submit_run([SMOKE, *ONE_NODE, *HOSTILE, f"run.dir={json.dumps(str(hostile))}",
-                                                 extra, "train.max_steps=2", "tracking.wandb.mode=disabled"]), hostile)
-    preempted_args = [SMOKE, *ONE_NODE, f"run.dir={root / 'preempted'}", *TRAIN, "tracking.wandb.mode=offline"]
+    submitted["hostile"] = Job(
+        slurm.submit_run(
+            [
+                SMOKE,
+                *ONE_NODE,
+                *HOSTILE,
+                f"run.dir={json.dumps(str(hostile))}",
+                extra,
+                "train.max_steps=2",
+                "tracking.wandb.mode=disabled",
+            ]
+        ),
+        hostile,
+    )
+    preempted_args = [
+        SMOKE,
+        *ONE_NODE,
+        f"run.dir={root / 'preempted'}",
+        *TRAIN,
+        "tracking.wandb.mode=offline",
+    ]
     if second:
         submitted["preempted"] = Job(slurm.submit_run([*preempted_args, on_node(second)]), root / "preempted")
         _act(slurm, submitted["preempted"], preempt)
@@ -216,6 +256,7 @@ def jobs(slurm_cluster, tmp_path_factory) -> Dict[str, Job]:
         def submit_then_preempt(slurm, job):
             job.id = slurm.submit_run([*preempted_args, on_node(first)])
             preempt(slurm, job)
+
         _act(slurm, job, submit_then_preempt, after=others)
     yield submitted
     slurm.cancel_submitted()
@@ -232,10 +273,20 @@ def test_submit_dry_run_prints_the_sbatch_call_and_submits_nothing(slurm, repo_r
     before = slurm.run(["squeue", "-h", "-o", "%i"]).stdout.split()
     out = slurm.cinescene(["submit", SMOKE, *ONE_NODE, "--dry-run"])
     line = out.stdout.splitlines()[0]
-    for option in ["sbatch", "--nodes=1", "--ntasks-per-node=2", "--cpus-per-task=1", "--time=00:30:00",
-                   "--signal=USR1@60", "--requeue", "--open-mode=append", f"--chdir={repo_root}",
-                   f"--output={repo_root}/runs/smoke/slurm/%j.out", "cinescene/slurm/train.sbatch",
-                   f"{SMOKE} launch.slurm.nodes=1 launch.slurm.gpus_per_node=0"]:
+    for option in [
+        "sbatch",
+        "--nodes=1",
+        "--ntasks-per-node=2",
+        "--cpus-per-task=1",
+        "--time=00:30:00",
+        "--signal=USR1@60",
+        "--requeue",
+        "--open-mode=append",
+        f"--chdir={repo_root}",
+        f"--output={repo_root}/runs/smoke/slurm/%j.out",
+        "cinescene/slurm/train.sbatch",
+        f"{SMOKE} launch.slurm.nodes=1 launch.slurm.gpus_per_node=0",
+    ]:
         assert option in line, f"{option!r} not in {line!r}"
     assert "--gpus-per-node" not in line  # CPU-only: no GPU request
     assert 'exec "${CINESCENE_PYTHON:-python3}" -m cinescene slurm-job "$@"' in out.stdout
@@ -249,7 +300,9 @@ def test_submitted_job_completes_with_a_checkpoint_and_its_environment(slurm_clu
     assert {r["restarts"] for r in job.metrics()} == {0}
     record = json.loads((job.run_dir / "slurm" / f"{job.id}.start-0.json").read_text())
     assert record["job"] == job.id and record["restart"] == 0 and record["nodes"] == [slurm_cluster.nodes[0]]
-    assert record["config"]["train"]["max_steps"] == STEPS and record["config"]["run"]["dir"] == str(job.run_dir)
+    assert record["config"]["train"]["max_steps"] == STEPS and record["config"]["run"]["dir"] == str(
+        job.run_dir
+    )
     assert set(record["git"]) == {"commit", "dirty"} and record["packages"]["torch"]
     assert record["argv"][:2] == ["srun", "--kill-on-bad-exit=1"]
     assert "joined 2 ranks started by srun" in job.rank0_log()
@@ -269,7 +322,9 @@ def test_time_limit_warning_saves_requeues_and_resumes_bit_exact(slurm_cluster, 
 def test_killed_rank_restarts_from_the_previous_checkpoint(slurm_cluster, jobs, reference):
     slurm, job = slurm_cluster, jobs["killed"]
     wait_done(slurm, job)
-    assert re.search(r"ranks ended with status 1\d\d without saving: requeueing", job.log()), job.log()[-3000:]
+    assert re.search(r"ranks ended with status 1\d\d without saving: requeueing", job.log()), job.log()[
+        -3000:
+    ]
     resumed = re.findall(r"training steps (\d+)\.\.\d+ of \d+ \(resumed from .*step_(\d+)\)", job.rank0_log())
     assert len(resumed) == 1 and int(resumed[0][0]) == int(resumed[0][1]) + 1 and int(resumed[0][1]) >= 10
     rows = job.metrics()  # the steps after the checkpoint were trained again, each logged once
@@ -293,15 +348,21 @@ def test_past_max_restarts_the_job_fails_with_one_line(slurm_cluster, jobs):
     slurm, job = slurm_cluster, jobs["bounded"]
     wait_done(slurm, job, "FAILED")
     errors = [line for line in job.log().splitlines() if line.startswith("cinescene")]
-    assert errors == [f"cinescene slurm-job: error: job {job.id} was restarted 1 time and launch.max_restarts is "
-                      f"0: giving up; {job.run_dir} keeps its latest checkpoint, resubmit to continue from it"], errors
+    assert errors == [
+        f"cinescene slurm-job: error: job {job.id} was restarted 1 time and launch.max_restarts is "
+        f"0: giving up; {job.run_dir} keeps its latest checkpoint, resubmit to continue from it"
+    ], errors
     assert job.log().count("cinescene.slurm: job") == 3  # start 1, its requeue, start 2
-    saves = [json.loads((p / "trainer_state.json").read_text())["reason"]
-             for p in sorted((job.run_dir / "checkpoints").glob("step_*"))]
+    saves = [
+        json.loads((p / "trainer_state.json").read_text())["reason"]
+        for p in sorted((job.run_dir / "checkpoints").glob("step_*"))
+    ]
     assert saves[-1] == "preemption" and job.step() < 400, saves
 
 
-def test_urgent_job_preempts_and_the_job_resumes_bit_exact_in_the_same_wandb_run(slurm_cluster, jobs, reference):
+def test_urgent_job_preempts_and_the_job_resumes_bit_exact_in_the_same_wandb_run(
+    slurm_cluster, jobs, reference
+):
     from cinescene.train.wandb_files import read_history, read_run_ids
 
     slurm, job = slurm_cluster, jobs["preempted"]
@@ -359,7 +420,9 @@ def test_two_nodes_rendezvous_over_the_veth_pair_and_train_bit_exact(slurm_clust
     wait_done(slurm, job)
     record = json.loads((job.run_dir / "slurm" / f"{job.id}.start-0.json").read_text())
     assert record["nodes"] == slurm.nodes[:2] and record["slurm"]["SLURM_NTASKS"] == "2"
-    master = slurm.run(["scontrol", "show", "node", "-o", slurm.nodes[0]]).stdout.split("NodeAddr=")[1].split()[0]
+    master = (
+        slurm.run(["scontrol", "show", "node", "-o", slurm.nodes[0]]).stdout.split("NodeAddr=")[1].split()[0]
+    )
     assert not master.startswith("127.")  # the first node as the second one reaches it
     assert f"joined 2 ranks started by srun (backend gloo, rendezvous {master}:" in job.rank0_log()
     assert job.digest() == reference  # 2 nodes x 1 rank trains what 1 node x 2 ranks does

@@ -1,4 +1,5 @@
 """Shared pieces of the trainer tests: the repository root and runs started as `kill -9`-able sessions."""
+
 from __future__ import annotations
 
 import os
@@ -22,8 +23,9 @@ def run_env(**extra) -> dict:
 def start(argv, log: Path, **env) -> subprocess.Popen:
     """Start ``argv`` in the repository, in its own session (so a kill reaches all of its ranks), output to ``log``."""
     handle = open(log, "ab")
-    return subprocess.Popen(argv, cwd=REPO, env=run_env(**env), stdout=handle, stderr=subprocess.STDOUT,
-                            start_new_session=True)
+    return subprocess.Popen(
+        argv, cwd=REPO, env=run_env(**env), stdout=handle, stderr=subprocess.STDOUT, start_new_session=True
+    )
 
 
 def finish(proc: subprocess.Popen, timeout=600) -> int:

@@ -4,6 +4,7 @@ The same launch path as the CLI (local spawner, signal forwarding, exit
 statuses, checkpoints, W&B) around the tiny model and in-memory data of
 :mod:`tests.train.standins`, so the multi-rank tests take seconds.
 """
+
 from __future__ import annotations
 
 import sys
@@ -21,9 +22,12 @@ def main(argv) -> int:
         # The launcher process stays light (no torch): validate the config only.
         cfg, _ = load_config(None, ["data.train_shards=unused", *overrides])
         if cfg.launch.nproc > 1:
-            return spawn_local_ranks([sys.executable, "-m", "tests.train.standin_train", *argv], cfg.launch.nproc,
-                                     forward=cfg.launch.preempt_signals,
-                                     success_codes=[cfg.launch.preempt_exit_code])
+            return spawn_local_ranks(
+                [sys.executable, "-m", "tests.train.standin_train", *argv],
+                cfg.launch.nproc,
+                forward=cfg.launch.preempt_signals,
+                success_codes=[cfg.launch.preempt_exit_code],
+            )
     from cinescene.train.entry import run_rank
 
     from .standins import standin_components, tiny_config

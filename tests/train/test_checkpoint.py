@@ -4,18 +4,28 @@ A one-rank fake engine writes DeepSpeed's ZeRO-3 file layout through the checkpo
 installs (:mod:`tests.ckpt.fakes`); crash points raise instead of SIGKILLing, which leaves the same files
 behind as a killed process (the real SIGKILL is in test_train_integration.py).
 """
+
 from __future__ import annotations
 
 import json
 
 import pytest
+
 from cinescene.ckpt.manifest import hash_file, read_manifest
 from cinescene.ckpt.rank_state import read_rank_state
 from cinescene.ckpt.record import read_record
 from cinescene.config.checkpoint import CheckpointConfig
 from cinescene.errors import CineSceneError
-from cinescene.train.checkpoint import (CheckpointManager, check_compatible, is_complete, manager as manager_module,
-                                        step_dir_name, validate)
+from cinescene.train.checkpoint import (
+    CheckpointManager,
+    check_compatible,
+    is_complete,
+    step_dir_name,
+    validate,
+)
+from cinescene.train.checkpoint import (
+    manager as manager_module,
+)
 from tests.ckpt.fakes import FakeZeroEngine, rank_state, record
 
 POINTS = ["tmp_created", "after_shards", "after_rank_states", "before_rename", "after_rename", "after_latest"]
@@ -43,11 +53,15 @@ def test_save_writes_a_complete_directory_with_its_manifest_and_moves_latest(tmp
     state = json.loads((second / "trainer_state.json").read_text())
     assert state["step"] == 2 and state["consumed_samples"] == 8 and state["format"] == 2
     assert read_record(second).step == 2 and validate(second).consumed_samples == 8
-    assert read_rank_state(second / "rank_states" / "rank_00000.safetensors")["callbacks"] == {"guard": {"total": 2}}
+    assert read_rank_state(second / "rank_states" / "rank_00000.safetensors")["callbacks"] == {
+        "guard": {"total": 2}
+    }
     assert not list((tmp_path / "ck").glob(".tmp-*")) and not list(second.glob("*.py"))
     # Every file is in the manifest, with the size and SHA-256 computed while it was written.
     listed = read_manifest(second)
-    on_disk = sorted(str(p.relative_to(second)) for p in second.rglob("*") if p.is_file() and p.name != "manifest.json")
+    on_disk = sorted(
+        str(p.relative_to(second)) for p in second.rglob("*") if p.is_file() and p.name != "manifest.json"
+    )
     assert sorted(listed) == on_disk
     assert all(hash_file(second / name) == rec for name, rec in listed.items())
 
@@ -121,8 +135,12 @@ def test_resume_rules(tmp_path):
 
 
 def test_compatibility_errors_name_what_differs(tmp_path):
-    saved = record(3, params={"a.weight": [4, 4], "b.bias": [4], "gone.weight": [2]}, trainable=["a.weight"],
-                   world_size=2)
+    saved = record(
+        3,
+        params={"a.weight": [4, 4], "b.bias": [4], "gone.weight": [2]},
+        trainable=["a.weight"],
+        world_size=2,
+    )
     current = {"a.weight": [8, 4], "b.bias": [4], "new.weight": [3]}
     with pytest.raises(CineSceneError) as info:
         check_compatible(saved, tmp_path, params=current, trainable=["a.weight"], zero_stage=3, world_size=2)
@@ -133,8 +151,18 @@ def test_compatibility_errors_name_what_differs(tmp_path):
     with pytest.raises(CineSceneError, match="ZeRO-3 shards; this run uses ZeRO-2"):
         check_compatible(saved, tmp_path, params=same, trainable=["a.weight"], zero_stage=2, world_size=2)
     with pytest.raises(CineSceneError, match="trainable set differs: b.bias"):
-        check_compatible(saved, tmp_path, params=same, trainable=["a.weight", "b.bias"], zero_stage=3, world_size=2)
-    check_compatible(saved, tmp_path, params=same, trainable=["a.weight"], zero_stage=3, world_size=4)  # resharded
+        check_compatible(
+            saved, tmp_path, params=same, trainable=["a.weight", "b.bias"], zero_stage=3, world_size=2
+        )
+    check_compatible(
+        saved, tmp_path, params=same, trainable=["a.weight"], zero_stage=3, world_size=4
+    )  # resharded
     with pytest.raises(CineSceneError, match="needs ZeRO-3"):
-        check_compatible(record(3, params=same, trainable=["a.weight"], world_size=2, zero_stage=2), tmp_path,
-                         params=same, trainable=["a.weight"], zero_stage=2, world_size=1)
+        check_compatible(
+            record(3, params=same, trainable=["a.weight"], world_size=2, zero_stage=2),
+            tmp_path,
+            params=same,
+            trainable=["a.weight"],
+            zero_stage=2,
+            world_size=1,
+        )

@@ -1,4 +1,5 @@
 """Sharded EMA (math, slicing, save/load, resharding) and the non-finite guard."""
+
 from __future__ import annotations
 
 import math
@@ -89,13 +90,13 @@ def test_applied_swaps_the_ema_in_and_restores_the_weights_exactly():
             if param.requires_grad:
                 assert torch.equal(param.detach().view(-1), ema.shadow[name]), name
             else:
-                assert torch.equal(param, after[name])          # frozen: no EMA, untouched
+                assert torch.equal(param, after[name])  # frozen: no EMA, untouched
         assert not torch.equal(model[0].weight, trained["0.weight"])
     assert all(torch.equal(p, after[n]) for n, p in model.named_parameters())
     with pytest.raises(RuntimeError, match="inside"):
         with ema.applied():
             raise RuntimeError("inside")
-    assert all(torch.equal(p, after[n]) for n, p in model.named_parameters())   # restored on errors too
+    assert all(torch.equal(p, after[n]) for n, p in model.named_parameters())  # restored on errors too
 
 
 def _applied_on_two_ranks(rank: int, init: str, out: str) -> None:
@@ -103,7 +104,7 @@ def _applied_on_two_ranks(rank: int, init: str, out: str) -> None:
 
     dist.init_process_group("gloo", init_method=init, rank=rank, world_size=2)
     try:
-        model = make_model()                      # whole parameters on both ranks, as under ZeRO-1/2
+        model = make_model()  # whole parameters on both ranks, as under ZeRO-1/2
         ema = ShardedEMA(model.named_parameters(), EMAConfig(decay=0.9), shard_index=rank, shard_count=2)
         step_weights(model, 1)
         ema.update(1)
@@ -121,13 +122,17 @@ def test_applied_gathers_every_ranks_slice_of_whole_parameters(tmp_path):
     """ZeRO-1/2: each rank averages a slice of each parameter; inside ``applied`` every rank holds the full EMA."""
     import torch.multiprocessing as mp
 
-    mp.start_processes(_applied_on_two_ranks, args=(f"file://{tmp_path / 'store'}", str(tmp_path)), nprocs=2,
-                       start_method="spawn")
+    mp.start_processes(
+        _applied_on_two_ranks,
+        args=(f"file://{tmp_path / 'store'}", str(tmp_path)),
+        nprocs=2,
+        start_method="spawn",
+    )
     saved = [torch.load(tmp_path / f"rank{r}.pt", weights_only=True) for r in (0, 1)]
     full = assemble([s["state"] for s in saved])
     for name, value in full.items():
         assert all(torch.equal(s["inside"][name], value) for s in saved), name
-    assert torch.equal(saved[0]["inside"]["1.bias"], saved[1]["inside"]["1.bias"])     # frozen: the weights
+    assert torch.equal(saved[0]["inside"]["1.bias"], saved[1]["inside"]["1.bias"])  # frozen: the weights
 
 
 def test_ema_callback_skips_discarded_steps():

@@ -1,4 +1,5 @@
 """DeepSpeed config from our sections, AdamW parameter groups, zero.Init choice, preemption flag agreement."""
+
 from __future__ import annotations
 
 import os
@@ -27,14 +28,27 @@ def cfg(*overrides):
 
 
 def test_deepspeed_config_follows_our_sections():
-    c = cfg("train.micro_batch_size=2", "train.global_batch_size=16", "train.precision=bf16", "train.grad_clip=0.5")
+    c = cfg(
+        "train.micro_batch_size=2",
+        "train.global_batch_size=16",
+        "train.precision=bf16",
+        "train.grad_clip=0.5",
+    )
     ds = deepspeed_config(c, plan_batch(c.train, world_size=4))
-    assert (ds["train_batch_size"], ds["train_micro_batch_size_per_gpu"], ds["gradient_accumulation_steps"]) == (16, 2, 2)
+    assert (
+        ds["train_batch_size"],
+        ds["train_micro_batch_size_per_gpu"],
+        ds["gradient_accumulation_steps"],
+    ) == (16, 2, 2)
     assert ds["bf16"] == {"enabled": True, "check_grad_overflow": True} and ds["gradient_clipping"] == 0.5
     assert ds["zero_optimization"]["stage"] == 3 and "offload_optimizer" not in ds["zero_optimization"]
     c = cfg("parallel.zero_stage=2", "parallel.offload_optimizer=cpu", "train.precision=fp32")
     zero = deepspeed_config(c, plan_batch(c.train, 1))["zero_optimization"]
-    assert zero["stage"] == 2 and zero["offload_optimizer"]["device"] == "cpu" and "allgather_bucket_size" in zero
+    assert (
+        zero["stage"] == 2
+        and zero["offload_optimizer"]["device"] == "cpu"
+        and "allgather_bucket_size" in zero
+    )
     c = cfg("parallel.sequence=2", "parallel.reduce_bucket_size=100")
     zero = deepspeed_config(c, plan_batch(c.train, 2, 2), largest_param=5000)["zero_optimization"]
     assert zero["reduce_scatter"] is False and zero["reduce_bucket_size"] == 5000
@@ -63,7 +77,13 @@ def test_parameter_groups_exempt_norms_biases_embeddings():
     decay = sorted(names[id(p)] for p in groups["decay"]["params"])
     exempt = sorted(names[id(p)] for p in groups["no_decay"]["params"])
     assert decay == ["ffn.2.weight", "head.weight"]
-    assert {"patch_embedding.weight", "text_embedding.weight", "modulation", "norm.weight", "head.bias"} <= set(exempt)
+    assert {
+        "patch_embedding.weight",
+        "text_embedding.weight",
+        "modulation",
+        "norm.weight",
+        "head.bias",
+    } <= set(exempt)
     assert groups["decay"]["weight_decay"] == 0.1 and groups["no_decay"]["weight_decay"] == 0.0
     for p in model.parameters():
         p.requires_grad_(False)

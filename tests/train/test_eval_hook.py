@@ -11,6 +11,7 @@ ZeRO-3 keeps parameters under ``parallel.param_persistence_threshold`` whole on 
 1000 elements, so the tiny model has both kinds (weights partitioned, biases and norms persistent) and the
 EMA swap is checked on both.
 """
+
 from __future__ import annotations
 
 import json
@@ -36,14 +37,31 @@ METRICS = ["psnr", "ssim", "bg_psnr", "bg_ssim"]
 
 
 def train_cmd(run_dir: Path, shards: Path, *extra: str):
-    return [sys.executable, "-m", "cinescene", "train", "configs/experiments/smoke.yaml", "--nproc", "2",
-            f"run.dir={run_dir}", f"data.train_shards={shards}", f"train.max_steps={STEPS}",
-            f"checkpoint.every_steps={EVERY}", "parallel.param_persistence_threshold=1000", *extra]
+    return [
+        sys.executable,
+        "-m",
+        "cinescene",
+        "train",
+        "configs/experiments/smoke.yaml",
+        "--nproc",
+        "2",
+        f"run.dir={run_dir}",
+        f"data.train_shards={shards}",
+        f"train.max_steps={STEPS}",
+        f"checkpoint.every_steps={EVERY}",
+        "parallel.param_persistence_threshold=1000",
+        *extra,
+    ]
 
 
 def eval_args(heldout: Path):
-    return [f"eval.every_steps={EVERY}", "eval.num_samples=2", f"eval.data={heldout}", "eval.sample_steps=10",
-            f"eval.metrics=[{','.join(METRICS)}]"]
+    return [
+        f"eval.every_steps={EVERY}",
+        "eval.num_samples=2",
+        f"eval.data={heldout}",
+        "eval.sample_steps=10",
+        f"eval.metrics=[{','.join(METRICS)}]",
+    ]
 
 
 def rows(run_dir: Path):
@@ -67,17 +85,19 @@ def wait_for(path: Path, proc: subprocess.Popen, timeout=300) -> None:
 def runs(smoke_run, heldout_shards, tmp_path_factory):
     root = tmp_path_factory.mktemp("eval_hook")
     off, on, log = root / "off", root / "on", root / "run.log"
-    staging = {"WANDB_DATA_DIR": str(root / "wandb_data")}       # where W&B stages the table's videos
-    assert finish(start(train_cmd(off, smoke_run.shards, "tracking.wandb.mode=disabled"), log)) == 0, \
+    staging = {"WANDB_DATA_DIR": str(root / "wandb_data")}  # where W&B stages the table's videos
+    assert finish(start(train_cmd(off, smoke_run.shards, "tracking.wandb.mode=disabled"), log)) == 0, (
         log.read_text()[-3000:]
+    )
 
     proc = start(train_cmd(on, smoke_run.shards, *eval_args(heldout_shards)), log, **staging)
-    wait_for(on / "eval" / f"step_{EVERY:08d}" / "samples", proc)       # the first evaluation has begun
-    os.kill(proc.pid, signal.SIGUSR1)                                       # the launcher forwards it to the ranks
+    wait_for(on / "eval" / f"step_{EVERY:08d}" / "samples", proc)  # the first evaluation has begun
+    os.kill(proc.pid, signal.SIGUSR1)  # the launcher forwards it to the ranks
     assert finish(proc) == 124, log.read_text()[-3000:]
     preempted = log.read_text()
-    assert finish(start(train_cmd(on, smoke_run.shards, *eval_args(heldout_shards)), log, **staging)) == 0, \
+    assert finish(start(train_cmd(on, smoke_run.shards, *eval_args(heldout_shards)), log, **staging)) == 0, (
         log.read_text()[-3000:]
+    )
     assert list((root / "wandb_data").rglob("*"))
     return off, on, preempted, log.read_text(), heldout_shards
 
@@ -92,7 +112,7 @@ def test_a_preemption_during_an_evaluation_saves_at_that_step(runs):
 def test_training_with_the_hook_ends_bit_identical(runs):
     off, on, _, _, _ = runs
     assert [r["loss"] for r in rows(on)] == [r["loss"] for r in rows(off)]
-    assert [r["step"] for r in rows(on)] == list(range(1, STEPS + 1))      # one row per step, eval included
+    assert [r["step"] for r in rows(on)] == list(range(1, STEPS + 1))  # one row per step, eval included
     digest_off, digest_on = weights_digest(final_step(off)), weights_digest(final_step(on))
     print(f"\nfinal weights sha256: hook off {digest_off}\n                      hook on  {digest_on}")
     assert digest_off == digest_on
@@ -105,7 +125,9 @@ def test_metrics_go_to_jsonl_and_the_offline_wandb_run(runs):
     for name in METRICS:
         assert isinstance(last[f"eval/{name}"], float), name
     assert 0 < last["eval/psnr"] < 40 and 0 < last["eval/time_share"] < 1 and last["eval/seconds"] > 0
-    assert "eval/psnr" not in by_step[EVERY] and by_step[EVERY]["eval/seconds"] > 0   # abandoned: its cost only
+    assert (
+        "eval/psnr" not in by_step[EVERY] and by_step[EVERY]["eval/seconds"] > 0
+    )  # abandoned: its cost only
     assert not any(k.startswith("eval/") for s, r in by_step.items() if s not in (EVERY, STEPS) for k in r)
 
     history = read_history(on)
@@ -126,7 +148,7 @@ def test_metrics_go_to_jsonl_and_the_offline_wandb_run(runs):
 
 def media(row: dict, key: str) -> dict:
     """A logged W&B object's fields (history rows hold them flattened, as ``key/field``)."""
-    return {k[len(key) + 1:]: v for k, v in row.items() if k.startswith(key + "/")}
+    return {k[len(key) + 1 :]: v for k, v in row.items() if k.startswith(key + "/")}
 
 
 def test_videos_and_report_are_written_and_match_cinescene_eval(runs, tmp_path):
@@ -142,10 +164,33 @@ def test_videos_and_report_are_written_and_match_cinescene_eval(runs, tmp_path):
 
     # The same samples from the saved step through the command line: the hook sampled with the EMA weights.
     cli = tmp_path / "cli"
-    done = subprocess.run([sys.executable, "-m", "cinescene", "eval", str(final_step(on)), "--ema", "--data",
-                           str(heldout), "--out", str(cli), "--num", "2", "--steps", "10", "--metrics",
-                           ",".join(METRICS), "--nproc", "1"], cwd=REPO, env=run_env(), capture_output=True,
-                          text=True, timeout=300)
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "cinescene",
+            "eval",
+            str(final_step(on)),
+            "--ema",
+            "--data",
+            str(heldout),
+            "--out",
+            str(cli),
+            "--num",
+            "2",
+            "--steps",
+            "10",
+            "--metrics",
+            ",".join(METRICS),
+            "--nproc",
+            "1",
+        ],
+        cwd=REPO,
+        env=run_env(),
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert done.returncode == 0, done.stderr[-3000:]
     theirs = {s["key"]: s["metrics"] for s in json.loads((cli / "metrics.json").read_text())["samples"]}
     ours = {s["key"]: s["metrics"] for s in report["samples"]}

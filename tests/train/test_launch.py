@@ -1,4 +1,5 @@
 """Rank discovery (torchrun / srun / batch script / standalone) and the local spawner's signals and statuses."""
+
 from __future__ import annotations
 
 import os
@@ -18,10 +19,25 @@ from .conftest import REPO
 
 
 def test_torchrun_environment():
-    env = detect({"RANK": "3", "WORLD_SIZE": "8", "LOCAL_RANK": "1", "LOCAL_WORLD_SIZE": "2",
-                  "MASTER_ADDR": "node7", "MASTER_PORT": "29555"})
-    assert (env.rank, env.world_size, env.local_rank, env.local_world_size, env.master_addr, env.master_port,
-            env.launcher) == (3, 8, 1, 2, "node7", 29555, "torchrun")
+    env = detect(
+        {
+            "RANK": "3",
+            "WORLD_SIZE": "8",
+            "LOCAL_RANK": "1",
+            "LOCAL_WORLD_SIZE": "2",
+            "MASTER_ADDR": "node7",
+            "MASTER_PORT": "29555",
+        }
+    )
+    assert (
+        env.rank,
+        env.world_size,
+        env.local_rank,
+        env.local_world_size,
+        env.master_addr,
+        env.master_port,
+        env.launcher,
+    ) == (3, 8, 1, 2, "node7", 29555, "torchrun")
 
 
 @pytest.fixture
@@ -33,11 +49,25 @@ def fake_scontrol(tmp_path, monkeypatch):
 
 
 def test_srun_environment(fake_scontrol):
-    env = detect({"SLURM_PROCID": "5", "SLURM_NTASKS": "8", "SLURM_LOCALID": "1", "SLURM_STEP_ID": "0",
-                  "SLURM_JOB_ID": "123456", "SLURM_JOB_NODELIST": "gpu[003-004]",
-                  "SLURM_STEP_TASKS_PER_NODE": "4(x2)"})
-    assert (env.rank, env.world_size, env.local_rank, env.local_world_size, env.master_addr, env.launcher) == \
-        (5, 8, 1, 4, "gpu003", "srun")
+    env = detect(
+        {
+            "SLURM_PROCID": "5",
+            "SLURM_NTASKS": "8",
+            "SLURM_LOCALID": "1",
+            "SLURM_STEP_ID": "0",
+            "SLURM_JOB_ID": "123456",
+            "SLURM_JOB_NODELIST": "gpu[003-004]",
+            "SLURM_STEP_TASKS_PER_NODE": "4(x2)",
+        }
+    )
+    assert (
+        env.rank,
+        env.world_size,
+        env.local_rank,
+        env.local_world_size,
+        env.master_addr,
+        env.launcher,
+    ) == (5, 8, 1, 4, "gpu003", "srun")
     assert env.master_port == slurm_master_port(123456) and 20000 <= env.master_port < 30000
 
 
@@ -50,8 +80,15 @@ def test_a_batch_script_alone_is_not_a_rank():
 def test_srun_without_scontrol_is_a_clear_error(monkeypatch, tmp_path):
     monkeypatch.setenv("PATH", str(tmp_path))
     with pytest.raises(CineSceneError, match="scontrol"):
-        detect({"SLURM_PROCID": "0", "SLURM_NTASKS": "2", "SLURM_STEP_ID": "0", "SLURM_JOB_ID": "1",
-                "SLURM_JOB_NODELIST": "n[1-2]"})
+        detect(
+            {
+                "SLURM_PROCID": "0",
+                "SLURM_NTASKS": "2",
+                "SLURM_STEP_ID": "0",
+                "SLURM_JOB_ID": "1",
+                "SLURM_JOB_NODELIST": "n[1-2]",
+            }
+        )
 
 
 CHILD = """
@@ -79,8 +116,9 @@ if mode == "hang":
 
 
 def spawn(tmp_path, mode, n=2):
-    return spawn_local_ranks([sys.executable, "-c", CHILD.format(n=n, mode=mode, tmp=tmp_path)], n,
-                             success_codes=[124])
+    return spawn_local_ranks(
+        [sys.executable, "-c", CHILD.format(n=n, mode=mode, tmp=tmp_path)], n, success_codes=[124]
+    )
 
 
 def test_statuses_combine(tmp_path):
@@ -108,9 +146,11 @@ def test_a_failed_rank_stops_the_others(tmp_path):
 
 
 def test_a_batch_that_does_not_fit_the_ranks_fails_before_any_rank_starts():
-    code = ("import sys; from cinescene.launch.cli import main; "
-            "rc = main(['train', 'configs/experiments/smoke.yaml', 'train.global_batch_size=6']); "
-            "assert 'torch' not in sys.modules, 'torch imported'; sys.exit(rc)")
+    code = (
+        "import sys; from cinescene.launch.cli import main; "
+        "rc = main(['train', 'configs/experiments/smoke.yaml', 'train.global_batch_size=6']); "
+        "assert 'torch' not in sys.modules, 'torch imported'; sys.exit(rc)"
+    )
     out = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=60)
     assert out.returncode == 1, out.stderr
     lines = out.stderr.strip().splitlines()
@@ -118,15 +158,34 @@ def test_a_batch_that_does_not_fit_the_ranks_fails_before_any_rank_starts():
     assert "data-parallel size 2" in lines[0]
 
 
-@pytest.mark.parametrize("overrides, key_text, code", [
-    (["data.train_shards=/nonexistent/shards", "data.generate=false"], "no training data at /nonexistent/shards", 1),
-    (["data.train_shards=null"], "config error: data.train_shards: required for training", 2),
-])
+@pytest.mark.parametrize(
+    "overrides, key_text, code",
+    [
+        (
+            ["data.train_shards=/nonexistent/shards", "data.generate=false"],
+            "no training data at /nonexistent/shards",
+            1,
+        ),
+        (["data.train_shards=null"], "config error: data.train_shards: required for training", 2),
+    ],
+)
 def test_missing_data_fails_before_ranks_start(tmp_path, overrides, key_text, code):
     """One line from the launcher, no rank started (so no peer tracebacks), nothing written."""
-    out = subprocess.run([sys.executable, "-m", "cinescene", "train", "configs/experiments/smoke.yaml",
-                          f"run.dir={tmp_path / 'run'}", *overrides], cwd=REPO, capture_output=True,
-                         text=True, timeout=120)
+    out = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "cinescene",
+            "train",
+            "configs/experiments/smoke.yaml",
+            f"run.dir={tmp_path / 'run'}",
+            *overrides,
+        ],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert out.returncode == code, out.stderr
     lines = out.stderr.strip().splitlines()
     assert len(lines) == 1 and key_text in lines[0], out.stderr

@@ -4,6 +4,7 @@ The unit tests read the environments; the `dist` and `slurm` tests start real jo
 of :mod:`tests.train.standins`, 2 ranks over gloo, 4 steps) and check that the ranks found each other
 the launcher's way and trained to the end.
 """
+
 from __future__ import annotations
 
 import json
@@ -21,8 +22,16 @@ TRAIN_ARGS = ["tracking.wandb.mode=disabled", "train.max_steps=4", "checkpoint.e
 
 
 def test_deepspeed_launcher_environment():
-    env = detect({"RANK": "3", "WORLD_SIZE": "4", "LOCAL_RANK": "1", "LOCAL_SIZE": "2",
-                  "MASTER_ADDR": "node1", "MASTER_PORT": "29501"})
+    env = detect(
+        {
+            "RANK": "3",
+            "WORLD_SIZE": "4",
+            "LOCAL_RANK": "1",
+            "LOCAL_SIZE": "2",
+            "MASTER_ADDR": "node1",
+            "MASTER_PORT": "29501",
+        }
+    )
     assert (env.rank, env.local_rank, env.local_world_size, env.launcher) == (3, 1, 2, "deepspeed")
 
 
@@ -31,11 +40,14 @@ def test_local_spawner_ranks_are_told_apart():
     assert env.launcher == "standalone"
 
 
-@pytest.mark.parametrize("argv, expected", [
-    (["--local_rank=1", "train", "c.yaml", "a=1"], ["train", "c.yaml", "a=1"]),
-    (["train", "--local-rank", "0", "c.yaml"], ["train", "c.yaml"]),
-    (["train", "c.yaml", "run.local_rank=2"], ["train", "c.yaml", "run.local_rank=2"]),
-])
+@pytest.mark.parametrize(
+    "argv, expected",
+    [
+        (["--local_rank=1", "train", "c.yaml", "a=1"], ["train", "c.yaml", "a=1"]),
+        (["train", "--local-rank", "0", "c.yaml"], ["train", "c.yaml"]),
+        (["train", "c.yaml", "run.local_rank=2"], ["train", "c.yaml", "run.local_rank=2"]),
+    ],
+)
 def test_the_launchers_local_rank_flag_is_dropped(argv, expected):
     assert strip_local_rank_arg(argv) == expected
 
@@ -56,8 +68,19 @@ def test_ranks_started_by_a_launcher_train(tmp_path, launcher):
     assert tool, f"{launcher} is not installed next to {sys.executable}"
     ranks = ["--nproc_per_node", "2"] if launcher == "torchrun" else ["--num_gpus", "2"]
     run_dir, log = tmp_path / "run", tmp_path / "run.log"
-    proc = start([tool, *ranks, "--master_port", str(free_port()), "--module", "tests.train.standin_train",
-                  str(run_dir), *TRAIN_ARGS], log)
+    proc = start(
+        [
+            tool,
+            *ranks,
+            "--master_port",
+            str(free_port()),
+            "--module",
+            "tests.train.standin_train",
+            str(run_dir),
+            *TRAIN_ARGS,
+        ],
+        log,
+    )
     assert finish(proc, timeout=300) == 0, log.read_text()[-3000:]
     finished_run(run_dir, launcher)
 
@@ -66,8 +89,9 @@ def test_ranks_started_by_a_launcher_train(tmp_path, launcher):
 def test_srun_tasks_are_the_ranks(slurm, tmp_path):
     run_dir = tmp_path / "run"
     step = f"srun {sys.executable} -m tests.train.standin_train {run_dir} {' '.join(TRAIN_ARGS)}"
-    jobid = slurm.submit(["--ntasks=2", "--cpus-per-task=1", f"--chdir={REPO}", "-o", str(tmp_path / "%j.out"),
-                          "--wrap", step])
+    jobid = slurm.submit(
+        ["--ntasks=2", "--cpus-per-task=1", f"--chdir={REPO}", "-o", str(tmp_path / "%j.out"), "--wrap", step]
+    )
     state = slurm.wait(jobid, timeout=300)
     output = (tmp_path / f"{jobid}.out").read_text() if (tmp_path / f"{jobid}.out").exists() else ""
     assert state == "COMPLETED", output[-3000:]

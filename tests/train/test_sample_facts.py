@@ -1,4 +1,5 @@
 """MFU's FLOPs per sample follow the scene images the model really attends."""
+
 from __future__ import annotations
 
 import copy
@@ -25,10 +26,18 @@ def test_variable_scene_counts_give_the_expected_flops_over_the_draw():
     varied = _sample_facts(varied_cfg, model, _batch(3))
 
     def flops(count):
-        shape = SampleShape(latent_frames=5, latent_height=16, latent_width=16, scene_images=count,
-                            scene_height=64, scene_width=64, scene_latent_height=16, scene_latent_width=16)
+        shape = SampleShape(
+            latent_frames=5,
+            latent_height=16,
+            latent_width=16,
+            scene_images=count,
+            scene_height=64,
+            scene_width=64,
+            scene_latent_height=16,
+            scene_latent_width=16,
+        )
         return float(flops_per_sample(cfg.model, shape).training)
 
     assert fixed.flops_per_sample == flops(3)
     assert abs(varied.flops_per_sample - (flops(1) + flops(2) + flops(3)) / 3) < 1e-6 * flops(3)
-    assert varied.tokens_per_sample == 320 + 2 * 64          # the mean of 1, 2, 3 images of 64 tokens
+    assert varied.tokens_per_sample == 320 + 2 * 64  # the mean of 1, 2, 3 images of 64 tokens

@@ -1,5 +1,6 @@
 """``data/skipped``: the loader's per-batch skip counts, summed over data-parallel ranks, cumulative,
 resumed with the checkpoint, in metrics.jsonl and W&B, and a rank-0 warning when it grows."""
+
 from __future__ import annotations
 
 import json
@@ -26,8 +27,9 @@ def rows(run_dir):
 
 
 def step_result(step: int, skipped: int) -> StepResult:
-    return StepResult(step, 1.0, 1.0, 0.1, True, 4, 0.1, 0.0, extra={"text_dropped": 0.5,
-                                                                      STEP_SKIPPED_SAMPLES: skipped})
+    return StepResult(
+        step, 1.0, 1.0, 0.1, True, 4, 0.1, 0.0, extra={"text_dropped": 0.5, STEP_SKIPPED_SAMPLES: skipped}
+    )
 
 
 def test_metrics_logger_keeps_the_cumulative_count_and_warns_when_it_grows(tmp_path, caplog):
@@ -48,8 +50,10 @@ def test_metrics_logger_keeps_the_cumulative_count_and_warns_when_it_grows(tmp_p
     logged = rows(tmp_path)
     assert [(r["step"], r["data/skipped"]) for r in logged] == [(2, 2), (4, 2), (6, 3)]
     assert all(STEP_SKIPPED_SAMPLES not in r and r["text_dropped"] == 0.5 for r in logged)
-    quiet = MetricsLogger(Tracker(cfg, tmp_path / "other", is_main=False, run_name="r", config={}, run_id=None,
-                                  resume_step=0), every=1)
+    quiet = MetricsLogger(
+        Tracker(cfg, tmp_path / "other", is_main=False, run_name="r", config={}, run_id=None, resume_step=0),
+        every=1,
+    )
     caplog.clear()
     with caplog.at_level(logging.WARNING, logger="cinescene"):
         quiet.on_step_end(state, step_result(1, 5))
@@ -75,18 +79,33 @@ def test_a_resumed_run_continues_the_count(tmp_path):
 @pytest.mark.dist
 def test_ranks_are_summed_and_the_count_survives_a_change_of_world_size(tmp_path):
     """2 ranks for 4 steps, then 1 rank (same global batch of 4) to step 8."""
-    args = ["train.max_steps=8", "train.global_batch_size=4", "checkpoint.every_steps=4",
-            "tracking.wandb.mode=disabled"]
+    args = [
+        "train.max_steps=8",
+        "train.global_batch_size=4",
+        "checkpoint.every_steps=4",
+        "tracking.wandb.mode=disabled",
+    ]
     log = tmp_path / "run.log"
 
     def train(*extra):
-        command = [sys.executable, "-m", "tests.train.standin_train", str(tmp_path / "run"), "launch.nproc=2",
-                   *args, *extra]
+        command = [
+            sys.executable,
+            "-m",
+            "tests.train.standin_train",
+            str(tmp_path / "run"),
+            "launch.nproc=2",
+            *args,
+            *extra,
+        ]
         env = dict(os.environ)
         env.pop("RANK", None)  # left by an in-process run of this session: it would make this one a rank
         with open(log, "ab") as handle:
-            assert subprocess.run(command, cwd=REPO, env=env, stdout=handle, stderr=subprocess.STDOUT,
-                                  timeout=600).returncode == 0, log.read_text()[-3000:]
+            assert (
+                subprocess.run(
+                    command, cwd=REPO, env=env, stdout=handle, stderr=subprocess.STDOUT, timeout=600
+                ).returncode
+                == 0
+            ), log.read_text()[-3000:]
 
     train("train.max_steps=4")
     train("launch.nproc=1")

@@ -1,9 +1,9 @@
 """metrics.jsonl (append, truncate on resume), secret scrubbing, W&B offline round trip."""
+
 from __future__ import annotations
 
 import json
 import logging
-
 
 from cinescene.config.tracking import TrackingConfig, WandbConfig
 from cinescene.log import setup_logging
@@ -14,7 +14,9 @@ from cinescene.train.wandb_files import read_history, read_run_ids, wait_until_w
 
 def test_truncate_keeps_steps_up_to_the_checkpoint_and_drops_a_torn_line(tmp_path):
     path = tmp_path / "metrics.jsonl"
-    path.write_text("".join(json.dumps({"step": s, "loss": 1.0 / s}) + "\n" for s in range(1, 8)) + '{"step": 8, "lo')
+    path.write_text(
+        "".join(json.dumps({"step": s, "loss": 1.0 / s}) + "\n" for s in range(1, 8)) + '{"step": 8, "lo'
+    )
     assert truncate_jsonl(path, 5) == 3
     assert [json.loads(line)["step"] for line in path.read_text().splitlines()] == [1, 2, 3, 4, 5]
     assert truncate_jsonl(path, 5) == 0
@@ -24,16 +26,23 @@ def test_truncate_keeps_steps_up_to_the_checkpoint_and_drops_a_torn_line(tmp_pat
 def test_scrub_masks_secret_keys_and_env_values(monkeypatch):
     monkeypatch.setenv("WANDB_API_KEY", "abcdef0123456789")
     monkeypatch.setenv("MY_TOKEN", "tok-98765")
-    config = {"tracking": {"wandb": {"api_key": "xyz", "notes": "run with abcdef0123456789 inside",
-                                     "project": "p"}},
-              "data": {"access_token": None, "list": ["tok-98765", 3]}, "keep_last": 2,
-              "model": {"num_register_tokens": 4, "vggt_tokens": True}}
+    config = {
+        "tracking": {
+            "wandb": {"api_key": "xyz", "notes": "run with abcdef0123456789 inside", "project": "p"}
+        },
+        "data": {"access_token": None, "list": ["tok-98765", 3]},
+        "keep_last": 2,
+        "model": {"num_register_tokens": 4, "vggt_tokens": True},
+    }
     clean = scrub(config)
     text = json.dumps(clean)
     assert "abcdef0123456789" not in text and "tok-98765" not in text and "xyz" not in text
     assert clean["tracking"]["wandb"]["api_key"] == MASK and clean["tracking"]["wandb"]["project"] == "p"
     assert clean["data"]["access_token"] is None and clean["keep_last"] == 2
-    assert clean["model"] == {"num_register_tokens": 4, "vggt_tokens": True}   # numbers and flags hold no secret
+    assert clean["model"] == {
+        "num_register_tokens": 4,
+        "vggt_tokens": True,
+    }  # numbers and flags hold no secret
     assert secret_values() == sorted(secret_values(), key=len, reverse=True)
 
 
@@ -54,12 +63,17 @@ def test_tracker_writes_jsonl_and_an_offline_wandb_run_that_resumes(tmp_path, mo
     config = {"train": {"lr": 0.1}, "tracking": {"note": "local-secret-0000"}}
     first = Tracker(cfg, tmp_path, is_main=True, run_name="r", config=config, run_id=None, resume_step=0)
     for step in (1, 2, 3):
-        first.log(step, {"loss": 1.0 / step, "lr": 0.1, "mfu": None, "grad_norm": float("inf") if step == 3 else 1.0})
+        first.log(
+            step,
+            {"loss": 1.0 / step, "lr": 0.1, "mfu": None, "grad_norm": float("inf") if step == 3 else 1.0},
+        )
     first.close()
     rows = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in rows] == [1, 2, 3] and rows[2]["grad_norm"] == "inf" and rows[0]["mfu"] is None
     # A resume from step 2 drops line 3 and continues the same W&B run.
-    second = Tracker(cfg, tmp_path, is_main=True, run_name="r", config=config, run_id=first.run_id, resume_step=2)
+    second = Tracker(
+        cfg, tmp_path, is_main=True, run_name="r", config=config, run_id=first.run_id, resume_step=2
+    )
     second.log(3, {"loss": 0.25})
     second.close()
     rows = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
@@ -72,8 +86,15 @@ def test_tracker_writes_jsonl_and_an_offline_wandb_run_that_resumes(tmp_path, mo
 
 
 def test_only_rank_zero_writes(tmp_path):
-    tracker = Tracker(TrackingConfig(wandb=WandbConfig(mode="offline")), tmp_path, is_main=False, run_name="r",
-                      config={}, run_id=None, resume_step=0)
+    tracker = Tracker(
+        TrackingConfig(wandb=WandbConfig(mode="offline")),
+        tmp_path,
+        is_main=False,
+        run_name="r",
+        config={},
+        run_id=None,
+        resume_step=0,
+    )
     tracker.log(1, {"loss": 1.0})
     tracker.close()
     assert not any(tmp_path.iterdir())

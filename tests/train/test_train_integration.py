@@ -7,6 +7,7 @@ shards made once per session) for a few steps; the kill tests use the stand-in m
 only the save protocol matters there. Every run starts in its own session: the test crash hook
 kills the run's whole process group, as `kill -9` of a job would.
 """
+
 from __future__ import annotations
 
 import json
@@ -33,14 +34,32 @@ SMOKE_STEPS = int(os.environ.get("CINESCENE_TEST_SMOKE_STEPS", "10"))
 
 
 def smoke_cmd(run_dir, shards, *extra):
-    return [sys.executable, "-m", "cinescene", "train", "configs/experiments/smoke.yaml", "--nproc", "2",
-            f"run.dir={run_dir}", f"data.train_shards={shards}", f"train.max_steps={SMOKE_STEPS}",
-            f"checkpoint.every_steps={max(2, SMOKE_STEPS // 2)}", *extra]
+    return [
+        sys.executable,
+        "-m",
+        "cinescene",
+        "train",
+        "configs/experiments/smoke.yaml",
+        "--nproc",
+        "2",
+        f"run.dir={run_dir}",
+        f"data.train_shards={shards}",
+        f"train.max_steps={SMOKE_STEPS}",
+        f"checkpoint.every_steps={max(2, SMOKE_STEPS // 2)}",
+        *extra,
+    ]
 
 
 def standin_cmd(run_dir, *extra):
-    return [sys.executable, "-m", "tests.train.standin_train", str(run_dir), "launch.nproc=2",
-            "tracking.wandb.mode=disabled", *extra]
+    return [
+        sys.executable,
+        "-m",
+        "tests.train.standin_train",
+        str(run_dir),
+        "launch.nproc=2",
+        "tracking.wandb.mode=disabled",
+        *extra,
+    ]
 
 
 def metrics(run_dir: Path):
@@ -86,7 +105,10 @@ def test_preempted_and_resumed_smoke_run_ends_bit_identical(uninterrupted, smoke
     assert [r["step"] for r in b] == list(range(1, SMOKE_STEPS + 1))
     assert [r["loss"] for r in a] == [r["loss"] for r in b]
     assert [r["grad_norm"] for r in a] == [r["grad_norm"] for r in b]
-    digest_a, digest_b = weights_digest(final_step_dir(uninterrupted)), weights_digest(final_step_dir(run_dir))
+    digest_a, digest_b = (
+        weights_digest(final_step_dir(uninterrupted)),
+        weights_digest(final_step_dir(run_dir)),
+    )
     print(f"\nfinal weights sha256: uninterrupted {digest_a}\n                      resumed       {digest_b}")
     assert digest_a == digest_b
     for rank in (0, 1):  # the EMA shards too
@@ -104,8 +126,10 @@ def test_preempted_and_resumed_smoke_run_ends_bit_identical(uninterrupted, smoke
 def test_another_model_config_is_refused_naming_the_keys(uninterrupted, smoke_shards, tmp_path):
     before = sorted(p.name for p in (uninterrupted / "checkpoints").iterdir())
     more_steps = f"train.max_steps={SMOKE_STEPS + 2}"  # else a finished run has nothing to do
-    proc = start(smoke_cmd(uninterrupted, smoke_shards, more_steps, "model.num_layers=3", "model.ffn_dim=96"),
-                 tmp_path / "mismatch.log")
+    proc = start(
+        smoke_cmd(uninterrupted, smoke_shards, more_steps, "model.num_layers=3", "model.ffn_dim=96"),
+        tmp_path / "mismatch.log",
+    )
     assert finish(proc) == 1
     text = (tmp_path / "mismatch.log").read_text()
     line = next(ln for ln in text.splitlines() if "cinescene train: error:" in ln)
@@ -134,7 +158,11 @@ def test_kill_during_a_save_resumes_from_the_last_good_checkpoint(tmp_path, poin
     assert f"resumed from {ck}/{resumed}" in text
     if committed:
         assert "is complete and newer" in text  # `latest` moved forward at start
-    assert not list(ck.glob(".tmp-*")) and is_complete(ck / "step_00000004") and is_complete(ck / "step_00000006")
+    assert (
+        not list(ck.glob(".tmp-*"))
+        and is_complete(ck / "step_00000004")
+        and is_complete(ck / "step_00000006")
+    )
     assert [r["step"] for r in metrics(run_dir)] == [1, 2, 3, 4, 5, 6]
 
 
@@ -142,8 +170,13 @@ def test_resume_at_another_world_size_continues_the_same_run(tmp_path):
     """2 ranks for 4 steps, then 1 rank (same global batch: accumulation 2) to step 8, against 2 ranks
     throughout: the ZeRO shards are resharded through DeepSpeed's universal checkpoint, the data cursor
     and the per-sample noise do not depend on the layout, so only float summation order differs."""
-    args = ("train.max_steps=8", "train.global_batch_size=4", "checkpoint.every_steps=4", "train.ema.enabled=true",
-            "train.weight_decay=0.1")
+    args = (
+        "train.max_steps=8",
+        "train.global_batch_size=4",
+        "checkpoint.every_steps=4",
+        "train.ema.enabled=true",
+        "train.weight_decay=0.1",
+    )
     whole, split, log = tmp_path / "whole", tmp_path / "split", tmp_path / "run.log"
     assert finish(start(standin_cmd(whole, *args), log)) == 0, log.read_text()[-3000:]
     assert finish(start(standin_cmd(split, *args, "train.max_steps=4"), log)) == 0, log.read_text()[-3000:]
@@ -153,12 +186,17 @@ def test_resume_at_another_world_size_continues_the_same_run(tmp_path):
     a, b = consolidated_state_dict(final_step_dir(whole)), consolidated_state_dict(final_step_dir(split))
     worst = max((a[k] - b[k]).abs().max().item() for k in a)
     loss_gap = max(abs(x["loss"] - y["loss"]) for x, y in zip(metrics(whole), metrics(split)))
-    print(f"\nresumed 2 -> 1 ranks: max |weight difference| {worst:.1e}, max |loss difference| {loss_gap:.1e}")
+    print(
+        f"\nresumed 2 -> 1 ranks: max |weight difference| {worst:.1e}, max |loss difference| {loss_gap:.1e}"
+    )
     assert worst < 1e-6 and loss_gap < 1e-6
-    ema_whole = assemble(read_rank_state(final_step_dir(whole) / f"rank_states/rank_{r:05d}.safetensors")
-                         ["callbacks"]["ema"] for r in (0, 1))
-    ema_split = assemble([read_rank_state(final_step_dir(split) / "rank_states/rank_00000.safetensors")
-                          ["callbacks"]["ema"]])
+    ema_whole = assemble(
+        read_rank_state(final_step_dir(whole) / f"rank_states/rank_{r:05d}.safetensors")["callbacks"]["ema"]
+        for r in (0, 1)
+    )
+    ema_split = assemble(
+        [read_rank_state(final_step_dir(split) / "rank_states/rank_00000.safetensors")["callbacks"]["ema"]]
+    )
     assert max((ema_whole[k] - ema_split[k]).abs().max().item() for k in ema_whole) < 1e-6
 
 
@@ -168,12 +206,26 @@ def test_ranks_with_different_scene_counts_train_in_lockstep(smoke_shards, tmp_p
     from cinescene.config import load_config
     from cinescene.data.loader import build_train_loader
 
-    cfg, _ = load_config(REPO / "configs/experiments/smoke.yaml",
-                         [f"data.train_shards={smoke_shards}", "data.scene_images_min=1"])
-    first = [next(iter(build_train_loader(cfg.data, cfg.model, rank=rank, world_size=2, seed=cfg.run.seed,
-                                          micro_batch_size=cfg.train.micro_batch_size)))["scene_counts"].tolist()
-             for rank in (0, 1)]
-    assert sorted(set(first[0])) != sorted(set(first[1])), first     # the ranks' count groups differ
+    cfg, _ = load_config(
+        REPO / "configs/experiments/smoke.yaml",
+        [f"data.train_shards={smoke_shards}", "data.scene_images_min=1"],
+    )
+    first = [
+        next(
+            iter(
+                build_train_loader(
+                    cfg.data,
+                    cfg.model,
+                    rank=rank,
+                    world_size=2,
+                    seed=cfg.run.seed,
+                    micro_batch_size=cfg.train.micro_batch_size,
+                )
+            )
+        )["scene_counts"].tolist()
+        for rank in (0, 1)
+    ]
+    assert sorted(set(first[0])) != sorted(set(first[1])), first  # the ranks' count groups differ
     run_dir, log = tmp_path / "V", tmp_path / "V.log"
     proc = start(smoke_cmd(run_dir, smoke_shards, "data.scene_images_min=1", "train.max_steps=4"), log)
     assert finish(proc, timeout=300) == 0, log.read_text()[-3000:]

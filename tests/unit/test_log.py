@@ -1,4 +1,5 @@
 """Logging: one format, rank-0 console, per-rank log files in the run dir, no bars off a TTY."""
+
 from __future__ import annotations
 
 import io
@@ -64,7 +65,7 @@ def test_run_progress_false_keeps_bars_off_on_a_terminal(monkeypatch):
     monkeypatch.delenv("RANK", raising=False)
     try:
         assert list(progress(range(3), desc="bar")) == [0, 1, 2] and "bar" in terminal.getvalue()
-        log.show_progress_bars(False)              # run.progress=false
+        log.show_progress_bars(False)  # run.progress=false
         terminal.truncate(0)
         terminal.seek(0)
         assert list(progress(range(3), desc="bar")) == [0, 1, 2] and terminal.getvalue() == ""
@@ -92,8 +93,9 @@ print("the result", file=console_out())
 
 def test_library_output_goes_to_the_log_file_and_our_lines_to_the_console(tmp_path):
     log_file = tmp_path / "logs" / "rank0.log"
-    out = subprocess.run([sys.executable, "-c", LIBRARY_CHATTER, str(log_file)], capture_output=True, text=True,
-                         timeout=60)
+    out = subprocess.run(
+        [sys.executable, "-c", LIBRARY_CHATTER, str(log_file)], capture_output=True, text=True, timeout=60
+    )
     assert out.returncode == 0
     assert out.stdout == "the result\n"
     assert out.stderr.count("\n") == 1 and "I [r0] cinescene.train: our line" in out.stderr
@@ -102,8 +104,15 @@ def test_library_output_goes_to_the_log_file_and_our_lines_to_the_console(tmp_pa
         assert chatter in captured
 
 
-@pytest.mark.parametrize("argv", [["--verbose", "train", "c.yaml"], ["train", "c.yaml", "--verbose"],
-                                  ["data", "inspect", "d", "--verbose"], ["bench", "loader", "c.yaml", "--verbose"]])
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["--verbose", "train", "c.yaml"],
+        ["train", "c.yaml", "--verbose"],
+        ["data", "inspect", "d", "--verbose"],
+        ["bench", "loader", "c.yaml", "--verbose"],
+    ],
+)
 def test_verbose_is_accepted_anywhere(argv):
     from cinescene.launch.cli import build_parser
 
@@ -128,24 +137,43 @@ sys.exit(main(["model", "info", "configs/model/tiny.yaml"]))
 
 def test_an_internal_error_is_one_console_line_and_a_traceback_in_the_log(tmp_path, repo_root):
     log_file = tmp_path / "rank0.log"
-    out = subprocess.run([sys.executable, "-c", INTERNAL_ERROR, str(log_file)], cwd=repo_root, capture_output=True,
-                         text=True, timeout=60)
+    out = subprocess.run(
+        [sys.executable, "-c", INTERNAL_ERROR, str(log_file)],
+        cwd=repo_root,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert out.returncode == 1 and out.stderr.count("\n") == 1, out.stderr
-    assert "cinescene model: error: internal error (RuntimeError: a bug, not a user error); the traceback is in " \
+    assert (
+        "cinescene model: error: internal error (RuntimeError: a bug, not a user error); the traceback is in "
         f"{log_file}" in out.stderr
+    )
     assert "Traceback (most recent call last)" in log_file.read_text()
 
 
 def test_an_internal_error_of_a_command_without_a_log_file_is_one_line_too(tmp_path, repo_root):
     script = INTERNAL_ERROR.replace("send_output_to(sys.argv[1])\n", "")
     env = {**os.environ, "TMPDIR": str(tmp_path)}
-    out = subprocess.run([sys.executable, "-c", script], cwd=repo_root, capture_output=True, text=True, timeout=60,
-                         env=env)
+    out = subprocess.run(
+        [sys.executable, "-c", script], cwd=repo_root, capture_output=True, text=True, timeout=60, env=env
+    )
     assert out.returncode == 1 and out.stderr.count("\n") == 1, out.stderr
-    assert "cinescene model: error: internal error (RuntimeError: a bug, not a user error); the traceback is in " \
+    assert (
+        "cinescene model: error: internal error (RuntimeError: a bug, not a user error); the traceback is in "
         f"{tmp_path}/cinescene-model-error-" in out.stderr
+    )
     (saved,) = tmp_path.glob("cinescene-model-error-*.log")
-    assert "Traceback (most recent call last)" in saved.read_text() and "a bug, not a user error" in saved.read_text()
-    verbose = subprocess.run([sys.executable, "-c", script.replace('"model", "info"', '"--verbose", "model", "info"')],
-                             cwd=repo_root, capture_output=True, text=True, timeout=60, env=env)
+    assert (
+        "Traceback (most recent call last)" in saved.read_text()
+        and "a bug, not a user error" in saved.read_text()
+    )
+    verbose = subprocess.run(
+        [sys.executable, "-c", script.replace('"model", "info"', '"--verbose", "model", "info"')],
+        cwd=repo_root,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env=env,
+    )
     assert verbose.returncode == 1 and "Traceback (most recent call last)" in verbose.stderr

@@ -1,6 +1,7 @@
 """Process plumbing of `cinescene train`, without torch: ranks of our spawner are tied to the launcher's
 life (and torchrun's ranks are not touched), and a preemption signal that arrives before the launcher
 starts its ranks is honoured (exit 124, one line, nothing started)."""
+
 from __future__ import annotations
 
 import os
@@ -12,15 +13,15 @@ import pytest
 
 from cinescene.distributed.spawn import LAUNCHER_PID, spawn_local_ranks
 
-CHILD = """
+CHILD = f"""
 import ctypes, os, sys
 from cinescene.distributed.spawn import die_with_launcher
 die_with_launcher()
 value = ctypes.c_int(0)
 ctypes.CDLL(None).prctl(2, ctypes.byref(value), 0, 0, 0)
 open(os.path.join(sys.argv[1], "pdeathsig%s" % os.environ.get("RANK", "x")), "w").write(str(value.value))
-assert "{var}" not in os.environ  # popped: the rank's own children are not ranks
-""".format(var=LAUNCHER_PID)
+assert "{LAUNCHER_PID}" not in os.environ  # popped: the rank's own children are not ranks
+"""
 
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="PR_SET_PDEATHSIG is Linux's")
@@ -29,7 +30,9 @@ def test_ranks_of_our_spawner_die_with_it_and_torchruns_are_left_alone(tmp_path)
     assert [(tmp_path / f"pdeathsig{r}").read_text() for r in (0, 1)] == [str(int(signal.SIGKILL))] * 2
     # A rank started by anything else (torchrun, srun: no launcher pid in its environment) keeps its default.
     env = {k: v for k, v in os.environ.items() if k != LAUNCHER_PID}
-    subprocess.run([sys.executable, "-c", CHILD, str(tmp_path)], check=True, env=dict(env, RANK="7"), timeout=60)
+    subprocess.run(
+        [sys.executable, "-c", CHILD, str(tmp_path)], check=True, env=dict(env, RANK="7"), timeout=60
+    )
     assert (tmp_path / "pdeathsig7").read_text() == "0"
 
 
@@ -52,8 +55,14 @@ sys.exit(rc)
 def _launch_with_signal(repo_root, name, *overrides):
     env = dict(os.environ, WANDB_MODE="offline")
     env.pop("RANK", None)
-    return subprocess.run([sys.executable, "-c", LAUNCH_WITH_SIGNAL, name, *overrides], cwd=repo_root,
-                          capture_output=True, text=True, timeout=120, env=env)
+    return subprocess.run(
+        [sys.executable, "-c", LAUNCH_WITH_SIGNAL, name, *overrides],
+        cwd=repo_root,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env=env,
+    )
 
 
 @pytest.mark.parametrize("name", ["SIGUSR1", "SIGTERM"])
@@ -66,15 +75,30 @@ def test_a_preemption_signal_before_the_ranks_start_exits_124_starting_nothing(t
 
 
 def test_an_early_signal_that_is_not_a_preemption_signal_keeps_its_default_action(tmp_path, repo_root):
-    out = _launch_with_signal(repo_root, "SIGTERM", f"run.dir={tmp_path / 'run'}", "launch.preempt_signals=[SIGUSR1]")
+    out = _launch_with_signal(
+        repo_root, "SIGTERM", f"run.dir={tmp_path / 'run'}", "launch.preempt_signals=[SIGUSR1]"
+    )
     assert out.returncode == -signal.SIGTERM, out.stderr
 
 
 def test_local_ranks_are_bounded_by_the_cores(tmp_path, repo_root):
     cores = len(os.sched_getaffinity(0))
-    out = subprocess.run([sys.executable, "-m", "cinescene", "train", "configs/experiments/smoke.yaml",
-                          f"run.dir={tmp_path / 'run'}", "--nproc", str(cores + 1)], cwd=repo_root,
-                         capture_output=True, text=True, timeout=120)
+    out = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "cinescene",
+            "train",
+            "configs/experiments/smoke.yaml",
+            f"run.dir={tmp_path / 'run'}",
+            "--nproc",
+            str(cores + 1),
+        ],
+        cwd=repo_root,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert out.returncode == 2 and out.stderr.count("\n") == 1, out.stderr
     assert f"--nproc: expected at most {cores} local ranks, got {cores + 1}" in out.stderr
     assert "every rank needs one" in out.stderr and not (tmp_path / "run").exists()
@@ -107,5 +131,7 @@ sys.exit(spawn_local_ranks([sys.executable, "-c", rank], 3, success_codes=[124])
 
 
 def test_a_signal_while_the_ranks_are_started_reaches_every_rank(tmp_path):
-    out = subprocess.run([sys.executable, "-c", SPAWN_WITH_SIGNAL], capture_output=True, text=True, timeout=120)
+    out = subprocess.run(
+        [sys.executable, "-c", SPAWN_WITH_SIGNAL], capture_output=True, text=True, timeout=120
+    )
     assert out.returncode == 124, out.stderr

@@ -1,6 +1,7 @@
 """One run per run directory: the lock names its holder, the kernel frees it on death (even SIGKILL), a
 requeued SLURM job waits for its own previous attempt, and `cinescene train` refuses a locked directory
 with one line, before any rank starts."""
+
 from __future__ import annotations
 
 import os
@@ -15,13 +16,19 @@ import pytest
 from cinescene.train import run_lock
 from cinescene.train.run_lock import RunDirBusy, RunDirLock
 
-HOLD = ("import sys, time; from cinescene.train.run_lock import RunDirLock; RunDirLock(sys.argv[1]).acquire(); "
-        "print('held', flush=True); time.sleep(120)")
+HOLD = (
+    "import sys, time; from cinescene.train.run_lock import RunDirLock; RunDirLock(sys.argv[1]).acquire(); "
+    "print('held', flush=True); time.sleep(120)"
+)
 
 
 def hold_in_another_process(run_dir, **env):
-    proc = subprocess.Popen([sys.executable, "-c", HOLD, str(run_dir)], stdout=subprocess.PIPE, text=True,
-                            env=dict(os.environ, **env))
+    proc = subprocess.Popen(
+        [sys.executable, "-c", HOLD, str(run_dir)],
+        stdout=subprocess.PIPE,
+        text=True,
+        env=dict(os.environ, **env),
+    )
     assert proc.stdout.readline().strip() == "held"
     return proc
 
@@ -44,7 +51,9 @@ def test_a_second_holder_is_refused_naming_the_first_and_sigkill_frees_it(tmp_pa
     first = holder()
     with pytest.raises(RunDirBusy) as info:
         RunDirLock(tmp_path / "run").acquire()
-    assert f"run directory {tmp_path / 'run'} is in use by another run: pid {first.pid} on " in str(info.value)
+    assert f"run directory {tmp_path / 'run'} is in use by another run: pid {first.pid} on " in str(
+        info.value
+    )
     first.send_signal(signal.SIGKILL)
     first.wait()
     lock = RunDirLock(tmp_path / "run").acquire()  # freed by the kernel: no stale lock to clean up
@@ -74,16 +83,24 @@ def test_another_job_does_not_wait(tmp_path, holder, monkeypatch):
 def _train(repo_root, run_dir, **env):
     environ = dict(os.environ, WANDB_MODE="offline", **env)
     environ.pop("RANK", None)
-    return subprocess.run([sys.executable, "-m", "cinescene", "train", "configs/experiments/smoke.yaml",
-                           f"run.dir={run_dir}"], cwd=repo_root, capture_output=True, text=True, timeout=120,
-                          env=environ)
+    return subprocess.run(
+        [sys.executable, "-m", "cinescene", "train", "configs/experiments/smoke.yaml", f"run.dir={run_dir}"],
+        cwd=repo_root,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env=environ,
+    )
 
 
 @pytest.mark.parametrize("as_rank_zero", [False, True], ids=["standalone launcher", "rank 0 of torchrun"])
 def test_cinescene_train_on_a_locked_directory_is_one_line(tmp_path, holder, repo_root, as_rank_zero):
     first = holder()
-    env = dict(RANK="0", WORLD_SIZE="2", LOCAL_RANK="0", MASTER_ADDR="127.0.0.1", MASTER_PORT="29999") \
-        if as_rank_zero else {}
+    env = (
+        dict(RANK="0", WORLD_SIZE="2", LOCAL_RANK="0", MASTER_ADDR="127.0.0.1", MASTER_PORT="29999")
+        if as_rank_zero
+        else {}
+    )
     out = _train(repo_root, tmp_path / "run", **env)
     lines = out.stderr.strip().splitlines()
     assert out.returncode == 1 and len(lines) == 1, out.stderr
@@ -96,15 +113,25 @@ def test_a_build_lock_left_by_a_killed_process_is_removed_and_a_held_one_kept(tm
     start wait forever; only a lock no process holds open, and old enough, is removed."""
     from cinescene.train.build_locks import LOCAL_STALE_S, clear_stale_build_locks
 
-    dead, held, young = (tmp_path / "py311_cpu" / name / "lock" for name in ("dead_op", "held_op", "young_op"))
+    dead, held, young = (
+        tmp_path / "py311_cpu" / name / "lock" for name in ("dead_op", "held_op", "young_op")
+    )
     for lock in (dead, held, young):
         lock.parent.mkdir(parents=True)
         lock.touch()
     old = time.time() - 10 * LOCAL_STALE_S
     os.utime(dead, (old, old))
     os.utime(held, (old, old))
-    holder = subprocess.Popen([sys.executable, "-c", "import sys, time; f = open(sys.argv[1]); print('open', "
-                               "flush=True); time.sleep(120)", str(held)], stdout=subprocess.PIPE, text=True)
+    holder = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            "import sys, time; f = open(sys.argv[1]); print('open', flush=True); time.sleep(120)",
+            str(held),
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
     try:
         assert holder.stdout.readline().strip() == "open"
         assert clear_stale_build_locks(tmp_path, now=time.time()) == [dead]

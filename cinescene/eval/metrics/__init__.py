@@ -12,6 +12,7 @@ One module per kind of measurement, each usable on its own:
 Definitions and the choices behind them: docs/EVAL.md. Heavy libraries
 (OpenCV, pycolmap, transformers) are imported when a metric first needs them.
 """
+
 from .registry import REGISTRY, Metric, MetricContext, MetricInputs, SampleMetrics, compute_metrics
 
 __all__ = ["REGISTRY", "Metric", "MetricContext", "MetricInputs", "SampleMetrics", "compute_metrics"]

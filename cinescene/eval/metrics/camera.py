@@ -15,9 +15,8 @@ grow with the number of frames compared; docs/EVAL.md says how many we use.
 A trajectory that does not move (every translation zero) keeps zero
 translations instead of dividing by zero.
 """
-from __future__ import annotations
 
-from typing import Dict
+from __future__ import annotations
 
 import numpy as np
 
@@ -52,11 +51,11 @@ def normalize_translation(c2w) -> np.ndarray:
 def rotation_errors(gt, est) -> np.ndarray:
     """(N,) radians between corresponding rotations."""
     r_gt, r_est = as_c2w(gt)[:, :3, :3], as_c2w(est)[:, :3, :3]
-    cos = (np.einsum("nji,nji->n", r_gt, r_est) - 1.0) / 2.0           # tr(R_gt^T R_est)
+    cos = (np.einsum("nji,nji->n", r_gt, r_est) - 1.0) / 2.0  # tr(R_gt^T R_est)
     return np.arccos(np.clip(cos, -1.0, 1.0))
 
 
-def camera_errors(requested, estimated) -> Dict[str, float]:
+def camera_errors(requested, estimated) -> dict[str, float]:
     """{"rot_err", "trans_err", "cam_mc"} over corresponding frames (see the module doc)."""
     gt, est = as_c2w(requested), as_c2w(estimated)
     if gt.shape != est.shape:

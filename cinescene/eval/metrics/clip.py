@@ -15,11 +15,12 @@ Weights come from ``eval.clip.weights`` only (``local_files_only``: nothing
 is downloaded). Without them :func:`load_clip` raises :class:`ClipUnavailable`
 with the one line the caller prints; the metrics are then absent.
 """
+
 from __future__ import annotations
 
 import contextlib
+from collections.abc import Sequence
 from pathlib import Path
-from typing import List, Optional, Sequence
 
 import numpy as np
 import torch
@@ -68,18 +69,21 @@ class ClipScorer:
         self.device = torch.device(device)
         self.batch_size = batch_size
         with _quiet_transformers():
-            self.model = CLIPModel.from_pretrained(str(directory), local_files_only=True).to(self.device).eval()
+            self.model = (
+                CLIPModel.from_pretrained(str(directory), local_files_only=True).to(self.device).eval()
+            )
             self.tokenizer = AutoTokenizer.from_pretrained(str(directory), local_files_only=True)
             kwargs = {} if _image_processor_class().__name__.endswith("Pil") else {"use_fast": False}
-            self.processor = _image_processor_class().from_pretrained(str(directory), local_files_only=True,
-                                                                      **kwargs)
+            self.processor = _image_processor_class().from_pretrained(
+                str(directory), local_files_only=True, **kwargs
+            )
 
     @torch.no_grad()
     def image_embeddings(self, frames: Sequence[np.ndarray]) -> torch.Tensor:
         """(N, D) unit vectors for uint8 RGB frames (N, H, W, 3)."""
-        out: List[torch.Tensor] = []
+        out: list[torch.Tensor] = []
         for start in range(0, len(frames), self.batch_size):
-            batch = [np.asarray(f, dtype=np.uint8) for f in frames[start: start + self.batch_size]]
+            batch = [np.asarray(f, dtype=np.uint8) for f in frames[start : start + self.batch_size]]
             pixels = self.processor(images=batch, return_tensors="pt")["pixel_values"].to(self.device)
             out.append(_features(self.model.get_image_features(pixel_values=pixels)).float())
         return torch.nn.functional.normalize(torch.cat(out), dim=-1)
@@ -88,36 +92,51 @@ class ClipScorer:
     def text_embedding(self, prompt: str) -> torch.Tensor:
         """(D,) unit vector; prompts longer than CLIP's context are truncated, as CLIP scores do."""
         limit = self.model.config.text_config.max_position_embeddings
-        tokens = self.tokenizer([prompt], padding=True, truncation=True, max_length=limit, return_tensors="pt")
+        tokens = self.tokenizer(
+            [prompt], padding=True, truncation=True, max_length=limit, return_tensors="pt"
+        )
         tokens = {k: v.to(self.device) for k, v in tokens.items() if k in ("input_ids", "attention_mask")}
-        return torch.nn.functional.normalize(_features(self.model.get_text_features(**tokens)).float(), dim=-1)[0]
+        return torch.nn.functional.normalize(
+            _features(self.model.get_text_features(**tokens)).float(), dim=-1
+        )[0]
 
 
 def load_clip(cfg: ClipConfig, device: str | torch.device = "cpu") -> ClipScorer:
     """The scorer of ``eval.clip.weights``, or :class:`ClipUnavailable` saying why not."""
     if not cfg.weights:
-        raise ClipUnavailable("eval.clip.weights is not set (a local CLIPModel directory): CLIP-V and CLIP-T "
-                              "are reported as absent")
+        raise ClipUnavailable(
+            "eval.clip.weights is not set (a local CLIPModel directory): CLIP-V and CLIP-T "
+            "are reported as absent"
+        )
     path = Path(cfg.weights)
     if not (path / "config.json").is_file():
-        raise ClipUnavailable(f"eval.clip.weights={path}: no CLIPModel there (no config.json): CLIP-V and CLIP-T "
-                              "are reported as absent")
+        raise ClipUnavailable(
+            f"eval.clip.weights={path}: no CLIPModel there (no config.json): CLIP-V and CLIP-T "
+            "are reported as absent"
+        )
     try:
         return ClipScorer(path, device, cfg.batch_size)
     except (OSError, ValueError, KeyError) as exc:
         message = f"{type(exc).__name__}: {exc}".splitlines()[0]
-        raise ClipUnavailable(f"eval.clip.weights={path} does not load ({message}): CLIP-V and CLIP-T are "
-                              "reported as absent") from None
+        raise ClipUnavailable(
+            f"eval.clip.weights={path} does not load ({message}): CLIP-V and CLIP-T are reported as absent"
+        ) from None
 
 
 def clip_v(scorer: ClipScorer, generated: np.ndarray, reference: np.ndarray) -> np.ndarray:
     """(F,) cosine similarity of generated and reference frames."""
     if len(generated) != len(reference):
         raise ValueError(f"{len(generated)} generated frames but {len(reference)} reference frames")
-    return (scorer.image_embeddings(generated) * scorer.image_embeddings(reference)).sum(-1).cpu().double().numpy()
+    return (
+        (scorer.image_embeddings(generated) * scorer.image_embeddings(reference))
+        .sum(-1)
+        .cpu()
+        .double()
+        .numpy()
+    )
 
 
-def clip_t(scorer: ClipScorer, prompt: Optional[str], generated: np.ndarray) -> np.ndarray:
+def clip_t(scorer: ClipScorer, prompt: str | None, generated: np.ndarray) -> np.ndarray:
     """(F,) cosine similarity of the prompt and each generated frame."""
     text = scorer.text_embedding(prompt or "")
     return (scorer.image_embeddings(generated) @ text).cpu().double().numpy()

@@ -12,18 +12,19 @@ points_b)`` on uint8 RGB images returning (M, 2) float pixel coordinates;
 :func:`register_matcher` adds a named one, and :func:`matched_pixels` also
 takes a callable directly (e.g. a GIM or LoFTR wrapper).
 """
+
 from __future__ import annotations
 
-from typing import Callable, Dict, Optional, Sequence, Tuple
+from collections.abc import Callable, Sequence
 
 import numpy as np
 
 from cinescene.config.eval import MatPixConfig
 
-Points = Tuple[np.ndarray, np.ndarray]
+Points = tuple[np.ndarray, np.ndarray]
 Matcher = Callable[[np.ndarray, np.ndarray], Points]
-MIN_MATCHES = 8                       # the fundamental matrix needs 8 correspondences (7 minimal + 1)
-_FACTORIES: Dict[str, Callable[[MatPixConfig], Matcher]] = {}
+MIN_MATCHES = 8  # the fundamental matrix needs 8 correspondences (7 minimal + 1)
+_FACTORIES: dict[str, Callable[[MatPixConfig], Matcher]] = {}
 
 
 def register_matcher(name: str, factory: Callable[[MatPixConfig], Matcher]) -> None:
@@ -96,15 +97,21 @@ def fundamental_inliers(points_a: np.ndarray, points_b: np.ndarray, cfg: MatPixC
     if len(points_a) < MIN_MATCHES:
         return 0
     try:
-        _, inliers = cv2.findFundamentalMat(points_a, points_b, cv2.USAC_MAGSAC, cfg.ransac_threshold,
-                                            cfg.confidence, cfg.max_iters)
+        _, inliers = cv2.findFundamentalMat(
+            points_a, points_b, cv2.USAC_MAGSAC, cfg.ransac_threshold, cfg.confidence, cfg.max_iters
+        )
     except cv2.error:  # degenerate correspondences (e.g. all on a line): USAC finds no model at all
         return 0
     return 0 if inliers is None else int(inliers.sum())
 
 
-def matched_pixels(frames: np.ndarray, references: Sequence[np.ndarray], cfg: MatPixConfig,
-                   matcher: Optional[Matcher] = None, paired: bool = False) -> np.ndarray:
+def matched_pixels(
+    frames: np.ndarray,
+    references: Sequence[np.ndarray],
+    cfg: MatPixConfig,
+    matcher: Matcher | None = None,
+    paired: bool = False,
+) -> np.ndarray:
     """(F,) matched pixels per generated frame.
 
     ``paired=False``: frame i against every reference image, counts combined by
@@ -113,7 +120,7 @@ def matched_pixels(frames: np.ndarray, references: Sequence[np.ndarray], cfg: Ma
     """
     import cv2
 
-    cv2.setRNGSeed(0)                  # MAGSAC samples at random: the same inputs give the same count
+    cv2.setRNGSeed(0)  # MAGSAC samples at random: the same inputs give the same count
     matcher = matcher or build_matcher(cfg)
     if paired and len(references) != len(frames):
         raise ValueError(f"{len(frames)} frames but {len(references)} paired references")

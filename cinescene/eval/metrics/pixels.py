@@ -16,10 +16,11 @@ arithmetic runs in float64 on that device, one frame at a time).
 * With a ``mask`` (True = pixel counts), PSNR's MSE and SSIM's mean run over
   the counted pixels only; a frame without any counted pixel gives NaN.
 """
+
 from __future__ import annotations
 
 import math
-from typing import Optional, Union
+from typing import Union
 
 import numpy as np
 import torch
@@ -28,7 +29,7 @@ import torch.nn.functional as F
 Video = Union[np.ndarray, torch.Tensor]
 DATA_RANGE = 255.0
 SSIM_SIGMA = 1.5
-SSIM_RADIUS = 5            # int(3.5 * sigma + 0.5): an 11-tap window
+SSIM_RADIUS = 5  # int(3.5 * sigma + 0.5): an 11-tap window
 SSIM_K1, SSIM_K2 = 0.01, 0.03
 
 
@@ -47,7 +48,7 @@ def _pair(generated: Video, reference: Video):
     return a, b
 
 
-def _mask(mask, shape, device) -> Optional[torch.Tensor]:
+def _mask(mask, shape, device) -> torch.Tensor | None:
     if mask is None:
         return None
     m = torch.as_tensor(mask, device=device).bool()
@@ -62,13 +63,15 @@ def psnr(generated: Video, reference: Video, mask=None, data_range: float = DATA
     valid = _mask(mask, a.shape, a.device)
     out = np.empty(a.shape[0])
     for i in range(a.shape[0]):
-        err = (a[i].double() - b[i].double()).pow(2).mean(-1)          # (H, W), mean over channels
+        err = (a[i].double() - b[i].double()).pow(2).mean(-1)  # (H, W), mean over channels
         if valid is not None:
             keep = valid[i]
             mse = float(err[keep].mean()) if bool(keep.any()) else math.nan
         else:
             mse = float(err.mean())
-        out[i] = math.nan if math.isnan(mse) else (math.inf if mse == 0 else 10 * math.log10(data_range ** 2 / mse))
+        out[i] = (
+            math.nan if math.isnan(mse) else (math.inf if mse == 0 else 10 * math.log10(data_range**2 / mse))
+        )
     return out
 
 
@@ -87,10 +90,12 @@ def _blur(x: torch.Tensor, window: torch.Tensor) -> torch.Tensor:
 def ssim_map(a: torch.Tensor, b: torch.Tensor, data_range: float = DATA_RANGE) -> torch.Tensor:
     """One frame pair (H, W, 3) -> the SSIM map (H - 10, W - 10), averaged over the channels."""
     if min(a.shape[0], a.shape[1]) < 2 * SSIM_RADIUS + 1:
-        raise ValueError(f"SSIM needs frames of at least {2 * SSIM_RADIUS + 1}x{2 * SSIM_RADIUS + 1} pixels, "
-                         f"got {a.shape[0]}x{a.shape[1]}")
+        raise ValueError(
+            f"SSIM needs frames of at least {2 * SSIM_RADIUS + 1}x{2 * SSIM_RADIUS + 1} pixels, "
+            f"got {a.shape[0]}x{a.shape[1]}"
+        )
     window = _gaussian_window(a.device)
-    x = a.double().permute(2, 0, 1).unsqueeze(1)                        # (3, 1, H, W): channels as batch
+    x = a.double().permute(2, 0, 1).unsqueeze(1)  # (3, 1, H, W): channels as batch
     y = b.double().permute(2, 0, 1).unsqueeze(1)
     ux, uy = _blur(x, window), _blur(y, window)
     vx = _blur(x * x, window) - ux * ux
@@ -117,11 +122,13 @@ def ssim(generated: Video, reference: Video, mask=None, data_range: float = DATA
     return out
 
 
-def background_mask(with_subject: Video, without_subject: Video, threshold: int = 0, dilate: int = 0) -> np.ndarray:
+def background_mask(
+    with_subject: Video, without_subject: Video, threshold: int = 0, dilate: int = 0
+) -> np.ndarray:
     """(F, H, W) bool, True where the subject is absent: every channel of |with - without| <= threshold,
     after growing the subject region by ``dilate`` pixels (square neighbourhood)."""
     a, b = _pair(with_subject, without_subject)
-    subject = (a.int() - b.int()).abs().amax(-1) > threshold             # (F, H, W)
+    subject = (a.int() - b.int()).abs().amax(-1) > threshold  # (F, H, W)
     if dilate > 0:
         k = 2 * dilate + 1
         subject = F.max_pool2d(subject[:, None].float(), k, stride=1, padding=dilate)[:, 0] > 0

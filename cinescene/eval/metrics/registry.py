@@ -15,10 +15,12 @@ reconstruction gives None for all three and ``details["sfm"]["failure"]``.
 Per-frame values are averaged into the sample's value; a PSNR of ``inf`` in
 any frame makes the mean ``inf``.
 """
+
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Callable, Dict, List, Optional, Sequence, Tuple
+from typing import Optional
 
 import numpy as np
 
@@ -32,13 +34,13 @@ class MetricInputs:
     """One sample. Videos are uint8 (F, H, W, 3) with the generated video's frame count and size."""
 
     generated: np.ndarray
-    ground_truth: Optional[np.ndarray] = None
-    background: Optional[np.ndarray] = None        # the ground truth without the subject
-    scene_images: Optional[np.ndarray] = None      # (S, Hs, Ws, 3) uint8, the images the model was given
-    cameras: Optional[np.ndarray] = None           # (T, 4, 4) requested camera-to-world, one per camera frame
-    intrinsics: Optional[np.ndarray] = None        # (3, 3) pixel intrinsics of the generated frames
-    camera_stride: int = 1                         # camera frame j is generated frame j * camera_stride
-    prompt: Optional[str] = None
+    ground_truth: np.ndarray | None = None
+    background: np.ndarray | None = None  # the ground truth without the subject
+    scene_images: np.ndarray | None = None  # (S, Hs, Ws, 3) uint8, the images the model was given
+    cameras: np.ndarray | None = None  # (T, 4, 4) requested camera-to-world, one per camera frame
+    intrinsics: np.ndarray | None = None  # (3, 3) pixel intrinsics of the generated frames
+    camera_stride: int = 1  # camera frame j is generated frame j * camera_stride
+    prompt: str | None = None
 
 
 class MetricContext:
@@ -47,7 +49,7 @@ class MetricContext:
     def __init__(self, cfg: EvalConfig, device="cpu"):
         self.cfg = cfg
         self.device = device
-        self.absent: Dict[str, str] = {}
+        self.absent: dict[str, str] = {}
         self._clip = None
         self._matcher = None
         if any(name in REGISTRY and REGISTRY[name].group == "clip" for name in cfg.metrics):
@@ -71,10 +73,10 @@ class MetricContext:
 
 @dataclass
 class SampleMetrics:
-    values: Dict[str, Optional[float]] = field(default_factory=dict)
-    per_frame: Dict[str, List[float]] = field(default_factory=dict)
-    missing: Dict[str, str] = field(default_factory=dict)        # name -> why this sample has no value
-    details: Dict[str, dict] = field(default_factory=dict)
+    values: dict[str, float | None] = field(default_factory=dict)
+    per_frame: dict[str, list[float]] = field(default_factory=dict)
+    missing: dict[str, str] = field(default_factory=dict)  # name -> why this sample has no value
+    details: dict[str, dict] = field(default_factory=dict)
 
 
 class _SampleWork:
@@ -83,13 +85,14 @@ class _SampleWork:
     def __init__(self, inputs: MetricInputs, context: MetricContext):
         self.inputs, self.context = inputs, context
         self._mask = None
-        self._camera: Optional[dict] = None
+        self._camera: dict | None = None
 
     def background_mask(self) -> np.ndarray:
         if self._mask is None:
             bg = self.context.cfg.background
-            self._mask = pixels.background_mask(self.inputs.ground_truth, self.inputs.background, bg.threshold,
-                                                bg.dilate)
+            self._mask = pixels.background_mask(
+                self.inputs.ground_truth, self.inputs.background, bg.threshold, bg.dilate
+            )
         return self._mask
 
     def camera(self) -> dict:
@@ -99,11 +102,16 @@ class _SampleWork:
             frames = x.generated[:: x.camera_stride][: len(x.cameras)]
             requested = camera.as_c2w(x.cameras)[: len(frames)]
             results = sfm.estimate_poses(frames, x.intrinsics, self.context.cfg.sfm)
-            errors = [camera.camera_errors(requested[r.registered], r.c2w[r.registered]) for r in results if r.ok]
+            errors = [
+                camera.camera_errors(requested[r.registered], r.c2w[r.registered]) for r in results if r.ok
+            ]
             best = max(results, key=lambda r: (r.ok, r.num_registered))
-            details = {"frames": len(frames), "registered": best.num_registered,
-                       "failure": None if errors else best.failure,
-                       "trials": [{"registered": r.num_registered, "failure": r.failure} for r in results]}
+            details = {
+                "frames": len(frames),
+                "registered": best.num_registered,
+                "failure": None if errors else best.failure,
+                "trials": [{"registered": r.num_registered, "failure": r.failure} for r in results],
+            }
             mean = {k: float(np.mean([e[k] for e in errors])) for k in errors[0]} if errors else None
             self._camera = {"errors": mean, "sfm": details}
         return self._camera
@@ -115,11 +123,11 @@ FrameValues = Optional[np.ndarray]
 @dataclass(frozen=True)
 class Metric:
     name: str
-    title: str                                     # the table's column
+    title: str  # the table's column
     higher_is_better: bool
-    needs: Tuple[str, ...]                         # MetricInputs fields that must be present
-    compute: Callable[[_SampleWork], Tuple[Optional[float], FrameValues]]
-    group: str = ""                                # metrics sharing a model or a computation
+    needs: tuple[str, ...]  # MetricInputs fields that must be present
+    compute: Callable[[_SampleWork], tuple[float | None, FrameValues]]
+    group: str = ""  # metrics sharing a model or a computation
 
 
 def _mean(values: np.ndarray) -> float:
@@ -173,22 +181,25 @@ def _mat_pix(w: _SampleWork):
 
 
 _CAMERA_NEEDS = ("cameras", "intrinsics")
-REGISTRY: Dict[str, Metric] = {m.name: m for m in [
-    Metric("mat_pix", "Mat.Pix.", True, ("scene_images",), _mat_pix),
-    Metric("clip_v", "CLIP-V", True, ("ground_truth",), _clip_v, group="clip"),
-    Metric("psnr", "PSNR", True, ("ground_truth",), _psnr),
-    Metric("ssim", "SSIM", True, ("ground_truth",), _ssim),
-    Metric("rot_err", "RotErr", False, _CAMERA_NEEDS, _camera_metric("rot_err"), group="camera"),
-    Metric("trans_err", "TransErr", False, _CAMERA_NEEDS, _camera_metric("trans_err"), group="camera"),
-    Metric("cam_mc", "CamMC", False, _CAMERA_NEEDS, _camera_metric("cam_mc"), group="camera"),
-    Metric("clip_t", "CLIP-T", True, ("prompt",), _clip_t, group="clip"),
-    Metric("bg_psnr", "BG-PSNR", True, ("ground_truth", "background"), _bg_psnr),
-    Metric("bg_ssim", "BG-SSIM", True, ("ground_truth", "background"), _bg_ssim),
-]}
+REGISTRY: dict[str, Metric] = {
+    m.name: m
+    for m in [
+        Metric("mat_pix", "Mat.Pix.", True, ("scene_images",), _mat_pix),
+        Metric("clip_v", "CLIP-V", True, ("ground_truth",), _clip_v, group="clip"),
+        Metric("psnr", "PSNR", True, ("ground_truth",), _psnr),
+        Metric("ssim", "SSIM", True, ("ground_truth",), _ssim),
+        Metric("rot_err", "RotErr", False, _CAMERA_NEEDS, _camera_metric("rot_err"), group="camera"),
+        Metric("trans_err", "TransErr", False, _CAMERA_NEEDS, _camera_metric("trans_err"), group="camera"),
+        Metric("cam_mc", "CamMC", False, _CAMERA_NEEDS, _camera_metric("cam_mc"), group="camera"),
+        Metric("clip_t", "CLIP-T", True, ("prompt",), _clip_t, group="clip"),
+        Metric("bg_psnr", "BG-PSNR", True, ("ground_truth", "background"), _bg_psnr),
+        Metric("bg_ssim", "BG-SSIM", True, ("ground_truth", "background"), _bg_ssim),
+    ]
+}
 assert tuple(REGISTRY) == METRIC_NAMES, "the registry and cinescene.config.eval.METRIC_NAMES must agree"
 
 
-def _needs(metric: Metric, inputs: MetricInputs, context: MetricContext) -> Tuple[str, ...]:
+def _needs(metric: Metric, inputs: MetricInputs, context: MetricContext) -> tuple[str, ...]:
     needs = metric.needs
     if metric.name == "mat_pix" and context.cfg.mat_pix.reference == "ground_truth":
         needs = ("ground_truth",)

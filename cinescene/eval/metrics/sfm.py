@@ -13,13 +13,13 @@ is a failure: :class:`SfMResult` says so with a reason, and nothing raises.
 COLMAP's own log goes nowhere (its failures are in ``SfMResult.failure``), and
 its import leaves the process's SIGTERM handler alone (:func:`import_pycolmap`).
 """
+
 from __future__ import annotations
 
 import math
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import List, Optional
 
 import numpy as np
 from PIL import Image
@@ -35,10 +35,10 @@ THREADS = 1
 class SfMResult:
     """Camera-to-world per frame (NaN rows for frames that did not register) and what registered."""
 
-    c2w: np.ndarray                      # (N, 4, 4)
-    registered: np.ndarray               # (N,) bool
-    failure: Optional[str] = None        # why this counts as a failed reconstruction; None = usable
-    trials: List[dict] = field(default_factory=list)
+    c2w: np.ndarray  # (N, 4, 4)
+    registered: np.ndarray  # (N,) bool
+    failure: str | None = None  # why this counts as a failed reconstruction; None = usable
+    trials: list[dict] = field(default_factory=list)
 
     @property
     def num_registered(self) -> int:
@@ -83,7 +83,7 @@ def import_pycolmap():
 
     if main and previous is not None:
         signal.signal(signal.SIGTERM, previous)
-    pycolmap.logging.minloglevel = 3          # glog levels: 0 info .. 3 fatal
+    pycolmap.logging.minloglevel = 3  # glog levels: 0 info .. 3 fatal
     return pycolmap
 
 
@@ -110,8 +110,15 @@ def reconstruct(frames: np.ndarray, K: np.ndarray, cfg: SfMConfig, seed: int) ->
         extraction.sift.max_num_features = cfg.max_features
         extraction.sift.estimate_affine_shape = cfg.affine_shape
         extraction.sift.domain_size_pooling = cfg.affine_shape
-        pycolmap.extract_features(database, images, image_names=names, camera_mode=pycolmap.CameraMode.SINGLE,
-                                  reader_options=reader, extraction_options=extraction, device=pycolmap.Device.cpu)
+        pycolmap.extract_features(
+            database,
+            images,
+            image_names=names,
+            camera_mode=pycolmap.CameraMode.SINGLE,
+            reader_options=reader,
+            extraction_options=extraction,
+            device=pycolmap.Device.cpu,
+        )
         matching = pycolmap.FeatureMatchingOptions()
         matching.use_gpu = False
         matching.num_threads = THREADS
@@ -119,8 +126,9 @@ def reconstruct(frames: np.ndarray, K: np.ndarray, cfg: SfMConfig, seed: int) ->
         if cfg.matching == "sequential":
             pairing = pycolmap.SequentialPairingOptions()
             pairing.overlap = cfg.overlap
-            pycolmap.match_sequential(database, matching_options=matching, pairing_options=pairing,
-                                      device=pycolmap.Device.cpu)
+            pycolmap.match_sequential(
+                database, matching_options=matching, pairing_options=pairing, device=pycolmap.Device.cpu
+            )
         else:
             pycolmap.match_exhaustive(database, matching_options=matching, device=pycolmap.Device.cpu)
         options = pycolmap.IncrementalPipelineOptions()
@@ -145,13 +153,13 @@ def reconstruct(frames: np.ndarray, K: np.ndarray, cfg: SfMConfig, seed: int) ->
         if name in best:
             w2c = np.eye(4)
             pose = best[name].cam_from_world
-            w2c[:3] = (pose() if callable(pose) else pose).matrix()      # a method since pycolmap 3.12
+            w2c[:3] = (pose() if callable(pose) else pose).matrix()  # a method since pycolmap 3.12
             c2w[i] = np.linalg.inv(w2c)
             registered[i] = True
     return SfMResult(c2w, registered)
 
 
-def estimate_poses(frames: np.ndarray, K: np.ndarray, cfg: SfMConfig) -> List[SfMResult]:
+def estimate_poses(frames: np.ndarray, K: np.ndarray, cfg: SfMConfig) -> list[SfMResult]:
     """``cfg.trials`` reconstructions (seeds ``cfg.seed + i``), each judged against ``cfg.min_registered``."""
     results = []
     for trial in range(cfg.trials):
@@ -159,10 +167,15 @@ def estimate_poses(frames: np.ndarray, K: np.ndarray, cfg: SfMConfig) -> List[Sf
             result = reconstruct(frames, K, cfg, cfg.seed + trial)
         except Exception as exc:  # COLMAP's own failures (too few features, a degenerate pair, ...)
             count = len(frames)
-            result = SfMResult(np.full((count, 4, 4), np.nan), np.zeros(count, bool),
-                               f"COLMAP failed: {type(exc).__name__}: {exc}".splitlines()[0])
+            result = SfMResult(
+                np.full((count, 4, 4), np.nan),
+                np.zeros(count, bool),
+                f"COLMAP failed: {type(exc).__name__}: {exc}".splitlines()[0],
+            )
         if result.ok and result.num_registered < cfg.min_registered * len(frames):
-            result.failure = (f"{result.num_registered} of {len(frames)} frames registered "
-                              f"(eval.sfm.min_registered={cfg.min_registered})")
+            result.failure = (
+                f"{result.num_registered} of {len(frames)} frames registered "
+                f"(eval.sfm.min_registered={cfg.min_registered})"
+            )
         results.append(result)
     return results

@@ -8,16 +8,17 @@ first image defines the world frame. Layer ``i``'s output is
 ``cat(frame_i, global_i)`` over channels, (B, S, P, 2C), where each image has
 P = 1 + R + (H/14)(W/14) tokens and patch tokens start at 1 + R.
 """
+
 from __future__ import annotations
 
-from typing import Dict, Iterable, List, Optional, Sequence
+from collections.abc import Iterable, Sequence
 
 import torch
 import torch.nn as nn
 
 from ..layers import normal_parameter
-from .dinov2 import DinoViT
 from ..packing import packing_from_valid, real_images
+from .dinov2 import DinoViT
 from .layers import Block, RoPE2D
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -32,22 +33,46 @@ def _first_and_rest(tokens: torch.Tensor, batch: int, images: int) -> torch.Tens
 
 
 class Aggregator(nn.Module):
-    def __init__(self, *, img_size: int = 518, patch_size: int = 14, embed_dim: int = 1024, depth: int = 24,
-                 num_heads: int = 16, mlp_ratio: float = 4.0, num_register_tokens: int = 4,
-                 patch_embed_depth: int = 24, rope_freq: float = 100.0,
-                 attention_backend: str = "auto"):
+    def __init__(
+        self,
+        *,
+        img_size: int = 518,
+        patch_size: int = 14,
+        embed_dim: int = 1024,
+        depth: int = 24,
+        num_heads: int = 16,
+        mlp_ratio: float = 4.0,
+        num_register_tokens: int = 4,
+        patch_embed_depth: int = 24,
+        rope_freq: float = 100.0,
+        attention_backend: str = "auto",
+    ):
         super().__init__()
         self.patch_size = patch_size
         self.depth = depth
-        self.patch_embed = DinoViT(img_size=img_size, patch_size=patch_size, embed_dim=embed_dim,
-                                   depth=patch_embed_depth, num_heads=num_heads, mlp_ratio=mlp_ratio,
-                                   num_register_tokens=num_register_tokens, init_values=1.0,
-                                   attention_backend=attention_backend)
+        self.patch_embed = DinoViT(
+            img_size=img_size,
+            patch_size=patch_size,
+            embed_dim=embed_dim,
+            depth=patch_embed_depth,
+            num_heads=num_heads,
+            mlp_ratio=mlp_ratio,
+            num_register_tokens=num_register_tokens,
+            init_values=1.0,
+            attention_backend=attention_backend,
+        )
         self.rope = RoPE2D(rope_freq)
 
         def block() -> Block:
-            return Block(embed_dim, num_heads, mlp_ratio=mlp_ratio, init_values=0.01, qk_norm=True, rope=self.rope,
-                         backend=attention_backend)
+            return Block(
+                embed_dim,
+                num_heads,
+                mlp_ratio=mlp_ratio,
+                init_values=0.01,
+                qk_norm=True,
+                rope=self.rope,
+                backend=attention_backend,
+            )
 
         self.frame_blocks = nn.ModuleList([block() for _ in range(depth)])
         self.global_blocks = nn.ModuleList([block() for _ in range(depth)])
@@ -65,8 +90,12 @@ class Aggregator(nn.Module):
         special = torch.zeros(self.patch_start_idx, 2, dtype=grid.dtype, device=device)
         return torch.cat([special, grid], dim=0).expand(count, -1, -1)
 
-    def forward(self, images: torch.Tensor, layers: Optional[Iterable[int]] = None,
-                image_counts: Optional[Sequence[int]] = None) -> List[torch.Tensor]:
+    def forward(
+        self,
+        images: torch.Tensor,
+        layers: Iterable[int] | None = None,
+        image_counts: Sequence[int] | None = None,
+    ) -> list[torch.Tensor]:
         """images (B, S, 3, H, W) in [0, 1], H and W multiples of the patch size.
 
         Returns the (B, S, P, 2C) outputs of the requested layers (python
@@ -88,21 +117,28 @@ class Aggregator(nn.Module):
         wanted = sorted(set(requested))
         x = ((images - self.image_mean) / self.image_std).reshape(b * s, 3, height, width)
         patches = self.patch_embed(x.to(self.camera_token.dtype))
-        tokens = torch.cat([_first_and_rest(self.camera_token, b, s).to(patches.dtype),
-                            _first_and_rest(self.register_token, b, s).to(patches.dtype), patches], dim=1)
+        tokens = torch.cat(
+            [
+                _first_and_rest(self.camera_token, b, s).to(patches.dtype),
+                _first_and_rest(self.register_token, b, s).to(patches.dtype),
+                patches,
+            ],
+            dim=1,
+        )
         p, c = tokens.shape[1:]
         pos = self._positions(b * s, height // self.patch_size, width // self.patch_size, images.device)
         packing = None
         if image_counts is not None:
             real = real_images(image_counts, s)[:, :, None].expand(b, s, p)
             packing = packing_from_valid(real.reshape(b, s * p), device=images.device)
-        outputs: Dict[int, torch.Tensor] = {}
+        outputs: dict[int, torch.Tensor] = {}
         for i in range(wanted[-1] + 1):
             # Frame attention: each image alone; global attention: all images of a sample together.
             tokens = self.frame_blocks[i](tokens.reshape(b * s, p, c), pos=pos.reshape(b * s, p, 2))
             frame_out = tokens.reshape(b, s, p, c)
-            tokens = self.global_blocks[i](tokens.reshape(b, s * p, c), pos=pos.reshape(b, s * p, 2),
-                                           packing=packing)
+            tokens = self.global_blocks[i](
+                tokens.reshape(b, s * p, c), pos=pos.reshape(b, s * p, 2), packing=packing
+            )
             if i in wanted:
                 outputs[i] = torch.cat([frame_out, tokens.reshape(b, s, p, c)], dim=-1)
         return [outputs[i] for i in requested]

@@ -9,9 +9,8 @@ round starts from the learned ``empty_pose_tokens``. The encoding is
 (translation 3, quaternion xyzw 4, fov_h, fov_w) of the OpenCV
 camera-from-world transform; the field of view goes through a ReLU.
 """
-from __future__ import annotations
 
-from typing import List, Tuple
+from __future__ import annotations
 
 import torch
 import torch.nn as nn
@@ -22,11 +21,24 @@ POSE_DIM = 9
 
 
 class CameraHead(nn.Module):
-    def __init__(self, dim_in: int = 2048, trunk_depth: int = 4, num_heads: int = 16, mlp_ratio: float = 4.0,
-                 init_values: float = 0.01, attention_backend: str = "auto"):
+    def __init__(
+        self,
+        dim_in: int = 2048,
+        trunk_depth: int = 4,
+        num_heads: int = 16,
+        mlp_ratio: float = 4.0,
+        init_values: float = 0.01,
+        attention_backend: str = "auto",
+    ):
         super().__init__()
-        self.trunk = nn.Sequential(*[Block(dim_in, num_heads, mlp_ratio=mlp_ratio, init_values=init_values,
-                                           backend=attention_backend) for _ in range(trunk_depth)])
+        self.trunk = nn.Sequential(
+            *[
+                Block(
+                    dim_in, num_heads, mlp_ratio=mlp_ratio, init_values=init_values, backend=attention_backend
+                )
+                for _ in range(trunk_depth)
+            ]
+        )
         self.token_norm = nn.LayerNorm(dim_in)
         self.trunk_norm = nn.LayerNorm(dim_in)
         self.empty_pose_tokens = nn.Parameter(torch.zeros(1, 1, POSE_DIM))
@@ -35,7 +47,7 @@ class CameraHead(nn.Module):
         self.adaln_norm = nn.LayerNorm(dim_in, elementwise_affine=False, eps=1e-6)
         self.pose_branch = Mlp(dim_in, dim_in // 2, POSE_DIM)
 
-    def forward(self, last_layer: torch.Tensor, num_iterations: int = 4) -> List[torch.Tensor]:
+    def forward(self, last_layer: torch.Tensor, num_iterations: int = 4) -> list[torch.Tensor]:
         """last_layer (B, S, P, 2C) aggregator output -> pose encodings (B, S, 9), one per iteration."""
         tokens = self.token_norm(last_layer[:, :, 0])
         b, s, _ = tokens.shape
@@ -62,15 +74,22 @@ def quaternion_to_matrix(quat: torch.Tensor) -> torch.Tensor:
     x, y, z, w = quat.unbind(-1)
     two_s = 2.0 / (quat * quat).sum(-1)
     rows = (
-        1 - two_s * (y * y + z * z), two_s * (x * y - z * w), two_s * (x * z + y * w),
-        two_s * (x * y + z * w), 1 - two_s * (x * x + z * z), two_s * (y * z - x * w),
-        two_s * (x * z - y * w), two_s * (y * z + x * w), 1 - two_s * (x * x + y * y),
+        1 - two_s * (y * y + z * z),
+        two_s * (x * y - z * w),
+        two_s * (x * z + y * w),
+        two_s * (x * y + z * w),
+        1 - two_s * (x * x + z * z),
+        two_s * (y * z - x * w),
+        two_s * (x * z - y * w),
+        two_s * (y * z + x * w),
+        1 - two_s * (x * x + y * y),
     )
     return torch.stack(rows, -1).reshape(quat.shape[:-1] + (3, 3))
 
 
-def pose_encoding_to_cameras(encoding: torch.Tensor, image_hw: Tuple[int, int]
-                             ) -> Tuple[torch.Tensor, torch.Tensor]:
+def pose_encoding_to_cameras(
+    encoding: torch.Tensor, image_hw: tuple[int, int]
+) -> tuple[torch.Tensor, torch.Tensor]:
     """(B, S, 9) -> extrinsics (B, S, 3, 4) OpenCV camera-from-world, intrinsics (B, S, 3, 3) in pixels."""
     height, width = image_hw
     rotation = quaternion_to_matrix(encoding[..., 3:7])

@@ -6,6 +6,7 @@ Keys, as in VGGT-1B (ViT-L/14, 518 px): ``cls_token`` (1, 1, C),
 14x14), ``blocks.N.*`` (see :mod:`.layers`), ``norm.{weight,bias}``. The
 output VGGT consumes is the final-normed patch tokens (``x_norm_patchtokens``).
 """
+
 from __future__ import annotations
 
 import math
@@ -28,9 +29,19 @@ class PatchEmbed(nn.Module):
 
 
 class DinoViT(nn.Module):
-    def __init__(self, *, img_size: int, patch_size: int, embed_dim: int, depth: int, num_heads: int,
-                 mlp_ratio: float = 4.0, num_register_tokens: int = 4, init_values: float = 1.0,
-                 attention_backend: str = "auto"):
+    def __init__(
+        self,
+        *,
+        img_size: int,
+        patch_size: int,
+        embed_dim: int,
+        depth: int,
+        num_heads: int,
+        mlp_ratio: float = 4.0,
+        num_register_tokens: int = 4,
+        init_values: float = 1.0,
+        attention_backend: str = "auto",
+    ):
         super().__init__()
         self.patch_size = patch_size
         self.num_register_tokens = num_register_tokens
@@ -39,12 +50,23 @@ class DinoViT(nn.Module):
         # Initialised here (not in a later pass) so that deepspeed.zero.Init sees the values.
         self.cls_token = normal_parameter(1, 1, embed_dim, std=1e-6)
         self.pos_embed = normal_parameter(1, 1 + grid * grid, embed_dim, std=0.02, truncated=True)
-        self.register_tokens = (normal_parameter(1, num_register_tokens, embed_dim, std=1e-6)
-                                if num_register_tokens else None)
-        self.blocks = nn.ModuleList([
-            Block(embed_dim, num_heads, mlp_ratio=mlp_ratio, init_values=init_values, norm_eps=1e-6,
-                  init="trunc_normal", backend=attention_backend)
-            for _ in range(depth)])
+        self.register_tokens = (
+            normal_parameter(1, num_register_tokens, embed_dim, std=1e-6) if num_register_tokens else None
+        )
+        self.blocks = nn.ModuleList(
+            [
+                Block(
+                    embed_dim,
+                    num_heads,
+                    mlp_ratio=mlp_ratio,
+                    init_values=init_values,
+                    norm_eps=1e-6,
+                    init="trunc_normal",
+                    backend=attention_backend,
+                )
+                for _ in range(depth)
+            ]
+        )
         self.norm = nn.LayerNorm(embed_dim, eps=1e-6)
         # Unused at inference (masked-image training); kept because the checkpoint holds it.
         self.mask_token = nn.Parameter(torch.zeros(1, embed_dim), requires_grad=False)
@@ -71,4 +93,4 @@ class DinoViT(nn.Module):
             x = torch.cat([x[:, :1], self.register_tokens.expand(n, -1, -1).to(x.dtype), x[:, 1:]], dim=1)
         for block in self.blocks:
             x = block(x)
-        return self.norm(x)[:, 1 + self.num_register_tokens:]
+        return self.norm(x)[:, 1 + self.num_register_tokens :]

@@ -7,9 +7,8 @@ frame/global blocks (eps 1e-5, qk LayerNorm per head, 2D RoPE, layer scale
 0.01) and the camera head's trunk (eps 1e-5, layer scale 0.01). Attention runs
 through :func:`cinescene.models.attention.attention` in (B, N, H, D) layout.
 """
-from __future__ import annotations
 
-from typing import Optional
+from __future__ import annotations
 
 import torch
 import torch.nn as nn
@@ -29,8 +28,14 @@ class LayerScale(nn.Module):
 
 
 class Mlp(nn.Module):
-    def __init__(self, in_features: int, hidden_features: int, out_features: Optional[int] = None,
-                 *, init: str = "torch"):
+    def __init__(
+        self,
+        in_features: int,
+        hidden_features: int,
+        out_features: int | None = None,
+        *,
+        init: str = "torch",
+    ):
         super().__init__()
         self.fc1 = Linear(in_features, hidden_features, init=init)
         self.act = nn.GELU()
@@ -56,7 +61,7 @@ class RoPE2D:
         """x (B, N, H, d); positions (B, N) integer."""
         d = x.shape[-1]
         inv_freq = 1.0 / (self.frequency ** (torch.arange(0, d, 2, device=x.device).float() / d))
-        angles = positions.float()[..., None] * inv_freq            # (B, N, d/2)
+        angles = positions.float()[..., None] * inv_freq  # (B, N, d/2)
         angles = torch.cat([angles, angles], dim=-1)[:, :, None, :]  # (B, N, 1, d)
         first, second = x.chunk(2, dim=-1)
         rotated_half = torch.cat([-second, first], dim=-1)
@@ -65,12 +70,22 @@ class RoPE2D:
     def __call__(self, x: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
         """x (B, N, H, D); positions (B, N, 2) as (row, col)."""
         rows, cols = x.chunk(2, dim=-1)
-        return torch.cat([self._rotate(rows, positions[..., 0]), self._rotate(cols, positions[..., 1])], dim=-1)
+        return torch.cat(
+            [self._rotate(rows, positions[..., 0]), self._rotate(cols, positions[..., 1])], dim=-1
+        )
 
 
 class Attention(nn.Module):
-    def __init__(self, dim: int, num_heads: int, *, qk_norm: bool = False, rope: Optional[RoPE2D] = None,
-                 init: str = "torch", backend: str = "auto"):
+    def __init__(
+        self,
+        dim: int,
+        num_heads: int,
+        *,
+        qk_norm: bool = False,
+        rope: RoPE2D | None = None,
+        init: str = "torch",
+        backend: str = "auto",
+    ):
         super().__init__()
         self.backend = backend
         self.num_heads = num_heads
@@ -82,8 +97,9 @@ class Attention(nn.Module):
         self.proj = Linear(dim, dim, init=init)
         self.rope = rope
 
-    def forward(self, x: torch.Tensor, pos: Optional[torch.Tensor] = None,
-                packing: Optional[TokenPacking] = None) -> torch.Tensor:
+    def forward(
+        self, x: torch.Tensor, pos: torch.Tensor | None = None, packing: TokenPacking | None = None
+    ) -> torch.Tensor:
         b, n, c = x.shape
         q, k, v = self.qkv(x).reshape(b, n, 3, self.num_heads, self.head_dim).unbind(2)
         q, k = self.q_norm(q), self.k_norm(k)
@@ -93,9 +109,19 @@ class Attention(nn.Module):
 
 
 class Block(nn.Module):
-    def __init__(self, dim: int, num_heads: int, *, mlp_ratio: float = 4.0, init_values: Optional[float] = None,
-                 qk_norm: bool = False, rope: Optional[RoPE2D] = None, norm_eps: float = 1e-5,
-                 init: str = "torch", backend: str = "auto"):
+    def __init__(
+        self,
+        dim: int,
+        num_heads: int,
+        *,
+        mlp_ratio: float = 4.0,
+        init_values: float | None = None,
+        qk_norm: bool = False,
+        rope: RoPE2D | None = None,
+        norm_eps: float = 1e-5,
+        init: str = "torch",
+        backend: str = "auto",
+    ):
         super().__init__()
         self.norm1 = nn.LayerNorm(dim, eps=norm_eps)
         self.attn = Attention(dim, num_heads, qk_norm=qk_norm, rope=rope, init=init, backend=backend)
@@ -104,7 +130,8 @@ class Block(nn.Module):
         self.mlp = Mlp(dim, int(dim * mlp_ratio), init=init)
         self.ls2 = LayerScale(dim, init_values) if init_values else nn.Identity()
 
-    def forward(self, x: torch.Tensor, pos: Optional[torch.Tensor] = None,
-                packing: Optional[TokenPacking] = None) -> torch.Tensor:
+    def forward(
+        self, x: torch.Tensor, pos: torch.Tensor | None = None, packing: TokenPacking | None = None
+    ) -> torch.Tensor:
         x = x + self.ls1(self.attn(self.norm1(x), pos=pos, packing=packing))
         return x + self.ls2(self.mlp(self.norm2(x)))

@@ -5,9 +5,10 @@
 state dict loads with :func:`load_vggt_weights` (its depth/point/track heads
 are not built here and are skipped).
 """
+
 from __future__ import annotations
 
-from typing import Dict, Iterable, List, Optional, Sequence, Tuple
+from collections.abc import Iterable, Sequence
 
 import torch
 import torch.nn as nn
@@ -39,35 +40,50 @@ def preprocess_images(images: torch.Tensor, img_size: int, patch_size: int) -> t
     new_h = _resized_height(height, width, img_size, patch_size)
     flat = images.reshape(b * s, c, height, width).float()
     if (new_h, img_size) != (height, width):
-        flat = F.interpolate(flat, size=(new_h, img_size), mode="bicubic", antialias=True,
-                             align_corners=False).clamp(0.0, 1.0)
+        flat = F.interpolate(
+            flat, size=(new_h, img_size), mode="bicubic", antialias=True, align_corners=False
+        ).clamp(0.0, 1.0)
     if new_h > img_size:
         top = (new_h - img_size) // 2
-        flat = flat[:, :, top: top + img_size]
+        flat = flat[:, :, top : top + img_size]
     return flat.reshape(b, s, c, *flat.shape[-2:])
 
 
-def vggt_grid(height: int, width: int, img_size: int, patch_size: int) -> Tuple[int, int]:
+def vggt_grid(height: int, width: int, img_size: int, patch_size: int) -> tuple[int, int]:
     """Patch grid (rows, cols) VGGT sees for an image of (height, width) pixels."""
-    return min(_resized_height(height, width, img_size, patch_size), img_size) // patch_size, img_size // patch_size
+    return min(
+        _resized_height(height, width, img_size, patch_size), img_size
+    ) // patch_size, img_size // patch_size
 
 
 class VGGT(nn.Module):
     def __init__(self, cfg: VGGTConfig, camera_head: bool = False, attention_backend: str = "auto"):
         super().__init__()
         self.cfg = cfg
-        self.aggregator = Aggregator(img_size=cfg.img_size, patch_size=cfg.patch_size, embed_dim=cfg.embed_dim,
-                                     depth=cfg.depth, num_heads=cfg.num_heads, mlp_ratio=cfg.mlp_ratio,
-                                     num_register_tokens=cfg.num_register_tokens,
-                                     patch_embed_depth=cfg.patch_embed_depth, rope_freq=cfg.rope_freq,
-                                     attention_backend=attention_backend)
+        self.aggregator = Aggregator(
+            img_size=cfg.img_size,
+            patch_size=cfg.patch_size,
+            embed_dim=cfg.embed_dim,
+            depth=cfg.depth,
+            num_heads=cfg.num_heads,
+            mlp_ratio=cfg.mlp_ratio,
+            num_register_tokens=cfg.num_register_tokens,
+            patch_embed_depth=cfg.patch_embed_depth,
+            rope_freq=cfg.rope_freq,
+            attention_backend=attention_backend,
+        )
         if camera_head:
-            self.camera_head = CameraHead(dim_in=2 * cfg.embed_dim, trunk_depth=cfg.camera_head_depth,
-                                          num_heads=cfg.num_heads, mlp_ratio=cfg.mlp_ratio,
-                                          attention_backend=attention_backend)
+            self.camera_head = CameraHead(
+                dim_in=2 * cfg.embed_dim,
+                trunk_depth=cfg.camera_head_depth,
+                num_heads=cfg.num_heads,
+                mlp_ratio=cfg.mlp_ratio,
+                attention_backend=attention_backend,
+            )
 
-    def features(self, images: torch.Tensor, layers: Iterable[int],
-                 image_counts: Optional[Sequence[int]] = None) -> Dict[int, torch.Tensor]:
+    def features(
+        self, images: torch.Tensor, layers: Iterable[int], image_counts: Sequence[int] | None = None
+    ) -> dict[int, torch.Tensor]:
         """Preprocess raw [0, 1] images; {layer: (B, S, P, 2C)} for the requested layers (keys mod depth).
 
         ``image_counts``: real images per sample, the rest padding (see :meth:`Aggregator.forward`).
@@ -76,8 +92,9 @@ class VGGT(nn.Module):
         inputs = preprocess_images(images, self.cfg.img_size, self.cfg.patch_size)
         return dict(zip(layers, self.aggregator(inputs, layers, image_counts)))
 
-    def estimate_cameras(self, images: torch.Tensor, num_iterations: int = 4
-                         ) -> Tuple[torch.Tensor, torch.Tensor]:
+    def estimate_cameras(
+        self, images: torch.Tensor, num_iterations: int = 4
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         """Poses of (B, S, 3, H, W) images: extrinsics (B, S, 3, 4) camera-from-world in the first
         image's frame, intrinsics (B, S, 3, 3) in pixels of VGGT's preprocessed size."""
         if not hasattr(self, "camera_head"):
@@ -88,7 +105,7 @@ class VGGT(nn.Module):
         return pose_encoding_to_cameras(encoding.float(), tuple(inputs.shape[-2:]))
 
 
-def select_vggt_keys(keys: Iterable[str], module: VGGT) -> Tuple[List[str], List[str]]:
+def select_vggt_keys(keys: Iterable[str], module: VGGT) -> tuple[list[str], list[str]]:
     """The checkpoint keys ``module`` holds, and the top-level parts (heads) it does not build."""
     wanted = ("aggregator.",) + (("camera_head.",) if hasattr(module, "camera_head") else ())
     keys = list(keys)
@@ -111,8 +128,9 @@ def load_vggt_weights(module: VGGT, path: str, strict: bool = True, check_only: 
         kept, skipped = select_vggt_keys(tensors.keys(), module)
         if skipped and not check_only:
             _log.info("VGGT weights %s: not loading %s (not built here)", resolved, ", ".join(skipped))
-        report = assign_state_dict(module, tensors.subset(kept), strict=strict, source=str(resolved),
-                                   check_only=check_only)
+        report = assign_state_dict(
+            module, tensors.subset(kept), strict=strict, source=str(resolved), check_only=check_only
+        )
     if not check_only:
         _log.info("VGGT weights %s: %s", resolved, report.summary())
     return report

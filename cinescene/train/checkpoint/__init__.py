@@ -11,6 +11,7 @@ The files themselves (layout, trainer record, manifest, safe readers) are
 :mod:`cinescene.ckpt`. ``consolidated_state_dict`` and ``read_trainer_state``
 are kept here for the sampling and evaluation tools.
 """
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -25,13 +26,29 @@ from .manager import CheckpointManager, validate
 from .resume import RunFacts, Start, check_compatible, parameter_manifest, rank_state_now, resume
 
 
-def read_trainer_state(path: str | Path) -> Dict[str, Any]:
+def read_trainer_state(path: str | Path) -> dict[str, Any]:
     """A step directory's trainer record as a plain dict (checked: a damaged file is a one-line error)."""
     from dataclasses import asdict
 
     return asdict(read_record(path))
 
 
-__all__ = ["CheckpointCadence", "CheckpointManager", "RunFacts", "Start", "TrainerRecord", "check_compatible",
-           "consolidated_state_dict", "is_complete", "parameter_manifest", "rank_state_now", "read_record",
-           "read_trainer_state", "resume", "step_dir_name", "step_of", "validate", "weights_digest"]
+__all__ = [
+    "CheckpointCadence",
+    "CheckpointManager",
+    "RunFacts",
+    "Start",
+    "TrainerRecord",
+    "check_compatible",
+    "consolidated_state_dict",
+    "is_complete",
+    "parameter_manifest",
+    "rank_state_now",
+    "read_record",
+    "read_trainer_state",
+    "resume",
+    "step_dir_name",
+    "step_of",
+    "validate",
+    "weights_digest",
+]

@@ -1,4 +1,5 @@
 """When to save: every ``checkpoint.every_steps`` steps and after the last one."""
+
 from __future__ import annotations
 
 from cinescene.ckpt.record import SaveReason

@@ -30,22 +30,37 @@ checkpoint never looks like a checkpoint.
 process group at a named point of a save: tmp_created, after_shards,
 after_rank_states, before_rename, after_rename, after_latest.
 """
+
 from __future__ import annotations
 
 import os
 import shutil
 import signal
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, List, Mapping, Optional
+from typing import Any
 
 import torch
 import torch.distributed as dist
 
 from cinescene.ckpt import ds_engine, manifest
 from cinescene.ckpt.errors import DamagedCheckpointError, UnsafeCheckpointError
-from cinescene.ckpt.layout import (CHECKPOINTS, CONFIG_FILE, DELETE_PREFIX, LATEST, RANK_STATES, TMP_PREFIX,
-                                   TRAINER_STATE, ZERO_TAG, inside, is_complete, rank_state_name, read_pointer,
-                                   step_dir_name, step_of)
+from cinescene.ckpt.layout import (
+    CHECKPOINTS,
+    CONFIG_FILE,
+    DELETE_PREFIX,
+    LATEST,
+    RANK_STATES,
+    TMP_PREFIX,
+    TRAINER_STATE,
+    ZERO_TAG,
+    inside,
+    is_complete,
+    rank_state_name,
+    read_pointer,
+    step_dir_name,
+    step_of,
+)
 from cinescene.ckpt.rank_state import check_rank_state, write_rank_state
 from cinescene.ckpt.record import TrainerRecord, read_record
 from cinescene.ckpt.zero import ZeroShards
@@ -106,7 +121,7 @@ def _barrier() -> None:
         dist.barrier()
 
 
-def _broadcast_from_main(values: List[int]) -> List[int]:
+def _broadcast_from_main(values: list[int]) -> list[int]:
     """Rank 0's ``values`` on every rank (a collective)."""
     if not (dist.is_available() and dist.is_initialized()):
         return values
@@ -141,13 +156,15 @@ class CheckpointManager:
         self.world_size = world_size
 
     # ---------------------------------------------------------------- queries
-    def complete_steps(self) -> List[Path]:
+    def complete_steps(self) -> list[Path]:
         """Complete step directories, oldest first (a symlink leading outside is not one of ours)."""
         if not self.root.is_dir():
             return []
-        return sorted((p for p in self.root.iterdir() if is_complete(p) and inside(self.root, p)), key=step_of)
+        return sorted(
+            (p for p in self.root.iterdir() if is_complete(p) and inside(self.root, p)), key=step_of
+        )
 
-    def latest(self) -> Optional[Path]:
+    def latest(self) -> Path | None:
         """`latest`'s target, or None when it is absent or unusable."""
         try:
             return read_pointer(self.root)
@@ -167,19 +184,27 @@ class CheckpointManager:
         try:
             current = read_pointer(self.root)
         except DamagedCheckpointError as exc:
-            _log.warning("%s; ignoring it: %s", exc,
-                         f"resuming from the newest complete checkpoint, {complete[-1].name}" if complete
-                         else "no complete checkpoint remains")
+            _log.warning(
+                "%s; ignoring it: %s",
+                exc,
+                f"resuming from the newest complete checkpoint, {complete[-1].name}"
+                if complete
+                else "no complete checkpoint remains",
+            )
             _remove(pointer)
             current = None
         else:
             if complete and current is not None and step_of(complete[-1]) > step_of(current):
-                _log.warning("`latest` named %s; %s is complete and newer (its save was killed before the "
-                             "pointer moved): pointing `latest` at it", current.name, complete[-1].name)
+                _log.warning(
+                    "`latest` named %s; %s is complete and newer (its save was killed before the "
+                    "pointer moved): pointing `latest` at it",
+                    current.name,
+                    complete[-1].name,
+                )
         if complete and (current is None or step_of(complete[-1]) > step_of(current)):
             _write_atomic(pointer, complete[-1].name + "\n")
 
-    def choose(self, resume: str) -> Optional[Path]:
+    def choose(self, resume: str) -> Path | None:
         """Collective: the step directory to resume from (see checkpoint.resume), or None to start fresh.
 
         Rank 0 decides (its warnings and errors are the only ones printed) and tells the others.
@@ -202,33 +227,44 @@ class CheckpointManager:
             return self.root / step_dir_name(step)
         return _explicit_path(resume)
 
-    def _choose(self, resume: str) -> Optional[Path]:
+    def _choose(self, resume: str) -> Path | None:
         if resume == "never":
             if self.complete_steps():
-                raise CineSceneError(f"checkpoint.resume=never but {self.root} already holds checkpoints; "
-                                     "use a new run.dir (or checkpoint.resume=auto to continue)")
+                raise CineSceneError(
+                    f"checkpoint.resume=never but {self.root} already holds checkpoints; "
+                    "use a new run.dir (or checkpoint.resume=auto to continue)"
+                )
             return None
         if resume != "auto":
             path = _explicit_path(resume)
             validate(path)  # the one asked for, or an error naming the file: no fallback
             newer = [p.name for p in self.complete_steps() if step_of(p) > (step_of(path) or -1)]
             if inside(self.root, path) and newer:
-                raise CineSceneError(f"checkpoint.resume={resume} would rewind this run, but newer checkpoints "
-                                     f"exist in {self.root} ({', '.join(newer)}); resume into a new run.dir")
+                raise CineSceneError(
+                    f"checkpoint.resume={resume} would rewind this run, but newer checkpoints "
+                    f"exist in {self.root} ({', '.join(newer)}); resume into a new run.dir"
+                )
             return path
         latest = self.latest()
-        candidates = [p for p in reversed(self.complete_steps()) if latest is None or step_of(p) <= step_of(latest)]
+        candidates = [
+            p for p in reversed(self.complete_steps()) if latest is None or step_of(p) <= step_of(latest)
+        ]
         for index, candidate in enumerate(candidates):
             try:
                 validate(candidate)
                 return candidate
             except (DamagedCheckpointError, UnsafeCheckpointError) as exc:
-                after = (f"falling back to {candidates[index + 1].name}" if index + 1 < len(candidates)
-                         else "no older checkpoint to fall back to")
+                after = (
+                    f"falling back to {candidates[index + 1].name}"
+                    if index + 1 < len(candidates)
+                    else "no older checkpoint to fall back to"
+                )
                 _log.warning("checkpoint %s is unusable: %s; %s", candidate.name, exc, after)
         if candidates:
-            raise CineSceneError(f"no usable checkpoint in {self.root}: every one is damaged (the warnings above "
-                                 "name the files); move them away to start over")
+            raise CineSceneError(
+                f"no usable checkpoint in {self.root}: every one is damaged (the warnings above "
+                "name the files); move them away to start over"
+            )
         return None
 
     # ------------------------------------------------------------------- save
@@ -263,8 +299,10 @@ class CheckpointManager:
     def _commit(self, tmp: Path, final: Path, record: TrainerRecord, config_yaml: str) -> None:
         for script in tmp.glob("*.py"):  # DeepSpeed's recovery scripts: code has no place in a checkpoint
             script.unlink()
-        own = {CONFIG_FILE: manifest.write_bytes(tmp / CONFIG_FILE, config_yaml.encode()),
-               TRAINER_STATE: manifest.write_bytes(tmp / TRAINER_STATE, record.to_json().encode())}
+        own = {
+            CONFIG_FILE: manifest.write_bytes(tmp / CONFIG_FILE, config_yaml.encode()),
+            TRAINER_STATE: manifest.write_bytes(tmp / TRAINER_STATE, record.to_json().encode()),
+        }
         manifest.merge_parts(tmp, own)
         _fsync_tree(tmp)
         _crash_point("before_rename", record.step)
@@ -280,10 +318,10 @@ class CheckpointManager:
         _log.info("saved checkpoint %s", final)
         self.apply_retention()
 
-    def apply_retention(self) -> List[Path]:
+    def apply_retention(self) -> list[Path]:
         """Delete checkpoints outside the retention policy (rank 0); returns the deleted paths."""
         complete = self.complete_steps()
-        keep = set(complete[-self.cfg.keep_last:])
+        keep = set(complete[-self.cfg.keep_last :])
         if self.cfg.keep_every:
             keep |= {p for p in complete if step_of(p) % self.cfg.keep_every == 0}
         latest = self.latest()
@@ -305,13 +343,18 @@ def _explicit_path(resume: str) -> Path:
     """checkpoint.resume=<path>: a step directory, or a checkpoints or run directory (its `latest`)."""
     path = Path(resume)
     for root in (path, path / CHECKPOINTS):
-        if root.is_dir() and step_of(root) is None and ((root / LATEST).exists() or (root / LATEST).is_symlink()):
+        if (
+            root.is_dir()
+            and step_of(root) is None
+            and ((root / LATEST).exists() or (root / LATEST).is_symlink())
+        ):
             target = read_pointer(root)
             if target is not None:
                 return target
     if not path.is_dir():
         raise CineSceneError(f"checkpoint.resume={resume}: no such checkpoint directory")
     if not (path / TRAINER_STATE).exists():
-        raise CineSceneError(f"checkpoint.resume={resume}: {path} is not a checkpoint directory "
-                             f"(no {TRAINER_STATE})")
+        raise CineSceneError(
+            f"checkpoint.resume={resume}: {path} is not a checkpoint directory (no {TRAINER_STATE})"
+        )
     return path

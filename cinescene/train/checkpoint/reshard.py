@@ -16,10 +16,10 @@ DeepSpeed's universal checkpoint does the same job through a converted copy
 of the whole checkpoint on disk, reads that copy with unrestricted pickle,
 and its converter holds whole rank files in memory.
 """
+
 from __future__ import annotations
 
 import time
-from typing import Dict, List
 
 import torch
 import torch.distributed as dist
@@ -33,8 +33,9 @@ _log = get_logger("train.checkpoint")
 
 
 @torch.no_grad()
-def _fill(flat: torch.Tensor, offset: int, shards: ZeroShards, name: str, key: str, numel: int, part: int,
-          rank: int) -> None:
+def _fill(
+    flat: torch.Tensor, offset: int, shards: ZeroShards, name: str, key: str, numel: int, part: int, rank: int
+) -> None:
     """Write this rank's ``part`` elements of parameter ``name``'s ``key`` at ``offset`` of ``flat`` (zeros past
     the parameter's end), one read piece at a time."""
     start = rank * part
@@ -49,9 +50,11 @@ def load_resharded(engine, shards: ZeroShards) -> None:
     """Collective: load ``shards`` (any world size, ZeRO-3) into ``engine`` (ZeRO-3, this world size)."""
     opt = engine.optimizer
     if shards.stage != 3 or not hasattr(opt, "fp32_partitioned_groups_flat"):
-        raise CineSceneError(f"{shards.dir.parent} holds ZeRO-{shards.stage} shards of {shards.world_size} ranks: "
-                             "loading at another world size needs ZeRO-3 on both sides (parallel.zero_stage=3); "
-                             f"resume it at {shards.world_size} ranks")
+        raise CineSceneError(
+            f"{shards.dir.parent} holds ZeRO-{shards.stage} shards of {shards.world_size} ranks: "
+            "loading at another world size needs ZeRO-3 on both sides (parallel.zero_stage=3); "
+            f"resume it at {shards.world_size} ranks"
+        )
     started = time.perf_counter()
     before = current_rss_bytes()
     measured = reset_peak()
@@ -59,9 +62,12 @@ def load_resharded(engine, shards: ZeroShards) -> None:
     world = dist.get_world_size(group=opt.dp_process_group)
     # The fp32 weights go straight into the engine's own flat buffers; the Adam moments into new tensors beside
     # them, which become the optimizer state. Besides those, memory holds one read piece at a time.
-    flats: Dict[str, List[torch.Tensor]] = {"fp32": list(opt.fp32_partitioned_groups_flat),
-                                            "exp_avg": [], "exp_avg_sq": []}
-    steps: List[torch.Tensor] = []
+    flats: dict[str, list[torch.Tensor]] = {
+        "fp32": list(opt.fp32_partitioned_groups_flat),
+        "exp_avg": [],
+        "exp_avg_sq": [],
+    }
+    steps: list[torch.Tensor] = []
     for sub, params in enumerate(opt.fp16_groups):
         target = opt.fp32_partitioned_groups_flat[sub]
         for key in ("exp_avg", "exp_avg_sq"):
@@ -74,14 +80,18 @@ def load_resharded(engine, shards: ZeroShards) -> None:
             names.append(name)
             part = int(param.ds_tensor.ds_numel)
             if offset + part > target.numel():
-                raise CineSceneError(f"resharding {shards.dir}: sub-group {sub} holds {target.numel()} elements, "
-                                     f"fewer than its parameters need")
+                raise CineSceneError(
+                    f"resharding {shards.dir}: sub-group {sub} holds {target.numel()} elements, "
+                    f"fewer than its parameters need"
+                )
             for key in KEYS:
                 _fill(flats[key][sub], offset, shards, name, key, int(param.ds_numel), part, rank)
             offset += part
         if offset != target.numel():
-            raise CineSceneError(f"resharding {shards.dir}: sub-group {sub} holds {target.numel()} elements, "
-                                 f"its parameters {offset}")
+            raise CineSceneError(
+                f"resharding {shards.dir}: sub-group {sub} holds {target.numel()} elements, "
+                f"its parameters {offset}"
+            )
         steps.append(shards.step(names[0]) if names else torch.tensor(0.0))
 
     opt._set_fp32_optimizer_param_groups()
@@ -94,11 +104,18 @@ def load_resharded(engine, shards: ZeroShards) -> None:
     state = {}
     for index, tensor_id in enumerate(order):
         sub = sub_of[tensor_id]
-        state[index] = {"step": steps[sub].clone(), "exp_avg": flats["exp_avg"][sub],
-                        "exp_avg_sq": flats["exp_avg_sq"][sub]}
-    rigid = {"loss_scaler": opt.loss_scaler, "dynamic_loss_scale": opt.dynamic_loss_scale, "overflow": False,
-             "optimizer_state_dict": {"state": state, "param_groups": template["param_groups"]},
-             "fp32_flat_groups": flats["fp32"]}
+        state[index] = {
+            "step": steps[sub].clone(),
+            "exp_avg": flats["exp_avg"][sub],
+            "exp_avg_sq": flats["exp_avg_sq"][sub],
+        }
+    rigid = {
+        "loss_scaler": opt.loss_scaler,
+        "dynamic_loss_scale": opt.dynamic_loss_scale,
+        "overflow": False,
+        "optimizer_state_dict": {"state": state, "param_groups": template["param_groups"]},
+        "fp32_flat_groups": flats["fp32"],
+    }
     opt.checkpoint_event_prologue()
     opt._rigid_load_state_dict(rigid, load_optimizer_states=True)
     if opt.persistent_parameters:
@@ -112,8 +129,16 @@ def load_resharded(engine, shards: ZeroShards) -> None:
         if name in buffers:
             buffers[name].data.copy_(value)
     read = sum(3 * 4 * f.numel() for f in flats["fp32"])
-    _log.info("resharded %s from %d to %d ranks in %.2f s, reading %s of shards; peak RSS of rank %d %s%s "
-              "(%s before: the rest is mostly the Adam moments, which the optimizer state needs anyway)",
-              shards.dir.parent, shards.world_size, world, time.perf_counter() - started, human_bytes(read),
-              dist.get_rank(), human_bytes(peak_rss_bytes()), "" if measured else " (process life-time)",
-              human_bytes(before))
+    _log.info(
+        "resharded %s from %d to %d ranks in %.2f s, reading %s of shards; peak RSS of rank %d %s%s "
+        "(%s before: the rest is mostly the Adam moments, which the optimizer state needs anyway)",
+        shards.dir.parent,
+        shards.world_size,
+        world,
+        time.perf_counter() - started,
+        human_bytes(read),
+        dist.get_rank(),
+        human_bytes(peak_rss_bytes()),
+        "" if measured else " (process life-time)",
+        human_bytes(before),
+    )

@@ -10,12 +10,14 @@ size: :mod:`.reshard`), and restores this rank's RNG. What a save records
 about the run is built by :class:`RunFacts` here as well, so the trainer
 record is written and read back in this package only.
 """
+
 from __future__ import annotations
 
 import time
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Dict, List, Mapping, Optional
+from typing import Any
 
 import torch
 
@@ -57,19 +59,31 @@ class RunFacts:
     model_name: str
     run_name: str
     ema: bool
-    params: Dict[str, List[int]]
-    trainable: List[str]
+    params: dict[str, list[int]]
+    trainable: list[str]
 
-    def record(self, state: TrainState, reason: str, wandb_run_id: Optional[str]) -> TrainerRecord:
-        return TrainerRecord(step=state.step, consumed_samples=state.consumed_samples,
-                             global_batch_size=self.global_batch_size, world_size=self.world_size,
-                             dp_size=self.dp_size, sp_size=self.sp_size, zero_stage=self.zero_stage,
-                             precision=self.precision, model_name=self.model_name, params=self.params,
-                             trainable=self.trainable, run_name=self.run_name, ema=self.ema, reason=reason,
-                             saved_at=time.strftime("%Y-%m-%dT%H:%M:%S%z"), wandb_run_id=wandb_run_id)
+    def record(self, state: TrainState, reason: str, wandb_run_id: str | None) -> TrainerRecord:
+        return TrainerRecord(
+            step=state.step,
+            consumed_samples=state.consumed_samples,
+            global_batch_size=self.global_batch_size,
+            world_size=self.world_size,
+            dp_size=self.dp_size,
+            sp_size=self.sp_size,
+            zero_stage=self.zero_stage,
+            precision=self.precision,
+            model_name=self.model_name,
+            params=self.params,
+            trainable=self.trainable,
+            run_name=self.run_name,
+            ema=self.ema,
+            reason=reason,
+            saved_at=time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+            wandb_run_id=wandb_run_id,
+        )
 
 
-def rank_state_now(rank: int, callbacks: CallbackList) -> Dict[str, Any]:
+def rank_state_now(rank: int, callbacks: CallbackList) -> dict[str, Any]:
     """This rank's part of a save: its RNG states and its callbacks' states."""
     return {"rank": rank, "rng": rng.capture(), "callbacks": callbacks.state_dict()}
 
@@ -80,12 +94,12 @@ class Start:
 
     state: TrainState
     engine: Any = None
-    facts: Optional[RunFacts] = None
-    path: Optional[Path] = None
-    record: Optional[TrainerRecord] = None
-    wandb_run_id: Optional[str] = None          # the W&B run to continue (only when resuming this run's own)
-    _callback_states: Optional[Mapping[str, Any]] = field(default=None, repr=False)
-    _all_rank_files: Optional[Callable[[], List[Mapping[str, Any]]]] = field(default=None, repr=False)
+    facts: RunFacts | None = None
+    path: Path | None = None
+    record: TrainerRecord | None = None
+    wandb_run_id: str | None = None  # the W&B run to continue (only when resuming this run's own)
+    _callback_states: Mapping[str, Any] | None = field(default=None, repr=False)
+    _all_rank_files: Callable[[], list[Mapping[str, Any]]] | None = field(default=None, repr=False)
 
     @property
     def finished(self) -> bool:
@@ -98,16 +112,27 @@ class Start:
         for callback in callbacks.callbacks:
             if hasattr(callback, "provide_all_ranks") and self._all_rank_files is not None:
                 loader = self._all_rank_files
-                callback.provide_all_ranks(lambda name=callback.name: [s["callbacks"][name] for s in loader()])
+                callback.provide_all_ranks(
+                    lambda name=callback.name: [s["callbacks"][name] for s in loader()]
+                )
         try:
             callbacks.load_state_dict(self._callback_states)
         except (KeyError, TypeError, ValueError) as exc:
-            raise CineSceneError(f"checkpoint {self.path}: its callback states (EMA, counters) do not fit this run "
-                                 f"({type(exc).__name__}: {exc})") from None
+            raise CineSceneError(
+                f"checkpoint {self.path}: its callback states (EMA, counters) do not fit this run "
+                f"({type(exc).__name__}: {exc})"
+            ) from None
 
 
-def check_compatible(record: TrainerRecord, path: Path, *, params: Mapping[str, List[int]], trainable: List[str],
-                     zero_stage: int, world_size: int) -> None:
+def check_compatible(
+    record: TrainerRecord,
+    path: Path,
+    *,
+    params: Mapping[str, list[int]],
+    trainable: list[str],
+    zero_stage: int,
+    world_size: int,
+) -> None:
     """One-line errors, before DeepSpeed touches anything, when the checkpoint cannot load here.
 
     Another world size is fine for ZeRO-3 (resharded on load); another model or ZeRO stage is not.
@@ -130,70 +155,110 @@ def check_compatible(record: TrainerRecord, path: Path, *, params: Mapping[str, 
             parts.append("trainable set differs: " + _names(changed_trainable))
         raise CineSceneError(f"checkpoint {path} was saved for another model config: " + "; ".join(parts))
     if record.zero_stage != zero_stage:
-        raise CineSceneError(f"checkpoint {path} holds ZeRO-{record.zero_stage} shards; this run uses "
-                             f"ZeRO-{zero_stage} (parallel.zero_stage): set it back to resume")
+        raise CineSceneError(
+            f"checkpoint {path} holds ZeRO-{record.zero_stage} shards; this run uses "
+            f"ZeRO-{zero_stage} (parallel.zero_stage): set it back to resume"
+        )
     if record.world_size != world_size and zero_stage != 3:
-        raise CineSceneError(f"checkpoint {path} holds ZeRO-{zero_stage} shards of {record.world_size} ranks: "
-                             "loading at another world size needs ZeRO-3 (parallel.zero_stage=3); resume it at "
-                             f"{record.world_size} ranks")
+        raise CineSceneError(
+            f"checkpoint {path} holds ZeRO-{zero_stage} shards of {record.world_size} ranks: "
+            "loading at another world size needs ZeRO-3 (parallel.zero_stage=3); resume it at "
+            f"{record.world_size} ranks"
+        )
 
 
-def _names(items: List[str], limit: int = 6) -> str:
+def _names(items: list[str], limit: int = 6) -> str:
     more = f" (+{len(items) - limit} more)" if len(items) > limit else ""
     return ", ".join(items[:limit]) + more
 
 
 def _facts(cfg: CineSceneConfig, layout: ParallelLayout, plan: BatchPlan, model: torch.nn.Module) -> RunFacts:
     params, trainable = parameter_manifest(model)
-    return RunFacts(global_batch_size=plan.global_batch_size, world_size=layout.world_size, dp_size=layout.dp_size,
-                    sp_size=layout.sp_size, zero_stage=cfg.parallel.zero_stage, precision=cfg.train.precision,
-                    model_name=cfg.model.name, run_name=cfg.run.name, ema=cfg.train.ema.enabled, params=params,
-                    trainable=trainable)
+    return RunFacts(
+        global_batch_size=plan.global_batch_size,
+        world_size=layout.world_size,
+        dp_size=layout.dp_size,
+        sp_size=layout.sp_size,
+        zero_stage=cfg.parallel.zero_stage,
+        precision=cfg.train.precision,
+        model_name=cfg.model.name,
+        run_name=cfg.run.name,
+        ema=cfg.train.ema.enabled,
+        params=params,
+        trainable=trainable,
+    )
 
 
-def resume(cfg: CineSceneConfig, layout: ParallelLayout, plan: BatchPlan, checkpoints: CheckpointManager,
-           build_engine: Callable[[], Any]) -> Start:
+def resume(
+    cfg: CineSceneConfig,
+    layout: ParallelLayout,
+    plan: BatchPlan,
+    checkpoints: CheckpointManager,
+    build_engine: Callable[[], Any],
+) -> Start:
     """Collective. Choose and check the checkpoint, build the engine, load, restore this rank's RNG."""
     checkpoints.recover()
     path = checkpoints.choose(cfg.checkpoint.resume)
     record = read_record(path) if path is not None else None
     state = TrainState(max_steps=cfg.train.max_steps)
     if record is not None and record.step >= cfg.train.max_steps:
-        _log.info("%s is at step %d of train.max_steps=%d: nothing to do", path, record.step, cfg.train.max_steps)
+        _log.info(
+            "%s is at step %d of train.max_steps=%d: nothing to do", path, record.step, cfg.train.max_steps
+        )
         return Start(state=state, path=path, record=record)
 
     reshard = record is not None and record.world_size != layout.world_size
     if reshard and record.global_batch_size != plan.global_batch_size and layout.is_main:
-        _log.warning("resuming at %d ranks: the global batch changes from %d to %d (set train.global_batch_size "
-                     "to keep it)", layout.world_size, record.global_batch_size, plan.global_batch_size)
+        _log.warning(
+            "resuming at %d ranks: the global batch changes from %d to %d (set train.global_batch_size "
+            "to keep it)",
+            layout.world_size,
+            record.global_batch_size,
+            plan.global_batch_size,
+        )
     rng.seed_all(cfg.run.seed)  # identical initial weights on every rank
     engine = build_engine()
     facts = _facts(cfg, layout, plan, engine.module)
     start = Start(state=state, engine=engine, facts=facts, path=path, record=record)
     own_state = None
     if record is not None:
-        check_compatible(record, path, params=facts.params, trainable=facts.trainable,
-                         zero_stage=cfg.parallel.zero_stage, world_size=layout.world_size)
+        check_compatible(
+            record,
+            path,
+            params=facts.params,
+            trainable=facts.trainable,
+            zero_stage=cfg.parallel.zero_stage,
+            world_size=layout.world_size,
+        )
         own_state = _load(engine, path, record, layout, start)
         state.step = record.step
         state.consumed_samples = record.consumed_samples
         state.last_checkpoint = str(path)
-        if path.parent.resolve() == checkpoints.root.resolve():  # a fork from elsewhere starts its own W&B run
+        if (
+            path.parent.resolve() == checkpoints.root.resolve()
+        ):  # a fork from elsewhere starts its own W&B run
             start.wandb_run_id = record.wandb_run_id
-        _log.info("resumed from %s (step %d, %d samples consumed)%s", path, record.step, record.consumed_samples,
-                  f", resharded from {record.world_size} to {layout.world_size} ranks" if reshard else "")
+        _log.info(
+            "resumed from %s (step %d, %d samples consumed)%s",
+            path,
+            record.step,
+            record.consumed_samples,
+            f", resharded from {record.world_size} to {layout.world_size} ranks" if reshard else "",
+        )
     if own_state is not None:
         try:
             rng.restore(own_state["rng"])
         except (KeyError, TypeError, ValueError, RuntimeError) as exc:
-            raise CineSceneError(f"{path / RANK_STATES / rank_state_name(layout.rank)}: its RNG states cannot be "
-                                 f"restored ({exc})") from None
+            raise CineSceneError(
+                f"{path / RANK_STATES / rank_state_name(layout.rank)}: its RNG states cannot be "
+                f"restored ({exc})"
+            ) from None
     else:
         rng.seed_all(rng.rank_seed(cfg.run.seed, layout.rank) + state.step)
     return start
 
 
-def _load(engine, path: Path, record: TrainerRecord, layout: ParallelLayout, start: Start) -> Optional[Dict]:
+def _load(engine, path: Path, record: TrainerRecord, layout: ParallelLayout, start: Start) -> dict | None:
     """Load the shards; returns this rank's own saved state (None when resharded: no file is this rank's)."""
     from cinescene.ckpt import ds_engine
 
@@ -205,8 +270,13 @@ def _load(engine, path: Path, record: TrainerRecord, layout: ParallelLayout, sta
         start._callback_states = rank_state.RankStateFile(files[0]).tree["callbacks"]
         return None
     ds_engine.install(engine)
-    engine.load_checkpoint(str(path), tag=ZERO_TAG, load_module_strict=False, load_optimizer_states=True,
-                           load_lr_scheduler_states=False)
+    engine.load_checkpoint(
+        str(path),
+        tag=ZERO_TAG,
+        load_module_strict=False,
+        load_optimizer_states=True,
+        load_lr_scheduler_states=False,
+    )
     own = rank_state.read_rank_state(files[layout.rank])
     start._callback_states = own["callbacks"]
     return own
