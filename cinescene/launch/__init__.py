@@ -1,0 +1,1 @@
+"""Command line; the code lives in the repository's launch/ folder."""

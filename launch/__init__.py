@@ -1,1 +1,0 @@
-"""Command line (`cinescene ...`) and launchers. Installed as ``cinescene.launch``."""
