@@ -9,7 +9,10 @@ trained parameter), takes one optimizer step under ZeRO-3, then:
   exactly this long, since saves are synchronous;
 * load: :func:`cinescene.train.checkpoint.resume` into a freshly built
   engine, minus the time it spends building that engine (choosing and
-  checking the checkpoint, loading shards and rank states remain);
+  checking the checkpoint, hashing every file against the manifest, loading
+  shards and rank states remain); then the same load with
+  ``checkpoint.verify=false`` (sizes checked only), caches dropped again, so
+  the difference is what verification costs;
 * export: ``cinescene ckpt export`` of the saved checkpoint in this process,
   with its peak resident memory.
 
@@ -34,7 +37,7 @@ BENCH_LAYERS_MAX = 64
 
 
 def bench_overrides(state_bytes: float, base: list[str]) -> list[str]:
-    """Config overrides for a DiT whose fp32 training state is about ``state_bytes`` (12 bytes per parameter)."""
+    """Config overrides for a DiT whose fp32 training state is about ``state_bytes`` (12 B a parameter)."""
     from cinescene.config import load_config
     from cinescene.models import build_model
 
@@ -89,6 +92,7 @@ def rank_main(argv: list[str]) -> int:
     Per repeat, side by side: save, ``dd`` writing a file of the checkpoint's size, load (resume), ``dd``
     reading that file; ``dd`` runs on rank 0 while the other ranks wait, caches dropped before each read.
     """
+    import dataclasses
     import statistics
     import warnings
 
@@ -105,6 +109,7 @@ def rank_main(argv: list[str]) -> int:
     from cinescene.train.checkpoint import CheckpointManager, rank_state_now, resume
     from cinescene.train.engine import build_engine
 
+    from .locate import checkpoints_dir
     from .manifest import read_manifest
 
     warnings.filterwarnings("ignore", category=FutureWarning, module=r"torch\.distributed")
@@ -117,7 +122,7 @@ def rank_main(argv: list[str]) -> int:
         layout = build_layout(env, cfg.parallel.sequence)
         plan = plan_batch(cfg.train, env.world_size, cfg.parallel.sequence)
         checkpoints = CheckpointManager(
-            Path(cfg.run.dir) / "checkpoints", cfg.checkpoint, rank=env.rank, world_size=env.world_size
+            checkpoints_dir(cfg), cfg.checkpoint, rank=env.rank, world_size=env.world_size
         )
         built: dict[str, float] = {}
 
@@ -137,7 +142,19 @@ def rank_main(argv: list[str]) -> int:
         )
         start.engine.backward(loss)
         start.engine.step()
-        times: dict[str, list[float]] = {"save_s": [], "load_s": [], "dd_write_s": [], "dd_read_s": []}
+        times: dict[str, list[float]] = {
+            "save_s": [],
+            "load_s": [],
+            "load_unverified_s": [],
+            "dd_write_s": [],
+            "dd_read_s": [],
+        }
+        unverified = CheckpointManager(
+            checkpoints.root,
+            dataclasses.replace(cfg.checkpoint, verify=False),
+            rank=env.rank,
+            world_size=env.world_size,
+        )
         dd_file = Path(cfg.run.dir) / "dd-bench.bin"
         for repeat in range(repeats):
             state = TrainState(
@@ -166,6 +183,13 @@ def rank_main(argv: list[str]) -> int:
             if env.rank == 0:
                 times["dd_read_s"].append(_dd([f"if={dd_file}", "of=/dev/null"], size))
                 dd_file.unlink()
+                _evict([p for p in path.rglob("*") if p.is_file()])
+            start = None
+            dist.barrier()
+            started = time.perf_counter()
+            start = resume(cfg, layout, plan, unverified, make_engine)
+            dist.barrier()
+            times["load_unverified_s"].append(time.perf_counter() - started - built["s"])
             dist.barrier()
         if env.rank == 0:
             figures = {key: statistics.median(values) for key, values in times.items()}
@@ -243,6 +267,7 @@ def format_report(r: dict) -> str:
 
     size, dd_size = r["checkpoint_bytes"], r["dd_bytes"]
     save_rate, load_rate = size / r["save_s"], size / r["load_s"]
+    plain_rate = size / r["load_unverified_s"]
     dd_write, dd_read = dd_size / r["dd_write_s"], dd_size / r["dd_read_s"]
     lines = [
         f"checkpoint bench: {r['parameters']:,} parameters, ZeRO-3 fp32, {r['ranks']} ranks; checkpoint "
@@ -252,12 +277,17 @@ def format_report(r: dict) -> str:
         f"{'save':24}{r['save_s']:9.2f}{save_rate / 1e9:9.3f}{save_rate / dd_write:7.2f}x",
         f"{'dd read':24}{r['dd_read_s']:9.2f}{dd_read / 1e9:9.3f}",
         f"{'load (resume)':24}{r['load_s']:9.2f}{load_rate / 1e9:9.3f}{load_rate / dd_read:7.2f}x",
+        f"{'load, not verified':24}{r['load_unverified_s']:9.2f}{plain_rate / 1e9:9.3f}"
+        f"{plain_rate / dd_read:7.2f}x",
+        f"verification (SHA-256 of every file against the manifest, the ranks sharing them): "
+        f"{r['load_s'] - r['load_unverified_s']:+.2f} s of the load",
         f"training loop blocked by a save: {r['save_s']:.2f} s (saves are synchronous: the loop waits for "
         "the whole save)",
         f"export (diffusers, fp32): {r['export_s']:.2f} s, peak RSS {human_bytes(r['export_peak_rss_bytes'])}"
         f"{' (process life-time)' if r['export_peak_is_process_lifetime'] else ''} (at start "
         f"{human_bytes(r['export_start_rss_bytes'])}) for the {human_bytes(size)} checkpoint; shard limit "
-        f"{human_bytes(r['export_shard_bytes'])}, largest tensor {human_bytes(r['export_largest_tensor_bytes'])}",
+        f"{human_bytes(r['export_shard_bytes'])}, largest tensor "
+        f"{human_bytes(r['export_largest_tensor_bytes'])}",
     ]
     return "\n".join(lines) + "\n"
 

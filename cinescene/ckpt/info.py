@@ -12,7 +12,8 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from .layout import RANK_STATES, ZERO_TAG, resolve_step_dir
+from .layout import RANK_STATES, ZERO_TAG
+from .locate import resolve_step_dir
 from .manifest import MANIFEST, read_manifest, verify
 from .memory import human_bytes
 from .record import read_record

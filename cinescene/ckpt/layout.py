@@ -1,6 +1,6 @@
 """Names and places of a checkpoint directory, and the `latest` pointer read as untrusted data.
 
-``<checkpoint.dir>`` (default ``<run.dir>/checkpoints``)::
+``<checkpoint.dir>`` (default ``<run.dir>/checkpoints``: :func:`.locate.checkpoints_dir`)::
 
     step_00000040/
         zero/                           DeepSpeed ZeRO shards (our checkpoint engine writes them)
@@ -23,8 +23,6 @@ import re
 import stat
 from pathlib import Path
 
-from cinescene.errors import CineSceneError
-
 from .errors import DamagedCheckpointError
 
 STEP_DIR = re.compile(r"^step_(\d{8})$")
@@ -35,7 +33,6 @@ TRAINER_STATE = "trainer_state.json"
 RANK_STATES = "rank_states"
 ZERO_TAG = "zero"
 CONFIG_FILE = "config.yaml"
-CHECKPOINTS = "checkpoints"
 _POINTER_MAX_BYTES = 256
 
 
@@ -101,21 +98,3 @@ def read_pointer(root: Path) -> Path | None:
     if not is_complete(target):
         raise DamagedCheckpointError(pointer, f"names {name}, which is not a complete checkpoint")
     return target
-
-
-def resolve_step_dir(path: Path | str) -> Path:
-    """A step directory from a run directory, a checkpoints directory (their `latest`) or a step directory."""
-    path = Path(path)
-    if not path.exists():
-        raise CineSceneError(f"{path}: no such run or checkpoint directory")
-    if step_of(path) is not None and (path / TRAINER_STATE).exists():
-        return path
-    for root in (path / CHECKPOINTS, path):
-        if (root / LATEST).exists() or (root / LATEST).is_symlink():
-            target = read_pointer(root)
-            if target is not None:
-                return target
-    raise CineSceneError(
-        f"{path} is neither a checkpoint step directory nor a run or checkpoints directory "
-        f"with a `{LATEST}` pointer"
-    )

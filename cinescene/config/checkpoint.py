@@ -15,8 +15,13 @@ class CheckpointConfig:
     # Retention: keep the newest `keep_last` plus every step divisible by `keep_every` (0 = none).
     keep_last: int = 2
     keep_every: int = 0
-    # "auto": resume from <dir>/latest when present; "never"; or a path to a step dir.
+    # "auto": resume from <dir>/latest when present; "never"; or a checkpoint path (a step, checkpoints or
+    # run directory), which seeds a run without checkpoints of its own: once <dir> holds one, the run
+    # resumes from its own (a requeue repeats the command line; a fork never rewinds).
     resume: str = "auto"
+    # Hash every file of the checkpoint against its manifest before resuming (the ranks share the files);
+    # a damaged one falls back like any damage. false checks sizes only (`bench checkpoint` shows the cost).
+    verify: bool = True
     # Also save when training finishes.
     save_final: bool = True
 

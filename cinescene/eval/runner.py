@@ -72,7 +72,8 @@ def eval_overrides(args: argparse.Namespace) -> list[str]:
 
 def plan(args: argparse.Namespace) -> EvalPlan:
     """Resolve and check everything before any model is built (one-line errors)."""
-    from cinescene.sampling.checkpoint import checkpoint_config, resolve_checkpoint
+    from cinescene.ckpt.config import checkpoint_config
+    from cinescene.ckpt.locate import resolve_checkpoint
     from cinescene.sampling.spec import training_spec
 
     source = resolve_checkpoint(args.checkpoint)

@@ -17,12 +17,14 @@ from pathlib import Path
 import torch
 
 from cinescene import __version__
+from cinescene.ckpt.config import checkpoint_config
+from cinescene.ckpt.locate import resolve_checkpoint
 from cinescene.config.base import ConfigError, non_negative, positive, require
 from cinescene.errors import CineSceneError
 from cinescene.log import get_logger, setup_logging, show_progress_bars
 
 from .cameras import anchor_trajectory, load_scene_cameras, resolve_camera
-from .checkpoint import checkpoint_config, load_inference_model, resolve_checkpoint
+from .checkpoint import load_inference_model
 from .codec import build_codec
 from .inputs import ShardSamples, load_scene_folder, parse_shard_ref
 from .pipeline import Settings, StepBar, VideoGenerator
@@ -49,7 +51,7 @@ def device_and_dtype(device: str | None, dtype: str | None) -> tuple[torch.devic
 
 
 def video_fps(cfg, spec) -> float:
-    """The source frame rate (``eval.fps``) over the stride of the generated frames (4 for the pixel proxy)."""
+    """The source frame rate (``eval.fps``) over the stride of the generated frames (4: the pixel proxy)."""
     return cfg.eval.fps / spec.frame_stride
 
 
@@ -68,9 +70,7 @@ def check_settings(args: argparse.Namespace) -> None:
     )
 
 
-def _scene_cameras(
-    args: argparse.Namespace, cfg, scene, shard_sample
-) -> tuple[object | None, str | None]:
+def _scene_cameras(args: argparse.Namespace, cfg, scene, shard_sample) -> tuple[object | None, str | None]:
     """The scene images' cameras and where they come from, for a model with scene anchoring
     (``model.scene.pose_embedding``); (None, None) for other models, which ignore them."""
     if not (cfg.model.scene.enabled and cfg.model.scene.pose_embedding):
@@ -133,7 +133,7 @@ def run_sample(args: argparse.Namespace) -> int:
         )
     scene_cameras, anchoring = _scene_cameras(args, cfg, scene, shard_sample)
     if anchoring and args.scene_cameras is None and shard_sample is not None and args.camera is not None:
-        # The sample's scene cameras live in its clip's world: the requested path starts where the clip starts.
+        # The sample's scene cameras live in its clip's world: the requested path starts where the clip does.
         cameras = anchor_trajectory(cameras, shard_sample.cameras[0])
     prompt = args.prompt if args.prompt is not None else (shard_sample.prompt if shard_sample else None)
     if prompt is None:

@@ -47,10 +47,12 @@ from pathlib import Path
 
 from omegaconf import OmegaConf
 
+from cinescene.ckpt.locate import checkpoints_dir, latest_step_dir
 from cinescene.config.schema import CineSceneConfig
 from cinescene.distributed.env import RANK_VARIABLES, slurm_master_port
 from cinescene.errors import CineSceneError
 from cinescene.log import get_logger, setup_logging
+from cinescene.run_dir import RunDir
 
 from .environment import (
     expand_nodes,
@@ -61,7 +63,7 @@ from .environment import (
     scontrol,
     start_record,
 )
-from .records import job_log_dir, job_log_path, write_json_atomic
+from .records import write_json_atomic
 
 _log = get_logger("slurm")
 
@@ -177,20 +179,11 @@ def _reap_orphans(timeout: float) -> None:
     _log.warning("processes started by srun still run after %.0f s; going on", timeout)
 
 
-def _latest_checkpoint(root: Path) -> Path | None:
-    from cinescene.ckpt.layout import read_pointer
-
-    try:
-        return read_pointer(root)
-    except CineSceneError:
-        return None
-
-
 def _saved_on_preemption(root: Path, before: Path | None) -> bool:
     """Whether the newest checkpoint is new since ``before`` and was saved on a preemption signal."""
     from cinescene.ckpt.record import SaveReason, read_record
 
-    latest = _latest_checkpoint(root)
+    latest = latest_step_dir(root)
     if latest is None or latest == before:
         return False
     try:
@@ -211,7 +204,7 @@ def decide(status: int, ending: str | None, cfg: CineSceneConfig, label: str) ->
     if status in (USER_ERROR, CONFIG_ERROR):
         return False, (
             f"the ranks failed with status {status}, an error to fix (see "
-            f"{Path(cfg.run.dir) / 'logs'}): not requeueing"
+            f"{RunDir(cfg.run.dir).logs}): not requeueing"
         )
     why = (
         "the ranks saved after a preemption signal"
@@ -236,8 +229,9 @@ def run_job(cfg: CineSceneConfig, config_path: str, overrides: Sequence[str]) ->
 
 def _start(cfg: CineSceneConfig, config_path: str, overrides: Sequence[str], signals: JobSignals) -> int:
     label = job_label()
-    log_path = job_log_path(cfg.run.dir, label)
-    job_log_dir(cfg.run.dir).mkdir(parents=True, exist_ok=True)
+    run_dir = RunDir(cfg.run.dir)
+    log_path = run_dir.job_log(label)
+    run_dir.slurm.mkdir(parents=True, exist_ok=True)
     _redirect_output(log_path)
     setup_logging(cfg.run.log_level)
     restart = restart_count()
@@ -263,11 +257,11 @@ def _start(cfg: CineSceneConfig, config_path: str, overrides: Sequence[str], sig
     record = start_record(
         argv=cmd, nodes=nodes, config=scrub(OmegaConf.to_container(OmegaConf.structured(cfg)))
     )
-    write_json_atomic(log_path.with_name(f"{label}.start-{restart}.json"), record)
+    write_json_atomic(run_dir.start_record(label, restart), record)
 
     env = step_environment(os.environ, nodes)
-    checkpoints = Path(cfg.checkpoint.dir or Path(cfg.run.dir) / "checkpoints")
-    before = _latest_checkpoint(checkpoints)
+    checkpoints = checkpoints_dir(cfg)
+    before = latest_step_dir(checkpoints)
     status = step_status = signals.run_step(cmd, env, skipped_status=cfg.launch.preempt_exit_code)
     if status not in (DONE, USER_ERROR, CONFIG_ERROR, cfg.launch.preempt_exit_code) and _saved_on_preemption(
         checkpoints, before

@@ -1,4 +1,4 @@
-"""What a run directory keeps about its SLURM jobs, under ``<run.dir>/slurm/``.
+"""What a run directory keeps about its SLURM jobs, under ``<run.dir>/slurm/`` (names: :class:`RunDir`).
 
 ::
 
@@ -17,18 +17,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-JOB_DIR = "slurm"
-JOBS_FILE = "jobs"
-TRIAL_FILE = "trial.json"
-
-
-def job_log_dir(run_dir: str | os.PathLike) -> Path:
-    return Path(run_dir) / JOB_DIR
-
-
-def job_log_path(run_dir: str | os.PathLike, label: str) -> Path:
-    """``<run.dir>/slurm/<job>.out`` for a job labelled as SLURM's %j / %A_%a would."""
-    return job_log_dir(run_dir) / f"{label}.out"
+from cinescene.run_dir import RunDir
 
 
 def write_json_atomic(path: Path, data: Any) -> None:
@@ -48,29 +37,14 @@ def read_json(path: Path) -> dict[str, Any] | None:
 
 
 def record_job(run_dir: str | os.PathLike, job_id: str) -> None:
-    path = job_log_dir(run_dir) / JOBS_FILE
+    path = RunDir(run_dir).slurm_jobs
     path.parent.mkdir(parents=True, exist_ok=True)
     with open(path, "a") as f:
         f.write(f"{job_id}\n")
 
 
 def recorded_jobs(run_dir: str | os.PathLike) -> list[str]:
-    path = job_log_dir(run_dir) / JOBS_FILE
+    path = RunDir(run_dir).slurm_jobs
     if not path.is_file():
         return []
     return [line.strip() for line in path.read_text().splitlines() if line.strip()]
-
-
-def last_metrics(run_dir: str | os.PathLike) -> dict[str, Any]:
-    """The last complete row of ``<run.dir>/metrics.jsonl`` ({} when there is none)."""
-    path = Path(run_dir) / "metrics.jsonl"
-    if not path.is_file():
-        return {}
-    for line in reversed(path.read_text().splitlines()):
-        try:
-            row = json.loads(line)
-        except ValueError:
-            continue  # a line cut short by a crash
-        if isinstance(row, dict):
-            return row
-    return {}

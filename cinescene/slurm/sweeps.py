@@ -12,7 +12,6 @@ Submissions of one sweep are serialised by a lock on ``<run_root>/slurm/.lock``.
 
 from __future__ import annotations
 
-import fcntl
 import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
@@ -20,34 +19,17 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+from cinescene.ckpt.locate import checkpoints_dir, latest_step
 from cinescene.config.sweep import SweepSpec, Trial
 from cinescene.errors import CineSceneError
+from cinescene.locks import DirLock
+from cinescene.run_dir import RunDir
 
 from . import sbatch
 from .accounting import LIVE_STATES, UNKNOWN, job_states
-from .records import (
-    JOB_DIR,
-    TRIAL_FILE,
-    job_log_dir,
-    last_metrics,
-    read_json,
-    record_job,
-    recorded_jobs,
-    write_json_atomic,
-)
+from .records import read_json, record_job, recorded_jobs, write_json_atomic
 
 NOT_SUBMITTED = "-"
-
-
-def checkpoint_step(cfg) -> int | None:
-    """The step of the run's latest complete checkpoint (None without one)."""
-    root = Path(cfg.checkpoint.dir or Path(cfg.run.dir) / "checkpoints")
-    if not root.is_dir():
-        return None  # a trial that never ran: no need to import the trainer (and torch) to know
-    from cinescene.train.checkpoint import CheckpointManager, step_of
-
-    latest = CheckpointManager(root, cfg.checkpoint, rank=0, world_size=1).latest()
-    return step_of(latest) if latest is not None else None
 
 
 @dataclass
@@ -63,7 +45,7 @@ def plan(trials: Sequence[Trial]) -> list[TrialPlan]:
     states = job_states([j for j in last_jobs.values() if j])
     plans = []
     for t in trials:
-        step = checkpoint_step(t.config)
+        step = latest_step(checkpoints_dir(t.config))
         job = last_jobs[t.signature]
         if step is not None and step >= t.config.train.max_steps:
             plans.append(TrialPlan(t, "finished", f"step {step}/{t.config.train.max_steps}"))
@@ -88,14 +70,17 @@ def _shared_launch(trials: Sequence[Trial]):
 
 @contextmanager
 def sweep_lock(run_root: Path) -> Iterator[None]:
-    lock_dir = job_log_dir(run_root)
-    lock_dir.mkdir(parents=True, exist_ok=True)
-    with open(lock_dir / ".lock", "w") as handle:
-        try:
-            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            raise CineSceneError(f"another `cinescene sweep` is submitting {run_root} right now") from None
+    """One submission of a sweep at a time (a :class:`cinescene.locks.DirLock` in its ``slurm/``)."""
+    root = RunDir(run_root)
+    lock = DirLock(
+        root.slurm,
+        root.submit_lock,
+        lambda holder: f"another `cinescene sweep` is submitting {run_root} right now ({holder})",
+    ).acquire()
+    try:
         yield
+    finally:
+        lock.release()
 
 
 def array_submission(
@@ -105,7 +90,7 @@ def array_submission(
     return sbatch.build(
         _shared_launch(todo),
         job_name=spec.name,
-        output=sbatch.log_pattern(job_log_dir(run_root), "%A_%a.out"),
+        output=sbatch.log_pattern(RunDir(run_root).slurm, "%A_%a.out"),
         job_args=["--array-table", str(table.resolve())],
         array=f"0-{len(todo) - 1}{throttle}",
     )
@@ -116,7 +101,7 @@ def submit_array(
 ) -> str:
     """Write the table and each trial's record, submit the array; returns the array's job id."""
     table = (
-        job_log_dir(run_root) / f"array-{time.strftime('%Y%m%dT%H%M%S')}-{time.time_ns() % 10**9:09d}.json"
+        RunDir(run_root).slurm / f"array-{time.strftime('%Y%m%dT%H%M%S')}-{time.time_ns() % 10**9:09d}.json"
     )
     submission = array_submission(spec, todo, run_root, table, max_parallel)
     write_json_atomic(
@@ -128,7 +113,7 @@ def submit_array(
     )
     for t in todo:
         write_json_atomic(
-            job_log_dir(t.run_dir) / TRIAL_FILE,
+            RunDir(t.run_dir).trial,
             {
                 "sweep": spec.name,
                 "signature": t.signature,
@@ -178,10 +163,11 @@ def trial_dirs(run_root: Path) -> list[Path]:
     """Run directories under ``run_root`` that a sweep submission marked as its trials."""
     if not run_root.is_dir():
         raise CineSceneError(f"{run_root} is not a directory (give a sweep file or a sweep's run_root)")
-    found = sorted(p for p in run_root.iterdir() if (job_log_dir(p) / TRIAL_FILE).is_file())
+    found = sorted(p for p in run_root.iterdir() if RunDir(p).trial.is_file())
     if not found:
+        shown = RunDir("<trial>").trial
         raise CineSceneError(
-            f"{run_root} holds no sweep trials (no <trial>/{JOB_DIR}/{TRIAL_FILE}): give the "
+            f"{run_root} holds no sweep trials (no {shown}): give the "
             "sweep file, or the run_root of a sweep that was submitted"
         )
     return found
@@ -194,7 +180,7 @@ def status(entries: Sequence[dict[str, Any]]) -> list[TrialStatus]:
     rows = []
     for e in entries:
         job = last_jobs[e["run_dir"]]
-        metrics = last_metrics(e["run_dir"])
+        metrics = RunDir(e["run_dir"]).metrics.last()
         rows.append(
             TrialStatus(
                 signature=e["signature"],
@@ -226,7 +212,7 @@ def entries_of_trials(trials: Sequence[Trial]) -> list[dict[str, Any]]:
 def entries_of_dir(run_root: Path) -> list[dict[str, Any]]:
     entries = []
     for path in trial_dirs(run_root):
-        record = read_json(job_log_dir(path) / TRIAL_FILE) or {}
+        record = read_json(RunDir(path).trial) or {}
         entries.append(
             {
                 "signature": str(record.get("signature", path.name)),

@@ -26,6 +26,7 @@ import torch
 import torch.distributed as dist
 import torch.nn as nn
 
+from cinescene.ckpt.slices import Piece, cover, piece
 from cinescene.config.train import EMAConfig
 
 from .callbacks import Callback, StepResult, TrainState
@@ -115,28 +116,29 @@ class ShardedEMA:
             for s in self.slices
         ):
             for s in self.slices:
-                self.shadow[s.name].copy_(_read_range(saved[s.name]["value"], 0, s.length))
+                found = piece(saved[s.name], f"the saved EMA slice of {s.name}")
+                if isinstance(found, str):
+                    raise ValueError(found)
+                self.shadow[s.name].copy_(_read_range(found.value, 0, s.length))
             return
         if all_ranks is None:
             raise ValueError("the saved EMA is sliced differently and no other shards were provided")
         states = all_ranks()
         for s in self.slices:
-            filled = 0
-            for state in states:
+            pieces = []
+            for rank, state in enumerate(states):
                 entry = state["slices"].get(s.name)
-                if entry is None:
-                    continue
-                start, stop = int(entry["offset"]), int(entry["offset"]) + int(entry["length"])
-                low, high = max(start, s.offset), min(stop, s.offset + s.length)
-                if low < high:
-                    self.shadow[s.name][low - s.offset : high - s.offset].copy_(
-                        _read_range(entry["value"], low - start, high - low)
-                    )
-                    filled += high - low
-            if filled != s.length:
-                raise ValueError(
-                    f"the saved EMA covers {filled} of the {s.length} elements of {s.name} this rank "
-                    "holds: a rank file is missing"
+                if entry is not None:
+                    found = piece(entry, f"rank {rank}'s EMA slice of {s.name}")
+                    if isinstance(found, str):
+                        raise ValueError(found)
+                    pieces.append(found)
+            parts = cover(pieces, s.offset, s.offset + s.length)
+            if isinstance(parts, str):
+                raise ValueError(f"the saved EMA of {s.name} (the elements this rank holds): {parts}")
+            for part, low, high in parts:
+                self.shadow[s.name][low - s.offset : high - s.offset].copy_(
+                    _read_range(part.value, low - part.offset, high - low)
                 )
 
     def full_numels(self) -> dict[str, int]:
@@ -144,7 +146,8 @@ class ShardedEMA:
 
     @contextmanager
     def applied(self) -> Iterator[None]:
-        """The EMA weights in place of the trained ones inside the block; the trained ones restored exactly after.
+        """The EMA weights in place of the trained ones inside the block; the trained ones restored exactly
+        after.
 
         A collective: every rank enters together. Under ZeRO-3 each rank writes its slice into its own
         partition (``ds_tensor``); parameters ZeRO-3 keeps whole on every rank (``ds_persist``, below
@@ -182,7 +185,7 @@ class ShardedEMA:
             persistent[0].all_gather(persistent)
 
     def _gathered(self, s: _Slice) -> torch.Tensor:
-        """ZeRO-1/2: one parameter's full EMA, joined from every rank's slice (ranks cut equal, padded pieces)."""
+        """ZeRO-1/2: one parameter's full EMA, joined from every rank's slice (equal, padded pieces)."""
         total, world = math.prod(s.shape), self.shard_count
         if world == 1:
             return self.shadow[s.name].view(s.shape)
@@ -195,7 +198,7 @@ class ShardedEMA:
 
 
 def _read_range(value, start: int, length: int) -> torch.Tensor:
-    """Elements ``start .. start+length`` of a saved slice: a tensor, or a lazy stored tensor (``read_flat``)."""
+    """Elements ``start .. start+length`` of a saved slice: a tensor, or a lazy stored tensor (read_flat)."""
     if isinstance(value, torch.Tensor):
         return value.reshape(-1)[start : start + length]
     return value.read_flat(start, length)
@@ -203,25 +206,23 @@ def _read_range(value, start: int, length: int) -> torch.Tensor:
 
 def assemble(states: Iterable[Mapping]) -> dict[str, torch.Tensor]:
     """Full fp32 EMA tensors (original shapes) from every rank's ``state_dict()``."""
-    pieces: dict[str, list[tuple[int, torch.Tensor]]] = {}
+    pieces: dict[str, list[Piece]] = {}
     shapes: dict[str, tuple[int, ...]] = {}
-    for state in states:
+    for rank, state in enumerate(states):
         for name, entry in state["slices"].items():
-            pieces.setdefault(name, []).append(
-                (entry["offset"], _read_range(entry["value"], 0, entry["length"]))
-            )
+            found = piece(entry, f"rank {rank}'s EMA slice of {name}")
+            if isinstance(found, str):
+                raise ValueError(found)
+            pieces.setdefault(name, []).append(found)
             shapes[name] = tuple(entry["shape"])
     full = {}
-    for name, parts in pieces.items():
-        flat = torch.zeros(math.prod(shapes[name]), dtype=torch.float32)
-        covered = 0
-        for offset, value in parts:
-            flat[offset : offset + value.numel()] = value
-            covered += value.numel()
-        if covered != flat.numel():
-            raise ValueError(
-                f"EMA shards of {name} cover {covered} of {flat.numel()} elements: a rank file is missing"
-            )
+    for name, found in pieces.items():
+        parts = cover(found, 0, math.prod(shapes[name]))
+        if isinstance(parts, str):
+            raise ValueError(f"EMA shards of {name}: {parts}")
+        flat = torch.empty(math.prod(shapes[name]), dtype=torch.float32)
+        for part, low, high in parts:
+            flat[low:high] = _read_range(part.value, low - part.offset, high - low)
         full[name] = flat.view(shapes[name])
     return full
 

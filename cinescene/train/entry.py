@@ -16,12 +16,14 @@ from pathlib import Path
 
 from omegaconf import OmegaConf
 
+from cinescene.ckpt.locate import checkpoints_dir
 from cinescene.config.schema import CineSceneConfig
 from cinescene.distributed import startup_signals
 from cinescene.distributed.env import DistEnv
 from cinescene.distributed.groups import build_layout, destroy_process_group, init_process_group
 from cinescene.distributed.spawn import die_with_launcher
 from cinescene.log import get_logger, setup_logging
+from cinescene.run_dir import RunDir
 from cinescene.slurm.environment import restart_count
 
 from . import rng
@@ -94,7 +96,7 @@ def _build_callbacks(
 
 
 def run_rank(cfg: CineSceneConfig, env: DistEnv, components: Components | None = None) -> int:
-    """Train as rank ``env.rank`` of ``env.world_size``; returns the exit status (0, or the preemption one)."""
+    """Train as rank ``env.rank`` of ``env.world_size``; returns the exit status (0, or the preemption's)."""
     components = components or default_components()
     die_with_launcher()  # a rank our spawner started ends with it (cinescene's CLI did this already)
     flag = PreemptionFlag(cfg.launch.preempt_signals).install()
@@ -116,10 +118,10 @@ def run_rank(cfg: CineSceneConfig, env: DistEnv, components: Components | None =
         )
         if layout.is_main:
             run_dir.mkdir(parents=True, exist_ok=True)
-            (run_dir / "config.yaml").write_text(config_yaml)
+            RunDir(run_dir).config.write_text(config_yaml)
             components.prepare_data(cfg)
         checkpoints = CheckpointManager(
-            cfg.checkpoint.dir or run_dir / "checkpoints",
+            checkpoints_dir(cfg),
             cfg.checkpoint,
             rank=env.rank,
             world_size=env.world_size,

@@ -26,6 +26,8 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
+from cinescene.run_dir import RunDir
+
 FILE_HEADER = struct.Struct("<4sHB")
 RECORD_HEADER = struct.Struct("<IHB")
 BLOCK = 32768
@@ -70,9 +72,7 @@ def offline_runs(run_dir: str | Path, run_id: str | None = None) -> list[Path]:
 
     The id is read from the file name (``run-<id>.wandb``), not the directory's: a run resumed
     within the same second gets a directory with a ``-1`` style suffix."""
-    files = (
-        sorted(d.glob("run-*.wandb"))[:1] for d in sorted((Path(run_dir) / "wandb").glob("offline-run-*"))
-    )
+    files = (sorted(d.glob("run-*.wandb"))[:1] for d in sorted(RunDir(run_dir).wandb.glob("offline-run-*")))
     return [f[0] for f in files if f and (run_id is None or run_id_of(f[0]) == run_id)]
 
 
@@ -102,8 +102,8 @@ def read_history(run_dir: str | Path, run_id: str | None = None) -> dict[int, di
 
 
 def read_artifacts(run_dir: str | Path, run_id: str | None = None) -> list[dict[str, object]]:
-    """The artifacts logged offline under ``run_dir``: ``{"name", "type", "files": {path in the artifact: local
-    file}}`` each, in logging order (the local files are W&B's staged copies)."""
+    """The artifacts logged offline under ``run_dir``: ``{"name", "type", "files": {path in the artifact:
+    local file}}`` each, in logging order (the local files are W&B's staged copies)."""
     from wandb.proto import wandb_internal_pb2 as pb
 
     found = []

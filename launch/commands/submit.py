@@ -46,9 +46,10 @@ def flag_overrides(args: argparse.Namespace) -> list:
 def run(args: argparse.Namespace) -> int:
     from cinescene.config import load_config, to_yaml
     from cinescene.errors import CineSceneError
+    from cinescene.run_dir import RunDir
     from cinescene.slurm import sbatch
     from cinescene.slurm.accounting import LIVE_STATES, job_states
-    from cinescene.slurm.records import job_log_dir, record_job, recorded_jobs
+    from cinescene.slurm.records import record_job, recorded_jobs
 
     overrides = [*args.overrides, *flag_overrides(args)]
     cfg, raw = load_config(args.config, overrides)
@@ -56,10 +57,11 @@ def run(args: argparse.Namespace) -> int:
         sys.stdout.write(to_yaml(raw))
         return 0
     run_dir = Path(cfg.run.dir)
+    slurm_dir = RunDir(run_dir).slurm
     submission = sbatch.build(
         cfg.launch,
         job_name=cfg.run.name,
-        output=sbatch.log_pattern(job_log_dir(run_dir), "%j.out"),
+        output=sbatch.log_pattern(slurm_dir, "%j.out"),
         job_args=[args.config, *overrides],
     )
     if args.dry_run:
@@ -72,10 +74,8 @@ def run(args: argparse.Namespace) -> int:
             f"{run_dir} already has job {last} ({state}); one job per run directory "
             f"(scancel {last} first, or choose another run.dir)"
         )
-    job_log_dir(run_dir).mkdir(parents=True, exist_ok=True)
+    slurm_dir.mkdir(parents=True, exist_ok=True)
     job_id = sbatch.submit(submission)
     record_job(run_dir, job_id)
-    print(
-        f"submitted job {job_id}: {cfg.run.name} in {run_dir}, log {job_log_dir(run_dir) / f'{job_id}.out'}"
-    )
+    print(f"submitted job {job_id}: {cfg.run.name} in {run_dir}, log {RunDir(run_dir).job_log(job_id)}")
     return 0

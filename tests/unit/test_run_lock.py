@@ -13,6 +13,7 @@ import time
 
 import pytest
 
+from cinescene import locks
 from cinescene.train import run_lock
 from cinescene.train.run_lock import RunDirBusy, RunDirLock
 
@@ -64,7 +65,7 @@ def test_a_second_holder_is_refused_naming_the_first_and_sigkill_frees_it(tmp_pa
 def test_a_requeued_job_waits_for_its_previous_attempt(tmp_path, holder, monkeypatch):
     previous = holder(SLURM_JOB_ID="4242")
     monkeypatch.setenv("SLURM_JOB_ID", "4242")
-    monkeypatch.setattr(run_lock, "POLL_S", 0.05)
+    monkeypatch.setattr(locks, "POLL_S", 0.05)
     threading.Timer(0.5, previous.kill).start()  # the previous attempt is torn down a little later
     lock = RunDirLock(tmp_path / "run").acquire()
     assert previous.poll() is not None
@@ -109,8 +110,8 @@ def test_cinescene_train_on_a_locked_directory_is_one_line(tmp_path, holder, rep
 
 
 def test_a_build_lock_left_by_a_killed_process_is_removed_and_a_held_one_kept(tmp_path):
-    """torch's JIT-extension lock file (DeepSpeed's ops): a rank killed while holding it would make every later
-    start wait forever; only a lock no process holds open, and old enough, is removed."""
+    """torch's JIT-extension lock file (DeepSpeed's ops): a rank killed while holding it would make every
+    later start wait forever; only a lock no process holds open, and old enough, is removed."""
     from cinescene.train.build_locks import LOCAL_STALE_S, clear_stale_build_locks
 
     dead, held, young = (

@@ -15,7 +15,7 @@ are kept here for the sampling and evaluation tools.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Dict
+from typing import Any
 
 from cinescene.ckpt.layout import is_complete, step_dir_name, step_of
 from cinescene.ckpt.record import TrainerRecord, read_record

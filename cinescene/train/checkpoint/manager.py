@@ -33,7 +33,9 @@ after_rank_states, before_rename, after_rename, after_latest.
 
 from __future__ import annotations
 
+import json
 import os
+import re
 import shutil
 import signal
 from collections.abc import Mapping
@@ -46,7 +48,6 @@ import torch.distributed as dist
 from cinescene.ckpt import ds_engine, manifest
 from cinescene.ckpt.errors import DamagedCheckpointError, UnsafeCheckpointError
 from cinescene.ckpt.layout import (
-    CHECKPOINTS,
     CONFIG_FILE,
     DELETE_PREFIX,
     LATEST,
@@ -61,6 +62,7 @@ from cinescene.ckpt.layout import (
     step_dir_name,
     step_of,
 )
+from cinescene.ckpt.locate import latest_step_dir, resolve_step_dir
 from cinescene.ckpt.rank_state import check_rank_state, write_rank_state
 from cinescene.ckpt.record import TrainerRecord, read_record
 from cinescene.ckpt.zero import ZeroShards
@@ -121,14 +123,68 @@ def _barrier() -> None:
         dist.barrier()
 
 
+def _distributed() -> bool:
+    return dist.is_available() and dist.is_initialized()
+
+
+def _device():
+    return torch.device("cuda", torch.cuda.current_device()) if dist.get_backend() == "nccl" else "cpu"
+
+
 def _broadcast_from_main(values: list[int]) -> list[int]:
     """Rank 0's ``values`` on every rank (a collective)."""
-    if not (dist.is_available() and dist.is_initialized()):
+    if not _distributed():
         return values
-    device = torch.device("cuda", torch.cuda.current_device()) if dist.get_backend() == "nccl" else "cpu"
-    tensor = torch.tensor(values, dtype=torch.int64, device=device)
+    tensor = torch.tensor(values, dtype=torch.int64, device=_device())
     dist.broadcast(tensor, src=0)
     return [int(v) for v in tensor.tolist()]
+
+
+def _broadcast_text(text: str) -> str:
+    """Rank 0's ``text`` on every rank (a collective): its length, then its UTF-8 bytes."""
+    if not _distributed():
+        return text
+    data = text.encode()
+    (length,) = _broadcast_from_main([len(data)])
+    buffer = torch.zeros(length, dtype=torch.uint8, device=_device())
+    if dist.get_rank() == 0:
+        buffer.copy_(torch.frombuffer(bytearray(data), dtype=torch.uint8))
+    dist.broadcast(buffer, src=0)
+    return bytes(buffer.cpu().tolist()).decode()
+
+
+def _min_over_ranks(value: int) -> int:
+    """The smallest ``value`` any rank holds (a collective)."""
+    if not _distributed():
+        return value
+    tensor = torch.tensor([value], dtype=torch.int64, device=_device())
+    dist.all_reduce(tensor, op=dist.ReduceOp.MIN)
+    return int(tensor.item())
+
+
+_RANK_FILE = re.compile(r"(?:zero_pp_rank_(\d+)_|rank_(\d+)\.safetensors$)")
+
+
+def verification_share(names: list[str], sizes: list[int], ranks: int) -> list[list[int]]:
+    """Which files (indices into ``names``) each of ``ranks`` ranks hashes: a rank's own shard and rank
+    file go to that rank (modulo ``ranks``: it reads them next, from its page cache), the others to the
+    rank with the fewest bytes so far."""
+    share: list[list[int]] = [[] for _ in range(ranks)]
+    load = [0] * ranks
+    rest = []
+    for index, name in enumerate(names):
+        match = _RANK_FILE.search(name)
+        if match:
+            owner = int(match.group(1) or match.group(2)) % ranks
+            share[owner].append(index)
+            load[owner] += sizes[index]
+        else:
+            rest.append(index)
+    for index in sorted(rest, key=lambda i: -sizes[i]):
+        owner = min(range(ranks), key=load.__getitem__)
+        share[owner].append(index)
+        load[owner] += sizes[index]
+    return share
 
 
 def validate(step_dir: Path) -> TrainerRecord:
@@ -164,16 +220,10 @@ class CheckpointManager:
             (p for p in self.root.iterdir() if is_complete(p) and inside(self.root, p)), key=step_of
         )
 
-    def latest(self) -> Path | None:
-        """`latest`'s target, or None when it is absent or unusable."""
-        try:
-            return read_pointer(self.root)
-        except DamagedCheckpointError:
-            return None
-
     # ---------------------------------------------------------------- startup
     def recover(self) -> None:
-        """Rank 0, before anything else: drop leftovers of a killed save, repair `latest`, point it at the newest."""
+        """Rank 0, before anything else: drop leftovers of a killed save, repair `latest`, point it at the
+        newest."""
         if self.rank != 0 or not self.root.is_dir():
             return
         for leftover in self.root.glob(f"{TMP_PREFIX}*"):
@@ -207,65 +257,108 @@ class CheckpointManager:
     def choose(self, resume: str) -> Path | None:
         """Collective: the step directory to resume from (see checkpoint.resume), or None to start fresh.
 
-        Rank 0 decides (its warnings and errors are the only ones printed) and tells the others.
+        Rank 0 plans (which checkpoints to try, in order) and checks each one's structure; its warnings and
+        errors are the only ones printed. Every rank hashes its share of the files against the manifest
+        (``checkpoint.verify``). The first candidate that passes is every rank's answer; a damaged one is
+        skipped with one warning naming the file, unless it was asked for by path.
         """
-        status, step, error = 0, -1, None
+        plan, error = "", None
         if self.rank == 0:
             try:
-                chosen = self._choose(resume)
-                step = -1 if chosen is None else step_of(chosen)
+                candidates, explicit = self._plan(resume)
+                plan = json.dumps({"paths": [str(p) for p in candidates], "explicit": explicit})
             except CineSceneError as exc:
-                status, error = 1, exc
-        status, step = _broadcast_from_main([status, step])
+                error = exc
+        plan = _broadcast_text(plan)
         if error is not None:
             raise error
-        if status:
+        if not plan:
             raise CineSceneError("rank 0 could not choose a checkpoint to resume (its error says why)")
-        if step < 0:
-            return None
-        if resume in ("auto", "never"):
-            return self.root / step_dir_name(step)
-        return _explicit_path(resume)
-
-    def _choose(self, resume: str) -> Path | None:
-        if resume == "never":
-            if self.complete_steps():
-                raise CineSceneError(
-                    f"checkpoint.resume=never but {self.root} already holds checkpoints; "
-                    "use a new run.dir (or checkpoint.resume=auto to continue)"
-                )
-            return None
-        if resume != "auto":
-            path = _explicit_path(resume)
-            validate(path)  # the one asked for, or an error naming the file: no fallback
-            newer = [p.name for p in self.complete_steps() if step_of(p) > (step_of(path) or -1)]
-            if inside(self.root, path) and newer:
-                raise CineSceneError(
-                    f"checkpoint.resume={resume} would rewind this run, but newer checkpoints "
-                    f"exist in {self.root} ({', '.join(newer)}); resume into a new run.dir"
-                )
-            return path
-        latest = self.latest()
-        candidates = [
-            p for p in reversed(self.complete_steps()) if latest is None or step_of(p) <= step_of(latest)
-        ]
+        decided = json.loads(plan)
+        candidates, explicit = [Path(p) for p in decided["paths"]], decided["explicit"]
         for index, candidate in enumerate(candidates):
-            try:
-                validate(candidate)
+            problem: CineSceneError | None = None
+            if self.rank == 0:
+                try:
+                    validate(candidate)
+                except (DamagedCheckpointError, UnsafeCheckpointError) as exc:
+                    problem = exc
+            (status,) = _broadcast_from_main([int(problem is not None)])
+            if not status and self.cfg.verify:
+                problem = self._verify_content(candidate)
+                status = int(problem is not None)
+            if not status:
                 return candidate
-            except (DamagedCheckpointError, UnsafeCheckpointError) as exc:
+            if explicit:
+                if problem is not None:
+                    raise problem
+                raise CineSceneError(f"rank 0 refused {candidate} (its error says why)")
+            if self.rank == 0:
                 after = (
                     f"falling back to {candidates[index + 1].name}"
                     if index + 1 < len(candidates)
                     else "no older checkpoint to fall back to"
                 )
-                _log.warning("checkpoint %s is unusable: %s; %s", candidate.name, exc, after)
+                _log.warning("checkpoint %s is unusable: %s; %s", candidate.name, problem, after)
         if candidates:
             raise CineSceneError(
                 f"no usable checkpoint in {self.root}: every one is damaged (the warnings above "
                 "name the files); move them away to start over"
             )
         return None
+
+    def _plan(self, resume: str) -> tuple[list[Path], bool]:
+        """Rank 0: the checkpoints to try, newest first, and whether they were asked for by path (then there
+        is no fallback).
+
+        ``checkpoint.resume=<path>`` seeds an empty run only: once this run's own checkpoint directory holds
+        a complete step, every start resumes from its own checkpoints (a SLURM requeue repeats the command
+        line; taking the path again would rewind the run to the fork point).
+        """
+        own = self.complete_steps()
+        if resume == "never":
+            if own:
+                raise CineSceneError(
+                    f"checkpoint.resume=never but {self.root} already holds checkpoints; "
+                    "use a new run.dir (or checkpoint.resume=auto to continue)"
+                )
+            return [], False
+        if resume != "auto" and not own:
+            try:
+                path = resolve_step_dir(resume)
+            except CineSceneError as exc:
+                raise CineSceneError(f"checkpoint.resume={resume}: {exc}") from None
+            _log.info("checkpoint.resume=%s: this run has no checkpoint yet; starting from %s", resume, path)
+            return [path], True
+        latest = latest_step_dir(self.root)
+        candidates = [p for p in reversed(own) if latest is None or step_of(p) <= step_of(latest)]
+        if resume != "auto" and candidates:
+            _log.info(
+                "checkpoint.resume=%s is ignored: it seeds an empty run only, and %s holds this run's own "
+                "checkpoints (newest %s): resuming from them",
+                resume,
+                self.root,
+                candidates[0].name,
+            )
+        return candidates, False
+
+    def _verify_content(self, step_dir: Path) -> DamagedCheckpointError | None:
+        """Collective: every file of the manifest hashed by one rank (:func:`verification_share`); the first
+        damaged one (by name), the same on every rank, or None."""
+        files = manifest.read_manifest(step_dir) or {}
+        names = sorted(files)
+        share = verification_share(names, [files[n].size for n in names], self.world_size)
+        found = len(names)
+        for index in sorted(share[self.rank]):
+            if manifest.check_content(step_dir / names[index], files[names[index]]) is not None:
+                found = index
+                break
+        found = _min_over_ranks(found)
+        if found == len(names):
+            return None
+        # The rank that found it knows why; the others see the same file again (cheap: one file).
+        problem = manifest.check_content(step_dir / names[found], files[names[found]]) or "altered while read"
+        return DamagedCheckpointError(step_dir / names[found], f"{problem} (checked against the manifest)")
 
     # ------------------------------------------------------------------- save
     def save(self, engine, record: TrainerRecord, rank_state: Mapping[str, Any], config_yaml: str) -> Path:
@@ -324,7 +417,7 @@ class CheckpointManager:
         keep = set(complete[-self.cfg.keep_last :])
         if self.cfg.keep_every:
             keep |= {p for p in complete if step_of(p) % self.cfg.keep_every == 0}
-        latest = self.latest()
+        latest = latest_step_dir(self.root)
         if latest is not None:
             keep.add(latest)
         deleted = []
@@ -337,24 +430,3 @@ class CheckpointManager:
         if deleted:
             _log.info("retention removed %s", ", ".join(p.name for p in deleted))
         return deleted
-
-
-def _explicit_path(resume: str) -> Path:
-    """checkpoint.resume=<path>: a step directory, or a checkpoints or run directory (its `latest`)."""
-    path = Path(resume)
-    for root in (path, path / CHECKPOINTS):
-        if (
-            root.is_dir()
-            and step_of(root) is None
-            and ((root / LATEST).exists() or (root / LATEST).is_symlink())
-        ):
-            target = read_pointer(root)
-            if target is not None:
-                return target
-    if not path.is_dir():
-        raise CineSceneError(f"checkpoint.resume={resume}: no such checkpoint directory")
-    if not (path / TRAINER_STATE).exists():
-        raise CineSceneError(
-            f"checkpoint.resume={resume}: {path} is not a checkpoint directory (no {TRAINER_STATE})"
-        )
-    return path
