@@ -71,9 +71,7 @@ def _unescape(field: str) -> str:
 
 def mount_of(path: Path) -> tuple[str, set[str]]:
     """(file system type, mount and super options) of the mount ``path`` lies on; ("", set()) if unknown."""
-    target = Path(path).resolve()
-    while not target.exists() and target != target.parent:
-        target = target.parent
+    target = Path(path).resolve()  # symlinks of the part that exists resolved; the rest taken as written
     try:
         lines = MOUNTINFO.read_text().splitlines()
     except OSError:

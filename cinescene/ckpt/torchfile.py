@@ -235,7 +235,8 @@ class TorchFile:
                 data = archive.read(pickles[0])
         except FileNotFoundError:
             raise DamagedCheckpointError(self.path, "missing") from None
-        except (zipfile.BadZipFile, OSError, EOFError) as exc:
+        except (zipfile.BadZipFile, OSError, EOFError, ValueError, struct.error, NotImplementedError) as exc:
+            # ValueError: a name in the zip's directory that is not UTF-8 (UnicodeDecodeError), a bad size
             raise DamagedCheckpointError(
                 self.path,
                 f"unreadable ({_first_line(exc) or 'not a zip archive'}): truncated or not a torch.save file",

@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from cinescene.ckpt.locate import checkpoints_dir, latest_step
+from cinescene.config.base import ConfigError
 from cinescene.config.sweep import SweepSpec, Trial
 from cinescene.errors import CineSceneError
 from cinescene.locks import DirLock
@@ -39,8 +40,25 @@ class TrialPlan:
     detail: str = ""
 
 
+def require_own_checkpoint_dirs(trials: Sequence[Trial]) -> None:
+    """No two trials share a checkpoint directory (compared resolved: ``./``, ``..``, a trailing slash or a
+    symlink do not make two spellings of one directory two directories); they would prune each other's."""
+    seen: dict[Path, Trial] = {}
+    for trial in trials:
+        where = checkpoints_dir(trial.config).resolve()
+        first = seen.setdefault(where, trial)
+        if first is not trial:
+            raise ConfigError(
+                "checkpoint.dir",
+                f"sweep trials {first.index} and {trial.index} would share the checkpoint directory {where}; "
+                "one checkpoint directory belongs to one run: give each trial its own (the default, "
+                "<run.dir>/checkpoints, is)",
+            )
+
+
 def plan(trials: Sequence[Trial]) -> list[TrialPlan]:
     """What a submission does with each trial: submit it, or skip it (finished / still queued)."""
+    require_own_checkpoint_dirs(trials)
     last_jobs = {t.signature: (recorded_jobs(t.run_dir) or [None])[-1] for t in trials}
     states = job_states([j for j in last_jobs.values() if j])
     plans = []

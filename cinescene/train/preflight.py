@@ -15,8 +15,12 @@ batch arithmetic for the world size, sequence parallelism against the heads,
 the model built on the meta device (parameter counts, whether ZeRO-3 builds
 it partitioned), each weight file's tensor names and shapes against the model
 (headers only: no tensor data is read), and the DeepSpeed config (its ZeRO
-section parsed by DeepSpeed's own schema). The data is reported, not
-required: a dry run is for checking a config before the data is in place.
+section parsed by DeepSpeed's own schema), and the checkpoint the run would
+start from, chosen as a real start chooses it (``checkpoint.resume``, every
+file checked against its manifest, fallback past damaged ones) and checked
+against the model; nothing in the checkpoint directory is changed. The data is
+reported, not required: a dry run is for checking a config before the data is
+in place.
 """
 
 from __future__ import annotations
@@ -69,7 +73,7 @@ class Check:
 
 
 def dry_run(cfg: CineSceneConfig, world_size: int) -> list[Check]:
-    """Every check up to building the engine (see the module doc); raises CineSceneError at the first failure."""
+    """Every check up to building the engine (see the module doc); CineSceneError at the first failure."""
     from cinescene.models import build_model
     from cinescene.models.flops import parameter_counts
 
@@ -128,6 +132,7 @@ def dry_run(cfg: CineSceneConfig, world_size: int) -> list[Check]:
             + f", activation checkpointing {'on' if cfg.model.activation_checkpointing else 'off'}",
         )
     )
+    checks.append(_start_status(cfg, model, world_size))
     checks.append(_data_status(cfg))
     if cfg.eval.every_steps:
         checks.append(_eval_data_status(cfg))
@@ -173,7 +178,7 @@ def _fit(report, fresh: list[str]) -> str:
 
 
 def check_deepspeed_config(ds_config: dict, plan) -> None:
-    """The batch identity DeepSpeed asserts at start-up, and the ZeRO section through DeepSpeed's own schema."""
+    """The batch identity DeepSpeed asserts at start-up, and the ZeRO section through DeepSpeed's schema."""
     from deepspeed.runtime.zero.config import DeepSpeedZeroConfig
 
     batch = (
@@ -187,6 +192,34 @@ def check_deepspeed_config(ds_config: dict, plan) -> None:
         raise CineSceneError(
             "DeepSpeed rejects the ZeRO settings: " + " ".join(str(exc).splitlines()[:3])
         ) from None
+
+
+def _start_status(cfg: CineSceneConfig, model, world_size: int) -> Check:
+    """Where a real start would begin (:meth:`CheckpointManager.choose`, without the start-up repairs) and
+    whether that checkpoint fits the model (names, shapes, ZeRO stage, world size)."""
+    from cinescene.ckpt.locate import checkpoints_dir
+    from cinescene.ckpt.record import read_record
+
+    from .checkpoint import CheckpointManager, check_compatible, parameter_manifest
+
+    root = checkpoints_dir(cfg)
+    path = CheckpointManager(root, cfg.checkpoint, rank=0, world_size=1).choose(cfg.checkpoint.resume)
+    if path is None:
+        return Check("checkpoint", f"fresh start ({root} holds no checkpoint)")
+    record = read_record(path)
+    params, trainable = parameter_manifest(model)
+    check_compatible(
+        record,
+        path,
+        params=params,
+        trainable=trainable,
+        zero_stage=cfg.parallel.zero_stage,
+        world_size=world_size,
+    )
+    if record.step >= cfg.train.max_steps:
+        return Check("checkpoint", f"{path} is at step {record.step} of train.max_steps: nothing to train")
+    resharded = f", resharded from {record.world_size} ranks" if record.world_size != world_size else ""
+    return Check("checkpoint", f"resumes from {path} (step {record.step}, files verified{resharded})")
 
 
 def _data_status(cfg: CineSceneConfig) -> Check:
@@ -204,8 +237,8 @@ def _data_status(cfg: CineSceneConfig) -> Check:
 
 
 def _eval_data_status(cfg: CineSceneConfig) -> Check:
-    """The eval hook's held-out shards: reported like the training data (their fit to the model is checked when
-    the run starts, against the training data's manifest)."""
+    """The eval hook's held-out shards: reported like the training data (their fit to the model is checked
+    when the run starts, against the training data's manifest)."""
     from cinescene.eval.heldout import check_present
 
     try:

@@ -81,11 +81,19 @@ def test_another_job_does_not_wait(tmp_path, holder, monkeypatch):
     assert time.monotonic() - start < run_lock.SAME_JOB_WAIT_S
 
 
-def _train(repo_root, run_dir, **env):
+def _train(repo_root, run_dir, *overrides, **env):
     environ = dict(os.environ, WANDB_MODE="offline", **env)
     environ.pop("RANK", None)
     return subprocess.run(
-        [sys.executable, "-m", "cinescene", "train", "configs/experiments/smoke.yaml", f"run.dir={run_dir}"],
+        [
+            sys.executable,
+            "-m",
+            "cinescene",
+            "train",
+            "configs/experiments/smoke.yaml",
+            f"run.dir={run_dir}",
+            *overrides,
+        ],
         cwd=repo_root,
         capture_output=True,
         text=True,
@@ -107,6 +115,38 @@ def test_cinescene_train_on_a_locked_directory_is_one_line(tmp_path, holder, rep
     assert out.returncode == 1 and len(lines) == 1, out.stderr
     assert lines[0].startswith("cinescene train: error: run directory") and f"pid {first.pid} on" in lines[0]
     assert not (tmp_path / "run" / "logs").exists()  # refused before it wrote anything
+
+
+HOLD_RUN = (
+    "import sys, time; from cinescene.config import load_config; "
+    "from cinescene.train.run_lock import hold_run; "
+    "hold_run(load_config('configs/experiments/smoke.yaml', ['run.dir=' + sys.argv[1]])[0]); "
+    "print('held', flush=True); time.sleep(120)"
+)
+
+
+def test_two_runs_sharing_a_checkpoint_directory_the_second_is_refused(tmp_path, repo_root):
+    """Run B with checkpoint.dir = run A's checkpoints would delete A's saves in progress, resume from A's
+    steps and prune them: the checkpoint directory is locked as well as run.dir."""
+    first = subprocess.Popen(
+        [sys.executable, "-c", HOLD_RUN, str(tmp_path / "a")],
+        cwd=repo_root,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert first.stdout.readline().strip() == "held"
+        out = _train(repo_root, tmp_path / "b", f"checkpoint.dir={tmp_path / 'a' / 'checkpoints'}")
+    finally:
+        first.kill()
+        first.wait()
+    lines = out.stderr.strip().splitlines()
+    assert out.returncode == 1 and len(lines) == 1, out.stderr
+    assert lines[0].startswith(
+        f"cinescene train: error: checkpoint directory {tmp_path / 'a' / 'checkpoints'} is in use by another "
+        f"run: pid {first.pid} on "
+    )
+    assert not (tmp_path / "b" / "logs").exists()  # refused before anything was written
 
 
 def test_a_build_lock_left_by_a_killed_process_is_removed_and_a_held_one_kept(tmp_path):

@@ -324,8 +324,8 @@ class CheckpointManager:
                 )
             return [], False
         if resume != "auto" and not own:
-            try:
-                path = resolve_step_dir(resume)
+            try:  # absolute: the other ranks take rank 0's answer, not their own reading of the path
+                path = resolve_step_dir(resume).absolute()
             except CineSceneError as exc:
                 raise CineSceneError(f"checkpoint.resume={resume}: {exc}") from None
             _log.info("checkpoint.resume=%s: this run has no checkpoint yet; starting from %s", resume, path)
