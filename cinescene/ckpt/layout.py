@@ -23,6 +23,8 @@ import re
 import stat
 from pathlib import Path
 
+from cinescene.run_dir import CONFIG
+
 from .errors import DamagedCheckpointError
 
 STEP_DIR = re.compile(r"^step_(\d{8})$")
@@ -32,7 +34,7 @@ LATEST = "latest"
 TRAINER_STATE = "trainer_state.json"
 RANK_STATES = "rank_states"
 ZERO_TAG = "zero"
-CONFIG_FILE = "config.yaml"
+CONFIG_FILE = CONFIG  # the run's config, under the name the run directory gives it
 _POINTER_MAX_BYTES = 256
 
 

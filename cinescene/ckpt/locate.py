@@ -102,9 +102,7 @@ def _export(given: Path) -> CheckpointSource:
     description = read_description(given)
     step, ema = description.get("step", 0), description.get("ema")
     if not (isinstance(step, int) and not isinstance(step, bool) and step >= 0 and isinstance(ema, bool)):
-        raise CineSceneError(
-            f"{given / DESCRIPTION} is corrupt: its step or ema entry is not what an export says"
-        )
+        raise CineSceneError(f"{given / DESCRIPTION} is corrupt: its step or ema entry is not valid")
     return CheckpointSource(given, EXPORT, step, ema=ema)
 
 
