@@ -37,6 +37,7 @@ import json
 import os
 import secrets
 import socket
+import stat
 import threading
 import time
 from collections.abc import Callable
@@ -143,12 +144,13 @@ def describe(holder: dict | None) -> str:
 
 
 def _read_record(path: Path) -> dict | None:
+    """A lock file's record; None when it is empty or not one (yet: its creator may be writing it)."""
     try:
         text = path.read_bytes()[: RECORD_BYTES * 4].decode("utf-8", errors="replace").strip()
-        record = json.loads(text or "{}")
+        record = json.loads(text) if text else None
     except (OSError, ValueError):
         return None
-    return record if isinstance(record, dict) else None
+    return record if isinstance(record, dict) and record else None
 
 
 def _dead_here(record: dict) -> bool:
@@ -194,15 +196,32 @@ class DirLock:
         self._take_file(wait_s, wait_for)
         return self
 
+    def _not_a_lock(self, exc: OSError | None) -> CineSceneError:
+        """The lock cannot be created: a directory, a symlink (never followed: it could point at any file
+        this process may write) or another file type in its place, or no permission."""
+        if os.path.islink(self.path) or (os.path.lexists(self.path) and not os.path.isfile(self.path)):
+            return CineSceneError(
+                f"{self.path} is not a lock file (a symlink, a directory or a device: never followed); move "
+                "it away"
+            )
+        return CineSceneError(f"cannot create the lock {self.path}: {exc.strerror if exc else 'unknown'}")
+
     def _busy(self, holder: dict | None) -> LockBusy:
         return LockBusy(self.busy(describe(holder)))
 
     def _take_flock(self, wait_s: float, wait_for) -> bool:
         """True when held; False when flock is unsupported here (the caller falls back to a lock file)."""
+        created = False
         try:
-            fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+            try:
+                fd = os.open(
+                    self.path, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC | os.O_NOFOLLOW, 0o644
+                )
+                created = True
+            except FileExistsError:
+                fd = os.open(self.path, os.O_RDWR | os.O_CLOEXEC | os.O_NOFOLLOW)
         except OSError as exc:
-            raise CineSceneError(f"cannot create the lock {self.path}: {exc.strerror or exc}") from None
+            raise self._not_a_lock(exc) from None
         try:
             deadline = None
             while True:
@@ -212,6 +231,8 @@ class DirLock:
                 except OSError as exc:
                     if exc.errno in FLOCK_UNSUPPORTED:
                         os.close(fd)
+                        if created:  # empty and ours: the lock file is created anew, exclusively
+                            os.unlink(self.path)
                         return False
                     if exc.errno not in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
                         raise CineSceneError(f"cannot lock {self.path}: {exc.strerror or exc}") from None
@@ -256,14 +277,25 @@ class DirLock:
         deadline = None
         while True:
             try:
-                fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644)
+                fd = os.open(
+                    self.path, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC | os.O_NOFOLLOW, 0o644
+                )
             except FileExistsError:
+                try:
+                    regular = stat.S_ISREG(os.lstat(self.path).st_mode)
+                except FileNotFoundError:
+                    continue  # released meanwhile: try again
+                if not regular:
+                    raise self._not_a_lock(None) from None
                 holder = _read_record(self.path)
-                foreign = holder is not None and holder.get("kind") != _FILE_KIND  # a flock run's leftover
-                if foreign or self._stale_file(holder, confirm=True):
+                if holder is not None and holder.get("kind") != _FILE_KIND:  # a flock run's, left by design
+                    self._break(holder, quiet=True)
+                    continue
+                if self._stale_file(holder, confirm=True):
                     self._break(holder)
                     continue
-                if wait_for is None or not wait_for(holder):
+                holder = _read_record(self.path) or holder
+                if holder is None or wait_for is None or not wait_for(holder):
                     raise self._busy(holder) from None
                 if deadline is None:
                     _log.info(
@@ -278,7 +310,7 @@ class DirLock:
                 time.sleep(POLL_S)
                 continue
             except OSError as exc:
-                raise CineSceneError(f"cannot create the lock {self.path}: {exc.strerror or exc}") from None
+                raise self._not_a_lock(exc) from None
             try:
                 os.pwrite(fd, self._record(), 0)
                 os.fsync(fd)
@@ -320,7 +352,7 @@ class DirLock:
                 return False  # it moved (or changed hands): not stale
         return True
 
-    def _break(self, stale: dict | None) -> None:
+    def _break(self, stale: dict | None, quiet: bool = False) -> None:
         """Remove a stale lock file, unless it changed hands since it was judged (then leave it be)."""
         aside = self.path.with_name(f"{self.path.name}.stale-{self._token}")
         try:
@@ -336,7 +368,8 @@ class DirLock:
             os.unlink(aside)
             return
         os.unlink(aside)
-        _log.warning("%s: removed the lock of %s, whose holder is gone", self.path, describe(stale))
+        if not quiet:
+            _log.warning("%s: removed the lock of %s, whose holder is gone", self.path, describe(stale))
 
     def _heartbeat(self) -> None:
         while not self._stop.wait(HEARTBEAT_S):
@@ -363,6 +396,8 @@ class DirLock:
     def release(self) -> None:
         if self.fd is None:
             return
+        if self.kind == "file" and self._holder.get("pid") != os.getpid():
+            return  # a forked child exiting (its parent's atexit hooks came along): the lock is the parent's
         if self.kind == "file":
             self._stop.set()
             if self._thread is not None and self._thread is not threading.current_thread():

@@ -119,6 +119,8 @@ def _pointer_root(given: Path) -> Path | None:
 def resolve_checkpoint(path: Path | str, *, exports: bool = True) -> CheckpointSource:
     """What PATH names, by the search order of the module doc; one-line errors otherwise."""
     given = Path(path)
+    if not given.exists() and given.is_symlink():
+        raise CineSceneError(f"{given} is a symlink that leads nowhere (a loop, or its target is gone)")
     if not given.exists():
         raise CineSceneError(
             f"checkpoint not found: {given} (no such run, checkpoints, step or export directory)"

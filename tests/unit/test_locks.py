@@ -19,6 +19,7 @@ from pathlib import Path
 import pytest
 
 from cinescene import locks
+from cinescene.errors import CineSceneError
 from cinescene.locks import DirLock, LockBusy, lock_kind, mount_of
 
 HOLD = """
@@ -191,3 +192,39 @@ def test_a_lock_that_cannot_be_created_is_one_line(tmp_path):
     with pytest.raises(Exception) as info:
         lock(tmp_path / "ro" / "file" / "below").acquire()
     assert "cannot create" in str(info.value) and "\n" not in str(info.value)
+
+
+@pytest.mark.parametrize("kind", ["flock", "file"])
+def test_a_lock_path_that_is_a_symlink_or_a_directory_is_refused_never_followed(tmp_path, monkeypatch, kind):
+    """A run.lock planted as a symlink would have had its target truncated and overwritten."""
+    monkeypatch.setattr(locks, "lock_kind", lambda directory: (kind, "forced by the test"))
+    victim = tmp_path / "victim"
+    victim.write_text("precious\n")
+    (tmp_path / "run").mkdir()
+    (tmp_path / "run" / "run.lock").symlink_to(victim)
+    with pytest.raises(CineSceneError, match="is not a lock file .*never followed"):
+        lock(tmp_path / "run").acquire()
+    assert victim.read_text() == "precious\n"
+    (tmp_path / "run" / "run.lock").unlink()
+    (tmp_path / "run" / "run.lock").mkdir()
+    with pytest.raises(CineSceneError, match="is not a lock file"):
+        lock(tmp_path / "run").acquire()
+
+
+def test_a_requeue_waits_for_its_previous_attempt_on_another_node(tmp_path, monkeypatch):
+    """The same SLURM job, restarted on another node while its previous attempt still holds the lock file:
+    it waits for the release instead of failing (the flock case is in test_run_lock.py)."""
+    from cinescene.train.run_lock import RunDirLock
+
+    monkeypatch.setattr(locks, "lock_kind", lambda directory: ("file", "forced by the test"))
+    monkeypatch.setattr(locks, "POLL_S", 0.05)
+    monkeypatch.setenv("SLURM_JOB_ID", "4242")
+    path = tmp_path / "run.lock"
+    record = other_node_lock(path, time.time())
+    path.write_text(json.dumps(dict(record, slurm_job_id="4242")))
+    threading.Timer(0.5, path.unlink).start()  # the previous attempt releases a little later
+    started = time.monotonic()
+    mine = RunDirLock(tmp_path).acquire()
+    assert 0.4 < time.monotonic() - started < 30
+    assert json.loads(path.read_text())["pid"] == os.getpid()
+    mine.release()

@@ -180,3 +180,40 @@ def test_a_build_lock_left_by_a_killed_process_is_removed_and_a_held_one_kept(tm
     finally:
         holder.kill()
         holder.wait()
+
+
+NOFLOCK_TRAIN = """
+import errno, fcntl, os, signal, sys
+from cinescene.distributed import startup_signals
+from cinescene.launch.cli import main
+
+def refuse(fd, operation):  # Lustre without flock: the call itself fails
+    raise OSError(errno.ENOSYS, "Function not implemented")
+fcntl.flock = refuse
+install = startup_signals.install
+def install_then_signal(*args, **kwargs):  # a preemption before the ranks start: locked, then nothing run
+    install(*args, **kwargs)
+    os.kill(os.getpid(), signal.SIGUSR1)
+startup_signals.install = install_then_signal
+sys.exit(main(["train", "configs/experiments/smoke.yaml", *sys.argv[1:]]))
+"""
+
+
+def test_train_where_flock_is_refused_locks_with_a_lock_file(tmp_path, repo_root):
+    """flock failing with ENOSYS (Lustre mounted without flock) was a raw traceback: the run now takes a
+    lock file instead, and a clean exit removes it."""
+    env = dict(os.environ, WANDB_MODE="offline")
+    env.pop("RANK", None)
+    out = subprocess.run(
+        [sys.executable, "-c", NOFLOCK_TRAIN, f"run.dir={tmp_path / 'run'}"],
+        cwd=repo_root,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env=env,
+    )
+    lines = out.stderr.strip().splitlines()
+    assert out.returncode == 124 and len(lines) == 1 and "preemption requested (SIGUSR1)" in lines[0], (
+        out.stderr
+    )
+    assert not (tmp_path / "run" / "run.lock").exists()  # a lock file, released

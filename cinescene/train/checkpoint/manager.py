@@ -140,16 +140,17 @@ def _broadcast_from_main(values: list[int]) -> list[int]:
     return [int(v) for v in tensor.tolist()]
 
 
-def _broadcast_text(text: str) -> str:
-    """Rank 0's ``text`` on every rank (a collective): its length, then its UTF-8 bytes."""
+def _broadcast_text(text: str, src: int = 0) -> str:
+    """Rank ``src``'s ``text`` on every rank (a collective): its length, then its UTF-8 bytes."""
     if not _distributed():
         return text
     data = text.encode()
-    (length,) = _broadcast_from_main([len(data)])
-    buffer = torch.zeros(length, dtype=torch.uint8, device=_device())
-    if dist.get_rank() == 0:
+    length = torch.tensor([len(data)], dtype=torch.int64, device=_device())
+    dist.broadcast(length, src=src)
+    buffer = torch.zeros(int(length.item()), dtype=torch.uint8, device=_device())
+    if dist.get_rank() == src:
         buffer.copy_(torch.frombuffer(bytearray(data), dtype=torch.uint8))
-    dist.broadcast(buffer, src=0)
+    dist.broadcast(buffer, src=src)
     return bytes(buffer.cpu().tolist()).decode()
 
 
@@ -348,16 +349,17 @@ class CheckpointManager:
         files = manifest.read_manifest(step_dir) or {}
         names = sorted(files)
         share = verification_share(names, [files[n].size for n in names], self.world_size)
-        found = len(names)
+        found, problem = len(names), ""
         for index in sorted(share[self.rank]):
-            if manifest.check_content(step_dir / names[index], files[names[index]]) is not None:
+            problem = manifest.check_content(step_dir / names[index], files[names[index]]) or ""
+            if problem:
                 found = index
                 break
         found = _min_over_ranks(found)
         if found == len(names):
             return None
-        # The rank that found it knows why; the others see the same file again (cheap: one file).
-        problem = manifest.check_content(step_dir / names[found], files[names[found]]) or "altered while read"
+        owner = next(rank for rank, indices in enumerate(share) if found in indices)
+        problem = _broadcast_text(problem if self.rank == owner else "", src=owner)  # only it knows why
         return DamagedCheckpointError(step_dir / names[found], f"{problem} (checked against the manifest)")
 
     # ------------------------------------------------------------------- save
