@@ -19,7 +19,6 @@ samples r, r + W, ...; every rank writes its samples' files (the mp4 in
 from __future__ import annotations
 
 import argparse
-import fcntl
 import os
 import sys
 from dataclasses import dataclass
@@ -30,6 +29,7 @@ from cinescene import __version__
 from cinescene.config.base import positive
 from cinescene.config.eval import check_metric_names
 from cinescene.errors import CineSceneError
+from cinescene.locks import DirLock, LockBusy
 from cinescene.log import get_logger, setup_logging, show_progress_bars
 
 from . import heldout, report
@@ -85,23 +85,21 @@ def plan(args: argparse.Namespace) -> EvalPlan:
     return EvalPlan(source, cfg, spec, cfg.eval.data, chosen.indices, chosen.keys, Path(args.out))
 
 
-def _lock(out: Path):
-    """Hold ``out/.eval.lock`` (released by the kernel when the process dies); one-line error if taken."""
+def _lock(out: Path) -> DirLock:
+    """Hold ``out/.eval.lock`` (a :class:`cinescene.locks.DirLock`: flock, or a lock file where flock does
+    not hold across nodes); one-line error if another eval holds it."""
     if out.exists() and not out.is_dir():
         raise CineSceneError(f"--out {out} is a file, not a directory")
     try:
-        out.mkdir(parents=True, exist_ok=True)
-        handle = open(out / LOCK, "w")
-    except OSError as exc:
-        raise CineSceneError(f"cannot write into {out}: {exc.strerror or exc}") from None
-    try:
-        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        handle.close()
-        raise CineSceneError(
-            f"another `cinescene eval` is writing into {out}; wait for it or use another --out"
-        ) from None
-    return handle
+        return DirLock(
+            out,
+            LOCK,
+            lambda holder: (
+                f"another `cinescene eval` is writing into {out} ({holder}); wait for it or use another --out"
+            ),
+        ).acquire()
+    except LockBusy as exc:
+        raise CineSceneError(str(exc)) from None
 
 
 def rank_argv(args: argparse.Namespace) -> list[str]:
@@ -149,7 +147,7 @@ def launch(args: argparse.Namespace) -> int:
         return run_rank(args, the_plan, env)
     finally:
         if lock is not None:
-            lock.close()
+            lock.release()
 
 
 def _device(args, env):

@@ -227,8 +227,6 @@ def test_export_of_an_older_run_with_masked_values_and_retired_keys_works_like_s
 ):
     """Runs saved before the scrubber spared numbers hold '***' for some; runs saved before eval.data owned
     the held-out data hold data.val_shards. `ckpt export` reads them with the config reader `sample` uses."""
-    from cinescene.ckpt import checkpoint_config, resolve_checkpoint
-
     run_dir, step = copied_run(smoke_run, tmp_path)
     config = (step / "config.yaml").read_text()
     assert "num_register_tokens: 4" in config
@@ -242,6 +240,8 @@ def test_export_of_an_older_run_with_masked_values_and_retired_keys_works_like_s
     out = tmp_path / "export"
     assert cli([*args, "model.scene.vggt.num_register_tokens=4", "--out", str(out)]) == 0
     capsys.readouterr()
+    from cinescene.ckpt import checkpoint_config, resolve_checkpoint
+
     for source in (resolve_checkpoint(run_dir), resolve_checkpoint(out)):  # the export keeps the saved config
         cfg = checkpoint_config(source, ["model.scene.vggt.num_register_tokens=4"])
         assert cfg.eval.data == "/data/heldout" and cfg.model.scene.vggt.num_register_tokens == 4
@@ -251,8 +251,6 @@ def test_export_of_an_older_run_with_masked_values_and_retired_keys_works_like_s
 def test_interpolations_in_received_configs_are_refused_in_one_line(smoke_run, tmp_path, monkeypatch, capsys):
     """A ${oc.env:...} in a checkpoint's config.yaml or an export's config would copy this machine's secret
     into whatever is written next: configs read from checkpoints and exports are data, never resolved."""
-    from cinescene.ckpt import checkpoint_config, resolve_checkpoint
-
     monkeypatch.setenv("CINESCENE_TEST_TOKEN", "s3cr3t-value-never-to-leak")
     run_dir, step = copied_run(smoke_run, tmp_path)
     clean = (step / "config.yaml").read_text()
@@ -265,6 +263,8 @@ def test_interpolations_in_received_configs_are_refused_in_one_line(smoke_run, t
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "tracking.wandb.notes holds an interpolation" in err
     assert "s3cr3t" not in err and not out.exists()
+    from cinescene.ckpt import checkpoint_config, resolve_checkpoint
+
     with pytest.raises(CineSceneError, match="never resolved"):
         checkpoint_config(resolve_checkpoint(run_dir))
     notes = checkpoint_config(resolve_checkpoint(run_dir), ["tracking.wandb.notes=mine"]).tracking.wandb.notes
