@@ -8,6 +8,7 @@ backoff, then one line. The training run on s3 shards, killed and resumed, is in
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import shutil
@@ -216,3 +217,40 @@ def test_a_deleted_manifest_is_one_line(s3, s3_shards):
     s3.fs().rm_file(f"{s3_shards.removeprefix('s3://')}/manifest.json")
     with pytest.raises(CineSceneError, match=r"s3://.*/tiny/shards: no manifest.json \(run `cinescene data"):
         load_manifest(s3_shards)
+
+
+def test_bench_loader_times_s3_against_local_disk_in_one_run(s3_shards, tiny_shards, cinescene_cmd, cli_env):
+    def bench(*extra):
+        return subprocess.run(
+            [
+                *cinescene_cmd,
+                "bench",
+                "loader",
+                str(REPO_ROOT / "configs/experiments/smoke.yaml"),
+                f"data.train_shards={tiny_shards}",
+                "data.scene_images=3",
+                "--workers",
+                "0",
+                "1",
+                "--batches",
+                "3",
+                "--step-time",
+                "0.5",
+                *extra,
+            ],
+            capture_output=True,
+            text=True,
+            env=dict(cli_env, **{k: os.environ[k] for k in os.environ if k.startswith("AWS_")}),
+            timeout=300,
+        )
+
+    run = bench("--against", s3_shards, "--json")
+    assert run.returncode == 0, run.stderr
+    result = json.loads(run.stdout)
+    assert result["shards"] == str(tiny_shards) and result["against"]["shards"] == s3_shards
+    assert [r["workers"] for r in result["against"]["rows"]] == [0, 1]
+    assert all(r["samples_per_s"] > 0 and r["vs_shards"] > 0 for r in result["against"]["rows"])
+    table = bench("--against", s3_shards).stdout
+    assert f"from {tiny_shards}:" in table and f"from {s3_shards}:" in table and "x the first)" in table
+    other = bench("--against", str(tiny_shards.parent))
+    assert other.returncode == 1 and other.stderr.count("\n") == 1 and "Traceback" not in other.stderr
