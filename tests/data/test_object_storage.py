@@ -254,3 +254,18 @@ def test_bench_loader_times_s3_against_local_disk_in_one_run(s3_shards, tiny_sha
     assert f"from {tiny_shards}:" in table and f"from {s3_shards}:" in table and "x the first)" in table
     other = bench("--against", str(tiny_shards.parent))
     assert other.returncode == 1 and other.stderr.count("\n") == 1 and "Traceback" not in other.stderr
+
+
+def test_held_out_data_on_s3_reads_like_local_disk(s3_shards, tiny_shards):
+    """eval.data as an s3:// prefix: the eval loader's pass and the sampler's random access."""
+    from cinescene.data.loader import build_eval_loader
+
+    from .conftest import DIMS, data_config
+
+    def keys(shards):
+        ld = build_eval_loader(
+            data_config(shards), DIMS, shards=shards, rank=0, world_size=1, micro_batch_size=4
+        )
+        return [key for batch in ld for key in batch["key"]]
+
+    assert keys(s3_shards) == keys(str(tiny_shards)) and len(keys(s3_shards)) == 6
