@@ -91,8 +91,8 @@ def bench_loader(cfg, workers: List[int], batches: int = 20, step_time: Optional
             other.append({"workers": count, "samples_per_s": rate, "per_worker": rate / max(count, 1),
                           "headroom": rate / needed, "vs_shards": rate / rows[-1]["samples_per_s"]})
     result = {"shards": str(shards), "step_time_s": step_time, "step_time_source": source,
-              "needed_samples_per_s": needed, "world_size": world, "micro_batch_size": cfg.train.micro_batch_size,
-              "rows": rows}
+              "needed_samples_per_s": needed, "world_size": world,
+              "micro_batch_size": cfg.train.micro_batch_size, "rows": rows}
     if against is not None:
         result["against"] = {"shards": against, "rows": other}
     return result

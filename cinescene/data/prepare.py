@@ -258,7 +258,8 @@ def prepare(src, out, encoder: str = "none", vae: Optional[str] = None, text_enc
 
 
 def _write_shards(out: Path, state: _RankState, todo: List[Path], enc, frames, size, limit: int,
-                  show_progress: bool, keep_pixels: bool = False, publisher: Optional[Publisher] = None) -> None:
+                  show_progress: bool, keep_pixels: bool = False,
+                  publisher: Optional[Publisher] = None) -> None:
     writer: Optional[ShardWriter] = None
     keys: List[str] = []
     fields_seen: dict = {}

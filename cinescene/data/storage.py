@@ -184,10 +184,16 @@ class ObjectStore:
 
     def write_bytes(self, path: ObjectPath, data: bytes) -> None:
         """One PUT: an object appears whole or not at all."""
-        self.call("write", path, self.fs.pipe_file, path.key, data)
+        self._writing(path, self.fs.pipe_file, path.key, data)
 
     def put_file(self, local: Path, path: ObjectPath) -> None:
-        self.call("upload", path, self.fs.put_file, str(local), path.key)
+        self._writing(path, self.fs.put_file, str(local), path.key)
+
+    def _writing(self, path: ObjectPath, function, *args) -> None:
+        try:
+            self.call("write", path, function, *args)
+        except FileNotFoundError:  # S3's NoSuchBucket
+            raise CineSceneError(f"{path}: its bucket does not exist; create it first") from None
 
     def delete(self, path: ObjectPath) -> None:
         self.call("delete", path, self.fs.rm_file, path.key)
