@@ -180,6 +180,7 @@ def test_a_server_that_stays_away_is_one_line_after_the_bounded_retries(s3_shard
     assert "failed 3 times over 0.15 s, last with EndpointConnectionError" in message
 
 
+@pytest.mark.slow  # waits out the default backoff (7.5 s)
 def test_the_cli_says_one_line_and_never_the_credentials(s3, s3_shards):
     env = dict(os.environ, AWS_ENDPOINT_URL="http://127.0.0.1:9")  # discard port: refused
     out = subprocess.run(
@@ -219,6 +220,7 @@ def test_a_deleted_manifest_is_one_line(s3, s3_shards):
         load_manifest(s3_shards)
 
 
+@pytest.mark.slow
 def test_bench_loader_times_s3_against_local_disk_in_one_run(s3_shards, tiny_shards, cinescene_cmd, cli_env):
     def bench(*extra):
         return subprocess.run(
