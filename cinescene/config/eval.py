@@ -13,6 +13,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from .base import ConfigError, in_range, non_negative, one_of, positive
+from .data import check_object_url, is_object_url
 
 #: Every metric the registry computes, in the order of the paper's table, then ours.
 METRIC_NAMES = (
@@ -131,9 +132,9 @@ class EvalConfig:
     # last one; 0 = off. Each call generates `num_samples` videos with `sample_steps` steps: on a
     # cluster, sized so that it costs a few percent of the wall time (the hook logs its share).
     every_steps: int = 0
-    # Held-out shards (a directory with manifest.json), the one place held-out data is named: the
-    # hook and `cinescene eval` read it (`--data` overrides it). Samples also in the training
-    # shards are left out. Required when every_steps > 0.
+    # Held-out shards (a directory with manifest.json, or s3://bucket/prefix), the one place
+    # held-out data is named: the hook and `cinescene eval` read it (`--data` overrides it).
+    # Samples also in the training shards are left out. Required when every_steps > 0.
     data: str | None = None
     # Held-out samples per evaluation, a fixed set drawn by `seed` (0 = every held-out sample).
     num_samples: int = 2
@@ -165,6 +166,8 @@ class EvalConfig:
                 "required when eval.every_steps > 0: the held-out shards the hook "
                 "evaluates on (a directory with manifest.json)",
             )
+        if self.data and is_object_url(self.data):
+            check_object_url(self.data, "data")
         non_negative(self.num_samples, "num_samples")
         positive(self.sample_steps, "sample_steps")
         non_negative(self.cfg_scale, "cfg_scale")

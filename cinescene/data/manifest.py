@@ -36,7 +36,10 @@ from typing import Any, List, Optional
 
 import numpy as np
 
+from cinescene.config.data import ObjectStoreConfig
 from cinescene.errors import CineSceneError
+
+from . import storage
 
 FORMAT = "cinescene-shards/1"
 MANIFEST = "manifest.json"
@@ -68,9 +71,9 @@ def write_json_atomic(path: Path, obj, compact: bool = True) -> None:
 
 @dataclass
 class SampleRef:
-    """Where one sample lives: enough to read it with one seek."""
+    """Where one sample lives: enough to read it with one seek (one ranged GET on object storage)."""
 
-    shard: Path
+    shard: Path | storage.ObjectPath
     key: str
     offset: int
     length: int
@@ -82,7 +85,7 @@ class ShardFile:
     """A shard's file against its manifest record, judged by size alone (no reads)."""
 
     name: str
-    path: Path
+    path: Path | storage.ObjectPath
     expected_bytes: int
     size: Optional[int]  # None: missing
 
@@ -100,8 +103,9 @@ class ShardFile:
 
 @dataclass
 class Manifest:
-    root: Path
+    root: Path | storage.ObjectPath  # a shard directory, or a prefix on object storage
     data: dict
+    retry: Optional[ObjectStoreConfig] = None  # object storage: how transient errors are retried
 
     @property
     def encoder(self) -> str:
@@ -116,13 +120,10 @@ class Manifest:
         return int(self.data["num_samples"])
 
     def shard_files(self) -> List[ShardFile]:
-        """Every shard's file status, in manifest order."""
-        files = []
-        for shard in self.data["shards"]:
-            path = self.root / shard["name"]
-            files.append(ShardFile(shard["name"], path, int(shard["bytes"]),
-                                   path.stat().st_size if path.is_file() else None))
-        return files
+        """Every shard's file status, in manifest order (one listing on object storage)."""
+        found = storage.sizes(self.root, [shard["name"] for shard in self.data["shards"]], self.retry)
+        return [ShardFile(shard["name"], self.root / shard["name"], int(shard["bytes"]), found[shard["name"]])
+                for shard in self.data["shards"]]
 
     def samples(self) -> List[SampleRef]:
         """Every sample in manifest order (shards by name, samples in shard order)."""
@@ -218,9 +219,9 @@ def check_manifest(data: Any, merged: bool = True) -> None:
                 key, "[height, width]", data[key])
 
 
-def read_manifest_file(path: Path, merged: bool = True) -> dict:
+def read_manifest_file(path: Path, merged: bool = True, retry: Optional[ObjectStoreConfig] = None) -> dict:
     """A manifest file's contents after :func:`check_manifest`; any problem is one CineSceneError."""
-    data = read_json_file(path)
+    data = read_json_file(path, retry)
     try:
         check_manifest(data, merged)
     except InvalidManifest as exc:
@@ -228,10 +229,10 @@ def read_manifest_file(path: Path, merged: bool = True) -> dict:
     return data
 
 
-def read_json_file(path: Path) -> Any:
+def read_json_file(path: Path, retry: Optional[ObjectStoreConfig] = None) -> Any:
     """A JSON file's contents; unreadable or invalid JSON is one CineSceneError naming the file."""
     try:
-        return json.loads(path.read_bytes())
+        return json.loads(storage.read_bytes(path, retry))
     except OSError as exc:
         raise CineSceneError(f"{path}: cannot read ({exc.strerror or exc})") from None
     except (ValueError, RecursionError) as exc:  # UnicodeDecodeError is a ValueError
@@ -239,9 +240,14 @@ def read_json_file(path: Path) -> Any:
         raise CineSceneError(f"{path}: not valid JSON ({reason})") from None
 
 
-def load_manifest(root) -> Manifest:
-    root = Path(root)
+def load_manifest(root, retry: Optional[ObjectStoreConfig] = None) -> Manifest:
+    """The manifest of a shard directory or of an s3:// prefix (``retry``: its transient errors)."""
+    root = storage.location(root)
     path = root / MANIFEST
+    if isinstance(root, storage.ObjectPath):
+        if not storage.exists(path, retry):
+            raise CineSceneError(f"{root}: no {MANIFEST} (run `cinescene data prepare --out {root}`)")
+        return Manifest(root, read_manifest_file(path, retry=retry), retry)
     if not root.is_dir():
         raise CineSceneError(f"shard directory not found: {root}")
     if not path.is_file():

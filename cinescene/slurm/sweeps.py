@@ -74,7 +74,7 @@ def plan(trials: Sequence[Trial]) -> list[TrialPlan]:
     return plans
 
 
-def _shared_launch(trials: Sequence[Trial]):
+def shared_launch(trials: Sequence[Trial]):
     """The resources every trial shares (one array = one sbatch call = one set of resources)."""
     first = trials[0].config.launch
     for t in trials[1:]:
@@ -103,7 +103,7 @@ def array_submission(
 ) -> sbatch.Submission:
     throttle = f"%{max_parallel}" if max_parallel else ""
     return sbatch.build(
-        _shared_launch(todo),
+        shared_launch(todo),
         job_name=spec.name,
         output=sbatch.log_pattern(job_log_dir(run_root), "%A_%a.out"),
         job_args=["--array-table", str(table.resolve())],
@@ -126,6 +126,15 @@ def submit_array(
             "trials": [{"signature": t.signature, "argv": [base, *t.overrides]} for t in todo],
         },
     )
+    write_trial_records(spec, todo)
+    job_id = sbatch.submit(submission)
+    for index, t in enumerate(todo):
+        record_job(t.run_dir, f"{job_id}_{index}")
+    return job_id
+
+
+def write_trial_records(spec: SweepSpec, todo: Sequence[Trial]) -> None:
+    """Each trial's ``slurm/trial.json``: what `cinescene sweep status` reads back from a run_root."""
     for t in todo:
         write_json_atomic(
             job_log_dir(t.run_dir) / TRIAL_FILE,
@@ -137,10 +146,6 @@ def submit_array(
                 "max_steps": t.config.train.max_steps,
             },
         )
-    job_id = sbatch.submit(submission)
-    for index, t in enumerate(todo):
-        record_job(t.run_dir, f"{job_id}_{index}")
-    return job_id
 
 
 def array_task(table: Path, task_id: int) -> list[str]:

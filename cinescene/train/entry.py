@@ -94,7 +94,8 @@ def _build_callbacks(
 
 
 def run_rank(cfg: CineSceneConfig, env: DistEnv, components: Components | None = None) -> int:
-    """Train as rank ``env.rank`` of ``env.world_size``; returns the exit status (0, or the preemption one)."""
+    """Train as rank ``env.rank`` of ``env.world_size``; returns the exit status (0, or the preemption
+    one)."""
     components = components or default_components()
     die_with_launcher()  # a rank our spawner started ends with it (cinescene's CLI did this already)
     flag = PreemptionFlag(cfg.launch.preempt_signals).install()
@@ -104,7 +105,7 @@ def run_rank(cfg: CineSceneConfig, env: DistEnv, components: Components | None =
     install_secret_filter()
     _quiet_libraries(cfg.run.log_level)
     rng.set_deterministic(cfg.run.deterministic)
-    tracker = None
+    tracker = trainer = None
     exit_code = 1
     try:
         components.check_data(cfg)
@@ -202,6 +203,10 @@ def run_rank(cfg: CineSceneConfig, env: DistEnv, components: Components | None =
         return exit_code
     finally:
         if tracker is not None:
-            tracker.close(exit_code, preempted=exit_code == cfg.launch.preempt_exit_code)
+            tracker.close(
+                exit_code,
+                preempted=exit_code == cfg.launch.preempt_exit_code,
+                checkpoint=trainer.state.last_checkpoint if trainer is not None else None,
+            )
         flag.uninstall()
         destroy_process_group()

@@ -190,13 +190,14 @@ def check_deepspeed_config(ds_config: dict, plan) -> None:
 
 
 def _data_status(cfg: CineSceneConfig) -> Check:
+    from cinescene.data import storage
     from cinescene.data.ensure import MANIFEST, check_dataset
 
     try:
         shards = check_dataset(cfg.data)
     except CineSceneError as exc:
         return Check("data", f"not ready: {exc}", ready=False)
-    if (shards / MANIFEST).is_file():
+    if storage.exists(shards / MANIFEST):
         return Check("data", f"{shards}: {MANIFEST} present")
     return Check(
         "data", f"{shards}: absent; the run renders synthetic clips there first (data.generate=true)"

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import sys
-from pathlib import Path
 
 
 def _logging():
@@ -67,7 +66,7 @@ def _prepare(args: argparse.Namespace) -> int:
     if (
         not verbose()
     ):  # the encoders' libraries talk (weights loading, missing accelerate): to this rank's log
-        send_output_to(Path(args.out) / "logs" / f"prepare-rank{rank}.log")
+        send_output_to(prep.output_dir(args.out) / "logs" / f"prepare-rank{rank}.log")
     _logging()
     manifest = prep.prepare(
         args.src,
