@@ -240,15 +240,17 @@ def diffusers_config(model) -> dict:
 
 def checkpoint_config(step_dir: Path):
     """The resolved config a checkpoint was saved with (its config.yaml, YAML data only)."""
-    from omegaconf import OmegaConf
-
     from cinescene.config import ConfigError, from_container
+    from cinescene.config.loading import read_yaml
 
     path = step_dir / CONFIG_FILE
+    if not path.is_file():
+        raise CineSceneError(f"{path} is missing: the checkpoint does not say which model it holds")
     try:
-        return from_container(OmegaConf.to_container(OmegaConf.load(path), resolve=False))
-    except FileNotFoundError:
-        raise CineSceneError(f"{path} is missing: the checkpoint does not say which model it holds") from None
+        data = read_yaml(path)
+        if not isinstance(data, dict):
+            raise ConfigError("", "expected a mapping of sections at the top level")
+        return from_container(data)
     except ConfigError as exc:
         raise CineSceneError(f"{path} is not a config this version reads ({exc})") from None
 

@@ -23,12 +23,12 @@ import re
 import stat
 from pathlib import Path
 
+from cinescene.durable import TMP_PREFIX as TMP_PREFIX  # the prefix of every temporary name
 from cinescene.errors import CineSceneError
 
 from .errors import DamagedCheckpointError
 
 STEP_DIR = re.compile(r"^step_(\d{8})$")
-TMP_PREFIX = ".tmp-"
 DELETE_PREFIX = ".tmp-delete-"
 LATEST = "latest"
 TRAINER_STATE = "trainer_state.json"

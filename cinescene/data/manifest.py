@@ -28,7 +28,6 @@ file and the first thing wrong, never a KeyError deep in the loader.
 from __future__ import annotations
 
 import json
-import os
 import reprlib
 from dataclasses import dataclass
 from pathlib import Path
@@ -36,6 +35,7 @@ from typing import Any, List, Optional
 
 import numpy as np
 
+from cinescene.durable import write_json_atomic
 from cinescene.errors import CineSceneError
 
 FORMAT = "cinescene-shards/1"
@@ -55,15 +55,6 @@ _short.maxstring, _short.maxother, _short.maxlist = 40, 40, 4
 
 def rank_manifest_name(rank: int, world: int) -> str:
     return f"manifest.rank{rank:05d}-of-{world:05d}.json"
-
-
-def write_json_atomic(path: Path, obj, compact: bool = True) -> None:
-    """Write JSON via a temporary file and a rename; compact by default (manifests index every sample)."""
-    tmp = path.with_name(path.name + f".tmp{os.getpid()}")
-    text = json.dumps(obj, sort_keys=True, separators=(",", ":")) if compact else \
-        json.dumps(obj, sort_keys=True, indent=1)
-    tmp.write_text(text + "\n")
-    os.replace(tmp, path)
 
 
 @dataclass
@@ -278,5 +269,5 @@ def merge_rank_manifests(root: Path, world: int) -> dict:
     merged = {key: first[key] for key in SUMMARY_KEYS}
     merged.update(format=FORMAT, encoder=first["encoder"], fields=fields, shards=shards, num_shards=len(shards),
                   num_samples=sum(s["num_samples"] for s in shards))
-    write_json_atomic(root / MANIFEST, merged)
+    write_json_atomic(root / MANIFEST, merged, compact=True)  # compact: it indexes every sample
     return merged

@@ -230,7 +230,7 @@ def prepare(src, out, encoder: str = "none", vae: Optional[str] = None, text_enc
         _write_shards(out, state, todo, enc, frames, size, int(shard_size_mb * 2 ** 20), show_progress,
                       keep_pixels)
     manifest = _rank_manifest(state.records)
-    write_json_atomic(out / rank_manifest_name(rank, world), manifest)
+    write_json_atomic(out / rank_manifest_name(rank, world), manifest, compact=True)
     log.info("rank %d/%d: %d samples in %d shards (%.1f s)", rank, world, manifest["num_samples"],
              len(state.records), time.perf_counter() - start)
     return merge_if_complete(out, world)
@@ -247,7 +247,7 @@ def _write_shards(out: Path, state: _RankState, todo: List[Path], enc, frames, s
         nonlocal writer, keys, fields_seen
         record = writer.close()
         record.update(clips=keys, encoder=enc.info(), summary=shard_summary, fields=fields_seen)
-        write_json_atomic(out / f"{record['name']}.done.json", record)
+        write_json_atomic(out / f"{record['name']}.done.json", record, compact=True)
         state.records.append(record)
         writer, keys, fields_seen = None, [], {}
 
@@ -293,7 +293,7 @@ def _check_settings(out: Path, settings: dict) -> None:
             raise CineSceneError(f"{out} was prepared with other settings {diff} (old, new); use another --out "
                                  "or the same options")
     else:
-        write_json_atomic(path, settings, compact=False)
+        write_json_atomic(path, settings)
 
 
 def _read_settings(path: Path) -> dict:

@@ -18,6 +18,7 @@ import torch
 
 from cinescene import __version__
 from cinescene.config.base import ConfigError, non_negative, positive, require
+from cinescene.durable import write_json_atomic
 from cinescene.errors import CineSceneError
 from cinescene.log import get_logger, setup_logging, show_progress_bars
 
@@ -27,7 +28,7 @@ from .codec import build_codec
 from .inputs import ShardSamples, load_scene_folder, parse_shard_ref
 from .pipeline import Settings, StepBar, VideoGenerator
 from .spec import check_eval_data, training_spec
-from .video import write_json, write_mp4, write_strip
+from .video import write_mp4, write_strip
 
 _log = get_logger("sampling")
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
@@ -68,9 +69,7 @@ def check_settings(args: argparse.Namespace) -> None:
     )
 
 
-def _scene_cameras(
-    args: argparse.Namespace, cfg, scene, shard_sample
-) -> tuple[object | None, str | None]:
+def _scene_cameras(args: argparse.Namespace, cfg, scene, shard_sample) -> tuple[object | None, str | None]:
     """The scene images' cameras and where they come from, for a model with scene anchoring
     (``model.scene.pose_embedding``); (None, None) for other models, which ignore them."""
     if not (cfg.model.scene.enabled and cfg.model.scene.pose_embedding):
@@ -211,7 +210,7 @@ def run_sample(args: argparse.Namespace) -> int:
     sidecar = out.with_suffix(".json")
     try:
         metadata["codec"] = write_mp4(out, frames, fps, metadata)
-        write_json(sidecar, metadata)
+        write_json_atomic(sidecar, metadata)
         if args.png:
             write_strip(args.png, frames)
     except OSError as exc:

@@ -61,7 +61,7 @@ from .environment import (
     scontrol,
     start_record,
 )
-from .records import job_log_dir, job_log_path, write_json_atomic
+from .records import job_log_dir, job_log_path, write_record
 
 _log = get_logger("slurm")
 
@@ -263,7 +263,7 @@ def _start(cfg: CineSceneConfig, config_path: str, overrides: Sequence[str], sig
     record = start_record(
         argv=cmd, nodes=nodes, config=scrub(OmegaConf.to_container(OmegaConf.structured(cfg)))
     )
-    write_json_atomic(log_path.with_name(f"{label}.start-{restart}.json"), record)
+    write_record(log_path.with_name(f"{label}.start-{restart}.json"), record)
 
     env = step_environment(os.environ, nodes)
     checkpoints = Path(cfg.checkpoint.dir or Path(cfg.run.dir) / "checkpoints")

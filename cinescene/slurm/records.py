@@ -7,7 +7,8 @@
     slurm/<job>.out             the job's log, appended across its starts
     slurm/<job>.start-<N>.json  the environment of start N (restart count N)
 
-All of it is data (JSON or plain text), written atomically or appended line by line.
+All of it is data (JSON or plain text), written atomically or appended line by line, and fsynced
+(:mod:`cinescene.durable`) before the command that wrote it goes on.
 """
 
 from __future__ import annotations
@@ -16,6 +17,8 @@ import json
 import os
 from pathlib import Path
 from typing import Any
+
+from cinescene.durable import append_line, write_json_atomic
 
 JOB_DIR = "slurm"
 JOBS_FILE = "jobs"
@@ -31,11 +34,10 @@ def job_log_path(run_dir: str | os.PathLike, label: str) -> Path:
     return job_log_dir(run_dir) / f"{label}.out"
 
 
-def write_json_atomic(path: Path, data: Any) -> None:
+def write_record(path: Path, data: Any) -> None:
+    """A JSON record under ``<run.dir>/slurm/``, atomically and durably (its directory made first)."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    tmp.write_text(json.dumps(data, indent=1, default=str) + "\n")
-    os.replace(tmp, path)
+    write_json_atomic(path, data)
 
 
 def read_json(path: Path) -> dict[str, Any] | None:
@@ -50,8 +52,7 @@ def read_json(path: Path) -> dict[str, Any] | None:
 def record_job(run_dir: str | os.PathLike, job_id: str) -> None:
     path = job_log_dir(run_dir) / JOBS_FILE
     path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "a") as f:
-        f.write(f"{job_id}\n")
+    append_line(path, job_id)
 
 
 def recorded_jobs(run_dir: str | os.PathLike) -> list[str]:

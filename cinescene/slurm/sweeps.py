@@ -33,7 +33,7 @@ from .records import (
     read_json,
     record_job,
     recorded_jobs,
-    write_json_atomic,
+    write_record,
 )
 
 NOT_SUBMITTED = "-"
@@ -119,7 +119,7 @@ def submit_array(
         job_log_dir(run_root) / f"array-{time.strftime('%Y%m%dT%H%M%S')}-{time.time_ns() % 10**9:09d}.json"
     )
     submission = array_submission(spec, todo, run_root, table, max_parallel)
-    write_json_atomic(
+    write_record(
         table,
         {
             "sweep": spec.name,
@@ -127,7 +127,7 @@ def submit_array(
         },
     )
     for t in todo:
-        write_json_atomic(
+        write_record(
             job_log_dir(t.run_dir) / TRIAL_FILE,
             {
                 "sweep": spec.name,

@@ -42,7 +42,7 @@ from cinescene.log import get_logger, send_output_to, setup_logging, show_progre
 
 from .batching import plan_batch
 from .build_locks import clear_stale_build_locks
-from .preflight import check_initial_weights
+from .preflight import check_initial_weights, check_patch_grid
 from .run_lock import hold_run_dir
 
 _log = get_logger("launch")
@@ -114,6 +114,7 @@ def launch(
     startup_signals.configure(cfg.launch.preempt_signals)
     show_progress_bars(cfg.run.progress)
     check_initial_weights(cfg.model)  # every rank under torchrun/srun; before spawning otherwise
+    check_patch_grid(cfg)
     env = detect()
     if env is not None:
         return _run_this_rank(cfg, env)

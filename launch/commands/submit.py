@@ -6,7 +6,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from .common import add_config_args
+from .common import add_config_args, print_config
 
 # Flag -> the launch.slurm key it overrides (flags win over the config's keys).
 FLAGS = {"nodes": int, "gpus_per_node": int, "partition": str, "time": str, "account": str, "qos": str}
@@ -44,8 +44,12 @@ def flag_overrides(args: argparse.Namespace) -> list:
 
 
 def run(args: argparse.Namespace) -> int:
-    from cinescene.config import load_config, to_yaml
+    from omegaconf import OmegaConf
+
+    from cinescene.config import load_config
+    from cinescene.config.paths import check_run_locations
     from cinescene.errors import CineSceneError
+    from cinescene.secrets import masked_text
     from cinescene.slurm import sbatch
     from cinescene.slurm.accounting import LIVE_STATES, job_states
     from cinescene.slurm.records import job_log_dir, record_job, recorded_jobs
@@ -53,8 +57,9 @@ def run(args: argparse.Namespace) -> int:
     overrides = [*args.overrides, *flag_overrides(args)]
     cfg, raw = load_config(args.config, overrides)
     if args.print_config:
-        sys.stdout.write(to_yaml(raw))
+        print_config(raw)
         return 0
+    check_run_locations(cfg)
     run_dir = Path(cfg.run.dir)
     submission = sbatch.build(
         cfg.launch,
@@ -63,7 +68,7 @@ def run(args: argparse.Namespace) -> int:
         job_args=[args.config, *overrides],
     )
     if args.dry_run:
-        sys.stdout.write(submission.describe())
+        sys.stdout.write(masked_text(submission.describe(), config=OmegaConf.to_container(raw)))
         return 0
     last = (recorded_jobs(run_dir) or [None])[-1]
     state = job_states([last]).get(last) if last else None

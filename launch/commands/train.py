@@ -34,8 +34,10 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 @with_config
 def run(args: argparse.Namespace, cfg) -> int:
     from cinescene.config.base import require
+    from cinescene.config.paths import check_run_locations
 
     require(args.nproc is None or args.nproc >= 1, "--nproc", "a value >= 1", args.nproc)
+    check_run_locations(cfg)
     if args.dry_run:
         return dry_run(cfg, args.nproc)
     from cinescene.train.launcher import launch
@@ -52,6 +54,7 @@ def dry_run(cfg, nproc) -> int:
 
     from cinescene.distributed.env import detect
     from cinescene.log import setup_logging
+    from cinescene.train.launcher import check_local_ranks
     from cinescene.train.preflight import dry_run as check
     from cinescene.train.preflight import format_checks
 
@@ -59,6 +62,8 @@ def dry_run(cfg, nproc) -> int:
     world_size = env.world_size if env is not None else (nproc or cfg.launch.nproc)
     if env is not None and env.rank != 0:
         return 0  # under torchrun/srun every rank would print the same
+    if env is None:  # the ranks would be spawned here: they must fit this machine
+        check_local_ranks(world_size, cfg.parallel.backend, "launch.nproc" if nproc is None else "--nproc")
     if not torch.cuda.is_available():
         # DeepSpeed's own choice without CUDA, made explicit so its import prints no notice on the console.
         os.environ.setdefault("DS_ACCELERATOR", "cpu")
