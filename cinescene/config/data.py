@@ -9,7 +9,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from .base import in_range, non_negative, one_of, positive, require
+from .base import at_most, in_range, non_negative, one_of, positive, require
+
+# Bounds of one synthetic clip (its frames with and without the subject are held in memory while it
+# renders): Wan's own clips are 81 frames at 480x832; more could only exhaust memory.
+MAX_SYNTH_FRAMES, MAX_SYNTH_SIZE, MAX_SYNTH_SCENE_IMAGES = 161, 1024, 64
 
 
 @dataclass
@@ -41,6 +45,12 @@ class SynthDataConfig:
         )
         positive(self.scene_images, "scene_images")
         positive(self.workers, "workers")
+        non_negative(self.seed, "seed")
+        why = "one clip is held in memory while it renders"
+        at_most(self.frames, "frames", MAX_SYNTH_FRAMES, why)
+        for i, side in enumerate(self.size):
+            at_most(side, f"size[{i}]", MAX_SYNTH_SIZE, why)
+        at_most(self.scene_images, "scene_images", MAX_SYNTH_SCENE_IMAGES, why)
 
 
 @dataclass

@@ -32,6 +32,7 @@ from omegaconf import DictConfig, ListConfig, OmegaConf
 from omegaconf import errors as oc_errors
 
 from .base import ConfigError, finite
+from .paths import kind_problem, resolved
 from .schema import CineSceneConfig
 
 DEFAULTS_KEY = "defaults"
@@ -212,9 +213,10 @@ def _read_yaml(path: Path, chain: tuple[Path, ...]) -> DictConfig:
     if path in chain:
         cycle = " -> ".join(str(p) for p in chain + (path,))
         raise ConfigError(DEFAULTS_KEY, f"include cycle: {cycle}")
-    if not path.is_file():
+    problem = kind_problem(path, "file")
+    if problem is not None:
         where = f" (included from {chain[-1]})" if chain else ""
-        raise ConfigError("", f"config file not found: {shown(path)}{where}")
+        raise ConfigError("", f"config file {shown(path)} {problem}{where}")
     raw = read_yaml(path) or {}
     if not isinstance(raw, dict):
         raise ConfigError("", f"{shown(path)}: expected a mapping of sections at the top level")
@@ -224,7 +226,7 @@ def _read_yaml(path: Path, chain: tuple[Path, ...]) -> DictConfig:
     check_sections(raw, where=f" in {shown(path)}")
     merged = OmegaConf.create()
     for inc in includes:
-        merged = OmegaConf.merge(merged, _read_yaml((path.parent / inc).resolve(), chain + (path,)))
+        merged = OmegaConf.merge(merged, _read_yaml(resolved(path.parent / inc), chain + (path,)))
     return OmegaConf.merge(merged, OmegaConf.create(raw))
 
 
@@ -370,7 +372,7 @@ def compose(path: str | os.PathLike | None, overrides: Sequence[str] = ()) -> Di
     try:
         cfg = schema.copy()
         if path is not None:
-            cfg = OmegaConf.merge(cfg, _read_yaml(Path(path).resolve(), ()))
+            cfg = OmegaConf.merge(cfg, _read_yaml(resolved(path), ()))
         for item in overrides:  # one at a time, so a merge error can name its key
             try:
                 cfg = OmegaConf.merge(cfg, _parse_overrides([item]))

@@ -16,7 +16,9 @@ No torch here: the config layer runs before anything heavy is imported.
 
 from __future__ import annotations
 
+import errno
 import os
+import stat
 from pathlib import Path
 
 from .base import ConfigError
@@ -85,3 +87,52 @@ def check_run_locations(cfg) -> None:
     if cfg.data.generate:
         check_output_location(cfg.data.train_shards, "data.train_shards")
         check_output_location(cfg.data.synth.out, "data.synth.out")
+
+
+def check_separate(src: str | os.PathLike, out: str | os.PathLike, src_key: str, out_key: str) -> None:
+    """ConfigError(out_key) when an output directory is its input directory or lies inside or above it: a
+    command must not write into what it reads (``data prepare --out`` equal to ``--src``)."""
+    a, b = resolved(src), resolved(out)
+    if a == b or a in b.parents or b in a.parents:
+        relation = "is" if a == b else "lies inside" if a in b.parents else "holds"
+        raise ConfigError(out_key, f"{str(out)!r} {relation} {src_key} {str(src)!r}: write somewhere else")
+
+
+def kind_problem(path: str | os.PathLike, want: str) -> str | None:
+    """Why ``path`` is not the ``want`` ("file" or "directory") a command reads, in words ("does not exist",
+    "is a directory", "is a symlink loop", "is a device or special file"), or None when it is one. A thing
+    that exists but is of the wrong kind is never reported as "not found"."""
+    path = Path(path)
+    try:
+        mode = path.stat().st_mode
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            return "is a symlink loop"
+        if exc.errno == errno.ENAMETOOLONG:
+            return "has a name too long for the file system"
+        if exc.errno == errno.ENOTDIR:
+            return "does not exist (a part of its path is a file)"
+        if exc.errno == errno.ENOENT:
+            return "is a symlink to nothing" if path.is_symlink() else "does not exist"
+        return f"cannot be read ({exc.strerror})"
+    if stat.S_ISDIR(mode):
+        return None if want == "directory" else "is a directory, not a file"
+    if stat.S_ISREG(mode):
+        return None if want == "file" else "is a file, not a directory"
+    return "is a device or special file, not a " + want
+
+
+def check_distinct(outputs: dict[str, str | os.PathLike], inputs: dict[str, str | os.PathLike]) -> None:
+    """ConfigError when two of a command's outputs are one file, or an output is one of its inputs
+    (``sample --out a.json`` whose sidecar is a.json; ``--out cams.mp4`` beside ``--camera cams.json``):
+    a command never overwrites what it just wrote or what it reads."""
+    seen: dict[Path, str] = {}
+    for key, path in outputs.items():
+        where = resolved(path)
+        if where in seen:
+            raise ConfigError(key, f"{str(path)!r} is also {seen[where]}: give each output its own file")
+        seen[where] = key
+    for key, path in inputs.items():
+        where = resolved(path)
+        if where in seen:
+            raise ConfigError(seen[where], f"{where} is the input {key}: it would be overwritten")

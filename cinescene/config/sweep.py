@@ -63,7 +63,7 @@ from omegaconf import errors as oc_errors
 
 from .base import ConfigError, at_most, non_negative, require
 from .loading import check_element_types, compose, load_config, read_yaml
-from .paths import check_output_location, check_run_locations, resolved
+from .paths import check_output_location, check_run_locations, kind_problem, resolved
 from .schema import CineSceneConfig
 
 SIGNATURE_LENGTH = 10
@@ -238,8 +238,9 @@ def identity(base: Path, overrides: Sequence[str]) -> dict[str, Any]:
 
 
 def _read_spec(path: Path) -> SweepSpec:
-    if not path.is_file():
-        raise ConfigError("", f"sweep file not found: {path}")
+    problem = kind_problem(path, "file")
+    if problem is not None:
+        raise ConfigError("", f"sweep file {path} {problem}")
     raw = read_yaml(path) or {}
     if not isinstance(raw, dict) or set(raw) != {"sweep"}:
         raise ConfigError("", f"{path}: expected one top-level section `sweep:`, got {sorted(raw) or 'none'}")
@@ -336,7 +337,7 @@ def _varied(spec: SweepSpec) -> list[list[str]]:
 
 def base_config(path: str | os.PathLike, spec: SweepSpec) -> Path:
     """The training config of a sweep file's trials (``base`` is relative to the sweep file)."""
-    return (Path(path).parent / spec.base).resolve()
+    return resolved(Path(path).parent / spec.base)
 
 
 def expand_sweep(path: str | os.PathLike, overrides: Sequence[str] = ()) -> tuple[SweepSpec, list[Trial]]:
@@ -344,8 +345,9 @@ def expand_sweep(path: str | os.PathLike, overrides: Sequence[str] = ()) -> tupl
     path = Path(path)
     spec = _read_spec(path)
     base = base_config(path, spec)
-    if not base.is_file():
-        raise ConfigError("sweep.base", f"training config not found: {base}")
+    problem = kind_problem(base, "file")
+    if problem is not None:
+        raise ConfigError("sweep.base", f"training config {base} {problem}")
     trial_count(spec)
     trials: list[Trial] = []
     for i, varied in enumerate(_varied(spec)):

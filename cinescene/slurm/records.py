@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +24,8 @@ from cinescene.durable import append_line, write_json_atomic
 JOB_DIR = "slurm"
 JOBS_FILE = "jobs"
 TRIAL_FILE = "trial.json"
+# A job id as SLURM prints it: "12", or "13_4" for an array task.
+JOB_ID = re.compile(r"^\d+(_\d+)?$")
 
 
 def job_log_dir(run_dir: str | os.PathLike) -> Path:
@@ -40,13 +43,35 @@ def write_record(path: Path, data: Any) -> None:
     write_json_atomic(path, data)
 
 
-def read_json(path: Path) -> dict[str, Any] | None:
-    """A JSON object from ``path``; None when it is missing or not a JSON object."""
+def _text(path: Path) -> str | None:
+    """A record file's text, undecodable bytes replaced; None when it is missing or not a readable file
+    (a directory, a name too long, a symlink loop: a damaged record reads as an absent one)."""
     try:
-        data = json.loads(path.read_text())
-    except (OSError, ValueError):
+        return path.read_bytes().decode("utf-8", errors="replace")
+    except OSError:
+        return None
+
+
+def read_json(path: Path) -> dict[str, Any] | None:
+    """A JSON object from ``path``; None when it is missing, unreadable or not a JSON object."""
+    text = _text(path)
+    try:
+        data = json.loads(text) if text is not None else None
+    except (ValueError, RecursionError):
         return None
     return data if isinstance(data, dict) else None
+
+
+def typed(value: Any, kind: type | tuple[type, ...]) -> Any:
+    """``value`` when it is a ``kind`` (never a bool for a number), else None: fields of records read back."""
+    if isinstance(value, bool) and bool not in (kind if isinstance(kind, tuple) else (kind,)):
+        return None
+    return value if isinstance(value, kind) else None
+
+
+def string_list(value: Any) -> list[str]:
+    """A record's list of strings (overrides); anything else reads as empty."""
+    return value if isinstance(value, list) and all(isinstance(v, str) for v in value) else []
 
 
 def record_job(run_dir: str | os.PathLike, job_id: str) -> None:
@@ -56,18 +81,15 @@ def record_job(run_dir: str | os.PathLike, job_id: str) -> None:
 
 
 def recorded_jobs(run_dir: str | os.PathLike) -> list[str]:
-    path = job_log_dir(run_dir) / JOBS_FILE
-    if not path.is_file():
-        return []
-    return [line.strip() for line in path.read_text().splitlines() if line.strip()]
+    """The job ids in ``slurm/jobs``, oldest first; a line that is not a job id ("12", "13_4") is skipped."""
+    text = _text(job_log_dir(run_dir) / JOBS_FILE) or ""
+    return [line.strip() for line in text.splitlines() if JOB_ID.match(line.strip())]
 
 
 def last_metrics(run_dir: str | os.PathLike) -> dict[str, Any]:
     """The last complete row of ``<run.dir>/metrics.jsonl`` ({} when there is none)."""
-    path = Path(run_dir) / "metrics.jsonl"
-    if not path.is_file():
-        return {}
-    for line in reversed(path.read_text().splitlines()):
+    text = _text(Path(run_dir) / "metrics.jsonl") or ""
+    for line in reversed(text.splitlines()):
         try:
             row = json.loads(line)
         except ValueError:

@@ -33,6 +33,8 @@ from .records import (
     read_json,
     record_job,
     recorded_jobs,
+    string_list,
+    typed,
     write_record,
 )
 
@@ -198,13 +200,13 @@ def status(entries: Sequence[dict[str, Any]]) -> list[TrialStatus]:
         rows.append(
             TrialStatus(
                 signature=e["signature"],
-                overrides=list(e.get("varied") or []),
+                overrides=string_list(e.get("varied")),
                 state=states.get(job, UNKNOWN) if job else NOT_SUBMITTED,
                 job=job,
-                step=metrics.get("step"),
-                max_steps=e.get("max_steps"),
-                restarts=metrics.get("restarts"),
-                loss=metrics.get("loss"),
+                step=typed(metrics.get("step"), int),
+                max_steps=typed(e.get("max_steps"), int),
+                restarts=typed(metrics.get("restarts"), int),
+                loss=typed(metrics.get("loss"), (int, float)),
                 run_dir=str(e["run_dir"]),
             )
         )
@@ -229,9 +231,9 @@ def entries_of_dir(run_root: Path) -> list[dict[str, Any]]:
         record = read_json(job_log_dir(path) / TRIAL_FILE) or {}
         entries.append(
             {
-                "signature": str(record.get("signature", path.name)),
-                "varied": record.get("varied") or [],
-                "max_steps": record.get("max_steps"),
+                "signature": typed(record.get("signature"), str) or path.name,
+                "varied": string_list(record.get("varied")),
+                "max_steps": typed(record.get("max_steps"), int),
                 "run_dir": str(path),
             }
         )

@@ -53,8 +53,8 @@ def dry_run(cfg, nproc) -> int:
     import torch
 
     from cinescene.distributed.env import detect
+    from cinescene.distributed.spawn import check_local_ranks
     from cinescene.log import setup_logging
-    from cinescene.train.launcher import check_local_ranks
     from cinescene.train.preflight import dry_run as check
     from cinescene.train.preflight import format_checks
 
