@@ -58,6 +58,27 @@ def resolve_rank(rank: Optional[int], world: Optional[int]) -> Tuple[int, int]:
     return rank, world
 
 
+def check_arguments(src, out, encoder: str, rank: Optional[int], world: Optional[int], shard_size_mb: float = 512,
+                    frames: Optional[int] = None, size: Optional[Sequence[int]] = None,
+                    dtype: str = "float16") -> Tuple[int, int]:
+    """Every option of `data prepare` checked before anything is written (its log file included); returns
+    (rank, world)."""
+    rank, world = resolve_rank(rank, world)
+    if not (math.isfinite(shard_size_mb) and shard_size_mb > 0):
+        raise ConfigError("--shard-size-mb", f"expected a finite value > 0, got {shard_size_mb}")
+    check_output_location(out, "--out")
+    check_separate(src, out, "--src", "--out")
+    if frames is not None and (frames < 1 or (frames - 1) % TEMPORAL_STRIDE):
+        raise ConfigError("--frames", f"expected 1 + 4k frames, got {frames}")
+    if size is not None and (len(size) != 2 or any(s < 8 or s % 8 for s in size)):
+        raise ConfigError("--size", f"expected H W, multiples of 8, got {list(size)}")
+    if encoder not in ("none", "wan"):
+        raise ConfigError("--encoder", f"expected 'wan' or 'none', got {encoder!r}")
+    if dtype not in ("float16", "float32"):
+        raise ConfigError("--dtype", f"expected 'float16' or 'float32', got {dtype!r}")
+    return rank, world
+
+
 def _fit(images: np.ndarray, size: Optional[Sequence[int]]):
     """Centre-crop to the target aspect and resize (bilinear); returns images and the K transform."""
     height, width = images.shape[1:3]
@@ -201,19 +222,7 @@ def prepare(src, out, encoder: str = "none", vae: Optional[str] = None, text_enc
     latents, as evaluation shards must (pixel metrics against the ground truth); ``none`` shards
     always keep them.
     """
-    rank, world = resolve_rank(rank, world)
-    if not (math.isfinite(shard_size_mb) and shard_size_mb > 0):
-        raise ConfigError("--shard-size-mb", f"expected a finite value > 0, got {shard_size_mb}")
-    check_output_location(out, "--out")
-    check_separate(src, out, "--src", "--out")
-    if frames is not None and (frames < 1 or (frames - 1) % TEMPORAL_STRIDE):
-        raise ConfigError("--frames", f"expected 1 + 4k frames, got {frames}")
-    if size is not None and (len(size) != 2 or any(s < 8 or s % 8 for s in size)):
-        raise ConfigError("--size", f"expected H W, multiples of 8, got {list(size)}")
-    if encoder not in ("none", "wan"):
-        raise ConfigError("--encoder", f"expected 'wan' or 'none', got {encoder!r}")
-    if dtype not in ("float16", "float32"):
-        raise ConfigError("--dtype", f"expected 'float16' or 'float32', got {dtype!r}")
+    rank, world = check_arguments(src, out, encoder, rank, world, shard_size_mb, frames, size, dtype)
     if encoder == "wan":
         wan_model_dirs(vae, text_encoder, tokenizer)  # fail before writing anything
     clips = list_clips(Path(src))

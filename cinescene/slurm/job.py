@@ -257,12 +257,12 @@ def _start(cfg: CineSceneConfig, config_path: str, overrides: Sequence[str], sig
             f"launch.max_restarts is {cfg.launch.max_restarts}: giving up; {cfg.run.dir} keeps "
             "its latest checkpoint, resubmit to continue from it"
         )
-    from cinescene.secrets import scrub
+    from cinescene.secrets import scrub, secret_values
 
     cmd = srun_command(config_path, overrides)
-    record = start_record(
-        argv=cmd, nodes=nodes, config=scrub(OmegaConf.to_container(OmegaConf.structured(cfg)))
-    )
+    config = OmegaConf.to_container(OmegaConf.structured(cfg))
+    # Masked whole: the command line holds the overrides, the environment the job inherited.
+    record = scrub(start_record(argv=cmd, nodes=nodes, config=config), secret_values(config=config))
     write_record(log_path.with_name(f"{label}.start-{restart}.json"), record)
 
     env = step_environment(os.environ, nodes)

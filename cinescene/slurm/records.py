@@ -37,10 +37,10 @@ def job_log_path(run_dir: str | os.PathLike, label: str) -> Path:
     return job_log_dir(run_dir) / f"{label}.out"
 
 
-def write_record(path: Path, data: Any) -> None:
+def write_record(path: Path, data: Any, mode: int | None = None) -> None:
     """A JSON record under ``<run.dir>/slurm/``, atomically and durably (its directory made first)."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    write_json_atomic(path, data)
+    write_json_atomic(path, data, mode=mode)
 
 
 def _text(path: Path) -> str | None:

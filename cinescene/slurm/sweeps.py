@@ -1,8 +1,9 @@
 """A sweep on SLURM: its unfinished trials as one job array, and one status row per trial.
 
 Submitting writes, for each trial, ``<trial run.dir>/slurm/trial.json`` (its
-signature, overrides, max_steps) and appends the array task's id to its
-``slurm/jobs``; the array's table, ``<run_root>/slurm/array-<time>.json``, maps
+signature, overrides, max_steps; secrets masked) and appends the array task's id to its
+``slurm/jobs``; the array's table, ``<run_root>/slurm/array-<time>.json`` (mode 0600:
+it holds the overrides verbatim, as the tasks must run them), maps
 task index -> [config, overrides...] for ``cinescene slurm-job --array-table``.
 A trial is skipped when its run directory already holds a checkpoint at
 ``train.max_steps`` (finished) or its last job is still queued or running;
@@ -20,8 +21,11 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+from omegaconf import OmegaConf
+
 from cinescene.config.sweep import SweepSpec, Trial
 from cinescene.errors import CineSceneError
+from cinescene.secrets import scrub, secret_values
 
 from . import sbatch
 from .accounting import LIVE_STATES, UNKNOWN, job_states
@@ -121,24 +125,25 @@ def submit_array(
         job_log_dir(run_root) / f"array-{time.strftime('%Y%m%dT%H%M%S')}-{time.time_ns() % 10**9:09d}.json"
     )
     submission = array_submission(spec, todo, run_root, table, max_parallel)
+    # What the array's tasks run, verbatim (a secret given as an override must reach its job): private.
     write_record(
         table,
         {
             "sweep": spec.name,
             "trials": [{"signature": t.signature, "argv": [base, *t.overrides]} for t in todo],
         },
+        mode=0o600,
     )
     for t in todo:
-        write_record(
-            job_log_dir(t.run_dir) / TRIAL_FILE,
-            {
-                "sweep": spec.name,
-                "signature": t.signature,
-                "varied": t.varied,
-                "overrides": t.overrides,
-                "max_steps": t.config.train.max_steps,
-            },
-        )
+        config = OmegaConf.to_container(OmegaConf.structured(t.config))
+        record = {
+            "sweep": spec.name,
+            "signature": t.signature,
+            "varied": t.varied,
+            "overrides": t.overrides,
+            "max_steps": t.config.train.max_steps,
+        }
+        write_record(job_log_dir(t.run_dir) / TRIAL_FILE, scrub(record, secret_values(config=config)))
     job_id = sbatch.submit(submission)
     for index, t in enumerate(todo):
         record_job(t.run_dir, f"{job_id}_{index}")

@@ -63,7 +63,17 @@ def _prepare(args: argparse.Namespace) -> int:
         from cinescene.config import ConfigError
 
         raise ConfigError("--src" if not args.src else "--encoder", "required (unless --merge)")
-    rank, world = prep.resolve_rank(args.rank, args.world)
+    rank, world = prep.check_arguments(
+        args.src,
+        args.out,
+        args.encoder,
+        args.rank,
+        args.world,
+        args.shard_size_mb,
+        args.frames,
+        args.size,
+        args.dtype,
+    )
     if (
         not verbose()
     ):  # the encoders' libraries talk (weights loading, missing accelerate): to this rank's log
