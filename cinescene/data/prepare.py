@@ -20,6 +20,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import re
 import time
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence, Tuple
@@ -60,7 +61,7 @@ def resolve_rank(rank: Optional[int], world: Optional[int]) -> Tuple[int, int]:
 
 def check_arguments(src, out, encoder: str, rank: Optional[int], world: Optional[int], shard_size_mb: float = 512,
                     frames: Optional[int] = None, size: Optional[Sequence[int]] = None,
-                    dtype: str = "float16") -> Tuple[int, int]:
+                    dtype: str = "float16", device: str = "cpu") -> Tuple[int, int]:
     """Every option of `data prepare` checked before anything is written (its log file included); returns
     (rank, world)."""
     rank, world = resolve_rank(rank, world)
@@ -76,6 +77,8 @@ def check_arguments(src, out, encoder: str, rank: Optional[int], world: Optional
         raise ConfigError("--encoder", f"expected 'wan' or 'none', got {encoder!r}")
     if dtype not in ("float16", "float32"):
         raise ConfigError("--dtype", f"expected 'float16' or 'float32', got {dtype!r}")
+    if not re.fullmatch(r"cpu|cuda(:\d+)?", device):
+        raise ConfigError("--device", f"expected cpu, cuda or cuda:N, got {device!r}")
     return rank, world
 
 
@@ -222,7 +225,7 @@ def prepare(src, out, encoder: str = "none", vae: Optional[str] = None, text_enc
     latents, as evaluation shards must (pixel metrics against the ground truth); ``none`` shards
     always keep them.
     """
-    rank, world = check_arguments(src, out, encoder, rank, world, shard_size_mb, frames, size, dtype)
+    rank, world = check_arguments(src, out, encoder, rank, world, shard_size_mb, frames, size, dtype, device)
     if encoder == "wan":
         wan_model_dirs(vae, text_encoder, tokenizer)  # fail before writing anything
     clips = list_clips(Path(src))

@@ -73,6 +73,7 @@ def _prepare(args: argparse.Namespace) -> int:
         args.frames,
         args.size,
         args.dtype,
+        args.device,
     )
     if (
         not verbose()
@@ -107,6 +108,10 @@ def _prepare(args: argparse.Namespace) -> int:
 def _inspect(args: argparse.Namespace) -> int:
     from cinescene.data.inspect import contact_sheet, damaged, format_summary, summarize, summary_json
 
+    if args.png:
+        from cinescene.config.paths import check_output_location
+
+        check_output_location(args.png, "--png")
     summary = summarize(args.shards, verify=args.verify)
     if args.png:
         summary["contact_sheet"] = str(contact_sheet(args.shards, args.png, args.sample))
