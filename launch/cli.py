@@ -45,8 +45,16 @@ def _add_verbose(parser: argparse.ArgumentParser, top: bool) -> None:
                 _add_verbose(child, top=False)
 
 
+class OneLineParser(argparse.ArgumentParser):
+    """A usage mistake is one line like every other error (argparse would print the usage block first);
+    its sub-command parsers are of this class too."""
+
+    def error(self, message: str):
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = OneLineParser(
         prog="cinescene",
         description="CineScene: train, launch, evaluate and export camera-controlled video DiTs.",
     )
