@@ -26,6 +26,7 @@ from pathlib import Path
 
 from cinescene.config.model import ModelConfig
 from cinescene.config.schema import CineSceneConfig
+from cinescene.distributed.spawn import check_local_ranks
 from cinescene.errors import CineSceneError
 from cinescene.log import get_logger
 
@@ -105,8 +106,10 @@ class Check:
     ready: bool = True  # False only for the data, which a dry run reports but does not require
 
 
-def dry_run(cfg: CineSceneConfig, world_size: int) -> list[Check]:
-    """Every check up to building the engine (see the module doc); raises CineSceneError at the first failure."""
+def dry_run(cfg: CineSceneConfig, world_size: int, local_ranks_key: str | None = None) -> list[Check]:
+    """Every check up to building the engine (see the module doc), in the real launch's order; raises at the
+    first failure. ``local_ranks_key``: the flag or key naming the world size when its ranks would be spawned
+    on this machine (no launcher): they must fit it, as the real launch requires."""
     from cinescene.models import build_model
     from cinescene.models.flops import parameter_counts
 
@@ -122,6 +125,9 @@ def dry_run(cfg: CineSceneConfig, world_size: int) -> list[Check]:
             else "pretrained: " + ", ".join(f"model.{k}" for k in cfg.model.weight_paths()),
         )
     )
+    grid = check_patch_grid(cfg)
+    if local_ranks_key is not None:
+        check_local_ranks(world_size, cfg.parallel.backend, local_ranks_key)
     plan = plan_batch(cfg.train, world_size, cfg.parallel.sequence)
     checks.append(
         Check(
@@ -137,7 +143,6 @@ def dry_run(cfg: CineSceneConfig, world_size: int) -> list[Check]:
             f"{cfg.model.num_heads} attention heads"
         )
 
-    grid = check_patch_grid(cfg)
     if grid is not None:
         checks.append(Check("latent grid", grid))
 

@@ -53,7 +53,6 @@ def dry_run(cfg, nproc) -> int:
     import torch
 
     from cinescene.distributed.env import detect
-    from cinescene.distributed.spawn import check_local_ranks
     from cinescene.log import setup_logging
     from cinescene.train.preflight import dry_run as check
     from cinescene.train.preflight import format_checks
@@ -62,13 +61,13 @@ def dry_run(cfg, nproc) -> int:
     world_size = env.world_size if env is not None else (nproc or cfg.launch.nproc)
     if env is not None and env.rank != 0:
         return 0  # under torchrun/srun every rank would print the same
-    if env is None:  # the ranks would be spawned here: they must fit this machine
-        check_local_ranks(world_size, cfg.parallel.backend, "launch.nproc" if nproc is None else "--nproc")
     if not torch.cuda.is_available():
         # DeepSpeed's own choice without CUDA, made explicit so its import prints no notice on the console.
         os.environ.setdefault("DS_ACCELERATOR", "cpu")
     setup_logging(cfg.run.log_level)
-    checks = check(cfg, world_size)
+    # Without a launcher the ranks would be spawned here: like the real launch, they must fit this machine.
+    local = None if env is not None else ("launch.nproc" if nproc is None else "--nproc")
+    checks = check(cfg, world_size, local_ranks_key=local)
     sys.stdout.write(format_checks(checks))
     waiting = [c.what for c in checks if not c.ready]
     print(

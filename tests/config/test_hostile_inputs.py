@@ -258,3 +258,26 @@ def test_a_trials_identity_is_its_whole_resolved_config(tmp_path, repo_root):
     assert not set(signatures(base_a)) & set(first)  # an edited base: other trials
     base_a.write_text(f"defaults: [{repo_root / SMOKE}]\ntrain:\n  lr: 0.001\n")
     assert signatures(base_a) == first  # the same values spelt otherwise: the same trials
+
+
+# ------------------------------------------------------------------ "internal error" for damaged records
+@pytest.mark.parametrize(
+    "name, content",
+    [
+        ("slurm/trial.json", b"\xff\xfe{"),
+        ("slurm/trial.json", b'{"varied": [1, {"a": 2}], "max_steps": "x", "signature": 5}'),
+        ("slurm/jobs", b"\xff\x00\n12; rm -rf /\n"),
+        ("metrics.jsonl", b"\xff\xfe\n"),
+        ("metrics.jsonl", b'{"step": "x", "loss": "y", "restarts": []}\n'),
+    ],
+)
+def test_sweep_status_reads_damaged_trial_records_as_absent(tmp_path, capsys, name, content):
+    trial = tmp_path / "root" / "abc"
+    (trial / "slurm").mkdir(parents=True)
+    (trial / "slurm" / "trial.json").write_text(
+        '{"signature": "abc", "varied": ["train.lr=0.1"], "max_steps": 3}'
+    )
+    (trial / name).write_bytes(content)
+    assert main(["sweep", "status", str(tmp_path / "root"), "--json"]) == 0
+    captured = capsys.readouterr()
+    assert "error" not in captured.err and '"job": null' in captured.out

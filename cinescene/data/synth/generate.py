@@ -132,6 +132,8 @@ def synthesize(out: str | os.PathLike, clips: int, frames: int = 17, size: Seque
     dump_json({"settings": settings, "clips": existing}, index_path)
     todo = [i for i in range(clips) if not _done(out, i, layout)]
     jobs = [(i, seed, frames, tuple(size), scene_images, str(out), layout) for i in todo]
+    # Rendering is CPU-bound: more processes than cores only cost memory (100000 would exhaust it).
+    workers = min(workers, len(os.sched_getaffinity(0)))
     log.info("rendering %d of %d clips (%dx%dx%d, %d scene images) into %s with %d worker(s)",
              len(jobs), clips, frames, size[0], size[1], scene_images, out, workers)
     if workers > 1 and len(jobs) > 1:
