@@ -10,7 +10,10 @@ An output location (``run.dir``, ``checkpoint.dir``, a sweep's ``run_root``,
   a run would scatter its files over the tree the command runs in).
 
 Two locations are the same place when they resolve to the same path
-(``runs/a``, ``./runs/a/`` and a symlink to it): :func:`same_place`.
+(``runs/a``, ``./runs/a/`` and a symlink to it): :func:`resolved`. A command
+never writes into what it reads (:func:`check_separate`) and never writes two
+outputs, or an output and an input, to one file (:func:`check_distinct`).
+:func:`kind_problem` words a path that is not the file or directory expected.
 No torch here: the config layer runs before anything heavy is imported.
 """
 
@@ -47,10 +50,6 @@ def resolved(path: str | os.PathLike) -> Path:
         return path.resolve()
     except (OSError, RuntimeError):  # a symlink loop: judge the spelled path
         return Path(os.path.abspath(path))
-
-
-def same_place(a: str | os.PathLike, b: str | os.PathLike) -> bool:
-    return resolved(a) == resolved(b)
 
 
 def output_location_problem(path: str | os.PathLike) -> str | None:

@@ -177,6 +177,16 @@ def _reap_orphans(timeout: float) -> None:
     _log.warning("processes started by srun still run after %.0f s; going on", timeout)
 
 
+def write_start_record(path: Path, cmd: list[str], nodes: list[str], cfg) -> None:
+    """``<job>.start-<N>.json``, masked whole (the command line holds the overrides, the environment what
+    the job inherited) and durable before the ranks start."""
+    from cinescene.secrets import scrub, secret_values
+
+    config = OmegaConf.to_container(OmegaConf.structured(cfg))
+    record = scrub(start_record(argv=cmd, nodes=nodes, config=config), secret_values(config=config))
+    write_record(path, record)
+
+
 def _latest_checkpoint(root: Path) -> Path | None:
     from cinescene.ckpt.layout import read_pointer
 
@@ -257,13 +267,8 @@ def _start(cfg: CineSceneConfig, config_path: str, overrides: Sequence[str], sig
             f"launch.max_restarts is {cfg.launch.max_restarts}: giving up; {cfg.run.dir} keeps "
             "its latest checkpoint, resubmit to continue from it"
         )
-    from cinescene.secrets import scrub, secret_values
-
     cmd = srun_command(config_path, overrides)
-    config = OmegaConf.to_container(OmegaConf.structured(cfg))
-    # Masked whole: the command line holds the overrides, the environment the job inherited.
-    record = scrub(start_record(argv=cmd, nodes=nodes, config=config), secret_values(config=config))
-    write_record(log_path.with_name(f"{label}.start-{restart}.json"), record)
+    write_start_record(log_path.with_name(f"{label}.start-{restart}.json"), cmd, nodes, cfg)
 
     env = step_environment(os.environ, nodes)
     checkpoints = Path(cfg.checkpoint.dir or Path(cfg.run.dir) / "checkpoints")

@@ -81,3 +81,19 @@ def tiny_data_clips(tmp_path):
     from cinescene.data.synth import synthesize
 
     return synthesize(tmp_path / "clips", 2, 5, (32, 32), 2, show_progress=False)
+
+
+def test_a_slurm_start_record_is_masked_whole(tmp_path, monkeypatch, synced, repo_root):
+    from cinescene.config import load_config
+    from cinescene.slurm.job import write_start_record
+
+    secret = "hf_0123456789abcdefghij"
+    monkeypatch.setenv("HF_TOKEN", secret)
+    monkeypatch.setenv("SLURM_JOB_ID", "7")
+    monkeypatch.setenv("SLURM_JOB_COMMENT", f"token {secret}")
+    cfg, _ = load_config(repo_root / "configs/experiments/smoke.yaml", [f"tracking.wandb.notes={secret}"])
+    path = tmp_path / "slurm" / "7.start-0.json"
+    write_start_record(path, ["srun", "cinescene", "train", f"tracking.wandb.notes={secret}"], ["node"], cfg)
+    text = path.read_text()
+    assert secret not in text and text.count("***") >= 3  # command line, config, environment
+    assert synced[-1] == path.parent
