@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from .base import ConfigError, in_range, non_negative, one_of, positive, require
+from .base import ConfigError, at_most, in_range, non_negative, one_of, positive, require
 
 # Shard directories may live on S3-compatible object storage (cinescene/data/storage.py).
 OBJECT_URL_SCHEME = "s3://"
@@ -49,6 +49,10 @@ class ObjectStoreConfig:
         non_negative(self.backoff_s, "backoff_s")
         non_negative(self.max_backoff_s, "max_backoff_s")
 
+# Bounds of one synthetic clip (its frames with and without the subject are held in memory while it
+# renders): Wan's own clips are 81 frames at 480x832; more could only exhaust memory.
+MAX_SYNTH_FRAMES, MAX_SYNTH_SIZE, MAX_SYNTH_SCENE_IMAGES = 161, 1024, 64
+
 
 @dataclass
 class SynthDataConfig:
@@ -79,6 +83,12 @@ class SynthDataConfig:
         )
         positive(self.scene_images, "scene_images")
         positive(self.workers, "workers")
+        non_negative(self.seed, "seed")
+        why = "one clip is held in memory while it renders"
+        at_most(self.frames, "frames", MAX_SYNTH_FRAMES, why)
+        for i, side in enumerate(self.size):
+            at_most(side, f"size[{i}]", MAX_SYNTH_SIZE, why)
+        at_most(self.scene_images, "scene_images", MAX_SYNTH_SCENE_IMAGES, why)
 
 
 @dataclass

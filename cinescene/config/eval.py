@@ -16,6 +16,9 @@ from .base import ConfigError, in_range, non_negative, one_of, positive
 from .data import check_object_url, is_object_url
 
 #: Every metric the registry computes, in the order of the paper's table, then ours.
+# The most sampling steps a sampler is given (`sample --steps`, `eval --steps`, eval.sample_steps): Wan
+# samples with 50; a billion only never ends.
+MAX_SAMPLE_STEPS = 1000
 METRIC_NAMES = (
     "mat_pix",
     "clip_v",
@@ -169,7 +172,7 @@ class EvalConfig:
         if self.data and is_object_url(self.data):
             check_object_url(self.data, "data")
         non_negative(self.num_samples, "num_samples")
-        positive(self.sample_steps, "sample_steps")
+        in_range(self.sample_steps, "sample_steps", 1, MAX_SAMPLE_STEPS)
         non_negative(self.cfg_scale, "cfg_scale")
         positive(self.fps, "fps")
         check_metric_names(self.metrics, "metrics")

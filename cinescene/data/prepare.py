@@ -28,7 +28,9 @@ shared disk.
 from __future__ import annotations
 
 import json
+import math
 import os
+import re
 import time
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence, Tuple
@@ -37,7 +39,8 @@ import numpy as np
 from PIL import Image
 
 from cinescene.config import ConfigError
-from cinescene.errors import CineSceneError
+from cinescene.config.paths import check_output_location, check_separate
+from cinescene.errors import CineSceneError, env_int
 from cinescene.log import get_logger, progress
 
 from .clips import Clip, list_clips, read_clip
@@ -55,14 +58,38 @@ def resolve_rank(rank: Optional[int], world: Optional[int]) -> Tuple[int, int]:
     """Explicit values win; else the SLURM array task; else a single process."""
     env = os.environ
     if world is None and "SLURM_ARRAY_TASK_COUNT" in env:
-        world = int(env["SLURM_ARRAY_TASK_COUNT"])
+        world = env_int("SLURM_ARRAY_TASK_COUNT")
     if rank is None and "SLURM_ARRAY_TASK_ID" in env:
-        rank = int(env["SLURM_ARRAY_TASK_ID"]) - int(env.get("SLURM_ARRAY_TASK_MIN", 0))
-    rank, world = rank or 0, world or 1
+        rank = env_int("SLURM_ARRAY_TASK_ID") - (env_int("SLURM_ARRAY_TASK_MIN") if "SLURM_ARRAY_TASK_MIN" in env else 0)
+    rank = 0 if rank is None else rank
+    world = 1 if world is None else world
     if world < 1:
         raise ConfigError("--world", f"expected a value >= 1, got {world}")
     if not 0 <= rank < world:
         raise ConfigError("--rank", f"expected 0 <= rank < world ({world}), got {rank}")
+    return rank, world
+
+
+def check_arguments(src, out, encoder: str, rank: Optional[int], world: Optional[int], shard_size_mb: float = 512,
+                    frames: Optional[int] = None, size: Optional[Sequence[int]] = None,
+                    dtype: str = "float16", device: str = "cpu") -> Tuple[int, int]:
+    """Every option of `data prepare` checked before anything is written (its log file included); returns
+    (rank, world)."""
+    rank, world = resolve_rank(rank, world)
+    if not (math.isfinite(shard_size_mb) and shard_size_mb > 0):
+        raise ConfigError("--shard-size-mb", f"expected a finite value > 0, got {shard_size_mb}")
+    check_output_location(out, "--out")
+    check_separate(src, out, "--src", "--out")
+    if frames is not None and (frames < 1 or (frames - 1) % TEMPORAL_STRIDE):
+        raise ConfigError("--frames", f"expected 1 + 4k frames, got {frames}")
+    if size is not None and (len(size) != 2 or any(s < 8 or s % 8 for s in size)):
+        raise ConfigError("--size", f"expected H W, multiples of 8, got {list(size)}")
+    if encoder not in ("none", "wan"):
+        raise ConfigError("--encoder", f"expected 'wan' or 'none', got {encoder!r}")
+    if dtype not in ("float16", "float32"):
+        raise ConfigError("--dtype", f"expected 'float16' or 'float32', got {dtype!r}")
+    if not re.fullmatch(r"cpu|cuda(:\d+)?", device):
+        raise ConfigError("--device", f"expected cpu, cuda or cuda:N, got {device!r}")
     return rank, world
 
 
@@ -209,17 +236,7 @@ def prepare(src, out, encoder: str = "none", vae: Optional[str] = None, text_enc
     latents, as evaluation shards must (pixel metrics against the ground truth); ``none`` shards
     always keep them.
     """
-    rank, world = resolve_rank(rank, world)
-    if shard_size_mb <= 0:
-        raise ConfigError("--shard-size-mb", f"expected a value > 0, got {shard_size_mb}")
-    if frames is not None and (frames < 1 or (frames - 1) % TEMPORAL_STRIDE):
-        raise ConfigError("--frames", f"expected 1 + 4k frames, got {frames}")
-    if size is not None and (len(size) != 2 or any(s < 8 or s % 8 for s in size)):
-        raise ConfigError("--size", f"expected H W, multiples of 8, got {list(size)}")
-    if encoder not in ("none", "wan"):
-        raise ConfigError("--encoder", f"expected 'wan' or 'none', got {encoder!r}")
-    if dtype not in ("float16", "float32"):
-        raise ConfigError("--dtype", f"expected 'float16' or 'float32', got {dtype!r}")
+    rank, world = check_arguments(src, out, encoder, rank, world, shard_size_mb, frames, size, dtype, device)
     if encoder == "wan":
         wan_model_dirs(vae, text_encoder, tokenizer)  # fail before writing anything
     clips = list_clips(Path(src))
@@ -244,22 +261,26 @@ def prepare(src, out, encoder: str = "none", vae: Optional[str] = None, text_enc
              len(mine) - len(todo), len(state.records),
              out if publisher is None else f"{publisher.remote} (staged in {out})", encoder)
     start = time.perf_counter()
+    skipped: List[dict] = []
     if todo:
         enc = make_encoder(encoder, vae, text_encoder, tokenizer, device, dtype)
-        _write_shards(out, state, todo, enc, frames, size, int(shard_size_mb * 2 ** 20), show_progress,
-                      keep_pixels, publisher)
+        skipped = _write_shards(out, state, todo, enc, frames, size, int(shard_size_mb * 2 ** 20),
+                                show_progress, keep_pixels, publisher)
     manifest = _rank_manifest(state.records)
-    write_json_atomic(out / rank_manifest_name(rank, world), manifest)
+    manifest["skipped_clips"] = skipped
+    write_json_atomic(out / rank_manifest_name(rank, world), manifest, compact=True)
     if publisher is not None:
         publisher.put(rank_manifest_name(rank, world))
-    log.info("rank %d/%d: %d samples in %d shards (%.1f s)", rank, world, manifest["num_samples"],
-             len(state.records), time.perf_counter() - start)
+    log.info("rank %d/%d: %d samples in %d shards, %d damaged clips skipped (%.1f s)", rank, world,
+             manifest["num_samples"], len(state.records), len(skipped), time.perf_counter() - start)
     return merge_if_complete(out, world, publisher)
 
 
 def _write_shards(out: Path, state: _RankState, todo: List[Path], enc, frames, size, limit: int,
                   show_progress: bool, keep_pixels: bool = False,
-                  publisher: Optional[Publisher] = None) -> None:
+                  publisher: Optional[Publisher] = None) -> List[dict]:
+    """Encode ``todo`` into this rank's shards; returns the clips skipped as damaged (clip, reason)."""
+    skipped: List[dict] = []
     writer: Optional[ShardWriter] = None
     keys: List[str] = []
     fields_seen: dict = {}
@@ -269,7 +290,7 @@ def _write_shards(out: Path, state: _RankState, todo: List[Path], enc, frames, s
         nonlocal writer, keys, fields_seen
         record = writer.close()
         record.update(clips=keys, encoder=enc.info(), summary=shard_summary, fields=fields_seen)
-        write_json_atomic(out / f"{record['name']}.done.json", record)
+        write_json_atomic(out / f"{record['name']}.done.json", record, compact=True)
         if publisher is not None:
             publisher.shard(record["name"])
         state.records.append(record)
@@ -277,9 +298,14 @@ def _write_shards(out: Path, state: _RankState, todo: List[Path], enc, frames, s
 
     try:
         for path in progress(todo, enabled=show_progress, desc="prepare", unit="clip"):
-            clip = read_clip(path)
+            try:
+                clip = read_clip(path)
+                arrays = sample_arrays(clip, frames, size)
+            except CineSceneError as exc:  # a damaged clip: skipped and counted, the others go on
+                log.warning("skipped %s", str(exc).removeprefix("clip "))
+                skipped.append({"clip": path.name, "reason": str(exc)})
+                continue
             key = clip.clip_id.replace(".", "_")
-            arrays = sample_arrays(clip, frames, size)
             summary = _shape_summary(arrays)
             arrays.update(enc.encode(arrays["video.npy"], arrays["scene.npy"], clip.prompt))
             if enc.name == "wan" and not keep_pixels:  # latents replace the frames; scene pixels stay for VGGT
@@ -306,6 +332,7 @@ def _write_shards(out: Path, state: _RankState, todo: List[Path], enc, frames, s
         if writer is not None:
             writer.abort()
         raise
+    return skipped
 
 
 def _check_settings(out: Path, settings: dict) -> None:
@@ -317,7 +344,7 @@ def _check_settings(out: Path, settings: dict) -> None:
             raise CineSceneError(f"{out} was prepared with other settings {diff} (old, new); use another --out "
                                  "or the same options")
     else:
-        write_json_atomic(path, settings, compact=False)
+        write_json_atomic(path, settings)
 
 
 def _read_settings(path: Path) -> dict:

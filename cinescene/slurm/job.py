@@ -62,7 +62,7 @@ from .environment import (
     scontrol,
     start_record,
 )
-from .records import job_log_dir, job_log_path, last_metrics, write_json_atomic
+from .records import job_log_dir, job_log_path, last_metrics, write_record
 
 _log = get_logger("slurm")
 
@@ -182,6 +182,16 @@ def _checkpoint_root(cfg: CineSceneConfig) -> Path:
     return Path(cfg.checkpoint.dir or Path(cfg.run.dir) / "checkpoints")
 
 
+def write_start_record(path: Path, cmd: list[str], nodes: list[str], cfg) -> None:
+    """``<job>.start-<N>.json``, masked whole (the command line holds the overrides, the environment what
+    the job inherited) and durable before the ranks start."""
+    from cinescene.secrets import scrub, secret_values
+
+    config = OmegaConf.to_container(OmegaConf.structured(cfg))
+    record = scrub(start_record(argv=cmd, nodes=nodes, config=config), secret_values(config=config))
+    write_record(path, record)
+
+
 def _latest_checkpoint(root: Path) -> Path | None:
     from cinescene.ckpt.layout import read_pointer
 
@@ -281,13 +291,8 @@ def _start(
             f"launch.max_restarts is {cfg.launch.max_restarts}: giving up; {cfg.run.dir} keeps "
             "its latest checkpoint, resubmit to continue from it"
         )
-    from cinescene.secrets import scrub
-
     cmd = srun_command(config_path, overrides)
-    record = start_record(
-        argv=cmd, nodes=nodes, config=scrub(OmegaConf.to_container(OmegaConf.structured(cfg)))
-    )
-    write_json_atomic(log_path.with_name(f"{label}.start-{restart}.json"), record)
+    write_start_record(log_path.with_name(f"{label}.start-{restart}.json"), cmd, nodes, cfg)
 
     env = step_environment(os.environ, nodes)
     checkpoints = _checkpoint_root(cfg)

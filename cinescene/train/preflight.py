@@ -26,6 +26,7 @@ from pathlib import Path
 
 from cinescene.config.model import ModelConfig
 from cinescene.config.schema import CineSceneConfig
+from cinescene.distributed.spawn import check_local_ranks
 from cinescene.errors import CineSceneError
 from cinescene.log import get_logger
 
@@ -52,6 +53,43 @@ def check_initial_weights(model: ModelConfig) -> None:
         raise CineSceneError(f"weights not found: {', '.join(absent)}")
 
 
+def check_patch_grid(cfg: CineSceneConfig) -> str | None:
+    """ConfigError(model.patch_size) when the DiT's patch does not tile the data's latent grid (video and
+    scene latents), read from the training data's manifest, or from ``data.synth`` when the run generates its
+    data; returns a description of the grid (None when the data is neither there nor to be generated: the
+    data check says so). Every start runs it before any rank, W&B run or file of the run is made."""
+    from cinescene.config.base import ConfigError
+    from cinescene.sampling.spec import DataSpec, training_manifest
+
+    manifest = training_manifest(cfg)
+    if manifest is not None:
+        spec = DataSpec.from_manifest(manifest, cfg.data.scene_images, cfg.data.pixel_pool)
+    elif cfg.data.generate:
+        synth = cfg.data.synth
+        spec = DataSpec(
+            {"name": "none"},
+            synth.frames,
+            tuple(synth.size),
+            synth.scene_images,
+            tuple(synth.size),
+            cfg.data.pixel_pool,
+            "data.synth",
+        )
+    else:
+        return None
+    _, frames, height, width = spec.latent_shape(cfg.model.in_dim)
+    scene = [s // spec.spatial_stride for s in spec.scene_size]
+    pt, ph, pw = cfg.model.patch_size
+    if frames % pt or height % ph or width % pw or scene[0] % ph or scene[1] % pw:
+        raise ConfigError(
+            "model.patch_size",
+            f"{list(cfg.model.patch_size)} does not tile the data's latent grid: {frames} frames x "
+            f"{height}x{width}, scene images {scene[0]}x{scene[1]} ({spec.source}); each size must be a "
+            "multiple of its patch size",
+        )
+    return f"patch {list(cfg.model.patch_size)} tiles {frames} x {height}x{width} latents ({spec.source})"
+
+
 def warn_random_init(model: ModelConfig) -> None:
     """The once-per-run warning (rank 0, fresh start) that ``model.init=random`` trains from scratch."""
     if model.init == "random":
@@ -68,8 +106,10 @@ class Check:
     ready: bool = True  # False only for the data, which a dry run reports but does not require
 
 
-def dry_run(cfg: CineSceneConfig, world_size: int) -> list[Check]:
-    """Every check up to building the engine (see the module doc); raises CineSceneError at the first failure."""
+def dry_run(cfg: CineSceneConfig, world_size: int, local_ranks_key: str | None = None) -> list[Check]:
+    """Every check up to building the engine (see the module doc), in the real launch's order; raises at the
+    first failure. ``local_ranks_key``: the flag or key naming the world size when its ranks would be spawned
+    on this machine (no launcher): they must fit it, as the real launch requires."""
     from cinescene.models import build_model
     from cinescene.models.flops import parameter_counts
 
@@ -85,6 +125,9 @@ def dry_run(cfg: CineSceneConfig, world_size: int) -> list[Check]:
             else "pretrained: " + ", ".join(f"model.{k}" for k in cfg.model.weight_paths()),
         )
     )
+    grid = check_patch_grid(cfg)
+    if local_ranks_key is not None:
+        check_local_ranks(world_size, cfg.parallel.backend, local_ranks_key)
     plan = plan_batch(cfg.train, world_size, cfg.parallel.sequence)
     checks.append(
         Check(
@@ -99,6 +142,9 @@ def dry_run(cfg: CineSceneConfig, world_size: int) -> list[Check]:
             f"parallel.sequence={cfg.parallel.sequence} does not divide the "
             f"{cfg.model.num_heads} attention heads"
         )
+
+    if grid is not None:
+        checks.append(Check("latent grid", grid))
 
     model = build_model(cfg.model, device="meta")  # nothing allocated, nothing loaded
     counts = parameter_counts(model)
@@ -230,6 +276,7 @@ __all__ = [
     "Check",
     "check_deepspeed_config",
     "check_initial_weights",
+    "check_patch_grid",
     "dry_run",
     "format_checks",
     "warn_random_init",

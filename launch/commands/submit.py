@@ -8,7 +8,7 @@ from pathlib import Path
 
 from cinescene.slurm.submitit_jobs import SUBMIT_VIA
 
-from .common import add_config_args
+from .common import add_config_args, print_config
 
 # Flag -> the launch.slurm key it overrides (flags win over the config's keys).
 FLAGS = {"nodes": int, "gpus_per_node": int, "partition": str, "time": str, "account": str, "qos": str}
@@ -53,17 +53,22 @@ def flag_overrides(args: argparse.Namespace) -> list:
 
 
 def run(args: argparse.Namespace) -> int:
-    from cinescene.config import load_config, to_yaml
+    from omegaconf import OmegaConf
+
+    from cinescene.config import load_config
+    from cinescene.config.paths import check_run_locations
+    from cinescene.secrets import masked_text
     from cinescene.slurm.records import job_log_dir
 
     overrides = [*args.overrides, *flag_overrides(args)]
     cfg, raw = load_config(args.config, overrides)
     if args.print_config:
-        sys.stdout.write(to_yaml(raw))
+        print_config(raw)
         return 0
+    check_run_locations(cfg)
     run_dir = Path(cfg.run.dir)
     if args.via == "submitit":
-        return _via_submitit(args, cfg, overrides)
+        return _via_submitit(args, cfg, raw, overrides)
     from cinescene.slurm import sbatch
     from cinescene.slurm.accounting import check_no_live_job
     from cinescene.slurm.records import record_job
@@ -75,7 +80,7 @@ def run(args: argparse.Namespace) -> int:
         job_args=[args.config, *overrides],
     )
     if args.dry_run:
-        sys.stdout.write(submission.describe())
+        sys.stdout.write(masked_text(submission.describe(), config=OmegaConf.to_container(raw)))
         return 0
     check_no_live_job(run_dir)
     job_log_dir(run_dir).mkdir(parents=True, exist_ok=True)
@@ -87,13 +92,16 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-def _via_submitit(args: argparse.Namespace, cfg, overrides: list) -> int:
+def _via_submitit(args: argparse.Namespace, cfg, raw, overrides: list) -> int:
     """The same run through submitit's executor: what ``cinescene.slurm.submit`` does from Python."""
+    from omegaconf import OmegaConf
+
+    from cinescene.secrets import masked_text
     from cinescene.slurm import submitit_jobs
 
     if args.dry_run:
         ex = submitit_jobs.executor(submitit_jobs.job_folder(cfg.run.dir), cfg.launch, cfg.run.name)
-        sys.stdout.write(submitit_jobs.describe(ex))
+        sys.stdout.write(masked_text(submitit_jobs.describe(ex), config=OmegaConf.to_container(raw)))
         return 0
     job = submitit_jobs.submit(args.config, overrides)
     print(f"submitted job {job.job_id}: {cfg.run.name} in {cfg.run.dir} (submitit), log {job.paths.stdout}")
