@@ -102,6 +102,8 @@ setup(
         "filelock>=3.12,<5",
         "pillow>=10,<14",
         "tqdm>=4.66,<5",
+        # Weights named by repo id, resolved in the local Hugging Face cache (cinescene/hub.py).
+        "huggingface_hub>=0.26,<3",
     ],
     extras_require={
         "data": data_extra,
