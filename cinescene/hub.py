@@ -67,10 +67,23 @@ def resolve_weights(value: str | Path, what: str) -> Path:
         return path  # not a repo id after all: the caller reports the missing path
     cache = hub_cache_dir()
     try:
-        return Path(snapshot_download(text, cache_dir=cache, local_files_only=True))
+        snapshot = Path(snapshot_download(text, cache_dir=cache, local_files_only=True))
     except LocalEntryNotFoundError:
         raise WeightsNotFound(
             f"{what}={text}: no such path, and the Hugging Face repo {text} is not in the local cache "
             f"{cache} (nothing is downloaded: run `hf download {text}` where there is network, with "
             "HF_HUB_CACHE or HF_HOME pointing at a cache this machine sees, or give a local path)"
         ) from None
+    except (OSError, ValueError) as exc:  # an unreadable refs/main, a damaged cache entry
+        raise WeightsNotFound(
+            f"{what}={text}: the local Hugging Face cache entry of {text} in {cache} is unreadable "
+            f"({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else 'no detail'}); "
+            f"download it again (`hf download {text}`) or give a local path"
+        ) from None
+    snapshots = (cache / f"models--{text.replace('/', '--')}" / "snapshots").resolve()
+    if not snapshot.resolve().is_relative_to(snapshots):
+        raise WeightsNotFound(
+            f"{what}={text}: the local Hugging Face cache in {cache} names {snapshot} as the snapshot of "
+            f"{text}, outside {snapshots}; download it again (`hf download {text}`) or give a local path"
+        )
+    return snapshot

@@ -64,6 +64,19 @@ def test_an_absent_repo_id_is_one_line_naming_it_and_the_cache(hub_cache):
     assert f"the Hugging Face repo facebook/VGGT-1B is not in the local cache {hub_cache}" in message
 
 
+def test_a_damaged_cache_entry_is_one_line(hub_cache):
+    refs = hub_cache / "models--org--name" / "refs"
+    refs.mkdir(parents=True)
+    (refs / "main").write_bytes(b"\xff\xfe not a revision\n")
+    with pytest.raises(WeightsNotFound) as info:
+        resolve_weights("org/name", "eval.clip.weights")
+    message = str(info.value)
+    assert "\n" not in message and message.startswith(
+        "eval.clip.weights=org/name: the local Hugging Face cache"
+    )
+    assert "unreadable (UnicodeDecodeError" in message
+
+
 def test_model_pretrained_by_repo_id_in_diffusers_layout(hub_cache, tmp_path):
     """A diffusers pipeline repository: the DiT is read from its transformer/ folder."""
     base = build_model(tiny_config(scene__enabled=False, camera__enabled=False))
