@@ -217,6 +217,7 @@ def test_wan_end_to_end_export_loads_in_diffusers(wan_run, tmp_path):
 
 @pytest.mark.slurm
 @pytest.mark.dist
+@pytest.mark.timeout(1800)  # a whole job with two starts, after the module's preparation and local run
 def test_wan_end_to_end_submit_preempted_requeued_equals_the_local_run(wan_run, slurm, tmp_path):
     run_dir = tmp_path / "slurm_run"
     # Pinned to one node, whose jobs the preemption requeues (the other SLURM tests use the first node).
