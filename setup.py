@@ -109,6 +109,8 @@ setup(
         "tqdm>=4.66,<5",
         # cinescene.slurm.submit / sweep: jobs as submitit's own Job objects.
         "submitit>=1.5,<2",
+        # Weights named by repo id, resolved in the local Hugging Face cache (cinescene/hub.py).
+        "huggingface_hub>=0.26,<3",
     ],
     extras_require={
         "data": data_extra,

@@ -40,8 +40,9 @@ MAT_PIX_AGGREGATES = ("sum", "mean")
 @dataclass
 class ClipConfig:
     # A local directory holding a transformers CLIPModel with its tokenizer and image processor
-    # (save_pretrained layout; e.g. openai/clip-vit-large-patch14 downloaded elsewhere). Read with
-    # local_files_only. Unset: CLIP-V and CLIP-T are reported as absent, with one line saying why.
+    # (save_pretrained layout), or its repo id (e.g. openai/clip-vit-large-patch14) in the local Hugging
+    # Face cache (cinescene/hub.py). Read with local_files_only. Unset: CLIP-V and CLIP-T are reported as
+    # absent, with one line saying why.
     weights: str | None = None
     # Frames per CLIP forward (memory bound on a GPU; the result does not depend on it).
     batch_size: int = 16

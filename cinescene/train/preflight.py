@@ -22,12 +22,12 @@ required: a dry run is for checking a config before the data is in place.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from pathlib import Path
 
 from cinescene.config.model import ModelConfig
 from cinescene.config.schema import CineSceneConfig
 from cinescene.distributed.spawn import check_local_ranks
 from cinescene.errors import CineSceneError
+from cinescene.hub import resolve_weights
 from cinescene.log import get_logger
 
 from .batching import plan_batch
@@ -48,7 +48,8 @@ def check_initial_weights(model: ModelConfig) -> None:
             f"{'it to the weight file' if len(unset) == 1 else 'them to the weight files'}, or set "
             "model.init=random to train from random initialisation on purpose"
         )
-    absent = [f"{key}={path}" for key, path in paths.items() if not Path(path).exists()]
+    # A repo id missing from the Hugging Face cache raises its own line (the id and the cache directory).
+    absent = [f"{key}={path}" for key, path in paths.items() if not resolve_weights(path, key).exists()]
     if absent:
         raise CineSceneError(f"weights not found: {', '.join(absent)}")
 
@@ -219,7 +220,7 @@ def _fit(report, fresh: list[str]) -> str:
 
 
 def check_deepspeed_config(ds_config: dict, plan) -> None:
-    """The batch identity DeepSpeed asserts at start-up, and the ZeRO section through DeepSpeed's own schema."""
+    """The batch identity DeepSpeed asserts at start-up; the ZeRO section through DeepSpeed's own schema."""
     from deepspeed.runtime.zero.config import DeepSpeedZeroConfig
 
     batch = (
@@ -251,8 +252,8 @@ def _data_status(cfg: CineSceneConfig) -> Check:
 
 
 def _eval_data_status(cfg: CineSceneConfig) -> Check:
-    """The eval hook's held-out shards: reported like the training data (their fit to the model is checked when
-    the run starts, against the training data's manifest)."""
+    """The eval hook's held-out shards: reported like the training data (their fit to the model is checked
+    when the run starts, against the training data's manifest)."""
     from cinescene.eval.heldout import check_present
 
     try:
