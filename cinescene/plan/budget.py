@@ -4,10 +4,10 @@ What a step directory holds per rank (cinescene.train.checkpoint, DeepSpeed's
 ZeRO checkpoint with frozen parameters excluded): the optimizer shard (fp32
 master weights and Adam's two moments of the rank's partition, 12 bytes per
 trained parameter and rank, at every ZeRO stage) and the rank state (the EMA
-shard, 4 bytes per trained parameter and rank, with ``train.ema``). Rank 0
-also writes the module's state: at stage 3 only the persistent (whole)
-trained parameters, at stages 1-2 every trained parameter, in the compute
-dtype. RNG states, the trainer record, config and manifest are kilobytes.
+shard, 4 bytes per trained parameter and rank, with ``train.ema``). At stages
+1-2 rank 0 also writes the whole trained module in the compute dtype. The
+model-states files of stage 3, RNG states, the trainer record, config and
+manifest are kilobytes.
 
 A SLURM job gets ``launch.slurm.signal``'s warning that many seconds before
 its time limit. The ranks save at the next step boundary, so the lead must
@@ -34,9 +34,8 @@ def checkpoint_bytes_per_rank(
     per_rank = (MASTER_BYTES + ADAM_BYTES) * partition
     if cfg.train.ema.enabled:
         per_rank += EMA_BYTES * partition
-    if rank == 0:
-        whole = inv.persistent_trainable if cfg.parallel.zero_stage == 3 else inv.trainable
-        per_rank += compute_bytes(cfg.train.precision) * whole
+    if rank == 0 and cfg.parallel.zero_stage != 3:
+        per_rank += compute_bytes(cfg.train.precision) * inv.trainable
     return per_rank
 
 

@@ -34,8 +34,8 @@ from enum import Enum
 from cinescene.config.schema import CineSceneConfig
 from cinescene.models.flops import TokenCounts
 
-from .inventory import ParameterInventory
-from .memory import compute_bytes, kept_blocks
+from .inventory import ParameterInventory, Region
+from .memory import MAX_REUSE_DISTANCE, compute_bytes, kept_blocks
 
 
 class Collective(str, Enum):
@@ -80,6 +80,21 @@ class Traffic:
         return steps * latency_us * 1e-6 + self.wire_bytes / (bandwidth_gbps * 1e9)
 
 
+def backward_gathers(inv: ParameterInventory, recompute: bool) -> tuple[int, int]:
+    """Elements and modules ZeRO-3 gathers again for the backward: the blocks outside the reuse window, and
+    the parameters used before the blocks unless the whole stretch to their backward is within the reuse
+    distance. The head's backward directly follows its forward: it stays gathered; VGGT has no backward."""
+    blocks = inv.gathered[Region.BLOCKS]
+    again = inv.num_blocks - kept_blocks(inv, recompute)
+    per_block_modules = blocks.modules / inv.num_blocks if inv.num_blocks else 0
+    elements, modules = again * inv.block_gathered, round(again * per_block_modules)
+    before = inv.gathered[Region.BEFORE_BLOCKS]
+    stretch = (3 if recompute else 2) * blocks.elements + inv.gathered[Region.HEAD].elements
+    if stretch >= MAX_REUSE_DISTANCE:
+        elements, modules = elements + before.elements, modules + before.modules
+    return elements, modules
+
+
 def step_traffic(
     inv: ParameterInventory,
     cfg: CineSceneConfig,
@@ -95,23 +110,22 @@ def step_traffic(
     recompute = cfg.model.activation_checkpointing
     traffic = []
     if par.zero_stage == 3:
-        gathered = inv.total - inv.persistent
-        window = kept_blocks(inv, recompute) * (inv.block - inv.block_persistent)
-        backward = max(0, gathered - inv.forward_only - window)
-        window_modules = round(inv.gathered_modules * window / max(gathered, 1))
+        forward = sum(g.elements for g in inv.gathered.values())
+        forward_modules = sum(g.modules for g in inv.gathered.values())
+        backward, backward_modules = backward_gathers(inv, recompute)
         traffic += [
             Traffic(
                 "parameters, forward",
                 Collective.ALL_GATHER,
-                grad_accum * cb * gathered,
-                grad_accum * inv.gathered_modules,
+                grad_accum * cb * forward,
+                grad_accum * forward_modules,
                 world,
             ),
             Traffic(
                 "parameters, backward",
                 Collective.ALL_GATHER,
                 grad_accum * cb * backward,
-                grad_accum * (inv.gathered_modules - inv.forward_only_modules - window_modules),
+                grad_accum * backward_modules,
                 world,
             ),
         ]

@@ -122,7 +122,7 @@ class WorkingSet:
 
 def kept_blocks(inv: ParameterInventory, recompute: bool) -> int:
     """Blocks whose parameters ZeRO-3 keeps gathered from the forward into the backward (module doc)."""
-    gathered = inv.block - inv.block_persistent
+    gathered = inv.block_gathered
     if not inv.num_blocks or gathered <= 0:
         return inv.num_blocks
     appearances = 3 if recompute else 2  # each later block: forward, (recomputation,) backward
@@ -137,8 +137,9 @@ def working_set(inv: ParameterInventory, cfg: CineSceneConfig, recompute: bool) 
         bucket = max(bucket, inv.largest_trainable)  # the engine's all-reduce path (cinescene.train.engine)
     if par.zero_stage != 3:
         return WorkingSet(0, 0, 0, cb * bucket)
-    window = kept_blocks(inv, recompute) * (inv.block - inv.block_persistent)
-    prefetch = min(par.reduce_bucket_size, max(0, MAX_LIVE_PARAMETERS - window))
+    window = kept_blocks(inv, recompute) * inv.block_gathered
+    rest = sum(g.elements for g in inv.gathered.values()) - window  # what there is left to prefetch
+    prefetch = min(par.reduce_bucket_size, max(0, MAX_LIVE_PARAMETERS - window), rest)
     if par.offload_params == "cpu":
         window = prefetch = 0  # gathered from host memory one module at a time (the largest-layer allowance)
     return WorkingSet(

@@ -30,9 +30,10 @@ How the traced engine differs from DeepSpeed's, and what is done about it:
 * MemTracker's per-module peaks cost O(operations x modules); only the global
   peak is needed, so ``_update_peak_stats`` keeps just that part.
 
-The flow-matching objective draws per-sample randomness whose branches depend on
-values (fake tensors have none); the traced step builds the same tensors
-(noise, noised input, target) and the same loss without branching.
+The flow-matching objective (cinescene.train.objective) draws per-sample
+randomness whose branches depend on values, which fake tensors do not have; the
+traced step builds the same tensors (noise, noised input, target) and the same
+loss without branching.
 """
 
 from __future__ import annotations
@@ -113,30 +114,23 @@ def _shard(model, mesh, compute_dtype) -> None:
     fully_shard(model, mesh=mesh, mp_policy=policy)
 
 
-def _inputs(cfg: CineSceneConfig, micro_batch: int):
-    """A micro batch at the configured shape (fake tensors), as the objective hands it to the model."""
-    import torch
+def _inputs(cfg: CineSceneConfig, micro_batch: int) -> dict:
+    """The model's inputs from a random batch (fake tensors), as the flow-matching objective passes them:
+    the scene inputs the config's model reads; every image real (no ``scene_counts``: reading them needs
+    values)."""
+    from .batch import random_batch
 
-    from cinescene.models.flops import SampleShape, token_counts
-
-    shape = SampleShape.from_config(cfg)
-    tokens = token_counts(cfg.model, shape)
-    model, b = cfg.model, micro_batch
-    video = (b, model.in_dim, shape.latent_frames, shape.latent_height, shape.latent_width)
-    inputs = {
-        "x0": torch.randn(video),
-        "text": torch.randn(b, model.text_len, model.text_dim),
-        "cameras": torch.eye(4).expand(b, shape.latent_frames, 4, 4).contiguous(),
+    batch = random_batch(cfg, micro_batch)
+    scene = cfg.model.scene
+    wanted = {
+        "video": True,
+        "text": True,
+        "cameras": True,
+        "scene_images": scene.enabled and scene.vggt_tokens,
+        "scene_latents": scene.enabled and scene.pixel_context,
+        "scene_cameras": scene.enabled and scene.pose_embedding,
     }
-    if tokens.vggt_context:
-        inputs["scene_images"] = torch.rand(b, shape.scene_images, 3, shape.scene_height, shape.scene_width)
-    if tokens.pixel_context:
-        inputs["scene_latents"] = torch.randn(
-            b, shape.scene_images, model.in_dim, shape.scene_latent_height, shape.scene_latent_width
-        )
-    if cfg.model.scene.pose_embedding and tokens.context:
-        inputs["scene_cameras"] = torch.eye(4).expand(b, shape.scene_images, 4, 4).contiguous()
-    return inputs
+    return {key: batch[key] for key, use in wanted.items() if use and key in batch}
 
 
 def trace_step(cfg: CineSceneConfig, gpus: int) -> TraceResult:
@@ -177,7 +171,7 @@ def trace_step(cfg: CineSceneConfig, gpus: int) -> TraceResult:
             tracker._update_peak_stats = types.MethodType(_global_peak_only, tracker)
             tracker.track_inputs(tuple(batch.values()))
             with tracker:
-                x0 = batch.pop("x0")
+                x0 = batch.pop("video")
                 noise = torch.randn_like(x0)
                 sigma = torch.rand(x0.shape[0])
                 x_t = (1 - sigma.view(-1, 1, 1, 1, 1)) * x0 + sigma.view(-1, 1, 1, 1, 1) * noise
