@@ -18,6 +18,7 @@ from cinescene.config.schema import CineSceneConfig
 
 from .budget import checkpoint_bytes_per_rank
 from .build import Plan, build_plan
+from .checks import fit_warning, preemption_warning
 from .planner import prepare
 from .report import format_plan, plan_dict
 
@@ -28,4 +29,12 @@ def checkpoint_bytes(cfg: CineSceneConfig, world: int, rank: int = 0) -> int:
     return checkpoint_bytes_per_rank(inventory, cfg, world, rank)
 
 
-__all__ = ["Plan", "build_plan", "checkpoint_bytes", "format_plan", "plan_dict"]
+__all__ = [
+    "Plan",
+    "build_plan",
+    "checkpoint_bytes",
+    "fit_warning",
+    "format_plan",
+    "plan_dict",
+    "preemption_warning",
+]

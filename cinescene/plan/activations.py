@@ -201,11 +201,16 @@ def activation_memory(
         PlannedBackend.MATH: 0,
     }[backend]
     recompute = model.activation_checkpointing
+    block_input = b * local * d * cb
+    if sequence > 1:  # the split pads the whole sequence into a new tensor: block 0's input keeps all of it
+        before += b * (local * sequence - local) * d * cb
     return ActivationMemory(
         batch=b * batch_bytes(model, shape, tokens),
         saved_before_blocks=before,
         head=head,
-        per_block=b * local * d * cb if recompute else block,
+        # Without checkpointing an fp32 block's input is what its first LayerNorm saves (block_bytes_per_token
+        # leaves it out: with checkpointing it is the checkpoint's).
+        per_block=block_input if recompute else block + (block_input if cb == FP32 else 0),
         block_saved=block,
         backward_transient=b * local * d * (3 * cb + 3 * FP32),
         attention_workspace=workspace,

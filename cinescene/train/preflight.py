@@ -61,6 +61,27 @@ def warn_random_init(model: ModelConfig) -> None:
         )
 
 
+def warn_if_it_will_not_fit(cfg: CineSceneConfig, world_size: int) -> None:
+    """Rank 0, before the engine is built: one warning line when cinescene.plan says the configured layout
+    will not fit the GPU this process sees (nothing on a CPU, whose memory the plan does not model)."""
+    import torch
+
+    if not torch.cuda.is_available():
+        return
+    from cinescene.plan import fit_warning
+
+    props = torch.cuda.get_device_properties(torch.cuda.current_device())
+    try:
+        warning = fit_warning(cfg, world_size, props.total_memory, props.name)
+    except Exception as exc:  # the check is advice: a failure of its own must not stop the run
+        _log.warning(
+            "the memory plan could not be checked (%s: %s); training anyway", type(exc).__name__, exc
+        )
+        return
+    if warning:
+        _log.warning("%s", warning)
+
+
 @dataclass
 class Check:
     what: str
@@ -69,7 +90,7 @@ class Check:
 
 
 def dry_run(cfg: CineSceneConfig, world_size: int) -> list[Check]:
-    """Every check up to building the engine (see the module doc); raises CineSceneError at the first failure."""
+    """Every check up to building the engine (module doc); raises CineSceneError at the first failure."""
     from cinescene.models import build_model
     from cinescene.models.flops import parameter_counts
 
@@ -173,7 +194,7 @@ def _fit(report, fresh: list[str]) -> str:
 
 
 def check_deepspeed_config(ds_config: dict, plan) -> None:
-    """The batch identity DeepSpeed asserts at start-up, and the ZeRO section through DeepSpeed's own schema."""
+    """The batch identity DeepSpeed asserts at start-up; the ZeRO section through DeepSpeed's own schema."""
     from deepspeed.runtime.zero.config import DeepSpeedZeroConfig
 
     batch = (
@@ -204,8 +225,8 @@ def _data_status(cfg: CineSceneConfig) -> Check:
 
 
 def _eval_data_status(cfg: CineSceneConfig) -> Check:
-    """The eval hook's held-out shards: reported like the training data (their fit to the model is checked when
-    the run starts, against the training data's manifest)."""
+    """The eval hook's held-out shards: reported like the training data (their fit to the model is checked
+    when the run starts, against the training data's manifest)."""
     from cinescene.eval.heldout import check_present
 
     try:
@@ -231,5 +252,6 @@ __all__ = [
     "check_initial_weights",
     "dry_run",
     "format_checks",
+    "warn_if_it_will_not_fit",
     "warn_random_init",
 ]

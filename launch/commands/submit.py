@@ -62,6 +62,7 @@ def run(args: argparse.Namespace) -> int:
         output=sbatch.log_pattern(job_log_dir(run_dir), "%j.out"),
         job_args=[args.config, *overrides],
     )
+    _warn_about_the_preemption_budget(cfg)
     if args.dry_run:
         sys.stdout.write(submission.describe())
         return 0
@@ -79,3 +80,14 @@ def run(args: argparse.Namespace) -> int:
         f"submitted job {job_id}: {cfg.run.name} in {run_dir}, log {job_log_dir(run_dir) / f'{job_id}.out'}"
     )
     return 0
+
+
+def _warn_about_the_preemption_budget(cfg) -> None:
+    """One line when launch.slurm.signal's lead is shorter than a step and a save (cinescene.plan)."""
+    from cinescene.log import console
+    from cinescene.plan import preemption_warning
+    from cinescene.slurm.sbatch import tasks_per_node
+
+    warning = preemption_warning(cfg, cfg.launch.slurm.nodes * tasks_per_node(cfg.launch))
+    if warning:
+        print(f"cinescene submit: warning: {warning}", file=console())
