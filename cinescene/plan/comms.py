@@ -46,6 +46,8 @@ class Collective(str, Enum):
 
 
 SEQUENCE_PARALLEL = "sequence-parallel"
+FORWARD_GATHERS = "parameters, forward"
+GRADIENTS = "gradients"
 
 # Bytes each rank sends, as a multiple of (n-1)/n x the collective's size.
 _WIRE_FACTOR = {
@@ -135,7 +137,7 @@ def step_traffic(
         reduce = Collective.ALL_REDUCE if sequence > 1 else Collective.REDUCE_SCATTER
         buckets = math.ceil(inv.trainable / bucket)
         traffic.append(
-            Traffic("gradients", reduce, grad_accum * cb * inv.trainable, grad_accum * buckets, world)
+            Traffic(GRADIENTS, reduce, grad_accum * cb * inv.trainable, grad_accum * buckets, world)
         )
     else:
         buckets = math.ceil(inv.trainable / par.reduce_bucket_size)
@@ -171,21 +173,22 @@ def step_traffic(
 @dataclass(frozen=True)
 class CommTime:
     zero_s: float  # ZeRO's collectives (prefetched and overlapped with compute on a GPU)
+    exposed_s: float  # of which nothing can hide: each micro batch's first gather and last gradient bucket
     sequence_s: float  # the all-to-alls (on the critical path)
     wire_bytes: int
 
 
-def comm_time(traffic: list[Traffic], cfg: CineSceneConfig, world: int, gpus_per_node: int) -> CommTime:
+def comm_time(traffic: list[Traffic], cfg: CineSceneConfig, gpus_per_node: int, grad_accum: int) -> CommTime:
     plan = cfg.plan
-    zero = sequence = 0.0
+    zero = exposed = sequence = 0.0
     for item in traffic:
-        across = (
-            item.group > gpus_per_node
-        )  # groups are consecutive ranks: a node holds a whole group or none
+        across = item.group > gpus_per_node  # groups are consecutive ranks: a node holds all of one or none
         bandwidth = plan.inter_node_gbps if across else plan.intra_node_gbps
         seconds = item.seconds(bandwidth, plan.link_latency_us)
         if item.what.startswith(SEQUENCE_PARALLEL):
             sequence += seconds
-        else:
-            zero += seconds
-    return CommTime(zero, sequence, sum(item.wire_bytes for item in traffic))
+            continue
+        zero += seconds
+        if item.count and item.what in (FORWARD_GATHERS, GRADIENTS):
+            exposed += grad_accum * seconds / item.count  # one collective per micro batch
+    return CommTime(zero, exposed, sequence, sum(item.wire_bytes for item in traffic))

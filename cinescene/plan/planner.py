@@ -110,13 +110,15 @@ def layout_memory(inputs: PlanInputs, layout: Layout) -> RankMemory:
 class StepTime:
     compute_s: float  # model FLOPs of the rank's samples at plan.achieved_tflops
     zero_comm_s: float  # ZeRO's collectives: prefetched and overlapped with compute
+    exposed_comm_s: float  # of which cannot overlap: each micro batch's first gather and last gradient bucket
     sequence_comm_s: float  # the sequence-parallel all-to-alls: on the critical path
     wire_bytes: int  # bytes this rank sends per step
     traffic: list[Traffic]
 
     @property
     def step_s(self) -> float:
-        return max(self.compute_s, self.zero_comm_s) + self.sequence_comm_s
+        hidden = self.zero_comm_s - self.exposed_comm_s
+        return max(self.compute_s, hidden) + self.exposed_comm_s + self.sequence_comm_s
 
     @property
     def comm_s(self) -> float:
@@ -141,8 +143,8 @@ def layout_time(inputs: PlanInputs, layout: Layout, tflops: float | None = None)
         sequence=layout.sequence,
         grad_accum=layout.grad_accum,
     )
-    times = comm_time(traffic, cfg, layout.gpus, inputs.gpus_per_node)
-    return StepTime(compute, times.zero_s, times.sequence_s, times.wire_bytes, traffic)
+    times = comm_time(traffic, cfg, inputs.gpus_per_node, layout.grad_accum)
+    return StepTime(compute, times.zero_s, times.exposed_s, times.sequence_s, times.wire_bytes, traffic)
 
 
 def usable_memory(device_bytes: int, cfg: CineSceneConfig) -> int:

@@ -67,6 +67,7 @@ def _time_dict(time: StepTime | None) -> dict | None:
     return {
         "compute_s": time.compute_s,
         "zero_comm_s": time.zero_comm_s,
+        "exposed_comm_s": time.exposed_comm_s,
         "sequence_comm_s": time.sequence_comm_s,
         "step_s": time.step_s,
         "wire_bytes": time.wire_bytes,
@@ -263,7 +264,8 @@ def _time_lines(plan: Plan) -> list[str]:
         f"step time at {plan.tflops:g} achieved TFLOP/s per GPU (assumed: plan.achieved_tflops, --tflops)",
         f"  FLOPs per sample {flops / 1e15:.4g} PFLOP (cinescene model info); per step (global batch "
         f"{layout.global_batch}) {flops * layout.global_batch / 1e15:.4g} PFLOP",
-        f"  compute {time.compute_s:.3g} s; ZeRO communication {time.zero_comm_s:.3g} s (overlapped); "
+        f"  compute {time.compute_s:.3g} s; ZeRO communication {time.zero_comm_s:.3g} s (overlapped but "
+        f"{time.exposed_comm_s:.3g} s); "
         f"sequence-parallel all-to-all {time.sequence_comm_s:.3g} s; {_size(time.wire_bytes)} sent per GPU",
         f"  step {time.step_s:.3g} s; 1k steps {1000 * time.step_s / 3600:.3g} h; "
         f"{cfg.train.max_steps:,} steps (train.max_steps) {hours:.3g} h = {hours * plan.gpus:,.4g} GPU-hours",
