@@ -167,6 +167,7 @@ class Fit:
     best: Layout | None  # the smallest sequence degree that fits, with the largest micro batch there
     best_memory: RankMemory | None
     fixes: list[str]  # overrides that each make the configured layout fit (empty when it fits)
+    possible: bool  # whether any micro batch and sequence-parallel degree divides the batch over the GPUs
 
     @property
     def configured_fits(self) -> bool:
@@ -199,8 +200,8 @@ def fit(inputs: PlanInputs, gpus: int, device_bytes: int) -> Fit:
     usable = usable_memory(device_bytes, cfg)
     configured = configured_layout(cfg, gpus)
     configured_memory = layout_memory(inputs, configured) if configured else None
-    best = None
-    for sequence in sequence_degrees(cfg, gpus, inputs.gpus_per_node):
+    best, degrees = None, sequence_degrees(cfg, gpus, inputs.gpus_per_node)
+    for sequence in degrees:
         best = _largest_micro_batch(inputs, gpus, sequence, usable)
         if best:
             break
@@ -214,6 +215,7 @@ def fit(inputs: PlanInputs, gpus: int, device_bytes: int) -> Fit:
         best=best[0] if best else None,
         best_memory=best[1] if best else None,
         fixes=fixes,
+        possible=any(micro_batches(cfg, gpus, sequence) for sequence in degrees),
     )
 
 

@@ -251,8 +251,13 @@ def _verdict_lines(plan: Plan) -> list[str]:
             f"{f.best.micro_batch} (peak {_size(f.best_memory.peak)}, headroom "
             f"{_size(f.usable - f.best_memory.peak)})"
         )
-    else:
+    elif f.possible:
         lines.append(f"  no micro batch and sequence-parallel degree fits {plan.gpus} GPUs")
+    else:
+        lines.append(
+            f"  no micro batch and sequence-parallel degree divides train.global_batch_size="
+            f"{plan.cfg.train.global_batch_size} over {plan.gpus} GPUs"
+        )
     return lines
 
 
@@ -285,7 +290,7 @@ def _budget_lines(plan: Plan) -> list[str]:
 
 def _scaling_lines(plan: Plan) -> list[str]:
     if not plan.scaling:
-        return []
+        return ["scaling: none (the sequence-parallel degree does not divide a node's GPUs)"]
     lines = [
         "scaling at this work per GPU (global batch grows with the nodes)",
         f"  {'nodes':>5} {'GPUs':>5} {'batch':>6} {'compute s':>9} {'comm s':>7} {'step s':>7} "

@@ -39,6 +39,8 @@ def scaling_table(inputs: PlanInputs, layout: Layout, tflops: float | None = Non
     per_node = inputs.gpus_per_node
     rows, base = [], None
     for nodes in NODE_COUNTS:
+        if nodes * per_node % layout.sequence:
+            continue  # sequence-parallel groups must not straddle nodes
         at = _at(layout, nodes * per_node)
         time = layout_time(inputs, at, tflops)
         per_gpu = at.global_batch / time.step_s / at.gpus
@@ -53,6 +55,8 @@ def communication_dominates_from(
     """The smallest power-of-two node count whose communication outlasts the compute; None up to the limit."""
     nodes = 1
     while nodes <= SEARCH_LIMIT_NODES:
+        if nodes * inputs.gpus_per_node % layout.sequence:
+            return None
         if layout_time(inputs, _at(layout, nodes * inputs.gpus_per_node), tflops).comm_dominates:
             return nodes
         nodes *= 2

@@ -52,6 +52,8 @@ _LOGGED_COLLECTIVES = {
 # process's resident set would stay at the warm-up steps' high-water mark. A fixed 64 KB threshold gives
 # every larger block its own mapping, returned to the system when freed: the resident set then follows the
 # live tensors, and a step's growth is measurable on a CPU (no effect on CUDA memory).
+# What the launcher passes on to the ranks (SIGINT always is).
+FORWARDED_SIGNALS = ("SIGTERM",)
 RESIDENT_SET_FOLLOWS_TENSORS = {"MALLOC_MMAP_THRESHOLD_": "65536", "MALLOC_TRIM_THRESHOLD_": "0"}
 
 
@@ -97,6 +99,15 @@ def _comm_bytes(world: int, sequence: int) -> dict[str, int]:
 
 def rank_main(argv: list[str]) -> int:
     """A rank: ``python -m cinescene.train.bench_step RESULT LOGS WARMUP STEPS ACCUM CONFIG [KEY=VALUE]``."""
+    import signal
+
+    from cinescene.distributed.spawn import die_with_launcher
+    from cinescene.distributed.startup_signals import signal_numbers
+
+    die_with_launcher()
+    # Started with the forwarded signals blocked (cinescene.distributed.spawn); a benchmark has nothing to
+    # save, so they end it as they would any process.
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, signal_numbers(FORWARDED_SIGNALS))
     result, log_dir, warmup, steps, accum, config, *overrides = argv
     warmup, steps, accum = int(warmup), int(steps), int(accum)
     from cinescene.distributed.env import detect, standalone
@@ -192,12 +203,15 @@ def run(
     from .metrics import device_peak_tflops
 
     cfg = bench_config(load_config(config, overrides)[0], accum)
-    out.mkdir(parents=True, exist_ok=True)
     result = out / "bench_step.json"
-    result.unlink(missing_ok=True)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        result.unlink(missing_ok=True)
+    except OSError as exc:
+        raise CineSceneError(f"cannot write the figures into --out {out}: {exc.strerror or exc}") from None
     argv = [sys.executable, "-m", "cinescene.train.bench_step", str(result), str(out / "logs")]
     argv += [str(warmup), str(steps), str(accum), config, *overrides]
-    status = spawn_local_ranks(argv, nproc, extra_env=RESIDENT_SET_FOLLOWS_TENSORS)
+    status = spawn_local_ranks(argv, nproc, forward=FORWARDED_SIGNALS, extra_env=RESIDENT_SET_FOLLOWS_TENSORS)
     if status or not result.is_file():
         raise CineSceneError(
             f"the benchmark ranks failed (exit status {status}); their output is in {out / 'logs'}"
