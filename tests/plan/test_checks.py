@@ -65,11 +65,11 @@ def test_plan_refuses_bad_input_in_one_line(args, message):
 def test_fit_warning_names_what_fits():
     assert fit_warning(config(RECIPE), 8, H100) is None
     warning = fit_warning(config(RECIPE_14B), 8, H100, "NVIDIA H100 80GB HBM3")
-    assert "does not fit the NVIDIA H100 80GB HBM3" in warning and "parallel.sequence=4" in warning
+    assert "does not fit the NVIDIA H100 80GB HBM3" in warning and "parallel.sequence=2" in warning
     assert "\n" not in warning
 
 
-def test_train_warns_at_start_up_on_a_gpu_it_does_not_fit(monkeypatch, caplog):
+def test_train_warns_at_start_up_on_a_gpu_it_does_not_fit(monkeypatch):
     import torch
 
     from cinescene.train import preflight
@@ -78,13 +78,18 @@ def test_train_warns_at_start_up_on_a_gpu_it_does_not_fit(monkeypatch, caplog):
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     monkeypatch.setattr(torch.cuda, "current_device", lambda: 0)
     monkeypatch.setattr(torch.cuda, "get_device_properties", lambda _: props)
-    with caplog.at_level(logging.WARNING, logger="cinescene"):
-        caplog.handler.setLevel(logging.WARNING)
-        logging.getLogger("cinescene").addHandler(caplog.handler)
+    records: list[logging.LogRecord] = []
+    handler = logging.Handler(logging.WARNING)
+    handler.emit = records.append
+    logger = logging.getLogger("cinescene.train")
+    logger.addHandler(handler)
+    try:
         preflight.warn_if_it_will_not_fit(config(RECIPE), 8)
-        assert not caplog.records
+        assert not records
         preflight.warn_if_it_will_not_fit(config(RECIPE_14B), 8)
-    [record] = caplog.records
+    finally:
+        logger.removeHandler(handler)
+    [record] = records
     assert "does not fit the NVIDIA H100 80GB HBM3" in record.getMessage()
 
 
