@@ -43,6 +43,17 @@ def flag_overrides(args: argparse.Namespace) -> list:
     ]
 
 
+def _warn_about_the_preemption_budget(cfg) -> None:
+    """One line when launch.slurm.signal's lead is shorter than a step and a save (cinescene.plan)."""
+    from cinescene.log import console
+    from cinescene.plan import preemption_warning
+    from cinescene.slurm.sbatch import tasks_per_node
+
+    warning = preemption_warning(cfg, cfg.launch.slurm.nodes * tasks_per_node(cfg.launch))
+    if warning:
+        print(f"cinescene submit: warning: {warning}", file=console())
+
+
 def run(args: argparse.Namespace) -> int:
     from cinescene.config import load_config, to_yaml
     from cinescene.errors import CineSceneError
@@ -56,13 +67,13 @@ def run(args: argparse.Namespace) -> int:
         sys.stdout.write(to_yaml(raw))
         return 0
     run_dir = Path(cfg.run.dir)
+    _warn_about_the_preemption_budget(cfg)
     submission = sbatch.build(
         cfg.launch,
         job_name=cfg.run.name,
         output=sbatch.log_pattern(job_log_dir(run_dir), "%j.out"),
         job_args=[args.config, *overrides],
     )
-    _warn_about_the_preemption_budget(cfg)
     if args.dry_run:
         sys.stdout.write(submission.describe())
         return 0
@@ -80,14 +91,3 @@ def run(args: argparse.Namespace) -> int:
         f"submitted job {job_id}: {cfg.run.name} in {run_dir}, log {job_log_dir(run_dir) / f'{job_id}.out'}"
     )
     return 0
-
-
-def _warn_about_the_preemption_budget(cfg) -> None:
-    """One line when launch.slurm.signal's lead is shorter than a step and a save (cinescene.plan)."""
-    from cinescene.log import console
-    from cinescene.plan import preemption_warning
-    from cinescene.slurm.sbatch import tasks_per_node
-
-    warning = preemption_warning(cfg, cfg.launch.slurm.nodes * tasks_per_node(cfg.launch))
-    if warning:
-        print(f"cinescene submit: warning: {warning}", file=console())

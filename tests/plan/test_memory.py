@@ -130,6 +130,8 @@ def test_the_json_and_the_text_hold_the_same_numbers():
     assert data["gpu_hours"] == pytest.approx(10_000 * data["time"]["step_s"] * 8 / 3600)
 
 
+@pytest.mark.slow
+@pytest.mark.dist
 def test_checkpoint_bytes_match_a_real_checkpoint(smoke_run):
     """The smoke run's step directory (2 ranks, ZeRO-3, EMA on): each rank's files against the plan's count
     (file headers, RNG states and DeepSpeed's bookkeeping come on top)."""
