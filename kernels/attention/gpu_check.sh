@@ -16,7 +16,8 @@
 #                                      dry run: the same config --dry-run (plan only) and the tiny smoke model for real
 #   step      (STEP_TIMEOUT=180)       cinescene bench step configs/experiments/cinescene_wan1.3b.yaml --nproc 1
 #                                      --warmup 1 --steps 2 --out OUTDIR/bench_step (the recipe's training step: time,
-#                                      MFU, peak memory against cinescene plan's); dry run: the tiny smoke model on a CPU
+#                                      MFU, peak memory against cinescene plan's); dry run: the tiny smoke model on a CPU,
+#                                      one timed step (STEP_TIMEOUT=300: a CPU's DeepSpeed start is slow)
 #   pytest    (PYTEST_TIMEOUT=120)     pytest -m gpu tests/kernels tests/sampling (bf16 at real sizes, inductor,
 #                                      cached sampling through the fused kernel); dry run: the same (all skip on a CPU)
 # The benchmark JSON is rewritten after every shape, so a timed-out attention step keeps the rows it finished.
@@ -63,8 +64,8 @@ if [ "$dry_run" -eq 1 ]; then
         --dtype bf16 --steps 6 --dry-run
     step sampling_smoke "${SAMPLING_TIMEOUT:-150}" "$python" -m cinescene bench sampling \
         configs/experiments/smoke.yaml --steps 4 --out "$out/sampling_smoke.json"
-    step step "${STEP_TIMEOUT:-180}" "$python" -m cinescene bench step configs/experiments/smoke.yaml --nproc 1 \
-        --warmup 1 --steps 2 --out "$out/bench_step"
+    step step "${STEP_TIMEOUT:-300}" "$python" -m cinescene bench step configs/experiments/smoke.yaml --nproc 1 \
+        --warmup 1 --steps 1 --out "$out/bench_step"
 else
     step attention "${ATTENTION_TIMEOUT:-200}" "$python" -m cinescene bench attention --iters 5 \
         --out "$out/attention.json"
