@@ -262,7 +262,9 @@ def run(
         "peak_ratio": measured["memory_peak_bytes"] / memory.peak if on_gpu else None,
         "comm_sent_bytes": measured["comm_sent_bytes"],
         "planned_comm_sent_bytes": planned_sent,
-        "comm_ratio": sum(measured["comm_sent_bytes"].values()) / max(1, sum(planned_sent.values())),
+        "comm_ratio": sum(measured["comm_sent_bytes"].values()) / sum(planned_sent.values())
+        if sum(planned_sent.values())
+        else None,  # one rank: nothing to send
         "planned_step_s": time.step_s,
         "log_dir": str(out / "logs"),
     }
@@ -305,13 +307,17 @@ def format_report(r: dict) -> str:
             f"measured/planned {r['peak_ratio']:.3f}"
         )
     measured, planned = r["comm_sent_bytes"], r["planned_comm_sent_bytes"]
-    lines.append(
-        f"communication per step, rank 0 (DeepSpeed's comms logger): sent {size(sum(measured.values()))}, "
-        f"planned {size(sum(planned.values()))}: measured/planned {r['comm_ratio']:.3f}"
-    )
-    for kind in sorted(set(measured) | set(planned)):
-        got, want = size(measured.get(kind, 0)), size(planned.get(kind, 0))
-        lines.append(f"  {kind:<16} measured {got:>10}  planned {want:>10}")
+    if r["comm_ratio"] is None:
+        lines.append("communication: none (one rank)")
+    else:
+        lines.append(
+            f"communication per step, rank 0 (DeepSpeed's comms logger): sent "
+            f"{size(sum(measured.values()))}, planned {size(sum(planned.values()))}: measured/planned "
+            f"{r['comm_ratio']:.3f}"
+        )
+        for kind in sorted(set(measured) | set(planned)):
+            got, want = size(measured.get(kind, 0)), size(planned.get(kind, 0))
+            lines.append(f"  {kind:<16} measured {got:>10}  planned {want:>10}")
     lines.append(f"planned step time at plan.achieved_tflops: {r['planned_step_s']:.3g} s (a GPU figure)")
     return "\n".join(lines) + "\n"
 
