@@ -37,7 +37,7 @@ from .loop import Trainer
 from .metrics import ThroughputMonitor, device_peak_tflops
 from .objective import FlowMatchingObjective
 from .preemption import PreemptionCallback, PreemptionFlag, RestartsMetric
-from .preflight import warn_random_init
+from .preflight import warn_if_it_will_not_fit, warn_random_init
 from .tracking import MetricsLogger, Tracker, install_secret_filter, scrub
 
 _log = get_logger("train")
@@ -119,6 +119,8 @@ def run_rank(cfg: CineSceneConfig, env: DistEnv, components: Components | None =
             run_dir.mkdir(parents=True, exist_ok=True)
             (run_dir / "config.yaml").write_text(config_yaml)
             components.prepare_data(cfg)
+        if layout.is_main:
+            warn_if_it_will_not_fit(cfg, env.world_size)  # before the engine takes the memory
         checkpoints = CheckpointManager(
             cfg.checkpoint.dir or run_dir / "checkpoints",
             cfg.checkpoint,

@@ -100,6 +100,27 @@ def warn_random_init(model: ModelConfig) -> None:
         )
 
 
+def warn_if_it_will_not_fit(cfg: CineSceneConfig, world_size: int) -> None:
+    """Rank 0, before the engine is built: one warning line when cinescene.plan says the configured layout
+    will not fit the GPU this process sees (nothing on a CPU, whose memory the plan does not model)."""
+    import torch
+
+    if not torch.cuda.is_available():
+        return
+    from cinescene.plan import fit_warning
+
+    props = torch.cuda.get_device_properties(torch.cuda.current_device())
+    try:
+        warning = fit_warning(cfg, world_size, props.total_memory, props.name)
+    except Exception as exc:  # the check is advice: a failure of its own must not stop the run
+        _log.warning(
+            "the memory plan could not be checked (%s: %s); training anyway", type(exc).__name__, exc
+        )
+        return
+    if warning:
+        _log.warning("%s", warning)
+
+
 @dataclass
 class Check:
     what: str
@@ -280,5 +301,6 @@ __all__ = [
     "check_patch_grid",
     "dry_run",
     "format_checks",
+    "warn_if_it_will_not_fit",
     "warn_random_init",
 ]

@@ -52,6 +52,17 @@ def flag_overrides(args: argparse.Namespace) -> list:
     ]
 
 
+def _warn_about_the_preemption_budget(cfg) -> None:
+    """One line when launch.slurm.signal's lead is shorter than a step and a save (cinescene.plan)."""
+    from cinescene.log import console
+    from cinescene.plan import preemption_warning
+    from cinescene.slurm.sbatch import tasks_per_node
+
+    warning = preemption_warning(cfg, cfg.launch.slurm.nodes * tasks_per_node(cfg.launch))
+    if warning:
+        print(f"cinescene submit: warning: {warning}", file=console())
+
+
 def run(args: argparse.Namespace) -> int:
     from omegaconf import OmegaConf
 
@@ -67,6 +78,7 @@ def run(args: argparse.Namespace) -> int:
         return 0
     check_run_locations(cfg)
     run_dir = Path(cfg.run.dir)
+    _warn_about_the_preemption_budget(cfg)
     if args.via == "submitit":
         return _via_submitit(args, cfg, raw, overrides)
     from cinescene.slurm import sbatch
