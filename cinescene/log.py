@@ -24,6 +24,7 @@ from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import TextIO, TypeVar
 
+from cinescene.errors import env_int
 from cinescene.run_dir import RunDir
 
 ROOT = "cinescene"
@@ -48,7 +49,7 @@ def env_rank() -> int:
     """This process's global rank from the launcher's environment (0 when alone)."""
     for var in ("RANK", "SLURM_PROCID", "PMI_RANK", "OMPI_COMM_WORLD_RANK"):
         if var in os.environ:
-            return int(os.environ[var])
+            return env_int(var)
     return 0
 
 

@@ -14,7 +14,7 @@
 Nothing else spells these names: code that reads or writes inside a run
 directory asks :class:`RunDir`. A sweep's ``run_root`` keeps its own job
 array files the same way (:meth:`RunDir.slurm`). This module imports nothing
-of the project but its errors, so every package may use it.
+of the project but its errors and durable writes, so every package may use it.
 """
 
 from __future__ import annotations
@@ -27,6 +27,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
 
+from cinescene.durable import write_atomic
 from cinescene.errors import CineSceneError
 
 CHECKPOINTS = "checkpoints"
@@ -144,9 +145,7 @@ class MetricsFile:
             else:
                 dropped += 1
         if dropped:
-            tmp = self.path.with_name(self.path.name + ".tmp")
-            tmp.write_text("".join(line + "\n" for line in kept))
-            os.replace(tmp, self.path)
+            write_atomic(self.path, "".join(line + "\n" for line in kept))
         return dropped
 
     # ---------------------------------------------------------------- reading

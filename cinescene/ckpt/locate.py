@@ -25,6 +25,7 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
+from cinescene.config.paths import kind_problem
 from cinescene.errors import CineSceneError
 from cinescene.run_dir import CHECKPOINTS, RunDir
 
@@ -119,12 +120,13 @@ def _pointer_root(given: Path) -> Path | None:
 def resolve_checkpoint(path: Path | str, *, exports: bool = True) -> CheckpointSource:
     """What PATH names, by the search order of the module doc; one-line errors otherwise."""
     given = Path(path)
-    if not given.exists() and given.is_symlink():
-        raise CineSceneError(f"{given} is a symlink that leads nowhere (a loop, or its target is gone)")
-    if not given.exists():
+    problem = kind_problem(given, "directory")
+    if problem is not None and problem.startswith("does not exist"):
         raise CineSceneError(
-            f"checkpoint not found: {given} (no such run, checkpoints, step or export directory)"
+            f"checkpoint not found: {given} {problem} (no such run, checkpoints, step or export directory)"
         )
+    if problem not in (None, "is a file, not a directory"):  # a file may be a `latest` pointer (rule 3)
+        raise CineSceneError(f"{given} {problem}: not a run, checkpoints, step or export directory")
     if given.is_dir() and (given / DESCRIPTION).is_file():
         if not exports:
             raise CineSceneError(

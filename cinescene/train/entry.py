@@ -39,7 +39,7 @@ from .loop import Trainer
 from .metrics import ThroughputMonitor, device_peak_tflops
 from .objective import FlowMatchingObjective
 from .preemption import PreemptionCallback, PreemptionFlag, RestartsMetric
-from .preflight import warn_random_init
+from .preflight import warn_if_it_will_not_fit, warn_random_init
 from .tracking import MetricsLogger, Tracker, install_secret_filter, scrub
 
 _log = get_logger("train")
@@ -106,7 +106,7 @@ def run_rank(cfg: CineSceneConfig, env: DistEnv, components: Components | None =
     install_secret_filter()
     _quiet_libraries(cfg.run.log_level)
     rng.set_deterministic(cfg.run.deterministic)
-    tracker = None
+    tracker = trainer = None
     exit_code = 1
     try:
         components.check_data(cfg)
@@ -120,6 +120,8 @@ def run_rank(cfg: CineSceneConfig, env: DistEnv, components: Components | None =
             run_dir.mkdir(parents=True, exist_ok=True)
             RunDir(run_dir).config.write_text(config_yaml)
             components.prepare_data(cfg)
+        if layout.is_main:
+            warn_if_it_will_not_fit(cfg, env.world_size)  # before the engine takes the memory
         checkpoints = CheckpointManager(
             checkpoints_dir(cfg),
             cfg.checkpoint,
@@ -204,6 +206,10 @@ def run_rank(cfg: CineSceneConfig, env: DistEnv, components: Components | None =
         return exit_code
     finally:
         if tracker is not None:
-            tracker.close(exit_code, preempted=exit_code == cfg.launch.preempt_exit_code)
+            tracker.close(
+                exit_code,
+                preempted=exit_code == cfg.launch.preempt_exit_code,
+                checkpoint=trainer.state.last_checkpoint if trainer is not None else None,
+            )
         flag.uninstall()
         destroy_process_group()
