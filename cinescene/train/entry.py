@@ -29,7 +29,7 @@ from .batching import plan_batch
 from .callbacks import CallbackList
 from .checkpoint import CheckpointCadence, CheckpointManager, Start, resume
 from .components import Components, SampleFacts, default_components
-from .ema import EMACallback, ShardedEMA
+from .ema import EMACallback, ShardedEMA, shadow_sizes
 from .engine import build_engine, use_zero_init
 from .eval_hook import eval_callbacks
 from .guards import NonFiniteGuard
@@ -94,7 +94,7 @@ def _build_callbacks(
 
 
 def run_rank(cfg: CineSceneConfig, env: DistEnv, components: Components | None = None) -> int:
-    """Train as rank ``env.rank`` of ``env.world_size``; returns the exit status (0, or the preemption one)."""
+    """Train as rank ``env.rank`` of ``env.world_size``; returns the exit status (0 or the preemption one)."""
     components = components or default_components()
     die_with_launcher()  # a rank our spawner started ends with it (cinescene's CLI did this already)
     flag = PreemptionFlag(cfg.launch.preempt_signals).install()
@@ -141,6 +141,13 @@ def run_rank(cfg: CineSceneConfig, env: DistEnv, components: Components | None =
             exit_code = 0
             return exit_code
         engine, state = start.engine, start.state
+        # checkpoint.async's host copy: measured, printed, refused or reserved before anything else starts.
+        ema_sizes = (
+            shadow_sizes(engine.module.named_parameters(), shard_index=env.rank, shard_count=env.world_size)
+            if cfg.train.ema.enabled
+            else []
+        )
+        checkpoints.prepare_background(engine, ema_sizes, env.local_world_size)
         if layout.is_main and start.path is None:
             warn_random_init(cfg.model)
 
