@@ -2,21 +2,29 @@
 
 Each rank of a local job builds a CineScene DiT sized to the requested
 amount of fp32 optimizer state (weights + two Adam moments, 12 bytes per
-trained parameter), takes one optimizer step under ZeRO-3, then:
+trained parameter), takes one optimizer step under ZeRO-3, then, each round:
 
-* save: :meth:`CheckpointManager.save`, the trainer's own path (hashing
-  while writing, fsync, rename, `latest`); the training loop is blocked for
-  exactly this long, since saves are synchronous;
+* synchronous save: :meth:`CheckpointManager.save` with ``checkpoint.async``
+  off, the trainer's own path (hashing while writing, fsync, rename,
+  `latest`); the training loop is blocked for exactly this long;
+* ``checkpoint.async`` save: the time :meth:`CheckpointManager.begin_save`
+  blocks the loop (the host copy), then, with the loop idle, the background
+  write (the slowest rank's files) and the commit; its host copy is measured
+  and reserved once, at start-up, as the trainer does;
 * load: :func:`cinescene.train.checkpoint.resume` into a freshly built
   engine, minus the time it spends building that engine (choosing and
   checking the checkpoint, loading shards and rank states remain);
-* export: ``cinescene ckpt export`` of the saved checkpoint in this process,
-  with its peak resident memory.
+* export (once): ``cinescene ckpt export`` of the saved checkpoint in this
+  process, with its peak resident memory.
 
 ``dd`` writes (``conv=fsync``) and reads a file of the checkpoint's size in
 the same directory right before and after; both reads start cold where the
 kernel honours ``posix_fadvise(DONTNEED)`` on clean pages (a tmpfs keeps
 them cached: the figures then compare memory copies).
+
+Everything goes into a new directory under ``--dir`` (``bench-checkpoint-*``),
+removed afterwards except the run with ``--keep``: nothing already there is
+touched.
 """
 
 from __future__ import annotations
@@ -27,6 +35,7 @@ import os
 import shutil
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -34,7 +43,7 @@ BENCH_LAYERS_MAX = 64
 
 
 def bench_overrides(state_bytes: float, base: list[str]) -> list[str]:
-    """Config overrides for a DiT whose fp32 training state is about ``state_bytes`` (12 bytes per parameter)."""
+    """Overrides for a DiT whose fp32 training state is about ``state_bytes`` (12 bytes per parameter)."""
     from cinescene.config import load_config
     from cinescene.models import build_model
 
@@ -86,11 +95,13 @@ def _evict(paths) -> None:
 def rank_main(argv: list[str]) -> int:
     """One rank of the benchmark job: ``python -m cinescene.ckpt.bench RESULT REPEATS OVERRIDES...``.
 
-    Per repeat, side by side: save, ``dd`` writing a file of the checkpoint's size, load (resume), ``dd``
+    Per round, side by side: synchronous save, ``dd`` writing a file of the checkpoint's size,
+    ``checkpoint.async`` save (blocked time, then the background write waited for), load (resume), ``dd``
     reading that file; ``dd`` runs on rank 0 while the other ranks wait, caches dropped before each read.
     """
     import statistics
     import warnings
+    from dataclasses import replace
 
     import torch
     import torch.distributed as dist
@@ -106,6 +117,7 @@ def rank_main(argv: list[str]) -> int:
     from cinescene.train.engine import build_engine
 
     from .manifest import read_manifest
+    from .memory import current_rss_bytes
 
     warnings.filterwarnings("ignore", category=FutureWarning, module=r"torch\.distributed")
     result, repeats, overrides = Path(argv[0]), int(argv[1]), argv[2:]
@@ -116,9 +128,11 @@ def rank_main(argv: list[str]) -> int:
     try:
         layout = build_layout(env, cfg.parallel.sequence)
         plan = plan_batch(cfg.train, env.world_size, cfg.parallel.sequence)
-        checkpoints = CheckpointManager(
-            Path(cfg.run.dir) / "checkpoints", cfg.checkpoint, rank=env.rank, world_size=env.world_size
-        )
+        root = Path(cfg.run.dir) / "checkpoints"
+        synchronous_cfg, background_cfg = replace(cfg.checkpoint), replace(cfg.checkpoint)
+        synchronous_cfg.background_write, background_cfg.background_write = False, True
+        synchronous = CheckpointManager(root, synchronous_cfg, rank=env.rank, world_size=env.world_size)
+        background = CheckpointManager(root, background_cfg, rank=env.rank, world_size=env.world_size)
         built: dict[str, float] = {}
 
         def make_engine():
@@ -127,57 +141,96 @@ def rank_main(argv: list[str]) -> int:
             built["s"] = time.perf_counter() - started
             return engine
 
-        start = resume(cfg, layout, plan, checkpoints, make_engine)
+        start = resume(cfg, layout, plan, synchronous, make_engine)
         model = cfg.model
-        x = torch.randn(1, model.in_dim, 1, 4, 4)
-        loss = (
-            start.engine(x, torch.tensor([500.0]), torch.randn(1, model.text_len, model.text_dim))
-            .square()
-            .mean()
-        )
-        start.engine.backward(loss)
-        start.engine.step()
-        times: dict[str, list[float]] = {"save_s": [], "load_s": [], "dd_write_s": [], "dd_read_s": []}
-        dd_file = Path(cfg.run.dir) / "dd-bench.bin"
-        for repeat in range(repeats):
-            state = TrainState(
-                step=repeat + 1, consumed_samples=(repeat + 1) * plan.global_batch_size, max_steps=repeats
+
+        def train_step(before_update=lambda: None) -> None:
+            """One optimizer step of the loop: forward, backward, (the save's copy waited for), update."""
+            x = torch.randn(1, model.in_dim, 1, 4, 4)
+            text = torch.randn(1, model.text_len, model.text_dim)
+            start.engine.backward(start.engine(x, torch.tensor([500.0]), text).square().mean())
+            before_update()
+            start.engine.step()
+
+        train_step()
+        rss_before = current_rss_bytes()
+        background.prepare_background(start.engine, [], env.local_world_size)
+        host_rss_growth = current_rss_bytes() - rss_before
+        times: dict[str, list[float]] = {
+            key: []
+            for key in (
+                "save_s",
+                "async_blocked_s",
+                "async_copy_wait_s",
+                "async_write_s",
+                "async_commit_s",
+                "async_total_s",
+                "load_s",
+                "dd_write_s",
+                "dd_read_s",
             )
+        }
+        dd_file = Path(cfg.run.dir) / "dd-bench.bin"
+
+        def slowest(value: float) -> float:
+            tensor = torch.tensor([value], dtype=torch.float64)
+            dist.all_reduce(tensor, op=dist.ReduceOp.MAX)
+            return float(tensor.item())
+
+        def save_args(step: int):
+            state = TrainState(
+                step=step, consumed_samples=step * plan.global_batch_size, max_steps=2 * repeats
+            )
+            record = start.facts.record(state, "benchmark", None)
+            return start.engine, record, rank_state_now(env.rank, CallbackList([])), ""
+
+        for repeat in range(repeats):
             dist.barrier()
             started = time.perf_counter()
-            path = checkpoints.save(
-                start.engine,
-                start.facts.record(state, "benchmark", None),
-                rank_state_now(env.rank, CallbackList([])),
-                "",
-            )
-            times["save_s"].append(time.perf_counter() - started)
+            path = synchronous.save(*save_args(2 * repeat + 1))
+            times["save_s"].append(slowest(time.perf_counter() - started))
             size = sum(r.size for r in read_manifest(path).values())
             if env.rank == 0:
                 times["dd_write_s"].append(_dd(["if=/dev/zero", f"of={dd_file}"], size, "conv=fsync"))
+            dist.barrier()
+            background.begin_save(*save_args(2 * repeat + 2))
+            train_step(background.before_update)  # the loop's next step: its update waits for the copy
+            path = background.finish()  # then the loop idle: the write has the machine to itself
+            figures = background.last_save
+            times["async_blocked_s"].append(slowest(figures.blocked_s))
+            times["async_copy_wait_s"].append(slowest(figures.copy_wait_s))
+            times["async_write_s"].append(slowest(figures.write_s))
+            times["async_commit_s"].append(slowest(figures.commit_s))
+            times["async_total_s"].append(slowest(figures.total_s))
+            if env.rank == 0:
                 _evict([dd_file, *(p for p in path.rglob("*") if p.is_file())])
             start = None  # the engine goes; the next one is built by the load
             dist.barrier()
             started = time.perf_counter()
-            start = resume(cfg, layout, plan, checkpoints, make_engine)
+            start = resume(cfg, layout, plan, synchronous, make_engine)
             dist.barrier()
             times["load_s"].append(time.perf_counter() - started - built["s"])
-            assert start.state.step == repeat + 1
+            assert start.state.step == 2 * repeat + 2
             if env.rank == 0:
                 times["dd_read_s"].append(_dd([f"if={dd_file}", "of=/dev/null"], size))
                 dd_file.unlink()
             dist.barrier()
+        host_copy = torch.tensor([background.host_copy_bytes], dtype=torch.float64)
+        dist.all_reduce(host_copy, op=dist.ReduceOp.MAX)
         if env.rank == 0:
             figures = {key: statistics.median(values) for key, values in times.items()}
             result.write_text(
                 json.dumps(
                     {
                         **figures,
+                        "rounds": times,
                         "checkpoint": str(path),
                         "checkpoint_bytes": size,
                         "dd_bytes": _dd_count(size) * 2**20,
                         "repeats": repeats,
                         "parameters": sum(math.prod(s) for s in start.facts.params.values()),
+                        "host_copy_bytes": int(host_copy.item()),
+                        "host_rss_growth_bytes": host_rss_growth,
                     }
                 )
             )
@@ -206,29 +259,39 @@ def run(*, state_gb: float, nproc: int, directory: Path, export_shard: int, repe
 
     from .export import export
 
-    directory.mkdir(parents=True, exist_ok=True)
-    run_dir = directory / "bench-run"
-    if run_dir.exists():
-        shutil.rmtree(run_dir)
-    overrides = bench_overrides(state_gb * 1e9, model_overrides(run_dir))
-    result = directory / "bench-result.json"
-    status = spawn_local_ranks(
-        [sys.executable, "-m", "cinescene.ckpt.bench", str(result), str(repeats), *overrides], nproc
-    )
-    if status:
-        raise CineSceneError(f"the benchmark ranks failed (exit status {status}); see their output above")
-    figures = json.loads(result.read_text())
-    result.unlink()
-    exported = export(
-        figures["checkpoint"], directory / "bench-export", fmt="diffusers", max_shard_size=export_shard
-    )
-    shutil.rmtree(exported.out)
-    if not keep:
-        shutil.rmtree(run_dir)
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+        work = Path(tempfile.mkdtemp(prefix="bench-checkpoint-", dir=directory))
+    except OSError as exc:
+        raise CineSceneError(f"--dir {directory}: cannot create a directory there ({exc.strerror})") from None
+    run_dir = work / "run"
+    try:
+        overrides = bench_overrides(state_gb * 1e9, model_overrides(run_dir))
+        result = work / "result.json"
+        status = spawn_local_ranks(
+            [sys.executable, "-m", "cinescene.ckpt.bench", str(result), str(repeats), *overrides], nproc
+        )
+        if status:
+            raise CineSceneError(f"the benchmark ranks failed (exit status {status}); see their output above")
+        figures = json.loads(result.read_text())
+        exported = export(
+            figures["checkpoint"], work / "export", fmt="diffusers", max_shard_size=export_shard
+        )
+    finally:
+        for path in work.iterdir() if work.is_dir() else []:
+            if keep and path == run_dir:
+                continue
+            if path.is_dir():
+                shutil.rmtree(path)
+            else:
+                path.unlink()
+        if not keep:
+            work.rmdir()
     return {
         **figures,
         "ranks": nproc,
         "directory": str(directory),
+        "kept": str(run_dir) if keep else None,
         "export_s": exported.seconds,
         "export_peak_rss_bytes": exported.peak_rss_bytes,
         "export_start_rss_bytes": exported.start_rss_bytes,
@@ -243,22 +306,35 @@ def format_report(r: dict) -> str:
 
     size, dd_size = r["checkpoint_bytes"], r["dd_bytes"]
     save_rate, load_rate = size / r["save_s"], size / r["load_s"]
+    write_rate = size / r["async_write_s"]
     dd_write, dd_read = dd_size / r["dd_write_s"], dd_size / r["dd_read_s"]
+    blocked = r["async_blocked_s"] / r["save_s"]
     lines = [
         f"checkpoint bench: {r['parameters']:,} parameters, ZeRO-3 fp32, {r['ranks']} ranks; checkpoint "
         f"{human_bytes(size)} in {r['directory']} (dd on the same disk); median of {r['repeats']} rounds",
-        f"{'':24}{'seconds':>9}{'GB/s':>9}{'vs dd':>8}",
-        f"{'dd write (fsync)':24}{r['dd_write_s']:9.2f}{dd_write / 1e9:9.3f}",
-        f"{'save':24}{r['save_s']:9.2f}{save_rate / 1e9:9.3f}{save_rate / dd_write:7.2f}x",
-        f"{'dd read':24}{r['dd_read_s']:9.2f}{dd_read / 1e9:9.3f}",
-        f"{'load (resume)':24}{r['load_s']:9.2f}{load_rate / 1e9:9.3f}{load_rate / dd_read:7.2f}x",
-        f"training loop blocked by a save: {r['save_s']:.2f} s (saves are synchronous: the loop waits for "
-        "the whole save)",
+        f"{'':34}{'seconds':>9}{'GB/s':>9}{'vs dd':>8}",
+        f"{'dd write (fsync)':34}{r['dd_write_s']:9.2f}{dd_write / 1e9:9.3f}",
+        f"{'save, synchronous':34}{r['save_s']:9.2f}{save_rate / 1e9:9.3f}{save_rate / dd_write:7.2f}x",
+        f"{'save, checkpoint.async: blocked':34}{r['async_blocked_s']:9.2f}",
+        f"{'  of which copy wait at update':34}{r['async_copy_wait_s']:9.2f}",
+        f"{'  background write (loop idle)':34}{r['async_write_s']:9.2f}{write_rate / 1e9:9.3f}"
+        f"{write_rate / dd_write:7.2f}x",
+        f"{'  commit (rank 0)':34}{r['async_commit_s']:9.2f}",
+        f"{'  begin to committed':34}{r['async_total_s']:9.2f}",
+        f"{'dd read':34}{r['dd_read_s']:9.2f}{dd_read / 1e9:9.3f}",
+        f"{'load (resume)':34}{r['load_s']:9.2f}{load_rate / 1e9:9.3f}{load_rate / dd_read:7.2f}x",
+        f"training loop blocked by a save: {r['save_s']:.2f} s synchronous, "
+        f"{r['async_blocked_s']:.3f} s with checkpoint.async ({blocked:.3f}x)",
+        f"checkpoint.async host copy: {human_bytes(r['host_copy_bytes'])} per rank, reserved at start-up "
+        f"(resident memory +{human_bytes(r['host_rss_growth_bytes'])})",
         f"export (diffusers, fp32): {r['export_s']:.2f} s, peak RSS {human_bytes(r['export_peak_rss_bytes'])}"
         f"{' (process life-time)' if r['export_peak_is_process_lifetime'] else ''} (at start "
         f"{human_bytes(r['export_start_rss_bytes'])}) for the {human_bytes(size)} checkpoint; shard limit "
-        f"{human_bytes(r['export_shard_bytes'])}, largest tensor {human_bytes(r['export_largest_tensor_bytes'])}",
+        f"{human_bytes(r['export_shard_bytes'])}, largest tensor "
+        f"{human_bytes(r['export_largest_tensor_bytes'])}",
     ]
+    if r.get("kept"):
+        lines.append(f"kept: {r['kept']}")
     return "\n".join(lines) + "\n"
 
 
