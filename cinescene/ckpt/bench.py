@@ -23,8 +23,9 @@ kernel honours ``posix_fadvise(DONTNEED)`` on clean pages (a tmpfs keeps
 them cached: the figures then compare memory copies).
 
 Everything goes into a new directory under ``--dir`` (``bench-checkpoint-*``),
-removed afterwards except the run with ``--keep``: nothing already there is
-touched.
+library output included (``logs/bench.log``); it is removed afterwards (but
+the run, with ``--keep``), and kept with its log when the ranks fail. Nothing
+already under ``--dir`` is touched.
 """
 
 from __future__ import annotations
@@ -256,6 +257,7 @@ def run(*, state_gb: float, nproc: int, directory: Path, export_shard: int, repe
     """The whole benchmark; returns its figures (see :func:`format_report`)."""
     from cinescene.distributed.spawn import spawn_local_ranks
     from cinescene.errors import CineSceneError
+    from cinescene.log import send_output_to, setup_logging, verbose
 
     from .export import export
 
@@ -264,29 +266,31 @@ def run(*, state_gb: float, nproc: int, directory: Path, export_shard: int, repe
         work = Path(tempfile.mkdtemp(prefix="bench-checkpoint-", dir=directory))
     except OSError as exc:
         raise CineSceneError(f"--dir {directory}: cannot create a directory there ({exc.strerror})") from None
+    log = work / "logs" / "bench.log"
+    if not verbose():
+        send_output_to(
+            log
+        )  # DeepSpeed's and torch's chatter, this process's and the ranks' (they inherit it)
+        setup_logging("WARNING")  # our warnings stay on the console
     run_dir = work / "run"
-    try:
-        overrides = bench_overrides(state_gb * 1e9, model_overrides(run_dir))
-        result = work / "result.json"
-        status = spawn_local_ranks(
-            [sys.executable, "-m", "cinescene.ckpt.bench", str(result), str(repeats), *overrides], nproc
-        )
-        if status:
-            raise CineSceneError(f"the benchmark ranks failed (exit status {status}); see their output above")
-        figures = json.loads(result.read_text())
-        exported = export(
-            figures["checkpoint"], work / "export", fmt="diffusers", max_shard_size=export_shard
-        )
-    finally:
-        for path in work.iterdir() if work.is_dir() else []:
-            if keep and path == run_dir:
-                continue
-            if path.is_dir():
-                shutil.rmtree(path)
-            else:
-                path.unlink()
-        if not keep:
-            work.rmdir()
+    overrides = bench_overrides(state_gb * 1e9, model_overrides(run_dir))
+    result = work / "result.json"
+    status = spawn_local_ranks(
+        [sys.executable, "-m", "cinescene.ckpt.bench", str(result), str(repeats), *overrides], nproc
+    )
+    if status:  # the benchmark's directory stays, for its log
+        raise CineSceneError(f"the benchmark ranks failed (exit status {status}); their output is in {log}")
+    figures = json.loads(result.read_text())
+    exported = export(figures["checkpoint"], work / "export", fmt="diffusers", max_shard_size=export_shard)
+    for path in work.iterdir():
+        if keep and path == run_dir:
+            continue
+        if path.is_dir():
+            shutil.rmtree(path)
+        else:
+            path.unlink()
+    if not keep:
+        work.rmdir()
     return {
         **figures,
         "ranks": nproc,

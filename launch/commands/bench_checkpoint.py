@@ -59,7 +59,7 @@ def run(args: argparse.Namespace) -> int:
     require(args.repeats >= 1, "--repeats", "a value >= 1", args.repeats)
     from cinescene.ckpt.bench import format_report
     from cinescene.ckpt.bench import run as bench
-    from cinescene.log import setup_logging
+    from cinescene.log import console_out, setup_logging
 
     setup_logging("WARNING")
     report = bench(
@@ -73,5 +73,6 @@ def run(args: argparse.Namespace) -> int:
     print(
         json.dumps(report, sort_keys=True) if args.json else format_report(report),
         end="\n" if args.json else "",
+        file=console_out(),  # stdout may have gone to the benchmark's log
     )
     return 0

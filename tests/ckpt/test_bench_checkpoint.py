@@ -11,6 +11,7 @@ import pytest
 
 from cinescene.ckpt import bench
 from cinescene.errors import CineSceneError
+from cinescene.log import VERBOSE_ENV
 
 
 def user_files(directory):
@@ -22,13 +23,21 @@ def user_files(directory):
     return sorted(p.relative_to(directory) for p in directory.rglob("*"))
 
 
-def test_a_failed_benchmark_leaves_the_directory_as_it_was(tmp_path, monkeypatch):
+def test_a_failed_benchmark_touches_nothing_already_there_and_keeps_its_log(tmp_path, monkeypatch):
     before = user_files(tmp_path)
+    monkeypatch.setenv(VERBOSE_ENV, "1")  # this test's own output stays where pytest captures it
     monkeypatch.setattr(bench, "bench_overrides", lambda state, base: base)
     monkeypatch.setattr("cinescene.distributed.spawn.spawn_local_ranks", lambda argv, nproc: 3)
-    with pytest.raises(CineSceneError, match=r"the benchmark ranks failed \(exit status 3\)"):
+    with pytest.raises(CineSceneError) as info:
         bench.run(state_gb=1.0, nproc=2, directory=tmp_path, export_shard=10**8, repeats=1, keep=False)
-    assert sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*")) == before
+    (work,) = tmp_path.glob("bench-checkpoint-*")
+    assert str(info.value) == (
+        f"the benchmark ranks failed (exit status 3); their output is in {work}/logs/bench.log"
+    )
+    after = sorted(
+        p.relative_to(tmp_path) for p in tmp_path.rglob("*") if work not in p.parents and p != work
+    )
+    assert after == before
 
 
 def test_a_directory_that_cannot_be_made_is_one_line(tmp_path):
