@@ -107,9 +107,10 @@ def rank_main(argv: list[str]) -> int:
     import torch
     import torch.distributed as dist
 
-    from cinescene.config import load_config
+    from cinescene.config import ConfigError, load_config
     from cinescene.distributed.env import detect
     from cinescene.distributed.groups import build_layout, destroy_process_group, init_process_group
+    from cinescene.errors import CineSceneError
     from cinescene.log import setup_logging
     from cinescene.models import build_model
     from cinescene.train.batching import plan_batch
@@ -235,6 +236,10 @@ def rank_main(argv: list[str]) -> int:
                     }
                 )
             )
+    except (CineSceneError, ConfigError) as exc:  # one line for the command (checkpoint.async's memory)
+        if env.rank == 0:
+            result.write_text(json.dumps({"error": str(exc)}))
+        return 1
     finally:
         destroy_process_group()
     return 0
@@ -279,6 +284,9 @@ def run(*, state_gb: float, nproc: int, directory: Path, export_shard: int, repe
         [sys.executable, "-m", "cinescene.ckpt.bench", str(result), str(repeats), *overrides], nproc
     )
     if status:  # the benchmark's directory stays, for its log
+        stopped = json.loads(result.read_text()).get("error") if result.is_file() else None
+        if stopped:
+            raise CineSceneError(f"the benchmark stopped: {stopped} (its output is in {log})")
         raise CineSceneError(f"the benchmark ranks failed (exit status {status}); their output is in {log}")
     figures = json.loads(result.read_text())
     exported = export(figures["checkpoint"], work / "export", fmt="diffusers", max_shard_size=export_shard)

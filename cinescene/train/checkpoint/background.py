@@ -21,6 +21,7 @@
 from __future__ import annotations
 
 import queue
+import socket
 import threading
 from collections.abc import Callable
 from concurrent.futures import Future
@@ -146,33 +147,27 @@ def shared_message(message: str | None) -> str:
 def check_host_memory(
     need_bytes: int, local_ranks: int, available_bytes: int | None, *, key: str = "checkpoint.async"
 ) -> str:
-    """Collective: refuse (ConfigError on every rank) when any node cannot hold its ranks' host copies.
+    """Collective: refuse (the same ConfigError on every rank) when a node cannot hold its ranks' host copies.
 
     Returns the start-up line describing the cost. ``available_bytes`` is the node's free host memory
     (None when unknown: nothing is refused).
     """
     node_need = need_bytes * local_ranks
     short = available_bytes is not None and node_need > available_bytes
-    refusing = agree(short)[0]
     free = "unknown" if available_bytes is None else f"{human_bytes(available_bytes)} available"
-    line = (
+    refusal = None
+    if short:
+        refusal = (
+            f"the host copy of a save needs {human_bytes(need_bytes)} per rank, {human_bytes(node_need)} for "
+            f"the {local_ranks} rank(s) on a node, but only {human_bytes(available_bytes)} of host memory is "
+            f"available on {socket.gethostname()}; set {key}=false (saves then block the loop) or free host "
+            "memory"
+        )
+    if agree(short)[0]:
+        raise ConfigError(key, shared_message(refusal))
+    return (
         f"{key}: the host copy of a save takes {human_bytes(need_bytes)} per rank "
         f"({human_bytes(node_need)} for the {local_ranks} rank(s) on this node; {free})"
-    )
-    if not refusing:
-        return line
-    if short:
-        raise ConfigError(
-            key,
-            f"the host copy of a save needs {human_bytes(need_bytes)} per rank, "
-            f"{human_bytes(node_need)} for the {local_ranks} rank(s) on this node, but only "
-            f"{human_bytes(available_bytes)} of host memory is available; set {key}=false "
-            "(saves then block the loop) or free host memory",
-        )
-    raise ConfigError(
-        key,
-        f"another node cannot hold the host copy of a save ({human_bytes(need_bytes)} per rank); "
-        f"set {key}=false or free host memory there",
     )
 
 
