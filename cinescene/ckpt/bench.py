@@ -206,7 +206,8 @@ def rank_main(argv: list[str]) -> int:
             times["async_total_s"].append(slowest(figures.total_s))
             if env.rank == 0:
                 _evict([dd_file, *(p for p in path.rglob("*") if p.is_file())])
-            start = None  # the engine goes; the next one is built by the load
+            _drop_engine(start.engine)  # the next one is built by the load
+            start = None
             dist.barrier()
             started = time.perf_counter()
             start = resume(cfg, layout, plan, synchronous, make_engine)
@@ -243,6 +244,24 @@ def rank_main(argv: list[str]) -> int:
     finally:
         destroy_process_group()
     return 0
+
+
+def _drop_engine(engine) -> None:
+    """Free an engine before the next round builds another (a training process builds one only).
+
+    ZeRO-3 keeps every engine's module in a module-level list of DeepSpeed's
+    (``parameter_offload.FWD_MODULE_STACK``) and its hooks on the module, so
+    without this each round would keep the previous engine's weights and
+    optimizer state alive.
+    """
+    import gc
+
+    from deepspeed.runtime.zero import parameter_offload
+
+    engine.destroy()
+    stack = parameter_offload.FWD_MODULE_STACK
+    stack[:] = [module for module in stack if module is not engine.module]
+    gc.collect()
 
 
 def _dd_count(size: int) -> int:
