@@ -2,20 +2,26 @@
 
 Each rank of a local job builds a CineScene DiT sized to the requested
 amount of fp32 optimizer state (weights + two Adam moments, 12 bytes per
-trained parameter), takes one optimizer step under ZeRO-3, then, each round:
+trained parameter), takes one optimizer step under ZeRO-3, then, each round,
+three saves (each kind first in turn, so none always inherits another's dirty
+page cache; ``dd`` writes after the first):
 
-* synchronous save: :meth:`CheckpointManager.save` with ``checkpoint.async``
-  off, the trainer's own path (hashing while writing, fsync, rename,
-  `latest`); the training loop is blocked for exactly this long;
-* ``checkpoint.async`` save: the time :meth:`CheckpointManager.begin_save`
-  blocks the loop (the host copy), then, with the loop idle, the background
-  write (the slowest rank's files) and the commit; its host copy is measured
-  and reserved once, at start-up, as the trainer does;
-* load: :func:`cinescene.train.checkpoint.resume` into a freshly built
-  engine, minus the time it spends building that engine (choosing and
-  checking the checkpoint, loading shards and rank states remain);
-* export (once): ``cinescene ckpt export`` of the saved checkpoint in this
-  process, with its peak resident memory.
+* synchronous: :meth:`CheckpointManager.save` with ``checkpoint.async`` off,
+  the trainer's own path (hashing while writing, fsync, rename, `latest`);
+  the training loop is blocked for exactly this long;
+* ``checkpoint.async`` in the loop: :meth:`CheckpointManager.begin_save`, then
+  one training step whose update waits for the host copy, as in training: the
+  loop's blocked time is the two waits;
+* ``checkpoint.async`` with the loop idle: nothing hides the copy (all of it
+  counts as blocked), and the background write (the slowest rank's files) and
+  the commit have the machine to themselves: the write's throughput;
+
+then load: :func:`cinescene.train.checkpoint.resume` into a freshly built
+engine, minus the time it spends building that engine (choosing and checking
+the checkpoint, loading shards and rank states remain). Once at the start, the
+host copy is measured and reserved as the trainer does; once at the end,
+``cinescene ckpt export`` of the last checkpoint in this process, with its
+peak resident memory.
 
 ``dd`` writes (``conv=fsync``) and reads a file of the checkpoint's size in
 the same directory right before and after; both reads start cold where the
@@ -96,9 +102,10 @@ def _evict(paths) -> None:
 def rank_main(argv: list[str]) -> int:
     """One rank of the benchmark job: ``python -m cinescene.ckpt.bench RESULT REPEATS OVERRIDES...``.
 
-    Per round, side by side: synchronous save, ``dd`` writing a file of the checkpoint's size,
-    ``checkpoint.async`` save (blocked time, then the background write waited for), load (resume), ``dd``
-    reading that file; ``dd`` runs on rank 0 while the other ranks wait, caches dropped before each read.
+    Per round, side by side: a synchronous and a ``checkpoint.async`` save (blocked time, then the
+    background write waited for), in turn first, with ``dd`` writing a file of the checkpoint's size
+    between them; load (resume), ``dd`` reading that file. ``dd`` runs on rank 0 while the other ranks
+    wait, caches dropped before each read.
     """
     import statistics
     import warnings
@@ -164,6 +171,7 @@ def rank_main(argv: list[str]) -> int:
                 "save_s",
                 "async_blocked_s",
                 "async_copy_wait_s",
+                "async_unhidden_blocked_s",
                 "async_write_s",
                 "async_commit_s",
                 "async_total_s",
@@ -181,29 +189,53 @@ def rank_main(argv: list[str]) -> int:
 
         def save_args(step: int):
             state = TrainState(
-                step=step, consumed_samples=step * plan.global_batch_size, max_steps=2 * repeats
+                step=step, consumed_samples=step * plan.global_batch_size, max_steps=3 * repeats
             )
             record = start.facts.record(state, "benchmark", None)
             return start.engine, record, rank_state_now(env.rank, CallbackList([])), ""
 
-        for repeat in range(repeats):
+        def save_synchronously(step: int) -> Path:
             dist.barrier()
             started = time.perf_counter()
-            path = synchronous.save(*save_args(2 * repeat + 1))
+            path = synchronous.save(*save_args(step))
             times["save_s"].append(slowest(time.perf_counter() - started))
-            size = sum(r.size for r in read_manifest(path).values())
-            if env.rank == 0:
-                times["dd_write_s"].append(_dd(["if=/dev/zero", f"of={dd_file}"], size, "conv=fsync"))
+            return path
+
+        def save_in_the_loop(step: int) -> Path:
+            """checkpoint.async as the trainer runs it: the loop's blocked time."""
             dist.barrier()
-            background.begin_save(*save_args(2 * repeat + 2))
+            background.begin_save(*save_args(step))
             train_step(background.before_update)  # the loop's next step: its update waits for the copy
-            path = background.finish()  # then the loop idle: the write has the machine to itself
+            path = background.finish()
             figures = background.last_save
             times["async_blocked_s"].append(slowest(figures.blocked_s))
             times["async_copy_wait_s"].append(slowest(figures.copy_wait_s))
+            return path
+
+        def save_idle(step: int) -> Path:
+            """checkpoint.async with the loop idle: the background write has the machine to itself."""
+            dist.barrier()
+            background.begin_save(*save_args(step))
+            background.before_update()  # nothing to hide the copy behind: all of it counts as blocked
+            path = background.finish()
+            figures = background.last_save
+            times["async_unhidden_blocked_s"].append(slowest(figures.blocked_s))
             times["async_write_s"].append(slowest(figures.write_s))
             times["async_commit_s"].append(slowest(figures.commit_s))
             times["async_total_s"].append(slowest(figures.total_s))
+            return path
+
+        saves = [save_synchronously, save_in_the_loop, save_idle]
+        for repeat in range(repeats):
+            # Each kind of save goes first in turn: none always writes into the page cache another (or dd)
+            # left dirty.
+            order = saves[repeat % 3 :] + saves[: repeat % 3]
+            path = order[0](3 * repeat + 1)
+            size = sum(r.size for r in read_manifest(path).values())
+            if env.rank == 0:
+                times["dd_write_s"].append(_dd(["if=/dev/zero", f"of={dd_file}"], size, "conv=fsync"))
+            order[1](3 * repeat + 2)
+            path = order[2](3 * repeat + 3)
             if env.rank == 0:
                 _evict([dd_file, *(p for p in path.rglob("*") if p.is_file())])
             _drop_engine(start.engine)  # the next one is built by the load
@@ -213,7 +245,7 @@ def rank_main(argv: list[str]) -> int:
             start = resume(cfg, layout, plan, synchronous, make_engine)
             dist.barrier()
             times["load_s"].append(time.perf_counter() - started - built["s"])
-            assert start.state.step == 2 * repeat + 2
+            assert start.state.step == 3 * repeat + 3
             if env.rank == 0:
                 times["dd_read_s"].append(_dd([f"if={dd_file}", "of=/dev/null"], size))
                 dd_file.unlink()
@@ -348,6 +380,7 @@ def format_report(r: dict) -> str:
         f"{'save, synchronous':34}{r['save_s']:9.2f}{save_rate / 1e9:9.3f}{save_rate / dd_write:7.2f}x",
         f"{'save, checkpoint.async: blocked':34}{r['async_blocked_s']:9.2f}",
         f"{'  of which copy wait at update':34}{r['async_copy_wait_s']:9.2f}",
+        f"{'  blocked, copy not hidden':34}{r['async_unhidden_blocked_s']:9.2f}",
         f"{'  background write (loop idle)':34}{r['async_write_s']:9.2f}{write_rate / 1e9:9.3f}"
         f"{write_rate / dd_write:7.2f}x",
         f"{'  commit (rank 0)':34}{r['async_commit_s']:9.2f}",
