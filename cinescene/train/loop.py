@@ -128,11 +128,11 @@ class Trainer:
         """Save this step. With ``checkpoint.async`` the write goes on in the background unless ``wait``
         (a preemption or the end of training: the process is about to leave)."""
         record = self.facts.record(self.state, reason, self.wandb_run_id())
-        self.checkpoints.begin_save(
-            self.engine, record, rank_state_now(self.layout.rank, self.callbacks), self.config_yaml
-        )
+        args = (self.engine, record, rank_state_now(self.layout.rank, self.callbacks), self.config_yaml)
         if wait or not self.cfg.checkpoint.background_write:
-            self._committed(self.checkpoints.finish())
+            self._committed(self.checkpoints.save(*args))
+        else:
+            self.checkpoints.begin_save(*args)
 
     def _committed(self, path) -> None:
         if path is not None:

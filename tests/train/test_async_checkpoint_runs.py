@@ -223,10 +223,10 @@ def _private_mounts() -> bool:
 FULL_DISK_SCRIPT = r"""
 set -u
 mount -t tmpfs -o size=8m tmpfs "$CK" || exit 97
-train() {  # train NAME MAX_STEPS: one `cinescene train` of the smoke job, checkpoints on the small disk
+train() {  # train NAME MAX_STEPS [ASYNC]: `cinescene train` of the smoke job, checkpoints on the small disk
   python -m cinescene train configs/experiments/smoke.yaml --nproc 2 "run.dir=$RUN" \
     "data.train_shards=$SHARDS" "checkpoint.dir=$CK" "train.max_steps=$2" checkpoint.every_steps=2 \
-    checkpoint.async=true tracking.wandb.mode=disabled >"$OUT/$1.out" 2>"$OUT/$1.err"
+    "checkpoint.async=${3:-true}" tracking.wandb.mode=disabled >"$OUT/$1.out" 2>"$OUT/$1.err"
   echo $? >"$OUT/$1.rc"
 }
 fill() { dd if=/dev/zero of="$CK/filler" bs=4k >/dev/null 2>&1; sync; }
@@ -234,6 +234,8 @@ train first 2
 fill
 train full_save 6   # step 4: a background save (the last step would save synchronously)
 ls -A "$CK" >"$OUT/after_full_save"
+train full_sync_save 6 false
+ls -A "$CK" >"$OUT/after_full_sync_save"
 rm -f "$CK/filler"
 train second 4
 printf 'step_00000002\n' >"$CK/latest"   # a save killed between its rename and the pointer update
@@ -266,18 +268,20 @@ def test_a_full_disk_stops_the_run_in_one_line_and_loses_no_checkpoint(smoke_sha
         return (out / name).read_text()
 
     assert read("first.rc").strip() == "0", read("first.err")[-2000:]
-    # A background save on the full disk: one line naming the file, on the console; nothing left behind.
-    assert read("full_save.rc").strip() == "1"
-    errors = [line for line in read("full_save.err").splitlines() if "cinescene train: error:" in line]
-    assert errors, read("full_save.err")[-2000:]
-    assert all(
-        line.endswith(": No space left on device; step_00000002 stays the newest complete checkpoint")
-        and "the save of step 4 failed: rank " in line
-        and f"cannot write {ck}/.tmp-step_00000004/" in line
-        for line in errors
-    ), errors
-    assert "Traceback" not in read("full_save.err")
-    assert read("after_full_save").split() == ["filler", "latest", "step_00000002"]
+    # A save on the full disk, in the background or not: one line naming the file, on the console; nothing
+    # left behind.
+    for name in ("full_save", "full_sync_save"):
+        assert read(f"{name}.rc").strip() == "1"
+        errors = [line for line in read(f"{name}.err").splitlines() if "cinescene train: error:" in line]
+        assert errors, read(f"{name}.err")[-2000:]
+        assert all(
+            line.endswith(": No space left on device; step_00000002 stays the newest complete checkpoint")
+            and "the save of step 4 failed: rank " in line
+            and f"cannot write {ck}/.tmp-step_00000004/" in line
+            for line in errors
+        ), errors
+        assert "Traceback" not in read(f"{name}.err")
+        assert read(f"after_{name}").split() == ["filler", "latest", "step_00000002"]
     assert read("second.rc").strip() == "0", read("second.err")[-2000:]
     # Start-up on the full disk cannot move `latest` forward: it stops in one line, the pointer as it was.
     assert read("full_start.rc").strip() == "1"

@@ -235,9 +235,12 @@ def test_the_host_copy_is_measured_refused_or_reserved_at_start_up(tmp_path, mon
     monkeypatch.setattr(context_cache, "host_available_bytes", lambda: need * 2)
     mgr = manager(tmp_path / "ck")
     mgr.prepare_background(engine, [64], local_ranks=2)
-    assert mgr.saver.host.nbytes == need
-    mgr.save(engine, record(1), rank_state(1), "")
-    assert mgr.saver.host.nbytes == need + 4  # only the RNG state's buffer was not reserved
+    assert mgr.host_copy_bytes == need
+    mgr.begin_save(engine, record(1), rank_state(1), "")
+    mgr.finish()
+    assert mgr.host_copy_bytes == need + 4  # only the RNG state's buffer was not reserved
+    mgr.save(engine, record(2), rank_state(2), "")  # waited for: written from the live state, no copy
+    assert mgr.host_copy_bytes == need + 4
     manager(tmp_path / "off", background=False).prepare_background(engine, [64], local_ranks=2)  # no-op
 
 

@@ -212,10 +212,19 @@ class Saver:
         return self._thread.submit(work) if self._thread is not None else run_inline(work)
 
     # ------------------------------------------------------------------------- begin
-    def begin(self, engine, record: TrainerRecord, rank_state: Mapping[str, Any], config_yaml: str) -> None:
+    def begin(
+        self,
+        engine,
+        record: TrainerRecord,
+        rank_state: Mapping[str, Any],
+        config_yaml: str,
+        *,
+        copy: bool = True,
+    ) -> None:
         """Start saving ``record.step``: returns once DeepSpeed has handed the state over. Synchronous: the
         whole save. checkpoint.async: the copy and the writing go on in the writer thread; the next
-        optimizer update first calls :meth:`wait_for_copy`."""
+        optimizer update first calls :meth:`wait_for_copy`. ``copy=False``: the caller waits for this save
+        (:meth:`finish`) before the state can change, so it is written from the live state."""
         started = time.perf_counter()
         waited = 0.0
         if self._flight is not None:
@@ -259,7 +268,7 @@ class Saver:
             figures=figures,
             started=started,
             copied=copied,
-            write=self._run(partial(self._write_part, tmp, files, copied, step)),
+            write=self._run(partial(self._write_part, tmp, files, copied, step, copy)),
         )
         figures.blocked_s = time.perf_counter() - started
 
@@ -281,14 +290,16 @@ class Saver:
         (tmp / RANK_STATES).mkdir(parents=True)
         (tmp / ZERO_TAG).mkdir()
 
-    def _write_part(self, tmp: Path, files: list, copied: threading.Event, step: int) -> WriteFigures:
+    def _write_part(
+        self, tmp: Path, files: list, copied: threading.Event, step: int, copy: bool
+    ) -> WriteFigures:
         """This rank's host copy (checkpoint.async), files and manifest part: on the writer thread with
         checkpoint.async, where the copy runs while the loop goes on to the next step's forward and
         backward, which change none of it; the optimizer update waits for ``copied``."""
         try:
             try:
                 save_point("copy", step, self.rank)
-                if self.host is not None:
+                if self.host is not None and copy:
                     files[:] = [(path, self.host.copy(state), write) for path, state, write in files]
                     self.host.settle()
             finally:
@@ -305,8 +316,8 @@ class Saver:
             save_point("after_rank_states", step, self.rank)
             return WriteFigures(time.perf_counter() - started, sum(r.size for r in written.values()))
         finally:
-            files.clear()  # the states (a synchronous save's are the live ones) go
-            if self.host is not None:
+            files.clear()  # the states (a waited-for save's are the live ones) go
+            if self.host is not None and copy:
                 self.host.release()
 
     # ------------------------------------------------------------- progress and end
@@ -323,8 +334,9 @@ class Saver:
         return self._advance(block=True)
 
     def save(self, engine, record: TrainerRecord, rank_state: Mapping[str, Any], config_yaml: str) -> Path:
-        """A whole save, waited for (also with checkpoint.async); returns the committed step directory."""
-        self.begin(engine, record, rank_state, config_yaml)
+        """A whole save, waited for (also with checkpoint.async: no host copy then, the state cannot change
+        meanwhile); returns the committed step directory."""
+        self.begin(engine, record, rank_state, config_yaml, copy=False)
         return self.finish()
 
     def abandon(self) -> None:
