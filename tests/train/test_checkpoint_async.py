@@ -244,6 +244,19 @@ def test_the_host_copy_is_measured_refused_or_reserved_at_start_up(tmp_path, mon
     manager(tmp_path / "off", background=False).prepare_background(engine, [64], local_ranks=2)  # no-op
 
 
+def test_the_plans_host_copy_figure_is_refused_before_the_engine_is_built(tmp_path, monkeypatch):
+    from cinescene.models import context_cache
+
+    monkeypatch.setattr(context_cache, "host_available_bytes", lambda: 1999)
+    with pytest.raises(ConfigError) as info:
+        manager(tmp_path / "ck").check_planned_host_copy(1000, local_ranks=2)
+    assert str(info.value).startswith("checkpoint.async: the host copy of a save needs ")
+    assert " per rank (cinescene plan's figure), " in str(info.value)
+    manager(tmp_path / "ck").check_planned_host_copy(999, local_ranks=2)
+    manager(tmp_path / "ck").check_planned_host_copy(None, local_ranks=2)  # no plan figure: measured later
+    manager(tmp_path / "off", background=False).check_planned_host_copy(10**6, local_ranks=2)  # no-op
+
+
 def test_the_host_copy_keeps_views_sharing_and_types_and_reuses_its_buffers():
     base = torch.randn(100)
     tagged = torch.randn(5)
@@ -295,6 +308,7 @@ def test_a_run_refuses_checkpoint_async_without_the_host_memory_before_its_first
         run_rank(tiny_config(tmp_path / "small", *args), standalone(1), standin_components())
     assert str(info.value).startswith("checkpoint.async: the host copy of a save needs ")
     assert "but only 1.00 KB of host memory is available on " in str(info.value)
+    assert " per rank (cinescene plan's figure), " in str(info.value)  # before the engine was built
     assert not (tmp_path / "small" / "metrics.jsonl").exists()  # refused before the first step
     monkeypatch.undo()
     assert run_rank(tiny_config(tmp_path / "big", *args), standalone(1), standin_components()) == 0

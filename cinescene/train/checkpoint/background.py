@@ -13,9 +13,9 @@
 - :func:`shared_message` gives every rank the failing rank's one-line error,
   so each rank stops with the cause and the file it names (the failing rank's
   own log may sit on the full disk).
-- :func:`check_host_memory`: ``checkpoint.async``'s host copy measured from
-  the engine's own state at start-up, refused with one line when the node
-  does not have it free.
+- :func:`check_host_memory`: ``checkpoint.async``'s host copy (cinescene
+  plan's figure before the engine is built, then measured from the engine's
+  own state), refused with one line when the node does not have it free.
 """
 
 from __future__ import annotations
@@ -145,12 +145,18 @@ def shared_message(message: str | None) -> str:
 
 # ------------------------------------------------------------------------------ host memory
 def check_host_memory(
-    need_bytes: int, local_ranks: int, available_bytes: int | None, *, key: str = "checkpoint.async"
+    need_bytes: int,
+    local_ranks: int,
+    available_bytes: int | None,
+    *,
+    key: str = "checkpoint.async",
+    source: str = "",
 ) -> str:
     """Collective: refuse (the same ConfigError on every rank) when a node cannot hold its ranks' host copies.
 
     Returns the start-up line describing the cost. ``available_bytes`` is the node's free host memory
-    (None when unknown: nothing is refused).
+    (None when unknown: nothing is refused). ``source`` says where ``need_bytes`` comes from when it is not
+    measured (" (cinescene plan's figure)").
     """
     node_need = need_bytes * local_ranks
     short = available_bytes is not None and node_need > available_bytes
@@ -158,10 +164,10 @@ def check_host_memory(
     refusal = None
     if short:
         refusal = (
-            f"the host copy of a save needs {human_bytes(need_bytes)} per rank, {human_bytes(node_need)} for "
-            f"the {local_ranks} rank(s) on a node, but only {human_bytes(available_bytes)} of host memory is "
-            f"available on {socket.gethostname()}; set {key}=false (saves then block the loop) or free host "
-            "memory"
+            f"the host copy of a save needs {human_bytes(need_bytes)} per rank{source}, "
+            f"{human_bytes(node_need)} for the {local_ranks} rank(s) on a node, but only "
+            f"{human_bytes(available_bytes)} of host memory is available on {socket.gethostname()}; set "
+            f"{key}=false (saves then block the loop) or free host memory"
         )
     if agree(short)[0]:
         raise ConfigError(key, shared_message(refusal))

@@ -237,6 +237,10 @@ class CheckpointManager:
         """Collective: start a save; with checkpoint.async it goes on in the background (:mod:`.saving`)."""
         self.saver.begin(engine, record, rank_state, config_yaml)
 
+    def check_planned_host_copy(self, planned_bytes: int | None, local_ranks: int) -> None:
+        """Collective at start-up, before the engine: checkpoint.async refused at cinescene plan's figure."""
+        self.saver.check_planned(planned_bytes, local_ranks)
+
     def prepare_background(self, engine, callback_sizes: list[int], local_ranks: int) -> None:
         """Collective at start-up: checkpoint.async's host copy measured, printed, checked and reserved."""
         self.saver.prepare(engine, callback_sizes, local_ranks)

@@ -44,6 +44,7 @@ from functools import partial
 from pathlib import Path
 from typing import Any
 
+from cinescene import durable
 from cinescene.ckpt import ds_engine, manifest
 from cinescene.ckpt.layout import (
     CONFIG_FILE,
@@ -62,6 +63,7 @@ from cinescene.ckpt.memory import human_bytes
 from cinescene.ckpt.rank_state import write_rank_state
 from cinescene.ckpt.record import TrainerRecord
 from cinescene.config.checkpoint import CheckpointConfig
+from cinescene.durable import fsync_path, fsync_tree
 from cinescene.log import get_logger
 
 from .background import (
@@ -80,34 +82,12 @@ _log = get_logger("train.checkpoint")
 
 
 # ------------------------------------------------------------------------- durable files
-def fsync_path(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def fsync_tree(root: Path) -> None:
-    for dirpath, _dirs, files in os.walk(root):
-        for name in files:
-            fsync_path(Path(dirpath) / name)
-        fsync_path(Path(dirpath))
-
-
 def write_atomic(path: Path, text: str) -> None:
-    """Replace ``path`` with ``text`` in one step (write aside, fsync, rename): readers see the old or the
-    new file, never none. On failure (a full disk) ``path`` is untouched and nothing is left beside it."""
-    tmp = path.with_name(f"{TMP_PREFIX}{path.name}")
+    """:func:`cinescene.durable.write_atomic`, its failure (a full disk) one CheckpointWriteError naming
+    ``path``: readers see the old or the new file, never none, and nothing is left beside it."""
     try:
-        with open(tmp, "w") as handle:
-            handle.write(text)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-        fsync_path(path.parent)
+        durable.write_atomic(path, text)
     except OSError as exc:
-        tmp.unlink(missing_ok=True)
         raise CheckpointWriteError(
             f"cannot write {path}: {exc.strerror or exc} (it was left as it was)"
         ) from None
@@ -185,6 +165,18 @@ class Saver:
         self._thread = WriterThread() if self.background else None
         self._flight: _InFlight | None = None
         self.last: SaveFigures | None = None
+
+    def check_planned(self, planned_bytes: int | None, local_ranks: int) -> None:
+        """Collective, at start-up before the engine is built, with checkpoint.async: refuse with one line
+        when this node's ranks cannot have the host copy at cinescene plan's figure (``planned_bytes``, one
+        rank's checkpoint), so such a run loads nothing first. None (no plan figure): :meth:`prepare` checks
+        the measured figure alone."""
+        if self.host is None:
+            return
+        from cinescene.models.context_cache import host_available_bytes
+
+        available = host_available_bytes() if planned_bytes is not None else None
+        check_host_memory(planned_bytes or 0, local_ranks, available, source=" (cinescene plan's figure)")
 
     def prepare(self, engine, callback_sizes: list[int], local_ranks: int) -> None:
         """Collective, at start-up with checkpoint.async: the host copy measured from the engine's own state
