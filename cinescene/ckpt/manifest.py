@@ -47,41 +47,63 @@ class HashingWriter:
         self.handle = handle
         self.hasher = hashlib.sha256()
         self.size = 0
+        self.error: OSError | None = None  # the first failed write (torch.save reports only its own error)
         self._pool: ThreadPoolExecutor | None = None
 
     def write(self, data) -> int:
         view = memoryview(data).cast("B")
-        if len(view) < _PARALLEL_MIN:
-            self.hasher.update(view)
-            written = self.handle.write(view)
-        else:
-            if self._pool is None:
-                self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="sha256")
-            hashed = self._pool.submit(self.hasher.update, view)
-            try:
+        try:
+            if len(view) < _PARALLEL_MIN:
+                self.hasher.update(view)
                 written = self.handle.write(view)
-            finally:
-                hashed.result()
+            else:
+                if self._pool is None:
+                    self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="sha256")
+                hashed = self._pool.submit(self.hasher.update, view)
+                try:
+                    written = self.handle.write(view)
+                finally:
+                    hashed.result()
+        except OSError as exc:
+            self.error = self.error or exc
+            raise
         self.size += len(view)
         return written
 
     def flush(self) -> None:
         self.handle.flush()
 
-    def record(self) -> FileRecord:
+    def close(self) -> None:
+        """Stop the hashing thread (if one started)."""
         if self._pool is not None:
             self._pool.shutdown()
             self._pool = None
+
+    def record(self) -> FileRecord:
+        self.close()
         return FileRecord(self.size, self.hasher.hexdigest())
 
 
 def write_hashed(path: Path, write) -> FileRecord:
-    """Create ``path``, let ``write(writer)`` fill it through a :class:`HashingWriter`, fsync; its record."""
-    with open(path, "wb") as handle:
-        writer = HashingWriter(handle)
-        write(writer)
-        handle.flush()
-        os.fsync(handle.fileno())
+    """Create ``path``, let ``write(writer)`` fill it through a :class:`HashingWriter`, fsync; its record.
+
+    A failed write raises the operating system's error (a full disk is ``OSError`` ENOSPC), also when
+    ``write`` is ``torch.save``, whose zip writer replaces it with an unrelated RuntimeError.
+    """
+    writer = None
+    try:
+        with open(path, "wb") as handle:
+            writer = HashingWriter(handle)
+            write(writer)
+            handle.flush()
+            os.fsync(handle.fileno())
+    except Exception as exc:
+        if writer is not None and writer.error is not None and writer.error is not exc:
+            raise writer.error from None
+        raise
+    finally:
+        if writer is not None:
+            writer.close()
     return writer.record()
 
 

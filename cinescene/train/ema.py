@@ -61,6 +61,13 @@ def _slice_of(name: str, param: nn.Parameter, index: int, count: int) -> _Slice:
     return _Slice(name, param, min(offset, total), max(0, min(part, total - offset)), shape)
 
 
+def shadow_sizes(
+    named_params: Iterable[tuple[str, nn.Parameter]], *, shard_index: int = 0, shard_count: int = 1
+) -> list[int]:
+    """The bytes of each fp32 shadow tensor a :class:`ShardedEMA` of these arguments would hold."""
+    return [4 * _slice_of(n, p, shard_index, shard_count).length for n, p in named_params if p.requires_grad]
+
+
 class ShardedEMA:
     def __init__(
         self,
@@ -146,8 +153,7 @@ class ShardedEMA:
 
     @contextmanager
     def applied(self) -> Iterator[None]:
-        """The EMA weights in place of the trained ones inside the block; the trained ones restored exactly
-        after.
+        """The EMA weights in place of the trained ones inside the block, the trained ones restored exactly.
 
         A collective: every rank enters together. Under ZeRO-3 each rank writes its slice into its own
         partition (``ds_tensor``); parameters ZeRO-3 keeps whole on every rank (``ds_persist``, below
@@ -198,7 +204,7 @@ class ShardedEMA:
 
 
 def _read_range(value, start: int, length: int) -> torch.Tensor:
-    """Elements ``start .. start+length`` of a saved slice: a tensor, or a lazy stored tensor (read_flat)."""
+    """Elements ``start .. start+length`` of a saved slice: a tensor or a lazy one (``read_flat``)."""
     if isinstance(value, torch.Tensor):
         return value.reshape(-1)[start : start + length]
     return value.read_flat(start, length)

@@ -31,7 +31,7 @@ from .batching import plan_batch
 from .callbacks import CallbackList
 from .checkpoint import CheckpointCadence, CheckpointManager, Start, resume
 from .components import Components, SampleFacts, default_components
-from .ema import EMACallback, ShardedEMA
+from .ema import EMACallback, ShardedEMA, shadow_sizes
 from .engine import build_engine, use_zero_init
 from .eval_hook import eval_callbacks
 from .guards import NonFiniteGuard
@@ -39,7 +39,7 @@ from .loop import Trainer
 from .metrics import ThroughputMonitor, device_peak_tflops
 from .objective import FlowMatchingObjective
 from .preemption import PreemptionCallback, PreemptionFlag, RestartsMetric
-from .preflight import warn_if_it_will_not_fit, warn_random_init
+from .preflight import planned_checkpoint_bytes, warn_if_it_will_not_fit, warn_random_init
 from .tracking import MetricsLogger, Tracker, install_secret_filter, scrub
 
 _log = get_logger("train")
@@ -128,6 +128,10 @@ def run_rank(cfg: CineSceneConfig, env: DistEnv, components: Components | None =
             rank=env.rank,
             world_size=env.world_size,
         )
+        if cfg.checkpoint.background_write:  # its host copy refused before the engine takes memory
+            checkpoints.check_planned_host_copy(
+                planned_checkpoint_bytes(cfg, env.world_size, env.rank), env.local_world_size
+            )
         start = resume(
             cfg,
             layout,
@@ -145,6 +149,13 @@ def run_rank(cfg: CineSceneConfig, env: DistEnv, components: Components | None =
             exit_code = 0
             return exit_code
         engine, state = start.engine, start.state
+        # checkpoint.async's host copy: measured, printed, refused or reserved before anything else starts.
+        ema_sizes = (
+            shadow_sizes(engine.module.named_parameters(), shard_index=env.rank, shard_count=env.world_size)
+            if cfg.train.ema.enabled
+            else []
+        )
+        checkpoints.prepare_background(engine, ema_sizes, env.local_world_size)
         if layout.is_main and start.path is None:
             warn_random_init(cfg.model)
 

@@ -125,6 +125,18 @@ def warn_if_it_will_not_fit(cfg: CineSceneConfig, world_size: int) -> None:
         _log.warning("%s", warning)
 
 
+def planned_checkpoint_bytes(cfg: CineSceneConfig, world_size: int, rank: int) -> int | None:
+    """What rank ``rank`` writes into one checkpoint by cinescene.plan (checkpoint.async's host copy), or None
+    when the plan cannot model this config (the measured figure is checked once the engine is built)."""
+    from cinescene.plan import checkpoint_bytes
+
+    try:
+        return checkpoint_bytes(cfg, world_size, rank)
+    except Exception as exc:  # the plan is advice here: the measured check still guards the copy
+        _log.debug("no planned checkpoint size (%s: %s)", type(exc).__name__, exc)
+        return None
+
+
 @dataclass
 class Check:
     what: str

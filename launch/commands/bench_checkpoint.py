@@ -1,5 +1,6 @@
-"""`cinescene bench checkpoint`: checkpoint save/load throughput against dd on the same disk, loop blocked time,
-export peak memory. Library code: cinescene.ckpt.bench. Imports stay light: torch loads in the ranks."""
+"""`cinescene bench checkpoint`: checkpoint save/load throughput against dd on the same disk, the loop's
+blocked time with and without checkpoint.async, export peak memory. Library code: cinescene.ckpt.bench.
+Imports stay light: torch loads in the ranks."""
 
 from __future__ import annotations
 
@@ -13,11 +14,14 @@ from .ckpt import parse_size
 def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "checkpoint",
-        help="checkpoint save/load throughput vs dd, loop blocked time, export memory",
-        description="Trains one step of a CineScene DiT sized to --state-gb of fp32 optimizer state under ZeRO-3 "
-        "on --nproc local ranks, saves a checkpoint the way the trainer does, resumes it into a new "
-        "engine, exports it, and times dd writing and reading a file of the same size in the same "
-        "directory. Prints seconds, GB/s and the ratio to dd.",
+        help="checkpoint save/load throughput vs dd, loop blocked time (sync and async), export memory",
+        description="Trains one step of a CineScene DiT sized to --state-gb of fp32 optimizer state "
+        "under ZeRO-3 on --nproc local ranks, then each round saves a checkpoint the way the trainer "
+        "does, synchronously and with checkpoint.async (the loop's blocked time, the background write), "
+        "resumes it into a new engine, and times dd writing and reading a file of the same size in the "
+        "same directory; exports the last one. Prints seconds, GB/s, the ratio to dd and the async host "
+        "copy's memory. Works in a new bench-checkpoint-* directory under --dir and touches nothing else "
+        "there.",
     )
     p.add_argument(
         "--state-gb",
@@ -30,7 +34,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         "--dir",
         type=Path,
         default=Path("runs/bench-checkpoint"),
-        help="where the checkpoint and dd's file go: the disk being measured (default runs/bench-checkpoint)",
+        help="the disk being measured: the checkpoint and dd's file go into a new bench-checkpoint-* "
+        "directory under it (default runs/bench-checkpoint)",
     )
     p.add_argument(
         "--export-shard",
@@ -41,7 +46,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--repeats", type=int, default=3, help="rounds of save, dd write, load, dd read (median; default 3)"
     )
-    p.add_argument("--keep", action="store_true", help="keep the checkpoint afterwards")
+    p.add_argument("--keep", action="store_true", help="keep the benchmark's run directory (path printed)")
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.set_defaults(func=run)
 
@@ -54,7 +59,7 @@ def run(args: argparse.Namespace) -> int:
     require(args.repeats >= 1, "--repeats", "a value >= 1", args.repeats)
     from cinescene.ckpt.bench import format_report
     from cinescene.ckpt.bench import run as bench
-    from cinescene.log import setup_logging
+    from cinescene.log import console_out, setup_logging
 
     setup_logging("WARNING")
     report = bench(
@@ -68,5 +73,6 @@ def run(args: argparse.Namespace) -> int:
     print(
         json.dumps(report, sort_keys=True) if args.json else format_report(report),
         end="\n" if args.json else "",
+        file=console_out(),  # stdout may have gone to the benchmark's log
     )
     return 0

@@ -1,4 +1,4 @@
-"""Checkpoint manager: atomic step directories, `latest`, recovery after a killed save, retention, resume.
+"""Checkpoint manager: atomic step directories, `latest`, recovery after a killed save, retention, resuming.
 
 A one-rank fake engine writes DeepSpeed's ZeRO-3 file layout through the checkpoint engine the manager
 installs (:mod:`tests.ckpt.fakes`); crash points raise instead of SIGKILLing, which leaves the same files
@@ -25,16 +25,13 @@ from cinescene.train.checkpoint import (
     step_dir_name,
     validate,
 )
-from cinescene.train.checkpoint import (
-    manager as manager_module,
-)
+from cinescene.train.checkpoint import saving as saving_module
+from cinescene.train.checkpoint.save_points import POINTS
 from tests.ckpt.fakes import FakeZeroEngine, rank_state, record
 
-POINTS = ["tmp_created", "after_shards", "after_rank_states", "before_rename", "after_rename", "after_latest"]
 
-
-class Crash(Exception):
-    pass
+class Crash(BaseException):
+    """Stands for a SIGKILL: not an error the save protocol handles, so nothing cleans up after it."""
 
 
 def manager(root, **cfg) -> CheckpointManager:
@@ -73,11 +70,11 @@ def test_a_save_killed_at_any_point_leaves_latest_on_a_complete_checkpoint(tmp_p
     mgr = manager(tmp_path / "ck")
     save(mgr, 1)
 
-    def crash(name, step):
+    def crash(name, step, rank):
         if name == point:
             raise Crash(name)
 
-    monkeypatch.setattr(manager_module, "_crash_point", crash)
+    monkeypatch.setattr(saving_module, "save_point", crash)
     with pytest.raises(Crash):
         save(mgr, 2)
     monkeypatch.undo()

@@ -1,43 +1,28 @@
-"""The checkpoint directory of a run: atomic saves, `latest`, recovery, retention, choosing what to resume.
+"""The checkpoint directory of a run: recovery, choosing what to resume, and the save side's entry points.
 
-Save protocol (every rank calls :meth:`CheckpointManager.save`): everything
-is written into ``.tmp-step_XXXXXXXX``, the ZeRO shards through our
-checkpoint engine (each file hashed as it is written), each rank's state as
-safetensors; each rank lists its files in a manifest part. After a barrier
-rank 0 writes the config and the trainer record, merges the parts into
-``manifest.json``, fsyncs the tree, renames the directory to
-``step_XXXXXXXX`` (the commit point), fsyncs the parent, then replaces
-``latest`` (write + fsync + ``os.replace``) and applies retention. So a
-``step_*`` directory is always complete and ``latest`` never names a
-partial one. DeepSpeed's recovery scripts (``zero_to_fp32.py``, copied into
-every save) are removed: a checkpoint holds data, not code.
+Saving (the protocol, ``checkpoint.async``, commit, retention) is
+:mod:`.saving`; :class:`CheckpointManager` hands it its saves. A ``step_*``
+directory is always complete and ``latest`` never names a partial one.
 
-At start (:meth:`CheckpointManager.recover`, rank 0), leftovers of a killed
-save (``.tmp-*``) are removed, an unusable `latest` is replaced with one
-warning, and `latest` moves forward when a complete directory is newer
-(a save killed between its rename and the pointer update).
+At start (:meth:`CheckpointManager.recover`, rank 0, a collective), leftovers
+of a killed save (``.tmp-*``) are removed, an unusable `latest` is replaced
+with one warning, and `latest` moves forward when a complete directory is
+newer (a save killed between its rename and the pointer update). The pointer
+is only ever replaced atomically, never removed first: on a full disk it stays
+as it was and start-up stops with one line.
 :meth:`CheckpointManager.choose` then picks the checkpoint to resume: the
 newest one whose files are all there at their recorded sizes and whose
 pickles hold data only; each one skipped costs one warning line naming the
 file.
 
-Retention keeps the newest ``keep_last`` checkpoints, every step divisible by
-``keep_every`` (0 = none), and always ``latest``'s target; a directory is
-renamed to ``.tmp-delete-*`` before it is removed, so a half-deleted
-checkpoint never looks like a checkpoint.
-
-``CINESCENE_TEST_CRASH_AT=<point>[@<step>]`` (tests only) SIGKILLs the whole
-process group at a named point of a save: tmp_created, after_shards,
-after_rank_states, before_rename, after_rename, after_latest.
+Test hooks: :mod:`.save_points` (``CINESCENE_TEST_CRASH_AT``,
+``CINESCENE_TEST_SAVE_TRACE``).
 """
 
 from __future__ import annotations
 
 import json
-import os
 import re
-import shutil
-import signal
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -45,58 +30,31 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
-from cinescene.ckpt import ds_engine, manifest
+from cinescene.ckpt import manifest
 from cinescene.ckpt.errors import DamagedCheckpointError, UnsafeCheckpointError
 from cinescene.ckpt.layout import (
-    CONFIG_FILE,
-    DELETE_PREFIX,
     LATEST,
     RANK_STATES,
     TMP_PREFIX,
-    TRAINER_STATE,
     ZERO_TAG,
     inside,
     is_complete,
     rank_state_name,
     read_pointer,
-    step_dir_name,
     step_of,
 )
 from cinescene.ckpt.locate import latest_step_dir, resolve_step_dir
-from cinescene.ckpt.rank_state import check_rank_state, write_rank_state
+from cinescene.ckpt.rank_state import check_rank_state
 from cinescene.ckpt.record import TrainerRecord, read_record
 from cinescene.ckpt.zero import ZeroShards
 from cinescene.config.checkpoint import CheckpointConfig
-from cinescene.durable import fsync_path, fsync_tree, write_atomic
 from cinescene.errors import CineSceneError
 from cinescene.log import get_logger
 
+from .background import io_step
+from .saving import SaveFigures, Saver, remove, write_atomic
+
 _log = get_logger("train.checkpoint")
-
-CRASH_ENV = "CINESCENE_TEST_CRASH_AT"
-
-
-def _crash_point(point: str, step: int) -> None:
-    """Test hook: die like `kill -9` of the whole job at ``point`` (see module doc)."""
-    spec = os.environ.get(CRASH_ENV)
-    if not spec:
-        return
-    name, _, at = spec.partition("@")
-    if name == point and (not at or int(at) == step):
-        os.killpg(os.getpgid(0), signal.SIGKILL)
-
-
-def _remove(path: Path) -> None:
-    """Remove a file, a symlink (never what it points to) or a directory tree."""
-    if path.is_dir() and not path.is_symlink():
-        shutil.rmtree(path)
-    else:
-        path.unlink()
-
-
-def _barrier() -> None:
-    if dist.is_available() and dist.is_initialized():
-        dist.barrier()
 
 
 def _distributed() -> bool:
@@ -187,6 +145,14 @@ class CheckpointManager:
         self.cfg = cfg
         self.rank = rank
         self.world_size = world_size
+        self.saver = Saver(
+            self.root,
+            cfg,
+            rank=rank,
+            world_size=world_size,
+            latest=lambda: latest_step_dir(self.root),
+            complete_steps=self.complete_steps,
+        )
 
     # ---------------------------------------------------------------- queries
     def complete_steps(self) -> list[Path]:
@@ -199,13 +165,24 @@ class CheckpointManager:
 
     # ---------------------------------------------------------------- startup
     def recover(self) -> None:
-        """Rank 0, before anything else: drop leftovers of a killed save, repair `latest`, point it at the
-        newest."""
-        if self.rank != 0 or not self.root.is_dir():
-            return
+        """Collective, before anything else: rank 0 drops leftovers of a killed save, repairs `latest` and
+        points it at the newest complete step; the others wait for it and share its one-line error."""
+        error = None
+        if self.rank == 0 and self.root.is_dir():
+            try:
+                self._recover()
+            except CineSceneError as exc:
+                error = exc
+        (failed,) = _broadcast_from_main([int(error is not None)])
+        if error is not None:
+            raise error
+        if failed:
+            raise CineSceneError("rank 0 could not repair the checkpoint directory (its error says why)")
+
+    def _recover(self) -> None:
         for leftover in self.root.glob(f"{TMP_PREFIX}*"):
             _log.warning("removing %s, left by a save or deletion that did not finish", leftover)
-            _remove(leftover)
+            io_step(leftover, lambda leftover=leftover: remove(leftover))
         complete = self.complete_steps()
         pointer = self.root / LATEST
         try:
@@ -218,8 +195,11 @@ class CheckpointManager:
                 if complete
                 else "no complete checkpoint remains",
             )
-            _remove(pointer)
             current = None
+            # Replaced below in one atomic step (on a full disk it stays as it was). Only a pointer that
+            # cannot be replaced in place, or that has nothing to name, is removed: it names nothing readable.
+            if not complete or (pointer.is_dir() and not pointer.is_symlink()):
+                io_step(pointer, lambda: remove(pointer))
         else:
             if complete and current is not None and step_of(complete[-1]) > step_of(current):
                 _log.warning(
@@ -340,71 +320,49 @@ class CheckpointManager:
 
     # ------------------------------------------------------------------- save
     def save(self, engine, record: TrainerRecord, rank_state: Mapping[str, Any], config_yaml: str) -> Path:
-        """Collective: every rank calls it. Returns the committed step directory."""
-        step = record.step
-        name = step_dir_name(step)
-        final = self.root / name
-        tmp = self.root / f"{TMP_PREFIX}{name}"
-        if self.rank == 0:
-            self.root.mkdir(parents=True, exist_ok=True)
-            if tmp.exists():
-                shutil.rmtree(tmp)
-            (tmp / RANK_STATES).mkdir(parents=True)
-            _crash_point("tmp_created", step)
-        _barrier()
-        writer = ds_engine.install(engine)
-        writer.take_written()
-        engine.save_checkpoint(str(tmp), tag=ZERO_TAG, save_latest=False, exclude_frozen_parameters=True)
-        _crash_point("after_shards", step)
-        written = {str(path.relative_to(tmp)): rec for path, rec in writer.take_written().items()}
-        own = f"{RANK_STATES}/{rank_state_name(self.rank)}"
-        written[own] = write_rank_state(tmp / own, rank_state)
-        manifest.write_part(tmp, self.rank, written)
-        _crash_point("after_rank_states", step)
-        _barrier()
-        if self.rank == 0:
-            self._commit(tmp, final, record, config_yaml)
-        _barrier()
-        return final
+        """Collective: a whole save, waited for; returns the committed step directory."""
+        return self.saver.save(engine, record, rank_state, config_yaml)
 
-    def _commit(self, tmp: Path, final: Path, record: TrainerRecord, config_yaml: str) -> None:
-        for script in tmp.glob("*.py"):  # DeepSpeed's recovery scripts: code has no place in a checkpoint
-            script.unlink()
-        own = {
-            CONFIG_FILE: manifest.write_bytes(tmp / CONFIG_FILE, config_yaml.encode()),
-            TRAINER_STATE: manifest.write_bytes(tmp / TRAINER_STATE, record.to_json().encode()),
-        }
-        manifest.merge_parts(tmp, own)
-        fsync_tree(tmp)
-        _crash_point("before_rename", record.step)
-        if final.exists() or final.is_symlink():  # after a fall-back or rewind: the unusable one makes way
-            stale = self.root / f"{DELETE_PREFIX}{final.name}"
-            os.rename(final, stale)
-            _remove(stale)  # a symlink is removed, never what it points to
-        os.rename(tmp, final)
-        fsync_path(self.root)
-        _crash_point("after_rename", record.step)
-        write_atomic(self.root / LATEST, final.name + "\n")
-        _crash_point("after_latest", record.step)
-        _log.info("saved checkpoint %s", final)
-        self.apply_retention()
+    def begin_save(
+        self, engine, record: TrainerRecord, rank_state: Mapping[str, Any], config_yaml: str
+    ) -> None:
+        """Collective: start a save; with checkpoint.async it goes on in the background (:mod:`.saving`)."""
+        self.saver.begin(engine, record, rank_state, config_yaml)
+
+    def check_planned_host_copy(self, planned_bytes: int | None, local_ranks: int) -> None:
+        """Collective at start-up, before the engine: checkpoint.async refused at cinescene plan's figure."""
+        self.saver.check_planned(planned_bytes, local_ranks)
+
+    def prepare_background(self, engine, callback_sizes: list[int], local_ranks: int) -> None:
+        """Collective at start-up: checkpoint.async's host copy measured, printed, checked and reserved."""
+        self.saver.prepare(engine, callback_sizes, local_ranks)
+
+    def before_update(self) -> None:
+        """Before each optimizer update: wait, if need be, for the in-flight save's host copy."""
+        self.saver.wait_for_copy()
+
+    def poll(self) -> Path | None:
+        """Collective at each step boundary: the step directory of a save that just committed, else None."""
+        return self.saver.poll()
+
+    def finish(self) -> Path | None:
+        """Collective: wait for the save in flight; its step directory (None when there was none)."""
+        return self.saver.finish()
+
+    def abandon(self) -> None:
+        """After an error, without collectives: stop tracking the save in flight."""
+        self.saver.abandon()
+
+    @property
+    def last_save(self) -> SaveFigures | None:
+        """How the last committed save went (this rank's view)."""
+        return self.saver.last
+
+    @property
+    def host_copy_bytes(self) -> int:
+        """Host memory held for checkpoint.async's copies (0 without it)."""
+        return 0 if self.saver.host is None else self.saver.host.nbytes
 
     def apply_retention(self) -> list[Path]:
         """Delete checkpoints outside the retention policy (rank 0); returns the deleted paths."""
-        complete = self.complete_steps()
-        keep = set(complete[-self.cfg.keep_last :])
-        if self.cfg.keep_every:
-            keep |= {p for p in complete if step_of(p) % self.cfg.keep_every == 0}
-        latest = latest_step_dir(self.root)
-        if latest is not None:
-            keep.add(latest)
-        deleted = []
-        for path in complete:
-            if path not in keep:
-                doomed = self.root / f"{DELETE_PREFIX}{path.name}"
-                os.rename(path, doomed)
-                shutil.rmtree(doomed)
-                deleted.append(path)
-        if deleted:
-            _log.info("retention removed %s", ", ".join(p.name for p in deleted))
-        return deleted
+        return self.saver.apply_retention()
