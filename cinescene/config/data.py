@@ -11,6 +11,18 @@ from dataclasses import dataclass, field
 
 from .base import in_range, non_negative, one_of, positive, require
 
+# What the synthetic renderer can draw (cinescene/data/synth): scene kinds, and camera moves in the order
+# clips draw them from (the order is part of the data: clip i of seed K draws its move by index).
+SCENE_KINDS = ("courtyard", "landscape", "room")
+CAMERA_MOVES = ("orbit", "pan", "dolly", "truck", "crane", "orbit_crane", "dolly_pan")
+
+
+def _kinds(value: list[str], key: str, allowed: tuple[str, ...]) -> None:
+    require(len(value) > 0, key, f"at least one of {list(allowed)}", list(value))
+    for item in value:
+        one_of(item, key, list(allowed))
+    require(len(set(value)) == len(value), key, "no repeated entries", list(value))
+
 
 @dataclass
 class SynthDataConfig:
@@ -24,6 +36,11 @@ class SynthDataConfig:
     workers: int = 1
     # Where the rendered clip directories go; default: "<train_shards>_clips" beside the shards.
     out: str | None = None
+    # Which scene kinds and camera moves clips draw from (default: all of them, with equal chances).
+    # Camera metrics need moves with a translation and textured scenes: the camera ablation renders
+    # rooms and courtyards without pans.
+    scenes: list[str] = field(default_factory=lambda: list(SCENE_KINDS))
+    camera_moves: list[str] = field(default_factory=lambda: list(CAMERA_MOVES))
 
     def validate(self) -> None:
         positive(self.clips, "clips")
@@ -41,6 +58,8 @@ class SynthDataConfig:
         )
         positive(self.scene_images, "scene_images")
         positive(self.workers, "workers")
+        _kinds(self.scenes, "scenes", SCENE_KINDS)
+        _kinds(self.camera_moves, "camera_moves", CAMERA_MOVES)
 
 
 @dataclass

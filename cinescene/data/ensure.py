@@ -84,7 +84,8 @@ def _generate(data_cfg, shards: Path) -> None:
     synth = data_cfg.synth
     clips = synth_clips_dir(data_cfg)
     start = time.perf_counter()
-    synthesize(clips, synth.clips, synth.frames, synth.size, synth.scene_images, synth.seed, synth.workers)
+    synthesize(clips, synth.clips, synth.frames, synth.size, synth.scene_images, synth.seed, synth.workers,
+               scenes=synth.scenes, camera_moves=synth.camera_moves)
     tmp = shards.with_name(f".{shards.name}.tmp{os.getpid()}")
     shutil.rmtree(tmp, ignore_errors=True)
     prepare(clips, tmp, encoder="none", rank=0, world=1)

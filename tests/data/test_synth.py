@@ -144,6 +144,26 @@ def test_varied_subjects_motions_scenes_and_large_camera_rotations():
         assert clip.prompt.startswith(("A ", "An ")) and "The camera" in clip.prompt
 
 
+def test_scene_kinds_and_camera_moves_can_be_restricted():
+    clips = [render_synthetic_clip(i, 11, 9, (32, 32), 2, ["room"], ["truck", "crane"]) for i in range(8)]
+    assert {c.meta["scene"]["kind"] for c in clips} == {"room"}
+    assert {c.meta["trajectory"]["kind"] for c in clips} == {"truck", "crane"}
+    # The set matters, not the order it is written in.
+    again = render_synthetic_clip(3, 11, 9, (32, 32), 2, ["room"], ["crane", "truck"])
+    assert np.array_equal(again.video, clips[3].video) and np.array_equal(again.c2w, clips[3].c2w)
+
+
+def test_restricted_clips_resume_only_with_the_same_restriction(tmp_path):
+    from cinescene.data.synth import synthesize
+    from cinescene.errors import CineSceneError
+
+    out = tmp_path / "c"
+    synthesize(out, 1, 9, (32, 32), 2, show_progress=False, scenes=["courtyard"], camera_moves=["dolly"])
+    assert read_clip(out / "clip_000000").meta["trajectory"]["kind"] == "dolly"
+    with pytest.raises(CineSceneError, match="other settings"):
+        synthesize(out, 2, 9, (32, 32), 2, show_progress=False, scenes=["courtyard"])
+
+
 def test_cli_rejects_bad_arguments_in_one_line(tmp_path, cinescene_cmd, cli_env):
     for args, key in [(["--size", "30", "64"], "--size"), (["--frames", "8"], "--frames"), (["--clips", "0"],
                                                                                           "--clips")]:

@@ -24,7 +24,7 @@ from typing import Sequence
 import numpy as np
 
 from cinescene.config import ConfigError
-from cinescene.config.data import SynthDataConfig
+from cinescene.config.data import CAMERA_MOVES, SCENE_KINDS, SynthDataConfig
 from cinescene.errors import CineSceneError
 from cinescene.log import get_logger, progress
 
@@ -33,7 +33,7 @@ from ..geometry import intrinsics
 from .render import render_clip
 from .scenes import build_scene
 from .subjects import PHRASES, build_subject
-from .trajectories import KINDS, build_trajectory
+from .trajectories import build_trajectory
 
 GENERATOR = "cinescene-synth/1"
 FPS = 16.0
@@ -46,15 +46,17 @@ def clip_id(index: int) -> str:
     return f"clip_{index:06d}"
 
 
-def render_synthetic_clip(index: int, seed: int, frames: int, size: Sequence[int], scene_images: int) -> Clip:
-    """Render clip ``index`` of ``seed`` (pure function of its arguments)."""
+def render_synthetic_clip(index: int, seed: int, frames: int, size: Sequence[int], scene_images: int,
+                          scenes: Sequence[str] = SCENE_KINDS, camera_moves: Sequence[str] = CAMERA_MOVES) -> Clip:
+    """Render clip ``index`` of ``seed`` (pure function of its arguments), its scene of one of ``scenes``, its
+    camera move one of ``camera_moves`` (each drawn with equal chances)."""
     height, width = int(size[0]), int(size[1])
     rng = np.random.default_rng(np.random.SeedSequence([int(seed), int(index)]))
-    scene = build_scene(rng)
+    scene = build_scene(rng, scenes)
     times = np.arange(frames) / FPS
     subject = build_subject(rng, scene.materials, times, scene.free_center, 0.5 * scene.free_radius,
                             outdoors=scene.kind != "room")
-    kind = str(rng.choice(KINDS))
+    kind = str(rng.choice([m for m in CAMERA_MOVES if m in camera_moves]))  # the set matters, not its order
     hfov = np.radians(rng.uniform(50.0, 75.0))
     K = intrinsics(height, width, hfov)
     trajectory = build_trajectory(rng, kind, frames, subject.look_points(), subject.roots, scene.free_center,
@@ -78,10 +80,11 @@ def render_synthetic_clip(index: int, seed: int, frames: int, size: Sequence[int
                 meta, video_bg=rendered.video_bg, mask=rendered.mask)
 
 
-def validate_args(clips: int, frames: int, size: Sequence[int], scene_images: int, workers: int) -> None:
+def validate_args(clips: int, frames: int, size: Sequence[int], scene_images: int, workers: int,
+                  scenes: Sequence[str] = SCENE_KINDS, camera_moves: Sequence[str] = CAMERA_MOVES) -> None:
     """The checks of ``data.synth`` (SynthDataConfig), as ConfigErrors naming the option (the CLI exits 2)."""
     settings = SynthDataConfig(clips=clips, frames=frames, size=list(size), scene_images=scene_images,
-                               workers=workers)
+                               workers=workers, scenes=list(scenes), camera_moves=list(camera_moves))
     try:
         settings.validate()
     except ConfigError as exc:
@@ -89,8 +92,8 @@ def validate_args(clips: int, frames: int, size: Sequence[int], scene_images: in
 
 
 def _render_and_write(job) -> str:
-    index, seed, frames, size, scene_images, out, layout = job
-    clip = render_synthetic_clip(index, seed, frames, size, scene_images)
+    index, seed, frames, size, scene_images, scenes, camera_moves, out, layout = job
+    clip = render_synthetic_clip(index, seed, frames, size, scene_images, scenes, camera_moves)
     if layout == "scene-decoupled":
         from ..scene_decoupled import export_clip
 
@@ -110,14 +113,20 @@ def _done(out: Path, index: int, layout: str) -> bool:
 
 def synthesize(out: str | os.PathLike, clips: int, frames: int = 17, size: Sequence[int] = (64, 64),
                scene_images: int = 6, seed: int = 0, workers: int = 1, layout: str = "clips",
-               show_progress: bool = True) -> Path:
+               show_progress: bool = True, scenes: Sequence[str] = SCENE_KINDS,
+               camera_moves: Sequence[str] = CAMERA_MOVES) -> Path:
     """Render ``clips`` clips into ``out`` (resumes: existing complete clips are kept). Returns ``out``."""
-    validate_args(clips, frames, size, scene_images, workers)
+    validate_args(clips, frames, size, scene_images, workers, scenes, camera_moves)
     if layout not in LAYOUTS:
         raise ConfigError("--layout", f"expected one of {list(LAYOUTS)}, got {layout!r}")
     out = Path(out)
     settings = {"generator": GENERATOR, "frames": frames, "size": [int(s) for s in size],
                 "scene_images": scene_images, "seed": seed, "layout": layout}
+    # Recorded only when restricted, so clips rendered before these settings existed still resume.
+    if tuple(sorted(scenes)) != SCENE_KINDS:
+        settings["scenes"] = sorted(scenes)
+    if set(camera_moves) != set(CAMERA_MOVES):
+        settings["camera_moves"] = [m for m in CAMERA_MOVES if m in camera_moves]
     index_path = out / INDEX_FILE
     if index_path.exists():
         previous = json.loads(index_path.read_text())
@@ -129,7 +138,8 @@ def synthesize(out: str | os.PathLike, clips: int, frames: int = 17, size: Seque
     # Settings first, so an interrupted run cannot be resumed with other settings; clips at the end.
     dump_json({"settings": settings, "clips": existing}, index_path)
     todo = [i for i in range(clips) if not _done(out, i, layout)]
-    jobs = [(i, seed, frames, tuple(size), scene_images, str(out), layout) for i in todo]
+    jobs = [(i, seed, frames, tuple(size), scene_images, tuple(scenes), tuple(camera_moves), str(out), layout)
+            for i in todo]
     log.info("rendering %d of %d clips (%dx%dx%d, %d scene images) into %s with %d worker(s)",
              len(jobs), clips, frames, size[0], size[1], scene_images, out, workers)
     if workers > 1 and len(jobs) > 1:

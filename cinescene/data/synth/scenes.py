@@ -13,6 +13,8 @@ from typing import List, Optional, Tuple
 
 import numpy as np
 
+from cinescene.config.data import SCENE_KINDS
+
 from .materials import MaterialTable
 from .palette import Palette, a_or_an, colour_name, hsv, shade_of
 from .primitives import Boxes, Capsules, Cylinders, Ellipsoids, GroundPlane, RoomInterior
@@ -260,8 +262,10 @@ def build_landscape(rng: np.random.Generator) -> Scene:
 
 
 BUILDERS = {"room": build_room, "courtyard": build_courtyard, "landscape": build_landscape}
+assert tuple(sorted(BUILDERS)) == SCENE_KINDS, "cinescene.config.data.SCENE_KINDS names the builders"
 
 
-def build_scene(rng: np.random.Generator) -> Scene:
-    kind = str(rng.choice(sorted(BUILDERS)))
+def build_scene(rng: np.random.Generator, kinds=SCENE_KINDS) -> Scene:
+    """A scene of one of ``kinds`` (sorted; all of them by default), drawn by ``rng``."""
+    kind = str(rng.choice(sorted(kinds)))
     return BUILDERS[kind](rng)

@@ -11,10 +11,12 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from cinescene.config.data import CAMERA_MOVES
+
 from ..geometry import look_at, rotation_angle
 
 MIN_SUBJECT_DISTANCE = 1.2
-KINDS = ["orbit", "pan", "dolly", "truck", "crane", "orbit_crane", "dolly_pan"]
+KINDS = list(CAMERA_MOVES)
 
 
 @dataclass
