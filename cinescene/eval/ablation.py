@@ -296,9 +296,9 @@ def floors(cfg, root: Path, fresh: bool) -> list[dict]:
         out = root / FLOOR_DIR / kind
         settings = json.loads(json.dumps(asdict(cfg.eval)))
         done = out / "ablation_floor.json"
-        if not fresh and done.is_file() and json.loads(done.read_text()) == settings:
+        report = None if fresh else _reusable_floor(out, done, settings)
+        if report is not None:
             _log.info("floor (%s): reusing %s (--fresh measures again)", KINDS[kind], out)
-            report = json.loads((out / "metrics.json").read_text())
         else:
             done.unlink(missing_ok=True)
             _log.info("floor (%s): scoring the held-out ground truth as a generated video", KINDS[kind])
@@ -306,6 +306,18 @@ def floors(cfg, root: Path, fresh: bool) -> list[dict]:
             done.write_text(json.dumps(settings) + "\n")
         rows.append({"kind": kind, "label": KINDS[kind], "eval": _summary(report, out)})
     return rows
+
+
+def _reusable_floor(out: Path, done: Path, settings: dict) -> dict | None:
+    """The floor's metrics.json if it was measured with ``settings`` and is intact; None: measure again."""
+    try:
+        if json.loads(done.read_text()) != settings:
+            return None
+        report = json.loads((out / "metrics.json").read_text())
+        _summary(report, out)
+        return report
+    except (OSError, ValueError, KeyError, TypeError):  # absent, cut short or edited: measured again
+        return None
 
 
 def _summary(report: dict, directory: Path) -> dict:
@@ -328,16 +340,25 @@ def run(
     command: str,
     out: Path | None = None,
 ) -> dict:
+    from cinescene.train.run_lock import RunDirLock
+
+    base, root, selected = arms_of(sweep, overrides, arms, out)
+    lock = RunDirLock(root).acquire()  # one ablation per run root: its floors and tables are shared
+    try:
+        return _run_locked(base, root, selected, sweep, heldout_clips, heldout_seed, nproc, fresh, command)
+    finally:
+        lock.release()
+
+
+def _run_locked(base, root, selected, sweep, heldout_clips, heldout_seed, nproc, fresh, command) -> dict:
     from cinescene.data.ensure import ensure_dataset
     from cinescene.train.batching import plan_batch
 
     from . import ablation_report
 
-    base, root, selected = arms_of(sweep, overrides, arms, out)
     first = selected[0].cfg
     ensure_dataset(first.data)  # before any timing: rendering is not training
     ensure_heldout(first, heldout_clips, heldout_seed)
-    root.mkdir(parents=True, exist_ok=True)
     floor_rows = floors(first, root, fresh)
     rows = []
     for arm in selected:

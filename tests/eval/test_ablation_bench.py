@@ -103,6 +103,34 @@ def test_camera_goal_compares_the_clips_both_arms_registered():
     assert "not measurable" in goals(rows)[0] and "not measurable" in goals(rows)[2]
 
 
+def test_one_ablation_at_a_time_per_run_root(tmp_path):
+    from cinescene.train.run_lock import RunDirLock
+
+    lock = RunDirLock(tmp_path / "ablation").acquire()  # another ablation is running there
+    try:
+        done = subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "cinescene",
+                "bench",
+                "ablation",
+                str(CAMERA),
+                "--out",
+                str(tmp_path / "ablation"),
+            ],
+            cwd=REPO,
+            env=cli_env(),
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+    finally:
+        lock.release()
+    assert done.returncode == 1 and "is in use by another run" in done.stderr, done.stderr
+    assert len(done.stderr.strip().splitlines()) == 1 and not (tmp_path / "ablation" / "floor").exists()
+
+
 @pytest.mark.slow
 @pytest.mark.dist
 def test_a_tiny_budget_run_writes_the_table(tmp_path):
