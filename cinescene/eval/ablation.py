@@ -184,15 +184,25 @@ def train(arm: Arm, base: Path, nproc: int | None, fresh: bool) -> dict:
     argv = _python() + ["train", str(base), *arm.overrides]
     if nproc is not None:
         argv += ["--nproc", str(nproc)]
-    started = time.perf_counter()
+    started, cpu = time.perf_counter(), _children_cpu_s()
     _run(argv, arm.run_dir.parent / f"{arm.run_dir.name}.train.log", f"training {arm.label}")
     timing = {
         "wall_s": round(time.perf_counter() - started, 1),
+        # CPU seconds of the training processes: what the arm costs even when other jobs share the cores
+        "cpu_s": round(_children_cpu_s() - cpu, 1),
         "command": shlex.join(argv),
         "nproc": nproc or arm.cfg.launch.nproc,
     }
     timing_path.write_text(json.dumps(timing, indent=1) + "\n")
     return timing
+
+
+def _children_cpu_s() -> float:
+    """User + system CPU seconds of this process's finished child processes (and theirs)."""
+    import resource
+
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
 
 
 def final_loss(run_dir: Path) -> float | None:

@@ -9,6 +9,7 @@ and its goals are computed from made-up evaluations.
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 
@@ -170,6 +171,7 @@ def test_a_tiny_budget_run_writes_the_table(tmp_path):
     )
     for arm in (none, anchored):
         assert arm["steps"] == 2 and arm["train"]["wall_s"] > 0 and arm["final_loss"] > 0
+        assert 0 < arm["train"]["cpu_s"] <= arm["train"]["wall_s"] * os.cpu_count() + 1
         assert arm["eval"]["count"]["bg_psnr"] == 2 and 0 < arm["eval"]["mean"]["bg_psnr"] < 40
         assert arm["eval"]["sfm_attempts"] == 2 and len(arm["eval"]["per_sample"]) == 2
     assert none["attention"] is None
