@@ -46,7 +46,6 @@ from __future__ import annotations
 
 import os
 from collections import Counter
-from pathlib import Path
 from typing import Dict, Iterable, Iterator, List, Optional, Tuple
 
 import torch
@@ -54,6 +53,9 @@ import torch
 from cinescene.errors import CineSceneError
 from cinescene.log import get_logger
 
+from cinescene.config.data import ObjectStoreConfig
+
+from . import storage
 from .ensure import require_train_shards
 from .manifest import Manifest, load_manifest
 from .order import ORDERS, GlobalOrder
@@ -80,8 +82,10 @@ def count_skips(stats: Dict[str, object], shard_names: Iterable[str]) -> None:
 class SampleSource:
     """Reads the sample at a global position; substitutes the next readable one for a bad one."""
 
-    def __init__(self, manifest: Manifest, decoder: SampleDecoder, order: GlobalOrder, training: bool):
+    def __init__(self, manifest: Manifest, decoder: SampleDecoder, order: GlobalOrder, training: bool,
+                 retry: Optional[ObjectStoreConfig] = None):
         self.manifest, self.decoder, self.order, self.training = manifest, decoder, order, training
+        self.retry = retry  # shards on object storage: how transient errors are retried
         self.refs = manifest.samples()
         self.bad: Dict[int, str] = {}  # manifest index -> reason, as found by this process
         self._reader: Optional[ShardReader] = None
@@ -95,7 +99,7 @@ class SampleSource:
     @property
     def reader(self) -> ShardReader:
         if self._reader is None or self._pid != os.getpid():
-            self._reader, self._pid = ShardReader(), os.getpid()
+            self._reader, self._pid = ShardReader(retry=self.retry), os.getpid()
         return self._reader
 
     def try_read(self, index: int, position: int, training: bool) -> Optional[dict]:
@@ -274,14 +278,15 @@ def _check_shards(manifest: Manifest) -> None:
 
 
 def _source(data_cfg, dims, shards, seed: int, training: bool, order: str) -> SampleSource:
-    manifest = load_manifest(shards)
+    manifest = load_manifest(storage.location(shards), data_cfg.object_store)
     _check_shards(manifest)
     decoder = SampleDecoder(manifest, data_cfg.scene_images, data_cfg.pixel_pool, LoaderDims.of(dims), seed,
                             data_cfg.shuffle_scene_images, data_cfg.scene_images_min)
     if order not in ORDERS:
         raise CineSceneError(f"unknown data.shuffle {order!r}; expected one of {list(ORDERS)}")
     sizes = [s["num_samples"] for s in manifest.data["shards"]]
-    return SampleSource(manifest, decoder, GlobalOrder(sizes, seed, order, data_cfg.shuffle_buffer), training)
+    return SampleSource(manifest, decoder, GlobalOrder(sizes, seed, order, data_cfg.shuffle_buffer), training,
+                        data_cfg.object_store)
 
 
 def build_train_loader(data_cfg, model_cfg_or_dims, *, rank: int, world_size: int, seed: int,
@@ -292,7 +297,7 @@ def build_train_loader(data_cfg, model_cfg_or_dims, *, rank: int, world_size: in
     """
     if not 0 <= rank < world_size:
         raise CineSceneError(f"rank {rank} is outside world size {world_size}")
-    source = _source(data_cfg, model_cfg_or_dims, Path(shards or require_train_shards(data_cfg)), seed, True,
+    source = _source(data_cfg, model_cfg_or_dims, shards or require_train_shards(data_cfg), seed, True,
                      data_cfg.shuffle)
     return TrainLoader(source, rank=rank, world_size=world_size, micro_batch_size=micro_batch_size,
                        num_workers=data_cfg.num_workers, start_sample=start_sample)
@@ -301,5 +306,5 @@ def build_train_loader(data_cfg, model_cfg_or_dims, *, rank: int, world_size: in
 def build_eval_loader(data_cfg, model_cfg_or_dims, *, shards: str, rank: int, world_size: int,
                       micro_batch_size: int) -> EvalLoader:
     """A finite, unshuffled pass over the shard directory ``shards`` (held-out data is ``eval.data``'s)."""
-    source = _source(data_cfg, model_cfg_or_dims, Path(shards), 0, False, "none")
+    source = _source(data_cfg, model_cfg_or_dims, shards, 0, False, "none")
     return EvalLoader(source, rank=rank, world_size=world_size, micro_batch_size=micro_batch_size)

@@ -21,7 +21,6 @@ and ``scene_images/<key>.png``. Each rank writes its own samples' files;
 
 from __future__ import annotations
 
-import json
 import os
 import time
 from collections.abc import Callable, Sequence
@@ -31,9 +30,11 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from cinescene.durable import write_json_atomic
 from cinescene.sampling.inputs import ShardSample
 from cinescene.sampling.pipeline import Settings, VideoGenerator
 from cinescene.sampling.spec import DataSpec
+from cinescene.secrets import scrub
 
 from . import report
 from .metrics import MetricContext, MetricInputs, SampleMetrics, camera, compute_metrics, pixels
@@ -157,7 +158,7 @@ def write_sample(
         record.update(_write_media(out, references or out, sample, result, context, fps, metadata))
     if started is not None:
         record["seconds"] = round(time.perf_counter() - started, 2)
-    (out / "samples" / f"{sample.key}.json").write_text(json.dumps(record, indent=1, sort_keys=True))
+    write_json_atomic(out / "samples" / f"{sample.key}.json", scrub(record))
     return record
 
 
@@ -169,16 +170,17 @@ def _write_media(
 
     inputs, key = result.inputs, sample.key
     tags = {"key": key, "prompt": sample.prompt}
+    metadata = scrub({**tags, **metadata})  # masked: a prompt or setting may carry a secret
     paths = {"video": f"{VIDEOS}/{key}.mp4"}
-    write_mp4(out / paths["video"], result.frames, fps, {**tags, **metadata})
+    write_mp4(out / paths["video"], result.frames, fps, metadata)
     error = None
     if inputs.ground_truth is not None:
         truth = references / GROUND_TRUTH / f"{key}.mp4"
-        write_mp4(truth, inputs.ground_truth, fps, {**tags, "ground_truth": True})
+        write_mp4(truth, inputs.ground_truth, fps, scrub({**tags, "ground_truth": True}))
         paths["ground_truth"] = os.path.relpath(truth, out)
         paths["side_by_side"] = f"side_by_side/{key}.mp4"
         pair = report.side_by_side({"generated": result.frames, "ground truth": inputs.ground_truth})
-        write_mp4(out / paths["side_by_side"], pair, fps, {**tags, **metadata})
+        write_mp4(out / paths["side_by_side"], pair, fps, metadata)
         if inputs.background is not None:
             bg = context.cfg.background
             error = report.background_error(
@@ -199,4 +201,4 @@ def _write_media(
 
 def record_unreadable(out: Path, key: str, error: Exception) -> None:
     """A selected sample that cannot be read: reported in ``metrics.json``, left out of the means."""
-    (out / "samples" / f"{key}.json").write_text(json.dumps({"key": key, "unreadable": str(error)}))
+    write_json_atomic(out / "samples" / f"{key}.json", {"key": key, "unreadable": str(error)})

@@ -72,9 +72,13 @@ def eval_overrides(args: argparse.Namespace) -> list[str]:
 
 def plan(args: argparse.Namespace) -> EvalPlan:
     """Resolve and check everything before any model is built (one-line errors)."""
+    from cinescene.ckpt.layout import refuse_inside_checkpoint
+    from cinescene.config.paths import check_output_location
     from cinescene.sampling.checkpoint import checkpoint_config, resolve_checkpoint
     from cinescene.sampling.spec import training_spec
 
+    check_output_location(args.out, "--out")
+    refuse_inside_checkpoint(args.out, "--out")
     source = resolve_checkpoint(args.checkpoint)
     cfg = checkpoint_config(source, eval_overrides(args))
     if not cfg.eval.data:
@@ -129,6 +133,7 @@ def rank_argv(args: argparse.Namespace) -> list[str]:
 
 def launch(args: argparse.Namespace) -> int:
     from cinescene.distributed.env import SPAWNER_MARK, detect, standalone
+    from cinescene.distributed.spawn import check_local_ranks
 
     setup_logging("INFO")
     env = detect()
@@ -139,6 +144,7 @@ def launch(args: argparse.Namespace) -> int:
         if env is None:
             nproc = the_plan.cfg.launch.nproc if args.nproc is None else args.nproc
             positive(nproc, "--nproc")
+            check_local_ranks(nproc, "gloo", "--nproc" if args.nproc is not None else "launch.nproc")
             nproc = min(nproc, len(the_plan.indices))
             if nproc > 1:
                 from cinescene.distributed.spawn import spawn_local_ranks

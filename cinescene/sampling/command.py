@@ -15,22 +15,32 @@ import time
 from pathlib import Path
 
 import torch
+from omegaconf import OmegaConf
 
 from cinescene import __version__
-from cinescene.config.base import ConfigError, non_negative, positive, require
+from cinescene.ckpt.layout import refuse_inside_checkpoint
+from cinescene.config.base import ConfigError, in_range, require
+from cinescene.config.eval import MAX_SAMPLE_STEPS
+from cinescene.config.paths import check_distinct, check_output_location
+from cinescene.durable import write_json_atomic
 from cinescene.errors import CineSceneError
 from cinescene.log import get_logger, setup_logging, show_progress_bars
+from cinescene.secrets import scrub, secret_values
 
-from .cameras import anchor_trajectory, load_scene_cameras, resolve_camera
+from .cameras import MAX_CAMERA_SCALE, anchor_trajectory, load_scene_cameras, resolve_camera
 from .checkpoint import checkpoint_config, load_inference_model, resolve_checkpoint
 from .codec import build_codec
 from .inputs import ShardSamples, load_scene_folder, parse_shard_ref
 from .pipeline import Settings, StepBar, VideoGenerator
 from .spec import check_eval_data, training_spec
-from .video import write_json, write_mp4, write_strip
+from .video import write_mp4, write_strip
 
 _log = get_logger("sampling")
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+# Bounds of the sampling flags (Wan samples with guidance 5 and shift 3 to 17): far past them a sampler
+# only diverges.
+MAX_GUIDANCE, MAX_SHIFT = 100.0, 1000.0
+MAX_SEED = 2**63 - 1
 
 
 def device_and_dtype(device: str | None, dtype: str | None) -> tuple[torch.device, torch.dtype]:
@@ -54,23 +64,57 @@ def video_fps(cfg, spec) -> float:
 
 
 def check_settings(args: argparse.Namespace) -> None:
+    """The sampling flags: positive, finite and within what a sampler can use (a billion steps never
+    ends; a guidance scale of 1e308 or a shift of inf gives a black video)."""
     if args.steps is not None:
-        positive(args.steps, "--steps")
+        in_range(args.steps, "--steps", 1, MAX_SAMPLE_STEPS)
     if args.cfg is not None:
-        non_negative(args.cfg, "--cfg")
+        require(
+            math.isfinite(args.cfg) and 0 <= args.cfg <= MAX_GUIDANCE,
+            "--cfg",
+            f"a value in [0, {MAX_GUIDANCE:g}]",
+            args.cfg,
+        )
     if args.shift is not None:
-        positive(args.shift, "--shift")
+        require(
+            math.isfinite(args.shift) and 0 < args.shift <= MAX_SHIFT,
+            "--shift",
+            f"a value in (0, {MAX_SHIFT:g}]",
+            args.shift,
+        )
     require(
-        math.isfinite(args.camera_scale) and args.camera_scale >= 0,
+        math.isfinite(args.camera_scale) and 0 <= args.camera_scale <= MAX_CAMERA_SCALE,
         "--camera-scale",
-        "a finite value >= 0",
+        f"a value in [0, {MAX_CAMERA_SCALE:g}]",
         args.camera_scale,
     )
+    in_range(args.seed, "--seed", 0, MAX_SEED)
 
 
-def _scene_cameras(
-    args: argparse.Namespace, cfg, scene, shard_sample
-) -> tuple[object | None, str | None]:
+def check_outputs(args: argparse.Namespace) -> Path:
+    """``--out`` (an mp4), its JSON sidecar and ``--png``: three different files, none of them an input of the
+    command (the camera files, a scene image), none inside a checkpoint or a system directory."""
+    out = Path(args.out)
+    if out.suffix.lower() == ".json":
+        raise ConfigError(
+            "--out", f"expected an mp4 path, got {args.out!r}: its settings go to a .json beside it"
+        )
+    outputs = {"--out": out, "the settings file beside --out": out.with_suffix(".json")}
+    if args.png:
+        outputs["--png"] = Path(args.png)
+    inputs = {"--camera": args.camera, "--scene-cameras": args.scene_cameras}
+    if args.scene and Path(args.scene).is_dir():
+        inputs.update({f"--scene image {p.name}": p for p in Path(args.scene).iterdir()})
+    for key, path in outputs.items():
+        if path.is_dir():
+            raise CineSceneError(f"{key} {path} is a directory; give a file name")
+        check_output_location(path, key)
+        refuse_inside_checkpoint(path, key)
+    check_distinct(outputs, {k: v for k, v in inputs.items() if v is not None and Path(v).exists()})
+    return out
+
+
+def _scene_cameras(args: argparse.Namespace, cfg, scene, shard_sample) -> tuple[object | None, str | None]:
     """The scene images' cameras and where they come from, for a model with scene anchoring
     (``model.scene.pose_embedding``); (None, None) for other models, which ignore them."""
     if not (cfg.model.scene.enabled and cfg.model.scene.pose_embedding):
@@ -94,10 +138,7 @@ def _scene_cameras(
 def run_sample(args: argparse.Namespace) -> int:
     setup_logging("INFO")
     check_settings(args)
-    out = Path(args.out)
-    for target in (out, Path(args.png) if args.png else None):
-        if target is not None and target.is_dir():
-            raise CineSceneError(f"{target} is a directory; give a file name")
+    out = check_outputs(args)
     started = time.perf_counter()
     source = resolve_checkpoint(args.checkpoint)
     cfg = checkpoint_config(source, args.overrides)
@@ -166,7 +207,7 @@ def run_sample(args: argparse.Namespace) -> int:
     )
     bar = StepBar(settings.steps, "sample")
     try:
-        frames = generator.video(
+        latents = generator.latents(
             text,
             cameras,
             scene,
@@ -178,6 +219,12 @@ def run_sample(args: argparse.Namespace) -> int:
         )
     finally:
         bar.close()
+    if not torch.isfinite(latents).all():  # decoded, it would be a black video
+        raise CineSceneError(
+            f"sampling diverged (non-finite latents) with {settings.steps} steps, guidance "
+            f"{settings.guidance_scale:g}, shift {settings.shift:g} and {camera_desc}; nothing was written"
+        )
+    frames = codec.decode(latents)
     fps = video_fps(cfg, spec)
     metadata = {
         "cinescene": __version__,
@@ -208,10 +255,11 @@ def run_sample(args: argparse.Namespace) -> int:
         "fps": fps,
         "overrides": list(args.overrides),
     }
+    metadata = scrub(metadata, secret_values(config=OmegaConf.to_container(OmegaConf.structured(cfg))))
     sidecar = out.with_suffix(".json")
     try:
         metadata["codec"] = write_mp4(out, frames, fps, metadata)
-        write_json(sidecar, metadata)
+        write_json_atomic(sidecar, metadata)
         if args.png:
             write_strip(args.png, frames)
     except OSError as exc:

@@ -7,4 +7,11 @@
 ``records`` is what a run directory keeps about its jobs, ``accounting`` asks
 squeue/sacct for their states, ``sweeps`` submits a sweep as one job array and
 reports its trials. The batch script is ``train.sbatch`` (``slurm/train.sbatch``).
+
+From Python, :func:`submit` and :func:`sweep` submit the same jobs with submitit and return its ``Job``
+objects (``submitit_jobs``): the job function runs the batch side of ``train.sbatch`` in the batch script.
 """
+
+from .submitit_jobs import submit, sweep
+
+__all__ = ["submit", "sweep"]

@@ -81,46 +81,68 @@ def run_id_of(path: Path) -> str:
     return path.stem[len("run-") :]
 
 
-def read_history(run_dir: str | Path, run_id: str | None = None) -> dict[int, dict[str, object]]:
-    """{step: {key: value}} of every history row logged offline under ``run_dir`` (merged over resumes)."""
+def _records(run_dir: str | Path, kind: str, run_id: str | None = None) -> Iterator[object]:
+    """The ``kind`` records ("run", "metric", "summary", ...) of the offline runs under ``run_dir``, in
+    order."""
     from wandb.proto import wandb_internal_pb2 as pb
 
-    rows: dict[int, dict[str, object]] = {}
     for path in offline_runs(run_dir, run_id):
         for raw in iter_records(path):
             record = pb.Record()
             record.ParseFromString(raw)
-            if record.WhichOneof("record_type") != "history":
-                continue
-            row = {}
-            for item in record.history.item:
-                key = item.key or "/".join(item.nested_key)
-                row[key] = json.loads(item.value_json)
-            step = int(row.get("_step", record.history.step.num))
-            rows.setdefault(step, {}).update(row)
+            if record.WhichOneof("record_type") == kind:
+                yield getattr(record, kind)
+
+
+def read_history(run_dir: str | Path, run_id: str | None = None) -> dict[int, dict[str, object]]:
+    """{step: {key: value}} of every history row logged offline under ``run_dir`` (merged over resumes)."""
+    rows: dict[int, dict[str, object]] = {}
+    for history in _records(run_dir, "history", run_id):
+        row = {}
+        for item in history.item:
+            key = item.key or "/".join(item.nested_key)
+            row[key] = json.loads(item.value_json)
+        step = int(row.get("_step", history.step.num))
+        rows.setdefault(step, {}).update(row)
     return rows
 
 
 def read_artifacts(run_dir: str | Path, run_id: str | None = None) -> list[dict[str, object]]:
-    """The artifacts logged offline under ``run_dir``: ``{"name", "type", "files": {path in the artifact: local
-    file}}`` each, in logging order (the local files are W&B's staged copies)."""
-    from wandb.proto import wandb_internal_pb2 as pb
+    """The artifacts logged offline under ``run_dir``: ``{"name", "type", "files": {path in the artifact:
+    local file}}`` each, in logging order (the local files are W&B's staged copies)."""
+    return [
+        {
+            "name": artifact.name,
+            "type": artifact.type,
+            "files": {e.path: e.local_path for e in artifact.manifest.contents},
+        }
+        for artifact in _records(run_dir, "artifact", run_id)
+    ]
 
-    found = []
-    for path in offline_runs(run_dir, run_id):
-        for raw in iter_records(path):
-            record = pb.Record()
-            record.ParseFromString(raw)
-            if record.WhichOneof("record_type") == "artifact":
-                artifact = record.artifact
-                found.append(
-                    {
-                        "name": artifact.name,
-                        "type": artifact.type,
-                        "files": {e.path: e.local_path for e in artifact.manifest.contents},
-                    }
-                )
-    return found
+
+def read_metric_definitions(run_dir: str | Path, run_id: str | None = None) -> dict[str, str]:
+    """{metric name or glob: its step metric ("" when it has none)} from the runs' ``define_metric`` calls."""
+    return {(m.name or m.glob_name): m.step_metric for m in _records(run_dir, "metric", run_id)}
+
+
+def read_summary(run_dir: str | Path, run_id: str | None = None) -> dict[str, object]:
+    """The run summary as the offline files leave it (later updates win; nested keys joined with '/')."""
+    summary: dict[str, object] = {}
+    for record in _records(run_dir, "summary", run_id):
+        for item in record.update:
+            summary[item.key or "/".join(item.nested_key)] = json.loads(item.value_json)
+    return summary
+
+
+def read_run_starts(run_dir: str | Path, run_id: str | None = None) -> list[dict[str, object]]:
+    """One ``{"config", "git_commit"}`` per start of the run (its ``run`` record), oldest first."""
+    return [
+        {
+            "config": {item.key: json.loads(item.value_json) for item in run.config.update},
+            "git_commit": run.git.commit,
+        }
+        for run in _records(run_dir, "run", run_id)
+    ]
 
 
 def read_run_ids(run_dir: str | Path) -> list[str]:

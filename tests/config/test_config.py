@@ -94,7 +94,7 @@ def test_bad_yaml_and_missing_file(tmp_path):
     (tmp_path / "bad.yaml").write_text("train: [1, 2\n")
     with pytest.raises(ConfigError, match="invalid YAML at line"):
         load_config(tmp_path / "bad.yaml")
-    with pytest.raises(ConfigError, match="config file not found"):
+    with pytest.raises(ConfigError, match="none.yaml does not exist"):
         load_config(tmp_path / "none.yaml")
 
 
@@ -121,9 +121,9 @@ def test_cli_bad_config_exits_2_with_one_line(repo_root, override, key):
 
 def test_cli_validation_does_not_import_torch(repo_root):
     code = (
-        "import sys; from cinescene.launch.cli import main; rc = main(['train', '%s', "
+        f"import sys; from cinescene.launch.cli import main; rc = main(['train', '{SMOKE}', "
         "'--print-config']); assert 'torch' not in sys.modules, 'torch imported'; sys.exit(rc)"
-    ) % SMOKE
+    )
     out = subprocess.run([sys.executable, "-c", code], cwd=repo_root, capture_output=True, text=True)
     assert out.returncode == 0, out.stderr
 

@@ -15,8 +15,6 @@ from cinescene.config.eval import METRIC_NAMES
 from cinescene.sampling.video import read_mp4
 from tests.fixtures.checkpoint import REPO, cli_env
 
-from .helpers import save_tiny_clip
-
 pytestmark = [pytest.mark.slow, pytest.mark.dist]
 
 
@@ -32,9 +30,8 @@ def cinescene_eval(*args, timeout=600):
 
 
 @pytest.fixture(scope="module")
-def evaluated(smoke_run, heldout_shards, tmp_path_factory):
+def evaluated(smoke_run, heldout_shards, tiny_clip, tmp_path_factory):
     root = tmp_path_factory.mktemp("eval")
-    clip = save_tiny_clip(root / "clip")
     out = root / "out"
     done = cinescene_eval(
         smoke_run.run_dir,
@@ -48,7 +45,7 @@ def evaluated(smoke_run, heldout_shards, tmp_path_factory):
         2,
         "--nproc",
         2,
-        f"eval.clip.weights={clip}",
+        f"eval.clip.weights={tiny_clip}",
     )
     assert done.returncode == 0, done.stderr[-3000:]
     return out, done

@@ -16,7 +16,7 @@ from cinescene.eval.ablation_report import table_rows, write_html
 from cinescene.eval.html_report import REPORT
 
 from .browser import find_chromium, open_page
-from .helpers import write_evaluation
+from .evaluation_dir import write_evaluation
 
 # CI installs Chromium and sets this, so that the browser test cannot be skipped there.
 REQUIRE_BROWSER = "CINESCENE_REQUIRE_BROWSER"
