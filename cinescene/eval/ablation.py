@@ -40,6 +40,7 @@ from dataclasses import dataclass
 from datetime import date
 from pathlib import Path
 
+from cinescene.config import ConfigError
 from cinescene.errors import CineSceneError
 from cinescene.log import get_logger
 
@@ -100,7 +101,8 @@ def arms_of(sweep: Path, overrides: Sequence[str], indices: Sequence[int] | None
     spec, trials = expand_sweep(sweep, overrides)
     chosen = [t for t in trials if indices is None or t.index in indices]
     if indices is not None and len(chosen) != len(set(indices)):
-        raise CineSceneError(f"--arms {','.join(map(str, indices))}: the sweep has arms 0..{len(trials) - 1}")
+        asked = ",".join(map(str, indices))
+        raise ConfigError("--arms", f"the sweep has arms 0..{len(trials) - 1}, got {asked}")
     base = (sweep.parent / spec.base).resolve()
     arms = []
     for trial in chosen:

@@ -15,6 +15,7 @@ import sys
 
 import pytest
 
+from cinescene.config import ConfigError
 from cinescene.eval.ablation import arms_of
 from cinescene.eval.ablation_report import goals, table
 from tests.fixtures.checkpoint import REPO, cli_env
@@ -69,6 +70,11 @@ def test_the_camera_arms_are_the_four_of_their_issue():
     assert {"rot_err", "trans_err", "cam_mc", "bg_psnr", "bg_ssim", "mat_pix"} <= set(
         arms[0].cfg.eval.metrics
     )
+
+
+def test_arms_outside_the_sweep_are_a_usage_error():
+    with pytest.raises(ConfigError, match=r"^--arms: the sweep has arms 0\.\.3, got 1,7$"):
+        arms_of(CAMERA, [], [1, 7], None)
 
 
 def _row(label, camera, scene, cam_mc, bg_psnr):
