@@ -49,9 +49,22 @@ class ObjectStoreConfig:
         non_negative(self.backoff_s, "backoff_s")
         non_negative(self.max_backoff_s, "max_backoff_s")
 
+
 # Bounds of one synthetic clip (its frames with and without the subject are held in memory while it
 # renders): Wan's own clips are 81 frames at 480x832; more could only exhaust memory.
 MAX_SYNTH_FRAMES, MAX_SYNTH_SIZE, MAX_SYNTH_SCENE_IMAGES = 161, 1024, 64
+
+# What the synthetic renderer can draw (cinescene/data/synth): scene kinds, and camera moves in the order
+# clips draw them from (the order is part of the data: clip i of seed K draws its move by index).
+SCENE_KINDS = ("courtyard", "landscape", "room")
+CAMERA_MOVES = ("orbit", "pan", "dolly", "truck", "crane", "orbit_crane", "dolly_pan")
+
+
+def _kinds(value: list[str], key: str, allowed: tuple[str, ...]) -> None:
+    require(len(value) > 0, key, f"at least one of {list(allowed)}", list(value))
+    for item in value:
+        one_of(item, key, list(allowed))
+    require(len(set(value)) == len(value), key, "no repeated entries", list(value))
 
 
 @dataclass
@@ -66,6 +79,11 @@ class SynthDataConfig:
     workers: int = 1
     # Where the rendered clip directories go; default: "<train_shards>_clips" beside the shards.
     out: str | None = None
+    # Which scene kinds and camera moves clips draw from (default: all of them, with equal chances).
+    # Camera metrics need moves with a translation and textured scenes: the camera ablation renders
+    # rooms and courtyards without pans.
+    scenes: list[str] = field(default_factory=lambda: list(SCENE_KINDS))
+    camera_moves: list[str] = field(default_factory=lambda: list(CAMERA_MOVES))
 
     def validate(self) -> None:
         positive(self.clips, "clips")
@@ -89,6 +107,8 @@ class SynthDataConfig:
         for i, side in enumerate(self.size):
             at_most(side, f"size[{i}]", MAX_SYNTH_SIZE, why)
         at_most(self.scene_images, "scene_images", MAX_SYNTH_SCENE_IMAGES, why)
+        _kinds(self.scenes, "scenes", SCENE_KINDS)
+        _kinds(self.camera_moves, "camera_moves", CAMERA_MOVES)
 
 
 @dataclass

@@ -12,6 +12,7 @@ prepares, the others block on the lock and then find the manifest. (The
 lock is ``fcntl``-based: fine on local disks and most cluster file systems;
 where locks are not honoured, call it on one rank before the others start.)
 """
+
 from __future__ import annotations
 
 import os
@@ -31,8 +32,11 @@ log = get_logger("data")
 
 def require_train_shards(data_cfg) -> str:
     if not data_cfg.train_shards:
-        raise ConfigError("data.train_shards", "required for training: a directory with manifest.json "
-                          "and *.tar shards (`cinescene data prepare --out DIR`)")
+        raise ConfigError(
+            "data.train_shards",
+            "required for training: a directory with manifest.json "
+            "and *.tar shards (`cinescene data prepare --out DIR`)",
+        )
     return data_cfg.train_shards
 
 
@@ -48,8 +52,9 @@ def check_dataset(data_cfg) -> Path | storage.ObjectPath:
         read_manifest_file(shards / MANIFEST)
     elif not data_cfg.generate:  # never on for s3:// shards (config validation)
         hint = "" if storage.is_object_url(shards) else ", or set data.generate=true for synthetic data"
-        raise CineSceneError(f"no training data at {shards} (no {MANIFEST}); run `cinescene data prepare "
-                             f"--out {shards}`{hint}")
+        raise CineSceneError(
+            f"no training data at {shards} (no {MANIFEST}); run `cinescene data prepare --out {shards}`{hint}"
+        )
     return shards
 
 
@@ -71,8 +76,9 @@ def ensure_dataset(data_cfg) -> Path | storage.ObjectPath:
         if (shards / MANIFEST).is_file():
             return shards
         if shards.exists() and any(shards.iterdir()):
-            raise CineSceneError(f"{shards} exists without {MANIFEST}; remove it or point data.train_shards "
-                                 "elsewhere")
+            raise CineSceneError(
+                f"{shards} exists without {MANIFEST}; remove it or point data.train_shards elsewhere"
+            )
         _generate(data_cfg, shards)
     finally:
         lock.release()
@@ -86,11 +92,23 @@ def _generate(data_cfg, shards: Path) -> None:
     synth = data_cfg.synth
     clips = synth_clips_dir(data_cfg)
     start = time.perf_counter()
-    synthesize(clips, synth.clips, synth.frames, synth.size, synth.scene_images, synth.seed, synth.workers)
+    synthesize(
+        clips,
+        synth.clips,
+        synth.frames,
+        synth.size,
+        synth.scene_images,
+        synth.seed,
+        synth.workers,
+        scenes=synth.scenes,
+        camera_moves=synth.camera_moves,
+    )
     tmp = shards.with_name(f".{shards.name}.tmp{os.getpid()}")
     shutil.rmtree(tmp, ignore_errors=True)
     prepare(clips, tmp, encoder="none", rank=0, world=1)
     if shards.exists():
         shards.rmdir()  # empty (checked under the lock)
     os.replace(tmp, shards)
-    log.info("synthetic dataset ready: %d clips -> %s (%.1f s)", synth.clips, shards, time.perf_counter() - start)
+    log.info(
+        "synthetic dataset ready: %d clips -> %s (%.1f s)", synth.clips, shards, time.perf_counter() - start
+    )

@@ -1,26 +1,28 @@
-"""`cinescene bench ablation SWEEP`: does the scene context help? One model and budget, with and without it.
+"""`cinescene bench ablation SWEEP`: arms of one training config on one budget, evaluated on held-out scenes.
 
-SWEEP is a sweep file (``configs/experiments/ablation/arms.yaml``) whose
-trials are the arms: the same training config (model, data, steps, seed,
-learning rate) with the scene context off, as VGGT tokens, as pixel
-(VAE-proxy) tokens, and with scene anchoring. For each arm, in turn:
+SWEEP is a sweep file whose trials are the arms: the same training config (model, data, steps, seed,
+learning rate, EMA) with one switch or another. Two ship: ``configs/experiments/ablation/arms.yaml`` (does
+the scene context help? no context, VGGT tokens, pixel context, pixel context with scene anchoring) and
+``configs/experiments/ablation/camera.yaml`` (does the camera conditioning work? no camera conditioning,
+camera conditioning, with pixel scene context, with scene anchoring, at a scale where SfM registers the
+held-out clips). For each arm, in turn:
 
-1. ``cinescene train`` in the trial's run directory, timed (the synthetic
-   training data and the held-out data are made first, outside the timing);
-2. ``cinescene eval`` of the final checkpoint (its EMA weights when the run
-   kept an EMA) on ``eval.data``: clips rendered from another synthetic seed,
-   so every held-out scene is one the model never trained on;
-   ``eval.num_samples``, ``eval.sample_steps`` and ``eval.metrics`` of the
-   config (background PSNR/SSIM, PSNR/SSIM, the camera errors where SfM
-   registers);
-3. the context attention probe (:mod:`cinescene.eval.attention_probe`) while
-   generating the same held-out samples: the softmax mass of video queries on
-   context tokens, against the context's share of the keys.
+1. ``cinescene train`` in the trial's run directory, timed (the synthetic training data and the held-out
+   data are made first, outside the timing);
+2. ``cinescene eval`` of the final checkpoint (its EMA weights when the run kept an EMA) on ``eval.data``:
+   clips rendered from another synthetic seed, so every held-out scene is one the model never trained on;
+   ``eval.num_samples``, ``eval.sample_steps`` and ``eval.metrics`` of the config;
+3. the context attention probe (:mod:`cinescene.eval.attention_probe`) while generating the same held-out
+   samples: the softmax mass of video queries on context tokens, against the context's share of the keys.
 
-A finished arm (its final checkpoint and its timing present) is reused
-unless ``--fresh``; a half-done table continues where it stopped. Writes
-``<run_root>/ablation.json`` (everything) and ``<run_root>/table.md`` (the
-table, with the command, budget, date and commit) and prints the table.
+Beside the arms, the floor of the same held-out clips (:mod:`cinescene.eval.heldout_floor`): their ground
+truth scored as a generated video, once per run root.
+
+A finished arm (its final checkpoint and its timing present) is reused unless ``--fresh``; a half-done
+table continues where it stopped. Writes ``<run_root>/ablation.json`` (everything), ``<run_root>/table.md``
+(the table, with the command, budget, goals, date and commit) and ``<run_root>/report.html`` (the table and
+every held-out sample: videos, scene images, camera trajectories), and prints the table
+(:mod:`cinescene.eval.ablation_report`).
 """
 
 from __future__ import annotations
@@ -38,36 +40,45 @@ from dataclasses import dataclass
 from datetime import date
 from pathlib import Path
 
+from cinescene.config import ConfigError
 from cinescene.errors import CineSceneError
 from cinescene.log import get_logger
 from cinescene.run_dir import RunDir
 
+from .report import format_metric
+
 _log = get_logger("eval.ablation")
 TIMING = "ablation_train.json"
 EVAL_OUT = "heldout_eval"
-COLUMNS = [
-    ("bg_psnr", "BG-PSNR ↑", "{:.2f}"),
-    ("bg_ssim", "BG-SSIM ↑", "{:.4f}"),
-    ("psnr", "PSNR ↑", "{:.2f}"),
-    ("ssim", "SSIM ↑", "{:.4f}"),
-    ("rot_err", "RotErr ↓", "{:.2f}"),
-    ("trans_err", "TransErr ↓", "{:.2f}"),
-    ("cam_mc", "CamMC ↓", "{:.2f}"),
-]
-GOAL_DB = 3.0
+FLOOR_DIR = "floor"
 
 
 def arm_label(model_cfg) -> str:
-    """What an arm's model does with the scene, from its config."""
+    """What an arm's model does with the camera and the scene, from its config."""
     scene = model_cfg.scene
+    camera = "camera" if model_cfg.camera.enabled else "no camera"
     if not scene.enabled:
-        return "no scene context"
+        return f"{camera}, no scene context"
     parts = [
         name
         for on, name in ((scene.vggt_tokens, "VGGT tokens"), (scene.pixel_context, "pixel (VAE-proxy)"))
         if on
     ]
-    return " + ".join(parts) + (" + anchoring" if scene.pose_embedding else "")
+    return f"{camera} + " + " + ".join(parts) + (" + anchoring" if scene.pose_embedding else "")
+
+
+def arm_switches(model_cfg) -> dict:
+    """The switches an ablation varies, as ablation.json records them (the goals compare arms by these)."""
+    scene = model_cfg.scene
+    return {
+        "camera": model_cfg.camera.enabled,
+        "scene": {
+            "enabled": scene.enabled,
+            "vggt_tokens": scene.enabled and scene.vggt_tokens,
+            "pixel_context": scene.enabled and scene.pixel_context,
+            "pose_embedding": scene.enabled and scene.pose_embedding,
+        },
+    }
 
 
 @dataclass
@@ -91,7 +102,8 @@ def arms_of(sweep: Path, overrides: Sequence[str], indices: Sequence[int] | None
     spec, trials = expand_sweep(sweep, overrides)
     chosen = [t for t in trials if indices is None or t.index in indices]
     if indices is not None and len(chosen) != len(set(indices)):
-        raise CineSceneError(f"--arms {','.join(map(str, indices))}: the sweep has arms 0..{len(trials) - 1}")
+        asked = ",".join(map(str, indices))
+        raise ConfigError("--arms", f"the sweep has arms 0..{len(trials) - 1}, got {asked}")
     base = (sweep.parent / spec.base).resolve()
     arms = []
     for trial in chosen:
@@ -144,6 +156,8 @@ def ensure_heldout(cfg, clips: int, seed: int) -> Path:
         scene_images=synth.scene_images,
         seed=seed,
         show_progress=False,
+        scenes=synth.scenes,
+        camera_moves=synth.camera_moves,
     )
     prepare(clip_dir, shards, encoder="none", rank=0, world=1, show_progress=False)
     return shards
@@ -173,15 +187,25 @@ def train(arm: Arm, base: Path, nproc: int | None, fresh: bool) -> dict:
     argv = _python() + ["train", str(base), *arm.overrides]
     if nproc is not None:
         argv += ["--nproc", str(nproc)]
-    started = time.perf_counter()
+    started, cpu = time.perf_counter(), _children_cpu_s()
     _run(argv, arm.run_dir.parent / f"{arm.run_dir.name}.train.log", f"training {arm.label}")
     timing = {
         "wall_s": round(time.perf_counter() - started, 1),
+        # CPU seconds of the training processes: what the arm costs even when other jobs share the cores
+        "cpu_s": round(_children_cpu_s() - cpu, 1),
         "command": shlex.join(argv),
         "nproc": nproc or arm.cfg.launch.nproc,
     }
     timing_path.write_text(json.dumps(timing, indent=1) + "\n")
     return timing
+
+
+def _children_cpu_s() -> float:
+    """User + system CPU seconds of this process's finished child processes (and theirs)."""
+    import resource
+
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
 
 
 def final_loss(run_dir: Path) -> float | None:
@@ -273,70 +297,50 @@ def _commit() -> str | None:
     return done.stdout.strip() + ("+changes" if dirty.stdout.strip() else "")
 
 
-def _cell(value, fmt: str) -> str:
-    if value is None:
-        return "–"
-    if isinstance(value, str):
-        return value
-    return fmt.format(value)
+def floors(cfg, root: Path, fresh: bool) -> list[dict]:
+    """The floors of the held-out clips (:mod:`.heldout_floor`) in ``root/floor/<kind>``, each reused while
+    it was measured with the same ``eval`` settings (``--fresh`` measures again)."""
+    from dataclasses import asdict
+
+    from cinescene.sampling.spec import training_spec
+
+    from .heldout_floor import KINDS, evaluate_floor, floor_kinds
+
+    rows = []
+    for kind in floor_kinds(training_spec(cfg)):
+        out = root / FLOOR_DIR / kind
+        settings = json.loads(json.dumps(asdict(cfg.eval)))
+        done = out / "ablation_floor.json"
+        report = None if fresh else _reusable_floor(out, done, settings)
+        if report is not None:
+            _log.info("floor (%s): reusing %s (--fresh measures again)", KINDS[kind], out)
+        else:
+            done.unlink(missing_ok=True)
+            _log.info("floor (%s): scoring the held-out ground truth as a generated video", KINDS[kind])
+            report = evaluate_floor(cfg, out, kind)
+            done.write_text(json.dumps(settings) + "\n")
+        rows.append({"kind": kind, "label": KINDS[kind], "eval": _summary(report, out)})
+    return rows
 
 
-def table(results: dict) -> str:
-    """The markdown table (one row per arm) and the notes under it."""
-    rows = results["arms"]
-    header = (
-        ["arm", "steps", "train wall", "final loss"]
-        + [title for _, title, _ in COLUMNS]
-        + ["SfM registered", "context attention (uniform)"]
-    )
-    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    for row in rows:
-        mean = row["eval"]["mean"]
-        probe = row["attention"]
-        cells = [
-            row["label"],
-            str(row["steps"]),
-            f"{row['train']['wall_s'] / 60:.1f} min",
-            _cell(row["final_loss"], "{:.4f}"),
-        ]
-        cells += [_cell(mean.get(name), fmt) for name, _, fmt in COLUMNS]
-        attempts = row["eval"].get("sfm_attempts", 0)
-        cells.append(f"{attempts - row['eval'].get('sfm_failures', 0)} of {attempts}" if attempts else "–")
-        cells.append("–" if probe is None else f"{probe['mass']:.3f} ({probe['uniform']:.3f})")
-        lines.append("| " + " | ".join(cells) + " |")
-    budget = results["budget"]
-    notes = [
-        "",
-        f"Held-out: {budget['heldout_samples']} clips of scenes never trained on ({budget['heldout']}); "
-        f"{budget['sample_steps']} sampling steps, guidance {budget['cfg_scale']}, "
-        f"{'EMA' if budget['ema'] else 'trained'} weights.",
-        f"Budget per arm: {budget['steps']} steps of {budget['global_batch']} clips (seed {budget['seed']}, "
-        f"lr {budget['lr']}, {budget['train_clips']} training clips), {budget['nproc']} CPU rank(s); model "
-        f"{budget['model']}.",
-        f"Command: `{results['command']}` ({results['date']}, commit {results['commit'] or 'unknown'}, "
-        f"{results['device']}).",
-    ]
-    gain = results.get("bg_psnr_gain")
-    if gain is not None:
-        notes.append(
-            f"Best scene-context arm over no context: {gain['best_label']}, {gain['db']:+.2f} dB "
-            f"background PSNR (goal: +{GOAL_DB:g} dB)."
-        )
-    return "\n".join(lines + notes) + "\n"
-
-
-def _gain(rows: list[dict]) -> dict | None:
-    base = [r for r in rows if r["label"] == "no scene context"]
-    others = [
-        r for r in rows if r["label"] != "no scene context" and r["eval"]["mean"].get("bg_psnr") is not None
-    ]
-    if not base or base[0]["eval"]["mean"].get("bg_psnr") is None or not others:
+def _reusable_floor(out: Path, done: Path, settings: dict) -> dict | None:
+    """The floor's metrics.json if it was measured with ``settings`` and is intact; None: measure again."""
+    try:
+        if json.loads(done.read_text()) != settings:
+            return None
+        report = json.loads((out / "metrics.json").read_text())
+        _summary(report, out)
+        return report
+    except (OSError, ValueError, KeyError, TypeError):  # absent, cut short or edited: measured again
         return None
-    best = max(others, key=lambda r: r["eval"]["mean"]["bg_psnr"])
-    return {
-        "best_label": best["label"],
-        "db": best["eval"]["mean"]["bg_psnr"] - base[0]["eval"]["mean"]["bg_psnr"],
-    }
+
+
+def _summary(report: dict, directory: Path) -> dict:
+    """What ablation.json keeps of an evaluation's metrics.json."""
+    kept = {k: report[k] for k in ("mean", "count", "sfm_failures", "sfm_attempts", "settings")}
+    kept["per_sample"] = {r["key"]: r["metrics"] for r in report["samples"]}
+    kept["dir"] = str(directory)
+    return kept
 
 
 def run(
@@ -351,13 +355,26 @@ def run(
     command: str,
     out: Path | None = None,
 ) -> dict:
-    from cinescene.data.ensure import ensure_dataset
+    from cinescene.train.run_lock import RunDirLock
 
     base, root, selected = arms_of(sweep, overrides, arms, out)
+    lock = RunDirLock(root).acquire()  # one ablation per run root: its floors and tables are shared
+    try:
+        return _run_locked(base, root, selected, sweep, heldout_clips, heldout_seed, nproc, fresh, command)
+    finally:
+        lock.release()
+
+
+def _run_locked(base, root, selected, sweep, heldout_clips, heldout_seed, nproc, fresh, command) -> dict:
+    from cinescene.data.ensure import ensure_dataset
+    from cinescene.train.batching import plan_batch
+
+    from . import ablation_report
+
     first = selected[0].cfg
     ensure_dataset(first.data)  # before any timing: rendering is not training
     ensure_heldout(first, heldout_clips, heldout_seed)
-    root.mkdir(parents=True, exist_ok=True)
+    floor_rows = floors(first, root, fresh)
     rows = []
     for arm in selected:
         _log.info("arm %d: %s (%s)", arm.index, arm.label, " ".join(arm.varied) or "base config")
@@ -368,42 +385,49 @@ def run(
             {
                 "index": arm.index,
                 "label": arm.label,
+                **arm_switches(arm.cfg.model),
                 "overrides": arm.varied,
                 "steps": arm.cfg.train.max_steps,
                 "train": timing,
                 "final_loss": final_loss(arm.run_dir),
-                "eval": {k: report[k] for k in ("mean", "count", "sfm_failures", "sfm_attempts", "settings")},
+                "eval": _summary(report, arm.run_dir / EVAL_OUT),
                 "attention": probe,
             }
         )
         mean = report["mean"]
         _log.info(
-            "arm %d: %s trained in %.1f min, final loss %s; held-out bg_psnr %s psnr %s; context attention "
-            "%s",
+            "arm %d: %s trained in %.1f min, final loss %s; held-out %s; SfM registered %d of %d; context "
+            "attention %s",
             arm.index,
             arm.label,
             timing["wall_s"] / 60,
-            _cell(rows[-1]["final_loss"], "{:.4f}"),
-            _cell(mean.get("bg_psnr"), "{:.2f}"),
-            _cell(mean.get("psnr"), "{:.2f}"),
+            "–" if rows[-1]["final_loss"] is None else f"{rows[-1]['final_loss']:.4f}",
+            "  ".join(f"{k} {format_metric(v, k)}" for k, v in mean.items()),
+            report["sfm_attempts"] - report["sfm_failures"],
+            report["sfm_attempts"],
             "–" if probe is None else f"{probe['mass']:.3f} of a uniform {probe['uniform']:.3f}",
         )
-    from cinescene.train.batching import plan_batch
-
     ranks = nproc or first.launch.nproc
+    synth = first.data.synth
     results = {
+        "name": Path(sweep).stem,
         "command": command,
         "date": date.today().isoformat(),
         "commit": _commit(),
         "device": f"CPU ({os.cpu_count()} cores, {platform.machine()})",
+        "metrics": list(first.eval.metrics),
         "budget": {
             "steps": first.train.max_steps,
             "global_batch": plan_batch(first.train, ranks, first.parallel.sequence).global_batch_size,
             "lr": first.train.lr,
             "seed": first.run.seed,
-            "train_clips": first.data.synth.clips,
+            "train_clips": synth.clips,
             "nproc": ranks,
-            "model": f"{first.model.name} (dim {first.model.dim}, {first.model.num_layers} layers)",
+            "model": f"{first.model.name} (dim {first.model.dim}, {first.model.num_layers} layers, patch "
+            f"{'x'.join(map(str, first.model.patch_size))})",
+            "data": f"{synth.frames} frames at {synth.size[0]}x{synth.size[1]}, pixel pool "
+            f"{first.data.pixel_pool}, {first.data.scene_images} scene images, scenes "
+            f"{', '.join(synth.scenes)}, camera moves {', '.join(synth.camera_moves)}",
             "heldout": first.eval.data,
             "heldout_samples": rows[0]["eval"]["settings"]["num_samples"],
             "sample_steps": first.eval.sample_steps,
@@ -411,11 +435,13 @@ def run(
             "ema": first.train.ema.enabled,
         },
         "arms": rows,
-        "bg_psnr_gain": _gain(rows),
+        "floors": floor_rows,
+        "goals": ablation_report.goals(rows),
     }
     (root / "ablation.json").write_text(json.dumps(results, indent=1) + "\n")
-    (root / "table.md").write_text(table(results))
+    (root / "table.md").write_text(ablation_report.table(results))
+    ablation_report.write_html(root, results)
     return results
 
 
-__all__ = ["arm_label", "arms_of", "run", "table"]
+__all__ = ["arm_label", "arm_switches", "arms_of", "floors", "run"]

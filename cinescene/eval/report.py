@@ -1,4 +1,4 @@
-"""What `cinescene eval` writes: per-sample records, metrics.json, table.md and the contact sheet.
+"""What `cinescene eval` writes: per-sample records, metrics.json, table.md, report.html, the contact sheet.
 
 ``metrics.json``::
 
@@ -74,7 +74,9 @@ def aggregate(records: Sequence[dict], names: Sequence[str]) -> dict[str, dict]:
     return {"mean": mean, "count": count}
 
 
-def _cell(value: float | None, name: str) -> str:
+def format_metric(value: float | None, name: str) -> str:
+    """A metric's value as the tables print it ("–" when absent)."""
+    value = number(value)
     if value is None:
         return "–"
     if math.isinf(value):
@@ -86,19 +88,21 @@ def _cell(value: float | None, name: str) -> str:
     )
 
 
+def metric_title(name: str) -> str:
+    """The column title: the metric's name and which way is better."""
+    metric = REGISTRY[name]
+    return f"{metric.title} {'↑' if metric.higher_is_better else '↓'}"
+
+
 def table(summary: dict, label: str) -> str:
-    """table.md: the paper's columns (and ours after them), the paper's row for scale, then this evaluation."""
+    """table.md: the paper's columns (and ours after them), the paper's row for scale, then this
+    evaluation."""
     names = summary["metrics"]
-    header = (
-        "| | "
-        + " | ".join(f"{REGISTRY[n].title} {'↑' if REGISTRY[n].higher_is_better else '↓'}" for n in names)
-        + " |"
-    )
     lines = [
-        header,
+        "| | " + " | ".join(metric_title(n) for n in names) + " |",
         "|---" * (len(names) + 1) + "|",
-        "| CineScene (paper) | " + " | ".join(_cell(PAPER.get(n), n) for n in names) + " |",
-        f"| {label} | " + " | ".join(_cell(number(summary["mean"][n]), n) for n in names) + " |",
+        "| CineScene (paper) | " + " | ".join(format_metric(PAPER.get(n), n) for n in names) + " |",
+        f"| {label} | " + " | ".join(format_metric(summary["mean"][n], n) for n in names) + " |",
         "",
     ]
     notes = [
@@ -158,7 +162,8 @@ def _label(text: str, height: int, width: int) -> np.ndarray:
 
 
 def contact_row(key: str, rows: dict[str, np.ndarray | None], frames: int = SHEET_FRAMES) -> np.ndarray:
-    """One sample's block: a title line, then one labelled line of evenly spaced frames per entry of ``rows``."""
+    """One sample's block: a title line, then one labelled line of evenly spaced frames per entry of
+    ``rows``."""
     from cinescene.sampling.video import strip_indices
 
     present = {name: video for name, video in rows.items() if video is not None}
@@ -181,6 +186,19 @@ def contact_row(key: str, rows: dict[str, np.ndarray | None], frames: int = SHEE
     return np.concatenate(lines)
 
 
+def side_by_side(videos: dict[str, np.ndarray], gap: int = 2) -> np.ndarray:
+    """uint8 (F, 14 + H, ...): equally sized videos next to each other, each under a line with its name."""
+    count = min(len(v) for v in videos.values())
+    height, width = next(iter(videos.values())).shape[1:3]
+    label_h = 14
+    canvas = np.full((count, label_h + height, len(videos) * (width + gap) - gap, 3), 255, np.uint8)
+    for k, (name, video) in enumerate(videos.items()):
+        x = k * (width + gap)
+        canvas[:, :label_h, x : x + width] = _label(name, label_h, width)
+        canvas[:, label_h:, x : x + width] = video[:count]
+    return canvas
+
+
 def contact_sheet(blocks: list[np.ndarray], path: str | Path) -> None:
     width = max(b.shape[1] for b in blocks)
     padded = [np.pad(b, ((0, 6), (0, width - b.shape[1]), (0, 0)), constant_values=255) for b in blocks]
@@ -190,8 +208,9 @@ def contact_sheet(blocks: list[np.ndarray], path: str | Path) -> None:
 def write_report(
     out: Path, keys: Sequence[str], names: Sequence[str], header: dict, absent: dict[str, str], label: str
 ) -> dict:
-    """Gather the per-sample records of ``keys`` in ``out`` into ``metrics.json``, ``table.md`` and (from
-    the blocks that exist) ``contact_sheet.png``; returns what ``metrics.json`` holds.
+    """Gather the per-sample records of ``keys`` in ``out`` into ``metrics.json``, ``table.md``,
+    ``report.html`` and (from the blocks that exist) ``contact_sheet.png``; returns what ``metrics.json``
+    holds.
 
     ``header``: the evaluation's description (checkpoint, step, weights, data, settings), written first;
     ``absent``: metrics that could not run at all, and why; ``label``: this evaluation's row in the table."""
@@ -219,4 +238,7 @@ def write_report(
     blocks = [np.asarray(Image.open(b).convert("RGB")) for b in blocks if b.is_file()]
     if blocks:
         contact_sheet(blocks, out / "contact_sheet.png")
+    from .html_report import write_eval_report
+
+    write_eval_report(out, data, label)
     return data

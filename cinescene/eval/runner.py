@@ -13,7 +13,7 @@ under torchrun or srun each process is one rank. Rank r takes the selected
 samples r, r + W, ...; every rank writes its samples' files (the mp4 in
 ``videos/``, the record in ``samples/``, the contact-sheet block in
 ``contact/``), and after a barrier rank 0 writes ``metrics.json``,
-``table.md`` and ``contact_sheet.png``. Logs: ``DIR/logs/rank<R>.log``.
+``table.md``, ``report.html`` and ``contact_sheet.png``. Logs: ``DIR/logs/rank<R>.log``.
 """
 
 from __future__ import annotations
@@ -300,6 +300,6 @@ def _write_report(args: argparse.Namespace, the_plan: EvalPlan, absent: dict[str
     data = report.write_report(out, the_plan.keys, the_plan.cfg.eval.metrics, header, absent, label)
     sys.stdout.write((out / "table.md").read_text())
     print(
-        f"wrote {out / 'metrics.json'}, {out / 'table.md'}, {out / 'contact_sheet.png'} and "
-        f"{len(data['samples'])} videos in {out / 'videos'}"
+        f"wrote {out / 'report.html'}, {out / 'metrics.json'}, {out / 'table.md'}, "
+        f"{out / 'contact_sheet.png'} and {len(data['samples'])} videos in {out / 'videos'}"
     )

@@ -22,16 +22,20 @@ one sampling step, and the preemption callback after this one saves at this
 step boundary.
 
 Outputs. Each rank writes its samples' records (and, with
-``eval.log_videos``, their mp4s, contact-sheet blocks and a ground-truth mp4
-once per sample) into ``<run.dir>/eval/step_XXXXXXXX/``, the layout of
-``cinescene eval --out``; after a barrier rank 0 gathers them into
-``metrics.json``, ``table.md`` and ``contact_sheet.png`` and adds
-``eval/<metric>`` (the mean over the samples that have a value),
-``eval/seconds`` (this call) and ``eval/time_share`` (evaluation's share of
-the wall time since training started in this process) to the step's
-metrics row, which is logged off the ``tracking.log_every_steps`` cadence
-too. With ``eval.log_videos`` and W&B on, a table of (key, prompt, ground
-truth, generated) videos and the contact sheet go to the W&B run.
+``eval.log_videos``, their mp4s, side-by-side mp4s and contact-sheet blocks)
+into ``<run.dir>/eval/step_XXXXXXXX/``, the layout of ``cinescene eval
+--out``, and the ground-truth videos and scene images into
+``<run.dir>/eval/`` (shared by the steps); after a barrier rank 0 gathers
+them into ``metrics.json``, ``table.md``, ``report.html`` and
+``contact_sheet.png`` and adds ``eval/<metric>`` (the mean over the samples
+that have a value), ``eval/seconds`` (this call) and ``eval/time_share``
+(evaluation's share of the wall time since training started in this
+process) to the step's metrics row, which is logged off the
+``tracking.log_every_steps`` cadence too. With ``eval.log_videos`` and W&B
+on, the W&B run gets a table of (key, prompt, ground truth, generated)
+videos, per sample the generated video beside the ground truth and the
+requested vs recovered camera trajectory (:meth:`EvalHook._media`), and the
+contact sheet.
 
 Training never notices: the global RNG states (Python, NumPy, torch, CUDA),
 every module's train/eval mode and the trained weights (when the EMA was
@@ -65,7 +69,6 @@ from .preemption import PreemptionFlag
 
 _log = get_logger("train.eval")
 EVAL_DIR = "eval"
-GROUND_TRUTH_DIR = "ground_truth"
 PREFIX = "eval/"
 
 
@@ -240,7 +243,7 @@ class EvalHook(Callback):
             if sample is None:
                 self._placeholder()
             elif writer:
-                result = evaluate_into(
+                evaluate_into(
                     out,
                     self.generator,
                     sample,
@@ -250,10 +253,9 @@ class EvalHook(Callback):
                     fps=self.fps,
                     metadata=metadata,
                     media=self.cfg.eval.log_videos,
+                    references=self.root,
                     callback=self._check_preemption,
                 )
-                if self.cfg.eval.log_videos and result.inputs.ground_truth is not None:
-                    self._write_ground_truth(sample, result.inputs.ground_truth)
             else:
                 self.generator.latents(
                     sample.text,
@@ -295,16 +297,6 @@ class EvalHook(Callback):
             callback=self._check_preemption,
         )
 
-    def _write_ground_truth(self, sample, frames: np.ndarray) -> None:
-        """The ground truth at the generated frames' stride, once per sample (it never changes)."""
-        from cinescene.sampling.video import write_mp4
-
-        path = self.root / GROUND_TRUTH_DIR / f"{sample.key}.mp4"
-        if not path.is_file():
-            write_mp4(
-                path, frames, self.fps, {"key": sample.key, "prompt": sample.prompt, "ground_truth": True}
-            )
-
     # ----------------------------------------------------------------- rank 0
     def _report(self, out: Path, step: int) -> dict:
         from cinescene.eval.report import write_report
@@ -333,22 +325,30 @@ class EvalHook(Callback):
         )
 
     def _media(self, out: Path, data: dict) -> dict[str, object]:
+        """W&B: a table of (key, prompt, ground truth, generated); per sample, under its key, the generated
+        video beside the ground truth (``eval/side_by_side/<key>``) and the requested vs recovered camera
+        trajectory in top and side view (``eval/trajectory/<key>``, HTML holding the SVG); the contact sheet.
+        Per-sample keys give each sample a media panel whose step slider runs through the evaluations."""
         import wandb
 
-        rows = []
-        for record in data["samples"]:
-            truth = self.root / GROUND_TRUTH_DIR / f"{record['key']}.mp4"
-            rows.append(
-                [
-                    record["key"],
-                    record["prompt"],
-                    wandb.Video(str(truth)) if truth.is_file() else None,
-                    wandb.Video(str(out / record["video"])),
-                ]
-            )
+        from cinescene.eval.trajectory_plot import sample_trajectory_svg
+
+        def video(record: dict, field: str):
+            return wandb.Video(str(out / record[field])) if record.get(field) else None
+
+        rows = [[r["key"], r["prompt"], video(r, "ground_truth"), video(r, "video")] for r in data["samples"]]
         media: dict[str, object] = {
             f"{PREFIX}videos": wandb.Table(columns=["key", "prompt", "ground truth", "generated"], data=rows)
         }
+        for record in data["samples"]:
+            pair = video(record, "side_by_side")
+            if pair is not None:
+                media[f"{PREFIX}side_by_side/{record['key']}"] = pair
+            figure = sample_trajectory_svg({"recovered": record})
+            if figure is not None:
+                media[f"{PREFIX}trajectory/{record['key']}"] = wandb.Html(
+                    figure, inject=False, data_is_not_path=True
+                )
         if (out / "contact_sheet.png").is_file():
             media[f"{PREFIX}contact_sheet"] = wandb.Image(str(out / "contact_sheet.png"))
         return media

@@ -85,5 +85,7 @@ def run(args: argparse.Namespace) -> int:
         command=command,
         out=args.out,
     )
-    sys.stdout.write(ablation.table(results))
+    from cinescene.eval.ablation_report import table
+
+    sys.stdout.write(table(results))
     return 0

@@ -36,6 +36,7 @@ def _synth(args: argparse.Namespace) -> int:
         args.seed,
         args.workers,
         layout=args.layout,
+        **{k: v for k, v in (("scenes", args.scenes), ("camera_moves", args.camera_moves)) if v is not None},
     )
     print(f"{args.clips} clips in {out}")
     return 0
@@ -142,6 +143,21 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     s.add_argument("--scene-images", type=int, default=6, help="perspective views cut from the panorama")
     s.add_argument("--seed", type=int, default=0)
     s.add_argument("--workers", type=int, default=1, help="processes")
+    s.add_argument(
+        "--scenes",
+        nargs="+",
+        default=None,
+        metavar="KIND",
+        help="scene kinds to draw from: room, courtyard, landscape (default: all)",
+    )
+    s.add_argument(
+        "--camera-moves",
+        nargs="+",
+        default=None,
+        metavar="MOVE",
+        help="camera moves to draw from: orbit, pan, dolly, truck, crane, orbit_crane, dolly_pan (default: "
+        "all; 'pan' has no translation, so SfM cannot measure it)",
+    )
     s.add_argument(
         "--layout",
         choices=["clips", "scene-decoupled"],

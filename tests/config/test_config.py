@@ -63,6 +63,9 @@ def test_include_cycle_is_reported(tmp_path):
         ),
         ("model.attention.mask=bogus", "model.attention.mask", "one of ['full', 'context_readonly']"),
         ("data.synth.frames=16", "data.synth.frames", "1 + 4k frames"),
+        ("data.synth.camera_moves=[dolly,spin]", "data.synth.camera_moves", "one of ['orbit', 'pan'"),
+        ("data.synth.camera_moves=[]", "data.synth.camera_moves", "at least one of"),
+        ("data.synth.scenes=[room,room]", "data.synth.scenes", "no repeated entries"),
         ("parallel.zero_stage=5", "parallel.zero_stage", "one of [1, 2, 3]"),
         ("parallel.zero_stage=0", "parallel.zero_stage", "one of [1, 2, 3]"),
         ("model.dim=65", "model.dim", "multiple of num_heads"),
@@ -118,9 +121,9 @@ def test_cli_bad_config_exits_2_with_one_line(repo_root, override, key):
 
 def test_cli_validation_does_not_import_torch(repo_root):
     code = (
-        "import sys; from cinescene.launch.cli import main; rc = main(['train', '%s', "
+        f"import sys; from cinescene.launch.cli import main; rc = main(['train', '{SMOKE}', "
         "'--print-config']); assert 'torch' not in sys.modules, 'torch imported'; sys.exit(rc)"
-    ) % SMOKE
+    )
     out = subprocess.run([sys.executable, "-c", code], cwd=repo_root, capture_output=True, text=True)
     assert out.returncode == 0, out.stderr
 

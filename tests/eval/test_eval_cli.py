@@ -83,6 +83,13 @@ def test_table_videos_contact_sheet_and_logs(evaluated):
     assert sheet.height > 3 * 3 * 64 and sheet.width > 5 * 64  # 3 samples x (GT, generated, error)
     assert (out / "logs" / "rank0.log").is_file() and (out / "logs" / "rank1.log").is_file()
     assert "Traceback" not in done.stderr
+    # report.html: one row per sample, each sample's ground truth, generated video and trajectories.
+    html = (out / "report.html").read_text()
+    assert html.count('<tr class="sample">') == 3 and html.count("<svg") == 3 and "report.html" in done.stdout
+    for record in json.loads((out / "metrics.json").read_text())["samples"]:
+        assert len(record["cameras"]) == 5 and "recovered" in record["sfm"]
+        assert read_mp4(out / record["ground_truth"])[0].shape == (5, 64, 64, 3)
+        assert read_mp4(out / record["side_by_side"])[0].shape == (5, 14 + 64, 2 * 64 + 2, 3)
 
 
 def test_one_rank_without_clip_weights_and_an_unreadable_sample(

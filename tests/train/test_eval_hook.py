@@ -158,6 +158,24 @@ def test_metrics_go_to_jsonl_and_the_offline_wandb_run(runs):
     videos = [cell for row in content["data"] for cell in row[2:]]
     assert all(cell["_type"] == "video-file" for cell in videos) and len({c["sha256"] for c in videos}) == 4
     assert all(read_mp4(artifact["files"][c["path"]])[0].shape == (5, 64, 64, 3) for c in videos)
+    # Per sample, under its key: the generated video beside the ground truth, and the camera trajectory.
+    keys = [row[0] for row in content["data"]]
+    for key in keys:
+        pair, plot = (
+            media(history[STEPS], f"eval/side_by_side/{key}"),
+            media(history[STEPS], f"eval/trajectory/{key}"),
+        )
+        assert pair["_type"] == "video-file" and plot["_type"] == "html-file", (pair, plot)
+        (pair_file,) = on.glob(f"wandb/offline-run-*/files/{pair['path']}")
+        assert read_mp4(pair_file)[0].shape == (5, 14 + 64, 2 * 64 + 2, 3)  # a title line over the two
+        (plot_file,) = on.glob(f"wandb/offline-run-*/files/{plot['path']}")
+        assert "<svg" in plot_file.read_text() and ">requested<" in plot_file.read_text()
+    assert not any(
+        k.startswith(("eval/side_by_side/", "eval/trajectory/"))
+        for s in history
+        if s != STEPS
+        for k in history[s]
+    )
 
 
 def media(row: dict, key: str) -> dict:
@@ -175,6 +193,9 @@ def test_videos_and_report_are_written_and_match_cinescene_eval(runs, tmp_path):
         assert frames.shape == (5, 64, 64, 3) and metadata["step"] == STEPS and metadata["weights"] == "ema"
         assert read_mp4(on / "eval" / "ground_truth" / f"{sample['key']}.mp4")[0].shape == (5, 64, 64, 3)
     assert (out / "contact_sheet.png").is_file() and (out / "table.md").is_file()
+    assert (out / "report.html").is_file() and report["samples"][0]["ground_truth"].startswith(
+        "../ground_truth/"
+    )
 
     # The same samples from the saved step through the command line: the hook sampled with the EMA weights.
     cli = tmp_path / "cli"

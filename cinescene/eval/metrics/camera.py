@@ -67,3 +67,16 @@ def camera_errors(requested, estimated) -> dict[str, float]:
         "trans_err": float(np.linalg.norm(gt[:, :3, 3] - est[:, :3, 3], axis=-1).sum()),
         "cam_mc": float(np.linalg.norm((gt[:, :3, :4] - est[:, :3, :4]).reshape(len(gt), 12), axis=-1).sum()),
     }
+
+
+def poses_to_json(c2w) -> list:
+    """(N, 4, 4) poses as JSON data: nested lists, ``None`` for a frame whose pose is unknown (NaN rows)."""
+    return [None if np.isnan(pose).any() else pose.tolist() for pose in as_c2w(c2w)]
+
+
+def poses_from_json(data) -> np.ndarray:
+    """The inverse of :func:`poses_to_json`: (N, 4, 4) float64, NaN for the unknown frames."""
+    if not isinstance(data, list) or not data:
+        raise ValueError("expected a non-empty list of 4x4 poses")
+    nan = np.full((4, 4), np.nan)
+    return as_c2w(np.stack([nan if pose is None else np.asarray(pose, dtype=np.float64) for pose in data]))

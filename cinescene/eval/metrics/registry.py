@@ -6,7 +6,7 @@ Usage (the eval CLI and the training hook alike)::
     result = compute_metrics(MetricInputs(generated=..., ground_truth=..., ...), cfg.eval.metrics, context)
     result.values      # {"psnr": 14.2, "rot_err": None, ...}: None = absent or failed
     result.details     # {"sfm": {"frames": 5, "registered": 3, "failure": "..."}}
-    context.absent     # {"clip_v": "eval.clip.weights is not set ..."}: metrics that cannot be computed at all
+    context.absent     # {"clip_v": "eval.clip.weights is not set ..."}: metrics that cannot run at all
 
 A metric whose inputs a sample lacks (no ground truth without the subject,
 no requested trajectory) is None for that sample, with the reason in
@@ -20,7 +20,6 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Optional
 
 import numpy as np
 
@@ -111,13 +110,16 @@ class _SampleWork:
                 "registered": best.num_registered,
                 "failure": None if errors else best.failure,
                 "trials": [{"registered": r.num_registered, "failure": r.failure} for r in results],
+                # The first usable trial's poses (camera-to-world, null for frames that did not register),
+                # for the trajectory plots; None when every trial failed.
+                "recovered": camera.poses_to_json(best.c2w) if best.ok else None,
             }
             mean = {k: float(np.mean([e[k] for e in errors])) for k in errors[0]} if errors else None
             self._camera = {"errors": mean, "sfm": details}
         return self._camera
 
 
-FrameValues = Optional[np.ndarray]
+FrameValues = np.ndarray | None
 
 
 @dataclass(frozen=True)
