@@ -8,6 +8,13 @@ import sys
 from collections.abc import Callable
 from typing import Any
 
+# CKPT of `cinescene sample` and `cinescene eval`: what sampling.checkpoint.resolve_checkpoint accepts.
+CHECKPOINT_HELP = (
+    "a run directory (its latest checkpoint), its checkpoints/ directory, a step directory, "
+    "or a directory written by `cinescene ckpt export`"
+)
+EMA_HELP = "use the EMA weights (of an export: only one exported with --ema)"
+
 
 def add_config_args(parser: argparse.ArgumentParser, required: bool = True) -> None:
     parser.add_argument(
@@ -30,7 +37,8 @@ def add_config_args(parser: argparse.ArgumentParser, required: bool = True) -> N
 def with_config(handler: Callable[[argparse.Namespace, Any], int]) -> Callable[[argparse.Namespace], int]:
     """A subcommand handler ``handler(args, cfg)`` that gets the validated, typed config.
 
-    With --print-config the resolved config is printed, secrets masked, and the handler is not called (exit 0).
+    With --print-config the resolved config is printed, secrets masked, and the handler is not called
+    (exit 0).
     """
 
     @functools.wraps(handler)

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 
+from .common import CHECKPOINT_HELP, EMA_HELP
+
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
@@ -13,9 +15,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         "docs/EVAL.md) and write metrics.json, table.md, the videos and contact_sheet.png into "
         "--out. Flags override the checkpoint config's eval section.",
     )
-    p.add_argument(
-        "checkpoint", metavar="CKPT", help="a run directory (its latest checkpoint) or a step directory"
-    )
+    p.add_argument("checkpoint", metavar="CKPT", help=CHECKPOINT_HELP)
     p.add_argument(
         "overrides",
         nargs="*",
@@ -32,7 +32,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--steps", type=int, default=None, help="sampling steps (default: eval.sample_steps)")
     p.add_argument("--metrics", default=None, help="comma-separated metric names (default: eval.metrics)")
-    p.add_argument("--ema", action="store_true", help="use the EMA weights")
+    p.add_argument("--ema", action="store_true", help=EMA_HELP)
     p.add_argument(
         "--nproc",
         type=int,

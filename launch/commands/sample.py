@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 
+from .common import CHECKPOINT_HELP, EMA_HELP
+
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
@@ -14,9 +16,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         "Writes an mp4 (settings in its metadata and in a JSON beside it) and optionally a PNG "
         "strip of frames.",
     )
-    p.add_argument(
-        "checkpoint", metavar="CKPT", help="a run directory (its latest checkpoint) or a step directory"
-    )
+    p.add_argument("checkpoint", metavar="CKPT", help=CHECKPOINT_HELP)
     p.add_argument(
         "overrides",
         nargs="*",
@@ -55,7 +55,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--cfg", type=float, default=None, help="guidance scale (default: eval.cfg_scale)")
     p.add_argument("--shift", type=float, default=None, help="flow shift (default: train.flow.shift)")
     p.add_argument("--seed", type=int, default=0, help="noise seed")
-    p.add_argument("--ema", action="store_true", help="use the EMA weights")
+    p.add_argument("--ema", action="store_true", help=EMA_HELP)
     p.add_argument("--out", required=True, help="the mp4 to write (OUT.json beside it gets the settings)")
     p.add_argument("--png", default=None, help="also write a PNG strip of up to 8 frames here")
     p.add_argument("--device", default=None, help="torch device (default: cuda when visible, else cpu)")
