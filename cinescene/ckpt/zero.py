@@ -163,9 +163,7 @@ class ZeroShards:
             pos += count
 
     # ------------------------------------------------------------------ reading
-    def read(
-        self, name: str, key: str = "fp32", start: int = 0, length: int | None = None
-    ) -> torch.Tensor:
+    def read(self, name: str, key: str = "fp32", start: int = 0, length: int | None = None) -> torch.Tensor:
         """Elements ``start .. start+length`` of parameter ``name``'s flattened ``key`` (fp32, Adam moments)."""
         param = self.params[name]
         length = param.numel - start if length is None else length

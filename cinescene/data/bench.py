@@ -8,12 +8,12 @@ seconds per optimizer step -- given with ``--step-time`` (read it off the
 trainer's logs) or measured here as forward + backward of the configured
 model on one loader batch (CPU, no optimizer; a lower bound on a real step).
 """
+
 from __future__ import annotations
 
 import dataclasses
 import statistics
 import time
-from typing import List, Optional
 
 from cinescene.errors import CineSceneError
 
@@ -25,8 +25,9 @@ def loader_rate(cfg, workers: int, batches: int, world_size: int) -> float:
     """Samples/s one rank's loader delivers with ``workers`` DataLoader workers."""
     data = dataclasses.replace(cfg.data, num_workers=workers)
     micro = cfg.train.micro_batch_size
-    loader = build_train_loader(data, cfg.model, rank=0, world_size=world_size, seed=cfg.run.seed,
-                                micro_batch_size=micro)
+    loader = build_train_loader(
+        data, cfg.model, rank=0, world_size=world_size, seed=cfg.run.seed, micro_batch_size=micro
+    )
     batches_iter = iter(loader)
     next(batches_iter)
     start = time.perf_counter()
@@ -43,14 +44,30 @@ def measured_step_time(cfg, world_size: int) -> float:
         from cinescene.models import build_model
 
         model = build_model(cfg.model)
-        batch = next(iter(build_train_loader(cfg.data, cfg.model, rank=0, world_size=world_size, seed=0,
-                                             micro_batch_size=cfg.train.micro_batch_size)))
+        batch = next(
+            iter(
+                build_train_loader(
+                    cfg.data,
+                    cfg.model,
+                    rank=0,
+                    world_size=world_size,
+                    seed=0,
+                    micro_batch_size=cfg.train.micro_batch_size,
+                )
+            )
+        )
         timestep = torch.full((batch["video"].shape[0],), 500.0)
 
         def step():
-            out = model(batch["video"], timestep, batch["text"], cameras=batch["cameras"],
-                        scene_images=batch["scene_images"], scene_latents=batch["scene_latents"],
-                        scene_counts=batch["scene_counts"])
+            out = model(
+                batch["video"],
+                timestep,
+                batch["text"],
+                cameras=batch["cameras"],
+                scene_images=batch["scene_images"],
+                scene_latents=batch["scene_latents"],
+                scene_counts=batch["scene_counts"],
+            )
             out.float().pow(2).mean().backward()
 
         step()
@@ -63,12 +80,19 @@ def measured_step_time(cfg, world_size: int) -> float:
     except CineSceneError:
         raise
     except Exception as exc:  # the model package may be absent or differ; the user can give the time
-        raise CineSceneError(f"cannot time a training step here ({type(exc).__name__}: {exc}); "
-                             "pass --step-time SECONDS".splitlines()[0]) from None
+        raise CineSceneError(
+            f"cannot time a training step here ({type(exc).__name__}: {exc}); "
+            "pass --step-time SECONDS".splitlines()[0]
+        ) from None
 
 
-def bench_loader(cfg, workers: List[int], batches: int = 20, step_time: Optional[float] = None,
-                 world_size: Optional[int] = None) -> dict:
+def bench_loader(
+    cfg,
+    workers: list[int],
+    batches: int = 20,
+    step_time: float | None = None,
+    world_size: int | None = None,
+) -> dict:
     ensure_dataset(cfg.data)
     world = world_size or cfg.launch.nproc
     if step_time is None:
@@ -79,19 +103,35 @@ def bench_loader(cfg, workers: List[int], batches: int = 20, step_time: Optional
     rows = []
     for count in workers:
         rate = loader_rate(cfg, count, batches, world)
-        rows.append({"workers": count, "samples_per_s": rate, "per_worker": rate / max(count, 1),
-                     "headroom": rate / needed})
-    return {"step_time_s": step_time, "step_time_source": source, "needed_samples_per_s": needed,
-            "world_size": world, "micro_batch_size": cfg.train.micro_batch_size, "rows": rows}
+        rows.append(
+            {
+                "workers": count,
+                "samples_per_s": rate,
+                "per_worker": rate / max(count, 1),
+                "headroom": rate / needed,
+            }
+        )
+    return {
+        "step_time_s": step_time,
+        "step_time_source": source,
+        "needed_samples_per_s": needed,
+        "world_size": world,
+        "micro_batch_size": cfg.train.micro_batch_size,
+        "rows": rows,
+    }
 
 
 def format_bench(result: dict) -> str:
-    lines = [f"one rank consumes {result['needed_samples_per_s']:.2f} samples/s "
-             f"(micro batch {result['micro_batch_size']}, step {result['step_time_s']:.3f} s, "
-             f"{result['step_time_source']}; world size {result['world_size']})",
-             f"{'workers':>8} {'samples/s':>10} {'per worker':>11} {'vs needed':>10}"]
+    lines = [
+        f"one rank consumes {result['needed_samples_per_s']:.2f} samples/s "
+        f"(micro batch {result['micro_batch_size']}, step {result['step_time_s']:.3f} s, "
+        f"{result['step_time_source']}; world size {result['world_size']})",
+        f"{'workers':>8} {'samples/s':>10} {'per worker':>11} {'vs needed':>10}",
+    ]
     for row in result["rows"]:
         verdict = "ok" if row["headroom"] >= 1.0 else "TOO SLOW"
-        lines.append(f"{row['workers']:>8} {row['samples_per_s']:>10.1f} {row['per_worker']:>11.1f} "
-                     f"{row['headroom']:>9.1f}x  {verdict}")
+        lines.append(
+            f"{row['workers']:>8} {row['samples_per_s']:>10.1f} {row['per_worker']:>11.1f} "
+            f"{row['headroom']:>9.1f}x  {verdict}"
+        )
     return "\n".join(lines)

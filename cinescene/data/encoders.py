@@ -12,12 +12,12 @@ padding); the loader zero-pads to ``model.text_len``. The manifest names each
 model by its path and by a content id (:func:`model_id`), so shards encoded by
 another checkpoint with the same config are told apart.
 """
+
 from __future__ import annotations
 
 import fnmatch
 import hashlib
 from pathlib import Path
-from typing import Dict, Optional
 
 import numpy as np
 
@@ -35,13 +35,15 @@ class PixelEncoder:
     def info(self) -> dict:
         return {"name": self.name}
 
-    def encode(self, video: np.ndarray, scene: np.ndarray, prompt: str) -> Dict[str, np.ndarray]:
+    def encode(self, video: np.ndarray, scene: np.ndarray, prompt: str) -> dict[str, np.ndarray]:
         return {}
 
 
-def _model_dir(path: Optional[str], subfolder: str, flag: str) -> Path:
+def _model_dir(path: str | None, subfolder: str, flag: str) -> Path:
     if not path:
-        raise CineSceneError(f"--encoder wan needs {flag} PATH (a local directory saved with save_pretrained)")
+        raise CineSceneError(
+            f"--encoder wan needs {flag} PATH (a local directory saved with save_pretrained)"
+        )
     root = Path(path)
     if (root / subfolder / "config.json").is_file():
         return root / subfolder
@@ -53,7 +55,7 @@ def _model_dir(path: Optional[str], subfolder: str, flag: str) -> Path:
 # Files that make a saved model what it is (diffusers / transformers save_pretrained layouts).
 MODEL_FILES = ("config.json", "*.safetensors", "*.bin", "*.pt", "*.pth", "*.ckpt")
 TOKENIZER_FILES = ("*.json", "*.model", "*.txt")
-HEAD_BYTES = 1 << 20     # read whole: a safetensors header (names, dtypes, shapes) and the first weights
+HEAD_BYTES = 1 << 20  # read whole: a safetensors header (names, dtypes, shapes) and the first weights
 SLICES, SLICE_BYTES = 16, 1 << 16  # plus this many evenly spaced slices: weights past the head
 
 
@@ -78,8 +80,11 @@ def file_fingerprint(path: Path) -> str:
 
 def model_id(directory: Path, patterns=MODEL_FILES) -> str:
     """A 16-hex id of a saved model from its files' names, sizes and fingerprints (not its path)."""
-    names = sorted(p.name for p in Path(directory).iterdir()
-                   if p.is_file() and any(fnmatch.fnmatchcase(p.name, pattern) for pattern in patterns))
+    names = sorted(
+        p.name
+        for p in Path(directory).iterdir()
+        if p.is_file() and any(fnmatch.fnmatchcase(p.name, pattern) for pattern in patterns)
+    )
     if not names:
         return "unknown"
     digest = hashlib.sha256()
@@ -89,7 +94,7 @@ def model_id(directory: Path, patterns=MODEL_FILES) -> str:
     return digest.hexdigest()[:16]
 
 
-def wan_model_dirs(vae: Optional[str], text_encoder: Optional[str], tokenizer: Optional[str] = None):
+def wan_model_dirs(vae: str | None, text_encoder: str | None, tokenizer: str | None = None):
     """Resolve (and check) the VAE, text encoder and tokenizer directories without loading anything."""
     vae_dir = _model_dir(vae, "vae", "--vae")
     text_dir = _model_dir(text_encoder, "text_encoder", "--text-encoder")
@@ -102,8 +107,14 @@ class WanEncoder:
 
     name = "wan"
 
-    def __init__(self, vae: Optional[str], text_encoder: Optional[str], tokenizer: Optional[str] = None,
-                 device: str = "cpu", dtype: str = "float16"):
+    def __init__(
+        self,
+        vae: str | None,
+        text_encoder: str | None,
+        tokenizer: str | None = None,
+        device: str = "cpu",
+        dtype: str = "float16",
+    ):
         import torch
 
         self.torch = torch
@@ -113,10 +124,13 @@ class WanEncoder:
         try:
             from diffusers import AutoencoderKLWan
 
-            self.vae = AutoencoderKLWan.from_pretrained(self.vae_dir, torch_dtype=torch.float32).to(self.device)
+            self.vae = AutoencoderKLWan.from_pretrained(self.vae_dir, torch_dtype=torch.float32).to(
+                self.device
+            )
         except (OSError, ValueError, KeyError) as exc:
-            raise CineSceneError(f"cannot load the Wan encoders ({type(exc).__name__}: {exc})".splitlines()[0]) \
-                from None
+            raise CineSceneError(
+                f"cannot load the Wan encoders ({type(exc).__name__}: {exc})".splitlines()[0]
+            ) from None
         self.vae.eval()
         # umT5-XXL loads on the first prompt: the training eval hook decodes with the VAE only (the held-out
         # shards hold the prompts' embeddings) and must not put the text encoder beside the model.
@@ -124,11 +138,18 @@ class WanEncoder:
         config = self.vae.config
         self.mean = torch.tensor(config.latents_mean, dtype=torch.float32).view(1, -1, 1, 1, 1)
         self.std = torch.tensor(config.latents_std, dtype=torch.float32).view(1, -1, 1, 1, 1)
-        self._info = {"name": self.name, "vae": str(self.vae_dir), "vae_id": model_id(self.vae_dir),
-                      "text_encoder": str(self.text_dir), "text_encoder_id": model_id(self.text_dir),
-                      "tokenizer": str(self.tokenizer_dir),
-                      "tokenizer_id": model_id(self.tokenizer_dir, TOKENIZER_FILES), "text_len": TEXT_LEN,
-                      "latents": "posterior mean, (z - latents_mean) / latents_std", "dtype": self.dtype.name}
+        self._info = {
+            "name": self.name,
+            "vae": str(self.vae_dir),
+            "vae_id": model_id(self.vae_dir),
+            "text_encoder": str(self.text_dir),
+            "text_encoder_id": model_id(self.text_dir),
+            "tokenizer": str(self.tokenizer_dir),
+            "tokenizer_id": model_id(self.tokenizer_dir, TOKENIZER_FILES),
+            "text_len": TEXT_LEN,
+            "latents": "posterior mean, (z - latents_mean) / latents_std",
+            "dtype": self.dtype.name,
+        }
 
     def info(self) -> dict:
         """What made these shards (the manifest's ``encoder``): model paths, content ids, settings."""
@@ -150,10 +171,14 @@ class WanEncoder:
                 from transformers import AutoTokenizer, UMT5EncoderModel
 
                 encoder = UMT5EncoderModel.from_pretrained(self.text_dir, torch_dtype=self.torch.float32)
-                self._text = (AutoTokenizer.from_pretrained(self.tokenizer_dir), encoder.to(self.device).eval())
+                self._text = (
+                    AutoTokenizer.from_pretrained(self.tokenizer_dir),
+                    encoder.to(self.device).eval(),
+                )
             except (OSError, ValueError, KeyError) as exc:
-                raise CineSceneError(f"cannot load the Wan text encoder ({type(exc).__name__}: {exc})"
-                                     .splitlines()[0]) from None
+                raise CineSceneError(
+                    f"cannot load the Wan text encoder ({type(exc).__name__}: {exc})".splitlines()[0]
+                ) from None
         return self._text
 
     def encode_text(self, prompt: str) -> np.ndarray:
@@ -161,8 +186,15 @@ class WanEncoder:
         torch = self.torch
         tokenizer, text_encoder = self._text_models()
         with torch.no_grad():
-            tokens = tokenizer(prompt, max_length=TEXT_LEN, padding="max_length", truncation=True,
-                               add_special_tokens=True, return_attention_mask=True, return_tensors="pt")
+            tokens = tokenizer(
+                prompt,
+                max_length=TEXT_LEN,
+                padding="max_length",
+                truncation=True,
+                add_special_tokens=True,
+                return_attention_mask=True,
+                return_tensors="pt",
+            )
             mask = tokens["attention_mask"].to(self.device)
             hidden = text_encoder(tokens["input_ids"].to(self.device), attention_mask=mask).last_hidden_state
             return hidden[0, : int(mask.sum())].float().cpu().numpy()
@@ -180,16 +212,24 @@ class WanEncoder:
             video = self.vae.decode(z.to(self.device)).sample[0].float().clamp(-1, 1)
             return ((video.permute(1, 2, 3, 0) + 1) * 127.5).round().to(torch.uint8).cpu().numpy()
 
-    def encode(self, video: np.ndarray, scene: np.ndarray, prompt: str) -> Dict[str, np.ndarray]:
+    def encode(self, video: np.ndarray, scene: np.ndarray, prompt: str) -> dict[str, np.ndarray]:
         with self.torch.no_grad():
             latents = self._latents(video)
-        return {"latents.npy": latents.astype(self.dtype),
-                "scene_latents.npy": self.encode_images(scene).astype(self.dtype),
-                "text.npy": self.encode_text(prompt).astype(self.dtype)}
+        return {
+            "latents.npy": latents.astype(self.dtype),
+            "scene_latents.npy": self.encode_images(scene).astype(self.dtype),
+            "text.npy": self.encode_text(prompt).astype(self.dtype),
+        }
 
 
-def make_encoder(name: str, vae: Optional[str] = None, text_encoder: Optional[str] = None,
-                 tokenizer: Optional[str] = None, device: str = "cpu", dtype: str = "float16"):
+def make_encoder(
+    name: str,
+    vae: str | None = None,
+    text_encoder: str | None = None,
+    tokenizer: str | None = None,
+    device: str = "cpu",
+    dtype: str = "float16",
+):
     if name == "none":
         return PixelEncoder()
     if name == "wan":

@@ -12,6 +12,7 @@ prepares, the others block on the lock and then find the manifest. (The
 lock is ``fcntl``-based: fine on local disks and most cluster file systems;
 where locks are not honoured, call it on one rank before the others start.)
 """
+
 from __future__ import annotations
 
 import os
@@ -30,8 +31,11 @@ log = get_logger("data")
 
 def require_train_shards(data_cfg) -> str:
     if not data_cfg.train_shards:
-        raise ConfigError("data.train_shards", "required for training: a directory with manifest.json "
-                          "and *.tar shards (`cinescene data prepare --out DIR`)")
+        raise ConfigError(
+            "data.train_shards",
+            "required for training: a directory with manifest.json "
+            "and *.tar shards (`cinescene data prepare --out DIR`)",
+        )
     return data_cfg.train_shards
 
 
@@ -46,8 +50,10 @@ def check_dataset(data_cfg) -> Path:
     if (shards / MANIFEST).is_file():
         read_manifest_file(shards / MANIFEST)
     elif not data_cfg.generate:
-        raise CineSceneError(f"no training data at {shards} (no {MANIFEST}); run `cinescene data prepare "
-                             "--out` there, or set data.generate=true for synthetic data")
+        raise CineSceneError(
+            f"no training data at {shards} (no {MANIFEST}); run `cinescene data prepare "
+            "--out` there, or set data.generate=true for synthetic data"
+        )
     return shards
 
 
@@ -69,8 +75,9 @@ def ensure_dataset(data_cfg) -> Path:
         if (shards / MANIFEST).is_file():
             return shards
         if shards.exists() and any(shards.iterdir()):
-            raise CineSceneError(f"{shards} exists without {MANIFEST}; remove it or point data.train_shards "
-                                 "elsewhere")
+            raise CineSceneError(
+                f"{shards} exists without {MANIFEST}; remove it or point data.train_shards elsewhere"
+            )
         _generate(data_cfg, shards)
     finally:
         lock.release()
@@ -91,4 +98,6 @@ def _generate(data_cfg, shards: Path) -> None:
     if shards.exists():
         shards.rmdir()  # empty (checked under the lock)
     os.replace(tmp, shards)
-    log.info("synthetic dataset ready: %d clips -> %s (%.1f s)", synth.clips, shards, time.perf_counter() - start)
+    log.info(
+        "synthetic dataset ready: %d clips -> %s (%.1f s)", synth.clips, shards, time.perf_counter() - start
+    )

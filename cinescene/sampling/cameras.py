@@ -164,9 +164,7 @@ def load_trajectory(path: str | Path, latent_frames: int) -> tuple[np.ndarray, f
     )
 
 
-def resolve_camera(
-    spec: str, latent_frames: int, scale: float = 1.0
-) -> tuple[np.ndarray, float | None, str]:
+def resolve_camera(spec: str, latent_frames: int, scale: float = 1.0) -> tuple[np.ndarray, float | None, str]:
     """``--camera`` (a preset name or a JSON path) -> (cameras (T, 4, 4), fov or None, description)."""
     if spec in PRESETS or not spec.endswith(".json") and not Path(spec).exists():
         return preset(spec, latent_frames, scale), None, f"preset {spec} x{scale:g}"

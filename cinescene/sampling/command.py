@@ -68,9 +68,7 @@ def check_settings(args: argparse.Namespace) -> None:
     )
 
 
-def _scene_cameras(
-    args: argparse.Namespace, cfg, scene, shard_sample
-) -> tuple[object | None, str | None]:
+def _scene_cameras(args: argparse.Namespace, cfg, scene, shard_sample) -> tuple[object | None, str | None]:
     """The scene images' cameras and where they come from, for a model with scene anchoring
     (``model.scene.pose_embedding``); (None, None) for other models, which ignore them."""
     if not (cfg.model.scene.enabled and cfg.model.scene.pose_embedding):

@@ -1,3 +1,15 @@
 """One module per subcommand; each has ``add_parser(subparsers)`` and keeps heavy imports inside ``run``."""
 
-COMMANDS = ["train", "submit", "sweep", "slurm_job", "data", "ckpt", "model", "sample", "eval", "bench", "env"]
+COMMANDS = [
+    "train",
+    "submit",
+    "sweep",
+    "slurm_job",
+    "data",
+    "ckpt",
+    "model",
+    "sample",
+    "eval",
+    "bench",
+    "env",
+]

@@ -1,4 +1,5 @@
 """`data prepare --encoder wan` with tiny randomly initialised Wan VAE, umT5 and tokenizer saved locally."""
+
 from __future__ import annotations
 
 import io
@@ -19,9 +20,11 @@ from cinescene.errors import CineSceneError
 from .conftest import SCENE_IMAGES, data_config, make_clips
 
 D_MODEL = 16
-WORDS = ("a person dog horse in shirt trousers walking running jumping turning waving room courtyard meadow "
-         "desert snowfield the camera orbits pans dollies trucks cranes around subject with walls floor and "
-         "trees hills house degrees to left right while rising towards tilts down onto up").split()
+WORDS = (
+    "a person dog horse in shirt trousers walking running jumping turning waving room courtyard meadow "
+    "desert snowfield the camera orbits pans dollies trucks cranes around subject with walls floor and "
+    "trees hills house degrees to left right while rising towards tilts down onto up"
+).split()
 
 
 def _tokenizer(path):
@@ -30,10 +33,13 @@ def _tokenizer(path):
 
     tok = Tokenizer(models.Unigram())
     tok.pre_tokenizer = pre_tokenizers.Metaspace()
-    trainer = trainers.UnigramTrainer(vocab_size=300, special_tokens=["<pad>", "</s>", "<unk>"], unk_token="<unk>")
+    trainer = trainers.UnigramTrainer(
+        vocab_size=300, special_tokens=["<pad>", "</s>", "<unk>"], unk_token="<unk>"
+    )
     tok.train_from_iterator([" ".join(WORDS)] * 4, trainer)
-    fast = T5TokenizerFast(tokenizer_object=tok, pad_token="<pad>", eos_token="</s>", unk_token="<unk>",
-                           extra_ids=0)
+    fast = T5TokenizerFast(
+        tokenizer_object=tok, pad_token="<pad>", eos_token="</s>", unk_token="<unk>", extra_ids=0
+    )
     fast.save_pretrained(path)
     return len(fast)
 
@@ -45,10 +51,19 @@ def wan_dirs(tmp_path_factory):
 
     root = tmp_path_factory.mktemp("wan")
     torch.manual_seed(0)
-    AutoencoderKLWan(base_dim=8, z_dim=16, dim_mult=[1, 1, 1, 1], num_res_blocks=1).save_pretrained(root / "vae")
+    AutoencoderKLWan(base_dim=8, z_dim=16, dim_mult=[1, 1, 1, 1], num_res_blocks=1).save_pretrained(
+        root / "vae"
+    )
     vocab = _tokenizer(root / "tokenizer")
-    config = UMT5Config(vocab_size=vocab, d_model=D_MODEL, d_kv=4, d_ff=32, num_layers=1, num_heads=2,
-                        is_encoder_decoder=False)
+    config = UMT5Config(
+        vocab_size=vocab,
+        d_model=D_MODEL,
+        d_kv=4,
+        d_ff=32,
+        num_layers=1,
+        num_heads=2,
+        is_encoder_decoder=False,
+    )
     UMT5EncoderModel(config).save_pretrained(root / "text_encoder")
     return root
 
@@ -57,15 +72,24 @@ def wan_dirs(tmp_path_factory):
 def test_wan_shards_hold_normalised_latents_and_text(wan_dirs, tmp_path):
     clips = make_clips(tmp_path / "clips", clips=2)
     out = tmp_path / "wan"
-    prepare(clips, out, encoder="wan", vae=str(wan_dirs), text_encoder=str(wan_dirs), rank=0, world=1,
-            dtype="float32", show_progress=False)
+    prepare(
+        clips,
+        out,
+        encoder="wan",
+        vae=str(wan_dirs),
+        text_encoder=str(wan_dirs),
+        rank=0,
+        world=1,
+        dtype="float32",
+        show_progress=False,
+    )
     manifest = load_manifest(out)
     fields = manifest.fields
     assert manifest.encoder == "wan" and manifest.data["encoder"]["text_len"] == 512
-    assert fields["latents.npy"]["shape"] == [16, 3, 4, 4]           # 9x32x32 -> 3 latent frames of 4x4
+    assert fields["latents.npy"]["shape"] == [16, 3, 4, 4]  # 9x32x32 -> 3 latent frames of 4x4
     assert fields["scene_latents.npy"]["shape"] == [SCENE_IMAGES, 16, 4, 4]
     assert fields["text.npy"]["shape"] == [-1, D_MODEL]
-    assert "video.npy" not in fields and "scene.npy" in fields       # scene pixels stay for VGGT
+    assert "video.npy" not in fields and "scene.npy" in fields  # scene pixels stay for VGGT
     dims = LoaderDims(text_dim=D_MODEL, text_len=512, channels=16)
     loader = build_train_loader(data_config(out), dims, rank=0, world_size=1, seed=0, micro_batch_size=2)
     batch = next(iter(loader))
@@ -75,7 +99,7 @@ def test_wan_shards_hold_normalised_latents_and_text(wan_dirs, tmp_path):
 
     tokens = len(AutoTokenizer.from_pretrained(wan_dirs / "tokenizer")(batch["prompt"][0])["input_ids"])
     real = int((batch["text"][0].abs().sum(-1) > 0).sum())
-    assert real == tokens and (batch["text"][0, real:] == 0).all()   # the prompt's tokens, then zero padding
+    assert real == tokens and (batch["text"][0, real:] == 0).all()  # the prompt's tokens, then zero padding
     assert np.isfinite(batch["video"].numpy()).all()
     from cinescene.data.inspect import contact_sheet  # latent shards get false-colour latent frames
 
@@ -107,29 +131,38 @@ def check_values_against_the_models(wan_dirs, clips, shards, batch):
     with torch.no_grad():
         for sample in samples:
             clip = read_clip(clips / sample["__key__"])
-            stored = {name: np.load(io.BytesIO(sample[name])) for name in
-                      ("latents.npy", "scene_latents.npy", "text.npy", "cameras.npy")}
+            stored = {
+                name: np.load(io.BytesIO(sample[name]))
+                for name in ("latents.npy", "scene_latents.npy", "text.npy", "cameras.npy")
+            }
             np.testing.assert_allclose(stored["latents.npy"], latents(clip.video[:frames]), rtol=0, atol=1e-5)
             scene = np.stack([latents(image[None])[:, 0] for image in clip.scene_images])
             np.testing.assert_allclose(stored["scene_latents.npy"], scene, rtol=0, atol=1e-5)
             ids = tokenizer(clip.prompt, return_tensors="pt")["input_ids"]  # real tokens only, no padding
-            np.testing.assert_allclose(stored["text.npy"], text_encoder(ids).last_hidden_state[0].numpy(),
-                                       rtol=0, atol=1e-5)
+            np.testing.assert_allclose(
+                stored["text.npy"], text_encoder(ids).last_hidden_state[0].numpy(), rtol=0, atol=1e-5
+            )
             np.testing.assert_array_equal(stored["cameras.npy"], clip.c2w[0:frames:4].astype(np.float32))
             assert len(stored["cameras.npy"]) == 3  # source frames 0, 4, 8
     # The loader hands out those embeddings, zero-padded to model.text_len.
     first = next(s for s in samples if s["__key__"] == batch["key"][0])
     embedding = torch.from_numpy(np.load(io.BytesIO(first["text.npy"])))
-    assert torch.equal(batch["text"][0, :len(embedding)], embedding)
-    assert not batch["text"][0, len(embedding):].any()
+    assert torch.equal(batch["text"][0, : len(embedding)], embedding)
+    assert not batch["text"][0, len(embedding) :].any()
 
 
 def test_wan_encoder_needs_its_models(tiny_clips, tmp_path):
     with pytest.raises(CineSceneError, match="--vae"):
         prepare(tiny_clips, tmp_path / "a", encoder="wan", show_progress=False)
     with pytest.raises(CineSceneError, match="not found"):
-        prepare(tiny_clips, tmp_path / "b", encoder="wan", vae=str(tmp_path / "none"),
-                text_encoder=str(tmp_path / "none"), show_progress=False)
+        prepare(
+            tiny_clips,
+            tmp_path / "b",
+            encoder="wan",
+            vae=str(tmp_path / "none"),
+            text_encoder=str(tmp_path / "none"),
+            show_progress=False,
+        )
 
 
 def _checkpoint(path, seed, numel=1000):
@@ -138,8 +171,10 @@ def _checkpoint(path, seed, numel=1000):
 
     path.mkdir(parents=True)
     (path / "config.json").write_text('{"_class_name": "AutoencoderKLWan", "z_dim": 16}')
-    save_file({"weight": torch.randn(numel, generator=torch.Generator().manual_seed(seed))},
-              str(path / "diffusion_pytorch_model.safetensors"))
+    save_file(
+        {"weight": torch.randn(numel, generator=torch.Generator().manual_seed(seed))},
+        str(path / "diffusion_pytorch_model.safetensors"),
+    )
     return path
 
 

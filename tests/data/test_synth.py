@@ -1,4 +1,5 @@
 """The synthetic renderer: deterministic, geometrically consistent, varied, fast enough."""
+
 from __future__ import annotations
 
 import hashlib
@@ -38,8 +39,15 @@ def test_same_seed_gives_byte_identical_output_any_worker_count(tmp_path):
 def test_layout_of_a_clip(tiny_clips):
     clip_dir = tiny_clips / "clip_000000"
     names = {p.name for p in clip_dir.iterdir()}
-    assert {"video.npy", "video_bg.npy", "mask.npy", "panorama.png", "cameras.json", "prompt.txt",
-            "meta.json"} <= names
+    assert {
+        "video.npy",
+        "video_bg.npy",
+        "mask.npy",
+        "panorama.png",
+        "cameras.json",
+        "prompt.txt",
+        "meta.json",
+    } <= names
     assert {f"scene_{k:02d}.png" for k in range(SCENE_IMAGES)} <= names
     clip = read_clip(clip_dir)
     assert clip.video.shape == (FRAMES, *SIZE, 3) and clip.video.dtype == np.uint8
@@ -67,12 +75,12 @@ def test_projected_subject_point_lands_on_the_drawn_subject(tiny_clips):
         clip = read_clip(clip_dir)
         head = np.array(clip.meta["subject"]["head_track"])
         for f in range(FRAMES):
-            uv, depth = project(head[f:f + 1], clip.c2w[f], clip.K[f])
+            uv, depth = project(head[f : f + 1], clip.c2w[f], clip.K[f])
             col, row = np.floor(uv[0]).astype(int)
             if depth[0] <= 0 or not (0 <= row < SIZE[0] and 0 <= col < SIZE[1]):
                 continue
             total += 1
-            window = clip.mask[f, max(row - 1, 0):row + 2, max(col - 1, 0):col + 2]
+            window = clip.mask[f, max(row - 1, 0) : row + 2, max(col - 1, 0) : col + 2]
             hits += int(window.any())
     assert total >= 20
     assert hits / total > 0.9
@@ -88,10 +96,12 @@ def test_projection_is_wrong_with_a_perturbed_camera(tiny_clips):
     for f in range(FRAMES):
         c2w = clip.c2w[f].copy()
         c2w[:3, :3] = c2w[:3, :3] @ turn
-        uv, depth = project(head[f:f + 1], c2w, clip.K[f])
+        uv, depth = project(head[f : f + 1], c2w, clip.K[f])
         col, row = np.floor(uv[0]).astype(int)
         inside = depth[0] > 0 and 0 <= row < SIZE[0] and 0 <= col < SIZE[1]
-        misses += int(not inside or not clip.mask[f, max(row - 1, 0):row + 2, max(col - 1, 0):col + 2].any())
+        misses += int(
+            not inside or not clip.mask[f, max(row - 1, 0) : row + 2, max(col - 1, 0) : col + 2].any()
+        )
     assert misses > FRAMES // 2
 
 
@@ -112,8 +122,8 @@ def test_panorama_matches_direct_ray_casting_of_the_scene():
     rng = np.random.default_rng(3)
     for name in sorted(BUILDERS):
         scene = BUILDERS[name](rng)
-        from cinescene.data.synth.render import render_panorama
         from cinescene.data.geometry import yaw_pitch_c2w
+        from cinescene.data.synth.render import render_panorama
 
         panorama = render_panorama(scene, 256)
         c2w = yaw_pitch_c2w(scene.pano_center, 0.7, -0.1)
@@ -121,7 +131,9 @@ def test_panorama_matches_direct_ray_casting_of_the_scene():
         cut = perspective_from_equirect(panorama, c2w, K, 48, 48).astype(float)
         origins, dirs = pixel_rays(c2w, K, 48, 48)
         hit = intersect(scene.groups, Rays(origins, dirs))
-        direct = to_uint8(shade(scene, hit, origins, dirs, np.radians(90) / 48)).reshape(48, 48, 3).astype(float)
+        direct = (
+            to_uint8(shade(scene, hit, origins, dirs, np.radians(90) / 48)).reshape(48, 48, 3).astype(float)
+        )
         assert np.abs(cut - direct).mean() < 12, name
         flipped = direct[:, ::-1]  # a mirrored panorama convention would match this instead
         assert np.abs(cut - flipped).mean() > np.abs(cut - direct).mean()
@@ -145,10 +157,17 @@ def test_varied_subjects_motions_scenes_and_large_camera_rotations():
 
 
 def test_cli_rejects_bad_arguments_in_one_line(tmp_path, cinescene_cmd, cli_env):
-    for args, key in [(["--size", "30", "64"], "--size"), (["--frames", "8"], "--frames"), (["--clips", "0"],
-                                                                                          "--clips")]:
-        run = subprocess.run(cinescene_cmd + ["data", "synth", "--out", str(tmp_path / "x")] + args,
-                             capture_output=True, text=True, env=cli_env)
+    for args, key in [
+        (["--size", "30", "64"], "--size"),
+        (["--frames", "8"], "--frames"),
+        (["--clips", "0"], "--clips"),
+    ]:
+        run = subprocess.run(
+            cinescene_cmd + ["data", "synth", "--out", str(tmp_path / "x")] + args,
+            capture_output=True,
+            text=True,
+            env=cli_env,
+        )
         assert run.returncode == 2, run.stderr
         assert key in run.stderr and len(run.stderr.strip().splitlines()) == 1
 

@@ -12,14 +12,15 @@ Speed (numpy on one core, 17 frames of 64x64 with 6 scene images and a
 two workers; ``tests/data/test_synth.py::test_render_speed_at_17x64x64``
 guards a loose bound.
 """
+
 from __future__ import annotations
 
 import json
 import multiprocessing
 import os
 import time
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 
@@ -52,36 +53,70 @@ def render_synthetic_clip(index: int, seed: int, frames: int, size: Sequence[int
     rng = np.random.default_rng(np.random.SeedSequence([int(seed), int(index)]))
     scene = build_scene(rng)
     times = np.arange(frames) / FPS
-    subject = build_subject(rng, scene.materials, times, scene.free_center, 0.5 * scene.free_radius,
-                            outdoors=scene.kind != "room")
+    subject = build_subject(
+        rng, scene.materials, times, scene.free_center, 0.5 * scene.free_radius, outdoors=scene.kind != "room"
+    )
     kind = str(rng.choice(KINDS))
     hfov = np.radians(rng.uniform(50.0, 75.0))
     K = intrinsics(height, width, hfov)
-    trajectory = build_trajectory(rng, kind, frames, subject.look_points(), subject.roots, scene.free_center,
-                                  scene.free_radius, scene.camera_z)
+    trajectory = build_trajectory(
+        rng,
+        kind,
+        frames,
+        subject.look_points(),
+        subject.roots,
+        scene.free_center,
+        scene.free_radius,
+        scene.camera_z,
+    )
     rendered = render_clip(rng, scene, subject, trajectory.c2w, K, height, width, scene_images)
     description = subject.description[0].upper() + subject.description[1:]
-    prompt = f"{description} {PHRASES[subject.motion]} in {scene.description}. The camera {trajectory.phrase}."
+    prompt = (
+        f"{description} {PHRASES[subject.motion]} in {scene.description}. The camera {trajectory.phrase}."
+    )
     meta = {
-        "generator": GENERATOR, "seed": int(seed), "index": int(index),
+        "generator": GENERATOR,
+        "seed": int(seed),
+        "index": int(index),
         "scene": {"kind": scene.kind, "description": scene.description},
-        "subject": {"kind": subject.kind, "motion": subject.motion, "description": subject.description,
-                    "height_m": round(float(subject.height), 4),
-                    # Head centre per frame (world, metres): a point the renderer draws, for checks.
-                    "head_track": subject.head_centers().tolist()},
-        "trajectory": {"kind": trajectory.kind, "phrase": trajectory.phrase,
-                       "max_rotation_deg": round(trajectory.max_rotation_deg, 3),
-                       "hfov_deg": round(float(np.degrees(hfov)), 4)},
+        "subject": {
+            "kind": subject.kind,
+            "motion": subject.motion,
+            "description": subject.description,
+            "height_m": round(float(subject.height), 4),
+            # Head centre per frame (world, metres): a point the renderer draws, for checks.
+            "head_track": subject.head_centers().tolist(),
+        },
+        "trajectory": {
+            "kind": trajectory.kind,
+            "phrase": trajectory.phrase,
+            "max_rotation_deg": round(trajectory.max_rotation_deg, 3),
+            "hfov_deg": round(float(np.degrees(hfov)), 4),
+        },
     }
-    return Clip(clip_id(index), rendered.video, trajectory.c2w, np.repeat(K[None], frames, 0), rendered.panorama,
-                scene.pano_center, rendered.scene_images, rendered.scene_c2w, rendered.scene_K, prompt, FPS,
-                meta, video_bg=rendered.video_bg, mask=rendered.mask)
+    return Clip(
+        clip_id(index),
+        rendered.video,
+        trajectory.c2w,
+        np.repeat(K[None], frames, 0),
+        rendered.panorama,
+        scene.pano_center,
+        rendered.scene_images,
+        rendered.scene_c2w,
+        rendered.scene_K,
+        prompt,
+        FPS,
+        meta,
+        video_bg=rendered.video_bg,
+        mask=rendered.mask,
+    )
 
 
 def validate_args(clips: int, frames: int, size: Sequence[int], scene_images: int, workers: int) -> None:
     """The checks of ``data.synth`` (SynthDataConfig), as ConfigErrors naming the option (the CLI exits 2)."""
-    settings = SynthDataConfig(clips=clips, frames=frames, size=list(size), scene_images=scene_images,
-                               workers=workers)
+    settings = SynthDataConfig(
+        clips=clips, frames=frames, size=list(size), scene_images=scene_images, workers=workers
+    )
     try:
         settings.validate()
     except ConfigError as exc:
@@ -108,42 +143,74 @@ def _done(out: Path, index: int, layout: str) -> bool:
     return (out / clip_id(index) / "meta.json").is_file()
 
 
-def synthesize(out: str | os.PathLike, clips: int, frames: int = 17, size: Sequence[int] = (64, 64),
-               scene_images: int = 6, seed: int = 0, workers: int = 1, layout: str = "clips",
-               show_progress: bool = True) -> Path:
+def synthesize(
+    out: str | os.PathLike,
+    clips: int,
+    frames: int = 17,
+    size: Sequence[int] = (64, 64),
+    scene_images: int = 6,
+    seed: int = 0,
+    workers: int = 1,
+    layout: str = "clips",
+    show_progress: bool = True,
+) -> Path:
     """Render ``clips`` clips into ``out`` (resumes: existing complete clips are kept). Returns ``out``."""
     validate_args(clips, frames, size, scene_images, workers)
     if layout not in LAYOUTS:
         raise ConfigError("--layout", f"expected one of {list(LAYOUTS)}, got {layout!r}")
     out = Path(out)
-    settings = {"generator": GENERATOR, "frames": frames, "size": [int(s) for s in size],
-                "scene_images": scene_images, "seed": seed, "layout": layout}
+    settings = {
+        "generator": GENERATOR,
+        "frames": frames,
+        "size": [int(s) for s in size],
+        "scene_images": scene_images,
+        "seed": seed,
+        "layout": layout,
+    }
     index_path = out / INDEX_FILE
     if index_path.exists():
         previous = json.loads(index_path.read_text())
         if previous.get("settings") != settings:
-            raise CineSceneError(f"{out} holds clips rendered with other settings ({previous.get('settings')}); "
-                                 "use another --out")
+            raise CineSceneError(
+                f"{out} holds clips rendered with other settings ({previous.get('settings')}); "
+                "use another --out"
+            )
     out.mkdir(parents=True, exist_ok=True)
     existing = _index_clips(index_path)
     # Settings first, so an interrupted run cannot be resumed with other settings; clips at the end.
     dump_json({"settings": settings, "clips": existing}, index_path)
     todo = [i for i in range(clips) if not _done(out, i, layout)]
     jobs = [(i, seed, frames, tuple(size), scene_images, str(out), layout) for i in todo]
-    log.info("rendering %d of %d clips (%dx%dx%d, %d scene images) into %s with %d worker(s)",
-             len(jobs), clips, frames, size[0], size[1], scene_images, out, workers)
+    log.info(
+        "rendering %d of %d clips (%dx%dx%d, %d scene images) into %s with %d worker(s)",
+        len(jobs),
+        clips,
+        frames,
+        size[0],
+        size[1],
+        scene_images,
+        out,
+        workers,
+    )
     if workers > 1 and len(jobs) > 1:
         # spawn, not fork: ensure_dataset may run inside a trainer whose threads (torch, gloo) a fork
         # would copy mid-flight. Every clip seeds its own generator, so completion order is irrelevant.
         with multiprocessing.get_context("spawn").Pool(min(workers, len(jobs))) as pool:
-            for _ in progress(pool.imap_unordered(_render_and_write, jobs), enabled=show_progress,
-                              total=len(jobs), desc="synth", unit="clip"):
+            for _ in progress(
+                pool.imap_unordered(_render_and_write, jobs),
+                enabled=show_progress,
+                total=len(jobs),
+                desc="synth",
+                unit="clip",
+            ):
                 pass
     else:
         for job in progress(jobs, enabled=show_progress, desc="synth", unit="clip"):
             _render_and_write(job)
-    dump_json({"settings": settings, "clips": sorted(set(existing) | {clip_id(i) for i in range(clips)})},
-              index_path)
+    dump_json(
+        {"settings": settings, "clips": sorted(set(existing) | {clip_id(i) for i in range(clips)})},
+        index_path,
+    )
     return out
 
 
@@ -153,8 +220,9 @@ def _index_clips(index_path: Path) -> list:
     return list(json.loads(index_path.read_text()).get("clips", []))
 
 
-def clips_per_second(frames: int = 17, size: Sequence[int] = (64, 64), scene_images: int = 6,
-                     count: int = 4) -> float:
+def clips_per_second(
+    frames: int = 17, size: Sequence[int] = (64, 64), scene_images: int = 6, count: int = 4
+) -> float:
     """Rendering speed on this core (no disk writes): clips per second over ``count`` clips."""
     start = time.perf_counter()
     for i in range(count):

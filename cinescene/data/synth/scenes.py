@@ -6,10 +6,10 @@ furniture stands against the walls, trees and houses stand outside the
 clearing, so the camera never starts inside a solid. The panorama is taken
 from ``pano_center`` at eye height in the middle of that area.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import List, Optional, Tuple
 
 import numpy as np
 
@@ -29,17 +29,17 @@ class Sky:
 
 @dataclass
 class Scene:
-    kind: str                       # room | courtyard | landscape
-    description: str                # for the prompt: "a living room with blue striped walls"
+    kind: str  # room | courtyard | landscape
+    description: str  # for the prompt: "a living room with blue striped walls"
     materials: MaterialTable
-    groups: List = field(default_factory=list)
+    groups: list = field(default_factory=list)
     light: np.ndarray = field(default_factory=lambda: np.array([0.3, 0.2, 0.93]))
     ambient: float = 0.45
-    sky: Optional[Sky] = None       # None: fully enclosed
-    fog_distance: Optional[float] = None
+    sky: Sky | None = None  # None: fully enclosed
+    fog_distance: float | None = None
     free_center: np.ndarray = field(default_factory=lambda: np.zeros(2))
     free_radius: float = 3.0
-    camera_z: Tuple[float, float] = (0.5, 3.0)
+    camera_z: tuple[float, float] = (0.5, 3.0)
 
     @property
     def pano_center(self) -> np.ndarray:
@@ -64,7 +64,7 @@ class ShapeCollector:
     def cylinder(self, xy, r, z0, z1, material):
         self.cylinders.append((xy, r, (z0, z1), material))
 
-    def groups(self) -> List:
+    def groups(self) -> list:
         out = []
         if self.boxes:
             c, h, y, m = zip(*self.boxes)
@@ -84,8 +84,9 @@ class ShapeCollector:
 def _tree(shapes: ShapeCollector, rng, mats: MaterialTable, xy):
     height = rng.uniform(2.5, 5.0)
     trunk = mats.add("stripes_v", hsv(0.07, 0.6, 0.35), hsv(0.07, 0.6, 0.25), scale=0.3)
-    leaves = mats.add("noise", hsv(rng.uniform(0.22, 0.36), 0.7, 0.45), hsv(rng.uniform(0.2, 0.3), 0.6, 0.25),
-                      scale=0.8)
+    leaves = mats.add(
+        "noise", hsv(rng.uniform(0.22, 0.36), 0.7, 0.45), hsv(rng.uniform(0.2, 0.3), 0.6, 0.25), scale=0.8
+    )
     shapes.cylinder(xy, rng.uniform(0.12, 0.25), 0.0, height * 0.6, trunk)
     r = rng.uniform(0.9, 1.6)
     shapes.ellipsoid((xy[0], xy[1], height * 0.6 + r * 0.7), (r, r, r * rng.uniform(1.0, 1.4)), leaves)
@@ -111,7 +112,9 @@ def build_room(rng: np.random.Generator) -> Scene:
     ceiling = mats.add("flat", pal.colour("light"))
     walls = [wall] * 4
     walls[int(rng.integers(4))] = accent_wall
-    room = RoomInterior((-width / 2, -depth / 2, 0.0), (width / 2, depth / 2, height), walls + [floor, ceiling])
+    room = RoomInterior(
+        (-width / 2, -depth / 2, 0.0), (width / 2, depth / 2, height), walls + [floor, ceiling]
+    )
     # Furniture against the walls: cabinets, sofas, tables, pillars, lamps.
     for angle in np.sort(rng.uniform(0, 2 * np.pi, int(rng.integers(5, 9)))):
         # Put each item against the wall the angle points at.
@@ -123,7 +126,9 @@ def build_room(rng: np.random.Generator) -> Scene:
         item = rng.choice(["cabinet", "sofa", "table", "pillar", "lamp", "plant"])
         if item in ("cabinet", "sofa", "table"):
             half = {"cabinet": (0.3, 0.6, 0.9), "sofa": (0.45, 1.0, 0.4), "table": (0.5, 0.5, 0.38)}[item]
-            mat = mats.add(rng.choice(["flat", "stripes_u", "noise"]), colour, shade_of(colour, 0.7), scale=0.3)
+            mat = mats.add(
+                rng.choice(["flat", "stripes_u", "noise"]), colour, shade_of(colour, 0.7), scale=0.3
+            )
             shapes.box((px, py, half[2]), half, yaw, mat)
         elif item == "pillar":
             mat = mats.add("stripes_v", colour, shade_of(colour, 0.8), scale=0.5)
@@ -157,9 +162,16 @@ def build_room(rng: np.random.Generator) -> Scene:
     floor_words = f"{colour_name(floor_colour)} {_style_words(floor_style, floor=True)} floor"
     walls_words = f"{colour_name(wall_colour)} {_style_words(wall_style)} walls"
     description = f"a {kind} with {walls_words} and {a_or_an(floor_words)}"
-    return Scene("room", description, mats, [room] + shapes.groups(),
-                 light=_unit((rng.uniform(-0.4, 0.4), rng.uniform(-0.4, 0.4), 1.0)), ambient=0.5,
-                 free_radius=min(width, depth) / 2 - 1.3, camera_z=(0.6, height - 0.5))
+    return Scene(
+        "room",
+        description,
+        mats,
+        [room] + shapes.groups(),
+        light=_unit((rng.uniform(-0.4, 0.4), rng.uniform(-0.4, 0.4), 1.0)),
+        ambient=0.5,
+        free_radius=min(width, depth) / 2 - 1.3,
+        camera_z=(0.6, height - 0.5),
+    )
 
 
 def _style_words(style: str, floor: bool = False) -> str:
@@ -214,19 +226,33 @@ def build_courtyard(rng: np.random.Generator) -> Scene:
     fx, fy, _ = _ring_positions(rng, 1, 5.0, 5.5)[0]
     shapes.cylinder((fx, fy), 0.9, 0.0, 0.5, stone)
     shapes.ellipsoid((fx, fy, 0.9), (0.35, 0.35, 0.45), stone)
-    description = (f"a courtyard with {colour_name(wall_colour)} brick walls, trees and "
-                   f"{a_or_an(colour_name(paving_colour))} paved floor")
+    description = (
+        f"a courtyard with {colour_name(wall_colour)} brick walls, trees and "
+        f"{a_or_an(colour_name(paving_colour))} paved floor"
+    )
     sky = _outdoor_sky(rng)
-    return Scene("courtyard", description, mats, [GroundPlane(paving)] + shapes.groups(),
-                 light=sky.sun, ambient=0.45, sky=sky, fog_distance=120.0,
-                 free_radius=3.8, camera_z=(0.5, 4.0))
+    return Scene(
+        "courtyard",
+        description,
+        mats,
+        [GroundPlane(paving)] + shapes.groups(),
+        light=sky.sun,
+        ambient=0.45,
+        sky=sky,
+        fog_distance=120.0,
+        free_radius=3.8,
+        camera_z=(0.5, 4.0),
+    )
 
 
 def build_landscape(rng: np.random.Generator) -> Scene:
     pal, mats, shapes = Palette(rng), MaterialTable(), ShapeCollector()
     terrain = rng.choice(["meadow", "desert", "snowfield"])
-    ground_colour = {"meadow": hsv(rng.uniform(0.2, 0.32), 0.6, 0.5), "desert": hsv(0.1, 0.45, 0.8),
-                     "snowfield": hsv(0.58, 0.05, 0.92)}[terrain]
+    ground_colour = {
+        "meadow": hsv(rng.uniform(0.2, 0.32), 0.6, 0.5),
+        "desert": hsv(0.1, 0.45, 0.8),
+        "snowfield": hsv(0.58, 0.05, 0.92),
+    }[terrain]
     ground = mats.add("noise", ground_colour, shade_of(ground_colour, 0.75), scale=1.5)
     hill_colour = shade_of(ground_colour, 0.8)
     hill = mats.add("noise", hill_colour, shade_of(hill_colour, 0.7), scale=6.0)
@@ -255,8 +281,18 @@ def build_landscape(rng: np.random.Generator) -> Scene:
         shapes.capsule((fx, fy, 0.0), (fx, fy, 1.0), 0.05, fence)
     sky = _outdoor_sky(rng)
     description = f"a {terrain} with {'hills, trees' if n_trees[1] > 2 else 'dunes, rocks'} and a small house"
-    return Scene("landscape", description, mats, [GroundPlane(ground)] + shapes.groups(), light=sky.sun,
-                 ambient=0.45, sky=sky, fog_distance=90.0, free_radius=4.5, camera_z=(0.5, 4.0))
+    return Scene(
+        "landscape",
+        description,
+        mats,
+        [GroundPlane(ground)] + shapes.groups(),
+        light=sky.sun,
+        ambient=0.45,
+        sky=sky,
+        fog_distance=90.0,
+        free_radius=4.5,
+        camera_z=(0.5, 4.0),
+    )
 
 
 BUILDERS = {"room": build_room, "courtyard": build_courtyard, "landscape": build_landscape}

@@ -5,6 +5,7 @@ height limits and at least ``MIN_SUBJECT_DISTANCE`` from the subject. Orbits
 sweep 60-200 degrees and pans 60-150 degrees, so rotations past 90 degrees are
 common. The returned phrase completes "The camera ..." in the prompt.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -20,8 +21,8 @@ KINDS = ["orbit", "pan", "dolly", "truck", "crane", "orbit_crane", "dolly_pan"]
 @dataclass
 class Trajectory:
     kind: str
-    phrase: str          # "orbits 120 degrees counter-clockwise around the subject"
-    c2w: np.ndarray      # (F, 4, 4) OpenCV camera-to-world
+    phrase: str  # "orbits 120 degrees counter-clockwise around the subject"
+    c2w: np.ndarray  # (F, 4, 4) OpenCV camera-to-world
     max_rotation_deg: float
 
 
@@ -56,8 +57,16 @@ def _reach(origin: np.ndarray, angle: float, center: np.ndarray, radius: float) 
     return max(0.0, -b + float(np.sqrt(max(b * b - (offset @ offset - radius * radius), 0.0))))
 
 
-def build_trajectory(rng: np.random.Generator, kind: str, frames: int, look: np.ndarray, roots: np.ndarray,
-                     center: np.ndarray, radius: float, z_range) -> Trajectory:
+def build_trajectory(
+    rng: np.random.Generator,
+    kind: str,
+    frames: int,
+    look: np.ndarray,
+    roots: np.ndarray,
+    center: np.ndarray,
+    radius: float,
+    z_range,
+) -> Trajectory:
     """Per-frame cameras of one ``kind`` around a subject whose look points are ``look`` (F, 3)."""
     s = _ease(frames)
     focus = look.mean(axis=0)
@@ -71,7 +80,9 @@ def build_trajectory(rng: np.random.Generator, kind: str, frames: int, look: np.
     reach = max(_reach(focus, angle, center, radius), MIN_SUBJECT_DISTANCE + 0.3)
     if kind in ("orbit", "orbit_crane"):
         room = radius - float(np.linalg.norm(focus[:2] - center))
-        r = float(np.clip(rng.uniform(2.2, 4.0), MIN_SUBJECT_DISTANCE + 0.3, max(room, MIN_SUBJECT_DISTANCE + 0.3)))
+        r = float(
+            np.clip(rng.uniform(2.2, 4.0), MIN_SUBJECT_DISTANCE + 0.3, max(room, MIN_SUBJECT_DISTANCE + 0.3))
+        )
         sweep = sign * np.radians(rng.uniform(60, 200))
         a = angle + sweep * s
         z = np.full(frames, eye_z) if kind == "orbit" else z_lo + (min(z_hi, 3.5) - z_lo) * s
@@ -93,7 +104,9 @@ def build_trajectory(rng: np.random.Generator, kind: str, frames: int, look: np.
         near = max(MIN_SUBJECT_DISTANCE + 0.2, min(rng.uniform(1.8, 2.4), 0.5 * far))
         inward = kind == "dolly_pan" or rng.random() < 0.6
         d = far + (near - far) * s if inward else near + (far - near) * s
-        eyes = np.concatenate([focus[:2] + d[:, None] * _direction(angle)[:2], np.full((frames, 1), eye_z)], -1)
+        eyes = np.concatenate(
+            [focus[:2] + d[:, None] * _direction(angle)[:2], np.full((frames, 1), eye_z)], -1
+        )
         phrase = "dollies in towards the subject" if inward else "dollies out away from the subject"
         if kind == "dolly_pan":
             sweep = sign * np.radians(rng.uniform(60, 100))
@@ -111,7 +124,9 @@ def build_trajectory(rng: np.random.Generator, kind: str, frames: int, look: np.
     elif kind == "crane":
         d = min(rng.uniform(2.5, 4.0), reach)
         z = z_lo + (min(z_hi, 3.5) - z_lo) * s
-        eyes = np.concatenate([np.repeat((focus[:2] + d * _direction(angle)[:2])[None], frames, 0), z[:, None]], -1)
+        eyes = np.concatenate(
+            [np.repeat((focus[:2] + d * _direction(angle)[:2])[None], frames, 0), z[:, None]], -1
+        )
         phrase = "cranes up and tilts down onto the subject"
     else:
         raise ValueError(f"unknown trajectory kind {kind!r}")
