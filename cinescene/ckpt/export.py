@@ -40,11 +40,11 @@ from pathlib import Path
 import torch
 
 from cinescene.errors import CineSceneError
+from cinescene.host_memory import current_rss_bytes, peak_rss_bytes, reset_peak
 from cinescene.log import get_logger
 
 from .layout import CONFIG_FILE, RANK_STATES, ZERO_TAG
 from .manifest import read_manifest
-from .memory import current_rss_bytes, peak_rss_bytes, reset_peak
 from .weights import TrainedWeights
 
 _log = get_logger("ckpt.export")
@@ -170,8 +170,8 @@ class FrozenWeights:
 
     def _initialise(self) -> dict[str, torch.Tensor]:
         """The frozen parameters as the trainer built them: the model under ``run.seed``, its files loaded."""
+        from cinescene import rng
         from cinescene.models import build_model
-        from cinescene.train import rng
 
         _log.info(
             "frozen parameters without a weights file: rebuilding them as initialised under run.seed=%d",

@@ -385,7 +385,7 @@ def run(
             _cell(mean.get("psnr"), "{:.2f}"),
             "–" if probe is None else f"{probe['mass']:.3f} of a uniform {probe['uniform']:.3f}",
         )
-    from cinescene.train.batching import plan_batch
+    from cinescene.distributed.batching import plan_batch
 
     ranks = nproc or first.launch.nproc
     results = {

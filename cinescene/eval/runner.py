@@ -154,7 +154,7 @@ def launch(args: argparse.Namespace) -> int:
 def _device(args, env):
     import torch
 
-    from cinescene.sampling.command import device_and_dtype
+    from cinescene.sampling.device import device_and_dtype
 
     name = args.device
     if name is None and torch.cuda.is_available():
@@ -211,7 +211,6 @@ def _evaluate_rank(args: argparse.Namespace, the_plan: EvalPlan, env) -> dict[st
     """Generate and measure this rank's samples; returns the metrics that cannot be computed, and why."""
     from cinescene.sampling.checkpoint import load_inference_model
     from cinescene.sampling.codec import build_codec
-    from cinescene.sampling.command import video_fps
     from cinescene.sampling.inputs import ShardSamples
     from cinescene.sampling.pipeline import StepBar, VideoGenerator
 
@@ -239,7 +238,7 @@ def _evaluate_rank(args: argparse.Namespace, the_plan: EvalPlan, env) -> dict[st
         )
     settings = _settings(the_plan)
     metadata = {"checkpoint": str(the_plan.source.path), "step": the_plan.source.step}
-    fps = video_fps(cfg, spec)
+    fps = spec.video_fps(cfg.eval.fps)
     bar = StepBar(len(mine) * settings.steps, "eval")
     try:
         for index in mine:

@@ -14,8 +14,6 @@ import math
 import time
 from pathlib import Path
 
-import torch
-
 from cinescene import __version__
 from cinescene.config.base import ConfigError, non_negative, positive, require
 from cinescene.errors import CineSceneError
@@ -24,33 +22,13 @@ from cinescene.log import get_logger, setup_logging, show_progress_bars
 from .cameras import anchor_trajectory, load_scene_cameras, resolve_camera
 from .checkpoint import checkpoint_config, load_inference_model, resolve_checkpoint
 from .codec import build_codec
+from .device import device_and_dtype
 from .inputs import ShardSamples, load_scene_folder, parse_shard_ref
 from .pipeline import Settings, StepBar, VideoGenerator
 from .spec import check_eval_data, training_spec
 from .video import write_json, write_mp4, write_strip
 
 _log = get_logger("sampling")
-DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
-
-
-def device_and_dtype(device: str | None, dtype: str | None) -> tuple[torch.device, torch.dtype]:
-    """Defaults: the GPU in bf16 when there is one, else the CPU in fp32."""
-    name = device or ("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        chosen = torch.device(name)
-    except RuntimeError:
-        raise ConfigError(
-            "--device", f"expected a torch device such as cpu or cuda:0, got {name!r}"
-        ) from None
-    if chosen.type == "cuda" and not torch.cuda.is_available():
-        raise CineSceneError(f"--device {name}: no CUDA GPU is visible")
-    kind = dtype or ("bf16" if chosen.type == "cuda" else "fp32")
-    return chosen, DTYPES[kind]
-
-
-def video_fps(cfg, spec) -> float:
-    """The source frame rate (``eval.fps``) over the stride of the generated frames (4 for the pixel proxy)."""
-    return cfg.eval.fps / spec.frame_stride
 
 
 def check_settings(args: argparse.Namespace) -> None:
@@ -176,7 +154,7 @@ def run_sample(args: argparse.Namespace) -> int:
         )
     finally:
         bar.close()
-    fps = video_fps(cfg, spec)
+    fps = spec.video_fps(cfg.eval.fps)
     metadata = {
         "cinescene": __version__,
         "checkpoint": str(source.path),

@@ -66,6 +66,10 @@ class DataSpec:
         """Source frames per generated frame: 1 through the VAE, 4 for the pixel proxy."""
         return 1 if self.encoder_name == "wan" else TEMPORAL_STRIDE
 
+    def video_fps(self, source_fps: float) -> float:
+        """The frame rate of a generated video: the source's (``eval.fps``) over :attr:`frame_stride`."""
+        return source_fps / self.frame_stride
+
     @property
     def camera_stride(self) -> int:
         """Generated frame index of latent (camera) frame j, divided by j."""

@@ -49,18 +49,18 @@ from omegaconf import OmegaConf
 
 from cinescene.config.schema import CineSceneConfig
 from cinescene.distributed.env import RANK_VARIABLES, slurm_master_port
-from cinescene.errors import CineSceneError
-from cinescene.log import get_logger, setup_logging
-
-from .environment import (
+from cinescene.distributed.slurm_env import (
     expand_nodes,
     in_batch_job,
     job_label,
     node_address,
     restart_count,
     scontrol,
-    start_record,
 )
+from cinescene.errors import CineSceneError
+from cinescene.log import get_logger, setup_logging
+
+from .environment import start_record
 from .records import job_log_dir, job_log_path, write_json_atomic
 
 _log = get_logger("slurm")

@@ -52,12 +52,11 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
-from cinescene import __version__
+from cinescene import __version__, rng
 from cinescene.config.schema import CineSceneConfig
 from cinescene.errors import CineSceneError
 from cinescene.log import get_logger
 
-from . import rng
 from .callbacks import Callback, StepResult, TrainState
 from .checkpoint import step_dir_name
 from .ema import EMACallback, ShardedEMA
@@ -108,7 +107,6 @@ class EvalHook(Callback):
         from cinescene.eval.heldout import choose
         from cinescene.eval.metrics import MetricContext
         from cinescene.sampling.codec import build_codec
-        from cinescene.sampling.command import video_fps
         from cinescene.sampling.pipeline import Settings, VideoGenerator
         from cinescene.sampling.spec import training_spec
 
@@ -130,7 +128,7 @@ class EvalHook(Callback):
             shift=cfg.train.flow.shift,
             seed=cfg.eval.seed,
         )
-        self.fps = video_fps(cfg, self.spec)
+        self.fps = self.spec.video_fps(cfg.eval.fps)
         self.started: float | None = None
         self.spent_s = 0.0
         if layout.is_main:

@@ -36,11 +36,12 @@ from cinescene.config.base import ConfigError
 from cinescene.config.schema import CineSceneConfig
 from cinescene.data.ensure import check_dataset
 from cinescene.distributed import startup_signals
+from cinescene.distributed.batching import plan_batch
 from cinescene.distributed.env import DistEnv, detect, standalone
+from cinescene.distributed.network import bind_gloo_towards_master
 from cinescene.eval.heldout import check_present as check_heldout
 from cinescene.log import get_logger, send_output_to, setup_logging, show_progress_bars, verbose
 
-from .batching import plan_batch
 from .build_locks import clear_stale_build_locks
 from .preflight import check_initial_weights
 from .run_lock import hold_run_dir
@@ -96,8 +97,6 @@ def _run_this_rank(cfg: CineSceneConfig, env: DistEnv) -> int:
     setup_logging(cfg.run.log_level, cfg.run.dir, env.rank)
     clear_stale_build_locks()  # a rank killed while DeepSpeed loaded its ops would hang every later start
     if env.launcher == "srun":
-        from cinescene.slurm.environment import bind_gloo_towards_master
-
         bind_gloo_towards_master(env.master_addr)  # nodes must reach each other, not their loopback
     from .entry import run_rank  # torch and DeepSpeed from here on: their chatter goes to the file
 

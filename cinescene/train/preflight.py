@@ -26,10 +26,9 @@ from pathlib import Path
 
 from cinescene.config.model import ModelConfig
 from cinescene.config.schema import CineSceneConfig
+from cinescene.distributed.batching import plan_batch
 from cinescene.errors import CineSceneError
 from cinescene.log import get_logger
-
-from .batching import plan_batch
 
 _log = get_logger("train")
 

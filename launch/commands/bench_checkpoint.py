@@ -1,5 +1,5 @@
 """`cinescene bench checkpoint`: checkpoint save/load throughput against dd on the same disk, loop blocked time,
-export peak memory. Library code: cinescene.ckpt.bench. Imports stay light: torch loads in the ranks."""
+export peak memory. Library code: cinescene.train.checkpoint.bench. Imports stay light: torch loads in the ranks."""
 
 from __future__ import annotations
 
@@ -52,9 +52,9 @@ def run(args: argparse.Namespace) -> int:
     require(args.state_gb > 0, "--state-gb", "a value > 0", args.state_gb)
     require(args.nproc >= 1, "--nproc", "a value >= 1", args.nproc)
     require(args.repeats >= 1, "--repeats", "a value >= 1", args.repeats)
-    from cinescene.ckpt.bench import format_report
-    from cinescene.ckpt.bench import run as bench
     from cinescene.log import setup_logging
+    from cinescene.train.checkpoint.bench import format_report
+    from cinescene.train.checkpoint.bench import run as bench
 
     setup_logging("WARNING")
     report = bench(

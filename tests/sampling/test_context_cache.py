@@ -173,12 +173,13 @@ def test_offloaded_cache_gives_the_same_video_and_lives_on_the_host(model, batch
 
 
 def test_offload_checks_host_memory_for_the_cache_and_the_device_for_two_layers(model, batch, monkeypatch):
+    from cinescene import host_memory
     from cinescene.models import context_cache
 
     tokens = batch["scene_images"].shape[1] * 8 * 8
     layer = 2 * 2 * tokens * model.cfg.dim * 4  # keys + values of one layer, float32
     monkeypatch.setattr(context_cache, "available_bytes", lambda device: 2 * layer)
-    monkeypatch.setattr(context_cache, "host_available_bytes", lambda: 2 * len(model.blocks) * layer)
+    monkeypatch.setattr(host_memory, "available_bytes", lambda: 2 * len(model.blocks) * layer)
     _sample(model, batch, True, context_cache_offload=True)  # fits: two caches on the host, two layers here
     with pytest.raises(
         CineSceneError,
@@ -186,19 +187,19 @@ def test_offload_checks_host_memory_for_the_cache_and_the_device_for_two_layers(
         r"\(context_cache_offload=True\)",
     ):
         _sample(model, batch, True)  # the same device without offload: too small
-    monkeypatch.setattr(context_cache, "host_available_bytes", lambda: 2 * len(model.blocks) * layer - 1)
+    monkeypatch.setattr(host_memory, "available_bytes", lambda: 2 * len(model.blocks) * layer - 1)
     with pytest.raises(CineSceneError, match=r"offloaded context K/V cache needs .* of host memory"):
         _sample(model, batch, True, context_cache_offload=True)
-    monkeypatch.setattr(context_cache, "host_available_bytes", lambda: 10**15)
+    monkeypatch.setattr(host_memory, "available_bytes", lambda: 10**15)
     monkeypatch.setattr(context_cache, "available_bytes", lambda device: 2 * layer - 1)
     with pytest.raises(CineSceneError, match=r"two layers in flight"):
         _sample(model, batch, True, context_cache_offload=True)
 
 
 def test_host_memory_is_read():
-    from cinescene.models.context_cache import host_available_bytes
+    from cinescene import host_memory
 
-    assert host_available_bytes() > 0
+    assert host_memory.available_bytes() > 0
 
 
 def test_no_memory_check_off_cuda():

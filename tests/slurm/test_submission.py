@@ -17,8 +17,8 @@ import yaml
 
 from cinescene.config import ConfigError, load_config
 from cinescene.config.launch import LaunchConfig
+from cinescene.distributed.slurm_env import job_label, restart_count
 from cinescene.slurm.accounting import parse_rows
-from cinescene.slurm.environment import job_label, restart_count
 from cinescene.slurm.job import decide
 from cinescene.slurm.sweeps import array_task
 
@@ -293,17 +293,6 @@ def test_status_of_a_sweep_never_submitted_and_of_a_directory_that_is_not_one(re
     assert [(r["state"], r["job"], r["step"], r["max_steps"]) for r in rows] == [("-", None, None, 30)] * 4
     out = cli(repo_root, "sweep", "status", str(tmp_path))
     assert out.returncode == 1 and "holds no sweep trials" in out.stderr and out.stderr.count("\n") == 1
-
-
-def test_gloo_binds_the_interface_that_reaches_the_master_unless_told():
-    from cinescene.slurm.environment import bind_gloo_towards_master, interface_towards
-
-    assert interface_towards("127.0.0.1") == "lo"
-    env = {}
-    assert bind_gloo_towards_master("127.0.0.1", env) == "lo" and env == {"GLOO_SOCKET_IFNAME": "lo"}
-    env = {"GLOO_SOCKET_IFNAME": "ib0"}
-    assert bind_gloo_towards_master("127.0.0.1", env) == "ib0" and env == {"GLOO_SOCKET_IFNAME": "ib0"}
-    assert interface_towards("no-such-host.invalid") is None
 
 
 def test_two_submissions_of_one_sweep_at_once_the_second_is_refused(repo_root, tmp_path):

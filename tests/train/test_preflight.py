@@ -9,11 +9,11 @@ import pytest
 from safetensors.torch import save_file
 
 from cinescene.config import ConfigError, load_config
+from cinescene.distributed.batching import plan_batch
 from cinescene.distributed.env import standalone
 from cinescene.errors import CineSceneError
 from cinescene.models import build_model
 from cinescene.models.weights import is_cinescene_extension
-from cinescene.train.batching import plan_batch
 from cinescene.train.engine import deepspeed_config
 from cinescene.train.entry import run_rank
 from cinescene.train.preflight import check_deepspeed_config, check_initial_weights, dry_run

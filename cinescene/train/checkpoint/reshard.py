@@ -24,9 +24,9 @@ import time
 import torch
 import torch.distributed as dist
 
-from cinescene.ckpt.memory import current_rss_bytes, human_bytes, peak_rss_bytes, reset_peak
 from cinescene.ckpt.zero import KEYS, ZeroShards
 from cinescene.errors import CineSceneError
+from cinescene.host_memory import current_rss_bytes, human_bytes, peak_rss_bytes, reset_peak
 from cinescene.log import get_logger
 
 _log = get_logger("train.checkpoint")

@@ -21,17 +21,17 @@ from typing import Any
 
 import torch
 
+from cinescene import rng
 from cinescene.ckpt import rank_state
 from cinescene.ckpt.layout import RANK_STATES, ZERO_TAG, rank_state_name
 from cinescene.ckpt.record import TrainerRecord, read_record
 from cinescene.ckpt.zero import ZeroShards
 from cinescene.config.schema import CineSceneConfig
+from cinescene.distributed.batching import BatchPlan
 from cinescene.distributed.groups import ParallelLayout
 from cinescene.errors import CineSceneError
 from cinescene.log import get_logger
 
-from .. import rng
-from ..batching import BatchPlan
 from ..callbacks import CallbackList, TrainState
 from .manager import CheckpointManager
 from .reshard import load_resharded

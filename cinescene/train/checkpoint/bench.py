@@ -84,7 +84,7 @@ def _evict(paths) -> None:
 
 # ----------------------------------------------------------------------------- one rank
 def rank_main(argv: list[str]) -> int:
-    """One rank of the benchmark job: ``python -m cinescene.ckpt.bench RESULT REPEATS OVERRIDES...``.
+    """One rank of the benchmark job: ``python -m cinescene.train.checkpoint.bench RESULT REPEATS OVERRIDES...``.
 
     Per repeat, side by side: save, ``dd`` writing a file of the checkpoint's size, load (resume), ``dd``
     reading that file; ``dd`` runs on rank 0 while the other ranks wait, caches dropped before each read.
@@ -95,17 +95,16 @@ def rank_main(argv: list[str]) -> int:
     import torch
     import torch.distributed as dist
 
+    from cinescene.ckpt.manifest import read_manifest
     from cinescene.config import load_config
+    from cinescene.distributed.batching import plan_batch
     from cinescene.distributed.env import detect
     from cinescene.distributed.groups import build_layout, destroy_process_group, init_process_group
     from cinescene.log import setup_logging
     from cinescene.models import build_model
-    from cinescene.train.batching import plan_batch
     from cinescene.train.callbacks import CallbackList, TrainState
     from cinescene.train.checkpoint import CheckpointManager, rank_state_now, resume
     from cinescene.train.engine import build_engine
-
-    from .manifest import read_manifest
 
     warnings.filterwarnings("ignore", category=FutureWarning, module=r"torch\.distributed")
     result, repeats, overrides = Path(argv[0]), int(argv[1]), argv[2:]
@@ -201,10 +200,9 @@ def _dd(files: list[str], size: int, *flags: str) -> float:
 # ---------------------------------------------------------------------------- the job
 def run(*, state_gb: float, nproc: int, directory: Path, export_shard: int, repeats: int, keep: bool) -> dict:
     """The whole benchmark; returns its figures (see :func:`format_report`)."""
+    from cinescene.ckpt.export import export
     from cinescene.distributed.spawn import spawn_local_ranks
     from cinescene.errors import CineSceneError
-
-    from .export import export
 
     directory.mkdir(parents=True, exist_ok=True)
     run_dir = directory / "bench-run"
@@ -213,7 +211,8 @@ def run(*, state_gb: float, nproc: int, directory: Path, export_shard: int, repe
     overrides = bench_overrides(state_gb * 1e9, model_overrides(run_dir))
     result = directory / "bench-result.json"
     status = spawn_local_ranks(
-        [sys.executable, "-m", "cinescene.ckpt.bench", str(result), str(repeats), *overrides], nproc
+        [sys.executable, "-m", "cinescene.train.checkpoint.bench", str(result), str(repeats), *overrides],
+        nproc,
     )
     if status:
         raise CineSceneError(f"the benchmark ranks failed (exit status {status}); see their output above")
@@ -239,7 +238,7 @@ def run(*, state_gb: float, nproc: int, directory: Path, export_shard: int, repe
 
 
 def format_report(r: dict) -> str:
-    from .memory import human_bytes
+    from cinescene.host_memory import human_bytes
 
     size, dd_size = r["checkpoint_bytes"], r["dd_bytes"]
     save_rate, load_rate = size / r["save_s"], size / r["load_s"]
