@@ -9,9 +9,10 @@ PNG strip (:mod:`.video`).
 
 from __future__ import annotations
 
-import argparse
 import math
 import time
+from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 from cinescene import __version__
@@ -31,33 +32,59 @@ from .video import write_json, write_mp4, write_strip
 _log = get_logger("sampling")
 
 
-def check_settings(args: argparse.Namespace) -> None:
-    if args.steps is not None:
-        positive(args.steps, "--steps")
-    if args.cfg is not None:
-        non_negative(args.cfg, "--cfg")
-    if args.shift is not None:
-        positive(args.shift, "--shift")
+@dataclass(frozen=True)
+class SampleRequest:
+    """What `cinescene sample` is asked for: its arguments, one field per flag (``cinescene sample --help``
+    says what each means and defaults to; None: the checkpoint's config decides)."""
+
+    checkpoint: str  # a run, checkpoints, step or export directory
+    overrides: Sequence[str]  # KEY=VALUE overrides of the checkpoint's config
+    scene: str  # a folder of scene images or SHARDS:KEY
+    camera: str | None  # a JSON trajectory or a preset name
+    camera_scale: float
+    scene_cameras: str | None  # a JSON file of the scene images' cameras
+    prompt: str | None
+    negative_prompt: str | None
+    steps: int | None
+    cfg: float | None
+    shift: float | None
+    seed: int
+    ema: bool
+    out: str  # the mp4
+    png: str | None  # a PNG strip of frames
+    device: str | None
+    dtype: str | None  # fp32, bf16 or fp16 (.device.DTYPES)
+    vae: str | None
+    text_encoder: str | None
+
+
+def check_settings(request: SampleRequest) -> None:
+    if request.steps is not None:
+        positive(request.steps, "--steps")
+    if request.cfg is not None:
+        non_negative(request.cfg, "--cfg")
+    if request.shift is not None:
+        positive(request.shift, "--shift")
     require(
-        math.isfinite(args.camera_scale) and args.camera_scale >= 0,
+        math.isfinite(request.camera_scale) and request.camera_scale >= 0,
         "--camera-scale",
         "a finite value >= 0",
-        args.camera_scale,
+        request.camera_scale,
     )
 
 
-def _scene_cameras(args: argparse.Namespace, cfg, scene, shard_sample) -> tuple[object | None, str | None]:
+def _scene_cameras(request: SampleRequest, cfg, scene, shard_sample) -> tuple[object | None, str | None]:
     """The scene images' cameras and where they come from, for a model with scene anchoring
     (``model.scene.pose_embedding``); (None, None) for other models, which ignore them."""
     if not (cfg.model.scene.enabled and cfg.model.scene.pose_embedding):
-        if args.scene_cameras is not None:
+        if request.scene_cameras is not None:
             _log.warning(
                 "--scene-cameras is ignored: the model does not anchor the scene to the camera "
                 "(model.scene.pose_embedding is off)"
             )
         return None, None
-    if args.scene_cameras is not None:
-        return load_scene_cameras(args.scene_cameras, len(scene)), f"file {args.scene_cameras}"
+    if request.scene_cameras is not None:
+        return load_scene_cameras(request.scene_cameras, len(scene)), f"file {request.scene_cameras}"
     if shard_sample is not None:
         return shard_sample.scene_cameras, f"the scene cameras of sample {shard_sample.key}"
     raise CineSceneError(
@@ -67,65 +94,75 @@ def _scene_cameras(args: argparse.Namespace, cfg, scene, shard_sample) -> tuple[
     )
 
 
-def run_sample(args: argparse.Namespace) -> int:
+def run_sample(request: SampleRequest) -> int:
     setup_logging("INFO")
-    check_settings(args)
-    out = Path(args.out)
-    for target in (out, Path(args.png) if args.png else None):
+    check_settings(request)
+    out = Path(request.out)
+    for target in (out, Path(request.png) if request.png else None):
         if target is not None and target.is_dir():
             raise CineSceneError(f"{target} is a directory; give a file name")
     started = time.perf_counter()
-    source = resolve_checkpoint(args.checkpoint)
-    cfg = checkpoint_config(source, args.overrides)
+    source = resolve_checkpoint(request.checkpoint)
+    cfg = checkpoint_config(source, request.overrides)
     show_progress_bars(cfg.run.progress)
     spec = training_spec(cfg)
-    device, dtype = device_and_dtype(args.device, args.dtype)
+    device, dtype = device_and_dtype(request.device, request.dtype)
 
     shard_sample = None
-    reference = parse_shard_ref(args.scene)
+    reference = parse_shard_ref(request.scene)
     if reference is not None:
         samples = ShardSamples(reference[0], spec, cfg.model)
         check_eval_data(spec, samples.manifest, "scene shards")
         shard_sample = samples.read(samples.index_of(reference[1]))
         scene, scene_desc = shard_sample.scene, f"sample {reference[1]} of {reference[0]}"
         scene_names = [f"{reference[1]}/scene_{i:02d}" for i in range(len(scene))]
-    elif Path(args.scene).is_dir():
-        scene, scene_names = load_scene_folder(args.scene, spec)
-        scene_desc = f"folder {args.scene}"
+    elif Path(request.scene).is_dir():
+        scene, scene_names = load_scene_folder(request.scene, spec)
+        scene_desc = f"folder {request.scene}"
     else:
         raise CineSceneError(
-            f"--scene {args.scene}: neither a folder of images nor SHARDS:KEY (a shard "
+            f"--scene {request.scene}: neither a folder of images nor SHARDS:KEY (a shard "
             "directory with manifest.json, a colon, a sample key)"
         )
 
     fov = None
-    if args.camera is not None:
-        cameras, fov, camera_desc = resolve_camera(args.camera, spec.latent_frames, args.camera_scale)
+    if request.camera is not None:
+        cameras, fov, camera_desc = resolve_camera(request.camera, spec.latent_frames, request.camera_scale)
     elif shard_sample is not None:
         cameras, camera_desc = shard_sample.cameras, f"the trajectory of sample {shard_sample.key}"
     else:
         raise ConfigError(
             "--camera", "required (a preset name or a JSON trajectory) unless --scene is SHARDS:KEY"
         )
-    scene_cameras, anchoring = _scene_cameras(args, cfg, scene, shard_sample)
-    if anchoring and args.scene_cameras is None and shard_sample is not None and args.camera is not None:
-        # The sample's scene cameras live in its clip's world: the requested path starts where the clip starts.
+    scene_cameras, anchoring = _scene_cameras(request, cfg, scene, shard_sample)
+    if (
+        anchoring
+        and request.scene_cameras is None
+        and shard_sample is not None
+        and request.camera is not None
+    ):
+        # The sample's scene cameras live in its clip's world: the requested path starts where the clip
+        # starts.
         cameras = anchor_trajectory(cameras, shard_sample.cameras[0])
-    prompt = args.prompt if args.prompt is not None else (shard_sample.prompt if shard_sample else None)
+    prompt = request.prompt if request.prompt is not None else (shard_sample.prompt if shard_sample else None)
     if prompt is None:
         raise ConfigError("--prompt", "required unless --scene is SHARDS:KEY (whose prompt is then used)")
 
-    codec = build_codec(spec, cfg.model, vae=args.vae, text_encoder=args.text_encoder, device=str(device))
-    text = (
-        shard_sample.text if (shard_sample is not None and args.prompt is None) else codec.encode_text(prompt)
+    codec = build_codec(
+        spec, cfg.model, vae=request.vae, text_encoder=request.text_encoder, device=str(device)
     )
-    negative = codec.encode_text(args.negative_prompt) if args.negative_prompt else None
-    model = load_inference_model(source, cfg, ema=args.ema, device=device, dtype=dtype)
+    text = (
+        shard_sample.text
+        if (shard_sample is not None and request.prompt is None)
+        else codec.encode_text(prompt)
+    )
+    negative = codec.encode_text(request.negative_prompt) if request.negative_prompt else None
+    model = load_inference_model(source, cfg, ema=request.ema, device=device, dtype=dtype)
     settings = Settings(
-        steps=args.steps or cfg.eval.sample_steps,
-        guidance_scale=cfg.eval.cfg_scale if args.cfg is None else args.cfg,
-        shift=args.shift or cfg.train.flow.shift,
-        seed=args.seed,
+        steps=request.steps or cfg.eval.sample_steps,
+        guidance_scale=cfg.eval.cfg_scale if request.cfg is None else request.cfg,
+        shift=request.shift or cfg.train.flow.shift,
+        seed=request.seed,
     )
     generator = VideoGenerator(model, spec, codec, device)
     cache = generator.context_cache()
@@ -159,15 +196,15 @@ def run_sample(args: argparse.Namespace) -> int:
         "cinescene": __version__,
         "checkpoint": str(source.path),
         "step": source.step,
-        "weights": "ema" if args.ema else "trained",
+        "weights": "ema" if request.ema else "trained",
         "model": cfg.model.name,
         "encoder": spec.encoder_name,
         "prompt": prompt,
-        "negative_prompt": args.negative_prompt,
+        "negative_prompt": request.negative_prompt,
         "scene": scene_desc,
         "scene_images": scene_names,
         "camera": camera_desc,
-        "camera_scale": args.camera_scale if args.camera else None,
+        "camera_scale": request.camera_scale if request.camera else None,
         "fov": fov,
         "scene_anchoring": anchoring,
         "cameras_c2w": [[[round(float(v), 6) for v in row] for row in c[:3]] for c in cameras],
@@ -182,20 +219,20 @@ def run_sample(args: argparse.Namespace) -> int:
         "frames": int(len(frames)),
         "size": [int(frames.shape[1]), int(frames.shape[2])],
         "fps": fps,
-        "overrides": list(args.overrides),
+        "overrides": list(request.overrides),
     }
     sidecar = out.with_suffix(".json")
     try:
         metadata["codec"] = write_mp4(out, frames, fps, metadata)
         write_json(sidecar, metadata)
-        if args.png:
-            write_strip(args.png, frames)
+        if request.png:
+            write_strip(request.png, frames)
     except OSError as exc:
         raise CineSceneError(f"cannot write {exc.filename or out}: {exc.strerror or exc}") from None
     codec_name = metadata["codec"]
     print(
         f"wrote {out}: {len(frames)} frames, {frames.shape[1]}x{frames.shape[2]}, {codec_name}, {fps:g} fps "
         f"({time.perf_counter() - started:.1f} s); settings in {sidecar}"
-        + (f"; frames in {args.png}" if args.png else "")
+        + (f"; frames in {request.png}" if request.png else "")
     )
     return 0

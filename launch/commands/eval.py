@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 
+from .common import request_from
+
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
@@ -50,6 +52,6 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from cinescene.eval.runner import launch
+    from cinescene.eval.runner import EvalRequest, launch
 
-    return launch(args)
+    return launch(request_from(args, EvalRequest))

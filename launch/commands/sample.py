@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 
+from .common import request_from
+
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
@@ -73,6 +75,6 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from cinescene.sampling.command import run_sample
+    from cinescene.sampling.command import SampleRequest, run_sample
 
-    return run_sample(args)
+    return run_sample(request_from(args, SampleRequest))
