@@ -312,14 +312,6 @@ def _require_distinct_run_dirs(trials: Sequence[Trial]) -> None:
             )
 
 
-def trial_table(trials: Sequence[Trial]) -> str:
-    """One line per trial: index, run directory, the overrides that make it differ."""
-    width = max(len(t.run_dir) for t in trials)
-    return "".join(
-        f"{t.index:>4}  {t.run_dir:<{width}}  {' '.join(t.varied) or '(base config)'}\n" for t in trials
-    )
-
-
 __all__ = [
     "SweepSpec",
     "Trial",
@@ -328,5 +320,4 @@ __all__ = [
     "base_config",
     "expand_sweep",
     "signature",
-    "trial_table",
 ]

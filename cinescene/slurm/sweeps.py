@@ -44,7 +44,8 @@ def checkpoint_step(cfg) -> int | None:
     root = Path(cfg.checkpoint.dir or Path(cfg.run.dir) / "checkpoints")
     if not root.is_dir():
         return None  # a trial that never ran: no need to import the trainer (and torch) to know
-    from cinescene.train.checkpoint import CheckpointManager, step_of
+    from cinescene.ckpt.layout import step_of
+    from cinescene.train.checkpoint import CheckpointManager
 
     latest = CheckpointManager(root, cfg.checkpoint, rank=0, world_size=1).latest()
     return step_of(latest) if latest is not None else None

@@ -11,5 +11,4 @@ runs: spawn local ranks or join torchrun/srun) and
 - ``loop``          the training loop and its step
 - ``callbacks``     event hooks; ``ema``, ``guards``, ``metrics``, ``tracking``,
                     ``preemption``, ``checkpoint`` each bring theirs
-- ``wandb_files``   read offline W&B runs back
 """

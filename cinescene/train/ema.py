@@ -201,31 +201,6 @@ def _read_range(value, start: int, length: int) -> torch.Tensor:
     return value.read_flat(start, length)
 
 
-def assemble(states: Iterable[Mapping]) -> dict[str, torch.Tensor]:
-    """Full fp32 EMA tensors (original shapes) from every rank's ``state_dict()``."""
-    pieces: dict[str, list[tuple[int, torch.Tensor]]] = {}
-    shapes: dict[str, tuple[int, ...]] = {}
-    for state in states:
-        for name, entry in state["slices"].items():
-            pieces.setdefault(name, []).append(
-                (entry["offset"], _read_range(entry["value"], 0, entry["length"]))
-            )
-            shapes[name] = tuple(entry["shape"])
-    full = {}
-    for name, parts in pieces.items():
-        flat = torch.zeros(math.prod(shapes[name]), dtype=torch.float32)
-        covered = 0
-        for offset, value in parts:
-            flat[offset : offset + value.numel()] = value
-            covered += value.numel()
-        if covered != flat.numel():
-            raise ValueError(
-                f"EMA shards of {name} cover {covered} of {flat.numel()} elements: a rank file is missing"
-            )
-        full[name] = flat.view(shapes[name])
-    return full
-
-
 class EMACallback(Callback):
     """Updates the sharded EMA after every applied optimizer step; saved per rank."""
 

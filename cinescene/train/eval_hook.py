@@ -53,12 +53,12 @@ import torch
 import torch.distributed as dist
 
 from cinescene import __version__, rng
+from cinescene.ckpt.layout import step_dir_name
 from cinescene.config.schema import CineSceneConfig
 from cinescene.errors import CineSceneError
 from cinescene.log import get_logger
 
 from .callbacks import Callback, StepResult, TrainState
-from .checkpoint import step_dir_name
 from .ema import EMACallback, ShardedEMA
 from .preemption import PreemptionFlag
 

@@ -1,5 +1,6 @@
-"""`cinescene bench checkpoint`: checkpoint save/load throughput against dd on the same disk, loop blocked time,
-export peak memory. Library code: cinescene.train.checkpoint.bench. Imports stay light: torch loads in the ranks."""
+"""`cinescene bench checkpoint`: checkpoint save/load throughput against dd on the same disk, loop blocked
+time, export peak memory. Library code: cinescene.train.checkpoint.bench, imported once the flags are
+checked (parsing imports no torch)."""
 
 from __future__ import annotations
 

@@ -12,7 +12,8 @@ import torch
 
 from cinescene.errors import CineSceneError
 from cinescene.models import attention as attn_mod
-from cinescene.models.attention import attention, context_readonly_mask
+from cinescene.kernels.attention.reference import readonly_mask
+from cinescene.models.attention import attention
 
 
 def dense_reference(q, k, v, allowed=None):
@@ -47,7 +48,7 @@ def test_full_mask_matches_reference(backend):
 def test_context_readonly_matches_dense_mask(backend, num_video):
     q, k, v = qkv()
     ours = attention(q, k, v, num_video=num_video, mask="context_readonly", backend=backend)
-    ref = dense_reference(q, k, v, context_readonly_mask(13, num_video))
+    ref = dense_reference(q, k, v, readonly_mask(13, 13, num_video))
     diff = (ours - ref).abs().max().item()
     print(f"context_readonly ({backend}, num_video={num_video}): max abs diff vs dense mask = {diff:.2e}")
     assert diff < 1e-5

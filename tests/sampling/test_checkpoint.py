@@ -15,7 +15,7 @@ from cinescene.sampling.checkpoint import (
     resolve_checkpoint,
     trained_state_dict,
 )
-from cinescene.train.checkpoint import consolidated_state_dict
+from cinescene.ckpt.weights import consolidated_state_dict
 
 pytestmark = [pytest.mark.slow, pytest.mark.dist]
 

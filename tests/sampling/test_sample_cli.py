@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from cinescene.sampling.video import read_mp4
+from tests.fixtures.video import read_mp4
 from tests.fixtures.checkpoint import REPO, cli_env
 
 pytestmark = [pytest.mark.slow, pytest.mark.dist]

@@ -16,13 +16,8 @@ from cinescene.ckpt.rank_state import read_rank_state
 from cinescene.ckpt.record import read_record
 from cinescene.config.checkpoint import CheckpointConfig
 from cinescene.errors import CineSceneError
-from cinescene.train.checkpoint import (
-    CheckpointManager,
-    check_compatible,
-    is_complete,
-    step_dir_name,
-    validate,
-)
+from cinescene.ckpt.layout import is_complete, step_dir_name
+from cinescene.train.checkpoint import CheckpointManager, check_compatible, validate
 from cinescene.train.checkpoint import (
     manager as manager_module,
 )

@@ -9,7 +9,7 @@ import torch
 
 from cinescene.config.train import EMAConfig
 from cinescene.train.callbacks import StepResult, TrainState
-from cinescene.train.ema import EMACallback, ShardedEMA, assemble
+from cinescene.train.ema import EMACallback, ShardedEMA
 from cinescene.train.guards import NonFiniteGuard, NonFiniteTrainingError, poison_if_nonfinite
 
 
@@ -22,6 +22,18 @@ def make_model():
 
 def shards(model, count, cfg=EMAConfig(decay=0.9)):
     return [ShardedEMA(model.named_parameters(), cfg, shard_index=i, shard_count=count) for i in range(count)]
+
+
+def assemble(states) -> dict[str, torch.Tensor]:
+    """Full EMA tensors from every rank's ``state_dict()``; an element no slice covers stays NaN, so it
+    fails every comparison."""
+    full = {}
+    for state in states:
+        for name, entry in state["slices"].items():
+            flat = full.setdefault(name, torch.full(tuple(entry["shape"]), math.nan)).view(-1)
+            start, length = entry["offset"], entry["length"]
+            flat[start : start + length] = entry["value"].reshape(-1)[:length]
+    return full
 
 
 def step_weights(model, step):

@@ -24,9 +24,9 @@ from pathlib import Path
 
 import pytest
 
-from cinescene.sampling.video import read_mp4
-from cinescene.train.checkpoint import weights_digest
-from cinescene.train.wandb_files import read_artifacts, read_history
+from tests.fixtures.video import read_mp4
+from cinescene.ckpt.weights import weights_digest
+from tests.fixtures.wandb_files import read_artifacts, read_history
 
 from .conftest import REPO, finish, run_env, start
 

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from cinescene.distributed.env import standalone
-from cinescene.train.checkpoint import consolidated_state_dict
+from cinescene.ckpt.weights import consolidated_state_dict
 from cinescene.train.entry import run_rank
 from cinescene.train.guards import NonFiniteTrainingError
 

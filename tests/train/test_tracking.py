@@ -9,7 +9,7 @@ from cinescene.config.tracking import TrackingConfig, WandbConfig
 from cinescene.log import setup_logging
 from cinescene.secrets import MASK
 from cinescene.train.tracking import Tracker, install_secret_filter, scrub, secret_values, truncate_jsonl
-from cinescene.train.wandb_files import read_history, read_run_ids, wait_until_written
+from tests.fixtures.wandb_files import read_history, read_run_ids, wait_until_written
 
 
 def test_truncate_keeps_steps_up_to_the_checkpoint_and_drops_a_torn_line(tmp_path):
