@@ -81,9 +81,9 @@ def _internal_error(prog: str, exc: BaseException) -> int:
     else:
         traceback.print_exc()  # sys.stderr: the log file
         sys.stderr.flush()
+    first_line = str(exc).splitlines()[0] if str(exc) else ""
     print(
-        f"{prog}: error: internal error ({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}); "
-        f"the traceback is in {where}",
+        f"{prog}: error: internal error ({type(exc).__name__}: {first_line}); the traceback is in {where}",
         file=console(),
     )
     return 1

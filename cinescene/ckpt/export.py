@@ -2,16 +2,16 @@
 
 An export directory describes itself::
 
-    config.json                                  the base DiT's config (Wan's WanModel / diffusers'
-                                                 WanTransformer3DModel), so either loads it with from_pretrained
-    diffusion_pytorch_model.safetensors          the base DiT in that layout's key names; above --max-shard-size:
+    config.json                          the base DiT's config (Wan's WanModel / diffusers'
+                                         WanTransformer3DModel), so either loads it with from_pretrained
+    diffusion_pytorch_model.safetensors  the base DiT in that layout's key names; above --max-shard-size:
       (or -00001-of-0000N + .safetensors.index.json)  shards and an index, as both projects write them
-    cinescene_modules.safetensors                what CineScene adds (camera encoders and projectors, the scene
-                                                 encoder: VGGT, projector, null token), our key names; sharded alike
-    cinescene.json                               format, layout, dtype, EMA or not, step, the source checkpoint,
-                                                 the resolved model config, the file lists
-    cinescene_config.yaml                        the run's config as its checkpoint saved it (what `cinescene
-                                                 sample` and `eval` need besides the weights: data, eval settings)
+    cinescene_modules.safetensors        what CineScene adds (camera encoders and projectors, the scene
+                                         encoder: VGGT, projector, null token), our key names; sharded alike
+    cinescene.json                       format, layout, dtype, EMA or not, step, the source checkpoint,
+                                         the resolved model config, the file lists
+    cinescene_config.yaml                the run's config as its checkpoint saved it (what `cinescene
+                                         sample` and `eval` need besides the weights: data, eval settings)
 
 Streaming: tensors are produced one at a time (gathered from the ZeRO shards
 by byte ranges, or the EMA slices from every rank file) and written shard by

@@ -56,7 +56,8 @@ _READ_CHUNK = 1 << 30  # one preadv call moves at most this many bytes (Linux ca
 
 
 class Placeholder:
-    """An allowlisted DeepSpeed object, kept inert: the arguments and state it was pickled with, nothing run."""
+    """An allowlisted DeepSpeed object, kept inert: the
+    arguments and state it was pickled with, nothing run."""
 
     qualname = "?"
 
@@ -254,7 +255,7 @@ class TorchFile:
         return self._fd
 
     def read_elements(self, key: str, dtype: torch.dtype, start: int, count: int) -> torch.Tensor:
-        """``count`` elements of storage ``key`` from element ``start``, read with preadv into a fresh tensor."""
+        """``count`` elements of storage ``key`` from element ``start``, read by preadv into a new tensor."""
         itemsize = _itemsize(dtype)
         info = self._storage_info(key)
         out = torch.empty(count * itemsize, dtype=torch.uint8)
@@ -308,7 +309,7 @@ def deepspeed_safe_globals() -> list:
 
 
 def torch_load(path: Path | str, map_location=None) -> Any:
-    """``torch.load(weights_only=True)`` with the DeepSpeed allowlist, after :func:`check` named any problem."""
+    """``torch.load(weights_only=True)`` with the DeepSpeed allowlist, once :func:`check` found no problem."""
     check(path)
     with torch.serialization.safe_globals(deepspeed_safe_globals()):
         try:

@@ -164,7 +164,8 @@ class ZeroShards:
 
     # ------------------------------------------------------------------ reading
     def read(self, name: str, key: str = "fp32", start: int = 0, length: int | None = None) -> torch.Tensor:
-        """Elements ``start .. start+length`` of parameter ``name``'s flattened ``key`` (fp32, Adam moments)."""
+        """Elements ``start .. start+length`` of parameter
+        ``name``'s flattened ``key`` (fp32, Adam moments)."""
         param = self.params[name]
         length = param.numel - start if length is None else length
         out = torch.empty(length, dtype=torch.float32)

@@ -143,7 +143,8 @@ def _section_fields(cls: Any) -> dict:
 
 
 def check_sections(tree: Any, cls: Any = CineSceneConfig, prefix: str = "", where: str = "") -> None:
-    """A section (a dataclass field: ``train``, ``train.flow``) must be given a mapping, not a scalar or a list.
+    """A section (a dataclass field: ``train``, ``train.flow``)
+    must be given a mapping, not a scalar or a list.
 
     OmegaConf's own merge error for ``train: 5`` names neither key nor file. A
     null section (``train:`` with every key commented out) counts as empty and is dropped.

@@ -185,7 +185,8 @@ def as_override(key: str, value: Any) -> str:
     """``key=value`` in the dotlist grammar, parsed back to exactly ``value`` (strings quoted as JSON)."""
     if isinstance(value, str):
         return f"{key}={json.dumps(value)}"
-    return f"{key}={yaml.safe_dump(value, default_flow_style=True, width=10**6).strip().removesuffix('...').strip()}"
+    flow = yaml.safe_dump(value, default_flow_style=True, width=10**6)
+    return f"{key}={flow.strip().removesuffix('...').strip()}"
 
 
 def signature(values: dict[str, Any]) -> str:

@@ -182,7 +182,8 @@ class WanEncoder:
         return self._text
 
     def encode_text(self, prompt: str) -> np.ndarray:
-        """umT5 embeddings of the prompt's real tokens (L, 4096) float32 (padding dropped, as Wan zeroes it)."""
+        """umT5 embeddings of the prompt's real tokens (L,
+        4096) float32 (padding dropped, as Wan zeroes it)."""
         torch = self.torch
         tokenizer, text_encoder = self._text_models()
         with torch.no_grad():
@@ -205,7 +206,8 @@ class WanEncoder:
             return np.stack([self._latents(image[None])[:, 0] for image in images])
 
     def decode_latents(self, latents) -> np.ndarray:
-        """Normalised latents (C, T, h, w) (what :meth:`encode` stores) -> uint8 frames (4(T-1)+1, H, W, 3)."""
+        """Normalised latents (C, T, h, w) (what :meth:`encode`
+        stores) -> uint8 frames (4(T-1)+1, H, W, 3)."""
         torch = self.torch
         with torch.no_grad():
             z = torch.as_tensor(latents, dtype=torch.float32)[None] * self.std + self.mean

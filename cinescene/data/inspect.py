@@ -51,7 +51,8 @@ def unreadable_samples(manifest: Manifest) -> list[dict]:
 
 
 def summarize(shards, verify: bool = False) -> dict:
-    """Counts, shapes, encoder and shard health; with ``verify`` also every shard's sha256 and every sample."""
+    """Counts, shapes, encoder and shard health; with
+    ``verify`` also every shard's sha256 and every sample."""
     manifest = load_manifest(shards)
     data = manifest.data
     shard_rows = []
@@ -100,8 +101,8 @@ def format_summary(summary: dict) -> str:
         f"{summary['path']}: {summary['num_samples']} samples in {summary['num_shards']} shards "
         f"({summary['bytes'] / 2**20:.1f} MiB), encoder {enc['name']}",
         f"clips: {summary['frames']} frames -> {summary['latent_frames']} latent frames at "
-        f"{summary['size'][0]}x{summary['size'][1]}; {summary['scene_images']} scene images stored per sample at "
-        f"{summary['scene_size'][0]}x{summary['scene_size'][1]}",
+        f"{summary['size'][0]}x{summary['size'][1]}; {summary['scene_images']} scene images stored per "
+        f"sample at {summary['scene_size'][0]}x{summary['scene_size'][1]}",
     ]
     for name, d in summary["fields"].items():
         lines.append(f"  {name:22s} {d['dtype']:8s} {str(tuple(d['shape'])):22s} in {d['samples']} samples")

@@ -210,7 +210,8 @@ def _shape_summary(arrays: dict[str, np.ndarray]) -> dict:
 
 
 def _rank_manifest(records: list[dict]) -> dict:
-    """This rank's part of the manifest, from its shard records alone (so resumed runs need no re-encoding)."""
+    """This rank's part of the manifest, from its shard
+    records alone (so resumed runs need no re-encoding)."""
     fields: dict = {}
     summary = records[0]["summary"] if records else {k: None for k in SUMMARY_KEYS}
     for record in records:

@@ -152,7 +152,8 @@ def check_sample(fields: dict[str, bytes], manifest: Manifest) -> None:
 
 
 def collate(samples: list[dict]) -> dict:
-    """Stack per-sample arrays into batch-first float32 tensors (scene counts int64); prompts and keys stay lists."""
+    """Stack per-sample arrays into batch-first float32 tensors
+    (scene counts int64); prompts and keys stay lists."""
     batch = {k: torch.from_numpy(np.stack([s[k] for s in samples])) for k in TENSOR_KEYS}
     batch["scene_counts"] = torch.tensor([s["scene_count"] for s in samples], dtype=torch.int64)
     batch.update({k: [s[k] for s in samples] for k in LIST_KEYS})

@@ -1,4 +1,5 @@
-"""`cinescene bench ablation SWEEP`: does the scene context help? The same model and budget with and without it.
+"""`cinescene bench ablation SWEEP`: does the scene context
+help? The same model and budget with and without it.
 
 SWEEP is a sweep file (``configs/experiments/ablation/arms.yaml``) whose
 trials are the arms: the same training config (model, data, steps, seed,

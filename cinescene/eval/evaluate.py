@@ -86,7 +86,8 @@ def evaluate_sample(
 
 
 def prepare_dir(out: Path) -> None:
-    """Empty the per-sample folders of ``out`` (a previous evaluation's records must not leak into this one)."""
+    """Empty the per-sample folders of ``out`` (a previous
+    evaluation's records must not leak into this one)."""
     import shutil
 
     for name in WORK_DIRS:

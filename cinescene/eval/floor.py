@@ -167,8 +167,8 @@ def main(argv=None) -> int:
     if truth_rows:
         median = {k: float(np.median([r[k] for r in truth_rows])) for k in truth_rows[0]}
         print(
-            f"camera floor (median over the {len(truth_rows)} reconstructions): {_fmt(median)}; SfM failed on "
-            f"{failures} of {len(indices)} ground-truth videos"
+            f"camera floor (median over the {len(truth_rows)} reconstructions): {_fmt(median)}; SfM failed "
+            f"on {failures} of {len(indices)} ground-truth videos"
         )
         worse = sum(
             1

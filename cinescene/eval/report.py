@@ -85,7 +85,8 @@ def _cell(value: float | None, name: str) -> str:
 
 
 def table(summary: dict, label: str) -> str:
-    """table.md: the paper's columns (and ours after them), the paper's row for scale, then this evaluation."""
+    """table.md: the paper's columns (and ours after them),
+    the paper's row for scale, then this evaluation."""
     names = summary["metrics"]
     header = (
         "| | "
@@ -156,7 +157,8 @@ def _label(text: str, height: int, width: int) -> np.ndarray:
 
 
 def contact_row(key: str, rows: dict[str, np.ndarray | None], frames: int = SHEET_FRAMES) -> np.ndarray:
-    """One sample's block: a title line, then one labelled line of evenly spaced frames per entry of ``rows``."""
+    """One sample's block: a title line, then one labelled
+    line of evenly spaced frames per entry of ``rows``."""
     from cinescene.sampling.video import strip_indices
 
     present = {name: video for name, video in rows.items() if video is not None}

@@ -305,7 +305,7 @@ def _num_scene_images(images, latents, features) -> int | None:
 def scene_count_list(
     scene_counts: torch.Tensor | None, batch: int, num_images: int | None
 ) -> list[int] | None:
-    """``scene_counts`` checked against the batch, as a host list; None when every sample uses all S images."""
+    """``scene_counts`` checked against the batch, as a host list; None when every sample has all S images."""
     if scene_counts is None or num_images is None:
         return None
     counts = torch.as_tensor(scene_counts).detach().cpu().reshape(-1)
@@ -326,7 +326,8 @@ def scene_count_list(
 def token_validity(
     num_video: int, frames: int, context_grids: Sequence[ContextGrid], counts: Sequence[int]
 ) -> torch.Tensor:
-    """(B, L) bool over [video ++ context]: video tokens and the tokens of each sample's first counts[b] images.
+    """(B, L) bool over [video ++ context]: video tokens
+    and the tokens of each sample's first counts[b] images.
 
     A context grid's image index is its frame index minus the video's frames
     (see the module doc), for VGGT and pixel tokens alike.

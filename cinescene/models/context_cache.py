@@ -308,7 +308,8 @@ def _video_tokens(model, x: torch.Tensor) -> int:
 
 @contextmanager
 def _swap_self_attention(model, make_attend: Callable) -> Iterator[None]:
-    """While active, each block's ``self_attn(hidden, attend, rope=...)`` gets ``make_attend(layer, attend)``."""
+    """While active, each block's ``self_attn(hidden, attend,
+    rope=...)`` gets ``make_attend(layer, attend)``."""
     handles = []
     for layer, block in enumerate(model.blocks):
 

@@ -47,7 +47,8 @@ class SampleShape:
 
     @classmethod
     def from_config(cls, cfg) -> SampleShape:
-        """From a CineSceneConfig: ``model.data_shape`` fields, else the data section (see DataShapeConfig)."""
+        """From a CineSceneConfig: ``model.data_shape`` fields,
+        else the data section (see DataShapeConfig)."""
         shape = cfg.model.data_shape
         frames = shape.frames or cfg.data.synth.frames
         height, width = shape.size or cfg.data.synth.size
@@ -227,7 +228,8 @@ def flops_per_sample(
 
 
 def parameter_counts(model: nn.Module) -> dict[str, int]:
-    """dit (the base Wan DiT), scene_encoder (VGGT), new_modules (camera, projector, null token), trainable, total."""
+    """dit (the base Wan DiT), scene_encoder (VGGT), new_modules
+    (camera, projector, null token), trainable, total."""
     counts = {"dit": 0, "scene_encoder": 0, "new_modules": 0, "trainable": 0, "total": 0}
     for name, param in model.named_parameters():
         numel = full_numel(param)

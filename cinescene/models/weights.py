@@ -166,10 +166,14 @@ def _resolve(path: Path) -> Path:
     return candidates[0]
 
 
+def _without_prefix(length: int) -> Callable[[str], str]:
+    return lambda key: key[length:]
+
+
 def _strip_prefixes(source: TensorSource) -> TensorSource:
     for prefix in STRIP_PREFIXES:
         if len(source) and all(k.startswith(prefix) for k in source.keys()):
-            source = source.renamed(lambda k, n=len(prefix): k[n:])
+            source = source.renamed(_without_prefix(len(prefix)))
     return source
 
 

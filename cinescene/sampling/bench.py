@@ -73,8 +73,9 @@ class SamplingPlan:
 
     def describe(self) -> str:
         return (
-            f"{self.model} on {self.device} ({self.dtype}): {self.steps} steps, guidance {self.guidance_scale} "
-            f"({self.guidance_branches} branches), shift {self.shift}; latents {self.latent_shape}, "
+            f"{self.model} on {self.device} ({self.dtype}): {self.steps} steps, guidance "
+            f"{self.guidance_scale} ({self.guidance_branches} branches), shift {self.shift}; latents "
+            f"{self.latent_shape}, "
             f"{self.video_tokens:,} video + {self.context_tokens:,} context tokens from {self.scene_images} "
             f"scene images; context cache {_size(self.cache_bytes_per_branch)} per branch, "
             f"{_size(self.guidance_branches * self.cache_bytes_per_branch)} in all"

@@ -93,8 +93,8 @@ RETIRED_KEYS = {("data", "val_shards"): ("eval", "data")}
 
 
 def _retire_keys(raw: dict) -> bool:
-    """Drop :data:`RETIRED_KEYS` from a saved config (moving a value to its owner when that is unset); True when
-    anything changed. ``data.val_shards`` was the held-out data before ``eval.data`` owned it."""
+    """Drop :data:`RETIRED_KEYS` from a saved config (moving a value to its owner when that is unset); True
+    when anything changed. ``data.val_shards`` was the held-out data before ``eval.data`` owned it."""
     changed = False
     for (section, key), (owner, owner_key) in RETIRED_KEYS.items():
         if isinstance(raw.get(section), dict) and key in raw[section]:

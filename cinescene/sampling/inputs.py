@@ -1,4 +1,5 @@
-"""Conditioning inputs for sampling: scene images from a folder or a shard sample, and a sample's other fields.
+"""Conditioning inputs for sampling: scene images from
+a folder or a shard sample, and a sample's other fields.
 
 A scene folder holds image files (PNG, JPEG, WebP, BMP; sorted by name);
 each is centre-cropped to the training scene images' aspect and resized

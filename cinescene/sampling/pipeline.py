@@ -36,7 +36,8 @@ class Settings:
 
 
 class StepBar:
-    """A progress bar over sampling steps when :func:`cinescene.log.progress_bars_shown`; otherwise nothing."""
+    """A progress bar over sampling steps when
+    :func:`cinescene.log.progress_bars_shown`; otherwise nothing."""
 
     def __init__(self, total: int, desc: str, enabled: bool = True):
         self.bar = None

@@ -83,7 +83,7 @@ class DataSpec:
 
     @classmethod
     def from_manifest(cls, manifest, scene_images: int, pixel_pool: int) -> DataSpec:
-        """``scene_images``, ``pixel_pool``: the data section's settings (data.scene_images, data.pixel_pool)."""
+        """``scene_images``, ``pixel_pool``: the data section's (data.scene_images, data.pixel_pool)."""
         data = manifest.data
         return cls(
             encoder=dict(data["encoder"]),

@@ -43,7 +43,8 @@ def _even(frames: np.ndarray) -> np.ndarray:
 
 
 def write_mp4(path: str | Path, frames: np.ndarray, fps: float, metadata: dict | None = None) -> str:
-    """Write uint8 frames (N, H, W, 3) as an mp4 (written to a temporary name, then renamed); returns the codec."""
+    """Write uint8 frames (N, H, W, 3) as an mp4 (written to
+    a temporary name, then renamed); returns the codec."""
     import av
 
     path = Path(path)

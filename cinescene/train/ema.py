@@ -144,7 +144,8 @@ class ShardedEMA:
 
     @contextmanager
     def applied(self) -> Iterator[None]:
-        """The EMA weights in place of the trained ones inside the block; the trained ones restored exactly after.
+        """The EMA weights in place of the trained ones inside
+        the block; the trained ones restored exactly after.
 
         A collective: every rank enters together. Under ZeRO-3 each rank writes its slice into its own
         partition (``ds_tensor``); parameters ZeRO-3 keeps whole on every rank (``ds_persist``, below
@@ -182,7 +183,8 @@ class ShardedEMA:
             persistent[0].all_gather(persistent)
 
     def _gathered(self, s: _Slice) -> torch.Tensor:
-        """ZeRO-1/2: one parameter's full EMA, joined from every rank's slice (ranks cut equal, padded pieces)."""
+        """ZeRO-1/2: one parameter's full EMA, joined from
+        every rank's slice (ranks cut equal, padded pieces)."""
         total, world = math.prod(s.shape), self.shard_count
         if world == 1:
             return self.shadow[s.name].view(s.shape)
@@ -195,7 +197,8 @@ class ShardedEMA:
 
 
 def _read_range(value, start: int, length: int) -> torch.Tensor:
-    """Elements ``start .. start+length`` of a saved slice: a tensor, or a lazy stored tensor (``read_flat``)."""
+    """Elements ``start .. start+length`` of a saved slice:
+    a tensor, or a lazy stored tensor (``read_flat``)."""
     if isinstance(value, torch.Tensor):
         return value.reshape(-1)[start : start + length]
     return value.read_flat(start, length)

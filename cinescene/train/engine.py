@@ -80,7 +80,8 @@ def build_engine(
     *,
     zero_init: bool = False,
 ):
-    """Model (optionally partitioned at build), optimizer, and ``deepspeed.initialize``; returns the engine."""
+    """Model (optionally partitioned at build), optimizer,
+    and ``deepspeed.initialize``; returns the engine."""
     import deepspeed
 
     context = (

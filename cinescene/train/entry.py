@@ -94,7 +94,8 @@ def _build_callbacks(
 
 
 def run_rank(cfg: CineSceneConfig, env: DistEnv, components: Components | None = None) -> int:
-    """Train as rank ``env.rank`` of ``env.world_size``; returns the exit status (0, or the preemption one)."""
+    """Train as rank ``env.rank`` of ``env.world_size``;
+    returns the exit status (0, or the preemption one)."""
     components = components or default_components()
     die_with_launcher()  # a rank our spawner started ends with it (cinescene's CLI did this already)
     flag = PreemptionFlag(cfg.launch.preempt_signals).install()

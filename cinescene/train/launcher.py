@@ -50,7 +50,8 @@ _log = get_logger("launch")
 
 
 def _visible_gpus() -> int:
-    """GPUs this process may use, without importing torch: CUDA_VISIBLE_DEVICES, else the NVIDIA device nodes."""
+    """GPUs this process may use, without importing torch:
+    CUDA_VISIBLE_DEVICES, else the NVIDIA device nodes."""
     visible = os.environ.get("CUDA_VISIBLE_DEVICES")
     if visible is not None:
         entries = [v for v in visible.split(",") if v.strip()]

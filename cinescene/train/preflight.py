@@ -68,7 +68,8 @@ class Check:
 
 
 def dry_run(cfg: CineSceneConfig, world_size: int) -> list[Check]:
-    """Every check up to building the engine (see the module doc); raises CineSceneError at the first failure."""
+    """Every check up to building the engine (see the module
+    doc); raises CineSceneError at the first failure."""
     from cinescene.models import build_model
     from cinescene.models.flops import parameter_counts
 
@@ -172,7 +173,8 @@ def _fit(report, fresh: list[str]) -> str:
 
 
 def check_deepspeed_config(ds_config: dict, plan) -> None:
-    """The batch identity DeepSpeed asserts at start-up, and the ZeRO section through DeepSpeed's own schema."""
+    """The batch identity DeepSpeed asserts at start-up,
+    and the ZeRO section through DeepSpeed's own schema."""
     from deepspeed.runtime.zero.config import DeepSpeedZeroConfig
 
     batch = (
@@ -203,8 +205,8 @@ def _data_status(cfg: CineSceneConfig) -> Check:
 
 
 def _eval_data_status(cfg: CineSceneConfig) -> Check:
-    """The eval hook's held-out shards: reported like the training data (their fit to the model is checked when
-    the run starts, against the training data's manifest)."""
+    """The eval hook's held-out shards: reported like the training data (their fit to the model is checked
+    when the run starts, against the training data's manifest)."""
     from cinescene.eval.heldout import check_present
 
     try:

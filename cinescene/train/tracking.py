@@ -18,6 +18,7 @@ argument (notes, tags, names), and our log lines.
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import math
@@ -169,7 +170,7 @@ class Tracker:
                     for k, v in row.items()
                     if k != "step" and v is not None
                 }
-                self._guarded("log", lambda: self._wandb_run.log(values, step=row["step"]))
+                self._guarded("log", functools.partial(self._wandb_run.log, values, step=row["step"]))
 
     def log(self, step: int, metrics: Mapping[str, Any]) -> None:
         if not self.is_main:

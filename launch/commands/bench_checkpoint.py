@@ -15,8 +15,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "checkpoint",
         help="checkpoint save/load throughput vs dd, loop blocked time, export memory",
-        description="Trains one step of a CineScene DiT sized to --state-gb of fp32 optimizer state under ZeRO-3 "
-        "on --nproc local ranks, saves a checkpoint the way the trainer does, resumes it into a new "
+        description="Trains one step of a CineScene DiT sized to --state-gb of fp32 optimizer state under "
+        "ZeRO-3 on --nproc local ranks, saves a checkpoint the way the trainer does, resumes it into a new "
         "engine, exports it, and times dd writing and reading a file of the same size in the same "
         "directory. Prints seconds, GB/s and the ratio to dd.",
     )

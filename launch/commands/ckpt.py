@@ -1,4 +1,5 @@
-"""`cinescene ckpt info|export`: inspect and verify a checkpoint; export it as safetensors for Wan or diffusers.
+"""`cinescene ckpt info|export`: inspect and verify a
+checkpoint; export it as safetensors for Wan or diffusers.
 
 PATH is a run directory (its ``checkpoints/latest``), a checkpoints directory,
 or one step directory. Imports stay light: torch loads inside the handlers.

@@ -34,7 +34,8 @@ def add_config_args(parser: argparse.ArgumentParser, required: bool = True) -> N
 def with_config(handler: Callable[[argparse.Namespace, Any], int]) -> Callable[[argparse.Namespace], int]:
     """A subcommand handler ``handler(args, cfg)`` that gets the validated, typed config.
 
-    With --print-config the resolved config is printed, secrets masked, and the handler is not called (exit 0).
+    With --print-config the resolved config is printed,
+    secrets masked, and the handler is not called (exit 0).
     """
 
     @functools.wraps(handler)

@@ -1,4 +1,5 @@
-"""`cinescene ckpt export` and `cinescene ckpt info` on a real (tiny CineScene, one rank, ZeRO-3) training run.
+"""`cinescene ckpt export` and `cinescene ckpt info` on
+a real (tiny CineScene, one rank, ZeRO-3) training run.
 
 Export: diffusers' WanTransformer3DModel.from_pretrained on the export equals our base DiT on the same inputs
 (fp32); the Wan layout holds exactly Wan's key set and reloads into our model with strict key checks; the
@@ -57,7 +58,8 @@ def smoke_run(smoke_shards, tmp_path_factory) -> Path:
 
 
 def trained_model(run_dir: Path, *, ema: bool = False):
-    """The model as training left it: built like the trainer builds it (seeded), the trained weights loaded."""
+    """The model as training left it: built like the trainer
+    builds it (seeded), the trained weights loaded."""
     cfg, _ = load_config(run_dir / "config.yaml", [])
     rng.seed_all(cfg.run.seed)
     model = build_model(cfg.model)

@@ -1,6 +1,6 @@
-"""A damaged newest checkpoint: one warning line naming the file, resume from the previous complete one, the run
-finishes. And a checkpoint carrying code: refused naming the file, the code never runs (auto-resume falls back;
-``checkpoint.resume=<path>`` stops with the one-line error).
+"""A damaged newest checkpoint: one warning line naming the file, resume from the previous complete one, the
+run finishes. And a checkpoint carrying code: refused naming the file, the code never runs (auto-resume falls
+back; ``checkpoint.resume=<path>`` stops with the one-line error).
 
 Real one-rank ZeRO-3 runs of the trainer's stand-in model, in-process (tests/train/standins.py).
 """
@@ -15,9 +15,9 @@ from pathlib import Path
 import pytest
 
 from cinescene.ckpt.errors import UnsafeCheckpointError
+from cinescene.ckpt.layout import is_complete
 from cinescene.ckpt.manifest import MANIFEST, hash_file
 from cinescene.distributed.env import standalone
-from cinescene.ckpt.layout import is_complete
 from cinescene.train.entry import run_rank
 from tests.train.standins import standin_components, tiny_config
 

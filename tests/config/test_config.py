@@ -118,9 +118,9 @@ def test_cli_bad_config_exits_2_with_one_line(repo_root, override, key):
 
 def test_cli_validation_does_not_import_torch(repo_root):
     code = (
-        "import sys; from cinescene.launch.cli import main; rc = main(['train', '%s', "
+        f"import sys; from cinescene.launch.cli import main; rc = main(['train', '{SMOKE}', "
         "'--print-config']); assert 'torch' not in sys.modules, 'torch imported'; sys.exit(rc)"
-    ) % SMOKE
+    )
     out = subprocess.run([sys.executable, "-c", code], cwd=repo_root, capture_output=True, text=True)
     assert out.returncode == 0, out.stderr
 

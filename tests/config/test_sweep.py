@@ -167,13 +167,16 @@ def test_cli_dry_run_lists_trials_and_the_array_it_would_submit(repo_root, tmp_p
     )
     path = tmp_path / "smoke_lr.yaml"
     path.write_text(yaml.safe_dump(spec, sort_keys=False))
-    run = lambda *a: subprocess.run(
-        [sys.executable, "-m", "cinescene", "sweep", str(path), *a],
-        cwd=repo_root,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+
+    def run(*a):
+        return subprocess.run(
+            [sys.executable, "-m", "cinescene", "sweep", str(path), *a],
+            cwd=repo_root,
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+
     out = run("--max-parallel", "2", "--dry-run")
     assert out.returncode == 0, out.stderr
     _, trials = expand_sweep(path)

@@ -58,7 +58,9 @@ def test_ensure_from_two_processes_at_once_generates_once(tmp_path):
     ]
     deadline = time.time() + 240
     while not all(log.exists() and "waiting" in log.read_text() for log in logs):
-        assert time.time() < deadline and all(p.poll() is None for p in procs), [l.read_text() for l in logs]
+        assert time.time() < deadline and all(p.poll() is None for p in procs), [
+            log.read_text() for log in logs
+        ]
         time.sleep(0.2)
     lock.release()
     assert all(p.wait(timeout=240) == 0 for p in procs), [log.read_text() for log in logs]

@@ -118,7 +118,8 @@ def test_scene_images_agree_with_the_panorama(tiny_clips):
 
 
 def test_panorama_matches_direct_ray_casting_of_the_scene():
-    """Cutting a view from the panorama approximates rendering that view directly (geometry of the panorama)."""
+    """Cutting a view from the panorama approximates rendering
+    that view directly (geometry of the panorama)."""
     rng = np.random.default_rng(3)
     for name in sorted(BUILDERS):
         scene = BUILDERS[name](rng)

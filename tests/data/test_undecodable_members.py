@@ -95,13 +95,16 @@ def test_the_eval_loader_drops_them(shards_copy):
 
 def test_data_inspect_verify_reports_them(shards_copy, repo_root):
     bad = add_bad_shard(shards_copy)
-    run = lambda *a: subprocess.run(
-        [sys.executable, "-m", "cinescene", "data", "inspect", str(shards_copy), *a],
-        cwd=repo_root,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+
+    def run(*a):
+        return subprocess.run(
+            [sys.executable, "-m", "cinescene", "data", "inspect", str(shards_copy), *a],
+            cwd=repo_root,
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+
     out = run("--verify")
     assert out.returncode == 1 and out.stderr == "", out.stderr
     assert "unreadable samples: 5 of 11" in out.stdout

@@ -1,4 +1,5 @@
-"""Test helpers: a tiny randomly initialised CLIP saved like a real one (model, tokenizer, image processor)."""
+"""Test helpers: a tiny randomly initialised CLIP saved
+like a real one (model, tokenizer, image processor)."""
 
 from __future__ import annotations
 

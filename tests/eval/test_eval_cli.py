@@ -1,4 +1,5 @@
-"""`cinescene eval` on a trained smoke checkpoint with 2 local ranks: every output, and the one-line errors."""
+"""`cinescene eval` on a trained smoke checkpoint with
+2 local ranks: every output, and the one-line errors."""
 
 from __future__ import annotations
 
@@ -12,8 +13,8 @@ import pytest
 from PIL import Image
 
 from cinescene.config.eval import METRIC_NAMES
-from tests.fixtures.video import read_mp4
 from tests.fixtures.checkpoint import REPO, cli_env
+from tests.fixtures.video import read_mp4
 
 from .helpers import save_tiny_clip
 

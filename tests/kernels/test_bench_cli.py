@@ -128,7 +128,8 @@ def test_reference_rows_cover_both_ends_and_the_boundary():
 
 def test_bench_runs_on_cpu_at_toy_size(tmp_path, device):
     """The GPU benchmark's code path on the CPU (ours through the interpreter, SDPA's CPU backends): errors
-    against float64, backward timed on its own, effective rates only on the rows that skip the masked block."""
+    against float64, backward timed on its own, effective rates only on the rows that skip the masked
+    block."""
     if device != "cpu":
         pytest.skip("the toy-size run is the CPU check of the GPU benchmark's code")
     out = tmp_path / "bench.json"

@@ -1,6 +1,6 @@
-"""kernels/attention/gpu_check.sh: the GPU session's one command. Its --dry-run runs every step in its CPU form
-(the interpreter sweep, the sampling plan of the 1.3B config and the tiny model for real, the gpu-marked tests,
-which skip), so the script itself is exercised before a GPU session depends on it."""
+"""kernels/attention/gpu_check.sh: the GPU session's one command. Its --dry-run runs every step in its CPU
+form (the interpreter sweep, the sampling plan of the 1.3B config and the tiny model for real, the gpu-marked
+tests, which skip), so the script itself is exercised before a GPU session depends on it."""
 
 from __future__ import annotations
 

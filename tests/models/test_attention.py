@@ -11,8 +11,8 @@ import pytest
 import torch
 
 from cinescene.errors import CineSceneError
-from cinescene.models import attention as attn_mod
 from cinescene.kernels.attention.reference import readonly_mask
+from cinescene.models import attention as attn_mod
 from cinescene.models.attention import attention
 
 
@@ -225,7 +225,8 @@ def test_kind_decides_the_log_line_not_the_lengths():
 
 
 class _Layer(torch.nn.Module):
-    """Self-attention under the readonly mask, then cross-attention to a shorter sequence: the model's calls."""
+    """Self-attention under the readonly mask, then
+    cross-attention to a shorter sequence: the model's calls."""
 
     def forward(self, x, text):
         hidden = attention(x, x * 0.5, x, num_video=7, mask="context_readonly")

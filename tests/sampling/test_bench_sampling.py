@@ -1,4 +1,5 @@
-"""`cinescene bench sampling`: with and without the context cache on the same noise; the outputs must match."""
+"""`cinescene bench sampling`: with and without the
+context cache on the same noise; the outputs must match."""
 
 from __future__ import annotations
 
@@ -40,7 +41,8 @@ def test_cache_offload_is_timed_and_gives_the_same_video(tmp_path, capsys):
 
 
 def test_wan_1_3b_plan_names_the_overrides_and_the_cache_memory(capsys):
-    """The GPU command's config: the default 1.3B config has the full mask, so the cache needs the override."""
+    """The GPU command's config: the default 1.3B config
+    has the full mask, so the cache needs the override."""
     assert cli.main(["bench", "sampling", WAN_1_3B, "--dtype", "bf16", "--dry-run"]) == 0
     printed = capsys.readouterr().out
     assert "needs model.attention.mask=context_readonly" in printed

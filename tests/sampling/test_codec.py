@@ -1,4 +1,5 @@
-"""The Wan codec at inference (tiny random Wan VAE and umT5 saved locally) and wan evaluation shards with pixels."""
+"""The Wan codec at inference (tiny random Wan VAE and umT5
+saved locally) and wan evaluation shards with pixels."""
 
 from __future__ import annotations
 

@@ -120,7 +120,8 @@ def test_sigmas_run_from_one_to_zero():
 
 
 def test_a_cache_that_cannot_fit_fails_before_it_is_stored(model, batch, monkeypatch):
-    """The memory check counts every layer and every guidance branch still to fill, and says so in one line."""
+    """The memory check counts every layer and every guidance
+    branch still to fill, and says so in one line."""
     from cinescene.models import context_cache
 
     asked = []

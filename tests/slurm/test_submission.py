@@ -316,8 +316,8 @@ def test_two_submissions_of_one_sweep_at_once_the_second_is_refused(repo_root, t
 
 
 def test_a_step_that_ended_after_a_preemption_save_counts_as_saved(tmp_path):
-    """srun --kill-on-bad-exit stops ranks still leaving after the first one exits 124: the step's status is then
-    143, but the checkpoint they saved together says it was a preemption save."""
+    """srun --kill-on-bad-exit stops ranks still leaving after the first one exits 124: the step's status is
+    then 143, but the checkpoint they saved together says it was a preemption save."""
     from cinescene.slurm.job import _latest_checkpoint, _saved_on_preemption
     from tests.ckpt.fakes import record
 

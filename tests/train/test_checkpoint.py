@@ -1,4 +1,5 @@
-"""Checkpoint manager: atomic step directories, `latest`, recovery after a killed save, retention, resume rules.
+"""Checkpoint manager: atomic step directories, `latest`,
+recovery after a killed save, retention, resume rules.
 
 A one-rank fake engine writes DeepSpeed's ZeRO-3 file layout through the checkpoint engine the manager
 installs (:mod:`tests.ckpt.fakes`); crash points raise instead of SIGKILLing, which leaves the same files
@@ -11,12 +12,12 @@ import json
 
 import pytest
 
+from cinescene.ckpt.layout import is_complete, step_dir_name
 from cinescene.ckpt.manifest import hash_file, read_manifest
 from cinescene.ckpt.rank_state import read_rank_state
 from cinescene.ckpt.record import read_record
 from cinescene.config.checkpoint import CheckpointConfig
 from cinescene.errors import CineSceneError
-from cinescene.ckpt.layout import is_complete, step_dir_name
 from cinescene.train.checkpoint import CheckpointManager, check_compatible, validate
 from cinescene.train.checkpoint import (
     manager as manager_module,

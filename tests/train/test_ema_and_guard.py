@@ -20,7 +20,8 @@ def make_model():
     return model
 
 
-def shards(model, count, cfg=EMAConfig(decay=0.9)):
+def shards(model, count, cfg: EMAConfig | None = None):
+    cfg = cfg or EMAConfig(decay=0.9)
     return [ShardedEMA(model.named_parameters(), cfg, shard_index=i, shard_count=count) for i in range(count)]
 
 
@@ -131,7 +132,8 @@ def _applied_on_two_ranks(rank: int, init: str, out: str) -> None:
 
 @pytest.mark.dist
 def test_applied_gathers_every_ranks_slice_of_whole_parameters(tmp_path):
-    """ZeRO-1/2: each rank averages a slice of each parameter; inside ``applied`` every rank holds the full EMA."""
+    """ZeRO-1/2: each rank averages a slice of each parameter;
+    inside ``applied`` every rank holds the full EMA."""
     import torch.multiprocessing as mp
 
     mp.start_processes(

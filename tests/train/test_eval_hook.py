@@ -24,8 +24,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.fixtures.video import read_mp4
 from cinescene.ckpt.weights import weights_digest
+from tests.fixtures.video import read_mp4
 from tests.fixtures.wandb_files import read_artifacts, read_history
 
 from .conftest import REPO, finish, run_env, start

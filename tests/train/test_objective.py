@@ -1,4 +1,5 @@
-"""Flow matching (shift, noising, targets, Wan weighting), condition dropout, LR schedule, batch arithmetic."""
+"""Flow matching (shift, noising, targets, Wan weighting),
+condition dropout, LR schedule, batch arithmetic."""
 
 from __future__ import annotations
 

@@ -206,7 +206,8 @@ def test_deepspeed_rejects_what_its_schema_does_not_know(tiny_weights):
 
 @pytest.mark.slow
 def test_dry_run_of_the_recipe_on_cpu_without_allocating_the_model(tmp_path):
-    """Full-size 1.3B + VGGT-1B checkpoints as header-only sparse files: names and shapes checked, RSS small."""
+    """Full-size 1.3B + VGGT-1B checkpoints as header-only
+    sparse files: names and shapes checked, RSS small."""
     cfg, _ = load_config(REPO / RECIPE, ["model.init=random"])
     model = build_model(cfg.model, device="meta")
     write_header_only_safetensors(

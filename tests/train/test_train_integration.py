@@ -21,8 +21,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from cinescene.ckpt.rank_state import read_rank_state
 from cinescene.ckpt.layout import is_complete
+from cinescene.ckpt.rank_state import read_rank_state
 from cinescene.ckpt.weights import consolidated_state_dict, weights_digest
 from tests.fixtures.wandb_files import read_history, read_run_ids
 

@@ -109,8 +109,8 @@ def test_cinescene_train_on_a_locked_directory_is_one_line(tmp_path, holder, rep
 
 
 def test_a_build_lock_left_by_a_killed_process_is_removed_and_a_held_one_kept(tmp_path):
-    """torch's JIT-extension lock file (DeepSpeed's ops): a rank killed while holding it would make every later
-    start wait forever; only a lock no process holds open, and old enough, is removed."""
+    """torch's JIT-extension lock file (DeepSpeed's ops): a rank killed while holding it would make every
+    later start wait forever; only a lock no process holds open, and old enough, is removed."""
     from cinescene.train.build_locks import LOCAL_STALE_S, clear_stale_build_locks
 
     dead, held, young = (

@@ -27,7 +27,8 @@ class Rays:
 
     def __init__(self, origins: np.ndarray, dirs: np.ndarray):
         self.origins, self.dirs = origins, dirs
-        # float32 halves the memory traffic of the (N, n) arrays; centimetre-scale error at 100 m is invisible.
+        # float32 halves the memory traffic of the (N, n)
+        # arrays; centimetre-scale error at 100 m is invisible.
         self.ox, self.oy, self.oz = (origins[:, i].astype(np.float32)[:, None] for i in range(3))
         self.dx, self.dy, self.dz = (dirs[:, i].astype(np.float32)[:, None] for i in range(3))
 

@@ -112,7 +112,8 @@ def build_trajectory(
             sweep = sign * np.radians(rng.uniform(60, 100))
             yaw0 = angle + np.pi
             look_dirs = _direction(yaw0 + sweep * s, np.zeros(frames))
-            phrase += f" while panning {abs(np.degrees(sweep)):.0f} degrees to the {'left' if sign > 0 else 'right'}"
+            side = "left" if sign > 0 else "right"
+            phrase += f" while panning {abs(np.degrees(sweep)):.0f} degrees to the {side}"
     elif kind == "truck":
         base = focus[:2] + min(rng.uniform(3.0, 4.0), reach) * _direction(angle)[:2]
         lateral = _direction(angle + np.pi / 2)[:2]

@@ -6,7 +6,7 @@ Usage (the eval CLI and the training hook alike)::
     result = compute_metrics(MetricInputs(generated=..., ground_truth=..., ...), cfg.eval.metrics, context)
     result.values      # {"psnr": 14.2, "rot_err": None, ...}: None = absent or failed
     result.details     # {"sfm": {"frames": 5, "registered": 3, "failure": "..."}}
-    context.absent     # {"clip_v": "eval.clip.weights is not set ..."}: metrics that cannot be computed at all
+    context.absent     # {"clip_v": "eval.clip.weights is not set ..."}: metrics that cannot run at all
 
 A metric whose inputs a sample lacks (no ground truth without the subject,
 no requested trajectory) is None for that sample, with the reason in
@@ -20,7 +20,6 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Optional
 
 import numpy as np
 
@@ -117,7 +116,7 @@ class _SampleWork:
         return self._camera
 
 
-FrameValues = Optional[np.ndarray]
+FrameValues = np.ndarray | None
 
 
 @dataclass(frozen=True)

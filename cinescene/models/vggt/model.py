@@ -25,7 +25,8 @@ _log = get_logger("models.vggt")
 
 
 def _resized_height(height: int, width: int, img_size: int, patch_size: int) -> int:
-    """Height after scaling the width to ``img_size``, rounded to a multiple of the patch (before cropping)."""
+    """Height after scaling the width to ``img_size``,
+    rounded to a multiple of the patch (before cropping)."""
     return max(patch_size, round(height * img_size / width / patch_size) * patch_size)
 
 

@@ -18,7 +18,6 @@ from .cadence import CheckpointCadence
 from .manager import CheckpointManager, validate
 from .resume import RunFacts, Start, check_compatible, parameter_manifest, rank_state_now, resume
 
-
 __all__ = [
     "CheckpointCadence",
     "CheckpointManager",

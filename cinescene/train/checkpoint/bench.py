@@ -34,7 +34,8 @@ BENCH_LAYERS_MAX = 64
 
 
 def bench_overrides(state_bytes: float, base: list[str]) -> list[str]:
-    """Config overrides for a DiT whose fp32 training state is about ``state_bytes`` (12 bytes per parameter)."""
+    """Config overrides for a DiT whose fp32 training state
+    is about ``state_bytes`` (12 bytes per parameter)."""
     from cinescene.config import load_config
     from cinescene.models import build_model
 
@@ -84,7 +85,8 @@ def _evict(paths) -> None:
 
 # ----------------------------------------------------------------------------- one rank
 def rank_main(argv: list[str]) -> int:
-    """One rank of the benchmark job: ``python -m cinescene.train.checkpoint.bench RESULT REPEATS OVERRIDES...``.
+    """One rank of the benchmark job:
+    ``python -m cinescene.train.checkpoint.bench RESULT REPEATS OVERRIDES...``.
 
     Per repeat, side by side: save, ``dd`` writing a file of the checkpoint's size, load (resume), ``dd``
     reading that file; ``dd`` runs on rank 0 while the other ranks wait, caches dropped before each read.
@@ -256,7 +258,8 @@ def format_report(r: dict) -> str:
         f"export (diffusers, fp32): {r['export_s']:.2f} s, peak RSS {human_bytes(r['export_peak_rss_bytes'])}"
         f"{' (process life-time)' if r['export_peak_is_process_lifetime'] else ''} (at start "
         f"{human_bytes(r['export_start_rss_bytes'])}) for the {human_bytes(size)} checkpoint; shard limit "
-        f"{human_bytes(r['export_shard_bytes'])}, largest tensor {human_bytes(r['export_largest_tensor_bytes'])}",
+        f"{human_bytes(r['export_shard_bytes'])}, largest tensor "
+        f"{human_bytes(r['export_largest_tensor_bytes'])}",
     ]
     return "\n".join(lines) + "\n"
 

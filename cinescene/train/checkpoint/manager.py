@@ -173,7 +173,8 @@ class CheckpointManager:
 
     # ---------------------------------------------------------------- startup
     def recover(self) -> None:
-        """Rank 0, before anything else: drop leftovers of a killed save, repair `latest`, point it at the newest."""
+        """Rank 0, before anything else: drop leftovers of a
+        killed save, repair `latest`, point it at the newest."""
         if self.rank != 0 or not self.root.is_dir():
             return
         for leftover in self.root.glob(f"{TMP_PREFIX}*"):

@@ -40,7 +40,8 @@ _log = get_logger("train")
 
 
 def parameter_manifest(model: torch.nn.Module):
-    """Full shapes of every parameter and the trainable names (ZeRO-3 aware), as the checkpoint records them."""
+    """Full shapes of every parameter and the trainable
+    names (ZeRO-3 aware), as the checkpoint records them."""
     shapes = {name: list(getattr(p, "ds_shape", p.shape)) for name, p in model.named_parameters()}
     trainable = sorted(name for name, p in model.named_parameters() if p.requires_grad)
     return shapes, trainable
@@ -106,12 +107,13 @@ class Start:
         return self.engine is None
 
     def restore_callbacks(self, callbacks: CallbackList) -> None:
-        """Give the callbacks their saved states (the EMA re-slices itself from every rank's file if needed)."""
+        """Give the callbacks their saved states (the EMA
+        re-slices itself from every rank's file if needed)."""
         if self._callback_states is None:
             return
+        loader = self._all_rank_files
         for callback in callbacks.callbacks:
-            if hasattr(callback, "provide_all_ranks") and self._all_rank_files is not None:
-                loader = self._all_rank_files
+            if hasattr(callback, "provide_all_ranks") and loader is not None:
                 callback.provide_all_ranks(
                     lambda name=callback.name: [s["callbacks"][name] for s in loader()]
                 )
