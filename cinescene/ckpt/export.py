@@ -38,10 +38,17 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+from omegaconf import OmegaConf
+from safetensors.torch import save_file
 
+from cinescene import rng
+from cinescene.config import from_container
 from cinescene.errors import CineSceneError
 from cinescene.host_memory import current_rss_bytes, peak_rss_bytes, reset_peak
 from cinescene.log import get_logger
+from cinescene.models import build_model
+from cinescene.models.key_mapping import detect_layout, diffusers_to_wan_key, wan_to_diffusers_key
+from cinescene.models.weights import TensorSource, assign_state_dict, is_cinescene_extension, open_checkpoint
 
 from .layout import CONFIG_FILE, RANK_STATES, ZERO_TAG
 from .manifest import read_manifest
@@ -65,8 +72,6 @@ VGGT_PREFIX = "scene_encoder.vggt."
 
 def is_cinescene_key(name: str) -> bool:
     """Parameters CineScene adds to the Wan DiT: they go to the modules file, never to the base DiT's."""
-    from cinescene.models.weights import is_cinescene_extension
-
     return is_cinescene_extension(name)
 
 
@@ -91,8 +96,6 @@ class ShardWriter:
         self.total_bytes += size
 
     def _flush(self) -> None:
-        from safetensors.torch import save_file
-
         path = self.out / f".{self.stem}-part{len(self.shards):05d}.safetensors"
         save_file(self.pending, str(path), metadata={"format": "pt"})
         self.shards.append((path, list(self.pending)))
@@ -136,9 +139,6 @@ class FrozenWeights:
         self._initialised: dict[str, torch.Tensor] | None = None
 
     def _source(self, kind: str) -> Callable[[str], torch.Tensor] | None:
-        from cinescene.models.key_mapping import detect_layout, diffusers_to_wan_key
-        from cinescene.models.weights import open_checkpoint
-
         if kind not in self._sources:
             model = self.cfg.model
             path = model.pretrained if kind == "base" else model.scene.vggt.weights
@@ -170,9 +170,6 @@ class FrozenWeights:
 
     def _initialise(self) -> dict[str, torch.Tensor]:
         """The frozen parameters as the trainer built them: the model under ``run.seed``, its files loaded."""
-        from cinescene import rng
-        from cinescene.models import build_model
-
         _log.info(
             "frozen parameters without a weights file: rebuilding them as initialised under run.seed=%d",
             self.cfg.run.seed,
@@ -308,8 +305,6 @@ def export(
     max_shard_size: int = DEFAULT_MAX_SHARD,
 ) -> ExportReport:
     """Write ``out`` (must not exist) from the checkpoint at ``path`` (run, checkpoints or step directory)."""
-    from cinescene.models.key_mapping import wan_to_diffusers_key
-
     if fmt not in FORMATS:
         raise CineSceneError(f"unknown export format {fmt!r}; expected one of {', '.join(FORMATS)}")
     if dtype not in DTYPES:
@@ -351,7 +346,6 @@ def export(
     model_config = diffusers_config(cfg.model) if fmt == "diffusers" else wan_config(cfg.model)
     (work / "config.json").write_text(json.dumps(model_config, indent=2) + "\n")
     shutil.copyfile(weights.path / CONFIG_FILE, work / RUN_CONFIG)
-    from omegaconf import OmegaConf
 
     description = {
         "format": EXPORT_FORMAT,
@@ -428,14 +422,8 @@ def load_exported_model(
     (e.g. the run's with another attention backend) instead of the one the export describes; the keys
     must still match exactly.
     """
-    from cinescene.config import from_container
-    from cinescene.models import build_model
-    from cinescene.models.key_mapping import diffusers_to_wan_key
-    from cinescene.models.weights import TensorSource, assign_state_dict, open_checkpoint
-
     export_dir = Path(export_dir)
     description = read_description(export_dir)
-    from omegaconf import OmegaConf
 
     model_cfg = dict(
         description["model"] if model_cfg is None else OmegaConf.to_container(OmegaConf.structured(model_cfg))

@@ -19,6 +19,7 @@ DeepSpeed classes its ZeRO shards pickle besides tensors and containers.
 
 from __future__ import annotations
 
+import importlib
 import io
 import math
 import os
@@ -303,8 +304,6 @@ def check(path: Path | str) -> None:
 
 def deepspeed_safe_globals() -> list:
     """The classes of :data:`DEEPSPEED_GLOBALS`, imported (for ``torch.serialization.safe_globals``)."""
-    import importlib
-
     return [getattr(importlib.import_module(module), name) for module, name in DEEPSPEED_GLOBALS]
 
 

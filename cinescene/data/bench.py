@@ -15,7 +15,10 @@ import dataclasses
 import statistics
 import time
 
+import torch
+
 from cinescene.errors import CineSceneError
+from cinescene.models import build_model
 
 from .ensure import ensure_dataset
 from .loader import build_train_loader
@@ -39,10 +42,6 @@ def loader_rate(cfg, workers: int, batches: int, world_size: int) -> float:
 def measured_step_time(cfg, world_size: int) -> float:
     """Seconds of forward + backward of the model on one micro-batch (median of 5), times grad_accum."""
     try:
-        import torch
-
-        from cinescene.models import build_model
-
         model = build_model(cfg.model)
         batch = next(
             iter(

@@ -25,6 +25,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
+from filelock import FileLock
 from PIL import Image
 
 from cinescene.config import ConfigError
@@ -404,7 +405,6 @@ def merge_if_complete(out: Path, world: int) -> Path | None:
     """Merge the rank manifests when all are present (safe if several ranks try at once)."""
     if not all((out / rank_manifest_name(r, world)).is_file() for r in range(world)):
         return None
-    from filelock import FileLock
 
     with FileLock(str(out / ".merge.lock")):
         merge_rank_manifests(out, world)

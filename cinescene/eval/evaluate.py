@@ -18,6 +18,7 @@ samples' files; :func:`cinescene.eval.report.write_report` gathers them.
 from __future__ import annotations
 
 import json
+import shutil
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -29,6 +30,7 @@ from PIL import Image
 from cinescene.sampling.inputs import ShardSample
 from cinescene.sampling.pipeline import Settings, VideoGenerator
 from cinescene.sampling.spec import DataSpec
+from cinescene.sampling.video import write_mp4
 
 from . import report
 from .metrics import MetricContext, MetricInputs, SampleMetrics, compute_metrics, pixels
@@ -88,8 +90,6 @@ def evaluate_sample(
 def prepare_dir(out: Path) -> None:
     """Empty the per-sample folders of ``out`` (a previous
     evaluation's records must not leak into this one)."""
-    import shutil
-
     for name in WORK_DIRS:
         shutil.rmtree(out / name, ignore_errors=True)
         (out / name).mkdir(parents=True)
@@ -123,8 +123,6 @@ def evaluate_into(
     if "sfm" in result.metrics.details:
         record["sfm"] = result.metrics.details["sfm"]
     if media:
-        from cinescene.sampling.video import write_mp4
-
         video = f"{VIDEOS}/{sample.key}.mp4"
         write_mp4(
             out / video,

@@ -26,13 +26,27 @@ from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
 
+import torch
+import torch.distributed as dist
+
 from cinescene import __version__
+from cinescene.config import ConfigError
 from cinescene.config.base import positive
 from cinescene.config.eval import check_metric_names
+from cinescene.distributed.env import SPAWNER_MARK, detect, standalone
+from cinescene.distributed.spawn import spawn_local_ranks
 from cinescene.errors import CineSceneError
 from cinescene.log import get_logger, setup_logging, show_progress_bars
+from cinescene.sampling.checkpoint import checkpoint_config, load_inference_model, resolve_checkpoint
+from cinescene.sampling.codec import build_codec
+from cinescene.sampling.device import device_and_dtype
+from cinescene.sampling.inputs import ShardSamples
+from cinescene.sampling.pipeline import Settings, StepBar, VideoGenerator
+from cinescene.sampling.spec import training_spec
 
 from . import heldout, report
+from .evaluate import evaluate_into, prepare_dir, record_unreadable
+from .metrics import MetricContext
 
 _log = get_logger("eval")
 LOCK = ".eval.lock"
@@ -74,8 +88,6 @@ def eval_overrides(request: EvalRequest) -> list[str]:
         items.append(f"eval.data={request.data}")
     if request.num is not None:
         if request.num < 0:
-            from cinescene.config import ConfigError
-
             raise ConfigError(
                 "--num", f"expected a value >= 0 (0 = every held-out sample), got {request.num}"
             )
@@ -92,9 +104,6 @@ def eval_overrides(request: EvalRequest) -> list[str]:
 
 def plan(request: EvalRequest) -> EvalPlan:
     """Resolve and check everything before any model is built (one-line errors)."""
-    from cinescene.sampling.checkpoint import checkpoint_config, resolve_checkpoint
-    from cinescene.sampling.spec import training_spec
-
     source = resolve_checkpoint(request.checkpoint)
     cfg = checkpoint_config(source, eval_overrides(request))
     if not cfg.eval.data:
@@ -148,8 +157,6 @@ def rank_argv(request: EvalRequest) -> list[str]:
 
 
 def launch(request: EvalRequest) -> int:
-    from cinescene.distributed.env import SPAWNER_MARK, detect, standalone
-
     setup_logging("INFO")
     env = detect()
     the_plan = plan(request)
@@ -161,8 +168,6 @@ def launch(request: EvalRequest) -> int:
             positive(nproc, "--nproc")
             nproc = min(nproc, len(the_plan.indices))
             if nproc > 1:
-                from cinescene.distributed.spawn import spawn_local_ranks
-
                 return spawn_local_ranks(rank_argv(request), nproc, forward=("SIGTERM",))
             env = standalone(1)
         return run_rank(request, the_plan, env)
@@ -172,10 +177,6 @@ def launch(request: EvalRequest) -> int:
 
 
 def _device(request: EvalRequest, env):
-    import torch
-
-    from cinescene.sampling.device import device_and_dtype
-
     name = request.device
     if name is None and torch.cuda.is_available():
         name = f"cuda:{env.local_rank % torch.cuda.device_count()}"
@@ -183,8 +184,6 @@ def _device(request: EvalRequest, env):
 
 
 def run_rank(request: EvalRequest, the_plan: EvalPlan, env) -> int:
-    import torch.distributed as dist
-
     cfg, out = the_plan.cfg, the_plan.out
     setup_logging(cfg.run.log_level, out, env.rank)
     show_progress_bars(cfg.run.progress)
@@ -199,8 +198,6 @@ def run_rank(request: EvalRequest, the_plan: EvalPlan, env) -> int:
         )
     try:
         if env.rank == 0:
-            from .evaluate import prepare_dir
-
             prepare_dir(out)
         if env.world_size > 1:
             dist.barrier()
@@ -216,8 +213,6 @@ def run_rank(request: EvalRequest, the_plan: EvalPlan, env) -> int:
 
 
 def _settings(the_plan: EvalPlan):
-    from cinescene.sampling.pipeline import Settings
-
     cfg = the_plan.cfg
     return Settings(
         steps=cfg.eval.sample_steps,
@@ -229,14 +224,6 @@ def _settings(the_plan: EvalPlan):
 
 def _evaluate_rank(request: EvalRequest, the_plan: EvalPlan, env) -> dict[str, str]:
     """Generate and measure this rank's samples; returns the metrics that cannot be computed, and why."""
-    from cinescene.sampling.checkpoint import load_inference_model
-    from cinescene.sampling.codec import build_codec
-    from cinescene.sampling.inputs import ShardSamples
-    from cinescene.sampling.pipeline import StepBar, VideoGenerator
-
-    from .evaluate import evaluate_into, record_unreadable
-    from .metrics import MetricContext
-
     cfg, spec, out = the_plan.cfg, the_plan.spec, the_plan.out
     mine = the_plan.indices[env.rank :: env.world_size]
     device, dtype = _device(request, env)

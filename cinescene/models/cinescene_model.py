@@ -60,7 +60,9 @@ from .packing import packing_from_valid, real_images
 from .rope import rope_cos_sin, sequence_positions
 from .scene_encoder import SceneEncoder
 from .sequence_parallel import SequenceShard, check_group, ensure_deepspeed_comm, ulysses_self_attention
+from .vggt import load_vggt_weights
 from .wan import BlockContext, WanDiT
+from .weights import load_pretrained
 from .zero import full_numel
 
 _log = get_logger("models")
@@ -361,9 +363,6 @@ def build_model(
         model.to(dtype)
     on_meta = next(model.parameters()).is_meta
     if load_weights and not on_meta:
-        from .vggt import load_vggt_weights
-        from .weights import load_pretrained
-
         if cfg.pretrained:
             load_pretrained(model, cfg.pretrained, fmt=cfg.pretrained_format, strict=cfg.strict_load)
         if cfg.builds_vggt() and cfg.scene.vggt.weights:

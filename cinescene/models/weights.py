@@ -45,6 +45,7 @@ from pathlib import Path
 
 import torch
 import torch.nn as nn
+from safetensors import safe_open
 
 from cinescene.errors import CineSceneError
 from cinescene.log import get_logger
@@ -123,8 +124,6 @@ def _open_pickle(path: Path) -> TensorSource:
 
 
 def _open_safetensors(path: Path, files: contextlib.ExitStack) -> TensorSource:
-    from safetensors import safe_open
-
     try:
         handle = files.enter_context(safe_open(str(path), framework="pt", device="cpu"))
         shapes = {k: tuple(handle.get_slice(k).get_shape()) for k in handle.keys()}

@@ -27,6 +27,9 @@ from dataclasses import asdict, dataclass, field
 import torch
 
 from cinescene.errors import CineSceneError
+from cinescene.kernels.provenance import provenance
+from cinescene.models import build_model
+from cinescene.models.flops import SampleShape, token_counts
 
 from .sampler import sample
 
@@ -83,8 +86,6 @@ class SamplingPlan:
 
 
 def plan(cfg, steps: int, device: str, dtype: torch.dtype) -> SamplingPlan:
-    from cinescene.models.flops import SampleShape, token_counts
-
     shape = SampleShape.from_config(cfg)
     tokens = token_counts(cfg.model, shape)
     branches = 1 if cfg.eval.cfg_scale == 1.0 else 2
@@ -107,8 +108,6 @@ def plan(cfg, steps: int, device: str, dtype: torch.dtype) -> SamplingPlan:
 
 def synthetic_inputs(cfg, the_plan: SamplingPlan, device, seed: int = 0) -> dict[str, torch.Tensor]:
     """Noise, prompt embedding, camera orbit (one camera per latent frame) and scene images, all seeded."""
-    from cinescene.models.flops import SampleShape
-
     gen = torch.Generator().manual_seed(seed)
     shape = SampleShape.from_config(cfg)
     frames = shape.latent_frames
@@ -137,8 +136,6 @@ def _randomize_zero_parameters(model: torch.nn.Module, seed: int) -> None:
 
 
 def build_random_model(cfg, device, dtype: torch.dtype, seed: int = 0):
-    from cinescene.models import build_model
-
     torch.manual_seed(seed)
     model = build_model(cfg.model, device=device, dtype=dtype, load_weights=False).eval()
     _randomize_zero_parameters(model, seed)
@@ -214,8 +211,6 @@ def run_benchmark(
     """Warm up, then sample ``steps`` steps without and with the cache; the report (see module docstring).
 
     ``offload``: the cache keeps its keys/values in host memory and streams them in per layer."""
-    from cinescene.kernels.provenance import provenance
-
     the_plan = plan(cfg, steps, device, dtype)
     target_steps = target_steps or cfg.eval.sample_steps
     model = build_random_model(cfg, device, dtype, seed)

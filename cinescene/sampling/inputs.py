@@ -22,6 +22,9 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
+from cinescene.data.manifest import load_manifest
+from cinescene.data.samples import LoaderDims, SampleDecoder
+from cinescene.data.shards import SampleError, ShardReader, npy_field
 from cinescene.errors import CineSceneError
 
 from .spec import DataSpec
@@ -81,10 +84,6 @@ class ShardSamples:
     """Random access to the samples of one shard directory, decoded for a model of ``spec``."""
 
     def __init__(self, root: str | Path, spec: DataSpec, model_cfg):
-        from cinescene.data.manifest import load_manifest
-        from cinescene.data.samples import LoaderDims, SampleDecoder
-        from cinescene.data.shards import ShardReader
-
         self.manifest = load_manifest(root)
         self.refs = self.manifest.samples()
         self.decoder = SampleDecoder(
@@ -116,8 +115,6 @@ class ShardSamples:
         return ref.crc, ref.length
 
     def read(self, index: int) -> ShardSample:
-        from cinescene.data.shards import SampleError, npy_field
-
         ref = self.refs[index]
         try:
             fields = self.reader.read(ref.shard, ref.key, ref.offset, ref.length, ref.crc)

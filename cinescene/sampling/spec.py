@@ -17,6 +17,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
+from cinescene.data.manifest import load_manifest
 from cinescene.errors import CineSceneError
 from cinescene.log import get_logger
 
@@ -112,8 +113,6 @@ class DataSpec:
 
 def training_manifest(cfg):
     """The training data's manifest, or None when ``data.train_shards`` is unset or not reachable."""
-    from cinescene.data.manifest import load_manifest
-
     path = cfg.data.train_shards
     if not path or not (Path(path) / "manifest.json").is_file():
         return None

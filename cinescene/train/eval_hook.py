@@ -56,7 +56,15 @@ from cinescene import __version__, rng
 from cinescene.ckpt.layout import step_dir_name
 from cinescene.config.schema import CineSceneConfig
 from cinescene.errors import CineSceneError
+from cinescene.eval.evaluate import evaluate_into, prepare_dir, record_unreadable
+from cinescene.eval.heldout import choose
+from cinescene.eval.metrics import MetricContext
+from cinescene.eval.report import number, write_report
 from cinescene.log import get_logger
+from cinescene.sampling.codec import build_codec
+from cinescene.sampling.pipeline import Settings, VideoGenerator
+from cinescene.sampling.spec import training_spec
+from cinescene.sampling.video import write_mp4
 
 from .callbacks import Callback, StepResult, TrainState
 from .ema import EMACallback, ShardedEMA
@@ -104,12 +112,6 @@ class EvalHook(Callback):
         flag: PreemptionFlag,
         ema: ShardedEMA | None = None,
     ):
-        from cinescene.eval.heldout import choose
-        from cinescene.eval.metrics import MetricContext
-        from cinescene.sampling.codec import build_codec
-        from cinescene.sampling.pipeline import Settings, VideoGenerator
-        from cinescene.sampling.spec import training_spec
-
         model, device = engine.module, engine.device
         self.cfg, self.engine, self.model, self.device, self.layout = cfg, engine, model, device, layout
         self.tracker, self.flag, self.ema = tracker, flag, ema
@@ -161,8 +163,6 @@ class EvalHook(Callback):
         started = time.perf_counter()
         out = self.root / step_dir_name(step)
         if self.layout.is_main:
-            from cinescene.eval.evaluate import prepare_dir
-
             prepare_dir(out)
         _barrier()
         self._release_gathered()
@@ -183,7 +183,6 @@ class EvalHook(Callback):
             return
         if not self.layout.is_main:
             return
-        from cinescene.eval.report import number
 
         data = self._report(out, step)
         means = {name: number(data["mean"][name]) for name in self.cfg.eval.metrics}
@@ -215,8 +214,6 @@ class EvalHook(Callback):
             raise _Preempted
 
     def _generate_rounds(self, out: Path, step: int) -> None:
-        from cinescene.eval.evaluate import evaluate_into, record_unreadable
-
         dp_rank, dp_size = self.layout.dp_rank, self.layout.dp_size
         writer = self.layout.sp_rank == 0
         indices, samples = self.chosen.indices, self.chosen.samples
@@ -295,8 +292,6 @@ class EvalHook(Callback):
 
     def _write_ground_truth(self, sample, frames: np.ndarray) -> None:
         """The ground truth at the generated frames' stride, once per sample (it never changes)."""
-        from cinescene.sampling.video import write_mp4
-
         path = self.root / GROUND_TRUTH_DIR / f"{sample.key}.mp4"
         if not path.is_file():
             write_mp4(
@@ -305,8 +300,6 @@ class EvalHook(Callback):
 
     # ----------------------------------------------------------------- rank 0
     def _report(self, out: Path, step: int) -> dict:
-        from cinescene.eval.report import write_report
-
         settings = self.settings
         header = {
             "cinescene": __version__,

@@ -39,6 +39,7 @@ from cinescene.distributed import startup_signals
 from cinescene.distributed.batching import plan_batch
 from cinescene.distributed.env import DistEnv, detect, standalone
 from cinescene.distributed.network import bind_gloo_towards_master
+from cinescene.distributed.spawn import spawn_local_ranks
 from cinescene.eval.heldout import check_present as check_heldout
 from cinescene.log import get_logger, send_output_to, setup_logging, show_progress_bars, verbose
 
@@ -133,7 +134,6 @@ def launch(
         return _preempted_before_start(cfg, startup_signals.requested())
     if nproc == 1:
         return _run_this_rank(cfg, standalone(1))
-    from cinescene.distributed.spawn import spawn_local_ranks
 
     setup_logging(cfg.run.log_level)
     argv = [sys.executable, "-m", "cinescene", "train", str(config_path), *overrides]

@@ -26,8 +26,10 @@ from pathlib import Path
 
 from cinescene.config.model import ModelConfig
 from cinescene.config.schema import CineSceneConfig
+from cinescene.data.ensure import MANIFEST, check_dataset
 from cinescene.distributed.batching import plan_batch
 from cinescene.errors import CineSceneError
+from cinescene.eval.heldout import check_present
 from cinescene.log import get_logger
 
 _log = get_logger("train")
@@ -191,8 +193,6 @@ def check_deepspeed_config(ds_config: dict, plan) -> None:
 
 
 def _data_status(cfg: CineSceneConfig) -> Check:
-    from cinescene.data.ensure import MANIFEST, check_dataset
-
     try:
         shards = check_dataset(cfg.data)
     except CineSceneError as exc:
@@ -207,8 +207,6 @@ def _data_status(cfg: CineSceneConfig) -> Check:
 def _eval_data_status(cfg: CineSceneConfig) -> Check:
     """The eval hook's held-out shards: reported like the training data (their fit to the model is checked
     when the run starts, against the training data's manifest)."""
-    from cinescene.eval.heldout import check_present
-
     try:
         check_present(cfg)
     except CineSceneError as exc:

@@ -25,10 +25,30 @@ import json
 import math
 import os
 import shutil
+import statistics
 import subprocess
 import sys
 import time
+import warnings
 from pathlib import Path
+
+import torch
+import torch.distributed as dist
+
+from cinescene.ckpt.export import export
+from cinescene.ckpt.manifest import read_manifest
+from cinescene.config import load_config
+from cinescene.distributed.batching import plan_batch
+from cinescene.distributed.env import detect
+from cinescene.distributed.groups import build_layout, destroy_process_group, init_process_group
+from cinescene.distributed.spawn import spawn_local_ranks
+from cinescene.errors import CineSceneError
+from cinescene.host_memory import human_bytes
+from cinescene.log import setup_logging
+from cinescene.models import build_model
+from cinescene.train.callbacks import CallbackList, TrainState
+from cinescene.train.checkpoint import CheckpointManager, rank_state_now, resume
+from cinescene.train.engine import build_engine
 
 BENCH_LAYERS_MAX = 64
 
@@ -36,8 +56,6 @@ BENCH_LAYERS_MAX = 64
 def bench_overrides(state_bytes: float, base: list[str]) -> list[str]:
     """Config overrides for a DiT whose fp32 training state
     is about ``state_bytes`` (12 bytes per parameter)."""
-    from cinescene.config import load_config
-    from cinescene.models import build_model
 
     def params(layers: int) -> int:
         cfg, _ = load_config(None, base + [f"model.num_layers={layers}"])
@@ -91,23 +109,6 @@ def rank_main(argv: list[str]) -> int:
     Per repeat, side by side: save, ``dd`` writing a file of the checkpoint's size, load (resume), ``dd``
     reading that file; ``dd`` runs on rank 0 while the other ranks wait, caches dropped before each read.
     """
-    import statistics
-    import warnings
-
-    import torch
-    import torch.distributed as dist
-
-    from cinescene.ckpt.manifest import read_manifest
-    from cinescene.config import load_config
-    from cinescene.distributed.batching import plan_batch
-    from cinescene.distributed.env import detect
-    from cinescene.distributed.groups import build_layout, destroy_process_group, init_process_group
-    from cinescene.log import setup_logging
-    from cinescene.models import build_model
-    from cinescene.train.callbacks import CallbackList, TrainState
-    from cinescene.train.checkpoint import CheckpointManager, rank_state_now, resume
-    from cinescene.train.engine import build_engine
-
     warnings.filterwarnings("ignore", category=FutureWarning, module=r"torch\.distributed")
     result, repeats, overrides = Path(argv[0]), int(argv[1]), argv[2:]
     env = detect()
@@ -202,10 +203,6 @@ def _dd(files: list[str], size: int, *flags: str) -> float:
 # ---------------------------------------------------------------------------- the job
 def run(*, state_gb: float, nproc: int, directory: Path, export_shard: int, repeats: int, keep: bool) -> dict:
     """The whole benchmark; returns its figures (see :func:`format_report`)."""
-    from cinescene.ckpt.export import export
-    from cinescene.distributed.spawn import spawn_local_ranks
-    from cinescene.errors import CineSceneError
-
     directory.mkdir(parents=True, exist_ok=True)
     run_dir = directory / "bench-run"
     if run_dir.exists():
@@ -240,8 +237,6 @@ def run(*, state_gb: float, nproc: int, directory: Path, export_shard: int, repe
 
 
 def format_report(r: dict) -> str:
-    from cinescene.host_memory import human_bytes
-
     size, dd_size = r["checkpoint_bytes"], r["dd_bytes"]
     save_rate, load_rate = size / r["save_s"], size / r["load_s"]
     dd_write, dd_read = dd_size / r["dd_write_s"], dd_size / r["dd_read_s"]
