@@ -100,6 +100,7 @@ def _one_error_line(out):
     return lines[0]
 
 
+@pytest.mark.slow
 def test_data_inspect_and_train_say_what_is_wrong(shards_copy, repo_root, tmp_path):
     _edit(shards_copy, _set(["shards"], KeyError))
     line = _one_error_line(_cli(repo_root, "data", "inspect", str(shards_copy)))

@@ -80,6 +80,7 @@ def test_inspect_summary_and_contact_sheet(tiny_shards, tmp_path):
         contact_sheet(tiny_shards, tmp_path / "x.png", index=99)
 
 
+@pytest.mark.slow
 def test_inspect_verify_flags_a_damaged_shard(shards_copy, cinescene_cmd, cli_env):
     shard = sorted(shards_copy.glob("*.tar"))[1]
     data = bytearray(shard.read_bytes())
@@ -96,6 +97,7 @@ def test_inspect_verify_flags_a_damaged_shard(shards_copy, cinescene_cmd, cli_en
     assert rows[shard.name] == "checksum mismatch" and list(rows.values()).count("ok") == 2
 
 
+@pytest.mark.slow
 def test_bench_loader_cli(tiny_shards, cinescene_cmd, cli_env, repo_root):
     run = subprocess.run(
         cinescene_cmd

@@ -122,6 +122,7 @@ def test_errors(tiny_clips, tmp_path):
         prepare(tiny_clips, tmp_path / "o2", shard_size_mb=1, show_progress=False)
 
 
+@pytest.mark.slow
 def test_cli_prepare_and_inspect(tiny_clips, tmp_path, cinescene_cmd, cli_env):
     out = tmp_path / "cli"
     run = subprocess.run(

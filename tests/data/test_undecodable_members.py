@@ -93,6 +93,7 @@ def test_the_eval_loader_drops_them(shards_copy):
     assert sum(len(b["key"]) for b in ld) == 6 and ld.stats["skipped"] == 5
 
 
+@pytest.mark.slow
 def test_data_inspect_verify_reports_them(shards_copy, repo_root):
     bad = add_bad_shard(shards_copy)
 

@@ -108,6 +108,7 @@ def test_varlen_context_start_checks():
         fused_attention_varlen(q, k, v, cu, cu, 5, 5, mask="context_readonly")
 
 
+@pytest.mark.slow
 def test_custom_op_passes_opcheck(device):
     """Schema, fake (meta) implementation and autograd registration agree with the real kernel."""
     q, k, v = _qkv(device, 1, 21, 1, 16, grad=True)

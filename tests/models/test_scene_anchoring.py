@@ -68,6 +68,7 @@ def test_scene_poses_are_relative_to_the_first_target_frame():
     assert torch.allclose(moved, poses, atol=1e-5)
 
 
+@pytest.mark.slow
 def test_zero_initialised_embedding_leaves_the_model_bit_identical(tmp_path):
     """A checkpoint of the model without anchoring loads
     strictly; the new key starts at zero, the output is equal."""
@@ -175,6 +176,7 @@ def test_a_training_step_reaches_the_embedding():
         )
 
 
+@pytest.mark.slow
 def test_the_context_cache_stays_exact_with_anchoring():
     model = _anchored(attention__mask="context_readonly", scene__timestep="clean").eval()
     batch = tiny_batch(batch=2, seed=9)

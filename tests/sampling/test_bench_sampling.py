@@ -16,6 +16,7 @@ SMOKE = str(REPO / "configs/experiments/smoke.yaml")
 WAN_1_3B = str(REPO / "configs/model/wan1.3b.yaml")
 
 
+@pytest.mark.slow
 def test_smoke_config_samples_the_same_video_with_and_without_the_cache(tmp_path, capsys):
     out = tmp_path / "sampling.json"
     assert cli.main(["bench", "sampling", SMOKE, "--steps", "3", "--out", str(out)]) == 0
@@ -32,6 +33,7 @@ def test_smoke_config_samples_the_same_video_with_and_without_the_cache(tmp_path
     assert set(report["provenance"]) >= {"date", "commit", "device", "torch"}
 
 
+@pytest.mark.slow
 def test_cache_offload_is_timed_and_gives_the_same_video(tmp_path, capsys):
     out = tmp_path / "sampling.json"
     assert cli.main(["bench", "sampling", SMOKE, "--steps", "2", "--cache-offload", "--out", str(out)]) == 0

@@ -43,6 +43,7 @@ def _sample(model, batch, cache, **kwargs):
     )
 
 
+@pytest.mark.slow
 def test_sampling_with_the_cache_gives_the_same_video(model, batch):
     plain = _sample(model, batch, False)
     cached = _sample(model, batch, True)
@@ -52,6 +53,7 @@ def test_sampling_with_the_cache_gives_the_same_video(model, batch):
     assert (cached - plain).abs().max() < 1e-5 * max(1.0, float(plain.abs().max()))
 
 
+@pytest.mark.slow
 def test_same_video_when_the_unconditional_branch_drops_the_scene(model, batch):
     plain = _sample(model, batch, False, drop_scene_unconditional=True)
     cached = _sample(model, batch, True, drop_scene_unconditional=True)
@@ -119,6 +121,7 @@ def test_sigmas_run_from_one_to_zero():
     assert bool((sigmas[1:] < sigmas[:-1]).all())
 
 
+@pytest.mark.slow
 def test_a_cache_that_cannot_fit_fails_before_it_is_stored(model, batch, monkeypatch):
     """The memory check counts every layer and every guidance
     branch still to fill, and says so in one line."""
@@ -145,6 +148,7 @@ def test_a_cache_that_cannot_fit_fails_before_it_is_stored(model, batch, monkeyp
         ContextKVCache(planned_copies=0)
 
 
+@pytest.mark.slow
 def test_offloaded_cache_gives_the_same_video_and_lives_on_the_host(model, batch, monkeypatch):
     from cinescene.models import context_cache
 
@@ -173,6 +177,7 @@ def test_offloaded_cache_gives_the_same_video_and_lives_on_the_host(model, batch
     assert fetched == list(range(len(model.blocks)))  # streamed in layer order, once per step
 
 
+@pytest.mark.slow
 def test_offload_checks_host_memory_for_the_cache_and_the_device_for_two_layers(model, batch, monkeypatch):
     from cinescene import host_memory
     from cinescene.models import context_cache

@@ -70,6 +70,7 @@ def inputs():
     return text, scene
 
 
+@pytest.mark.slow
 def test_an_anchored_model_samples_with_the_scene_cameras(inputs):
     text, scene = inputs
     anchored = generator(True)
@@ -88,6 +89,7 @@ def test_an_anchored_model_samples_with_the_scene_cameras(inputs):
     assert torch.allclose(a, same, atol=1e-4)
 
 
+@pytest.mark.slow
 def test_a_model_without_anchoring_ignores_scene_cameras(inputs):
     text, scene = inputs
     plain = generator(False)

@@ -37,7 +37,9 @@ def cli(*args, timeout=300):
     )
 
 
-@pytest.mark.parametrize("dry", [False, True], ids=["train", "dry-run"])
+@pytest.mark.parametrize(
+    "dry", [pytest.param(False, id="train"), pytest.param(True, id="dry-run", marks=pytest.mark.slow)]
+)
 def test_the_recipe_without_weights_refuses_to_start_in_one_line(tmp_path, dry):
     out = cli("train", RECIPE, f"run.dir={tmp_path / 'run'}", *(["--dry-run"] if dry else []))
     assert out.returncode == 1, out.stderr
@@ -113,6 +115,7 @@ def test_the_weight_rule():
         load_config(REPO / SMOKE, ["model.init=scratch"])
 
 
+@pytest.mark.slow
 def test_random_init_warns_once_on_a_fresh_start_only(tmp_path):
     """Rank 0's log (appended across restarts) holds the warning once: the fresh start, not the resume."""
     run_dir = tmp_path / "run"
