@@ -2,9 +2,10 @@
 
 The steps, each in its own module: resolve the checkpoint and its config
 (:mod:`.checkpoint`), learn what the model generates from its training data
-(:mod:`.spec`), gather the conditioning (:mod:`.inputs`, :mod:`.cameras`,
-:mod:`.codec`), generate (:mod:`.pipeline`), write the mp4, its JSON and the
-PNG strip (:mod:`.video`).
+(:mod:`.spec`), pick the device and precision (:mod:`.device`), gather the
+conditioning (:mod:`.inputs`, :mod:`.cameras`, :mod:`.codec`), generate
+(:mod:`.pipeline`), write the mp4, its JSON and the PNG strip (:mod:`.video`).
+:func:`run_sample` takes a :class:`SampleRequest`, the command's flags as typed fields.
 """
 
 from __future__ import annotations
