@@ -11,4 +11,5 @@ runs: spawn local ranks or join torchrun/srun) and
 - ``loop``          the training loop and its step
 - ``callbacks``     event hooks; ``ema``, ``guards``, ``metrics``, ``tracking``,
                     ``preemption``, ``checkpoint`` each bring theirs
+- ``checkpoint_bench``  ``cinescene bench checkpoint``: saving and loading against ``dd``
 """

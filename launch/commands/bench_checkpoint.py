@@ -1,5 +1,5 @@
 """`cinescene bench checkpoint`: checkpoint save/load throughput against dd on the same disk, loop blocked
-time, export peak memory. Library code: cinescene.train.checkpoint.bench, imported once the flags are
+time, export peak memory. Library code: cinescene.train.checkpoint_bench, imported once the flags are
 checked (parsing imports no torch)."""
 
 from __future__ import annotations
@@ -54,8 +54,8 @@ def run(args: argparse.Namespace) -> int:
     require(args.nproc >= 1, "--nproc", "a value >= 1", args.nproc)
     require(args.repeats >= 1, "--repeats", "a value >= 1", args.repeats)
     from cinescene.log import setup_logging
-    from cinescene.train.checkpoint.bench import format_report
-    from cinescene.train.checkpoint.bench import run as bench
+    from cinescene.train.checkpoint_bench import format_report
+    from cinescene.train.checkpoint_bench import run as bench
 
     setup_logging("WARNING")
     report = bench(

@@ -6,7 +6,6 @@
   :class:`RunFacts`, what every save records about the run.
 - :mod:`.reshard`: ZeRO-3 shards of another world size loaded straight into the engine.
 - :mod:`.cadence`: when to save.
-- :mod:`.bench`: ``cinescene bench checkpoint``, the save and load paths against ``dd``.
 
 The files themselves (layout, trainer record, manifest, safe readers, the
 weights a run holds) are :mod:`cinescene.ckpt`.

@@ -33,22 +33,16 @@ import warnings
 from pathlib import Path
 
 import torch
-import torch.distributed as dist
 
 from cinescene.ckpt.export import export
 from cinescene.ckpt.manifest import read_manifest
 from cinescene.config import load_config
-from cinescene.distributed.batching import plan_batch
 from cinescene.distributed.env import detect
-from cinescene.distributed.groups import build_layout, destroy_process_group, init_process_group
 from cinescene.distributed.spawn import spawn_local_ranks
 from cinescene.errors import CineSceneError
 from cinescene.host_memory import human_bytes
 from cinescene.log import setup_logging
 from cinescene.models import build_model
-from cinescene.train.callbacks import CallbackList, TrainState
-from cinescene.train.checkpoint import CheckpointManager, rank_state_now, resume
-from cinescene.train.engine import build_engine
 
 BENCH_LAYERS_MAX = 64
 
@@ -104,11 +98,21 @@ def _evict(paths) -> None:
 # ----------------------------------------------------------------------------- one rank
 def rank_main(argv: list[str]) -> int:
     """One rank of the benchmark job:
-    ``python -m cinescene.train.checkpoint.bench RESULT REPEATS OVERRIDES...``.
+    ``python -m cinescene.train.checkpoint_bench RESULT REPEATS OVERRIDES...``.
 
     Per repeat, side by side: save, ``dd`` writing a file of the checkpoint's size, load (resume), ``dd``
     reading that file; ``dd`` runs on rank 0 while the other ranks wait, caches dropped before each read.
     """
+    # The trainer's side loads DeepSpeed, which prints on import: only the ranks (their output goes to the
+    # run's logs) import it, never the process the benchmark was started from.
+    import torch.distributed as dist
+
+    from cinescene.distributed.batching import plan_batch
+    from cinescene.distributed.groups import build_layout, destroy_process_group, init_process_group
+    from cinescene.train.callbacks import CallbackList, TrainState
+    from cinescene.train.checkpoint import CheckpointManager, rank_state_now, resume
+    from cinescene.train.engine import build_engine
+
     warnings.filterwarnings("ignore", category=FutureWarning, module=r"torch\.distributed")
     result, repeats, overrides = Path(argv[0]), int(argv[1]), argv[2:]
     env = detect()
@@ -210,7 +214,7 @@ def run(*, state_gb: float, nproc: int, directory: Path, export_shard: int, repe
     overrides = bench_overrides(state_gb * 1e9, model_overrides(run_dir))
     result = directory / "bench-result.json"
     status = spawn_local_ranks(
-        [sys.executable, "-m", "cinescene.train.checkpoint.bench", str(result), str(repeats), *overrides],
+        [sys.executable, "-m", "cinescene.train.checkpoint_bench", str(result), str(repeats), *overrides],
         nproc,
     )
     if status:
