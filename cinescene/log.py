@@ -24,6 +24,8 @@ from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import TextIO, TypeVar
 
+from cinescene.errors import env_int
+
 ROOT = "cinescene"
 # Set by `cinescene --verbose`: library output stays on the console (children inherit it).
 VERBOSE_ENV = "CINESCENE_VERBOSE"
@@ -46,7 +48,7 @@ def env_rank() -> int:
     """This process's global rank from the launcher's environment (0 when alone)."""
     for var in ("RANK", "SLURM_PROCID", "PMI_RANK", "OMPI_COMM_WORLD_RANK"):
         if var in os.environ:
-            return int(os.environ[var])
+            return env_int(var)
     return 0
 
 

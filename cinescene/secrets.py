@@ -10,11 +10,16 @@ What is a secret:
   whole, never as a part of a longer name.
 
 Masking is by value: the entry of a credential key becomes ``***``, and every
-occurrence of a secret value inside any other string becomes ``***``. Nothing
+occurrence of a secret value inside any other string becomes ``***``. Whatever
+the project writes or prints passes through here: ``--print-config`` of every
+command, ``submit``/``sweep`` dry runs and tables, ``config.yaml`` (and the
+checkpoint's copy), each SLURM start record and trial record, an export's
+``cinescene.json`` and ``cinescene_config.yaml``, a sample's mp4 metadata and
+JSON sidecar, an evaluation's records, every ``wandb.init`` argument and our
+log lines. Nothing
 is masked for its key name alone, so model fields such as
 ``num_register_tokens`` or ``vggt_tokens`` are never touched and a masked
-config still loads and trains. Used for ``config.yaml`` (and the checkpoint's
-copy), ``--print-config``, every ``wandb.init`` argument, and our log lines.
+config still loads and trains.
 No torch here: ``--print-config`` runs before anything heavy is imported.
 """
 
@@ -78,6 +83,12 @@ def mask_text(text: str, secrets: Iterable[str]) -> str:
     for value in secrets:
         text = text.replace(value, MASK)
     return text
+
+
+def masked_text(text: str, config: Any = None) -> str:
+    """``text`` (a command line, a table) with the environment's secrets and ``config``'s credential values
+    masked: what a command prints or writes that is not a config tree."""
+    return mask_text(text, secret_values(config=config))
 
 
 def scrub(obj: Any, secrets: list[str] | None = None) -> Any:

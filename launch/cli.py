@@ -1,8 +1,8 @@
 """`cinescene` entry point: parse, dispatch, and map errors to exit statuses.
 
-Exit statuses: 0 ok, 1 runtime error a user can fix (or an internal error, one line
-naming the file with its traceback), 2 bad config or usage, 124 saved after a preemption
-signal. Parsing and config validation import no torch,
+Exit statuses: 0 ok, 1 runtime error a user can fix (an OSError is one: the file and the
+system's reason; or an internal error, one line naming the file with its traceback), 2 bad
+config or usage, 124 saved after a preemption signal. Parsing and config validation import no torch,
 so a bad config is reported in well under a second.
 
 The console shows our log lines, progress bars and one-line errors
@@ -45,8 +45,16 @@ def _add_verbose(parser: argparse.ArgumentParser, top: bool) -> None:
                 _add_verbose(child, top=False)
 
 
+class OneLineParser(argparse.ArgumentParser):
+    """A usage mistake is one line like every other error (argparse would print the usage block first);
+    its sub-command parsers are of this class too."""
+
+    def error(self, message: str):
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = OneLineParser(
         prog="cinescene",
         description="CineScene: train, launch, evaluate and export camera-controlled video DiTs.",
     )
@@ -89,6 +97,13 @@ def _internal_error(prog: str, exc: BaseException) -> int:
     return 1
 
 
+def os_error_line(exc: OSError) -> str:
+    """An OSError as one line: the file(s) it names and the system's reason."""
+    reason = exc.strerror or (str(exc).splitlines()[0] if str(exc) else type(exc).__name__)
+    names = [str(n) for n in (exc.filename, exc.filename2) if n is not None]
+    return f"{' -> '.join(names)}: {reason}" if names else reason
+
+
 def _command(argv: list[str]) -> str | None:
     """The subcommand's name, read before the parser is built (a peek: the parser still decides)."""
     return next((item for item in argv if not item.startswith("-")), None)
@@ -127,6 +142,13 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print(f"{prog}: interrupted", file=console())
         return 130
+    except OSError as exc:
+        if args.verbose and output_file() is None:
+            raise
+        # A path that exists but is the wrong kind (a directory, /dev/null), a name too long, a symlink loop,
+        # a full disk, a permission: the system's reason and the file are the message.
+        print(f"{prog}: error: {os_error_line(exc)}", file=console())
+        return 1
     except Exception as exc:
         if args.verbose and output_file() is None:
             raise  # --verbose: the traceback on the console

@@ -12,7 +12,12 @@ from cinescene.distributed.env import RANK_VARIABLES  # imports neither torch no
 
 REPO = Path(__file__).resolve().parents[1]
 
-pytest_plugins = ["tests.fixtures.slurm", "tests.fixtures.checkpoint"]
+pytest_plugins = [
+    "tests.fixtures.slurm",
+    "tests.fixtures.checkpoint",
+    "tests.fixtures.s3",
+    "tests.fixtures.pretrained",
+]
 
 # Tests never talk to W&B servers and never touch a GPU unless marked `gpu`.
 os.environ.setdefault("WANDB_MODE", "offline")

@@ -38,19 +38,24 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+import yaml
 from omegaconf import OmegaConf
 from safetensors.torch import save_file
 
 from cinescene import rng
-from cinescene.config import from_container
+from cinescene.config import ConfigError, from_container
+from cinescene.config.loading import read_yaml
+from cinescene.config.paths import check_output_location
+from cinescene.durable import fsync_path, fsync_tree
 from cinescene.errors import CineSceneError
 from cinescene.host_memory import current_rss_bytes, peak_rss_bytes, reset_peak
 from cinescene.log import get_logger
 from cinescene.models import build_model
 from cinescene.models.key_mapping import detect_layout, diffusers_to_wan_key, wan_to_diffusers_key
 from cinescene.models.weights import TensorSource, assign_state_dict, is_cinescene_extension, open_checkpoint
+from cinescene.secrets import scrub, secret_values
 
-from .layout import CONFIG_FILE, RANK_STATES, ZERO_TAG
+from .layout import CONFIG_FILE, RANK_STATES, ZERO_TAG, refuse_inside_checkpoint
 from .manifest import read_manifest
 from .weights import TrainedWeights
 
@@ -237,15 +242,14 @@ def diffusers_config(model) -> dict:
 
 def checkpoint_config(step_dir: Path):
     """The resolved config a checkpoint was saved with (its config.yaml, YAML data only)."""
-    from omegaconf import OmegaConf
-
-    from cinescene.config import ConfigError, from_container
-
     path = step_dir / CONFIG_FILE
+    if not path.is_file():
+        raise CineSceneError(f"{path} is missing: the checkpoint does not say which model it holds")
     try:
-        return from_container(OmegaConf.to_container(OmegaConf.load(path), resolve=False))
-    except FileNotFoundError:
-        raise CineSceneError(f"{path} is missing: the checkpoint does not say which model it holds") from None
+        data = read_yaml(path)
+        if not isinstance(data, dict):
+            raise ConfigError("", "expected a mapping of sections at the top level")
+        return from_container(data)
     except ConfigError as exc:
         raise CineSceneError(f"{path} is not a config this version reads ({exc})") from None
 
@@ -312,6 +316,8 @@ def export(
     if max_shard_size <= 0:
         raise CineSceneError(f"--max-shard-size must be positive, got {max_shard_size}")
     out = Path(out)
+    check_output_location(out, "--out")
+    refuse_inside_checkpoint(out, "--out")
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
         raise CineSceneError(f"{out} already exists; choose another --out (an export never overwrites)")
     weights = TrainedWeights(path)
@@ -345,8 +351,11 @@ def export(
         frozen.close()
     model_config = diffusers_config(cfg.model) if fmt == "diffusers" else wan_config(cfg.model)
     (work / "config.json").write_text(json.dumps(model_config, indent=2) + "\n")
-    shutil.copyfile(weights.path / CONFIG_FILE, work / RUN_CONFIG)
 
+    # The run's config as saved, masked again: a received checkpoint's config.yaml may hold a secret's value.
+    run_config = read_yaml(weights.path / CONFIG_FILE)
+    secrets = secret_values(config=run_config)
+    (work / RUN_CONFIG).write_text(yaml.safe_dump(scrub(run_config, secrets), sort_keys=False))
     description = {
         "format": EXPORT_FORMAT,
         "version": EXPORT_VERSION,
@@ -362,8 +371,9 @@ def export(
         "module_files": [f for f in files if f.startswith(MODULES_STEM)],
         "module_keys": sorted(n for n in record.params if is_cinescene_key(n)),
     }
-    (work / DESCRIPTION).write_text(json.dumps(description, indent=2) + "\n")
+    (work / DESCRIPTION).write_text(json.dumps(scrub(description, secrets), indent=2) + "\n")
     written = sum((work / f).stat().st_size for f in files)
+    fsync_tree(work)  # every file and the directory on disk before the export is said to be done
     try:
         if out.exists():
             out.rmdir()  # empty (checked above): an export fills it or fails as a whole
@@ -373,6 +383,7 @@ def export(
         raise CineSceneError(
             f"{out} appeared while exporting (another export?); nothing was written there"
         ) from None
+    fsync_path(out.parent)
     return ExportReport(
         out=out,
         files=files + ["config.json", RUN_CONFIG, DESCRIPTION],

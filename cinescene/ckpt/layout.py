@@ -23,12 +23,15 @@ import re
 import stat
 from pathlib import Path
 
+from cinescene.config.base import ConfigError
+from cinescene.config.paths import kind_problem, resolved
+from cinescene.durable import TMP_PREFIX as TMP_PREFIX  # the prefix of every temporary name
 from cinescene.errors import CineSceneError
 
 from .errors import DamagedCheckpointError
+from .manifest import MANIFEST
 
 STEP_DIR = re.compile(r"^step_(\d{8})$")
-TMP_PREFIX = ".tmp-"
 DELETE_PREFIX = ".tmp-delete-"
 LATEST = "latest"
 TRAINER_STATE = "trainer_state.json"
@@ -53,8 +56,36 @@ def rank_state_name(rank: int) -> str:
 
 
 def inside(root: Path, path: Path) -> bool:
-    """Whether ``path``, symlinks resolved, is an entry directly inside ``root``."""
-    return Path(path).resolve().parent == Path(root).resolve()
+    """Whether ``path``, symlinks resolved, is an entry directly inside ``root`` (a symlink loop is not)."""
+    try:
+        return Path(path).resolve().parent == Path(root).resolve()
+    except (OSError, RuntimeError):  # a symlink loop
+        return False
+
+
+def enclosing_step_dir(path: str | os.PathLike) -> Path | None:
+    """The checkpoint step directory that ``path`` is or lies inside, symlinks resolved (a committed
+    ``step_XXXXXXXX`` or one being written, ``.tmp-step_XXXXXXXX``, holding any checkpoint part), or None.
+    Nothing may be written there: every file of a step is listed in its manifest (`ckpt info --verify`)."""
+    where = resolved(path)
+    for candidate in (where, *where.parents):
+        name = candidate.name.removeprefix(TMP_PREFIX)
+        if STEP_DIR.match(name) and any(
+            (candidate / part).exists() for part in (TRAINER_STATE, MANIFEST, ZERO_TAG, RANK_STATES)
+        ):
+            return candidate
+    return None
+
+
+def refuse_inside_checkpoint(path: str | os.PathLike, key: str) -> None:
+    """ConfigError(key) when an output path is or lies inside a checkpoint step directory."""
+    step = enclosing_step_dir(path)
+    if step is not None:
+        raise ConfigError(
+            key,
+            f"{str(path)!r} is inside the checkpoint {step}: a checkpoint holds exactly what its manifest "
+            "lists; write elsewhere",
+        )
 
 
 def is_complete(path: Path) -> bool:
@@ -106,8 +137,9 @@ def read_pointer(root: Path) -> Path | None:
 def resolve_step_dir(path: Path | str) -> Path:
     """A step directory from a run directory, a checkpoints directory (their `latest`) or a step directory."""
     path = Path(path)
-    if not path.exists():
-        raise CineSceneError(f"{path}: no such run or checkpoint directory")
+    problem = kind_problem(path, "directory")
+    if problem is not None and problem != "is a file, not a directory":
+        raise CineSceneError(f"{path} {problem}: not a run or checkpoint directory")
     if step_of(path) is not None and (path / TRAINER_STATE).exists():
         return path
     for root in (path / CHECKPOINTS, path):

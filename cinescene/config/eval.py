@@ -13,8 +13,12 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from .base import ConfigError, in_range, non_negative, one_of, positive
+from .data import check_object_url, is_object_url
 
 #: Every metric the registry computes, in the order of the paper's table, then ours.
+# The most sampling steps a sampler is given (`sample --steps`, `eval --steps`, eval.sample_steps): Wan
+# samples with 50; a billion only never ends.
+MAX_SAMPLE_STEPS = 1000
 METRIC_NAMES = (
     "mat_pix",
     "clip_v",
@@ -36,8 +40,9 @@ MAT_PIX_AGGREGATES = ("sum", "mean")
 @dataclass
 class ClipConfig:
     # A local directory holding a transformers CLIPModel with its tokenizer and image processor
-    # (save_pretrained layout; e.g. openai/clip-vit-large-patch14 downloaded elsewhere). Read with
-    # local_files_only. Unset: CLIP-V and CLIP-T are reported as absent, with one line saying why.
+    # (save_pretrained layout), or its repo id (e.g. openai/clip-vit-large-patch14) in the local Hugging
+    # Face cache (cinescene/hub.py). Read with local_files_only. Unset: CLIP-V and CLIP-T are reported as
+    # absent, with one line saying why.
     weights: str | None = None
     # Frames per CLIP forward (memory bound on a GPU; the result does not depend on it).
     batch_size: int = 16
@@ -131,9 +136,9 @@ class EvalConfig:
     # last one; 0 = off. Each call generates `num_samples` videos with `sample_steps` steps: on a
     # cluster, sized so that it costs a few percent of the wall time (the hook logs its share).
     every_steps: int = 0
-    # Held-out shards (a directory with manifest.json), the one place held-out data is named: the
-    # hook and `cinescene eval` read it (`--data` overrides it). Samples also in the training
-    # shards are left out. Required when every_steps > 0.
+    # Held-out shards (a directory with manifest.json, or s3://bucket/prefix), the one place
+    # held-out data is named: the hook and `cinescene eval` read it (`--data` overrides it).
+    # Samples also in the training shards are left out. Required when every_steps > 0.
     data: str | None = None
     # Held-out samples per evaluation, a fixed set drawn by `seed` (0 = every held-out sample).
     num_samples: int = 2
@@ -165,8 +170,10 @@ class EvalConfig:
                 "required when eval.every_steps > 0: the held-out shards the hook "
                 "evaluates on (a directory with manifest.json)",
             )
+        if self.data and is_object_url(self.data):
+            check_object_url(self.data, "data")
         non_negative(self.num_samples, "num_samples")
-        positive(self.sample_steps, "sample_steps")
+        in_range(self.sample_steps, "sample_steps", 1, MAX_SAMPLE_STEPS)
         non_negative(self.cfg_scale, "cfg_scale")
         positive(self.fps, "fps")
         check_metric_names(self.metrics, "metrics")

@@ -19,6 +19,75 @@ _SLURM_MEM = re.compile(r"^\d+[KMGT]?$")
 _SBATCH_OPTION = re.compile(r"^--[A-Za-z][A-Za-z0-9-]*(=[^\n\r]*)?$")
 # Partition, account and QOS names reach sbatch as option values: one word.
 _SLURM_NAME = re.compile(r"^[A-Za-z0-9_.+-]+$")
+# sbatch options `launch.slurm.extra` may not give: the ones `cinescene submit` sets itself (from the keys
+# above and the flags, so a second value would contradict them), the ones that choose what runs, where its
+# files go or what environment it gets (the job is always slurm/train.sbatch writing to <run.dir>/slurm/),
+# and the ones that change what sbatch prints or whether it submits at all.
+RESERVED_SBATCH_OPTIONS = (
+    # set by cinescene submit / sweep
+    "account",
+    "array",
+    "chdir",
+    "cpus-per-task",
+    "gpus-per-node",
+    "job-name",
+    "mem",
+    "nodes",
+    "ntasks-per-node",
+    "open-mode",
+    "output",
+    "parsable",
+    "partition",
+    "qos",
+    "requeue",
+    "no-requeue",
+    "signal",
+    "time",
+    # other ways to say the same resources
+    "cpus-per-gpu",
+    "gpus",
+    "gpus-per-task",
+    "mem-per-cpu",
+    "mem-per-gpu",
+    "ntasks",
+    "ntasks-per-core",
+    "ntasks-per-gpu",
+    "ntasks-per-socket",
+    "nodelist-file",
+    "tres-per-task",
+    # what runs, where it writes, what it inherits
+    "wrap",
+    "error",
+    "input",
+    "export",
+    "export-file",
+    "container",
+    "container-id",
+    "get-user-env",
+    "uid",
+    "gid",
+    "propagate",
+    "batch",
+    # sbatch's own behaviour as our client
+    "wait",
+    "test-only",
+    "help",
+    "usage",
+    "version",
+    "quiet",
+    "verbose",
+    "parsable",
+)
+
+
+def reserved_option(line: str) -> str | None:
+    """The reserved sbatch option an ``--option[=value]`` names, also as sbatch's unique-prefix abbreviation
+    (``--out=`` is ``--output=``), or None."""
+    name = line[2:].partition("=")[0].lower()
+    for option in RESERVED_SBATCH_OPTIONS:
+        if option == name or (len(name) >= 2 and option.startswith(name)):
+            return option
+    return None
 
 
 def catchable_signal(name: str) -> bool:
@@ -89,6 +158,14 @@ class SlurmConfig:
                 "one sbatch option '--option' or '--option=value' on one line",
                 line,
             )
+            reserved = reserved_option(line)
+            if reserved is not None:
+                raise ConfigError(
+                    f"extra[{i}]",
+                    f"{line!r} sets sbatch's --{reserved}, which cinescene decides (from launch.slurm's keys "
+                    "and the submit flags, or because it chooses what runs and where its files go); use the "
+                    "keys, not extra",
+                )
 
     def signal_name(self) -> str:
         """The warning signal's full name: 'USR1@180' -> 'SIGUSR1'."""

@@ -21,6 +21,7 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import os
+import types
 import typing
 from collections.abc import Iterable, Sequence
 from pathlib import Path
@@ -31,15 +32,26 @@ from omegaconf import DictConfig, ListConfig, OmegaConf
 from omegaconf import errors as oc_errors
 
 from .base import ConfigError, finite
+from .paths import kind_problem, resolved
 from .schema import CineSceneConfig
 
 DEFAULTS_KEY = "defaults"
+# The most values (scalars, lists and mappings, aliases expanded) one YAML file may hold. Configs hold a few
+# hundred and a 1000-trial sweep file a few thousand; an alias bomb (each alias repeating the last one) grows
+# exponentially in its bytes, and OmegaConf copies every expanded value (about 0.2 ms each).
+MAX_YAML_VALUES = 10_000
 
 
 class _RecursiveAlias(Exception):
     def __init__(self, key: str, line: int):
         super().__init__(key)
         self.key, self.line = key, line
+
+
+class _TooLarge(Exception):
+    def __init__(self, count: int):
+        super().__init__(count)
+        self.count = count
 
 
 class _DuplicateKey(Exception):
@@ -77,6 +89,27 @@ def _check_unique_keys(
     done.add(id(node))
 
 
+def _expanded_size(node: yaml.Node, sizes: dict[int, int]) -> int:
+    """How many values ``node`` holds once every alias is expanded (each node counted once per use, in time
+    linear in the document: a node's size is computed once); stops at MAX_YAML_VALUES."""
+    known = sizes.get(id(node))
+    if known is not None:
+        return known
+    total = 1
+    if isinstance(node, yaml.MappingNode):
+        children = [child for pair in node.value for child in pair]
+    elif isinstance(node, yaml.SequenceNode):
+        children = list(node.value)
+    else:
+        children = []
+    for child in children:
+        total += _expanded_size(child, sizes)
+        if total > MAX_YAML_VALUES:
+            raise _TooLarge(total)
+    sizes[id(node)] = total
+    return total
+
+
 def shown(path: Path) -> Path:
     """``path`` as a user names it in messages: relative to the working directory when under it."""
     try:
@@ -88,9 +121,11 @@ def shown(path: Path) -> Path:
 def read_yaml(path: Path) -> Any:
     """The one reader of every YAML file the config layer reads (training configs, sweep files).
 
-    UTF-8 text only (a BOM is fine), PyYAML's safe constructors only, and no
-    mapping may hold a key twice. Every problem is one ConfigError naming the
-    file and where in it (byte offset, line, key path).
+    UTF-8 text only (a BOM is fine), PyYAML's safe constructors only, no
+    mapping may hold a key twice, and at most MAX_YAML_VALUES values with
+    aliases expanded (checked on the parsed nodes, before anything is built
+    from them: an alias bomb is refused in milliseconds). Every problem is one
+    ConfigError naming the file and where in it (byte offset, line, key path).
     """
     name = shown(path)
     try:
@@ -111,6 +146,7 @@ def read_yaml(path: Path) -> Any:
         if node is None:
             return None
         _check_unique_keys(node)
+        _expanded_size(node, {})
         return loader.construct_document(node)
     except _DuplicateKey as dup:
         raise ConfigError(
@@ -131,6 +167,12 @@ def read_yaml(path: Path) -> Any:
         at = f" at line {line}" if line is not None else ""
         problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
         raise ConfigError("", f"{name}: invalid YAML{at}: {problem}") from None
+    except _TooLarge:
+        raise ConfigError(
+            "",
+            f"{name}: holds more than {MAX_YAML_VALUES} values once its aliases are expanded "
+            "(an alias repeating another alias grows exponentially); write the values out",
+        ) from None
     except RecursionError:
         raise ConfigError("", f"{name}: invalid YAML: nested too deeply") from None
     finally:
@@ -172,9 +214,10 @@ def _read_yaml(path: Path, chain: tuple[Path, ...]) -> DictConfig:
     if path in chain:
         cycle = " -> ".join(str(p) for p in chain + (path,))
         raise ConfigError(DEFAULTS_KEY, f"include cycle: {cycle}")
-    if not path.is_file():
+    problem = kind_problem(path, "file")
+    if problem is not None:
         where = f" (included from {chain[-1]})" if chain else ""
-        raise ConfigError("", f"config file not found: {shown(path)}{where}")
+        raise ConfigError("", f"config file {shown(path)} {problem}{where}")
     raw = read_yaml(path) or {}
     if not isinstance(raw, dict):
         raise ConfigError("", f"{shown(path)}: expected a mapping of sections at the top level")
@@ -184,7 +227,7 @@ def _read_yaml(path: Path, chain: tuple[Path, ...]) -> DictConfig:
     check_sections(raw, where=f" in {shown(path)}")
     merged = OmegaConf.create()
     for inc in includes:
-        merged = OmegaConf.merge(merged, _read_yaml((path.parent / inc).resolve(), chain + (path,)))
+        merged = OmegaConf.merge(merged, _read_yaml(resolved(path.parent / inc), chain + (path,)))
     return OmegaConf.merge(merged, OmegaConf.create(raw))
 
 
@@ -267,6 +310,35 @@ def _parse_overrides(overrides: Iterable[str]) -> DictConfig:
     return OmegaConf.create(tree)
 
 
+_SCALARS = (str, int, float, bool)
+
+
+def _element_ok(value: Any, expected: type) -> bool:
+    if expected is bool or isinstance(value, bool):
+        return isinstance(value, bool) and expected is bool
+    if expected is float:
+        return isinstance(value, (int, float))
+    return isinstance(value, expected)
+
+
+def check_element_types(obj: Any, prefix: str = "") -> None:
+    """Every element of a ``list[X]`` field (X a scalar type) is an X: OmegaConf lets a nested list or a
+    mapping through as an element (``tags=[[a], {b: 1}]``)."""
+    hints = typing.get_type_hints(type(obj))
+    for f in dataclasses.fields(obj):
+        value = getattr(obj, f.name)
+        annotation = hints[f.name]
+        if typing.get_origin(annotation) in (typing.Union, types.UnionType):
+            annotation = next((a for a in typing.get_args(annotation) if a is not type(None)), annotation)
+        args = typing.get_args(annotation)
+        if typing.get_origin(annotation) is not list or not args or args[0] not in _SCALARS:
+            continue
+        key = f"{prefix}.{f.name}" if prefix else f.name
+        for i, item in enumerate(value or []):
+            if not _element_ok(item, args[0]):
+                raise ConfigError(f"{key}[{i}]", f"expected {args[0].__name__}, got {item!r}")
+
+
 def _check_finite(obj: Any, prefix: str) -> None:
     """Every float field (and float list element) of the section holds a finite value."""
     for f in dataclasses.fields(obj):
@@ -285,6 +357,7 @@ def validate_tree(obj: Any, prefix: str = "") -> None:
         child = getattr(obj, f.name)
         if dataclasses.is_dataclass(child):
             validate_tree(child, f"{prefix}.{f.name}" if prefix else f.name)
+    check_element_types(obj, prefix)
     _check_finite(obj, prefix)
     check = getattr(obj, "validate", None)
     if callable(check):
@@ -300,7 +373,7 @@ def compose(path: str | os.PathLike | None, overrides: Sequence[str] = ()) -> Di
     try:
         cfg = schema.copy()
         if path is not None:
-            cfg = OmegaConf.merge(cfg, _read_yaml(Path(path).resolve(), ()))
+            cfg = OmegaConf.merge(cfg, _read_yaml(resolved(path), ()))
         for item in overrides:  # one at a time, so a merge error can name its key
             try:
                 cfg = OmegaConf.merge(cfg, _parse_overrides([item]))

@@ -40,7 +40,8 @@ class VGGTConfig:
     rope_freq: float = 100.0
     # Transformer blocks of the camera head's trunk (VGGT: 4); only built for pose estimation.
     camera_head_depth: int = 4
-    # Local .pt/.pth/.safetensors of the VGGT-1B state dict (aggregator.*, camera_head.*).
+    # The VGGT-1B state dict (aggregator.*, camera_head.*): a local .pt/.pth/.safetensors or its directory,
+    # or the repo id facebook/VGGT-1B in the local Hugging Face cache (cinescene/hub.py).
     weights: str | None = None
 
     def validate(self) -> None:
@@ -204,7 +205,9 @@ class ModelConfig:
     # to start while `pretrained` or (when VGGT is built) `scene.vggt.weights` is unset. "random":
     # train from random initialisation on purpose (the tiny model, tests); rank 0 warns once.
     init: str = "pretrained"
-    # Pretrained DiT weights: a .safetensors, a sharded index .json, or a .pth.
+    # Pretrained DiT weights: a .safetensors, a sharded index .json, a .pth, a directory holding one (a
+    # diffusers pipeline root: its transformer/), or a repo id in the local Hugging Face cache
+    # (cinescene/hub.py).
     pretrained: str | None = None
     pretrained_format: str = "auto"
     strict_load: bool = True

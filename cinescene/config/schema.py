@@ -10,6 +10,7 @@ from .eval import EvalConfig
 from .launch import LaunchConfig
 from .model import ModelConfig
 from .parallel import ParallelConfig
+from .plan import PlanConfig
 from .run import RunConfig
 from .tracking import TrackingConfig
 from .train import TrainConfig
@@ -26,3 +27,4 @@ class CineSceneConfig:
     launch: LaunchConfig = field(default_factory=LaunchConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
     tracking: TrackingConfig = field(default_factory=TrackingConfig)
+    plan: PlanConfig = field(default_factory=PlanConfig)

@@ -25,12 +25,22 @@ The draws are sequential, so raising ``sample`` keeps the trials drawn before.
 
 A trial trains ``base`` with ``overrides``, then its own overrides, then the
 command line's. Its run directory is ``<run_root>/<signature>`` and its run name
-``<name>-<signature>``, where the signature is a hash of everything it overrides
-(keys and the values they resolve to, not their order or spelling): editing the grid never
-maps a new trial onto an old trial's directory, and an unchanged trial finds its
-own again. All trials share the W&B group ``<name>``. Every trial's full config
-is validated when the sweep is expanded, so a bad value fails before anything is
-submitted, naming the trial and the key path.
+``<name>-<signature>``, where the signature is a hash of the trial's whole
+resolved config -- every value that differs from the schema's default, whether
+the base file, the sweep or the command line set it, by key and resolved value
+(not order or spelling); only ``run.config_path`` (where the base file lies) is
+left out. So editing the base or the grid never maps a new trial onto an old
+trial's directory (nor do two sweep files of one name with different bases),
+an unchanged trial finds its own again, and a key added to the schema with a
+default changes no signature. All trials share the W&B group ``<name>``.
+
+A sweep has at most MAX_TRIALS trials, counted before anything is expanded (a
+grid's product, a sample larger than its space is one line at once). Every
+trial's full config is validated when the sweep is expanded, so a bad value
+fails before anything is submitted, naming the trial and the key path; the
+run root and every trial's output directories must be places of their own
+(:mod:`cinescene.config.paths`), and no two trials may resolve to one run
+directory (``runs/a`` and ``./runs/a/`` are one).
 """
 
 from __future__ import annotations
@@ -51,13 +61,18 @@ import yaml
 from omegaconf import OmegaConf
 from omegaconf import errors as oc_errors
 
-from .base import ConfigError, non_negative, require
-from .loading import compose, load_config, read_yaml
+from .base import ConfigError, at_most, non_negative, require
+from .loading import check_element_types, compose, load_config, read_yaml
+from .paths import check_output_location, check_run_locations, kind_problem, resolved
 from .schema import CineSceneConfig
 
 SIGNATURE_LENGTH = 10
 # How many draws a random search may spend finding `sample` distinct trials.
 MAX_DRAWS_PER_SAMPLE = 100
+# The most trials one sweep may have: one job array (SLURM's default MaxArraySize is 1001).
+MAX_TRIALS = 1000
+# Not part of a trial's identity: where its base file lies, not what it trains.
+UNIDENTIFYING_KEYS = ("run.config_path",)
 
 
 def _draw_choice(rng: random.Random, args: list[Any]) -> Any:
@@ -195,20 +210,38 @@ def signature(values: dict[str, Any]) -> str:
     return hashlib.sha256(canonical.encode()).hexdigest()[:SIGNATURE_LENGTH]
 
 
-def _resolved_values(base: Path, overrides: Sequence[str]) -> dict[str, Any]:
-    """The value each overridden key ends up with in the resolved config (1e-3, 0.001 and "1e-3" agree)."""
-    cfg = compose(base, overrides)
-    values = {}
-    for item in overrides:
-        key = item.partition("=")[0].strip()
-        value = OmegaConf.select(cfg, key)
-        values[key] = OmegaConf.to_container(value) if OmegaConf.is_config(value) else value
-    return values
+def _leaves(tree: Any, prefix: str = "") -> dict[str, Any]:
+    """{dotted key: value} of a config tree; lists are values."""
+    if not isinstance(tree, dict):
+        return {prefix: tree}
+    found: dict[str, Any] = {}
+    for key, value in tree.items():
+        found.update(_leaves(value, f"{prefix}{key}." if isinstance(value, dict) else f"{prefix}{key}"))
+    return found
+
+
+_DEFAULT_LEAVES: dict[str, Any] = {}
+
+
+def identity(base: Path, overrides: Sequence[str]) -> dict[str, Any]:
+    """What makes a trial the trial it is: every resolved value of ``base`` + ``overrides`` that differs from
+    the schema's default (1e-3, 0.001 and "1e-3" agree), by dotted key."""
+    if not _DEFAULT_LEAVES:
+        _DEFAULT_LEAVES.update(
+            _leaves(OmegaConf.to_container(OmegaConf.structured(CineSceneConfig), resolve=True))
+        )
+    values = _leaves(OmegaConf.to_container(compose(base, overrides), resolve=True))
+    return {
+        key: value
+        for key, value in values.items()
+        if key not in UNIDENTIFYING_KEYS and (key not in _DEFAULT_LEAVES or _DEFAULT_LEAVES[key] != value)
+    }
 
 
 def _read_spec(path: Path) -> SweepSpec:
-    if not path.is_file():
-        raise ConfigError("", f"sweep file not found: {path}")
+    problem = kind_problem(path, "file")
+    if problem is not None:
+        raise ConfigError("", f"sweep file {path} {problem}")
     raw = read_yaml(path) or {}
     if not isinstance(raw, dict) or set(raw) != {"sweep"}:
         raise ConfigError("", f"{path}: expected one top-level section `sweep:`, got {sorted(raw) or 'none'}")
@@ -225,10 +258,46 @@ def _read_spec(path: Path) -> SweepSpec:
         key = str(getattr(exc, "full_key", "") or "sweep")
         raise ConfigError(key, (getattr(exc, "msg", None) or str(exc)).splitlines()[0]) from None
     try:
+        check_element_types(spec)
         spec.validate()
     except ConfigError as exc:
         raise exc.prefixed("sweep") from None
+    check_output_location(spec.run_root, "sweep.run_root")
     return spec
+
+
+def _space_size(spec: SweepSpec) -> float:
+    """How many distinct trials ``space`` can draw (inf when a distribution is continuous)."""
+    size = 1.0
+    for entry in spec.space.values():
+        kind, args = next(iter(entry.items()))
+        if kind == "choice":
+            size *= len(args)
+        elif kind == "int_uniform":
+            size *= int(args[1]) - int(args[0]) + 1
+        elif args[0] != args[1]:
+            return math.inf
+    return size
+
+
+def trial_count(spec: SweepSpec) -> int:
+    """How many trials the spec expands to, computed without expanding it; at most MAX_TRIALS."""
+    if spec.trials:
+        count = len(spec.trials)
+    elif spec.sample:
+        space = _space_size(spec)
+        if spec.sample > space:
+            raise ConfigError(
+                "sweep.sample",
+                f"the space holds fewer than {spec.sample} distinct trials (only {int(space)}); "
+                "lower `sample` or widen `space`",
+            )
+        count = spec.sample
+    else:
+        count = math.prod(len(values) for values in spec.grid.values())
+    key = "sweep.trials" if spec.trials else "sweep.sample" if spec.sample else "sweep.grid"
+    at_most(count, key, MAX_TRIALS, f"trials of one sweep; this one has {count}: split it")
+    return count
 
 
 def _sampled(spec: SweepSpec) -> list[list[str]]:
@@ -269,7 +338,7 @@ def _varied(spec: SweepSpec) -> list[list[str]]:
 
 def base_config(path: str | os.PathLike, spec: SweepSpec) -> Path:
     """The training config of a sweep file's trials (``base`` is relative to the sweep file)."""
-    return (Path(path).parent / spec.base).resolve()
+    return resolved(Path(path).parent / spec.base)
 
 
 def expand_sweep(path: str | os.PathLike, overrides: Sequence[str] = ()) -> tuple[SweepSpec, list[Trial]]:
@@ -277,13 +346,15 @@ def expand_sweep(path: str | os.PathLike, overrides: Sequence[str] = ()) -> tupl
     path = Path(path)
     spec = _read_spec(path)
     base = base_config(path, spec)
-    if not base.is_file():
-        raise ConfigError("sweep.base", f"training config not found: {base}")
+    problem = kind_problem(base, "file")
+    if problem is not None:
+        raise ConfigError("sweep.base", f"training config {base} {problem}")
+    trial_count(spec)
     trials: list[Trial] = []
     for i, varied in enumerate(_varied(spec)):
         own = [*spec.overrides, *varied, *overrides]
         try:
-            sig = signature(_resolved_values(base, own))
+            sig = signature(identity(base, own))
             name = f"{spec.name}-{sig}"
             # The sweep's placement comes first so a trial may still name its own run.dir.
             applied = [
@@ -293,6 +364,7 @@ def expand_sweep(path: str | os.PathLike, overrides: Sequence[str] = ()) -> tupl
                 *own,
             ]
             cfg, _ = load_config(base, applied)
+            check_run_locations(cfg)
         except ConfigError as exc:
             shown = " ".join(varied) or "no overrides"
             raise ConfigError(exc.key, f"{exc.message} (sweep trial {i}: {shown})") from None
@@ -302,14 +374,15 @@ def expand_sweep(path: str | os.PathLike, overrides: Sequence[str] = ()) -> tupl
 
 
 def _require_distinct_run_dirs(trials: Sequence[Trial]) -> None:
-    seen: dict[str, int] = {}
+    seen: dict[Path, Trial] = {}
     for trial in trials:
-        first: int | None = seen.setdefault(trial.run_dir, trial.index)
-        if first != trial.index:
+        first = seen.setdefault(resolved(trial.run_dir), trial)
+        if first is not trial:
+            same = "" if first.run_dir == trial.run_dir else f" ({first.run_dir} and {trial.run_dir} are one)"
             raise ConfigError(
                 "run.dir",
-                f"sweep trials {first} and {trial.index} would share the run "
-                f"directory {trial.run_dir}; give each trial its own",
+                f"sweep trials {first.index} and {trial.index} would share the run "
+                f"directory {resolved(trial.run_dir)}{same}; give each trial its own",
             )
 
 
@@ -320,5 +393,7 @@ __all__ = [
     "as_override",
     "base_config",
     "expand_sweep",
+    "identity",
     "signature",
+    "trial_count",
 ]

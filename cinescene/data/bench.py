@@ -2,7 +2,9 @@
 
 For each DataLoader worker count it times ``batches`` micro-batches of one
 rank (after one warm-up batch, which includes starting the workers) and
-compares the rank's samples/s with what one rank consumes:
+compares the rank's samples/s with what one rank consumes (with ``against``,
+the same for a second copy of the data, e.g. on object storage, timed in the
+same run, alternating with the first per worker count):
 ``micro_batch_size * grad_accum / step_time`` samples/s, ``step_time`` being
 seconds per optimizer step -- given with ``--step-time`` (read it off the
 trainer's logs) or measured here as forward + backward of the configured
@@ -22,11 +24,13 @@ from cinescene.models import build_model
 
 from .ensure import ensure_dataset
 from .loader import build_train_loader
+from .manifest import load_manifest
 
 
-def loader_rate(cfg, workers: int, batches: int, world_size: int) -> float:
-    """Samples/s one rank's loader delivers with ``workers`` DataLoader workers."""
-    data = dataclasses.replace(cfg.data, num_workers=workers)
+def loader_rate(cfg, workers: int, batches: int, world_size: int, shards: str | None = None) -> float:
+    """Samples/s one rank's loader delivers with ``workers`` DataLoader workers (from ``shards``, default
+    data.train_shards)."""
+    data = dataclasses.replace(cfg.data, num_workers=workers, train_shards=shards or cfg.data.train_shards)
     micro = cfg.train.micro_batch_size
     loader = build_train_loader(
         data, cfg.model, rank=0, world_size=world_size, seed=cfg.run.seed, micro_batch_size=micro
@@ -91,15 +95,18 @@ def bench_loader(
     batches: int = 20,
     step_time: float | None = None,
     world_size: int | None = None,
+    against: str | None = None,
 ) -> dict:
-    ensure_dataset(cfg.data)
+    shards = ensure_dataset(cfg.data)
+    if against is not None:
+        _check_same_data(shards, against, cfg.data.object_store)
     world = world_size or cfg.launch.nproc
     if step_time is None:
         step_time, source = measured_step_time(cfg, world), "measured (model forward+backward, CPU)"
     else:
         source = "given"
     needed = cfg.train.micro_batch_size * cfg.train.grad_accum / step_time
-    rows = []
+    rows, other = [], []
     for count in workers:
         rate = loader_rate(cfg, count, batches, world)
         rows.append(
@@ -110,7 +117,19 @@ def bench_loader(
                 "headroom": rate / needed,
             }
         )
-    return {
+        if against is not None:
+            rate = loader_rate(cfg, count, batches, world, against)
+            other.append(
+                {
+                    "workers": count,
+                    "samples_per_s": rate,
+                    "per_worker": rate / max(count, 1),
+                    "headroom": rate / needed,
+                    "vs_shards": rate / rows[-1]["samples_per_s"],
+                }
+            )
+    result = {
+        "shards": str(shards),
         "step_time_s": step_time,
         "step_time_source": source,
         "needed_samples_per_s": needed,
@@ -118,19 +137,37 @@ def bench_loader(
         "micro_batch_size": cfg.train.micro_batch_size,
         "rows": rows,
     }
+    if against is not None:
+        result["against"] = {"shards": against, "rows": other}
+    return result
+
+
+def _check_same_data(shards, against: str, retry) -> None:
+    """``against`` must hold the same samples as data.train_shards: the comparison is of storage only."""
+    mine, theirs = load_manifest(shards, retry), load_manifest(against, retry)
+    if [s["sha256"] for s in mine.data["shards"]] != [s["sha256"] for s in theirs.data["shards"]]:
+        raise CineSceneError(
+            f"--against {against} holds other shards than data.train_shards={shards}: "
+            "compare two copies of the same data (`cinescene data prepare` into both)"
+        )
 
 
 def format_bench(result: dict) -> str:
     lines = [
         f"one rank consumes {result['needed_samples_per_s']:.2f} samples/s "
         f"(micro batch {result['micro_batch_size']}, step {result['step_time_s']:.3f} s, "
-        f"{result['step_time_source']}; world size {result['world_size']})",
-        f"{'workers':>8} {'samples/s':>10} {'per worker':>11} {'vs needed':>10}",
+        f"{result['step_time_source']}; world size {result['world_size']})"
     ]
-    for row in result["rows"]:
-        verdict = "ok" if row["headroom"] >= 1.0 else "TOO SLOW"
-        lines.append(
-            f"{row['workers']:>8} {row['samples_per_s']:>10.1f} {row['per_worker']:>11.1f} "
-            f"{row['headroom']:>9.1f}x  {verdict}"
-        )
+    tables = [(result["shards"], result["rows"])]
+    if "against" in result:
+        tables.append((result["against"]["shards"], result["against"]["rows"]))
+    for shards, rows in tables:
+        lines += [f"from {shards}:", f"{'workers':>8} {'samples/s':>10} {'per worker':>11} {'vs needed':>10}"]
+        for row in rows:
+            verdict = "ok" if row["headroom"] >= 1.0 else "TOO SLOW"
+            versus = f"  ({row['vs_shards']:.2f}x the first)" if "vs_shards" in row else ""
+            lines.append(
+                f"{row['workers']:>8} {row['samples_per_s']:>10.1f} {row['per_worker']:>11.1f} "
+                f"{row['headroom']:>9.1f}x  {verdict}{versus}"
+            )
     return "\n".join(lines)

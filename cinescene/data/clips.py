@@ -30,7 +30,10 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from cinescene.config.paths import kind_problem
 from cinescene.errors import CineSceneError
+
+from .geometry import pose_problem
 
 CAMERAS_FILE = "cameras.json"
 CONVENTION = "opencv camera-to-world; world right-handed z-up; metres"
@@ -159,6 +162,18 @@ def _check(clip: Clip, path: Path) -> None:
         problems.append(f"video_bg.npy shape {clip.video_bg.shape} differs from video.npy {clip.video.shape}")
     if len(clip.scene_images) == 0:
         problems.append("no scene images")
+    for what, poses in (("cameras", clip.c2w), ("scene image cameras", clip.scene_c2w)):
+        problem = pose_problem(poses)
+        if problem is not None:
+            problems.append(f"{what}: {problem}")
+    for what, K in (("intrinsics", clip.K), ("scene image intrinsics", clip.scene_K)):
+        if (
+            K.ndim != 3
+            or K.shape[1:] != (3, 3)
+            or not np.isfinite(K).all()
+            or (K[:, [0, 1], [0, 1]] <= 0).any()
+        ):
+            problems.append(f"{what}: expected finite pixel intrinsics with positive focal lengths")
     if problems:
         raise CineSceneError(f"clip {path}: {'; '.join(problems)}")
 
@@ -166,8 +181,9 @@ def _check(clip: Clip, path: Path) -> None:
 def list_clips(src: Path) -> list[Path]:
     """Clip directories under ``src`` (sorted by name); a one-line error when there are none."""
     src = Path(src)
-    if not src.is_dir():
-        raise CineSceneError(f"source directory not found: {src}")
+    problem = kind_problem(src, "directory")
+    if problem is not None:
+        raise CineSceneError(f"source directory {src} {problem}")
     clips = sorted(
         p for p in src.iterdir() if p.is_dir() and not p.name.startswith(".") and (p / CAMERAS_FILE).is_file()
     )

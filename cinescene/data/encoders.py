@@ -3,9 +3,10 @@
 ``wan`` loads diffusers' ``AutoencoderKLWan`` and transformers'
 ``UMT5EncoderModel`` + tokenizer from local directories (``from_pretrained``;
 a diffusers repository root with ``vae/``, ``text_encoder/``, ``tokenizer/``
-subfolders works too). Latents are the posterior mean, normalised with the
-VAE config's ``latents_mean``/``latents_std`` as Wan's pipelines do, so a
-sampler must undo that before decoding. Scene images are encoded one at a
+subfolders works too, and so does its repo id in the local Hugging Face cache,
+e.g. ``Wan-AI/Wan2.1-T2V-1.3B-Diffusers``: :mod:`cinescene.hub`). Latents are
+the posterior mean, normalised with the VAE config's ``latents_mean``/``latents_std``
+as Wan's pipelines do, so a sampler must undo that before decoding. Scene images are encoded one at a
 time as one-frame videos (Wan's causal VAE maps a first frame to one latent
 frame). Text embeddings keep only the prompt's real tokens (Wan zeroes the
 padding); the loader zero-pads to ``model.text_len``. The manifest names each
@@ -22,6 +23,7 @@ from pathlib import Path
 import numpy as np
 
 from cinescene.errors import CineSceneError
+from cinescene.hub import resolve_weights
 
 TEXT_LEN = 512  # umT5 context length Wan2.1 trains with
 TEMPORAL_STRIDE = 4  # Wan VAE: latent frame i covers source frames 4i-3 .. 4i; its camera is frame 4i
@@ -42,9 +44,10 @@ class PixelEncoder:
 def _model_dir(path: str | None, subfolder: str, flag: str) -> Path:
     if not path:
         raise CineSceneError(
-            f"--encoder wan needs {flag} PATH (a local directory saved with save_pretrained)"
+            f"--encoder wan needs {flag} PATH (a local directory saved with save_pretrained, "
+            "or a Hugging Face repo id in the local cache)"
         )
-    root = Path(path)
+    root = resolve_weights(path, flag)
     if (root / subfolder / "config.json").is_file():
         return root / subfolder
     if not root.is_dir():
@@ -182,8 +185,7 @@ class WanEncoder:
         return self._text
 
     def encode_text(self, prompt: str) -> np.ndarray:
-        """umT5 embeddings of the prompt's real tokens (L,
-        4096) float32 (padding dropped, as Wan zeroes it)."""
+        """umT5 embeddings of the prompt's real tokens, (L, 4096) float32 (padding dropped: Wan zeroes it)."""
         torch = self.torch
         tokenizer, text_encoder = self._text_models()
         with torch.no_grad():
@@ -206,8 +208,7 @@ class WanEncoder:
             return np.stack([self._latents(image[None])[:, 0] for image in images])
 
     def decode_latents(self, latents) -> np.ndarray:
-        """Normalised latents (C, T, h, w) (what :meth:`encode`
-        stores) -> uint8 frames (4(T-1)+1, H, W, 3)."""
+        """Normalised latents (C, T, h, w) (as :meth:`encode` stores) -> uint8 frames (4(T-1)+1, H, W, 3)."""
         torch = self.torch
         with torch.no_grad():
             z = torch.as_tensor(latents, dtype=torch.float32)[None] * self.std + self.mean

@@ -26,6 +26,7 @@ from cinescene.config import ConfigError
 from cinescene.errors import CineSceneError
 from cinescene.log import get_logger
 
+from . import storage
 from .manifest import MANIFEST, read_manifest_file
 
 log = get_logger("data")
@@ -45,24 +46,24 @@ def synth_clips_dir(data_cfg) -> Path:
     return Path(data_cfg.synth.out or f"{str(data_cfg.train_shards).rstrip('/')}_clips")
 
 
-def check_dataset(data_cfg) -> Path:
+def check_dataset(data_cfg) -> Path | storage.ObjectPath:
     """Fail fast, before any rank starts, when the shards are neither there nor to be generated, or when
     their manifest is not one (a structurally wrong manifest.json is one line naming what is wrong)."""
-    shards = Path(require_train_shards(data_cfg))
-    if (shards / MANIFEST).is_file():
+    shards = storage.location(require_train_shards(data_cfg))
+    if storage.exists(shards / MANIFEST):
         read_manifest_file(shards / MANIFEST)
-    elif not data_cfg.generate:
+    elif not data_cfg.generate:  # never on for s3:// shards (config validation)
+        hint = "" if storage.is_object_url(shards) else ", or set data.generate=true for synthetic data"
         raise CineSceneError(
-            f"no training data at {shards} (no {MANIFEST}); run `cinescene data prepare "
-            "--out` there, or set data.generate=true for synthetic data"
+            f"no training data at {shards} (no {MANIFEST}); run `cinescene data prepare --out {shards}`{hint}"
         )
     return shards
 
 
-def ensure_dataset(data_cfg) -> Path:
+def ensure_dataset(data_cfg) -> Path | storage.ObjectPath:
     """Return the train shard directory, generating synthetic data first when configured to."""
     shards = check_dataset(data_cfg)
-    if (shards / MANIFEST).is_file():
+    if storage.is_object_url(shards) or (shards / MANIFEST).is_file():
         return shards
 
     shards.parent.mkdir(parents=True, exist_ok=True)

@@ -17,9 +17,57 @@ Conventions (every camera this package writes or returns):
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 
 UP = np.array([0.0, 0.0, 1.0])
+# Checks of camera-to-world matrices read from files (clips, trajectories): how far R^T R may be from the
+# identity, and the largest camera position, in metres, that a scene of ours can hold (float32, which the
+# model computes in, keeps millimetres up to about 10 km).
+ROTATION_TOLERANCE = 1e-3
+MAX_TRANSLATION_M = 1e4
+# A pinhole camera's horizontal field of view, degrees: outside this, focal lengths become absurd (180 gives
+# 2e-15 pixels) and no lens of a scene-decoupled dataset has it.
+MIN_HFOV_DEG, MAX_HFOV_DEG = 1.0, 170.0
+
+
+def pose_problem(c2w) -> str | None:
+    """What is wrong with camera-to-world matrices (N, 4, 4) read from a file, or None: non-finite values,
+    a bottom row other than [0 0 0 1], a 3x3 part that is not a rotation (scaled, sheared or mirrored:
+    determinant -1), a position farther than MAX_TRANSLATION_M from the origin."""
+    poses = np.asarray(c2w, dtype=np.float64)
+    if poses.ndim != 3 or poses.shape[1:] != (4, 4):
+        return f"expected 4x4 camera-to-world matrices, got shape {list(poses.shape)}"
+    if not np.isfinite(poses).all():
+        return f"camera {int(np.argwhere(~np.isfinite(poses))[0][0])} holds non-finite values"
+    bottom = np.abs(poses[:, 3] - np.array([0.0, 0.0, 0.0, 1.0])).max(axis=1)
+    if (bottom > 1e-6).any():
+        i = int(np.argmax(bottom > 1e-6))
+        return f"camera {i} has the bottom row {poses[i, 3].tolist()}, not [0, 0, 0, 1]"
+    rotations = poses[:, :3, :3]
+    error = np.abs(rotations.transpose(0, 2, 1) @ rotations - np.eye(3)).max(axis=(1, 2))
+    if (error > ROTATION_TOLERANCE).any():
+        i = int(np.argmax(error > ROTATION_TOLERANCE))
+        return f"camera {i}: the 3x3 part is not a rotation (camera-to-world without scale or shear)"
+    det = np.linalg.det(rotations)
+    if (det < 0).any():
+        return f"camera {int(np.argmax(det < 0))}: the 3x3 part is mirrored (determinant -1), not a rotation"
+    far = np.linalg.norm(poses[:, :3, 3], axis=1)
+    if (far > MAX_TRANSLATION_M).any():
+        i = int(np.argmax(far > MAX_TRANSLATION_M))
+        return f"camera {i} is {far[i]:.3g} m from the origin (at most {MAX_TRANSLATION_M:g} m)"
+    return None
+
+
+def hfov_problem(value) -> str | None:
+    """What is wrong with a horizontal field of view in degrees read from a file or a flag, or None."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return f"expected a horizontal field of view in degrees, got {value!r}"
+    if not (math.isfinite(value) and MIN_HFOV_DEG <= value <= MAX_HFOV_DEG):
+        bounds = f"[{MIN_HFOV_DEG:g}, {MAX_HFOV_DEG:g}]"
+        return f"expected a horizontal field of view in {bounds} degrees, got {value!r}"
+    return None
 
 
 def look_at(eye, target, up=UP) -> np.ndarray:

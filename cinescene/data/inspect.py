@@ -86,6 +86,7 @@ def summarize(shards, verify: bool = False) -> dict:
         "fields": fields,
         "shards": shard_rows,
         "damaged_shards": sum(s["status"] != "ok" for s in shard_rows),
+        "skipped_clips": len(data.get("skipped_clips") or []),
         **({"unreadable_samples": unreadable_samples(manifest)} if verify else {}),
     }
 
@@ -106,6 +107,8 @@ def format_summary(summary: dict) -> str:
     ]
     for name, d in summary["fields"].items():
         lines.append(f"  {name:22s} {d['dtype']:8s} {str(tuple(d['shape'])):22s} in {d['samples']} samples")
+    if summary["skipped_clips"]:
+        lines.append(f"damaged clips skipped when prepared: {summary['skipped_clips']} (in manifest.json)")
     if summary["damaged_shards"]:
         bad = [f"{s['name']} ({s['status']})" for s in summary["shards"] if s["status"] != "ok"]
         lines.append(f"damaged shards: {', '.join(bad)}")

@@ -48,13 +48,14 @@ from __future__ import annotations
 import os
 from collections import Counter
 from collections.abc import Iterable, Iterator
-from pathlib import Path
 
 import torch
 
+from cinescene.config.data import ObjectStoreConfig
 from cinescene.errors import CineSceneError
 from cinescene.log import get_logger
 
+from . import storage
 from .ensure import require_train_shards
 from .manifest import Manifest, load_manifest
 from .order import ORDERS, GlobalOrder
@@ -85,8 +86,16 @@ def count_skips(stats: dict[str, object], shard_names: Iterable[str]) -> None:
 class SampleSource:
     """Reads the sample at a global position; substitutes the next readable one for a bad one."""
 
-    def __init__(self, manifest: Manifest, decoder: SampleDecoder, order: GlobalOrder, training: bool):
+    def __init__(
+        self,
+        manifest: Manifest,
+        decoder: SampleDecoder,
+        order: GlobalOrder,
+        training: bool,
+        retry: ObjectStoreConfig | None = None,
+    ):
         self.manifest, self.decoder, self.order, self.training = manifest, decoder, order, training
+        self.retry = retry  # shards on object storage: how transient errors are retried
         self.refs = manifest.samples()
         self.bad: dict[int, str] = {}  # manifest index -> reason, as found by this process
         self._reader: ShardReader | None = None
@@ -100,7 +109,7 @@ class SampleSource:
     @property
     def reader(self) -> ShardReader:
         if self._reader is None or self._pid != os.getpid():
-            self._reader, self._pid = ShardReader(), os.getpid()
+            self._reader, self._pid = ShardReader(retry=self.retry), os.getpid()
         return self._reader
 
     def try_read(self, index: int, position: int, training: bool) -> dict | None:
@@ -313,7 +322,7 @@ def _check_shards(manifest: Manifest) -> None:
 
 
 def _source(data_cfg, dims, shards, seed: int, training: bool, order: str) -> SampleSource:
-    manifest = load_manifest(shards)
+    manifest = load_manifest(storage.location(shards), data_cfg.object_store)
     _check_shards(manifest)
     decoder = SampleDecoder(
         manifest,
@@ -327,7 +336,13 @@ def _source(data_cfg, dims, shards, seed: int, training: bool, order: str) -> Sa
     if order not in ORDERS:
         raise CineSceneError(f"unknown data.shuffle {order!r}; expected one of {list(ORDERS)}")
     sizes = [s["num_samples"] for s in manifest.data["shards"]]
-    return SampleSource(manifest, decoder, GlobalOrder(sizes, seed, order, data_cfg.shuffle_buffer), training)
+    return SampleSource(
+        manifest,
+        decoder,
+        GlobalOrder(sizes, seed, order, data_cfg.shuffle_buffer),
+        training,
+        data_cfg.object_store,
+    )
 
 
 def build_train_loader(
@@ -348,12 +363,7 @@ def build_train_loader(
     if not 0 <= rank < world_size:
         raise CineSceneError(f"rank {rank} is outside world size {world_size}")
     source = _source(
-        data_cfg,
-        model_cfg_or_dims,
-        Path(shards or require_train_shards(data_cfg)),
-        seed,
-        True,
-        data_cfg.shuffle,
+        data_cfg, model_cfg_or_dims, shards or require_train_shards(data_cfg), seed, True, data_cfg.shuffle
     )
     return TrainLoader(
         source,
@@ -369,5 +379,5 @@ def build_eval_loader(
     data_cfg, model_cfg_or_dims, *, shards: str, rank: int, world_size: int, micro_batch_size: int
 ) -> EvalLoader:
     """A finite, unshuffled pass over the shard directory ``shards`` (held-out data is ``eval.data``'s)."""
-    source = _source(data_cfg, model_cfg_or_dims, Path(shards), 0, False, "none")
+    source = _source(data_cfg, model_cfg_or_dims, shards, 0, False, "none")
     return EvalLoader(source, rank=rank, world_size=world_size, micro_batch_size=micro_batch_size)

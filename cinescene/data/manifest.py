@@ -15,7 +15,8 @@ Layout of a shard directory written by `cinescene data prepare`::
      "num_samples": N, "num_shards": M,
      "fields": {"video.npy": {"shape": [...], "dtype": "uint8"}, ...},   # identical for every sample
      "frames": F, "latent_frames": T, "size": [H, W], "scene_images": S, "scene_size": [Hs, Ws],
-     "shards": [{"name", "bytes", "sha256", "num_samples", "samples": [[key, offset, length, crc32], ...]}]}
+     "shards": [{"name", "bytes", "sha256", "num_samples", "samples": [[key, offset, length, crc32], ...]}],
+     "skipped_clips": [{"clip", "reason"}, ...]}                          # damaged clips prepare skipped
 
 Everything is written with sorted keys and no timestamps: the same clips give
 a byte-identical manifest.
@@ -29,7 +30,6 @@ file and the first thing wrong, never a KeyError deep in the loader.
 from __future__ import annotations
 
 import json
-import os
 import reprlib
 from dataclasses import dataclass
 from pathlib import Path
@@ -37,7 +37,12 @@ from typing import Any
 
 import numpy as np
 
+from cinescene.config.data import ObjectStoreConfig
+from cinescene.config.paths import kind_problem
+from cinescene.durable import write_json_atomic
 from cinescene.errors import CineSceneError
+
+from . import storage
 
 FORMAT = "cinescene-shards/1"
 MANIFEST = "manifest.json"
@@ -65,23 +70,11 @@ def rank_manifest_name(rank: int, world: int) -> str:
     return f"manifest.rank{rank:05d}-of-{world:05d}.json"
 
 
-def write_json_atomic(path: Path, obj, compact: bool = True) -> None:
-    """Write JSON via a temporary file and a rename; compact by default (manifests index every sample)."""
-    tmp = path.with_name(path.name + f".tmp{os.getpid()}")
-    text = (
-        json.dumps(obj, sort_keys=True, separators=(",", ":"))
-        if compact
-        else json.dumps(obj, sort_keys=True, indent=1)
-    )
-    tmp.write_text(text + "\n")
-    os.replace(tmp, path)
-
-
 @dataclass
 class SampleRef:
-    """Where one sample lives: enough to read it with one seek."""
+    """Where one sample lives: enough to read it with one seek (one ranged GET on object storage)."""
 
-    shard: Path
+    shard: Path | storage.ObjectPath
     key: str
     offset: int
     length: int
@@ -93,7 +86,7 @@ class ShardFile:
     """A shard's file against its manifest record, judged by size alone (no reads)."""
 
     name: str
-    path: Path
+    path: Path | storage.ObjectPath
     expected_bytes: int
     size: int | None  # None: missing
 
@@ -111,8 +104,9 @@ class ShardFile:
 
 @dataclass
 class Manifest:
-    root: Path
+    root: Path | storage.ObjectPath  # a shard directory, or a prefix on object storage
     data: dict
+    retry: ObjectStoreConfig | None = None  # object storage: how transient errors are retried
 
     @property
     def encoder(self) -> str:
@@ -127,16 +121,12 @@ class Manifest:
         return int(self.data["num_samples"])
 
     def shard_files(self) -> list[ShardFile]:
-        """Every shard's file status, in manifest order."""
-        files = []
-        for shard in self.data["shards"]:
-            path = self.root / shard["name"]
-            files.append(
-                ShardFile(
-                    shard["name"], path, int(shard["bytes"]), path.stat().st_size if path.is_file() else None
-                )
-            )
-        return files
+        """Every shard's file status, in manifest order (one listing on object storage)."""
+        found = storage.sizes(self.root, [shard["name"] for shard in self.data["shards"]], self.retry)
+        return [
+            ShardFile(shard["name"], self.root / shard["name"], int(shard["bytes"]), found[shard["name"]])
+            for shard in self.data["shards"]
+        ]
 
     def samples(self) -> list[SampleRef]:
         """Every sample in manifest order (shards by name, samples in shard order)."""
@@ -280,11 +270,47 @@ def check_manifest(data: Any, merged: bool = True) -> None:
             "[height, width]",
             data[key],
         )
+    _check_summary_against_fields(data, fields)
 
 
-def read_manifest_file(path: Path, merged: bool = True) -> dict:
+# Which dimensions of which field state each summary key (a manifest edited to claim other counts or sizes
+# than its arrays hold is refused): field -> [(summary key, index into the summary value or None, axis)].
+_SUMMARY_AXES = {
+    "video.npy": [("frames", None, 0), ("size", 0, 1), ("size", 1, 2)],
+    "latents.npy": [("latent_frames", None, 1)],
+    "cameras.npy": [("latent_frames", None, 0)],
+    "intrinsics.npy": [("latent_frames", None, 0)],
+    "scene.npy": [("scene_images", None, 0), ("scene_size", 0, 1), ("scene_size", 1, 2)],
+    "scene_cameras.npy": [("scene_images", None, 0)],
+    "scene_latents.npy": [("scene_images", None, 0)],
+}
+
+
+def _check_summary_against_fields(data: dict, fields: dict) -> None:
+    stride = 4  # Wan's causal VAE: latent frame j holds source frames 4j-3..4j (and the first one alone)
+    expect(
+        data["latent_frames"] == (data["frames"] - 1) // stride + 1,
+        "latent_frames",
+        f"{(data['frames'] - 1) // stride + 1} for {data['frames']} frames",
+        data["latent_frames"],
+    )
+    for name, axes in _SUMMARY_AXES.items():
+        shape = fields.get(name, {}).get("shape")
+        if shape is None:
+            continue
+        for key, index, axis in axes:
+            claimed = data[key] if index is None else data[key][index]
+            expect(
+                axis < len(shape) and shape[axis] == claimed,
+                key,
+                f"what fields[{name!r}] holds ({'x'.join(map(str, shape))})",
+                claimed,
+            )
+
+
+def read_manifest_file(path: Path, merged: bool = True, retry: ObjectStoreConfig | None = None) -> dict:
     """A manifest file's contents after :func:`check_manifest`; any problem is one CineSceneError."""
-    data = read_json_file(path)
+    data = read_json_file(path, retry)
     try:
         check_manifest(data, merged)
     except InvalidManifest as exc:
@@ -292,10 +318,10 @@ def read_manifest_file(path: Path, merged: bool = True) -> dict:
     return data
 
 
-def read_json_file(path: Path) -> Any:
+def read_json_file(path: Path, retry: ObjectStoreConfig | None = None) -> Any:
     """A JSON file's contents; unreadable or invalid JSON is one CineSceneError naming the file."""
     try:
-        return json.loads(path.read_bytes())
+        return json.loads(storage.read_bytes(path, retry))
     except OSError as exc:
         raise CineSceneError(f"{path}: cannot read ({exc.strerror or exc})") from None
     except (ValueError, RecursionError) as exc:  # UnicodeDecodeError is a ValueError
@@ -303,11 +329,17 @@ def read_json_file(path: Path) -> Any:
         raise CineSceneError(f"{path}: not valid JSON ({reason})") from None
 
 
-def load_manifest(root) -> Manifest:
-    root = Path(root)
+def load_manifest(root, retry: ObjectStoreConfig | None = None) -> Manifest:
+    """The manifest of a shard directory or of an s3:// prefix (``retry``: its transient errors)."""
+    root = storage.location(root)
     path = root / MANIFEST
-    if not root.is_dir():
-        raise CineSceneError(f"shard directory not found: {root}")
+    if isinstance(root, storage.ObjectPath):
+        if not storage.exists(path, retry):
+            raise CineSceneError(f"{root}: no {MANIFEST} (run `cinescene data prepare --out {root}`)")
+        return Manifest(root, read_manifest_file(path, retry=retry), retry)
+    problem = kind_problem(root, "directory")
+    if problem is not None:
+        raise CineSceneError(f"shard directory {root} {problem}")
     if not path.is_file():
         partial = sorted(p.name for p in root.glob("manifest.rank*.json"))
         hint = (
@@ -330,7 +362,9 @@ def merge_rank_manifests(root: Path, world: int) -> dict:
         parts.append(read_manifest_file(path, merged=False))
     described = [p for p in parts if p["num_samples"]]
     if not described:
-        raise CineSceneError(f"{root}: no rank wrote any sample")
+        skipped = [c for p in parts for c in p.get("skipped_clips") or [] if isinstance(c, dict)]
+        why = f" (all {len(skipped)} clips damaged, e.g. {skipped[0].get('reason')})" if skipped else ""
+        raise CineSceneError(f"{root}: no rank wrote any sample{why}")
     first = described[0]
     fields = {name: dict(desc, count=0) for name, desc in first["fields"].items()}
     for part in described:
@@ -351,6 +385,10 @@ def merge_rank_manifests(root: Path, world: int) -> dict:
         shards=shards,
         num_shards=len(shards),
         num_samples=sum(s["num_samples"] for s in shards),
+        skipped_clips=sorted(
+            (c for p in parts for c in p.get("skipped_clips") or []),
+            key=lambda c: str(c.get("clip")) if isinstance(c, dict) else "",
+        ),
     )
-    write_json_atomic(root / MANIFEST, merged)
+    write_json_atomic(root / MANIFEST, merged, compact=True)  # compact: it indexes every sample
     return merged

@@ -14,12 +14,24 @@ Resuming. A shard is written to ``.tmp`` and renamed; then a done marker
 rank keeps every shard whose marker and checksum agree and re-encodes from
 the first one that does not, so shards come out exactly as in an
 uninterrupted run.
+
+Object storage. ``--out s3://bucket/prefix`` stages the directory locally
+(:func:`cinescene.data.storage.staging_dir`, one per URL, so a rerun resumes
+from it) and uploads each file as it is finished: a shard, then its done
+marker, each rank's manifest, and ``manifest.json`` last, so a prefix with a
+``manifest.json`` is complete. An object appears whole or not at all; one
+already there with the staged file's size is not uploaded again (shards are
+byte-identical for the same clips and settings). The merge reads every
+rank's manifest from the bucket, so ranks on different machines need no
+shared disk.
 """
 
 from __future__ import annotations
 
 import json
+import math
 import os
+import re
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -29,9 +41,11 @@ from filelock import FileLock
 from PIL import Image
 
 from cinescene.config import ConfigError
-from cinescene.errors import CineSceneError
+from cinescene.config.paths import check_output_location, check_separate
+from cinescene.errors import CineSceneError, env_int
 from cinescene.log import get_logger, progress
 
+from . import storage
 from .clips import Clip, list_clips, read_clip
 from .encoders import TEMPORAL_STRIDE, make_encoder, wan_model_dirs
 from .manifest import (
@@ -56,14 +70,49 @@ def resolve_rank(rank: int | None, world: int | None) -> tuple[int, int]:
     """Explicit values win; else the SLURM array task; else a single process."""
     env = os.environ
     if world is None and "SLURM_ARRAY_TASK_COUNT" in env:
-        world = int(env["SLURM_ARRAY_TASK_COUNT"])
+        world = env_int("SLURM_ARRAY_TASK_COUNT")
     if rank is None and "SLURM_ARRAY_TASK_ID" in env:
-        rank = int(env["SLURM_ARRAY_TASK_ID"]) - int(env.get("SLURM_ARRAY_TASK_MIN", 0))
-    rank, world = rank or 0, world or 1
+        rank = env_int("SLURM_ARRAY_TASK_ID") - (
+            env_int("SLURM_ARRAY_TASK_MIN") if "SLURM_ARRAY_TASK_MIN" in env else 0
+        )
+    rank = 0 if rank is None else rank
+    world = 1 if world is None else world
     if world < 1:
         raise ConfigError("--world", f"expected a value >= 1, got {world}")
     if not 0 <= rank < world:
         raise ConfigError("--rank", f"expected 0 <= rank < world ({world}), got {rank}")
+    return rank, world
+
+
+def check_arguments(
+    src,
+    out,
+    encoder: str,
+    rank: int | None,
+    world: int | None,
+    shard_size_mb: float = 512,
+    frames: int | None = None,
+    size: Sequence[int] | None = None,
+    dtype: str = "float16",
+    device: str = "cpu",
+) -> tuple[int, int]:
+    """Every option of `data prepare` checked before anything is written (its log file included); returns
+    (rank, world)."""
+    rank, world = resolve_rank(rank, world)
+    if not (math.isfinite(shard_size_mb) and shard_size_mb > 0):
+        raise ConfigError("--shard-size-mb", f"expected a finite value > 0, got {shard_size_mb}")
+    check_output_location(out, "--out")
+    check_separate(src, out, "--src", "--out")
+    if frames is not None and (frames < 1 or (frames - 1) % TEMPORAL_STRIDE):
+        raise ConfigError("--frames", f"expected 1 + 4k frames, got {frames}")
+    if size is not None and (len(size) != 2 or any(s < 8 or s % 8 for s in size)):
+        raise ConfigError("--size", f"expected H W, multiples of 8, got {list(size)}")
+    if encoder not in ("none", "wan"):
+        raise ConfigError("--encoder", f"expected 'wan' or 'none', got {encoder!r}")
+    if dtype not in ("float16", "float32"):
+        raise ConfigError("--dtype", f"expected 'float16' or 'float32', got {dtype!r}")
+    if not re.fullmatch(r"cpu|cuda(:\d+)?", device):
+        raise ConfigError("--device", f"expected cpu, cuda or cuda:N, got {device!r}")
     return rank, world
 
 
@@ -255,22 +304,15 @@ def prepare(
     latents, as evaluation shards must (pixel metrics against the ground truth); ``none`` shards
     always keep them.
     """
-    rank, world = resolve_rank(rank, world)
-    if shard_size_mb <= 0:
-        raise ConfigError("--shard-size-mb", f"expected a value > 0, got {shard_size_mb}")
-    if frames is not None and (frames < 1 or (frames - 1) % TEMPORAL_STRIDE):
-        raise ConfigError("--frames", f"expected 1 + 4k frames, got {frames}")
-    if size is not None and (len(size) != 2 or any(s < 8 or s % 8 for s in size)):
-        raise ConfigError("--size", f"expected H W, multiples of 8, got {list(size)}")
-    if encoder not in ("none", "wan"):
-        raise ConfigError("--encoder", f"expected 'wan' or 'none', got {encoder!r}")
-    if dtype not in ("float16", "float32"):
-        raise ConfigError("--dtype", f"expected 'float16' or 'float32', got {dtype!r}")
+    rank, world = check_arguments(src, out, encoder, rank, world, shard_size_mb, frames, size, dtype, device)
     if encoder == "wan":
         wan_model_dirs(vae, text_encoder, tokenizer)  # fail before writing anything
     clips = list_clips(Path(src))
-    out = Path(out)
+    publisher = Publisher.of(out)
+    out = output_dir(out)
     out.mkdir(parents=True, exist_ok=True)
+    if publisher is not None:
+        publisher.fetch(SETTINGS)  # the settings another rank (machine) agreed on
     settings = {
         "encoder": encoder,
         "world": world,
@@ -284,6 +326,10 @@ def prepare(
         settings["keep_pixels"] = True
     _check_settings(out, settings)
     state = _RankState(out, rank)
+    if publisher is not None:
+        publisher.put(SETTINGS)
+        for record in state.records:  # staged by an earlier run that may have stopped before uploading
+            publisher.shard(record["name"])
     mine = clips[rank::world]
     todo = [c for c in mine if c.name.replace(".", "_") not in state.done_clips]
     log.info(
@@ -293,26 +339,40 @@ def prepare(
         len(mine),
         len(mine) - len(todo),
         len(state.records),
-        out,
+        out if publisher is None else f"{publisher.remote} (staged in {out})",
         encoder,
     )
     start = time.perf_counter()
+    skipped: list[dict] = []
     if todo:
         enc = make_encoder(encoder, vae, text_encoder, tokenizer, device, dtype)
-        _write_shards(
-            out, state, todo, enc, frames, size, int(shard_size_mb * 2**20), show_progress, keep_pixels
+        skipped = _write_shards(
+            out,
+            state,
+            todo,
+            enc,
+            frames,
+            size,
+            int(shard_size_mb * 2**20),
+            show_progress,
+            keep_pixels,
+            publisher,
         )
     manifest = _rank_manifest(state.records)
-    write_json_atomic(out / rank_manifest_name(rank, world), manifest)
+    manifest["skipped_clips"] = skipped
+    write_json_atomic(out / rank_manifest_name(rank, world), manifest, compact=True)
+    if publisher is not None:
+        publisher.put(rank_manifest_name(rank, world))
     log.info(
-        "rank %d/%d: %d samples in %d shards (%.1f s)",
+        "rank %d/%d: %d samples in %d shards, %d damaged clips skipped (%.1f s)",
         rank,
         world,
         manifest["num_samples"],
         len(state.records),
+        len(skipped),
         time.perf_counter() - start,
     )
-    return merge_if_complete(out, world)
+    return merge_if_complete(out, world, publisher)
 
 
 def _write_shards(
@@ -325,7 +385,10 @@ def _write_shards(
     limit: int,
     show_progress: bool,
     keep_pixels: bool = False,
-) -> None:
+    publisher: Publisher | None = None,
+) -> list[dict]:
+    """Encode ``todo`` into this rank's shards; returns the clips skipped as damaged (clip, reason)."""
+    skipped: list[dict] = []
     writer: ShardWriter | None = None
     keys: list[str] = []
     fields_seen: dict = {}
@@ -335,15 +398,22 @@ def _write_shards(
         nonlocal writer, keys, fields_seen
         record = writer.close()
         record.update(clips=keys, encoder=enc.info(), summary=shard_summary, fields=fields_seen)
-        write_json_atomic(out / f"{record['name']}.done.json", record)
+        write_json_atomic(out / f"{record['name']}.done.json", record, compact=True)
+        if publisher is not None:
+            publisher.shard(record["name"])
         state.records.append(record)
         writer, keys, fields_seen = None, [], {}
 
     try:
         for path in progress(todo, enabled=show_progress, desc="prepare", unit="clip"):
-            clip = read_clip(path)
+            try:
+                clip = read_clip(path)
+                arrays = sample_arrays(clip, frames, size)
+            except CineSceneError as exc:  # a damaged clip: skipped and counted, the others go on
+                log.warning("skipped %s", str(exc).removeprefix("clip "))
+                skipped.append({"clip": path.name, "reason": str(exc)})
+                continue
             key = clip.clip_id.replace(".", "_")
-            arrays = sample_arrays(clip, frames, size)
             summary = _shape_summary(arrays)
             arrays.update(enc.encode(arrays["video.npy"], arrays["scene.npy"], clip.prompt))
             if (
@@ -374,6 +444,7 @@ def _write_shards(
         if writer is not None:
             writer.abort()
         raise
+    return skipped
 
 
 def _check_settings(out: Path, settings: dict) -> None:
@@ -387,7 +458,7 @@ def _check_settings(out: Path, settings: dict) -> None:
                 "or the same options"
             )
     else:
-        write_json_atomic(path, settings, compact=False)
+        write_json_atomic(path, settings)
 
 
 def _read_settings(path: Path) -> dict:
@@ -401,22 +472,93 @@ def _read_settings(path: Path) -> dict:
     return settings
 
 
-def merge_if_complete(out: Path, world: int) -> Path | None:
-    """Merge the rank manifests when all are present (safe if several ranks try at once)."""
-    if not all((out / rank_manifest_name(r, world)).is_file() for r in range(world)):
+def merge_if_complete(out: Path, world: int, publisher: Publisher | None = None):
+    """Merge the rank manifests when all are present (safe if several ranks try at once); with a
+    ``publisher``, the rank manifests are the bucket's and the merged manifest is uploaded last."""
+    names = [rank_manifest_name(r, world) for r in range(world)]
+    if publisher is not None and not all(publisher.fetch(name) for name in names):
+        return None
+    if not all((out / name).is_file() for name in names):
         return None
 
     with FileLock(str(out / ".merge.lock")):
         merge_rank_manifests(out, world)
-    return out / MANIFEST
+    if publisher is None:
+        return out / MANIFEST
+    publisher.put(MANIFEST, replace=True)
+    return publisher.remote / MANIFEST
 
 
-def merge(out) -> Path:
+def merge(out):
     """``data prepare --merge``: merge the rank manifests named by ``prepare.json``'s world size."""
-    out = Path(out)
-    path = out / SETTINGS
+    publisher = Publisher.of(out)
+    local = output_dir(out)
+    if publisher is not None:
+        local.mkdir(parents=True, exist_ok=True)
+        publisher.fetch(SETTINGS)
+    path = local / SETTINGS
     if not path.is_file():
         raise CineSceneError(f"{out}: no {SETTINGS}; was `cinescene data prepare` run into it?")
     world = _read_settings(path)["world"]
-    merge_rank_manifests(out, world)
-    return out / MANIFEST
+    if publisher is not None:
+        missing = [r for r in range(world) if not publisher.fetch(rank_manifest_name(r, world))]
+        if missing:
+            raise CineSceneError(
+                f"{out}: rank {missing[0]} of {world} has not finished "
+                f"(no {rank_manifest_name(missing[0], world)})"
+            )
+        return merge_if_complete(local, world, publisher)
+    merge_rank_manifests(local, world)
+    return local / MANIFEST
+
+
+def output_dir(out) -> Path:
+    """The local directory `prepare` writes: ``out`` itself, or the staging directory of an s3:// URL."""
+    target = storage.location(out)
+    return storage.staging_dir(target) if isinstance(target, storage.ObjectPath) else target
+
+
+class Publisher:
+    """Uploads a staged shard directory to object storage, each file as one object (see the module doc)."""
+
+    def __init__(self, remote: storage.ObjectPath, staging: Path):
+        self.remote, self.staging = remote, staging
+        self.store = storage.object_store()
+        self.present = self.store.sizes(remote)  # {name: size} already in the bucket
+
+    @classmethod
+    def of(cls, out) -> Publisher | None:
+        target = storage.location(out)
+        if not isinstance(target, storage.ObjectPath):
+            return None
+        return cls(target, storage.staging_dir(target))
+
+    def put(self, name: str, replace: bool = False) -> None:
+        """Upload the staged ``name`` unless an object of its size is there (``replace``: always)."""
+        local = self.staging / name
+        size = local.stat().st_size
+        if not replace and self.present.get(name) == size:
+            return
+        self.store.put_file(local, self.remote / name)
+        self.present[name] = size
+
+    def shard(self, name: str) -> None:
+        """A finished shard: the tar first, then its done marker (a marker never names a missing shard)."""
+        self.put(name)
+        self.put(f"{name}.done.json")
+
+    def fetch(self, name: str) -> bool:
+        """Download ``name`` into the staging directory when the bucket has it and the stage does not (or
+        differs in size); whether the stage holds it now."""
+        local = self.staging / name
+        if name not in self.present:
+            self.present = self.store.sizes(self.remote)  # another rank may have uploaded it since
+        if name in self.present and not (local.is_file() and local.stat().st_size == self.present[name]):
+            write_json_bytes_atomic(local, storage.read_bytes(self.remote / name))
+        return local.is_file()
+
+
+def write_json_bytes_atomic(path: Path, data: bytes) -> None:
+    tmp = path.with_name(path.name + f".tmp{os.getpid()}")
+    tmp.write_bytes(data)
+    os.replace(tmp, path)

@@ -45,11 +45,13 @@ from pathlib import Path
 
 import numpy as np
 
+from cinescene.config.base import ConfigError
+from cinescene.config.paths import check_output_location, check_separate, kind_problem
 from cinescene.errors import CineSceneError
 from cinescene.log import get_logger, progress
 
 from .clips import Clip, load_png, save_png, write_clip
-from .geometry import intrinsics, panorama_views
+from .geometry import hfov_problem, intrinsics, panorama_views
 
 SETS = ("whuman", "wohuman")
 VIDEO_PATTERNS = (
@@ -132,6 +134,8 @@ def parse_camera_file(path: Path) -> tuple[np.ndarray, float | None, np.ndarray 
         raise CineSceneError(f"{path}: no 'frame<N>' entries")
     ue = np.stack([_matrix(v, f"{path} frame{i}") for i, v in frames])
     fov = data.get("fov")
+    if fov is not None and hfov_problem(fov):
+        raise CineSceneError(f"{path}: 'fov': {hfov_problem(fov)}")
     center = data.get("panorama_location")
     return (
         ue_to_opencv(ue),
@@ -268,15 +272,20 @@ def convert(
 ) -> Path:
     """Convert every scene under ``src`` into clip directories under ``out``; returns ``out``."""
     src, out = Path(src), Path(out)
-    if not src.is_dir():
-        raise CineSceneError(f"source directory not found: {src}")
+    problem = kind_problem(src, "directory")
+    if problem is not None:
+        raise CineSceneError(f"source directory {src} {problem}")
     ids = scene_ids(src)
     if not ids:
         raise CineSceneError(
             f"no scenes in {src}: expected camera/{{whuman,wohuman}}/<scene_id>/<scene_id>_cam.json"
         )
     if scene_images < 1:
-        raise CineSceneError(f"--scene-images must be >= 1, got {scene_images}")
+        raise ConfigError("--scene-images", f"expected a value >= 1, got {scene_images}")
+    if hfov_deg is not None and hfov_problem(hfov_deg):
+        raise ConfigError("--hfov", hfov_problem(hfov_deg))
+    check_output_location(out, "--out")
+    check_separate(src, out, "--src", "--out")
     out.mkdir(parents=True, exist_ok=True)
     hfov = None if hfov_deg is None else float(np.radians(hfov_deg))
     for scene_id in progress(ids, enabled=show_progress, desc="convert", unit="scene"):

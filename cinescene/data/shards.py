@@ -20,6 +20,8 @@ from pathlib import Path
 
 import numpy as np
 
+from . import storage
+
 BLOCK = 512
 
 
@@ -157,7 +159,10 @@ class ShardWriter:
             self.tmp.unlink(missing_ok=True)
 
 
-def file_sha256(path: Path) -> str:
+def file_sha256(path) -> str:
+    """The SHA-256 of a local file or an object (streamed)."""
+    if isinstance(path, storage.ObjectPath):
+        return storage.object_store().sha256(path)
     digest = hashlib.sha256()
     with open(path, "rb") as f:
         for chunk in iter(lambda: f.read(1 << 20), b""):
@@ -195,13 +200,22 @@ def parse_members(blob: bytes, key: str) -> dict[str, bytes]:
 
 
 class ShardReader:
-    """Reads samples by byte range, keeping a few shard files open (per process)."""
+    """Reads samples by byte range, keeping a few shard files open (per process); shards on object storage
+    are read with one ranged GET per sample."""
 
-    def __init__(self, max_open: int = 8):
+    def __init__(self, max_open: int = 8, retry: storage.ObjectStoreConfig | None = None):
         self.max_open = max_open
+        self.retry = retry  # transient errors of object storage
         self._files: dict[Path, object] = {}
 
-    def read(self, path: Path, key: str, offset: int, length: int, crc: int) -> dict[str, bytes]:
+    def read(self, path, key: str, offset: int, length: int, crc: int) -> dict[str, bytes]:
+        """The sample's fields; ``path`` is a local shard or an object (one ranged GET, see storage)."""
+        if isinstance(path, storage.ObjectPath):
+            try:
+                blob = storage.object_store(self.retry).read_range(path, offset, length)
+            except FileNotFoundError:
+                raise SampleError("missing object") from None
+            return self._check(blob, key, offset, length, crc)
         try:
             handle = self._files.get(path)
             if handle is None:
@@ -212,6 +226,10 @@ class ShardReader:
             blob = handle.read(length)
         except OSError as exc:
             raise SampleError(f"unreadable ({exc.strerror or exc})") from None
+        return self._check(blob, key, offset, length, crc)
+
+    @staticmethod
+    def _check(blob: bytes, key: str, offset: int, length: int, crc: int) -> dict[str, bytes]:
         if len(blob) != length:
             raise SampleError(
                 f"truncated shard (sample needs bytes {offset}-{offset + length}, file ends earlier)"

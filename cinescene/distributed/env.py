@@ -21,7 +21,7 @@ import socket
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from cinescene.errors import CineSceneError
+from cinescene.errors import CineSceneError, env_int
 
 from .slurm_env import expand_nodes
 
@@ -53,13 +53,6 @@ class DistEnv:
             "MASTER_ADDR": self.master_addr,
             "MASTER_PORT": str(self.master_port),
         }
-
-
-def _int_env(env: dict[str, str], name: str) -> int:
-    try:
-        return int(env[name])
-    except ValueError:
-        raise CineSceneError(f"environment variable {name}={env[name]!r} is not an integer") from None
 
 
 def under_torchrun(env: dict[str, str] | None = None) -> bool:
@@ -128,40 +121,40 @@ def detect(env: dict[str, str] | None = None) -> DistEnv | None:
     """The DistEnv set up by torchrun/deepspeed/our spawner or srun; None when standalone."""
     env = dict(os.environ if env is None else env)
     if under_torchrun(env):
-        world = _int_env(env, "WORLD_SIZE")
+        world = env_int("WORLD_SIZE", env)
         return DistEnv(
-            rank=_int_env(env, "RANK"),
+            rank=env_int("RANK", env),
             world_size=world,
-            local_rank=_int_env(env, "LOCAL_RANK") if "LOCAL_RANK" in env else 0,
+            local_rank=env_int("LOCAL_RANK", env) if "LOCAL_RANK" in env else 0,
             local_world_size=(
-                _int_env(env, "LOCAL_WORLD_SIZE")
+                env_int("LOCAL_WORLD_SIZE", env)
                 if "LOCAL_WORLD_SIZE" in env
-                else _int_env(env, "LOCAL_SIZE")
+                else env_int("LOCAL_SIZE", env)
                 if "LOCAL_SIZE" in env
                 else world
             ),
             master_addr=env.get("MASTER_ADDR", "127.0.0.1"),
-            master_port=_int_env(env, "MASTER_PORT") if "MASTER_PORT" in env else 29500,
+            master_port=env_int("MASTER_PORT", env) if "MASTER_PORT" in env else 29500,
             launcher=_rank_launcher(env),
         )
     if under_srun(env):
-        world = _int_env(env, "SLURM_NTASKS")
+        world = env_int("SLURM_NTASKS", env)
         addr = env.get("MASTER_ADDR") or first_slurm_host(
             env.get("SLURM_STEP_NODELIST") or env["SLURM_JOB_NODELIST"]
         )
         port = (
-            _int_env(env, "MASTER_PORT")
+            env_int("MASTER_PORT", env)
             if "MASTER_PORT" in env
-            else slurm_master_port(_int_env(env, "SLURM_JOB_ID"))
+            else slurm_master_port(env_int("SLURM_JOB_ID", env))
         )
         # "2(x3),1": tasks on this step's nodes; the first count is this node's in the usual layout.
         per_node = env.get("SLURM_STEP_TASKS_PER_NODE", env.get("SLURM_NTASKS_PER_NODE", ""))
         first = per_node.split(",")[0].split("(")[0]
         local_world = int(first) if first.isdigit() else world
         return DistEnv(
-            rank=_int_env(env, "SLURM_PROCID"),
+            rank=env_int("SLURM_PROCID", env),
             world_size=world,
-            local_rank=_int_env(env, "SLURM_LOCALID") if "SLURM_LOCALID" in env else 0,
+            local_rank=env_int("SLURM_LOCALID", env) if "SLURM_LOCALID" in env else 0,
             local_world_size=local_world,
             master_addr=addr,
             master_port=port,

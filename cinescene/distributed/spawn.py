@@ -32,6 +32,7 @@ are stopped (they would otherwise wait in a collective until the timeout).
 from __future__ import annotations
 
 import ctypes
+import glob
 import os
 import signal
 import subprocess
@@ -40,6 +41,7 @@ import threading
 import time
 from collections.abc import Sequence
 
+from cinescene.config.base import ConfigError
 from cinescene.log import get_logger
 
 from . import startup_signals
@@ -99,6 +101,36 @@ def cpu_threads_per_rank(nproc: int) -> int:
     except AttributeError:  # not Linux
         cores = os.cpu_count() or 1
     return max(1, cores // nproc)
+
+
+def _visible_gpus() -> int:
+    """GPUs this process may use, without importing torch: CUDA_VISIBLE_DEVICES, else the device nodes."""
+    visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+    if visible is not None:
+        entries = [v for v in visible.split(",") if v.strip()]
+        return 0 if not entries or entries[0].strip() == "-1" else len(entries)
+    return len(glob.glob("/dev/nvidia[0-9]*"))
+
+
+def check_local_ranks(nproc: int, backend: str, key: str) -> None:
+    """Local ranks need a CPU core each, and a GPU each when they talk over NCCL."""
+    try:
+        cores = len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        cores = os.cpu_count() or 1
+    if nproc > cores:
+        raise ConfigError(
+            key,
+            f"expected at most {cores} local ranks, got {nproc}: this machine lets the run use "
+            f"{cores} CPU cores and every rank needs one (use torchrun or srun across machines)",
+        )
+    gpus = _visible_gpus()
+    if gpus and backend != "gloo" and nproc > gpus:
+        raise ConfigError(
+            key,
+            f"expected at most {gpus} local ranks, got {nproc}: {gpus} GPUs are visible and "
+            "every NCCL rank needs its own",
+        )
 
 
 def spawn_local_ranks(

@@ -17,7 +17,6 @@ samples' files; :func:`cinescene.eval.report.write_report` gathers them.
 
 from __future__ import annotations
 
-import json
 import shutil
 import time
 from collections.abc import Callable, Sequence
@@ -27,10 +26,12 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from cinescene.durable import write_json_atomic
 from cinescene.sampling.inputs import ShardSample
 from cinescene.sampling.pipeline import Settings, VideoGenerator
 from cinescene.sampling.spec import DataSpec
 from cinescene.sampling.video import write_mp4
+from cinescene.secrets import scrub
 
 from . import report
 from .metrics import MetricContext, MetricInputs, SampleMetrics, compute_metrics, pixels
@@ -128,7 +129,7 @@ def evaluate_into(
             out / video,
             result.frames,
             fps,
-            {"key": sample.key, "prompt": sample.prompt, **metadata, **vars(settings)},
+            scrub({"key": sample.key, "prompt": sample.prompt, **metadata, **vars(settings)}),
         )
         record["video"] = video
         inputs, error = result.inputs, None
@@ -145,10 +146,10 @@ def evaluate_into(
         )
         Image.fromarray(block).save(out / "contact" / f"{sample.key}.png")
     record["seconds"] = round(time.perf_counter() - started, 2)
-    (out / "samples" / f"{sample.key}.json").write_text(json.dumps(record, indent=1, sort_keys=True))
+    write_json_atomic(out / "samples" / f"{sample.key}.json", scrub(record))
     return result
 
 
 def record_unreadable(out: Path, key: str, error: Exception) -> None:
     """A selected sample that cannot be read: reported in ``metrics.json``, left out of the means."""
-    (out / "samples" / f"{key}.json").write_text(json.dumps({"key": key, "unreadable": str(error)}))
+    write_json_atomic(out / "samples" / f"{key}.json", {"key": key, "unreadable": str(error)})

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 
@@ -49,13 +48,15 @@ def check_present(cfg) -> None:
     once the training data exists (synthetic data is made later), they fit its model and some are held out."""
     if not cfg.eval.every_steps:
         return
-    if not (Path(cfg.eval.data) / MANIFEST).is_file():
+    from cinescene.data import storage
+
+    if not storage.exists(storage.location(cfg.eval.data) / MANIFEST):
         raise CineSceneError(
             f"eval.data={cfg.eval.data} holds no {MANIFEST}: the eval hook (eval.every_steps="
             f"{cfg.eval.every_steps}) needs held-out shards there (`cinescene data prepare --out "
             f"{cfg.eval.data}`; --keep-pixels for wan data), or set eval.every_steps=0"
         )
-    if cfg.data.train_shards and (Path(cfg.data.train_shards) / MANIFEST).is_file():
+    if cfg.data.train_shards and storage.exists(storage.location(cfg.data.train_shards) / MANIFEST):
         from cinescene.sampling.spec import training_spec
 
         choose(cfg, training_spec(cfg))

@@ -26,8 +26,10 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw
 
+from cinescene.durable import write_atomic
 from cinescene.eval.metrics.registry import REGISTRY
 from cinescene.sampling.video import strip_indices
+from cinescene.secrets import scrub
 
 # The paper's table (its own evaluation set and matcher): for scale, not for comparison of figures.
 PAPER = {
@@ -211,8 +213,9 @@ def write_report(
         "unreadable": unreadable,
         "samples": records,
     }
-    (out / "metrics.json").write_text(json.dumps(data, indent=1) + "\n")
-    (out / "table.md").write_text(table(data, label))
+    data = scrub(data)
+    write_atomic(out / "metrics.json", json.dumps(data, indent=1) + "\n")
+    write_atomic(out / "table.md", table(data, label))
     blocks = [out / "contact" / f"{r['key']}.png" for r in records]
     blocks = [np.asarray(Image.open(b).convert("RGB")) for b in blocks if b.is_file()]
     if blocks:

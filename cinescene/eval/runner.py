@@ -30,11 +30,13 @@ import torch
 import torch.distributed as dist
 
 from cinescene import __version__
+from cinescene.ckpt.layout import refuse_inside_checkpoint
 from cinescene.config import ConfigError
 from cinescene.config.base import positive
 from cinescene.config.eval import check_metric_names
+from cinescene.config.paths import check_output_location
 from cinescene.distributed.env import SPAWNER_MARK, detect, standalone
-from cinescene.distributed.spawn import spawn_local_ranks
+from cinescene.distributed.spawn import check_local_ranks, spawn_local_ranks
 from cinescene.errors import CineSceneError
 from cinescene.log import get_logger, setup_logging, show_progress_bars
 from cinescene.sampling.checkpoint import checkpoint_config, load_inference_model, resolve_checkpoint
@@ -104,6 +106,8 @@ def eval_overrides(request: EvalRequest) -> list[str]:
 
 def plan(request: EvalRequest) -> EvalPlan:
     """Resolve and check everything before any model is built (one-line errors)."""
+    check_output_location(request.out, "--out")
+    refuse_inside_checkpoint(request.out, "--out")
     source = resolve_checkpoint(request.checkpoint)
     cfg = checkpoint_config(source, eval_overrides(request))
     if not cfg.eval.data:
@@ -166,6 +170,7 @@ def launch(request: EvalRequest) -> int:
         if env is None:
             nproc = the_plan.cfg.launch.nproc if request.nproc is None else request.nproc
             positive(nproc, "--nproc")
+            check_local_ranks(nproc, "gloo", "--nproc" if request.nproc is not None else "launch.nproc")
             nproc = min(nproc, len(the_plan.indices))
             if nproc > 1:
                 return spawn_local_ranks(rank_argv(request), nproc, forward=("SIGTERM",))

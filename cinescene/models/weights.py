@@ -2,7 +2,9 @@
 
 Formats (:func:`open_checkpoint`): a single ``.safetensors``; a sharded
 checkpoint given as its index ``.json`` (``weight_map`` -> shard files next
-to it, e.g. ``model.safetensors.index.json``); a directory holding either;
+to it, e.g. ``model.safetensors.index.json``); a directory holding either (a
+diffusers repository root: its ``transformer/``), or else one pickle; a
+Hugging Face repo id, resolved in the local cache (:mod:`cinescene.hub`);
 or a pickled ``.pth``/``.pt``/``.bin``/``.ckpt`` read with
 ``torch.load(weights_only=True, mmap=True)`` (a ``{"state_dict"|"model"|
 "module": {...}}`` wrapper is unwrapped). Prefixes ``model.diffusion_model.``
@@ -48,6 +50,7 @@ import torch.nn as nn
 from safetensors import safe_open
 
 from cinescene.errors import CineSceneError
+from cinescene.hub import resolve_weights
 from cinescene.log import get_logger
 
 from .key_mapping import detect_layout, diffusers_to_wan_key
@@ -153,37 +156,45 @@ def _open_index(path: Path, files: contextlib.ExitStack) -> TensorSource:
     return TensorSource(shapes, lambda key: shard_of[key]._fetch(key))
 
 
+# A diffusers pipeline repository (Wan-AI/Wan2.1-T2V-1.3B-Diffusers) keeps the DiT in this subfolder.
+DIFFUSERS_DIT_FOLDER = "transformer"
+
+
 def _resolve(path: Path) -> Path:
-    """A directory -> its index json or its single .safetensors."""
+    """A directory -> its index json, else its single .safetensors, else its single pickle (VGGT-1B's
+    model.pt); a diffusers pipeline root -> the same in its ``transformer/``."""
     if not path.is_dir():
         return path
     candidates = sorted(path.glob("*.safetensors.index.json")) or sorted(path.glob("*.safetensors"))
+    if not candidates and (path / DIFFUSERS_DIT_FOLDER).is_dir():
+        return _resolve(path / DIFFUSERS_DIT_FOLDER)
+    if not candidates:
+        candidates = sorted(p for p in path.iterdir() if p.name.endswith(PICKLE_SUFFIXES) and p.is_file())
     if len(candidates) != 1:
         raise CineSceneError(
-            f"{path}: expected one *.safetensors.index.json or one *.safetensors, found {len(candidates)}"
+            f"{path}: expected one *.safetensors.index.json, one *.safetensors or one torch pickle "
+            f"({'/'.join(PICKLE_SUFFIXES)}), found {len(candidates)}"
         )
     return candidates[0]
-
-
-def _without_prefix(length: int) -> Callable[[str], str]:
-    return lambda key: key[length:]
 
 
 def _strip_prefixes(source: TensorSource) -> TensorSource:
     for prefix in STRIP_PREFIXES:
         if len(source) and all(k.startswith(prefix) for k in source.keys()):
-            source = source.renamed(_without_prefix(len(prefix)))
+            size = len(prefix)
+            source = source.renamed(lambda k, n=size: k[n:])
     return source
 
 
 @contextlib.contextmanager
-def open_checkpoint(path) -> Iterator[tuple[TensorSource, Path]]:
+def open_checkpoint(path, what: str = "checkpoint") -> Iterator[tuple[TensorSource, Path]]:
     """Open a checkpoint of any supported format: (its tensors, read on demand, prefixes stripped; the file).
 
-    Files stay open (memory-mapped) inside the ``with`` block; tensors read
-    there stay valid after it.
+    ``path`` may be a Hugging Face repo id in the local cache; ``what`` names the option in that
+    error. Files stay open (memory-mapped) inside the ``with`` block; tensors read there stay valid
+    after it.
     """
-    path = _resolve(Path(path))
+    path = _resolve(resolve_weights(path, what))
     if not path.exists():
         raise CineSceneError(f"checkpoint not found: {path}")
     name = path.name
@@ -384,7 +395,7 @@ def load_pretrained(
     """
     if fmt not in ("auto", "wan", "diffusers"):
         raise CineSceneError(f"unknown checkpoint layout {fmt!r}; expected auto, wan or diffusers")
-    with open_checkpoint(path) as (tensors, resolved):
+    with open_checkpoint(path, "model.pretrained") as (tensors, resolved):
         layout = detect_layout(tensors.keys()) if fmt == "auto" else fmt
         if layout == "diffusers":
             tensors = tensors.renamed(diffusers_to_wan_key)

@@ -39,13 +39,16 @@ from pathlib import Path
 
 import numpy as np
 
-from cinescene.data.geometry import look_at
+from cinescene.config.paths import kind_problem
+from cinescene.data.geometry import hfov_problem, look_at, pose_problem
 from cinescene.errors import CineSceneError
 
 DOLLY_M, TRUCK_M, CRANE_M, ORBIT_RADIUS_M = 2.0, 2.0, 1.5, 3.0
 PAN_DEG, TILT_DEG, ORBIT_DEG = 60.0, 30.0, 60.0
 FORWARD = np.array([1.0, 0.0, 0.0])  # presets start at the origin looking along world +x (z up)
 LEFT = np.array([0.0, 1.0, 0.0])
+# The largest --camera-scale: a preset then dollies 20 m or pans 600 degrees, far past any training clip.
+MAX_CAMERA_SCALE = 10.0
 
 
 def ease(n: int) -> np.ndarray:
@@ -108,8 +111,8 @@ def preset(name: str, frames: int, scale: float = 1.0) -> np.ndarray:
             f"unknown camera preset {name!r}; presets: {', '.join(sorted(PRESETS))} "
             "(or a JSON trajectory file)"
         )
-    if not np.isfinite(scale) or scale < 0:
-        raise CineSceneError(f"--camera-scale must be a finite value >= 0, got {scale}")
+    if not (np.isfinite(scale) and 0 <= scale <= MAX_CAMERA_SCALE):
+        raise CineSceneError(f"--camera-scale must be in [0, {MAX_CAMERA_SCALE:g}], got {scale}")
     return np.stack([PRESETS[name](s, scale) for s in ease(frames)])
 
 
@@ -123,29 +126,38 @@ def _matrices(data) -> tuple[np.ndarray, float | None]:
             data = [frame["c2w"] for frame in data["frames"]]
         else:
             raise ValueError('expected a "c2w" list (or a clip\'s "frames")')
+    if not _all_numbers(data):
+        raise ValueError("expected lists of numbers (JSON numbers, not strings or booleans)")
     poses = np.asarray(data, dtype=np.float64)
     if poses.ndim != 3 or poses.shape[1:] not in ((4, 4), (3, 4)):
         raise ValueError(f"expected per-frame 4x4 or 3x4 matrices, got shape {list(poses.shape)}")
     if poses.shape[1] == 3:
         poses = np.concatenate([poses, np.tile([[[0.0, 0.0, 0.0, 1.0]]], (len(poses), 1, 1))], axis=1)
-    if fov is not None and not (isinstance(fov, (int, float)) and 0 < fov < 180):
-        raise ValueError(f'"fov" must be a horizontal field of view in degrees in (0, 180), got {fov!r}')
+    if fov is not None and hfov_problem(fov):
+        raise ValueError(f'"fov": {hfov_problem(fov)}')
     return poses, None if fov is None else float(fov)
+
+
+def _all_numbers(data) -> bool:
+    """A nest of lists whose leaves are JSON numbers (``true`` and ``"1"`` are not)."""
+    if isinstance(data, list):
+        return all(_all_numbers(item) for item in data)
+    return isinstance(data, (int, float)) and not isinstance(data, bool)
 
 
 def _read_poses(path: Path, what: str) -> tuple[np.ndarray, float | None]:
     """Checked camera-to-world matrices (N, 4, 4) and the optional fov of a JSON file (format: module doc)."""
+    problem = kind_problem(path, "file")
+    if problem is not None:
+        raise CineSceneError(f"camera file {path} {problem}")
     try:
         poses, fov = _matrices(json.loads(path.read_text()))
-    except FileNotFoundError:
-        raise CineSceneError(f"camera file not found: {path}") from None
-    except (OSError, UnicodeDecodeError, ValueError, TypeError, KeyError) as exc:
-        raise CineSceneError(f"{path}: not {what} ({str(exc).splitlines()[0]})") from None
-    if not np.isfinite(poses).all():
-        raise CineSceneError(f"{path}: the cameras hold non-finite values")
-    rotations = poses[:, :3, :3]
-    if np.abs(rotations.transpose(0, 2, 1) @ rotations - np.eye(3)).max() > 1e-3:
-        raise CineSceneError(f"{path}: the 3x3 parts are not rotations (camera-to-world without scale)")
+    except (OSError, UnicodeDecodeError, ValueError, TypeError, KeyError, RecursionError) as exc:
+        reason = "nested too deeply" if isinstance(exc, RecursionError) else str(exc).splitlines()[0]
+        raise CineSceneError(f"{path}: not {what} ({reason})") from None
+    problem = pose_problem(poses)
+    if problem is not None:
+        raise CineSceneError(f"{path}: {problem}")
     return poses, fov
 
 

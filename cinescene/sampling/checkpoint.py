@@ -122,12 +122,12 @@ def checkpoint_config(source: CheckpointSource, overrides: Sequence[str] = ()):
     from cinescene.ckpt.export import RUN_CONFIG
     from cinescene.ckpt.layout import CONFIG_FILE
     from cinescene.config import load_config
-    from cinescene.config.loading import _field_type
+    from cinescene.config.loading import _field_type, read_yaml
 
     path = source.path / (RUN_CONFIG if source.kind == EXPORT else CONFIG_FILE)
     if not path.is_file():
         raise CineSceneError(f"{source.path} has no {path.name}")
-    raw = yaml.safe_load(path.read_text()) or {}
+    raw = read_yaml(path) or {}
     masked = [k for k in _masked_keys(raw) if "str" not in str(_field_type(k))]
     retired = _retire_keys(raw)
     if not masked and not retired:

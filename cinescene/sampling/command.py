@@ -16,21 +16,33 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+import torch
+from omegaconf import OmegaConf
+
 from cinescene import __version__
-from cinescene.config.base import ConfigError, non_negative, positive, require
+from cinescene.ckpt.layout import refuse_inside_checkpoint
+from cinescene.config.base import ConfigError, in_range, require
+from cinescene.config.eval import MAX_SAMPLE_STEPS
+from cinescene.config.paths import check_distinct, check_output_location
+from cinescene.durable import write_json_atomic
 from cinescene.errors import CineSceneError
 from cinescene.log import get_logger, setup_logging, show_progress_bars
+from cinescene.secrets import scrub, secret_values
 
-from .cameras import anchor_trajectory, load_scene_cameras, resolve_camera
+from .cameras import MAX_CAMERA_SCALE, anchor_trajectory, load_scene_cameras, resolve_camera
 from .checkpoint import checkpoint_config, load_inference_model, resolve_checkpoint
 from .codec import build_codec
 from .device import device_and_dtype
 from .inputs import ShardSamples, load_scene_folder, parse_shard_ref
 from .pipeline import Settings, StepBar, VideoGenerator
 from .spec import check_eval_data, training_spec
-from .video import write_json, write_mp4, write_strip
+from .video import write_mp4, write_strip
 
 _log = get_logger("sampling")
+# Bounds of the sampling flags (Wan samples with guidance 5 and shift 3 to 17): far past them a sampler
+# only diverges.
+MAX_GUIDANCE, MAX_SHIFT = 100.0, 1000.0
+MAX_SEED = 2**63 - 1
 
 
 @dataclass(frozen=True)
@@ -60,18 +72,54 @@ class SampleRequest:
 
 
 def check_settings(request: SampleRequest) -> None:
+    """The sampling flags: positive, finite and within what a sampler can use (a billion steps never
+    ends; a guidance scale of 1e308 or a shift of inf gives a black video)."""
     if request.steps is not None:
-        positive(request.steps, "--steps")
+        in_range(request.steps, "--steps", 1, MAX_SAMPLE_STEPS)
     if request.cfg is not None:
-        non_negative(request.cfg, "--cfg")
+        require(
+            math.isfinite(request.cfg) and 0 <= request.cfg <= MAX_GUIDANCE,
+            "--cfg",
+            f"a value in [0, {MAX_GUIDANCE:g}]",
+            request.cfg,
+        )
     if request.shift is not None:
-        positive(request.shift, "--shift")
+        require(
+            math.isfinite(request.shift) and 0 < request.shift <= MAX_SHIFT,
+            "--shift",
+            f"a value in (0, {MAX_SHIFT:g}]",
+            request.shift,
+        )
     require(
-        math.isfinite(request.camera_scale) and request.camera_scale >= 0,
+        math.isfinite(request.camera_scale) and 0 <= request.camera_scale <= MAX_CAMERA_SCALE,
         "--camera-scale",
-        "a finite value >= 0",
+        f"a value in [0, {MAX_CAMERA_SCALE:g}]",
         request.camera_scale,
     )
+    in_range(request.seed, "--seed", 0, MAX_SEED)
+
+
+def check_outputs(request: SampleRequest) -> Path:
+    """``--out`` (an mp4), its JSON sidecar and ``--png``: three different files, none of them an input of the
+    command (the camera files, a scene image), none inside a checkpoint or a system directory."""
+    out = Path(request.out)
+    if out.suffix.lower() == ".json":
+        raise ConfigError(
+            "--out", f"expected an mp4 path, got {request.out!r}: its settings go to a .json beside it"
+        )
+    outputs = {"--out": out, "the settings file beside --out": out.with_suffix(".json")}
+    if request.png:
+        outputs["--png"] = Path(request.png)
+    inputs = {"--camera": request.camera, "--scene-cameras": request.scene_cameras}
+    if request.scene and Path(request.scene).is_dir():
+        inputs.update({f"--scene image {p.name}": p for p in Path(request.scene).iterdir()})
+    for key, path in outputs.items():
+        if path.is_dir():
+            raise CineSceneError(f"{key} {path} is a directory; give a file name")
+        check_output_location(path, key)
+        refuse_inside_checkpoint(path, key)
+    check_distinct(outputs, {k: v for k, v in inputs.items() if v is not None and Path(v).exists()})
+    return out
 
 
 def _scene_cameras(request: SampleRequest, cfg, scene, shard_sample) -> tuple[object | None, str | None]:
@@ -98,10 +146,7 @@ def _scene_cameras(request: SampleRequest, cfg, scene, shard_sample) -> tuple[ob
 def run_sample(request: SampleRequest) -> int:
     setup_logging("INFO")
     check_settings(request)
-    out = Path(request.out)
-    for target in (out, Path(request.png) if request.png else None):
-        if target is not None and target.is_dir():
-            raise CineSceneError(f"{target} is a directory; give a file name")
+    out = check_outputs(request)
     started = time.perf_counter()
     source = resolve_checkpoint(request.checkpoint)
     cfg = checkpoint_config(source, request.overrides)
@@ -180,7 +225,7 @@ def run_sample(request: SampleRequest) -> int:
     )
     bar = StepBar(settings.steps, "sample")
     try:
-        frames = generator.video(
+        latents = generator.latents(
             text,
             cameras,
             scene,
@@ -192,6 +237,12 @@ def run_sample(request: SampleRequest) -> int:
         )
     finally:
         bar.close()
+    if not torch.isfinite(latents).all():  # decoded, it would be a black video
+        raise CineSceneError(
+            f"sampling diverged (non-finite latents) with {settings.steps} steps, guidance "
+            f"{settings.guidance_scale:g}, shift {settings.shift:g} and {camera_desc}; nothing was written"
+        )
+    frames = codec.decode(latents)
     fps = spec.video_fps(cfg.eval.fps)
     metadata = {
         "cinescene": __version__,
@@ -222,10 +273,11 @@ def run_sample(request: SampleRequest) -> int:
         "fps": fps,
         "overrides": list(request.overrides),
     }
+    metadata = scrub(metadata, secret_values(config=OmegaConf.to_container(OmegaConf.structured(cfg))))
     sidecar = out.with_suffix(".json")
     try:
         metadata["codec"] = write_mp4(out, frames, fps, metadata)
-        write_json(sidecar, metadata)
+        write_json_atomic(sidecar, metadata)
         if request.png:
             write_strip(request.png, frames)
     except OSError as exc:

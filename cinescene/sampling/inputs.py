@@ -22,6 +22,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
+from cinescene.config.paths import kind_problem
 from cinescene.data.manifest import load_manifest
 from cinescene.data.samples import LoaderDims, SampleDecoder
 from cinescene.data.shards import SampleError, ShardReader, npy_field
@@ -35,8 +36,9 @@ IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
 def load_scene_folder(folder: str | Path, spec: DataSpec) -> tuple[np.ndarray, list[str]]:
     """uint8 (S, Hs, Ws, 3) scene images from ``folder`` and their file names."""
     folder = Path(folder)
-    if not folder.is_dir():
-        raise CineSceneError(f"scene folder not found: {folder}")
+    problem = kind_problem(folder, "directory")
+    if problem is not None:
+        raise CineSceneError(f"scene folder {folder} {problem}")
     files = sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
     if not files:
         raise CineSceneError(f"{folder} holds no images ({', '.join(IMAGE_SUFFIXES)})")

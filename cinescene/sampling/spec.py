@@ -15,9 +15,9 @@ resolution, frame count or encoder in one line.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from pathlib import Path
 
-from cinescene.data.manifest import load_manifest
+from cinescene.data import storage
+from cinescene.data.manifest import MANIFEST, load_manifest
 from cinescene.errors import CineSceneError
 from cinescene.log import get_logger
 
@@ -114,7 +114,7 @@ class DataSpec:
 def training_manifest(cfg):
     """The training data's manifest, or None when ``data.train_shards`` is unset or not reachable."""
     path = cfg.data.train_shards
-    if not path or not (Path(path) / "manifest.json").is_file():
+    if not path or not storage.exists(storage.location(path) / MANIFEST):
         return None
     return load_manifest(path)
 

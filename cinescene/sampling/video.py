@@ -11,7 +11,6 @@ tags) and into a JSON file beside it.
 from __future__ import annotations
 
 import json
-import os
 from collections.abc import Sequence
 from fractions import Fraction
 from pathlib import Path
@@ -19,6 +18,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from cinescene.durable import commit, temporary_name
 from cinescene.errors import CineSceneError
 
 METADATA_KEY = "cinescene"
@@ -51,7 +51,7 @@ def write_mp4(path: str | Path, frames: np.ndarray, fps: float, metadata: dict |
     path.parent.mkdir(parents=True, exist_ok=True)
     frames = _even(np.ascontiguousarray(frames, dtype=np.uint8))
     codec = video_codec()
-    tmp = path.with_name(f".{path.stem}.tmp{os.getpid()}.mp4")
+    tmp = temporary_name(path)
     try:
         with av.open(str(tmp), "w", format="mp4", options={"movflags": "use_metadata_tags"}) as container:
             if metadata is not None:
@@ -68,7 +68,7 @@ def write_mp4(path: str | Path, frames: np.ndarray, fps: float, metadata: dict |
                     container.mux(packet)
             for packet in stream.encode():
                 container.mux(packet)
-        os.replace(tmp, path)
+        commit(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
     return codec
@@ -89,12 +89,11 @@ def write_strip(path: str | Path, frames: np.ndarray, limit: int = STRIP_FRAMES)
     canvas = np.full((height, len(chosen) * (width + gap) - gap, 3), 255, np.uint8)
     for k, frame in enumerate(chosen):
         canvas[:, k * (width + gap) : k * (width + gap) + width] = frame
-    Path(path).parent.mkdir(parents=True, exist_ok=True)
-    Image.fromarray(canvas).save(path)
-
-
-def write_json(path: str | Path, data: dict) -> None:
     path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    tmp.write_text(json.dumps(data, indent=1, sort_keys=True) + "\n")
-    os.replace(tmp, path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = temporary_name(path)
+    try:
+        Image.fromarray(canvas).save(tmp, format="PNG")
+        commit(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)

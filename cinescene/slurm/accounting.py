@@ -10,11 +10,15 @@ tasks do, and shows as CANCELLED.
 
 from __future__ import annotations
 
+import os
 import re
 import subprocess
 from collections.abc import Iterable
 
+from cinescene.errors import CineSceneError
 from cinescene.log import get_logger
+
+from .records import recorded_jobs
 
 _log = get_logger("slurm")
 
@@ -89,3 +93,14 @@ def job_states(job_ids: Iterable[str]) -> dict[str, str]:
             # An array task cancelled before it started leaves no record of its own, in squeue or sacct.
             states[job] = done.get(job) or ("CANCELLED" if sep and array in known_arrays else UNKNOWN)
     return states
+
+
+def check_no_live_job(run_dir: str | os.PathLike) -> None:
+    """One job per run directory: refuse (one line) while the last job recorded there is still live."""
+    last = (recorded_jobs(run_dir) or [None])[-1]
+    state = job_states([last]).get(last) if last else None
+    if state in LIVE_STATES:
+        raise CineSceneError(
+            f"{run_dir} already has job {last} ({state}); one job per run directory "
+            f"(scancel {last} first, or choose another run.dir)"
+        )

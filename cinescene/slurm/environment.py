@@ -11,13 +11,12 @@ import importlib.metadata
 import os
 import platform
 import socket
-import subprocess
 import time
 from collections.abc import Mapping, Sequence
-from pathlib import Path
 from typing import Any
 
 from cinescene.distributed.slurm_env import job_label, restart_count
+from cinescene.provenance import CODE_ROOT, git_state
 
 # Packages whose versions each start records (the ones a result depends on).
 RECORDED_PACKAGES = (
@@ -32,29 +31,6 @@ RECORDED_PACKAGES = (
     "wandb",
     "safetensors",
 )
-
-
-def git_state(path: Path) -> dict[str, Any]:
-    """Commit and dirty flag of the git checkout holding ``path`` (nulls when it is not one)."""
-
-    def git(*args: str) -> str | None:
-        try:
-            proc = subprocess.run(
-                ["git", "-C", str(path), *args],
-                capture_output=True,
-                text=True,
-                timeout=30,
-                stdin=subprocess.DEVNULL,
-            )
-        except (OSError, subprocess.SubprocessError):
-            return None
-        return proc.stdout if proc.returncode == 0 else None
-
-    commit = git("rev-parse", "HEAD")
-    if commit is None:
-        return {"commit": None, "dirty": None}
-    status = git("status", "--porcelain", "--untracked-files=no")
-    return {"commit": commit.strip(), "dirty": bool(status.strip()) if status is not None else None}
 
 
 def package_versions(names: Sequence[str] = RECORDED_PACKAGES) -> dict[str, str | None]:
@@ -77,7 +53,6 @@ def start_record(
     """Everything about one start of a job that a later reader needs to trust its results."""
     env = os.environ if environ is None else environ
     slurm = {k: v for k, v in sorted(env.items()) if k.startswith("SLURM_") and "TOKEN" not in k}
-    code = Path(__file__).resolve().parents[2]
     return {
         "job": job_label(env),
         "job_id": env.get("SLURM_JOB_ID"),
@@ -87,7 +62,7 @@ def start_record(
         "nodes": list(nodes),
         "cwd": os.getcwd(),
         "argv": list(argv),
-        "git": git_state(code),
+        "git": git_state(CODE_ROOT),
         "packages": package_versions(),
         "slurm": slurm,
         "config": dict(config),

@@ -43,6 +43,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 from omegaconf import OmegaConf
@@ -59,9 +60,10 @@ from cinescene.distributed.slurm_env import (
 )
 from cinescene.errors import CineSceneError
 from cinescene.log import get_logger, setup_logging
+from cinescene.secrets import scrub, secret_values
 
 from .environment import start_record
-from .records import job_log_dir, job_log_path, write_json_atomic
+from .records import job_log_dir, job_log_path, last_metrics, write_record
 
 _log = get_logger("slurm")
 
@@ -177,6 +179,18 @@ def _reap_orphans(timeout: float) -> None:
     _log.warning("processes started by srun still run after %.0f s; going on", timeout)
 
 
+def _checkpoint_root(cfg: CineSceneConfig) -> Path:
+    return Path(cfg.checkpoint.dir or Path(cfg.run.dir) / "checkpoints")
+
+
+def write_start_record(path: Path, cmd: list[str], nodes: list[str], cfg) -> None:
+    """``<job>.start-<N>.json``, masked whole (the command line holds the overrides, the environment what
+    the job inherited) and durable before the ranks start."""
+    config = OmegaConf.to_container(OmegaConf.structured(cfg))
+    record = scrub(start_record(argv=cmd, nodes=nodes, config=config), secret_values(config=config))
+    write_record(path, record)
+
+
 def _latest_checkpoint(root: Path) -> Path | None:
     from cinescene.ckpt.layout import read_pointer
 
@@ -223,8 +237,25 @@ def decide(status: int, ending: str | None, cfg: CineSceneConfig, label: str) ->
     return True, f"{why}: requeueing job {label}; it resumes from the latest checkpoint"
 
 
+@dataclass(frozen=True)
+class StartOutcome:
+    """How one start of the job ended, as the batch process decided it."""
+
+    status: int  # the ranks' exit status (a preemption save that srun cut short counts as the save)
+    requeued: bool  # this process requeued the job: it starts again from the latest checkpoint
+    ending: str | None  # SLURM is ending the job (SIGTERM): it requeues a preempted job, or not
+    why: str  # the decision, in one line
+
+
 def run_job(cfg: CineSceneConfig, config_path: str, overrides: Sequence[str]) -> int:
     """This start of the batch job; returns the batch script's exit status."""
+    outcome = run_start(cfg, config_path, overrides)
+    return 0 if outcome.requeued else outcome.status
+
+
+def run_start(cfg: CineSceneConfig, config_path: str, overrides: Sequence[str]) -> StartOutcome:
+    """This start of the batch job (`cinescene slurm-job`, or a submitit job's function): srun the ranks,
+    requeue when there is more to do."""
     if not in_batch_job():
         raise CineSceneError(
             "cinescene slurm-job runs as the batch script of a SLURM job: submit with "
@@ -234,7 +265,9 @@ def run_job(cfg: CineSceneConfig, config_path: str, overrides: Sequence[str]) ->
         return _start(cfg, config_path, overrides, signals)
 
 
-def _start(cfg: CineSceneConfig, config_path: str, overrides: Sequence[str], signals: JobSignals) -> int:
+def _start(
+    cfg: CineSceneConfig, config_path: str, overrides: Sequence[str], signals: JobSignals
+) -> StartOutcome:
     label = job_label()
     log_path = job_log_path(cfg.run.dir, label)
     job_log_dir(cfg.run.dir).mkdir(parents=True, exist_ok=True)
@@ -257,16 +290,11 @@ def _start(cfg: CineSceneConfig, config_path: str, overrides: Sequence[str], sig
             f"launch.max_restarts is {cfg.launch.max_restarts}: giving up; {cfg.run.dir} keeps "
             "its latest checkpoint, resubmit to continue from it"
         )
-    from cinescene.secrets import scrub
-
     cmd = srun_command(config_path, overrides)
-    record = start_record(
-        argv=cmd, nodes=nodes, config=scrub(OmegaConf.to_container(OmegaConf.structured(cfg)))
-    )
-    write_json_atomic(log_path.with_name(f"{label}.start-{restart}.json"), record)
+    write_start_record(log_path.with_name(f"{label}.start-{restart}.json"), cmd, nodes, cfg)
 
     env = step_environment(os.environ, nodes)
-    checkpoints = Path(cfg.checkpoint.dir or Path(cfg.run.dir) / "checkpoints")
+    checkpoints = _checkpoint_root(cfg)
     before = _latest_checkpoint(checkpoints)
     status = step_status = signals.run_step(cmd, env, skipped_status=cfg.launch.preempt_exit_code)
     if status not in (DONE, USER_ERROR, CONFIG_ERROR, cfg.launch.preempt_exit_code) and _saved_on_preemption(
@@ -280,7 +308,23 @@ def _start(cfg: CineSceneConfig, config_path: str, overrides: Sequence[str], sig
         why += f" (srun's status {step_status}: it stopped a rank that was leaving after the save)"
     if not requeue:
         (_log.info if status == DONE else _log.warning)("job %s: %s", label, why)
-        return status
+        return StartOutcome(status, requeued=False, ending=signals.ending, why=why)
     _log.warning("job %s: %s", label, why)
     scontrol("requeue", os.environ["SLURM_JOB_ID"])
-    return 0
+    return StartOutcome(status, requeued=True, ending=None, why=why)
+
+
+def final_record(cfg: CineSceneConfig, restarts: int) -> dict:
+    """What a finished run leaves: its latest checkpoint and step, the last logged loss, the job's
+    restarts."""
+    from cinescene.ckpt.layout import step_of
+
+    checkpoint = _latest_checkpoint(_checkpoint_root(cfg))
+    metrics = last_metrics(cfg.run.dir)
+    return {
+        "run_dir": str(cfg.run.dir),
+        "step": step_of(checkpoint) if checkpoint is not None else metrics.get("step"),
+        "checkpoint": str(checkpoint) if checkpoint is not None else None,
+        "loss": metrics.get("loss"),
+        "restarts": restarts,
+    }

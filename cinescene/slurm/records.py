@@ -7,19 +7,25 @@
     slurm/<job>.out             the job's log, appended across its starts
     slurm/<job>.start-<N>.json  the environment of start N (restart count N)
 
-All of it is data (JSON or plain text), written atomically or appended line by line.
+All of it is data (JSON or plain text), written atomically or appended line by line, and fsynced
+(:mod:`cinescene.durable`) before the command that wrote it goes on.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import re
 from pathlib import Path
 from typing import Any
+
+from cinescene.durable import append_line, write_json_atomic
 
 JOB_DIR = "slurm"
 JOBS_FILE = "jobs"
 TRIAL_FILE = "trial.json"
+# A job id as SLURM prints it: "12", or "13_4" for an array task.
+JOB_ID = re.compile(r"^\d+(_\d+)?$")
 
 
 def job_log_dir(run_dir: str | os.PathLike) -> Path:
@@ -31,42 +37,59 @@ def job_log_path(run_dir: str | os.PathLike, label: str) -> Path:
     return job_log_dir(run_dir) / f"{label}.out"
 
 
-def write_json_atomic(path: Path, data: Any) -> None:
+def write_record(path: Path, data: Any, mode: int | None = None) -> None:
+    """A JSON record under ``<run.dir>/slurm/``, atomically and durably (its directory made first)."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    tmp.write_text(json.dumps(data, indent=1, default=str) + "\n")
-    os.replace(tmp, path)
+    write_json_atomic(path, data, mode=mode)
+
+
+def _text(path: Path) -> str | None:
+    """A record file's text, undecodable bytes replaced; None when it is missing or not a readable file
+    (a directory, a name too long, a symlink loop: a damaged record reads as an absent one)."""
+    try:
+        return path.read_bytes().decode("utf-8", errors="replace")
+    except OSError:
+        return None
 
 
 def read_json(path: Path) -> dict[str, Any] | None:
-    """A JSON object from ``path``; None when it is missing or not a JSON object."""
+    """A JSON object from ``path``; None when it is missing, unreadable or not a JSON object."""
+    text = _text(path)
     try:
-        data = json.loads(path.read_text())
-    except (OSError, ValueError):
+        data = json.loads(text) if text is not None else None
+    except (ValueError, RecursionError):
         return None
     return data if isinstance(data, dict) else None
+
+
+def typed(value: Any, kind: type | tuple[type, ...]) -> Any:
+    """``value`` when it is a ``kind`` (never a bool for a number), else None: fields of records read back."""
+    if isinstance(value, bool) and bool not in (kind if isinstance(kind, tuple) else (kind,)):
+        return None
+    return value if isinstance(value, kind) else None
+
+
+def string_list(value: Any) -> list[str]:
+    """A record's list of strings (overrides); anything else reads as empty."""
+    return value if isinstance(value, list) and all(isinstance(v, str) for v in value) else []
 
 
 def record_job(run_dir: str | os.PathLike, job_id: str) -> None:
     path = job_log_dir(run_dir) / JOBS_FILE
     path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "a") as f:
-        f.write(f"{job_id}\n")
+    append_line(path, job_id)
 
 
 def recorded_jobs(run_dir: str | os.PathLike) -> list[str]:
-    path = job_log_dir(run_dir) / JOBS_FILE
-    if not path.is_file():
-        return []
-    return [line.strip() for line in path.read_text().splitlines() if line.strip()]
+    """The job ids in ``slurm/jobs``, oldest first; a line that is not a job id ("12", "13_4") is skipped."""
+    text = _text(job_log_dir(run_dir) / JOBS_FILE) or ""
+    return [line.strip() for line in text.splitlines() if JOB_ID.match(line.strip())]
 
 
 def last_metrics(run_dir: str | os.PathLike) -> dict[str, Any]:
     """The last complete row of ``<run.dir>/metrics.jsonl`` ({} when there is none)."""
-    path = Path(run_dir) / "metrics.jsonl"
-    if not path.is_file():
-        return {}
-    for line in reversed(path.read_text().splitlines()):
+    text = _text(Path(run_dir) / "metrics.jsonl") or ""
+    for line in reversed(text.splitlines()):
         try:
             row = json.loads(line)
         except ValueError:

@@ -1,8 +1,9 @@
 """A sweep on SLURM: its unfinished trials as one job array, and one status row per trial.
 
 Submitting writes, for each trial, ``<trial run.dir>/slurm/trial.json`` (its
-signature, overrides, max_steps) and appends the array task's id to its
-``slurm/jobs``; the array's table, ``<run_root>/slurm/array-<time>.json``, maps
+signature, overrides, max_steps; secrets masked) and appends the array task's id to its
+``slurm/jobs``; the array's table, ``<run_root>/slurm/array-<time>.json`` (mode 0600:
+it holds the overrides verbatim, as the tasks must run them), maps
 task index -> [config, overrides...] for ``cinescene slurm-job --array-table``.
 A trial is skipped when its run directory already holds a checkpoint at
 ``train.max_steps`` (finished) or its last job is still queued or running;
@@ -20,8 +21,11 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+from omegaconf import OmegaConf
+
 from cinescene.config.sweep import SweepSpec, Trial
 from cinescene.errors import CineSceneError
+from cinescene.secrets import scrub, secret_values
 
 from . import sbatch
 from .accounting import LIVE_STATES, UNKNOWN, job_states
@@ -33,7 +37,9 @@ from .records import (
     read_json,
     record_job,
     recorded_jobs,
-    write_json_atomic,
+    string_list,
+    typed,
+    write_record,
 )
 
 NOT_SUBMITTED = "-"
@@ -75,7 +81,7 @@ def plan(trials: Sequence[Trial]) -> list[TrialPlan]:
     return plans
 
 
-def _shared_launch(trials: Sequence[Trial]):
+def shared_launch(trials: Sequence[Trial]):
     """The resources every trial shares (one array = one sbatch call = one set of resources)."""
     first = trials[0].config.launch
     for t in trials[1:]:
@@ -104,7 +110,7 @@ def array_submission(
 ) -> sbatch.Submission:
     throttle = f"%{max_parallel}" if max_parallel else ""
     return sbatch.build(
-        _shared_launch(todo),
+        shared_launch(todo),
         job_name=spec.name,
         output=sbatch.log_pattern(job_log_dir(run_root), "%A_%a.out"),
         job_args=["--array-table", str(table.resolve())],
@@ -120,28 +126,34 @@ def submit_array(
         job_log_dir(run_root) / f"array-{time.strftime('%Y%m%dT%H%M%S')}-{time.time_ns() % 10**9:09d}.json"
     )
     submission = array_submission(spec, todo, run_root, table, max_parallel)
-    write_json_atomic(
+    # What the array's tasks run, verbatim (a secret given as an override must reach its job): private.
+    write_record(
         table,
         {
             "sweep": spec.name,
             "trials": [{"signature": t.signature, "argv": [base, *t.overrides]} for t in todo],
         },
+        mode=0o600,
     )
-    for t in todo:
-        write_json_atomic(
-            job_log_dir(t.run_dir) / TRIAL_FILE,
-            {
-                "sweep": spec.name,
-                "signature": t.signature,
-                "varied": t.varied,
-                "overrides": t.overrides,
-                "max_steps": t.config.train.max_steps,
-            },
-        )
+    write_trial_records(spec, todo)
     job_id = sbatch.submit(submission)
     for index, t in enumerate(todo):
         record_job(t.run_dir, f"{job_id}_{index}")
     return job_id
+
+
+def write_trial_records(spec: SweepSpec, todo: Sequence[Trial]) -> None:
+    """Each trial's ``slurm/trial.json``: what `cinescene sweep status` reads back from a run_root."""
+    for t in todo:
+        config = OmegaConf.to_container(OmegaConf.structured(t.config))
+        record = {
+            "sweep": spec.name,
+            "signature": t.signature,
+            "varied": t.varied,
+            "overrides": t.overrides,
+            "max_steps": t.config.train.max_steps,
+        }
+        write_record(job_log_dir(t.run_dir) / TRIAL_FILE, scrub(record, secret_values(config=config)))
 
 
 def array_task(table: Path, task_id: int) -> list[str]:
@@ -199,13 +211,13 @@ def status(entries: Sequence[dict[str, Any]]) -> list[TrialStatus]:
         rows.append(
             TrialStatus(
                 signature=e["signature"],
-                overrides=list(e.get("varied") or []),
+                overrides=string_list(e.get("varied")),
                 state=states.get(job, UNKNOWN) if job else NOT_SUBMITTED,
                 job=job,
-                step=metrics.get("step"),
-                max_steps=e.get("max_steps"),
-                restarts=metrics.get("restarts"),
-                loss=metrics.get("loss"),
+                step=typed(metrics.get("step"), int),
+                max_steps=typed(e.get("max_steps"), int),
+                restarts=typed(metrics.get("restarts"), int),
+                loss=typed(metrics.get("loss"), (int, float)),
                 run_dir=str(e["run_dir"]),
             )
         )
@@ -230,9 +242,9 @@ def entries_of_dir(run_root: Path) -> list[dict[str, Any]]:
         record = read_json(job_log_dir(path) / TRIAL_FILE) or {}
         entries.append(
             {
-                "signature": str(record.get("signature", path.name)),
-                "varied": record.get("varied") or [],
-                "max_steps": record.get("max_steps"),
+                "signature": typed(record.get("signature"), str) or path.name,
+                "varied": string_list(record.get("varied")),
+                "max_steps": typed(record.get("max_steps"), int),
                 "run_dir": str(path),
             }
         )

@@ -37,7 +37,7 @@ from .loop import Trainer
 from .metrics import ThroughputMonitor, device_peak_tflops
 from .objective import FlowMatchingObjective
 from .preemption import PreemptionCallback, PreemptionFlag, RestartsMetric
-from .preflight import warn_random_init
+from .preflight import warn_if_it_will_not_fit, warn_random_init
 from .tracking import MetricsLogger, Tracker, install_secret_filter, scrub
 
 _log = get_logger("train")
@@ -94,8 +94,8 @@ def _build_callbacks(
 
 
 def run_rank(cfg: CineSceneConfig, env: DistEnv, components: Components | None = None) -> int:
-    """Train as rank ``env.rank`` of ``env.world_size``;
-    returns the exit status (0, or the preemption one)."""
+    """Train as rank ``env.rank`` of ``env.world_size``; returns the exit status (0, or the preemption
+    one)."""
     components = components or default_components()
     die_with_launcher()  # a rank our spawner started ends with it (cinescene's CLI did this already)
     flag = PreemptionFlag(cfg.launch.preempt_signals).install()
@@ -105,7 +105,7 @@ def run_rank(cfg: CineSceneConfig, env: DistEnv, components: Components | None =
     install_secret_filter()
     _quiet_libraries(cfg.run.log_level)
     rng.set_deterministic(cfg.run.deterministic)
-    tracker = None
+    tracker = trainer = None
     exit_code = 1
     try:
         components.check_data(cfg)
@@ -119,6 +119,8 @@ def run_rank(cfg: CineSceneConfig, env: DistEnv, components: Components | None =
             run_dir.mkdir(parents=True, exist_ok=True)
             (run_dir / "config.yaml").write_text(config_yaml)
             components.prepare_data(cfg)
+        if layout.is_main:
+            warn_if_it_will_not_fit(cfg, env.world_size)  # before the engine takes the memory
         checkpoints = CheckpointManager(
             cfg.checkpoint.dir or run_dir / "checkpoints",
             cfg.checkpoint,
@@ -203,6 +205,10 @@ def run_rank(cfg: CineSceneConfig, env: DistEnv, components: Components | None =
         return exit_code
     finally:
         if tracker is not None:
-            tracker.close(exit_code, preempted=exit_code == cfg.launch.preempt_exit_code)
+            tracker.close(
+                exit_code,
+                preempted=exit_code == cfg.launch.preempt_exit_code,
+                checkpoint=trainer.state.last_checkpoint if trainer is not None else None,
+            )
         flag.uninstall()
         destroy_process_group()

@@ -26,59 +26,25 @@ SLURM launcher requeues on; 1 for errors; 2 for a bad config or usage.
 
 from __future__ import annotations
 
-import glob
-import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from cinescene.config.base import ConfigError
 from cinescene.config.schema import CineSceneConfig
 from cinescene.data.ensure import check_dataset
 from cinescene.distributed import startup_signals
 from cinescene.distributed.batching import plan_batch
 from cinescene.distributed.env import DistEnv, detect, standalone
 from cinescene.distributed.network import bind_gloo_towards_master
-from cinescene.distributed.spawn import spawn_local_ranks
+from cinescene.distributed.spawn import check_local_ranks, spawn_local_ranks
 from cinescene.eval.heldout import check_present as check_heldout
 from cinescene.log import get_logger, send_output_to, setup_logging, show_progress_bars, verbose
 
 from .build_locks import clear_stale_build_locks
-from .preflight import check_initial_weights
+from .preflight import check_initial_weights, check_patch_grid
 from .run_lock import hold_run_dir
 
 _log = get_logger("launch")
-
-
-def _visible_gpus() -> int:
-    """GPUs this process may use, without importing torch:
-    CUDA_VISIBLE_DEVICES, else the NVIDIA device nodes."""
-    visible = os.environ.get("CUDA_VISIBLE_DEVICES")
-    if visible is not None:
-        entries = [v for v in visible.split(",") if v.strip()]
-        return 0 if not entries or entries[0].strip() == "-1" else len(entries)
-    return len(glob.glob("/dev/nvidia[0-9]*"))
-
-
-def check_local_ranks(nproc: int, backend: str, key: str) -> None:
-    """Local ranks need a CPU core each, and a GPU each when they talk over NCCL."""
-    try:
-        cores = len(os.sched_getaffinity(0))
-    except AttributeError:  # not Linux
-        cores = os.cpu_count() or 1
-    if nproc > cores:
-        raise ConfigError(
-            key,
-            f"expected at most {cores} local ranks, got {nproc}: this machine lets the run use "
-            f"{cores} CPU cores and every rank needs one (use torchrun or srun across machines)",
-        )
-    gpus = _visible_gpus()
-    if gpus and backend != "gloo" and nproc > gpus:
-        raise ConfigError(
-            key,
-            f"expected at most {gpus} local ranks, got {nproc}: {gpus} GPUs are visible and "
-            "every NCCL rank needs its own",
-        )
 
 
 def _preempted_before_start(cfg: CineSceneConfig, name: str) -> int:
@@ -115,6 +81,7 @@ def launch(
     startup_signals.configure(cfg.launch.preempt_signals)
     show_progress_bars(cfg.run.progress)
     check_initial_weights(cfg.model)  # every rank under torchrun/srun; before spawning otherwise
+    check_patch_grid(cfg)
     env = detect()
     if env is not None:
         return _run_this_rank(cfg, env)

@@ -22,15 +22,19 @@ required: a dry run is for checking a config before the data is in place.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from pathlib import Path
 
+from cinescene.config.base import ConfigError
 from cinescene.config.model import ModelConfig
 from cinescene.config.schema import CineSceneConfig
+from cinescene.data import storage
 from cinescene.data.ensure import MANIFEST, check_dataset
 from cinescene.distributed.batching import plan_batch
+from cinescene.distributed.spawn import check_local_ranks
 from cinescene.errors import CineSceneError
 from cinescene.eval.heldout import check_present
+from cinescene.hub import resolve_weights
 from cinescene.log import get_logger
+from cinescene.sampling.spec import DataSpec, training_manifest
 
 _log = get_logger("train")
 
@@ -48,9 +52,44 @@ def check_initial_weights(model: ModelConfig) -> None:
             f"{'it to the weight file' if len(unset) == 1 else 'them to the weight files'}, or set "
             "model.init=random to train from random initialisation on purpose"
         )
-    absent = [f"{key}={path}" for key, path in paths.items() if not Path(path).exists()]
+    # A repo id missing from the Hugging Face cache raises its own line (the id and the cache directory).
+    absent = [f"{key}={path}" for key, path in paths.items() if not resolve_weights(path, key).exists()]
     if absent:
         raise CineSceneError(f"weights not found: {', '.join(absent)}")
+
+
+def check_patch_grid(cfg: CineSceneConfig) -> str | None:
+    """ConfigError(model.patch_size) when the DiT's patch does not tile the data's latent grid (video and
+    scene latents), read from the training data's manifest, or from ``data.synth`` when the run generates its
+    data; returns a description of the grid (None when the data is neither there nor to be generated: the
+    data check says so). Every start runs it before any rank, W&B run or file of the run is made."""
+    manifest = training_manifest(cfg)
+    if manifest is not None:
+        spec = DataSpec.from_manifest(manifest, cfg.data.scene_images, cfg.data.pixel_pool)
+    elif cfg.data.generate:
+        synth = cfg.data.synth
+        spec = DataSpec(
+            {"name": "none"},
+            synth.frames,
+            tuple(synth.size),
+            synth.scene_images,
+            tuple(synth.size),
+            cfg.data.pixel_pool,
+            "data.synth",
+        )
+    else:
+        return None
+    _, frames, height, width = spec.latent_shape(cfg.model.in_dim)
+    scene = [s // spec.spatial_stride for s in spec.scene_size]
+    pt, ph, pw = cfg.model.patch_size
+    if frames % pt or height % ph or width % pw or scene[0] % ph or scene[1] % pw:
+        raise ConfigError(
+            "model.patch_size",
+            f"{list(cfg.model.patch_size)} does not tile the data's latent grid: {frames} frames x "
+            f"{height}x{width}, scene images {scene[0]}x{scene[1]} ({spec.source}); each size must be a "
+            "multiple of its patch size",
+        )
+    return f"patch {list(cfg.model.patch_size)} tiles {frames} x {height}x{width} latents ({spec.source})"
 
 
 def warn_random_init(model: ModelConfig) -> None:
@@ -62,6 +101,27 @@ def warn_random_init(model: ModelConfig) -> None:
         )
 
 
+def warn_if_it_will_not_fit(cfg: CineSceneConfig, world_size: int) -> None:
+    """Rank 0, before the engine is built: one warning line when cinescene.plan says the configured layout
+    will not fit the GPU this process sees (nothing on a CPU, whose memory the plan does not model)."""
+    import torch
+
+    if not torch.cuda.is_available():
+        return
+    from cinescene.plan import fit_warning
+
+    props = torch.cuda.get_device_properties(torch.cuda.current_device())
+    try:
+        warning = fit_warning(cfg, world_size, props.total_memory, props.name)
+    except Exception as exc:  # the check is advice: a failure of its own must not stop the run
+        _log.warning(
+            "the memory plan could not be checked (%s: %s); training anyway", type(exc).__name__, exc
+        )
+        return
+    if warning:
+        _log.warning("%s", warning)
+
+
 @dataclass
 class Check:
     what: str
@@ -69,9 +129,10 @@ class Check:
     ready: bool = True  # False only for the data, which a dry run reports but does not require
 
 
-def dry_run(cfg: CineSceneConfig, world_size: int) -> list[Check]:
-    """Every check up to building the engine (see the module
-    doc); raises CineSceneError at the first failure."""
+def dry_run(cfg: CineSceneConfig, world_size: int, local_ranks_key: str | None = None) -> list[Check]:
+    """Every check up to building the engine (see the module doc), in the real launch's order; raises at the
+    first failure. ``local_ranks_key``: the flag or key naming the world size when its ranks would be spawned
+    on this machine (no launcher): they must fit it, as the real launch requires."""
     from cinescene.models import build_model
     from cinescene.models.flops import parameter_counts
 
@@ -87,6 +148,9 @@ def dry_run(cfg: CineSceneConfig, world_size: int) -> list[Check]:
             else "pretrained: " + ", ".join(f"model.{k}" for k in cfg.model.weight_paths()),
         )
     )
+    grid = check_patch_grid(cfg)
+    if local_ranks_key is not None:
+        check_local_ranks(world_size, cfg.parallel.backend, local_ranks_key)
     plan = plan_batch(cfg.train, world_size, cfg.parallel.sequence)
     checks.append(
         Check(
@@ -101,6 +165,9 @@ def dry_run(cfg: CineSceneConfig, world_size: int) -> list[Check]:
             f"parallel.sequence={cfg.parallel.sequence} does not divide the "
             f"{cfg.model.num_heads} attention heads"
         )
+
+    if grid is not None:
+        checks.append(Check("latent grid", grid))
 
     model = build_model(cfg.model, device="meta")  # nothing allocated, nothing loaded
     counts = parameter_counts(model)
@@ -175,8 +242,7 @@ def _fit(report, fresh: list[str]) -> str:
 
 
 def check_deepspeed_config(ds_config: dict, plan) -> None:
-    """The batch identity DeepSpeed asserts at start-up,
-    and the ZeRO section through DeepSpeed's own schema."""
+    """The batch identity DeepSpeed asserts at start-up; the ZeRO section through DeepSpeed's own schema."""
     from deepspeed.runtime.zero.config import DeepSpeedZeroConfig
 
     batch = (
@@ -197,7 +263,7 @@ def _data_status(cfg: CineSceneConfig) -> Check:
         shards = check_dataset(cfg.data)
     except CineSceneError as exc:
         return Check("data", f"not ready: {exc}", ready=False)
-    if (shards / MANIFEST).is_file():
+    if storage.exists(shards / MANIFEST):
         return Check("data", f"{shards}: {MANIFEST} present")
     return Check(
         "data", f"{shards}: absent; the run renders synthetic clips there first (data.generate=true)"
@@ -228,7 +294,9 @@ __all__ = [
     "Check",
     "check_deepspeed_config",
     "check_initial_weights",
+    "check_patch_grid",
     "dry_run",
     "format_checks",
+    "warn_if_it_will_not_fit",
     "warn_random_init",
 ]

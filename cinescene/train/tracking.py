@@ -9,7 +9,13 @@ one uninterrupted run; a half-written last line from a crash goes too.
 W&B: the real library, ``tracking.wandb.mode`` (offline by default, files in
 ``<run.dir>/wandb``); the run id is kept in the checkpoint's trainer state
 and a resumed job re-opens the same run (``resume="allow"``). Steps are
-logged with ``step=`` = the optimizer step, so both outputs share one axis.
+logged with ``step=`` = the optimizer step, so both outputs share one axis;
+every row also carries that step as ``trainer/step``, the x-axis every
+``eval/*`` series is defined against (``define_metric``): an evaluation's
+points sit at the training step they evaluated, whatever else W&B counts.
+The run holds the config (scrubbed) and the git commit of the code; its
+summary names the last checkpoint the run saved (``checkpoint/path``,
+``checkpoint/step``).
 
 Secrets (:mod:`cinescene.secrets`): masked by value, never by key name, in
 everything that goes out: the config and every other ``wandb.init``
@@ -29,13 +35,22 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from cinescene.ckpt.layout import step_of
 from cinescene.config.tracking import TrackingConfig
 from cinescene.log import ROOT, get_logger
+from cinescene.provenance import git_state
 from cinescene.secrets import mask_text, scrub, secret_values
 
 from .callbacks import Callback, StepResult, TrainState
 
 _log = get_logger("train.tracking")
+
+# The x-axis of W&B series defined against the training step (every row carries it).
+STEP_METRIC = "trainer/step"
+# Series plotted against STEP_METRIC: the eval hook's, logged at the step they evaluated.
+STEP_SERIES = ("eval/*",)
+# Summary keys naming the last checkpoint the run saved.
+CHECKPOINT_PATH, CHECKPOINT_STEP = "checkpoint/path", "checkpoint/step"
 
 
 class SecretFilter(logging.Filter):
@@ -146,14 +161,19 @@ class Tracker:
             },
             hidden,
         )
+        # The commit of the code that runs, not of the directory the run was started from.
+        commit = git_state()["commit"]
         self._wandb_run = wandb.init(
             **shown,
             mode=w.mode,
             dir=str(self.run_dir),
             id=self.run_id,
             resume="allow",
-            settings=wandb.Settings(silent=True),
+            settings=wandb.Settings(silent=True, **({"git_commit": commit} if commit else {})),
         )
+        self._wandb_run.define_metric(STEP_METRIC)
+        for pattern in STEP_SERIES:
+            self._wandb_run.define_metric(pattern, step_metric=STEP_METRIC)
         _log.info("W&B run %s (%s) in %s", self.run_id, w.mode, self.run_dir / "wandb")
 
     def _backfill_wandb(self, resume_step: int) -> None:
@@ -170,7 +190,10 @@ class Tracker:
                     for k, v in row.items()
                     if k != "step" and v is not None
                 }
-                self._guarded("log", functools.partial(self._wandb_run.log, values, step=row["step"]))
+                log = functools.partial(
+                    self._wandb_run.log, _with_step(values, row["step"]), step=row["step"]
+                )
+                self._guarded("log", log)
 
     def log(self, step: int, metrics: Mapping[str, Any]) -> None:
         if not self.is_main:
@@ -180,9 +203,8 @@ class Tracker:
             self._jsonl.write(json.dumps(row) + "\n")
         if self._wandb_run is not None:
             run = self._wandb_run
-            self._guarded(
-                "log", lambda: run.log({k: v for k, v in metrics.items() if v is not None}, step=step)
-            )
+            values = _with_step({k: v for k, v in metrics.items() if v is not None}, step)
+            self._guarded("log", lambda: run.log(values, step=step))
 
     @property
     def logs_media(self) -> bool:
@@ -193,15 +215,19 @@ class Tracker:
         """W&B objects (tables, videos, images) at ``step``, into the same row as the step's metrics;
         metrics.jsonl holds numbers only (the files these objects were made from lie in the run directory)."""
         if self._wandb_run is not None:
-            self._wandb_run.log(dict(media), step=step)
+            self._wandb_run.log(_with_step(dict(media), step), step=step)
 
-    def close(self, exit_code: int = 0, preempted: bool = False) -> None:
-        """Flush and close; a preempted run is marked so (W&B shows it as preempted, not failed)."""
+    def close(self, exit_code: int = 0, preempted: bool = False, checkpoint: str | None = None) -> None:
+        """Flush and close; a preempted run is marked so (W&B shows it as preempted, not failed).
+        ``checkpoint``: the last checkpoint the run saved, for the W&B summary."""
         if self._jsonl is not None:
             self._jsonl.close()
             self._jsonl = None
         if self._wandb_run is not None:
             run = self._wandb_run
+            if checkpoint is not None:
+                summary = {CHECKPOINT_PATH: str(checkpoint), CHECKPOINT_STEP: step_of(Path(checkpoint))}
+                self._guarded("summary", lambda: run.summary.update(summary))
             if preempted:
                 self._guarded("mark_preempting", run.mark_preempting)
             if self._wandb_run is not None:
@@ -229,6 +255,11 @@ class Tracker:
                 wandb.teardown()  # also drops wandb's exit hook, which would fail the same way
             except Exception:
                 pass
+
+
+def _with_step(values: dict[str, Any], step: int) -> dict[str, Any]:
+    """A W&B row: ``values`` and the training step they belong to (the x-axis of STEP_SERIES)."""
+    return {**values, STEP_METRIC: step}
 
 
 # StepResult.extra entry the loop fills: unreadable samples replaced in this step, summed over

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The kernels part's GPU checks as one command, for a session with an H100/H200 (about 9 minutes at most).
+# The GPU checks as one command, for a session with an H100/H200 (about 12 minutes at most).
 #
 #   kernels/attention/gpu_check.sh OUTDIR             # on the GPU machine, from the repository root
 #   kernels/attention/gpu_check.sh --dry-run OUTDIR   # any machine: every step in its CPU form
@@ -14,6 +14,10 @@
 #   sampling  (SAMPLING_TIMEOUT=150)   cinescene bench sampling configs/model/wan1.3b.yaml --steps 6
 #                                      --out OUTDIR/sampling_wan1.3b.json (bf16; the cache's overrides are applied)
 #                                      dry run: the same config --dry-run (plan only) and the tiny smoke model for real
+#   step      (STEP_TIMEOUT=180)       cinescene bench step configs/experiments/cinescene_wan1.3b.yaml --nproc 1
+#                                      --warmup 1 --steps 2 --out OUTDIR/bench_step (the recipe's training step: time,
+#                                      MFU, peak memory against cinescene plan's); dry run: the tiny smoke model on a CPU,
+#                                      one timed step (STEP_TIMEOUT=300: a CPU's DeepSpeed start is slow)
 #   pytest    (PYTEST_TIMEOUT=120)     pytest -m gpu tests/kernels tests/sampling (bf16 at real sizes, inductor,
 #                                      cached sampling through the fused kernel); dry run: the same (all skip on a CPU)
 # The benchmark JSON is rewritten after every shape, so a timed-out attention step keeps the rows it finished.
@@ -60,6 +64,8 @@ if [ "$dry_run" -eq 1 ]; then
         --dtype bf16 --steps 6 --dry-run
     step sampling_smoke "${SAMPLING_TIMEOUT:-150}" "$python" -m cinescene bench sampling \
         configs/experiments/smoke.yaml --steps 4 --out "$out/sampling_smoke.json"
+    step step "${STEP_TIMEOUT:-300}" "$python" -m cinescene bench step configs/experiments/smoke.yaml --nproc 1 \
+        --warmup 1 --steps 1 --out "$out/bench_step"
 else
     step attention "${ATTENTION_TIMEOUT:-200}" "$python" -m cinescene bench attention --iters 5 \
         --out "$out/attention.json"
@@ -67,6 +73,8 @@ else
         --out "$out/attention_packed.json"
     step sampling "${SAMPLING_TIMEOUT:-150}" "$python" -m cinescene bench sampling configs/model/wan1.3b.yaml \
         --steps 6 --out "$out/sampling_wan1.3b.json"
+    step step "${STEP_TIMEOUT:-180}" "$python" -m cinescene bench step configs/experiments/cinescene_wan1.3b.yaml \
+        --nproc 1 --warmup 1 --steps 2 --out "$out/bench_step"
 fi
 step pytest "${PYTEST_TIMEOUT:-120}" "$python" -m pytest -m gpu tests/kernels tests/sampling -q -p no:cacheprovider \
     --junitxml "$out/pytest_gpu.xml"

@@ -8,6 +8,7 @@ COMMANDS = [
     "data",
     "ckpt",
     "model",
+    "plan",
     "sample",
     "eval",
     "bench",

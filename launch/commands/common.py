@@ -40,14 +40,11 @@ def with_config(handler: Callable[[argparse.Namespace, Any], int]) -> Callable[[
 
     @functools.wraps(handler)
     def run(args: argparse.Namespace) -> int:
-        from omegaconf import OmegaConf
-
-        from cinescene.config import load_config, to_yaml
-        from cinescene.secrets import scrub
+        from cinescene.config import load_config
 
         cfg, raw = load_config(args.config, args.overrides)
         if getattr(args, "print_config", False):
-            sys.stdout.write(to_yaml(OmegaConf.create(scrub(OmegaConf.to_container(raw)))))
+            print_config(raw)
             return 0
         return handler(args, cfg)
 
@@ -59,3 +56,13 @@ def request_from(args: argparse.Namespace, request_type: type[RequestT]) -> Requ
     return request_type(
         **{field.name: getattr(args, field.name) for field in dataclasses.fields(request_type)}
     )
+
+
+def print_config(raw) -> None:
+    """``--print-config``: the resolved config as YAML, secrets masked (cinescene.secrets)."""
+    from omegaconf import OmegaConf
+
+    from cinescene.config import to_yaml
+    from cinescene.secrets import scrub
+
+    sys.stdout.write(to_yaml(OmegaConf.create(scrub(OmegaConf.to_container(raw)))))

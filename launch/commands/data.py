@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import sys
-from pathlib import Path
 
 
 def _logging():
@@ -63,11 +62,22 @@ def _prepare(args: argparse.Namespace) -> int:
         from cinescene.config import ConfigError
 
         raise ConfigError("--src" if not args.src else "--encoder", "required (unless --merge)")
-    rank, world = prep.resolve_rank(args.rank, args.world)
+    rank, world = prep.check_arguments(
+        args.src,
+        args.out,
+        args.encoder,
+        args.rank,
+        args.world,
+        args.shard_size_mb,
+        args.frames,
+        args.size,
+        args.dtype,
+        args.device,
+    )
     if (
         not verbose()
     ):  # the encoders' libraries talk (weights loading, missing accelerate): to this rank's log
-        send_output_to(Path(args.out) / "logs" / f"prepare-rank{rank}.log")
+        send_output_to(prep.output_dir(args.out) / "logs" / f"prepare-rank{rank}.log")
     _logging()
     manifest = prep.prepare(
         args.src,
@@ -97,6 +107,10 @@ def _prepare(args: argparse.Namespace) -> int:
 def _inspect(args: argparse.Namespace) -> int:
     from cinescene.data.inspect import contact_sheet, damaged, format_summary, summarize, summary_json
 
+    if args.png:
+        from cinescene.config.paths import check_output_location
+
+        check_output_location(args.png, "--png")
     summary = summarize(args.shards, verify=args.verify)
     if args.png:
         summary["contact_sheet"] = str(contact_sheet(args.shards, args.png, args.sample))

@@ -6,7 +6,9 @@ import argparse
 import sys
 from pathlib import Path
 
-from .common import add_config_args
+from cinescene.slurm.submitit_jobs import SUBMIT_VIA
+
+from .common import add_config_args, print_config
 
 # Flag -> the launch.slurm key it overrides (flags win over the config's keys).
 FLAGS = {"nodes": int, "gpus_per_node": int, "partition": str, "time": str, "account": str, "qos": str}
@@ -29,6 +31,13 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--dry-run", action="store_true", help="print the sbatch call and the batch script, submit nothing"
     )
+    p.add_argument(
+        "--via",
+        choices=SUBMIT_VIA,
+        default=SUBMIT_VIA[0],
+        help="sbatch with slurm/train.sbatch (default), or submitit's executor, as cinescene.slurm.submit "
+        "does from Python (same job, a submitit Job folder under <run.dir>/slurm/submitit)",
+    )
     p.set_defaults(func=run)
 
 
@@ -43,19 +52,39 @@ def flag_overrides(args: argparse.Namespace) -> list:
     ]
 
 
+def _warn_about_the_preemption_budget(cfg) -> None:
+    """One line when launch.slurm.signal's lead is shorter than a step and a save (cinescene.plan)."""
+    from cinescene.log import console
+    from cinescene.plan import preemption_warning
+    from cinescene.slurm.sbatch import tasks_per_node
+
+    warning = preemption_warning(cfg, cfg.launch.slurm.nodes * tasks_per_node(cfg.launch))
+    if warning:
+        print(f"cinescene submit: warning: {warning}", file=console())
+
+
 def run(args: argparse.Namespace) -> int:
-    from cinescene.config import load_config, to_yaml
-    from cinescene.errors import CineSceneError
-    from cinescene.slurm import sbatch
-    from cinescene.slurm.accounting import LIVE_STATES, job_states
-    from cinescene.slurm.records import job_log_dir, record_job, recorded_jobs
+    from omegaconf import OmegaConf
+
+    from cinescene.config import load_config
+    from cinescene.config.paths import check_run_locations
+    from cinescene.secrets import masked_text
+    from cinescene.slurm.records import job_log_dir
 
     overrides = [*args.overrides, *flag_overrides(args)]
     cfg, raw = load_config(args.config, overrides)
     if args.print_config:
-        sys.stdout.write(to_yaml(raw))
+        print_config(raw)
         return 0
+    check_run_locations(cfg)
     run_dir = Path(cfg.run.dir)
+    _warn_about_the_preemption_budget(cfg)
+    if args.via == "submitit":
+        return _via_submitit(args, cfg, raw, overrides)
+    from cinescene.slurm import sbatch
+    from cinescene.slurm.accounting import check_no_live_job
+    from cinescene.slurm.records import record_job
+
     submission = sbatch.build(
         cfg.launch,
         job_name=cfg.run.name,
@@ -63,19 +92,29 @@ def run(args: argparse.Namespace) -> int:
         job_args=[args.config, *overrides],
     )
     if args.dry_run:
-        sys.stdout.write(submission.describe())
+        sys.stdout.write(masked_text(submission.describe(), config=OmegaConf.to_container(raw)))
         return 0
-    last = (recorded_jobs(run_dir) or [None])[-1]
-    state = job_states([last]).get(last) if last else None
-    if state in LIVE_STATES:
-        raise CineSceneError(
-            f"{run_dir} already has job {last} ({state}); one job per run directory "
-            f"(scancel {last} first, or choose another run.dir)"
-        )
+    check_no_live_job(run_dir)
     job_log_dir(run_dir).mkdir(parents=True, exist_ok=True)
     job_id = sbatch.submit(submission)
     record_job(run_dir, job_id)
     print(
         f"submitted job {job_id}: {cfg.run.name} in {run_dir}, log {job_log_dir(run_dir) / f'{job_id}.out'}"
     )
+    return 0
+
+
+def _via_submitit(args: argparse.Namespace, cfg, raw, overrides: list) -> int:
+    """The same run through submitit's executor: what ``cinescene.slurm.submit`` does from Python."""
+    from omegaconf import OmegaConf
+
+    from cinescene.secrets import masked_text
+    from cinescene.slurm import submitit_jobs
+
+    if args.dry_run:
+        ex = submitit_jobs.executor(submitit_jobs.job_folder(cfg.run.dir), cfg.launch, cfg.run.name)
+        sys.stdout.write(masked_text(submitit_jobs.describe(ex), config=OmegaConf.to_container(raw)))
+        return 0
+    job = submitit_jobs.submit(args.config, overrides)
+    print(f"submitted job {job.job_id}: {cfg.run.name} in {cfg.run.dir} (submitit), log {job.paths.stdout}")
     return 0

@@ -80,13 +80,14 @@ def _plan_and_submit(args: argparse.Namespace, spec, trials, run_root: Path) -> 
 
     plans = sweeps.plan(trials)
     width = max(len(t.run_dir) for t in trials)
-    sys.stdout.write(
+    _print(
+        trials,
         f"sweep {spec.name}: {len(trials)} trials of {spec.base}\n"
         + "".join(
             f"{p.trial.index:>4}  {p.trial.run_dir:<{width}}  {p.action:<8}  {p.detail:<16}  "
             f"{' '.join(p.trial.varied) or '(base config)'}\n"
             for p in plans
-        )
+        ),
     )
     todo = [p.trial for p in plans if p.action == "submit"]
     if not todo:
@@ -106,6 +107,7 @@ def show_status(target: str, overrides, as_json: bool) -> int:
     from cinescene.slurm import sweeps
 
     path = Path(target)
+    trials = []
     if path.is_dir():
         entries = sweeps.entries_of_dir(path)
         title = f"{path}: {len(entries)} trials"
@@ -117,7 +119,17 @@ def show_status(target: str, overrides, as_json: bool) -> int:
         title = f"sweep {spec.name}: {len(entries)} trials in {spec.run_root}"
     rows = sweeps.status(entries)
     if as_json:
-        sys.stdout.write("".join(json.dumps(r.as_dict()) + "\n" for r in rows))
+        _print(trials, "".join(json.dumps(r.as_dict()) + "\n" for r in rows))
     else:
-        sys.stdout.write(f"{title}\n{sweeps.status_table(rows)}")
+        _print(trials, f"{title}\n{sweeps.status_table(rows)}")
     return 0
+
+
+def _print(trials, text: str) -> None:
+    """Print a table of trials with secrets masked: the environment's and the trials' credential values."""
+    from omegaconf import OmegaConf
+
+    from cinescene.secrets import mask_text, secret_values
+
+    configs = [OmegaConf.to_container(OmegaConf.structured(t.config)) for t in trials]
+    sys.stdout.write(mask_text(text, secret_values(config=configs)))

@@ -34,8 +34,10 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 @with_config
 def run(args: argparse.Namespace, cfg) -> int:
     from cinescene.config.base import require
+    from cinescene.config.paths import check_run_locations
 
     require(args.nproc is None or args.nproc >= 1, "--nproc", "a value >= 1", args.nproc)
+    check_run_locations(cfg)
     if args.dry_run:
         return dry_run(cfg, args.nproc)
     from cinescene.train.launcher import launch
@@ -63,7 +65,9 @@ def dry_run(cfg, nproc) -> int:
         # DeepSpeed's own choice without CUDA, made explicit so its import prints no notice on the console.
         os.environ.setdefault("DS_ACCELERATOR", "cpu")
     setup_logging(cfg.run.log_level)
-    checks = check(cfg, world_size)
+    # Without a launcher the ranks would be spawned here: like the real launch, they must fit this machine.
+    local = None if env is not None else ("launch.nproc" if nproc is None else "--nproc")
+    checks = check(cfg, world_size, local_ranks_key=local)
     sys.stdout.write(format_checks(checks))
     waiting = [c.what for c in checks if not c.ready]
     print(

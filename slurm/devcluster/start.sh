@@ -33,7 +33,8 @@
 # restarts slurmctld and slurmd. Stop with stop.sh (same directory).
 #
 # Exit codes: 0 up, 1 failed, 3 not root, 4 SLURM packages missing and could
-# not be installed (the test fixture skips on 3 and 4, fails on anything else).
+# not be installed (the test fixture skips on 3 and 4, fails on anything else),
+# 5 an unsafe state directory (see "state dir safety" below: nothing is written).
 set -euo pipefail
 umask 022   # munged refuses group/world-writable key, socket and log paths
 
@@ -84,6 +85,51 @@ spawn() {  # logfile command...
 }
 
 [ "$(id -u)" = 0 ] || die "must run as root: the daemons run as SlurmUser=root" 3
+
+# ------------------------------------------------------ state dir safety ---
+# Everything below runs as root in a directory whose name anyone can know in
+# advance (/tmp/cinescene-slurm). Another user must not be able to prepare it:
+# a symlink there would make root write (truncate) any file, a planted munge
+# key would let them forge credentials. So, before anything is written or
+# started: the directory and every directory above it belong to root and no
+# other user can change them (or carry the sticky bit, like /tmp), the
+# directory is no symlink, and nothing inside it is a symlink, belongs to
+# another user or is writable by one (sockets aside, which munged and MariaDB
+# make world-writable on purpose). Exit 5, naming the offending path.
+unsafe() { die "unsafe state directory $DIR: $1" 5; }
+case "$DIR" in /*) ;; *) DIR=$PWD/$DIR ;; esac
+# Writable by someone other than root: by others, or by a group other than root's.
+foreign_writable() {  # path -> succeeds when a non-root user could change it
+  local mode gid
+  read -r mode gid < <(stat -c '%a %g' -- "$1")
+  (( 8#$mode & 8#002 )) || { (( 8#$mode & 8#020 )) && [ "$gid" != 0 ]; }
+}
+ancestor=$(dirname -- "$DIR")
+while [ ! -e "$ancestor" ]; do ancestor=$(dirname -- "$ancestor"); done
+ancestor=$(realpath -e -- "$ancestor")
+while :; do
+  [ "$(stat -c %u -- "$ancestor")" = 0 ] || unsafe "$ancestor, above it, belongs to $(stat -c %U -- "$ancestor")"
+  if foreign_writable "$ancestor" && [ ! -k "$ancestor" ]; then
+    unsafe "$ancestor, above it, is writable by other users (and not sticky like /tmp)"
+  fi
+  [ "$ancestor" = / ] && break
+  ancestor=$(dirname -- "$ancestor")
+done
+# Made here when absent (root's, 0755); judged after that, so a directory or symlink someone else put
+# there in the meantime is refused like one that was there before.
+if [ ! -e "$DIR" ] && [ ! -L "$DIR" ]; then
+  mkdir -p -- "$(dirname -- "$DIR")" && mkdir -m 0755 -- "$DIR" 2>/dev/null || true
+fi
+[ -L "$DIR" ] && unsafe "it is a symlink (-> $(readlink -- "$DIR"))"
+[ -d "$DIR" ] || unsafe "it is not a directory"
+[ "$(stat -c %u -- "$DIR")" = 0 ] || unsafe "it belongs to $(stat -c %U -- "$DIR"), not root"
+foreign_writable "$DIR" && unsafe "it is writable by other users (mode $(stat -c %a -- "$DIR"))"
+bad=$(find "$DIR" -xdev \( -type l -o ! -user root -o \( ! -type s -perm -o+w \) \
+        -o \( ! -type s -perm -g+w ! -group root \) \) -print -quit 2>/dev/null)
+if [ -n "$bad" ]; then
+  [ -L "$bad" ] && unsafe "$bad is a symlink (never followed)"
+  unsafe "$bad belongs to $(stat -c %U -- "$bad") or is writable by other users"
+fi
 
 # ----------------------------------------------------------------- layout ---
 mkdir -p "$DIR"/{etc,state,spool,log,munge,db}

@@ -175,7 +175,7 @@ def test_export_refuses_an_existing_directory_and_an_unknown_path(smoke_run, tmp
     assert (
         cli(["ckpt", "export", str(tmp_path / "nope"), "--format", "wan", "--out", str(tmp_path / "o")]) == 1
     )
-    assert "no such run or checkpoint directory" in capsys.readouterr().err
+    assert "nope does not exist: not a run or checkpoint directory" in capsys.readouterr().err
     with pytest.raises(SystemExit) as usage:  # argparse: bad usage exits 2 with its one line
         cli(
             [

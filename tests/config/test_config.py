@@ -91,7 +91,7 @@ def test_bad_yaml_and_missing_file(tmp_path):
     (tmp_path / "bad.yaml").write_text("train: [1, 2\n")
     with pytest.raises(ConfigError, match="invalid YAML at line"):
         load_config(tmp_path / "bad.yaml")
-    with pytest.raises(ConfigError, match="config file not found"):
+    with pytest.raises(ConfigError, match="none.yaml does not exist"):
         load_config(tmp_path / "none.yaml")
 
 

@@ -148,7 +148,7 @@ def test_explicit_trials_and_list_values(tmp_path, repo_root):
             "unknown key",
         ),
         ({"name": "a/b"}, "sweep.name", "usable as a directory name"),
-        ({"base": "missing.yaml"}, "sweep.base", "training config not found"),
+        ({"base": "missing.yaml"}, "sweep.base", "missing.yaml does not exist"),
         ({"nmae": "x"}, "sweep.nmae", "unknown key (did you mean 'sweep.name'?)"),
         ({"trials": [["run.dir=same"], ["run.dir=same"]]}, "run.dir", "trials 0 and 1 would share"),
     ],

@@ -107,7 +107,7 @@ def test_converter_recovers_the_rendered_clip(fixture_root, tmp_path):
 
 def test_converter_errors_are_one_line(fixture_root, tmp_path):
     root, _ = fixture_root
-    with pytest.raises(CineSceneError, match="not found"):
+    with pytest.raises(CineSceneError, match="nope does not exist"):
         convert(tmp_path / "nope", tmp_path / "out", show_progress=False)
     (tmp_path / "empty").mkdir()
     with pytest.raises(CineSceneError, match="no scenes"):

@@ -108,7 +108,7 @@ def test_resize_and_frames_options(tiny_clips, tmp_path):
 
 
 def test_errors(tiny_clips, tmp_path):
-    with pytest.raises(CineSceneError, match="not found"):
+    with pytest.raises(CineSceneError, match="missing does not exist"):
         prepare(tmp_path / "missing", tmp_path / "o", show_progress=False)
     (tmp_path / "empty").mkdir()
     with pytest.raises(CineSceneError, match="no clips"):

@@ -16,68 +16,21 @@ from cinescene.data.manifest import load_manifest
 from cinescene.data.prepare import prepare
 from cinescene.data.samples import LoaderDims
 from cinescene.errors import CineSceneError
+from tests.fixtures.pretrained import TEXT_DIM
 
 from .conftest import SCENE_IMAGES, data_config, make_clips
 
-D_MODEL = 16
-WORDS = (
-    "a person dog horse in shirt trousers walking running jumping turning waving room courtyard meadow "
-    "desert snowfield the camera orbits pans dollies trucks cranes around subject with walls floor and "
-    "trees hills house degrees to left right while rising towards tilts down onto up"
-).split()
-
-
-def _tokenizer(path):
-    from tokenizers import Tokenizer, models, pre_tokenizers, trainers
-    from transformers import T5TokenizerFast
-
-    tok = Tokenizer(models.Unigram())
-    tok.pre_tokenizer = pre_tokenizers.Metaspace()
-    trainer = trainers.UnigramTrainer(
-        vocab_size=300, special_tokens=["<pad>", "</s>", "<unk>"], unk_token="<unk>"
-    )
-    tok.train_from_iterator([" ".join(WORDS)] * 4, trainer)
-    fast = T5TokenizerFast(
-        tokenizer_object=tok, pad_token="<pad>", eos_token="</s>", unk_token="<unk>", extra_ids=0
-    )
-    fast.save_pretrained(path)
-    return len(fast)
-
-
-@pytest.fixture(scope="module")
-def wan_dirs(tmp_path_factory):
-    from diffusers import AutoencoderKLWan
-    from transformers import UMT5Config, UMT5EncoderModel
-
-    root = tmp_path_factory.mktemp("wan")
-    torch.manual_seed(0)
-    AutoencoderKLWan(base_dim=8, z_dim=16, dim_mult=[1, 1, 1, 1], num_res_blocks=1).save_pretrained(
-        root / "vae"
-    )
-    vocab = _tokenizer(root / "tokenizer")
-    config = UMT5Config(
-        vocab_size=vocab,
-        d_model=D_MODEL,
-        d_kv=4,
-        d_ff=32,
-        num_layers=1,
-        num_heads=2,
-        is_encoder_decoder=False,
-    )
-    UMT5EncoderModel(config).save_pretrained(root / "text_encoder")
-    return root
-
 
 @pytest.mark.slow
-def test_wan_shards_hold_normalised_latents_and_text(wan_dirs, tmp_path):
+def test_wan_shards_hold_normalised_latents_and_text(tiny_wan, tmp_path):
     clips = make_clips(tmp_path / "clips", clips=2)
     out = tmp_path / "wan"
     prepare(
         clips,
         out,
         encoder="wan",
-        vae=str(wan_dirs),
-        text_encoder=str(wan_dirs),
+        vae=str(tiny_wan),
+        text_encoder=str(tiny_wan),
         rank=0,
         world=1,
         dtype="float32",
@@ -88,36 +41,36 @@ def test_wan_shards_hold_normalised_latents_and_text(wan_dirs, tmp_path):
     assert manifest.encoder == "wan" and manifest.data["encoder"]["text_len"] == 512
     assert fields["latents.npy"]["shape"] == [16, 3, 4, 4]  # 9x32x32 -> 3 latent frames of 4x4
     assert fields["scene_latents.npy"]["shape"] == [SCENE_IMAGES, 16, 4, 4]
-    assert fields["text.npy"]["shape"] == [-1, D_MODEL]
+    assert fields["text.npy"]["shape"] == [-1, TEXT_DIM]
     assert "video.npy" not in fields and "scene.npy" in fields  # scene pixels stay for VGGT
-    dims = LoaderDims(text_dim=D_MODEL, text_len=512, channels=16)
+    dims = LoaderDims(text_dim=TEXT_DIM, text_len=512, channels=16)
     loader = build_train_loader(data_config(out), dims, rank=0, world_size=1, seed=0, micro_batch_size=2)
     batch = next(iter(loader))
     assert tuple(batch["video"].shape) == (2, 16, 3, 4, 4) and batch["video"].dtype == torch.float32
-    assert tuple(batch["text"].shape) == (2, 512, D_MODEL)
+    assert tuple(batch["text"].shape) == (2, 512, TEXT_DIM)
     from transformers import AutoTokenizer
 
-    tokens = len(AutoTokenizer.from_pretrained(wan_dirs / "tokenizer")(batch["prompt"][0])["input_ids"])
+    tokens = len(AutoTokenizer.from_pretrained(tiny_wan / "tokenizer")(batch["prompt"][0])["input_ids"])
     real = int((batch["text"][0].abs().sum(-1) > 0).sum())
     assert real == tokens and (batch["text"][0, real:] == 0).all()  # the prompt's tokens, then zero padding
     assert np.isfinite(batch["video"].numpy()).all()
     from cinescene.data.inspect import contact_sheet  # latent shards get false-colour latent frames
 
     assert contact_sheet(out, tmp_path / "sheet.png").stat().st_size > 1000
-    check_values_against_the_models(wan_dirs, clips, out, batch)
+    check_values_against_the_models(tiny_wan, clips, out, batch)
     # The ids name the models' contents, so another checkpoint with this config would get another id.
-    assert manifest.data["encoder"]["vae_id"] == model_id(wan_dirs / "vae") != "unknown"
-    assert manifest.data["encoder"]["text_encoder_id"] == model_id(wan_dirs / "text_encoder") != "unknown"
+    assert manifest.data["encoder"]["vae_id"] == model_id(tiny_wan / "vae") != "unknown"
+    assert manifest.data["encoder"]["text_encoder_id"] == model_id(tiny_wan / "text_encoder") != "unknown"
 
 
-def check_values_against_the_models(wan_dirs, clips, shards, batch):
+def check_values_against_the_models(tiny_wan, clips, shards, batch):
     """Every stored value equals what the VAE / umT5 give on the frames and prompt the shard names."""
     from diffusers import AutoencoderKLWan
     from transformers import AutoTokenizer, UMT5EncoderModel
 
-    vae = AutoencoderKLWan.from_pretrained(wan_dirs / "vae").eval()
-    text_encoder = UMT5EncoderModel.from_pretrained(wan_dirs / "text_encoder").eval()
-    tokenizer = AutoTokenizer.from_pretrained(wan_dirs / "tokenizer")
+    vae = AutoencoderKLWan.from_pretrained(tiny_wan / "vae").eval()
+    text_encoder = UMT5EncoderModel.from_pretrained(tiny_wan / "text_encoder").eval()
+    tokenizer = AutoTokenizer.from_pretrained(tiny_wan / "tokenizer")
     mean = torch.tensor(vae.config.latents_mean).view(1, -1, 1, 1, 1)
     std = torch.tensor(vae.config.latents_std).view(1, -1, 1, 1, 1)
 

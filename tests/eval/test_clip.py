@@ -8,13 +8,6 @@ import pytest
 from cinescene.config.eval import ClipConfig, EvalConfig
 from cinescene.eval.metrics import MetricContext, MetricInputs, clip, compute_metrics
 
-from .helpers import save_tiny_clip
-
-
-@pytest.fixture(scope="module")
-def tiny_clip(tmp_path_factory):
-    return save_tiny_clip(tmp_path_factory.mktemp("clip"))
-
 
 def _frames(seed, count=4):
     return np.random.default_rng(seed).integers(0, 256, (count, 48, 40, 3), dtype=np.uint8)

@@ -1,5 +1,4 @@
-"""`cinescene eval` on a trained smoke checkpoint with
-2 local ranks: every output, and the one-line errors."""
+"""`cinescene eval` on a trained smoke checkpoint with 2 local ranks: every output, the one-line errors."""
 
 from __future__ import annotations
 
@@ -16,8 +15,6 @@ from cinescene.config.eval import METRIC_NAMES
 from tests.fixtures.checkpoint import REPO, cli_env
 from tests.fixtures.video import read_mp4
 
-from .helpers import save_tiny_clip
-
 pytestmark = [pytest.mark.slow, pytest.mark.dist]
 
 
@@ -33,9 +30,8 @@ def cinescene_eval(*args, timeout=600):
 
 
 @pytest.fixture(scope="module")
-def evaluated(smoke_run, heldout_shards, tmp_path_factory):
+def evaluated(smoke_run, heldout_shards, tiny_clip, tmp_path_factory):
     root = tmp_path_factory.mktemp("eval")
-    clip = save_tiny_clip(root / "clip")
     out = root / "out"
     done = cinescene_eval(
         smoke_run.run_dir,
@@ -49,7 +45,7 @@ def evaluated(smoke_run, heldout_shards, tmp_path_factory):
         2,
         "--nproc",
         2,
-        f"eval.clip.weights={clip}",
+        f"eval.clip.weights={tiny_clip}",
     )
     assert done.returncode == 0, done.stderr[-3000:]
     return out, done

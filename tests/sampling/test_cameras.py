@@ -68,9 +68,21 @@ def test_json_trajectories(tmp_path):
         ("{not json", "not a camera trajectory"),
         (json.dumps({"poses": []}), '"c2w"'),
         (json.dumps([np.eye(4).tolist()] * 7), "7 cameras"),
-        (json.dumps([(2 * np.eye(4)).tolist()] * 5), "not rotations"),
+        (json.dumps([(2 * np.eye(4))[:3].tolist()] * 5), "not a rotation"),
         (json.dumps({"c2w": [np.eye(4).tolist()] * 5, "fov": 400}), "fov"),
         (json.dumps([[[float("nan")] * 4] * 4] * 5), "non-finite"),
+        # absurd values: each names what is wrong instead of sampling a black video
+        (json.dumps([np.diag([-1.0, 1, 1, 1]).tolist()] * 5), "mirrored"),
+        (json.dumps([(2 * np.eye(4)).tolist()] * 5), "bottom row"),
+        (
+            json.dumps(
+                [np.eye(4).tolist()] * 4 + [[[1, 0, 0, 1e300], [0, 1, 0, 0], [0, 0, 1, 0], [0, 0, 0, 1]]]
+            ),
+            "m from the origin",
+        ),
+        (json.dumps({"c2w": [np.eye(4).tolist()] * 5, "fov": True}), "fov"),
+        (json.dumps([[["1", 0, 0, 0], [0, 1, 0, 0], [0, 0, 1, 0], [0, 0, 0, 1]]] * 5), "JSON numbers"),
+        ("[" * 100_000 + "]" * 100_000, "nested too deeply"),
     ],
 )
 def test_bad_trajectory_files_are_one_line_errors(tmp_path, content, message):
@@ -79,5 +91,7 @@ def test_bad_trajectory_files_are_one_line_errors(tmp_path, content, message):
     with pytest.raises(CineSceneError, match=message) as info:
         cameras.load_trajectory(path, 5)
     assert "\n" not in str(info.value)
-    with pytest.raises(CineSceneError, match="not found"):
+    with pytest.raises(CineSceneError, match="missing.json does not exist"):
         cameras.load_trajectory(tmp_path / "missing.json", 5)
+    with pytest.raises(CineSceneError, match="is a directory, not a file"):
+        cameras.load_trajectory(tmp_path, 5)

@@ -1,5 +1,4 @@
-"""The Wan codec at inference (tiny random Wan VAE and umT5
-saved locally) and wan evaluation shards with pixels."""
+"""The Wan codec at inference (tiny random Wan VAE and umT5 saved locally); wan eval shards with pixels."""
 
 from __future__ import annotations
 
@@ -14,19 +13,19 @@ from cinescene.sampling.codec import WanCodec, build_codec
 from cinescene.sampling.inputs import ShardSamples
 from cinescene.sampling.spec import DataSpec
 from tests.data.conftest import FRAMES, SCENE_IMAGES, SIZE, make_clips
-from tests.data.test_prepare_wan import D_MODEL, wan_dirs  # noqa: F401  (a fixture)
+from tests.fixtures.pretrained import TEXT_DIM
 
 
 @pytest.mark.slow
-def test_wan_codec_matches_the_shards_and_decodes_every_frame(wan_dirs, tmp_path):  # noqa: F811
+def test_wan_codec_matches_the_shards_and_decodes_every_frame(tiny_wan, tmp_path):
     clips = make_clips(tmp_path / "clips", clips=1)
     out = tmp_path / "shards"
     prepare(
         clips,
         out,
         encoder="wan",
-        vae=str(wan_dirs),
-        text_encoder=str(wan_dirs),
+        vae=str(tiny_wan),
+        text_encoder=str(tiny_wan),
         rank=0,
         world=1,
         dtype="float32",
@@ -36,7 +35,7 @@ def test_wan_codec_matches_the_shards_and_decodes_every_frame(wan_dirs, tmp_path
     manifest = load_manifest(out)
     assert {"video.npy", "video_bg.npy", "latents.npy"} <= set(manifest.fields)  # pixels kept for eval
     spec = DataSpec.from_manifest(manifest, SCENE_IMAGES, 4)
-    model_cfg = ModelConfig(in_dim=16, out_dim=16, text_dim=D_MODEL, text_len=512)
+    model_cfg = ModelConfig(in_dim=16, out_dim=16, text_dim=TEXT_DIM, text_len=512)
     codec = build_codec(spec, model_cfg)  # the paths the manifest recorded
     assert isinstance(codec, WanCodec)
     sample = ShardSamples(out, spec, model_cfg).read(0)

@@ -153,7 +153,7 @@ def test_an_anchored_model_samples_a_shard_scene_with_its_cameras(smoke_run, tmp
         ("unknown key", 1, "no sample 'clip_999'"),
         ("no scene", 1, "neither a folder of images nor SHARDS:KEY"),
         ("too many images", 1, "the model takes 1 to 6"),
-        ("bad steps", 2, "--steps: expected a value > 0"),
+        ("bad steps", 2, "--steps: expected a value in [1, 1000]"),
         ("no camera", 2, "--camera: required"),
         ("anchored, no scene cameras", 1, "give the scene images' cameras with --scene-cameras"),
         ("anchored, wrong scene cameras", 1, "1 cameras for 2 scene images"),

@@ -141,8 +141,8 @@ def signal_twice(slurm, job: Job) -> None:
     wait_step(slurm, job, 2)
     again = slurm.cinescene(["submit", SMOKE, *ONE_NODE, f"run.dir={job.run_dir}"], check=False)
     assert again.returncode == 1 and again.stderr.strip() == (
-        f"cinescene submit: error: {job.run_dir} already has job {job.id} (RUNNING); one job per run "
-        f"directory (scancel {job.id} first, or choose another run.dir)"
+        f"cinescene submit: error: {job.run_dir} already has job {job.id} (RUNNING); "
+        f"one job per run directory (scancel {job.id} first, or choose another run.dir)"
     ), again.stderr
     slurm.run(["scancel", "--signal=USR1", "--batch", job.id])
     slurm.wait_for("the first requeue", lambda: restarts(slurm, job) == 1, timeout=180)
@@ -162,12 +162,7 @@ def signal_past_max_restarts(slurm, job: Job) -> None:
 
 def preempt(slurm, job: Job) -> None:
     wait_step(slurm, job, 5)
-    node = slurm.jobs(job.id)[0]["NodeList"]
-    cpus = slurm.run(["sinfo", "-h", "-n", node, "-o", "%c"]).stdout.split()[0]
-    urgent = slurm.track(
-        slurm.submit(["-p", "urgent", "-w", node, "-c", cpus, "-o", "/dev/null", "--wrap", "true"])
-    )
-    assert slurm.wait(urgent, timeout=300) == "COMPLETED"
+    slurm.preempt(job.id)
 
 
 def submit_two_nodes(slurm, job: Job) -> None:

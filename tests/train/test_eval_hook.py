@@ -25,8 +25,15 @@ from pathlib import Path
 import pytest
 
 from cinescene.ckpt.weights import weights_digest
+from cinescene.provenance import git_state
 from tests.fixtures.video import read_mp4
-from tests.fixtures.wandb_files import read_artifacts, read_history
+from tests.fixtures.wandb_files import (
+    read_artifacts,
+    read_history,
+    read_metric_definitions,
+    read_run_starts,
+    read_summary,
+)
 
 from .conftest import REPO, finish, run_env, start
 
@@ -131,6 +138,13 @@ def test_metrics_go_to_jsonl_and_the_offline_wandb_run(runs):
     assert not any(k.startswith("eval/") for s, r in by_step.items() if s not in (EVERY, STEPS) for k in r)
 
     history = read_history(on)
+    # Every eval/* series is plotted against the training step, which every row carries.
+    assert read_metric_definitions(on)["eval/*"] == "trainer/step"
+    assert all(row["trainer/step"] == step for step, row in history.items())
+    starts = read_run_starts(on)  # one per start of the run: the preempted one and its resume
+    assert len(starts) == 2 and all(s["git_commit"] == (git_state()["commit"] or "") for s in starts)
+    assert starts[-1]["config"]["train"]["max_steps"] == STEPS
+    assert read_summary(on)["checkpoint/path"] == str(final_step(on))
     for name in METRICS + ["seconds"]:
         assert history[STEPS][f"eval/{name}"] == pytest.approx(last[f"eval/{name}"])
     table, sheet = media(history[STEPS], "eval/videos"), media(history[STEPS], "eval/contact_sheet")

@@ -7,9 +7,17 @@ import logging
 
 from cinescene.config.tracking import TrackingConfig, WandbConfig
 from cinescene.log import setup_logging
+from cinescene.provenance import git_state
 from cinescene.secrets import MASK
 from cinescene.train.tracking import Tracker, install_secret_filter, scrub, secret_values, truncate_jsonl
-from tests.fixtures.wandb_files import read_history, read_run_ids, wait_until_written
+from tests.fixtures.wandb_files import (
+    read_history,
+    read_metric_definitions,
+    read_run_ids,
+    read_run_starts,
+    read_summary,
+    wait_until_written,
+)
 
 
 def test_truncate_keeps_steps_up_to_the_checkpoint_and_drops_a_torn_line(tmp_path):
@@ -98,3 +106,34 @@ def test_only_rank_zero_writes(tmp_path):
     tracker.log(1, {"loss": 1.0})
     tracker.close()
     assert not any(tmp_path.iterdir())
+
+
+def test_eval_series_are_defined_against_the_training_step_and_the_run_names_code_and_checkpoint(tmp_path):
+    """The run files say: eval/* is plotted against trainer/step, which every row carries; the config and the
+    code's commit are in the run record; the summary names the last checkpoint, also across a resume."""
+    cfg = TrackingConfig(wandb=WandbConfig(mode="offline", project="t"))
+    config = {"train": {"lr": 0.1, "max_steps": 4}}
+    first = Tracker(cfg, tmp_path, is_main=True, run_name="r", config=config, run_id=None, resume_step=0)
+    first.log(1, {"loss": 1.0})
+    first.log(2, {"loss": 0.5, "eval/psnr": 11.0, "eval/seconds": 0.3})
+    first.close(124, preempted=True, checkpoint=str(tmp_path / "checkpoints" / "step_00000002"))
+    second = Tracker(
+        cfg, tmp_path, is_main=True, run_name="r", config=config, run_id=first.run_id, resume_step=2
+    )
+    second.log(3, {"loss": 0.25})
+    second.log(4, {"loss": 0.125, "eval/psnr": 12.5})
+    second.close(0, checkpoint=str(tmp_path / "checkpoints" / "step_00000004"))
+    wait_until_written(tmp_path)
+
+    assert read_metric_definitions(tmp_path) == {"trainer/step": "", "eval/*": "trainer/step"}
+    history = read_history(tmp_path)
+    assert sorted(history) == [1, 2, 3, 4]
+    assert all(row["trainer/step"] == step for step, row in history.items())
+    assert {s: r["eval/psnr"] for s, r in history.items() if "eval/psnr" in r} == {2: 11.0, 4: 12.5}
+    starts = read_run_starts(tmp_path)
+    commit = git_state()["commit"]
+    assert len(starts) == 2 and all(s["git_commit"] == (commit or "") for s in starts)
+    assert starts[0]["config"]["train"] == {"lr": 0.1, "max_steps": 4}
+    summary = read_summary(tmp_path)
+    assert summary["checkpoint/path"] == str(tmp_path / "checkpoints" / "step_00000004")
+    assert summary["checkpoint/step"] == 4 and summary["trainer/step"] == 4

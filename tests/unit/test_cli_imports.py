@@ -12,8 +12,9 @@ from cinescene.launch.cli import main
 from cinescene.launch.commands import COMMANDS
 
 smoke = "configs/experiments/smoke.yaml"
+benches = ("attention", "loader", "sampling", "checkpoint", "ablation", "step")
 cases = [[name.replace("_", "-"), "--help"] for name in COMMANDS] + [
-    ["bench", name, "--help"] for name in ("attention", "loader", "sampling", "checkpoint", "ablation")
+    ["bench", name, "--help"] for name in benches
 ] + [
     ["train", smoke, "trian.lr=1"],
     ["train", smoke, "--print-config"],
@@ -23,6 +24,8 @@ cases = [[name.replace("_", "-"), "--help"] for name in COMMANDS] + [
     ["model", "info", smoke, "trian.lr=1"],
     ["bench", "loader", smoke, "trian.lr=1"],
     ["bench", "sampling", smoke, "trian.lr=1"],
+    ["bench", "step", smoke, "trian.lr=1"],
+    ["plan", smoke, "trian.lr=1", "--gpus", "8"],
 ]
 for argv in cases:
     try:

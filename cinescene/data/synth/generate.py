@@ -15,7 +15,6 @@ guards a loose bound.
 
 from __future__ import annotations
 
-import json
 import multiprocessing
 import os
 import time
@@ -26,6 +25,7 @@ import numpy as np
 
 from cinescene.config import ConfigError
 from cinescene.config.data import SynthDataConfig
+from cinescene.config.paths import check_output_location
 from cinescene.errors import CineSceneError
 from cinescene.log import get_logger, progress
 
@@ -113,10 +113,12 @@ def render_synthetic_clip(index: int, seed: int, frames: int, size: Sequence[int
     )
 
 
-def validate_args(clips: int, frames: int, size: Sequence[int], scene_images: int, workers: int) -> None:
+def validate_args(
+    clips: int, frames: int, size: Sequence[int], scene_images: int, workers: int, seed: int = 0
+) -> None:
     """The checks of ``data.synth`` (SynthDataConfig), as ConfigErrors naming the option (the CLI exits 2)."""
     settings = SynthDataConfig(
-        clips=clips, frames=frames, size=list(size), scene_images=scene_images, workers=workers
+        clips=clips, frames=frames, size=list(size), scene_images=scene_images, workers=workers, seed=seed
     )
     try:
         settings.validate()
@@ -152,9 +154,10 @@ def synthesize(
     show_progress: bool = True,
 ) -> Path:
     """Render ``clips`` clips into ``out`` (resumes: existing complete clips are kept). Returns ``out``."""
-    validate_args(clips, frames, size, scene_images, workers)
+    validate_args(clips, frames, size, scene_images, workers, seed)
     if layout not in LAYOUTS:
         raise ConfigError("--layout", f"expected one of {list(LAYOUTS)}, got {layout!r}")
+    check_output_location(out, "--out")
     out = Path(out)
     settings = {
         "generator": GENERATOR,
@@ -166,7 +169,7 @@ def synthesize(
     }
     index_path = out / INDEX_FILE
     if index_path.exists():
-        previous = json.loads(index_path.read_text())
+        previous = _read_index(index_path)
         if previous.get("settings") != settings:
             raise CineSceneError(
                 f"{out} holds clips rendered with other settings ({previous.get('settings')}); "
@@ -178,6 +181,8 @@ def synthesize(
     dump_json({"settings": settings, "clips": existing}, index_path)
     todo = [i for i in range(clips) if not _done(out, i, layout)]
     jobs = [(i, seed, frames, tuple(size), scene_images, str(out), layout) for i in todo]
+    # Rendering is CPU-bound: more processes than cores only cost memory (100000 would exhaust it).
+    workers = min(workers, len(os.sched_getaffinity(0)))
     log.info(
         "rendering %d of %d clips (%dx%dx%d, %d scene images) into %s with %d worker(s)",
         len(jobs),
@@ -211,10 +216,29 @@ def synthesize(
     return out
 
 
+def _read_index(index_path: Path) -> dict:
+    """``synth.json`` as written by us: settings and the clip names; anything else is one line naming it."""
+    from ..manifest import read_json_file
+
+    index = read_json_file(index_path)
+    clips = index.get("clips", []) if isinstance(index, dict) else None
+    if not (
+        isinstance(index, dict)
+        and isinstance(index.get("settings"), dict)
+        and isinstance(clips, list)
+        and all(isinstance(c, str) for c in clips)
+    ):
+        raise CineSceneError(
+            f"{index_path}: not the index `cinescene data synth` writes (settings and clip "
+            "names); remove it, or use another --out"
+        )
+    return index
+
+
 def _index_clips(index_path: Path) -> list:
     if not index_path.exists():
         return []
-    return list(json.loads(index_path.read_text()).get("clips", []))
+    return list(_read_index(index_path)["clips"])
 
 
 def clips_per_second(

@@ -11,7 +11,8 @@ whose PyPI wheels pin a CUDA torch that would replace the project's torch
 torchvision and loads the same OpenAI CLIP checkpoints (e.g.
 ``openai/clip-vit-large-patch14`` saved with ``save_pretrained``).
 
-Weights come from ``eval.clip.weights`` only (``local_files_only``: nothing
+Weights come from ``eval.clip.weights`` only, a directory or a repo id in the
+local Hugging Face cache (:mod:`cinescene.hub`; ``local_files_only``: nothing
 is downloaded). Without them :func:`load_clip` raises :class:`ClipUnavailable`
 with the one line the caller prints; the metrics are then absent.
 """
@@ -26,6 +27,7 @@ import numpy as np
 import torch
 
 from cinescene.config.eval import ClipConfig
+from cinescene.hub import WeightsNotFound, resolve_weights
 
 
 class ClipUnavailable(RuntimeError):
@@ -105,10 +107,13 @@ def load_clip(cfg: ClipConfig, device: str | torch.device = "cpu") -> ClipScorer
     """The scorer of ``eval.clip.weights``, or :class:`ClipUnavailable` saying why not."""
     if not cfg.weights:
         raise ClipUnavailable(
-            "eval.clip.weights is not set (a local CLIPModel directory): CLIP-V and CLIP-T "
+            "eval.clip.weights is not set (a local CLIPModel directory or its repo id): CLIP-V and CLIP-T "
             "are reported as absent"
         )
-    path = Path(cfg.weights)
+    try:
+        path = resolve_weights(cfg.weights, "eval.clip.weights")
+    except WeightsNotFound as exc:
+        raise ClipUnavailable(f"{exc}: CLIP-V and CLIP-T are reported as absent") from None
     if not (path / "config.json").is_file():
         raise ClipUnavailable(
             f"eval.clip.weights={path}: no CLIPModel there (no config.json): CLIP-V and CLIP-T "

@@ -25,8 +25,7 @@ _log = get_logger("models.vggt")
 
 
 def _resized_height(height: int, width: int, img_size: int, patch_size: int) -> int:
-    """Height after scaling the width to ``img_size``,
-    rounded to a multiple of the patch (before cropping)."""
+    """Height after scaling the width to ``img_size``, rounded to a patch multiple (before cropping)."""
     return max(patch_size, round(height * img_size / width / patch_size) * patch_size)
 
 
@@ -116,7 +115,8 @@ def select_vggt_keys(keys: Iterable[str], module: VGGT) -> tuple[list[str], list
 
 
 def load_vggt_weights(module: VGGT, path: str, strict: bool = True, check_only: bool = False) -> LoadReport:
-    """Load a facebook/VGGT-1B-layout state dict (.pt/.pth/.safetensors) into ``module``, lazily.
+    """Load a facebook/VGGT-1B-layout state dict (.pt/.pth/.safetensors, its directory or the repo id
+    ``facebook/VGGT-1B`` in the local Hugging Face cache) into ``module``, lazily.
 
     Missing or mis-shaped aggregator/camera-head keys raise a
     :class:`~cinescene.errors.CineSceneError` report (strict); heads this
@@ -125,7 +125,7 @@ def load_vggt_weights(module: VGGT, path: str, strict: bool = True, check_only: 
     one module at a time, on rank 0 only under ZeRO-3. ``check_only``: decide
     the fit from names and shapes and load nothing (``module`` may be on meta).
     """
-    with open_checkpoint(path) as (tensors, resolved):
+    with open_checkpoint(path, "model.scene.vggt.weights") as (tensors, resolved):
         kept, skipped = select_vggt_keys(tensors.keys(), module)
         if skipped and not check_only:
             _log.info("VGGT weights %s: not loading %s (not built here)", resolved, ", ".join(skipped))

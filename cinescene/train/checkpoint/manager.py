@@ -65,6 +65,7 @@ from cinescene.ckpt.rank_state import check_rank_state, write_rank_state
 from cinescene.ckpt.record import TrainerRecord, read_record
 from cinescene.ckpt.zero import ZeroShards
 from cinescene.config.checkpoint import CheckpointConfig
+from cinescene.durable import fsync_path, fsync_tree, write_atomic
 from cinescene.errors import CineSceneError
 from cinescene.log import get_logger
 
@@ -81,31 +82,6 @@ def _crash_point(point: str, step: int) -> None:
     name, _, at = spec.partition("@")
     if name == point and (not at or int(at) == step):
         os.killpg(os.getpgid(0), signal.SIGKILL)
-
-
-def _fsync_path(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def _fsync_tree(root: Path) -> None:
-    for dirpath, _dirs, files in os.walk(root):
-        for name in files:
-            _fsync_path(Path(dirpath) / name)
-        _fsync_path(Path(dirpath))
-
-
-def _write_atomic(path: Path, text: str) -> None:
-    tmp = path.with_name(f"{TMP_PREFIX}{path.name}")
-    with open(tmp, "w") as handle:
-        handle.write(text)
-        handle.flush()
-        os.fsync(handle.fileno())
-    os.replace(tmp, path)
-    _fsync_path(path.parent)
 
 
 def _remove(path: Path) -> None:
@@ -203,7 +179,7 @@ class CheckpointManager:
                     complete[-1].name,
                 )
         if complete and (current is None or step_of(complete[-1]) > step_of(current)):
-            _write_atomic(pointer, complete[-1].name + "\n")
+            write_atomic(pointer, complete[-1].name + "\n")
 
     def choose(self, resume: str) -> Path | None:
         """Collective: the step directory to resume from (see checkpoint.resume), or None to start fresh.
@@ -305,16 +281,16 @@ class CheckpointManager:
             TRAINER_STATE: manifest.write_bytes(tmp / TRAINER_STATE, record.to_json().encode()),
         }
         manifest.merge_parts(tmp, own)
-        _fsync_tree(tmp)
+        fsync_tree(tmp)
         _crash_point("before_rename", record.step)
         if final.exists() or final.is_symlink():  # after a fall-back or rewind: the unusable one makes way
             stale = self.root / f"{DELETE_PREFIX}{final.name}"
             os.rename(final, stale)
             _remove(stale)  # a symlink is removed, never what it points to
         os.rename(tmp, final)
-        _fsync_path(self.root)
+        fsync_path(self.root)
         _crash_point("after_rename", record.step)
-        _write_atomic(self.root / LATEST, final.name + "\n")
+        write_atomic(self.root / LATEST, final.name + "\n")
         _crash_point("after_latest", record.step)
         _log.info("saved checkpoint %s", final)
         self.apply_retention()
