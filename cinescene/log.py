@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import TextIO, TypeVar
 
 from cinescene.errors import env_int
+from cinescene.run_dir import RunDir
 
 ROOT = "cinescene"
 # Set by `cinescene --verbose`: library output stays on the console (children inherit it).
@@ -126,9 +127,9 @@ def setup_logging(
     terminal.addFilter(_RankFilter(rank))
     logger.addHandler(terminal)
     if run_dir is not None:
-        log_dir = Path(run_dir) / "logs"
-        log_dir.mkdir(parents=True, exist_ok=True)
-        file_handler = logging.FileHandler(log_dir / f"rank{rank}.log", mode="a")
+        log_file = RunDir(run_dir).rank_log(rank)
+        log_file.parent.mkdir(parents=True, exist_ok=True)
+        file_handler = logging.FileHandler(log_file, mode="a")
         file_handler.setLevel(logging.DEBUG if level.upper() == "DEBUG" else logging.INFO)
         file_handler.setFormatter(formatter)
         file_handler.addFilter(_RankFilter(rank))

@@ -79,21 +79,22 @@ def _internal_error(prog: str, exc: BaseException) -> int:
     """An unexpected exception: the traceback in the process's log file (or, for a command without one,
     in a file of its own under the temporary directory), one line on the console."""
     where = output_file()
-    if where is None:
-        import tempfile
+    try:
+        if where is None:
+            import tempfile
 
-        fd, name = tempfile.mkstemp(prefix=f"{prog.replace(' ', '-')}-error-", suffix=".log")
-        with os.fdopen(fd, "w") as file:
-            traceback.print_exc(file=file)
-        where = name
-    else:
-        traceback.print_exc()  # sys.stderr: the log file
-        sys.stderr.flush()
+            fd, name = tempfile.mkstemp(prefix=f"{prog.replace(' ', '-')}-error-", suffix=".log")
+            with os.fdopen(fd, "w") as file:
+                traceback.print_exc(file=file)
+            where = name
+        else:
+            traceback.print_exc()  # sys.stderr: the log file
+            sys.stderr.flush()
+        told = f"the traceback is in {where}"
+    except OSError as failed:  # the log's disk is full: the cause still reaches the console
+        told = f"its traceback could not be written ({failed.strerror or failed})"
     first_line = str(exc).splitlines()[0] if str(exc) else ""
-    print(
-        f"{prog}: error: internal error ({type(exc).__name__}: {first_line}); the traceback is in {where}",
-        file=console(),
-    )
+    print(f"{prog}: error: internal error ({type(exc).__name__}: {first_line}); {told}", file=console())
     return 1
 
 

@@ -95,3 +95,19 @@ def _no_launcher_variables():
     for key in RANK_VARIABLES:
         os.environ.pop(key, None)
     os.environ.update(saved)
+
+
+@pytest.fixture
+def cinescene_logs(caplog):
+    """caplog of the ``cinescene`` logger tree at INFO and above (the tree may not propagate to the root)."""
+    import logging
+
+    logger = logging.getLogger("cinescene")
+    propagate, logger.propagate = logger.propagate, False  # each record reaches caplog once
+    logger.addHandler(caplog.handler)
+    try:
+        with caplog.at_level(logging.INFO, logger="cinescene"):
+            yield caplog
+    finally:
+        logger.removeHandler(caplog.handler)
+        logger.propagate = propagate

@@ -3,9 +3,9 @@
 An export directory describes itself::
 
     config.json                          the base DiT's config (Wan's WanModel / diffusers'
-                                         WanTransformer3DModel), so either loads it with from_pretrained
-    diffusion_pytorch_model.safetensors  the base DiT in that layout's key names; above --max-shard-size:
-      (or -00001-of-0000N + .safetensors.index.json)  shards and an index, as both projects write them
+                                         WanTransformer3DModel): either loads it with from_pretrained
+    diffusion_pytorch_model.safetensors  the base DiT in that layout's key names; above --max-shard-size
+      (or -00001-of-0000N + .safetensors.index.json): shards and an index, as both projects write them
     cinescene_modules.safetensors        what CineScene adds (camera encoders and projectors, the scene
                                          encoder: VGGT, projector, null token), our key names; sharded alike
     cinescene.json                       format, layout, dtype, EMA or not, step, the source checkpoint,
@@ -33,7 +33,7 @@ import json
 import os
 import shutil
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -43,7 +43,7 @@ from omegaconf import OmegaConf
 from safetensors.torch import save_file
 
 from cinescene import rng
-from cinescene.config import ConfigError, from_container
+from cinescene.config import from_container
 from cinescene.config.loading import read_yaml
 from cinescene.config.paths import check_output_location
 from cinescene.durable import fsync_path, fsync_tree
@@ -55,8 +55,11 @@ from cinescene.models.key_mapping import detect_layout, diffusers_to_wan_key, wa
 from cinescene.models.weights import TensorSource, assign_state_dict, is_cinescene_extension, open_checkpoint
 from cinescene.secrets import scrub, secret_values
 
+from .config import checkpoint_config, config_from_data
 from .layout import CONFIG_FILE, RANK_STATES, ZERO_TAG, refuse_inside_checkpoint
+from .locate import DESCRIPTION, EXPORT_FORMAT, EXPORT_VERSION, RUN_CONFIG, read_description
 from .manifest import read_manifest
+from .record import params_mismatch
 from .weights import TrainedWeights
 
 _log = get_logger("ckpt.export")
@@ -65,12 +68,6 @@ FORMATS = ("wan", "diffusers")
 DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
 BASE_STEM = "diffusion_pytorch_model"  # both Wan's releases and diffusers name the DiT weights this way
 MODULES_STEM = "cinescene_modules"
-DESCRIPTION = "cinescene.json"
-RUN_CONFIG = (
-    "cinescene_config.yaml"  # the run's resolved config (as the checkpoint saved it): data and eval settings
-)
-EXPORT_FORMAT = "cinescene-export"
-EXPORT_VERSION = 1
 DEFAULT_MAX_SHARD = 5 * 10**9  # diffusers' default max_shard_size, "5GB"
 VGGT_PREFIX = "scene_encoder.vggt."
 
@@ -240,20 +237,6 @@ def diffusers_config(model) -> dict:
     }
 
 
-def checkpoint_config(step_dir: Path):
-    """The resolved config a checkpoint was saved with (its config.yaml, YAML data only)."""
-    path = step_dir / CONFIG_FILE
-    if not path.is_file():
-        raise CineSceneError(f"{path} is missing: the checkpoint does not say which model it holds")
-    try:
-        data = read_yaml(path)
-        if not isinstance(data, dict):
-            raise ConfigError("", "expected a mapping of sections at the top level")
-        return from_container(data)
-    except ConfigError as exc:
-        raise CineSceneError(f"{path} is not a config this version reads ({exc})") from None
-
-
 # ------------------------------------------------------------------------------ export
 @dataclass
 class ExportReport:
@@ -268,6 +251,17 @@ class ExportReport:
     peak_rss_bytes: int
     peak_is_process_lifetime: bool
     seconds: float
+
+
+def _check_model_fits(cfg, step_dir: Path, params: dict[str, list[int]]) -> None:
+    """The config's model has the checkpoint's parameters, shape for shape (built on the meta device)."""
+    model = build_model(cfg.model, device="meta")
+    parts = params_mismatch(params, {name: list(p.shape) for name, p in model.named_parameters()})
+    if parts:
+        raise CineSceneError(
+            f"{step_dir}: the model of its config does not fit the parameters it recorded "
+            f"({'; '.join(parts)})"
+        )
 
 
 def _checkpoint_bytes(step_dir: Path, ema: bool) -> int:
@@ -307,8 +301,13 @@ def export(
     ema: bool = False,
     dtype: str = "fp32",
     max_shard_size: int = DEFAULT_MAX_SHARD,
+    overrides: Sequence[str] = (),
 ) -> ExportReport:
-    """Write ``out`` (must not exist) from the checkpoint at ``path`` (run, checkpoints or step directory)."""
+    """Write ``out`` (must not exist) from the checkpoint at ``path`` (run, checkpoints or step directory).
+
+    ``overrides`` (KEY=VALUE) apply to the checkpoint's config as for ``cinescene sample``: an older run's
+    masked values are given this way. The model they describe must be the one the checkpoint recorded.
+    """
     if fmt not in FORMATS:
         raise CineSceneError(f"unknown export format {fmt!r}; expected one of {', '.join(FORMATS)}")
     if dtype not in DTYPES:
@@ -321,8 +320,9 @@ def export(
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
         raise CineSceneError(f"{out} already exists; choose another --out (an export never overwrites)")
     weights = TrainedWeights(path)
-    cfg = checkpoint_config(weights.path)
+    cfg = checkpoint_config(weights.path, overrides)
     record = weights.record
+    _check_model_fits(cfg, weights.path, record.params)
     trained = weights.names()  # checks every trainable parameter has shards before anything is written
     frozen = FrozenWeights(cfg, [n for n in record.params if n not in set(trained)])
     start_rss = current_rss_bytes()
@@ -400,22 +400,36 @@ def export(
 
 
 # ------------------------------------------------------------------------------ loading
-def read_description(export_dir: Path | str) -> dict:
-    path = Path(export_dir) / DESCRIPTION
-    try:
-        description = json.loads(path.read_text())
-    except FileNotFoundError:
-        raise CineSceneError(f"{export_dir} is not a CineScene export (no {DESCRIPTION})") from None
-    except ValueError as exc:
-        raise CineSceneError(f"{path} is corrupt: {exc}") from None
-    if description.get("format") != EXPORT_FORMAT or description.get("version") != EXPORT_VERSION:
-        raise CineSceneError(f"{path} is not a version-{EXPORT_VERSION} CineScene export")
-    return description
-
-
 def _entry_file(export_dir: Path, files: list[str], stem: str) -> Path:
     index = f"{stem}.safetensors.index.json"
     return export_dir / (index if index in files else f"{stem}.safetensors")
+
+
+def _export_files(export_dir: Path, description: dict) -> tuple[str, list[str], list[str]]:
+    """The description's layout and file lists, checked (a hand-edited one is one line, not a KeyError)."""
+    layout, base, modules = (description.get(k) for k in ("layout", "base_files", "module_files"))
+    for name, files in (("base_files", base), ("module_files", modules)):
+        if not (isinstance(files, list) and all(isinstance(f, str) and "/" not in f for f in files)):
+            raise CineSceneError(f"{export_dir / DESCRIPTION} is corrupt: {name} is not a list of file names")
+    if layout not in FORMATS:
+        raise CineSceneError(f"{export_dir / DESCRIPTION} is corrupt: unknown layout {layout!r}")
+    return layout, base, modules
+
+
+def _model_config(export_dir: Path, description: dict, model_cfg, base_only: bool):
+    """The model to build: ``model_cfg``, else the description's (received: read by the one config reader);
+    weight files off (the export holds every weight), camera and scene off for ``base_only``."""
+    if model_cfg is None:
+        if not isinstance(description.get("model"), dict):
+            raise CineSceneError(f"{export_dir / DESCRIPTION} is corrupt: no model config")
+        model_cfg = config_from_data({"model": description["model"]}, (), export_dir / DESCRIPTION).model
+    tree = OmegaConf.to_container(OmegaConf.structured(model_cfg))
+    tree["pretrained"] = None
+    tree["scene"]["vggt"]["weights"] = None
+    if base_only:
+        tree["scene"]["enabled"] = False
+        tree["camera"]["enabled"] = False
+    return from_container({"model": tree}).model
 
 
 def load_exported_model(
@@ -431,34 +445,22 @@ def load_exported_model(
     ``base_only``: the plain Wan DiT (camera and scene context off) from the base file alone, the model
     that Wan's and diffusers' loaders see in the same directory. ``model_cfg``: build this model config
     (e.g. the run's with another attention backend) instead of the one the export describes; the keys
-    must still match exactly.
+    must still match exactly. Every name and shape is checked against the files' headers on a model
+    built on the meta device before the real one is allocated: the config cannot make this allocate
+    more than the files hold.
     """
     export_dir = Path(export_dir)
     description = read_description(export_dir)
-
-    model_cfg = dict(
-        description["model"] if model_cfg is None else OmegaConf.to_container(OmegaConf.structured(model_cfg))
-    )
-    model_cfg["pretrained"] = None
-    model_cfg["scene"] = {
-        **model_cfg.get("scene", {}),
-        "vggt": {**model_cfg.get("scene", {}).get("vggt", {}), "weights": None},
-    }
-    if base_only:
-        model_cfg["scene"]["enabled"] = False
-        model_cfg["camera"] = {**model_cfg.get("camera", {}), "enabled": False}
-    cfg = from_container({"model": model_cfg}).model
-    model = build_model(cfg, device=device, load_weights=False)
+    layout, base_files, module_files = _export_files(export_dir, description)
+    cfg = _model_config(export_dir, description, model_cfg, base_only)
     with contextlib.ExitStack() as files:
-        base, _ = files.enter_context(
-            open_checkpoint(_entry_file(export_dir, description["base_files"], BASE_STEM))
-        )
-        if description["layout"] == "diffusers":
+        base, _ = files.enter_context(open_checkpoint(_entry_file(export_dir, base_files, BASE_STEM)))
+        if layout == "diffusers":
             base = base.renamed(diffusers_to_wan_key)
         source = base
         if not base_only:
             extra, _ = files.enter_context(
-                open_checkpoint(_entry_file(export_dir, description["module_files"], MODULES_STEM))
+                open_checkpoint(_entry_file(export_dir, module_files, MODULES_STEM))
             )
             both = set(base.keys()) & set(extra.keys())
             if both:
@@ -469,7 +471,10 @@ def load_exported_model(
                 {**base.shapes, **extra.shapes},
                 lambda key: base.read(key) if key in base else extra.read(key),
             )
-        assign_state_dict(model, source, strict=True, source=str(export_dir))
+        shown = str(export_dir)
+        assign_state_dict(build_model(cfg, device="meta"), source, strict=True, source=shown, check_only=True)
+        model = build_model(cfg, device=device, load_weights=False)
+        assign_state_dict(model, source, strict=True, source=shown)
     if dtype is not None:
         model.to(dtype)
     return model.eval()

@@ -14,7 +14,8 @@ from pathlib import Path
 
 from cinescene.host_memory import human_bytes
 
-from .layout import RANK_STATES, ZERO_TAG, resolve_step_dir
+from .layout import RANK_STATES, ZERO_TAG
+from .locate import resolve_step_dir
 from .manifest import MANIFEST, read_manifest, verify
 from .record import read_record
 

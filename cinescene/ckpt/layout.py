@@ -1,6 +1,6 @@
 """Names and places of a checkpoint directory, and the `latest` pointer read as untrusted data.
 
-``<checkpoint.dir>`` (default ``<run.dir>/checkpoints``)::
+``<checkpoint.dir>`` (default ``<run.dir>/checkpoints``: :func:`.locate.checkpoints_dir`)::
 
     step_00000040/
         zero/                           DeepSpeed ZeRO shards (our checkpoint engine writes them)
@@ -24,9 +24,9 @@ import stat
 from pathlib import Path
 
 from cinescene.config.base import ConfigError
-from cinescene.config.paths import kind_problem, resolved
+from cinescene.config.paths import resolved
 from cinescene.durable import TMP_PREFIX as TMP_PREFIX  # the prefix of every temporary name
-from cinescene.errors import CineSceneError
+from cinescene.run_dir import CONFIG
 
 from .errors import DamagedCheckpointError
 from .manifest import MANIFEST
@@ -37,8 +37,7 @@ LATEST = "latest"
 TRAINER_STATE = "trainer_state.json"
 RANK_STATES = "rank_states"
 ZERO_TAG = "zero"
-CONFIG_FILE = "config.yaml"
-CHECKPOINTS = "checkpoints"
+CONFIG_FILE = CONFIG  # the run's config, under the name the run directory gives it
 _POINTER_MAX_BYTES = 256
 
 
@@ -132,22 +131,3 @@ def read_pointer(root: Path) -> Path | None:
     if not is_complete(target):
         raise DamagedCheckpointError(pointer, f"names {name}, which is not a complete checkpoint")
     return target
-
-
-def resolve_step_dir(path: Path | str) -> Path:
-    """A step directory from a run directory, a checkpoints directory (their `latest`) or a step directory."""
-    path = Path(path)
-    problem = kind_problem(path, "directory")
-    if problem is not None and problem != "is a file, not a directory":
-        raise CineSceneError(f"{path} {problem}: not a run or checkpoint directory")
-    if step_of(path) is not None and (path / TRAINER_STATE).exists():
-        return path
-    for root in (path / CHECKPOINTS, path):
-        if (root / LATEST).exists() or (root / LATEST).is_symlink():
-            target = read_pointer(root)
-            if target is not None:
-                return target
-    raise CineSceneError(
-        f"{path} is neither a checkpoint step directory nor a run or checkpoints directory "
-        f"with a `{LATEST}` pointer"
-    )

@@ -4,8 +4,9 @@ Hashes are computed while the bytes are written (:class:`HashingWriter`
 wraps the open file; ``torch.save`` and our own writers go through it), never
 by reading the files back. Each rank records the files it wrote in a part
 file; rank 0 merges the parts into ``manifest.json`` before the directory is
-renamed into place. Resume compares sizes only (cheap: one ``stat`` per
-file); ``cinescene ckpt info --verify`` also re-hashes the bytes.
+renamed into place. Resume re-hashes every file before it loads anything
+(:func:`check_content`, the ranks sharing the files; ``checkpoint.verify``),
+as ``cinescene ckpt info --verify`` does.
 """
 
 from __future__ import annotations
@@ -46,41 +47,63 @@ class HashingWriter:
         self.handle = handle
         self.hasher = hashlib.sha256()
         self.size = 0
+        self.error: OSError | None = None  # the first failed write (torch.save reports only its own error)
         self._pool: ThreadPoolExecutor | None = None
 
     def write(self, data) -> int:
         view = memoryview(data).cast("B")
-        if len(view) < _PARALLEL_MIN:
-            self.hasher.update(view)
-            written = self.handle.write(view)
-        else:
-            if self._pool is None:
-                self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="sha256")
-            hashed = self._pool.submit(self.hasher.update, view)
-            try:
+        try:
+            if len(view) < _PARALLEL_MIN:
+                self.hasher.update(view)
                 written = self.handle.write(view)
-            finally:
-                hashed.result()
+            else:
+                if self._pool is None:
+                    self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="sha256")
+                hashed = self._pool.submit(self.hasher.update, view)
+                try:
+                    written = self.handle.write(view)
+                finally:
+                    hashed.result()
+        except OSError as exc:
+            self.error = self.error or exc
+            raise
         self.size += len(view)
         return written
 
     def flush(self) -> None:
         self.handle.flush()
 
-    def record(self) -> FileRecord:
+    def close(self) -> None:
+        """Stop the hashing thread (if one started)."""
         if self._pool is not None:
             self._pool.shutdown()
             self._pool = None
+
+    def record(self) -> FileRecord:
+        self.close()
         return FileRecord(self.size, self.hasher.hexdigest())
 
 
 def write_hashed(path: Path, write) -> FileRecord:
-    """Create ``path``, let ``write(writer)`` fill it through a :class:`HashingWriter`, fsync; its record."""
-    with open(path, "wb") as handle:
-        writer = HashingWriter(handle)
-        write(writer)
-        handle.flush()
-        os.fsync(handle.fileno())
+    """Create ``path``, let ``write(writer)`` fill it through a :class:`HashingWriter`, fsync; its record.
+
+    A failed write raises the operating system's error (a full disk is ``OSError`` ENOSPC), also when
+    ``write`` is ``torch.save``, whose zip writer replaces it with an unrelated RuntimeError.
+    """
+    writer = None
+    try:
+        with open(path, "wb") as handle:
+            writer = HashingWriter(handle)
+            write(writer)
+            handle.flush()
+            os.fsync(handle.fileno())
+    except Exception as exc:
+        if writer is not None and writer.error is not None and writer.error is not exc:
+            raise writer.error from None
+        raise
+    finally:
+        if writer is not None:
+            writer.close()
     return writer.record()
 
 
@@ -168,21 +191,30 @@ def check_sizes(step_dir: Path, files: Mapping[str, FileRecord]) -> None:
             )
 
 
+def check_content(path: Path, record: FileRecord) -> str | None:
+    """What is wrong with one file against its manifest record (hashed while read), or None when intact."""
+    if not path.is_file():
+        return "missing"
+    try:
+        actual = hash_file(path)
+    except OSError as exc:
+        return f"unreadable ({exc.strerror or exc})"
+    if actual.size < record.size:
+        return f"truncated ({actual.size} of {record.size} bytes)"
+    if actual.size > record.size:
+        return f"altered ({actual.size} bytes, the manifest says {record.size})"
+    if actual.sha256 != record.sha256:
+        return "altered (sha256 differs)"
+    return None
+
+
 def verify(step_dir: Path, files: Mapping[str, FileRecord]) -> list[str]:
     """Every problem, one line each: missing, truncated, grown or altered (hash differs) files."""
     problems = []
     for name, record in sorted(files.items()):
-        path = Path(step_dir) / name
-        if not path.is_file():
-            problems.append(f"{name}: missing")
-            continue
-        actual = hash_file(path)
-        if actual.size < record.size:
-            problems.append(f"{name}: truncated ({actual.size} of {record.size} bytes)")
-        elif actual.size > record.size:
-            problems.append(f"{name}: altered ({actual.size} bytes, the manifest says {record.size})")
-        elif actual.sha256 != record.sha256:
-            problems.append(f"{name}: altered (sha256 differs)")
+        problem = check_content(Path(step_dir) / name, record)
+        if problem is not None:
+            problems.append(f"{name}: {problem}")
     return problems
 
 

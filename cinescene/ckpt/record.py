@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import math
+from collections.abc import Mapping, Sequence
 from dataclasses import MISSING, asdict, dataclass, fields
 from enum import Enum
 from pathlib import Path
@@ -124,6 +125,28 @@ class TrainerRecord:
             raise bad("params", "a map of names to shapes")
         if not (isinstance(self.trainable, list) and all(isinstance(n, str) for n in self.trainable)):
             raise bad("trainable", "a list of names")
+
+
+def _names(items: list[str], limit: int = 6) -> str:
+    more = f" (+{len(items) - limit} more)" if len(items) > limit else ""
+    return ", ".join(items[:limit]) + more
+
+
+def params_mismatch(saved: Mapping[str, Sequence[int]], current: Mapping[str, Sequence[int]]) -> list[str]:
+    """What differs between two {parameter: shape} maps (a checkpoint's and a model's), one phrase each."""
+    saved = {k: list(v) for k, v in saved.items()}
+    current = {k: list(v) for k, v in current.items()}
+    missing = sorted(set(saved) - set(current))
+    unexpected = sorted(set(current) - set(saved))
+    reshaped = sorted(k for k in set(saved) & set(current) if saved[k] != current[k])
+    parts = []
+    if reshaped:
+        parts.append("shape differs: " + _names([f"{k} {saved[k]} vs {current[k]}" for k in reshaped]))
+    if missing:
+        parts.append("only in the checkpoint: " + _names(missing))
+    if unexpected:
+        parts.append("only in this model: " + _names(unexpected))
+    return parts
 
 
 def read_record(step_dir: Path | str) -> TrainerRecord:

@@ -15,6 +15,12 @@ DeepSpeed classes its ZeRO shards pickle besides tensors and containers.
   with ``os.preadv`` when asked for, one piece at a time: streaming export
   and resharding hold the piece, not the file (and no memory map, whose
   touched pages would count as resident memory).
+
+Bounded by the file: ``torch.save`` stores every record uncompressed, so a
+compressed record (a pickle that would inflate a thousandfold) is refused
+before it is read; every record must lie inside the file; and every tensor's
+offset, shape and stride must stay inside its storage, which must lie inside
+its record. So whatever a reader asks for is at most the bytes on disk.
 """
 
 from __future__ import annotations
@@ -57,8 +63,7 @@ _READ_CHUNK = 1 << 30  # one preadv call moves at most this many bytes (Linux ca
 
 
 class Placeholder:
-    """An allowlisted DeepSpeed object, kept inert: the
-    arguments and state it was pickled with, nothing run."""
+    """An allowlisted DeepSpeed object, kept inert: its pickled arguments and state, nothing run."""
 
     qualname = "?"
 
@@ -130,11 +135,30 @@ class LazyTensor:
         return f"LazyTensor({tuple(self.shape)}, {self.dtype})"
 
 
+def _is_index(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
+
+
 def _rebuild_tensor(
     storage, storage_offset, size, stride, requires_grad=False, backward_hooks=None, metadata=None
 ) -> LazyTensor:
-    source, key, dtype = storage
-    return LazyTensor(source, key, dtype, int(storage_offset), tuple(size), tuple(stride))
+    source, key, dtype, storage_numel = storage
+    size, stride = tuple(size), tuple(stride)
+    if not (
+        _is_index(storage_offset) and len(size) == len(stride) and all(_is_index(v) for v in size + stride)
+    ):
+        raise DamagedCheckpointError(
+            source.path, f"tensor on storage {key} has an invalid offset, shape or stride ({size}, {stride})"
+        )
+    numel = math.prod(size)
+    span = 1 + sum((n - 1) * st for n, st in zip(size, stride)) if numel else 0
+    if storage_offset + span > storage_numel or numel > storage_numel:
+        raise DamagedCheckpointError(
+            source.path,
+            f"tensor of shape {list(size)} at offset {storage_offset} reaches past its storage {key} of "
+            f"{storage_numel} elements",
+        )
+    return LazyTensor(source, key, dtype, storage_offset, size, stride)
 
 
 def _rebuild_parameter(data, requires_grad=False, backward_hooks=None, state=None):
@@ -188,8 +212,10 @@ class _DataUnpickler(pickle.Unpickler):
         ):
             raise DamagedCheckpointError(self.source.path, f"unexpected storage record {pid!r:.80}")
         _, dtype, key, _location, numel = pid
-        self.source.check_storage(str(key), dtype, int(numel))
-        return (self.source, str(key), dtype)
+        if not _is_index(numel):
+            raise DamagedCheckpointError(self.source.path, f"storage {key!r:.40} has no element count")
+        self.source.check_storage(str(key), dtype, numel)
+        return (self.source, str(key), dtype, numel)
 
 
 class TorchFile:
@@ -206,10 +232,12 @@ class TorchFile:
                 if len(pickles) != 1:
                     raise DamagedCheckpointError(self.path, "not a torch.save file (no data.pkl record)")
                 self._prefix = pickles[0][: -len("data.pkl")]
+                self._check_record(self._entries[pickles[0]], "the pickle record data.pkl")
                 data = archive.read(pickles[0])
         except FileNotFoundError:
             raise DamagedCheckpointError(self.path, "missing") from None
-        except (zipfile.BadZipFile, OSError, EOFError) as exc:
+        except (zipfile.BadZipFile, OSError, EOFError, ValueError, struct.error, NotImplementedError) as exc:
+            # ValueError: a name in the zip's directory that is not UTF-8 (UnicodeDecodeError), a bad size
             raise DamagedCheckpointError(
                 self.path,
                 f"unreadable ({_first_line(exc) or 'not a zip archive'}): truncated or not a torch.save file",
@@ -230,11 +258,22 @@ class TorchFile:
             raise DamagedCheckpointError(self.path, f"tensor data record {key} is missing")
         return info
 
+    def _check_record(self, info: zipfile.ZipInfo, what: str) -> None:
+        """A record is stored uncompressed (as torch.save writes every record) and lies inside the file."""
+        if info.compress_type != zipfile.ZIP_STORED:
+            raise DamagedCheckpointError(self.path, f"{what} is compressed (not torch.save output)")
+        if info.compress_size != info.file_size or info.header_offset + 30 + info.file_size > self.size:
+            raise DamagedCheckpointError(
+                self.path,
+                f"{what} claims {info.file_size} bytes past the end of the file (truncated or altered)",
+            )
+
     def check_storage(self, key: str, dtype: torch.dtype, numel: int) -> None:
         info = self._storage_info(key)
-        if info.compress_type != zipfile.ZIP_STORED:
+        self._check_record(info, f"tensor data record {key}")
+        if self._data_offset(info) + info.file_size > self.size:
             raise DamagedCheckpointError(
-                self.path, f"tensor data record {key} is compressed (not torch.save output)"
+                self.path, f"tensor data record {key} reaches past the end of the file"
             )
         if info.file_size < numel * _itemsize(dtype):
             raise DamagedCheckpointError(
@@ -256,7 +295,7 @@ class TorchFile:
         return self._fd
 
     def read_elements(self, key: str, dtype: torch.dtype, start: int, count: int) -> torch.Tensor:
-        """``count`` elements of storage ``key`` from element ``start``, read by preadv into a new tensor."""
+        """``count`` elements of storage ``key`` from element ``start``, read with preadv (a new tensor)."""
         itemsize = _itemsize(dtype)
         info = self._storage_info(key)
         out = torch.empty(count * itemsize, dtype=torch.uint8)
@@ -308,7 +347,8 @@ def deepspeed_safe_globals() -> list:
 
 
 def torch_load(path: Path | str, map_location=None) -> Any:
-    """``torch.load(weights_only=True)`` with the DeepSpeed allowlist, once :func:`check` found no problem."""
+    """``torch.load(weights_only=True)`` with the DeepSpeed allowlist, after :func:`check` named any
+    problem."""
     check(path)
     with torch.serialization.safe_globals(deepspeed_safe_globals()):
         try:

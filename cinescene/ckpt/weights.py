@@ -20,9 +20,11 @@ import torch
 from cinescene.errors import CineSceneError
 
 from .errors import DamagedCheckpointError
-from .layout import RANK_STATES, ZERO_TAG, rank_state_name, resolve_step_dir
+from .layout import RANK_STATES, ZERO_TAG, rank_state_name
+from .locate import resolve_step_dir
 from .rank_state import RankStateFile
 from .record import TrainerRecord, read_record
+from .slices import cover, piece
 from .zero import ZeroShards
 
 
@@ -38,13 +40,20 @@ class TrainedWeights:
         return ZeroShards(self.path / ZERO_TAG)
 
     def names(self) -> list[str]:
-        """Trainable parameter names, in the model's order."""
+        """Trainable parameter names, in the model's order (each with shards of the recorded shape)."""
         saved = self.shards.params
         missing = [name for name in self.record.trainable if name not in saved]
         if missing:
             raise DamagedCheckpointError(
                 self.path / ZERO_TAG, f"no shards of {len(missing)} trainable parameters (e.g. {missing[0]})"
             )
+        for name in self.record.trainable:
+            if list(saved[name].shape) != list(self.record.params.get(name, [])):
+                raise DamagedCheckpointError(
+                    self.path / ZERO_TAG,
+                    f"{name} is {list(saved[name].shape)} in the shards, {self.record.params.get(name)} "
+                    "in the trainer record",
+                )
         trainable = set(self.record.trainable)
         return [name for name in self.record.params if name in trainable]
 
@@ -56,19 +65,24 @@ class TrainedWeights:
         if not ema:
             return self.shards.tensor(name)
         numel = int(torch.Size(self.shape(name)).numel())
-        full = torch.empty(numel, dtype=torch.float32)
-        covered = 0
-        for tree in self._ema_trees:
+        pieces = []
+        for rank, tree in enumerate(self._ema_trees):
             entry = tree["slices"].get(name)
-            if entry is not None and int(entry["length"]):
-                offset, length = int(entry["offset"]), int(entry["length"])
-                full[offset : offset + length] = entry["value"].read_flat(0, length)
-                covered += length
-        if covered != numel:
-            raise DamagedCheckpointError(
-                self.path / RANK_STATES, f"the EMA slices of {name} cover {covered} of {numel} elements"
-            )
+            if entry is not None:
+                found = piece(entry, f"rank {rank}'s EMA slice of {name}")
+                if isinstance(found, str):
+                    raise DamagedCheckpointError(self._rank_file(rank), found)
+                pieces.append(found)
+        parts = cover(pieces, 0, numel)  # before allocating: the stored slices must fill it exactly once
+        if isinstance(parts, str):
+            raise DamagedCheckpointError(self.path / RANK_STATES, f"the EMA slices of {name}: {parts}")
+        full = torch.empty(numel, dtype=torch.float32)
+        for part, low, high in parts:
+            full[low:high] = part.value.read_flat(low - part.offset, high - low)
         return full.view(self.shape(name))
+
+    def _rank_file(self, rank: int) -> Path:
+        return self.path / RANK_STATES / rank_state_name(rank)
 
     @cached_property
     def _ema_trees(self) -> list[dict]:
@@ -76,12 +90,10 @@ class TrainedWeights:
             raise CineSceneError(f"{self.path} holds no EMA weights (train.ema.enabled was off)")
         trees = []
         for rank in range(self.record.world_size):
-            tree = RankStateFile(self.path / RANK_STATES / rank_state_name(rank)).tree
+            tree = RankStateFile(self._rank_file(rank)).tree
             ema = tree.get("callbacks", {}).get("ema") if isinstance(tree, dict) else None
             if not isinstance(ema, dict) or not isinstance(ema.get("slices"), dict):
-                raise DamagedCheckpointError(
-                    self.path / RANK_STATES / rank_state_name(rank), "holds no EMA slices"
-                )
+                raise DamagedCheckpointError(self._rank_file(rank), "holds no EMA slices")
             trees.append(ema)
         return trees
 

@@ -68,7 +68,11 @@ class ZeroShards:
         self.model = TorchFile(models[0]).obj
         if not isinstance(self.model, dict) or "param_shapes" not in self.model:
             raise DamagedCheckpointError(models[0], "not a DeepSpeed model-states file (no param_shapes)")
-        self.world_size = int(self.model.get("dp_world_size", 0))
+        self.world_size = self.model.get("dp_world_size")
+        if not (isinstance(self.world_size, int) and 1 <= self.world_size <= 1 << 20):
+            raise DamagedCheckpointError(
+                models[0], f"dp_world_size is {self.world_size!r:.20}, not a rank count"
+            )
         expected = [self._optim_name(optim, r) for r in range(self.world_size)]
         for path in expected:
             if not path.is_file():
@@ -108,7 +112,19 @@ class ZeroShards:
         return self._optim[rank]
 
     def _index(self) -> dict[str, _Param]:
+        try:
+            return self._layout()
+        except (KeyError, IndexError, TypeError, AttributeError, ValueError):
+            raise DamagedCheckpointError(
+                self.model_files[0], "its param_shapes do not describe a ZeRO layout (altered?)"
+            ) from None
+
+    def _layout(self) -> dict[str, _Param]:
         shapes = self.model["param_shapes"]
+        for names in shapes:
+            for name, shape in names.items():
+                if not (isinstance(name, str) and all(isinstance(d, int) and d >= 0 for d in shape)):
+                    raise ValueError(name)
         params: dict[str, _Param] = {}
         if self.stage == 3:
             for group, names in enumerate(shapes):
@@ -122,6 +138,8 @@ class ZeroShards:
         paddings = first.get("param_alignment_paddings")
         for group, names in enumerate(shapes):
             part = first["single_partition_of_fp32_groups"][group].numel() if self.world_size > 1 else 0
+            if self.world_size > 1 and part <= 0:
+                raise ValueError(group)
             offset = 0
             for index, (name, shape) in enumerate(names.items()):
                 params[name] = _Param(name, tuple(shape), group, offset, part)
@@ -133,13 +151,18 @@ class ZeroShards:
         try:
             if self.stage == 3:
                 if key == "fp32":
-                    return state["fp32_flat_groups"][group]
-                return state["optimizer_state_dict"]["state"][group][key]
-            if key == "fp32":
-                return state["single_partition_of_fp32_groups"][group]
-            return state["base_optimizer_state"]["state"][group][key]
+                    found = state["fp32_flat_groups"][group]
+                else:
+                    found = state["optimizer_state_dict"]["state"][group][key]
+            elif key == "fp32":
+                found = state["single_partition_of_fp32_groups"][group]
+            else:
+                found = state["base_optimizer_state"]["state"][group][key]
         except (KeyError, IndexError, TypeError):
             raise DamagedCheckpointError(self.optim_files[rank], f"no {key} for group {group}") from None
+        if not isinstance(found, LazyTensor):
+            raise DamagedCheckpointError(self.optim_files[rank], f"{key} of group {group} is not a tensor")
+        return found
 
     def _runs(self, param: _Param, start: int, length: int) -> Iterator[tuple[int, int, int, int]]:
         """(rank, offset in that rank's flat group, count, offset in the requested range)."""
@@ -164,20 +187,23 @@ class ZeroShards:
 
     # ------------------------------------------------------------------ reading
     def read(self, name: str, key: str = "fp32", start: int = 0, length: int | None = None) -> torch.Tensor:
-        """Elements ``start .. start+length`` of parameter
-        ``name``'s flattened ``key`` (fp32, Adam moments)."""
+        """Elements ``start .. start+length`` of parameter ``name``'s flattened ``key`` (fp32, Adam moments);
+        every piece is checked against what its rank file stores before anything is allocated."""
         param = self.params[name]
         length = param.numel - start if length is None else length
-        out = torch.empty(length, dtype=torch.float32)
-        for rank, local, count, dst in self._runs(param, start, length):
-            piece = self._piece(rank, param.group, key)
-            if local + count > piece.numel():
+        if start < 0 or length < 0 or start + length > param.numel:
+            raise ValueError(f"range {start}+{length} outside {name} ({param.numel} elements)")
+        runs = list(self._runs(param, start, length))
+        pieces = [self._piece(rank, param.group, key) for rank, *_ in runs]
+        for piece, (rank, local, count, _dst) in zip(pieces, runs):
+            if local + count > piece.numel():  # checked before allocating: declared shapes may lie
                 raise DamagedCheckpointError(
                     self.optim_files[rank],
-                    f"{key} of group {param.group} holds "
-                    f"{piece.numel()} elements, fewer than the "
-                    "layout needs",
+                    f"{key} of group {param.group} holds {piece.numel()} elements, fewer than the layout of "
+                    f"its parameters needs ({name} ends at element {local + count})",
                 )
+        out = torch.empty(length, dtype=torch.float32)
+        for piece, (_rank, local, count, dst) in zip(pieces, runs):
             out[dst : dst + count] = piece.read_flat(local, count).float()
         return out
 

@@ -185,8 +185,7 @@ def _section_fields(cls: Any) -> dict:
 
 
 def check_sections(tree: Any, cls: Any = CineSceneConfig, prefix: str = "", where: str = "") -> None:
-    """A section (a dataclass field: ``train``, ``train.flow``)
-    must be given a mapping, not a scalar or a list.
+    """A section (a dataclass field: ``train``, ``train.flow``) must be a mapping, not a scalar or a list.
 
     OmegaConf's own merge error for ``train: 5`` names neither key nor file. A
     null section (``train:`` with every key commented out) counts as empty and is dropped.
@@ -254,7 +253,7 @@ def _suggest(root: DictConfig, full_key: str) -> str:
     return ""
 
 
-def _field_type(full_key: str) -> str | None:
+def field_type(full_key: str) -> str | None:
     """The annotation of the dataclass field at ``full_key`` ('float', 'List[int]')."""
     cls: Any = CineSceneConfig
     annotation: Any = None
@@ -286,7 +285,7 @@ def _translate(exc: Exception, schema: DictConfig) -> ConfigError:
         return ConfigError(key, "a value is required (set it in the YAML or as an override)")
     if isinstance(exc, oc_errors.ValidationError):
         msg = (getattr(exc, "msg", None) or str(exc)).splitlines()[0]
-        expected = _field_type(key)
+        expected = field_type(key)
         value = getattr(exc, "value", None)
         if expected is not None and value is not None and not dataclasses.is_dataclass(value):
             return ConfigError(key, f"expected {expected}, got {value!r}")
@@ -367,13 +366,13 @@ def validate_tree(obj: Any, prefix: str = "") -> None:
             raise exc.prefixed(prefix) from None
 
 
-def compose(path: str | os.PathLike | None, overrides: Sequence[str] = ()) -> DictConfig:
-    """The merged, resolved DictConfig (schema-typed), without running ``validate()``."""
+def _compose(base: DictConfig | None, overrides: Sequence[str]) -> DictConfig:
+    """The schema, ``base`` merged over it, then each override; resolved and checked for missing values."""
     schema = OmegaConf.structured(CineSceneConfig)
     try:
         cfg = schema.copy()
-        if path is not None:
-            cfg = OmegaConf.merge(cfg, _read_yaml(resolved(path), ()))
+        if base is not None:
+            cfg = OmegaConf.merge(cfg, base)
         for item in overrides:  # one at a time, so a merge error can name its key
             try:
                 cfg = OmegaConf.merge(cfg, _parse_overrides([item]))
@@ -383,7 +382,7 @@ def compose(path: str | os.PathLike | None, overrides: Sequence[str] = ()) -> Di
                 # Merge errors (a scalar over a section) carry no key: name the override's.
                 key, _, value = item.partition("=")
                 raise ConfigError(
-                    key, f"expected {_field_type(key) or 'a known key'}, got {value!r}"
+                    key, f"expected {field_type(key) or 'a known key'}, got {value!r}"
                 ) from None
         OmegaConf.resolve(cfg)
         # Surface missing mandatory values here, with their key path.
@@ -393,9 +392,31 @@ def compose(path: str | os.PathLike | None, overrides: Sequence[str] = ()) -> Di
         raise
     except oc_errors.OmegaConfBaseException as exc:
         raise _translate(exc, schema) from None
+    return cfg
+
+
+def compose(path: str | os.PathLike | None, overrides: Sequence[str] = ()) -> DictConfig:
+    """The merged, resolved DictConfig (schema-typed), without running ``validate()``."""
+    base = None
+    if path is not None:
+        try:
+            base = _read_yaml(resolved(path), ())
+        except oc_errors.OmegaConfBaseException as exc:
+            raise _translate(exc, OmegaConf.structured(CineSceneConfig)) from None
+    cfg = _compose(base, overrides)
     if path is not None:
         cfg.run.config_path = str(Path(path))
     return cfg
+
+
+def _typed(cfg: DictConfig) -> CineSceneConfig:
+    try:
+        obj = OmegaConf.to_object(cfg)
+    except oc_errors.OmegaConfBaseException as exc:
+        raise _translate(exc, OmegaConf.structured(CineSceneConfig)) from None
+    assert isinstance(obj, CineSceneConfig)
+    validate_tree(obj)
+    return obj
 
 
 def load_config(
@@ -403,22 +424,23 @@ def load_config(
 ) -> tuple[CineSceneConfig, DictConfig]:
     """Compose and validate. Returns the typed config and its DictConfig (for saving/printing)."""
     cfg = compose(path, overrides)
-    try:
-        obj = OmegaConf.to_object(cfg)
-    except oc_errors.OmegaConfBaseException as exc:
-        raise _translate(exc, OmegaConf.structured(CineSceneConfig)) from None
-    assert isinstance(obj, CineSceneConfig)
-    validate_tree(obj)
-    return obj, cfg
+    return _typed(cfg), cfg
 
 
 def to_yaml(cfg: DictConfig | CineSceneConfig) -> str:
     return OmegaConf.to_yaml(cfg if isinstance(cfg, (DictConfig, ListConfig)) else OmegaConf.structured(cfg))
 
 
-def from_container(data: dict) -> CineSceneConfig:
-    """Rebuild a typed config from a plain dict (e.g. one saved in a checkpoint)."""
-    cfg = OmegaConf.merge(OmegaConf.structured(CineSceneConfig), OmegaConf.create(data))
-    obj = OmegaConf.to_object(cfg)
-    validate_tree(obj)
-    return obj
+def from_container(data: dict, overrides: Sequence[str] = ()) -> CineSceneConfig:
+    """A typed, validated config from plain data (a config a checkpoint or export saved), then ``overrides``.
+
+    Nothing is included (a ``defaults`` key is an unknown key here). The data is
+    taken as OmegaConf would take a YAML file, so a caller that received it
+    refuses ``${...}`` interpolations first (:func:`cinescene.ckpt.checkpoint_config`).
+    """
+    check_sections(data)
+    try:
+        base = OmegaConf.create(data)
+    except oc_errors.OmegaConfBaseException as exc:
+        raise ConfigError("", (getattr(exc, "msg", None) or str(exc)).splitlines()[0]) from None
+    return _typed(_compose(base, overrides))

@@ -1,5 +1,4 @@
-"""`cinescene bench ablation SWEEP`: does the scene context
-help? The same model and budget with and without it.
+"""`cinescene bench ablation SWEEP`: does the scene context help? One model and budget, with and without it.
 
 SWEEP is a sweep file (``configs/experiments/ablation/arms.yaml``) whose
 trials are the arms: the same training config (model, data, steps, seed,
@@ -41,6 +40,7 @@ from pathlib import Path
 
 from cinescene.errors import CineSceneError
 from cinescene.log import get_logger
+from cinescene.run_dir import RunDir
 
 _log = get_logger("eval.ablation")
 TIMING = "ablation_train.json"
@@ -151,17 +151,17 @@ def ensure_heldout(cfg, clips: int, seed: int) -> Path:
 
 def train(arm: Arm, base: Path, nproc: int | None, fresh: bool) -> dict:
     """Train one arm (or reuse a finished run); returns its timing record."""
-    from cinescene.ckpt.layout import CHECKPOINTS, LATEST, read_pointer
+    from cinescene.ckpt.locate import checkpoints_dir, latest_step_dir
     from cinescene.ckpt.record import read_record
 
     timing_path = arm.run_dir / TIMING
-    checkpoints = arm.run_dir / CHECKPOINTS
     if fresh and arm.run_dir.exists():
         shutil.rmtree(arm.run_dir)
     finished = None
-    if timing_path.is_file() and (checkpoints / LATEST).is_file():
+    latest = latest_step_dir(checkpoints_dir(arm.cfg)) if timing_path.is_file() else None
+    if latest is not None:
         try:
-            finished = read_record(read_pointer(checkpoints))
+            finished = read_record(latest)
         except CineSceneError as exc:  # a damaged run is measured again from scratch
             _log.warning("%s: %s; training it again", arm.label, exc)
     if finished is not None:
@@ -186,20 +186,21 @@ def train(arm: Arm, base: Path, nproc: int | None, fresh: bool) -> dict:
 
 def final_loss(run_dir: Path) -> float | None:
     """Mean training loss over the last tenth of the logged steps."""
-    path = run_dir / "metrics.jsonl"
-    if not path.is_file():
-        return None
-    losses = [json.loads(line)["loss"] for line in path.read_text().splitlines() if line.strip()]
+    losses = [
+        row["loss"] for row in RunDir(run_dir).metrics.rows() if isinstance(row.get("loss"), (int, float))
+    ]
     tail = losses[-max(1, len(losses) // 10) :]
     return sum(tail) / len(tail) if tail else None
 
 
 def evaluate(arm: Arm, nproc: int | None) -> dict:
     """`cinescene eval` of the arm's final checkpoint on the held-out data; returns its metrics.json."""
+    from cinescene.ckpt.locate import checkpoints_dir
+
     out = arm.run_dir / EVAL_OUT
     argv = _python() + [
         "eval",
-        str(arm.run_dir),
+        str(checkpoints_dir(arm.cfg)),
         "--out",
         str(out),
         "--nproc",
@@ -215,7 +216,8 @@ def attention(arm: Arm) -> dict | None:
     """The context attention probe while generating the held-out samples (None without scene context)."""
     if not arm.cfg.model.scene.enabled:
         return None
-    from cinescene.sampling.checkpoint import load_inference_model, resolve_checkpoint
+    from cinescene.ckpt.locate import checkpoints_dir, resolve_checkpoint
+    from cinescene.sampling.checkpoint import load_inference_model
     from cinescene.sampling.codec import build_codec
     from cinescene.sampling.pipeline import Settings, VideoGenerator
     from cinescene.sampling.spec import training_spec
@@ -226,7 +228,7 @@ def attention(arm: Arm) -> dict | None:
     cfg = arm.cfg
     spec = training_spec(cfg)
     chosen = choose(cfg, spec)
-    model = load_inference_model(resolve_checkpoint(arm.run_dir), cfg, ema=cfg.train.ema.enabled)
+    model = load_inference_model(resolve_checkpoint(checkpoints_dir(cfg)), cfg, ema=cfg.train.ema.enabled)
     generator = VideoGenerator(model, spec, build_codec(spec, cfg.model), "cpu")
     settings = Settings(
         steps=cfg.eval.sample_steps,

@@ -18,7 +18,6 @@ samples r, r + W, ...; every rank writes its samples' files (the mp4 in
 
 from __future__ import annotations
 
-import fcntl
 import os
 import sys
 from collections.abc import Sequence
@@ -30,7 +29,9 @@ import torch
 import torch.distributed as dist
 
 from cinescene import __version__
+from cinescene.ckpt.config import checkpoint_config
 from cinescene.ckpt.layout import refuse_inside_checkpoint
+from cinescene.ckpt.locate import resolve_checkpoint
 from cinescene.config import ConfigError
 from cinescene.config.base import positive
 from cinescene.config.eval import check_metric_names
@@ -38,8 +39,9 @@ from cinescene.config.paths import check_output_location
 from cinescene.distributed.env import SPAWNER_MARK, detect, standalone
 from cinescene.distributed.spawn import check_local_ranks, spawn_local_ranks
 from cinescene.errors import CineSceneError
+from cinescene.locks import DirLock, LockBusy
 from cinescene.log import get_logger, setup_logging, show_progress_bars
-from cinescene.sampling.checkpoint import checkpoint_config, load_inference_model, resolve_checkpoint
+from cinescene.sampling.checkpoint import load_inference_model
 from cinescene.sampling.codec import build_codec
 from cinescene.sampling.device import device_and_dtype
 from cinescene.sampling.inputs import ShardSamples
@@ -117,23 +119,21 @@ def plan(request: EvalRequest) -> EvalPlan:
     return EvalPlan(source, cfg, spec, cfg.eval.data, chosen.indices, chosen.keys, Path(request.out))
 
 
-def _lock(out: Path):
-    """Hold ``out/.eval.lock`` (released by the kernel when the process dies); one-line error if taken."""
+def _lock(out: Path) -> DirLock:
+    """Hold ``out/.eval.lock`` (a :class:`cinescene.locks.DirLock`: flock, or a lock file where flock does
+    not hold across nodes); one-line error if another eval holds it."""
     if out.exists() and not out.is_dir():
         raise CineSceneError(f"--out {out} is a file, not a directory")
     try:
-        out.mkdir(parents=True, exist_ok=True)
-        handle = open(out / LOCK, "w")
-    except OSError as exc:
-        raise CineSceneError(f"cannot write into {out}: {exc.strerror or exc}") from None
-    try:
-        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        handle.close()
-        raise CineSceneError(
-            f"another `cinescene eval` is writing into {out}; wait for it or use another --out"
-        ) from None
-    return handle
+        return DirLock(
+            out,
+            LOCK,
+            lambda holder: (
+                f"another `cinescene eval` is writing into {out} ({holder}); wait for it or use another --out"
+            ),
+        ).acquire()
+    except LockBusy as exc:
+        raise CineSceneError(str(exc)) from None
 
 
 def rank_argv(request: EvalRequest) -> list[str]:
@@ -178,7 +178,7 @@ def launch(request: EvalRequest) -> int:
         return run_rank(request, the_plan, env)
     finally:
         if lock is not None:
-            lock.close()
+            lock.release()
 
 
 def _device(request: EvalRequest, env):

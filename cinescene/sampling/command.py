@@ -20,7 +20,9 @@ import torch
 from omegaconf import OmegaConf
 
 from cinescene import __version__
+from cinescene.ckpt.config import checkpoint_config
 from cinescene.ckpt.layout import refuse_inside_checkpoint
+from cinescene.ckpt.locate import resolve_checkpoint
 from cinescene.config.base import ConfigError, in_range, require
 from cinescene.config.eval import MAX_SAMPLE_STEPS
 from cinescene.config.paths import check_distinct, check_output_location
@@ -30,7 +32,7 @@ from cinescene.log import get_logger, setup_logging, show_progress_bars
 from cinescene.secrets import scrub, secret_values
 
 from .cameras import MAX_CAMERA_SCALE, anchor_trajectory, load_scene_cameras, resolve_camera
-from .checkpoint import checkpoint_config, load_inference_model, resolve_checkpoint
+from .checkpoint import load_inference_model
 from .codec import build_codec
 from .device import device_and_dtype
 from .inputs import ShardSamples, load_scene_folder, parse_shard_ref

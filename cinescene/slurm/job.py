@@ -48,6 +48,7 @@ from pathlib import Path
 
 from omegaconf import OmegaConf
 
+from cinescene.ckpt.locate import checkpoints_dir, latest_step_dir
 from cinescene.config.schema import CineSceneConfig
 from cinescene.distributed.env import RANK_VARIABLES, slurm_master_port
 from cinescene.distributed.slurm_env import (
@@ -60,10 +61,11 @@ from cinescene.distributed.slurm_env import (
 )
 from cinescene.errors import CineSceneError
 from cinescene.log import get_logger, setup_logging
+from cinescene.run_dir import RunDir
 from cinescene.secrets import scrub, secret_values
 
 from .environment import start_record
-from .records import job_log_dir, job_log_path, last_metrics, write_record
+from .records import write_record
 
 _log = get_logger("slurm")
 
@@ -179,10 +181,6 @@ def _reap_orphans(timeout: float) -> None:
     _log.warning("processes started by srun still run after %.0f s; going on", timeout)
 
 
-def _checkpoint_root(cfg: CineSceneConfig) -> Path:
-    return Path(cfg.checkpoint.dir or Path(cfg.run.dir) / "checkpoints")
-
-
 def write_start_record(path: Path, cmd: list[str], nodes: list[str], cfg) -> None:
     """``<job>.start-<N>.json``, masked whole (the command line holds the overrides, the environment what
     the job inherited) and durable before the ranks start."""
@@ -191,20 +189,11 @@ def write_start_record(path: Path, cmd: list[str], nodes: list[str], cfg) -> Non
     write_record(path, record)
 
 
-def _latest_checkpoint(root: Path) -> Path | None:
-    from cinescene.ckpt.layout import read_pointer
-
-    try:
-        return read_pointer(root)
-    except CineSceneError:
-        return None
-
-
 def _saved_on_preemption(root: Path, before: Path | None) -> bool:
     """Whether the newest checkpoint is new since ``before`` and was saved on a preemption signal."""
     from cinescene.ckpt.record import SaveReason, read_record
 
-    latest = _latest_checkpoint(root)
+    latest = latest_step_dir(root)
     if latest is None or latest == before:
         return False
     try:
@@ -225,7 +214,7 @@ def decide(status: int, ending: str | None, cfg: CineSceneConfig, label: str) ->
     if status in (USER_ERROR, CONFIG_ERROR):
         return False, (
             f"the ranks failed with status {status}, an error to fix (see "
-            f"{Path(cfg.run.dir) / 'logs'}): not requeueing"
+            f"{RunDir(cfg.run.dir).logs}): not requeueing"
         )
     why = (
         "the ranks saved after a preemption signal"
@@ -269,8 +258,9 @@ def _start(
     cfg: CineSceneConfig, config_path: str, overrides: Sequence[str], signals: JobSignals
 ) -> StartOutcome:
     label = job_label()
-    log_path = job_log_path(cfg.run.dir, label)
-    job_log_dir(cfg.run.dir).mkdir(parents=True, exist_ok=True)
+    run_dir = RunDir(cfg.run.dir)
+    log_path = run_dir.job_log(label)
+    run_dir.slurm.mkdir(parents=True, exist_ok=True)
     _redirect_output(log_path)
     setup_logging(cfg.run.log_level)
     restart = restart_count()
@@ -291,11 +281,11 @@ def _start(
             "its latest checkpoint, resubmit to continue from it"
         )
     cmd = srun_command(config_path, overrides)
-    write_start_record(log_path.with_name(f"{label}.start-{restart}.json"), cmd, nodes, cfg)
+    write_start_record(run_dir.start_record(label, restart), cmd, nodes, cfg)
 
     env = step_environment(os.environ, nodes)
-    checkpoints = _checkpoint_root(cfg)
-    before = _latest_checkpoint(checkpoints)
+    checkpoints = checkpoints_dir(cfg)
+    before = latest_step_dir(checkpoints)
     status = step_status = signals.run_step(cmd, env, skipped_status=cfg.launch.preempt_exit_code)
     if status not in (DONE, USER_ERROR, CONFIG_ERROR, cfg.launch.preempt_exit_code) and _saved_on_preemption(
         checkpoints, before
@@ -319,8 +309,8 @@ def final_record(cfg: CineSceneConfig, restarts: int) -> dict:
     restarts."""
     from cinescene.ckpt.layout import step_of
 
-    checkpoint = _latest_checkpoint(_checkpoint_root(cfg))
-    metrics = last_metrics(cfg.run.dir)
+    checkpoint = latest_step_dir(checkpoints_dir(cfg))
+    metrics = RunDir(cfg.run.dir).metrics.last()
     return {
         "run_dir": str(cfg.run.dir),
         "step": step_of(checkpoint) if checkpoint is not None else metrics.get("step"),

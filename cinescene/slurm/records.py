@@ -1,4 +1,4 @@
-"""What a run directory keeps about its SLURM jobs, under ``<run.dir>/slurm/``.
+"""What a run directory keeps about its SLURM jobs, under ``<run.dir>/slurm/`` (names: :class:`RunDir`).
 
 ::
 
@@ -20,21 +20,10 @@ from pathlib import Path
 from typing import Any
 
 from cinescene.durable import append_line, write_json_atomic
+from cinescene.run_dir import RunDir
 
-JOB_DIR = "slurm"
-JOBS_FILE = "jobs"
-TRIAL_FILE = "trial.json"
 # A job id as SLURM prints it: "12", or "13_4" for an array task.
 JOB_ID = re.compile(r"^\d+(_\d+)?$")
-
-
-def job_log_dir(run_dir: str | os.PathLike) -> Path:
-    return Path(run_dir) / JOB_DIR
-
-
-def job_log_path(run_dir: str | os.PathLike, label: str) -> Path:
-    """``<run.dir>/slurm/<job>.out`` for a job labelled as SLURM's %j / %A_%a would."""
-    return job_log_dir(run_dir) / f"{label}.out"
 
 
 def write_record(path: Path, data: Any, mode: int | None = None) -> None:
@@ -75,25 +64,12 @@ def string_list(value: Any) -> list[str]:
 
 
 def record_job(run_dir: str | os.PathLike, job_id: str) -> None:
-    path = job_log_dir(run_dir) / JOBS_FILE
+    path = RunDir(run_dir).slurm_jobs
     path.parent.mkdir(parents=True, exist_ok=True)
     append_line(path, job_id)
 
 
 def recorded_jobs(run_dir: str | os.PathLike) -> list[str]:
     """The job ids in ``slurm/jobs``, oldest first; a line that is not a job id ("12", "13_4") is skipped."""
-    text = _text(job_log_dir(run_dir) / JOBS_FILE) or ""
+    text = _text(RunDir(run_dir).slurm_jobs) or ""
     return [line.strip() for line in text.splitlines() if JOB_ID.match(line.strip())]
-
-
-def last_metrics(run_dir: str | os.PathLike) -> dict[str, Any]:
-    """The last complete row of ``<run.dir>/metrics.jsonl`` ({} when there is none)."""
-    text = _text(Path(run_dir) / "metrics.jsonl") or ""
-    for line in reversed(text.splitlines()):
-        try:
-            row = json.loads(line)
-        except ValueError:
-            continue  # a line cut short by a crash
-        if isinstance(row, dict):
-            return row
-    return {}

@@ -43,10 +43,11 @@ from cinescene.config import ConfigError, load_config
 from cinescene.config.sweep import as_override, base_config, expand_sweep
 from cinescene.distributed.slurm_env import job_label, restart_count
 from cinescene.errors import CineSceneError
+from cinescene.run_dir import RunDir
 
 from . import sbatch, sweeps
 from .accounting import check_no_live_job
-from .records import job_log_dir, job_log_path, record_job
+from .records import record_job
 
 # How a run reaches SLURM: sbatch with train.sbatch (`cinescene submit`), or submitit's executor.
 SUBMIT_VIA = ("sbatch", "submitit")
@@ -55,7 +56,7 @@ JOB_FOLDER = "submitit"
 
 def job_folder(root: str | os.PathLike) -> Path:
     """The submitit folder of a run directory (or of a sweep's run_root, for its array)."""
-    return job_log_dir(root).resolve() / JOB_FOLDER
+    return RunDir(root).slurm.resolve() / JOB_FOLDER
 
 
 def private_folder(folder: Path) -> Path:
@@ -199,7 +200,7 @@ def _release_submitit_signals() -> None:
 
 def _link_log(run_dir: str, label: str, log: Path) -> None:
     """``<run.dir>/slurm/<job>.out`` -> submitit's log of the job, where this start's output goes."""
-    link = job_log_path(run_dir, label)
+    link = RunDir(run_dir).job_log(label)
     link.parent.mkdir(parents=True, exist_ok=True)
     if link.is_symlink() and Path(os.readlink(link)) == log:
         return

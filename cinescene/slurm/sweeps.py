@@ -13,7 +13,6 @@ Submissions of one sweep are serialised by a lock on ``<run_root>/slurm/.lock``.
 
 from __future__ import annotations
 
-import fcntl
 import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
@@ -23,38 +22,19 @@ from typing import Any
 
 from omegaconf import OmegaConf
 
+from cinescene.ckpt.locate import checkpoints_dir, latest_step
+from cinescene.config.base import ConfigError
 from cinescene.config.sweep import SweepSpec, Trial
 from cinescene.errors import CineSceneError
+from cinescene.locks import DirLock
+from cinescene.run_dir import RunDir
 from cinescene.secrets import scrub, secret_values
 
 from . import sbatch
 from .accounting import LIVE_STATES, UNKNOWN, job_states
-from .records import (
-    JOB_DIR,
-    TRIAL_FILE,
-    job_log_dir,
-    last_metrics,
-    read_json,
-    record_job,
-    recorded_jobs,
-    string_list,
-    typed,
-    write_record,
-)
+from .records import read_json, record_job, recorded_jobs, string_list, typed, write_record
 
 NOT_SUBMITTED = "-"
-
-
-def checkpoint_step(cfg) -> int | None:
-    """The step of the run's latest complete checkpoint (None without one)."""
-    root = Path(cfg.checkpoint.dir or Path(cfg.run.dir) / "checkpoints")
-    if not root.is_dir():
-        return None  # a trial that never ran: no need to import the trainer (and torch) to know
-    from cinescene.ckpt.layout import step_of
-    from cinescene.train.checkpoint import CheckpointManager
-
-    latest = CheckpointManager(root, cfg.checkpoint, rank=0, world_size=1).latest()
-    return step_of(latest) if latest is not None else None
 
 
 @dataclass
@@ -64,13 +44,30 @@ class TrialPlan:
     detail: str = ""
 
 
+def require_own_checkpoint_dirs(trials: Sequence[Trial]) -> None:
+    """No two trials share a checkpoint directory (compared resolved: ``./``, ``..``, a trailing slash or a
+    symlink do not make two spellings of one directory two directories); they would prune each other's."""
+    seen: dict[Path, Trial] = {}
+    for trial in trials:
+        where = checkpoints_dir(trial.config).resolve()
+        first = seen.setdefault(where, trial)
+        if first is not trial:
+            raise ConfigError(
+                "checkpoint.dir",
+                f"sweep trials {first.index} and {trial.index} would share the checkpoint directory {where}; "
+                "one checkpoint directory belongs to one run: give each trial its own (the default, "
+                "<run.dir>/checkpoints, is)",
+            )
+
+
 def plan(trials: Sequence[Trial]) -> list[TrialPlan]:
     """What a submission does with each trial: submit it, or skip it (finished / still queued)."""
+    require_own_checkpoint_dirs(trials)
     last_jobs = {t.signature: (recorded_jobs(t.run_dir) or [None])[-1] for t in trials}
     states = job_states([j for j in last_jobs.values() if j])
     plans = []
     for t in trials:
-        step = checkpoint_step(t.config)
+        step = latest_step(checkpoints_dir(t.config))
         job = last_jobs[t.signature]
         if step is not None and step >= t.config.train.max_steps:
             plans.append(TrialPlan(t, "finished", f"step {step}/{t.config.train.max_steps}"))
@@ -95,14 +92,17 @@ def shared_launch(trials: Sequence[Trial]):
 
 @contextmanager
 def sweep_lock(run_root: Path) -> Iterator[None]:
-    lock_dir = job_log_dir(run_root)
-    lock_dir.mkdir(parents=True, exist_ok=True)
-    with open(lock_dir / ".lock", "w") as handle:
-        try:
-            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            raise CineSceneError(f"another `cinescene sweep` is submitting {run_root} right now") from None
+    """One submission of a sweep at a time (a :class:`cinescene.locks.DirLock` in its ``slurm/``)."""
+    root = RunDir(run_root)
+    lock = DirLock(
+        root.slurm,
+        root.submit_lock,
+        lambda holder: f"another `cinescene sweep` is submitting {run_root} right now ({holder})",
+    ).acquire()
+    try:
         yield
+    finally:
+        lock.release()
 
 
 def array_submission(
@@ -112,7 +112,7 @@ def array_submission(
     return sbatch.build(
         shared_launch(todo),
         job_name=spec.name,
-        output=sbatch.log_pattern(job_log_dir(run_root), "%A_%a.out"),
+        output=sbatch.log_pattern(RunDir(run_root).slurm, "%A_%a.out"),
         job_args=["--array-table", str(table.resolve())],
         array=f"0-{len(todo) - 1}{throttle}",
     )
@@ -123,7 +123,7 @@ def submit_array(
 ) -> str:
     """Write the table and each trial's record, submit the array; returns the array's job id."""
     table = (
-        job_log_dir(run_root) / f"array-{time.strftime('%Y%m%dT%H%M%S')}-{time.time_ns() % 10**9:09d}.json"
+        RunDir(run_root).slurm / f"array-{time.strftime('%Y%m%dT%H%M%S')}-{time.time_ns() % 10**9:09d}.json"
     )
     submission = array_submission(spec, todo, run_root, table, max_parallel)
     # What the array's tasks run, verbatim (a secret given as an override must reach its job): private.
@@ -153,7 +153,7 @@ def write_trial_records(spec: SweepSpec, todo: Sequence[Trial]) -> None:
             "overrides": t.overrides,
             "max_steps": t.config.train.max_steps,
         }
-        write_record(job_log_dir(t.run_dir) / TRIAL_FILE, scrub(record, secret_values(config=config)))
+        write_record(RunDir(t.run_dir).trial, scrub(record, secret_values(config=config)))
 
 
 def array_task(table: Path, task_id: int) -> list[str]:
@@ -191,10 +191,11 @@ def trial_dirs(run_root: Path) -> list[Path]:
     """Run directories under ``run_root`` that a sweep submission marked as its trials."""
     if not run_root.is_dir():
         raise CineSceneError(f"{run_root} is not a directory (give a sweep file or a sweep's run_root)")
-    found = sorted(p for p in run_root.iterdir() if (job_log_dir(p) / TRIAL_FILE).is_file())
+    found = sorted(p for p in run_root.iterdir() if RunDir(p).trial.is_file())
     if not found:
+        shown = RunDir("<trial>").trial
         raise CineSceneError(
-            f"{run_root} holds no sweep trials (no <trial>/{JOB_DIR}/{TRIAL_FILE}): give the "
+            f"{run_root} holds no sweep trials (no {shown}): give the "
             "sweep file, or the run_root of a sweep that was submitted"
         )
     return found
@@ -207,7 +208,7 @@ def status(entries: Sequence[dict[str, Any]]) -> list[TrialStatus]:
     rows = []
     for e in entries:
         job = last_jobs[e["run_dir"]]
-        metrics = last_metrics(e["run_dir"])
+        metrics = RunDir(e["run_dir"]).metrics.last()
         rows.append(
             TrialStatus(
                 signature=e["signature"],
@@ -239,7 +240,7 @@ def entries_of_trials(trials: Sequence[Trial]) -> list[dict[str, Any]]:
 def entries_of_dir(run_root: Path) -> list[dict[str, Any]]:
     entries = []
     for path in trial_dirs(run_root):
-        record = read_json(job_log_dir(path) / TRIAL_FILE) or {}
+        record = read_json(RunDir(path).trial) or {}
         entries.append(
             {
                 "signature": typed(record.get("signature"), str) or path.name,

@@ -36,6 +36,7 @@ from dataclasses import replace
 from pathlib import Path
 
 from cinescene.host_memory import current_rss_bytes, human_bytes, peak_rss_bytes, reset_peak
+from cinescene.run_dir import RunDir
 
 # DeepSpeed's communication logger records the tensor argument's bytes (all-gather's is the rank's shard, the
 # others' the whole buffer): per logged operation, the plan's collective and what one rank of n sends as a
@@ -108,26 +109,26 @@ def rank_main(argv: list[str]) -> int:
     # Started with the forwarded signals blocked (cinescene.distributed.spawn); a benchmark has nothing to
     # save, so they end it as they would any process.
     signal.pthread_sigmask(signal.SIG_UNBLOCK, signal_numbers(FORWARDED_SIGNALS))
-    result, log_dir, warmup, steps, accum, config, *overrides = argv
+    result, out_dir, warmup, steps, accum, config, *overrides = argv
     warmup, steps, accum = int(warmup), int(steps), int(accum)
     from cinescene.distributed.env import detect, standalone
     from cinescene.log import send_output_to, setup_logging, verbose
 
     env = detect() or standalone(1)
     if not verbose():
-        send_output_to(Path(log_dir) / f"rank{env.rank}.log")
+        send_output_to(RunDir(out_dir).rank_log(env.rank))
     setup_logging("WARNING", None, env.rank)
 
     import deepspeed.comm as ds_comm
     import torch
 
     from cinescene.config import load_config
+    from cinescene.distributed.batching import plan_batch
     from cinescene.distributed.groups import build_layout, destroy_process_group, init_process_group
     from cinescene.models import build_model
     from cinescene.plan.batch import random_batch
     from cinescene.plan.inventory import parameter_inventory
 
-    from .batching import plan_batch
     from .engine import build_engine, use_zero_init
     from .loop import Trainer
     from .objective import FlowMatchingObjective
@@ -209,12 +210,12 @@ def run(
         result.unlink(missing_ok=True)
     except OSError as exc:
         raise CineSceneError(f"cannot write the figures into --out {out}: {exc.strerror or exc}") from None
-    argv = [sys.executable, "-m", "cinescene.train.bench_step", str(result), str(out / "logs")]
+    argv = [sys.executable, "-m", "cinescene.train.bench_step", str(result), str(out)]
     argv += [str(warmup), str(steps), str(accum), config, *overrides]
     status = spawn_local_ranks(argv, nproc, forward=FORWARDED_SIGNALS, extra_env=RESIDENT_SET_FOLLOWS_TENSORS)
     if status or not result.is_file():
         raise CineSceneError(
-            f"the benchmark ranks failed (exit status {status}); their output is in {out / 'logs'}"
+            f"the benchmark ranks failed (exit status {status}); their output is in {RunDir(out).logs}"
         )
     measured = json.loads(result.read_text())
     on_gpu = measured["device"] != "cpu"
@@ -266,7 +267,7 @@ def run(
         if sum(planned_sent.values())
         else None,  # one rank: nothing to send
         "planned_step_s": time.step_s,
-        "log_dir": str(out / "logs"),
+        "log_dir": str(RunDir(out).logs),
     }
     result.write_text(json.dumps(report, sort_keys=True))
     return report

@@ -2,25 +2,44 @@
 
 Each rank of a local job builds a CineScene DiT sized to the requested
 amount of fp32 optimizer state (weights + two Adam moments, 12 bytes per
-trained parameter), takes one optimizer step under ZeRO-3, then:
+trained parameter), takes one optimizer step under ZeRO-3, then, each round,
+three saves (each kind first in turn, so none always inherits another's dirty
+page cache; ``dd`` writes after the first):
 
-* save: :meth:`CheckpointManager.save`, the trainer's own path (hashing
-  while writing, fsync, rename, `latest`); the training loop is blocked for
-  exactly this long, since saves are synchronous;
-* load: :func:`cinescene.train.checkpoint.resume` into a freshly built
-  engine, minus the time it spends building that engine (choosing and
-  checking the checkpoint, loading shards and rank states remain);
-* export: ``cinescene ckpt export`` of the saved checkpoint in this process,
-  with its peak resident memory.
+* synchronous: :meth:`CheckpointManager.save` with ``checkpoint.async`` off,
+  the trainer's own path (hashing while writing, fsync, rename, `latest`);
+  the training loop is blocked for exactly this long;
+* ``checkpoint.async`` in the loop: :meth:`CheckpointManager.begin_save`, then
+  one training step whose update waits for the host copy, as in training: the
+  loop's blocked time is the two waits;
+* ``checkpoint.async`` with the loop idle: nothing hides the copy (all of it
+  counts as blocked), and the background write (the slowest rank's files) and
+  the commit have the machine to themselves: the write's throughput;
+
+then load: :func:`cinescene.train.checkpoint.resume` into a freshly built
+engine, minus the time it spends building that engine (choosing and checking
+the checkpoint, hashing every file against the manifest, loading shards and
+rank states remain), then the same load with ``checkpoint.verify=false``
+(sizes checked only), caches dropped again, so the difference is what
+verification costs. Once at the start, the
+host copy is measured and reserved as the trainer does; once at the end,
+``cinescene ckpt export`` of the last checkpoint in this process, with its
+peak resident memory.
 
 ``dd`` writes (``conv=fsync``) and reads a file of the checkpoint's size in
 the same directory right before and after; both reads start cold where the
 kernel honours ``posix_fadvise(DONTNEED)`` on clean pages (a tmpfs keeps
 them cached: the figures then compare memory copies).
+
+Everything goes into a new directory under ``--dir`` (``bench-checkpoint-*``),
+library output included (``logs/bench.log``); it is removed afterwards (but
+the run, with ``--keep``), and kept with its log when the ranks fail. Nothing
+already under ``--dir`` is touched.
 """
 
 from __future__ import annotations
 
+import gc
 import json
 import math
 import os
@@ -28,28 +47,31 @@ import shutil
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 import warnings
+from dataclasses import replace
 from pathlib import Path
 
 import torch
+from omegaconf import OmegaConf
 
 from cinescene.ckpt.export import export
+from cinescene.ckpt.locate import checkpoints_dir
 from cinescene.ckpt.manifest import read_manifest
-from cinescene.config import load_config
+from cinescene.config import ConfigError, load_config
 from cinescene.distributed.env import detect
 from cinescene.distributed.spawn import spawn_local_ranks
 from cinescene.errors import CineSceneError
-from cinescene.host_memory import human_bytes
-from cinescene.log import setup_logging
+from cinescene.host_memory import current_rss_bytes, human_bytes
+from cinescene.log import send_output_to, setup_logging, verbose
 from cinescene.models import build_model
 
 BENCH_LAYERS_MAX = 64
 
 
 def bench_overrides(state_bytes: float, base: list[str]) -> list[str]:
-    """Config overrides for a DiT whose fp32 training state
-    is about ``state_bytes`` (12 bytes per parameter)."""
+    """Config overrides for a DiT whose fp32 training state is about ``state_bytes`` (12 B a parameter)."""
 
     def params(layers: int) -> int:
         cfg, _ = load_config(None, base + [f"model.num_layers={layers}"])
@@ -100,8 +122,10 @@ def rank_main(argv: list[str]) -> int:
     """One rank of the benchmark job:
     ``python -m cinescene.train.checkpoint_bench RESULT REPEATS OVERRIDES...``.
 
-    Per repeat, side by side: save, ``dd`` writing a file of the checkpoint's size, load (resume), ``dd``
-    reading that file; ``dd`` runs on rank 0 while the other ranks wait, caches dropped before each read.
+    Per round, side by side: a synchronous and a ``checkpoint.async`` save (blocked time, then the
+    background write waited for), in turn first, with ``dd`` writing a file of the checkpoint's size
+    between them; load (resume), ``dd`` reading that file. ``dd`` runs on rank 0 while the other ranks
+    wait, caches dropped before each read.
     """
     # The trainer's side loads DeepSpeed, which prints on import: only the ranks (their output goes to the
     # run's logs) import it, never the process the benchmark was started from.
@@ -122,9 +146,11 @@ def rank_main(argv: list[str]) -> int:
     try:
         layout = build_layout(env, cfg.parallel.sequence)
         plan = plan_batch(cfg.train, env.world_size, cfg.parallel.sequence)
-        checkpoints = CheckpointManager(
-            Path(cfg.run.dir) / "checkpoints", cfg.checkpoint, rank=env.rank, world_size=env.world_size
-        )
+        root = checkpoints_dir(cfg)
+        synchronous_cfg, background_cfg = replace(cfg.checkpoint), replace(cfg.checkpoint)
+        synchronous_cfg.background_write, background_cfg.background_write = False, True
+        synchronous = CheckpointManager(root, synchronous_cfg, rank=env.rank, world_size=env.world_size)
+        background = CheckpointManager(root, background_cfg, rank=env.rank, world_size=env.world_size)
         built: dict[str, float] = {}
 
         def make_engine():
@@ -133,63 +159,163 @@ def rank_main(argv: list[str]) -> int:
             built["s"] = time.perf_counter() - started
             return engine
 
-        start = resume(cfg, layout, plan, checkpoints, make_engine)
+        start = resume(cfg, layout, plan, synchronous, make_engine)
         model = cfg.model
-        x = torch.randn(1, model.in_dim, 1, 4, 4)
-        loss = (
-            start.engine(x, torch.tensor([500.0]), torch.randn(1, model.text_len, model.text_dim))
-            .square()
-            .mean()
-        )
-        start.engine.backward(loss)
-        start.engine.step()
-        times: dict[str, list[float]] = {"save_s": [], "load_s": [], "dd_write_s": [], "dd_read_s": []}
-        dd_file = Path(cfg.run.dir) / "dd-bench.bin"
-        for repeat in range(repeats):
-            state = TrainState(
-                step=repeat + 1, consumed_samples=(repeat + 1) * plan.global_batch_size, max_steps=repeats
+
+        def train_step(before_update=lambda: None) -> None:
+            """One optimizer step of the loop: forward, backward, (the save's copy waited for), update."""
+            x = torch.randn(1, model.in_dim, 1, 4, 4)
+            text = torch.randn(1, model.text_len, model.text_dim)
+            start.engine.backward(start.engine(x, torch.tensor([500.0]), text).square().mean())
+            before_update()
+            start.engine.step()
+
+        train_step()
+        rss_before = current_rss_bytes()
+        background.prepare_background(start.engine, [], env.local_world_size)
+        host_rss_growth = current_rss_bytes() - rss_before
+        times: dict[str, list[float]] = {
+            key: []
+            for key in (
+                "save_s",
+                "async_blocked_s",
+                "async_copy_wait_s",
+                "async_unhidden_blocked_s",
+                "async_write_s",
+                "async_commit_s",
+                "async_total_s",
+                "load_s",
+                "load_unverified_s",
+                "dd_write_s",
+                "dd_read_s",
             )
+        }
+        unverified = CheckpointManager(
+            root, replace(cfg.checkpoint, verify=False), rank=env.rank, world_size=env.world_size
+        )
+        dd_file = Path(cfg.run.dir) / "dd-bench.bin"
+
+        def slowest(value: float) -> float:
+            tensor = torch.tensor([value], dtype=torch.float64)
+            dist.all_reduce(tensor, op=dist.ReduceOp.MAX)
+            return float(tensor.item())
+
+        # Saved with every checkpoint as the trainer does: the export at the end builds its model from it.
+        config_yaml = OmegaConf.to_yaml(OmegaConf.structured(cfg))
+
+        def save_args(step: int):
+            state = TrainState(
+                step=step, consumed_samples=step * plan.global_batch_size, max_steps=3 * repeats
+            )
+            record = start.facts.record(state, "benchmark", None)
+            return start.engine, record, rank_state_now(env.rank, CallbackList([])), config_yaml
+
+        def save_synchronously(step: int) -> Path:
             dist.barrier()
             started = time.perf_counter()
-            path = checkpoints.save(
-                start.engine,
-                start.facts.record(state, "benchmark", None),
-                rank_state_now(env.rank, CallbackList([])),
-                "",
-            )
-            times["save_s"].append(time.perf_counter() - started)
+            path = synchronous.save(*save_args(step))
+            times["save_s"].append(slowest(time.perf_counter() - started))
+            return path
+
+        def save_in_the_loop(step: int) -> Path:
+            """checkpoint.async as the trainer runs it: the loop's blocked time."""
+            dist.barrier()
+            background.begin_save(*save_args(step))
+            train_step(background.before_update)  # the loop's next step: its update waits for the copy
+            path = background.finish()
+            figures = background.last_save
+            times["async_blocked_s"].append(slowest(figures.blocked_s))
+            times["async_copy_wait_s"].append(slowest(figures.copy_wait_s))
+            return path
+
+        def save_idle(step: int) -> Path:
+            """checkpoint.async with the loop idle: the background write has the machine to itself."""
+            dist.barrier()
+            background.begin_save(*save_args(step))
+            background.before_update()  # nothing to hide the copy behind: all of it counts as blocked
+            path = background.finish()
+            figures = background.last_save
+            times["async_unhidden_blocked_s"].append(slowest(figures.blocked_s))
+            times["async_write_s"].append(slowest(figures.write_s))
+            times["async_commit_s"].append(slowest(figures.commit_s))
+            times["async_total_s"].append(slowest(figures.total_s))
+            return path
+
+        saves = [save_synchronously, save_in_the_loop, save_idle]
+        for repeat in range(repeats):
+            # Each kind of save goes first in turn: none always writes into the page cache another (or dd)
+            # left dirty.
+            order = saves[repeat % 3 :] + saves[: repeat % 3]
+            path = order[0](3 * repeat + 1)
             size = sum(r.size for r in read_manifest(path).values())
             if env.rank == 0:
                 times["dd_write_s"].append(_dd(["if=/dev/zero", f"of={dd_file}"], size, "conv=fsync"))
+            order[1](3 * repeat + 2)
+            path = order[2](3 * repeat + 3)
+            if env.rank == 0:
                 _evict([dd_file, *(p for p in path.rglob("*") if p.is_file())])
-            start = None  # the engine goes; the next one is built by the load
+            _drop_engine(start.engine)  # the next one is built by the load
+            start = None
             dist.barrier()
             started = time.perf_counter()
-            start = resume(cfg, layout, plan, checkpoints, make_engine)
+            start = resume(cfg, layout, plan, synchronous, make_engine)
             dist.barrier()
             times["load_s"].append(time.perf_counter() - started - built["s"])
-            assert start.state.step == repeat + 1
+            assert start.state.step == 3 * repeat + 3
             if env.rank == 0:
                 times["dd_read_s"].append(_dd([f"if={dd_file}", "of=/dev/null"], size))
                 dd_file.unlink()
+                _evict([p for p in path.rglob("*") if p.is_file()])
+            _drop_engine(start.engine)
+            start = None
             dist.barrier()
+            started = time.perf_counter()
+            start = resume(cfg, layout, plan, unverified, make_engine)
+            dist.barrier()
+            times["load_unverified_s"].append(time.perf_counter() - started - built["s"])
+            dist.barrier()
+        host_copy = torch.tensor([background.host_copy_bytes], dtype=torch.float64)
+        dist.all_reduce(host_copy, op=dist.ReduceOp.MAX)
         if env.rank == 0:
             figures = {key: statistics.median(values) for key, values in times.items()}
             result.write_text(
                 json.dumps(
                     {
                         **figures,
+                        "rounds": times,
                         "checkpoint": str(path),
                         "checkpoint_bytes": size,
                         "dd_bytes": _dd_count(size) * 2**20,
                         "repeats": repeats,
                         "parameters": sum(math.prod(s) for s in start.facts.params.values()),
+                        "host_copy_bytes": int(host_copy.item()),
+                        "host_rss_growth_bytes": host_rss_growth,
                     }
                 )
             )
+    except (CineSceneError, ConfigError) as exc:  # one line for the command (checkpoint.async's memory)
+        if env.rank == 0:
+            result.write_text(json.dumps({"error": str(exc)}))
+        return 1
     finally:
         destroy_process_group()
     return 0
+
+
+def _drop_engine(engine) -> None:
+    """Free an engine before the next round builds another (a training process builds one only).
+
+    ZeRO-3 keeps every engine's module in a module-level list of DeepSpeed's
+    (``parameter_offload.FWD_MODULE_STACK``) and its hooks on the module, so
+    without this each round would keep the previous engine's weights and
+    optimizer state alive.
+    """
+    from deepspeed.runtime.zero import parameter_offload
+
+    engine.destroy()
+    stack = parameter_offload.FWD_MODULE_STACK
+    stack[:] = [module for module in stack if module is not engine.module]
+    gc.collect()
 
 
 def _dd_count(size: int) -> int:
@@ -207,30 +333,45 @@ def _dd(files: list[str], size: int, *flags: str) -> float:
 # ---------------------------------------------------------------------------- the job
 def run(*, state_gb: float, nproc: int, directory: Path, export_shard: int, repeats: int, keep: bool) -> dict:
     """The whole benchmark; returns its figures (see :func:`format_report`)."""
-    directory.mkdir(parents=True, exist_ok=True)
-    run_dir = directory / "bench-run"
-    if run_dir.exists():
-        shutil.rmtree(run_dir)
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+        work = Path(tempfile.mkdtemp(prefix="bench-checkpoint-", dir=directory))
+    except OSError as exc:
+        raise CineSceneError(f"--dir {directory}: cannot create a directory there ({exc.strerror})") from None
+    log = work / "logs" / "bench.log"
+    if not verbose():
+        send_output_to(
+            log
+        )  # DeepSpeed's and torch's chatter, this process's and the ranks' (they inherit it)
+        setup_logging("WARNING")  # our warnings stay on the console
+    run_dir = work / "run"
     overrides = bench_overrides(state_gb * 1e9, model_overrides(run_dir))
-    result = directory / "bench-result.json"
+    result = work / "result.json"
     status = spawn_local_ranks(
         [sys.executable, "-m", "cinescene.train.checkpoint_bench", str(result), str(repeats), *overrides],
         nproc,
     )
-    if status:
-        raise CineSceneError(f"the benchmark ranks failed (exit status {status}); see their output above")
+    if status:  # the benchmark's directory stays, for its log
+        stopped = json.loads(result.read_text()).get("error") if result.is_file() else None
+        if stopped:
+            raise CineSceneError(f"the benchmark stopped: {stopped} (its output is in {log})")
+        raise CineSceneError(f"the benchmark ranks failed (exit status {status}); their output is in {log}")
     figures = json.loads(result.read_text())
-    result.unlink()
-    exported = export(
-        figures["checkpoint"], directory / "bench-export", fmt="diffusers", max_shard_size=export_shard
-    )
-    shutil.rmtree(exported.out)
+    exported = export(figures["checkpoint"], work / "export", fmt="diffusers", max_shard_size=export_shard)
+    for path in work.iterdir():
+        if keep and path == run_dir:
+            continue
+        if path.is_dir():
+            shutil.rmtree(path)
+        else:
+            path.unlink()
     if not keep:
-        shutil.rmtree(run_dir)
+        work.rmdir()
     return {
         **figures,
         "ranks": nproc,
         "directory": str(directory),
+        "kept": str(run_dir) if keep else None,
         "export_s": exported.seconds,
         "export_peak_rss_bytes": exported.peak_rss_bytes,
         "export_start_rss_bytes": exported.start_rss_bytes,
@@ -243,23 +384,41 @@ def run(*, state_gb: float, nproc: int, directory: Path, export_shard: int, repe
 def format_report(r: dict) -> str:
     size, dd_size = r["checkpoint_bytes"], r["dd_bytes"]
     save_rate, load_rate = size / r["save_s"], size / r["load_s"]
+    plain_rate = size / r["load_unverified_s"]
+    write_rate = size / r["async_write_s"]
     dd_write, dd_read = dd_size / r["dd_write_s"], dd_size / r["dd_read_s"]
+    blocked = r["async_blocked_s"] / r["save_s"]
     lines = [
         f"checkpoint bench: {r['parameters']:,} parameters, ZeRO-3 fp32, {r['ranks']} ranks; checkpoint "
         f"{human_bytes(size)} in {r['directory']} (dd on the same disk); median of {r['repeats']} rounds",
-        f"{'':24}{'seconds':>9}{'GB/s':>9}{'vs dd':>8}",
-        f"{'dd write (fsync)':24}{r['dd_write_s']:9.2f}{dd_write / 1e9:9.3f}",
-        f"{'save':24}{r['save_s']:9.2f}{save_rate / 1e9:9.3f}{save_rate / dd_write:7.2f}x",
-        f"{'dd read':24}{r['dd_read_s']:9.2f}{dd_read / 1e9:9.3f}",
-        f"{'load (resume)':24}{r['load_s']:9.2f}{load_rate / 1e9:9.3f}{load_rate / dd_read:7.2f}x",
-        f"training loop blocked by a save: {r['save_s']:.2f} s (saves are synchronous: the loop waits for "
-        "the whole save)",
+        f"{'':34}{'seconds':>9}{'GB/s':>9}{'vs dd':>8}",
+        f"{'dd write (fsync)':34}{r['dd_write_s']:9.2f}{dd_write / 1e9:9.3f}",
+        f"{'save, synchronous':34}{r['save_s']:9.2f}{save_rate / 1e9:9.3f}{save_rate / dd_write:7.2f}x",
+        f"{'save, checkpoint.async: blocked':34}{r['async_blocked_s']:9.2f}",
+        f"{'  of which copy wait at update':34}{r['async_copy_wait_s']:9.2f}",
+        f"{'  blocked, copy not hidden':34}{r['async_unhidden_blocked_s']:9.2f}",
+        f"{'  background write (loop idle)':34}{r['async_write_s']:9.2f}{write_rate / 1e9:9.3f}"
+        f"{write_rate / dd_write:7.2f}x",
+        f"{'  commit (rank 0)':34}{r['async_commit_s']:9.2f}",
+        f"{'  begin to committed':34}{r['async_total_s']:9.2f}",
+        f"{'dd read':34}{r['dd_read_s']:9.2f}{dd_read / 1e9:9.3f}",
+        f"{'load (resume)':34}{r['load_s']:9.2f}{load_rate / 1e9:9.3f}{load_rate / dd_read:7.2f}x",
+        f"{'load, not verified':34}{r['load_unverified_s']:9.2f}{plain_rate / 1e9:9.3f}"
+        f"{plain_rate / dd_read:7.2f}x",
+        f"verification (SHA-256 of every file against the manifest, the ranks sharing them): "
+        f"{r['load_s'] - r['load_unverified_s']:+.2f} s of the load",
+        f"training loop blocked by a save: {r['save_s']:.2f} s synchronous, "
+        f"{r['async_blocked_s']:.3f} s with checkpoint.async ({blocked:.3f}x)",
+        f"checkpoint.async host copy: {human_bytes(r['host_copy_bytes'])} per rank, reserved at start-up "
+        f"(resident memory +{human_bytes(r['host_rss_growth_bytes'])})",
         f"export (diffusers, fp32): {r['export_s']:.2f} s, peak RSS {human_bytes(r['export_peak_rss_bytes'])}"
         f"{' (process life-time)' if r['export_peak_is_process_lifetime'] else ''} (at start "
         f"{human_bytes(r['export_start_rss_bytes'])}) for the {human_bytes(size)} checkpoint; shard limit "
         f"{human_bytes(r['export_shard_bytes'])}, largest tensor "
         f"{human_bytes(r['export_largest_tensor_bytes'])}",
     ]
+    if r.get("kept"):
+        lines.append(f"kept: {r['kept']}")
     return "\n".join(lines) + "\n"
 
 

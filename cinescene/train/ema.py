@@ -26,6 +26,7 @@ import torch
 import torch.distributed as dist
 import torch.nn as nn
 
+from cinescene.ckpt.slices import cover, piece
 from cinescene.config.train import EMAConfig
 
 from .callbacks import Callback, StepResult, TrainState
@@ -58,6 +59,13 @@ def _slice_of(name: str, param: nn.Parameter, index: int, count: int) -> _Slice:
         part, group_rank = math.ceil(total / count), index
     offset = group_rank * part
     return _Slice(name, param, min(offset, total), max(0, min(part, total - offset)), shape)
+
+
+def shadow_sizes(
+    named_params: Iterable[tuple[str, nn.Parameter]], *, shard_index: int = 0, shard_count: int = 1
+) -> list[int]:
+    """The bytes of each fp32 shadow tensor a :class:`ShardedEMA` of these arguments would hold."""
+    return [4 * _slice_of(n, p, shard_index, shard_count).length for n, p in named_params if p.requires_grad]
 
 
 class ShardedEMA:
@@ -115,28 +123,29 @@ class ShardedEMA:
             for s in self.slices
         ):
             for s in self.slices:
-                self.shadow[s.name].copy_(_read_range(saved[s.name]["value"], 0, s.length))
+                found = piece(saved[s.name], f"the saved EMA slice of {s.name}")
+                if isinstance(found, str):
+                    raise ValueError(found)
+                self.shadow[s.name].copy_(_read_range(found.value, 0, s.length))
             return
         if all_ranks is None:
             raise ValueError("the saved EMA is sliced differently and no other shards were provided")
         states = all_ranks()
         for s in self.slices:
-            filled = 0
-            for state in states:
+            pieces = []
+            for rank, state in enumerate(states):
                 entry = state["slices"].get(s.name)
-                if entry is None:
-                    continue
-                start, stop = int(entry["offset"]), int(entry["offset"]) + int(entry["length"])
-                low, high = max(start, s.offset), min(stop, s.offset + s.length)
-                if low < high:
-                    self.shadow[s.name][low - s.offset : high - s.offset].copy_(
-                        _read_range(entry["value"], low - start, high - low)
-                    )
-                    filled += high - low
-            if filled != s.length:
-                raise ValueError(
-                    f"the saved EMA covers {filled} of the {s.length} elements of {s.name} this rank "
-                    "holds: a rank file is missing"
+                if entry is not None:
+                    found = piece(entry, f"rank {rank}'s EMA slice of {s.name}")
+                    if isinstance(found, str):
+                        raise ValueError(found)
+                    pieces.append(found)
+            parts = cover(pieces, s.offset, s.offset + s.length)
+            if isinstance(parts, str):
+                raise ValueError(f"the saved EMA of {s.name} (the elements this rank holds): {parts}")
+            for part, low, high in parts:
+                self.shadow[s.name][low - s.offset : high - s.offset].copy_(
+                    _read_range(part.value, low - part.offset, high - low)
                 )
 
     def full_numels(self) -> dict[str, int]:
@@ -144,8 +153,7 @@ class ShardedEMA:
 
     @contextmanager
     def applied(self) -> Iterator[None]:
-        """The EMA weights in place of the trained ones inside
-        the block; the trained ones restored exactly after.
+        """The EMA weights in place of the trained ones inside the block, the trained ones restored exactly.
 
         A collective: every rank enters together. Under ZeRO-3 each rank writes its slice into its own
         partition (``ds_tensor``); parameters ZeRO-3 keeps whole on every rank (``ds_persist``, below
@@ -183,8 +191,7 @@ class ShardedEMA:
             persistent[0].all_gather(persistent)
 
     def _gathered(self, s: _Slice) -> torch.Tensor:
-        """ZeRO-1/2: one parameter's full EMA, joined from
-        every rank's slice (ranks cut equal, padded pieces)."""
+        """ZeRO-1/2: one parameter's full EMA, joined from every rank's slice (equal, padded pieces)."""
         total, world = math.prod(s.shape), self.shard_count
         if world == 1:
             return self.shadow[s.name].view(s.shape)
@@ -197,8 +204,7 @@ class ShardedEMA:
 
 
 def _read_range(value, start: int, length: int) -> torch.Tensor:
-    """Elements ``start .. start+length`` of a saved slice:
-    a tensor, or a lazy stored tensor (``read_flat``)."""
+    """Elements ``start .. start+length`` of a saved slice: a tensor or a lazy one (``read_flat``)."""
     if isinstance(value, torch.Tensor):
         return value.reshape(-1)[start : start + length]
     return value.read_flat(start, length)

@@ -17,6 +17,7 @@ from pathlib import Path
 from omegaconf import OmegaConf
 
 from cinescene import rng
+from cinescene.ckpt.locate import checkpoints_dir
 from cinescene.config.schema import CineSceneConfig
 from cinescene.distributed import startup_signals
 from cinescene.distributed.batching import plan_batch
@@ -25,11 +26,12 @@ from cinescene.distributed.groups import build_layout, destroy_process_group, in
 from cinescene.distributed.slurm_env import restart_count
 from cinescene.distributed.spawn import die_with_launcher
 from cinescene.log import get_logger, setup_logging
+from cinescene.run_dir import RunDir
 
 from .callbacks import CallbackList
 from .checkpoint import CheckpointCadence, CheckpointManager, Start, resume
 from .components import Components, SampleFacts, default_components
-from .ema import EMACallback, ShardedEMA
+from .ema import EMACallback, ShardedEMA, shadow_sizes
 from .engine import build_engine, use_zero_init
 from .eval_hook import eval_callbacks
 from .guards import NonFiniteGuard
@@ -37,7 +39,7 @@ from .loop import Trainer
 from .metrics import ThroughputMonitor, device_peak_tflops
 from .objective import FlowMatchingObjective
 from .preemption import PreemptionCallback, PreemptionFlag, RestartsMetric
-from .preflight import warn_if_it_will_not_fit, warn_random_init
+from .preflight import planned_checkpoint_bytes, warn_if_it_will_not_fit, warn_random_init
 from .tracking import MetricsLogger, Tracker, install_secret_filter, scrub
 
 _log = get_logger("train")
@@ -94,8 +96,7 @@ def _build_callbacks(
 
 
 def run_rank(cfg: CineSceneConfig, env: DistEnv, components: Components | None = None) -> int:
-    """Train as rank ``env.rank`` of ``env.world_size``; returns the exit status (0, or the preemption
-    one)."""
+    """Train as rank ``env.rank`` of ``env.world_size``; returns the exit status (0, or the preemption's)."""
     components = components or default_components()
     die_with_launcher()  # a rank our spawner started ends with it (cinescene's CLI did this already)
     flag = PreemptionFlag(cfg.launch.preempt_signals).install()
@@ -117,16 +118,20 @@ def run_rank(cfg: CineSceneConfig, env: DistEnv, components: Components | None =
         )
         if layout.is_main:
             run_dir.mkdir(parents=True, exist_ok=True)
-            (run_dir / "config.yaml").write_text(config_yaml)
+            RunDir(run_dir).config.write_text(config_yaml)
             components.prepare_data(cfg)
         if layout.is_main:
             warn_if_it_will_not_fit(cfg, env.world_size)  # before the engine takes the memory
         checkpoints = CheckpointManager(
-            cfg.checkpoint.dir or run_dir / "checkpoints",
+            checkpoints_dir(cfg),
             cfg.checkpoint,
             rank=env.rank,
             world_size=env.world_size,
         )
+        if cfg.checkpoint.background_write:  # its host copy refused before the engine takes memory
+            checkpoints.check_planned_host_copy(
+                planned_checkpoint_bytes(cfg, env.world_size, env.rank), env.local_world_size
+            )
         start = resume(
             cfg,
             layout,
@@ -144,6 +149,13 @@ def run_rank(cfg: CineSceneConfig, env: DistEnv, components: Components | None =
             exit_code = 0
             return exit_code
         engine, state = start.engine, start.state
+        # checkpoint.async's host copy: measured, printed, refused or reserved before anything else starts.
+        ema_sizes = (
+            shadow_sizes(engine.module.named_parameters(), shard_index=env.rank, shard_count=env.world_size)
+            if cfg.train.ema.enabled
+            else []
+        )
+        checkpoints.prepare_background(engine, ema_sizes, env.local_world_size)
         if layout.is_main and start.path is None:
             warn_random_init(cfg.model)
 

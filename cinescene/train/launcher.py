@@ -10,9 +10,10 @@ Around that, in this order, before anything slow is imported:
 
 - preemption signals are narrowed to ``launch.preempt_signals`` (they have
   been recorded since argument parsing: :mod:`cinescene.distributed.startup_signals`);
-- the run directory is locked (:mod:`.run_lock`): by this process when it is
-  the standalone launcher (its ranks inherit the lock), by rank 0 under
-  torchrun / deepspeed / srun; a second run on the same directory fails here;
+- the run directory and the checkpoint directory are locked (:mod:`.run_lock`):
+  by this process when it is the standalone launcher (its ranks inherit a
+  flock), by rank 0 under torchrun / deepspeed / srun; a second run on either
+  directory fails here;
 - a standalone launcher signalled before it started its ranks starts none;
 - each rank sends library output to ``<run.dir>/logs/rank<R>.log``, keeping
   the console for our log lines (unless ``--verbose`` / ``run.log_level=DEBUG``),
@@ -28,7 +29,6 @@ from __future__ import annotations
 
 import sys
 from collections.abc import Sequence
-from pathlib import Path
 
 from cinescene.config.schema import CineSceneConfig
 from cinescene.data.ensure import check_dataset
@@ -39,10 +39,11 @@ from cinescene.distributed.network import bind_gloo_towards_master
 from cinescene.distributed.spawn import check_local_ranks, spawn_local_ranks
 from cinescene.eval.heldout import check_present as check_heldout
 from cinescene.log import get_logger, send_output_to, setup_logging, show_progress_bars, verbose
+from cinescene.run_dir import RunDir
 
 from .build_locks import clear_stale_build_locks
 from .preflight import check_initial_weights, check_patch_grid
-from .run_lock import hold_run_dir
+from .run_lock import hold_run
 
 _log = get_logger("launch")
 
@@ -59,9 +60,9 @@ def _preempted_before_start(cfg: CineSceneConfig, name: str) -> int:
 
 def _run_this_rank(cfg: CineSceneConfig, env: DistEnv) -> int:
     if env.rank == 0 and env.launcher != "standalone":
-        hold_run_dir(cfg.run.dir)  # torchrun / deepspeed / srun: rank 0 holds the run directory
+        hold_run(cfg)  # torchrun / deepspeed / srun: rank 0 holds the run and checkpoint directories
     if not verbose(cfg.run.log_level):
-        send_output_to(Path(cfg.run.dir) / "logs" / f"rank{env.rank}.log")
+        send_output_to(RunDir(cfg.run.dir).rank_log(env.rank))
     setup_logging(cfg.run.log_level, cfg.run.dir, env.rank)
     clear_stale_build_locks()  # a rank killed while DeepSpeed loaded its ops would hang every later start
     if env.launcher == "srun":
@@ -93,7 +94,7 @@ def launch(
     plan_batch(cfg.train, nproc, cfg.parallel.sequence)
     check_dataset(cfg.data)
     check_heldout(cfg)
-    lock = hold_run_dir(cfg.run.dir)
+    locks = hold_run(cfg)
     # A preemption signal so far means no rank starts at all; a later one reaches the ranks (the spawner
     # forwards what arrives while it starts them) or this process's trainer (run_rank takes it over).
     if startup_signals.requested():
@@ -109,5 +110,5 @@ def launch(
         nproc,
         forward=cfg.launch.preempt_signals,
         success_codes=[cfg.launch.preempt_exit_code],
-        keep_fds=[lock.fd],
+        keep_fds=[lock.fd for lock in locks if lock.kind == "flock"],
     )

@@ -103,6 +103,8 @@ class Trainer:
             for key, value in stats.items():
                 extra[key] = extra.get(key, 0.0) + value / self.plan.grad_accum
             self.engine.backward(poison_if_nonfinite(loss))
+            if micro == self.plan.grad_accum - 1:
+                self.checkpoints.before_update()  # a background save's host copy must be complete
             self.engine.step()  # DeepSpeed applies the update on the accumulation boundary only
             loss_sum += loss.detach().double().cpu()
         grad_norm = self.engine.get_global_grad_norm()
@@ -122,12 +124,19 @@ class Trainer:
             extra=extra,
         )
 
-    def save(self, reason: str) -> None:
+    def save(self, reason: str, *, wait: bool) -> None:
+        """Save this step. With ``checkpoint.async`` the write goes on in the background unless ``wait``
+        (a preemption or the end of training: the process is about to leave)."""
         record = self.facts.record(self.state, reason, self.wandb_run_id())
-        path = self.checkpoints.save(
-            self.engine, record, rank_state_now(self.layout.rank, self.callbacks), self.config_yaml
-        )
-        self.state.last_checkpoint = str(path)
+        args = (self.engine, record, rank_state_now(self.layout.rank, self.callbacks), self.config_yaml)
+        if wait or not self.cfg.checkpoint.background_write:
+            self._committed(self.checkpoints.save(*args))
+        else:
+            self.checkpoints.begin_save(*args)
+
+    def _committed(self, path) -> None:
+        if path is not None:
+            self.state.last_checkpoint = str(path)
 
     def fit(self) -> int:
         """Train to ``train.max_steps`` (or a stop request); returns the process exit status."""
@@ -143,15 +152,19 @@ class Trainer:
                 state.metrics, state.log_requested = {}, False
                 self.callbacks.on_step_end(state, result)
                 if state.fatal is not None:
+                    self._committed(self.checkpoints.finish())  # a save in flight holds an earlier, good step
                     raise state.fatal
+                self._committed(self.checkpoints.poll())  # one all-reduce, only while a save is in flight
                 if state.save_reason:
-                    self.save(state.save_reason)
+                    self.save(state.save_reason, wait=state.stop or step >= state.max_steps)
                     state.save_reason = None
                 if state.stop:
                     break
+            self._committed(self.checkpoints.finish())
             return state.exit_code
         except BaseException as exc:
             error = exc
+            self.checkpoints.abandon()
             raise
         finally:
             self.callbacks.on_train_end(state, error)

@@ -15,8 +15,12 @@ batch arithmetic for the world size, sequence parallelism against the heads,
 the model built on the meta device (parameter counts, whether ZeRO-3 builds
 it partitioned), each weight file's tensor names and shapes against the model
 (headers only: no tensor data is read), and the DeepSpeed config (its ZeRO
-section parsed by DeepSpeed's own schema). The data is reported, not
-required: a dry run is for checking a config before the data is in place.
+section parsed by DeepSpeed's own schema), and the checkpoint the run would
+start from, chosen as a real start chooses it (``checkpoint.resume``, every
+file checked against its manifest, fallback past damaged ones) and checked
+against the model; nothing in the checkpoint directory is changed. The data is
+reported, not required: a dry run is for checking a config before the data is
+in place.
 """
 
 from __future__ import annotations
@@ -122,6 +126,18 @@ def warn_if_it_will_not_fit(cfg: CineSceneConfig, world_size: int) -> None:
         _log.warning("%s", warning)
 
 
+def planned_checkpoint_bytes(cfg: CineSceneConfig, world_size: int, rank: int) -> int | None:
+    """What rank ``rank`` writes into one checkpoint by cinescene.plan (checkpoint.async's host copy), or None
+    when the plan cannot model this config (the measured figure is checked once the engine is built)."""
+    from cinescene.plan import checkpoint_bytes
+
+    try:
+        return checkpoint_bytes(cfg, world_size, rank)
+    except Exception as exc:  # the plan is advice here: the measured check still guards the copy
+        _log.debug("no planned checkpoint size (%s: %s)", type(exc).__name__, exc)
+        return None
+
+
 @dataclass
 class Check:
     what: str
@@ -197,6 +213,7 @@ def dry_run(cfg: CineSceneConfig, world_size: int, local_ranks_key: str | None =
             + f", activation checkpointing {'on' if cfg.model.activation_checkpointing else 'off'}",
         )
     )
+    checks.append(_start_status(cfg, model, world_size))
     checks.append(_data_status(cfg))
     if cfg.eval.every_steps:
         checks.append(_eval_data_status(cfg))
@@ -256,6 +273,34 @@ def check_deepspeed_config(ds_config: dict, plan) -> None:
         raise CineSceneError(
             "DeepSpeed rejects the ZeRO settings: " + " ".join(str(exc).splitlines()[:3])
         ) from None
+
+
+def _start_status(cfg: CineSceneConfig, model, world_size: int) -> Check:
+    """Where a real start would begin (:meth:`CheckpointManager.choose`, without the start-up repairs) and
+    whether that checkpoint fits the model (names, shapes, ZeRO stage, world size)."""
+    from cinescene.ckpt.locate import checkpoints_dir
+    from cinescene.ckpt.record import read_record
+
+    from .checkpoint import CheckpointManager, check_compatible, parameter_manifest
+
+    root = checkpoints_dir(cfg)
+    path = CheckpointManager(root, cfg.checkpoint, rank=0, world_size=1).choose(cfg.checkpoint.resume)
+    if path is None:
+        return Check("checkpoint", f"fresh start ({root} holds no checkpoint)")
+    record = read_record(path)
+    params, trainable = parameter_manifest(model)
+    check_compatible(
+        record,
+        path,
+        params=params,
+        trainable=trainable,
+        zero_stage=cfg.parallel.zero_stage,
+        world_size=world_size,
+    )
+    if record.step >= cfg.train.max_steps:
+        return Check("checkpoint", f"{path} is at step {record.step} of train.max_steps: nothing to train")
+    resharded = f", resharded from {record.world_size} ranks" if record.world_size != world_size else ""
+    return Check("checkpoint", f"resumes from {path} (step {record.step}, files verified{resharded})")
 
 
 def _data_status(cfg: CineSceneConfig) -> Check:

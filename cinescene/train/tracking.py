@@ -25,10 +25,7 @@ argument (notes, tags, names), and our log lines.
 from __future__ import annotations
 
 import functools
-import json
 import logging
-import math
-import os
 import secrets
 import string
 from collections.abc import Mapping
@@ -39,6 +36,7 @@ from cinescene.ckpt.layout import step_of
 from cinescene.config.tracking import TrackingConfig
 from cinescene.log import ROOT, get_logger
 from cinescene.provenance import git_state
+from cinescene.run_dir import RunDir
 from cinescene.secrets import mask_text, scrub, secret_values
 
 from .callbacks import Callback, StepResult, TrainState
@@ -81,34 +79,6 @@ def new_run_id(length: int = 8) -> str:
     return "".join(secrets.choice(alphabet) for _ in range(length))
 
 
-def truncate_jsonl(path: Path, last_step: int) -> int:
-    """Keep the lines of ``path`` with ``step <= last_step`` (atomically); returns how many were dropped."""
-    if not path.exists():
-        return 0
-    kept, dropped = [], 0
-    for line in path.read_text().splitlines():
-        try:
-            row = json.loads(line)
-            keep = int(row["step"]) <= last_step
-        except (ValueError, KeyError, TypeError):
-            keep = False  # a line cut short by a crash
-        if keep:
-            kept.append(line)
-        else:
-            dropped += 1
-    if dropped:
-        tmp = path.with_name(path.name + ".tmp")
-        tmp.write_text("".join(line + "\n" for line in kept))
-        os.replace(tmp, path)
-    return dropped
-
-
-def _json_value(value: Any) -> Any:
-    if isinstance(value, float) and not math.isfinite(value):
-        return str(value)  # JSON has no NaN/inf; keep them readable
-    return value
-
-
 class Tracker:
     """The run's metric sinks. Every rank makes one; only rank 0 writes anything."""
 
@@ -126,17 +96,19 @@ class Tracker:
         self.cfg = cfg
         self.is_main = is_main
         self.run_dir = Path(run_dir)
-        self.jsonl_path = self.run_dir / "metrics.jsonl"
+        self.metrics = RunDir(self.run_dir).metrics
         self._jsonl = None
         self._wandb_run = None
         self.run_id = run_id
         if not is_main:
             return
         if cfg.jsonl:
-            dropped = truncate_jsonl(self.jsonl_path, resume_step)
+            dropped = self.metrics.keep_through(resume_step)
             if dropped:
-                _log.info("metrics.jsonl: dropped %d lines past the resumed step %d", dropped, resume_step)
-            self._jsonl = open(self.jsonl_path, "a", buffering=1)
+                _log.info(
+                    "%s: dropped %d lines past the resumed step %d", self.metrics.path, dropped, resume_step
+                )
+            self._jsonl = self.metrics.open_append()
         if cfg.wandb.mode != "disabled":
             self._start_wandb(run_name, dict(config))
             if run_id is not None and resume_step > 0:
@@ -174,16 +146,15 @@ class Tracker:
         self._wandb_run.define_metric(STEP_METRIC)
         for pattern in STEP_SERIES:
             self._wandb_run.define_metric(pattern, step_metric=STEP_METRIC)
-        _log.info("W&B run %s (%s) in %s", self.run_id, w.mode, self.run_dir / "wandb")
+        _log.info("W&B run %s (%s) in %s", self.run_id, w.mode, RunDir(self.run_dir).wandb)
 
     def _backfill_wandb(self, resume_step: int) -> None:
         """Log again the rows up to the resumed step that the W&B run may lack: a preemption's SIGTERM
         also reaches the W&B service, which then dies without writing what it had buffered."""
-        if self._wandb_run is None or not self.cfg.jsonl or not self.jsonl_path.exists():
+        if self._wandb_run is None or not self.cfg.jsonl:
             return
         first = self._wandb_run.step  # W&B's next step (0 offline: W&B merges offline runs by step)
-        for line in self.jsonl_path.read_text().splitlines():
-            row = json.loads(line)  # truncate_jsonl (above) kept only complete rows
+        for row in self.metrics.rows():
             if first <= row["step"] <= resume_step and self._wandb_run is not None:
                 values = {
                     k: (float(v) if v in ("nan", "inf", "-inf") else v)
@@ -198,9 +169,8 @@ class Tracker:
     def log(self, step: int, metrics: Mapping[str, Any]) -> None:
         if not self.is_main:
             return
-        row = {"step": step, **{k: _json_value(v) for k, v in metrics.items()}}
         if self._jsonl is not None:
-            self._jsonl.write(json.dumps(row) + "\n")
+            self.metrics.write_row(self._jsonl, step, metrics)
         if self._wandb_run is not None:
             run = self._wandb_run
             values = _with_step({k: v for k, v in metrics.items() if v is not None}, step)

@@ -1,8 +1,8 @@
-"""`cinescene ckpt info|export`: inspect and verify a
-checkpoint; export it as safetensors for Wan or diffusers.
+"""`cinescene ckpt info|export`: inspect and verify a checkpoint; export it as safetensors (Wan, diffusers).
 
 PATH is a run directory (its ``checkpoints/latest``), a checkpoints directory,
-or one step directory. Imports stay light: torch loads inside the handlers.
+a step directory or a `latest` file (the search order of :mod:`cinescene.ckpt.locate`).
+Imports stay light: torch loads inside the handlers.
 """
 
 from __future__ import annotations
@@ -41,8 +41,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "ckpt",
         help="inspect, verify and export checkpoints",
-        description="Checkpoint tools. PATH: a run directory, its checkpoints directory, or a step "
-        "directory. Nothing in a checkpoint is ever run as code.",
+        description="Checkpoint tools. PATH: a run directory, its checkpoints directory, a step "
+        "directory or a `latest` file. Nothing in a checkpoint is ever run as code.",
     )
     csub = p.add_subparsers(dest="ckpt_command", metavar="ACTION", required=True)
 
@@ -69,6 +69,13 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         "checkpoint's size.",
     )
     export.add_argument("path", metavar="PATH")
+    export.add_argument(
+        "overrides",
+        nargs="*",
+        metavar="KEY=VALUE",
+        help="overrides of the checkpoint's config, as for `cinescene sample` (an older run's masked "
+        "values, e.g. model.scene.vggt.num_register_tokens=4); the model must stay the checkpoint's",
+    )
     export.add_argument(
         "--format", dest="fmt", choices=["wan", "diffusers"], required=True, help="key layout of the base DiT"
     )
@@ -120,7 +127,13 @@ def run_export(args: argparse.Namespace) -> int:
 
     setup_logging("INFO")
     report = export(
-        args.path, args.out, fmt=args.fmt, ema=args.ema, dtype=args.dtype, max_shard_size=args.max_shard_size
+        args.path,
+        args.out,
+        fmt=args.fmt,
+        ema=args.ema,
+        dtype=args.dtype,
+        max_shard_size=args.max_shard_size,
+        overrides=args.overrides,
     )
     for name in report.files:
         print(f"  {report.out / name}  {human_bytes((report.out / name).stat().st_size)}")

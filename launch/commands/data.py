@@ -53,6 +53,7 @@ def _convert(args: argparse.Namespace) -> int:
 def _prepare(args: argparse.Namespace) -> int:
     from cinescene.data import prepare as prep
     from cinescene.log import console_out, send_output_to, verbose
+    from cinescene.run_dir import RunDir
 
     if args.merge:
         _logging()
@@ -77,7 +78,7 @@ def _prepare(args: argparse.Namespace) -> int:
     if (
         not verbose()
     ):  # the encoders' libraries talk (weights loading, missing accelerate): to this rank's log
-        send_output_to(prep.output_dir(args.out) / "logs" / f"prepare-rank{rank}.log")
+        send_output_to(RunDir(prep.output_dir(args.out)).rank_log(rank, prefix="prepare-rank"))
     _logging()
     manifest = prep.prepare(
         args.src,

@@ -68,8 +68,8 @@ def run(args: argparse.Namespace) -> int:
 
     from cinescene.config import load_config
     from cinescene.config.paths import check_run_locations
+    from cinescene.run_dir import RunDir
     from cinescene.secrets import masked_text
-    from cinescene.slurm.records import job_log_dir
 
     overrides = [*args.overrides, *flag_overrides(args)]
     cfg, raw = load_config(args.config, overrides)
@@ -78,6 +78,7 @@ def run(args: argparse.Namespace) -> int:
         return 0
     check_run_locations(cfg)
     run_dir = Path(cfg.run.dir)
+    slurm_dir = RunDir(run_dir).slurm
     _warn_about_the_preemption_budget(cfg)
     if args.via == "submitit":
         return _via_submitit(args, cfg, raw, overrides)
@@ -88,19 +89,17 @@ def run(args: argparse.Namespace) -> int:
     submission = sbatch.build(
         cfg.launch,
         job_name=cfg.run.name,
-        output=sbatch.log_pattern(job_log_dir(run_dir), "%j.out"),
+        output=sbatch.log_pattern(slurm_dir, "%j.out"),
         job_args=[args.config, *overrides],
     )
     if args.dry_run:
         sys.stdout.write(masked_text(submission.describe(), config=OmegaConf.to_container(raw)))
         return 0
     check_no_live_job(run_dir)
-    job_log_dir(run_dir).mkdir(parents=True, exist_ok=True)
+    slurm_dir.mkdir(parents=True, exist_ok=True)
     job_id = sbatch.submit(submission)
     record_job(run_dir, job_id)
-    print(
-        f"submitted job {job_id}: {cfg.run.name} in {run_dir}, log {job_log_dir(run_dir) / f'{job_id}.out'}"
-    )
+    print(f"submitted job {job_id}: {cfg.run.name} in {run_dir}, log {RunDir(run_dir).job_log(job_id)}")
     return 0
 
 

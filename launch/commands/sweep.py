@@ -76,6 +76,7 @@ def submit(args: argparse.Namespace) -> int:
 
 def _plan_and_submit(args: argparse.Namespace, spec, trials, run_root: Path) -> int:
     from cinescene.config.sweep import base_config
+    from cinescene.run_dir import RunDir
     from cinescene.slurm import sweeps
 
     plans = sweeps.plan(trials)
@@ -94,7 +95,7 @@ def _plan_and_submit(args: argparse.Namespace, spec, trials, run_root: Path) -> 
         print("nothing to submit: every trial is finished or still queued")
         return 0
     if args.dry_run:
-        table = sweeps.job_log_dir(run_root) / "array-<time>.json"
+        table = RunDir(run_root).slurm / "array-<time>.json"
         sys.stdout.write(sweeps.array_submission(spec, todo, run_root, table, args.max_parallel).describe())
         return 0
     job_id = sweeps.submit_array(spec, str(base_config(args.config, spec)), todo, run_root, args.max_parallel)

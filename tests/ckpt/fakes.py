@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from collections import OrderedDict
 from pathlib import Path
+from types import SimpleNamespace
 
 import torch
 
@@ -16,16 +17,49 @@ from cinescene.ckpt.record import TrainerRecord
 
 
 class FakeZeroEngine:
+    """Holds its optimizer state like DeepSpeed does: the same tensors from save to save, handed to the
+    checkpoint engine by reference, so a test can change them after a save began (the next update)."""
+
     def __init__(self, weights: dict[str, torch.Tensor] | None = None, step: int = 1):
         self.weights = weights or {"w": torch.arange(6, dtype=torch.float32).view(2, 3), "b": torch.ones(3)}
         self.step = step
         self.checkpoint_engine = None
+        self.flat = torch.cat([t.reshape(-1) for t in self.weights.values()])
+        self.exp_avg = self.flat * 0.1
+        self.exp_avg_sq = self.flat * 0.01
+        self.optimizer = SimpleNamespace(state_dict=self._optimizer_state)
+
+    def update(self) -> None:
+        """What the next optimizer step does to the state: in place."""
+        self.flat.add_(1.0)
+        self.exp_avg.mul_(2.0)
+        self.exp_avg_sq.add_(0.5)
+        self.step += 1
+
+    def _optimizer_state(self) -> dict:
+        return {
+            "zero_stage": 3,
+            "partition_count": 1,
+            "fp32_flat_groups": [self.flat],
+            "optimizer_state_dict": {
+                "state": {
+                    0: {
+                        "step": torch.tensor(float(self.step)),
+                        "exp_avg": self.exp_avg,
+                        "exp_avg_sq": self.exp_avg_sq,
+                    }
+                },
+                "param_groups": [{"lr": 1e-3, "params": [0]}],
+            },
+        }
+
+    def module_state_dict(self, exclude_frozen_parameters: bool = False) -> dict:
+        return OrderedDict()
 
     def save_checkpoint(self, save_dir, tag, save_latest, exclude_frozen_parameters):
         assert save_latest is False and exclude_frozen_parameters is True
         zero = Path(save_dir) / tag
         zero.mkdir(parents=True, exist_ok=True)
-        flat = torch.cat([t.reshape(-1) for t in self.weights.values()])
         shapes = OrderedDict((name, torch.Size(t.shape)) for name, t in self.weights.items())
         model = {
             "module": OrderedDict(),
@@ -37,23 +71,7 @@ class FakeZeroEngine:
             "skipped_steps": 0,
             "ds_config": {"zero_optimization": {"stage": 3}},
         }
-        optim = {
-            "optimizer_state_dict": {
-                "zero_stage": 3,
-                "partition_count": 1,
-                "fp32_flat_groups": [flat],
-                "optimizer_state_dict": {
-                    "state": {
-                        0: {
-                            "step": torch.tensor(float(self.step)),
-                            "exp_avg": flat * 0.1,
-                            "exp_avg_sq": flat * 0.01,
-                        }
-                    },
-                    "param_groups": [{"lr": 1e-3, "params": [0]}],
-                },
-            }
-        }
+        optim = {"optimizer_state_dict": self._optimizer_state()}
         self.checkpoint_engine.save(model, str(zero / "zero_pp_rank_0_mp_rank_00_model_states.pt"))
         self.checkpoint_engine.save(optim, str(zero / "zero_pp_rank_0_mp_rank_00_optim_states.pt"))
 

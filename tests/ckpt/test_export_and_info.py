@@ -1,5 +1,4 @@
-"""`cinescene ckpt export` and `cinescene ckpt info` on
-a real (tiny CineScene, one rank, ZeRO-3) training run.
+"""`cinescene ckpt export` and `cinescene ckpt info` on a real (tiny CineScene, one rank, ZeRO-3) run.
 
 Export: diffusers' WanTransformer3DModel.from_pretrained on the export equals our base DiT on the same inputs
 (fp32); the Wan layout holds exactly Wan's key set and reloads into our model with strict key checks; the
@@ -23,6 +22,7 @@ from cinescene.ckpt.export import load_exported_model
 from cinescene.ckpt.weights import consolidated_state_dict
 from cinescene.config import load_config
 from cinescene.distributed.env import standalone
+from cinescene.errors import CineSceneError
 from cinescene.launch.cli import main as cli
 from cinescene.models import build_model
 from cinescene.models.weights import assign_state_dict, is_cinescene_extension, read_state_dict
@@ -58,8 +58,7 @@ def smoke_run(smoke_shards, tmp_path_factory) -> Path:
 
 
 def trained_model(run_dir: Path, *, ema: bool = False):
-    """The model as training left it: built like the trainer
-    builds it (seeded), the trained weights loaded."""
+    """The model as training left it: built as the trainer builds it (seeded), the trained weights loaded."""
     cfg, _ = load_config(run_dir / "config.yaml", [])
     rng.seed_all(cfg.run.seed)
     model = build_model(cfg.model)
@@ -175,7 +174,7 @@ def test_export_refuses_an_existing_directory_and_an_unknown_path(smoke_run, tmp
     assert (
         cli(["ckpt", "export", str(tmp_path / "nope"), "--format", "wan", "--out", str(tmp_path / "o")]) == 1
     )
-    assert "nope does not exist: not a run or checkpoint directory" in capsys.readouterr().err
+    assert "checkpoint not found" in capsys.readouterr().err
     with pytest.raises(SystemExit) as usage:  # argparse: bad usage exits 2 with its one line
         cli(
             [
@@ -215,3 +214,98 @@ def test_info_verify_names_a_truncated_shard_and_resume_falls_back(smoke_run, sm
     log = (run_dir / "logs" / "rank0.log").read_text()
     assert f"resumed from {run_dir}/checkpoints/step_00000002" in log and str(shard) in log
     assert cli(["ckpt", "info", str(run_dir), "--verify"]) == 0
+
+
+def copied_run(smoke_run: Path, tmp_path: Path) -> tuple[Path, Path]:
+    run_dir = tmp_path / "run"
+    shutil.copytree(smoke_run, run_dir)
+    return run_dir, run_dir / "checkpoints" / (run_dir / "checkpoints" / "latest").read_text().strip()
+
+
+def test_export_of_an_older_run_with_masked_values_and_retired_keys_works_like_sample(
+    smoke_run, tmp_path, capsys
+):
+    """Runs saved before the scrubber spared numbers hold '***' for some; runs saved before eval.data owned
+    the held-out data hold data.val_shards. `ckpt export` reads them with the config reader `sample` uses."""
+    run_dir, step = copied_run(smoke_run, tmp_path)
+    config = (step / "config.yaml").read_text()
+    assert "num_register_tokens: 4" in config
+    config = config.replace("num_register_tokens: 4", "num_register_tokens: '***'")
+    (step / "config.yaml").write_text(config.replace("data:\n", "data:\n  val_shards: /data/heldout\n", 1))
+    args = ["ckpt", "export", str(run_dir), "--format", "wan"]
+    assert cli([*args, "--out", str(tmp_path / "refused")]) == 1
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "model.scene.vggt.num_register_tokens masked as '***'" in err
+    assert "give the run's values as overrides" in err and not (tmp_path / "refused").exists()
+    out = tmp_path / "export"
+    assert cli([*args, "model.scene.vggt.num_register_tokens=4", "--out", str(out)]) == 0
+    capsys.readouterr()
+    from cinescene.ckpt import checkpoint_config, resolve_checkpoint
+
+    for source in (resolve_checkpoint(run_dir), resolve_checkpoint(out)):  # the export keeps the saved config
+        cfg = checkpoint_config(source, ["model.scene.vggt.num_register_tokens=4"])
+        assert cfg.eval.data == "/data/heldout" and cfg.model.scene.vggt.num_register_tokens == 4
+    assert load_exported_model(out).scene_encoder is not None
+
+
+def test_interpolations_in_received_configs_are_refused_in_one_line(smoke_run, tmp_path, monkeypatch, capsys):
+    """A ${oc.env:...} in a checkpoint's config.yaml or an export's config would copy this machine's secret
+    into whatever is written next: configs read from checkpoints and exports are data, never resolved."""
+    monkeypatch.setenv("CINESCENE_TEST_TOKEN", "s3cr3t-value-never-to-leak")
+    run_dir, step = copied_run(smoke_run, tmp_path)
+    clean = (step / "config.yaml").read_text()
+    assert "  notes: null\n" in clean
+    (step / "config.yaml").write_text(
+        clean.replace("  notes: null\n", "  notes: ${oc.env:CINESCENE_TEST_TOKEN}\n")
+    )
+    out = tmp_path / "export"
+    assert cli(["ckpt", "export", str(run_dir), "--format", "wan", "--out", str(out)]) == 1
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "tracking.wandb.notes holds an interpolation" in err
+    assert "s3cr3t" not in err and not out.exists()
+    from cinescene.ckpt import checkpoint_config, resolve_checkpoint
+
+    with pytest.raises(CineSceneError, match="never resolved"):
+        checkpoint_config(resolve_checkpoint(run_dir))
+    notes = checkpoint_config(resolve_checkpoint(run_dir), ["tracking.wandb.notes=mine"]).tracking.wandb.notes
+    assert notes == "mine"  # an override replaces the saved value, which is then never read
+    (step / "config.yaml").write_text(clean)
+    assert cli(["ckpt", "export", str(run_dir), "--format", "wan", "--out", str(out)]) == 0
+    capsys.readouterr()
+    saved = (out / "cinescene_config.yaml").read_text()
+    (out / "cinescene_config.yaml").write_text(
+        saved.replace("  notes: null\n", "  notes: ${oc.env:CINESCENE_TEST_TOKEN}\n")
+    )
+    with pytest.raises(
+        CineSceneError, match="cinescene_config.yaml: tracking.wandb.notes holds an interpolation"
+    ):
+        checkpoint_config(resolve_checkpoint(out))
+    description = json.loads((out / "cinescene.json").read_text())
+    description["model"]["name"] = "${oc.env:CINESCENE_TEST_TOKEN}"
+    (out / "cinescene.json").write_text(json.dumps(description))
+    with pytest.raises(CineSceneError, match="cinescene.json: model.name holds an interpolation"):
+        load_exported_model(out)
+
+
+def test_an_exports_config_cannot_size_the_model_before_its_keys_are_checked(
+    smoke_run, tmp_path, monkeypatch, capsys
+):
+    """cinescene.json says which model to build: a hand-edited one (64 layers) is refused from the files'
+    headers, on a model built on the meta device; nothing is allocated for it."""
+    import cinescene.models
+
+    out = tmp_path / "export"
+    export(smoke_run, out, capsys, "--format", "wan")
+    description = json.loads((out / "cinescene.json").read_text())
+    description["model"]["num_layers"] = 64
+    (out / "cinescene.json").write_text(json.dumps(description))
+    built, build = [], cinescene.models.build_model
+
+    def recording(cfg, **kwargs):
+        built.append(kwargs.get("device"))
+        return build(cfg, **kwargs)
+
+    monkeypatch.setattr(cinescene.models, "build_model", recording)
+    with pytest.raises(CineSceneError, match=r"missing|blocks\.63"):
+        load_exported_model(out)
+    assert built and all(device == "meta" for device in built)

@@ -1,6 +1,8 @@
 """A damaged newest checkpoint: one warning line naming the file, resume from the previous complete one, the
-run finishes. And a checkpoint carrying code: refused naming the file, the code never runs (auto-resume falls
-back; ``checkpoint.resume=<path>`` stops with the one-line error).
+run finishes (altered bytes of the same size included: every file is hashed against the manifest). A
+checkpoint carrying code: refused naming the file, the code never runs (auto-resume falls back;
+``checkpoint.resume=<path>`` stops with the one-line error). A fork (``checkpoint.resume=<path>``) seeds an
+empty run only: restarted with the same command line, it continues from its own checkpoints.
 
 Real one-rank ZeRO-3 runs of the trainer's stand-in model, in-process (tests/train/standins.py).
 """
@@ -78,6 +80,21 @@ def plant(step_dir: Path, name: str, marker: Path) -> None:
     (step_dir / MANIFEST).write_text(json.dumps(listed))
 
 
+def overwrite_tensor_data(path: Path, value: float = 1e30) -> None:
+    """8 bytes of the largest tensor record of a torch.save file set to ``value`` (twice, fp32): the file
+    keeps its size and structure, only its content (and so its SHA-256) changes."""
+    import struct
+    import zipfile
+
+    with zipfile.ZipFile(path) as archive:
+        info = max((i for i in archive.infolist() if "/data/" in i.filename), key=lambda i: i.file_size)
+    with open(path, "r+b") as handle:
+        handle.seek(info.header_offset + 26)
+        name_len, extra_len = struct.unpack("<HH", handle.read(4))
+        handle.seek(info.header_offset + 30 + name_len + extra_len + 16)
+        handle.write(struct.pack("<2f", value, value))
+
+
 def damage(run_dir: Path, case: str, tmp_path: Path) -> tuple:
     """Damage the run as ``case`` says; returns (the file the warning must name, the step to resume from)."""
     ck = run_dir / "checkpoints"
@@ -86,6 +103,9 @@ def damage(run_dir: Path, case: str, tmp_path: Path) -> tuple:
         name = {"optim_states": OPTIM_STATES, "model_states": MODEL_STATES, "rank_state": RANK_STATE}[case]
         truncate(step4 / name)
         return step4 / name, 2
+    if case == "optim_states_altered":  # same size: once accepted, the weights loading as 1e30
+        overwrite_tensor_data(step4 / OPTIM_STATES)
+        return step4 / OPTIM_STATES, 2
     if case == "zero_deleted":
         shutil.rmtree(step4 / "zero")
         return step4 / MODEL_STATES, 2
@@ -122,6 +142,7 @@ def damage(run_dir: Path, case: str, tmp_path: Path) -> tuple:
 
 CASES = [
     "optim_states",
+    "optim_states_altered",
     "model_states",
     "rank_state",
     "zero_deleted",
@@ -170,3 +191,25 @@ def test_resume_from_a_path_refuses_a_planted_pickle_in_one_line(base_run, tmp_p
     assert not (tmp_path / "fork" / "checkpoints").exists() or not os.listdir(
         tmp_path / "fork" / "checkpoints"
     )
+
+
+def test_a_restarted_fork_continues_its_own_checkpoints_never_the_fork_point(base_run, tmp_path):
+    """A SLURM requeue repeats the command line, checkpoint.resume=<another run's step> included: the second
+    start must resume from the fork's own step 3 (saying why), not retrain from the source's step 2."""
+    source = copy_run(base_run, tmp_path) / "checkpoints" / "step_00000002"
+    fork = tmp_path / "fork"
+    assert train(fork, 3, f"checkpoint.resume={source}") == 0
+    log = fork / "logs" / "rank0.log"
+    assert f"resumed from {source}" in log.read_text()
+    since = len(log.read_text())
+    assert train(fork, 5, f"checkpoint.resume={source}") == 0  # the same command line, a later start
+    text = log.read_text()[since:]
+    assert f"resumed from {fork}/checkpoints/step_00000003" in text
+    assert "seeds an empty run only" in text and f"resumed from {source}" not in text
+    rows = [json.loads(line) for line in (fork / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows] == [3, 4, 5]
+    assert sorted(p.name for p in (fork / "checkpoints").glob("step_*")) == [
+        "step_00000003",
+        "step_00000004",
+        "step_00000005",
+    ]

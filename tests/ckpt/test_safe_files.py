@@ -77,6 +77,13 @@ def test_truncated_and_foreign_torch_files_are_damage_naming_the_file(tmp_path):
     path.write_bytes(b"not a zip")
     with pytest.raises(DamagedCheckpointError, match="truncated or not a torch.save file"):
         TorchFile(path)
+    torch.save({"a": torch.zeros(100)}, path)
+    data = path.read_bytes()
+    at = data.rindex(b"data.pkl")  # its name in the zip's central directory: no longer UTF-8
+    path.write_bytes(data[:at] + b"\xff" + data[at + 1 :])
+    for reader in (TorchFile, torch_load):
+        with pytest.raises(DamagedCheckpointError, match=str(path)):
+            reader(path)
 
 
 def test_rank_states_round_trip_without_pickle_and_read_by_range(tmp_path):

@@ -64,13 +64,14 @@ def test_an_alias_bomb_is_refused_at_once_in_configs_and_sweep_files(tmp_path, r
 
 
 def test_a_checkpoint_config_is_read_by_the_same_capped_reader(tmp_path):
-    from cinescene.ckpt.export import checkpoint_config
+    from cinescene.ckpt import CheckpointSource, checkpoint_config
+    from cinescene.ckpt.locate import STEP
 
     step = tmp_path / "step_00000001"
     step.mkdir()
     (step / "config.yaml").write_text(_alias_bomb())
     with pytest.raises(Exception, match="once its aliases are expanded"):
-        checkpoint_config(step)
+        checkpoint_config(CheckpointSource(step, STEP, 1))
 
 
 # ------------------------------------------------------------------ list[X] keys hold X

@@ -8,14 +8,10 @@ import shutil
 import pytest
 import torch
 
+from cinescene.ckpt import checkpoint_config, resolve_checkpoint
 from cinescene.ckpt.weights import consolidated_state_dict
 from cinescene.errors import CineSceneError
-from cinescene.sampling.checkpoint import (
-    checkpoint_config,
-    load_inference_model,
-    resolve_checkpoint,
-    trained_state_dict,
-)
+from cinescene.sampling.checkpoint import load_inference_model, trained_state_dict
 
 pytestmark = [pytest.mark.slow, pytest.mark.dist]
 
@@ -101,8 +97,8 @@ def test_an_export_loads_as_the_checkpoint_it_came_from(smoke_run, tmp_path):
 
 
 def test_configs_of_older_runs_with_retired_keys_still_load(smoke_run, tmp_path):
-    """Runs saved before eval.data owned the held-out data hold
-    data.val_shards: it moves there (or goes, when null)."""
+    """Runs saved before eval.data owned the held-out data hold data.val_shards: it moves there (or goes,
+    when null)."""
     copy = tmp_path / "run"
     shutil.copytree(smoke_run.run_dir / "checkpoints", copy / "checkpoints")
     step = copy / "checkpoints" / smoke_run.step_dir.name

@@ -112,7 +112,8 @@ def test_what_sample_and_export_write_is_masked_and_synced(smoke_run, tmp_path):
     for text in (json.dumps(metadata), sidecar):
         assert secret not in text and "***" in text
 
-    from cinescene.ckpt.export import DESCRIPTION, RUN_CONFIG, export
+    from cinescene.ckpt.export import export
+    from cinescene.ckpt.locate import DESCRIPTION, RUN_CONFIG
 
     synced: list[Path] = []
     real = os.fsync

@@ -309,20 +309,21 @@ def test_two_submissions_of_one_sweep_at_once_the_second_is_refused(repo_root, t
         fcntl.flock(held, fcntl.LOCK_EX)  # as a first `cinescene sweep` submitting right now would
         out = cli(repo_root, "sweep", str(path))
     assert out.returncode == 1 and out.stdout == ""
-    assert (
-        out.stderr
-        == f"cinescene sweep: error: another `cinescene sweep` is submitting {tmp_path / 'sw'} right now\n"
+    assert out.stderr.startswith(
+        f"cinescene sweep: error: another `cinescene sweep` is submitting {tmp_path / 'sw'} right now ("
     )
+    assert len(out.stderr.splitlines()) == 1
 
 
 def test_a_step_that_ended_after_a_preemption_save_counts_as_saved(tmp_path):
     """srun --kill-on-bad-exit stops ranks still leaving after the first one exits 124: the step's status is
     then 143, but the checkpoint they saved together says it was a preemption save."""
-    from cinescene.slurm.job import _latest_checkpoint, _saved_on_preemption
+    from cinescene.ckpt.locate import latest_step_dir
+    from cinescene.slurm.job import _saved_on_preemption
     from tests.ckpt.fakes import record
 
     root = tmp_path / "checkpoints"
-    assert _latest_checkpoint(root) is None and not _saved_on_preemption(root, None)
+    assert latest_step_dir(root) is None and not _saved_on_preemption(root, None)
 
     def save(step: int, reason: str) -> None:
         step_dir = root / f"step_{step:08d}"
@@ -331,9 +332,42 @@ def test_a_step_that_ended_after_a_preemption_save_counts_as_saved(tmp_path):
         (root / "latest").write_text(step_dir.name)
 
     save(10, "every_steps")
-    before = _latest_checkpoint(root)
+    before = latest_step_dir(root)
     assert before == root / "step_00000010" and not _saved_on_preemption(root, None)  # not a preemption save
     save(14, "preemption")
-    assert _saved_on_preemption(root, before) and not _saved_on_preemption(root, _latest_checkpoint(root))
+    assert _saved_on_preemption(root, before) and not _saved_on_preemption(root, latest_step_dir(root))
     (root / "step_00000014" / "trainer_state.json").write_text("{")  # damaged: not counted
     assert not _saved_on_preemption(root, before)
+
+
+def test_a_sweep_whose_trials_share_a_checkpoint_directory_is_refused(repo_root, tmp_path):
+    """Two trials writing one checkpoint directory would delete each other's saves and resume from each
+    other's steps; two spellings of one directory (./, a trailing slash) are one directory."""
+    path = tmp_path / "sweep.yaml"
+    trials = [
+        ["train.lr=0.001", f"checkpoint.dir={tmp_path}/shared"],
+        ["train.lr=0.0003", f"checkpoint.dir={tmp_path}/./shared/"],
+    ]
+    sweep = {"name": "s", "base": str(repo_root / SMOKE), "run_root": str(tmp_path / "sw"), "trials": trials}
+    path.write_text(yaml.safe_dump({"sweep": sweep}))
+    out = cli(repo_root, "sweep", str(path), "--dry-run")
+    assert out.returncode == 2 and out.stdout == "" and len(out.stderr.splitlines()) == 1, out.stderr
+    assert f"checkpoint.dir: sweep trials 0 and 1 would share the checkpoint directory {tmp_path}/shared" in (
+        out.stderr
+    )
+    trials[1][1] = f"checkpoint.dir={tmp_path}/own"
+    path.write_text(yaml.safe_dump({"sweep": sweep}))
+    assert cli(repo_root, "sweep", str(path), "--dry-run").returncode == 0
+
+
+def test_sweep_status_reads_the_rows_a_crash_left(repo_root, tmp_path):
+    """A metrics.jsonl whose last line a crash cut short: status shows the last complete row."""
+    run_dir = tmp_path / "sw" / "trial"
+    (run_dir / "slurm").mkdir(parents=True)
+    (run_dir / "slurm" / "trial.json").write_text(json.dumps({"signature": "trial", "max_steps": 9}))
+    rows = [{"step": 1, "loss": 0.5, "restarts": 0}, {"step": 2, "loss": 0.25, "restarts": 1}]
+    (run_dir / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows) + '{"step": 3, "lo')
+    out = cli(repo_root, "sweep", "status", str(tmp_path / "sw"), "--json")
+    assert out.returncode == 0, out.stderr
+    (row,) = [json.loads(line) for line in out.stdout.splitlines()]
+    assert (row["step"], row["loss"], row["restarts"], row["max_steps"]) == (2, 0.25, 1, 9)

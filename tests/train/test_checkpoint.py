@@ -1,5 +1,4 @@
-"""Checkpoint manager: atomic step directories, `latest`,
-recovery after a killed save, retention, resume rules.
+"""Checkpoint manager: atomic step directories, `latest`, recovery after a killed save, retention, resuming.
 
 A one-rank fake engine writes DeepSpeed's ZeRO-3 file layout through the checkpoint engine the manager
 installs (:mod:`tests.ckpt.fakes`); crash points raise instead of SIGKILLing, which leaves the same files
@@ -11,24 +10,23 @@ from __future__ import annotations
 import json
 
 import pytest
+import torch
 
 from cinescene.ckpt.layout import is_complete, step_dir_name
+from cinescene.ckpt.locate import latest_step_dir
 from cinescene.ckpt.manifest import hash_file, read_manifest
 from cinescene.ckpt.rank_state import read_rank_state
 from cinescene.ckpt.record import read_record
 from cinescene.config.checkpoint import CheckpointConfig
 from cinescene.errors import CineSceneError
 from cinescene.train.checkpoint import CheckpointManager, check_compatible, validate
-from cinescene.train.checkpoint import (
-    manager as manager_module,
-)
+from cinescene.train.checkpoint import saving as saving_module
+from cinescene.train.checkpoint.save_points import POINTS
 from tests.ckpt.fakes import FakeZeroEngine, rank_state, record
 
-POINTS = ["tmp_created", "after_shards", "after_rank_states", "before_rename", "after_rename", "after_latest"]
 
-
-class Crash(Exception):
-    pass
+class Crash(BaseException):
+    """Stands for a SIGKILL: not an error the save protocol handles, so nothing cleans up after it."""
 
 
 def manager(root, **cfg) -> CheckpointManager:
@@ -45,7 +43,7 @@ def test_save_writes_a_complete_directory_with_its_manifest_and_moves_latest(tmp
     second = save(mgr, 2)
     assert first.name == "step_00000001" and is_complete(first) and is_complete(second)
     assert (tmp_path / "ck" / "latest").read_text() == "step_00000002\n"
-    assert mgr.latest() == second
+    assert latest_step_dir(mgr.root) == second
     state = json.loads((second / "trainer_state.json").read_text())
     assert state["step"] == 2 and state["consumed_samples"] == 8 and state["format"] == 2
     assert read_record(second).step == 2 and validate(second).consumed_samples == 8
@@ -67,18 +65,18 @@ def test_a_save_killed_at_any_point_leaves_latest_on_a_complete_checkpoint(tmp_p
     mgr = manager(tmp_path / "ck")
     save(mgr, 1)
 
-    def crash(name, step):
+    def crash(name, step, rank):
         if name == point:
             raise Crash(name)
 
-    monkeypatch.setattr(manager_module, "_crash_point", crash)
+    monkeypatch.setattr(saving_module, "save_point", crash)
     with pytest.raises(Crash):
         save(mgr, 2)
     monkeypatch.undo()
     # At the moment of the kill: latest names a complete directory, never the partial one.
-    assert mgr.latest() is not None and is_complete(mgr.latest())
+    assert latest_step_dir(mgr.root) is not None and is_complete(latest_step_dir(mgr.root))
     expect_latest_now = 2 if point == "after_latest" else 1
-    assert mgr.latest().name == step_dir_name(expect_latest_now)
+    assert latest_step_dir(mgr.root).name == step_dir_name(expect_latest_now)
     # The next start: leftovers removed, latest moved forward onto a save that completed its rename.
     fresh = manager(tmp_path / "ck")
     fresh.recover()
@@ -110,24 +108,66 @@ def test_recover_removes_leftovers_and_ignores_foreign_dirs(tmp_path):
     (root / "step_00000009").mkdir()  # no trainer_state.json: not a checkpoint
     mgr.recover()
     assert sorted(p.name for p in root.iterdir()) == ["latest", "step_00000003", "step_00000009"]
-    assert mgr.latest().name == "step_00000003"
+    assert latest_step_dir(mgr.root).name == "step_00000003"
 
 
 def test_resume_rules(tmp_path):
     root = tmp_path / "ck"
     mgr = manager(root)
     assert mgr.choose("auto") is None and mgr.choose("never") is None
+    with pytest.raises(CineSceneError, match=r"checkpoint.resume=\S*nope: checkpoint not found"):
+        mgr.choose(str(tmp_path / "nope"))  # an empty run: the path must name a checkpoint
     for step in (1, 2):
         save(mgr, step)
     with pytest.raises(CineSceneError, match="already holds checkpoints"):
         mgr.choose("never")
-    with pytest.raises(CineSceneError, match="no such checkpoint directory"):
-        mgr.choose(str(tmp_path / "nope"))
-    with pytest.raises(CineSceneError, match="would rewind this run"):
-        mgr.choose(str(root / "step_00000001"))
     other = manager(tmp_path / "other")
     assert other.choose(str(root)).name == "step_00000002"  # a checkpoints dir: its latest
     assert other.choose(str(root / "step_00000001")).name == "step_00000001"
+    assert other.choose(str(root / "latest")).name == "step_00000002"  # `latest` itself: what it names
+
+
+def test_a_fork_seeds_an_empty_run_only_and_never_rewinds(tmp_path, cinescene_logs):
+    """checkpoint.resume=<path> applies to a run without checkpoints; a requeue repeats the command line, and
+    must then continue the run's own checkpoints, never go back to the fork point."""
+    source = manager(tmp_path / "source")
+    for step in (1, 2):
+        save(source, step)
+    fork = manager(tmp_path / "fork")
+    seed = str(source.root / "step_00000001")
+    assert fork.choose(seed) == source.root / "step_00000001"
+    save(fork, 2)
+    assert fork.choose(seed) == fork.root / "step_00000002"
+    assert "seeds an empty run only" in cinescene_logs.text and "resuming from them" in cinescene_logs.text
+    save(fork, 3)  # a path into the run's own older checkpoints does not rewind it either
+    assert fork.choose(str(fork.root / "step_00000002")) == fork.root / "step_00000003"
+    assert fork.choose(str(tmp_path / "gone")) == fork.root / "step_00000003"  # nor is it even looked at
+
+
+def overwrite_tensor_bytes(path, tensor, value: float = 1e30) -> None:
+    """Overwrite the first two elements of ``tensor``'s bytes in ``path`` (same size: only a hash sees it)."""
+    data = path.read_bytes()
+    at = data.index(tensor.numpy().tobytes())
+    path.write_bytes(data[:at] + torch.full((2,), value).numpy().tobytes() + data[at + 8 :])
+
+
+def test_resume_hashes_every_file_and_falls_back_past_altered_bytes(tmp_path, cinescene_logs):
+    """8 bytes of an optimizer shard overwritten, the size unchanged: refused by the hash, with one warning
+    naming the file, and the previous checkpoint resumed; asked for by path, one error naming the file."""
+    root = tmp_path / "ck"
+    mgr = manager(root)
+    for step in (1, 2):
+        save(mgr, step)
+    shard = root / "step_00000002" / "zero" / "zero_pp_rank_0_mp_rank_00_optim_states.pt"
+    engine = FakeZeroEngine(step=2)
+    overwrite_tensor_bytes(shard, torch.cat([t.reshape(-1) for t in engine.weights.values()]) * 0.1)
+    assert manager(root, verify=False).choose("auto").name == "step_00000002"  # sizes alone: accepted
+    assert mgr.choose("auto").name == "step_00000001"
+    warnings = [r.getMessage() for r in cinescene_logs.records if r.levelname == "WARNING"]
+    assert len(warnings) == 1 and f"{shard}: altered (sha256 differs" in warnings[0]
+    assert "falling back to step_00000001" in warnings[0]
+    with pytest.raises(CineSceneError, match=f"{shard}: altered"):
+        manager(tmp_path / "fork").choose(str(root / "step_00000002"))
 
 
 def test_compatibility_errors_name_what_differs(tmp_path):

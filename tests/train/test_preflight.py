@@ -163,6 +163,7 @@ def _pretrained_tiny(weights, *overrides):
         REPO / SMOKE,
         [
             "model.init=pretrained",
+            f"run.dir={weights / 'run'}",
             f"model.pretrained={weights / 'dit.safetensors'}",
             f"model.scene.vggt.weights={weights / 'vggt.safetensors'}",
             *overrides,
@@ -193,6 +194,36 @@ def test_dry_run_failures_are_one_error_each(tiny_weights, tmp_path):
     assert reads.keys == []
 
 
+def test_dry_run_refuses_the_checkpoint_resume_a_real_start_refuses(tmp_path):
+    """The dry run chooses the start point as a start does: a path that is no checkpoint, a checkpoint of
+    another model, one whose bytes were altered; and a fork's path is ignored once the run has its own."""
+    import torch
+
+    from cinescene.config.checkpoint import CheckpointConfig
+    from cinescene.train.checkpoint import CheckpointManager
+    from tests.ckpt.fakes import FakeZeroEngine, rank_state, record
+
+    def config(*overrides):
+        cfg, _ = load_config(REPO / SMOKE, [f"run.dir={tmp_path / 'run'}", *overrides])
+        return cfg
+
+    checks = {c.what: c.result for c in dry_run(config(), world_size=1)}
+    assert checks["checkpoint"].startswith("fresh start")
+    with pytest.raises(CineSceneError, match=r"checkpoint.resume=\S*nowhere: checkpoint not found"):
+        dry_run(config(f"checkpoint.resume={tmp_path / 'nowhere'}"), world_size=1)
+    other = CheckpointManager(tmp_path / "other", CheckpointConfig(), rank=0, world_size=1)
+    other.save(FakeZeroEngine(step=3), record(3), rank_state(3), "run: {}\n")
+    with pytest.raises(CineSceneError, match="was saved for another model config"):
+        dry_run(config(f"checkpoint.resume={tmp_path / 'other'}"), world_size=1)
+    shard = tmp_path / "other" / "step_00000003" / "zero" / "zero_pp_rank_0_mp_rank_00_optim_states.pt"
+    data = bytearray(shard.read_bytes())
+    flat = torch.cat([t.reshape(-1) for t in FakeZeroEngine().weights.values()]).numpy().tobytes()
+    data[data.index(flat)] ^= 0xFF  # one byte of the fp32 weights, the size unchanged: only the hash sees it
+    shard.write_bytes(bytes(data))
+    with pytest.raises(CineSceneError, match=f"{shard}: altered"):
+        dry_run(config(f"checkpoint.resume={tmp_path / 'other'}"), world_size=1)
+
+
 def test_deepspeed_rejects_what_its_schema_does_not_know(tiny_weights):
     cfg = _pretrained_tiny(tiny_weights)
     plan = plan_batch(cfg.train, 2)
@@ -209,8 +240,7 @@ def test_deepspeed_rejects_what_its_schema_does_not_know(tiny_weights):
 
 @pytest.mark.slow
 def test_dry_run_of_the_recipe_on_cpu_without_allocating_the_model(tmp_path):
-    """Full-size 1.3B + VGGT-1B checkpoints as header-only
-    sparse files: names and shapes checked, RSS small."""
+    """Full-size 1.3B + VGGT-1B checkpoints as header-only sparse files: names, shapes checked; small RSS."""
     cfg, _ = load_config(REPO / RECIPE, ["model.init=random"])
     model = build_model(cfg.model, device="meta")
     write_header_only_safetensors(
@@ -238,6 +268,7 @@ def test_dry_run_of_the_recipe_on_cpu_without_allocating_the_model(tmp_path):
             code,
             "train",
             RECIPE,
+            f"run.dir={tmp_path / 'run'}",
             f"model.pretrained={tmp_path / 'dit.safetensors'}",
             f"model.scene.vggt.weights={tmp_path / 'vggt.safetensors'}",
             "--dry-run",

@@ -8,8 +8,9 @@ import logging
 from cinescene.config.tracking import TrackingConfig, WandbConfig
 from cinescene.log import setup_logging
 from cinescene.provenance import git_state
+from cinescene.run_dir import MetricsFile
 from cinescene.secrets import MASK
-from cinescene.train.tracking import Tracker, install_secret_filter, scrub, secret_values, truncate_jsonl
+from cinescene.train.tracking import Tracker, install_secret_filter, scrub, secret_values
 from tests.fixtures.wandb_files import (
     read_history,
     read_metric_definitions,
@@ -25,10 +26,10 @@ def test_truncate_keeps_steps_up_to_the_checkpoint_and_drops_a_torn_line(tmp_pat
     path.write_text(
         "".join(json.dumps({"step": s, "loss": 1.0 / s}) + "\n" for s in range(1, 8)) + '{"step": 8, "lo'
     )
-    assert truncate_jsonl(path, 5) == 3
+    assert MetricsFile(path).keep_through(5) == 3
     assert [json.loads(line)["step"] for line in path.read_text().splitlines()] == [1, 2, 3, 4, 5]
-    assert truncate_jsonl(path, 5) == 0
-    assert truncate_jsonl(tmp_path / "absent.jsonl", 3) == 0
+    assert MetricsFile(path).keep_through(5) == 0
+    assert MetricsFile(tmp_path / "absent.jsonl").keep_through(3) == 0
 
 
 def test_scrub_masks_secret_keys_and_env_values(monkeypatch):

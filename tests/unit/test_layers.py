@@ -27,6 +27,7 @@ LAYERS = [
         "cinescene.rng",
         "cinescene.host_memory",
         "cinescene.durable",
+        "cinescene.locks",
         "cinescene.hub",
         "cinescene.provenance",
         "cinescene.run_dir",

@@ -152,6 +152,21 @@ def test_an_internal_error_is_one_console_line_and_a_traceback_in_the_log(tmp_pa
     assert "Traceback (most recent call last)" in log_file.read_text()
 
 
+def test_an_internal_error_still_reaches_the_console_when_its_log_is_on_a_full_disk(repo_root):
+    out = subprocess.run(
+        [sys.executable, "-c", INTERNAL_ERROR, "/dev/full"],  # every write: ENOSPC
+        cwd=repo_root,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert out.returncode == 1 and out.stderr.count("\n") == 1, out.stderr
+    assert out.stderr == (
+        "cinescene model: error: internal error (RuntimeError: a bug, not a user error); its traceback could "
+        "not be written (No space left on device)\n"
+    )
+
+
 def test_an_internal_error_of_a_command_without_a_log_file_is_one_line_too(tmp_path, repo_root):
     script = INTERNAL_ERROR.replace("send_output_to(sys.argv[1])\n", "")
     env = {**os.environ, "TMPDIR": str(tmp_path)}

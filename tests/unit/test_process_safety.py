@@ -71,7 +71,12 @@ def test_a_preemption_signal_before_the_ranks_start_exits_124_starting_nothing(t
     lines = out.stderr.strip().splitlines()
     assert out.returncode == 124 and len(lines) == 1, out.stderr
     assert f"preemption requested ({name}) before any rank started: nothing new saved" in lines[0]
-    assert sorted(p.name for p in (tmp_path / "run").iterdir()) == ["run.lock"]
+    run_dir = tmp_path / "run"  # locked (the run and its checkpoint directory), nothing else written
+    assert sorted(str(p.relative_to(run_dir)) for p in run_dir.rglob("*")) == [
+        "checkpoints",
+        "checkpoints/run.lock",
+        "run.lock",
+    ]
 
 
 def test_an_early_signal_that_is_not_a_preemption_signal_keeps_its_default_action(tmp_path, repo_root):

@@ -9,8 +9,8 @@ Speed (numpy on one core, 17 frames of 64x64 with 6 scene images and a
 128x256 panorama; BENCHMARKS.md, "Data"): about 11 clips/s rendering alone
 (0.09 CPU-seconds per clip). ``cinescene data synth`` of the CPU smoke run's
 32 clips takes ~3.4 s on one core, start-up and writes included, ~2.1 s with
-two workers; ``tests/data/test_synth.py::test_render_speed_at_17x64x64``
-guards a loose bound.
+two workers. ``clips_per_second`` is the benchmark (BENCHMARKS.md gives the
+command); no test asserts a speed.
 """
 
 from __future__ import annotations

@@ -24,7 +24,7 @@ import torch
 from cinescene import rng
 from cinescene.ckpt import rank_state
 from cinescene.ckpt.layout import RANK_STATES, ZERO_TAG, rank_state_name
-from cinescene.ckpt.record import TrainerRecord, read_record
+from cinescene.ckpt.record import TrainerRecord, params_mismatch, read_record
 from cinescene.ckpt.zero import ZeroShards
 from cinescene.config.schema import CineSceneConfig
 from cinescene.distributed.batching import BatchPlan
@@ -40,8 +40,7 @@ _log = get_logger("train")
 
 
 def parameter_manifest(model: torch.nn.Module):
-    """Full shapes of every parameter and the trainable
-    names (ZeRO-3 aware), as the checkpoint records them."""
+    """Full shapes of every parameter and the trainable names (ZeRO-3 aware), as a checkpoint records them."""
     shapes = {name: list(getattr(p, "ds_shape", p.shape)) for name, p in model.named_parameters()}
     trainable = sorted(name for name, p in model.named_parameters() if p.requires_grad)
     return shapes, trainable
@@ -107,15 +106,14 @@ class Start:
         return self.engine is None
 
     def restore_callbacks(self, callbacks: CallbackList) -> None:
-        """Give the callbacks their saved states (the EMA
-        re-slices itself from every rank's file if needed)."""
+        """Give the callbacks their saved states (the EMA re-slices itself from all rank files if need be)."""
         if self._callback_states is None:
             return
         loader = self._all_rank_files
         for callback in callbacks.callbacks:
             if hasattr(callback, "provide_all_ranks") and loader is not None:
                 callback.provide_all_ranks(
-                    lambda name=callback.name: [s["callbacks"][name] for s in loader()]
+                    lambda name=callback.name, read=loader: [s["callbacks"][name] for s in read()]
                 )
         try:
             callbacks.load_state_dict(self._callback_states)
@@ -139,22 +137,11 @@ def check_compatible(
 
     Another world size is fine for ZeRO-3 (resharded on load); another model or ZeRO stage is not.
     """
-    saved = {k: list(v) for k, v in record.params.items()}
-    current = {k: list(v) for k, v in params.items()}
-    missing = sorted(set(saved) - set(current))
-    unexpected = sorted(set(current) - set(saved))
-    reshaped = sorted(k for k in set(saved) & set(current) if saved[k] != current[k])
+    parts = params_mismatch(record.params, params)
     changed_trainable = sorted(set(record.trainable) ^ set(trainable))
-    if missing or unexpected or reshaped or changed_trainable:
-        parts = []
-        if reshaped:
-            parts.append("shape differs: " + _names([f"{k} {saved[k]} vs {current[k]}" for k in reshaped]))
-        if missing:
-            parts.append("only in the checkpoint: " + _names(missing))
-        if unexpected:
-            parts.append("only in this model: " + _names(unexpected))
-        if changed_trainable and not (missing or unexpected or reshaped):
-            parts.append("trainable set differs: " + _names(changed_trainable))
+    if changed_trainable and not parts:
+        parts.append("trainable set differs: " + ", ".join(changed_trainable[:6]))
+    if parts:
         raise CineSceneError(f"checkpoint {path} was saved for another model config: " + "; ".join(parts))
     if record.zero_stage != zero_stage:
         raise CineSceneError(
@@ -167,11 +154,6 @@ def check_compatible(
             "loading at another world size needs ZeRO-3 (parallel.zero_stage=3); resume it at "
             f"{record.world_size} ranks"
         )
-
-
-def _names(items: list[str], limit: int = 6) -> str:
-    more = f" (+{len(items) - limit} more)" if len(items) > limit else ""
-    return ", ".join(items[:limit]) + more
 
 
 def _facts(cfg: CineSceneConfig, layout: ParallelLayout, plan: BatchPlan, model: torch.nn.Module) -> RunFacts:
