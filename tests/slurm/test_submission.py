@@ -98,6 +98,7 @@ def test_extra_lines_are_refused_by_submit_with_exit_2(repo_root):
     )
 
 
+@pytest.mark.slow  # starts `cinescene submit`
 def test_flags_override_the_config_and_reach_the_job_as_the_same_overrides(repo_root):
     out = cli(
         repo_root,
@@ -142,6 +143,7 @@ def test_flags_override_the_config_and_reach_the_job_as_the_same_overrides(repo_
     assert out.stdout.count("#!/bin/bash") == 1  # the batch script follows the call
 
 
+@pytest.mark.slow  # starts `cinescene submit`
 def test_cpu_job_runs_nproc_tasks_per_node_and_no_gpu_request(repo_root):
     out = cli(
         repo_root,
@@ -160,6 +162,7 @@ def test_cpu_job_runs_nproc_tasks_per_node_and_no_gpu_request(repo_root):
     assert {"--mem=4G", "--no-requeue", "--constraint=cpu", "--exclusive"} <= set(argv)
 
 
+@pytest.mark.slow  # starts `cinescene submit` twice
 def test_print_config_and_no_submission_without_sbatch(repo_root, tmp_path):
     out = cli(repo_root, "submit", SMOKE, "--nodes", "3", "--print-config")
     assert out.returncode == 0 and "nodes: 3" in out.stdout

@@ -150,6 +150,7 @@ def test_signal_to_the_parent_reaches_every_rank(tmp_path):
     assert spawn(tmp_path, "signal") == 124
 
 
+@pytest.mark.slow  # starts ranks and waits out the grace period
 def test_a_failed_rank_stops_the_others(tmp_path):
     start = time.monotonic()
     assert spawn(tmp_path, "hang") == 5
