@@ -40,12 +40,16 @@ if not _cuda_visible():
     os.environ["TRITON_INTERPRET"] = "1"
 
 
+@pytest.hookimpl(tryfirst=True)  # before `-m` deselects: `-m "not slow"` must see the added marks
 def pytest_collection_modifyitems(config, items):
-    if _cuda_visible():
-        return
-    skip_gpu = pytest.mark.skip(reason="needs a CUDA GPU")
+    """A test that starts ranks (``dist``) or SLURM jobs (``slurm``) is ``slow`` too, so the fast tier
+    (``pytest -m "not slow"``) never waits on one; ``gpu`` tests skip without a GPU."""
+    skip_gpu = None if _cuda_visible() else pytest.mark.skip(reason="needs a CUDA GPU")
     for item in items:
-        if "gpu" in item.keywords:
+        marks = {mark.name for mark in item.iter_markers()}  # not item.keywords: folder names are in it
+        if marks & {"dist", "slurm"} and "slow" not in marks:
+            item.add_marker(pytest.mark.slow)
+        if skip_gpu is not None and "gpu" in item.keywords:
             item.add_marker(skip_gpu)
 
 

@@ -39,19 +39,26 @@ from pathlib import Path
 
 import torch
 import yaml
+from omegaconf import OmegaConf
+from safetensors.torch import save_file
 
+from cinescene import rng
+from cinescene.config import from_container
 from cinescene.config.loading import read_yaml
 from cinescene.config.paths import check_output_location
 from cinescene.durable import fsync_path, fsync_tree
 from cinescene.errors import CineSceneError
+from cinescene.host_memory import current_rss_bytes, peak_rss_bytes, reset_peak
 from cinescene.log import get_logger
+from cinescene.models import build_model
+from cinescene.models.key_mapping import detect_layout, diffusers_to_wan_key, wan_to_diffusers_key
+from cinescene.models.weights import TensorSource, assign_state_dict, is_cinescene_extension, open_checkpoint
 from cinescene.secrets import scrub, secret_values
 
 from .config import checkpoint_config, config_from_data
 from .layout import CONFIG_FILE, RANK_STATES, ZERO_TAG, refuse_inside_checkpoint
 from .locate import DESCRIPTION, EXPORT_FORMAT, EXPORT_VERSION, RUN_CONFIG, read_description
 from .manifest import read_manifest
-from .memory import current_rss_bytes, peak_rss_bytes, reset_peak
 from .record import params_mismatch
 from .weights import TrainedWeights
 
@@ -67,8 +74,6 @@ VGGT_PREFIX = "scene_encoder.vggt."
 
 def is_cinescene_key(name: str) -> bool:
     """Parameters CineScene adds to the Wan DiT: they go to the modules file, never to the base DiT's."""
-    from cinescene.models.weights import is_cinescene_extension
-
     return is_cinescene_extension(name)
 
 
@@ -93,8 +98,6 @@ class ShardWriter:
         self.total_bytes += size
 
     def _flush(self) -> None:
-        from safetensors.torch import save_file
-
         path = self.out / f".{self.stem}-part{len(self.shards):05d}.safetensors"
         save_file(self.pending, str(path), metadata={"format": "pt"})
         self.shards.append((path, list(self.pending)))
@@ -138,9 +141,6 @@ class FrozenWeights:
         self._initialised: dict[str, torch.Tensor] | None = None
 
     def _source(self, kind: str) -> Callable[[str], torch.Tensor] | None:
-        from cinescene.models.key_mapping import detect_layout, diffusers_to_wan_key
-        from cinescene.models.weights import open_checkpoint
-
         if kind not in self._sources:
             model = self.cfg.model
             path = model.pretrained if kind == "base" else model.scene.vggt.weights
@@ -172,9 +172,6 @@ class FrozenWeights:
 
     def _initialise(self) -> dict[str, torch.Tensor]:
         """The frozen parameters as the trainer built them: the model under ``run.seed``, its files loaded."""
-        from cinescene.models import build_model
-        from cinescene.train import rng
-
         _log.info(
             "frozen parameters without a weights file: rebuilding them as initialised under run.seed=%d",
             self.cfg.run.seed,
@@ -258,8 +255,6 @@ class ExportReport:
 
 def _check_model_fits(cfg, step_dir: Path, params: dict[str, list[int]]) -> None:
     """The config's model has the checkpoint's parameters, shape for shape (built on the meta device)."""
-    from cinescene.models import build_model
-
     model = build_model(cfg.model, device="meta")
     parts = params_mismatch(params, {name: list(p.shape) for name, p in model.named_parameters()})
     if parts:
@@ -313,8 +308,6 @@ def export(
     ``overrides`` (KEY=VALUE) apply to the checkpoint's config as for ``cinescene sample``: an older run's
     masked values are given this way. The model they describe must be the one the checkpoint recorded.
     """
-    from cinescene.models.key_mapping import wan_to_diffusers_key
-
     if fmt not in FORMATS:
         raise CineSceneError(f"unknown export format {fmt!r}; expected one of {', '.join(FORMATS)}")
     if dtype not in DTYPES:
@@ -358,7 +351,6 @@ def export(
         frozen.close()
     model_config = diffusers_config(cfg.model) if fmt == "diffusers" else wan_config(cfg.model)
     (work / "config.json").write_text(json.dumps(model_config, indent=2) + "\n")
-    from omegaconf import OmegaConf
 
     # The run's config as saved, masked again: a received checkpoint's config.yaml may hold a secret's value.
     run_config = read_yaml(weights.path / CONFIG_FILE)
@@ -427,10 +419,6 @@ def _export_files(export_dir: Path, description: dict) -> tuple[str, list[str], 
 def _model_config(export_dir: Path, description: dict, model_cfg, base_only: bool):
     """The model to build: ``model_cfg``, else the description's (received: read by the one config reader);
     weight files off (the export holds every weight), camera and scene off for ``base_only``."""
-    from omegaconf import OmegaConf
-
-    from cinescene.config import from_container
-
     if model_cfg is None:
         if not isinstance(description.get("model"), dict):
             raise CineSceneError(f"{export_dir / DESCRIPTION} is corrupt: no model config")
@@ -461,10 +449,6 @@ def load_exported_model(
     built on the meta device before the real one is allocated: the config cannot make this allocate
     more than the files hold.
     """
-    from cinescene.models import build_model
-    from cinescene.models.key_mapping import diffusers_to_wan_key
-    from cinescene.models.weights import TensorSource, assign_state_dict, open_checkpoint
-
     export_dir = Path(export_dir)
     description = read_description(export_dir)
     layout, base_files, module_files = _export_files(export_dir, description)

@@ -12,10 +12,11 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+from cinescene.host_memory import human_bytes
+
 from .layout import RANK_STATES, ZERO_TAG
 from .locate import resolve_step_dir
 from .manifest import MANIFEST, read_manifest, verify
-from .memory import human_bytes
 from .record import read_record
 
 #: (label, predicate on a path relative to the step directory), in the order they are shown.

@@ -18,6 +18,8 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from safetensors import safe_open
+from safetensors.torch import save
 
 from .errors import DamagedCheckpointError
 from .manifest import FileRecord, write_bytes
@@ -28,8 +30,6 @@ META_KEY = "cinescene.state"
 
 def encode(state: Any) -> bytes:
     """The safetensors bytes of ``state`` (see the module doc)."""
-    from safetensors.torch import save
-
     tensors: dict[str, torch.Tensor] = {}
 
     def walk(node: Any, path: str) -> Any:
@@ -86,8 +86,6 @@ class RankStateFile:
     """One rank file, opened: ``tree`` holds :class:`StoredTensor` handles in place of tensors."""
 
     def __init__(self, path: Path | str):
-        from safetensors import safe_open
-
         self.path = Path(path)
         try:
             self._handle = safe_open(str(self.path), framework="pt", device="cpu")

@@ -25,6 +25,7 @@ its record. So whatever a reader asks for is at most the bytes on disk.
 
 from __future__ import annotations
 
+import importlib
 import io
 import math
 import os
@@ -342,8 +343,6 @@ def check(path: Path | str) -> None:
 
 def deepspeed_safe_globals() -> list:
     """The classes of :data:`DEEPSPEED_GLOBALS`, imported (for ``torch.serialization.safe_globals``)."""
-    import importlib
-
     return [getattr(importlib.import_module(module), name) for module, name in DEEPSPEED_GLOBALS]
 
 

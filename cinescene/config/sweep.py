@@ -200,7 +200,8 @@ def as_override(key: str, value: Any) -> str:
     """``key=value`` in the dotlist grammar, parsed back to exactly ``value`` (strings quoted as JSON)."""
     if isinstance(value, str):
         return f"{key}={json.dumps(value)}"
-    return f"{key}={yaml.safe_dump(value, default_flow_style=True, width=10**6).strip().removesuffix('...').strip()}"
+    flow = yaml.safe_dump(value, default_flow_style=True, width=10**6)
+    return f"{key}={flow.strip().removesuffix('...').strip()}"
 
 
 def signature(values: dict[str, Any]) -> str:
@@ -385,14 +386,6 @@ def _require_distinct_run_dirs(trials: Sequence[Trial]) -> None:
             )
 
 
-def trial_table(trials: Sequence[Trial]) -> str:
-    """One line per trial: index, run directory, the overrides that make it differ."""
-    width = max(len(t.run_dir) for t in trials)
-    return "".join(
-        f"{t.index:>4}  {t.run_dir:<{width}}  {' '.join(t.varied) or '(base config)'}\n" for t in trials
-    )
-
-
 __all__ = [
     "SweepSpec",
     "Trial",
@@ -403,5 +396,4 @@ __all__ = [
     "identity",
     "signature",
     "trial_count",
-    "trial_table",
 ]

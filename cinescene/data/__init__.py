@@ -24,6 +24,7 @@ Public API (the trainer needs the first two)::
 
 Imports are lazy so ``import cinescene.data`` stays cheap (no torch until a loader is built).
 """
+
 from __future__ import annotations
 
 import importlib

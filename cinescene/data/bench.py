@@ -10,26 +10,31 @@ seconds per optimizer step -- given with ``--step-time`` (read it off the
 trainer's logs) or measured here as forward + backward of the configured
 model on one loader batch (CPU, no optimizer; a lower bound on a real step).
 """
+
 from __future__ import annotations
 
 import dataclasses
 import statistics
 import time
-from typing import List, Optional
+
+import torch
 
 from cinescene.errors import CineSceneError
+from cinescene.models import build_model
 
 from .ensure import ensure_dataset
 from .loader import build_train_loader
+from .manifest import load_manifest
 
 
-def loader_rate(cfg, workers: int, batches: int, world_size: int, shards: Optional[str] = None) -> float:
+def loader_rate(cfg, workers: int, batches: int, world_size: int, shards: str | None = None) -> float:
     """Samples/s one rank's loader delivers with ``workers`` DataLoader workers (from ``shards``, default
     data.train_shards)."""
     data = dataclasses.replace(cfg.data, num_workers=workers, train_shards=shards or cfg.data.train_shards)
     micro = cfg.train.micro_batch_size
-    loader = build_train_loader(data, cfg.model, rank=0, world_size=world_size, seed=cfg.run.seed,
-                                micro_batch_size=micro)
+    loader = build_train_loader(
+        data, cfg.model, rank=0, world_size=world_size, seed=cfg.run.seed, micro_batch_size=micro
+    )
     batches_iter = iter(loader)
     next(batches_iter)
     start = time.perf_counter()
@@ -41,19 +46,31 @@ def loader_rate(cfg, workers: int, batches: int, world_size: int, shards: Option
 def measured_step_time(cfg, world_size: int) -> float:
     """Seconds of forward + backward of the model on one micro-batch (median of 5), times grad_accum."""
     try:
-        import torch
-
-        from cinescene.models import build_model
-
         model = build_model(cfg.model)
-        batch = next(iter(build_train_loader(cfg.data, cfg.model, rank=0, world_size=world_size, seed=0,
-                                             micro_batch_size=cfg.train.micro_batch_size)))
+        batch = next(
+            iter(
+                build_train_loader(
+                    cfg.data,
+                    cfg.model,
+                    rank=0,
+                    world_size=world_size,
+                    seed=0,
+                    micro_batch_size=cfg.train.micro_batch_size,
+                )
+            )
+        )
         timestep = torch.full((batch["video"].shape[0],), 500.0)
 
         def step():
-            out = model(batch["video"], timestep, batch["text"], cameras=batch["cameras"],
-                        scene_images=batch["scene_images"], scene_latents=batch["scene_latents"],
-                        scene_counts=batch["scene_counts"])
+            out = model(
+                batch["video"],
+                timestep,
+                batch["text"],
+                cameras=batch["cameras"],
+                scene_images=batch["scene_images"],
+                scene_latents=batch["scene_latents"],
+                scene_counts=batch["scene_counts"],
+            )
             out.float().pow(2).mean().backward()
 
         step()
@@ -66,12 +83,20 @@ def measured_step_time(cfg, world_size: int) -> float:
     except CineSceneError:
         raise
     except Exception as exc:  # the model package may be absent or differ; the user can give the time
-        raise CineSceneError(f"cannot time a training step here ({type(exc).__name__}: {exc}); "
-                             "pass --step-time SECONDS".splitlines()[0]) from None
+        raise CineSceneError(
+            f"cannot time a training step here ({type(exc).__name__}: {exc}); "
+            "pass --step-time SECONDS".splitlines()[0]
+        ) from None
 
 
-def bench_loader(cfg, workers: List[int], batches: int = 20, step_time: Optional[float] = None,
-                 world_size: Optional[int] = None, against: Optional[str] = None) -> dict:
+def bench_loader(
+    cfg,
+    workers: list[int],
+    batches: int = 20,
+    step_time: float | None = None,
+    world_size: int | None = None,
+    against: str | None = None,
+) -> dict:
     shards = ensure_dataset(cfg.data)
     if against is not None:
         _check_same_data(shards, against, cfg.data.object_store)
@@ -84,15 +109,34 @@ def bench_loader(cfg, workers: List[int], batches: int = 20, step_time: Optional
     rows, other = [], []
     for count in workers:
         rate = loader_rate(cfg, count, batches, world)
-        rows.append({"workers": count, "samples_per_s": rate, "per_worker": rate / max(count, 1),
-                     "headroom": rate / needed})
+        rows.append(
+            {
+                "workers": count,
+                "samples_per_s": rate,
+                "per_worker": rate / max(count, 1),
+                "headroom": rate / needed,
+            }
+        )
         if against is not None:
             rate = loader_rate(cfg, count, batches, world, against)
-            other.append({"workers": count, "samples_per_s": rate, "per_worker": rate / max(count, 1),
-                          "headroom": rate / needed, "vs_shards": rate / rows[-1]["samples_per_s"]})
-    result = {"shards": str(shards), "step_time_s": step_time, "step_time_source": source,
-              "needed_samples_per_s": needed, "world_size": world,
-              "micro_batch_size": cfg.train.micro_batch_size, "rows": rows}
+            other.append(
+                {
+                    "workers": count,
+                    "samples_per_s": rate,
+                    "per_worker": rate / max(count, 1),
+                    "headroom": rate / needed,
+                    "vs_shards": rate / rows[-1]["samples_per_s"],
+                }
+            )
+    result = {
+        "shards": str(shards),
+        "step_time_s": step_time,
+        "step_time_source": source,
+        "needed_samples_per_s": needed,
+        "world_size": world,
+        "micro_batch_size": cfg.train.micro_batch_size,
+        "rows": rows,
+    }
     if against is not None:
         result["against"] = {"shards": against, "rows": other}
     return result
@@ -100,18 +144,20 @@ def bench_loader(cfg, workers: List[int], batches: int = 20, step_time: Optional
 
 def _check_same_data(shards, against: str, retry) -> None:
     """``against`` must hold the same samples as data.train_shards: the comparison is of storage only."""
-    from .manifest import load_manifest
-
     mine, theirs = load_manifest(shards, retry), load_manifest(against, retry)
     if [s["sha256"] for s in mine.data["shards"]] != [s["sha256"] for s in theirs.data["shards"]]:
-        raise CineSceneError(f"--against {against} holds other shards than data.train_shards={shards}: "
-                             "compare two copies of the same data (`cinescene data prepare` into both)")
+        raise CineSceneError(
+            f"--against {against} holds other shards than data.train_shards={shards}: "
+            "compare two copies of the same data (`cinescene data prepare` into both)"
+        )
 
 
 def format_bench(result: dict) -> str:
-    lines = [f"one rank consumes {result['needed_samples_per_s']:.2f} samples/s "
-             f"(micro batch {result['micro_batch_size']}, step {result['step_time_s']:.3f} s, "
-             f"{result['step_time_source']}; world size {result['world_size']})"]
+    lines = [
+        f"one rank consumes {result['needed_samples_per_s']:.2f} samples/s "
+        f"(micro batch {result['micro_batch_size']}, step {result['step_time_s']:.3f} s, "
+        f"{result['step_time_source']}; world size {result['world_size']})"
+    ]
     tables = [(result["shards"], result["rows"])]
     if "against" in result:
         tables.append((result["against"]["shards"], result["against"]["rows"]))
@@ -120,6 +166,8 @@ def format_bench(result: dict) -> str:
         for row in rows:
             verdict = "ok" if row["headroom"] >= 1.0 else "TOO SLOW"
             versus = f"  ({row['vs_shards']:.2f}x the first)" if "vs_shards" in row else ""
-            lines.append(f"{row['workers']:>8} {row['samples_per_s']:>10.1f} {row['per_worker']:>11.1f} "
-                         f"{row['headroom']:>9.1f}x  {verdict}{versus}")
+            lines.append(
+                f"{row['workers']:>8} {row['samples_per_s']:>10.1f} {row['per_worker']:>11.1f} "
+                f"{row['headroom']:>9.1f}x  {verdict}{versus}"
+            )
     return "\n".join(lines)

@@ -18,6 +18,7 @@ without metadata, JSON with sorted keys. A clip is written to a hidden
 temporary directory and renamed into place, so a directory that exists is
 complete.
 """
+
 from __future__ import annotations
 
 import json
@@ -25,7 +26,6 @@ import os
 import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import List, Optional
 
 import numpy as np
 from PIL import Image
@@ -43,18 +43,18 @@ CONVENTION = "opencv camera-to-world; world right-handed z-up; metres"
 class Clip:
     clip_id: str
     video: np.ndarray
-    c2w: np.ndarray            # (F, 4, 4)
-    K: np.ndarray              # (F, 3, 3)
+    c2w: np.ndarray  # (F, 4, 4)
+    K: np.ndarray  # (F, 3, 3)
     panorama: np.ndarray
-    pano_center: np.ndarray    # (3,)
-    scene_images: np.ndarray   # (S, Hs, Ws, 3)
-    scene_c2w: np.ndarray      # (S, 4, 4)
-    scene_K: np.ndarray        # (S, 3, 3)
+    pano_center: np.ndarray  # (3,)
+    scene_images: np.ndarray  # (S, Hs, Ws, 3)
+    scene_c2w: np.ndarray  # (S, 4, 4)
+    scene_K: np.ndarray  # (S, 3, 3)
     prompt: str
     fps: float
     meta: dict = field(default_factory=dict)
-    video_bg: Optional[np.ndarray] = None
-    mask: Optional[np.ndarray] = None
+    video_bg: np.ndarray | None = None
+    mask: np.ndarray | None = None
 
 
 def dump_json(obj, path: Path) -> None:
@@ -118,8 +118,11 @@ def read_clip(path: Path) -> Clip:
         frames = cameras["frames"]
         scene = cameras["scene_images"]
         video = np.load(_need(path / "video.npy"), allow_pickle=False)
-        optional = {name: np.load(path / f"{name}.npy", allow_pickle=False)
-                    for name in ("video_bg", "mask") if (path / f"{name}.npy").exists()}
+        optional = {
+            name: np.load(path / f"{name}.npy", allow_pickle=False)
+            for name in ("video_bg", "mask")
+            if (path / f"{name}.npy").exists()
+        }
         clip = Clip(
             clip_id=path.name,
             video=video,
@@ -127,8 +130,9 @@ def read_clip(path: Path) -> Clip:
             K=np.array([f["K"] for f in frames], dtype=np.float64),
             panorama=load_png(_need(path / cameras["panorama"]["file"])),
             pano_center=np.array(cameras["panorama"]["center"], dtype=np.float64),
-            scene_images=np.stack([load_png(_need(path / s["file"])) for s in scene]) if scene else
-            np.zeros((0, 1, 1, 3), np.uint8),
+            scene_images=np.stack([load_png(_need(path / s["file"])) for s in scene])
+            if scene
+            else np.zeros((0, 1, 1, 3), np.uint8),
             scene_c2w=np.array([s["c2w"] for s in scene], dtype=np.float64).reshape(-1, 4, 4),
             scene_K=np.array([s["K"] for s in scene], dtype=np.float64).reshape(-1, 3, 3),
             prompt=_need(path / "prompt.txt").read_text().strip(),
@@ -140,7 +144,9 @@ def read_clip(path: Path) -> Clip:
     except CineSceneError:
         raise
     except (OSError, ValueError, KeyError, TypeError) as exc:
-        raise CineSceneError(f"clip {path}: unreadable ({type(exc).__name__}: {exc})".splitlines()[0]) from None
+        raise CineSceneError(
+            f"clip {path}: unreadable ({type(exc).__name__}: {exc})".splitlines()[0]
+        ) from None
     _check(clip, path)
     return clip
 
@@ -161,21 +167,29 @@ def _check(clip: Clip, path: Path) -> None:
         if problem is not None:
             problems.append(f"{what}: {problem}")
     for what, K in (("intrinsics", clip.K), ("scene image intrinsics", clip.scene_K)):
-        if K.ndim != 3 or K.shape[1:] != (3, 3) or not np.isfinite(K).all() or (K[:, [0, 1], [0, 1]] <= 0).any():
+        if (
+            K.ndim != 3
+            or K.shape[1:] != (3, 3)
+            or not np.isfinite(K).all()
+            or (K[:, [0, 1], [0, 1]] <= 0).any()
+        ):
             problems.append(f"{what}: expected finite pixel intrinsics with positive focal lengths")
     if problems:
         raise CineSceneError(f"clip {path}: {'; '.join(problems)}")
 
 
-def list_clips(src: Path) -> List[Path]:
+def list_clips(src: Path) -> list[Path]:
     """Clip directories under ``src`` (sorted by name); a one-line error when there are none."""
     src = Path(src)
     problem = kind_problem(src, "directory")
     if problem is not None:
         raise CineSceneError(f"source directory {src} {problem}")
-    clips = sorted(p for p in src.iterdir() if p.is_dir() and not p.name.startswith(".")
-                   and (p / CAMERAS_FILE).is_file())
+    clips = sorted(
+        p for p in src.iterdir() if p.is_dir() and not p.name.startswith(".") and (p / CAMERAS_FILE).is_file()
+    )
     if not clips:
-        raise CineSceneError(f"no clips in {src} (expected <clip_id>/{CAMERAS_FILE} directories, "
-                             "as written by `cinescene data synth` or `data convert`)")
+        raise CineSceneError(
+            f"no clips in {src} (expected <clip_id>/{CAMERAS_FILE} directories, "
+            "as written by `cinescene data synth` or `data convert`)"
+        )
     return clips

@@ -20,6 +20,8 @@ import shutil
 import time
 from pathlib import Path
 
+from filelock import FileLock, Timeout
+
 from cinescene.config import ConfigError
 from cinescene.errors import CineSceneError
 from cinescene.log import get_logger
@@ -63,7 +65,6 @@ def ensure_dataset(data_cfg) -> Path | storage.ObjectPath:
     shards = check_dataset(data_cfg)
     if storage.is_object_url(shards) or (shards / MANIFEST).is_file():
         return shards
-    from filelock import FileLock, Timeout
 
     shards.parent.mkdir(parents=True, exist_ok=True)
     lock = FileLock(str(shards) + ".lock")

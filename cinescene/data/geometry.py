@@ -14,6 +14,7 @@ Conventions (every camera this package writes or returns):
   from inside. Longitude ``lon = atan2(y, x)`` decreases from pi at the left
   edge to -pi at the right edge; latitude ``lat = asin(z)``.
 """
+
 from __future__ import annotations
 
 import math
@@ -64,7 +65,8 @@ def hfov_problem(value) -> str | None:
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         return f"expected a horizontal field of view in degrees, got {value!r}"
     if not (math.isfinite(value) and MIN_HFOV_DEG <= value <= MAX_HFOV_DEG):
-        return f"expected a horizontal field of view in [{MIN_HFOV_DEG:g}, {MAX_HFOV_DEG:g}] degrees, got {value!r}"
+        bounds = f"[{MIN_HFOV_DEG:g}, {MAX_HFOV_DEG:g}]"
+        return f"expected a horizontal field of view in {bounds} degrees, got {value!r}"
     return None
 
 
@@ -145,8 +147,9 @@ def sample_equirect(panorama: np.ndarray, dirs: np.ndarray) -> np.ndarray:
     return top * (1 - fy) + bottom * fy
 
 
-def perspective_from_equirect(panorama: np.ndarray, c2w: np.ndarray, K: np.ndarray,
-                              height: int, width: int) -> np.ndarray:
+def perspective_from_equirect(
+    panorama: np.ndarray, c2w: np.ndarray, K: np.ndarray, height: int, width: int
+) -> np.ndarray:
     """Cut a perspective view (H, W, C) out of a panorama taken at the camera's position.
 
     Only the camera's rotation matters: a panorama has no parallax. Output dtype
@@ -165,8 +168,15 @@ def rotation_angle(r_a: np.ndarray, r_b: np.ndarray) -> float:
     return float(np.arccos(np.clip(cos, -1.0, 1.0)))
 
 
-def panorama_views(rng: np.random.Generator, panorama: np.ndarray, center, count: int, height: int, width: int,
-                   hfov: float = np.radians(90.0)):
+def panorama_views(
+    rng: np.random.Generator,
+    panorama: np.ndarray,
+    center,
+    count: int,
+    height: int,
+    width: int,
+    hfov: float = np.radians(90.0),
+):
     """``count`` perspective views cut from a panorama taken at ``center``.
 
     Yaws are spread evenly over 360 degrees from a random start (with a little

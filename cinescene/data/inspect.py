@@ -7,12 +7,12 @@ start (blue) to end (red) with their viewing directions, the scene images'
 cameras as grey rays from the panorama centre, and the subject's path when
 the sample carries it (synthetic clips).
 """
+
 from __future__ import annotations
 
 import json
 import textwrap
 from pathlib import Path
-from typing import List, Optional
 
 import numpy as np
 from PIL import Image, ImageDraw
@@ -32,7 +32,7 @@ PAD = 8
 BG, FG, GREY = (24, 24, 28), (235, 235, 235), (150, 150, 150)
 
 
-def unreadable_samples(manifest: Manifest) -> List[dict]:
+def unreadable_samples(manifest: Manifest) -> list[dict]:
     """Every sample the loader could not use, or with any other damaged member: shard, key, reason.
 
     Each sample is read by its byte range (CRC checked) and every array member
@@ -51,7 +51,8 @@ def unreadable_samples(manifest: Manifest) -> List[dict]:
 
 
 def summarize(shards, verify: bool = False) -> dict:
-    """Counts, shapes, encoder and shard health; with ``verify`` also every shard's sha256 and every sample."""
+    """Counts, shapes, encoder and shard health; with
+    ``verify`` also every shard's sha256 and every sample."""
     manifest = load_manifest(shards)
     data = manifest.data
     shard_rows = []
@@ -59,17 +60,35 @@ def summarize(shards, verify: bool = False) -> dict:
         status = file.status
         if verify and status == "ok" and file_sha256(file.path) != shard["sha256"]:
             status = "checksum mismatch"
-        shard_rows.append({"name": shard["name"], "samples": shard["num_samples"], "bytes": shard["bytes"],
-                           "status": status})
-    fields = {name: {"shape": d["shape"], "dtype": d["dtype"], "samples": d["count"]}
-              for name, d in sorted(data["fields"].items())}
-    return {"path": str(manifest.root), "num_samples": manifest.num_samples, "num_shards": len(shard_rows),
-            "bytes": sum(s["bytes"] for s in shard_rows), "encoder": data["encoder"], "frames": data["frames"],
-            "latent_frames": data["latent_frames"], "size": data["size"], "scene_images": data["scene_images"],
-            "scene_size": data["scene_size"], "fields": fields, "shards": shard_rows,
-            "damaged_shards": sum(s["status"] != "ok" for s in shard_rows),
-            "skipped_clips": len(data.get("skipped_clips") or []),
-            **({"unreadable_samples": unreadable_samples(manifest)} if verify else {})}
+        shard_rows.append(
+            {
+                "name": shard["name"],
+                "samples": shard["num_samples"],
+                "bytes": shard["bytes"],
+                "status": status,
+            }
+        )
+    fields = {
+        name: {"shape": d["shape"], "dtype": d["dtype"], "samples": d["count"]}
+        for name, d in sorted(data["fields"].items())
+    }
+    return {
+        "path": str(manifest.root),
+        "num_samples": manifest.num_samples,
+        "num_shards": len(shard_rows),
+        "bytes": sum(s["bytes"] for s in shard_rows),
+        "encoder": data["encoder"],
+        "frames": data["frames"],
+        "latent_frames": data["latent_frames"],
+        "size": data["size"],
+        "scene_images": data["scene_images"],
+        "scene_size": data["scene_size"],
+        "fields": fields,
+        "shards": shard_rows,
+        "damaged_shards": sum(s["status"] != "ok" for s in shard_rows),
+        "skipped_clips": len(data.get("skipped_clips") or []),
+        **({"unreadable_samples": unreadable_samples(manifest)} if verify else {}),
+    }
 
 
 def damaged(summary: dict) -> bool:
@@ -79,11 +98,13 @@ def damaged(summary: dict) -> bool:
 
 def format_summary(summary: dict) -> str:
     enc = summary["encoder"]
-    lines = [f"{summary['path']}: {summary['num_samples']} samples in {summary['num_shards']} shards "
-             f"({summary['bytes'] / 2 ** 20:.1f} MiB), encoder {enc['name']}",
-             f"clips: {summary['frames']} frames -> {summary['latent_frames']} latent frames at "
-             f"{summary['size'][0]}x{summary['size'][1]}; {summary['scene_images']} scene images stored per sample at "
-             f"{summary['scene_size'][0]}x{summary['scene_size'][1]}"]
+    lines = [
+        f"{summary['path']}: {summary['num_samples']} samples in {summary['num_shards']} shards "
+        f"({summary['bytes'] / 2**20:.1f} MiB), encoder {enc['name']}",
+        f"clips: {summary['frames']} frames -> {summary['latent_frames']} latent frames at "
+        f"{summary['size'][0]}x{summary['size'][1]}; {summary['scene_images']} scene images stored per "
+        f"sample at {summary['scene_size'][0]}x{summary['scene_size'][1]}",
+    ]
     for name, d in summary["fields"].items():
         lines.append(f"  {name:22s} {d['dtype']:8s} {str(tuple(d['shape'])):22s} in {d['samples']} samples")
     if summary["skipped_clips"]:
@@ -93,8 +114,10 @@ def format_summary(summary: dict) -> str:
         lines.append(f"damaged shards: {', '.join(bad)}")
     if "unreadable_samples" in summary:
         bad = summary["unreadable_samples"]
-        lines.append(f"unreadable samples: {len(bad)} of {summary['num_samples']}"
-                     + (" (the loader skips them and counts them in data/skipped)" if bad else ""))
+        lines.append(
+            f"unreadable samples: {len(bad)} of {summary['num_samples']}"
+            + (" (the loader skips them and counts them in data/skipped)" if bad else "")
+        )
         lines += [f"  {s['shard']}: {s['key']}: {s['reason']}" for s in bad[:SHOWN_BAD_SAMPLES]]
         if len(bad) > SHOWN_BAD_SAMPLES:
             lines.append(f"  ... and {len(bad) - SHOWN_BAD_SAMPLES} more (--json lists all)")
@@ -102,7 +125,9 @@ def format_summary(summary: dict) -> str:
 
 
 def _thumb(image: np.ndarray) -> Image.Image:
-    return Image.fromarray(image).resize((THUMB, int(THUMB * image.shape[0] / image.shape[1])), Image.BILINEAR)
+    return Image.fromarray(image).resize(
+        (THUMB, int(THUMB * image.shape[0] / image.shape[1])), Image.BILINEAR
+    )
 
 
 def _false_colour(latent: np.ndarray) -> np.ndarray:
@@ -112,7 +137,9 @@ def _false_colour(latent: np.ndarray) -> np.ndarray:
     return (np.moveaxis(x, 0, -1) * 255).astype(np.uint8)
 
 
-def _trajectory_plot(cameras: np.ndarray, scene_cameras: np.ndarray, subject: Optional[np.ndarray]) -> Image.Image:
+def _trajectory_plot(
+    cameras: np.ndarray, scene_cameras: np.ndarray, subject: np.ndarray | None
+) -> Image.Image:
     """Top-down (x right, y up) plot of camera positions/directions, scene cameras and the subject path."""
     image = Image.new("RGB", (PLOT, PLOT + LEGEND), BG)
     draw = ImageDraw.Draw(image)
@@ -160,10 +187,14 @@ def contact_sheet(shards, out_png, index: int = 0) -> Path:
     try:
         fields = ShardReader().read(ref.shard, ref.key, ref.offset, ref.length, ref.crc)
         expected = manifest.fields.get
-        scene, cameras, scene_cameras = (npy_field(fields, n, expected=expected(n))
-                                         for n in ("scene.npy", "cameras.npy", "scene_cameras.npy"))
-        video, video_bg, latents = (npy_field(fields, n, optional=True, expected=expected(n))
-                                    for n in ("video.npy", "video_bg.npy", "latents.npy"))
+        scene, cameras, scene_cameras = (
+            npy_field(fields, n, expected=expected(n))
+            for n in ("scene.npy", "cameras.npy", "scene_cameras.npy")
+        )
+        video, video_bg, latents = (
+            npy_field(fields, n, optional=True, expected=expected(n))
+            for n in ("video.npy", "video_bg.npy", "latents.npy")
+        )
     except SampleError as exc:
         raise CineSceneError(f"sample {ref.key} in {ref.shard.name} is unreadable: {exc}") from None
     prompt = fields.get("prompt.txt", b"").decode("utf-8", "replace").strip()
@@ -179,8 +210,12 @@ def contact_sheet(shards, out_png, index: int = 0) -> Path:
         if video_bg is not None:
             rows.append(("same cameras without subject", [_thumb(video_bg[i]) for i in picks]))
     else:
-        rows.append(("latent frames (channels 0-2, false colour)",
-                     [_thumb(_false_colour(latents[:, t])) for t in range(min(6, latents.shape[1]))]))
+        rows.append(
+            (
+                "latent frames (channels 0-2, false colour)",
+                [_thumb(_false_colour(latents[:, t])) for t in range(min(6, latents.shape[1]))],
+            )
+        )
     track = meta.get("subject", {}).get("head_track")
     plot = _trajectory_plot(cameras, scene_cameras, None if track is None else np.asarray(track))
     width = max(PAD + sum(t.width + PAD for t in thumbs) for _, thumbs in rows) + PLOT + PAD

@@ -42,18 +42,18 @@ own positions as ``skipped_samples``, which makes the total exact whatever
 the number of workers or ranks (the trainer sums it into ``data/skipped``).
 A dataset with nothing readable left is a one-line CineSceneError.
 """
+
 from __future__ import annotations
 
 import os
 from collections import Counter
-from typing import Dict, Iterable, Iterator, List, Optional, Tuple
+from collections.abc import Iterable, Iterator
 
 import torch
 
+from cinescene.config.data import ObjectStoreConfig
 from cinescene.errors import CineSceneError
 from cinescene.log import get_logger
-
-from cinescene.config.data import ObjectStoreConfig
 
 from . import storage
 from .ensure import require_train_shards
@@ -63,17 +63,21 @@ from .samples import LoaderDims, SampleDecoder, collate
 from .shards import SampleError, ShardReader
 
 log = get_logger("data.loader")
-SKIPPED_SAMPLES = "skipped_samples"  # batch entry (docs/CONTRACTS.md): this batch's positions whose sample was bad
-_SKIPPED_SHARDS = "_skipped_shards"  # private: their shards' names, for loader.stats (removed before yielding)
+SKIPPED_SAMPLES = (
+    "skipped_samples"  # batch entry (docs/CONTRACTS.md): this batch's positions whose sample was bad
+)
+_SKIPPED_SHARDS = (
+    "_skipped_shards"  # private: their shards' names, for loader.stats (removed before yielding)
+)
 _FAILED = "_failed"  # private: a worker's one-line CineSceneError, re-raised by the consuming process
 
 
-def new_skip_stats() -> Dict[str, object]:
+def new_skip_stats() -> dict[str, object]:
     """``loader.stats``: skipped samples in total and per shard name."""
     return {"skipped": 0, "skipped_by_shard": Counter()}
 
 
-def count_skips(stats: Dict[str, object], shard_names: Iterable[str]) -> None:
+def count_skips(stats: dict[str, object], shard_names: Iterable[str]) -> None:
     for name in shard_names:
         stats["skipped"] += 1
         stats["skipped_by_shard"][name] += 1
@@ -82,13 +86,19 @@ def count_skips(stats: Dict[str, object], shard_names: Iterable[str]) -> None:
 class SampleSource:
     """Reads the sample at a global position; substitutes the next readable one for a bad one."""
 
-    def __init__(self, manifest: Manifest, decoder: SampleDecoder, order: GlobalOrder, training: bool,
-                 retry: Optional[ObjectStoreConfig] = None):
+    def __init__(
+        self,
+        manifest: Manifest,
+        decoder: SampleDecoder,
+        order: GlobalOrder,
+        training: bool,
+        retry: ObjectStoreConfig | None = None,
+    ):
         self.manifest, self.decoder, self.order, self.training = manifest, decoder, order, training
         self.retry = retry  # shards on object storage: how transient errors are retried
         self.refs = manifest.samples()
-        self.bad: Dict[int, str] = {}  # manifest index -> reason, as found by this process
-        self._reader: Optional[ShardReader] = None
+        self.bad: dict[int, str] = {}  # manifest index -> reason, as found by this process
+        self._reader: ShardReader | None = None
         self._pid = None
 
     def __getstate__(self):  # worker processes open their own files
@@ -102,7 +112,7 @@ class SampleSource:
             self._reader, self._pid = ShardReader(retry=self.retry), os.getpid()
         return self._reader
 
-    def try_read(self, index: int, position: int, training: bool) -> Optional[dict]:
+    def try_read(self, index: int, position: int, training: bool) -> dict | None:
         """The sample at manifest ``index``, or None when it is unreadable (logged the first time)."""
         if index in self.bad:
             return None
@@ -115,7 +125,7 @@ class SampleSource:
             log.warning("skipping sample %s in shard %s: %s", ref.key, ref.shard.name, exc)
             return None
 
-    def get(self, position: int) -> Tuple[dict, Optional[str]]:
+    def get(self, position: int) -> tuple[dict, str | None]:
         """The sample for ``position``, and the shard name of the position's own sample when that was bad."""
         skipped = None
         probe = position
@@ -128,8 +138,10 @@ class SampleSource:
                 skipped = self.refs[index].shard.name
             if len(self.bad) == len(self.refs):
                 index, reason = next(iter(self.bad.items()))
-                raise CineSceneError(f"no readable sample left in {self.manifest.root}: all {len(self.refs)} "
-                                     f"failed (e.g. {self.refs[index].shard.name}: {reason})")
+                raise CineSceneError(
+                    f"no readable sample left in {self.manifest.root}: all {len(self.refs)} "
+                    f"failed (e.g. {self.refs[index].shard.name}: {reason})"
+                )
             probe += 1
 
 
@@ -166,8 +178,16 @@ class _RankBatches(torch.utils.data.IterableDataset):
 class TrainLoader:
     """Infinite iterator of training micro-batches with a global-sample cursor (see module doc)."""
 
-    def __init__(self, source: SampleSource, *, rank: int, world_size: int, micro_batch_size: int,
-                 num_workers: int = 0, start_sample: int = 0):
+    def __init__(
+        self,
+        source: SampleSource,
+        *,
+        rank: int,
+        world_size: int,
+        micro_batch_size: int,
+        num_workers: int = 0,
+        start_sample: int = 0,
+    ):
         self.source = source
         self.rank, self.world_size, self.micro_batch_size = rank, world_size, micro_batch_size
         self.num_workers = num_workers
@@ -189,22 +209,37 @@ class TrainLoader:
 
     def state_dict(self) -> dict:
         order = self.source.order
-        return {"consumed_samples": self._consumed, "seed": order.seed, "order": order.mode,
-                "num_samples": order.total}
+        return {
+            "consumed_samples": self._consumed,
+            "seed": order.seed,
+            "order": order.mode,
+            "num_samples": order.total,
+        }
 
     def load_state_dict(self, state: dict) -> None:
         order = self.source.order
-        saved = (state.get("seed", order.seed), state.get("order", order.mode), state.get("num_samples", order.total))
+        saved = (
+            state.get("seed", order.seed),
+            state.get("order", order.mode),
+            state.get("num_samples", order.total),
+        )
         if saved != (order.seed, order.mode, order.total):
-            log.warning("loader state was saved with (seed, order, samples)=%s, now %s: the global order changes "
-                        "from here on", saved, (order.seed, order.mode, order.total))
+            log.warning(
+                "loader state was saved with (seed, order, samples)=%s, now %s: the global order changes "
+                "from here on",
+                saved,
+                (order.seed, order.mode, order.total),
+            )
         self._consumed = int(state["consumed_samples"])
 
     def __iter__(self) -> Iterator[dict]:
         dataset = _RankBatches(self.source, self.rank, self.world_size, self.micro_batch_size, self._consumed)
         if self.num_workers > 0:
-            batches = iter(torch.utils.data.DataLoader(dataset, batch_size=None, num_workers=self.num_workers,
-                                                       prefetch_factor=2))
+            batches = iter(
+                torch.utils.data.DataLoader(
+                    dataset, batch_size=None, num_workers=self.num_workers, prefetch_factor=2
+                )
+            )
         else:
             batches = iter(dataset)
         for batch in batches:
@@ -225,12 +260,15 @@ class EvalLoader:
 
     def __init__(self, source: SampleSource, *, rank: int, world_size: int, micro_batch_size: int):
         self.source, self.rank, self.world_size, self.micro = source, rank, world_size, micro_batch_size
-        self._readable: Optional[List[int]] = None  # known after one full pass
+        self._readable: list[int] | None = None  # known after one full pass
         self.stats = new_skip_stats()
 
     def _samples(self) -> Iterator[dict]:
-        indices = self._readable if self._readable is not None else \
-            range(self.rank, self.source.order.total, self.world_size)
+        indices = (
+            self._readable
+            if self._readable is not None
+            else range(self.rank, self.source.order.total, self.world_size)
+        )
         readable = []
         for index in indices:
             known_bad = index in self.source.bad
@@ -270,41 +308,76 @@ def _check_shards(manifest: Manifest) -> None:
     damaged = [f for f in files if f.status != "ok"]
     missing = [f for f in damaged if f.status == "missing"]
     if len(missing) == len(files):
-        raise CineSceneError(f"none of the {len(files)} shards in {manifest.root} exists "
-                             f"(e.g. {missing[0].describe()})")
+        raise CineSceneError(
+            f"none of the {len(files)} shards in {manifest.root} exists (e.g. {missing[0].describe()})"
+        )
     if damaged:
-        log.warning("%d of %d shards in %s are damaged; their unreadable samples will be skipped: %s",
-                    len(damaged), len(files), manifest.root, ", ".join(f.describe() for f in damaged))
+        log.warning(
+            "%d of %d shards in %s are damaged; their unreadable samples will be skipped: %s",
+            len(damaged),
+            len(files),
+            manifest.root,
+            ", ".join(f.describe() for f in damaged),
+        )
 
 
 def _source(data_cfg, dims, shards, seed: int, training: bool, order: str) -> SampleSource:
     manifest = load_manifest(storage.location(shards), data_cfg.object_store)
     _check_shards(manifest)
-    decoder = SampleDecoder(manifest, data_cfg.scene_images, data_cfg.pixel_pool, LoaderDims.of(dims), seed,
-                            data_cfg.shuffle_scene_images, data_cfg.scene_images_min)
+    decoder = SampleDecoder(
+        manifest,
+        data_cfg.scene_images,
+        data_cfg.pixel_pool,
+        LoaderDims.of(dims),
+        seed,
+        data_cfg.shuffle_scene_images,
+        data_cfg.scene_images_min,
+    )
     if order not in ORDERS:
         raise CineSceneError(f"unknown data.shuffle {order!r}; expected one of {list(ORDERS)}")
     sizes = [s["num_samples"] for s in manifest.data["shards"]]
-    return SampleSource(manifest, decoder, GlobalOrder(sizes, seed, order, data_cfg.shuffle_buffer), training,
-                        data_cfg.object_store)
+    return SampleSource(
+        manifest,
+        decoder,
+        GlobalOrder(sizes, seed, order, data_cfg.shuffle_buffer),
+        training,
+        data_cfg.object_store,
+    )
 
 
-def build_train_loader(data_cfg, model_cfg_or_dims, *, rank: int, world_size: int, seed: int,
-                       micro_batch_size: int, start_sample: int = 0, shards: Optional[str] = None) -> TrainLoader:
+def build_train_loader(
+    data_cfg,
+    model_cfg_or_dims,
+    *,
+    rank: int,
+    world_size: int,
+    seed: int,
+    micro_batch_size: int,
+    start_sample: int = 0,
+    shards: str | None = None,
+) -> TrainLoader:
     """The training loader of ``data_cfg.train_shards`` (or ``shards``); see the module doc for the contract.
 
     ``model_cfg_or_dims``: the ModelConfig (text_dim, text_len, in_dim are used) or a LoaderDims/dict.
     """
     if not 0 <= rank < world_size:
         raise CineSceneError(f"rank {rank} is outside world size {world_size}")
-    source = _source(data_cfg, model_cfg_or_dims, shards or require_train_shards(data_cfg), seed, True,
-                     data_cfg.shuffle)
-    return TrainLoader(source, rank=rank, world_size=world_size, micro_batch_size=micro_batch_size,
-                       num_workers=data_cfg.num_workers, start_sample=start_sample)
+    source = _source(
+        data_cfg, model_cfg_or_dims, shards or require_train_shards(data_cfg), seed, True, data_cfg.shuffle
+    )
+    return TrainLoader(
+        source,
+        rank=rank,
+        world_size=world_size,
+        micro_batch_size=micro_batch_size,
+        num_workers=data_cfg.num_workers,
+        start_sample=start_sample,
+    )
 
 
-def build_eval_loader(data_cfg, model_cfg_or_dims, *, shards: str, rank: int, world_size: int,
-                      micro_batch_size: int) -> EvalLoader:
+def build_eval_loader(
+    data_cfg, model_cfg_or_dims, *, shards: str, rank: int, world_size: int, micro_batch_size: int
+) -> EvalLoader:
     """A finite, unshuffled pass over the shard directory ``shards`` (held-out data is ``eval.data``'s)."""
     source = _source(data_cfg, model_cfg_or_dims, shards, 0, False, "none")
     return EvalLoader(source, rank=rank, world_size=world_size, micro_batch_size=micro_batch_size)

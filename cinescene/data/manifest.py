@@ -26,13 +26,14 @@ JSON but not this structure (a list, a missing ``shards``, a string where a
 count belongs, a shard name that is a path) is one CineSceneError naming the
 file and the first thing wrong, never a KeyError deep in the loader.
 """
+
 from __future__ import annotations
 
 import json
 import reprlib
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, List, Optional
+from typing import Any
 
 import numpy as np
 
@@ -49,8 +50,15 @@ SUMMARY_KEYS = ("frames", "latent_frames", "size", "scene_images", "scene_size")
 # The arrays the loader reads from every sample, by encoder, with their number of dimensions.
 REQUIRED_FIELDS = {
     "none": {"video.npy": 4, "scene.npy": 4, "cameras.npy": 3, "intrinsics.npy": 3, "scene_cameras.npy": 3},
-    "wan": {"latents.npy": 4, "text.npy": 2, "scene_latents.npy": 4, "scene.npy": 4, "cameras.npy": 3,
-            "intrinsics.npy": 3, "scene_cameras.npy": 3},
+    "wan": {
+        "latents.npy": 4,
+        "text.npy": 2,
+        "scene_latents.npy": 4,
+        "scene.npy": 4,
+        "cameras.npy": 3,
+        "intrinsics.npy": 3,
+        "scene_cameras.npy": 3,
+    },
 }
 # A field whose first dimension varies per sample (-1 in the manifest): umT5 tokens of the prompt.
 VARIABLE_LENGTH_FIELDS = ("text.npy",)
@@ -80,7 +88,7 @@ class ShardFile:
     name: str
     path: Path | storage.ObjectPath
     expected_bytes: int
-    size: Optional[int]  # None: missing
+    size: int | None  # None: missing
 
     @property
     def status(self) -> str:
@@ -98,7 +106,7 @@ class ShardFile:
 class Manifest:
     root: Path | storage.ObjectPath  # a shard directory, or a prefix on object storage
     data: dict
-    retry: Optional[ObjectStoreConfig] = None  # object storage: how transient errors are retried
+    retry: ObjectStoreConfig | None = None  # object storage: how transient errors are retried
 
     @property
     def encoder(self) -> str:
@@ -112,13 +120,15 @@ class Manifest:
     def num_samples(self) -> int:
         return int(self.data["num_samples"])
 
-    def shard_files(self) -> List[ShardFile]:
+    def shard_files(self) -> list[ShardFile]:
         """Every shard's file status, in manifest order (one listing on object storage)."""
         found = storage.sizes(self.root, [shard["name"] for shard in self.data["shards"]], self.retry)
-        return [ShardFile(shard["name"], self.root / shard["name"], int(shard["bytes"]), found[shard["name"]])
-                for shard in self.data["shards"]]
+        return [
+            ShardFile(shard["name"], self.root / shard["name"], int(shard["bytes"]), found[shard["name"]])
+            for shard in self.data["shards"]
+        ]
 
-    def samples(self) -> List[SampleRef]:
+    def samples(self) -> list[SampleRef]:
         """Every sample in manifest order (shards by name, samples in shard order)."""
         refs = []
         for shard in self.data["shards"]:
@@ -142,12 +152,22 @@ def _is_int(value: Any, low: int = 0) -> bool:
 
 def check_field(name: str, desc: Any) -> None:
     where = f"fields[{name!r}]"
-    expect(isinstance(desc, dict) and {"shape", "dtype", "count"} <= set(desc), where,
-            "an object with shape, dtype and count", desc)
+    expect(
+        isinstance(desc, dict) and {"shape", "dtype", "count"} <= set(desc),
+        where,
+        "an object with shape, dtype and count",
+        desc,
+    )
     shape, dtype = desc["shape"], desc["dtype"]
     low = -1 if name in VARIABLE_LENGTH_FIELDS else 0
-    expect(isinstance(shape, list) and all(_is_int(d, low) for d in shape[:1])
-           and all(_is_int(d) for d in shape[1:]), f"{where}.shape", "a list of sizes", shape)
+    expect(
+        isinstance(shape, list)
+        and all(_is_int(d, low) for d in shape[:1])
+        and all(_is_int(d) for d in shape[1:]),
+        f"{where}.shape",
+        "a list of sizes",
+        shape,
+    )
     try:
         valid_dtype = isinstance(dtype, str) and not np.dtype(dtype).hasobject
     except TypeError:
@@ -159,21 +179,41 @@ def check_field(name: str, desc: Any) -> None:
 def check_shard_record(i: int, shard: Any) -> int:
     where = f"shards[{i}]"
     keys = ("name", "bytes", "sha256", "num_samples", "samples")
-    expect(isinstance(shard, dict) and set(keys) <= set(shard), where, f"an object with {', '.join(keys)}",
-            shard if not isinstance(shard, dict) else sorted(shard))
+    expect(
+        isinstance(shard, dict) and set(keys) <= set(shard),
+        where,
+        f"an object with {', '.join(keys)}",
+        shard if not isinstance(shard, dict) else sorted(shard),
+    )
     name = shard["name"]
-    expect(isinstance(name, str) and name == Path(name).name and name not in ("", ".", ".."), f"{where}.name",
-            "a file name in the shard directory (not a path)", name)
+    expect(
+        isinstance(name, str) and name == Path(name).name and name not in ("", ".", ".."),
+        f"{where}.name",
+        "a file name in the shard directory (not a path)",
+        name,
+    )
     expect(_is_int(shard["bytes"]), f"{where}.bytes", "a size in bytes", shard["bytes"])
     expect(isinstance(shard["sha256"], str), f"{where}.sha256", "a hex digest", shard["sha256"])
     samples = shard["samples"]
-    expect(isinstance(samples, list) and _is_int(shard["num_samples"]) and len(samples) == shard["num_samples"],
-            f"{where}.samples", f"a list of num_samples={_short.repr(shard['num_samples'])} entries",
-            samples if not isinstance(samples, list) else f"{len(samples)} entries")
+    expect(
+        isinstance(samples, list) and _is_int(shard["num_samples"]) and len(samples) == shard["num_samples"],
+        f"{where}.samples",
+        f"a list of num_samples={_short.repr(shard['num_samples'])} entries",
+        samples if not isinstance(samples, list) else f"{len(samples)} entries",
+    )
     for j, ref in enumerate(samples):
-        expect(isinstance(ref, list) and len(ref) == 4 and isinstance(ref[0], str) and _is_int(ref[1])
-                and _is_int(ref[2], 1) and _is_int(ref[3]) and ref[1] + ref[2] <= shard["bytes"],
-                f"{where}.samples[{j}]", "[key, offset, length, crc32] inside the shard's bytes", ref)
+        expect(
+            isinstance(ref, list)
+            and len(ref) == 4
+            and isinstance(ref[0], str)
+            and _is_int(ref[1])
+            and _is_int(ref[2], 1)
+            and _is_int(ref[3])
+            and ref[1] + ref[2] <= shard["bytes"],
+            f"{where}.samples[{j}]",
+            "[key, offset, length, crc32] inside the shard's bytes",
+            ref,
+        )
     return len(samples)
 
 
@@ -185,31 +225,51 @@ def check_manifest(data: Any, merged: bool = True) -> None:
     for key in ("num_samples", "shards", "fields", "encoder") + SUMMARY_KEYS:
         if key not in data:
             raise InvalidManifest(f"{key}: missing")
-    expect(_is_int(data["num_samples"], 1 if merged else 0), "num_samples",
-            "a positive sample count" if merged else "a sample count", data["num_samples"])
+    expect(
+        _is_int(data["num_samples"], 1 if merged else 0),
+        "num_samples",
+        "a positive sample count" if merged else "a sample count",
+        data["num_samples"],
+    )
     expect(isinstance(data["shards"], list), "shards", "a list of shard records", data["shards"])
     total = sum(check_shard_record(i, shard) for i, shard in enumerate(data["shards"]))
-    expect(total == data["num_samples"], "num_samples", f"the {total} samples the shards list",
-            data["num_samples"])
+    expect(
+        total == data["num_samples"],
+        "num_samples",
+        f"the {total} samples the shards list",
+        data["num_samples"],
+    )
     if not total:  # a prepare rank that got no clips: nothing else is described
         return
     encoder = data["encoder"]
-    expect(isinstance(encoder, dict) and encoder.get("name") in REQUIRED_FIELDS, "encoder",
-            f"an object whose name is one of {sorted(REQUIRED_FIELDS)}", encoder)
+    expect(
+        isinstance(encoder, dict) and encoder.get("name") in REQUIRED_FIELDS,
+        "encoder",
+        f"an object whose name is one of {sorted(REQUIRED_FIELDS)}",
+        encoder,
+    )
     fields = data["fields"]
     expect(isinstance(fields, dict), "fields", "an object of field descriptions", fields)
     for name, desc in fields.items():
         check_field(name, desc)
     for name, ndim in REQUIRED_FIELDS[encoder["name"]].items():
         desc = fields.get(name)
-        expect(desc is not None and desc["count"] == total, f"fields[{name!r}]",
-                f"a field every one of the {total} samples holds", desc)
+        expect(
+            desc is not None and desc["count"] == total,
+            f"fields[{name!r}]",
+            f"a field every one of the {total} samples holds",
+            desc,
+        )
         expect(len(desc["shape"]) == ndim, f"fields[{name!r}].shape", f"{ndim} dimensions", desc["shape"])
     for key in ("frames", "latent_frames", "scene_images"):
         expect(_is_int(data[key], 1), key, "a positive count", data[key])
     for key in ("size", "scene_size"):
-        expect(isinstance(data[key], list) and len(data[key]) == 2 and all(_is_int(v, 1) for v in data[key]),
-                key, "[height, width]", data[key])
+        expect(
+            isinstance(data[key], list) and len(data[key]) == 2 and all(_is_int(v, 1) for v in data[key]),
+            key,
+            "[height, width]",
+            data[key],
+        )
     _check_summary_against_fields(data, fields)
 
 
@@ -228,19 +288,27 @@ _SUMMARY_AXES = {
 
 def _check_summary_against_fields(data: dict, fields: dict) -> None:
     stride = 4  # Wan's causal VAE: latent frame j holds source frames 4j-3..4j (and the first one alone)
-    expect(data["latent_frames"] == (data["frames"] - 1) // stride + 1, "latent_frames",
-            f"{(data['frames'] - 1) // stride + 1} for {data['frames']} frames", data["latent_frames"])
+    expect(
+        data["latent_frames"] == (data["frames"] - 1) // stride + 1,
+        "latent_frames",
+        f"{(data['frames'] - 1) // stride + 1} for {data['frames']} frames",
+        data["latent_frames"],
+    )
     for name, axes in _SUMMARY_AXES.items():
         shape = fields.get(name, {}).get("shape")
         if shape is None:
             continue
         for key, index, axis in axes:
             claimed = data[key] if index is None else data[key][index]
-            expect(axis < len(shape) and shape[axis] == claimed, key,
-                   f"what fields[{name!r}] holds ({'x'.join(map(str, shape))})", claimed)
+            expect(
+                axis < len(shape) and shape[axis] == claimed,
+                key,
+                f"what fields[{name!r}] holds ({'x'.join(map(str, shape))})",
+                claimed,
+            )
 
 
-def read_manifest_file(path: Path, merged: bool = True, retry: Optional[ObjectStoreConfig] = None) -> dict:
+def read_manifest_file(path: Path, merged: bool = True, retry: ObjectStoreConfig | None = None) -> dict:
     """A manifest file's contents after :func:`check_manifest`; any problem is one CineSceneError."""
     data = read_json_file(path, retry)
     try:
@@ -250,7 +318,7 @@ def read_manifest_file(path: Path, merged: bool = True, retry: Optional[ObjectSt
     return data
 
 
-def read_json_file(path: Path, retry: Optional[ObjectStoreConfig] = None) -> Any:
+def read_json_file(path: Path, retry: ObjectStoreConfig | None = None) -> Any:
     """A JSON file's contents; unreadable or invalid JSON is one CineSceneError naming the file."""
     try:
         return json.loads(storage.read_bytes(path, retry))
@@ -261,7 +329,7 @@ def read_json_file(path: Path, retry: Optional[ObjectStoreConfig] = None) -> Any
         raise CineSceneError(f"{path}: not valid JSON ({reason})") from None
 
 
-def load_manifest(root, retry: Optional[ObjectStoreConfig] = None) -> Manifest:
+def load_manifest(root, retry: ObjectStoreConfig | None = None) -> Manifest:
     """The manifest of a shard directory or of an s3:// prefix (``retry``: its transient errors)."""
     root = storage.location(root)
     path = root / MANIFEST
@@ -274,8 +342,12 @@ def load_manifest(root, retry: Optional[ObjectStoreConfig] = None) -> Manifest:
         raise CineSceneError(f"shard directory {root} {problem}")
     if not path.is_file():
         partial = sorted(p.name for p in root.glob("manifest.rank*.json"))
-        hint = (f" ({len(partial)} rank manifests present: finish every `data prepare --rank` or run "
-                "`cinescene data prepare --merge`)" if partial else " (run `cinescene data prepare`)")
+        hint = (
+            f" ({len(partial)} rank manifests present: finish every `data prepare --rank` or run "
+            "`cinescene data prepare --merge`)"
+            if partial
+            else " (run `cinescene data prepare`)"
+        )
         raise CineSceneError(f"{root}: no {MANIFEST}{hint}")
     return Manifest(root, read_manifest_file(path))
 
@@ -306,9 +378,17 @@ def merge_rank_manifests(root: Path, world: int) -> dict:
             ref["count"] += desc["count"]
     shards = sorted((s for p in parts for s in p["shards"]), key=lambda s: s["name"])
     merged = {key: first[key] for key in SUMMARY_KEYS}
-    merged.update(format=FORMAT, encoder=first["encoder"], fields=fields, shards=shards, num_shards=len(shards),
-                  num_samples=sum(s["num_samples"] for s in shards),
-                  skipped_clips=sorted((c for p in parts for c in p.get("skipped_clips") or []),
-                                       key=lambda c: str(c.get("clip")) if isinstance(c, dict) else ""))
+    merged.update(
+        format=FORMAT,
+        encoder=first["encoder"],
+        fields=fields,
+        shards=shards,
+        num_shards=len(shards),
+        num_samples=sum(s["num_samples"] for s in shards),
+        skipped_clips=sorted(
+            (c for p in parts for c in p.get("skipped_clips") or []),
+            key=lambda c: str(c.get("clip")) if isinstance(c, dict) else "",
+        ),
+    )
     write_json_atomic(root / MANIFEST, merged, compact=True)  # compact: it indexes every sample
     return merged

@@ -20,9 +20,10 @@ Permutations come from sorting splitmix64 hashes, not from numpy's RNG,
 whose streams may change between numpy versions: an old checkpoint resumes
 the same order after an upgrade.
 """
+
 from __future__ import annotations
 
-from typing import Dict, Sequence
+from collections.abc import Sequence
 
 import numpy as np
 
@@ -58,8 +59,9 @@ def hashed_permutation(count: int, *salt: int) -> np.ndarray:
 SALT_ORDER, SALT_SHARDS, SALT_BLOCK, SALT_SCENE, SALT_SCENE_COUNT = 1, 2, 3, 4, 5
 
 
-def epoch_order(shard_sizes: Sequence[int], seed: int, epoch: int, mode: str = "global",
-                block: int = 64) -> np.ndarray:
+def epoch_order(
+    shard_sizes: Sequence[int], seed: int, epoch: int, mode: str = "global", block: int = 64
+) -> np.ndarray:
     """Manifest indices in the order epoch ``epoch`` visits them."""
     total = int(sum(shard_sizes))
     if mode == "none":
@@ -73,8 +75,8 @@ def epoch_order(shard_sizes: Sequence[int], seed: int, epoch: int, mode: str = "
     sequence = np.concatenate([np.arange(starts[s], starts[s] + shard_sizes[s]) for s in shards])
     block = max(1, int(block))
     for b, lo in enumerate(range(0, total, block)):
-        chunk = sequence[lo:lo + block]
-        sequence[lo:lo + block] = chunk[hashed_permutation(len(chunk), seed, SALT_BLOCK, epoch, b)]
+        chunk = sequence[lo : lo + block]
+        sequence[lo : lo + block] = chunk[hashed_permutation(len(chunk), seed, SALT_BLOCK, epoch, b)]
     return sequence
 
 
@@ -100,7 +102,7 @@ class GlobalOrder:
         self.shard_sizes = [int(n) for n in shard_sizes]
         self.total = sum(self.shard_sizes)
         self.seed, self.mode, self.block = int(seed), mode, block
-        self._cache: Dict[int, np.ndarray] = {}
+        self._cache: dict[int, np.ndarray] = {}
 
     def epoch(self, epoch: int) -> np.ndarray:
         if epoch not in self._cache:

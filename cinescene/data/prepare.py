@@ -25,6 +25,7 @@ byte-identical for the same clips and settings). The merge reads every
 rank's manifest from the bucket, so ranks on different machines need no
 shared disk.
 """
+
 from __future__ import annotations
 
 import json
@@ -32,10 +33,11 @@ import math
 import os
 import re
 import time
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
+from filelock import FileLock
 from PIL import Image
 
 from cinescene.config import ConfigError
@@ -43,24 +45,36 @@ from cinescene.config.paths import check_output_location, check_separate
 from cinescene.errors import CineSceneError, env_int
 from cinescene.log import get_logger, progress
 
+from . import storage
 from .clips import Clip, list_clips, read_clip
 from .encoders import TEMPORAL_STRIDE, make_encoder, wan_model_dirs
-from .manifest import (MANIFEST, SUMMARY_KEYS, InvalidManifest, check_field, check_shard_record, expect,
-                       merge_rank_manifests, rank_manifest_name, read_json_file, write_json_atomic)
-from . import storage
+from .manifest import (
+    MANIFEST,
+    SUMMARY_KEYS,
+    InvalidManifest,
+    check_field,
+    check_shard_record,
+    expect,
+    merge_rank_manifests,
+    rank_manifest_name,
+    read_json_file,
+    write_json_atomic,
+)
 from .shards import BLOCK, ShardWriter, file_sha256, npy_bytes
 
 SETTINGS = "prepare.json"
 log = get_logger("data.prepare")
 
 
-def resolve_rank(rank: Optional[int], world: Optional[int]) -> Tuple[int, int]:
+def resolve_rank(rank: int | None, world: int | None) -> tuple[int, int]:
     """Explicit values win; else the SLURM array task; else a single process."""
     env = os.environ
     if world is None and "SLURM_ARRAY_TASK_COUNT" in env:
         world = env_int("SLURM_ARRAY_TASK_COUNT")
     if rank is None and "SLURM_ARRAY_TASK_ID" in env:
-        rank = env_int("SLURM_ARRAY_TASK_ID") - (env_int("SLURM_ARRAY_TASK_MIN") if "SLURM_ARRAY_TASK_MIN" in env else 0)
+        rank = env_int("SLURM_ARRAY_TASK_ID") - (
+            env_int("SLURM_ARRAY_TASK_MIN") if "SLURM_ARRAY_TASK_MIN" in env else 0
+        )
     rank = 0 if rank is None else rank
     world = 1 if world is None else world
     if world < 1:
@@ -70,9 +84,18 @@ def resolve_rank(rank: Optional[int], world: Optional[int]) -> Tuple[int, int]:
     return rank, world
 
 
-def check_arguments(src, out, encoder: str, rank: Optional[int], world: Optional[int], shard_size_mb: float = 512,
-                    frames: Optional[int] = None, size: Optional[Sequence[int]] = None,
-                    dtype: str = "float16", device: str = "cpu") -> Tuple[int, int]:
+def check_arguments(
+    src,
+    out,
+    encoder: str,
+    rank: int | None,
+    world: int | None,
+    shard_size_mb: float = 512,
+    frames: int | None = None,
+    size: Sequence[int] | None = None,
+    dtype: str = "float16",
+    device: str = "cpu",
+) -> tuple[int, int]:
     """Every option of `data prepare` checked before anything is written (its log file included); returns
     (rank, world)."""
     rank, world = resolve_rank(rank, world)
@@ -93,7 +116,7 @@ def check_arguments(src, out, encoder: str, rank: Optional[int], world: Optional
     return rank, world
 
 
-def _fit(images: np.ndarray, size: Optional[Sequence[int]]):
+def _fit(images: np.ndarray, size: Sequence[int] | None):
     """Centre-crop to the target aspect and resize (bilinear); returns images and the K transform."""
     height, width = images.shape[1:3]
     if size is None or (height, width) == tuple(size):
@@ -102,13 +125,17 @@ def _fit(images: np.ndarray, size: Optional[Sequence[int]]):
     scale = max(th / height, tw / width)
     ch, cw = int(round(th / scale)), int(round(tw / scale))
     top, left = (height - ch) // 2, (width - cw) // 2
-    out = np.stack([np.asarray(Image.fromarray(im[top:top + ch, left:left + cw]).resize((tw, th), Image.BILINEAR))
-                    for im in images])
+    out = np.stack(
+        [
+            np.asarray(Image.fromarray(im[top : top + ch, left : left + cw]).resize((tw, th), Image.BILINEAR))
+            for im in images
+        ]
+    )
     transform = np.array([[tw / cw, 0, -left * tw / cw], [0, th / ch, -top * th / ch], [0, 0, 1.0]])
     return out, transform
 
 
-def sample_arrays(clip: Clip, frames: Optional[int], size: Optional[Sequence[int]]) -> Dict[str, np.ndarray]:
+def sample_arrays(clip: Clip, frames: int | None, size: Sequence[int] | None) -> dict[str, np.ndarray]:
     """The encoder-independent part of a sample: pixels, per-latent-frame cameras, scene views."""
     available = len(clip.video)
     count = frames or 1 + (available - 1) // TEMPORAL_STRIDE * TEMPORAL_STRIDE
@@ -134,7 +161,7 @@ class _RankState:
 
     def __init__(self, out: Path, rank: int):
         self.out, self.rank = out, rank
-        self.records: List[dict] = []
+        self.records: list[dict] = []
         self.done_clips: set = set()
         k = 0
         while (marker := out / f"{self.shard_name(k)}.done.json").is_file():
@@ -153,28 +180,43 @@ class _RankState:
         return f"shard-r{self.rank:05d}-{k:06d}.tar"
 
     def _discard_from(self, k: int) -> None:
-        while (self.out / f"{self.shard_name(k)}.done.json").exists() or (self.out / self.shard_name(k)).exists():
+        while (self.out / f"{self.shard_name(k)}.done.json").exists() or (
+            self.out / self.shard_name(k)
+        ).exists():
             (self.out / f"{self.shard_name(k)}.done.json").unlink(missing_ok=True)
             (self.out / self.shard_name(k)).unlink(missing_ok=True)
             k += 1
 
 
-def _read_done_marker(marker: Path, shard_name: str) -> Tuple[Optional[str], Optional[dict]]:
+def _read_done_marker(marker: Path, shard_name: str) -> tuple[str | None, dict | None]:
     """(None, record) for a sound done marker of ``shard_name``, else (what is wrong, None).
 
     A marker is our own bookkeeping: a damaged one only means its shard is encoded again.
     """
     try:
         record = read_json_file(marker)
-        expect(isinstance(record, dict) and record.get("name") == shard_name, "name", repr(shard_name),
-                record.get("name") if isinstance(record, dict) else record)
+        expect(
+            isinstance(record, dict) and record.get("name") == shard_name,
+            "name",
+            repr(shard_name),
+            record.get("name") if isinstance(record, dict) else record,
+        )
         check_shard_record(0, record)
-        expect(isinstance(record.get("clips"), list) and len(record["clips"]) == record["num_samples"]
-                and all(isinstance(c, str) for c in record["clips"]), "clips", "one clip name per sample",
-                record.get("clips"))
+        expect(
+            isinstance(record.get("clips"), list)
+            and len(record["clips"]) == record["num_samples"]
+            and all(isinstance(c, str) for c in record["clips"]),
+            "clips",
+            "one clip name per sample",
+            record.get("clips"),
+        )
         expect(isinstance(record.get("encoder"), dict), "encoder", "an object", record.get("encoder"))
-        expect(isinstance(record.get("summary"), dict) and set(SUMMARY_KEYS) <= set(record["summary"]),
-                "summary", f"an object with {', '.join(SUMMARY_KEYS)}", record.get("summary"))
+        expect(
+            isinstance(record.get("summary"), dict) and set(SUMMARY_KEYS) <= set(record["summary"]),
+            "summary",
+            f"an object with {', '.join(SUMMARY_KEYS)}",
+            record.get("summary"),
+        )
         expect(isinstance(record.get("fields"), dict), "fields", "an object", record.get("fields"))
         for name, desc in record["fields"].items():
             check_field(name, desc)
@@ -185,7 +227,7 @@ def _read_done_marker(marker: Path, shard_name: str) -> Tuple[Optional[str], Opt
     return None, record
 
 
-def _describe(arrays: Dict[str, np.ndarray]) -> dict:
+def _describe(arrays: dict[str, np.ndarray]) -> dict:
     return {name: {"shape": list(a.shape), "dtype": a.dtype.name} for name, a in arrays.items()}
 
 
@@ -199,37 +241,63 @@ def _add_fields(total: dict, sample: dict, where: str) -> None:
         shape = [-1] + desc["shape"][1:] if name == "text.npy" else desc["shape"]
         ref = total.setdefault(name, {"shape": shape, "dtype": desc["dtype"], "count": 0})
         if (ref["shape"], ref["dtype"]) != (shape, desc["dtype"]):
-            raise CineSceneError(f"{where}: {name} is {desc['dtype']} {shape}, other samples {ref['dtype']} "
-                                 f"{ref['shape']} (use --frames/--size to make clips uniform)")
+            raise CineSceneError(
+                f"{where}: {name} is {desc['dtype']} {shape}, other samples {ref['dtype']} "
+                f"{ref['shape']} (use --frames/--size to make clips uniform)"
+            )
         ref["count"] += desc.get("count", 1)
 
 
-def _shape_summary(arrays: Dict[str, np.ndarray]) -> dict:
+def _shape_summary(arrays: dict[str, np.ndarray]) -> dict:
     video, scene = arrays["video.npy"], arrays["scene.npy"]
-    return {"frames": int(video.shape[0]), "latent_frames": int(len(arrays["cameras.npy"])),
-            "size": [int(video.shape[1]), int(video.shape[2])], "scene_images": int(scene.shape[0]),
-            "scene_size": [int(scene.shape[1]), int(scene.shape[2])]}
+    return {
+        "frames": int(video.shape[0]),
+        "latent_frames": int(len(arrays["cameras.npy"])),
+        "size": [int(video.shape[1]), int(video.shape[2])],
+        "scene_images": int(scene.shape[0]),
+        "scene_size": [int(scene.shape[1]), int(scene.shape[2])],
+    }
 
 
-def _rank_manifest(records: List[dict]) -> dict:
-    """This rank's part of the manifest, from its shard records alone (so resumed runs need no re-encoding)."""
+def _rank_manifest(records: list[dict]) -> dict:
+    """This rank's part of the manifest, from its shard
+    records alone (so resumed runs need no re-encoding)."""
     fields: dict = {}
     summary = records[0]["summary"] if records else {k: None for k in SUMMARY_KEYS}
     for record in records:
         _add_fields(fields, record["fields"], record["name"])
         if record["summary"] != summary:
-            raise CineSceneError(f"{record['name']}: samples of shape {record['summary']}, earlier shards {summary} "
-                                 "(use --frames/--size to make clips uniform)")
+            raise CineSceneError(
+                f"{record['name']}: samples of shape {record['summary']}, earlier shards {summary} "
+                "(use --frames/--size to make clips uniform)"
+            )
     shards = [{k: r[k] for k in ("name", "bytes", "sha256", "num_samples", "samples")} for r in records]
-    return {"encoder": records[0]["encoder"] if records else None, "fields": fields, "shards": shards,
-            "num_samples": sum(r["num_samples"] for r in records), **summary}
+    return {
+        "encoder": records[0]["encoder"] if records else None,
+        "fields": fields,
+        "shards": shards,
+        "num_samples": sum(r["num_samples"] for r in records),
+        **summary,
+    }
 
 
-def prepare(src, out, encoder: str = "none", vae: Optional[str] = None, text_encoder: Optional[str] = None,
-            tokenizer: Optional[str] = None, rank: Optional[int] = None, world: Optional[int] = None,
-            shard_size_mb: float = 512, frames: Optional[int] = None, size: Optional[Sequence[int]] = None,
-            dtype: str = "float16", device: str = "cpu", show_progress: bool = True,
-            keep_pixels: bool = False) -> Optional[Path]:
+def prepare(
+    src,
+    out,
+    encoder: str = "none",
+    vae: str | None = None,
+    text_encoder: str | None = None,
+    tokenizer: str | None = None,
+    rank: int | None = None,
+    world: int | None = None,
+    shard_size_mb: float = 512,
+    frames: int | None = None,
+    size: Sequence[int] | None = None,
+    dtype: str = "float16",
+    device: str = "cpu",
+    show_progress: bool = True,
+    keep_pixels: bool = False,
+) -> Path | None:
     """Encode this rank's clips into shards. Returns manifest.json's path once every rank is done.
 
     ``keep_pixels``: ``wan`` shards keep the frames (``video.npy``, ``video_bg.npy``) beside the
@@ -245,8 +313,15 @@ def prepare(src, out, encoder: str = "none", vae: Optional[str] = None, text_enc
     out.mkdir(parents=True, exist_ok=True)
     if publisher is not None:
         publisher.fetch(SETTINGS)  # the settings another rank (machine) agreed on
-    settings = {"encoder": encoder, "world": world, "shard_size_mb": shard_size_mb, "frames": frames,
-                "size": None if size is None else list(size), "dtype": dtype, "num_clips": len(clips)}
+    settings = {
+        "encoder": encoder,
+        "world": world,
+        "shard_size_mb": shard_size_mb,
+        "frames": frames,
+        "size": None if size is None else list(size),
+        "dtype": dtype,
+        "num_clips": len(clips),
+    }
     if keep_pixels:  # only when set, so directories prepared before the option existed still resume
         settings["keep_pixels"] = True
     _check_settings(out, settings)
@@ -257,32 +332,65 @@ def prepare(src, out, encoder: str = "none", vae: Optional[str] = None, text_enc
             publisher.shard(record["name"])
     mine = clips[rank::world]
     todo = [c for c in mine if c.name.replace(".", "_") not in state.done_clips]
-    log.info("rank %d/%d: %d clips (%d already in %d finished shards) -> %s [encoder=%s]", rank, world, len(mine),
-             len(mine) - len(todo), len(state.records),
-             out if publisher is None else f"{publisher.remote} (staged in {out})", encoder)
+    log.info(
+        "rank %d/%d: %d clips (%d already in %d finished shards) -> %s [encoder=%s]",
+        rank,
+        world,
+        len(mine),
+        len(mine) - len(todo),
+        len(state.records),
+        out if publisher is None else f"{publisher.remote} (staged in {out})",
+        encoder,
+    )
     start = time.perf_counter()
-    skipped: List[dict] = []
+    skipped: list[dict] = []
     if todo:
         enc = make_encoder(encoder, vae, text_encoder, tokenizer, device, dtype)
-        skipped = _write_shards(out, state, todo, enc, frames, size, int(shard_size_mb * 2 ** 20),
-                                show_progress, keep_pixels, publisher)
+        skipped = _write_shards(
+            out,
+            state,
+            todo,
+            enc,
+            frames,
+            size,
+            int(shard_size_mb * 2**20),
+            show_progress,
+            keep_pixels,
+            publisher,
+        )
     manifest = _rank_manifest(state.records)
     manifest["skipped_clips"] = skipped
     write_json_atomic(out / rank_manifest_name(rank, world), manifest, compact=True)
     if publisher is not None:
         publisher.put(rank_manifest_name(rank, world))
-    log.info("rank %d/%d: %d samples in %d shards, %d damaged clips skipped (%.1f s)", rank, world,
-             manifest["num_samples"], len(state.records), len(skipped), time.perf_counter() - start)
+    log.info(
+        "rank %d/%d: %d samples in %d shards, %d damaged clips skipped (%.1f s)",
+        rank,
+        world,
+        manifest["num_samples"],
+        len(state.records),
+        len(skipped),
+        time.perf_counter() - start,
+    )
     return merge_if_complete(out, world, publisher)
 
 
-def _write_shards(out: Path, state: _RankState, todo: List[Path], enc, frames, size, limit: int,
-                  show_progress: bool, keep_pixels: bool = False,
-                  publisher: Optional[Publisher] = None) -> List[dict]:
+def _write_shards(
+    out: Path,
+    state: _RankState,
+    todo: list[Path],
+    enc,
+    frames,
+    size,
+    limit: int,
+    show_progress: bool,
+    keep_pixels: bool = False,
+    publisher: Publisher | None = None,
+) -> list[dict]:
     """Encode ``todo`` into this rank's shards; returns the clips skipped as damaged (clip, reason)."""
-    skipped: List[dict] = []
-    writer: Optional[ShardWriter] = None
-    keys: List[str] = []
+    skipped: list[dict] = []
+    writer: ShardWriter | None = None
+    keys: list[str] = []
     fields_seen: dict = {}
     shard_summary: dict = {}
 
@@ -308,7 +416,9 @@ def _write_shards(out: Path, state: _RankState, todo: List[Path], enc, frames, s
             key = clip.clip_id.replace(".", "_")
             summary = _shape_summary(arrays)
             arrays.update(enc.encode(arrays["video.npy"], arrays["scene.npy"], clip.prompt))
-            if enc.name == "wan" and not keep_pixels:  # latents replace the frames; scene pixels stay for VGGT
+            if (
+                enc.name == "wan" and not keep_pixels
+            ):  # latents replace the frames; scene pixels stay for VGGT
                 arrays.pop("video.npy")
                 arrays.pop("video_bg.npy", None)
             fields = {name: npy_bytes(a) for name, a in arrays.items()}
@@ -321,8 +431,10 @@ def _write_shards(out: Path, state: _RankState, todo: List[Path], enc, frames, s
                 writer = ShardWriter(out / state.shard_name(len(state.records)))
                 shard_summary = summary
             elif summary != shard_summary:
-                raise CineSceneError(f"clip {key}: {summary} differs from earlier clips {shard_summary} "
-                                     "(use --frames/--size to make clips uniform)")
+                raise CineSceneError(
+                    f"clip {key}: {summary} differs from earlier clips {shard_summary} "
+                    "(use --frames/--size to make clips uniform)"
+                )
             _add_fields(fields_seen, _describe(arrays), f"clip {key}")
             writer.write(key, fields)
             keys.append(key)
@@ -341,8 +453,10 @@ def _check_settings(out: Path, settings: dict) -> None:
         previous = _read_settings(path)
         if previous != settings:
             diff = {k: (previous.get(k), v) for k, v in settings.items() if previous.get(k) != v}
-            raise CineSceneError(f"{out} was prepared with other settings {diff} (old, new); use another --out "
-                                 "or the same options")
+            raise CineSceneError(
+                f"{out} was prepared with other settings {diff} (old, new); use another --out "
+                "or the same options"
+            )
     else:
         write_json_atomic(path, settings)
 
@@ -351,12 +465,14 @@ def _read_settings(path: Path) -> dict:
     """``prepare.json``: the settings every rank of a shard directory agreed on."""
     settings = read_json_file(path)
     if not (isinstance(settings, dict) and isinstance(settings.get("world"), int) and settings["world"] >= 1):
-        raise CineSceneError(f"{path}: not the settings file `cinescene data prepare` writes (expected an object "
-                             "with the world size and encoder); remove it, or the whole directory, to start over")
+        raise CineSceneError(
+            f"{path}: not the settings file `cinescene data prepare` writes (expected an object "
+            "with the world size and encoder); remove it, or the whole directory, to start over"
+        )
     return settings
 
 
-def merge_if_complete(out: Path, world: int, publisher: Optional[Publisher] = None):
+def merge_if_complete(out: Path, world: int, publisher: Publisher | None = None):
     """Merge the rank manifests when all are present (safe if several ranks try at once); with a
     ``publisher``, the rank manifests are the bucket's and the merged manifest is uploaded last."""
     names = [rank_manifest_name(r, world) for r in range(world)]
@@ -364,7 +480,6 @@ def merge_if_complete(out: Path, world: int, publisher: Optional[Publisher] = No
         return None
     if not all((out / name).is_file() for name in names):
         return None
-    from filelock import FileLock
 
     with FileLock(str(out / ".merge.lock")):
         merge_rank_manifests(out, world)
@@ -388,8 +503,10 @@ def merge(out):
     if publisher is not None:
         missing = [r for r in range(world) if not publisher.fetch(rank_manifest_name(r, world))]
         if missing:
-            raise CineSceneError(f"{out}: rank {missing[0]} of {world} has not finished "
-                                 f"(no {rank_manifest_name(missing[0], world)})")
+            raise CineSceneError(
+                f"{out}: rank {missing[0]} of {world} has not finished "
+                f"(no {rank_manifest_name(missing[0], world)})"
+            )
         return merge_if_complete(local, world, publisher)
     merge_rank_manifests(local, world)
     return local / MANIFEST
@@ -410,7 +527,7 @@ class Publisher:
         self.present = self.store.sizes(remote)  # {name: size} already in the bucket
 
     @classmethod
-    def of(cls, out) -> Optional[Publisher]:
+    def of(cls, out) -> Publisher | None:
         target = storage.location(out)
         if not isinstance(target, storage.ObjectPath):
             return None

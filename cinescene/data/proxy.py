@@ -8,6 +8,7 @@
   Python versions -- never Python's salted ``hash``); one row per word, zero
   rows after the prompt up to ``model.text_len``, like umT5 padding in Wan.
 """
+
 from __future__ import annotations
 
 import hashlib

@@ -1,8 +1,8 @@
 """Turn a shard sample's raw fields into the training sample of docs/CONTRACTS.md, and collate batches."""
+
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Dict, List, Optional
 
 import numpy as np
 import torch
@@ -25,22 +25,32 @@ class LoaderDims:
 
     text_dim: int
     text_len: int
-    channels: Optional[int] = None  # model.in_dim; checked against the shards' latent channels
+    channels: int | None = None  # model.in_dim; checked against the shards' latent channels
 
     @classmethod
-    def of(cls, model_cfg_or_dims) -> "LoaderDims":
+    def of(cls, model_cfg_or_dims) -> LoaderDims:
         if isinstance(model_cfg_or_dims, LoaderDims):
             return model_cfg_or_dims
         if isinstance(model_cfg_or_dims, dict):
             return cls(**model_cfg_or_dims)
-        return cls(model_cfg_or_dims.text_dim, model_cfg_or_dims.text_len, getattr(model_cfg_or_dims, "in_dim", None))
+        return cls(
+            model_cfg_or_dims.text_dim, model_cfg_or_dims.text_len, getattr(model_cfg_or_dims, "in_dim", None)
+        )
 
 
 class SampleDecoder:
     """Raw fields -> per-sample tensors. Checks the manifest against the model once, at construction."""
 
-    def __init__(self, manifest: Manifest, scene_images: int, pixel_pool: int, dims: LoaderDims, seed: int,
-                 shuffle_scene_images: bool, scene_images_min: Optional[int] = None):
+    def __init__(
+        self,
+        manifest: Manifest,
+        scene_images: int,
+        pixel_pool: int,
+        dims: LoaderDims,
+        seed: int,
+        shuffle_scene_images: bool,
+        scene_images_min: int | None = None,
+    ):
         self.encoder = manifest.encoder
         self.fields = manifest.fields  # every array is checked against its shape and dtype when read
         self.pool = pixel_pool
@@ -58,17 +68,23 @@ class SampleDecoder:
             height, width = fields["video.npy"]["shape"][1:3]
             scene_h, scene_w = fields["scene.npy"]["shape"][1:3]
             if any(s % pixel_pool for s in (height, width, scene_h, scene_w)):
-                raise CineSceneError(f"data.pixel_pool={pixel_pool} must divide the frame size {height}x{width} "
-                                     f"and the scene image size {scene_h}x{scene_w} of {where}")
+                raise CineSceneError(
+                    f"data.pixel_pool={pixel_pool} must divide the frame size {height}x{width} "
+                    f"and the scene image size {scene_h}x{scene_w} of {where}"
+                )
             channels = 3
         else:
             channels = fields["latents.npy"]["shape"][0]
             text_dim = fields["text.npy"]["shape"][1]
             if text_dim != dims.text_dim:
-                raise CineSceneError(f"{where} holds {text_dim}-d text embeddings, model.text_dim={dims.text_dim}")
+                raise CineSceneError(
+                    f"{where} holds {text_dim}-d text embeddings, model.text_dim={dims.text_dim}"
+                )
         if dims.channels is not None and dims.channels != channels:
-            raise CineSceneError(f"{where} ({self.encoder} shards) gives {channels}-channel latents, "
-                                 f"model.in_dim={dims.channels}")
+            raise CineSceneError(
+                f"{where} ({self.encoder} shards) gives {channels}-channel latents, "
+                f"model.in_dim={dims.channels}"
+            )
 
     def kept_images(self, position: int, training: bool) -> int:
         """How many of the ``scene_images`` the sample at global ``position`` keeps (the rest is padding)."""
@@ -76,10 +92,10 @@ class SampleDecoder:
             return scene_count(self.seed, position, self.scene_images_min, self.scene_images)
         return self.scene_images
 
-    def _array(self, fields: Dict[str, bytes], name: str) -> np.ndarray:
+    def _array(self, fields: dict[str, bytes], name: str) -> np.ndarray:
         return npy_field(fields, name, expected=self.fields[name])
 
-    def decode(self, fields: Dict[str, bytes], key: str, position: int, training: bool) -> dict:
+    def decode(self, fields: dict[str, bytes], key: str, position: int, training: bool) -> dict:
         """The training sample; SampleError when any member it needs is missing, malformed, of another
         shape or dtype than the manifest says, or not finite."""
         prompt = read_prompt(fields)
@@ -117,14 +133,14 @@ class SampleDecoder:
         return sample
 
 
-def read_prompt(fields: Dict[str, bytes]) -> str:
+def read_prompt(fields: dict[str, bytes]) -> str:
     try:
         return fields["prompt.txt"].decode("utf-8").strip()
     except (KeyError, UnicodeDecodeError):
         raise SampleError("missing or undecodable prompt.txt") from None
 
 
-def check_sample(fields: Dict[str, bytes], manifest: Manifest) -> None:
+def check_sample(fields: dict[str, bytes], manifest: Manifest) -> None:
     """Raise SampleError unless every array member the manifest describes (optional ones when present)
     parses with the manifest's shape and dtype and holds finite numbers, and the prompt is UTF-8 text.
     What `data inspect --verify` checks per sample: everything the loader reads, and the rest."""
@@ -135,8 +151,9 @@ def check_sample(fields: Dict[str, bytes], manifest: Manifest) -> None:
             raise SampleError(f"non-finite values in {name}")
 
 
-def collate(samples: List[dict]) -> dict:
-    """Stack per-sample arrays into batch-first float32 tensors (scene counts int64); prompts and keys stay lists."""
+def collate(samples: list[dict]) -> dict:
+    """Stack per-sample arrays into batch-first float32 tensors
+    (scene counts int64); prompts and keys stay lists."""
     batch = {k: torch.from_numpy(np.stack([s[k] for s in samples])) for k in TENSOR_KEYS}
     batch["scene_counts"] = torch.tensor([s["scene_count"] for s in samples], dtype=torch.int64)
     batch.update({k: [s[k] for s in samples] for k in LIST_KEYS})

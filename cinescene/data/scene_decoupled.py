@@ -35,13 +35,13 @@ Unreal's left-handed world, so its absolute rotations have determinant -1).
 Cameras stay per source frame here; `data prepare` keeps every 4th (Wan's
 temporal stride: frames 0, 4, 8, ...).
 """
+
 from __future__ import annotations
 
 import json
 import re
 import zlib
 from pathlib import Path
-from typing import List, Optional, Tuple
 
 import numpy as np
 
@@ -54,10 +54,21 @@ from .clips import Clip, load_png, save_png, write_clip
 from .geometry import hfov_problem, intrinsics, panorama_views
 
 SETS = ("whuman", "wohuman")
-VIDEO_PATTERNS = ("video/{set}/{scene}/{scene}.mp4", "video/{set}/{scene}.mp4", "videos/{set}/{scene}/{scene}.mp4",
-                  "videos/{set}/{scene}.mp4", "video/{set}/{scene}/{scene}", "videos/{set}/{scene}/{scene}")
-PANORAMA_PATTERNS = ("panorama/{scene}.png", "panorama/{scene}.jpg", "panorama/{scene}/panorama.png",
-                     "panoramas/{scene}.png", "panoramas/{scene}.jpg")
+VIDEO_PATTERNS = (
+    "video/{set}/{scene}/{scene}.mp4",
+    "video/{set}/{scene}.mp4",
+    "videos/{set}/{scene}/{scene}.mp4",
+    "videos/{set}/{scene}.mp4",
+    "video/{set}/{scene}/{scene}",
+    "videos/{set}/{scene}/{scene}",
+)
+PANORAMA_PATTERNS = (
+    "panorama/{scene}.png",
+    "panorama/{scene}.jpg",
+    "panorama/{scene}/panorama.png",
+    "panoramas/{scene}.png",
+    "panoramas/{scene}.jpg",
+)
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
 # World y flip (left- to right-handed) and the UE-local -> OpenCV camera axes.
 FLIP_Y = np.diag([1.0, -1.0, 1.0])
@@ -65,6 +76,7 @@ log = get_logger("data.convert")
 
 
 # ---------------------------------------------------------------- coordinates
+
 
 def ue_to_opencv(ue: np.ndarray) -> np.ndarray:
     """Unreal row-vector transforms (..., 4, 4), cm -> OpenCV camera-to-world (..., 4, 4), metres."""
@@ -98,6 +110,7 @@ def ue_location_to_world(location) -> np.ndarray:
 
 # ---------------------------------------------------------------- parsing
 
+
 def _matrix(value, where: str) -> np.ndarray:
     if isinstance(value, dict) and len(value) == 1:
         value = next(iter(value.values()))
@@ -110,7 +123,7 @@ def _matrix(value, where: str) -> np.ndarray:
     return array.reshape(4, 4)
 
 
-def parse_camera_file(path: Path) -> Tuple[np.ndarray, Optional[float], Optional[np.ndarray]]:
+def parse_camera_file(path: Path) -> tuple[np.ndarray, float | None, np.ndarray | None]:
     """A ``_cam.json`` -> (c2w (F, 4, 4) OpenCV metres, hfov radians or None, panorama centre or None)."""
     try:
         data = json.loads(Path(path).read_text())
@@ -124,11 +137,14 @@ def parse_camera_file(path: Path) -> Tuple[np.ndarray, Optional[float], Optional
     if fov is not None and hfov_problem(fov):
         raise CineSceneError(f"{path}: 'fov': {hfov_problem(fov)}")
     center = data.get("panorama_location")
-    return (ue_to_opencv(ue), None if fov is None else float(np.radians(float(fov))),
-            None if center is None else ue_location_to_world(center))
+    return (
+        ue_to_opencv(ue),
+        None if fov is None else float(np.radians(float(fov))),
+        None if center is None else ue_location_to_world(center),
+    )
 
 
-def _first_existing(root: Path, patterns, **names) -> Optional[Path]:
+def _first_existing(root: Path, patterns, **names) -> Path | None:
     for pattern in patterns:
         path = root / pattern.format(**names)
         if path.exists():
@@ -146,16 +162,20 @@ def read_frames(path: Path) -> np.ndarray:
     try:
         import av
     except ImportError:
-        raise CineSceneError(f"decoding {path.name} needs PyAV (pip install av), or extract its frames "
-                             "into a directory of PNGs with the same name") from None
+        raise CineSceneError(
+            f"decoding {path.name} needs PyAV (pip install av), or extract its frames "
+            "into a directory of PNGs with the same name"
+        ) from None
     try:
         with av.open(str(path)) as container:
             return np.stack([f.to_ndarray(format="rgb24") for f in container.decode(video=0)])
     except Exception as exc:  # PyAV raises many types for corrupt input
-        raise CineSceneError(f"{path}: cannot decode video ({type(exc).__name__}: {exc})".splitlines()[0]) from None
+        raise CineSceneError(
+            f"{path}: cannot decode video ({type(exc).__name__}: {exc})".splitlines()[0]
+        ) from None
 
 
-def scene_ids(src: Path) -> List[str]:
+def scene_ids(src: Path) -> list[str]:
     ids = set()
     for name in SETS:
         folder = src / "camera" / name
@@ -173,8 +193,10 @@ def _prompt_from_id(scene_id: str, with_subject: bool) -> str:
 
 # ---------------------------------------------------------------- conversion
 
-def convert_scene(src: Path, scene_id: str, out: Path, scene_images: int, hfov: Optional[float],
-                  captions: Optional[Path]) -> Path:
+
+def convert_scene(
+    src: Path, scene_id: str, out: Path, scene_images: int, hfov: float | None, captions: Path | None
+) -> Path:
     """One scene id -> one clip directory in our layout (see cinescene.data.clips)."""
     sets = {}
     for name in SETS:
@@ -182,7 +204,9 @@ def convert_scene(src: Path, scene_id: str, out: Path, scene_images: int, hfov: 
         if cam.is_file():
             video = _first_existing(src, VIDEO_PATTERNS, set=name, scene=scene_id)
             if video is None:
-                raise CineSceneError(f"{scene_id}: no {name} video (tried {', '.join(VIDEO_PATTERNS)} under {src})")
+                raise CineSceneError(
+                    f"{scene_id}: no {name} video (tried {', '.join(VIDEO_PATTERNS)} under {src})"
+                )
             sets[name] = (parse_camera_file(cam), read_frames(video))
     main = "whuman" if "whuman" in sets else "wohuman"
     (c2w, file_hfov, center), video = sets[main]
@@ -206,20 +230,46 @@ def convert_scene(src: Path, scene_id: str, out: Path, scene_images: int, hfov: 
     rng = np.random.default_rng(zlib.crc32(scene_id.encode()))  # stable per scene, independent of order
     images, scene_c2w, scene_K = panorama_views(rng, panorama, center, scene_images, height, width)
     caption_file = captions / f"{scene_id}.txt" if captions is not None else None
-    prompt = (caption_file.read_text().strip() if caption_file is not None and caption_file.is_file()
-              else _prompt_from_id(scene_id, main == "whuman"))
+    prompt = (
+        caption_file.read_text().strip()
+        if caption_file is not None and caption_file.is_file()
+        else _prompt_from_id(scene_id, main == "whuman")
+    )
     K = intrinsics(height, width, hfov)
-    meta = {"source": "scene-decoupled", "scene_id": scene_id, "sets": sorted(sets),
-            "panorama": str(pano_path.relative_to(src)), "panorama_center_known": center_known,
-            "hfov_deg": float(np.degrees(hfov))}
-    clip = Clip(scene_id.replace(".", "_"), video[:frames], c2w[:frames], np.repeat(K[None], frames, 0), panorama,
-                center, images, scene_c2w, scene_K, prompt, fps=16.0, meta=meta,
-                video_bg=None if video_bg is None else video_bg[:frames])
+    meta = {
+        "source": "scene-decoupled",
+        "scene_id": scene_id,
+        "sets": sorted(sets),
+        "panorama": str(pano_path.relative_to(src)),
+        "panorama_center_known": center_known,
+        "hfov_deg": float(np.degrees(hfov)),
+    }
+    clip = Clip(
+        scene_id.replace(".", "_"),
+        video[:frames],
+        c2w[:frames],
+        np.repeat(K[None], frames, 0),
+        panorama,
+        center,
+        images,
+        scene_c2w,
+        scene_K,
+        prompt,
+        fps=16.0,
+        meta=meta,
+        video_bg=None if video_bg is None else video_bg[:frames],
+    )
     return write_clip(clip, out)
 
 
-def convert(src, out, scene_images: int = 20, hfov_deg: Optional[float] = None, captions=None,
-            show_progress: bool = True) -> Path:
+def convert(
+    src,
+    out,
+    scene_images: int = 20,
+    hfov_deg: float | None = None,
+    captions=None,
+    show_progress: bool = True,
+) -> Path:
     """Convert every scene under ``src`` into clip directories under ``out``; returns ``out``."""
     src, out = Path(src), Path(out)
     problem = kind_problem(src, "directory")
@@ -227,7 +277,9 @@ def convert(src, out, scene_images: int = 20, hfov_deg: Optional[float] = None, 
         raise CineSceneError(f"source directory {src} {problem}")
     ids = scene_ids(src)
     if not ids:
-        raise CineSceneError(f"no scenes in {src}: expected camera/{{whuman,wohuman}}/<scene_id>/<scene_id>_cam.json")
+        raise CineSceneError(
+            f"no scenes in {src}: expected camera/{{whuman,wohuman}}/<scene_id>/<scene_id>_cam.json"
+        )
     if scene_images < 1:
         raise ConfigError("--scene-images", f"expected a value >= 1, got {scene_images}")
     if hfov_deg is not None and hfov_problem(hfov_deg):
@@ -246,11 +298,14 @@ def convert(src, out, scene_images: int = 20, hfov_deg: Optional[float] = None, 
 
 # ---------------------------------------------------------------- fixture export
 
+
 def export_clip(clip: Clip, root: Path) -> None:
     """Write a clip in the dataset's layout (for tests of the converter): cameras, frame dirs, panorama."""
     scene_id = clip.clip_id
-    cam = {f"frame{i}": " ".join("[" + " ".join(repr(float(x)) for x in row) + "]" for row in m)
-           for i, m in enumerate(opencv_to_ue(clip.c2w))}
+    cam = {
+        f"frame{i}": " ".join("[" + " ".join(repr(float(x)) for x in row) + "]" for row in m)
+        for i, m in enumerate(opencv_to_ue(clip.c2w))
+    }
     cam["fov"] = float(np.degrees(2 * np.arctan(clip.video.shape[2] / (2 * clip.K[0, 0, 0]))))
     cam["panorama_location"] = (clip.pano_center @ FLIP_Y * 100.0).tolist()
     save_png(clip.panorama, _mkdir(root / "panorama") / f"{scene_id}.png")

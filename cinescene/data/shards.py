@@ -8,6 +8,7 @@ give byte-identical shards. While writing we record each sample's byte range
 manifest stores ``[key, offset, length, crc32]`` per sample, so the loader
 can read any sample with one seek and detect a corrupt or truncated one.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -16,7 +17,6 @@ import os
 import tarfile
 import zlib
 from pathlib import Path
-from typing import Dict, List, Optional, Tuple
 
 import numpy as np
 
@@ -39,7 +39,7 @@ def _describe_array(dtype: np.dtype, shape) -> str:
     return f"{dtype.name} {tuple(shape)}"
 
 
-def npy_array(data: bytes, name: str, expected: Optional[dict] = None) -> np.ndarray:
+def npy_array(data: bytes, name: str, expected: dict | None = None) -> np.ndarray:
     """Strictly parse one ``.npy`` member: the format's header and raw data, nothing else.
 
     ``np.load`` would take a zip for an ``.npz`` (a member starting with ``PK``)
@@ -53,30 +53,43 @@ def npy_array(data: bytes, name: str, expected: Optional[dict] = None) -> np.nda
         version = np.lib.format.read_magic(buffer)
         if version not in ((1, 0), (2, 0)):
             raise ValueError(f"unsupported .npy version {version}")
-        read_header = np.lib.format.read_array_header_1_0 if version == (1, 0) else \
-            np.lib.format.read_array_header_2_0
+        read_header = (
+            np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
+        )
         shape, fortran_order, dtype = read_header(buffer)
     except Exception as exc:  # untrusted bytes: any failure of the header parser means "not an array"
-        what = "empty" if not data else f"not a .npy array ({type(exc).__name__}: {str(exc).splitlines()[0][:80]})"
+        what = (
+            "empty"
+            if not data
+            else f"not a .npy array ({type(exc).__name__}: {str(exc).splitlines()[0][:80]})"
+        )
         raise SampleError(f"{name} is {what}") from None
     if dtype.hasobject:
         raise SampleError(f"{name} holds Python objects ({dtype}), not numbers")
     if expected is not None:
         want = list(expected["shape"])
-        if (np.dtype(expected["dtype"]) != dtype or len(want) != len(shape)
-                or any(w not in (-1, s) for w, s in zip(want, shape))):
-            raise SampleError(f"{name} is {_describe_array(dtype, shape)}, the manifest says "
-                              f"{_describe_array(np.dtype(expected['dtype']), want)}")
+        if (
+            np.dtype(expected["dtype"]) != dtype
+            or len(want) != len(shape)
+            or any(w not in (-1, s) for w, s in zip(want, shape))
+        ):
+            raise SampleError(
+                f"{name} is {_describe_array(dtype, shape)}, the manifest says "
+                f"{_describe_array(np.dtype(expected['dtype']), want)}"
+            )
     count = int(np.prod(shape, dtype=np.int64))
     if len(data) - buffer.tell() != count * dtype.itemsize:
-        raise SampleError(f"{name} holds {len(data) - buffer.tell()} data bytes, its header "
-                          f"({_describe_array(dtype, shape)}) needs {count * dtype.itemsize}")
+        raise SampleError(
+            f"{name} holds {len(data) - buffer.tell()} data bytes, its header "
+            f"({_describe_array(dtype, shape)}) needs {count * dtype.itemsize}"
+        )
     array = np.frombuffer(data, dtype=dtype, count=count, offset=buffer.tell())
     return array.reshape(shape, order="F" if fortran_order else "C").copy()
 
 
-def npy_field(fields: Dict[str, bytes], name: str, optional: bool = False,
-              expected: Optional[dict] = None) -> Optional[np.ndarray]:
+def npy_field(
+    fields: dict[str, bytes], name: str, optional: bool = False, expected: dict | None = None
+) -> np.ndarray | None:
     """The array a sample stores as ``name`` (see :func:`npy_bytes`, :func:`npy_array`); None for an absent
     optional field. A missing required field or a malformed one raises SampleError."""
     if name not in fields:
@@ -94,7 +107,7 @@ class ShardWriter:
         self.tmp = self.path.with_name(self.path.name + ".tmp")
         self._file = open(self.tmp, "wb")
         self._tar = tarfile.open(fileobj=self._file, mode="w", format=tarfile.USTAR_FORMAT)
-        self.ranges: List[Tuple[str, int, int]] = []
+        self.ranges: list[tuple[str, int, int]] = []
 
     @property
     def size(self) -> int:
@@ -103,7 +116,7 @@ class ShardWriter:
     def __len__(self) -> int:
         return len(self.ranges)
 
-    def write(self, key: str, fields: Dict[str, bytes]) -> None:
+    def write(self, key: str, fields: dict[str, bytes]) -> None:
         if "." in key or "/" in key:
             raise ValueError(f"sample key {key!r} must not contain '.' or '/' (webdataset splits on them)")
         start = self._tar.offset
@@ -128,10 +141,15 @@ class ShardWriter:
             data = f.read()
         digest.update(data)
         for key, offset, length in self.ranges:
-            samples.append([key, offset, length, zlib.crc32(data[offset:offset + length])])
+            samples.append([key, offset, length, zlib.crc32(data[offset : offset + length])])
         os.replace(self.tmp, self.path)
-        return {"name": self.path.name, "bytes": len(data), "sha256": digest.hexdigest(),
-                "num_samples": len(samples), "samples": samples}
+        return {
+            "name": self.path.name,
+            "bytes": len(data),
+            "sha256": digest.hexdigest(),
+            "num_samples": len(samples),
+            "samples": samples,
+        }
 
     def abort(self) -> None:
         try:
@@ -152,11 +170,11 @@ def file_sha256(path) -> str:
     return digest.hexdigest()
 
 
-def parse_members(blob: bytes, key: str) -> Dict[str, bytes]:
+def parse_members(blob: bytes, key: str) -> dict[str, bytes]:
     """Split one sample's tar bytes into ``{field: data}``; raises SampleError on any inconsistency."""
     fields, pos = {}, 0
     while pos + BLOCK <= len(blob):
-        header = blob[pos:pos + BLOCK]
+        header = blob[pos : pos + BLOCK]
         if header == b"\0" * BLOCK:
             break
         stored = header[148:156].split(b"\0")[0].strip()
@@ -174,7 +192,7 @@ def parse_members(blob: bytes, key: str) -> Dict[str, bytes]:
         start = pos + BLOCK
         if start + size > len(blob):
             raise SampleError(f"member {name!r} is truncated")
-        fields[field] = blob[start:start + size]
+        fields[field] = blob[start : start + size]
         pos = start + (size + BLOCK - 1) // BLOCK * BLOCK
     if not fields:
         raise SampleError("no members")
@@ -188,9 +206,9 @@ class ShardReader:
     def __init__(self, max_open: int = 8, retry: storage.ObjectStoreConfig | None = None):
         self.max_open = max_open
         self.retry = retry  # transient errors of object storage
-        self._files: Dict[Path, object] = {}
+        self._files: dict[Path, object] = {}
 
-    def read(self, path, key: str, offset: int, length: int, crc: int) -> Dict[str, bytes]:
+    def read(self, path, key: str, offset: int, length: int, crc: int) -> dict[str, bytes]:
         """The sample's fields; ``path`` is a local shard or an object (one ranged GET, see storage)."""
         if isinstance(path, storage.ObjectPath):
             try:
@@ -211,9 +229,11 @@ class ShardReader:
         return self._check(blob, key, offset, length, crc)
 
     @staticmethod
-    def _check(blob: bytes, key: str, offset: int, length: int, crc: int) -> Dict[str, bytes]:
+    def _check(blob: bytes, key: str, offset: int, length: int, crc: int) -> dict[str, bytes]:
         if len(blob) != length:
-            raise SampleError(f"truncated shard (sample needs bytes {offset}-{offset + length}, file ends earlier)")
+            raise SampleError(
+                f"truncated shard (sample needs bytes {offset}-{offset + length}, file ends earlier)"
+            )
         if zlib.crc32(blob) != crc:
             raise SampleError("checksum mismatch (corrupt bytes)")
         return parse_members(blob, key)

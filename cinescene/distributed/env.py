@@ -18,11 +18,12 @@ from __future__ import annotations
 
 import os
 import socket
-import subprocess
 from collections.abc import Sequence
 from dataclasses import dataclass
 
 from cinescene.errors import CineSceneError, env_int
+
+from .slurm_env import expand_nodes
 
 # Ports derived from a SLURM job id land in [BASE, BASE + SPAN): above the common
 # service range and below the Linux ephemeral range (32768+), so they rarely collide.
@@ -69,22 +70,14 @@ def under_srun(env: dict[str, str] | None = None) -> bool:
 def first_slurm_host(nodelist: str) -> str:
     """The first host of a SLURM node list such as ``gpu[003-010,012]`` (via ``scontrol``)."""
     try:
-        out = subprocess.run(
-            ["scontrol", "show", "hostnames", nodelist],
-            check=True,
-            capture_output=True,
-            text=True,
-            timeout=60,
-        ).stdout.split()
-    except FileNotFoundError:
+        hosts = expand_nodes(nodelist)
+    except CineSceneError as exc:
         raise CineSceneError(
-            "running under srun but `scontrol` is not on PATH; set MASTER_ADDR to the first node's hostname"
+            f"running under srun: {exc}; set MASTER_ADDR to the first node's hostname"
         ) from None
-    except subprocess.SubprocessError as exc:
-        raise CineSceneError(f"`scontrol show hostnames {nodelist}` failed: {exc}; set MASTER_ADDR") from None
-    if not out:
+    if not hosts:
         raise CineSceneError(f"`scontrol show hostnames {nodelist}` printed no host; set MASTER_ADDR")
-    return out[0]
+    return hosts[0]
 
 
 def slurm_master_port(job_id: int) -> int:

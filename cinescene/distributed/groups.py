@@ -18,6 +18,7 @@ from datetime import timedelta
 from typing import Any
 
 import torch
+import torch.distributed as dist
 
 from cinescene.errors import CineSceneError
 from cinescene.log import get_logger
@@ -110,8 +111,6 @@ def destroy_process_group() -> None:
     """Leave the job; through DeepSpeed's comm layer, which also forgets the groups it cached
     (the world clone, the sequence-parallel groups), so a later trainer in the same process
     starts clean."""
-    import torch.distributed as dist
-
     if dist.is_available() and dist.is_initialized():
         import deepspeed.comm as ds_comm
 

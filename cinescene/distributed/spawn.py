@@ -73,7 +73,8 @@ def _kernel_kills_orphan() -> bool:
 
 
 def die_with_launcher() -> None:
-    """In a rank this spawner started: end with the launcher. A no-op anywhere else (and when called again)."""
+    """In a rank this spawner started: end with the launcher.
+    A no-op anywhere else (and when called again)."""
     pid = os.environ.pop(LAUNCHER_PID, None)  # popped: the rank's own children are not ranks
     if pid is None or not pid.isdigit():
         return

@@ -367,7 +367,7 @@ def run(
 
 def _run_locked(base, root, selected, sweep, heldout_clips, heldout_seed, nproc, fresh, command) -> dict:
     from cinescene.data.ensure import ensure_dataset
-    from cinescene.train.batching import plan_batch
+    from cinescene.distributed.batching import plan_batch
 
     from . import ablation_report
 

@@ -22,6 +22,7 @@ and ``scene_images/<key>.png``. Each rank writes its own samples' files;
 from __future__ import annotations
 
 import os
+import shutil
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -34,6 +35,7 @@ from cinescene.durable import write_json_atomic
 from cinescene.sampling.inputs import ShardSample
 from cinescene.sampling.pipeline import Settings, VideoGenerator
 from cinescene.sampling.spec import DataSpec
+from cinescene.sampling.video import write_mp4, write_strip
 from cinescene.secrets import scrub
 
 from . import report
@@ -96,8 +98,6 @@ def evaluate_sample(
 
 def prepare_dir(out: Path) -> None:
     """Empty the per-sample folders of ``out``: no earlier evaluation's records may leak into this one."""
-    import shutil
-
     for name in WORK_DIRS:
         shutil.rmtree(out / name, ignore_errors=True)
         (out / name).mkdir(parents=True)
@@ -166,8 +166,6 @@ def _write_media(
     out: Path, references: Path, sample: ShardSample, result: SampleResult, context, fps, metadata: dict
 ) -> dict[str, str]:
     """The sample's videos and images (module doc); returns their paths relative to ``out`` for its record."""
-    from cinescene.sampling.video import write_mp4, write_strip
-
     inputs, key = result.inputs, sample.key
     tags = {"key": key, "prompt": sample.prompt}
     metadata = scrub({**tags, **metadata})  # masked: a prompt or setting may carry a secret

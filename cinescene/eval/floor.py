@@ -26,6 +26,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from cinescene.config.eval import EvalConfig
+from cinescene.data.synth.generate import render_synthetic_clip
 
 from .metrics import camera, matching, pixels, sfm
 
@@ -41,8 +42,6 @@ UNRELATED_CLIP = 3  # a snowfield landscape: no room, no shared texture
 def render_clip(
     index: int, seed: int = 0, size: int = SIZE, frames: int = FRAMES, scene_images: int = SCENE_IMAGES
 ):
-    from cinescene.data.synth.generate import render_synthetic_clip
-
     return render_synthetic_clip(index, seed, frames, (size, size), scene_images)
 
 
@@ -167,8 +166,8 @@ def main(argv=None) -> int:
     if truth_rows:
         median = {k: float(np.median([r[k] for r in truth_rows])) for k in truth_rows[0]}
         print(
-            f"camera floor (median over the {len(truth_rows)} reconstructions): {_fmt(median)}; SfM failed on "
-            f"{failures} of {len(indices)} ground-truth videos"
+            f"camera floor (median over the {len(truth_rows)} reconstructions): {_fmt(median)}; SfM failed "
+            f"on {failures} of {len(indices)} ground-truth videos"
         )
         worse = sum(
             1

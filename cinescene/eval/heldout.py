@@ -44,8 +44,8 @@ def select(candidates: list[int], num: int, seed: int) -> list[int]:
 
 
 def check_present(cfg) -> None:
-    """Cheap, before a training run's ranks start, when the eval hook is on: ``eval.data`` holds shards and, once
-    the training data exists (synthetic data is made later), they fit its model and some are held out."""
+    """Cheap, before a training run's ranks start, when the eval hook is on: ``eval.data`` holds shards and,
+    once the training data exists (synthetic data is made later), they fit its model and some are held out."""
     if not cfg.eval.every_steps:
         return
     from cinescene.data import storage

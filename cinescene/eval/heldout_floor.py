@@ -49,7 +49,6 @@ def evaluate_floor(cfg, out: Path, kind: str = "ground_truth") -> dict:
     """The ``kind`` floor (module doc) of ``cfg``'s held-out samples, written into ``out``; returns its
     metrics.json data."""
     from cinescene.sampling.codec import build_codec
-    from cinescene.sampling.command import video_fps
     from cinescene.sampling.spec import training_spec
 
     from .evaluate import SampleResult, metric_inputs, prepare_dir, record_unreadable, write_sample
@@ -88,7 +87,7 @@ def evaluate_floor(cfg, out: Path, kind: str = "ground_truth") -> dict:
         inputs = metric_inputs(sample, frames, spec)
         result = SampleResult(sample.key, frames, inputs, compute_metrics(inputs, names, context))
         metadata = {"floor": kind}
-        write_sample(out, sample, result, context, video_fps(cfg, spec), metadata, started=begun)
+        write_sample(out, sample, result, context, spec.video_fps(cfg.eval.fps), metadata, started=begun)
     header = {
         "cinescene": __version__,
         "checkpoint": f"none: the {KINDS[kind]} as the generated video",

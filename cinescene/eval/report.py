@@ -28,6 +28,7 @@ from PIL import Image, ImageDraw
 
 from cinescene.durable import write_atomic
 from cinescene.eval.metrics.registry import REGISTRY
+from cinescene.sampling.video import strip_indices
 from cinescene.secrets import scrub
 
 # The paper's table (its own evaluation set and matcher): for scale, not for comparison of figures.
@@ -164,8 +165,6 @@ def _label(text: str, height: int, width: int) -> np.ndarray:
 def contact_row(key: str, rows: dict[str, np.ndarray | None], frames: int = SHEET_FRAMES) -> np.ndarray:
     """One sample's block: a title line, then one labelled line of evenly spaced frames per entry of
     ``rows``."""
-    from cinescene.sampling.video import strip_indices
-
     present = {name: video for name, video in rows.items() if video is not None}
     height, width = next(iter(present.values())).shape[1:3]
     count = len(next(iter(present.values())))

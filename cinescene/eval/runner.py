@@ -18,24 +18,60 @@ samples r, r + W, ...; every rank writes its samples' files (the mp4 in
 
 from __future__ import annotations
 
-import argparse
 import os
 import sys
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
 
+import torch
+import torch.distributed as dist
+
 from cinescene import __version__
+from cinescene.ckpt.config import checkpoint_config
+from cinescene.ckpt.layout import refuse_inside_checkpoint
+from cinescene.ckpt.locate import resolve_checkpoint
+from cinescene.config import ConfigError
 from cinescene.config.base import positive
 from cinescene.config.eval import check_metric_names
+from cinescene.config.paths import check_output_location
+from cinescene.distributed.env import SPAWNER_MARK, detect, standalone
+from cinescene.distributed.spawn import check_local_ranks, spawn_local_ranks
 from cinescene.errors import CineSceneError
 from cinescene.locks import DirLock, LockBusy
 from cinescene.log import get_logger, setup_logging, show_progress_bars
+from cinescene.sampling.checkpoint import load_inference_model
+from cinescene.sampling.codec import build_codec
+from cinescene.sampling.device import device_and_dtype
+from cinescene.sampling.inputs import ShardSamples
+from cinescene.sampling.pipeline import Settings, StepBar, VideoGenerator
+from cinescene.sampling.spec import training_spec
 
 from . import heldout, report
+from .evaluate import evaluate_into, prepare_dir, record_unreadable
+from .metrics import MetricContext
 
 _log = get_logger("eval")
 LOCK = ".eval.lock"
+
+
+@dataclass(frozen=True)
+class EvalRequest:
+    """What `cinescene eval` is asked for: its arguments, one field per flag (``cinescene eval --help``
+    says what each means; None: the checkpoint's config decides)."""
+
+    checkpoint: str  # a run, checkpoints, step or export directory
+    overrides: Sequence[str]  # KEY=VALUE overrides of the checkpoint's config
+    data: str | None  # held-out shards (eval.data)
+    out: str  # the output directory
+    num: int | None  # eval.num_samples
+    steps: int | None  # eval.sample_steps
+    metrics: str | None  # comma-separated names (eval.metrics)
+    ema: bool
+    nproc: int | None  # local ranks when no launcher started this process
+    device: str | None
+    dtype: str | None  # fp32, bf16 or fp16 (cinescene.sampling.device.DTYPES)
 
 
 @dataclass
@@ -49,44 +85,38 @@ class EvalPlan:
     out: Path
 
 
-def eval_overrides(args: argparse.Namespace) -> list[str]:
+def eval_overrides(request: EvalRequest) -> list[str]:
     """The flags as eval.* overrides (checked here so errors name the flag)."""
     items = []
-    if args.data is not None:
-        items.append(f"eval.data={args.data}")
-    if args.num is not None:
-        if args.num < 0:
-            from cinescene.config import ConfigError
-
-            raise ConfigError("--num", f"expected a value >= 0 (0 = every held-out sample), got {args.num}")
-        items.append(f"eval.num_samples={args.num}")
-    if args.steps is not None:
-        positive(args.steps, "--steps")
-        items.append(f"eval.sample_steps={args.steps}")
-    if args.metrics is not None:
-        names = [n for n in args.metrics.split(",") if n]
+    if request.data is not None:
+        items.append(f"eval.data={request.data}")
+    if request.num is not None:
+        if request.num < 0:
+            raise ConfigError(
+                "--num", f"expected a value >= 0 (0 = every held-out sample), got {request.num}"
+            )
+        items.append(f"eval.num_samples={request.num}")
+    if request.steps is not None:
+        positive(request.steps, "--steps")
+        items.append(f"eval.sample_steps={request.steps}")
+    if request.metrics is not None:
+        names = [n for n in request.metrics.split(",") if n]
         check_metric_names(names, "--metrics")
         items.append(f"eval.metrics=[{','.join(names)}]")
-    return list(args.overrides) + items
+    return list(request.overrides) + items
 
 
-def plan(args: argparse.Namespace) -> EvalPlan:
+def plan(request: EvalRequest) -> EvalPlan:
     """Resolve and check everything before any model is built (one-line errors)."""
-    from cinescene.ckpt.config import checkpoint_config
-    from cinescene.ckpt.layout import refuse_inside_checkpoint
-    from cinescene.ckpt.locate import resolve_checkpoint
-    from cinescene.config.paths import check_output_location
-    from cinescene.sampling.spec import training_spec
-
-    check_output_location(args.out, "--out")
-    refuse_inside_checkpoint(args.out, "--out")
-    source = resolve_checkpoint(args.checkpoint)
-    cfg = checkpoint_config(source, eval_overrides(args))
+    check_output_location(request.out, "--out")
+    refuse_inside_checkpoint(request.out, "--out")
+    source = resolve_checkpoint(request.checkpoint)
+    cfg = checkpoint_config(source, eval_overrides(request))
     if not cfg.eval.data:
         raise CineSceneError("no evaluation data: pass --data SHARDS (or set eval.data)")
     spec = training_spec(cfg)
     chosen = heldout.choose(cfg, spec)
-    return EvalPlan(source, cfg, spec, cfg.eval.data, chosen.indices, chosen.keys, Path(args.out))
+    return EvalPlan(source, cfg, spec, cfg.eval.data, chosen.indices, chosen.keys, Path(request.out))
 
 
 def _lock(out: Path) -> DirLock:
@@ -106,70 +136,59 @@ def _lock(out: Path) -> DirLock:
         raise CineSceneError(str(exc)) from None
 
 
-def rank_argv(args: argparse.Namespace) -> list[str]:
+def rank_argv(request: EvalRequest) -> list[str]:
     argv = [
         sys.executable,
         "-m",
         "cinescene",
         "eval",
-        str(args.checkpoint),
-        *args.overrides,
+        str(request.checkpoint),
+        *request.overrides,
         "--out",
-        str(args.out),
+        str(request.out),
     ]
     for flag, value in (
-        ("--data", args.data),
-        ("--num", args.num),
-        ("--steps", args.steps),
-        ("--metrics", args.metrics),
-        ("--device", args.device),
-        ("--dtype", args.dtype),
+        ("--data", request.data),
+        ("--num", request.num),
+        ("--steps", request.steps),
+        ("--metrics", request.metrics),
+        ("--device", request.device),
+        ("--dtype", request.dtype),
     ):
         if value is not None:
             argv += [flag, str(value)]
-    return argv + (["--ema"] if args.ema else [])
+    return argv + (["--ema"] if request.ema else [])
 
 
-def launch(args: argparse.Namespace) -> int:
-    from cinescene.distributed.env import SPAWNER_MARK, detect, standalone
-    from cinescene.distributed.spawn import check_local_ranks
-
+def launch(request: EvalRequest) -> int:
     setup_logging("INFO")
     env = detect()
-    the_plan = plan(args)
+    the_plan = plan(request)
     spawned = os.environ.get(SPAWNER_MARK) == "1"
     lock = None if spawned or (env is not None and env.rank != 0) else _lock(the_plan.out)
     try:
         if env is None:
-            nproc = the_plan.cfg.launch.nproc if args.nproc is None else args.nproc
+            nproc = the_plan.cfg.launch.nproc if request.nproc is None else request.nproc
             positive(nproc, "--nproc")
-            check_local_ranks(nproc, "gloo", "--nproc" if args.nproc is not None else "launch.nproc")
+            check_local_ranks(nproc, "gloo", "--nproc" if request.nproc is not None else "launch.nproc")
             nproc = min(nproc, len(the_plan.indices))
             if nproc > 1:
-                from cinescene.distributed.spawn import spawn_local_ranks
-
-                return spawn_local_ranks(rank_argv(args), nproc, forward=("SIGTERM",))
+                return spawn_local_ranks(rank_argv(request), nproc, forward=("SIGTERM",))
             env = standalone(1)
-        return run_rank(args, the_plan, env)
+        return run_rank(request, the_plan, env)
     finally:
         if lock is not None:
             lock.release()
 
 
-def _device(args, env):
-    import torch
-
-    from cinescene.sampling.command import device_and_dtype
-
-    name = args.device
+def _device(request: EvalRequest, env):
+    name = request.device
     if name is None and torch.cuda.is_available():
         name = f"cuda:{env.local_rank % torch.cuda.device_count()}"
-    return device_and_dtype(name, args.dtype)
+    return device_and_dtype(name, request.dtype)
 
 
-def run_rank(args: argparse.Namespace, the_plan: EvalPlan, env) -> int:
-    import torch.distributed as dist
-
+def run_rank(request: EvalRequest, the_plan: EvalPlan, env) -> int:
     cfg, out = the_plan.cfg, the_plan.out
     setup_logging(cfg.run.log_level, out, env.rank)
     show_progress_bars(cfg.run.progress)
@@ -184,16 +203,14 @@ def run_rank(args: argparse.Namespace, the_plan: EvalPlan, env) -> int:
         )
     try:
         if env.rank == 0:
-            from .evaluate import prepare_dir
-
             prepare_dir(out)
         if env.world_size > 1:
             dist.barrier()
-        absent = _evaluate_rank(args, the_plan, env)
+        absent = _evaluate_rank(request, the_plan, env)
         if env.world_size > 1:
             dist.barrier()
         if env.rank == 0:
-            _write_report(args, the_plan, absent)
+            _write_report(request, the_plan, absent)
         return 0
     finally:
         if env.world_size > 1 and dist.is_initialized():
@@ -201,8 +218,6 @@ def run_rank(args: argparse.Namespace, the_plan: EvalPlan, env) -> int:
 
 
 def _settings(the_plan: EvalPlan):
-    from cinescene.sampling.pipeline import Settings
-
     cfg = the_plan.cfg
     return Settings(
         steps=cfg.eval.sample_steps,
@@ -212,22 +227,13 @@ def _settings(the_plan: EvalPlan):
     )
 
 
-def _evaluate_rank(args: argparse.Namespace, the_plan: EvalPlan, env) -> dict[str, str]:
+def _evaluate_rank(request: EvalRequest, the_plan: EvalPlan, env) -> dict[str, str]:
     """Generate and measure this rank's samples; returns the metrics that cannot be computed, and why."""
-    from cinescene.sampling.checkpoint import load_inference_model
-    from cinescene.sampling.codec import build_codec
-    from cinescene.sampling.command import video_fps
-    from cinescene.sampling.inputs import ShardSamples
-    from cinescene.sampling.pipeline import StepBar, VideoGenerator
-
-    from .evaluate import evaluate_into, record_unreadable
-    from .metrics import MetricContext
-
     cfg, spec, out = the_plan.cfg, the_plan.spec, the_plan.out
     mine = the_plan.indices[env.rank :: env.world_size]
-    device, dtype = _device(args, env)
+    device, dtype = _device(request, env)
     samples = ShardSamples(the_plan.shards, spec, cfg.model)
-    model = load_inference_model(the_plan.source, cfg, ema=args.ema, device=device, dtype=dtype)
+    model = load_inference_model(the_plan.source, cfg, ema=request.ema, device=device, dtype=dtype)
     generator = VideoGenerator(model, spec, build_codec(spec, cfg.model, device=str(device)), device)
     context = MetricContext(cfg.eval, device)
     if env.rank == 0:
@@ -244,7 +250,7 @@ def _evaluate_rank(args: argparse.Namespace, the_plan: EvalPlan, env) -> dict[st
         )
     settings = _settings(the_plan)
     metadata = {"checkpoint": str(the_plan.source.path), "step": the_plan.source.step}
-    fps = video_fps(cfg, spec)
+    fps = spec.video_fps(cfg.eval.fps)
     bar = StepBar(len(mine) * settings.steps, "eval")
     try:
         for index in mine:
@@ -280,14 +286,14 @@ def _evaluate_rank(args: argparse.Namespace, the_plan: EvalPlan, env) -> dict[st
     return dict(context.absent)
 
 
-def _write_report(args: argparse.Namespace, the_plan: EvalPlan, absent: dict[str, str]) -> None:
+def _write_report(request: EvalRequest, the_plan: EvalPlan, absent: dict[str, str]) -> None:
     out = the_plan.out
     settings = _settings(the_plan)
     header = {
         "cinescene": __version__,
         "checkpoint": str(the_plan.source.path),
         "step": the_plan.source.step,
-        "weights": "ema" if args.ema else "trained",
+        "weights": "ema" if request.ema else "trained",
         "data": the_plan.shards,
         "settings": {
             "steps": settings.steps,

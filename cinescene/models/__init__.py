@@ -10,6 +10,8 @@ Public API (see docs/CONTRACTS.md):
   :func:`diffusers_to_wan` (checkpoints)
 - :mod:`cinescene.models.flops` (parameter counts, sequence length, FLOPs per sample)
 - :mod:`cinescene.models.vggt` (VGGT aggregator and camera head, e.g. for pose evaluation)
+- :mod:`cinescene.models.flow_matching` (the noise grid with its shift, targets and loss weighting,
+  shared by training and sampling)
 
 Big models under ZeRO-3::
 

@@ -49,7 +49,6 @@ import torch
 import torch.nn.functional as F
 
 from cinescene.errors import CineSceneError
-from cinescene.kernels.attention.reference import readonly_mask
 from cinescene.log import get_logger
 
 from .packing import TokenPacking
@@ -304,8 +303,3 @@ class SelfAttentionCall:
             kind="self",
             packing=self.packing,
         )
-
-
-def context_readonly_mask(seq_len: int, num_video: int, device=None) -> torch.Tensor:
-    """Dense (L, L) boolean "may attend" mask equivalent to ``mask='context_readonly'`` (reference)."""
-    return readonly_mask(seq_len, seq_len, num_video, device=device)

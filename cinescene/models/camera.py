@@ -52,7 +52,8 @@ def relative_camera_features(cameras: torch.Tensor, reference: str = "first") ->
 
 
 def scene_pose_features(cameras: torch.Tensor, scene_cameras: torch.Tensor) -> torch.Tensor:
-    """Scene images' poses in the target's first camera frame: (B, S, 12) [R|t] of inv(C_0) @ C_scene_s (fp32).
+    """Scene images' poses in the target's first camera
+    frame: (B, S, 12) [R|t] of inv(C_0) @ C_scene_s (fp32).
 
     ``cameras`` (B, T, 4, 4) the target trajectory, ``scene_cameras`` (B, S, 4, 4),
     both camera-to-world. Zero padding images (``scene_counts``) give zeros.

@@ -60,7 +60,9 @@ from .packing import packing_from_valid, real_images
 from .rope import rope_cos_sin, sequence_positions
 from .scene_encoder import SceneEncoder
 from .sequence_parallel import SequenceShard, check_group, ensure_deepspeed_comm, ulysses_self_attention
+from .vggt import load_vggt_weights
 from .wan import BlockContext, WanDiT
+from .weights import load_pretrained
 from .zero import full_numel
 
 _log = get_logger("models")
@@ -305,7 +307,7 @@ def _num_scene_images(images, latents, features) -> int | None:
 def scene_count_list(
     scene_counts: torch.Tensor | None, batch: int, num_images: int | None
 ) -> list[int] | None:
-    """``scene_counts`` checked against the batch, as a host list; None when every sample uses all S images."""
+    """``scene_counts`` checked against the batch, as a host list; None when every sample has all S images."""
     if scene_counts is None or num_images is None:
         return None
     counts = torch.as_tensor(scene_counts).detach().cpu().reshape(-1)
@@ -326,7 +328,8 @@ def scene_count_list(
 def token_validity(
     num_video: int, frames: int, context_grids: Sequence[ContextGrid], counts: Sequence[int]
 ) -> torch.Tensor:
-    """(B, L) bool over [video ++ context]: video tokens and the tokens of each sample's first counts[b] images.
+    """(B, L) bool over [video ++ context]: video tokens
+    and the tokens of each sample's first counts[b] images.
 
     A context grid's image index is its frame index minus the video's frames
     (see the module doc), for VGGT and pixel tokens alike.
@@ -360,9 +363,6 @@ def build_model(
         model.to(dtype)
     on_meta = next(model.parameters()).is_meta
     if load_weights and not on_meta:
-        from .vggt import load_vggt_weights
-        from .weights import load_pretrained
-
         if cfg.pretrained:
             load_pretrained(model, cfg.pretrained, fmt=cfg.pretrained_format, strict=cfg.strict_load)
         if cfg.builds_vggt() and cfg.scene.vggt.weights:

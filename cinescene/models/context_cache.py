@@ -50,12 +50,12 @@ forward at 600 TFLOP/s). The host check reads the kernel's MemAvailable.
 from __future__ import annotations
 
 import math
-import os
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
 import torch
 
+from cinescene import host_memory
 from cinescene.errors import CineSceneError
 
 from .attention import attention
@@ -93,21 +93,6 @@ def available_bytes(device: torch.device) -> int | None:
         return None
     free, _ = torch.cuda.mem_get_info(device)
     return free + torch.cuda.memory_reserved(device) - torch.cuda.memory_allocated(device)
-
-
-def host_available_bytes() -> int | None:
-    """Host memory a new allocation may take (Linux MemAvailable), or None when it cannot be read."""
-    try:
-        with open("/proc/meminfo") as meminfo:
-            for line in meminfo:
-                if line.startswith("MemAvailable:"):
-                    return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    try:
-        return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
-    except (ValueError, OSError):
-        return None
 
 
 class ContextKVCache:
@@ -239,7 +224,7 @@ class ContextKVCache:
             f"{tokens:,} context tokens x {heads * head_dim} x {dtype})"
         )
         if self.offload:
-            host = host_available_bytes()
+            host = host_memory.available_bytes()
             if host is not None and need > host:
                 raise CineSceneError(
                     f"the offloaded context K/V cache needs {what} of host memory but "
@@ -323,7 +308,8 @@ def _video_tokens(model, x: torch.Tensor) -> int:
 
 @contextmanager
 def _swap_self_attention(model, make_attend: Callable) -> Iterator[None]:
-    """While active, each block's ``self_attn(hidden, attend, rope=...)`` gets ``make_attend(layer, attend)``."""
+    """While active, each block's ``self_attn(hidden, attend,
+    rope=...)`` gets ``make_attend(layer, attend)``."""
     handles = []
     for layer, block in enumerate(model.blocks):
 

@@ -27,6 +27,8 @@ import torch.nn as nn
 
 from cinescene.config.model import ModelConfig, VGGTConfig
 
+from .cinescene_model import build_model
+from .vggt import vggt_grid
 from .zero import full_numel
 
 CAMERA_MODULE = re.compile(r"^blocks\.\d+\.(cam_encoder|projector)\.")
@@ -47,7 +49,8 @@ class SampleShape:
 
     @classmethod
     def from_config(cls, cfg) -> SampleShape:
-        """From a CineSceneConfig: ``model.data_shape`` fields, else the data section (see DataShapeConfig)."""
+        """From a CineSceneConfig: ``model.data_shape`` fields,
+        else the data section (see DataShapeConfig)."""
         shape = cfg.model.data_shape
         frames = shape.frames or cfg.data.synth.frames
         height, width = shape.size or cfg.data.synth.size
@@ -186,8 +189,6 @@ def _vit_block(tokens: int, groups: int, width: int, mlp_ratio: float) -> int:
 
 def vggt_forward_flops(vggt: VGGTConfig, layers: Iterable[int], images: int, height: int, width: int) -> int:
     """Aggregator forward for one sample of ``images`` images, run up to the deepest requested layer."""
-    from .vggt import vggt_grid
-
     rows, cols = vggt_grid(height, width, vggt.img_size, vggt.patch_size)
     c, patches = vggt.embed_dim, rows * cols
     per_image = 1 + vggt.num_register_tokens + patches  # DINOv2: cls + registers; VGGT: camera + registers
@@ -227,7 +228,8 @@ def flops_per_sample(
 
 
 def parameter_counts(model: nn.Module) -> dict[str, int]:
-    """dit (the base Wan DiT), scene_encoder (VGGT), new_modules (camera, projector, null token), trainable, total."""
+    """dit (the base Wan DiT), scene_encoder (VGGT), new_modules
+    (camera, projector, null token), trainable, total."""
     counts = {"dit": 0, "scene_encoder": 0, "new_modules": 0, "trainable": 0, "total": 0}
     for name, param in model.named_parameters():
         numel = full_numel(param)
@@ -244,8 +246,6 @@ def parameter_counts(model: nn.Module) -> dict[str, int]:
 
 def model_info(cfg, model: nn.Module | None = None) -> dict[str, object]:
     """Everything ``cinescene model info`` prints, from a CineSceneConfig (builds on the meta device)."""
-    from .cinescene_model import build_model
-
     model = model if model is not None else build_model(cfg.model, device="meta")
     params = parameter_counts(model)
     shape = SampleShape.from_config(cfg)

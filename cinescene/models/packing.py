@@ -93,7 +93,8 @@ class TokenPacking:
 
 
 def real_images(counts: Sequence[int], num_images: int) -> torch.Tensor:
-    """(B, S) bool on the host: which of a sample's ``num_images`` scene images are real (the first counts[b])."""
+    """(B, S) bool on the host: which of a sample's
+    ``num_images`` scene images are real (the first counts[b])."""
     return torch.arange(num_images)[None, :] < torch.as_tensor(list(counts), dtype=torch.int64)[:, None]
 
 

@@ -151,7 +151,8 @@ class WanBlock(nn.Module):
 
 
 class WanHead(nn.Module):
-    """Output head: adaLN (its own (1, 2, dim) modulation on the time embedding) then a zero-initialised Linear."""
+    """Output head: adaLN (its own (1, 2, dim) modulation on
+    the time embedding) then a zero-initialised Linear."""
 
     def __init__(self, dim: int, out_dim: int, patch_size: Sequence[int], eps: float = 1e-6):
         super().__init__()

@@ -47,6 +47,7 @@ from pathlib import Path
 
 import torch
 import torch.nn as nn
+from safetensors import safe_open
 
 from cinescene.errors import CineSceneError
 from cinescene.hub import resolve_weights
@@ -126,8 +127,6 @@ def _open_pickle(path: Path) -> TensorSource:
 
 
 def _open_safetensors(path: Path, files: contextlib.ExitStack) -> TensorSource:
-    from safetensors import safe_open
-
     try:
         handle = files.enter_context(safe_open(str(path), framework="pt", device="cpu"))
         shapes = {k: tuple(handle.get_slice(k).get_shape()) for k in handle.keys()}

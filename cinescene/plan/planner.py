@@ -73,7 +73,8 @@ class Layout:
 
 
 def grad_accum_for(cfg: CineSceneConfig, gpus: int, micro_batch: int, sequence: int) -> int | None:
-    """The accumulation cinescene.train.batching would derive; None when the global batch does not divide."""
+    """The accumulation cinescene.distributed.batching would derive; None when the global batch does not
+    divide."""
     dp = gpus // sequence
     if cfg.train.global_batch_size is None:
         return cfg.train.grad_accum

@@ -27,6 +27,9 @@ from dataclasses import asdict, dataclass, field
 import torch
 
 from cinescene.errors import CineSceneError
+from cinescene.kernels.provenance import provenance
+from cinescene.models import build_model
+from cinescene.models.flops import SampleShape, token_counts
 
 from .sampler import sample
 
@@ -73,8 +76,9 @@ class SamplingPlan:
 
     def describe(self) -> str:
         return (
-            f"{self.model} on {self.device} ({self.dtype}): {self.steps} steps, guidance {self.guidance_scale} "
-            f"({self.guidance_branches} branches), shift {self.shift}; latents {self.latent_shape}, "
+            f"{self.model} on {self.device} ({self.dtype}): {self.steps} steps, guidance "
+            f"{self.guidance_scale} ({self.guidance_branches} branches), shift {self.shift}; latents "
+            f"{self.latent_shape}, "
             f"{self.video_tokens:,} video + {self.context_tokens:,} context tokens from {self.scene_images} "
             f"scene images; context cache {_size(self.cache_bytes_per_branch)} per branch, "
             f"{_size(self.guidance_branches * self.cache_bytes_per_branch)} in all"
@@ -82,8 +86,6 @@ class SamplingPlan:
 
 
 def plan(cfg, steps: int, device: str, dtype: torch.dtype) -> SamplingPlan:
-    from cinescene.models.flops import SampleShape, token_counts
-
     shape = SampleShape.from_config(cfg)
     tokens = token_counts(cfg.model, shape)
     branches = 1 if cfg.eval.cfg_scale == 1.0 else 2
@@ -106,8 +108,6 @@ def plan(cfg, steps: int, device: str, dtype: torch.dtype) -> SamplingPlan:
 
 def synthetic_inputs(cfg, the_plan: SamplingPlan, device, seed: int = 0) -> dict[str, torch.Tensor]:
     """Noise, prompt embedding, camera orbit (one camera per latent frame) and scene images, all seeded."""
-    from cinescene.models.flops import SampleShape
-
     gen = torch.Generator().manual_seed(seed)
     shape = SampleShape.from_config(cfg)
     frames = shape.latent_frames
@@ -136,8 +136,6 @@ def _randomize_zero_parameters(model: torch.nn.Module, seed: int) -> None:
 
 
 def build_random_model(cfg, device, dtype: torch.dtype, seed: int = 0):
-    from cinescene.models import build_model
-
     torch.manual_seed(seed)
     model = build_model(cfg.model, device=device, dtype=dtype, load_weights=False).eval()
     _randomize_zero_parameters(model, seed)
@@ -213,8 +211,6 @@ def run_benchmark(
     """Warm up, then sample ``steps`` steps without and with the cache; the report (see module docstring).
 
     ``offload``: the cache keeps its keys/values in host memory and streams them in per layer."""
-    from cinescene.kernels.provenance import provenance
-
     the_plan = plan(cfg, steps, device, dtype)
     target_steps = target_steps or cfg.eval.sample_steps
     model = build_random_model(cfg, device, dtype, seed)

@@ -185,8 +185,8 @@ def resolve_camera(spec: str, latent_frames: int, scale: float = 1.0) -> tuple[n
 
 
 def load_scene_cameras(path: str | Path, count: int) -> np.ndarray:
-    """(count, 4, 4) camera-to-world of a scene folder's images (``--scene-cameras``), one per image in file-name
-    order, in the world of the ``--camera`` trajectory (same JSON format as a trajectory)."""
+    """(count, 4, 4) camera-to-world of a scene folder's images (``--scene-cameras``), one per image in
+    file-name order, in the world of the ``--camera`` trajectory (same JSON format as a trajectory)."""
     path = Path(path)
     poses, _ = _read_poses(path, "scene cameras")
     if len(poses) != count:

@@ -49,8 +49,8 @@ def load_inference_model(
     """The model of ``cfg`` with the checkpoint's trained (or EMA) weights, in eval mode on ``device``."""
     if source.kind == EXPORT:
         return _load_export(source, cfg, ema=ema, device=device, dtype=dtype)
+    from cinescene import rng
     from cinescene.models import build_model
-    from cinescene.train import rng
 
     weights = trained_state_dict(source, ema)
     _check_fits(source, build_model(cfg.model, device="meta"), weights)  # before allocating anything

@@ -18,6 +18,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from cinescene.data.encoders import WanEncoder
 from cinescene.data.proxy import hashed_text, pad_text, pool
 
 from .spec import DataSpec
@@ -62,8 +63,6 @@ class WanCodec:
         tokenizer: str | None = None,
         device: str = "cpu",
     ):
-        from cinescene.data.encoders import WanEncoder
-
         recorded = spec.encoder
         self.text_len = text_len
         self.encoder = WanEncoder(

@@ -1,4 +1,5 @@
-"""Conditioning inputs for sampling: scene images from a folder or a shard sample, and a sample's other fields.
+"""Conditioning inputs for sampling: scene images from
+a folder or a shard sample, and a sample's other fields.
 
 A scene folder holds image files (PNG, JPEG, WebP, BMP; sorted by name);
 each is centre-cropped to the training scene images' aspect and resized
@@ -22,6 +23,9 @@ import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from cinescene.config.paths import kind_problem
+from cinescene.data.manifest import load_manifest
+from cinescene.data.samples import LoaderDims, SampleDecoder
+from cinescene.data.shards import SampleError, ShardReader, npy_field
 from cinescene.errors import CineSceneError
 
 from .spec import DataSpec
@@ -82,10 +86,6 @@ class ShardSamples:
     """Random access to the samples of one shard directory, decoded for a model of ``spec``."""
 
     def __init__(self, root: str | Path, spec: DataSpec, model_cfg):
-        from cinescene.data.manifest import load_manifest
-        from cinescene.data.samples import LoaderDims, SampleDecoder
-        from cinescene.data.shards import ShardReader
-
         self.manifest = load_manifest(root)
         self.refs = self.manifest.samples()
         self.decoder = SampleDecoder(
@@ -117,8 +117,6 @@ class ShardSamples:
         return ref.crc, ref.length
 
     def read(self, index: int) -> ShardSample:
-        from cinescene.data.shards import SampleError, npy_field
-
         ref = self.refs[index]
         try:
             fields = self.reader.read(ref.shard, ref.key, ref.offset, ref.length, ref.crc)

@@ -14,9 +14,11 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
+from tqdm import tqdm
 
 from cinescene.errors import CineSceneError
 from cinescene.log import console, progress_bars_shown
+from cinescene.models.context_cache import check_cacheable
 
 from .sampler import sample
 from .spec import DataSpec
@@ -36,13 +38,12 @@ class Settings:
 
 
 class StepBar:
-    """A progress bar over sampling steps when :func:`cinescene.log.progress_bars_shown`; otherwise nothing."""
+    """A progress bar over sampling steps when
+    :func:`cinescene.log.progress_bars_shown`; otherwise nothing."""
 
     def __init__(self, total: int, desc: str, enabled: bool = True):
         self.bar = None
         if enabled and progress_bars_shown():
-            from tqdm import tqdm
-
             self.bar = tqdm(total=total, desc=desc, unit="step", leave=False, file=console())
 
     def update(self, *_args) -> None:
@@ -65,8 +66,6 @@ class VideoGenerator:
 
     def context_cache(self) -> str:
         """Whether the sampler will use the context K/V cache ("on"), or why not."""
-        from cinescene.models.context_cache import check_cacheable
-
         try:
             check_cacheable(self.model)
         except CineSceneError as exc:

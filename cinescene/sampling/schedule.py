@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import torch
 
-from cinescene.train.flow_matching import shift_sigma
+from cinescene.models.flow_matching import shift_sigma
 
 
 def sampling_sigmas(steps: int, shift: float) -> torch.Tensor:

@@ -16,6 +16,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from cinescene.data import storage
+from cinescene.data.manifest import MANIFEST, load_manifest
 from cinescene.errors import CineSceneError
 from cinescene.log import get_logger
 
@@ -65,6 +67,10 @@ class DataSpec:
         """Source frames per generated frame: 1 through the VAE, 4 for the pixel proxy."""
         return 1 if self.encoder_name == "wan" else TEMPORAL_STRIDE
 
+    def video_fps(self, source_fps: float) -> float:
+        """The frame rate of a generated video: the source's (``eval.fps``) over :attr:`frame_stride`."""
+        return source_fps / self.frame_stride
+
     @property
     def camera_stride(self) -> int:
         """Generated frame index of latent (camera) frame j, divided by j."""
@@ -78,7 +84,7 @@ class DataSpec:
 
     @classmethod
     def from_manifest(cls, manifest, scene_images: int, pixel_pool: int) -> DataSpec:
-        """``scene_images``, ``pixel_pool``: the data section's settings (data.scene_images, data.pixel_pool)."""
+        """``scene_images``, ``pixel_pool``: the data section's (data.scene_images, data.pixel_pool)."""
         data = manifest.data
         return cls(
             encoder=dict(data["encoder"]),
@@ -107,9 +113,6 @@ class DataSpec:
 
 def training_manifest(cfg):
     """The training data's manifest, or None when ``data.train_shards`` is unset or not reachable."""
-    from cinescene.data import storage
-    from cinescene.data.manifest import MANIFEST, load_manifest
-
     path = cfg.data.train_shards
     if not path or not storage.exists(storage.location(path) / MANIFEST):
         return None

@@ -43,7 +43,8 @@ def _even(frames: np.ndarray) -> np.ndarray:
 
 
 def write_mp4(path: str | Path, frames: np.ndarray, fps: float, metadata: dict | None = None) -> str:
-    """Write uint8 frames (N, H, W, 3) as an mp4 (written to a temporary name, then renamed); returns the codec."""
+    """Write uint8 frames (N, H, W, 3) as an mp4 (written to
+    a temporary name, then renamed); returns the codec."""
     import av
 
     path = Path(path)
@@ -71,16 +72,6 @@ def write_mp4(path: str | Path, frames: np.ndarray, fps: float, metadata: dict |
     finally:
         tmp.unlink(missing_ok=True)
     return codec
-
-
-def read_mp4(path: str | Path):
-    """(uint8 frames (N, H, W, 3), metadata dict or None) of an mp4 this module wrote."""
-    import av
-
-    with av.open(str(path)) as container:
-        text = container.metadata.get(METADATA_KEY)
-        frames = [f.to_ndarray(format="rgb24") for f in container.decode(video=0)]
-    return np.stack(frames), (json.loads(text) if text else None)
 
 
 def strip_indices(count: int, limit: int = STRIP_FRAMES) -> Sequence[int]:

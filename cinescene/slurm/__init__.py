@@ -2,7 +2,8 @@
 
 - ``sbatch``       the executor: one sbatch call, argument by argument, for a run or a sweep's array
 - ``job``          the job: one start of the batch script -- srun the ranks, requeue when there is more to do
-- ``environment``  what a job knows about itself: ids, restarts, nodes, the record of each start
+- ``environment``  the record of each start (its ids, restarts and nodes read by
+                   ``cinescene.distributed.slurm_env``)
 
 ``records`` is what a run directory keeps about its jobs, ``accounting`` asks
 squeue/sacct for their states, ``sweeps`` submits a sweep as one job array and

@@ -51,19 +51,20 @@ from omegaconf import OmegaConf
 from cinescene.ckpt.locate import checkpoints_dir, latest_step_dir
 from cinescene.config.schema import CineSceneConfig
 from cinescene.distributed.env import RANK_VARIABLES, slurm_master_port
-from cinescene.errors import CineSceneError
-from cinescene.log import get_logger, setup_logging
-from cinescene.run_dir import RunDir
-
-from .environment import (
+from cinescene.distributed.slurm_env import (
     expand_nodes,
     in_batch_job,
     job_label,
     node_address,
     restart_count,
     scontrol,
-    start_record,
 )
+from cinescene.errors import CineSceneError
+from cinescene.log import get_logger, setup_logging
+from cinescene.run_dir import RunDir
+from cinescene.secrets import scrub, secret_values
+
+from .environment import start_record
 from .records import write_record
 
 _log = get_logger("slurm")
@@ -183,8 +184,6 @@ def _reap_orphans(timeout: float) -> None:
 def write_start_record(path: Path, cmd: list[str], nodes: list[str], cfg) -> None:
     """``<job>.start-<N>.json``, masked whole (the command line holds the overrides, the environment what
     the job inherited) and durable before the ranks start."""
-    from cinescene.secrets import scrub, secret_values
-
     config = OmegaConf.to_container(OmegaConf.structured(cfg))
     record = scrub(start_record(argv=cmd, nodes=nodes, config=config), secret_values(config=config))
     write_record(path, record)

@@ -39,10 +39,14 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from cinescene.config import ConfigError, load_config
+from cinescene.config.sweep import as_override, base_config, expand_sweep
+from cinescene.distributed.slurm_env import job_label, restart_count
 from cinescene.errors import CineSceneError
 from cinescene.run_dir import RunDir
 
-from . import sbatch
+from . import sbatch, sweeps
+from .accounting import check_no_live_job
 from .records import record_job
 
 # How a run reaches SLURM: sbatch with train.sbatch (`cinescene submit`), or submitit's executor.
@@ -125,8 +129,6 @@ def describe(ex) -> str:
 
 def resource_overrides(resources: Mapping[str, Any]) -> list[str]:
     """``{"nodes": 2}`` -> ``["launch.slurm.nodes=2"]``: resources are launch.slurm keys."""
-    from cinescene.config.sweep import as_override
-
     return [as_override(f"launch.slurm.{key}", value) for key, value in resources.items()]
 
 
@@ -143,10 +145,6 @@ def _submitted(submit_call):
 
 def submit(config: str | os.PathLike, overrides: Sequence[str] = (), **resources):
     """Submit one training run; returns submitit's ``Job`` (its result is the run's final record)."""
-    from cinescene.config import load_config
-
-    from .accounting import check_no_live_job
-
     overrides = [*overrides, *resource_overrides(resources)]
     cfg, _ = load_config(config, overrides)
     run_dir = Path(cfg.run.dir)
@@ -166,13 +164,7 @@ def sweep(
     Like `cinescene sweep`: trials that are finished or still queued are skipped (so the list may be shorter
     than the sweep), the others resume from their own checkpoints; `cinescene sweep status` reads the same
     records."""
-    from cinescene.config.sweep import base_config, expand_sweep
-
-    from . import sweeps
-
     if max_parallel is not None and max_parallel < 1:
-        from cinescene.config import ConfigError
-
         raise ConfigError("max_parallel", f"expected a value >= 1, got {max_parallel}")
     overrides = [*overrides, *resource_overrides(resources)]
     spec_obj, trials = expand_sweep(spec, overrides)
@@ -226,9 +218,6 @@ def batch_job(config_path: str, overrides: Sequence[str]) -> dict:
     process, or by SLURM after a preemption) or SLURM ends it."""
     from submitit import JobEnvironment
 
-    from cinescene.config import load_config
-
-    from .environment import job_label, restart_count
     from .job import DONE, final_record, run_start
 
     _release_submitit_signals()

@@ -35,6 +35,7 @@ import sys
 from dataclasses import replace
 from pathlib import Path
 
+from cinescene.host_memory import current_rss_bytes, human_bytes, peak_rss_bytes, reset_peak
 from cinescene.run_dir import RunDir
 
 # DeepSpeed's communication logger records the tensor argument's bytes (all-gather's is the rank's shard, the
@@ -70,8 +71,6 @@ def bench_config(cfg, accum: int):
 def _measure_memory(device):
     """(before, peak-reader) of the memory a step adds: the CUDA allocator's, or the resident set's."""
     import torch
-
-    from cinescene.ckpt.memory import current_rss_bytes, peak_rss_bytes, reset_peak
 
     if device.type == "cuda":
         torch.cuda.synchronize(device)
@@ -124,12 +123,12 @@ def rank_main(argv: list[str]) -> int:
     import torch
 
     from cinescene.config import load_config
+    from cinescene.distributed.batching import plan_batch
     from cinescene.distributed.groups import build_layout, destroy_process_group, init_process_group
     from cinescene.models import build_model
     from cinescene.plan.batch import random_batch
     from cinescene.plan.inventory import parameter_inventory
 
-    from .batching import plan_batch
     from .engine import build_engine, use_zero_init
     from .loop import Trainer
     from .objective import FlowMatchingObjective
@@ -281,8 +280,7 @@ def _device_bytes() -> int:
 
 
 def format_report(r: dict) -> str:
-    from cinescene.ckpt.memory import human_bytes as size
-
+    size = human_bytes
     mfu = (
         f"{r['mfu']:.1%}"
         if r["mfu"] is not None

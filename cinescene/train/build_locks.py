@@ -34,7 +34,8 @@ POLL_S = 1.0
 
 
 def extensions_root() -> Path:
-    """Where torch builds JIT extensions (TORCH_EXTENSIONS_DIR, else the user's cache), without importing torch."""
+    """Where torch builds JIT extensions (TORCH_EXTENSIONS_DIR,
+    else the user's cache), without importing torch."""
     explicit = os.environ.get("TORCH_EXTENSIONS_DIR")
     if explicit:
         return Path(explicit)

@@ -15,6 +15,11 @@ from dataclasses import dataclass
 import torch.nn as nn
 
 from cinescene.config.schema import CineSceneConfig
+from cinescene.data.ensure import check_dataset, ensure_dataset
+from cinescene.data.loader import build_train_loader
+from cinescene.eval.heldout import check_present
+from cinescene.models import build_model
+from cinescene.models.flops import SampleShape, flops_per_sample, parameter_counts, token_counts
 
 
 @dataclass
@@ -42,15 +47,10 @@ class Components:
 
 
 def _build_model(cfg: CineSceneConfig) -> nn.Module:
-    from cinescene.models import build_model
-
     return build_model(cfg.model)
 
 
 def _count_params(cfg: CineSceneConfig) -> int:
-    from cinescene.models import build_model
-    from cinescene.models.flops import parameter_counts
-
     return parameter_counts(build_model(cfg.model, device="meta"))["total"]
 
 
@@ -61,8 +61,6 @@ def _sample_facts(cfg: CineSceneConfig, model: nn.Module, batch: Mapping) -> Sam
     scene images (the model attends only real ones), so FLOPs and tokens are
     the expectation over that draw, not the padded S images' figures.
     """
-    from cinescene.models.flops import SampleShape, flops_per_sample, token_counts
-
     _, _, frames, height, width = batch["video"].shape
     scenes = batch.get("scene_images")
     latents = batch.get("scene_latents")
@@ -92,24 +90,17 @@ def _sample_facts(cfg: CineSceneConfig, model: nn.Module, batch: Mapping) -> Sam
 
 
 def _check_data(cfg: CineSceneConfig) -> None:
-    from cinescene.data.ensure import check_dataset
-    from cinescene.eval.heldout import check_present
-
     check_dataset(cfg.data)
     check_present(cfg)  # the eval hook's held-out shards
 
 
 def _prepare_data(cfg: CineSceneConfig) -> None:
-    from cinescene.data.ensure import ensure_dataset
-
     ensure_dataset(cfg.data)
 
 
 def _build_batches(
     cfg: CineSceneConfig, dp_rank: int, dp_size: int, micro_batch_size: int, consumed_samples: int
 ) -> Iterator[Mapping]:
-    from cinescene.data.loader import build_train_loader
-
     # The loader's cursor is global and world-size independent: sequence-parallel peers share a
     # data-parallel rank, hence the same batches.
     return iter(

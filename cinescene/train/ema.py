@@ -26,7 +26,7 @@ import torch
 import torch.distributed as dist
 import torch.nn as nn
 
-from cinescene.ckpt.slices import Piece, cover, piece
+from cinescene.ckpt.slices import cover, piece
 from cinescene.config.train import EMAConfig
 
 from .callbacks import Callback, StepResult, TrainState
@@ -208,29 +208,6 @@ def _read_range(value, start: int, length: int) -> torch.Tensor:
     if isinstance(value, torch.Tensor):
         return value.reshape(-1)[start : start + length]
     return value.read_flat(start, length)
-
-
-def assemble(states: Iterable[Mapping]) -> dict[str, torch.Tensor]:
-    """Full fp32 EMA tensors (original shapes) from every rank's ``state_dict()``."""
-    pieces: dict[str, list[Piece]] = {}
-    shapes: dict[str, tuple[int, ...]] = {}
-    for rank, state in enumerate(states):
-        for name, entry in state["slices"].items():
-            found = piece(entry, f"rank {rank}'s EMA slice of {name}")
-            if isinstance(found, str):
-                raise ValueError(found)
-            pieces.setdefault(name, []).append(found)
-            shapes[name] = tuple(entry["shape"])
-    full = {}
-    for name, found in pieces.items():
-        parts = cover(found, 0, math.prod(shapes[name]))
-        if isinstance(parts, str):
-            raise ValueError(f"EMA shards of {name}: {parts}")
-        flat = torch.empty(math.prod(shapes[name]), dtype=torch.float32)
-        for part, low, high in parts:
-            flat[low:high] = _read_range(part.value, low - part.offset, high - low)
-        full[name] = flat.view(shapes[name])
-    return full
 
 
 class EMACallback(Callback):

@@ -9,10 +9,10 @@ import torch
 import torch.nn as nn
 
 from cinescene.config.schema import CineSceneConfig
+from cinescene.distributed.batching import BatchPlan
 from cinescene.distributed.groups import ParallelLayout
 from cinescene.log import get_logger
 
-from .batching import BatchPlan
 from .optim import build_optimizer, parameter_groups
 
 _log = get_logger("train.engine")
@@ -80,7 +80,8 @@ def build_engine(
     *,
     zero_init: bool = False,
 ):
-    """Model (optionally partitioned at build), optimizer, and ``deepspeed.initialize``; returns the engine."""
+    """Model (optionally partitioned at build), optimizer,
+    and ``deepspeed.initialize``; returns the engine."""
     import deepspeed
 
     context = (

@@ -16,18 +16,18 @@ from pathlib import Path
 
 from omegaconf import OmegaConf
 
+from cinescene import rng
 from cinescene.ckpt.locate import checkpoints_dir
 from cinescene.config.schema import CineSceneConfig
 from cinescene.distributed import startup_signals
+from cinescene.distributed.batching import plan_batch
 from cinescene.distributed.env import DistEnv
 from cinescene.distributed.groups import build_layout, destroy_process_group, init_process_group
+from cinescene.distributed.slurm_env import restart_count
 from cinescene.distributed.spawn import die_with_launcher
 from cinescene.log import get_logger, setup_logging
 from cinescene.run_dir import RunDir
-from cinescene.slurm.environment import restart_count
 
-from . import rng
-from .batching import plan_batch
 from .callbacks import CallbackList
 from .checkpoint import CheckpointCadence, CheckpointManager, Start, resume
 from .components import Components, SampleFacts, default_components

@@ -56,14 +56,20 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
-from cinescene import __version__
+from cinescene import __version__, rng
+from cinescene.ckpt.layout import step_dir_name
 from cinescene.config.schema import CineSceneConfig
 from cinescene.errors import CineSceneError
+from cinescene.eval.evaluate import evaluate_into, prepare_dir, record_unreadable
+from cinescene.eval.heldout import choose
+from cinescene.eval.metrics import MetricContext
+from cinescene.eval.report import number, write_report
 from cinescene.log import get_logger
+from cinescene.sampling.codec import build_codec
+from cinescene.sampling.pipeline import Settings, VideoGenerator
+from cinescene.sampling.spec import training_spec
 
-from . import rng
 from .callbacks import Callback, StepResult, TrainState
-from .checkpoint import step_dir_name
 from .ema import EMACallback, ShardedEMA
 from .preemption import PreemptionFlag
 
@@ -108,13 +114,6 @@ class EvalHook(Callback):
         flag: PreemptionFlag,
         ema: ShardedEMA | None = None,
     ):
-        from cinescene.eval.heldout import choose
-        from cinescene.eval.metrics import MetricContext
-        from cinescene.sampling.codec import build_codec
-        from cinescene.sampling.command import video_fps
-        from cinescene.sampling.pipeline import Settings, VideoGenerator
-        from cinescene.sampling.spec import training_spec
-
         model, device = engine.module, engine.device
         self.cfg, self.engine, self.model, self.device, self.layout = cfg, engine, model, device, layout
         self.tracker, self.flag, self.ema = tracker, flag, ema
@@ -133,7 +132,7 @@ class EvalHook(Callback):
             shift=cfg.train.flow.shift,
             seed=cfg.eval.seed,
         )
-        self.fps = video_fps(cfg, self.spec)
+        self.fps = self.spec.video_fps(cfg.eval.fps)
         self.started: float | None = None
         self.spent_s = 0.0
         if layout.is_main:
@@ -166,8 +165,6 @@ class EvalHook(Callback):
         started = time.perf_counter()
         out = self.root / step_dir_name(step)
         if self.layout.is_main:
-            from cinescene.eval.evaluate import prepare_dir
-
             prepare_dir(out)
         _barrier()
         self._release_gathered()
@@ -188,7 +185,6 @@ class EvalHook(Callback):
             return
         if not self.layout.is_main:
             return
-        from cinescene.eval.report import number
 
         data = self._report(out, step)
         means = {name: number(data["mean"][name]) for name in self.cfg.eval.metrics}
@@ -220,8 +216,6 @@ class EvalHook(Callback):
             raise _Preempted
 
     def _generate_rounds(self, out: Path, step: int) -> None:
-        from cinescene.eval.evaluate import evaluate_into, record_unreadable
-
         dp_rank, dp_size = self.layout.dp_rank, self.layout.dp_size
         writer = self.layout.sp_rank == 0
         indices, samples = self.chosen.indices, self.chosen.samples
@@ -299,8 +293,6 @@ class EvalHook(Callback):
 
     # ----------------------------------------------------------------- rank 0
     def _report(self, out: Path, step: int) -> dict:
-        from cinescene.eval.report import write_report
-
         settings = self.settings
         header = {
             "cinescene": __version__,

@@ -67,8 +67,8 @@ class NonFiniteGuard(Callback):
             last = state.last_checkpoint or "none (no checkpoint was saved yet)"
             state.fatal = NonFiniteTrainingError(
                 f"stopping at step {result.step}: {self.consecutive} non-finite steps in a row "
-                f"(train.max_consecutive_nonfinite={self.max_consecutive}); the last good checkpoint is {last}. "
-                "Lower train.lr or train.grad_clip, or check the data"
+                f"(train.max_consecutive_nonfinite={self.max_consecutive}); the last good checkpoint is "
+                f"{last}. Lower train.lr or train.grad_clip, or check the data"
             )
 
     def state_dict(self) -> dict | None:

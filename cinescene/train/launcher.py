@@ -33,13 +33,14 @@ from collections.abc import Sequence
 from cinescene.config.schema import CineSceneConfig
 from cinescene.data.ensure import check_dataset
 from cinescene.distributed import startup_signals
+from cinescene.distributed.batching import plan_batch
 from cinescene.distributed.env import DistEnv, detect, standalone
-from cinescene.distributed.spawn import check_local_ranks
+from cinescene.distributed.network import bind_gloo_towards_master
+from cinescene.distributed.spawn import check_local_ranks, spawn_local_ranks
 from cinescene.eval.heldout import check_present as check_heldout
 from cinescene.log import get_logger, send_output_to, setup_logging, show_progress_bars, verbose
 from cinescene.run_dir import RunDir
 
-from .batching import plan_batch
 from .build_locks import clear_stale_build_locks
 from .preflight import check_initial_weights, check_patch_grid
 from .run_lock import hold_run
@@ -65,8 +66,6 @@ def _run_this_rank(cfg: CineSceneConfig, env: DistEnv) -> int:
     setup_logging(cfg.run.log_level, cfg.run.dir, env.rank)
     clear_stale_build_locks()  # a rank killed while DeepSpeed loaded its ops would hang every later start
     if env.launcher == "srun":
-        from cinescene.slurm.environment import bind_gloo_towards_master
-
         bind_gloo_towards_master(env.master_addr)  # nodes must reach each other, not their loopback
     from .entry import run_rank  # torch and DeepSpeed from here on: their chatter goes to the file
 
@@ -103,7 +102,6 @@ def launch(
         return _preempted_before_start(cfg, startup_signals.requested())
     if nproc == 1:
         return _run_this_rank(cfg, standalone(1))
-    from cinescene.distributed.spawn import spawn_local_ranks
 
     setup_logging(cfg.run.log_level)
     argv = [sys.executable, "-m", "cinescene", "train", str(config_path), *overrides]

@@ -11,11 +11,11 @@ import torch.distributed as dist
 
 from cinescene.config.schema import CineSceneConfig
 from cinescene.data.loader import SKIPPED_SAMPLES
+from cinescene.distributed.batching import BatchPlan
 from cinescene.distributed.groups import ParallelLayout
 from cinescene.errors import CineSceneError
 from cinescene.log import get_logger
 
-from .batching import BatchPlan
 from .callbacks import CallbackList, StepResult, TrainState
 from .checkpoint import CheckpointManager, RunFacts, rank_state_now
 from .guards import poison_if_nonfinite

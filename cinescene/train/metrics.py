@@ -12,10 +12,9 @@ On CPU there is no honest table entry: MFU stays null unless
 
 from __future__ import annotations
 
-import os
-import resource
-
 import torch
+
+from cinescene import host_memory
 
 from .callbacks import Callback, StepResult, TrainState
 
@@ -44,7 +43,8 @@ def device_peak_tflops(precision: str, device_name: str | None = None) -> float 
 
 
 def memory_gb() -> dict[str, float]:
-    """Peak accelerator memory since the last call (CUDA), or the process's resident memory (CPU)."""
+    """Accelerator memory now and its peak since the last call (CUDA), or the process's resident memory
+    now and at its peak (CPU, read by :mod:`cinescene.host_memory`)."""
     if torch.cuda.is_available():
         stats = {
             "mem_gb": torch.cuda.memory_allocated() / 2**30,
@@ -52,11 +52,8 @@ def memory_gb() -> dict[str, float]:
         }
         torch.cuda.reset_peak_memory_stats()
         return stats
-    with open("/proc/self/statm") as handle:
-        rss_pages = int(handle.read().split()[1])
-    rss = rss_pages * os.sysconf("SC_PAGE_SIZE")
-    max_rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # KiB on Linux
-    return {"mem_gb": rss / 2**30, "max_mem_gb": max(rss, max_rss) / 2**30}
+    rss = host_memory.current_rss_bytes()
+    return {"mem_gb": rss / 2**30, "max_mem_gb": max(rss, host_memory.peak_rss_bytes()) / 2**30}
 
 
 def mfu(

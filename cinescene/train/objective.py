@@ -20,8 +20,7 @@ import torch
 
 from cinescene.config.model import ModelConfig
 from cinescene.config.train import TrainConfig
-
-from .flow_matching import FlowMatching
+from cinescene.models.flow_matching import FlowMatching
 
 # Batch keys the model reads (docs/CONTRACTS.md); the rest (prompt, key, intrinsics, ...) stay on the host.
 TENSOR_KEYS = ("video", "text", "cameras", "scene_images", "scene_latents", "scene_cameras")

@@ -27,14 +27,18 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from cinescene.config.base import ConfigError
 from cinescene.config.model import ModelConfig
 from cinescene.config.schema import CineSceneConfig
+from cinescene.data import storage
+from cinescene.data.ensure import MANIFEST, check_dataset
+from cinescene.distributed.batching import plan_batch
 from cinescene.distributed.spawn import check_local_ranks
 from cinescene.errors import CineSceneError
+from cinescene.eval.heldout import check_present
 from cinescene.hub import resolve_weights
 from cinescene.log import get_logger
-
-from .batching import plan_batch
+from cinescene.sampling.spec import DataSpec, training_manifest
 
 _log = get_logger("train")
 
@@ -63,9 +67,6 @@ def check_patch_grid(cfg: CineSceneConfig) -> str | None:
     scene latents), read from the training data's manifest, or from ``data.synth`` when the run generates its
     data; returns a description of the grid (None when the data is neither there nor to be generated: the
     data check says so). Every start runs it before any rank, W&B run or file of the run is made."""
-    from cinescene.config.base import ConfigError
-    from cinescene.sampling.spec import DataSpec, training_manifest
-
     manifest = training_manifest(cfg)
     if manifest is not None:
         spec = DataSpec.from_manifest(manifest, cfg.data.scene_images, cfg.data.pixel_pool)
@@ -303,9 +304,6 @@ def _start_status(cfg: CineSceneConfig, model, world_size: int) -> Check:
 
 
 def _data_status(cfg: CineSceneConfig) -> Check:
-    from cinescene.data import storage
-    from cinescene.data.ensure import MANIFEST, check_dataset
-
     try:
         shards = check_dataset(cfg.data)
     except CineSceneError as exc:
@@ -320,8 +318,6 @@ def _data_status(cfg: CineSceneConfig) -> Check:
 def _eval_data_status(cfg: CineSceneConfig) -> Check:
     """The eval hook's held-out shards: reported like the training data (their fit to the model is checked
     when the run starts, against the training data's manifest)."""
-    from cinescene.eval.heldout import check_present
-
     try:
         check_present(cfg)
     except CineSceneError as exc:

@@ -28,7 +28,8 @@ def _kernels_interpreted() -> bool | None:
 
 
 def is_available(device=None) -> bool:
-    """Whether the Triton kernels can run on ``device``: CUDA with triton, or any device in interpreter mode."""
+    """Whether the Triton kernels can run on ``device``:
+    CUDA with triton, or any device in interpreter mode."""
     if importlib.util.find_spec("triton") is None:
         return False
     if device is None:
@@ -41,7 +42,8 @@ def is_available(device=None) -> bool:
 
 
 def require_available(device) -> None:
-    """Raise RuntimeError (one line, saying what is missing) unless :func:`is_available` holds for ``device``."""
+    """Raise RuntimeError (one line, saying what is missing)
+    unless :func:`is_available` holds for ``device``."""
     if not is_available(device):
         raise RuntimeError(
             f"the Triton attention kernels cannot run on {device}: they need a CUDA GPU "
@@ -79,7 +81,8 @@ def check_inputs(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, token_dims: 
 def supports(
     q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, num_video: int | None = None, mask: str = "full"
 ) -> bool:
-    """True when :func:`fused_attention` can run this call (the model falls back to flash-attn / SDPA otherwise)."""
+    """True when :func:`fused_attention` can run this call
+    (the model falls back to flash-attn / SDPA otherwise)."""
     try:
         check_inputs(q, k, v, token_dims=2)
         _effective_num_video(q.shape[1], k.shape[1], num_video, mask)

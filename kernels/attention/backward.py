@@ -538,7 +538,8 @@ def attention_backward(
     dkdv_block_counts: torch.Tensor | None = None,
     dq_block_counts: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """(dq, dk, dv) for the forward that produced ``out`` and ``lse``; ``*_block_counts`` as in the forward."""
+    """(dq, dk, dv) for the forward that produced ``out``
+    and ``lse``; ``*_block_counts`` as in the forward."""
     if grad_out.stride(-1) != 1:
         grad_out = grad_out.contiguous()
     grad_q = torch.empty_like(q, memory_format=torch.contiguous_format)

@@ -47,8 +47,8 @@ METHODS = dict(
     f"baselines against the full mask) over {REFERENCE_ROWS} query rows, all heads: the first and last "
     f"{REFERENCE_EDGE_ROWS}, the {REFERENCE_EDGE_ROWS} around the video/context boundary, the rest "
     "uniform at random (seed 0)",
-    rates="TFLOP/s in the dense convention (forward 4*N*N*d*H, backward 2.5x, whatever the mask); eff columns: "
-    "allowed pairs only (Nv*N + Nc*Nc), filled only for rows that skip the masked block",
+    rates="TFLOP/s in the dense convention (forward 4*N*N*d*H, backward 2.5x, whatever the mask); eff "
+    "columns: allowed pairs only (Nv*N + Nc*Nc), filled only for rows that skip the masked block",
     readonly_ceiling="skipping saves Nc*Nv of N^2 pairs: at most N^2/(N^2 - Nc*Nv) times our own full mask",
 )
 
@@ -268,7 +268,7 @@ def bench_shape(shape: Shape, iters: int, dtype=torch.bfloat16, seed: int = 0, d
             row.max_error = float((out[:, rows_idx].double() - references[mask]).abs().max())
             del out
             row.forward_ms, row.backward_ms = time_forward_backward(
-                lambda a, b, c: provider.fn(a, b, c, shape), q, k, v, grad, iters, device
+                lambda a, b, c, fn=provider.fn: fn(a, b, c, shape), q, k, v, grad, iters, device
             )
         except Exception as exc:  # an unsupported backend is a row with a note, not a crash
             row.note = f"{type(exc).__name__}: {str(exc).splitlines()[0][:120]}"
@@ -411,7 +411,8 @@ def _write(
     summary: Sequence[str],
     complete: bool,
 ) -> None:
-    """JSON at ``out`` and Markdown next to it; rewritten after every shape, so a run cut short keeps its rows."""
+    """JSON at ``out`` and Markdown next to it; rewritten
+    after every shape, so a run cut short keeps its rows."""
     out.parent.mkdir(parents=True, exist_ok=True)
     ceilings = {str(c): round(readonly_ceiling(num_video, c), 4) for c in contexts if c > 0}
     payload = dict(
@@ -463,7 +464,8 @@ def run(
     )
     print(
         f"attention benchmark on {about['device']}, torch {about['torch']}, triton {about['triton']}, "
-        f"flash-attn {about['flash_attn'] or 'absent'}, commit {about['commit'] or 'unknown'}, {about['date']}"
+        f"flash-attn {about['flash_attn'] or 'absent'}, commit {about['commit'] or 'unknown'}, "
+        f"{about['date']}"
     )
     print(setup)
     for name, text in METHODS.items():

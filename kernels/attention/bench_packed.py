@@ -86,7 +86,8 @@ def _per_sample(q, k, v, batch: PackedBatch, mask: str) -> torch.Tensor:
 
 
 def providers(batch: PackedBatch, mask: str, device) -> list[tuple]:
-    """(name, fn over packed q/k/v -> packed output, whether its output is checked against the reference, note)."""
+    """(name, fn over packed q/k/v -> packed output, whether
+    its output is checked against the reference, note)."""
     from . import fused_attention, fused_attention_varlen
 
     lengths = batch.lengths()
@@ -159,7 +160,8 @@ def format_row(row: PackedRow) -> str:
         return "-" if math.isnan(value) else fmt.format(value)
 
     return (
-        f"{row.provider:>24} {row.mask:>16} {num(row.forward_ms, '{:.2f}'):>8} {num(row.backward_ms, '{:.2f}'):>8} "
+        f"{row.provider:>24} {row.mask:>16} "
+        f"{num(row.forward_ms, '{:.2f}'):>8} {num(row.backward_ms, '{:.2f}'):>8} "
         f"{num(row.real_forward_tflops, '{:.0f}'):>9} {num(row.real_total_tflops, '{:.0f}'):>9} "
         f"{num(row.max_error, '{:.1e}'):>8}" + (f"  ({row.note})" if row.note else "")
     )

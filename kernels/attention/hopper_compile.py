@@ -208,7 +208,8 @@ def sweep(
 
 def format_reports(reports: list[CompileReport]) -> str:
     lines = [
-        f"{'kernel':8} {'variant':32} {'tiles':16} {'smem KB':>8} {'regs':>5} {'spill B':>8} {'mma':>6}  status"
+        f"{'kernel':8} {'variant':32} {'tiles':16} {'smem KB':>8} {'regs':>5} {'spill B':>8} {'mma':>6}"
+        "  status"
     ]
     for r in reports:
         regs = "-" if r.registers is None else r.registers

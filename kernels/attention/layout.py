@@ -46,7 +46,8 @@ class Problem:
         return self.softmax_scale * LOG2E
 
     def token_strides(self, t: torch.Tensor) -> tuple[int, int, int]:
-        """(batch, token, head) strides; the packed layout has no batch stride (starts come from cu_seqlens)."""
+        """(batch, token, head) strides; the packed layout
+        has no batch stride (starts come from cu_seqlens)."""
         if self.varlen:
             return 0, t.stride(0), t.stride(1)
         return t.stride(0), t.stride(1), t.stride(2)

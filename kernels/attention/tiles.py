@@ -104,7 +104,8 @@ def key_block_ranges(
 def query_block_ranges(
     n_start, q_len, k_len, ctx, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, READONLY: tl.constexpr
 ):
-    """Query ranges (b, hi) for the key block starting at ``n_start`` (dK/dV): ``[0, b)`` unmasked, ``[b, hi)`` masked.
+    """Query ranges (b, hi) for the key block starting at
+    ``n_start`` (dK/dV): ``[0, b)`` unmasked, ``[b, hi)`` masked.
 
     Video keys (the block ends at or before ``ctx``) receive gradient only from
     video queries: the loop stops at ``ctx``, so context query blocks are

@@ -9,14 +9,13 @@ Each sequence may have its own context start (its number of video tokens).
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Union
 
 import torch
 
 from .api import check_inputs, last_dim_contiguous, require_available
 from .layout import default_scale
 
-ContextStart = Union[torch.Tensor, Sequence[int], None]
+ContextStart = torch.Tensor | Sequence[int] | None
 
 
 def pack_sequences(sequences: Sequence[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor, int]:

@@ -1,6 +1,7 @@
 """`cinescene bench checkpoint`: checkpoint save/load throughput against dd on the same disk, the loop's
-blocked time with and without checkpoint.async, export peak memory. Library code: cinescene.ckpt.bench.
-Imports stay light: torch loads in the ranks."""
+blocked time with and without checkpoint.async, export peak memory. Library code:
+cinescene.train.checkpoint_bench, imported once the flags are checked (parsing imports no torch); the
+trainer's side (DeepSpeed) loads in the ranks only."""
 
 from __future__ import annotations
 
@@ -57,9 +58,9 @@ def run(args: argparse.Namespace) -> int:
     require(args.state_gb > 0, "--state-gb", "a value > 0", args.state_gb)
     require(args.nproc >= 1, "--nproc", "a value >= 1", args.nproc)
     require(args.repeats >= 1, "--repeats", "a value >= 1", args.repeats)
-    from cinescene.ckpt.bench import format_report
-    from cinescene.ckpt.bench import run as bench
     from cinescene.log import console_out, setup_logging
+    from cinescene.train.checkpoint_bench import format_report
+    from cinescene.train.checkpoint_bench import run as bench
 
     setup_logging("WARNING")
     report = bench(

@@ -19,8 +19,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "sampling",
         help="sampling with vs without the context K/V cache",
-        description="Builds CONFIG's model with random weights, makes a synthetic batch at the configured data "
-        "shape, and samples N steps with and without the context K/V cache from the same noise: "
+        description="Builds CONFIG's model with random weights, makes a synthetic batch at the configured "
+        "data shape, and samples N steps with and without the context K/V cache from the same noise: "
         "prints the time of each run, the speed-up and the max difference of the outputs. The cache "
         "needs model.attention.mask=context_readonly and model.scene.timestep=clean; overrides the "
         "config lacks for that are applied and printed.",

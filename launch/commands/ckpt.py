@@ -122,7 +122,7 @@ def run_info(args: argparse.Namespace) -> int:
 
 def run_export(args: argparse.Namespace) -> int:
     from cinescene.ckpt.export import export
-    from cinescene.ckpt.memory import human_bytes
+    from cinescene.host_memory import human_bytes
     from cinescene.log import setup_logging
 
     setup_logging("INFO")

@@ -1,12 +1,16 @@
-"""Arguments every config-driven subcommand shares: CONFIG, overrides, --print-config."""
+"""Arguments every config-driven subcommand shares (CONFIG, overrides, --print-config), and the typed
+request a library command takes instead of the parsed flags."""
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import functools
 import sys
 from collections.abc import Callable
-from typing import Any
+from typing import Any, TypeVar
+
+RequestT = TypeVar("RequestT")
 
 # CKPT of `cinescene sample` and `cinescene eval`: what sampling.checkpoint.resolve_checkpoint accepts.
 CHECKPOINT_HELP = (
@@ -52,6 +56,13 @@ def with_config(handler: Callable[[argparse.Namespace, Any], int]) -> Callable[[
         return handler(args, cfg)
 
     return run
+
+
+def request_from(args: argparse.Namespace, request_type: type[RequestT]) -> RequestT:
+    """The library's typed request (a dataclass whose fields are named like the flags' destinations)."""
+    return request_type(
+        **{field.name: getattr(args, field.name) for field in dataclasses.fields(request_type)}
+    )
 
 
 def print_config(raw) -> None:

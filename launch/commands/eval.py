@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from .common import CHECKPOINT_HELP, EMA_HELP
+from .common import CHECKPOINT_HELP, EMA_HELP, request_from
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -50,6 +50,6 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from cinescene.eval.runner import launch
+    from cinescene.eval.runner import EvalRequest, launch
 
-    return launch(args)
+    return launch(request_from(args, EvalRequest))

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from .common import CHECKPOINT_HELP, EMA_HELP
+from .common import CHECKPOINT_HELP, EMA_HELP, request_from
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -73,6 +73,6 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from cinescene.sampling.command import run_sample
+    from cinescene.sampling.command import SampleRequest, run_sample
 
-    return run_sample(args)
+    return run_sample(request_from(args, SampleRequest))

@@ -46,7 +46,7 @@ def run(args: argparse.Namespace, cfg) -> int:
 
 
 def dry_run(cfg, nproc) -> int:
-    """``--dry-run``: the checks of :func:`cinescene.train.preflight.dry_run`, printed; exit 0 when all pass."""
+    """``--dry-run``: the checks of :func:`cinescene.train.preflight.dry_run`, printed; 0 when all pass."""
     import os
     import sys
 

@@ -16,13 +16,12 @@ import torch
 
 from cinescene.ckpt.errors import DamagedCheckpointError
 from cinescene.ckpt.manifest import MANIFEST, hash_file
-from cinescene.ckpt.memory import current_rss_bytes, peak_rss_bytes, reset_peak
 from cinescene.ckpt.rank_state import write_rank_state
 from cinescene.ckpt.torchfile import TorchFile
 from cinescene.ckpt.weights import TrainedWeights, consolidated_state_dict
 from cinescene.config.checkpoint import CheckpointConfig
+from cinescene.host_memory import current_rss_bytes, peak_rss_bytes, reset_peak
 from cinescene.train.checkpoint import CheckpointManager, validate
-from cinescene.train.ema import assemble
 
 from .fakes import FakeZeroEngine, rank_state, record
 
@@ -128,5 +127,3 @@ def test_ema_slices_that_do_not_tile_the_parameter_are_refused_before_assembling
         write_rank_state(step / "rank_states" / f"rank_{rank:05d}.safetensors", state)
     with pytest.raises(DamagedCheckpointError, match=problem):
         TrainedWeights(step).tensor("w", ema=True)
-    with pytest.raises(ValueError, match=problem):
-        assemble([s["callbacks"]["ema"] for s in states])

@@ -17,6 +17,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from cinescene import rng
 from cinescene.ckpt.export import load_exported_model
 from cinescene.ckpt.weights import consolidated_state_dict
 from cinescene.config import load_config
@@ -25,7 +26,6 @@ from cinescene.errors import CineSceneError
 from cinescene.launch.cli import main as cli
 from cinescene.models import build_model
 from cinescene.models.weights import assign_state_dict, is_cinescene_extension, read_state_dict
-from cinescene.train import rng
 from cinescene.train.entry import run_rank
 
 from ..conftest import REPO

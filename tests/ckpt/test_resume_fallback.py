@@ -17,9 +17,9 @@ from pathlib import Path
 import pytest
 
 from cinescene.ckpt.errors import UnsafeCheckpointError
+from cinescene.ckpt.layout import is_complete
 from cinescene.ckpt.manifest import MANIFEST, hash_file
 from cinescene.distributed.env import standalone
-from cinescene.train.checkpoint import is_complete
 from cinescene.train.entry import run_rank
 from tests.train.standins import standin_components, tiny_config
 

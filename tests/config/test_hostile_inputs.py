@@ -13,9 +13,18 @@ import pytest
 from cinescene.config import ConfigError, load_config
 from cinescene.config.loading import MAX_YAML_VALUES
 from cinescene.config.sweep import MAX_TRIALS, expand_sweep
+from cinescene.distributed import startup_signals
 from cinescene.launch.cli import main
 
 SMOKE = "configs/experiments/smoke.yaml"
+
+
+@pytest.fixture(autouse=True)
+def default_preemption_signals():
+    """``main(["train", ...])`` records the preemption signals from its start, as the real command does, and
+    a process that ran it would exit; here the next tests get Python's default handlers back."""
+    yield
+    startup_signals.configure([])
 
 
 def one_line(capsys, code: int, status: int = 2) -> str:

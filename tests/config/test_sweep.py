@@ -62,6 +62,7 @@ def test_run_directories_follow_the_overrides_not_the_grid_position(tmp_path, re
         )
 
 
+@pytest.mark.slow
 def test_random_search_is_seeded_and_grows_without_moving_trials(tmp_path, repo_root):
     space = {
         "train.lr": {"log_uniform": [1e-4, 1e-2]},
@@ -83,6 +84,7 @@ def test_random_search_is_seeded_and_grows_without_moving_trials(tmp_path, repo_
         expand_sweep(write_sweep(tmp_path, repo_root, sample=3, space={"train.lr": {"choice": [0.1, 0.2]}}))
 
 
+@pytest.mark.slow
 def test_command_line_overrides_apply_to_every_trial_last(repo_root):
     _, plain = expand_sweep(repo_root / SWEEP)
     _, trials = expand_sweep(repo_root / SWEEP, ["train.max_steps=7", "train.warmup_steps=2"])
@@ -159,6 +161,7 @@ def test_bad_sweeps_name_the_key(tmp_path, repo_root, sweep, key, text):
     assert text in str(info.value)
 
 
+@pytest.mark.slow
 def test_cli_dry_run_lists_trials_and_the_array_it_would_submit(repo_root, tmp_path):
     # The shipped sweep, placed in a fresh run_root (the repository's own runs/ may hold a real one).
     spec = yaml.safe_load((repo_root / SWEEP).read_text())
@@ -167,13 +170,16 @@ def test_cli_dry_run_lists_trials_and_the_array_it_would_submit(repo_root, tmp_p
     )
     path = tmp_path / "smoke_lr.yaml"
     path.write_text(yaml.safe_dump(spec, sort_keys=False))
-    run = lambda *a: subprocess.run(
-        [sys.executable, "-m", "cinescene", "sweep", str(path), *a],
-        cwd=repo_root,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+
+    def run(*a):
+        return subprocess.run(
+            [sys.executable, "-m", "cinescene", "sweep", str(path), *a],
+            cwd=repo_root,
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+
     out = run("--max-parallel", "2", "--dry-run")
     assert out.returncode == 0, out.stderr
     _, trials = expand_sweep(path)

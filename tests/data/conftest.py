@@ -1,4 +1,5 @@
 """Tiny synthetic data shared by the data tests: 9 frames of 32x32, 3 scene images."""
+
 from __future__ import annotations
 
 import shutil

@@ -1,4 +1,5 @@
 """Scene-Decoupled layout: UE <-> OpenCV conversion and the converter, on a fixture the renderer writes."""
+
 from __future__ import annotations
 
 import json
@@ -29,10 +30,10 @@ def _ue_camera(location_cm, yaw_deg, pitch_deg=0.0):
 def test_ue_to_opencv_axes_units_and_handedness():
     ue = _ue_camera([100.0, 200.0, 150.0], yaw_deg=0.0)  # looking along UE +X, 1.5 m up
     c2w = ue_to_opencv(ue)
-    assert np.allclose(c2w[:3, 3], [1.0, -2.0, 1.5])       # metres, UE +Y becomes -y (right-handed)
-    assert np.allclose(c2w[:3, 2], [1.0, 0.0, 0.0])        # OpenCV forward = UE forward
-    assert np.allclose(c2w[:3, 1], [0.0, 0.0, -1.0])       # OpenCV down = -up
-    assert np.allclose(c2w[:3, 0], [0.0, -1.0, 0.0])       # OpenCV right = UE right (+Y_ue -> -y)
+    assert np.allclose(c2w[:3, 3], [1.0, -2.0, 1.5])  # metres, UE +Y becomes -y (right-handed)
+    assert np.allclose(c2w[:3, 2], [1.0, 0.0, 0.0])  # OpenCV forward = UE forward
+    assert np.allclose(c2w[:3, 1], [0.0, 0.0, -1.0])  # OpenCV down = -up
+    assert np.allclose(c2w[:3, 0], [0.0, -1.0, 0.0])  # OpenCV right = UE right (+Y_ue -> -y)
     assert np.isclose(np.linalg.det(c2w[:3, :3]), 1.0)
     # Our look_at agrees: a camera at the same place looking along +x.
     assert np.allclose(look_at(c2w[:3, 3], c2w[:3, 3] + [1, 0, 0]), c2w)
@@ -40,8 +41,12 @@ def test_ue_to_opencv_axes_units_and_handedness():
 
 def test_round_trip_and_relative_poses_match_recammaster():
     rng = np.random.default_rng(0)
-    cams = np.stack([_ue_camera(rng.uniform(-500, 500, 3), rng.uniform(-180, 180), rng.uniform(-30, 30))
-                     for _ in range(5)])
+    cams = np.stack(
+        [
+            _ue_camera(rng.uniform(-500, 500, 3), rng.uniform(-180, 180), rng.uniform(-30, 30))
+            for _ in range(5)
+        ]
+    )
     ours = ue_to_opencv(cams)
     assert np.allclose(opencv_to_ue(ours), cams)
     # ReCamMaster's training script: transpose, take columns [1, 2, 0, 3], negate column 1, cm -> m.

@@ -1,4 +1,5 @@
 """ensure_dataset (first use, concurrent callers), `data inspect` and `bench loader`."""
+
 from __future__ import annotations
 
 import json
@@ -40,18 +41,26 @@ def test_ensure_from_two_processes_at_once_generates_once(tmp_path):
     """Both callers wait on the lock (held here until both are waiting); exactly one generates."""
     from filelock import FileLock
 
-    code = ("import sys; from pathlib import Path; from cinescene.log import setup_logging; "
-            "from tests.data.test_ensure_inspect_bench import tiny_data_config; "
-            "from cinescene.data.ensure import ensure_dataset; setup_logging('INFO'); "
-            "print(ensure_dataset(tiny_data_config(Path(sys.argv[1]))))")
+    code = (
+        "import sys; from pathlib import Path; from cinescene.log import setup_logging; "
+        "from tests.data.test_ensure_inspect_bench import tiny_data_config; "
+        "from cinescene.data.ensure import ensure_dataset; setup_logging('INFO'); "
+        "print(ensure_dataset(tiny_data_config(Path(sys.argv[1]))))"
+    )
     lock = FileLock(str(tmp_path / "shards") + ".lock")
     lock.acquire()
     logs = [tmp_path / f"log{i}.txt" for i in range(2)]
-    procs = [subprocess.Popen([sys.executable, "-c", code, str(tmp_path)], stdout=subprocess.DEVNULL,
-                              stderr=open(log, "w")) for log in logs]
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-c", code, str(tmp_path)], stdout=subprocess.DEVNULL, stderr=open(log, "w")
+        )
+        for log in logs
+    ]
     deadline = time.time() + 240
     while not all(log.exists() and "waiting" in log.read_text() for log in logs):
-        assert time.time() < deadline and all(p.poll() is None for p in procs), [l.read_text() for l in logs]
+        assert time.time() < deadline and all(p.poll() is None for p in procs), [
+            log.read_text() for log in logs
+        ]
         time.sleep(0.2)
     lock.release()
     assert all(p.wait(timeout=240) == 0 for p in procs), [log.read_text() for log in logs]
@@ -71,23 +80,45 @@ def test_inspect_summary_and_contact_sheet(tiny_shards, tmp_path):
         contact_sheet(tiny_shards, tmp_path / "x.png", index=99)
 
 
+@pytest.mark.slow
 def test_inspect_verify_flags_a_damaged_shard(shards_copy, cinescene_cmd, cli_env):
     shard = sorted(shards_copy.glob("*.tar"))[1]
     data = bytearray(shard.read_bytes())
     data[5000] ^= 1
     shard.write_bytes(bytes(data))
-    run = subprocess.run(cinescene_cmd + ["data", "inspect", str(shards_copy), "--verify", "--json"],
-                         capture_output=True, text=True, env=cli_env)
+    run = subprocess.run(
+        cinescene_cmd + ["data", "inspect", str(shards_copy), "--verify", "--json"],
+        capture_output=True,
+        text=True,
+        env=cli_env,
+    )
     assert run.returncode == 1
     rows = {s["name"]: s["status"] for s in json.loads(run.stdout)["shards"]}
     assert rows[shard.name] == "checksum mismatch" and list(rows.values()).count("ok") == 2
 
 
+@pytest.mark.slow
 def test_bench_loader_cli(tiny_shards, cinescene_cmd, cli_env, repo_root):
-    run = subprocess.run(cinescene_cmd + ["bench", "loader", str(repo_root / "configs/experiments/smoke.yaml"),
-                                          f"data.train_shards={tiny_shards}", "data.scene_images=3",
-                                          "--workers", "0", "--batches", "3", "--step-time", "0.5", "--json"],
-                         capture_output=True, text=True, env=cli_env)
+    run = subprocess.run(
+        cinescene_cmd
+        + [
+            "bench",
+            "loader",
+            str(repo_root / "configs/experiments/smoke.yaml"),
+            f"data.train_shards={tiny_shards}",
+            "data.scene_images=3",
+            "--workers",
+            "0",
+            "--batches",
+            "3",
+            "--step-time",
+            "0.5",
+            "--json",
+        ],
+        capture_output=True,
+        text=True,
+        env=cli_env,
+    )
     assert run.returncode == 0, run.stderr
     result = json.loads(run.stdout)
     assert result["needed_samples_per_s"] == pytest.approx(2 / 0.5)

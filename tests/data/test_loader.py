@@ -1,4 +1,5 @@
 """The training loader: the batch contract, exact resume across world sizes, corrupt data."""
+
 from __future__ import annotations
 
 import logging
@@ -18,8 +19,15 @@ from .conftest import DIMS, FRAMES, SCENE_IMAGES, SIZE, data_config
 
 
 def loader(shards, rank=0, world=1, micro=2, start=0, seed=0, **cfg):
-    return build_train_loader(data_config(shards, **cfg), DIMS, rank=rank, world_size=world, seed=seed,
-                              micro_batch_size=micro, start_sample=start)
+    return build_train_loader(
+        data_config(shards, **cfg),
+        DIMS,
+        rank=rank,
+        world_size=world,
+        seed=seed,
+        micro_batch_size=micro,
+        start_sample=start,
+    )
 
 
 def global_keys(loaders, steps, field="key"):
@@ -32,7 +40,7 @@ def global_keys(loaders, steps, field="key"):
         per_rank = [next(it)[field] for it in iters]
         per_rank = [v.tolist() if torch.is_tensor(v) else v for v in per_rank]
         micro = len(per_rank[0])
-        for i in range(micro):           # global position within the step = i * world + rank
+        for i in range(micro):  # global position within the step = i * world + rank
             for rank in range(world):
                 out.append(per_rank[rank][i])
     return out
@@ -41,10 +49,15 @@ def global_keys(loaders, steps, field="key"):
 def test_batch_contract(tiny_shards):
     batch = next(iter(loader(tiny_shards, micro=2)))
     latent_frames, h, w = 1 + (FRAMES - 1) // 4, SIZE[0] // 4, SIZE[1] // 4
-    shapes = {"video": (2, 3, latent_frames, h, w), "text": (2, DIMS.text_len, DIMS.text_dim),
-              "scene_images": (2, SCENE_IMAGES, 3, *SIZE), "scene_latents": (2, SCENE_IMAGES, 3, h, w),
-              "cameras": (2, latent_frames, 4, 4), "intrinsics": (2, latent_frames, 3, 3),
-              "scene_cameras": (2, SCENE_IMAGES, 4, 4)}
+    shapes = {
+        "video": (2, 3, latent_frames, h, w),
+        "text": (2, DIMS.text_len, DIMS.text_dim),
+        "scene_images": (2, SCENE_IMAGES, 3, *SIZE),
+        "scene_latents": (2, SCENE_IMAGES, 3, h, w),
+        "cameras": (2, latent_frames, 4, 4),
+        "intrinsics": (2, latent_frames, 3, 3),
+        "scene_cameras": (2, SCENE_IMAGES, 4, 4),
+    }
     for key, shape in shapes.items():
         assert tuple(batch[key].shape) == shape, key
         assert batch[key].dtype == torch.float32, key
@@ -57,7 +70,7 @@ def test_batch_contract(tiny_shards):
     # The pixel proxy is the average-pooled frames 0, 4, 8; the text the hashed words, zero-padded.
     prompt = batch["prompt"][0]
     assert torch.equal(batch["text"][0], torch.from_numpy(hashed_text(prompt, DIMS.text_dim, DIMS.text_len)))
-    assert (batch["text"][0, len(prompt.split()):] == 0).all() or len(prompt.split()) >= DIMS.text_len
+    assert (batch["text"][0, len(prompt.split()) :] == 0).all() or len(prompt.split()) >= DIMS.text_len
 
 
 def test_scene_images_are_permuted_per_sample_with_their_cameras(tiny_shards):
@@ -67,8 +80,11 @@ def test_scene_images_are_permuted_per_sample_with_their_cameras(tiny_shards):
     moved = 0
     for b in range(6):
         for s in range(SCENE_IMAGES):  # each shuffled image is some plain image, with the same camera
-            match = [t for t in range(SCENE_IMAGES) if torch.equal(shuffled["scene_images"][b, s],
-                                                                   plain["scene_images"][b, t])]
+            match = [
+                t
+                for t in range(SCENE_IMAGES)
+                if torch.equal(shuffled["scene_images"][b, s], plain["scene_images"][b, t])
+            ]
             assert len(match) == 1
             assert torch.equal(shuffled["scene_cameras"][b, s], plain["scene_cameras"][b, match[0]])
             moved += match[0] != s
@@ -211,8 +227,14 @@ def test_configuration_mismatches_are_one_line_errors(tiny_shards, tmp_path):
     with pytest.raises(CineSceneError, match="pixel_pool=3"):
         loader(tiny_shards, pixel_pool=3)
     with pytest.raises(CineSceneError, match="model.in_dim=16"):
-        build_train_loader(data_config(tiny_shards), dict(text_dim=8, text_len=4, channels=16), rank=0,
-                           world_size=1, seed=0, micro_batch_size=1)
+        build_train_loader(
+            data_config(tiny_shards),
+            dict(text_dim=8, text_len=4, channels=16),
+            rank=0,
+            world_size=1,
+            seed=0,
+            micro_batch_size=1,
+        )
     with pytest.raises(CineSceneError, match="no manifest.json"):
         loader(tmp_path)
 
@@ -221,7 +243,9 @@ def test_eval_loader_covers_every_sample_once_across_ranks(tiny_shards):
     cfg = data_config(tiny_shards)
     keys = []
     for rank in range(2):
-        ev = build_eval_loader(cfg, DIMS, shards=cfg.train_shards, rank=rank, world_size=2, micro_batch_size=2)
+        ev = build_eval_loader(
+            cfg, DIMS, shards=cfg.train_shards, rank=rank, world_size=2, micro_batch_size=2
+        )
         batches = list(ev)
         assert len(batches) == len(ev) == 2
         keys += [k for b in batches for k in b["key"]]

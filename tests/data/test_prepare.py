@@ -1,4 +1,5 @@
 """`data prepare`: shards + manifest, determinism, resume, rank splits, errors."""
+
 from __future__ import annotations
 
 import io
@@ -27,7 +28,7 @@ def test_manifest_describes_the_shards(tiny_shards, tiny_clips):
     assert data["fields"]["video.npy"] == {"shape": [FRAMES, *SIZE, 3], "dtype": "uint8", "count": 6}
     assert data["fields"]["cameras.npy"]["shape"] == [3, 4, 4]
     for shard in data["shards"]:
-        assert shard["bytes"] <= 0.16 * 2 ** 20 and len(shard["sha256"]) == 64
+        assert shard["bytes"] <= 0.16 * 2**20 and len(shard["sha256"]) == 64
         assert shard["num_samples"] == len(shard["samples"]) == 2
     # Cameras are kept per latent frame: source frames 0, 4, 8.
     clip = read_clip(tiny_clips / "clip_000000")
@@ -72,7 +73,10 @@ def test_ranks_split_clips_and_the_last_one_merges(tiny_clips, tmp_path):
     out = tmp_path / "ranks"
     assert prepare(tiny_clips, out, encoder="none", rank=1, world=2, show_progress=False) is None
     assert not (out / "manifest.json").exists()
-    assert prepare(tiny_clips, out, encoder="none", rank=0, world=2, show_progress=False) == out / "manifest.json"
+    assert (
+        prepare(tiny_clips, out, encoder="none", rank=0, world=2, show_progress=False)
+        == out / "manifest.json"
+    )
     manifest = load_manifest(out)
     keys = sorted(s[0] for shard in manifest.data["shards"] for s in shard["samples"])
     assert keys == [f"clip_{i:06d}" for i in range(6)] and manifest.data["num_shards"] == 2
@@ -118,14 +122,25 @@ def test_errors(tiny_clips, tmp_path):
         prepare(tiny_clips, tmp_path / "o2", shard_size_mb=1, show_progress=False)
 
 
+@pytest.mark.slow
 def test_cli_prepare_and_inspect(tiny_clips, tmp_path, cinescene_cmd, cli_env):
     out = tmp_path / "cli"
-    run = subprocess.run(cinescene_cmd + ["data", "prepare", "--src", str(tiny_clips), "--out", str(out),
-                                          "--encoder", "none"], capture_output=True, text=True, env=cli_env)
+    run = subprocess.run(
+        cinescene_cmd + ["data", "prepare", "--src", str(tiny_clips), "--out", str(out), "--encoder", "none"],
+        capture_output=True,
+        text=True,
+        env=cli_env,
+    )
     assert run.returncode == 0, run.stderr
-    run = subprocess.run(cinescene_cmd + ["data", "inspect", str(out), "--json"], capture_output=True, text=True,
-                         env=cli_env)
+    run = subprocess.run(
+        cinescene_cmd + ["data", "inspect", str(out), "--json"], capture_output=True, text=True, env=cli_env
+    )
     assert run.returncode == 0 and json.loads(run.stdout)["num_samples"] == 6
-    run = subprocess.run(cinescene_cmd + ["data", "prepare", "--src", str(tmp_path / "nope"), "--out", str(out),
-                                          "--encoder", "none"], capture_output=True, text=True, env=cli_env)
+    run = subprocess.run(
+        cinescene_cmd
+        + ["data", "prepare", "--src", str(tmp_path / "nope"), "--out", str(out), "--encoder", "none"],
+        capture_output=True,
+        text=True,
+        env=cli_env,
+    )
     assert run.returncode == 1 and run.stderr.strip().splitlines()[-1].startswith("cinescene data: error:")

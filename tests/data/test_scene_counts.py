@@ -1,4 +1,5 @@
 """Samples with a variable number of scene images (data.scene_images_min): counts, padding, determinism."""
+
 from __future__ import annotations
 
 from itertools import islice
@@ -55,8 +56,10 @@ def test_default_uses_every_image_and_matches_the_shuffled_stored_images(tiny_sh
         pick = scene_permutation(0, position, len(scene))[:SCENE_IMAGES]
         expected = np.moveaxis(scene[pick], -1, 1).astype(np.float32) / 255.0
         assert torch.equal(batch["scene_images"][position], torch.from_numpy(expected))
-        assert torch.equal(batch["scene_cameras"][position],
-                           torch.from_numpy(npy_field(fields, "scene_cameras.npy")[pick].astype(np.float32)))
+        assert torch.equal(
+            batch["scene_cameras"][position],
+            torch.from_numpy(npy_field(fields, "scene_cameras.npy")[pick].astype(np.float32)),
+        )
     for name in PER_IMAGE + ("video", "text", "cameras", "scene_counts"):
         assert torch.equal(batch[name], explicit_full[name]), name
 
@@ -83,7 +86,9 @@ def test_variable_counts_pad_with_zeros_and_keep_the_first_of_the_same_permutati
 
 def test_counts_are_the_same_for_two_loaders_and_after_resume_at_another_world_size(tiny_shards):
     reference = global_keys([loader(tiny_shards, micro=2, scene_images_min=1)], 7, field="scene_counts")
-    assert reference == global_keys([loader(tiny_shards, micro=2, scene_images_min=1)], 7, field="scene_counts")
+    assert reference == global_keys(
+        [loader(tiny_shards, micro=2, scene_images_min=1)], 7, field="scene_counts"
+    )
     assert len(set(reference)) > 1
     two = [loader(tiny_shards, rank=r, world=2, micro=1, scene_images_min=1) for r in range(2)]
     first = global_keys(two, 4, field="scene_counts")
@@ -95,8 +100,12 @@ def test_counts_are_the_same_for_two_loaders_and_after_resume_at_another_world_s
 def test_evaluation_always_uses_every_scene_image(tiny_shards):
     cfg = data_config(tiny_shards, scene_images_min=1)
     plain = data_config(tiny_shards)
-    varied = list(build_eval_loader(cfg, DIMS, shards=cfg.train_shards, rank=0, world_size=1, micro_batch_size=3))
-    full = list(build_eval_loader(plain, DIMS, shards=plain.train_shards, rank=0, world_size=1, micro_batch_size=3))
+    varied = list(
+        build_eval_loader(cfg, DIMS, shards=cfg.train_shards, rank=0, world_size=1, micro_batch_size=3)
+    )
+    full = list(
+        build_eval_loader(plain, DIMS, shards=plain.train_shards, rank=0, world_size=1, micro_batch_size=3)
+    )
     assert [b["scene_counts"].tolist() for b in varied] == [[SCENE_IMAGES] * 3] * 2
     for v, f in zip(varied, full):
         for name in PER_IMAGE:

@@ -1,6 +1,7 @@
 """Shard members whose CRC is right but whose content is not the array the manifest describes (an empty
 member, a zip, an array of another shape or dtype): skipped, counted and logged with shard and key by the
 loader at any worker count, and listed by `data inspect --verify`."""
+
 from __future__ import annotations
 
 import io
@@ -33,11 +34,13 @@ def bad_members(fields):
     video = np.load(io.BytesIO(fields["video.npy"]))
     intrinsics = np.load(io.BytesIO(fields["intrinsics.npy"]))
     return {
-        "bad_empty": dict(fields, **{"scene.npy": b""}),                                    # EOFError in np.load
-        "bad_zip": dict(fields, **{"cameras.npy": b"PK\x03\x04" + b"\0" * 60}),             # BadZipFile
-        "bad_shape": dict(fields, **{"video.npy": npy_bytes(video[:5])}),                   # ValueError in collate
+        "bad_empty": dict(fields, **{"scene.npy": b""}),  # EOFError in np.load
+        "bad_zip": dict(fields, **{"cameras.npy": b"PK\x03\x04" + b"\0" * 60}),  # BadZipFile
+        "bad_shape": dict(fields, **{"video.npy": npy_bytes(video[:5])}),  # ValueError in collate
         "bad_dtype": dict(fields, **{"intrinsics.npy": npy_bytes(intrinsics.astype(np.float64))}),
-        "bad_cut": dict(fields, **{"scene_cameras.npy": fields["scene_cameras.npy"][:-8]}),  # data shorter than header
+        "bad_cut": dict(
+            fields, **{"scene_cameras.npy": fields["scene_cameras.npy"][:-8]}
+        ),  # data shorter than header
     }
 
 
@@ -84,15 +87,25 @@ def test_the_skip_count_is_exact_at_any_worker_count(shards_copy, workers):
 
 def test_the_eval_loader_drops_them(shards_copy):
     add_bad_shard(shards_copy)
-    ld = build_eval_loader(data_config(shards_copy), DIMS, rank=0, world_size=1, micro_batch_size=4,
-                           shards=str(shards_copy))
+    ld = build_eval_loader(
+        data_config(shards_copy), DIMS, rank=0, world_size=1, micro_batch_size=4, shards=str(shards_copy)
+    )
     assert sum(len(b["key"]) for b in ld) == 6 and ld.stats["skipped"] == 5
 
 
+@pytest.mark.slow
 def test_data_inspect_verify_reports_them(shards_copy, repo_root):
     bad = add_bad_shard(shards_copy)
-    run = lambda *a: subprocess.run([sys.executable, "-m", "cinescene", "data", "inspect", str(shards_copy), *a],
-                                    cwd=repo_root, capture_output=True, text=True, timeout=120)
+
+    def run(*a):
+        return subprocess.run(
+            [sys.executable, "-m", "cinescene", "data", "inspect", str(shards_copy), *a],
+            cwd=repo_root,
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+
     out = run("--verify")
     assert out.returncode == 1 and out.stderr == "", out.stderr
     assert "unreadable samples: 5 of 11" in out.stdout

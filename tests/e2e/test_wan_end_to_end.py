@@ -28,9 +28,9 @@ import pytest
 
 from cinescene.ckpt.weights import weights_digest
 from cinescene.data.manifest import load_manifest
-from cinescene.sampling.video import read_mp4
 from tests.fixtures.checkpoint import REPO, cli_env
 from tests.fixtures.pretrained import TEXT_DIM, TEXT_LEN
+from tests.fixtures.video import read_mp4
 
 pytestmark = pytest.mark.slow
 

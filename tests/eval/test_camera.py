@@ -52,7 +52,8 @@ def test_a_wrong_trajectory_scores_worse():
 
 
 def test_sfm_does_not_take_over_sigterm():
-    """Importing pycolmap installs glog's crash handler on SIGTERM; a trainer's preemption handler must survive."""
+    """Importing pycolmap installs glog's crash handler on
+    SIGTERM; a trainer's preemption handler must survive."""
     import subprocess
     import sys
 

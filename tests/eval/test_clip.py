@@ -13,6 +13,7 @@ def _frames(seed, count=4):
     return np.random.default_rng(seed).integers(0, 256, (count, 48, 40, 3), dtype=np.uint8)
 
 
+@pytest.mark.slow  # several CLIP forward passes (seconds on a CPU)
 def test_clip_v_and_clip_t(tiny_clip):
     scorer = clip.load_clip(ClipConfig(weights=str(tiny_clip), batch_size=3))
     a, b = _frames(0), _frames(1)

@@ -12,8 +12,8 @@ import pytest
 from PIL import Image
 
 from cinescene.config.eval import METRIC_NAMES
-from cinescene.sampling.video import read_mp4
 from tests.fixtures.checkpoint import REPO, cli_env
+from tests.fixtures.video import read_mp4
 
 pytestmark = [pytest.mark.slow, pytest.mark.dist]
 

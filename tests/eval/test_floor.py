@@ -17,6 +17,7 @@ def room():
     return clip
 
 
+@pytest.mark.slow
 def test_ground_truth_against_itself(room):
     values = floor.pixel_floor(room, EvalConfig())
     assert values["psnr"] == float("inf") and values["bg_psnr"] == float("inf")

@@ -108,6 +108,7 @@ def test_varlen_context_start_checks():
         fused_attention_varlen(q, k, v, cu, cu, 5, 5, mask="context_readonly")
 
 
+@pytest.mark.slow
 def test_custom_op_passes_opcheck(device):
     """Schema, fake (meta) implementation and autograd registration agree with the real kernel."""
     q, k, v = _qkv(device, 1, 21, 1, 16, grad=True)
@@ -159,7 +160,8 @@ def test_public_names():
 
 
 def test_model_entry_point_runs_the_fused_backend(device):
-    """cinescene.models.attention.attention(backend="fused") reaches these kernels with the agreed signature."""
+    """cinescene.models.attention.attention(backend="fused")
+    reaches these kernels with the agreed signature."""
     from cinescene.models import attention as entry
 
     entry.reset_backend_cache()
@@ -207,8 +209,8 @@ def test_model_entry_point_packs_padded_batches_into_the_varlen_kernel(device, m
 
 
 def test_entry_point_compiles_cold_with_the_fused_backend(device):
-    """torch.compile(fullgraph=True) of a caller of the model's entry point, first call of the process's backend
-    cache: the kernels module is imported and the choice logged outside the traced code."""
+    """torch.compile(fullgraph=True) of a caller of the model's entry point, first call of the process's
+    backend cache: the kernels module is imported and the choice logged outside the traced code."""
     from cinescene.models import attention as entry
 
     entry.reset_backend_cache()

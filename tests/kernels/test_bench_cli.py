@@ -126,9 +126,11 @@ def test_reference_rows_cover_both_ends_and_the_boundary():
     assert bench.reference_rows(bench.Shape(1, 40, 9, "full")).tolist() == list(range(49))
 
 
+@pytest.mark.slow
 def test_bench_runs_on_cpu_at_toy_size(tmp_path, device):
     """The GPU benchmark's code path on the CPU (ours through the interpreter, SDPA's CPU backends): errors
-    against float64, backward timed on its own, effective rates only on the rows that skip the masked block."""
+    against float64, backward timed on its own, effective rates only on the rows that skip the masked
+    block."""
     if device != "cpu":
         pytest.skip("the toy-size run is the CPU check of the GPU benchmark's code")
     out = tmp_path / "bench.json"
@@ -152,6 +154,7 @@ def test_bench_runs_on_cpu_at_toy_size(tmp_path, device):
     assert "Device: CPU" in out.with_suffix(".md").read_text()
 
 
+@pytest.mark.slow
 def test_packed_bench_runs_on_cpu_at_toy_size(tmp_path, device):
     """`bench attention --packed`'s code path on the CPU: every provider runs both masks, the correct ones
     match each sample's float64 reference, the padded one (which attends padding) has no error figure."""

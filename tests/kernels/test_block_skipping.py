@@ -20,7 +20,8 @@ from cinescene.kernels.attention.layout import Problem, default_scale
 from cinescene.kernels.attention.reference import readonly_mask
 
 TILES = Tiles(16, 16)
-#: (forward, dK/dV, dQ) tile sets: square, the GPU candidates' shapes scaled down, and the opposite orientation.
+#: (forward, dK/dV, dQ) tile sets: square, the GPU candidates'
+#: shapes scaled down, and the opposite orientation.
 TILE_SETS = {
     "square": (TILES, TILES, TILES),
     "gpu-shaped": (Tiles(32, 16), Tiles(16, 32), Tiles(32, 16)),

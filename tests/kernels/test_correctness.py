@@ -38,6 +38,7 @@ def _assert_close(result):
     assert result.passed, f"{result.case.label}: errors {result.errors} exceed {TOLERANCE[result.case.dtype]}"
 
 
+@pytest.mark.slow  # the interpreter runs every case of the sweep (seconds each on a CPU)
 @pytest.mark.parametrize("case", SWEEP, ids=[c.label for c in SWEEP])
 def test_sweep_matches_float64_reference(case, device):
     _assert_close(run_case(case, device))

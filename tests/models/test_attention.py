@@ -11,8 +11,9 @@ import pytest
 import torch
 
 from cinescene.errors import CineSceneError
+from cinescene.kernels.attention.reference import readonly_mask
 from cinescene.models import attention as attn_mod
-from cinescene.models.attention import attention, context_readonly_mask
+from cinescene.models.attention import attention
 
 
 def dense_reference(q, k, v, allowed=None):
@@ -47,7 +48,7 @@ def test_full_mask_matches_reference(backend):
 def test_context_readonly_matches_dense_mask(backend, num_video):
     q, k, v = qkv()
     ours = attention(q, k, v, num_video=num_video, mask="context_readonly", backend=backend)
-    ref = dense_reference(q, k, v, context_readonly_mask(13, num_video))
+    ref = dense_reference(q, k, v, readonly_mask(13, 13, num_video))
     diff = (ours - ref).abs().max().item()
     print(f"context_readonly ({backend}, num_video={num_video}): max abs diff vs dense mask = {diff:.2e}")
     assert diff < 1e-5
@@ -224,7 +225,8 @@ def test_kind_decides_the_log_line_not_the_lengths():
 
 
 class _Layer(torch.nn.Module):
-    """Self-attention under the readonly mask, then cross-attention to a shorter sequence: the model's calls."""
+    """Self-attention under the readonly mask, then
+    cross-attention to a shorter sequence: the model's calls."""
 
     def forward(self, x, text):
         hidden = attention(x, x * 0.5, x, num_video=7, mask="context_readonly")

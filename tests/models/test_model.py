@@ -76,6 +76,7 @@ def test_mask_and_context_timestep_change_the_result(random_model):
     assert not torch.allclose(full, shared, atol=1e-4)
 
 
+@pytest.mark.slow
 def test_scene_and_camera_inputs_matter(random_model):
     batch = tiny_batch()
     with torch.no_grad():
@@ -120,6 +121,7 @@ def test_precomputed_scene_tokens_equal_images(random_model):
     assert torch.allclose(from_images, from_tokens, atol=1e-6)
 
 
+@pytest.mark.slow
 def test_pixel_context_adds_tokens_through_the_patch_embedding():
     model = build_model(tiny_config(scene__pixel_context=True))
     randomize(model, seed=4)
@@ -141,6 +143,7 @@ def test_pixel_context_adds_tokens_through_the_patch_embedding():
     )
 
 
+@pytest.mark.slow
 def test_activation_checkpointing_gives_the_same_gradients():
     batch = tiny_batch()
     grads, block_calls = [], []
@@ -149,7 +152,7 @@ def test_activation_checkpointing_gives_the_same_gradients():
         randomize(model, seed=5)
         model.apply_trainable()
         calls = []
-        model.blocks[0].register_forward_pre_hook(lambda *_: calls.append(1))
+        model.blocks[0].register_forward_pre_hook(lambda *_, calls=calls: calls.append(1))
         run(model, batch).square().mean().backward()
         block_calls.append(len(calls))
         grads.append({n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None})
@@ -240,6 +243,7 @@ def test_text_longer_than_text_len_or_of_the_wrong_width_is_refused(random_model
         run(random_model, batch | {"text": torch.zeros(2, 32, 48)})
 
 
+@pytest.mark.slow
 def test_bf16_parameters_run_with_fp32_inputs():
     """DeepSpeed bf16 keeps parameters in bf16 and feeds the loader's fp32 tensors."""
     model = build_model(tiny_config(scene__pixel_context=True))

@@ -1,4 +1,5 @@
-"""Padding-aware attention: TokenPacking and the entry point's packed path against a masked float64 reference."""
+"""Padding-aware attention: TokenPacking and the entry
+point's packed path against a masked float64 reference."""
 
 from __future__ import annotations
 

@@ -27,7 +27,8 @@ def test_base_dit_parameter_count(name, expected):
     assert counts["dit"] == expected
     assert all(p.is_meta for p in model.parameters())
     assert seconds < 30
-    # Camera modules per block (ReCamMaster): Linear(12, dim) + Linear(dim, dim); scene projector + null token.
+    # Camera modules per block (ReCamMaster): Linear(12, dim) + Linear(dim, dim);
+    # scene projector + null token.
     d, layers, c2 = cfg.model.dim, cfg.model.num_layers, 2 * cfg.model.scene.vggt.embed_dim
     camera = layers * ((12 * d + d) + (d * d + d))
     scene = 2 * c2 + (c2 * d + d) + (d * d + d) + d

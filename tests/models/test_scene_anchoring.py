@@ -68,8 +68,10 @@ def test_scene_poses_are_relative_to_the_first_target_frame():
     assert torch.allclose(moved, poses, atol=1e-5)
 
 
+@pytest.mark.slow
 def test_zero_initialised_embedding_leaves_the_model_bit_identical(tmp_path):
-    """A checkpoint of the model without anchoring loads strictly; the new key starts at zero, the output is equal."""
+    """A checkpoint of the model without anchoring loads
+    strictly; the new key starts at zero, the output is equal."""
     plain = build_model(tiny_config(scene__pixel_context=True), load_weights=False)
     randomize(plain, seed=2)
     save_file({k: v.contiguous() for k, v in plain.state_dict().items()}, tmp_path / "plain.safetensors")
@@ -143,7 +145,8 @@ def test_shuffling_images_and_cameras_together_permutes_the_context_tokens():
 
 
 def test_a_training_step_reaches_the_embedding():
-    """Through the objective (batch -> model inputs): the pose embedding, zero at first, gets a gradient and moves."""
+    """Through the objective (batch -> model inputs): the pose
+    embedding, zero at first, gets a gradient and moves."""
     model = build_model(tiny_config(scene__pose_embedding=True), load_weights=False)
     randomize(model, seed=7, skip=("pose_embedding",))  # a trained-looking DiT, a fresh embedding
     model.apply_trainable()
@@ -173,6 +176,7 @@ def test_a_training_step_reaches_the_embedding():
         )
 
 
+@pytest.mark.slow
 def test_the_context_cache_stays_exact_with_anchoring():
     model = _anchored(attention__mask="context_readonly", scene__timestep="clean").eval()
     batch = tiny_batch(batch=2, seed=9)

@@ -44,12 +44,15 @@ def _pad_garbage(batch, counts):
 @pytest.mark.parametrize(
     "changes",
     [
-        dict(),
-        dict(attention__mask="context_readonly"),
-        dict(scene__pixel_context=True),
-        dict(scene__pixel_context=True, scene__pose_embedding=True),
+        pytest.param(dict(), id="full"),
+        pytest.param(dict(attention__mask="context_readonly"), id="readonly"),
+        pytest.param(dict(scene__pixel_context=True), id="pixel", marks=pytest.mark.slow),
+        pytest.param(
+            dict(scene__pixel_context=True, scene__pose_embedding=True),
+            id="pixel-anchored",
+            marks=pytest.mark.slow,
+        ),
     ],
-    ids=["full", "readonly", "pixel", "pixel-anchored"],
 )
 def test_each_sample_equals_itself_run_alone_with_only_its_real_images(changes):
     model = _model(**changes)
@@ -71,6 +74,7 @@ def test_each_sample_equals_itself_run_alone_with_only_its_real_images(changes):
             assert (together[row : row + 1] - want).abs().max() < 1e-5, (row, count)
 
 
+@pytest.mark.slow
 def test_full_counts_are_the_unpadded_model_and_counts_matter():
     model = _model()
     batch = tiny_batch(batch=3, seed=4)
@@ -112,6 +116,7 @@ def test_gradients_with_scene_counts():
     assert model.scene_encoder.projector[1].weight.grad.abs().max() > 0
 
 
+@pytest.mark.slow
 def test_sampling_with_the_cache_respects_scene_counts():
     model = _model(attention__mask="context_readonly", scene__timestep="clean")
     batch = _pad_garbage(tiny_batch(batch=3, seed=6), COUNTS)

@@ -1,4 +1,5 @@
-"""Ulysses sequence parallelism: 2 ranks (gloo) give the 1-rank output, and gradients summed over the group."""
+"""Ulysses sequence parallelism: 2 ranks (gloo) give the
+1-rank output, and gradients summed over the group."""
 
 from __future__ import annotations
 
@@ -116,5 +117,6 @@ def _worker(rank: int, port: int, mask: str, pixel_context: bool, counts, poses:
 )
 def test_two_rank_sequence_parallel_matches_one_rank(mask, pixel_context, counts, poses):
     """With scene counts, the padding (one of the first sample's two images) sits inside the sharded sequence;
-    the last case also anchors the scene to the camera (the pose embedding's gradient summed over the group)."""
+    the last case also anchors the scene to the camera (the pose embedding's gradient summed over the
+    group)."""
     mp.spawn(_worker, args=(free_port(), mask, pixel_context, counts, poses), nprocs=WORLD, join=True)

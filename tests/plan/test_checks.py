@@ -25,6 +25,7 @@ def _cinescene(*args: str) -> subprocess.CompletedProcess:
     return subprocess.run(cmd, cwd=REPO, env=cli_env(), capture_output=True, text=True, timeout=300)
 
 
+@pytest.mark.slow  # two `cinescene plan` processes
 def test_plan_prints_the_breakdown_and_the_verdict_and_json_gives_the_same_numbers():
     started = time.perf_counter()
     text = _cinescene("plan", str(RECIPE), "--gpus", "8")
@@ -38,6 +39,7 @@ def test_plan_prints_the_breakdown_and_the_verdict_and_json_gives_the_same_numbe
     assert f"GB usable, headroom {data['headroom_bytes'] / 1e9:.2f} GB" in text.stdout
 
 
+@pytest.mark.slow  # one `cinescene plan` process per case
 @pytest.mark.parametrize(
     ("args", "message"),
     [
@@ -93,6 +95,7 @@ def test_train_warns_at_start_up_on_a_gpu_it_does_not_fit(monkeypatch):
     assert "does not fit the NVIDIA H100 80GB HBM3" in record.getMessage()
 
 
+@pytest.mark.slow  # starts `cinescene submit`
 def test_submit_warns_when_the_signal_lead_is_shorter_than_a_step_and_a_save():
     warning = preemption_warning(config(RECIPE_14B), 8)
     assert "launch.slurm.signal=USR1@180 warns 180 s before the time limit" in warning

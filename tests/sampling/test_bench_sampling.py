@@ -1,4 +1,5 @@
-"""`cinescene bench sampling`: with and without the context cache on the same noise; the outputs must match."""
+"""`cinescene bench sampling`: with and without the
+context cache on the same noise; the outputs must match."""
 
 from __future__ import annotations
 
@@ -15,6 +16,7 @@ SMOKE = str(REPO / "configs/experiments/smoke.yaml")
 WAN_1_3B = str(REPO / "configs/model/wan1.3b.yaml")
 
 
+@pytest.mark.slow
 def test_smoke_config_samples_the_same_video_with_and_without_the_cache(tmp_path, capsys):
     out = tmp_path / "sampling.json"
     assert cli.main(["bench", "sampling", SMOKE, "--steps", "3", "--out", str(out)]) == 0
@@ -31,6 +33,7 @@ def test_smoke_config_samples_the_same_video_with_and_without_the_cache(tmp_path
     assert set(report["provenance"]) >= {"date", "commit", "device", "torch"}
 
 
+@pytest.mark.slow
 def test_cache_offload_is_timed_and_gives_the_same_video(tmp_path, capsys):
     out = tmp_path / "sampling.json"
     assert cli.main(["bench", "sampling", SMOKE, "--steps", "2", "--cache-offload", "--out", str(out)]) == 0
@@ -40,7 +43,8 @@ def test_cache_offload_is_timed_and_gives_the_same_video(tmp_path, capsys):
 
 
 def test_wan_1_3b_plan_names_the_overrides_and_the_cache_memory(capsys):
-    """The GPU command's config: the default 1.3B config has the full mask, so the cache needs the override."""
+    """The GPU command's config: the default 1.3B config
+    has the full mask, so the cache needs the override."""
     assert cli.main(["bench", "sampling", WAN_1_3B, "--dtype", "bf16", "--dry-run"]) == 0
     printed = capsys.readouterr().out
     assert "needs model.attention.mask=context_readonly" in printed

@@ -9,9 +9,9 @@ import pytest
 import torch
 
 from cinescene.ckpt import checkpoint_config, resolve_checkpoint
+from cinescene.ckpt.weights import consolidated_state_dict
 from cinescene.errors import CineSceneError
 from cinescene.sampling.checkpoint import load_inference_model, trained_state_dict
-from cinescene.train.checkpoint import consolidated_state_dict
 
 pytestmark = [pytest.mark.slow, pytest.mark.dist]
 

@@ -43,6 +43,7 @@ def _sample(model, batch, cache, **kwargs):
     )
 
 
+@pytest.mark.slow
 def test_sampling_with_the_cache_gives_the_same_video(model, batch):
     plain = _sample(model, batch, False)
     cached = _sample(model, batch, True)
@@ -52,6 +53,7 @@ def test_sampling_with_the_cache_gives_the_same_video(model, batch):
     assert (cached - plain).abs().max() < 1e-5 * max(1.0, float(plain.abs().max()))
 
 
+@pytest.mark.slow
 def test_same_video_when_the_unconditional_branch_drops_the_scene(model, batch):
     plain = _sample(model, batch, False, drop_scene_unconditional=True)
     cached = _sample(model, batch, True, drop_scene_unconditional=True)
@@ -119,8 +121,10 @@ def test_sigmas_run_from_one_to_zero():
     assert bool((sigmas[1:] < sigmas[:-1]).all())
 
 
+@pytest.mark.slow
 def test_a_cache_that_cannot_fit_fails_before_it_is_stored(model, batch, monkeypatch):
-    """The memory check counts every layer and every guidance branch still to fill, and says so in one line."""
+    """The memory check counts every layer and every guidance
+    branch still to fill, and says so in one line."""
     from cinescene.models import context_cache
 
     asked = []
@@ -144,6 +148,7 @@ def test_a_cache_that_cannot_fit_fails_before_it_is_stored(model, batch, monkeyp
         ContextKVCache(planned_copies=0)
 
 
+@pytest.mark.slow
 def test_offloaded_cache_gives_the_same_video_and_lives_on_the_host(model, batch, monkeypatch):
     from cinescene.models import context_cache
 
@@ -172,13 +177,15 @@ def test_offloaded_cache_gives_the_same_video_and_lives_on_the_host(model, batch
     assert fetched == list(range(len(model.blocks)))  # streamed in layer order, once per step
 
 
+@pytest.mark.slow
 def test_offload_checks_host_memory_for_the_cache_and_the_device_for_two_layers(model, batch, monkeypatch):
+    from cinescene import host_memory
     from cinescene.models import context_cache
 
     tokens = batch["scene_images"].shape[1] * 8 * 8
     layer = 2 * 2 * tokens * model.cfg.dim * 4  # keys + values of one layer, float32
     monkeypatch.setattr(context_cache, "available_bytes", lambda device: 2 * layer)
-    monkeypatch.setattr(context_cache, "host_available_bytes", lambda: 2 * len(model.blocks) * layer)
+    monkeypatch.setattr(host_memory, "available_bytes", lambda: 2 * len(model.blocks) * layer)
     _sample(model, batch, True, context_cache_offload=True)  # fits: two caches on the host, two layers here
     with pytest.raises(
         CineSceneError,
@@ -186,19 +193,19 @@ def test_offload_checks_host_memory_for_the_cache_and_the_device_for_two_layers(
         r"\(context_cache_offload=True\)",
     ):
         _sample(model, batch, True)  # the same device without offload: too small
-    monkeypatch.setattr(context_cache, "host_available_bytes", lambda: 2 * len(model.blocks) * layer - 1)
+    monkeypatch.setattr(host_memory, "available_bytes", lambda: 2 * len(model.blocks) * layer - 1)
     with pytest.raises(CineSceneError, match=r"offloaded context K/V cache needs .* of host memory"):
         _sample(model, batch, True, context_cache_offload=True)
-    monkeypatch.setattr(context_cache, "host_available_bytes", lambda: 10**15)
+    monkeypatch.setattr(host_memory, "available_bytes", lambda: 10**15)
     monkeypatch.setattr(context_cache, "available_bytes", lambda device: 2 * layer - 1)
     with pytest.raises(CineSceneError, match=r"two layers in flight"):
         _sample(model, batch, True, context_cache_offload=True)
 
 
 def test_host_memory_is_read():
-    from cinescene.models.context_cache import host_available_bytes
+    from cinescene import host_memory
 
-    assert host_available_bytes() > 0
+    assert host_memory.available_bytes() > 0
 
 
 def test_no_memory_check_off_cuda():

@@ -17,8 +17,8 @@ import numpy as np
 import pytest
 
 from cinescene.launch.cli import main
-from cinescene.sampling.video import read_mp4
 from tests.fixtures.checkpoint import REPO, cli_env
+from tests.fixtures.video import read_mp4
 
 pytestmark = [pytest.mark.slow, pytest.mark.dist]
 

@@ -1,4 +1,5 @@
-"""The generation pipeline end to end with an oracle velocity: noise -> sampler -> codec -> the right frames."""
+"""The generation pipeline end to end with an oracle
+velocity: noise -> sampler -> codec -> the right frames."""
 
 from __future__ import annotations
 

@@ -1,4 +1,5 @@
-"""`cinescene sample` on a trained smoke checkpoint: the mp4, its metadata and JSON, the PNG, and the errors."""
+"""`cinescene sample` on a trained smoke checkpoint: the
+mp4, its metadata and JSON, the PNG, and the errors."""
 
 from __future__ import annotations
 
@@ -10,8 +11,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from cinescene.sampling.video import read_mp4
 from tests.fixtures.checkpoint import REPO, cli_env
+from tests.fixtures.video import read_mp4
 
 pytestmark = [pytest.mark.slow, pytest.mark.dist]
 
@@ -102,8 +103,8 @@ def test_sample_from_a_folder_with_ema_weights(smoke_run, tmp_path):
 
 
 def test_an_anchored_model_samples_a_shard_scene_with_its_cameras(smoke_run, tmp_path):
-    """A model with scene anchoring (here the smoke checkpoint with its zero-initialised pose embedding) gets the
-    shard sample's scene cameras; a preset trajectory is moved to start where the sample's clip starts."""
+    """A model with scene anchoring (here the smoke checkpoint with its zero-initialised pose embedding) gets
+    the shard sample's scene cameras; a preset trajectory is moved to start where the sample's clip starts."""
     from cinescene.config import load_config
     from cinescene.sampling.inputs import ShardSamples
     from cinescene.sampling.spec import training_spec

@@ -1,4 +1,5 @@
-"""What a model generates, from its training manifest, and the refusal of evaluation data that does not fit."""
+"""What a model generates, from its training manifest,
+and the refusal of evaluation data that does not fit."""
 
 from __future__ import annotations
 

@@ -6,6 +6,7 @@ import numpy as np
 from PIL import Image
 
 from cinescene.sampling import video
+from tests.fixtures.video import read_mp4
 
 
 def test_mp4_round_trip_keeps_frames_size_and_metadata(tmp_path):
@@ -13,7 +14,7 @@ def test_mp4_round_trip_keeps_frames_size_and_metadata(tmp_path):
     smooth = np.repeat(np.repeat(rng.integers(0, 256, (9, 12, 16, 3), dtype=np.uint8), 4, 1), 4, 2)
     path = tmp_path / "out" / "v.mp4"
     codec = video.write_mp4(path, smooth, fps=4, metadata={"seed": 7, "prompt": "a dog"})
-    frames, metadata = video.read_mp4(path)
+    frames, metadata = read_mp4(path)
     assert codec in ("libx264", "mpeg4") and frames.shape == smooth.shape
     assert metadata == {"seed": 7, "prompt": "a dog"}
     assert np.abs(frames.astype(int) - smooth).mean() < 20  # lossy, but the same pictures
@@ -23,7 +24,7 @@ def test_mp4_round_trip_keeps_frames_size_and_metadata(tmp_path):
 def test_odd_sizes_are_padded_to_even(tmp_path):
     frames = np.zeros((3, 33, 45, 3), np.uint8)
     video.write_mp4(tmp_path / "odd.mp4", frames, fps=16)
-    decoded, metadata = video.read_mp4(tmp_path / "odd.mp4")
+    decoded, metadata = read_mp4(tmp_path / "odd.mp4")
     assert decoded.shape == (3, 34, 46, 3) and metadata is None
 
 

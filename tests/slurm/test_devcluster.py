@@ -20,7 +20,8 @@ def _lines(path: Path) -> list[str]:
     """Job output without slurmstepd's own notices (e.g. '*** JOB 7 ... REQUEUE ***')."""
     if not path.exists():
         return []
-    return [l for l in path.read_text().splitlines() if l.strip() and not l.startswith("slurmstepd")]
+    lines = path.read_text().splitlines()
+    return [line for line in lines if line.strip() and not line.startswith("slurmstepd")]
 
 
 def _wait_output(slurm, path: Path, line: str, timeout: float = 30) -> None:

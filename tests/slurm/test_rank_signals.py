@@ -14,6 +14,8 @@ import subprocess
 import time
 from pathlib import Path
 
+import pytest
+
 from cinescene.config.tracking import TrackingConfig
 from cinescene.train.preemption import PreemptionFlag
 from cinescene.train.tracking import Tracker
@@ -70,6 +72,7 @@ class _Records(logging.Handler):
         self.messages.append(record.getMessage())
 
 
+@pytest.mark.slow
 def test_the_run_goes_on_when_the_wandb_service_dies(tmp_path):
     records = _Records()  # on the logger itself: setup_logging may have stopped propagation
     logging.getLogger("cinescene.train.tracking").addHandler(records)

@@ -17,8 +17,8 @@ import yaml
 
 from cinescene.config import ConfigError, load_config
 from cinescene.config.launch import LaunchConfig
+from cinescene.distributed.slurm_env import job_label, restart_count
 from cinescene.slurm.accounting import parse_rows
-from cinescene.slurm.environment import job_label, restart_count
 from cinescene.slurm.job import decide
 from cinescene.slurm.sweeps import array_task
 
@@ -98,6 +98,7 @@ def test_extra_lines_are_refused_by_submit_with_exit_2(repo_root):
     )
 
 
+@pytest.mark.slow  # starts `cinescene submit`
 def test_flags_override_the_config_and_reach_the_job_as_the_same_overrides(repo_root):
     out = cli(
         repo_root,
@@ -142,6 +143,7 @@ def test_flags_override_the_config_and_reach_the_job_as_the_same_overrides(repo_
     assert out.stdout.count("#!/bin/bash") == 1  # the batch script follows the call
 
 
+@pytest.mark.slow  # starts `cinescene submit`
 def test_cpu_job_runs_nproc_tasks_per_node_and_no_gpu_request(repo_root):
     out = cli(
         repo_root,
@@ -160,6 +162,7 @@ def test_cpu_job_runs_nproc_tasks_per_node_and_no_gpu_request(repo_root):
     assert {"--mem=4G", "--no-requeue", "--constraint=cpu", "--exclusive"} <= set(argv)
 
 
+@pytest.mark.slow  # starts `cinescene submit` twice
 def test_print_config_and_no_submission_without_sbatch(repo_root, tmp_path):
     out = cli(repo_root, "submit", SMOKE, "--nodes", "3", "--print-config")
     assert out.returncode == 0 and "nodes: 3" in out.stdout
@@ -293,17 +296,6 @@ def test_status_of_a_sweep_never_submitted_and_of_a_directory_that_is_not_one(re
     assert [(r["state"], r["job"], r["step"], r["max_steps"]) for r in rows] == [("-", None, None, 30)] * 4
     out = cli(repo_root, "sweep", "status", str(tmp_path))
     assert out.returncode == 1 and "holds no sweep trials" in out.stderr and out.stderr.count("\n") == 1
-
-
-def test_gloo_binds_the_interface_that_reaches_the_master_unless_told():
-    from cinescene.slurm.environment import bind_gloo_towards_master, interface_towards
-
-    assert interface_towards("127.0.0.1") == "lo"
-    env = {}
-    assert bind_gloo_towards_master("127.0.0.1", env) == "lo" and env == {"GLOO_SOCKET_IFNAME": "lo"}
-    env = {"GLOO_SOCKET_IFNAME": "ib0"}
-    assert bind_gloo_towards_master("127.0.0.1", env) == "ib0" and env == {"GLOO_SOCKET_IFNAME": "ib0"}
-    assert interface_towards("no-such-host.invalid") is None
 
 
 def test_two_submissions_of_one_sweep_at_once_the_second_is_refused(repo_root, tmp_path):

@@ -19,7 +19,7 @@ import pytest
 import yaml
 
 import cinescene.slurm
-from cinescene.train.checkpoint import weights_digest
+from cinescene.ckpt import weights_digest
 
 from .test_training_jobs import JOB_TIMEOUT_S, SMOKE, STEPS, TRAIN, Job, preempt
 

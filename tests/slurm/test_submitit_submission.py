@@ -28,6 +28,7 @@ def cli(repo_root, *args, env=None):
     )
 
 
+@pytest.mark.slow  # starts `cinescene submit`
 def test_dry_run_prints_submitits_script_running_our_batch_side_without_srun(repo_root, tmp_path):
     run_dir = tmp_path / "run"
     out = cli(
@@ -96,6 +97,7 @@ def test_the_batch_scripts_first_line_refuses_a_folder_others_may_write(tmp_path
     assert subprocess.run(["bash", "-c", folder_check(link)], capture_output=True).returncode == 1
 
 
+@pytest.mark.slow  # starts `cinescene submit` twice
 def test_mistakes_are_refused_before_anything_is_written(repo_root, tmp_path):
     with pytest.raises(ConfigError) as info:
         cinescene.slurm.submit(repo_root / SMOKE, [f"run.dir={tmp_path / 'r'}"], nodes=0)
@@ -115,6 +117,7 @@ def test_mistakes_are_refused_before_anything_is_written(repo_root, tmp_path):
     assert percent.returncode == 1 and percent.stderr.count("\n") == 1 and "'%'" in percent.stderr
 
 
+@pytest.mark.slow  # starts `cinescene submit`
 def test_without_a_slurm_client_the_submission_is_one_line(repo_root, tmp_path):
     env = {"PATH": os.path.dirname(sys.executable), "HOME": str(tmp_path)}  # python, but no srun or sbatch
     out = cli(repo_root, "submit", SMOKE, f"run.dir={tmp_path / 'r'}", "--via", "submitit", env=env)

@@ -22,7 +22,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from cinescene.train.checkpoint import weights_digest
+from cinescene.ckpt.weights import weights_digest
 
 pytestmark = pytest.mark.slurm
 
@@ -358,7 +358,7 @@ def test_past_max_restarts_the_job_fails_with_one_line(slurm_cluster, jobs):
 def test_urgent_job_preempts_and_the_job_resumes_bit_exact_in_the_same_wandb_run(
     slurm_cluster, jobs, reference
 ):
-    from cinescene.train.wandb_files import read_history, read_run_ids
+    from tests.fixtures.wandb_files import read_history, read_run_ids
 
     slurm, job = slurm_cluster, jobs["preempted"]
     wait_done(slurm, job)

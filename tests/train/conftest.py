@@ -21,7 +21,8 @@ def run_env(**extra) -> dict:
 
 
 def start(argv, log: Path, **env) -> subprocess.Popen:
-    """Start ``argv`` in the repository, in its own session (so a kill reaches all of its ranks), output to ``log``."""
+    """Start ``argv`` in the repository, in its own session
+    (so a kill reaches all of its ranks), output to ``log``."""
     handle = open(log, "ab")
     return subprocess.Popen(
         argv, cwd=REPO, env=run_env(**env), stdout=handle, stderr=subprocess.STDOUT, start_new_session=True

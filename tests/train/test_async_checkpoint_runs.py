@@ -24,9 +24,10 @@ from pathlib import Path
 
 import pytest
 
-from cinescene.ckpt.layout import read_pointer
+from cinescene.ckpt.layout import is_complete, read_pointer
 from cinescene.ckpt.manifest import read_manifest
-from cinescene.train.checkpoint import is_complete, validate, weights_digest
+from cinescene.ckpt.weights import weights_digest
+from cinescene.train.checkpoint import validate
 
 from .conftest import REPO, finish, run_env, start
 

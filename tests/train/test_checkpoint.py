@@ -12,19 +12,14 @@ import json
 import pytest
 import torch
 
+from cinescene.ckpt.layout import is_complete, step_dir_name
 from cinescene.ckpt.locate import latest_step_dir
 from cinescene.ckpt.manifest import hash_file, read_manifest
 from cinescene.ckpt.rank_state import read_rank_state
 from cinescene.ckpt.record import read_record
 from cinescene.config.checkpoint import CheckpointConfig
 from cinescene.errors import CineSceneError
-from cinescene.train.checkpoint import (
-    CheckpointManager,
-    check_compatible,
-    is_complete,
-    step_dir_name,
-    validate,
-)
+from cinescene.train.checkpoint import CheckpointManager, check_compatible, validate
 from cinescene.train.checkpoint import saving as saving_module
 from cinescene.train.checkpoint.save_points import POINTS
 from tests.ckpt.fakes import FakeZeroEngine, rank_state, record

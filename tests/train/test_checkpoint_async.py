@@ -17,11 +17,13 @@ import time
 import pytest
 import torch
 
+from cinescene import host_memory
 from cinescene.ckpt import ds_engine, latest_step_dir
+from cinescene.ckpt.layout import is_complete
 from cinescene.ckpt.manifest import read_manifest
 from cinescene.config.base import ConfigError
 from cinescene.config.checkpoint import CheckpointConfig
-from cinescene.train.checkpoint import CheckpointManager, is_complete
+from cinescene.train.checkpoint import CheckpointManager
 from cinescene.train.checkpoint import saving as saving_module
 from cinescene.train.checkpoint.background import CheckpointWriteError
 from cinescene.train.checkpoint.host_copy import HostCopy, storage_sizes
@@ -221,18 +223,16 @@ def test_start_up_on_a_full_disk_never_loses_the_pointer(tmp_path, monkeypatch, 
 
 
 def test_the_host_copy_is_measured_refused_or_reserved_at_start_up(tmp_path, monkeypatch):
-    from cinescene.models import context_cache
-
     engine = FakeZeroEngine(step=1)
     need = sum(storage_sizes([engine.optimizer.state_dict()])) + 64
-    monkeypatch.setattr(context_cache, "host_available_bytes", lambda: need * 2 - 1)
+    monkeypatch.setattr(host_memory, "available_bytes", lambda: need * 2 - 1)
     with pytest.raises(ConfigError) as info:
         manager(tmp_path / "ck").prepare_background(engine, [64], local_ranks=2)
     assert str(info.value).startswith("checkpoint.async: the host copy of a save needs ")
     assert "for the 2 rank(s) on a node" in str(info.value) and "set checkpoint.async=false" in str(
         info.value
     )
-    monkeypatch.setattr(context_cache, "host_available_bytes", lambda: need * 2)
+    monkeypatch.setattr(host_memory, "available_bytes", lambda: need * 2)
     mgr = manager(tmp_path / "ck")
     mgr.prepare_background(engine, [64], local_ranks=2)
     assert mgr.host_copy_bytes == need
@@ -245,9 +245,7 @@ def test_the_host_copy_is_measured_refused_or_reserved_at_start_up(tmp_path, mon
 
 
 def test_the_plans_host_copy_figure_is_refused_before_the_engine_is_built(tmp_path, monkeypatch):
-    from cinescene.models import context_cache
-
-    monkeypatch.setattr(context_cache, "host_available_bytes", lambda: 1999)
+    monkeypatch.setattr(host_memory, "available_bytes", lambda: 1999)
     with pytest.raises(ConfigError) as info:
         manager(tmp_path / "ck").check_planned_host_copy(1000, local_ranks=2)
     assert str(info.value).startswith("checkpoint.async: the host copy of a save needs ")
@@ -297,13 +295,12 @@ def test_the_host_copy_keeps_views_sharing_and_types_and_reuses_its_buffers():
 @pytest.mark.slow
 def test_a_run_refuses_checkpoint_async_without_the_host_memory_before_its_first_step(tmp_path, monkeypatch):
     from cinescene.distributed.env import standalone
-    from cinescene.models import context_cache
     from cinescene.train.entry import run_rank
 
     from .standins import standin_components, tiny_config
 
     args = ("checkpoint.async=true", "train.ema.enabled=true", "tracking.wandb.mode=disabled")
-    monkeypatch.setattr(context_cache, "host_available_bytes", lambda: 1000)
+    monkeypatch.setattr(host_memory, "available_bytes", lambda: 1000)
     with pytest.raises(ConfigError) as info:
         run_rank(tiny_config(tmp_path / "small", *args), standalone(1), standin_components())
     assert str(info.value).startswith("checkpoint.async: the host copy of a save needs ")

@@ -9,7 +9,7 @@ import torch
 
 from cinescene.config.train import EMAConfig
 from cinescene.train.callbacks import StepResult, TrainState
-from cinescene.train.ema import EMACallback, ShardedEMA, assemble
+from cinescene.train.ema import EMACallback, ShardedEMA
 from cinescene.train.guards import NonFiniteGuard, NonFiniteTrainingError, poison_if_nonfinite
 
 
@@ -20,8 +20,21 @@ def make_model():
     return model
 
 
-def shards(model, count, cfg=EMAConfig(decay=0.9)):
+def shards(model, count, cfg: EMAConfig | None = None):
+    cfg = cfg or EMAConfig(decay=0.9)
     return [ShardedEMA(model.named_parameters(), cfg, shard_index=i, shard_count=count) for i in range(count)]
+
+
+def assemble(states) -> dict[str, torch.Tensor]:
+    """Full EMA tensors from every rank's ``state_dict()``; an element no slice covers stays NaN, so it
+    fails every comparison."""
+    full = {}
+    for state in states:
+        for name, entry in state["slices"].items():
+            flat = full.setdefault(name, torch.full(tuple(entry["shape"]), math.nan)).view(-1)
+            start, length = entry["offset"], entry["length"]
+            flat[start : start + length] = entry["value"].reshape(-1)[:length]
+    return full
 
 
 def step_weights(model, step):
@@ -119,7 +132,8 @@ def _applied_on_two_ranks(rank: int, init: str, out: str) -> None:
 
 @pytest.mark.dist
 def test_applied_gathers_every_ranks_slice_of_whole_parameters(tmp_path):
-    """ZeRO-1/2: each rank averages a slice of each parameter; inside ``applied`` every rank holds the full EMA."""
+    """ZeRO-1/2: each rank averages a slice of each parameter;
+    inside ``applied`` every rank holds the full EMA."""
     import torch.multiprocessing as mp
 
     mp.start_processes(

@@ -12,9 +12,9 @@ import torch.multiprocessing as mp
 
 from cinescene.config import load_config
 from cinescene.config.train import TrainConfig
+from cinescene.distributed.batching import plan_batch
 from cinescene.distributed.env import free_port
 from cinescene.errors import CineSceneError
-from cinescene.train.batching import plan_batch
 from cinescene.train.engine import deepspeed_config, use_zero_init
 from cinescene.train.optim import parameter_groups
 from cinescene.train.preemption import PreemptionFlag

@@ -24,10 +24,10 @@ from pathlib import Path
 
 import pytest
 
+from cinescene.ckpt.weights import weights_digest
 from cinescene.provenance import git_state
-from cinescene.sampling.video import read_mp4
-from cinescene.train.checkpoint import weights_digest
-from cinescene.train.wandb_files import (
+from tests.fixtures.video import read_mp4
+from tests.fixtures.wandb_files import (
     read_artifacts,
     read_history,
     read_metric_definitions,

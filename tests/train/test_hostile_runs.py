@@ -67,7 +67,7 @@ def test_a_second_run_on_the_same_directory_is_refused_naming_the_holder(first_r
     _, _, second, launcher = first_run
     lines = second.stderr.strip().splitlines()
     assert second.returncode == 1 and len(lines) == 1, second.stderr
-    assert "is in use by another run: pid %d on " % launcher in lines[0]
+    assert f"is in use by another run: pid {launcher} on " in lines[0]
 
 
 def test_the_console_shows_only_our_lines_and_library_output_is_in_the_rank_logs(first_run):
@@ -156,8 +156,8 @@ def test_kill_9_of_the_launcher_alone_stops_its_ranks_and_frees_the_directory(sm
     ranks = ranks_of(proc)
     deadline = time.monotonic() + 300
     rank0_log = run_dir / "logs" / "rank0.log"
-    # Both ranks well under way. (Not earlier: a rank killed while DeepSpeed loads its ops leaves torch's build
-    # lock behind; `cinescene train` clears it, but other tests' DeepSpeed starts would wait on it.)
+    # Both ranks well under way. (Not earlier: a rank killed while DeepSpeed loads its ops leaves torch's
+    # build lock behind; `cinescene train` clears it, but other tests' DeepSpeed starts would wait on it.)
     while not (rank0_log.exists() and "joined 2 ranks" in rank0_log.read_text()):
         assert time.monotonic() < deadline and proc.poll() is None
         time.sleep(0.05)

@@ -1,4 +1,5 @@
-"""Rank discovery (torchrun / srun / batch script / standalone) and the local spawner's signals and statuses."""
+"""Rank discovery (torchrun / srun / batch script / standalone), gloo's interface, and the local spawner's
+signals and statuses."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ import time
 import pytest
 
 from cinescene.distributed.env import detect, slurm_master_port
+from cinescene.distributed.network import bind_gloo_towards_master, interface_towards
 from cinescene.distributed.spawn import spawn_local_ranks
 from cinescene.errors import CineSceneError
 
@@ -91,6 +93,15 @@ def test_srun_without_scontrol_is_a_clear_error(monkeypatch, tmp_path):
         )
 
 
+def test_gloo_binds_the_interface_that_reaches_the_master_unless_told():
+    assert interface_towards("127.0.0.1") == "lo"
+    env = {}
+    assert bind_gloo_towards_master("127.0.0.1", env) == "lo" and env == {"GLOO_SOCKET_IFNAME": "lo"}
+    env = {"GLOO_SOCKET_IFNAME": "ib0"}
+    assert bind_gloo_towards_master("127.0.0.1", env) == "ib0" and env == {"GLOO_SOCKET_IFNAME": "ib0"}
+    assert interface_towards("no-such-host.invalid") is None
+
+
 CHILD = """
 import os, signal, sys, time
 rank = int(os.environ["RANK"])
@@ -139,6 +150,7 @@ def test_signal_to_the_parent_reaches_every_rank(tmp_path):
     assert spawn(tmp_path, "signal") == 124
 
 
+@pytest.mark.slow  # starts ranks and waits out the grace period
 def test_a_failed_rank_stops_the_others(tmp_path):
     start = time.monotonic()
     assert spawn(tmp_path, "hang") == 5

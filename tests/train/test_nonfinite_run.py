@@ -8,8 +8,8 @@ import json
 import pytest
 import torch
 
+from cinescene.ckpt.weights import consolidated_state_dict
 from cinescene.distributed.env import standalone
-from cinescene.train.checkpoint import consolidated_state_dict
 from cinescene.train.entry import run_rank
 from cinescene.train.guards import NonFiniteTrainingError
 

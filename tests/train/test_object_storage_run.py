@@ -18,10 +18,10 @@ from pathlib import Path
 
 import pytest
 
+from cinescene.ckpt import weights_digest
 from cinescene.config import load_config
 from cinescene.data.ensure import synth_clips_dir
 from cinescene.data.manifest import load_manifest
-from cinescene.train.checkpoint import weights_digest
 
 from .conftest import REPO, finish, start
 

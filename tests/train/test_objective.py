@@ -1,4 +1,5 @@
-"""Flow matching (shift, noising, targets, Wan weighting), condition dropout, LR schedule, batch arithmetic."""
+"""Flow matching (shift, noising, targets, Wan weighting),
+condition dropout, LR schedule, batch arithmetic."""
 
 from __future__ import annotations
 
@@ -9,9 +10,9 @@ import torch
 
 from cinescene.config.model import ModelConfig
 from cinescene.config.train import FlowMatchingConfig, TrainConfig
+from cinescene.distributed.batching import plan_batch
 from cinescene.errors import CineSceneError
-from cinescene.train.batching import plan_batch
-from cinescene.train.flow_matching import FlowMatching, shift_sigma
+from cinescene.models.flow_matching import FlowMatching, shift_sigma
 from cinescene.train.objective import FlowMatchingObjective, sample_generator, sample_generators
 from cinescene.train.schedule import lr_at
 

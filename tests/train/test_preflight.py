@@ -9,11 +9,11 @@ import pytest
 from safetensors.torch import save_file
 
 from cinescene.config import ConfigError, load_config
+from cinescene.distributed.batching import plan_batch
 from cinescene.distributed.env import standalone
 from cinescene.errors import CineSceneError
 from cinescene.models import build_model
 from cinescene.models.weights import is_cinescene_extension
-from cinescene.train.batching import plan_batch
 from cinescene.train.engine import deepspeed_config
 from cinescene.train.entry import run_rank
 from cinescene.train.preflight import check_deepspeed_config, check_initial_weights, dry_run
@@ -37,7 +37,9 @@ def cli(*args, timeout=300):
     )
 
 
-@pytest.mark.parametrize("dry", [False, True], ids=["train", "dry-run"])
+@pytest.mark.parametrize(
+    "dry", [pytest.param(False, id="train"), pytest.param(True, id="dry-run", marks=pytest.mark.slow)]
+)
 def test_the_recipe_without_weights_refuses_to_start_in_one_line(tmp_path, dry):
     out = cli("train", RECIPE, f"run.dir={tmp_path / 'run'}", *(["--dry-run"] if dry else []))
     assert out.returncode == 1, out.stderr
@@ -113,6 +115,7 @@ def test_the_weight_rule():
         load_config(REPO / SMOKE, ["model.init=scratch"])
 
 
+@pytest.mark.slow
 def test_random_init_warns_once_on_a_fresh_start_only(tmp_path):
     """Rank 0's log (appended across restarts) holds the warning once: the fresh start, not the resume."""
     run_dir = tmp_path / "run"

@@ -44,8 +44,8 @@ def randomized_model(cfg):
 def _worker(rank: int, port: int, results) -> None:
     from deepspeed.utils import safe_get_full_grad
 
+    from cinescene.distributed.batching import plan_batch
     from cinescene.distributed.groups import build_layout, destroy_process_group, init_process_group
-    from cinescene.train.batching import plan_batch
     from cinescene.train.engine import build_engine
     from cinescene.train.objective import FlowMatchingObjective, sample_generators
 

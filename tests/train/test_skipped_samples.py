@@ -16,7 +16,7 @@ from cinescene.distributed.env import standalone
 from cinescene.train.callbacks import StepResult, TrainState
 from cinescene.train.entry import run_rank
 from cinescene.train.tracking import STEP_SKIPPED_SAMPLES, MetricsLogger, Tracker
-from cinescene.train.wandb_files import read_history
+from tests.fixtures.wandb_files import read_history
 
 from .conftest import REPO
 from .standins import skipped_before, standin_components, tiny_config

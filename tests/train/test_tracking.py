@@ -11,7 +11,7 @@ from cinescene.provenance import git_state
 from cinescene.run_dir import MetricsFile
 from cinescene.secrets import MASK
 from cinescene.train.tracking import Tracker, install_secret_filter, scrub, secret_values
-from cinescene.train.wandb_files import (
+from tests.fixtures.wandb_files import (
     read_history,
     read_metric_definitions,
     read_run_ids,

@@ -21,10 +21,10 @@ from pathlib import Path
 import pytest
 import torch
 
+from cinescene.ckpt.layout import is_complete
 from cinescene.ckpt.rank_state import read_rank_state
-from cinescene.train.checkpoint import consolidated_state_dict, is_complete, weights_digest
-from cinescene.train.ema import assemble
-from cinescene.train.wandb_files import read_history, read_run_ids
+from cinescene.ckpt.weights import consolidated_state_dict, weights_digest
+from tests.fixtures.wandb_files import read_history, read_run_ids
 
 from .conftest import REPO, finish, start
 
@@ -190,13 +190,8 @@ def test_resume_at_another_world_size_continues_the_same_run(tmp_path):
         f"\nresumed 2 -> 1 ranks: max |weight difference| {worst:.1e}, max |loss difference| {loss_gap:.1e}"
     )
     assert worst < 1e-6 and loss_gap < 1e-6
-    ema_whole = assemble(
-        read_rank_state(final_step_dir(whole) / f"rank_states/rank_{r:05d}.safetensors")["callbacks"]["ema"]
-        for r in (0, 1)
-    )
-    ema_split = assemble(
-        [read_rank_state(final_step_dir(split) / "rank_states/rank_00000.safetensors")["callbacks"]["ema"]]
-    )
+    ema_whole = consolidated_state_dict(final_step_dir(whole), ema=True)  # two ranks' slices
+    ema_split = consolidated_state_dict(final_step_dir(split), ema=True)  # one rank's
     assert max((ema_whole[k] - ema_split[k]).abs().max().item() for k in ema_whole) < 1e-6
 
 

@@ -13,6 +13,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parents[2]
 # The two regular packages at the top of the repository: the library and the test suite.
 TOP_LEVEL_PACKAGES = {"cinescene", "tests"}
@@ -55,6 +57,7 @@ def test_mapped_folders_import_under_the_cinescene_namespace():
     assert Path(cinescene.launch.cli.__file__).is_relative_to(ROOT / "launch")
 
 
+@pytest.mark.slow
 def test_hugging_face_parts_import_from_the_project_root():
     code = (
         "from diffusers import AutoencoderKLWan, WanTransformer3DModel; "
@@ -66,6 +69,7 @@ def test_hugging_face_parts_import_from_the_project_root():
     assert not Path(out.stdout.strip()).is_relative_to(ROOT / "kernels")
 
 
+@pytest.mark.slow
 def test_a_python_m_cinescene_process_imports_every_installed_part_from_the_project_root():
     out = subprocess.run(
         [sys.executable, "-m", "cinescene", "env", "--json"], cwd=ROOT, capture_output=True, text=True

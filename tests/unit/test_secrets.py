@@ -12,7 +12,7 @@ from cinescene.config import load_config, to_yaml
 from cinescene.config.tracking import TrackingConfig, WandbConfig
 from cinescene.secrets import MASK, scrub, secret_values
 from cinescene.train.tracking import Tracker
-from cinescene.train.wandb_files import wait_until_written
+from tests.fixtures.wandb_files import wait_until_written
 
 SMOKE = "configs/experiments/smoke.yaml"
 KEY = "sk-live-0123456789abcdef"

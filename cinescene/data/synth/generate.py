@@ -31,6 +31,7 @@ from cinescene.log import get_logger, progress
 
 from ..clips import Clip, dump_json, write_clip
 from ..geometry import intrinsics
+from ..scene_decoupled import export_clip, exported
 from .render import render_clip
 from .scenes import build_scene
 from .subjects import PHRASES, build_subject
@@ -152,8 +153,6 @@ def _render_and_write(job) -> str:
     index, seed, frames, size, scene_images, scenes, camera_moves, out, layout = job
     clip = render_synthetic_clip(index, seed, frames, size, scene_images, scenes, camera_moves)
     if layout == "scene-decoupled":
-        from ..scene_decoupled import export_clip
-
         export_clip(clip, Path(out))
     else:
         write_clip(clip, Path(out))
@@ -162,8 +161,6 @@ def _render_and_write(job) -> str:
 
 def _done(out: Path, index: int, layout: str) -> bool:
     if layout == "scene-decoupled":
-        from ..scene_decoupled import exported
-
         return exported(out, clip_id(index))
     return (out / clip_id(index) / "meta.json").is_file()
 

@@ -6,26 +6,33 @@ wall's stripes stay put as the camera moves. At 64x64 pixels a fine checker
 aliases into noise, so every pattern fades to its mean colour once a pixel's
 footprint approaches half its period (a cheap box filter).
 """
+
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import List, Sequence
 
 import numpy as np
 
 FLAT, CHECKER, STRIPES_U, STRIPES_V, NOISE, BRICKS = range(6)
-KIND_NAMES = {"flat": FLAT, "checker": CHECKER, "stripes_u": STRIPES_U, "stripes_v": STRIPES_V,
-              "noise": NOISE, "bricks": BRICKS}
+KIND_NAMES = {
+    "flat": FLAT,
+    "checker": CHECKER,
+    "stripes_u": STRIPES_U,
+    "stripes_v": STRIPES_V,
+    "noise": NOISE,
+    "bricks": BRICKS,
+}
 
 
 @dataclass
 class MaterialTable:
     """Materials of one scene (and its subject); ``add`` returns the id shapes refer to."""
 
-    kinds: List[int] = field(default_factory=list)
-    color_a: List[Sequence[float]] = field(default_factory=list)
-    color_b: List[Sequence[float]] = field(default_factory=list)
-    scales: List[float] = field(default_factory=list)
+    kinds: list[int] = field(default_factory=list)
+    color_a: list[Sequence[float]] = field(default_factory=list)
+    color_b: list[Sequence[float]] = field(default_factory=list)
+    scales: list[float] = field(default_factory=list)
 
     def add(self, kind: str, a, b=None, scale: float = 1.0) -> int:
         self.kinds.append(KIND_NAMES[kind])
@@ -35,8 +42,12 @@ class MaterialTable:
         return len(self.kinds) - 1
 
     def arrays(self):
-        return (np.asarray(self.kinds, dtype=np.int64), np.asarray(self.color_a), np.asarray(self.color_b),
-                np.asarray(self.scales))
+        return (
+            np.asarray(self.kinds, dtype=np.int64),
+            np.asarray(self.color_a),
+            np.asarray(self.color_b),
+            np.asarray(self.scales),
+        )
 
 
 def _hash2(i: np.ndarray, j: np.ndarray) -> np.ndarray:
@@ -68,8 +79,9 @@ def surface_coords(points: np.ndarray, normals: np.ndarray):
     return u, v
 
 
-def shade_albedo(table: MaterialTable, material: np.ndarray, points: np.ndarray, normals: np.ndarray,
-                 footprint: np.ndarray) -> np.ndarray:
+def shade_albedo(
+    table: MaterialTable, material: np.ndarray, points: np.ndarray, normals: np.ndarray, footprint: np.ndarray
+) -> np.ndarray:
     """Albedo (N, 3) in [0, 1] for hits with material ids ``material`` (all >= 0)."""
     kinds, ca, cb, scales = table.arrays()
     kind, a, b, s = kinds[material], ca[material], cb[material], scales[material]

@@ -1,4 +1,5 @@
 """Per-scene colour palettes and plain-English colour names for the prompts."""
+
 from __future__ import annotations
 
 import colorsys
@@ -6,8 +7,17 @@ import colorsys
 import numpy as np
 
 # Hue bins (degrees, upper bound) -> name, for saturated colours.
-_HUE_NAMES = [(15, "red"), (40, "orange"), (65, "yellow"), (160, "green"), (195, "teal"),
-              (255, "blue"), (290, "purple"), (335, "pink"), (360, "red")]
+_HUE_NAMES = [
+    (15, "red"),
+    (40, "orange"),
+    (65, "yellow"),
+    (160, "green"),
+    (195, "teal"),
+    (255, "blue"),
+    (290, "purple"),
+    (335, "pink"),
+    (360, "red"),
+]
 
 
 def hsv(h: float, s: float, v: float) -> np.ndarray:

@@ -11,10 +11,11 @@ Arithmetic runs on separate x/y/z component arrays of shape (N, n) rather
 than on (N, n, 3) arrays: numpy reduces a trailing axis of length 3 slowly,
 and this layout makes the renderer several times faster.
 """
+
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import List, Sequence
 
 import numpy as np
 
@@ -26,14 +27,15 @@ class Rays:
 
     def __init__(self, origins: np.ndarray, dirs: np.ndarray):
         self.origins, self.dirs = origins, dirs
-        # float32 halves the memory traffic of the (N, n) arrays; centimetre-scale error at 100 m is invisible.
+        # float32 halves the memory traffic of the (N, n)
+        # arrays; centimetre-scale error at 100 m is invisible.
         self.ox, self.oy, self.oz = (origins[:, i].astype(np.float32)[:, None] for i in range(3))
         self.dx, self.dy, self.dz = (dirs[:, i].astype(np.float32)[:, None] for i in range(3))
 
     def __len__(self) -> int:
         return len(self.origins)
 
-    def subset(self, rows: np.ndarray) -> "Rays":
+    def subset(self, rows: np.ndarray) -> Rays:
         return Rays(self.origins[rows], self.dirs[rows])
 
     def points(self, t: np.ndarray) -> np.ndarray:
@@ -42,19 +44,22 @@ class Rays:
 
 @dataclass
 class Hit:
-    t: np.ndarray         # (N,) distance along the ray, inf where nothing was hit
-    normal: np.ndarray    # (N, 3) unit normal, facing the ray after intersect()
+    t: np.ndarray  # (N,) distance along the ray, inf where nothing was hit
+    normal: np.ndarray  # (N, 3) unit normal, facing the ray after intersect()
     material: np.ndarray  # (N,) material id, -1 where nothing was hit
 
     @classmethod
-    def empty(cls, n: int) -> "Hit":
+    def empty(cls, n: int) -> Hit:
         return cls(np.full(n, np.inf), np.zeros((n, 3)), np.full(n, -1, dtype=np.int64))
 
-    def merge(self, other: "Hit") -> "Hit":
+    def merge(self, other: Hit) -> Hit:
         """Keep, per ray, the nearer of two hits."""
         closer = other.t < self.t
-        return Hit(np.where(closer, other.t, self.t), np.where(closer[:, None], other.normal, self.normal),
-                   np.where(closer, other.material, self.material))
+        return Hit(
+            np.where(closer, other.t, self.t),
+            np.where(closer[:, None], other.normal, self.normal),
+            np.where(closer, other.material, self.material),
+        )
 
 
 def _finish(t: np.ndarray, materials: np.ndarray, normal_fn) -> Hit:
@@ -71,10 +76,10 @@ class ShapeGroup:
 
     _per_shape: tuple = ()
 
-    def select(self, i: int) -> "ShapeGroup":
+    def select(self, i: int) -> ShapeGroup:
         one = object.__new__(type(self))
         for name in self._per_shape:
-            setattr(one, name, getattr(self, name)[i:i + 1])
+            setattr(one, name, getattr(self, name)[i : i + 1])
         return one
 
     def spheres(self):
@@ -98,8 +103,11 @@ class Ellipsoids(ShapeGroup):
     def hit(self, rays: Rays) -> Hit:
         # Scale space so each ellipsoid is the unit sphere; distances along the ray are unchanged.
         inv = 1.0 / self.r
-        ox, oy, oz = (rays.ox - self.c[:, 0]) * inv[:, 0], (rays.oy - self.c[:, 1]) * inv[:, 1], \
-            (rays.oz - self.c[:, 2]) * inv[:, 2]
+        ox, oy, oz = (
+            (rays.ox - self.c[:, 0]) * inv[:, 0],
+            (rays.oy - self.c[:, 1]) * inv[:, 1],
+            (rays.oz - self.c[:, 2]) * inv[:, 2],
+        )
         dx, dy, dz = rays.dx * inv[:, 0], rays.dy * inv[:, 1], rays.dz * inv[:, 2]
         a = dx * dx + dy * dy + dz * dz
         b = ox * dx + oy * dy + oz * dz
@@ -119,7 +127,9 @@ class Boxes(ShapeGroup):
 
     _per_shape = ("c", "h", "cos", "sin", "m")
 
-    def __init__(self, centers: Sequence, half_sizes: Sequence, yaws: Sequence[float], materials: Sequence[int]):
+    def __init__(
+        self, centers: Sequence, half_sizes: Sequence, yaws: Sequence[float], materials: Sequence[int]
+    ):
         self.c = np.asarray(centers, dtype=np.float32).reshape(-1, 3)
         self.h = np.asarray(half_sizes, dtype=np.float32).reshape(-1, 3)
         self.cos = np.cos(np.asarray(yaws, dtype=np.float64)).astype(np.float32)
@@ -132,8 +142,11 @@ class Boxes(ShapeGroup):
     def hit(self, rays: Rays) -> Hit:
         px, py, pz = rays.ox - self.c[:, 0], rays.oy - self.c[:, 1], rays.oz - self.c[:, 2]
         local_o = (self.cos * px + self.sin * py, -self.sin * px + self.cos * py, pz)
-        local_d = (self.cos * rays.dx + self.sin * rays.dy, -self.sin * rays.dx + self.cos * rays.dy,
-                   np.broadcast_to(rays.dz, px.shape))
+        local_d = (
+            self.cos * rays.dx + self.sin * rays.dy,
+            -self.sin * rays.dx + self.cos * rays.dy,
+            np.broadcast_to(rays.dz, px.shape),
+        )
         t_near, t_far = np.full(px.shape, -np.inf), np.full(px.shape, np.inf)
         for axis in range(3):
             d = np.where(np.abs(local_d[axis]) < 1e-12, 1e-12, local_d[axis])
@@ -146,13 +159,21 @@ class Boxes(ShapeGroup):
         def normal(best, idx):
             rel = rays.points(best) - self.c[idx]
             cos, sin = self.cos[idx], self.sin[idx]
-            local = np.stack([cos * rel[:, 0] + sin * rel[:, 1], -sin * rel[:, 0] + cos * rel[:, 1], rel[:, 2]], -1)
+            local = np.stack(
+                [cos * rel[:, 0] + sin * rel[:, 1], -sin * rel[:, 0] + cos * rel[:, 1], rel[:, 2]], -1
+            )
             rows = np.arange(len(best))
             axis = np.argmax(np.abs(local) / self.h[idx], axis=-1)
             n_local = np.zeros_like(local)
             n_local[rows, axis] = np.sign(local[rows, axis])
-            return np.stack([cos * n_local[:, 0] - sin * n_local[:, 1], sin * n_local[:, 0] + cos * n_local[:, 1],
-                             n_local[:, 2]], -1)
+            return np.stack(
+                [
+                    cos * n_local[:, 0] - sin * n_local[:, 1],
+                    sin * n_local[:, 0] + cos * n_local[:, 1],
+                    n_local[:, 2],
+                ],
+                -1,
+            )
 
         return _finish(t, self.m, normal)
 
@@ -179,7 +200,7 @@ class Capsules(ShapeGroup):
         baoa = ba[:, 0] * oax + ba[:, 1] * oay + ba[:, 2] * oaz
         rdoa = rays.dx * oax + rays.dy * oay + rays.dz * oaz
         oaoa = oax * oax + oay * oay + oaz * oaz
-        r2 = self.r ** 2
+        r2 = self.r**2
         qa = baba - bard * bard
         qb = baba * rdoa - baoa * bard
         h = qb * qb - qa * (baba * oaoa - baoa * baoa - r2 * baba)
@@ -213,7 +234,9 @@ class Cylinders(ShapeGroup):
 
     _per_shape = ("c", "r", "z0", "z1", "m")
 
-    def __init__(self, centers_xy: Sequence, radii: Sequence[float], z_ranges: Sequence, materials: Sequence[int]):
+    def __init__(
+        self, centers_xy: Sequence, radii: Sequence[float], z_ranges: Sequence, materials: Sequence[int]
+    ):
         self.c = np.asarray(centers_xy, dtype=np.float32).reshape(-1, 2)
         self.r = np.asarray(radii, dtype=np.float32).reshape(-1)
         z = np.asarray(z_ranges, dtype=np.float32).reshape(-1, 2)
@@ -222,13 +245,13 @@ class Cylinders(ShapeGroup):
 
     def spheres(self):
         centers = np.concatenate([self.c, ((self.z0 + self.z1) / 2)[:, None]], -1)
-        return centers, np.sqrt(self.r ** 2 + ((self.z1 - self.z0) / 2) ** 2)
+        return centers, np.sqrt(self.r**2 + ((self.z1 - self.z0) / 2) ** 2)
 
     def hit(self, rays: Rays) -> Hit:
         ox, oy = rays.ox - self.c[:, 0], rays.oy - self.c[:, 1]
         a = rays.dx * rays.dx + rays.dy * rays.dy
         b = ox * rays.dx + oy * rays.dy
-        r2 = self.r ** 2
+        r2 = self.r**2
         h = b * b - a * (ox * ox + oy * oy - r2)
         with np.errstate(invalid="ignore", divide="ignore"):
             t_side = (-b - np.sqrt(h)) / a
@@ -247,7 +270,7 @@ class Cylinders(ShapeGroup):
             p = rays.points(best)
             radial = np.concatenate([p[:, :2] - self.c[idx], np.zeros((len(p), 1))], -1)
             on_cap = (p[:, 2] >= self.z1[idx] - 1e-7) | (p[:, 2] <= self.z0[idx] + 1e-7)
-            on_cap &= np.sum(radial ** 2, -1) < (self.r[idx] * (1 - 1e-6)) ** 2
+            on_cap &= np.sum(radial**2, -1) < (self.r[idx] * (1 - 1e-6)) ** 2
             vertical = np.stack([np.zeros(len(p)), np.zeros(len(p)), np.ones(len(p))], -1)
             return np.where(on_cap[:, None], vertical, radial)
 
@@ -295,7 +318,7 @@ class RoomInterior:
         return Hit(np.where(t > EPS, t, np.inf), n, np.where(t > EPS, self.m[face], -1))
 
 
-def intersect(groups: List, rays: Rays) -> Hit:
+def intersect(groups: list, rays: Rays) -> Hit:
     """Nearest hit over several shape groups; normals face the incoming ray.
 
     Bounded shapes are tested one at a time, and only against the rays that

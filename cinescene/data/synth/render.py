@@ -5,6 +5,7 @@ separately and drawn only where it is nearer than the background. So the two
 videos are identical outside the subject mask by construction (no shadows or
 reflections of the subject), which is what the consistency tests check.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -22,13 +23,13 @@ SCENE_IMAGE_HFOV = np.radians(90.0)
 
 @dataclass
 class RenderedClip:
-    video: np.ndarray          # (F, H, W, 3) uint8, with subject
-    video_bg: np.ndarray       # (F, H, W, 3) uint8, same cameras, no subject
-    mask: np.ndarray           # (F, H, W) uint8, 1 where the subject is visible
-    panorama: np.ndarray       # (Hp, 2Hp, 3) uint8, static scene from the panorama centre
-    scene_images: np.ndarray   # (S, Hs, Ws, 3) uint8, cut from the panorama
-    scene_c2w: np.ndarray      # (S, 4, 4)
-    scene_K: np.ndarray        # (S, 3, 3)
+    video: np.ndarray  # (F, H, W, 3) uint8, with subject
+    video_bg: np.ndarray  # (F, H, W, 3) uint8, same cameras, no subject
+    mask: np.ndarray  # (F, H, W) uint8, 1 where the subject is visible
+    panorama: np.ndarray  # (Hp, 2Hp, 3) uint8, static scene from the panorama centre
+    scene_images: np.ndarray  # (S, Hs, Ws, 3) uint8, cut from the panorama
+    scene_c2w: np.ndarray  # (S, 4, 4)
+    scene_K: np.ndarray  # (S, 3, 3)
 
 
 def to_uint8(colour: np.ndarray) -> np.ndarray:
@@ -79,15 +80,22 @@ def render_video(scene: Scene, subject: Subject, c2w: np.ndarray, K: np.ndarray,
     for f in range(frames):
         rows = slice(f * n, (f + 1) * n)
         hit = intersect(subject.groups(f), Rays(origins[rows], dirs[rows]))
-        subject_hit.t[rows], subject_hit.normal[rows], subject_hit.material[rows] = hit.t, hit.normal, hit.material
+        subject_hit.t[rows], subject_hit.normal[rows], subject_hit.material[rows] = (
+            hit.t,
+            hit.normal,
+            hit.material,
+        )
     visible = subject_hit.t < background.t
     colour = bg_colour.copy()
     if visible.any():
         front = Hit(subject_hit.t[visible], subject_hit.normal[visible], subject_hit.material[visible])
         colour[visible] = shade(scene, front, origins[visible], dirs[visible], pixel_angle)
     shape = (frames, height, width)
-    return (to_uint8(colour).reshape(*shape, 3), to_uint8(bg_colour).reshape(*shape, 3),
-            visible.reshape(shape).astype(np.uint8))
+    return (
+        to_uint8(colour).reshape(*shape, 3),
+        to_uint8(bg_colour).reshape(*shape, 3),
+        visible.reshape(shape).astype(np.uint8),
+    )
 
 
 def render_panorama(scene: Scene, height: int) -> np.ndarray:
@@ -99,10 +107,19 @@ def render_panorama(scene: Scene, height: int) -> np.ndarray:
     return to_uint8(shade(scene, hit, origins, dirs, 2 * np.pi / width)).reshape(height, width, 3)
 
 
-def render_clip(rng: np.random.Generator, scene: Scene, subject: Subject, c2w: np.ndarray, K: np.ndarray,
-                height: int, width: int, scene_images: int) -> RenderedClip:
+def render_clip(
+    rng: np.random.Generator,
+    scene: Scene,
+    subject: Subject,
+    c2w: np.ndarray,
+    K: np.ndarray,
+    height: int,
+    width: int,
+    scene_images: int,
+) -> RenderedClip:
     video, video_bg, mask = render_video(scene, subject, c2w, K, height, width)
     panorama = render_panorama(scene, 2 * max(height, width))
-    images, scene_c2w, scene_K = panorama_views(rng, panorama, scene.pano_center, scene_images, height, width,
-                                                SCENE_IMAGE_HFOV)
+    images, scene_c2w, scene_K = panorama_views(
+        rng, panorama, scene.pano_center, scene_images, height, width, SCENE_IMAGE_HFOV
+    )
     return RenderedClip(video, video_bg, mask, panorama, images, scene_c2w, scene_K)

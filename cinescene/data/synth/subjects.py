@@ -9,10 +9,10 @@ the floor, and placed along a path through the scene's clear area. Motions:
 * dog: walking, running, jumping
 * horse (outdoors only): walking, running
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Dict, List, Tuple
 
 import numpy as np
 
@@ -20,21 +20,28 @@ from .materials import MaterialTable
 from .palette import a_or_an, colour_name, hsv
 from .primitives import Capsules, Ellipsoids
 
-MOTIONS = {"person": ["walking", "running", "jumping", "turning", "waving"],
-           "dog": ["walking", "running", "jumping"],
-           "horse": ["walking", "running"]}
+MOTIONS = {
+    "person": ["walking", "running", "jumping", "turning", "waving"],
+    "dog": ["walking", "running", "jumping"],
+    "horse": ["walking", "running"],
+}
 # freq (Hz), leg swing (rad), knee flex, arm swing, elbow flex, lean, bob (x height), speed (m/s)
-GAITS: Dict[str, Tuple[float, ...]] = {
+GAITS: dict[str, tuple[float, ...]] = {
     "walking": (0.9, 0.45, 0.6, 0.4, 0.25, 0.03, 0.015, 1.2),
     "running": (1.6, 0.8, 1.3, 0.8, 1.5, 0.2, 0.04, 3.0),
     "jumping": (1.2, 0.15, 0.9, 0.0, 0.3, 0.0, 0.0, 0.6),
     "turning": (0.8, 0.25, 0.4, 0.25, 0.25, 0.0, 0.01, 0.2),
     "waving": (1.8, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0),
 }
-PHRASES = {"walking": "walking", "running": "running", "jumping": "jumping up and down",
-           "turning": "turning around on the spot", "waving": "waving"}
+PHRASES = {
+    "walking": "walking",
+    "running": "running",
+    "jumping": "jumping up and down",
+    "turning": "turning around on the spot",
+    "waving": "waving",
+}
 
-Pose = Tuple[List[tuple], List[tuple]]  # capsules (a, b, r, mat), spheres (center, radii, mat)
+Pose = tuple[list[tuple], list[tuple]]  # capsules (a, b, r, mat), spheres (center, radii, mat)
 
 
 @dataclass
@@ -43,12 +50,12 @@ class Subject:
     motion: str
     description: str
     height: float
-    times: np.ndarray      # (F,) seconds
-    roots: np.ndarray      # (F, 3) ground point under the body
-    headings: np.ndarray   # (F,) yaw of the body's forward axis
-    poses: List[Pose]      # world-space shapes per frame
+    times: np.ndarray  # (F,) seconds
+    roots: np.ndarray  # (F, 3) ground point under the body
+    headings: np.ndarray  # (F,) yaw of the body's forward axis
+    poses: list[Pose]  # world-space shapes per frame
 
-    def groups(self, frame: int) -> List:
+    def groups(self, frame: int) -> list:
         capsules, spheres = self.poses[frame]
         groups = []
         if capsules:
@@ -70,11 +77,13 @@ class Subject:
 
 def _limb(origin, angle, length, side_angle=0.0):
     """End of a limb of ``length`` from ``origin`` swung by ``angle`` forward (and sideways) from hanging."""
-    direction = np.array([np.sin(angle) * np.cos(side_angle), np.sin(side_angle), -np.cos(angle) * np.cos(side_angle)])
+    direction = np.array(
+        [np.sin(angle) * np.cos(side_angle), np.sin(side_angle), -np.cos(angle) * np.cos(side_angle)]
+    )
     return np.asarray(origin) + length * direction
 
 
-def _person_pose(t: float, motion: str, h: float, mats: Dict[str, int]) -> Pose:
+def _person_pose(t: float, motion: str, h: float, mats: dict[str, int]) -> Pose:
     freq, leg_amp, knee_amp, arm_amp, elbow, lean, bob, _ = GAITS[motion]
     phase = 2 * np.pi * freq * t
     thigh = shin = 0.245 * h
@@ -96,9 +105,16 @@ def _person_pose(t: float, motion: str, h: float, mats: Dict[str, int]) -> Pose:
     pelvis = np.array([0.0, 0.0, reach + 0.035 * h + jump + bob * h * abs(np.cos(phase))])
     neck = pelvis + torso * np.array([np.sin(lean), 0.0, np.cos(lean)])
     capsules, spheres = [], []
-    spheres.append((neck + 1.35 * head_r * np.array([np.sin(lean), 0, np.cos(lean)]), (head_r,) * 3, mats["skin"]))
-    spheres.append((neck + 1.55 * head_r * np.array([np.sin(lean) - 0.25, 0, np.cos(lean)]),
-                    (head_r * 0.95, head_r * 0.95, head_r * 0.8), mats["hair"]))
+    spheres.append(
+        (neck + 1.35 * head_r * np.array([np.sin(lean), 0, np.cos(lean)]), (head_r,) * 3, mats["skin"])
+    )
+    spheres.append(
+        (
+            neck + 1.55 * head_r * np.array([np.sin(lean) - 0.25, 0, np.cos(lean)]),
+            (head_r * 0.95, head_r * 0.95, head_r * 0.8),
+            mats["hair"],
+        )
+    )
     capsules.append((pelvis + [0, 0, 0.04 * h], neck - [0, 0, 0.02 * h], 0.085 * h, mats["shirt"]))
     for side, hip_angle, knee in legs:
         hip = pelvis + [0.0, side * 0.06 * h, 0.0]
@@ -125,7 +141,7 @@ def _person_pose(t: float, motion: str, h: float, mats: Dict[str, int]) -> Pose:
     return capsules, spheres
 
 
-def _quadruped_pose(t: float, motion: str, size: float, kind: str, mats: Dict[str, int]) -> Pose:
+def _quadruped_pose(t: float, motion: str, size: float, kind: str, mats: dict[str, int]) -> Pose:
     """A four-legged animal; ``size`` is its shoulder height."""
     freq, leg_amp, knee_amp = GAITS[motion][:3]
     freq *= 1.2 if kind == "dog" else 0.8
@@ -134,8 +150,11 @@ def _quadruped_pose(t: float, motion: str, size: float, kind: str, mats: Dict[st
     body_r = 0.2 * size
     upper = lower = 0.33 * size
     # Trot: diagonal pairs together; run (gallop): front pair, then back pair.
-    offsets = {"walking": (0, np.pi, np.pi, 0), "running": (0, 0.4, np.pi, np.pi + 0.4),
-               "jumping": (0, 0, 0, 0)}[motion]
+    offsets = {
+        "walking": (0, np.pi, np.pi, 0),
+        "running": (0, 0.4, np.pi, np.pi + 0.4),
+        "jumping": (0, 0, 0, 0),
+    }[motion]
     legs = []
     for (fx, side), offset in zip(((1, 1), (1, -1), (-1, 1), (-1, -1)), offsets):
         ph = phase + offset
@@ -208,33 +227,50 @@ def _path(rng, motion: str, speed: float, times: np.ndarray, center: np.ndarray,
     return np.concatenate([xy, np.zeros((len(times), 1))], -1), headings
 
 
-def build_subject(rng: np.random.Generator, mats: MaterialTable, times: np.ndarray, center: np.ndarray,
-                  radius: float, outdoors: bool) -> Subject:
+def build_subject(
+    rng: np.random.Generator,
+    mats: MaterialTable,
+    times: np.ndarray,
+    center: np.ndarray,
+    radius: float,
+    outdoors: bool,
+) -> Subject:
     kinds = ["person", "person", "dog"] + (["horse"] if outdoors else [])
     kind = str(rng.choice(kinds))
     motion = str(rng.choice(MOTIONS[kind]))
     if kind == "person":
-        shirt, trousers = hsv(rng.random(), rng.uniform(0.5, 0.9), rng.uniform(0.5, 0.95)), \
-            hsv(rng.random(), rng.uniform(0.2, 0.7), rng.uniform(0.15, 0.6))
+        shirt, trousers = (
+            hsv(rng.random(), rng.uniform(0.5, 0.9), rng.uniform(0.5, 0.95)),
+            hsv(rng.random(), rng.uniform(0.2, 0.7), rng.uniform(0.15, 0.6)),
+        )
         skin = hsv(rng.uniform(0.04, 0.09), rng.uniform(0.25, 0.6), rng.uniform(0.35, 0.95))
         hair = hsv(rng.uniform(0.05, 0.12), rng.uniform(0.3, 0.8), rng.uniform(0.08, 0.6))
-        ids = {"shirt": mats.add("flat", shirt), "trousers": mats.add("flat", trousers),
-               "skin": mats.add("flat", skin), "hair": mats.add("flat", hair)}
+        ids = {
+            "shirt": mats.add("flat", shirt),
+            "trousers": mats.add("flat", trousers),
+            "skin": mats.add("flat", skin),
+            "hair": mats.add("flat", hair),
+        }
         height = rng.uniform(1.55, 1.9)
         description = f"a person in {a_or_an(colour_name(shirt))} shirt and {colour_name(trousers)} trousers"
 
         def pose(t):
             return _person_pose(t, motion, height, ids)
     else:
-        coat_name, coat = [("brown", hsv(0.07, 0.65, 0.45)), ("black", hsv(0.0, 0.0, 0.12)),
-                           ("white", hsv(0.1, 0.05, 0.92)), ("golden", hsv(0.11, 0.65, 0.85)),
-                           ("grey", hsv(0.0, 0.0, 0.55))][int(rng.integers(5))]
+        coat_name, coat = [
+            ("brown", hsv(0.07, 0.65, 0.45)),
+            ("black", hsv(0.0, 0.0, 0.12)),
+            ("white", hsv(0.1, 0.05, 0.92)),
+            ("golden", hsv(0.11, 0.65, 0.85)),
+            ("grey", hsv(0.0, 0.0, 0.55)),
+        ][int(rng.integers(5))]
         ids = {"fur": mats.add("flat", coat), "legs": mats.add("flat", coat * 0.75)}
         height = rng.uniform(0.45, 0.65) if kind == "dog" else rng.uniform(1.4, 1.65)
         description = f"a {coat_name} {kind}"
 
         def pose(t):
             return _quadruped_pose(t, motion, height, kind, ids)
+
     speed = GAITS[motion][-1] * (1.0 if kind == "person" else (1.1 if kind == "dog" else 1.6))
     roots, headings = _path(rng, motion, speed, times, center, radius)
     poses = [_to_world(pose(float(t)), roots[i], float(headings[i])) for i, t in enumerate(times)]

@@ -1,4 +1,5 @@
-"""Mat.Pix.: how many pixels of a generated frame match a reference image under a consistent epipolar geometry.
+"""Mat.Pix.: how many pixels of a generated frame match
+a reference image under a consistent epipolar geometry.
 
 For a pair (generated frame, reference image) a *matcher* proposes
 correspondences; a fundamental matrix is fitted with OpenCV's USAC MAGSAC++

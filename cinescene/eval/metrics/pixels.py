@@ -20,13 +20,12 @@ arithmetic runs in float64 on that device, one frame at a time).
 from __future__ import annotations
 
 import math
-from typing import Union
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
-Video = Union[np.ndarray, torch.Tensor]
+Video = np.ndarray | torch.Tensor
 DATA_RANGE = 255.0
 SSIM_SIGMA = 1.5
 SSIM_RADIUS = 5  # int(3.5 * sigma + 0.5): an 11-tap window

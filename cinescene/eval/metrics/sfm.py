@@ -17,7 +17,10 @@ its import leaves the process's SIGTERM handler alone (:func:`import_pycolmap`).
 from __future__ import annotations
 
 import math
+import signal
+import sys
 import tempfile
+import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -71,10 +74,6 @@ def import_pycolmap():
     a failed reconstruction is reported by ``SfMResult.failure`` instead
     ("Failed to create any sparse model" and the like).
     """
-    import signal
-    import sys
-    import threading
-
     if "pycolmap" in sys.modules:
         return sys.modules["pycolmap"]
     main = threading.current_thread() is threading.main_thread()

@@ -46,7 +46,8 @@ class Mlp(nn.Module):
 
 
 class RoPE2D:
-    """VGGT's 2D rotary embedding: first half of each head rotated by the token's row, second half by its column.
+    """VGGT's 2D rotary embedding: first half of each head
+    rotated by the token's row, second half by its column.
 
     Within a half of ``d`` channels, channel ``i`` and ``i + d/2`` form a
     rotated pair with frequency ``base^(-2i/d)`` ("rotate half" layout, unlike

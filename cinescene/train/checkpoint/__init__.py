@@ -11,32 +11,16 @@
 - :mod:`.reshard`: ZeRO-3 shards of another world size loaded straight into the engine.
 - :mod:`.cadence`: when to save.
 
-The files themselves (layout, trainer record, manifest, safe readers) are
-:mod:`cinescene.ckpt`. ``consolidated_state_dict`` and ``read_trainer_state``
-are kept here for the sampling and evaluation tools.
+The files themselves (layout, trainer record, manifest, safe readers, the
+weights a run holds) are :mod:`cinescene.ckpt`.
 """
 
 from __future__ import annotations
-
-from pathlib import Path
-from typing import Any
-
-from cinescene.ckpt.layout import is_complete, step_dir_name, step_of
-from cinescene.ckpt.record import TrainerRecord, read_record
-from cinescene.ckpt.weights import consolidated_state_dict, weights_digest
 
 from .background import CheckpointWriteError
 from .cadence import CheckpointCadence
 from .manager import CheckpointManager, validate
 from .resume import RunFacts, Start, check_compatible, parameter_manifest, rank_state_now, resume
-
-
-def read_trainer_state(path: str | Path) -> dict[str, Any]:
-    """A step directory's trainer record as a plain dict (checked: a damaged file is a one-line error)."""
-    from dataclasses import asdict
-
-    return asdict(read_record(path))
-
 
 __all__ = [
     "CheckpointCadence",
@@ -44,17 +28,9 @@ __all__ = [
     "CheckpointManager",
     "RunFacts",
     "Start",
-    "TrainerRecord",
     "check_compatible",
-    "consolidated_state_dict",
-    "is_complete",
     "parameter_manifest",
     "rank_state_now",
-    "read_record",
-    "read_trainer_state",
     "resume",
-    "step_dir_name",
-    "step_of",
     "validate",
-    "weights_digest",
 ]

@@ -30,9 +30,9 @@ from typing import TypeVar
 import torch
 import torch.distributed as dist
 
-from cinescene.ckpt.memory import human_bytes
 from cinescene.config.base import ConfigError
 from cinescene.errors import CineSceneError
+from cinescene.host_memory import human_bytes
 
 T = TypeVar("T")
 _MESSAGE_BYTES = 2048

@@ -24,9 +24,9 @@ import time
 import torch
 import torch.distributed as dist
 
-from cinescene.ckpt.memory import current_rss_bytes, human_bytes, peak_rss_bytes, reset_peak
 from cinescene.ckpt.zero import KEYS, ZeroShards
 from cinescene.errors import CineSceneError
+from cinescene.host_memory import current_rss_bytes, human_bytes, peak_rss_bytes, reset_peak
 from cinescene.log import get_logger
 
 _log = get_logger("train.checkpoint")
@@ -36,8 +36,8 @@ _log = get_logger("train.checkpoint")
 def _fill(
     flat: torch.Tensor, offset: int, shards: ZeroShards, name: str, key: str, numel: int, part: int, rank: int
 ) -> None:
-    """Write this rank's ``part`` elements of parameter ``name``'s ``key`` at ``offset`` of ``flat`` (zeros past
-    the parameter's end), one read piece at a time."""
+    """Write this rank's ``part`` elements of parameter ``name``'s ``key`` at ``offset`` of ``flat`` (zeros
+    past the parameter's end), one read piece at a time."""
     start = rank * part
     count = max(0, min(part, numel - start))
     if count:
@@ -60,8 +60,8 @@ def load_resharded(engine, shards: ZeroShards) -> None:
     measured = reset_peak()
     rank = dist.get_rank(group=opt.dp_process_group)
     world = dist.get_world_size(group=opt.dp_process_group)
-    # The fp32 weights go straight into the engine's own flat buffers; the Adam moments into new tensors beside
-    # them, which become the optimizer state. Besides those, memory holds one read piece at a time.
+    # The fp32 weights go straight into the engine's own flat buffers; the Adam moments into new tensors
+    # beside them, which become the optimizer state. Besides those, memory holds one read piece at a time.
     flats: dict[str, list[torch.Tensor]] = {
         "fp32": list(opt.fp32_partitioned_groups_flat),
         "exp_avg": [],

@@ -21,17 +21,17 @@ from typing import Any
 
 import torch
 
+from cinescene import rng
 from cinescene.ckpt import rank_state
 from cinescene.ckpt.layout import RANK_STATES, ZERO_TAG, rank_state_name
 from cinescene.ckpt.record import TrainerRecord, params_mismatch, read_record
 from cinescene.ckpt.zero import ZeroShards
 from cinescene.config.schema import CineSceneConfig
+from cinescene.distributed.batching import BatchPlan
 from cinescene.distributed.groups import ParallelLayout
 from cinescene.errors import CineSceneError
 from cinescene.log import get_logger
 
-from .. import rng
-from ..batching import BatchPlan
 from ..callbacks import CallbackList, TrainState
 from .manager import CheckpointManager
 from .reshard import load_resharded
@@ -109,9 +109,9 @@ class Start:
         """Give the callbacks their saved states (the EMA re-slices itself from all rank files if need be)."""
         if self._callback_states is None:
             return
+        loader = self._all_rank_files
         for callback in callbacks.callbacks:
-            if hasattr(callback, "provide_all_ranks") and self._all_rank_files is not None:
-                loader = self._all_rank_files
+            if hasattr(callback, "provide_all_ranks") and loader is not None:
                 callback.provide_all_ranks(
                     lambda name=callback.name, read=loader: [s["callbacks"][name] for s in read()]
                 )

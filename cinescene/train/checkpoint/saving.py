@@ -44,7 +44,7 @@ from functools import partial
 from pathlib import Path
 from typing import Any
 
-from cinescene import durable
+from cinescene import durable, host_memory
 from cinescene.ckpt import ds_engine, manifest
 from cinescene.ckpt.layout import (
     CONFIG_FILE,
@@ -59,11 +59,11 @@ from cinescene.ckpt.layout import (
     step_dir_name,
     step_of,
 )
-from cinescene.ckpt.memory import human_bytes
 from cinescene.ckpt.rank_state import write_rank_state
 from cinescene.ckpt.record import TrainerRecord
 from cinescene.config.checkpoint import CheckpointConfig
 from cinescene.durable import fsync_path, fsync_tree
+from cinescene.host_memory import human_bytes
 from cinescene.log import get_logger
 
 from .background import (
@@ -173,9 +173,7 @@ class Saver:
         the measured figure alone."""
         if self.host is None:
             return
-        from cinescene.models.context_cache import host_available_bytes
-
-        available = host_available_bytes() if planned_bytes is not None else None
+        available = host_memory.available_bytes() if planned_bytes is not None else None
         check_host_memory(planned_bytes or 0, local_ranks, available, source=" (cinescene plan's figure)")
 
     def prepare(self, engine, callback_sizes: list[int], local_ranks: int) -> None:
@@ -185,12 +183,10 @@ class Saver:
         cannot all have it, else reserved now, so no save allocates it."""
         if self.host is None:
             return
-        from cinescene.models.context_cache import host_available_bytes
-
         sizes = storage_sizes(
             [engine.optimizer.state_dict(), engine.module_state_dict(exclude_frozen_parameters=True)]
         ) + list(callback_sizes)
-        line = check_host_memory(sum(sizes), local_ranks, host_available_bytes())
+        line = check_host_memory(sum(sizes), local_ranks, host_memory.available_bytes())
         if self.rank == 0:
             _log.info(line)
         self.host.reserve(sizes)

@@ -22,7 +22,8 @@ def rank_seed(seed: int, rank: int) -> int:
 
 
 def capture() -> dict[str, Any]:
-    """Every generator's state as plain data (lists, numbers, tensors): a rank file stores it without pickle."""
+    """Every generator's state as plain data (lists, numbers,
+    tensors): a rank file stores it without pickle."""
     version, internal, gauss = random.getstate()
     kind, keys, pos, has_gauss, cached = np.random.get_state()
     state = {

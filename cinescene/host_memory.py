@@ -1,4 +1,6 @@
-"""Peak resident memory of this process, for the figures export, resharding and the benchmark print.
+"""Host memory, the one reader of /proc for it: this process's resident memory now and at its peak
+(training's metrics, the figures export, resharding and the checkpoint benchmark print) and the memory
+a new allocation may still take (the context cache's offload check).
 
 On Linux the kernel's high-water mark (``VmHWM``) can be reset by writing 5
 to ``/proc/self/clear_refs``, so a peak can be measured over one piece of
@@ -8,12 +10,14 @@ work rather than the process's life; elsewhere the life-time peak
 
 from __future__ import annotations
 
+import os
 import resource
 import sys
 from pathlib import Path
 
 _STATUS = Path("/proc/self/status")
 _CLEAR_REFS = Path("/proc/self/clear_refs")
+_MEMINFO = Path("/proc/meminfo")
 
 
 def reset_peak() -> bool:
@@ -25,10 +29,10 @@ def reset_peak() -> bool:
         return False
 
 
-def _status_bytes(field: str) -> int | None:
-    """A ``field:  N kB`` line of /proc/self/status in bytes; None where /proc is not available."""
+def _kb_field(path: Path, field: str) -> int | None:
+    """A ``field:  N kB`` line of a /proc file in bytes; None where /proc is not available."""
     try:
-        for line in _STATUS.read_text().splitlines():
+        for line in path.read_text().splitlines():
             if line.startswith(f"{field}:"):
                 return int(line.split()[1]) * 1024
     except OSError:
@@ -38,17 +42,28 @@ def _status_bytes(field: str) -> int | None:
 
 def current_rss_bytes() -> int:
     """Resident set size now (0 where /proc is not available)."""
-    rss = _status_bytes("VmRSS")
+    rss = _kb_field(_STATUS, "VmRSS")
     return 0 if rss is None else rss
 
 
 def peak_rss_bytes() -> int:
     """Peak resident set size since :func:`reset_peak` (or since the process started)."""
-    peak = _status_bytes("VmHWM")
+    peak = _kb_field(_STATUS, "VmHWM")
     if peak is not None:
         return peak
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     return peak if sys.platform == "darwin" else peak * 1024
+
+
+def available_bytes() -> int | None:
+    """Host memory a new allocation may take (Linux MemAvailable), or None when it cannot be read."""
+    available = _kb_field(_MEMINFO, "MemAvailable")
+    if available is not None:
+        return available
+    try:
+        return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (ValueError, OSError):
+        return None
 
 
 def human_bytes(count: float) -> str:

@@ -9,9 +9,9 @@ import sys
 
 import pytest
 
-from cinescene.ckpt import bench
 from cinescene.errors import CineSceneError
 from cinescene.log import VERBOSE_ENV
+from cinescene.train import checkpoint_bench as bench
 
 
 def user_files(directory):
@@ -27,7 +27,7 @@ def test_a_failed_benchmark_touches_nothing_already_there_and_keeps_its_log(tmp_
     before = user_files(tmp_path)
     monkeypatch.setenv(VERBOSE_ENV, "1")  # this test's own output stays where pytest captures it
     monkeypatch.setattr(bench, "bench_overrides", lambda state, base: base)
-    monkeypatch.setattr("cinescene.distributed.spawn.spawn_local_ranks", lambda argv, nproc: 3)
+    monkeypatch.setattr(bench, "spawn_local_ranks", lambda argv, nproc: 3)
     with pytest.raises(CineSceneError) as info:
         bench.run(state_gb=1.0, nproc=2, directory=tmp_path, export_shard=10**8, repeats=1, keep=False)
     (work,) = tmp_path.glob("bench-checkpoint-*")

@@ -39,23 +39,39 @@ already under ``--dir`` is touched.
 
 from __future__ import annotations
 
+import gc
 import json
 import math
 import os
 import shutil
+import statistics
 import subprocess
 import sys
 import tempfile
 import time
+import warnings
+from dataclasses import replace
 from pathlib import Path
+
+import torch
+from omegaconf import OmegaConf
+
+from cinescene.ckpt.export import export
+from cinescene.ckpt.locate import checkpoints_dir
+from cinescene.ckpt.manifest import read_manifest
+from cinescene.config import ConfigError, load_config
+from cinescene.distributed.env import detect
+from cinescene.distributed.spawn import spawn_local_ranks
+from cinescene.errors import CineSceneError
+from cinescene.host_memory import current_rss_bytes, human_bytes
+from cinescene.log import send_output_to, setup_logging, verbose
+from cinescene.models import build_model
 
 BENCH_LAYERS_MAX = 64
 
 
 def bench_overrides(state_bytes: float, base: list[str]) -> list[str]:
     """Config overrides for a DiT whose fp32 training state is about ``state_bytes`` (12 B a parameter)."""
-    from cinescene.config import load_config
-    from cinescene.models import build_model
 
     def params(layers: int) -> int:
         cfg, _ = load_config(None, base + [f"model.num_layers={layers}"])
@@ -103,34 +119,23 @@ def _evict(paths) -> None:
 
 # ----------------------------------------------------------------------------- one rank
 def rank_main(argv: list[str]) -> int:
-    """One rank of the benchmark job: ``python -m cinescene.ckpt.bench RESULT REPEATS OVERRIDES...``.
+    """One rank of the benchmark job:
+    ``python -m cinescene.train.checkpoint_bench RESULT REPEATS OVERRIDES...``.
 
     Per round, side by side: a synchronous and a ``checkpoint.async`` save (blocked time, then the
     background write waited for), in turn first, with ``dd`` writing a file of the checkpoint's size
     between them; load (resume), ``dd`` reading that file. ``dd`` runs on rank 0 while the other ranks
     wait, caches dropped before each read.
     """
-    import statistics
-    import warnings
-    from dataclasses import replace
-
-    import torch
+    # The trainer's side loads DeepSpeed, which prints on import: only the ranks (their output goes to the
+    # run's logs) import it, never the process the benchmark was started from.
     import torch.distributed as dist
 
-    from cinescene.config import ConfigError, load_config
-    from cinescene.distributed.env import detect
+    from cinescene.distributed.batching import plan_batch
     from cinescene.distributed.groups import build_layout, destroy_process_group, init_process_group
-    from cinescene.errors import CineSceneError
-    from cinescene.log import setup_logging
-    from cinescene.models import build_model
-    from cinescene.train.batching import plan_batch
     from cinescene.train.callbacks import CallbackList, TrainState
     from cinescene.train.checkpoint import CheckpointManager, rank_state_now, resume
     from cinescene.train.engine import build_engine
-
-    from .locate import checkpoints_dir
-    from .manifest import read_manifest
-    from .memory import current_rss_bytes
 
     warnings.filterwarnings("ignore", category=FutureWarning, module=r"torch\.distributed")
     result, repeats, overrides = Path(argv[0]), int(argv[1]), argv[2:]
@@ -195,12 +200,15 @@ def rank_main(argv: list[str]) -> int:
             dist.all_reduce(tensor, op=dist.ReduceOp.MAX)
             return float(tensor.item())
 
+        # Saved with every checkpoint as the trainer does: the export at the end builds its model from it.
+        config_yaml = OmegaConf.to_yaml(OmegaConf.structured(cfg))
+
         def save_args(step: int):
             state = TrainState(
                 step=step, consumed_samples=step * plan.global_batch_size, max_steps=3 * repeats
             )
             record = start.facts.record(state, "benchmark", None)
-            return start.engine, record, rank_state_now(env.rank, CallbackList([])), ""
+            return start.engine, record, rank_state_now(env.rank, CallbackList([])), config_yaml
 
         def save_synchronously(step: int) -> Path:
             dist.barrier()
@@ -302,8 +310,6 @@ def _drop_engine(engine) -> None:
     without this each round would keep the previous engine's weights and
     optimizer state alive.
     """
-    import gc
-
     from deepspeed.runtime.zero import parameter_offload
 
     engine.destroy()
@@ -327,12 +333,6 @@ def _dd(files: list[str], size: int, *flags: str) -> float:
 # ---------------------------------------------------------------------------- the job
 def run(*, state_gb: float, nproc: int, directory: Path, export_shard: int, repeats: int, keep: bool) -> dict:
     """The whole benchmark; returns its figures (see :func:`format_report`)."""
-    from cinescene.distributed.spawn import spawn_local_ranks
-    from cinescene.errors import CineSceneError
-    from cinescene.log import send_output_to, setup_logging, verbose
-
-    from .export import export
-
     try:
         directory.mkdir(parents=True, exist_ok=True)
         work = Path(tempfile.mkdtemp(prefix="bench-checkpoint-", dir=directory))
@@ -348,7 +348,8 @@ def run(*, state_gb: float, nproc: int, directory: Path, export_shard: int, repe
     overrides = bench_overrides(state_gb * 1e9, model_overrides(run_dir))
     result = work / "result.json"
     status = spawn_local_ranks(
-        [sys.executable, "-m", "cinescene.ckpt.bench", str(result), str(repeats), *overrides], nproc
+        [sys.executable, "-m", "cinescene.train.checkpoint_bench", str(result), str(repeats), *overrides],
+        nproc,
     )
     if status:  # the benchmark's directory stays, for its log
         stopped = json.loads(result.read_text()).get("error") if result.is_file() else None
@@ -381,8 +382,6 @@ def run(*, state_gb: float, nproc: int, directory: Path, export_shard: int, repe
 
 
 def format_report(r: dict) -> str:
-    from .memory import human_bytes
-
     size, dd_size = r["checkpoint_bytes"], r["dd_bytes"]
     save_rate, load_rate = size / r["save_s"], size / r["load_s"]
     plain_rate = size / r["load_unverified_s"]

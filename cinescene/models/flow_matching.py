@@ -52,7 +52,8 @@ class FlowMatching:
             self.weights = torch.ones(n, dtype=torch.float64)
 
     def noise(self, x0: torch.Tensor, generators: Sequence[torch.Generator]) -> NoisedBatch:
-        """Draw a grid index and noise for sample ``i`` from ``generators[i]`` (on CPU, then moved to x0's device)."""
+        """Draw a grid index and noise for sample ``i`` from
+        ``generators[i]`` (on CPU, then moved to x0's device)."""
         if len(generators) != x0.shape[0]:
             raise ValueError(f"{len(generators)} generators for a batch of {x0.shape[0]}")
         index = torch.cat([torch.randint(0, len(self.sigmas), (1,), generator=g) for g in generators])
