@@ -42,8 +42,9 @@ from pathlib import Path
 
 from cinescene.config import ConfigError
 from cinescene.errors import CineSceneError
+from cinescene.locks import DirLock, LockBusy
 from cinescene.log import get_logger
-from cinescene.run_dir import RunDir
+from cinescene.run_dir import LOCK, RunDir
 
 from .report import format_metric
 
@@ -355,14 +356,26 @@ def run(
     command: str,
     out: Path | None = None,
 ) -> dict:
-    from cinescene.train.run_lock import RunDirLock
-
     base, root, selected = arms_of(sweep, overrides, arms, out)
-    lock = RunDirLock(root).acquire()  # one ablation per run root: its floors and tables are shared
+    lock = _hold_root(root)  # one ablation per run root: its floors and tables are shared
     try:
         return _run_locked(base, root, selected, sweep, heldout_clips, heldout_seed, nproc, fresh, command)
     finally:
         lock.release()
+
+
+def _hold_root(root: Path) -> DirLock:
+    """Hold the run root's lock (:class:`cinescene.locks.DirLock`); one line if another ablation holds it."""
+    try:
+        return DirLock(
+            root,
+            LOCK,
+            lambda holder: (
+                f"run root {root} is in use by another run ({holder}); one ablation per run root: wait for it"
+            ),
+        ).acquire()
+    except LockBusy as exc:
+        raise CineSceneError(str(exc)) from None
 
 
 def _run_locked(base, root, selected, sweep, heldout_clips, heldout_seed, nproc, fresh, command) -> dict:
