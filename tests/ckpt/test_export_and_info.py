@@ -292,20 +292,20 @@ def test_an_exports_config_cannot_size_the_model_before_its_keys_are_checked(
 ):
     """cinescene.json says which model to build: a hand-edited one (64 layers) is refused from the files'
     headers, on a model built on the meta device; nothing is allocated for it."""
-    import cinescene.models
+    import cinescene.ckpt.export
 
     out = tmp_path / "export"
     export(smoke_run, out, capsys, "--format", "wan")
     description = json.loads((out / "cinescene.json").read_text())
     description["model"]["num_layers"] = 64
     (out / "cinescene.json").write_text(json.dumps(description))
-    built, build = [], cinescene.models.build_model
+    built, build = [], cinescene.ckpt.export.build_model
 
     def recording(cfg, **kwargs):
         built.append(kwargs.get("device"))
         return build(cfg, **kwargs)
 
-    monkeypatch.setattr(cinescene.models, "build_model", recording)
+    monkeypatch.setattr(cinescene.ckpt.export, "build_model", recording)
     with pytest.raises(CineSceneError, match=r"missing|blocks\.63"):
         load_exported_model(out)
     assert built and all(device == "meta" for device in built)
