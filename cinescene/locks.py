@@ -209,6 +209,21 @@ class DirLock:
     def _busy(self, holder: dict | None) -> LockBusy:
         return LockBusy(self.busy(describe(holder)))
 
+    def _wait_for_holder(self, holder: dict | None, wait_s: float, wait_for, deadline: float | None) -> float:
+        """The lock is held by ``holder``: LockBusy unless ``wait_for(holder)`` allows waiting (for at most
+        ``wait_s`` from the first call, logged once); else one poll's sleep. Returns the deadline."""
+        if not holder or wait_for is None or not wait_for(holder):
+            raise self._busy(holder) from None
+        if deadline is None:
+            _log.info(
+                "%s is held by %s; waiting up to %.0f s for it to end", self.path, describe(holder), wait_s
+            )
+            deadline = time.monotonic() + wait_s
+        if time.monotonic() > deadline:
+            raise self._busy(holder) from None
+        time.sleep(POLL_S)
+        return deadline
+
     def _take_flock(self, wait_s: float, wait_for) -> bool:
         """True when held; False when flock is unsupported here (the caller falls back to a lock file)."""
         created = False
@@ -237,19 +252,7 @@ class DirLock:
                     if exc.errno not in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
                         raise CineSceneError(f"cannot lock {self.path}: {exc.strerror or exc}") from None
                 holder = _read_record(self.path)
-                if wait_for is None or not holder or not wait_for(holder):
-                    raise self._busy(holder)
-                if deadline is None:
-                    _log.info(
-                        "%s is held by %s; waiting up to %.0f s for it to end",
-                        self.path,
-                        describe(holder),
-                        wait_s,
-                    )
-                    deadline = time.monotonic() + wait_s
-                if time.monotonic() > deadline:
-                    raise self._busy(holder)
-                time.sleep(POLL_S)
+                deadline = self._wait_for_holder(holder, wait_s, wait_for, deadline)
             current = _read_record(self.path)
             if current and current.get("kind") == _FILE_KIND and not self._stale_file(current, confirm=False):
                 raise self._busy(current)  # a lock-file holder on a node that mounts this differently
@@ -295,19 +298,7 @@ class DirLock:
                     self._break(holder)
                     continue
                 holder = _read_record(self.path) or holder
-                if holder is None or wait_for is None or not wait_for(holder):
-                    raise self._busy(holder) from None
-                if deadline is None:
-                    _log.info(
-                        "%s is held by %s; waiting up to %.0f s for it to end",
-                        self.path,
-                        describe(holder),
-                        wait_s,
-                    )
-                    deadline = time.monotonic() + wait_s
-                if time.monotonic() > deadline:
-                    raise self._busy(holder) from None
-                time.sleep(POLL_S)
+                deadline = self._wait_for_holder(holder, wait_s, wait_for, deadline)
                 continue
             except OSError as exc:
                 raise self._not_a_lock(exc) from None
