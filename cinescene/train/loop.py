@@ -53,7 +53,7 @@ class Trainer:
         plan: BatchPlan,
         objective: FlowMatchingObjective,
         batches: Iterator[Mapping[str, Any]],
-        checkpoints: CheckpointManager,
+        checkpoints: CheckpointManager | None,  # None: steps that never save (cinescene bench step)
         callbacks: CallbackList,
         state: TrainState,
         facts: RunFacts,
@@ -103,7 +103,7 @@ class Trainer:
             for key, value in stats.items():
                 extra[key] = extra.get(key, 0.0) + value / self.plan.grad_accum
             self.engine.backward(poison_if_nonfinite(loss))
-            if micro == self.plan.grad_accum - 1:
+            if micro == self.plan.grad_accum - 1 and self.checkpoints is not None:
                 self.checkpoints.before_update()  # a background save's host copy must be complete
             self.engine.step()  # DeepSpeed applies the update on the accumulation boundary only
             loss_sum += loss.detach().double().cpu()
