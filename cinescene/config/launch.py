@@ -80,10 +80,17 @@ RESERVED_SBATCH_OPTIONS = (
 )
 
 
+# sbatch options of their own that are also the start of a reserved one: getopt takes an exact name as that
+# option, never as an abbreviation (`--nodelist=vm` is -w, not --nodelist-file).
+UNRESERVED_EXACT_OPTIONS = ("nodelist",)
+
+
 def reserved_option(line: str) -> str | None:
     """The reserved sbatch option an ``--option[=value]`` names, also as sbatch's unique-prefix abbreviation
     (``--out=`` is ``--output=``), or None."""
     name = line[2:].partition("=")[0].lower()
+    if name in UNRESERVED_EXACT_OPTIONS:
+        return None
     for option in RESERVED_SBATCH_OPTIONS:
         if option == name or (len(name) >= 2 and option.startswith(name)):
             return option

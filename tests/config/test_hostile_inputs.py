@@ -116,6 +116,7 @@ def test_a_run_may_not_write_into_system_places(capsys, override, shown):
         ("--chdir=/", "chdir"),
         ("--export=NONE", "export"),
         ("--wait", "wait"),
+        ("--nodelist-f=hosts", "nodelist-file"),
     ],
 )
 def test_slurm_extra_refuses_options_cinescene_decides(capsys, extra, option):
@@ -124,8 +125,10 @@ def test_slurm_extra_refuses_options_cinescene_decides(capsys, extra, option):
 
 
 def test_slurm_extra_keeps_other_options(capsys):
-    assert main(["submit", SMOKE, "--dry-run", "launch.slurm.extra=[--constraint=h100, --exclusive]"]) == 0
-    assert "--constraint=h100 --exclusive" in capsys.readouterr().out
+    extra = "launch.slurm.extra=[--constraint=h100, --exclusive, --nodelist=vm]"
+    assert main(["submit", SMOKE, "--dry-run", extra]) == 0
+    # --nodelist is an option of its own, not an abbreviation of the reserved --nodelist-file
+    assert "--constraint=h100 --exclusive --nodelist=vm" in capsys.readouterr().out
 
 
 # ------------------------------------------------------------------ checked before anything starts
