@@ -2,14 +2,38 @@
 
 from __future__ import annotations
 
+import atexit
 import os
 import signal
 import subprocess
 from pathlib import Path
 
+import pytest
+
 from cinescene.distributed.env import RANK_VARIABLES
 
 REPO = Path(__file__).resolve().parents[2]
+
+# Every session `start` began: killed after each test and at exit, so an interrupted or failed test (its
+# launcher killed on purpose, its ranks still running) leaves no process behind.
+_STARTED: list[int] = []
+
+
+def _kill_started() -> None:
+    while _STARTED:
+        try:
+            os.killpg(_STARTED.pop(), signal.SIGKILL)
+        except (ProcessLookupError, PermissionError):
+            pass
+
+
+atexit.register(_kill_started)
+
+
+@pytest.fixture(autouse=True)
+def _no_run_left_behind():
+    yield
+    _kill_started()
 
 
 def run_env(**extra) -> dict:
@@ -24,9 +48,11 @@ def start(argv, log: Path, **env) -> subprocess.Popen:
     """Start ``argv`` in the repository, in its own session
     (so a kill reaches all of its ranks), output to ``log``."""
     handle = open(log, "ab")
-    return subprocess.Popen(
+    proc = subprocess.Popen(
         argv, cwd=REPO, env=run_env(**env), stdout=handle, stderr=subprocess.STDOUT, start_new_session=True
     )
+    _STARTED.append(proc.pid)
+    return proc
 
 
 def finish(proc: subprocess.Popen, timeout=600) -> int:
