@@ -87,14 +87,17 @@ def smoke_shards(tmp_path_factory):
 
 @pytest.fixture(autouse=True)
 def _no_launcher_variables():
-    """Each test starts without launcher variables (``RANK_VARIABLES``) and leaves os.environ's as they were
-    before it. In-process DeepSpeed and torch.distributed runs leave some in os.environ; a `cinescene`
-    subprocess started by a later test would inherit them and try to join a job that is gone."""
-    saved = {key: os.environ.pop(key) for key in RANK_VARIABLES if key in os.environ}
-    yield
+    """Each test starts without launcher variables (``RANK_VARIABLES``) and leaves os.environ as it was
+    before it. In-process DeepSpeed and torch.distributed runs leave launcher variables in os.environ, and
+    in-process commands set their own (`train --dry-run` sets DS_ACCELERATOR); a `cinescene` subprocess
+    started by a later test would inherit them: join a job that is gone, or print other library output."""
+    before = dict(os.environ)
     for key in RANK_VARIABLES:
         os.environ.pop(key, None)
-    os.environ.update(saved)
+    yield
+    if os.environ != before:
+        os.environ.clear()
+        os.environ.update(before)
 
 
 @pytest.fixture

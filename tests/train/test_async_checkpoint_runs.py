@@ -282,7 +282,8 @@ def test_a_full_disk_stops_the_run_in_one_line_and_loses_no_checkpoint(smoke_sha
             for line in errors
         ), errors
         assert "Traceback" not in read(f"{name}.err")
-        assert read(f"after_{name}").split() == ["filler", "latest", "step_00000002"]
+        # run.lock: the checkpoint directory's lock (one run per checkpoint directory)
+        assert read(f"after_{name}").split() == ["filler", "latest", "run.lock", "step_00000002"]
     assert read("second.rc").strip() == "0", read("second.err")[-2000:]
     # Start-up on the full disk cannot move `latest` forward: it stops in one line, the pointer as it was.
     assert read("full_start.rc").strip() == "1"
@@ -292,6 +293,12 @@ def test_a_full_disk_stops_the_run_in_one_line_and_loses_no_checkpoint(smoke_sha
     )
     assert "Traceback" not in read("full_start.err")
     assert read("latest") == "step_00000002\n"
-    assert read("after_full_start").split() == ["filler", "latest", "step_00000002", "step_00000004"]
+    assert read("after_full_start").split() == [
+        "filler",
+        "latest",
+        "run.lock",
+        "step_00000002",
+        "step_00000004",
+    ]
     assert read("info.rc").strip() == "0", read("info.err")
     assert "step_00000002" in read("info.out")
