@@ -107,6 +107,8 @@ setup(
         "filelock>=3.12,<5",
         "pillow>=10,<14",
         "tqdm>=4.66,<5",
+        # The checkpoint manifest's digest (XXH3-128, cinescene/ckpt/manifest.py).
+        "xxhash>=3.1,<5",
         # cinescene.slurm.submit / sweep: jobs as submitit's own Job objects.
         "submitit>=1.5,<2",
         # Weights named by repo id, resolved in the local Hugging Face cache (cinescene/hub.py).

@@ -7,7 +7,7 @@
         rank_states/rank_00000.safetensors   one per rank: RNG states, callback states (EMA shard)
         config.yaml                     the resolved config, secrets scrubbed
         trainer_state.json              the trainer record (:mod:`.record`)
-        manifest.json                   every file above with its size and SHA-256; written last
+        manifest.json                   every file above with its size and digest; written last
     latest                              "step_00000040\\n", replaced atomically
 
 `latest` is a name, never a path: it must name a step directory directly

@@ -53,7 +53,6 @@ RESERVED_SBATCH_OPTIONS = (
     "ntasks-per-core",
     "ntasks-per-gpu",
     "ntasks-per-socket",
-    "nodelist-file",
     "tres-per-task",
     # what runs, where it writes, what it inherits
     "wrap",
@@ -80,20 +79,21 @@ RESERVED_SBATCH_OPTIONS = (
 )
 
 
-# sbatch options of their own that are also the start of a reserved one: getopt takes an exact name as that
-# option, never as an abbreviation (`--nodelist=vm` is -w, not --nodelist-file).
-UNRESERVED_EXACT_OPTIONS = ("nodelist",)
-
-
 def reserved_option(line: str) -> str | None:
     """The reserved sbatch option an ``--option[=value]`` names, also as sbatch's unique-prefix abbreviation
-    (``--out=`` is ``--output=``), or None."""
+    (``--out=`` is ``--output=``), or None.
+
+    sbatch (getopt_long) takes an exact option name as that option before it tries prefixes, so an
+    unreserved option whose whole name starts a reserved one would be refused here by mistake; no sbatch
+    option does (tests/slurm/test_devcluster.py checks every option the cluster's sbatch lists).
+    """
     name = line[2:].partition("=")[0].lower()
-    if name in UNRESERVED_EXACT_OPTIONS:
-        return None
-    for option in RESERVED_SBATCH_OPTIONS:
-        if option == name or (len(name) >= 2 and option.startswith(name)):
-            return option
+    if name in RESERVED_SBATCH_OPTIONS:  # exactly, as sbatch takes it (--gpus is not --gpus-per-node)
+        return name
+    if len(name) >= 2:
+        for option in RESERVED_SBATCH_OPTIONS:
+            if option.startswith(name):
+                return option
     return None
 
 

@@ -405,7 +405,7 @@ def format_report(r: dict) -> str:
         f"{'load (resume)':34}{r['load_s']:9.2f}{load_rate / 1e9:9.3f}{load_rate / dd_read:7.2f}x",
         f"{'load, not verified':34}{r['load_unverified_s']:9.2f}{plain_rate / 1e9:9.3f}"
         f"{plain_rate / dd_read:7.2f}x",
-        f"verification (SHA-256 of every file against the manifest, the ranks sharing them): "
+        f"verification (the digest of every file against the manifest, the ranks sharing them): "
         f"{r['load_s'] - r['load_unverified_s']:+.2f} s of the load",
         f"training loop blocked by a save: {r['save_s']:.2f} s synchronous, "
         f"{r['async_blocked_s']:.3f} s with checkpoint.async ({blocked:.3f}x)",

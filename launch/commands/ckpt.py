@@ -55,7 +55,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     )
     info.add_argument("path", metavar="PATH")
     info.add_argument("--json", action="store_true", help="print one JSON object")
-    info.add_argument("--verify", action="store_true", help="check every file's size and SHA-256")
+    info.add_argument("--verify", action="store_true", help="check every file's size and digest")
     info.set_defaults(func=run_info)
 
     export = csub.add_parser(
@@ -111,7 +111,7 @@ def run_info(args: argparse.Namespace) -> int:
         sys.stdout.write(format_info(info))
         if args.verify:
             print(
-                f"verify: all {info['files']} files intact (sizes and SHA-256 match the manifest)"
+                f"verify: all {info['files']} files intact (sizes and digests match the manifest)"
                 if not problems
                 else f"verify: {len(problems)} problem{'s' if len(problems) > 1 else ''}"
             )

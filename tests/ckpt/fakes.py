@@ -104,3 +104,16 @@ def rank_state(step: int) -> dict:
         "rng": {"torch": torch.zeros(4, dtype=torch.uint8)},
         "callbacks": {"guard": {"total": step}},
     }
+
+
+def relist(step_dir: Path, name: str) -> None:
+    """Fix the manifest's entry of ``name`` to match the file, as an attacker would (only reading the file
+    as data can refuse it then)."""
+    import json
+
+    from cinescene.ckpt.manifest import MANIFEST, hash_file
+
+    listed = json.loads((step_dir / MANIFEST).read_text())
+    found = hash_file(step_dir / name)
+    listed["files"][name] = {"size": found.size, found.algorithm.value: found.digest}
+    (step_dir / MANIFEST).write_text(json.dumps(listed))

@@ -15,7 +15,6 @@ import pytest
 import torch
 
 from cinescene.ckpt.errors import DamagedCheckpointError
-from cinescene.ckpt.manifest import MANIFEST, hash_file
 from cinescene.ckpt.rank_state import write_rank_state
 from cinescene.ckpt.torchfile import TorchFile
 from cinescene.ckpt.weights import TrainedWeights, consolidated_state_dict
@@ -23,7 +22,7 @@ from cinescene.config.checkpoint import CheckpointConfig
 from cinescene.host_memory import current_rss_bytes, peak_rss_bytes, reset_peak
 from cinescene.train.checkpoint import CheckpointManager, validate
 
-from .fakes import FakeZeroEngine, rank_state, record
+from .fakes import FakeZeroEngine, rank_state, record, relist
 
 OPTIM = "zero/zero_pp_rank_0_mp_rank_00_optim_states.pt"
 INFLATED = 256 << 20
@@ -32,16 +31,6 @@ INFLATED = 256 << 20
 def checkpoint(root: Path, **changes) -> Path:
     manager = CheckpointManager(root, CheckpointConfig(), rank=0, world_size=1)
     return manager.save(FakeZeroEngine(step=1), record(1, **changes), rank_state(1), "run: {}\n")
-
-
-def relist(step_dir: Path, name: str) -> None:
-    """Fix the manifest's entry of ``name`` as an attacker would: only reading the file as data refuses it."""
-    import json
-
-    listed = json.loads((step_dir / MANIFEST).read_text())
-    found = hash_file(step_dir / name)
-    listed["files"][name] = {"size": found.size, "sha256": found.sha256}
-    (step_dir / MANIFEST).write_text(json.dumps(listed))
 
 
 def write_deflated_pickle_bomb(path: Path) -> None:

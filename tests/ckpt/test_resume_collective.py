@@ -79,5 +79,5 @@ def test_a_file_one_rank_hashes_found_altered_makes_every_rank_fall_back(tmp_pat
     chosen, errors = choose_on_two_ranks(tmp_path, root, "auto", (tmp_path, tmp_path))
     assert chosen == [f"chosen {root / 'step_00000001'}"] * 2
     warned = [line for line in errors[0].splitlines() if " W " in line]
-    assert len(warned) == 1 and f"{step / 'config.yaml'}: altered (sha256 differs" in warned[0]
+    assert len(warned) == 1 and f"{step / 'config.yaml'}: altered (xxh3_128 differs" in warned[0]
     assert not [line for line in errors[1].splitlines() if " W " in line]  # rank 0 speaks for all

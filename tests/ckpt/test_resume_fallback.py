@@ -18,11 +18,11 @@ import pytest
 
 from cinescene.ckpt.errors import UnsafeCheckpointError
 from cinescene.ckpt.layout import is_complete
-from cinescene.ckpt.manifest import MANIFEST, hash_file
 from cinescene.distributed.env import standalone
 from cinescene.train.entry import run_rank
 from tests.train.standins import standin_components, tiny_config
 
+from .fakes import relist
 from .test_safe_files import Planted
 
 pytestmark = pytest.mark.slow
@@ -74,15 +74,12 @@ def plant(step_dir: Path, name: str, marker: Path) -> None:
     import torch
 
     torch.save({"optimizer_state_dict": {"payload": Planted(marker)}}, step_dir / name)
-    listed = json.loads((step_dir / MANIFEST).read_text())
-    record = hash_file(step_dir / name)
-    listed["files"][name] = {"size": record.size, "sha256": record.sha256}
-    (step_dir / MANIFEST).write_text(json.dumps(listed))
+    relist(step_dir, name)
 
 
 def overwrite_tensor_data(path: Path, value: float = 1e30) -> None:
     """8 bytes of the largest tensor record of a torch.save file set to ``value`` (twice, fp32): the file
-    keeps its size and structure, only its content (and so its SHA-256) changes."""
+    keeps its size and structure, only its content (and so its digest) changes."""
     import struct
     import zipfile
 

@@ -131,12 +131,52 @@ def test_manifest_sizes_and_hashes_name_every_bad_file(tmp_path):
         manifest.check_sizes(tmp_path, files)
     assert manifest.verify(tmp_path, files) == [
         "a.bin: truncated (99 of 100 bytes)",
-        "b.bin: altered (sha256 differs)",
+        "b.bin: altered (xxh3_128 differs)",
         "c.bin: missing",
     ]
     (tmp_path / "manifest.json").write_text('{"format": 1, "files": {"../x": {"size": 1, "sha256": ""}}}')
     with pytest.raises(DamagedCheckpointError, match="outside the step directory"):
         manifest.read_manifest(tmp_path)
+
+
+def test_manifest_is_xxh3_and_format_1_sha256_manifests_still_verify(tmp_path):
+    import hashlib
+
+    import xxhash
+
+    body = os.urandom(3 << 20)  # over one read chunk of hash_file
+    written = manifest.write_bytes(tmp_path / "a.bin", body)
+    assert written == manifest.FileRecord(
+        len(body), xxhash.xxh3_128(body).hexdigest(), manifest.Digest.XXH3_128
+    )
+    manifest.merge_parts(tmp_path, {"a.bin": written})
+    listed = json.loads((tmp_path / "manifest.json").read_text())
+    assert listed == {
+        "format": 2,
+        "digest": "xxh3_128",
+        "files": {"a.bin": {"size": len(body), "xxh3_128": written.digest}},
+    }
+
+    # A manifest written before format 2 lists SHA-256 digests; it is read and verified with SHA-256.
+    old = {"format": 1, "files": {"a.bin": {"size": len(body), "sha256": hashlib.sha256(body).hexdigest()}}}
+    (tmp_path / "manifest.json").write_text(json.dumps(old))
+    files = manifest.read_manifest(tmp_path)
+    assert files["a.bin"].algorithm is manifest.Digest.SHA256
+    assert manifest.verify(tmp_path, files) == []
+    (tmp_path / "a.bin").write_bytes(body[:-1] + bytes([body[-1] ^ 1]))
+    assert manifest.verify(tmp_path, files) == ["a.bin: altered (sha256 differs)"]
+
+    for bad, problem in [
+        ({**old, "format": 3}, "manifest format 3 is not one this version reads"),
+        ({**listed, "digest": "md5"}, "corrupt manifest"),
+        (
+            {"format": 2, "digest": "xxh3_128", "files": {"a.bin": {"size": 1, "sha256": "00"}}},
+            "corrupt manifest",
+        ),
+    ]:
+        (tmp_path / "manifest.json").write_text(json.dumps(bad))
+        with pytest.raises(DamagedCheckpointError, match=problem):
+            manifest.read_manifest(tmp_path)
 
 
 @pytest.mark.parametrize(

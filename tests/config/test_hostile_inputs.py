@@ -116,7 +116,9 @@ def test_a_run_may_not_write_into_system_places(capsys, override, shown):
         ("--chdir=/", "chdir"),
         ("--export=NONE", "export"),
         ("--wait", "wait"),
-        ("--nodelist-f=hosts", "nodelist-file"),
+        ("--ntasks-per-n=2", "ntasks-per-node"),
+        ("--no-req", "no-requeue"),
+        ("--gpus=4", "gpus"),
     ],
 )
 def test_slurm_extra_refuses_options_cinescene_decides(capsys, extra, option):
@@ -125,10 +127,9 @@ def test_slurm_extra_refuses_options_cinescene_decides(capsys, extra, option):
 
 
 def test_slurm_extra_keeps_other_options(capsys):
-    extra = "launch.slurm.extra=[--constraint=h100, --exclusive, --nodelist=vm]"
+    extra = "launch.slurm.extra=[--constraint=h100, --exclusive, --nodelist=vm, --nodefile=hosts]"
     assert main(["submit", SMOKE, "--dry-run", extra]) == 0
-    # --nodelist is an option of its own, not an abbreviation of the reserved --nodelist-file
-    assert "--constraint=h100 --exclusive --nodelist=vm" in capsys.readouterr().out
+    assert "--constraint=h100 --exclusive --nodelist=vm --nodefile=hosts" in capsys.readouterr().out
 
 
 # ------------------------------------------------------------------ checked before anything starts

@@ -162,3 +162,22 @@ def test_urgent_job_preempts_and_requeues_debug_job(slurm, tmp_path):
     # ISO timestamps compare as strings; the urgent job ran between the two runs.
     assert first["End"] <= urgent["Start"] <= urgent["End"] <= second["Start"]
     print(f"urgent job COMPLETED {preempt_s:.1f} s after submission, preempted job rerun ok")
+
+
+def test_every_option_sbatch_lists_is_reserved_by_its_own_name_or_not_at_all(slurm):
+    """launch.slurm.extra refuses reserved options also by abbreviation; an option of sbatch's own whose
+    whole name starts a reserved one (sbatch takes it exactly) would be refused by mistake. Checked against
+    the options of the cluster's real sbatch, with the reserved ones that it must know."""
+    import re
+
+    from cinescene.config.launch import RESERVED_SBATCH_OPTIONS, reserved_option
+
+    listed = set(re.findall(r"--([a-z][a-z0-9-]*)", slurm.run(["sbatch", "--help"]).stdout))
+    assert {"nodelist", "nodefile", "output", "time", "time-min", "wrap"} <= listed  # the help was read
+    wrong = {name: reserved_option(f"--{name}=x") for name in listed}
+    assert {name: got for name, got in wrong.items() if got not in (None, name)} == {}
+    assert (
+        {"account", "array", "chdir", "nodes", "output", "signal", "time", "wrap"}
+        <= {name for name, got in wrong.items() if got == name}
+        <= set(RESERVED_SBATCH_OPTIONS)
+    )

@@ -60,9 +60,9 @@ def steps(run_dir: Path) -> dict[int, Path]:
 
 
 def files_of(step_dir: Path) -> dict[str, str]:
-    """The step's ZeRO and rank files with their SHA-256 (trainer_state.json holds the save's time)."""
+    """The step's ZeRO and rank files with their digests (trainer_state.json holds the save's time)."""
     return {
-        k: v.sha256 for k, v in read_manifest(step_dir).items() if k.startswith(("zero/", "rank_states/"))
+        k: v.digest for k, v in read_manifest(step_dir).items() if k.startswith(("zero/", "rank_states/"))
     }
 
 
@@ -225,7 +225,7 @@ FULL_DISK_SCRIPT = r"""
 set -u
 mount -t tmpfs -o size=8m tmpfs "$CK" || exit 97
 train() {  # train NAME MAX_STEPS [ASYNC]: `cinescene train` of the smoke job, checkpoints on the small disk
-  python -m cinescene train configs/experiments/smoke.yaml --nproc 2 "run.dir=$RUN" \
+  "$PYTHON" -m cinescene train configs/experiments/smoke.yaml --nproc 2 "run.dir=$RUN" \
     "data.train_shards=$SHARDS" "checkpoint.dir=$CK" "train.max_steps=$2" checkpoint.every_steps=2 \
     "checkpoint.async=${3:-true}" tracking.wandb.mode=disabled >"$OUT/$1.out" 2>"$OUT/$1.err"
   echo $? >"$OUT/$1.rc"
@@ -244,7 +244,7 @@ fill
 train full_start 6
 ls -A "$CK" >"$OUT/after_full_start"
 cat "$CK/latest" >"$OUT/latest"
-python -m cinescene ckpt info "$CK" >"$OUT/info.out" 2>"$OUT/info.err"
+"$PYTHON" -m cinescene ckpt info "$CK" >"$OUT/info.out" 2>"$OUT/info.err"
 echo $? >"$OUT/info.rc"
 """
 
@@ -255,7 +255,9 @@ def test_a_full_disk_stops_the_run_in_one_line_and_loses_no_checkpoint(smoke_sha
     ck, out = tmp_path / "ck", tmp_path / "out"
     ck.mkdir()
     out.mkdir()
-    env = run_env(CK=str(ck), RUN=str(tmp_path / "run"), SHARDS=str(smoke_shards), OUT=str(out))
+    env = run_env(
+        CK=str(ck), RUN=str(tmp_path / "run"), SHARDS=str(smoke_shards), OUT=str(out), PYTHON=sys.executable
+    )
     done = subprocess.run(
         ["unshare", "-rm", "bash", "-c", FULL_DISK_SCRIPT],
         cwd=REPO,

@@ -164,7 +164,7 @@ def test_resume_hashes_every_file_and_falls_back_past_altered_bytes(tmp_path, ci
     assert manager(root, verify=False).choose("auto").name == "step_00000002"  # sizes alone: accepted
     assert mgr.choose("auto").name == "step_00000001"
     warnings = [r.getMessage() for r in cinescene_logs.records if r.levelname == "WARNING"]
-    assert len(warnings) == 1 and f"{shard}: altered (sha256 differs" in warnings[0]
+    assert len(warnings) == 1 and f"{shard}: altered (xxh3_128 differs" in warnings[0]
     assert "falling back to step_00000001" in warnings[0]
     with pytest.raises(CineSceneError, match=f"{shard}: altered"):
         manager(tmp_path / "fork").choose(str(root / "step_00000002"))

@@ -60,9 +60,9 @@ class Gate:
 
 
 def files_of(step_dir):
-    """The step's ZeRO and rank files with their SHA-256 (trainer_state.json holds the save's time)."""
+    """The step's ZeRO and rank files with their digests (trainer_state.json holds the save's time)."""
     return {
-        k: v.sha256 for k, v in read_manifest(step_dir).items() if k.startswith(("zero/", "rank_states/"))
+        k: v.digest for k, v in read_manifest(step_dir).items() if k.startswith(("zero/", "rank_states/"))
     }
 
 
