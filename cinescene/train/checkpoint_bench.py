@@ -26,11 +26,6 @@ host copy is measured and reserved as the trainer does; once at the end,
 ``cinescene ckpt export`` of the last checkpoint in this process, with its
 peak resident memory.
 
-``--rest S`` idles S seconds before each timed write (``dd``'s and every
-save's): a disk that takes bursts into a cache (a cloud VM's virtual disk, a
-storage array) writes the first gigabyte several times faster than the
-next, so back-to-back writes compare the cache's state, not the writers.
-
 ``dd`` writes (``conv=fsync``) and reads a file of the checkpoint's size in
 the same directory right before and after; both reads start cold where the
 kernel honours ``posix_fadvise(DONTNEED)`` on clean pages (a tmpfs keeps
@@ -125,7 +120,7 @@ def _evict(paths) -> None:
 # ----------------------------------------------------------------------------- one rank
 def rank_main(argv: list[str]) -> int:
     """One rank of the benchmark job:
-    ``python -m cinescene.train.checkpoint_bench RESULT REPEATS REST OVERRIDES...``.
+    ``python -m cinescene.train.checkpoint_bench RESULT REPEATS OVERRIDES...``.
 
     Per round, side by side: a synchronous and a ``checkpoint.async`` save (blocked time, then the
     background write waited for), in turn first, with ``dd`` writing a file of the checkpoint's size
@@ -143,7 +138,7 @@ def rank_main(argv: list[str]) -> int:
     from cinescene.train.engine import build_engine
 
     warnings.filterwarnings("ignore", category=FutureWarning, module=r"torch\.distributed")
-    result, repeats, rest, overrides = Path(argv[0]), int(argv[1]), float(argv[2]), argv[3:]
+    result, repeats, overrides = Path(argv[0]), int(argv[1]), argv[2:]
     env = detect()
     cfg, _ = load_config(None, overrides)
     setup_logging("WARNING", None, env.rank)
@@ -215,12 +210,8 @@ def rank_main(argv: list[str]) -> int:
             record = start.facts.record(state, "benchmark", None)
             return start.engine, record, rank_state_now(env.rank, CallbackList([])), config_yaml
 
-        def rested_barrier() -> None:
-            time.sleep(rest)  # every rank: the disk's burst cache drains (see the module doc)
-            dist.barrier()
-
         def save_synchronously(step: int) -> Path:
-            rested_barrier()
+            dist.barrier()
             started = time.perf_counter()
             path = synchronous.save(*save_args(step))
             times["save_s"].append(slowest(time.perf_counter() - started))
@@ -228,7 +219,7 @@ def rank_main(argv: list[str]) -> int:
 
         def save_in_the_loop(step: int) -> Path:
             """checkpoint.async as the trainer runs it: the loop's blocked time."""
-            rested_barrier()
+            dist.barrier()
             background.begin_save(*save_args(step))
             train_step(background.before_update)  # the loop's next step: its update waits for the copy
             path = background.finish()
@@ -239,7 +230,7 @@ def rank_main(argv: list[str]) -> int:
 
         def save_idle(step: int) -> Path:
             """checkpoint.async with the loop idle: the background write has the machine to itself."""
-            rested_barrier()
+            dist.barrier()
             background.begin_save(*save_args(step))
             background.before_update()  # nothing to hide the copy behind: all of it counts as blocked
             path = background.finish()
@@ -257,7 +248,6 @@ def rank_main(argv: list[str]) -> int:
             order = saves[repeat % 3 :] + saves[: repeat % 3]
             path = order[0](3 * repeat + 1)
             size = sum(r.size for r in read_manifest(path).values())
-            rested_barrier()
             if env.rank == 0:
                 times["dd_write_s"].append(_dd(["if=/dev/zero", f"of={dd_file}"], size, "conv=fsync"))
             order[1](3 * repeat + 2)
@@ -341,16 +331,7 @@ def _dd(files: list[str], size: int, *flags: str) -> float:
 
 
 # ---------------------------------------------------------------------------- the job
-def run(
-    *,
-    state_gb: float,
-    nproc: int,
-    directory: Path,
-    export_shard: int,
-    repeats: int,
-    keep: bool,
-    rest: float = 0.0,
-) -> dict:
+def run(*, state_gb: float, nproc: int, directory: Path, export_shard: int, repeats: int, keep: bool) -> dict:
     """The whole benchmark; returns its figures (see :func:`format_report`)."""
     try:
         directory.mkdir(parents=True, exist_ok=True)
@@ -367,15 +348,7 @@ def run(
     overrides = bench_overrides(state_gb * 1e9, model_overrides(run_dir))
     result = work / "result.json"
     status = spawn_local_ranks(
-        [
-            sys.executable,
-            "-m",
-            "cinescene.train.checkpoint_bench",
-            str(result),
-            str(repeats),
-            str(rest),
-            *overrides,
-        ],
+        [sys.executable, "-m", "cinescene.train.checkpoint_bench", str(result), str(repeats), *overrides],
         nproc,
     )
     if status:  # the benchmark's directory stays, for its log
@@ -397,7 +370,6 @@ def run(
     return {
         **figures,
         "ranks": nproc,
-        "rest_s": rest,
         "directory": str(directory),
         "kept": str(run_dir) if keep else None,
         "export_s": exported.seconds,
@@ -418,8 +390,7 @@ def format_report(r: dict) -> str:
     blocked = r["async_blocked_s"] / r["save_s"]
     lines = [
         f"checkpoint bench: {r['parameters']:,} parameters, ZeRO-3 fp32, {r['ranks']} ranks; checkpoint "
-        f"{human_bytes(size)} in {r['directory']} (dd on the same disk); median of {r['repeats']} rounds"
-        + (f", {r['rest_s']:g} s rest before each timed write" if r.get("rest_s") else ""),
+        f"{human_bytes(size)} in {r['directory']} (dd on the same disk); median of {r['repeats']} rounds",
         f"{'':34}{'seconds':>9}{'GB/s':>9}{'vs dd':>8}",
         f"{'dd write (fsync)':34}{r['dd_write_s']:9.2f}{dd_write / 1e9:9.3f}",
         f"{'save, synchronous':34}{r['save_s']:9.2f}{save_rate / 1e9:9.3f}{save_rate / dd_write:7.2f}x",

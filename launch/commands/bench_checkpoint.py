@@ -47,14 +47,6 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--repeats", type=int, default=3, help="rounds of save, dd write, load, dd read (median; default 3)"
     )
-    p.add_argument(
-        "--rest",
-        type=float,
-        default=0.0,
-        metavar="SECONDS",
-        help="idle this long before each timed write (dd's and every save's), so that a disk that caches "
-        "bursts starts each one in the same state (default 0)",
-    )
     p.add_argument("--keep", action="store_true", help="keep the benchmark's run directory (path printed)")
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.set_defaults(func=run)
@@ -66,7 +58,6 @@ def run(args: argparse.Namespace) -> int:
     require(args.state_gb > 0, "--state-gb", "a value > 0", args.state_gb)
     require(args.nproc >= 1, "--nproc", "a value >= 1", args.nproc)
     require(args.repeats >= 1, "--repeats", "a value >= 1", args.repeats)
-    require(0 <= args.rest <= 600, "--rest", "seconds from 0 to 600", args.rest)
     from cinescene.log import console_out, setup_logging
     from cinescene.train.checkpoint_bench import format_report
     from cinescene.train.checkpoint_bench import run as bench
@@ -79,7 +70,6 @@ def run(args: argparse.Namespace) -> int:
         export_shard=args.export_shard,
         repeats=args.repeats,
         keep=args.keep,
-        rest=args.rest,
     )
     print(
         json.dumps(report, sort_keys=True) if args.json else format_report(report),
