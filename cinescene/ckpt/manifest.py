@@ -34,6 +34,7 @@ from typing import BinaryIO
 import xxhash
 
 from .errors import DamagedCheckpointError
+from .writeback import Writeback
 
 MANIFEST = "manifest.json"
 PART_PREFIX = ".manifest-part-"
@@ -64,19 +65,24 @@ class FileRecord:
 
 
 class HashingWriter:
-    """A write-only file object that hashes and counts what passes through it (in write order)."""
+    """A write-only file object that hashes and counts what passes through it (in write order), and
+    streams it to the disk as it goes (:class:`~.writeback.Writeback`)."""
 
     def __init__(self, handle: BinaryIO):
         self.handle = handle
         self.hasher = WRITTEN_DIGEST.hasher()
         self.size = 0
         self.error: OSError | None = None  # the first failed write (torch.save reports only its own error)
+        self.writeback = Writeback(handle.fileno())
 
     def write(self, data) -> int:
         view = memoryview(data).cast("B")
         self.hasher.update(view)
         try:
             written = self.handle.write(view)
+            if self.writeback.active:
+                self.handle.flush()  # the bytes reach the file before their range is handed to the disk
+                self.writeback.wrote(len(view))
         except OSError as exc:
             self.error = self.error or exc
             raise
@@ -103,6 +109,7 @@ def write_hashed(path: Path, write) -> FileRecord:
             write(writer)
             handle.flush()
             os.fsync(handle.fileno())
+            writer.writeback.synced()
     except Exception as exc:
         if writer is not None and writer.error is not None and writer.error is not exc:
             raise writer.error from None

@@ -3,8 +3,10 @@
 Each rank of a local job builds a CineScene DiT sized to the requested
 amount of fp32 optimizer state (weights + two Adam moments, 12 bytes per
 trained parameter), takes one optimizer step under ZeRO-3, then, each round,
-three saves (each kind first in turn, so none always inherits another's dirty
-page cache; ``dd`` writes after the first):
+three saves and ``dd`` writing a file of the checkpoint's size, each of the
+four in every position of a round in turn (all positions in 4 rounds), so
+that none always meets the state of the disk's cache or of the page cache
+that another left:
 
 * synchronous: :meth:`CheckpointManager.save` with ``checkpoint.async`` off,
   the trainer's own path (hashing while writing, fsync, rename, `latest`);
@@ -27,7 +29,7 @@ host copy is measured and reserved as the trainer does; once at the end,
 peak resident memory.
 
 ``dd`` writes (``conv=fsync``) and reads a file of the checkpoint's size in
-the same directory right before and after; both reads start cold where the
+the same directory, the read after the loads; both reads start cold where the
 kernel honours ``posix_fadvise(DONTNEED)`` on clean pages (a tmpfs keeps
 them cached: the figures then compare memory copies).
 
@@ -122,10 +124,10 @@ def rank_main(argv: list[str]) -> int:
     """One rank of the benchmark job:
     ``python -m cinescene.train.checkpoint_bench RESULT REPEATS OVERRIDES...``.
 
-    Per round, side by side: a synchronous and a ``checkpoint.async`` save (blocked time, then the
-    background write waited for), in turn first, with ``dd`` writing a file of the checkpoint's size
-    between them; load (resume), ``dd`` reading that file. ``dd`` runs on rank 0 while the other ranks
-    wait, caches dropped before each read.
+    Per round, side by side: a synchronous and two ``checkpoint.async`` saves (in the loop: blocked time;
+    idle: the background write) and ``dd`` writing a file of the checkpoint's size, in turn first; load
+    (resume), ``dd`` reading that file. ``dd`` runs on rank 0 while the other ranks wait, caches dropped
+    before each read.
     """
     # The trainer's side loads DeepSpeed, which prints on import: only the ranks (their output goes to the
     # run's logs) import it, never the process the benchmark was started from.
@@ -241,17 +243,25 @@ def rank_main(argv: list[str]) -> int:
             times["async_total_s"].append(slowest(figures.total_s))
             return path
 
-        saves = [save_synchronously, save_in_the_loop, save_idle]
-        for repeat in range(repeats):
-            # Each kind of save goes first in turn: none always writes into the page cache another (or dd)
-            # left dirty.
-            order = saves[repeat % 3 :] + saves[: repeat % 3]
-            path = order[0](3 * repeat + 1)
-            size = sum(r.size for r in read_manifest(path).values())
+        def dd_write(size: int) -> None:
+            dist.barrier()
             if env.rank == 0:
                 times["dd_write_s"].append(_dd(["if=/dev/zero", f"of={dd_file}"], size, "conv=fsync"))
-            order[1](3 * repeat + 2)
-            path = order[2](3 * repeat + 3)
+
+        writes = [save_synchronously, save_in_the_loop, save_idle, dd_write]
+        size = 0
+        for repeat in range(repeats):
+            # The four writes take turns in every position of a round (all of them in 4 rounds): each meets
+            # the disk's write cache and the page cache in every state the others leave (a disk that takes
+            # a burst into a cache writes the next gigabyte several times slower).
+            step = 3 * repeat
+            for write in writes[repeat % 4 :] + writes[: repeat % 4]:
+                if write is dd_write:
+                    dd_write(size)  # round 0 has it last, after the first checkpoint gave its size
+                    continue
+                step += 1
+                path = write(step)
+                size = sum(r.size for r in read_manifest(path).values())
             if env.rank == 0:
                 _evict([dd_file, *(p for p in path.rglob("*") if p.is_file())])
             _drop_engine(start.engine)  # the next one is built by the load

@@ -45,7 +45,11 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         help="--max-shard-size of the export whose peak memory is measured (default 100MB)",
     )
     p.add_argument(
-        "--repeats", type=int, default=3, help="rounds of save, dd write, load, dd read (median; default 3)"
+        "--repeats",
+        type=int,
+        default=4,
+        help="rounds of three saves and a dd write (each in every position of a round once per 4 rounds), "
+        "load, dd read (median; default 4)",
     )
     p.add_argument("--keep", action="store_true", help="keep the benchmark's run directory (path printed)")
     p.add_argument("--json", action="store_true", help="print one JSON object")
