@@ -115,6 +115,29 @@ def destroy_process_group() -> None:
         import deepspeed.comm as ds_comm
 
         if ds_comm.is_initialized():
+            rank = dist.get_rank()
             ds_comm.destroy_process_group()
+            remove_shared_memory_buffer(rank)
         else:
             dist.destroy_process_group()
+
+
+def deepspeed_shared_memory_buffer(rank: int, environ=os.environ) -> str:
+    """DeepSpeed's CPU all-reduce buffer of ``rank`` in this job (the name its shm.cpp gives it)."""
+    address, port = environ.get("MASTER_ADDR", ""), environ.get("MASTER_PORT", "")
+    return f"/dev/shm/deepspeed_allreduce_buffer_{os.getuid()}_{address}_{port}_{rank}"
+
+
+def remove_shared_memory_buffer(rank: int) -> None:
+    """Remove this rank's buffer of DeepSpeed's CPU shared-memory all-reduce, if it made one.
+
+    DeepSpeed makes it when every rank is on one machine and its launcher said so (``LOCAL_SIZE``),
+    and never removes it: 69 MB of memory per rank that outlived every such run. The job is over
+    here, and its peers mapped the buffer while the group started (a mapping outlives the name).
+    """
+    try:
+        os.unlink(deepspeed_shared_memory_buffer(rank))
+    except FileNotFoundError:
+        pass
+    except OSError as exc:
+        _log.debug("could not remove DeepSpeed's shared-memory buffer: %s", exc)

@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 
 from cinescene.distributed.env import detect, free_port, strip_local_rank_arg
+from cinescene.distributed.groups import deepspeed_shared_memory_buffer
 
 from .conftest import REPO, finish, start
 
@@ -67,13 +68,13 @@ def test_ranks_started_by_a_launcher_train(tmp_path, launcher):
     tool = shutil.which(launcher, path=str(Path(sys.executable).parent)) or shutil.which(launcher)
     assert tool, f"{launcher} is not installed next to {sys.executable}"
     ranks = ["--nproc_per_node", "2"] if launcher == "torchrun" else ["--num_gpus", "2"]
-    run_dir, log = tmp_path / "run", tmp_path / "run.log"
+    run_dir, log, port = tmp_path / "run", tmp_path / "run.log", free_port()
     proc = start(
         [
             tool,
             *ranks,
             "--master_port",
-            str(free_port()),
+            str(port),
             "--module",
             "tests.train.standin_train",
             str(run_dir),
@@ -83,6 +84,10 @@ def test_ranks_started_by_a_launcher_train(tmp_path, launcher):
     )
     assert finish(proc, timeout=300) == 0, log.read_text()[-3000:]
     finished_run(run_dir, launcher)
+    # DeepSpeed's launcher makes its CPU all-reduce use shared memory; the ranks remove what it leaves.
+    for rank in (0, 1):
+        address = {"MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port)}
+        assert not Path(deepspeed_shared_memory_buffer(rank, address)).exists()
 
 
 @pytest.mark.slurm
