@@ -82,7 +82,7 @@ class HashingWriter:
             written = self.handle.write(view)
             if self.writeback.active:
                 self.handle.flush()  # the bytes reach the file before their range is handed to the disk
-                self.writeback.wrote(len(view))
+                self.writeback.written_up_to(self.size + len(view))
         except OSError as exc:
             self.error = self.error or exc
             raise

@@ -47,19 +47,18 @@ _SYNC_FILE_RANGE = _sync_file_range()
 
 
 class Writeback:
-    """Follows the writes to one open file (``fd``) from offset 0; :meth:`wrote` after each write."""
+    """Follows the writes to one open file (``fd``) from offset 0; :meth:`written_up_to` after each write."""
 
     def __init__(self, fd: int, chunk: int = CHUNK):
         self.fd = fd
         self.chunk = chunk
-        self.size = 0  # bytes written so far
         self.started = 0  # handed to the disk up to here
         self.dropped = 0  # waited for and dropped from the cache up to here
         self.active = _SYNC_FILE_RANGE is not None
 
-    def wrote(self, n: int) -> None:
-        self.size += n
-        while self.active and self.size - self.started >= self.chunk:
+    def written_up_to(self, size: int) -> None:
+        """The file now holds its first ``size`` bytes."""
+        while self.active and size - self.started >= self.chunk:
             self._call(self.started, _WRITE)
             if self.started - self.dropped >= self.chunk:
                 self._call(self.dropped, _WAIT_BEFORE | _WRITE | _WAIT_AFTER)
